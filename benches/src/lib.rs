@@ -1,0 +1,1 @@
+//! Shared helpers for atrest's benches and side-by-side comparisons.

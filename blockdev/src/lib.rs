@@ -1,0 +1,13 @@
+//! Encrypted block volumes and the NBD server that exports them.
+//!
+//! - [`format`]: the on-disk volume header (byte tables in `docs/FORMAT.md`).
+//! - [`volume`]: the [`volume::Volume`] trait, [`volume::EncryptedVolume`] and [`volume::RawVolume`].
+//! - [`nbd`]: the NBD protocol parser (pure) and the server.
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod format;
+pub mod nbd;
+pub mod volume;
+
+pub use error::Error;

@@ -1,0 +1,1 @@
+//! The NBD protocol (pure parser) and the server.

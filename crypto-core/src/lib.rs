@@ -1,0 +1,16 @@
+//! atrest's envelope-encryption engine.
+//!
+//! Nothing in this crate touches the network. The public map:
+//!
+//! - [`secret`]: zeroizing containers for key material and the OS random source.
+//! - [`xts`]: the AES-256-XTS sector cipher used for block volumes.
+//! - [`envelope`]: the ciphertext-blob format (AES-256-GCM, encryption context as AAD).
+//! - [`kms`]: the [`kms::KeyService`] trait and [`kms::LocalKms`], the embedded key service.
+//! - [`trail`]: the audit trail of every key use.
+#![deny(unsafe_code)]
+
+pub mod envelope;
+pub mod kms;
+pub mod secret;
+pub mod trail;
+pub mod xts;

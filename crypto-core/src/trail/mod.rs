@@ -1,0 +1,1 @@
+//! The audit trail: one CloudTrail-shaped, hash-chained record per key-service call.
