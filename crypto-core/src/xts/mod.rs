@@ -1,6 +1,21 @@
 //! AES-256-XTS sector cipher (IEEE 1619), tweak = little-endian sector number
 //! (dm-crypt `aes-xts-plain64`).
+//!
+//! Three backends compute the same function: a 256-bit VAES + VPCLMULQDQ kernel, a
+//! 128-bit AES-NI kernel and a portable one on the `aes` crate. [`SectorCipher::new`]
+//! picks the fastest the CPU runs; [`SectorCipher::with_backend`] forces one (tests
+//! and benches verify each). Buffers of at least [`PARALLEL_THRESHOLD`] bytes are
+//! split at sector boundaries over the current rayon pool; every sector is computed
+//! the same way whichever thread runs it, so the output equals the serial one.
+//!
+//! Sector numbers are 64-bit and wrap: the sector after `u64::MAX` is sector 0, as in
+//! dm-crypt's `plain64` IV. A 64-bit sector space is far beyond any volume atrest
+//! serves, so the wrap is never reached in practice; it is defined only so that no
+//! input can make the cipher panic.
 
+mod portable;
+
+use rayon::prelude::*;
 use thiserror::Error;
 
 /// Which implementation runs the AES rounds.
@@ -14,6 +29,35 @@ pub enum Backend {
     Portable,
 }
 
+impl Backend {
+    /// The fastest backend this CPU supports.
+    pub fn detect() -> Backend {
+        if Backend::Vaes.is_supported() {
+            Backend::Vaes
+        } else if Backend::AesNi.is_supported() {
+            Backend::AesNi
+        } else {
+            Backend::Portable
+        }
+    }
+
+    /// Every backend this CPU supports, fastest first.
+    pub fn available() -> Vec<Backend> {
+        [Backend::Vaes, Backend::AesNi, Backend::Portable]
+            .into_iter()
+            .filter(|b| b.is_supported())
+            .collect()
+    }
+
+    /// Whether this CPU can run the backend.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            Backend::AesNi | Backend::Vaes => false,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum XtsError {
@@ -25,35 +69,248 @@ pub enum XtsError {
     Unsupported(Backend),
 }
 
-/// AES-256-XTS over whole sectors.
+/// Buffers at least this long are split across the rayon pool. Below it the cost of
+/// waking another thread (a few microseconds) is larger than the work saved.
+pub const PARALLEL_THRESHOLD: usize = 128 * 1024;
+
+/// The smallest piece of a buffer handed to one rayon task.
+const MIN_PARALLEL_CHUNK: usize = 64 * 1024;
+
+/// Sectors whose initial tweaks are encrypted in one batch before their data.
+const TWEAK_BATCH: usize = 16;
+
+/// AES-256-XTS over whole sectors. `Send + Sync`: one cipher serves many threads.
 pub struct SectorCipher {
-    backend: Backend,
+    engine: Engine,
+}
+
+/// The expanded keys, in the layout the chosen backend reads. Each variant zeroizes
+/// its round keys when dropped.
+enum Engine {
+    Portable(portable::PortableKeys),
 }
 
 impl std::fmt::Debug for SectorCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SectorCipher").field("backend", &self.backend).finish_non_exhaustive()
+        f.debug_struct("SectorCipher")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
     }
 }
 
 impl SectorCipher {
-    /// The fastest backend this CPU supports.
-    pub fn new(_key: &[u8; 64]) -> Result<Self, XtsError> {
-        Ok(Self { backend: Backend::Portable })
+    /// The fastest backend this CPU supports. `key` is the data key (first half)
+    /// followed by the tweak key (second half).
+    pub fn new(key: &[u8; 64]) -> Result<Self, XtsError> {
+        Self::with_backend(key, Backend::detect())
     }
 
-    pub fn with_backend(_key: &[u8; 64], backend: Backend) -> Result<Self, XtsError> {
-        Ok(Self { backend })
+    /// A cipher on the given backend, or `Unsupported` when this CPU cannot run it.
+    pub fn with_backend(key: &[u8; 64], backend: Backend) -> Result<Self, XtsError> {
+        let (data_key, tweak_key) = split_key(key);
+        if constant_time_eq(data_key, tweak_key) {
+            return Err(XtsError::EqualKeyHalves);
+        }
+        if !backend.is_supported() {
+            return Err(XtsError::Unsupported(backend));
+        }
+        let engine = match backend {
+            Backend::Portable => Engine::Portable(portable::PortableKeys::new(data_key, tweak_key)),
+            Backend::AesNi | Backend::Vaes => return Err(XtsError::Unsupported(backend)),
+        };
+        Ok(Self { engine })
     }
 
     pub fn backend(&self) -> Backend {
-        self.backend
+        match self.engine {
+            Engine::Portable(_) => Backend::Portable,
+        }
     }
 
     /// Encrypts `buf` in place: `buf.len() / sector_size` consecutive sectors, the first
-    /// numbered `first_sector`. Panics if `buf.len()` is not a multiple of `sector_size`
-    /// or `sector_size` is not a multiple of 16 (>= 16).
-    pub fn encrypt_sectors(&self, _buf: &mut [u8], _first_sector: u64, _sector_size: usize) {}
+    /// numbered `first_sector`. A `sector_size` that is not a multiple of 16 uses
+    /// ciphertext stealing (IEEE 1619 5.3.2) within each sector.
+    ///
+    /// # Panics
+    ///
+    /// If `sector_size < 16` or `buf.len()` is not a multiple of `sector_size`: both
+    /// are the caller's invariants (the volume layer only passes whole sectors).
+    pub fn encrypt_sectors(&self, buf: &mut [u8], first_sector: u64, sector_size: usize) {
+        self.crypt(buf, first_sector, sector_size, Direction::Encrypt);
+    }
 
-    pub fn decrypt_sectors(&self, _buf: &mut [u8], _first_sector: u64, _sector_size: usize) {}
+    /// Decrypts `buf` in place; the inverse of [`SectorCipher::encrypt_sectors`], with
+    /// the same panics.
+    pub fn decrypt_sectors(&self, buf: &mut [u8], first_sector: u64, sector_size: usize) {
+        self.crypt(buf, first_sector, sector_size, Direction::Decrypt);
+    }
+
+    fn crypt(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
+        assert!(
+            sector_size >= 16,
+            "XTS sector size {sector_size} is below one AES block (16 bytes)"
+        );
+        assert!(
+            buf.len() % sector_size == 0,
+            "XTS buffer of {} bytes is not a whole number of {sector_size}-byte sectors",
+            buf.len()
+        );
+        let threads = rayon::current_num_threads();
+        if buf.len() < PARALLEL_THRESHOLD || threads < 2 {
+            self.crypt_serial(buf, first_sector, sector_size, dir);
+            return;
+        }
+        // A few chunks per thread so that a thread slowed by another process does
+        // not hold the whole call back; each chunk still large enough to amortise
+        // the task hand-off.
+        let sectors = buf.len() / sector_size;
+        let target = (buf.len() / (threads * 4)).max(MIN_PARALLEL_CHUNK);
+        let sectors_per_chunk = (target / sector_size).clamp(1, sectors);
+        buf.par_chunks_mut(sectors_per_chunk * sector_size)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                // Wrapping: the chunk index times its length is below buf.len().
+                let first = first_sector.wrapping_add((i * sectors_per_chunk) as u64);
+                self.crypt_serial(chunk, first, sector_size, dir);
+            });
+    }
+
+    fn crypt_serial(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
+        match &self.engine {
+            Engine::Portable(k) => crypt_sectors(k, buf, first_sector, sector_size, dir),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
+/// What a backend provides; the sector walk and ciphertext stealing are shared.
+///
+/// A tweak is the 128-bit value whose little-endian bytes are the XTS tweak block, so
+/// multiplication by alpha is a left shift with the 0x87 feedback.
+trait XtsKernel {
+    /// `out[i] = AES-256(tweak key, LE128(first_sector + i))`, sector numbers wrapping.
+    fn sector_tweaks(&self, first_sector: u64, out: &mut [u128]);
+    /// Encrypts the whole blocks of `blocks` (length a multiple of 16) with tweaks
+    /// `tweak`, `tweak * alpha`, ...; returns the tweak of the block after the last.
+    fn encrypt_run(&self, blocks: &mut [u8], tweak: u128) -> u128;
+    /// The inverse of `encrypt_run`, same tweaks, same return value.
+    fn decrypt_run(&self, blocks: &mut [u8], tweak: u128) -> u128;
+}
+
+/// Multiplies a tweak by alpha (x) in GF(2^128) mod x^128 + x^7 + x^2 + x + 1.
+#[inline(always)]
+fn mul_alpha(t: u128) -> u128 {
+    (t << 1) ^ ((t >> 127) * 0x87)
+}
+
+fn crypt_sectors<K: XtsKernel>(
+    k: &K,
+    buf: &mut [u8],
+    first_sector: u64,
+    sector_size: usize,
+    dir: Direction,
+) {
+    let mut sector = first_sector;
+    let mut tweaks = [0u128; TWEAK_BATCH];
+    for group in buf.chunks_mut(sector_size.saturating_mul(TWEAK_BATCH)) {
+        let n = group.len() / sector_size;
+        k.sector_tweaks(sector, &mut tweaks[..n]);
+        for (data, &tweak) in group.chunks_exact_mut(sector_size).zip(&tweaks[..n]) {
+            crypt_one_sector(k, data, tweak, dir);
+        }
+        // n <= TWEAK_BATCH, so the cast is lossless.
+        sector = sector.wrapping_add(n as u64);
+    }
+    // The encrypted tweaks are as sensitive as the tweak key for this range.
+    zeroize::Zeroize::zeroize(&mut tweaks);
+}
+
+fn crypt_one_sector<K: XtsKernel>(k: &K, data: &mut [u8], tweak: u128, dir: Direction) {
+    let tail = data.len() % 16;
+    if tail == 0 {
+        match dir {
+            Direction::Encrypt => k.encrypt_run(data, tweak),
+            Direction::Decrypt => k.decrypt_run(data, tweak),
+        };
+        return;
+    }
+    // Ciphertext stealing (IEEE 1619-2018 5.3.2 / 5.4.2): the last whole block and the
+    // partial block are handled together; everything before them is ordinary XTS.
+    let last_full = data.len() - tail - 16;
+    let (head, rest) = data.split_at_mut(last_full);
+    let (block, partial) = rest.split_at_mut(16);
+    let mut stolen = [0u8; 16];
+    match dir {
+        Direction::Encrypt => {
+            let t_last = k.encrypt_run(head, tweak);
+            k.encrypt_run(block, t_last);
+            // block now holds CC; the partial ciphertext is its head and the
+            // plaintext tail borrows its end.
+            stolen[..tail].copy_from_slice(partial);
+            stolen[tail..].copy_from_slice(&block[tail..]);
+            partial.copy_from_slice(&block[..tail]);
+            k.encrypt_run(&mut stolen, mul_alpha(t_last));
+            block.copy_from_slice(&stolen);
+        }
+        Direction::Decrypt => {
+            let t_last = k.decrypt_run(head, tweak);
+            // The last whole ciphertext block was made with the *following* tweak.
+            k.decrypt_run(block, mul_alpha(t_last));
+            stolen[..tail].copy_from_slice(partial);
+            stolen[tail..].copy_from_slice(&block[tail..]);
+            partial.copy_from_slice(&block[..tail]);
+            k.decrypt_run(&mut stolen, t_last);
+            block.copy_from_slice(&stolen);
+        }
+    }
+    zeroize::Zeroize::zeroize(&mut stolen);
+}
+
+fn split_key(key: &[u8; 64]) -> (&[u8; 32], &[u8; 32]) {
+    let (a, b) = key.split_at(32);
+    // Both halves of a 64-byte array are exactly 32 bytes.
+    (
+        a.try_into().expect("32-byte half"),
+        b.try_into().expect("32-byte half"),
+    )
+}
+
+/// Compares key halves without an early exit, so the time taken says nothing of how
+/// long a common prefix they share.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mul_alpha_feeds_back_the_top_bit() {
+        assert_eq!(mul_alpha(1), 2);
+        assert_eq!(mul_alpha(1 << 127), 0x87);
+        assert_eq!(mul_alpha((1 << 127) | 1), 0x85);
+    }
+
+    #[test]
+    fn cipher_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SectorCipher>();
+    }
+
+    #[test]
+    fn equal_halves_are_rejected_on_every_backend() {
+        let key = [7u8; 64];
+        for backend in Backend::available() {
+            assert!(matches!(
+                SectorCipher::with_backend(&key, backend),
+                Err(XtsError::EqualKeyHalves)
+            ));
+        }
+    }
 }
