@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine: the real NBD
 # clients and peers (libnbd-bin, nbdkit, fio, qemu-utils, python3-libnbd), FUSE and
-# ext4 tools for the mount tests, OpenSSL, and the Python packages of
-# requirements-test.txt. Safe to run again: it installs only what is missing.
+# ext4 tools for the mount tests, OpenSSL, qemu-system-x86 for the VM boot
+# test, and the Python packages of requirements-test.txt. Safe to run again: it
+# installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,20 @@ if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# qemu-system-x86 (tests/e2e/boot-vm.sh) must come from the same archive as qemu-utils:
+# qemu-system-common breaks a newer qemu-utils (such as a backport), and apt would
+# resolve that by removing qemu-utils. Pinning qemu-utils to qemu-system-x86's version
+# keeps both (a downgrade where a newer qemu-utils was installed).
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    echo "installing: qemu-system-x86 qemu-utils=$qemu_version"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends --allow-downgrades \
+        qemu-system-x86 "qemu-utils=$qemu_version"
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -r requirements-test.txt

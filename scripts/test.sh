@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 cargo test --workspace --profile ci
+tests/e2e/boot-vm.sh
