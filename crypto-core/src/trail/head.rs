@@ -1,0 +1,108 @@
+//! `trail.head`: the sequence number and hash of the last acknowledged record.
+//!
+//! Without it, deleting the last records of the trail would leave a shorter chain
+//! that is still valid. The head is one fixed-size line, rewritten in place after
+//! every append (one sub-sector write, so it is either the old or the new line).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use super::record::{parse_hash, RecordHash, GENESIS_HASH};
+
+const MAGIC: &str = "atrest-trail-head 1";
+/// `MAGIC`, space, 20-digit sequence, space, 64 hex digits, newline.
+const HEAD_LEN: usize = MAGIC.len() + 1 + 20 + 1 + 64 + 1;
+
+/// What the head file says about the end of the trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// 0 when no record has been acknowledged.
+    pub sequence: u64,
+    pub hash: RecordHash,
+}
+
+impl Head {
+    pub(crate) const EMPTY: Head = Head {
+        sequence: 0,
+        hash: GENESIS_HASH,
+    };
+
+    fn encode(&self) -> String {
+        format!("{MAGIC} {:020} {}\n", self.sequence, hex::encode(self.hash))
+    }
+
+    /// Parses the file's bytes; an empty file is a trail nothing was appended to.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Head, String> {
+        if bytes.is_empty() {
+            return Ok(Head::EMPTY);
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_string())?;
+        let body = text
+            .strip_suffix('\n')
+            .filter(|_| text.len() == HEAD_LEN)
+            .ok_or_else(|| format!("{} bytes, expected {HEAD_LEN}", text.len()))?;
+        let mut fields = body.rsplitn(3, ' ');
+        let (hash, sequence, magic) = (fields.next(), fields.next(), fields.next());
+        if magic != Some(MAGIC) {
+            return Err("unknown head format".into());
+        }
+        let sequence = sequence
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("bad sequence number")?;
+        let hash = hash.and_then(parse_hash).ok_or("bad hash")?;
+        Ok(Head { sequence, hash })
+    }
+
+    pub(crate) fn read(file: &File) -> std::io::Result<Result<Head, String>> {
+        let mut bytes = vec![0u8; HEAD_LEN + 1];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            match file.read_at(&mut bytes[filled..], filled as u64)? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        bytes.truncate(filled);
+        Ok(Head::decode(&bytes))
+    }
+
+    /// Overwrites the head and makes it durable.
+    pub(crate) fn write(&self, file: &File) -> std::io::Result<()> {
+        file.write_all_at(self.encode().as_bytes(), 0)?;
+        file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_round_trips_and_has_a_fixed_size() {
+        for head in [
+            Head::EMPTY,
+            Head {
+                sequence: u64::MAX,
+                hash: [0xfe; 32],
+            },
+        ] {
+            let text = head.encode();
+            assert_eq!(text.len(), HEAD_LEN);
+            assert_eq!(Head::decode(text.as_bytes()), Ok(head));
+        }
+    }
+
+    #[test]
+    fn damaged_heads_are_rejected_not_misread() {
+        let good = Head {
+            sequence: 42,
+            hash: [1; 32],
+        }
+        .encode();
+        assert!(Head::decode(&good.as_bytes()[..HEAD_LEN - 1]).is_err());
+        assert!(Head::decode(good.replace("head 1", "head 2").as_bytes()).is_err());
+        assert!(Head::decode(good.replace("42", "4x").as_bytes()).is_err());
+        assert!(Head::decode(b"\xff\xfe").is_err());
+        assert_eq!(Head::decode(b""), Ok(Head::EMPTY));
+    }
+}

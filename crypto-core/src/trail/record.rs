@@ -1,0 +1,424 @@
+//! One trail record: the CloudTrail-shaped JSON line built from an [`ApiCall`], its
+//! hash-chain link, and the checks that a stored line is an unaltered record.
+//!
+//! A record is one line of compact JSON whose last field is
+//! `"atrestChain":{"sequence":N,"previousHash":"<hex>","recordHash":"<hex>"}`.
+//! `recordHash` is the SHA-256 of the line itself with the 64 hex digits of
+//! `recordHash` replaced by `0`s, so the hash covers every byte of the record,
+//! including its sequence number and the link to the previous record.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Iso8601;
+use time::OffsetDateTime;
+
+use super::ApiCall;
+
+/// SHA-256 digest of a record line.
+pub(crate) type RecordHash = [u8; 32];
+
+/// `previousHash` of the first record.
+pub(crate) const GENESIS_HASH: RecordHash = [0; 32];
+
+/// The record line's last bytes are this key, 64 hex digits, `"}}`.
+const HASH_KEY: &[u8] = b"\"recordHash\":\"";
+const HASH_HEX_LEN: usize = 64;
+const LINE_END: &[u8] = b"\"}}";
+
+/// Field names whose values would be key material or ciphertext. AWS never logs
+/// them; the key service must not send them. If one slips through it is dropped
+/// here rather than written to disk.
+const SECRET_FIELDS: &[&str] = &[
+    "plaintext",
+    "ciphertextBlob",
+    "ciphertextForRecipient",
+    "keyMaterial",
+    "encryptedKeyMaterial",
+    "importToken",
+];
+
+/// The position of a record in the chain, as stored in `atrestChain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChainLink {
+    pub sequence: u64,
+    pub previous_hash: RecordHash,
+    pub record_hash: RecordHash,
+}
+
+/// Where the trail is kept and on whose behalf; fixed for a [`super::Trail`].
+#[derive(Clone, Debug)]
+pub(crate) struct TrailOrigin {
+    pub region: String,
+    pub account: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Record<'a> {
+    event_version: &'static str,
+    user_identity: UserIdentity<'a>,
+    event_time: String,
+    event_source: &'static str,
+    event_name: &'a str,
+    aws_region: &'a str,
+    #[serde(rename = "sourceIPAddress")]
+    source_ip_address: &'static str,
+    user_agent: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_message: Option<&'a str>,
+    request_parameters: serde_json::Value,
+    response_elements: Option<serde_json::Value>,
+    #[serde(rename = "requestID")]
+    request_id: String,
+    #[serde(rename = "eventID")]
+    event_id: String,
+    read_only: bool,
+    resources: Vec<Resource<'a>>,
+    event_type: &'static str,
+    management_event: bool,
+    recipient_account_id: &'a str,
+    event_category: &'static str,
+    /// Must stay the last field: the line's hash is found at a fixed offset from its end.
+    atrest_chain: Chain,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserIdentity<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    principal_id: &'a str,
+    arn: &'a str,
+    account_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    #[serde(rename = "ARN")]
+    arn: &'a str,
+    #[serde(rename = "accountId")]
+    account_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Chain {
+    sequence: u64,
+    previous_hash: String,
+    /// Must stay the last field (see [`Record::atrest_chain`]).
+    record_hash: String,
+}
+
+/// Builds the line (without its newline) that records `call` as record `sequence`,
+/// chained to the record whose hash is `previous`.
+pub(crate) fn encode(
+    call: &ApiCall,
+    origin: &TrailOrigin,
+    sequence: u64,
+    previous: &RecordHash,
+) -> Result<(Vec<u8>, RecordHash), serde_json::Error> {
+    let identity = identity_of(&call.principal, &origin.account);
+    let resources = call
+        .resources
+        .iter()
+        .map(|arn| Resource {
+            arn,
+            account_id: arn_account(arn).unwrap_or(&origin.account),
+            kind: "AWS::KMS::Key",
+        })
+        .collect();
+    let record = Record {
+        event_version: "1.08",
+        user_identity: identity,
+        event_time: format_event_time(call.event_time),
+        event_source: "kms.amazonaws.com",
+        event_name: &call.event_name,
+        aws_region: &origin.region,
+        source_ip_address: "localhost",
+        user_agent: format!(
+            "atrest/{} (pid {})",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        ),
+        error_code: call.error_code.as_deref(),
+        error_message: call.error_message.as_deref(),
+        request_parameters: without_secret_fields(&call.request_parameters),
+        response_elements: call.response_elements.as_ref().map(without_secret_fields),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        read_only: call.read_only,
+        resources,
+        event_type: "AwsApiCall",
+        management_event: true,
+        recipient_account_id: &origin.account,
+        event_category: "Management",
+        atrest_chain: Chain {
+            sequence,
+            previous_hash: hex::encode(previous),
+            record_hash: "0".repeat(HASH_HEX_LEN),
+        },
+    };
+    let mut line = serde_json::to_vec(&record)?;
+    let hash = hash_of_line(&line);
+    let start = line.len() - LINE_END.len() - HASH_HEX_LEN;
+    line[start..start + HASH_HEX_LEN].copy_from_slice(hex::encode(hash).as_bytes());
+    Ok((line, hash))
+}
+
+/// CloudTrail's `eventTime`: UTC, whole seconds, `Z` suffix.
+fn format_event_time(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// Parses an `eventTime` (or any ISO 8601 date-time with an offset).
+pub(crate) fn parse_event_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Iso8601::DEFAULT).ok()
+}
+
+/// CloudTrail's `userIdentity` for a principal ARN.
+fn identity_of<'a>(principal: &'a str, default_account: &'a str) -> UserIdentity<'a> {
+    let account = arn_account(principal).unwrap_or(default_account);
+    let resource = principal.splitn(6, ':').nth(5).unwrap_or(principal);
+    let (kind, principal_id, user_name) = if resource == "root" {
+        ("Root", account, None)
+    } else if let Some(name) = resource.strip_prefix("user/") {
+        let name = name.rsplit('/').next().unwrap_or(name);
+        ("IAMUser", resource, Some(name))
+    } else if resource.starts_with("assumed-role/") || resource.starts_with("role/") {
+        ("AssumedRole", resource, None)
+    } else {
+        ("Unknown", resource, None)
+    };
+    UserIdentity {
+        kind,
+        principal_id,
+        arn: principal,
+        account_id: account,
+        user_name,
+    }
+}
+
+/// The account field of an ARN (`arn:partition:service:region:ACCOUNT:resource`).
+fn arn_account(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    if parts.next() != Some("arn") {
+        return None;
+    }
+    parts.nth(3).filter(|account| !account.is_empty())
+}
+
+/// A copy of `value` with every object field named in [`SECRET_FIELDS`] removed, at
+/// any depth.
+fn without_secret_fields(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .filter(|(name, _)| {
+                let secret = SECRET_FIELDS.iter().any(|s| s.eq_ignore_ascii_case(name));
+                if secret {
+                    tracing::warn!(field = %name, "dropped a key-material field from a trail record");
+                }
+                !secret
+            })
+            .map(|(name, inner)| (name.clone(), without_secret_fields(inner)))
+            .collect(),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(without_secret_fields).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// SHA-256 of `line` with its last 64 hex digits (the `recordHash` value) read as `0`s.
+/// The caller has checked that `line` ends with the hash field.
+pub(crate) fn hash_of_line(line: &[u8]) -> RecordHash {
+    let hash_start = line.len() - LINE_END.len() - HASH_HEX_LEN;
+    let mut hasher = Sha256::new();
+    hasher.update(&line[..hash_start]);
+    hasher.update([b'0'; HASH_HEX_LEN]);
+    hasher.update(&line[hash_start + HASH_HEX_LEN..]);
+    hasher.finalize().into()
+}
+
+/// Checks that `line` is a well-formed, unaltered record and returns its link and
+/// its parsed JSON. The error says what is wrong, for `trail validate` to print.
+pub(crate) fn verify(line: &[u8]) -> Result<(ChainLink, serde_json::Value), String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|err| format!("not a JSON record ({err})"))?;
+    let chain = value
+        .get("atrestChain")
+        .ok_or("no atrestChain field: not a trail record")?;
+    let sequence = chain
+        .get("sequence")
+        .and_then(serde_json::Value::as_u64)
+        .filter(|&sequence| sequence > 0)
+        .ok_or("atrestChain.sequence is not a positive integer")?;
+    let previous_hash = chain
+        .get("previousHash")
+        .and_then(serde_json::Value::as_str)
+        .and_then(parse_hash)
+        .ok_or("atrestChain.previousHash is not 64 hex digits")?;
+    let stored_hex = chain
+        .get("recordHash")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("atrestChain.recordHash is missing")?;
+    let record_hash =
+        parse_hash(stored_hex).ok_or("atrestChain.recordHash is not 64 hex digits")?;
+    let suffix_len = HASH_KEY.len() + HASH_HEX_LEN + LINE_END.len();
+    let ends_with_hash = line.len() >= suffix_len
+        && line.ends_with(LINE_END)
+        && line[line.len() - suffix_len..].starts_with(HASH_KEY)
+        && &line[line.len() - LINE_END.len() - HASH_HEX_LEN..line.len() - LINE_END.len()]
+            == stored_hex.as_bytes();
+    if !ends_with_hash {
+        return Err("the record does not end with its atrestChain.recordHash".into());
+    }
+    if hash_of_line(line) != record_hash {
+        return Err("the record was altered: its bytes do not match its recordHash".into());
+    }
+    Ok((
+        ChainLink {
+            sequence,
+            previous_hash,
+            record_hash,
+        },
+        value,
+    ))
+}
+
+/// The sequence number a line claims, if it has one; for naming a bad record.
+pub(crate) fn claimed_sequence(line: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    value.get("atrestChain")?.get("sequence")?.as_u64()
+}
+
+/// 64 lowercase hex digits to a hash (uppercase is rejected: the line is hashed as
+/// written, and `encode` writes lowercase).
+pub(crate) fn parse_hash(text: &str) -> Option<RecordHash> {
+    if text.len() != HASH_HEX_LEN || text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(text, &mut hash).ok()?;
+    Some(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn origin() -> TrailOrigin {
+        TrailOrigin {
+            region: "local".into(),
+            account: "000000000000".into(),
+        }
+    }
+
+    fn call() -> ApiCall {
+        ApiCall {
+            event_time: time::macros::datetime!(2026-11-28 10:07:59.123 UTC),
+            event_name: "GenerateDataKey".into(),
+            principal: "arn:aws:iam::111122223333:user/Alice".into(),
+            request_parameters: json!({
+                "keyId": "alias/MyKMSKey",
+                "keySpec": "AES_256",
+                "encryptionContext": {"Department": "Engineering"},
+            }),
+            response_elements: None,
+            error_code: None,
+            error_message: None,
+            read_only: true,
+            resources: vec!["arn:aws:kms:local:111122223333:key/1234".into()],
+        }
+    }
+
+    #[test]
+    fn encoded_record_is_cloudtrail_shaped_and_verifies() {
+        let (line, hash) = encode(&call(), &origin(), 7, &[9; 32]).expect("encodes");
+        let (link, value) = verify(&line).expect("a fresh record verifies");
+        assert_eq!(link.sequence, 7);
+        assert_eq!(link.previous_hash, [9; 32]);
+        assert_eq!(link.record_hash, hash);
+        assert_eq!(value["eventVersion"], "1.08");
+        assert_eq!(value["eventTime"], "2026-11-28T10:07:59Z");
+        assert_eq!(value["eventSource"], "kms.amazonaws.com");
+        assert_eq!(value["awsRegion"], "local");
+        assert_eq!(value["userIdentity"]["type"], "IAMUser");
+        assert_eq!(value["userIdentity"]["userName"], "Alice");
+        assert_eq!(value["userIdentity"]["accountId"], "111122223333");
+        assert_eq!(value["responseElements"], serde_json::Value::Null);
+        assert!(value.get("errorCode").is_none());
+        assert_eq!(value["resources"][0]["type"], "AWS::KMS::Key");
+        assert_eq!(value["resources"][0]["accountId"], "111122223333");
+        assert_eq!(value["recipientAccountId"], "000000000000");
+        assert_eq!(value["eventCategory"], "Management");
+        assert_ne!(value["eventID"], value["requestID"]);
+        assert!(!line.contains(&b'\n'));
+    }
+
+    #[test]
+    fn every_single_byte_change_is_detected() {
+        let (line, _) = encode(&call(), &origin(), 1, &GENESIS_HASH).expect("encodes");
+        for at in 0..line.len() {
+            for replacement in [b' ', b'0', b'x', b'"'] {
+                if line[at] == replacement {
+                    continue;
+                }
+                let mut edited = line.clone();
+                edited[at] = replacement;
+                assert!(
+                    verify(&edited).is_err(),
+                    "byte {at} -> {replacement} accepted"
+                );
+            }
+        }
+        assert!(verify(&line[..line.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn root_and_role_principals_get_their_identity_type() {
+        let root = identity_of("arn:aws:iam::000000000000:root", "999");
+        assert_eq!((root.kind, root.principal_id), ("Root", "000000000000"));
+        let role = identity_of("arn:aws:sts::1:assumed-role/admin/session", "999");
+        assert_eq!(role.kind, "AssumedRole");
+        let odd = identity_of("somebody", "999");
+        assert_eq!((odd.kind, odd.account_id), ("Unknown", "999"));
+    }
+
+    #[test]
+    fn key_material_fields_are_dropped_at_any_depth() {
+        let mut leaky = call();
+        leaky.response_elements = Some(json!({
+            "keyId": "k",
+            "Plaintext": "c2VjcmV0",
+            "nested": [{"ciphertextBlob": "YmxvYg=="}],
+        }));
+        let (line, _) = encode(&leaky, &origin(), 1, &GENESIS_HASH).expect("encodes");
+        let text = String::from_utf8(line).expect("utf-8");
+        assert!(!text.contains("c2VjcmV0") && !text.contains("YmxvYg=="));
+        assert!(text.contains("\"keyId\":\"k\""));
+    }
+
+    #[test]
+    fn uppercase_or_short_hashes_are_rejected() {
+        assert!(parse_hash(&"A".repeat(64)).is_none());
+        assert!(parse_hash(&"a".repeat(63)).is_none());
+        assert_eq!(parse_hash(&"ab".repeat(32)), Some([0xab; 32]));
+    }
+}
