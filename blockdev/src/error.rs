@@ -30,4 +30,20 @@ pub enum Error {
     /// The key service refused or failed.
     #[error(transparent)]
     Kms(#[from] crypto_core::kms::KmsError),
+    /// The NBD client sent a request or option this server rejects (unknown command,
+    /// a flag not valid for the command, a zero length, malformed option data); the
+    /// connection goes on.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The NBD client asked for more bytes in one request than the server accepts.
+    #[error("request of {length} bytes is larger than the maximum of {max} bytes")]
+    TooLarge { length: u64, max: u64 },
+    /// The NBD client asked for something the export cannot do as asked (e.g. a fast
+    /// zero that would have to write data).
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// The NBD client broke the protocol in a way the connection cannot recover from
+    /// (bad magic, unknown handshake flags); the server drops that connection.
+    #[error("NBD protocol violation by the client: {0}")]
+    Protocol(String),
 }

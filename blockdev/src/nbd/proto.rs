@@ -1,0 +1,1216 @@
+//! The NBD wire format (NetworkBlockDevice/nbd `doc/proto.md`): constants, parsers for
+//! what a client sends, and encoders for what the server sends.
+//!
+//! Everything here is a pure function over byte slices: no I/O, no panics on any
+//! input, checked arithmetic, trailing bytes rejected. All integers on the wire are
+//! big-endian.
+
+use crate::volume::Extent;
+use crate::Error;
+
+/// `NBDMAGIC`, the first 8 bytes the server sends.
+pub const INIT_PASSWD: u64 = 0x4e42_444d_4147_4943;
+/// `IHAVEOPT`: newstyle negotiation, and the magic of every client option.
+pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+/// Handshake flags (server, 16 bits).
+pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+pub const FLAG_NO_ZEROES: u16 = 1 << 1;
+/// Client flags (32 bits).
+pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
+
+/// Transmission flags (16 bits).
+pub const FLAG_HAS_FLAGS: u16 = 1 << 0;
+pub const FLAG_READ_ONLY: u16 = 1 << 1;
+pub const FLAG_SEND_FLUSH: u16 = 1 << 2;
+pub const FLAG_SEND_FUA: u16 = 1 << 3;
+pub const FLAG_SEND_TRIM: u16 = 1 << 5;
+pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+pub const FLAG_SEND_DF: u16 = 1 << 7;
+pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+pub const FLAG_SEND_CACHE: u16 = 1 << 10;
+pub const FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
+
+/// Options.
+pub const OPT_EXPORT_NAME: u32 = 1;
+pub const OPT_ABORT: u32 = 2;
+pub const OPT_LIST: u32 = 3;
+pub const OPT_INFO: u32 = 6;
+pub const OPT_GO: u32 = 7;
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
+pub const OPT_LIST_META_CONTEXT: u32 = 10;
+pub const OPT_SET_META_CONTEXT: u32 = 11;
+
+/// Option reply types.
+pub const REP_ACK: u32 = 1;
+pub const REP_SERVER: u32 = 2;
+pub const REP_INFO: u32 = 3;
+pub const REP_META_CONTEXT: u32 = 4;
+pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
+pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
+
+/// `NBD_REP_INFO` types.
+pub const INFO_EXPORT: u16 = 0;
+pub const INFO_NAME: u16 = 1;
+pub const INFO_DESCRIPTION: u16 = 2;
+pub const INFO_BLOCK_SIZE: u16 = 3;
+
+/// Commands.
+pub const CMD_READ: u16 = 0;
+pub const CMD_WRITE: u16 = 1;
+pub const CMD_DISC: u16 = 2;
+pub const CMD_FLUSH: u16 = 3;
+pub const CMD_TRIM: u16 = 4;
+pub const CMD_CACHE: u16 = 5;
+pub const CMD_WRITE_ZEROES: u16 = 6;
+pub const CMD_BLOCK_STATUS: u16 = 7;
+
+/// Command flags.
+pub const CMD_FLAG_FUA: u16 = 1 << 0;
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+
+/// Structured reply flags and chunk types.
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+pub const REPLY_TYPE_NONE: u16 = 0;
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+/// `base:allocation` state flags.
+pub const STATE_HOLE: u32 = 1 << 0;
+pub const STATE_ZERO: u32 = 1 << 1;
+
+/// The one metadata context this server knows, and the id it hands out for it.
+pub const META_BASE_ALLOCATION: &str = "base:allocation";
+pub const META_BASE_ALLOCATION_ID: u32 = 1;
+
+/// The largest READ or WRITE payload the server accepts (advertised as the maximum
+/// block size).
+pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
+/// The longest option payload the server reads; longer ones are drained and refused.
+pub const MAX_OPTION_LENGTH: u32 = 64 * 1024;
+/// The spec's limit for strings (export names, descriptions, error messages).
+pub const MAX_STRING: usize = 4096;
+
+pub const OPTION_HEADER_LEN: usize = 16;
+pub const REQUEST_HEADER_LEN: usize = 28;
+pub const SIMPLE_REPLY_LEN: usize = 16;
+pub const CHUNK_HEADER_LEN: usize = 20;
+
+/// The error values the protocol allows in replies. Nothing else goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Errno {
+    Perm,
+    Io,
+    Inval,
+    NoSpc,
+    Overflow,
+    NotSup,
+}
+
+impl Errno {
+    pub fn code(self) -> u32 {
+        match self {
+            Errno::Perm => 1,
+            Errno::Io => 5,
+            Errno::Inval => 22,
+            Errno::NoSpc => 28,
+            Errno::Overflow => 75,
+            Errno::NotSup => 95,
+        }
+    }
+}
+
+/// What the client answered to the server's handshake flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientFlags {
+    pub fixed_newstyle: bool,
+    pub no_zeroes: bool,
+}
+
+/// Parses the client flags; unknown bits are a protocol violation (the spec says the
+/// server must drop the connection).
+pub fn parse_client_flags(bytes: [u8; 4]) -> Result<ClientFlags, Error> {
+    let flags = u32::from_be_bytes(bytes);
+    let known = FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES;
+    if flags & !known != 0 {
+        return Err(Error::Protocol(format!(
+            "unknown client flags {:#x}",
+            flags & !known
+        )));
+    }
+    Ok(ClientFlags {
+        fixed_newstyle: flags & FLAG_C_FIXED_NEWSTYLE != 0,
+        no_zeroes: flags & FLAG_C_NO_ZEROES != 0,
+    })
+}
+
+/// The 18 bytes the server opens every connection with.
+pub fn server_greeting() -> [u8; 18] {
+    let mut out = [0u8; 18];
+    out[0..8].copy_from_slice(&INIT_PASSWD.to_be_bytes());
+    out[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    out[16..18].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    out
+}
+
+/// The fixed part of a client option: which option, and how many data bytes follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionHeader {
+    pub option: u32,
+    pub length: u32,
+}
+
+impl OptionHeader {
+    pub fn parse(bytes: &[u8; OPTION_HEADER_LEN]) -> Result<OptionHeader, Error> {
+        let mut r = Reader::new(bytes);
+        let magic = r.u64()?;
+        if magic != IHAVEOPT {
+            return Err(Error::Protocol(format!(
+                "option magic {magic:#018x}, expected IHAVEOPT"
+            )));
+        }
+        Ok(OptionHeader {
+            option: r.u32()?,
+            length: r.u32()?,
+        })
+    }
+
+    /// The client side of [`OptionHeader::parse`], for test clients and tools.
+    pub fn encode(&self) -> [u8; OPTION_HEADER_LEN] {
+        let mut out = [0u8; OPTION_HEADER_LEN];
+        out[0..8].copy_from_slice(&IHAVEOPT.to_be_bytes());
+        out[8..12].copy_from_slice(&self.option.to_be_bytes());
+        out[12..16].copy_from_slice(&self.length.to_be_bytes());
+        out
+    }
+}
+
+/// An export and the `NBD_INFO_*` items the client asks about (`NBD_OPT_INFO`/`GO`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportQuery {
+    pub name: String,
+    pub info_requests: Vec<u16>,
+}
+
+/// `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT` data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaContextQuery {
+    pub export: String,
+    pub queries: Vec<String>,
+}
+
+/// A client option, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOption {
+    ExportName(String),
+    Abort,
+    List,
+    Info(ExportQuery),
+    Go(ExportQuery),
+    StructuredReply,
+    ListMetaContext(MetaContextQuery),
+    SetMetaContext(MetaContextQuery),
+    /// An option this server does not implement (answered `NBD_REP_ERR_UNSUP`).
+    Unsupported(u32),
+}
+
+/// Parses an option's data. `Err(InvalidRequest)` means the option is known but its
+/// data is malformed: the server answers `NBD_REP_ERR_INVALID` and goes on.
+pub fn parse_option(option: u32, data: &[u8]) -> Result<ClientOption, Error> {
+    let mut r = Reader::new(data);
+    let parsed = match option {
+        OPT_EXPORT_NAME => return Ok(ClientOption::ExportName(string(data, "export name")?)),
+        OPT_ABORT => ClientOption::Abort,
+        OPT_LIST => ClientOption::List,
+        OPT_STRUCTURED_REPLY => ClientOption::StructuredReply,
+        OPT_INFO | OPT_GO => {
+            let name = r.string("export name")?;
+            let count = r.u16()?;
+            let mut info_requests = Vec::with_capacity(usize::from(count).min(r.remaining() / 2));
+            for _ in 0..count {
+                info_requests.push(r.u16()?);
+            }
+            let query = ExportQuery {
+                name,
+                info_requests,
+            };
+            if option == OPT_INFO {
+                ClientOption::Info(query)
+            } else {
+                ClientOption::Go(query)
+            }
+        }
+        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+            let export = r.string("export name")?;
+            let count = r.u32()?;
+            let mut queries = Vec::new();
+            for _ in 0..count {
+                queries.push(r.string("metadata context query")?);
+            }
+            let query = MetaContextQuery { export, queries };
+            if option == OPT_LIST_META_CONTEXT {
+                ClientOption::ListMetaContext(query)
+            } else {
+                ClientOption::SetMetaContext(query)
+            }
+        }
+        other => return Ok(ClientOption::Unsupported(other)),
+    };
+    r.finish()?;
+    Ok(parsed)
+}
+
+/// One option reply: header and data.
+pub fn option_reply(option: u32, reply_type: u32, data: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(20 + data.len());
+    out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+    out.extend_from_slice(&option.to_be_bytes());
+    out.extend_from_slice(&reply_type.to_be_bytes());
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(&data[..data.len().min(u32::MAX as usize)]);
+    out
+}
+
+/// An option error reply carrying a message for the user (nbdinfo prints it).
+pub fn option_error(option: u32, reply_type: u32, message: &str) -> Vec<u8> {
+    option_reply(option, reply_type, truncate(message).as_bytes())
+}
+
+/// `NBD_REP_SERVER` data: the export name, then its description for humans.
+pub fn rep_server(name: &str, description: &str) -> Vec<u8> {
+    let name = truncate(name);
+    let mut out = Vec::new();
+    out.extend_from_slice(&len32(name.len()).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(truncate(description).as_bytes());
+    out
+}
+
+/// `NBD_REP_META_CONTEXT` data.
+pub fn rep_meta_context(id: u32, name: &str) -> Vec<u8> {
+    let mut out = id.to_be_bytes().to_vec();
+    out.extend_from_slice(name.as_bytes());
+    out
+}
+
+/// `NBD_INFO_EXPORT`: size and transmission flags.
+pub fn info_export(size: u64, transmission_flags: u16) -> Vec<u8> {
+    let mut out = INFO_EXPORT.to_be_bytes().to_vec();
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(&transmission_flags.to_be_bytes());
+    out
+}
+
+/// `NBD_INFO_NAME` or `NBD_INFO_DESCRIPTION`.
+pub fn info_string(info_type: u16, text: &str) -> Vec<u8> {
+    let mut out = info_type.to_be_bytes().to_vec();
+    out.extend_from_slice(truncate(text).as_bytes());
+    out
+}
+
+/// `NBD_INFO_BLOCK_SIZE`.
+pub fn info_block_size(minimum: u32, preferred: u32, maximum: u32) -> Vec<u8> {
+    let mut out = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+    out.extend_from_slice(&minimum.to_be_bytes());
+    out.extend_from_slice(&preferred.to_be_bytes());
+    out.extend_from_slice(&maximum.to_be_bytes());
+    out
+}
+
+/// What the server sends after `NBD_OPT_EXPORT_NAME`: size, flags, and 124 zero
+/// bytes unless the client negotiated `NO_ZEROES`.
+pub fn export_name_reply(size: u64, transmission_flags: u16, no_zeroes: bool) -> Vec<u8> {
+    let mut out = size.to_be_bytes().to_vec();
+    out.extend_from_slice(&transmission_flags.to_be_bytes());
+    if !no_zeroes {
+        out.extend_from_slice(&[0u8; 124]);
+    }
+    out
+}
+
+/// The transmission flags of an export: every feature the server implements, minus
+/// the writing ones on a read-only export. `CAN_MULTI_CONN` holds because every
+/// connection to an export shares one volume and the server keeps no cache of its own.
+pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
+    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_CACHE | FLAG_CAN_MULTI_CONN;
+    if read_only {
+        flags |= FLAG_READ_ONLY;
+    } else {
+        flags |= FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO;
+    }
+    if structured {
+        flags |= FLAG_SEND_DF;
+    }
+    flags
+}
+
+/// A transmission-phase request header, as the client sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub flags: u16,
+    pub kind: u16,
+    pub cookie: u64,
+    pub offset: u64,
+    pub length: u32,
+}
+
+impl RequestHeader {
+    /// Bad magic is a protocol violation: the stream cannot be resynchronised.
+    pub fn parse(bytes: &[u8; REQUEST_HEADER_LEN]) -> Result<RequestHeader, Error> {
+        let mut r = Reader::new(bytes);
+        let magic = r.u32()?;
+        if magic != REQUEST_MAGIC {
+            return Err(Error::Protocol(format!(
+                "request magic {magic:#010x}, expected {REQUEST_MAGIC:#010x}"
+            )));
+        }
+        Ok(RequestHeader {
+            flags: r.u16()?,
+            kind: r.u16()?,
+            cookie: r.u64()?,
+            offset: r.u64()?,
+            length: r.u32()?,
+        })
+    }
+
+    /// The client side of [`RequestHeader::parse`], for test clients and tools.
+    pub fn encode(&self) -> [u8; REQUEST_HEADER_LEN] {
+        let mut out = [0u8; REQUEST_HEADER_LEN];
+        out[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        out[4..6].copy_from_slice(&self.flags.to_be_bytes());
+        out[6..8].copy_from_slice(&self.kind.to_be_bytes());
+        out[8..16].copy_from_slice(&self.cookie.to_be_bytes());
+        out[16..24].copy_from_slice(&self.offset.to_be_bytes());
+        out[24..28].copy_from_slice(&self.length.to_be_bytes());
+        out
+    }
+
+    /// Payload bytes that follow this header on the wire, whether or not the request
+    /// is accepted (a rejected write's data must still be drained).
+    pub fn payload_length(&self) -> u32 {
+        if self.kind == CMD_WRITE {
+            self.length
+        } else {
+            0
+        }
+    }
+
+    /// Checks the request against what was negotiated and the export's bounds, and
+    /// returns the command to run. The error says which reply the client gets.
+    pub fn validate(&self, session: &SessionLimits) -> Result<Command, Error> {
+        let fua = self.flags & CMD_FLAG_FUA != 0;
+        let allowed = match self.kind {
+            CMD_READ if session.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+            CMD_READ | CMD_WRITE | CMD_DISC | CMD_FLUSH | CMD_TRIM | CMD_CACHE => CMD_FLAG_FUA,
+            CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
+            other => return Err(Error::InvalidRequest(format!("unknown command {other}"))),
+        };
+        if self.flags & !allowed != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "flags {:#x} are not valid for {}",
+                self.flags & !allowed,
+                command_name(self.kind)
+            )));
+        }
+        match self.kind {
+            CMD_DISC => return Ok(Command::Disconnect),
+            CMD_FLUSH => {
+                if self.offset != 0 || self.length != 0 {
+                    return Err(Error::InvalidRequest(
+                        "flush with a nonzero offset or length".into(),
+                    ));
+                }
+                return Ok(Command::Flush);
+            }
+            _ => {}
+        }
+        let writes = matches!(self.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+        if writes && session.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.length == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "{} of zero bytes",
+                command_name(self.kind)
+            )));
+        }
+        if matches!(self.kind, CMD_READ | CMD_WRITE) && self.length > MAX_PAYLOAD {
+            return Err(Error::TooLarge {
+                length: u64::from(self.length),
+                max: u64::from(MAX_PAYLOAD),
+            });
+        }
+        let in_bounds = self
+            .offset
+            .checked_add(u64::from(self.length))
+            .is_some_and(|end| end <= session.size);
+        if !in_bounds {
+            return Err(Error::OutOfRange {
+                offset: self.offset,
+                length: u64::from(self.length),
+                size: session.size,
+            });
+        }
+        let (offset, length) = (self.offset, self.length);
+        Ok(match self.kind {
+            CMD_READ => Command::Read { offset, length },
+            CMD_WRITE => Command::Write {
+                offset,
+                length,
+                fua,
+            },
+            CMD_TRIM => Command::Trim {
+                offset,
+                length,
+                fua,
+            },
+            CMD_CACHE => Command::Cache { offset, length },
+            CMD_WRITE_ZEROES => {
+                let may_punch = self.flags & CMD_FLAG_NO_HOLE == 0;
+                if self.flags & CMD_FLAG_FAST_ZERO != 0 && !may_punch {
+                    return Err(Error::NotSupported(
+                        "a fast zero that may not punch a hole would have to write data".into(),
+                    ));
+                }
+                Command::WriteZeroes {
+                    offset,
+                    length,
+                    fua,
+                    may_punch,
+                }
+            }
+            CMD_BLOCK_STATUS => {
+                if !session.block_status {
+                    return Err(Error::InvalidRequest(
+                        "block status without a negotiated metadata context".into(),
+                    ));
+                }
+                Command::BlockStatus {
+                    offset,
+                    length,
+                    one: self.flags & CMD_FLAG_REQ_ONE != 0,
+                }
+            }
+            other => return Err(Error::InvalidRequest(format!("unknown command {other}"))),
+        })
+    }
+}
+
+/// What a request is checked against: the export and what the handshake negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub size: u64,
+    pub read_only: bool,
+    pub structured: bool,
+    /// `base:allocation` was selected with `NBD_OPT_SET_META_CONTEXT`.
+    pub block_status: bool,
+}
+
+/// A validated request: in bounds, flags valid, allowed on the export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Read {
+        offset: u64,
+        length: u32,
+    },
+    Write {
+        offset: u64,
+        length: u32,
+        fua: bool,
+    },
+    Disconnect,
+    Flush,
+    Trim {
+        offset: u64,
+        length: u32,
+        fua: bool,
+    },
+    Cache {
+        offset: u64,
+        length: u32,
+    },
+    WriteZeroes {
+        offset: u64,
+        length: u32,
+        fua: bool,
+        may_punch: bool,
+    },
+    BlockStatus {
+        offset: u64,
+        length: u32,
+        one: bool,
+    },
+}
+
+pub fn command_name(kind: u16) -> &'static str {
+    match kind {
+        CMD_READ => "read",
+        CMD_WRITE => "write",
+        CMD_DISC => "disconnect",
+        CMD_FLUSH => "flush",
+        CMD_TRIM => "trim",
+        CMD_CACHE => "cache",
+        CMD_WRITE_ZEROES => "write zeroes",
+        CMD_BLOCK_STATUS => "block status",
+        _ => "unknown command",
+    }
+}
+
+/// A simple reply (no payload follows it except for a successful read).
+pub fn simple_reply(cookie: u64, error: Option<Errno>) -> [u8; SIMPLE_REPLY_LEN] {
+    let mut out = [0u8; SIMPLE_REPLY_LEN];
+    out[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    out[4..8].copy_from_slice(&error.map_or(0, Errno::code).to_be_bytes());
+    out[8..16].copy_from_slice(&cookie.to_be_bytes());
+    out
+}
+
+/// The header of one structured reply chunk; `length` payload bytes follow.
+pub fn chunk_header(
+    flags: u16,
+    chunk_type: u16,
+    cookie: u64,
+    length: u32,
+) -> [u8; CHUNK_HEADER_LEN] {
+    let mut out = [0u8; CHUNK_HEADER_LEN];
+    out[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out[4..6].copy_from_slice(&flags.to_be_bytes());
+    out[6..8].copy_from_slice(&chunk_type.to_be_bytes());
+    out[8..16].copy_from_slice(&cookie.to_be_bytes());
+    out[16..20].copy_from_slice(&length.to_be_bytes());
+    out
+}
+
+/// The final `NBD_REPLY_TYPE_OFFSET_DATA` chunk's header and offset; `data_len` bytes
+/// of data follow. Data longer than a chunk can describe is refused.
+pub fn offset_data_header(cookie: u64, offset: u64, data_len: usize) -> Result<[u8; 28], Error> {
+    let length = u32::try_from(data_len)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .ok_or(Error::TooLarge {
+            length: data_len as u64,
+            max: u64::from(u32::MAX - 8),
+        })?;
+    let mut out = [0u8; 28];
+    out[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        cookie,
+        length,
+    ));
+    out[CHUNK_HEADER_LEN..].copy_from_slice(&offset.to_be_bytes());
+    Ok(out)
+}
+
+/// The final `NBD_REPLY_TYPE_OFFSET_HOLE` chunk: `length` bytes at `offset` read as zeros.
+pub fn offset_hole_chunk(cookie: u64, offset: u64, length: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_HOLE,
+        cookie,
+        12,
+    ));
+    out[20..28].copy_from_slice(&offset.to_be_bytes());
+    out[28..32].copy_from_slice(&length.to_be_bytes());
+    out
+}
+
+/// The final `NBD_REPLY_TYPE_NONE` chunk: success with no payload.
+pub fn none_chunk(cookie: u64) -> [u8; CHUNK_HEADER_LEN] {
+    chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0)
+}
+
+/// The final `NBD_REPLY_TYPE_ERROR` chunk, with a message for the user.
+pub fn error_chunk(cookie: u64, errno: Errno, message: &str) -> Vec<u8> {
+    let message = truncate(message);
+    // `truncate` keeps messages at most MAX_STRING bytes, far below u16::MAX.
+    let message_len = u16::try_from(message.len()).unwrap_or(0);
+    let message = &message[..usize::from(message_len)];
+    let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + 6 + message.len());
+    out.extend_from_slice(&chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        cookie,
+        6 + u32::from(message_len),
+    ));
+    out.extend_from_slice(&errno.code().to_be_bytes());
+    out.extend_from_slice(&message_len.to_be_bytes());
+    out.extend_from_slice(message.as_bytes());
+    out
+}
+
+/// One `base:allocation` descriptor: a length and its state flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockDescriptor {
+    pub length: u32,
+    pub flags: u32,
+}
+
+/// Turns a volume's extents into descriptors for a request of `length` bytes: state
+/// flags mapped, neighbours with equal flags merged, zero-length extents skipped, the
+/// total clipped to the request, one descriptor if `one`. Never empty: when the volume
+/// reported nothing usable, the whole range is described as allocated data (status 0
+/// is always a safe answer).
+pub fn block_descriptors(extents: &[Extent], length: u32, one: bool) -> Vec<BlockDescriptor> {
+    let mut out: Vec<BlockDescriptor> = Vec::new();
+    let mut left = length;
+    for extent in extents {
+        if left == 0 {
+            break;
+        }
+        let take = u32::try_from(extent.length).unwrap_or(u32::MAX).min(left);
+        if take == 0 {
+            continue;
+        }
+        left -= take;
+        let flags =
+            if extent.hole { STATE_HOLE } else { 0 } | if extent.zero { STATE_ZERO } else { 0 };
+        match out.last_mut() {
+            Some(last) if last.flags == flags => last.length += take,
+            _ => out.push(BlockDescriptor {
+                length: take,
+                flags,
+            }),
+        }
+    }
+    if out.is_empty() && length > 0 {
+        out.push(BlockDescriptor { length, flags: 0 });
+    }
+    if one {
+        out.truncate(1);
+    }
+    out
+}
+
+/// The final `NBD_REPLY_TYPE_BLOCK_STATUS` chunk for one metadata context.
+pub fn block_status_chunk(
+    cookie: u64,
+    context_id: u32,
+    descriptors: &[BlockDescriptor],
+) -> Vec<u8> {
+    let payload_len = descriptors
+        .len()
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(4))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + 4 + descriptors.len() * 8);
+    out.extend_from_slice(&chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        cookie,
+        payload_len,
+    ));
+    out.extend_from_slice(&context_id.to_be_bytes());
+    for d in descriptors {
+        out.extend_from_slice(&d.length.to_be_bytes());
+        out.extend_from_slice(&d.flags.to_be_bytes());
+    }
+    out
+}
+
+/// Cuts a string to the protocol's 4096-byte limit on a character boundary.
+pub fn truncate(text: &str) -> &str {
+    if text.len() <= MAX_STRING {
+        return text;
+    }
+    let mut end = MAX_STRING;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn string(bytes: &[u8], what: &str) -> Result<String, Error> {
+    if bytes.len() > MAX_STRING {
+        return Err(Error::InvalidRequest(format!(
+            "{what} of {} bytes is longer than {MAX_STRING}",
+            bytes.len()
+        )));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Error::InvalidRequest(format!("{what} is not UTF-8")))?;
+    if text.contains('\0') {
+        return Err(Error::InvalidRequest(format!("{what} contains NUL")));
+    }
+    Ok(text.to_owned())
+}
+
+/// A cursor over untrusted bytes: every read is bounds-checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if n > self.bytes.len() {
+            return Err(Error::InvalidRequest(format!(
+                "option data ends early: {n} bytes wanted, {} left",
+                self.bytes.len()
+            )));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u16(&mut self) -> Result<u16, Error> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, Error> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, Error> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// A string prefixed by its 32-bit length.
+    fn string(&mut self, what: &str) -> Result<String, Error> {
+        let len = self.u32()?;
+        let len = usize::try_from(len)
+            .map_err(|_| Error::InvalidRequest(format!("{what} length {len} too large")))?;
+        string(self.take(len)?, what)
+    }
+
+    fn finish(&self) -> Result<(), Error> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidRequest(format!(
+                "{} unexpected trailing bytes in option data",
+                self.bytes.len()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            size: 1 << 20,
+            read_only: false,
+            structured: true,
+            block_status: true,
+        }
+    }
+
+    fn request(kind: u16, flags: u16, offset: u64, length: u32) -> RequestHeader {
+        RequestHeader {
+            flags,
+            kind,
+            cookie: 7,
+            offset,
+            length,
+        }
+    }
+
+    fn go_data(name: &str, infos: &[u16]) -> Vec<u8> {
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(&(infos.len() as u16).to_be_bytes());
+        for info in infos {
+            data.extend_from_slice(&info.to_be_bytes());
+        }
+        data
+    }
+
+    #[test]
+    fn greeting_is_nbdmagic_ihaveopt_and_flags() {
+        let g = server_greeting();
+        assert_eq!(&g[0..8], b"NBDMAGIC");
+        assert_eq!(&g[8..16], b"IHAVEOPT");
+        assert_eq!(&g[16..18], &[0, 3]);
+    }
+
+    #[test]
+    fn client_flags_with_unknown_bits_are_a_violation() {
+        assert_eq!(
+            parse_client_flags([0, 0, 0, 3]).unwrap(),
+            ClientFlags {
+                fixed_newstyle: true,
+                no_zeroes: true
+            }
+        );
+        assert!(matches!(
+            parse_client_flags([0, 0, 0, 4]),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn go_parses_name_and_info_requests() {
+        let parsed = parse_option(OPT_GO, &go_data("disk", &[INFO_NAME, INFO_BLOCK_SIZE])).unwrap();
+        assert_eq!(
+            parsed,
+            ClientOption::Go(ExportQuery {
+                name: "disk".into(),
+                info_requests: vec![INFO_NAME, INFO_BLOCK_SIZE]
+            })
+        );
+    }
+
+    #[test]
+    fn go_with_trailing_bytes_or_short_data_is_invalid() {
+        let mut data = go_data("disk", &[]);
+        data.push(0);
+        assert!(matches!(
+            parse_option(OPT_GO, &data),
+            Err(Error::InvalidRequest(_))
+        ));
+        let data = go_data("disk", &[INFO_NAME]);
+        assert!(matches!(
+            parse_option(OPT_INFO, &data[..data.len() - 1]),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            parse_option(OPT_GO, &[0xff, 0xff, 0xff, 0xff]),
+            Err(Error::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn options_without_data_reject_data() {
+        assert!(matches!(
+            parse_option(OPT_LIST, &[1]),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            parse_option(OPT_STRUCTURED_REPLY, &[1]),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert_eq!(parse_option(OPT_ABORT, &[]).unwrap(), ClientOption::Abort);
+    }
+
+    #[test]
+    fn unknown_options_are_unsupported_not_errors() {
+        assert_eq!(parse_option(5, b"x").unwrap(), ClientOption::Unsupported(5));
+        assert_eq!(
+            parse_option(99, &[]).unwrap(),
+            ClientOption::Unsupported(99)
+        );
+    }
+
+    #[test]
+    fn meta_context_queries_parse() {
+        let mut data = go_data("disk", &[]);
+        data.truncate(8);
+        data.extend_from_slice(&1u32.to_be_bytes());
+        data.extend_from_slice(&15u32.to_be_bytes());
+        data.extend_from_slice(META_BASE_ALLOCATION.as_bytes());
+        assert_eq!(
+            parse_option(OPT_SET_META_CONTEXT, &data).unwrap(),
+            ClientOption::SetMetaContext(MetaContextQuery {
+                export: "disk".into(),
+                queries: vec![META_BASE_ALLOCATION.into()]
+            })
+        );
+    }
+
+    #[test]
+    fn export_names_must_be_utf8_without_nul() {
+        assert!(parse_option(OPT_EXPORT_NAME, &[0xff]).is_err());
+        assert!(parse_option(OPT_EXPORT_NAME, b"a\0b").is_err());
+        assert_eq!(
+            parse_option(OPT_EXPORT_NAME, b"").unwrap(),
+            ClientOption::ExportName(String::new())
+        );
+    }
+
+    #[test]
+    fn bad_request_magic_is_a_violation() {
+        let mut bytes = request(CMD_READ, 0, 0, 512).encode();
+        bytes[0] ^= 1;
+        assert!(matches!(
+            RequestHeader::parse(&bytes),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn reads_and_writes_in_bounds_are_accepted() {
+        assert_eq!(
+            request(CMD_READ, CMD_FLAG_DF, 4096, 4096)
+                .validate(&limits())
+                .unwrap(),
+            Command::Read {
+                offset: 4096,
+                length: 4096
+            }
+        );
+        assert_eq!(
+            request(CMD_WRITE, CMD_FLAG_FUA, (1 << 20) - 1, 1)
+                .validate(&limits())
+                .unwrap(),
+            Command::Write {
+                offset: (1 << 20) - 1,
+                length: 1,
+                fua: true
+            }
+        );
+    }
+
+    #[test]
+    fn past_the_end_is_out_of_range_even_when_the_sum_overflows() {
+        for kind in [
+            CMD_READ,
+            CMD_WRITE,
+            CMD_TRIM,
+            CMD_BLOCK_STATUS,
+            CMD_CACHE,
+            CMD_WRITE_ZEROES,
+        ] {
+            assert!(matches!(
+                request(kind, 0, (1 << 20) - 1, 2).validate(&limits()),
+                Err(Error::OutOfRange { .. })
+            ));
+            assert!(matches!(
+                request(kind, 0, u64::MAX, 2).validate(&limits()),
+                Err(Error::OutOfRange { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn writes_to_read_only_exports_are_refused() {
+        let ro = SessionLimits {
+            read_only: true,
+            ..limits()
+        };
+        for kind in [CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES] {
+            assert!(matches!(
+                request(kind, 0, 0, 512).validate(&ro),
+                Err(Error::ReadOnly)
+            ));
+        }
+        assert!(request(CMD_READ, 0, 0, 512).validate(&ro).is_ok());
+    }
+
+    #[test]
+    fn unknown_commands_and_flags_are_invalid() {
+        assert!(matches!(
+            request(42, 0, 0, 512).validate(&limits()),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            request(CMD_WRITE, CMD_FLAG_NO_HOLE, 0, 512).validate(&limits()),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            request(CMD_READ, 1 << 15, 0, 512).validate(&limits()),
+            Err(Error::InvalidRequest(_))
+        ));
+        let simple = SessionLimits {
+            structured: false,
+            block_status: false,
+            ..limits()
+        };
+        assert!(request(CMD_READ, CMD_FLAG_DF, 0, 512)
+            .validate(&simple)
+            .is_err());
+        assert!(request(CMD_BLOCK_STATUS, 0, 0, 512)
+            .validate(&simple)
+            .is_err());
+    }
+
+    #[test]
+    fn oversize_payloads_are_too_large() {
+        let big = SessionLimits {
+            size: u64::MAX,
+            ..limits()
+        };
+        assert!(matches!(
+            request(CMD_WRITE, 0, 0, MAX_PAYLOAD + 1).validate(&big),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(
+            request(CMD_WRITE, 0, 0, MAX_PAYLOAD + 1).payload_length(),
+            MAX_PAYLOAD + 1
+        );
+        assert!(request(CMD_TRIM, 0, 0, u32::MAX).validate(&big).is_ok());
+    }
+
+    #[test]
+    fn fast_zero_that_may_not_punch_is_not_supported() {
+        assert!(matches!(
+            request(
+                CMD_WRITE_ZEROES,
+                CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE,
+                0,
+                512
+            )
+            .validate(&limits()),
+            Err(Error::NotSupported(_))
+        ));
+        assert_eq!(
+            request(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 512)
+                .validate(&limits())
+                .unwrap(),
+            Command::WriteZeroes {
+                offset: 0,
+                length: 512,
+                fua: false,
+                may_punch: true
+            }
+        );
+    }
+
+    #[test]
+    fn flush_must_have_zero_offset_and_length() {
+        assert_eq!(
+            request(CMD_FLUSH, 0, 0, 0).validate(&limits()).unwrap(),
+            Command::Flush
+        );
+        assert!(request(CMD_FLUSH, 0, 0, 1).validate(&limits()).is_err());
+    }
+
+    #[test]
+    fn descriptors_merge_clip_and_never_come_back_empty() {
+        let e = |length, hole, zero| Extent { length, hole, zero };
+        let got = block_descriptors(
+            &[
+                e(4096, false, false),
+                e(4096, true, true),
+                e(8192, true, true),
+                e(1 << 40, false, false),
+            ],
+            20000,
+            false,
+        );
+        assert_eq!(
+            got,
+            vec![
+                BlockDescriptor {
+                    length: 4096,
+                    flags: 0
+                },
+                BlockDescriptor {
+                    length: 12288,
+                    flags: STATE_HOLE | STATE_ZERO
+                },
+                BlockDescriptor {
+                    length: 3616,
+                    flags: 0
+                },
+            ]
+        );
+        assert_eq!(
+            block_descriptors(&[e(4096, true, true), e(4096, false, false)], 8192, true).len(),
+            1
+        );
+        assert_eq!(
+            block_descriptors(&[], 512, false),
+            vec![BlockDescriptor {
+                length: 512,
+                flags: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn error_chunk_messages_are_capped() {
+        let chunk = error_chunk(1, Errno::Io, &"é".repeat(5000));
+        let message_len = u16::from_be_bytes([chunk[24], chunk[25]]) as usize;
+        assert!(message_len <= MAX_STRING);
+        assert_eq!(chunk.len(), CHUNK_HEADER_LEN + 6 + message_len);
+        assert!(std::str::from_utf8(&chunk[26..]).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn request_headers_round_trip(flags: u16, kind: u16, cookie: u64, offset: u64, length: u32) {
+            let header = RequestHeader { flags, kind, cookie, offset, length };
+            prop_assert_eq!(RequestHeader::parse(&header.encode()).unwrap(), header);
+        }
+
+        #[test]
+        fn option_headers_round_trip(option: u32, length: u32) {
+            let header = OptionHeader { option, length };
+            prop_assert_eq!(OptionHeader::parse(&header.encode()).unwrap(), header);
+        }
+
+        #[test]
+        fn go_round_trips(name in "[a-z0-9/_.-]{0,64}", infos in proptest::collection::vec(any::<u16>(), 0..8)) {
+            let parsed = parse_option(OPT_GO, &go_data(&name, &infos)).unwrap();
+            prop_assert_eq!(parsed, ClientOption::Go(ExportQuery { name, info_requests: infos }));
+        }
+
+        #[test]
+        fn option_parser_never_panics(option in 0u32..16, data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_option(option, &data);
+        }
+
+        #[test]
+        fn validated_requests_are_in_bounds(flags: u16, kind in 0u16..10, offset: u64, length: u32, size: u64) {
+            let session = SessionLimits { size, ..limits() };
+            let header = RequestHeader { flags, kind, cookie: 0, offset, length };
+            if let Ok(cmd) = header.validate(&session) {
+                let range = match cmd {
+                    Command::Read { offset, length }
+                    | Command::Write { offset, length, .. }
+                    | Command::Trim { offset, length, .. }
+                    | Command::Cache { offset, length }
+                    | Command::WriteZeroes { offset, length, .. }
+                    | Command::BlockStatus { offset, length, .. } => Some((offset, length)),
+                    Command::Disconnect | Command::Flush => None,
+                };
+                if let Some((offset, length)) = range {
+                    prop_assert!(length > 0);
+                    prop_assert!(offset.checked_add(u64::from(length)).is_some_and(|end| end <= size));
+                }
+            }
+        }
+
+        #[test]
+        fn descriptors_cover_at_most_the_request(
+            extents in proptest::collection::vec((0u64..100_000, any::<bool>(), any::<bool>()), 0..20),
+            length in 1u32..1_000_000,
+            one: bool,
+        ) {
+            let extents: Vec<Extent> = extents.into_iter().map(|(length, hole, zero)| Extent { length, hole, zero }).collect();
+            let got = block_descriptors(&extents, length, one);
+            prop_assert!(!got.is_empty());
+            prop_assert!(got.iter().all(|d| d.length > 0));
+            prop_assert!(got.iter().map(|d| u64::from(d.length)).sum::<u64>() <= u64::from(length));
+        }
+    }
+}

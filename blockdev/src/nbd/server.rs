@@ -1,0 +1,913 @@
+//! The NBD server: sockets, the handshake, and the transmission phase.
+//!
+//! Threads: one accept loop; per connection, one thread that runs the handshake and
+//! then reads requests; a pool of workers shared by all connections that runs the
+//! requests against the volume and writes each reply under its connection's writer
+//! lock, so replies leave in completion order. Each connection bounds its requests in
+//! flight (in number and in bytes), so a client that floods requests or never reads
+//! its replies stalls only itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
+};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use tracing::{debug, error, info, warn};
+
+use super::proto::{
+    self, ClientOption, Command, Errno, OptionHeader, RequestHeader, SessionLimits,
+    CMD_BLOCK_STATUS, CMD_CACHE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
+};
+use crate::volume::Volume;
+use crate::Error;
+
+/// The export a client gets when it asks for the empty name (the spec's default export).
+pub const DEFAULT_EXPORT: &str = "default";
+
+/// Requests one connection may have in flight before the server stops reading from it.
+const MAX_REQUESTS_IN_FLIGHT: usize = 128;
+/// Payload bytes (read and write buffers) one connection may have in flight.
+const MAX_BYTES_IN_FLIGHT: u64 = 128 * 1024 * 1024;
+/// A client that does not take its replies for this long is dropped, so a stuck
+/// client cannot hold a worker forever.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// CACHE reads the range through the volume in pieces of this size.
+const CACHE_PIECE: u32 = 4 * 1024 * 1024;
+
+/// One named export: the volume and how it is offered.
+#[derive(Clone, Debug)]
+pub struct Export {
+    pub volume: Arc<dyn Volume>,
+    /// Offered read-only even if the volume could be written.
+    pub read_only: bool,
+    /// Shown to clients (`nbdinfo`) when set.
+    pub description: Option<String>,
+}
+
+impl Export {
+    fn read_only(&self) -> bool {
+        self.read_only || self.volume.is_read_only()
+    }
+}
+
+/// The exports by name. Shared with whoever may swap volumes while the server runs;
+/// a client keeps the volume it attached to until it disconnects.
+pub type ExportTable = Arc<RwLock<BTreeMap<String, Export>>>;
+
+/// The NBD error value for an error, for a request of command `kind`. The one place
+/// where errors become wire codes.
+pub fn errno(err: &Error, kind: u16) -> Errno {
+    match err {
+        Error::Io { source, .. } => match source.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => Errno::NoSpc,
+            _ if source.kind() == io::ErrorKind::StorageFull => Errno::NoSpc,
+            _ => Errno::Io,
+        },
+        Error::OutOfRange { .. } if matches!(kind, CMD_WRITE | CMD_WRITE_ZEROES) => Errno::NoSpc,
+        Error::OutOfRange { .. } => Errno::Inval,
+        Error::ReadOnly => Errno::Perm,
+        Error::KeyUnavailable { .. } => Errno::Io,
+        Error::Corrupted { .. } => Errno::Io,
+        Error::Kms(_) => Errno::Io,
+        Error::InvalidRequest(_) => Errno::Inval,
+        Error::TooLarge { .. } => Errno::Overflow,
+        Error::NotSupported(_) => Errno::NotSup,
+        Error::Protocol(_) => Errno::Inval,
+    }
+}
+
+/// A bound NBD server. [`Server::run`] serves until [`ShutdownHandle::shutdown`].
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    exports: ExportTable,
+    shared: Arc<Shared>,
+    workers: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    stopping: AtomicBool,
+    /// Where a connection wakes the blocked accept loop on shutdown.
+    wake_addr: SocketAddr,
+    /// Every live connection's socket, so shutdown can end their reads.
+    connections: Mutex<HashMap<u64, TcpStream>>,
+}
+
+/// Stops a running [`Server`]: no new connections, in-flight requests finish, every
+/// volume is flushed, then `run` returns.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // accept() blocks; a connection to ourselves makes it return and see the flag.
+        if let Err(err) = TcpStream::connect_timeout(&self.shared.wake_addr, Duration::from_secs(2))
+        {
+            warn!(
+                "could not wake the accept loop at {}: {err}",
+                self.shared.wake_addr
+            );
+        }
+    }
+}
+
+/// Shuts the server down on the first SIGINT or SIGTERM; a second one exits at once.
+pub fn stop_on_signals(handle: ShutdownHandle) -> Result<(), Error> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|source| Error::Io {
+            context: "installing the SIGINT/SIGTERM handlers".into(),
+            source,
+        })?;
+    thread::Builder::new()
+        .name("nbd-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    info!("signal {signal}: finishing requests, flushing, shutting down");
+                    handle.shutdown();
+                } else {
+                    warn!("signal {signal} again: exiting without waiting");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .map_err(|source| Error::Io {
+            context: "starting the signal thread".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+impl Server {
+    /// Listens on `addr` (port 0 picks a free port; see [`Server::local_addr`]).
+    pub fn bind(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        exports: ExportTable,
+    ) -> Result<Server, Error> {
+        let io_err = |source| Error::Io {
+            context: format!("listening on {addr:?}"),
+            source,
+        };
+        let listener = TcpListener::bind(&addr).map_err(io_err)?;
+        let local = listener.local_addr().map_err(io_err)?;
+        let wake_ip = match local.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let workers = thread::available_parallelism()
+            .map_or(2, usize::from)
+            .saturating_mul(4)
+            .max(8);
+        Ok(Server {
+            listener,
+            local_addr: local,
+            exports,
+            shared: Arc::new(Shared {
+                stopping: AtomicBool::new(false),
+                wake_addr: SocketAddr::new(wake_ip, local.port()),
+                connections: Mutex::new(HashMap::new()),
+            }),
+            workers,
+        })
+    }
+
+    /// The address the server listens on (with the port picked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Serves until shut down, then waits for every connection to finish its
+    /// in-flight requests and flushes every writable export.
+    pub fn run(self) -> Result<(), Error> {
+        let pool = WorkerPool::start(self.workers)?;
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let next_id = AtomicU64::new(0);
+        for incoming in self.listener.incoming() {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let stream = match incoming {
+                Ok(stream) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!("accepting a connection failed: {err}");
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            threads.retain(|t| !t.is_finished());
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            if let Err(err) = self.spawn_connection(id, stream, pool.sender(), &mut threads) {
+                warn!("connection {id}: {err}");
+                lock(&self.shared.connections).remove(&id);
+            }
+        }
+        drop(self.listener);
+        for stream in lock(&self.shared.connections).values() {
+            // Ends each connection's reads; its in-flight requests still get replies.
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+        pool.finish();
+        let exports = self.exports.read().unwrap_or_else(PoisonError::into_inner);
+        let mut first_failure = None;
+        for (name, export) in exports.iter().filter(|(_, e)| !e.read_only()) {
+            if let Err(err) = export.volume.flush() {
+                error!("flushing export {name:?}: {err}");
+                first_failure.get_or_insert(err);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    fn spawn_connection(
+        &self,
+        id: u64,
+        stream: TcpStream,
+        jobs: Sender<Job>,
+        threads: &mut Vec<JoinHandle<()>>,
+    ) -> Result<(), Error> {
+        let io_err = |context: &str| {
+            let context = context.to_owned();
+            move |source| Error::Io { context, source }
+        };
+        let registered = stream.try_clone().map_err(io_err("cloning the socket"))?;
+        lock(&self.shared.connections).insert(id, registered);
+        let exports = Arc::clone(&self.exports);
+        let shared = Arc::clone(&self.shared);
+        let thread = thread::Builder::new()
+            .name(format!("nbd-conn-{id}"))
+            .spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
+                match serve_connection(stream, &exports, &jobs) {
+                    Ok(()) => debug!("{peer}: disconnected"),
+                    Err(Error::Io { source, .. })
+                        if source.kind() == io::ErrorKind::UnexpectedEof =>
+                    {
+                        debug!("{peer}: closed the connection")
+                    }
+                    Err(err) => warn!("{peer}: {err}"),
+                }
+                lock(&shared.connections).remove(&id);
+            })
+            .map_err(io_err("starting a connection thread"))?;
+        threads.push(thread);
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn io_error(context: &'static str) -> impl Fn(io::Error) -> Error {
+    move |source| Error::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    exports: &ExportTable,
+    jobs: &Sender<Job>,
+) -> Result<(), Error> {
+    stream
+        .set_nodelay(true)
+        .map_err(io_error("setting TCP_NODELAY"))?;
+    stream
+        .set_write_timeout(Some(REPLY_WRITE_TIMEOUT))
+        .map_err(io_error("setting the write timeout"))?;
+    let mut writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+    let Some(session) = handshake(&mut reader, &mut writer, exports)? else {
+        return Ok(());
+    };
+    let connection = Arc::new(Connection {
+        volume: session.export.volume,
+        limits: session.limits,
+        writer: Mutex::new(writer),
+        broken: AtomicBool::new(false),
+        in_flight: InFlight::default(),
+    });
+    let result = read_requests(&connection, &mut reader, jobs);
+    connection.in_flight.wait_idle();
+    result
+}
+
+/// What the handshake settled on.
+struct Session {
+    export: Export,
+    limits: SessionLimits,
+}
+
+fn resolve(exports: &ExportTable, name: &str) -> Option<(String, Export)> {
+    let table = exports.read().unwrap_or_else(PoisonError::into_inner);
+    if let Some(export) = table.get(name) {
+        return Some((name.to_owned(), export.clone()));
+    }
+    if !name.is_empty() {
+        return None;
+    }
+    if let Some(export) = table.get(DEFAULT_EXPORT) {
+        return Some((DEFAULT_EXPORT.to_owned(), export.clone()));
+    }
+    match (table.len(), table.iter().next()) {
+        (1, Some((only, export))) => Some((only.clone(), export.clone())),
+        _ => None,
+    }
+}
+
+fn read_array<const N: usize>(reader: &mut impl Read) -> Result<[u8; N], Error> {
+    let mut buf = [0u8; N];
+    reader
+        .read_exact(&mut buf)
+        .map_err(io_error("reading from the client"))?;
+    Ok(buf)
+}
+
+fn drain(reader: &mut impl Read, length: u32) -> Result<(), Error> {
+    let copied = io::copy(&mut reader.take(u64::from(length)), &mut io::sink())
+        .map_err(io_error("draining a payload"))?;
+    if copied < u64::from(length) {
+        return Err(Error::Io {
+            context: "draining a payload".into(),
+            source: io::ErrorKind::UnexpectedEof.into(),
+        });
+    }
+    Ok(())
+}
+
+fn send_option(writer: &mut impl Write, bytes: &[u8]) -> Result<(), Error> {
+    writer
+        .write_all(bytes)
+        .map_err(io_error("writing an option reply"))
+}
+
+/// Runs the fixed newstyle handshake. `None`: the client aborted.
+fn handshake(
+    reader: &mut impl Read,
+    writer: &mut impl Write,
+    exports: &ExportTable,
+) -> Result<Option<Session>, Error> {
+    use proto::{
+        option_error, option_reply, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_NAME,
+        META_BASE_ALLOCATION, META_BASE_ALLOCATION_ID, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY,
+        REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER,
+    };
+    writer
+        .write_all(&proto::server_greeting())
+        .map_err(io_error("writing the greeting"))?;
+    let client = proto::parse_client_flags(read_array(reader)?)?;
+    let mut structured = false;
+    // The export `base:allocation` was selected for, if it was.
+    let mut meta_export: Option<String> = None;
+    loop {
+        let header = OptionHeader::parse(&read_array(reader)?)?;
+        let code = header.option;
+        if header.length > proto::MAX_OPTION_LENGTH {
+            if code == proto::OPT_EXPORT_NAME {
+                return Err(Error::Protocol(format!(
+                    "export name of {} bytes",
+                    header.length
+                )));
+            }
+            drain(reader, header.length)?;
+            send_option(
+                writer,
+                &option_error(code, REP_ERR_TOO_BIG, "option data too long"),
+            )?;
+            continue;
+        }
+        let mut data = vec![0u8; header.length as usize];
+        reader
+            .read_exact(&mut data)
+            .map_err(io_error("reading option data"))?;
+        let option = match proto::parse_option(code, &data) {
+            Ok(option) => option,
+            // EXPORT_NAME has no error reply; the spec says to drop the connection.
+            Err(err) if code == proto::OPT_EXPORT_NAME => return Err(err),
+            Err(err) => {
+                send_option(
+                    writer,
+                    &option_error(code, REP_ERR_INVALID, &err.to_string()),
+                )?;
+                continue;
+            }
+        };
+        match option {
+            ClientOption::ExportName(name) => {
+                let (_, export) = resolve(exports, &name)
+                    .ok_or_else(|| Error::InvalidRequest(format!("no export named {name:?}")))?;
+                export.volume.check_attach()?;
+                let limits = session_limits(&export, structured, false);
+                let flags = proto::transmission_flags(limits.read_only, structured);
+                writer
+                    .write_all(&proto::export_name_reply(
+                        limits.size,
+                        flags,
+                        client.no_zeroes,
+                    ))
+                    .map_err(io_error("writing the export reply"))?;
+                return Ok(Some(Session { export, limits }));
+            }
+            ClientOption::Abort => {
+                // The client may already be gone; the spec says not to mind.
+                let _ = writer.write_all(&option_reply(code, REP_ACK, &[]));
+                return Ok(None);
+            }
+            ClientOption::List => {
+                let table: Vec<(String, Option<String>)> = exports
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .map(|(name, e)| (name.clone(), e.description.clone()))
+                    .collect();
+                for (name, description) in table {
+                    let data = proto::rep_server(&name, description.as_deref().unwrap_or(""));
+                    send_option(writer, &option_reply(code, REP_SERVER, &data))?;
+                }
+                send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+            }
+            ClientOption::Info(query) | ClientOption::Go(query) => {
+                let Some((name, export)) = resolve(exports, &query.name) else {
+                    let message = format!("no export named {:?}", query.name);
+                    send_option(writer, &option_error(code, REP_ERR_UNKNOWN, &message))?;
+                    continue;
+                };
+                if let Err(err) = export.volume.check_attach() {
+                    send_option(
+                        writer,
+                        &option_error(code, REP_ERR_POLICY, &err.to_string()),
+                    )?;
+                    continue;
+                }
+                let block_status = meta_export.as_deref() == Some(name.as_str());
+                let limits = session_limits(&export, structured, block_status);
+                let flags = proto::transmission_flags(limits.read_only, structured);
+                let mut infos = vec![proto::info_export(limits.size, flags)];
+                if query.info_requests.contains(&INFO_NAME) {
+                    infos.push(proto::info_string(INFO_NAME, &name));
+                }
+                if let (true, Some(text)) = (
+                    query.info_requests.contains(&INFO_DESCRIPTION),
+                    &export.description,
+                ) {
+                    infos.push(proto::info_string(INFO_DESCRIPTION, text));
+                }
+                if query.info_requests.contains(&INFO_BLOCK_SIZE) {
+                    infos.push(proto::info_block_size(
+                        1,
+                        export.volume.block_size(),
+                        proto::MAX_PAYLOAD,
+                    ));
+                }
+                for info in infos {
+                    send_option(writer, &option_reply(code, REP_INFO, &info))?;
+                }
+                send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+                if code == proto::OPT_GO {
+                    return Ok(Some(Session { export, limits }));
+                }
+            }
+            ClientOption::StructuredReply => {
+                structured = true;
+                send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+            }
+            ClientOption::ListMetaContext(query) | ClientOption::SetMetaContext(query) => {
+                if !structured {
+                    let message = "negotiate structured replies before metadata contexts";
+                    send_option(writer, &option_error(code, REP_ERR_INVALID, message))?;
+                    continue;
+                }
+                let Some((name, _)) = resolve(exports, &query.export) else {
+                    let message = format!("no export named {:?}", query.export);
+                    send_option(writer, &option_error(code, REP_ERR_UNKNOWN, &message))?;
+                    continue;
+                };
+                let listing = code == proto::OPT_LIST_META_CONTEXT;
+                let selected = if query.queries.is_empty() {
+                    listing
+                } else {
+                    query
+                        .queries
+                        .iter()
+                        .any(|q| q == META_BASE_ALLOCATION || (listing && q == "base:"))
+                };
+                if selected {
+                    let id = if listing { 0 } else { META_BASE_ALLOCATION_ID };
+                    let data = proto::rep_meta_context(id, META_BASE_ALLOCATION);
+                    send_option(writer, &option_reply(code, REP_META_CONTEXT, &data))?;
+                }
+                if !listing {
+                    meta_export = selected.then_some(name);
+                }
+                send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+            }
+            ClientOption::Unsupported(other) => {
+                let message = format!("option {other} is not supported");
+                send_option(writer, &option_error(code, REP_ERR_UNSUP, &message))?;
+            }
+        }
+    }
+}
+
+fn session_limits(export: &Export, structured: bool, block_status: bool) -> SessionLimits {
+    SessionLimits {
+        size: export.volume.size(),
+        read_only: export.read_only(),
+        structured,
+        block_status,
+    }
+}
+
+/// The transmission phase of one client.
+struct Connection {
+    volume: Arc<dyn Volume>,
+    limits: SessionLimits,
+    writer: Mutex<TcpStream>,
+    /// Set when a reply could not be written; nothing more is sent.
+    broken: AtomicBool,
+    in_flight: InFlight,
+}
+
+fn read_requests(
+    connection: &Arc<Connection>,
+    reader: &mut impl Read,
+    jobs: &Sender<Job>,
+) -> Result<(), Error> {
+    loop {
+        let mut head = [0u8; proto::REQUEST_HEADER_LEN];
+        match reader.read_exact(&mut head) {
+            Ok(()) => {}
+            // A client that closes between requests (or after DISC) ends cleanly.
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: "reading a request".into(),
+                    source,
+                })
+            }
+        }
+        if connection.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let header = RequestHeader::parse(&head)?;
+        let command = match header.validate(&connection.limits) {
+            Ok(Command::Disconnect) => return Ok(()),
+            Ok(command) => command,
+            Err(err) => {
+                debug!(
+                    "rejected {} request: {err}",
+                    proto::command_name(header.kind)
+                );
+                drain(reader, header.payload_length())?;
+                connection.reply_error(header.cookie, header.kind, &err);
+                continue;
+            }
+        };
+        let cost = match command {
+            Command::Read { length, .. } | Command::Write { length, .. } => u64::from(length),
+            _ => 0,
+        };
+        let permit = Permit::acquire(connection, cost);
+        let mut payload = vec![0u8; header.payload_length() as usize];
+        reader
+            .read_exact(&mut payload)
+            .map_err(io_error("reading a write payload"))?;
+        let cookie = header.cookie;
+        let job: Job = Box::new(move || {
+            permit.connection.execute(cookie, command, &payload);
+            drop(permit);
+        });
+        if jobs.send(job).is_err() {
+            return Err(Error::Protocol("the server's workers have stopped".into()));
+        }
+    }
+}
+
+impl Connection {
+    fn execute(&self, cookie: u64, command: Command, payload: &[u8]) {
+        let volume = &*self.volume;
+        let flush_if = |fua: bool| if fua { volume.flush() } else { Ok(()) };
+        let (kind, outcome) = match command {
+            Command::Read { offset, length } => return self.read(cookie, offset, length),
+            Command::BlockStatus {
+                offset,
+                length,
+                one,
+            } => return self.block_status(cookie, offset, length, one),
+            Command::Write { offset, fua, .. } => (
+                CMD_WRITE,
+                volume
+                    .write_at(offset, payload)
+                    .and_then(|()| flush_if(fua)),
+            ),
+            Command::Flush => (CMD_FLUSH, volume.flush()),
+            Command::Trim {
+                offset,
+                length,
+                fua,
+            } => (
+                CMD_TRIM,
+                volume
+                    .trim(offset, u64::from(length))
+                    .and_then(|()| flush_if(fua)),
+            ),
+            Command::Cache { offset, length } => (CMD_CACHE, self.cache(offset, length)),
+            Command::WriteZeroes {
+                offset,
+                length,
+                fua,
+                may_punch,
+            } => (
+                CMD_WRITE_ZEROES,
+                volume
+                    .write_zeroes(offset, u64::from(length), may_punch)
+                    .and_then(|()| flush_if(fua)),
+            ),
+            // The reader ends the connection on DISC; it never becomes a job.
+            Command::Disconnect => return,
+        };
+        match outcome {
+            Ok(()) => self.send(&[&proto::simple_reply(cookie, None)]),
+            Err(err) => self.reply_error(cookie, kind, &err),
+        }
+    }
+
+    fn read(&self, cookie: u64, offset: u64, length: u32) {
+        let mut buf = vec![0u8; length as usize];
+        if let Err(err) = self.volume.read_at(offset, &mut buf) {
+            return self.reply_error(cookie, CMD_READ, &err);
+        }
+        if !self.limits.structured {
+            return self.send(&[&proto::simple_reply(cookie, None), &buf]);
+        }
+        if is_zero(&buf) {
+            return self.send(&[&proto::offset_hole_chunk(cookie, offset, length)]);
+        }
+        match proto::offset_data_header(cookie, offset, buf.len()) {
+            Ok(header) => self.send(&[&header, &buf]),
+            Err(err) => self.reply_error(cookie, CMD_READ, &err),
+        }
+    }
+
+    fn block_status(&self, cookie: u64, offset: u64, length: u32, one: bool) {
+        match self.volume.allocation(offset, u64::from(length)) {
+            Ok(extents) => {
+                let descriptors = proto::block_descriptors(&extents, length, one);
+                let chunk =
+                    proto::block_status_chunk(cookie, proto::META_BASE_ALLOCATION_ID, &descriptors);
+                self.send(&[&chunk]);
+            }
+            Err(err) => self.reply_error(cookie, CMD_BLOCK_STATUS, &err),
+        }
+    }
+
+    /// Prefetch: reading the range pulls the volume file's pages into the OS cache.
+    fn cache(&self, offset: u64, length: u32) -> Result<(), Error> {
+        let mut scratch = vec![0u8; length.min(CACHE_PIECE) as usize];
+        let mut done = 0u32;
+        while done < length {
+            let piece = (length - done).min(CACHE_PIECE);
+            self.volume
+                .read_at(offset + u64::from(done), &mut scratch[..piece as usize])?;
+            done += piece;
+        }
+        Ok(())
+    }
+
+    fn reply_error(&self, cookie: u64, kind: u16, err: &Error) {
+        let code = errno(err, kind);
+        debug!(
+            "{} failed: {err} (errno {})",
+            proto::command_name(kind),
+            code.code()
+        );
+        if self.limits.structured {
+            self.send(&[&proto::error_chunk(cookie, code, &err.to_string())]);
+        } else {
+            self.send(&[&proto::simple_reply(cookie, Some(code))]);
+        }
+    }
+
+    fn send(&self, parts: &[&[u8]]) {
+        if self.broken.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut writer = lock(&self.writer);
+        if let Err(err) = write_all_parts(&mut *writer, parts) {
+            debug!("dropping the connection: a reply could not be written: {err}");
+            self.broken.store(true, Ordering::SeqCst);
+            let _ = writer.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn write_all_parts(writer: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut slices = &mut slices[..];
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match writer.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    // Whole 64-byte blocks OR-folded vectorise well and stop at the first data.
+    let mut blocks = buf.chunks_exact(64);
+    blocks.all(|b| b.iter().fold(0, |acc, &x| acc | x) == 0)
+        && blocks.remainder().iter().all(|&x| x == 0)
+}
+
+/// Counts a connection's requests and payload bytes in flight.
+#[derive(Default)]
+struct InFlight {
+    state: Mutex<(usize, u64)>,
+    changed: Condvar,
+}
+
+impl InFlight {
+    fn wait_idle(&self) {
+        let mut state = lock(&self.state);
+        while state.0 > 0 {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// One request's place in flight; released when the job is done (or unwinds).
+struct Permit {
+    connection: Arc<Connection>,
+    cost: u64,
+}
+
+impl Permit {
+    /// Waits until the connection has room. A request larger than the byte budget
+    /// still runs, alone.
+    fn acquire(connection: &Arc<Connection>, cost: u64) -> Permit {
+        let flight = &connection.in_flight;
+        let mut state = lock(&flight.state);
+        while state.0 >= MAX_REQUESTS_IN_FLIGHT
+            || (state.0 > 0 && state.1.saturating_add(cost) > MAX_BYTES_IN_FLIGHT)
+        {
+            state = flight
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.0 += 1;
+        state.1 = state.1.saturating_add(cost);
+        Permit {
+            connection: Arc::clone(connection),
+            cost,
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let flight = &self.connection.in_flight;
+        let mut state = lock(&flight.state);
+        state.0 = state.0.saturating_sub(1);
+        state.1 = state.1.saturating_sub(self.cost);
+        flight.changed.notify_all();
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Threads that run requests for every connection.
+struct WorkerPool {
+    jobs: Sender<Job>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    fn start(count: usize) -> Result<WorkerPool, Error> {
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let mut threads = Vec::with_capacity(count);
+        for i in 0..count {
+            let queue = queue.clone();
+            let thread = thread::Builder::new()
+                .name(format!("nbd-worker-{i}"))
+                .spawn(move || {
+                    for job in queue {
+                        // A panicking volume call must not take the worker with it.
+                        if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+                            error!("a request panicked; it got no reply");
+                        }
+                    }
+                })
+                .map_err(io_error("starting a worker thread"))?;
+            threads.push(thread);
+        }
+        Ok(WorkerPool { jobs, threads })
+    }
+
+    fn sender(&self) -> Sender<Job> {
+        self.jobs.clone()
+    }
+
+    fn finish(self) {
+        drop(self.jobs);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_follows_the_spec() {
+        let oob = Error::OutOfRange {
+            offset: 0,
+            length: 1,
+            size: 0,
+        };
+        assert_eq!(errno(&oob, CMD_READ), Errno::Inval);
+        assert_eq!(errno(&oob, CMD_TRIM), Errno::Inval);
+        assert_eq!(errno(&oob, CMD_WRITE), Errno::NoSpc);
+        assert_eq!(errno(&oob, CMD_WRITE_ZEROES), Errno::NoSpc);
+        assert_eq!(errno(&Error::ReadOnly, CMD_WRITE), Errno::Perm);
+        let key = Error::KeyUnavailable {
+            key_arn: "arn".into(),
+            reason: "Disabled".into(),
+        };
+        assert_eq!(errno(&key, CMD_READ), Errno::Io);
+        let full = Error::Io {
+            context: "w".into(),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(errno(&full, CMD_WRITE), Errno::NoSpc);
+        let other = Error::Io {
+            context: "w".into(),
+            source: io::Error::from_raw_os_error(libc::EBADF),
+        };
+        assert_eq!(errno(&other, CMD_WRITE), Errno::Io);
+        assert_eq!(
+            errno(&Error::TooLarge { length: 1, max: 0 }, CMD_WRITE),
+            Errno::Overflow
+        );
+    }
+
+    #[test]
+    fn is_zero_sees_a_single_byte_anywhere() {
+        for len in [0usize, 1, 63, 64, 65, 4096, 4099] {
+            let mut buf = vec![0u8; len];
+            assert!(is_zero(&buf));
+            for i in 0..len {
+                buf[i] = 1;
+                assert!(!is_zero(&buf), "len {len} byte {i}");
+                buf[i] = 0;
+            }
+        }
+    }
+
+    #[test]
+    fn write_all_parts_skips_empty_parts() {
+        let mut out = Vec::new();
+        write_all_parts(&mut out, &[b"", b"ab", b"", b"c"]).unwrap();
+        assert_eq!(out, b"abc");
+    }
+}

@@ -1,0 +1,823 @@
+//! The NBD server against an in-memory volume, driven by a hand-written client that
+//! speaks the wire format byte by byte (so malformed and pipelined traffic can be
+//! sent), plus `nbdinfo`/`nbdsh` for what real clients see.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command as Process;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use blockdev::nbd::proto::*;
+use blockdev::nbd::{Export, ExportTable, Server, ShutdownHandle};
+use blockdev::volume::{Extent, Volume};
+use blockdev::Error;
+
+const BLOCK: u64 = 4096;
+
+/// A volume in memory with 4 KiB allocation blocks, a switch to refuse attaches, and
+/// a gate that holds reads at one offset until released (to force out-of-order replies).
+#[derive(Debug, Default)]
+struct MemVolume {
+    data: RwLock<Vec<u8>>,
+    allocated: RwLock<Vec<bool>>,
+    read_only: bool,
+    refuse_attach: bool,
+    flushes: AtomicUsize,
+    gate: Mutex<Option<(u64, bool)>>,
+    gate_changed: Condvar,
+}
+
+impl MemVolume {
+    fn new(size: u64) -> MemVolume {
+        MemVolume {
+            data: RwLock::new(vec![0; size as usize]),
+            allocated: RwLock::new(vec![false; size.div_ceil(BLOCK) as usize]),
+            ..MemVolume::default()
+        }
+    }
+
+    fn check(&self, offset: u64, length: u64) -> Result<(), Error> {
+        let size = self.size();
+        match offset.checked_add(length) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange {
+                offset,
+                length,
+                size,
+            }),
+        }
+    }
+
+    fn hold_reads_at(&self, offset: u64) {
+        *self.gate.lock().unwrap() = Some((offset, false));
+    }
+
+    fn release_reads(&self) {
+        if let Some(gate) = self.gate.lock().unwrap().as_mut() {
+            gate.1 = true;
+        }
+        self.gate_changed.notify_all();
+    }
+}
+
+impl Volume for MemVolume {
+    fn size(&self) -> u64 {
+        self.data.read().unwrap().len() as u64
+    }
+    fn block_size(&self) -> u32 {
+        BLOCK as u32
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn check_attach(&self) -> Result<(), Error> {
+        if self.refuse_attach {
+            return Err(Error::KeyUnavailable {
+                key_arn: "arn:aws:kms:local:000000000000:key/test".into(),
+                reason: "the key is Disabled".into(),
+            });
+        }
+        Ok(())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.check(offset, buf.len() as u64)?;
+        let mut gate = self.gate.lock().unwrap();
+        while matches!(*gate, Some((at, false)) if at == offset) {
+            gate = self.gate_changed.wait(gate).unwrap();
+        }
+        drop(gate);
+        let data = self.data.read().unwrap();
+        buf.copy_from_slice(&data[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, src: &[u8]) -> Result<(), Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check(offset, src.len() as u64)?;
+        self.data.write().unwrap()[offset as usize..offset as usize + src.len()]
+            .copy_from_slice(src);
+        let mut allocated = self.allocated.write().unwrap();
+        for block in offset / BLOCK..(offset + src.len() as u64).div_ceil(BLOCK) {
+            allocated[block as usize] = true;
+        }
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), Error> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn trim(&self, offset: u64, length: u64) -> Result<(), Error> {
+        self.write_zeroes(offset, length, true)
+    }
+    fn write_zeroes(&self, offset: u64, length: u64, may_punch: bool) -> Result<(), Error> {
+        self.check(offset, length)?;
+        self.data.write().unwrap()[offset as usize..(offset + length) as usize].fill(0);
+        if may_punch {
+            let mut allocated = self.allocated.write().unwrap();
+            for block in offset.div_ceil(BLOCK)..(offset + length) / BLOCK {
+                allocated[block as usize] = false;
+            }
+        }
+        Ok(())
+    }
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>, Error> {
+        self.check(offset, length)?;
+        let allocated = self.allocated.read().unwrap();
+        let mut out: Vec<Extent> = Vec::new();
+        let mut at = offset;
+        while at < offset + length {
+            let end = ((at / BLOCK + 1) * BLOCK).min(offset + length);
+            let hole = !allocated[(at / BLOCK) as usize];
+            match out.last_mut() {
+                Some(last) if last.hole == hole => last.length += end - at,
+                _ => out.push(Extent {
+                    length: end - at,
+                    hole,
+                    zero: hole,
+                }),
+            }
+            at = end;
+        }
+        Ok(out)
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: ShutdownHandle,
+    thread: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    fn stop(self) -> Result<(), Error> {
+        self.shutdown.shutdown();
+        self.thread.join().unwrap()
+    }
+}
+
+fn serve(exports: Vec<(&str, Arc<MemVolume>, bool)>) -> Running {
+    let table: BTreeMap<String, Export> = exports
+        .into_iter()
+        .map(|(name, volume, read_only)| {
+            let export = Export {
+                volume,
+                read_only,
+                description: Some(format!("test export {name}")),
+            };
+            (name.to_owned(), export)
+        })
+        .collect();
+    let table: ExportTable = Arc::new(RwLock::new(table));
+    let server = Server::bind("127.0.0.1:0", table).unwrap();
+    let addr = server.local_addr();
+    let shutdown = server.shutdown_handle();
+    let thread = thread::spawn(move || server.run());
+    Running {
+        addr,
+        shutdown,
+        thread,
+    }
+}
+
+/// A client that speaks NBD by hand.
+struct Client {
+    stream: TcpStream,
+}
+
+#[derive(Debug, PartialEq)]
+enum Reply {
+    Simple {
+        error: u32,
+        cookie: u64,
+    },
+    Chunk {
+        flags: u16,
+        kind: u16,
+        cookie: u64,
+        payload: Vec<u8>,
+    },
+}
+
+impl Reply {
+    fn cookie(&self) -> u64 {
+        match self {
+            Reply::Simple { cookie, .. } | Reply::Chunk { cookie, .. } => *cookie,
+        }
+    }
+
+    /// The error value: a simple reply's field or an error chunk's first 4 bytes.
+    fn error(&self) -> u32 {
+        match self {
+            Reply::Simple { error, .. } => *error,
+            Reply::Chunk { kind, payload, .. } if kind & 0x8000 != 0 => {
+                u32::from_be_bytes(payload[0..4].try_into().unwrap())
+            }
+            Reply::Chunk { .. } => 0,
+        }
+    }
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut client = Client { stream };
+        let greeting = client.read_exact(18);
+        assert_eq!(greeting, server_greeting());
+        client.write(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes());
+        client
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.stream.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_be_bytes(self.read_exact(4).try_into().unwrap())
+    }
+
+    fn option(&mut self, option: u32, data: &[u8]) {
+        self.write(
+            &OptionHeader {
+                option,
+                length: data.len() as u32,
+            }
+            .encode(),
+        );
+        self.write(data);
+    }
+
+    /// One option reply: (type, data).
+    fn option_reply(&mut self, option: u32) -> (u32, Vec<u8>) {
+        let head = self.read_exact(20);
+        assert_eq!(
+            u64::from_be_bytes(head[0..8].try_into().unwrap()),
+            OPTION_REPLY_MAGIC
+        );
+        assert_eq!(u32::from_be_bytes(head[8..12].try_into().unwrap()), option);
+        let kind = u32::from_be_bytes(head[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(head[16..20].try_into().unwrap());
+        (kind, self.read_exact(len as usize))
+    }
+
+    /// Option replies up to and including the final ACK or error.
+    fn option_replies(&mut self, option: u32) -> Vec<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let reply = self.option_reply(option);
+            let last = reply.0 == REP_ACK || reply.0 & (1 << 31) != 0;
+            out.push(reply);
+            if last {
+                return out;
+            }
+        }
+    }
+
+    fn structured(&mut self) {
+        self.option(OPT_STRUCTURED_REPLY, &[]);
+        assert_eq!(
+            self.option_replies(OPT_STRUCTURED_REPLY),
+            vec![(REP_ACK, vec![])]
+        );
+    }
+
+    fn set_meta(&mut self, export: &str) {
+        let mut data = name_data(export);
+        data.extend_from_slice(&1u32.to_be_bytes());
+        data.extend_from_slice(&name_data(META_BASE_ALLOCATION));
+        self.option(OPT_SET_META_CONTEXT, &data);
+        let replies = self.option_replies(OPT_SET_META_CONTEXT);
+        assert_eq!(replies.len(), 2);
+        assert_eq!(replies[0].0, REP_META_CONTEXT);
+    }
+
+    /// `NBD_OPT_GO`; returns (size, transmission flags) or the error reply.
+    fn go(&mut self, export: &str) -> Result<(u64, u16), (u32, String)> {
+        let mut data = name_data(export);
+        data.extend_from_slice(&0u16.to_be_bytes());
+        self.option(OPT_GO, &data);
+        let mut export_info = None;
+        for (kind, data) in self.option_replies(OPT_GO) {
+            if kind & (1 << 31) != 0 {
+                return Err((kind, String::from_utf8(data).unwrap()));
+            }
+            if kind == REP_INFO && data[0..2] == INFO_EXPORT.to_be_bytes() {
+                let size = u64::from_be_bytes(data[2..10].try_into().unwrap());
+                let flags = u16::from_be_bytes(data[10..12].try_into().unwrap());
+                export_info = Some((size, flags));
+            }
+        }
+        Ok(export_info.expect("GO succeeded without NBD_INFO_EXPORT"))
+    }
+
+    fn request(&mut self, kind: u16, flags: u16, cookie: u64, offset: u64, length: u32) {
+        self.write(
+            &RequestHeader {
+                flags,
+                kind,
+                cookie,
+                offset,
+                length,
+            }
+            .encode(),
+        );
+    }
+
+    /// Reads one reply; `read_len` tells how much data a simple read reply carries.
+    fn reply(&mut self, read_len: impl Fn(u64) -> usize) -> (Reply, Vec<u8>) {
+        let magic = self.u32();
+        if magic == SIMPLE_REPLY_MAGIC {
+            let error = self.u32();
+            let cookie = u64::from_be_bytes(self.read_exact(8).try_into().unwrap());
+            let data = if error == 0 {
+                self.read_exact(read_len(cookie))
+            } else {
+                Vec::new()
+            };
+            return (Reply::Simple { error, cookie }, data);
+        }
+        assert_eq!(magic, STRUCTURED_REPLY_MAGIC);
+        let head = self.read_exact(16);
+        let flags = u16::from_be_bytes(head[0..2].try_into().unwrap());
+        let kind = u16::from_be_bytes(head[2..4].try_into().unwrap());
+        let cookie = u64::from_be_bytes(head[4..12].try_into().unwrap());
+        let len = u32::from_be_bytes(head[12..16].try_into().unwrap());
+        let payload = self.read_exact(len as usize);
+        (
+            Reply::Chunk {
+                flags,
+                kind,
+                cookie,
+                payload,
+            },
+            Vec::new(),
+        )
+    }
+
+    fn simple(&mut self) -> Reply {
+        self.reply(|_| 0).0
+    }
+}
+
+fn name_data(name: &str) -> Vec<u8> {
+    let mut data = (name.len() as u32).to_be_bytes().to_vec();
+    data.extend_from_slice(name.as_bytes());
+    data
+}
+
+fn attached(addr: SocketAddr, export: &str) -> Client {
+    let mut client = Client::connect(addr);
+    client.go(export).unwrap();
+    client
+}
+
+#[test]
+fn list_info_and_go_report_the_exports() {
+    let server = serve(vec![
+        ("alpha", Arc::new(MemVolume::new(1 << 20)), false),
+        ("beta", Arc::new(MemVolume::new(2 << 20)), true),
+    ]);
+    let mut client = Client::connect(server.addr);
+    client.option(OPT_LIST, &[]);
+    let replies = client.option_replies(OPT_LIST);
+    let names: Vec<&[u8]> = replies
+        .iter()
+        .filter(|(kind, _)| *kind == REP_SERVER)
+        .map(|(_, data)| &data[4..4 + u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize])
+        .collect();
+    assert_eq!(names, vec![&b"alpha"[..], &b"beta"[..]]);
+
+    let mut data = name_data("beta");
+    data.extend_from_slice(&3u16.to_be_bytes());
+    for info in [INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE] {
+        data.extend_from_slice(&info.to_be_bytes());
+    }
+    client.option(OPT_INFO, &data);
+    let infos = client.option_replies(OPT_INFO);
+    assert_eq!(infos.last().unwrap().0, REP_ACK);
+    let by_type: BTreeMap<u16, Vec<u8>> = infos[..infos.len() - 1]
+        .iter()
+        .map(|(_, d)| (u16::from_be_bytes([d[0], d[1]]), d[2..].to_vec()))
+        .collect();
+    assert_eq!(by_type[&INFO_EXPORT][0..8], (2u64 << 20).to_be_bytes());
+    let flags = u16::from_be_bytes([by_type[&INFO_EXPORT][8], by_type[&INFO_EXPORT][9]]);
+    assert_ne!(flags & FLAG_READ_ONLY, 0);
+    assert_eq!(flags & FLAG_SEND_TRIM, 0);
+    assert_eq!(by_type[&INFO_NAME], b"beta");
+    assert_eq!(by_type[&INFO_DESCRIPTION], b"test export beta");
+    let mut sizes = Vec::new();
+    for i in 0..3 {
+        sizes.push(u32::from_be_bytes(
+            by_type[&INFO_BLOCK_SIZE][i * 4..i * 4 + 4]
+                .try_into()
+                .unwrap(),
+        ));
+    }
+    assert_eq!(sizes, vec![1, 4096, MAX_PAYLOAD]);
+
+    // An unknown option is refused and the handshake goes on.
+    client.option(99, b"whatever");
+    assert_eq!(client.option_replies(99)[0].0, REP_ERR_UNSUP);
+    let (size, flags) = client.go("alpha").unwrap();
+    assert_eq!(size, 1 << 20);
+    let expected = FLAG_HAS_FLAGS
+        | FLAG_SEND_FLUSH
+        | FLAG_SEND_FUA
+        | FLAG_SEND_TRIM
+        | FLAG_SEND_WRITE_ZEROES
+        | FLAG_SEND_FAST_ZERO
+        | FLAG_SEND_CACHE
+        | FLAG_CAN_MULTI_CONN;
+    assert_eq!(flags, expected);
+    server.stop().unwrap();
+}
+
+#[test]
+fn unknown_export_and_refused_attach_get_error_replies() {
+    let refusing = MemVolume {
+        refuse_attach: true,
+        ..MemVolume::new(1 << 20)
+    };
+    let server = serve(vec![("locked", Arc::new(refusing), false)]);
+    let mut client = Client::connect(server.addr);
+    let (kind, _) = client.go("nope").unwrap_err();
+    assert_eq!(kind, REP_ERR_UNKNOWN);
+    let (kind, message) = client.go("locked").unwrap_err();
+    assert_eq!(kind, REP_ERR_POLICY);
+    assert!(message.contains("Disabled"), "{message}");
+    client.option(OPT_ABORT, &[]);
+    assert_eq!(client.option_reply(OPT_ABORT).0, REP_ACK);
+    server.stop().unwrap();
+}
+
+#[test]
+fn export_name_enters_transmission_and_default_name_resolves() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    let server = serve(vec![("default", volume, false)]);
+    let mut client = Client::connect(server.addr);
+    client.option(OPT_EXPORT_NAME, b"");
+    let reply = client.read_exact(10);
+    assert_eq!(reply[0..8], (1u64 << 20).to_be_bytes());
+    client.request(CMD_WRITE, 0, 1, 0, 3);
+    client.write(b"abc");
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 0,
+            cookie: 1
+        }
+    );
+    client.request(CMD_READ, 0, 2, 0, 3);
+    let (reply, data) = client.reply(|_| 3);
+    assert_eq!(
+        reply,
+        Reply::Simple {
+            error: 0,
+            cookie: 2
+        }
+    );
+    assert_eq!(data, b"abc");
+    client.request(CMD_DISC, 0, 3, 0, 0);
+    let mut rest = Vec::new();
+    client.stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "DISC gets no reply");
+    server.stop().unwrap();
+}
+
+#[test]
+fn replies_leave_out_of_order_when_an_earlier_request_is_slow() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    volume.hold_reads_at(0);
+    let server = serve(vec![("disk", Arc::clone(&volume), false)]);
+    let mut client = attached(server.addr, "disk");
+    client.request(CMD_READ, 0, 1, 0, 4096);
+    for cookie in 2..40u64 {
+        client.request(CMD_WRITE, 0, cookie, cookie * 4096, 4096);
+        client.write(&[cookie as u8; 4096]);
+    }
+    let mut order = Vec::new();
+    for _ in 2..40 {
+        let reply = client.simple();
+        assert_eq!(reply.error(), 0);
+        order.push(reply.cookie());
+    }
+    assert!(
+        !order.contains(&1),
+        "the held read must not have been answered yet"
+    );
+    volume.release_reads();
+    let (reply, data) = client.reply(|_| 4096);
+    assert_eq!(
+        reply,
+        Reply::Simple {
+            error: 0,
+            cookie: 1
+        }
+    );
+    assert_eq!(data, vec![0; 4096]);
+    order.sort();
+    assert_eq!(order, (2..40).collect::<Vec<_>>());
+    server.stop().unwrap();
+}
+
+#[test]
+fn errors_get_spec_answers_and_the_connection_goes_on() {
+    let server = serve(vec![
+        ("disk", Arc::new(MemVolume::new(1 << 20)), false),
+        ("ro", Arc::new(MemVolume::new(1 << 20)), true),
+    ]);
+    let mut client = attached(server.addr, "disk");
+    let end = 1u64 << 20;
+    client.request(CMD_READ, 0, 1, end - 1, 2);
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 22,
+            cookie: 1
+        }
+    );
+    // A write past the end: ENOSPC, and its payload is drained.
+    client.request(CMD_WRITE, 0, 2, end, 512);
+    client.write(&[0xAA; 512]);
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 28,
+            cookie: 2
+        }
+    );
+    client.request(CMD_TRIM, 0, 3, end, 4096);
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 22,
+            cookie: 3
+        }
+    );
+    client.request(77, 0, 4, 0, 512);
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 22,
+            cookie: 4
+        }
+    );
+    client.request(CMD_WRITE, CMD_FLAG_REQ_ONE, 5, 0, 4);
+    client.write(b"xxxx");
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 22,
+            cookie: 5
+        }
+    );
+    // An oversize write is drained and refused.
+    client.request(CMD_WRITE, 0, 6, 0, MAX_PAYLOAD + 1);
+    client.write(&vec![0x55; MAX_PAYLOAD as usize + 1]);
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 75,
+            cookie: 6
+        }
+    );
+    client.request(
+        CMD_WRITE_ZEROES,
+        CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE,
+        7,
+        0,
+        4096,
+    );
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 95,
+            cookie: 7
+        }
+    );
+    client.request(CMD_BLOCK_STATUS, 0, 8, 0, 4096);
+    assert_eq!(
+        client.simple(),
+        Reply::Simple {
+            error: 22,
+            cookie: 8
+        }
+    );
+    // Still serving, and the drained payloads never reached the volume.
+    client.request(CMD_READ, 0, 9, 0, 4);
+    let (reply, data) = client.reply(|_| 4);
+    assert_eq!(reply.error(), 0);
+    assert_eq!(data, vec![0; 4]);
+
+    let mut ro = attached(server.addr, "ro");
+    ro.request(CMD_WRITE, 0, 1, 0, 4);
+    ro.write(b"nope");
+    assert_eq!(
+        ro.simple(),
+        Reply::Simple {
+            error: 1,
+            cookie: 1
+        }
+    );
+    ro.request(CMD_TRIM, 0, 2, 0, 4096);
+    assert_eq!(
+        ro.simple(),
+        Reply::Simple {
+            error: 1,
+            cookie: 2
+        }
+    );
+    server.stop().unwrap();
+}
+
+#[test]
+fn structured_reads_block_status_and_errors_carry_messages() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    let server = serve(vec![("disk", Arc::clone(&volume), false)]);
+    let mut client = Client::connect(server.addr);
+    client.structured();
+    client.set_meta("disk");
+    let (_, flags) = client.go("disk").unwrap();
+    assert_ne!(flags & FLAG_SEND_DF, 0);
+
+    client.request(CMD_WRITE, CMD_FLAG_FUA, 1, 8192, 4096);
+    client.write(&[7u8; 4096]);
+    assert_eq!(client.simple().error(), 0);
+    assert!(volume.flushes.load(Ordering::SeqCst) >= 1, "FUA flushes");
+
+    client.request(CMD_READ, CMD_FLAG_DF, 2, 8192, 4096);
+    let (reply, _) = client.reply(|_| 0);
+    let Reply::Chunk {
+        flags,
+        kind,
+        cookie: 2,
+        payload,
+    } = reply
+    else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((flags, kind), (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA));
+    assert_eq!(payload[0..8], 8192u64.to_be_bytes());
+    assert_eq!(&payload[8..], &[7u8; 4096][..]);
+
+    client.request(CMD_READ, 0, 3, 0, 4096);
+    let (reply, _) = client.reply(|_| 0);
+    let Reply::Chunk { kind, payload, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(kind, REPLY_TYPE_OFFSET_HOLE);
+    assert_eq!(
+        payload,
+        [&0u64.to_be_bytes()[..], &4096u32.to_be_bytes()].concat()
+    );
+
+    client.request(CMD_BLOCK_STATUS, 0, 4, 0, 16384);
+    let (reply, _) = client.reply(|_| 0);
+    let Reply::Chunk { kind, payload, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(kind, REPLY_TYPE_BLOCK_STATUS);
+    let words: Vec<u32> = payload
+        .chunks(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    let hole = STATE_HOLE | STATE_ZERO;
+    assert_eq!(
+        words,
+        vec![META_BASE_ALLOCATION_ID, 8192, hole, 4096, 0, 4096, hole]
+    );
+
+    client.request(CMD_TRIM, 0, 5, 8192, 4096);
+    assert_eq!(client.simple().error(), 0);
+    client.request(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 6, 0, 16384);
+    let (reply, _) = client.reply(|_| 0);
+    let Reply::Chunk { payload, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(payload.len(), 12, "REQ_ONE gives one descriptor");
+
+    client.request(CMD_READ, 0, 7, (1 << 20) - 1, 2);
+    let (reply, _) = client.reply(|_| 0);
+    assert_eq!(reply.error(), 22);
+    let Reply::Chunk { flags, payload, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(flags, REPLY_FLAG_DONE);
+    let message = String::from_utf8(payload[6..].to_vec()).unwrap();
+    assert!(message.contains("outside the volume"), "{message}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_client_breaking_the_protocol_does_not_affect_others() {
+    let server = serve(vec![("disk", Arc::new(MemVolume::new(1 << 20)), false)]);
+    let mut good = attached(server.addr, "disk");
+    let mut bad = attached(server.addr, "disk");
+    bad.write(&[0xde, 0xad, 0xbe, 0xef]);
+    bad.write(&[0u8; 24]);
+    let mut rest = Vec::new();
+    bad.stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "bad magic drops the connection");
+
+    let mut half = Client::connect(server.addr);
+    half.write(
+        &OptionHeader {
+            option: OPT_GO,
+            length: 1000,
+        }
+        .encode(),
+    );
+    drop(half);
+
+    good.request(CMD_WRITE, 0, 1, 0, 5);
+    good.write(b"still");
+    assert_eq!(good.simple().error(), 0);
+    let mut other = attached(server.addr, "disk");
+    other.request(CMD_READ, 0, 2, 0, 5);
+    let (_, data) = other.reply(|_| 5);
+    assert_eq!(data, b"still");
+    server.stop().unwrap();
+}
+
+#[test]
+fn shutdown_finishes_in_flight_requests_and_flushes() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    volume.hold_reads_at(4096);
+    let server = serve(vec![("disk", Arc::clone(&volume), false)]);
+    let mut client = attached(server.addr, "disk");
+    client.request(CMD_READ, 0, 1, 4096, 4096);
+    // Give the read time to reach the held volume, then ask the server to stop.
+    thread::sleep(Duration::from_millis(100));
+    let handle = server.shutdown.clone();
+    let stopper = thread::spawn(move || handle.shutdown());
+    thread::sleep(Duration::from_millis(100));
+    volume.release_reads();
+    let (reply, _) = client.reply(|_| 4096);
+    assert_eq!(
+        reply,
+        Reply::Simple {
+            error: 0,
+            cookie: 1
+        }
+    );
+    stopper.join().unwrap();
+    let flushes_before = volume.flushes.load(Ordering::SeqCst);
+    server.thread.join().unwrap().unwrap();
+    assert!(
+        volume.flushes.load(Ordering::SeqCst) > flushes_before,
+        "run flushes on shutdown"
+    );
+    assert!(
+        TcpStream::connect(server.addr).is_err(),
+        "no longer listening"
+    );
+}
+
+fn require_tool(name: &str) {
+    let found = Process::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is required (run scripts/install-test-deps.sh)"
+    );
+}
+
+#[test]
+fn nbdinfo_reads_the_handshake() {
+    require_tool("nbdinfo");
+    let server = serve(vec![("disk", Arc::new(MemVolume::new(3 << 20)), false)]);
+    let out = Process::new("nbdinfo")
+        .args(["--json", &format!("nbd://{}/disk", server.addr)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let export = &json["exports"][0];
+    assert_eq!(export["export-name"], "disk");
+    assert_eq!(export["export-size"], 3 << 20);
+    assert_eq!(export["can_multi_conn"], true);
+    assert_eq!(export["can_trim"], true);
+    assert_eq!(export["block_size_preferred"], 4096);
+    assert_eq!(json["protocol"], "newstyle-fixed");
+    server.stop().unwrap();
+}
