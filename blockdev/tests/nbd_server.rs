@@ -759,6 +759,7 @@ fn shutdown_finishes_in_flight_requests_and_flushes() {
     let server = serve(vec![("disk", Arc::clone(&volume), false)]);
     let mut client = attached(server.addr, "disk");
     client.request(CMD_READ, 0, 1, 4096, 4096);
+    assert_eq!(volume.flushes.load(Ordering::SeqCst), 0);
     // Give the read time to reach the held volume, then ask the server to stop.
     thread::sleep(Duration::from_millis(100));
     let handle = server.shutdown.clone();
@@ -774,10 +775,10 @@ fn shutdown_finishes_in_flight_requests_and_flushes() {
         }
     );
     stopper.join().unwrap();
-    let flushes_before = volume.flushes.load(Ordering::SeqCst);
     server.thread.join().unwrap().unwrap();
-    assert!(
-        volume.flushes.load(Ordering::SeqCst) > flushes_before,
+    assert_eq!(
+        volume.flushes.load(Ordering::SeqCst),
+        1,
         "run flushes on shutdown"
     );
     assert!(
