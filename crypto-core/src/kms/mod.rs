@@ -1,12 +1,27 @@
 //! The key service: the [`KeyService`] trait every consumer (volumes, the HTTP
 //! gateway) talks to, and [`LocalKms`], the embedded keystore.
+//!
+//! Submodules: [`clock`] (the injectable time source), `ident` (key ids, ARNs and
+//! alias rules), [`policy`] (AWS key policies), `keystore` (the files on disk) and
+//! `local` ([`LocalKms`] itself).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use time::OffsetDateTime;
 
 use crate::secret::SecretBytes;
+
+pub mod clock;
+mod ident;
+mod keystore;
+mod local;
+pub mod policy;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use ident::{validate_alias_name, KeyRef};
+pub use local::{LocalKms, LocalKmsConfig};
 
 /// Encryption context: non-secret key/value pairs bound to a ciphertext as AAD.
 /// A `BTreeMap` so that iteration order is canonical.
@@ -20,13 +35,54 @@ pub enum KeyState {
     PendingDeletion,
 }
 
-/// What DescribeKey returns (AWS `KeyMetadata`, PascalCase on the wire).
+impl KeyState {
+    /// The AWS spelling (`Enabled`, `Disabled`, `PendingDeletion`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+        }
+    }
+}
+
+/// What DescribeKey returns (AWS `KeyMetadata`, PascalCase on the wire; dates are
+/// epoch seconds as in the AWS JSON protocol).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyMetadata {
+    /// The key's UUID.
     pub key_id: String,
     pub arn: String,
     pub key_state: KeyState,
+    #[serde(rename = "AWSAccountId")]
+    pub aws_account_id: String,
+    #[serde(with = "time::serde::timestamp")]
+    pub creation_date: OffsetDateTime,
+    /// True exactly when `key_state` is `Enabled`.
+    pub enabled: bool,
+    pub description: String,
+    /// Always `ENCRYPT_DECRYPT`: atrest keys are symmetric.
+    pub key_usage: String,
+    /// Always `SYMMETRIC_DEFAULT`.
+    pub key_spec: String,
+    /// AWS's deprecated twin of `key_spec`, still returned by DescribeKey.
+    pub customer_master_key_spec: String,
+    /// Always `CUSTOMER`.
+    pub key_manager: String,
+    /// Always `AWS_KMS`: the key service made the material.
+    pub origin: String,
+    pub encryption_algorithms: Vec<String>,
+    pub multi_region: bool,
+    /// When a key in `PendingDeletion` will be deleted.
+    #[serde(
+        with = "time::serde::timestamp::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deletion_date: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_deletion_window_in_days: Option<u32>,
 }
 
 /// Size of a generated data key.
@@ -36,6 +92,33 @@ pub enum DataKeySpec {
     Aes128,
     /// `NumberOfBytes`, 1..=1024.
     Bytes(u16),
+}
+
+impl DataKeySpec {
+    /// Parses AWS's `KeySpec` values `AES_256` and `AES_128`.
+    pub fn from_key_spec(spec: &str) -> Result<Self, KmsError> {
+        match spec {
+            "AES_256" => Ok(DataKeySpec::Aes256),
+            "AES_128" => Ok(DataKeySpec::Aes128),
+            other => Err(KmsError::Validation(format!(
+                "1 validation error detected: Value '{other}' at 'keySpec' failed to satisfy \
+                 constraint: Member must satisfy enum value set: [AES_256, AES_128]"
+            ))),
+        }
+    }
+
+    /// The number of key bytes, after checking `NumberOfBytes` is within 1..=1024.
+    pub fn byte_len(self) -> Result<usize, KmsError> {
+        match self {
+            DataKeySpec::Aes256 => Ok(32),
+            DataKeySpec::Aes128 => Ok(16),
+            DataKeySpec::Bytes(n @ 1..=1024) => Ok(usize::from(n)),
+            DataKeySpec::Bytes(n) => Err(KmsError::Validation(format!(
+                "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy \
+                 constraint: Member must have value between 1 and 1024"
+            ))),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -95,8 +178,122 @@ pub struct ReEncrypted {
     pub ciphertext_blob: Vec<u8>,
 }
 
+/// CreateKey's arguments. `Default` is AWS's default: a symmetric encryption key with
+/// the default key policy.
+#[derive(Clone, Debug, Default)]
+pub struct CreateKeyRequest {
+    pub description: String,
+    /// An AWS-format key policy (JSON); `None` gives the default policy, which allows
+    /// the creating principal every `kms:` action on the key.
+    pub policy: Option<String>,
+    /// Skips the check that the caller can still change the policy afterwards.
+    pub bypass_policy_lockout_safety_check: bool,
+    /// Only `SYMMETRIC_DEFAULT` is supported.
+    pub key_spec: Option<String>,
+    /// Only `ENCRYPT_DECRYPT` is supported.
+    pub key_usage: Option<String>,
+}
+
+/// Paging for the List operations, as AWS: `limit` 1..=1000 (default 100) and the
+/// opaque `marker` of the previous page's `next_marker`.
+#[derive(Clone, Debug, Default)]
+pub struct ListRequest {
+    pub limit: Option<u32>,
+    pub marker: Option<String>,
+}
+
+/// One entry of ListKeys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyListEntry {
+    pub key_id: String,
+    pub key_arn: String,
+}
+
+/// One entry of ListAliases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AliasListEntry {
+    pub alias_name: String,
+    pub alias_arn: String,
+    pub target_key_id: String,
+    #[serde(with = "time::serde::timestamp")]
+    pub creation_date: OffsetDateTime,
+    #[serde(with = "time::serde::timestamp")]
+    pub last_updated_date: OffsetDateTime,
+}
+
+/// One page of a List operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `ListRequest::marker` for the next page; `None` on the last page.
+    pub next_marker: Option<String>,
+}
+
+impl<T> Page<T> {
+    pub fn truncated(&self) -> bool {
+        self.next_marker.is_some()
+    }
+}
+
+/// ScheduleKeyDeletion's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScheduledDeletion {
+    /// Key ARN.
+    pub key_id: String,
+    #[serde(with = "time::serde::timestamp")]
+    pub deletion_date: OffsetDateTime,
+    pub key_state: KeyState,
+    pub pending_window_in_days: u32,
+}
+
+/// GetKeyRotationStatus's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RotationStatus {
+    /// Key ARN.
+    pub key_id: String,
+    pub key_rotation_enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_in_days: Option<u32>,
+    #[serde(
+        with = "time::serde::timestamp::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_rotation_date: Option<OffsetDateTime>,
+    #[serde(
+        with = "time::serde::timestamp::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub on_demand_rotation_start_date: Option<OffsetDateTime>,
+}
+
+/// How a key's material was rotated (ListKeyRotations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RotationType {
+    Automatic,
+    OnDemand,
+}
+
+/// One completed rotation (ListKeyRotations).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RotationEntry {
+    /// Key ARN.
+    pub key_id: String,
+    #[serde(with = "time::serde::timestamp")]
+    pub rotation_date: OffsetDateTime,
+    pub rotation_type: RotationType,
+}
+
 /// Errors of the key service, one variant per AWS KMS error name.
 /// `Display` prints `AwsName: message`, which is what the CLI shows.
+/// No message ever contains key material.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum KmsError {
@@ -133,10 +330,99 @@ pub enum KmsError {
     /// The key service could not be reached (remote key services).
     #[error("DependencyTimeoutException: {0}")]
     Unavailable(String),
+    /// The caller used a name reserved for AWS (an alias under `alias/aws/`).
+    #[error("NotAuthorizedException: {0}")]
+    NotAuthorized(String),
+    /// The caller passed a limit (e.g. more than 10 on-demand rotations of one key).
+    #[error("LimitExceededException: {0}")]
+    LimitExceeded(String),
+    /// The key policy the caller gave is not valid JSON, not a valid policy, or would
+    /// lock the caller out of the key.
+    #[error("MalformedPolicyDocumentException: {0}")]
+    MalformedPolicyDocument(String),
+    /// The caller asked for something atrest does not offer (asymmetric keys, ...).
+    #[error("UnsupportedOperationException: {0}")]
+    UnsupportedOperation(String),
+    /// The List marker is not one this service issued.
+    #[error("InvalidMarkerException: {0}")]
+    InvalidMarker(String),
+}
+
+impl KmsError {
+    /// The AWS error name (the JSON protocol's `__type`).
+    pub fn aws_name(&self) -> &'static str {
+        match self {
+            KmsError::NotFound(_) => "NotFoundException",
+            KmsError::Disabled(_) => "DisabledException",
+            KmsError::InvalidState(_) => "KMSInvalidStateException",
+            KmsError::InvalidCiphertext(_) => "InvalidCiphertextException",
+            KmsError::IncorrectKey(_) => "IncorrectKeyException",
+            KmsError::Validation(_) => "ValidationException",
+            KmsError::AccessDenied(_) => "AccessDeniedException",
+            KmsError::AlreadyExists(_) => "AlreadyExistsException",
+            KmsError::InvalidAliasName(_) => "InvalidAliasNameException",
+            KmsError::Internal(_) => "KMSInternalException",
+            KmsError::Unavailable(_) => "DependencyTimeoutException",
+            KmsError::NotAuthorized(_) => "NotAuthorizedException",
+            KmsError::LimitExceeded(_) => "LimitExceededException",
+            KmsError::MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
+            KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
+            KmsError::InvalidMarker(_) => "InvalidMarkerException",
+        }
+    }
+
+    /// The message without the AWS name (the JSON protocol's `message`).
+    pub fn message(&self) -> &str {
+        match self {
+            KmsError::NotFound(m)
+            | KmsError::Disabled(m)
+            | KmsError::InvalidState(m)
+            | KmsError::InvalidCiphertext(m)
+            | KmsError::IncorrectKey(m)
+            | KmsError::Validation(m)
+            | KmsError::AccessDenied(m)
+            | KmsError::AlreadyExists(m)
+            | KmsError::InvalidAliasName(m)
+            | KmsError::Internal(m)
+            | KmsError::Unavailable(m)
+            | KmsError::NotAuthorized(m)
+            | KmsError::LimitExceeded(m)
+            | KmsError::MalformedPolicyDocument(m)
+            | KmsError::UnsupportedOperation(m)
+            | KmsError::InvalidMarker(m) => m,
+        }
+    }
+
+    /// The HTTP status AWS KMS answers with: 500 for its own failures, 503 when a
+    /// dependency timed out, 400 for everything the caller can fix.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            KmsError::Internal(_) => 500,
+            KmsError::Unavailable(_) => 503,
+            KmsError::NotFound(_)
+            | KmsError::Disabled(_)
+            | KmsError::InvalidState(_)
+            | KmsError::InvalidCiphertext(_)
+            | KmsError::IncorrectKey(_)
+            | KmsError::Validation(_)
+            | KmsError::AccessDenied(_)
+            | KmsError::AlreadyExists(_)
+            | KmsError::InvalidAliasName(_)
+            | KmsError::NotAuthorized(_)
+            | KmsError::LimitExceeded(_)
+            | KmsError::MalformedPolicyDocument(_)
+            | KmsError::UnsupportedOperation(_)
+            | KmsError::InvalidMarker(_) => 400,
+        }
+    }
 }
 
 /// The operations of AWS KMS that atrest serves. Implemented by [`LocalKms`] and,
 /// later, by a client of any AWS-KMS-compatible endpoint.
+///
+/// Wherever a `key_id` is taken, a key id, key ARN, alias name (`alias/X`) or alias
+/// ARN is accepted, except `create_alias`/`update_alias`'s target, which must name a
+/// key (as AWS).
 pub trait KeyService: Send + Sync {
     fn describe_key(&self, key_id: &str) -> Result<KeyMetadata, KmsError>;
     fn generate_data_key(&self, req: &GenerateDataKeyRequest)
@@ -153,8 +439,105 @@ pub trait KeyService: Send + Sync {
     ) -> Result<WrappedData, KmsError>;
     fn decrypt(&self, req: &DecryptRequest) -> Result<DecryptedData, KmsError>;
     fn re_encrypt(&self, req: &ReEncryptRequest) -> Result<ReEncrypted, KmsError>;
+
+    fn create_key(&self, req: &CreateKeyRequest) -> Result<KeyMetadata, KmsError>;
+    fn list_keys(&self, req: &ListRequest) -> Result<Page<KeyListEntry>, KmsError>;
+    fn update_key_description(&self, key_id: &str, description: &str) -> Result<(), KmsError>;
+    fn enable_key(&self, key_id: &str) -> Result<(), KmsError>;
+    fn disable_key(&self, key_id: &str) -> Result<(), KmsError>;
+    /// `pending_window_in_days`: 7..=30, default 30.
+    fn schedule_key_deletion(
+        &self,
+        key_id: &str,
+        pending_window_in_days: Option<u32>,
+    ) -> Result<ScheduledDeletion, KmsError>;
+    /// Returns the key ARN. The key is left `Disabled`, as in AWS.
+    fn cancel_key_deletion(&self, key_id: &str) -> Result<String, KmsError>;
+
+    /// Lists every alias, or only those of one key.
+    fn list_aliases(
+        &self,
+        key_id: Option<&str>,
+        req: &ListRequest,
+    ) -> Result<Page<AliasListEntry>, KmsError>;
+    fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError>;
+    fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError>;
+    fn delete_alias(&self, alias_name: &str) -> Result<(), KmsError>;
+
+    /// `rotation_period_in_days`: 90..=2560, default 365.
+    fn enable_key_rotation(
+        &self,
+        key_id: &str,
+        rotation_period_in_days: Option<u32>,
+    ) -> Result<(), KmsError>;
+    fn disable_key_rotation(&self, key_id: &str) -> Result<(), KmsError>;
+    fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError>;
+    /// Returns the key ARN.
+    fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError>;
+    fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError>;
+
+    /// `policy_name` must be `default` (AWS's only policy name).
+    fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError>;
+    fn put_key_policy(
+        &self,
+        key_id: &str,
+        policy_name: &str,
+        policy: &str,
+        bypass_policy_lockout_safety_check: bool,
+    ) -> Result<(), KmsError>;
 }
 
-/// The embedded key service (keystore under `ATREST_HOME`).
-#[derive(Debug)]
-pub struct LocalKms {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_aws_name_then_message() {
+        let err = KmsError::Disabled("key is disabled".into());
+        assert_eq!(err.to_string(), "DisabledException: key is disabled");
+        assert_eq!(err.aws_name(), "DisabledException");
+        assert_eq!(err.message(), "key is disabled");
+        assert_eq!(err.http_status(), 400);
+        assert_eq!(KmsError::Internal("disk".into()).http_status(), 500);
+    }
+
+    #[test]
+    fn data_key_spec_bounds() {
+        assert_eq!(DataKeySpec::Aes256.byte_len().unwrap(), 32);
+        assert_eq!(DataKeySpec::Aes128.byte_len().unwrap(), 16);
+        assert_eq!(DataKeySpec::Bytes(1).byte_len().unwrap(), 1);
+        assert_eq!(DataKeySpec::Bytes(1024).byte_len().unwrap(), 1024);
+        assert!(matches!(DataKeySpec::Bytes(0).byte_len(), Err(KmsError::Validation(_))));
+        assert!(matches!(DataKeySpec::Bytes(1025).byte_len(), Err(KmsError::Validation(_))));
+        assert!(matches!(DataKeySpec::from_key_spec("AES_512"), Err(KmsError::Validation(_))));
+    }
+
+    #[test]
+    fn key_metadata_serialises_with_aws_field_names() {
+        let meta = KeyMetadata {
+            key_id: "k".into(),
+            arn: "arn".into(),
+            key_state: KeyState::PendingDeletion,
+            aws_account_id: "000000000000".into(),
+            creation_date: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            enabled: false,
+            description: String::new(),
+            key_usage: "ENCRYPT_DECRYPT".into(),
+            key_spec: "SYMMETRIC_DEFAULT".into(),
+            customer_master_key_spec: "SYMMETRIC_DEFAULT".into(),
+            key_manager: "CUSTOMER".into(),
+            origin: "AWS_KMS".into(),
+            encryption_algorithms: vec!["SYMMETRIC_DEFAULT".into()],
+            multi_region: false,
+            deletion_date: Some(OffsetDateTime::from_unix_timestamp(1_700_086_400).unwrap()),
+            pending_deletion_window_in_days: Some(1),
+        };
+        let json = serde_json::to_value(&meta).unwrap();
+        assert_eq!(json["AWSAccountId"], "000000000000");
+        assert_eq!(json["KeyState"], "PendingDeletion");
+        assert_eq!(json["CreationDate"], 1_700_000_000);
+        assert_eq!(json["DeletionDate"], 1_700_086_400);
+        let back: KeyMetadata = serde_json::from_value(json).unwrap();
+        assert_eq!(back, meta);
+    }
+}

@@ -1,0 +1,1319 @@
+//! [`LocalKms`]: the embedded key service over the keystore in `<home>/kms/`,
+//! reporting every call to the trail in `<home>/trail/`.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use super::clock::{parse_offset, Clock, SystemClock};
+use super::ident::{alias_arn, key_arn, printable, validate_alias_name, KeyRef};
+use super::keystore::{
+    add_material, to_time, AliasRecord, KeyRecord, Keystore, Maintenance, RotationRecord,
+    RotationSchedule, StoreData,
+};
+use super::policy::{default_policy, Decision, KeyPolicy};
+use super::{
+    AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
+    EncryptionContext, GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata,
+    KeyService, KeyState, KmsError, ListRequest, Page, ReEncryptRequest, ReEncrypted,
+    RotationEntry, RotationStatus, RotationType, ScheduledDeletion, WrappedData,
+};
+use crate::envelope::{self, MAX_PLAINTEXT_LEN};
+use crate::secret::{Aes256Key, SecretBytes};
+use crate::trail::{ApiCall, Trail};
+
+/// AWS's bounds on ScheduleKeyDeletion's window.
+const MIN_PENDING_DAYS: u32 = 7;
+const MAX_PENDING_DAYS: u32 = 30;
+const DEFAULT_PENDING_DAYS: u32 = 30;
+/// AWS's bounds on the automatic rotation period.
+const MIN_ROTATION_DAYS: u32 = 90;
+const MAX_ROTATION_DAYS: u32 = 2560;
+const DEFAULT_ROTATION_DAYS: u32 = 365;
+/// AWS allows 10 on-demand rotations per key.
+const MAX_ON_DEMAND_ROTATIONS: usize = 10;
+/// AWS's limit on a ciphertext blob passed to Decrypt or ReEncrypt.
+const MAX_CIPHERTEXT_LEN: usize = 6144;
+/// Bound on the encoded encryption context.
+const MAX_CONTEXT_LEN: usize = 8192;
+const MAX_DESCRIPTION_LEN: usize = 8192;
+/// Who the trail names for what the key service does on its own (deletion, rotation).
+const SERVICE_PRINCIPAL: &str = "kms.amazonaws.com";
+
+/// How [`LocalKms`] is set up. [`LocalKmsConfig::from_env`] reads the `ATREST_*`
+/// variables; [`LocalKmsConfig::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct LocalKmsConfig {
+    /// `ATREST_REGION`, default `local`.
+    pub region: String,
+    /// `ATREST_ACCOUNT`, twelve digits, default `000000000000`.
+    pub account: String,
+    /// The caller: `ATREST_PRINCIPAL`, default `arn:aws:iam::<account>:root`.
+    pub principal: String,
+    /// The system clock shifted by `ATREST_CLOCK_OFFSET` (e.g. `31d`, `-2h`, `90`).
+    pub clock: Arc<dyn Clock>,
+    /// `ATREST_ROOT_KEY_FILE`; default `<home>/kms/root.key`.
+    pub root_key_file: Option<PathBuf>,
+}
+
+impl Default for LocalKmsConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalKmsConfig {
+    /// Region `local`, account `000000000000`, the account's root user, system clock.
+    pub fn new() -> Self {
+        let account = "000000000000".to_owned();
+        Self {
+            region: "local".into(),
+            principal: root_principal(&account),
+            account,
+            clock: Arc::new(SystemClock::new()),
+            root_key_file: None,
+        }
+    }
+
+    /// Reads `ATREST_REGION`, `ATREST_ACCOUNT`, `ATREST_PRINCIPAL`,
+    /// `ATREST_ROOT_KEY_FILE` and `ATREST_CLOCK_OFFSET`; unset or empty means default.
+    pub fn from_env() -> Result<Self, KmsError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mut config = Self::new();
+        if let Some(region) = var("ATREST_REGION") {
+            config.region = region;
+        }
+        if let Some(account) = var("ATREST_ACCOUNT") {
+            config.principal = root_principal(&account);
+            config.account = account;
+        }
+        if let Some(principal) = var("ATREST_PRINCIPAL") {
+            config.principal = principal;
+        }
+        config.root_key_file = std::env::var_os("ATREST_ROOT_KEY_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        if let Some(offset) = var("ATREST_CLOCK_OFFSET") {
+            let offset = parse_offset(&offset).map_err(|e| {
+                KmsError::Validation(format!("ATREST_CLOCK_OFFSET: {}", e.message()))
+            })?;
+            config.clock = Arc::new(SystemClock::with_offset(offset));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), KmsError> {
+        let region_ok = !self.region.is_empty()
+            && self.region.len() <= 32
+            && self.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return Err(KmsError::Validation(format!(
+                "region '{}' must be 1-32 characters of a-z, 0-9 and '-'",
+                printable(&self.region)
+            )));
+        }
+        if self.account.len() != 12 || !self.account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(KmsError::Validation(format!(
+                "account '{}' must be twelve digits",
+                printable(&self.account)
+            )));
+        }
+        check_principal(&self.principal)
+    }
+}
+
+fn root_principal(account: &str) -> String {
+    format!("arn:aws:iam::{account}:root")
+}
+
+fn check_principal(principal: &str) -> Result<(), KmsError> {
+    if principal.is_empty() || principal.len() > 2048 || principal.chars().any(char::is_control) {
+        return Err(KmsError::Validation(format!(
+            "principal '{}' must be 1-2048 printable characters (an ARN)",
+            printable(principal)
+        )));
+    }
+    Ok(())
+}
+
+/// Every operation, with its audit name, its policy action and the key states it
+/// accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    CreateKey,
+    DescribeKey,
+    ListKeys,
+    UpdateKeyDescription,
+    EnableKey,
+    DisableKey,
+    ScheduleKeyDeletion,
+    CancelKeyDeletion,
+    ListAliases,
+    CreateAlias,
+    UpdateAlias,
+    DeleteAlias,
+    EnableKeyRotation,
+    DisableKeyRotation,
+    GetKeyRotationStatus,
+    RotateKeyOnDemand,
+    ListKeyRotations,
+    GetKeyPolicy,
+    PutKeyPolicy,
+    GenerateDataKey,
+    GenerateDataKeyWithoutPlaintext,
+    Encrypt,
+    Decrypt,
+    ReEncrypt,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::CreateKey => "CreateKey",
+            Op::DescribeKey => "DescribeKey",
+            Op::ListKeys => "ListKeys",
+            Op::UpdateKeyDescription => "UpdateKeyDescription",
+            Op::EnableKey => "EnableKey",
+            Op::DisableKey => "DisableKey",
+            Op::ScheduleKeyDeletion => "ScheduleKeyDeletion",
+            Op::CancelKeyDeletion => "CancelKeyDeletion",
+            Op::ListAliases => "ListAliases",
+            Op::CreateAlias => "CreateAlias",
+            Op::UpdateAlias => "UpdateAlias",
+            Op::DeleteAlias => "DeleteAlias",
+            Op::EnableKeyRotation => "EnableKeyRotation",
+            Op::DisableKeyRotation => "DisableKeyRotation",
+            Op::GetKeyRotationStatus => "GetKeyRotationStatus",
+            Op::RotateKeyOnDemand => "RotateKeyOnDemand",
+            Op::ListKeyRotations => "ListKeyRotations",
+            Op::GetKeyPolicy => "GetKeyPolicy",
+            Op::PutKeyPolicy => "PutKeyPolicy",
+            Op::GenerateDataKey => "GenerateDataKey",
+            Op::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            Op::Encrypt => "Encrypt",
+            Op::Decrypt => "Decrypt",
+            Op::ReEncrypt => "ReEncrypt",
+        }
+    }
+
+    /// CloudTrail's `readOnly`: true for calls that change no key.
+    fn read_only(self) -> bool {
+        match self {
+            Op::DescribeKey
+            | Op::ListKeys
+            | Op::ListAliases
+            | Op::GetKeyRotationStatus
+            | Op::ListKeyRotations
+            | Op::GetKeyPolicy
+            | Op::GenerateDataKey
+            | Op::GenerateDataKeyWithoutPlaintext
+            | Op::Encrypt
+            | Op::Decrypt
+            | Op::ReEncrypt => true,
+            Op::CreateKey
+            | Op::UpdateKeyDescription
+            | Op::EnableKey
+            | Op::DisableKey
+            | Op::ScheduleKeyDeletion
+            | Op::CancelKeyDeletion
+            | Op::CreateAlias
+            | Op::UpdateAlias
+            | Op::DeleteAlias
+            | Op::EnableKeyRotation
+            | Op::DisableKeyRotation
+            | Op::RotateKeyOnDemand
+            | Op::PutKeyPolicy => false,
+        }
+    }
+
+    /// The key-policy action (ReEncrypt checks `kms:ReEncryptFrom`/`To` instead).
+    fn action(self) -> String {
+        format!("kms:{}", self.name())
+    }
+}
+
+/// AWS's key-state table ("Key states of AWS KMS keys") for the three states atrest
+/// has. The one place that decides whether a key's state allows an operation.
+fn check_state(op: Op, state: KeyState, arn: &str) -> Result<(), KmsError> {
+    let disabled = || Err(KmsError::Disabled(format!("{arn} is disabled.")));
+    let pending = || Err(KmsError::InvalidState(format!("{arn} is pending deletion.")));
+    match op {
+        Op::CreateKey
+        | Op::ListKeys
+        | Op::ListAliases
+        | Op::DescribeKey
+        | Op::GetKeyPolicy
+        | Op::PutKeyPolicy
+        | Op::GetKeyRotationStatus
+        | Op::ListKeyRotations
+        | Op::DeleteAlias => Ok(()),
+        Op::Encrypt
+        | Op::Decrypt
+        | Op::GenerateDataKey
+        | Op::GenerateDataKeyWithoutPlaintext
+        | Op::ReEncrypt
+        | Op::EnableKeyRotation
+        | Op::DisableKeyRotation
+        | Op::RotateKeyOnDemand => match state {
+            KeyState::Enabled => Ok(()),
+            KeyState::Disabled => disabled(),
+            KeyState::PendingDeletion => pending(),
+        },
+        Op::EnableKey
+        | Op::DisableKey
+        | Op::ScheduleKeyDeletion
+        | Op::UpdateKeyDescription
+        | Op::CreateAlias
+        | Op::UpdateAlias => match state {
+            KeyState::Enabled | KeyState::Disabled => Ok(()),
+            KeyState::PendingDeletion => pending(),
+        },
+        Op::CancelKeyDeletion => match state {
+            KeyState::PendingDeletion => Ok(()),
+            KeyState::Enabled | KeyState::Disabled => {
+                Err(KmsError::InvalidState(format!("{arn} is not pending deletion.")))
+            }
+        },
+    }
+}
+
+/// The trail record of one call, filled in as the call learns which keys it touches.
+struct Audit {
+    op: Op,
+    request: Value,
+    resources: Vec<String>,
+    response: Option<Value>,
+    /// Set once the success record is in the trail (mutations write it before commit).
+    recorded: bool,
+}
+
+struct Shared {
+    home: PathBuf,
+    keystore: Keystore,
+    trail: Trail,
+    region: String,
+    account: String,
+    clock: Arc<dyn Clock>,
+}
+
+/// The embedded key service (keystore under `ATREST_HOME`).
+///
+/// Cheap to clone; clones share the keystore and trail. Safe to use from many
+/// threads and from several processes on the same home at once: every update takes
+/// the keystore's file lock, and every call re-reads the keystore, so a key disabled
+/// by another process is disabled here on the next call.
+#[derive(Clone)]
+pub struct LocalKms {
+    shared: Arc<Shared>,
+    principal: String,
+}
+
+impl fmt::Debug for LocalKms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalKms")
+            .field("home", &self.shared.home)
+            .field("region", &self.shared.region)
+            .field("account", &self.shared.account)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalKms {
+    /// Opens the key service in `home` (created 0700 if missing): the keystore in
+    /// `home/kms/`, the root key (created on first use), the trail in `home/trail/`.
+    pub fn open(home: &Path, config: LocalKmsConfig) -> Result<LocalKms, KmsError> {
+        config.validate()?;
+        let keystore = Keystore::open(&home.join("kms"), config.root_key_file.as_deref())?;
+        let trail = Trail::open(&home.join("trail"), &config.region, &config.account)
+            .map_err(|e| KmsError::Internal(format!("cannot open the audit trail: {e}")))?;
+        Ok(LocalKms {
+            shared: Arc::new(Shared {
+                home: home.to_path_buf(),
+                keystore,
+                trail,
+                region: config.region,
+                account: config.account,
+                clock: config.clock,
+            }),
+            principal: config.principal,
+        })
+    }
+
+    /// The same key service acting for another caller (the HTTP gateway maps each
+    /// signed request to its principal; tests play administrators and users).
+    pub fn as_principal(&self, principal: &str) -> Result<LocalKms, KmsError> {
+        check_principal(principal)?;
+        Ok(LocalKms { shared: Arc::clone(&self.shared), principal: principal.to_owned() })
+    }
+
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    pub fn region(&self) -> &str {
+        &self.shared.region
+    }
+
+    pub fn account(&self) -> &str {
+        &self.shared.account
+    }
+
+    /// The keystore file. Every update replaces it with a rename, so a watcher
+    /// (inotify on the directory, or polling [`LocalKms::keystore_generation`]) sees
+    /// every change made by any process.
+    pub fn keystore_path(&self) -> &Path {
+        self.shared.keystore.file_path()
+    }
+
+    /// A number that grows with every committed keystore update by any process
+    /// (0 before the first). Reads one line, takes no lock and is not audited: a
+    /// long-running server polls it and calls `describe_key` only when it changed or
+    /// when a key's `DeletionDate` has passed.
+    pub fn keystore_generation(&self) -> Result<u64, KmsError> {
+        self.shared.keystore.generation()
+    }
+
+    /// The ARN of key `id` in this region and account.
+    pub fn key_arn(&self, id: &Uuid) -> String {
+        key_arn(&self.shared.region, &self.shared.account, id)
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.shared.clock.now()
+    }
+
+    fn append(&self, call: &ApiCall) -> Result<(), KmsError> {
+        self.shared.trail.append(call).map_err(|e| {
+            KmsError::Internal(format!(
+                "the audit trail could not record {} ({e}); the call was refused",
+                call.event_name
+            ))
+        })
+    }
+
+    fn record(&self, audit: &Audit, error: Option<&KmsError>) -> ApiCall {
+        ApiCall {
+            event_time: self.now(),
+            event_name: audit.op.name().to_owned(),
+            principal: self.principal.clone(),
+            request_parameters: audit.request.clone(),
+            response_elements: if error.is_none() { audit.response.clone() } else { None },
+            error_code: error.map(|e| e.aws_name().to_owned()),
+            error_message: error.map(|e| e.message().to_owned()),
+            read_only: audit.op.read_only(),
+            resources: audit.resources.clone(),
+        }
+    }
+
+    /// Runs one call and records it in the trail, successful or not. If the record
+    /// cannot be written the call fails with KMSInternalException: no key is used
+    /// without a trail entry.
+    fn run<R>(
+        &self,
+        op: Op,
+        request: Value,
+        body: impl FnOnce(&mut Audit) -> Result<R, KmsError>,
+    ) -> Result<R, KmsError> {
+        let mut audit = Audit { op, request, resources: Vec::new(), response: None, recorded: false };
+        match body(&mut audit) {
+            Ok(value) => {
+                if !audit.recorded {
+                    self.append(&self.record(&audit, None))?;
+                }
+                Ok(value)
+            }
+            Err(err) => {
+                self.append(&self.record(&audit, Some(&err)))?;
+                Err(err)
+            }
+        }
+    }
+
+    fn audit_maintenance(&self, done: &[Maintenance]) -> Result<(), KmsError> {
+        for event in done {
+            let (name, id) = match event {
+                Maintenance::Deleted(id) => ("DeleteKey", id),
+                Maintenance::Rotated(id, _) => ("RotateKey", id),
+            };
+            let arn = self.key_arn(id);
+            self.append(&ApiCall {
+                event_time: self.now(),
+                event_name: name.to_owned(),
+                principal: SERVICE_PRINCIPAL.to_owned(),
+                request_parameters: json!({ "keyId": arn }),
+                response_elements: None,
+                error_code: None,
+                error_message: None,
+                read_only: false,
+                resources: vec![arn],
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The keystore as it is now, after completing any deletion window or rotation
+    /// that fell due (persisted and audited, so every process sees it).
+    fn fresh(&self) -> Result<StoreData, KmsError> {
+        let now = self.now();
+        let store = self.shared.keystore.read()?;
+        if !store.maintenance_due(now) {
+            return Ok(store);
+        }
+        let prepared = self.shared.keystore.prepare(now, |_| Ok(()))?;
+        if prepared.maintenance.is_empty() {
+            return Ok(prepared.store);
+        }
+        self.audit_maintenance(&prepared.maintenance)?;
+        prepared.tx.commit()?;
+        Ok(prepared.store)
+    }
+
+    /// Applies `update` under the keystore's write lock; the success record goes to
+    /// the trail before the update becomes visible.
+    fn mutate<R>(
+        &self,
+        audit: &mut Audit,
+        update: impl FnOnce(&mut StoreData, OffsetDateTime, &mut Audit) -> Result<R, KmsError>,
+    ) -> Result<R, KmsError> {
+        self.fresh()?;
+        let now = self.now();
+        let prepared = self.shared.keystore.prepare(now, |store| update(store, now, audit))?;
+        self.audit_maintenance(&prepared.maintenance)?;
+        self.append(&self.record(audit, None))?;
+        audit.recorded = true;
+        prepared.tx.commit()?;
+        Ok(prepared.value)
+    }
+
+    fn resolve(&self, store: &StoreData, key_id: &str) -> Result<Uuid, KmsError> {
+        match KeyRef::parse(key_id, &self.shared.region, &self.shared.account)? {
+            KeyRef::Key(id) if store.keys.contains_key(&id) => Ok(id),
+            KeyRef::Key(id) => Err(KmsError::NotFound(format!("Key '{}' does not exist", self.key_arn(&id)))),
+            KeyRef::Alias(name) => store.aliases.get(&name).map(|a| a.target_key_id).ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "Alias '{}' is not found.",
+                    alias_arn(&self.shared.region, &self.shared.account, &printable(&name))
+                ))
+            }),
+        }
+    }
+
+    fn authorize(&self, key: &KeyRecord, action: &str, arn: &str) -> Result<(), KmsError> {
+        let policy = KeyPolicy::parse(&key.policy)
+            .map_err(|e| KmsError::Internal(format!("the stored policy of {arn} is unreadable: {}", e.message())))?;
+        match policy.evaluate(&self.principal, action, arn) {
+            Decision::Allow => Ok(()),
+            Decision::ExplicitDeny => Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to perform: {action} on resource: {arn} with an \
+                 explicit deny in a resource-based policy",
+                self.principal
+            ))),
+            Decision::ImplicitDeny => Err(KmsError::AccessDenied(format!(
+                "User: {} is not authorized to perform: {action} on resource: {arn} because no \
+                 resource-based policy allows the {action} action",
+                self.principal
+            ))),
+        }
+    }
+
+    /// Resolves `key_id`, records it, and checks policy (`action`) and state (`op`).
+    fn usable_key<'s>(
+        &self,
+        audit: &mut Audit,
+        store: &'s StoreData,
+        key_id: &str,
+        op: Op,
+        action: &str,
+    ) -> Result<(Uuid, &'s KeyRecord, String), KmsError> {
+        let id = self.resolve(store, key_id)?;
+        let arn = self.key_arn(&id);
+        audit.resources.push(arn.clone());
+        let key = store.keys.get(&id).ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
+        self.authorize(key, action, &arn)?;
+        check_state(op, key.state, &arn)?;
+        Ok((id, key, arn))
+    }
+
+    /// A key administration call: resolve, authorize, check state, then `change`
+    /// the key record under the write lock.
+    fn administer<R>(
+        &self,
+        op: Op,
+        key_id: &str,
+        request: Value,
+        change: impl FnOnce(&mut KeyRecord, &Uuid, &str, OffsetDateTime) -> Result<R, KmsError>,
+    ) -> Result<R, KmsError> {
+        self.run(op, request, |audit| {
+            self.mutate(audit, |store, now, audit| {
+                let id = self.resolve(store, key_id)?;
+                let arn = self.key_arn(&id);
+                audit.resources.push(arn.clone());
+                let key = store
+                    .keys
+                    .get_mut(&id)
+                    .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
+                self.authorize(key, &op.action(), &arn)?;
+                check_state(op, key.state, &arn)?;
+                let value = change(key, &id, &arn, now)?;
+                audit.response = Some(json!({ "keyId": arn }));
+                Ok(value)
+            })
+        })
+    }
+
+    /// A read-only key call: resolve, authorize, check state on a fresh snapshot.
+    fn inspect<R>(
+        &self,
+        op: Op,
+        key_id: &str,
+        request: Value,
+        read: impl FnOnce(&KeyRecord, &Uuid, &str) -> Result<R, KmsError>,
+    ) -> Result<R, KmsError> {
+        self.run(op, request, |audit| {
+            let store = self.fresh()?;
+            let (id, key, arn) = self.usable_key(audit, &store, key_id, op, &op.action())?;
+            read(key, &id, &arn)
+        })
+    }
+
+    fn metadata(&self, id: &Uuid, key: &KeyRecord) -> KeyMetadata {
+        KeyMetadata {
+            key_id: id.to_string(),
+            arn: self.key_arn(id),
+            key_state: key.state,
+            aws_account_id: self.shared.account.clone(),
+            creation_date: to_time(key.creation_date),
+            enabled: key.state == KeyState::Enabled,
+            description: key.description.clone(),
+            key_usage: "ENCRYPT_DECRYPT".into(),
+            key_spec: "SYMMETRIC_DEFAULT".into(),
+            customer_master_key_spec: "SYMMETRIC_DEFAULT".into(),
+            key_manager: "CUSTOMER".into(),
+            origin: "AWS_KMS".into(),
+            encryption_algorithms: vec!["SYMMETRIC_DEFAULT".into()],
+            multi_region: false,
+            deletion_date: key.deletion_date.map(to_time),
+            pending_deletion_window_in_days: key.pending_window_in_days,
+        }
+    }
+
+    /// The current material version of a key, unsealed.
+    fn current_material(&self, id: &Uuid, key: &KeyRecord) -> Result<(u32, Aes256Key), KmsError> {
+        let last = key
+            .materials
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| KmsError::Internal(format!("key {id} has no material")))?;
+        let version = u32::try_from(last).map_err(|_| KmsError::Internal(format!("key {id} has too many material versions")))?;
+        let material = self.shared.keystore.unseal_material(id, version, &key.materials[last].sealed)?;
+        Ok((version, material))
+    }
+
+    /// Checks and decrypts a blob for Decrypt/ReEncrypt: the blob's key must exist
+    /// (and be `expected`, when the caller named one), allow `action` and be enabled.
+    fn open_blob(
+        &self,
+        audit: &mut Audit,
+        store: &StoreData,
+        blob: &[u8],
+        context: &EncryptionContext,
+        expected: Option<&str>,
+        action: &str,
+    ) -> Result<(String, SecretBytes), KmsError> {
+        if blob.is_empty() || blob.len() > MAX_CIPHERTEXT_LEN {
+            return Err(KmsError::Validation(format!(
+                "1 validation error detected: Value at 'ciphertextBlob' failed to satisfy \
+                 constraint: Member must have length between 1 and {MAX_CIPHERTEXT_LEN}"
+            )));
+        }
+        let parsed = envelope::parse(blob)?;
+        let id = parsed.header.key_id;
+        if let Some(named) = expected {
+            let named = self.resolve(store, named)?;
+            if named != id {
+                audit.resources.push(self.key_arn(&named));
+                return Err(KmsError::IncorrectKey(
+                    "The key ID in the request does not identify a KMS key that can perform this operation."
+                        .into(),
+                ));
+            }
+        }
+        let Some(key) = store.keys.get(&id) else {
+            if store.deleted_keys.contains_key(&id) {
+                let arn = self.key_arn(&id);
+                audit.resources.push(arn.clone());
+                return Err(KmsError::NotFound(format!("Key '{arn}' was deleted; its ciphertexts cannot be decrypted")));
+            }
+            return Err(KmsError::InvalidCiphertext(
+                "the ciphertext blob is not valid: it names no key of this key service".into(),
+            ));
+        };
+        let arn = self.key_arn(&id);
+        audit.resources.push(arn.clone());
+        self.authorize(key, action, &arn)?;
+        check_state(audit.op, key.state, &arn)?;
+        let version = parsed.header.material_version;
+        let sealed = usize::try_from(version)
+            .ok()
+            .and_then(|v| key.materials.get(v))
+            .ok_or_else(|| KmsError::InvalidCiphertext("the ciphertext blob is not valid: unknown key material version".into()))?;
+        let material = self.shared.keystore.unseal_material(&id, version, &sealed.sealed)?;
+        let plaintext = envelope::open(&material, &parsed, context)?;
+        Ok((arn, plaintext))
+    }
+
+    fn generate(
+        &self,
+        op: Op,
+        req: &GenerateDataKeyRequest,
+    ) -> Result<(String, SecretBytes, Vec<u8>), KmsError> {
+        let mut request = json!({
+            "keyId": req.key_id,
+            "encryptionContext": req.encryption_context,
+        });
+        match req.spec {
+            DataKeySpec::Aes256 => request["keySpec"] = json!("AES_256"),
+            DataKeySpec::Aes128 => request["keySpec"] = json!("AES_128"),
+            DataKeySpec::Bytes(n) => request["numberOfBytes"] = json!(n),
+        }
+        self.run(op, request, |audit| {
+            let len = req.spec.byte_len()?;
+            check_context(&req.encryption_context, "encryptionContext")?;
+            let store = self.fresh()?;
+            let (id, key, arn) = self.usable_key(audit, &store, &req.key_id, op, &op.action())?;
+            let (version, material) = self.current_material(&id, key)?;
+            let plaintext = SecretBytes::random(len);
+            let blob = envelope::seal(&material, id, version, plaintext.expose(), &req.encryption_context)?;
+            audit.response = Some(json!({ "keyId": arn }));
+            Ok((arn, plaintext, blob))
+        })
+    }
+
+    fn page<T>(
+        &self,
+        items: impl Iterator<Item = (String, T)>,
+        req: &ListRequest,
+    ) -> Result<Page<T>, KmsError> {
+        let limit = match req.limit {
+            None => 100,
+            Some(n @ 1..=1000) => n as usize,
+            Some(n) => {
+                return Err(KmsError::Validation(format!(
+                    "1 validation error detected: Value '{n}' at 'limit' failed to satisfy \
+                     constraint: Member must have value between 1 and 1000"
+                )))
+            }
+        };
+        let mut items = items.peekable();
+        if let Some(marker) = &req.marker {
+            let mut found = false;
+            for (sort_key, _) in items.by_ref() {
+                if &sort_key == marker {
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                return Err(KmsError::InvalidMarker(format!(
+                    "marker '{}' was not issued by this listing",
+                    printable(marker)
+                )));
+            }
+        }
+        let mut page = Vec::new();
+        let mut last = None;
+        while page.len() < limit {
+            let Some((sort_key, item)) = items.next() else { break };
+            last = Some(sort_key);
+            page.push(item);
+        }
+        let next_marker = if items.peek().is_some() { last } else { None };
+        Ok(Page { items: page, next_marker })
+    }
+
+    fn alias_entry(&self, name: &str, alias: &AliasRecord) -> AliasListEntry {
+        AliasListEntry {
+            alias_name: name.to_owned(),
+            alias_arn: alias_arn(&self.shared.region, &self.shared.account, name),
+            target_key_id: alias.target_key_id.to_string(),
+            creation_date: to_time(alias.creation_date),
+            last_updated_date: to_time(alias.last_updated_date),
+        }
+    }
+
+    /// Refuses a policy the caller could not change afterwards (AWS's lockout check).
+    fn check_lockout(&self, policy: &KeyPolicy, arn: &str, bypass: bool) -> Result<(), KmsError> {
+        if bypass || policy.evaluate(&self.principal, "kms:PutKeyPolicy", arn) == Decision::Allow {
+            return Ok(());
+        }
+        Err(KmsError::MalformedPolicyDocument(
+            "The new key policy will not allow you to update the key policy in the future.".into(),
+        ))
+    }
+
+    /// Resolves an alias target, which must name a key, not another alias.
+    fn alias_target(&self, store: &StoreData, target: &str) -> Result<Uuid, KmsError> {
+        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.shared.account)? {
+            return Err(KmsError::Validation(
+                "TargetKeyId must be a key ID or key ARN, not an alias".into(),
+            ));
+        }
+        self.resolve(store, target)
+    }
+}
+
+fn check_context(context: &EncryptionContext, field: &str) -> Result<(), KmsError> {
+    let len: usize = context.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if len > MAX_CONTEXT_LEN {
+        return Err(KmsError::Validation(format!(
+            "{field} is {len} bytes; atrest allows at most {MAX_CONTEXT_LEN}"
+        )));
+    }
+    Ok(())
+}
+
+fn date(ts: OffsetDateTime) -> Value {
+    json!(ts.unix_timestamp())
+}
+
+impl KeyService for LocalKms {
+    fn describe_key(&self, key_id: &str) -> Result<KeyMetadata, KmsError> {
+        self.inspect(Op::DescribeKey, key_id, json!({ "keyId": key_id }), |key, id, _| {
+            Ok(self.metadata(id, key))
+        })
+    }
+
+    fn generate_data_key(&self, req: &GenerateDataKeyRequest) -> Result<GeneratedDataKey, KmsError> {
+        let (key_id, plaintext, ciphertext_blob) = self.generate(Op::GenerateDataKey, req)?;
+        Ok(GeneratedDataKey { key_id, plaintext, ciphertext_blob })
+    }
+
+    fn generate_data_key_without_plaintext(
+        &self,
+        req: &GenerateDataKeyRequest,
+    ) -> Result<WrappedData, KmsError> {
+        let (key_id, _, ciphertext_blob) = self.generate(Op::GenerateDataKeyWithoutPlaintext, req)?;
+        Ok(WrappedData { key_id, ciphertext_blob })
+    }
+
+    fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+        encryption_context: &EncryptionContext,
+    ) -> Result<WrappedData, KmsError> {
+        let request = json!({
+            "keyId": key_id,
+            "encryptionContext": encryption_context,
+            "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        });
+        self.run(Op::Encrypt, request, |audit| {
+            if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_LEN {
+                return Err(KmsError::Validation(format!(
+                    "1 validation error detected: Value at 'plaintext' failed to satisfy \
+                     constraint: Member must have length between 1 and {MAX_PLAINTEXT_LEN}"
+                )));
+            }
+            check_context(encryption_context, "encryptionContext")?;
+            let store = self.fresh()?;
+            let (id, key, arn) = self.usable_key(audit, &store, key_id, Op::Encrypt, "kms:Encrypt")?;
+            let (version, material) = self.current_material(&id, key)?;
+            let ciphertext_blob = envelope::seal(&material, id, version, plaintext, encryption_context)?;
+            audit.response = Some(json!({ "keyId": arn }));
+            Ok(WrappedData { key_id: arn, ciphertext_blob })
+        })
+    }
+
+    fn decrypt(&self, req: &DecryptRequest) -> Result<DecryptedData, KmsError> {
+        let mut request = json!({
+            "encryptionContext": req.encryption_context,
+            "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        });
+        if let Some(key_id) = &req.key_id {
+            request["keyId"] = json!(key_id);
+        }
+        self.run(Op::Decrypt, request, |audit| {
+            check_context(&req.encryption_context, "encryptionContext")?;
+            let store = self.fresh()?;
+            let (arn, plaintext) = self.open_blob(
+                audit,
+                &store,
+                &req.ciphertext_blob,
+                &req.encryption_context,
+                req.key_id.as_deref(),
+                "kms:Decrypt",
+            )?;
+            audit.response = Some(json!({ "keyId": arn }));
+            Ok(DecryptedData { key_id: arn, plaintext })
+        })
+    }
+
+    fn re_encrypt(&self, req: &ReEncryptRequest) -> Result<ReEncrypted, KmsError> {
+        let mut request = json!({
+            "destinationKeyId": req.destination_key_id,
+            "sourceEncryptionContext": req.source_encryption_context,
+            "destinationEncryptionContext": req.destination_encryption_context,
+            "sourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            "destinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        });
+        if let Some(key_id) = &req.source_key_id {
+            request["sourceKeyId"] = json!(key_id);
+        }
+        self.run(Op::ReEncrypt, request, |audit| {
+            check_context(&req.source_encryption_context, "sourceEncryptionContext")?;
+            check_context(&req.destination_encryption_context, "destinationEncryptionContext")?;
+            let store = self.fresh()?;
+            let (source_arn, plaintext) = self.open_blob(
+                audit,
+                &store,
+                &req.ciphertext_blob,
+                &req.source_encryption_context,
+                req.source_key_id.as_deref(),
+                "kms:ReEncryptFrom",
+            )?;
+            let (id, key, arn) =
+                self.usable_key(audit, &store, &req.destination_key_id, Op::ReEncrypt, "kms:ReEncryptTo")?;
+            let (version, material) = self.current_material(&id, key)?;
+            let ciphertext_blob =
+                envelope::seal(&material, id, version, plaintext.expose(), &req.destination_encryption_context)?;
+            audit.response = Some(json!({ "keyId": arn, "sourceKeyId": source_arn }));
+            Ok(ReEncrypted { source_key_id: source_arn, key_id: arn, ciphertext_blob })
+        })
+    }
+
+    fn create_key(&self, req: &CreateKeyRequest) -> Result<KeyMetadata, KmsError> {
+        let mut request = json!({
+            "description": req.description,
+            "keyUsage": req.key_usage.as_deref().unwrap_or("ENCRYPT_DECRYPT"),
+            "keySpec": req.key_spec.as_deref().unwrap_or("SYMMETRIC_DEFAULT"),
+            "origin": "AWS_KMS",
+            "bypassPolicyLockoutSafetyCheck": req.bypass_policy_lockout_safety_check,
+            "multiRegion": false,
+        });
+        if let Some(policy) = &req.policy {
+            request["policy"] = json!(policy);
+        }
+        self.run(Op::CreateKey, request, |audit| {
+            if req.description.len() > MAX_DESCRIPTION_LEN {
+                return Err(KmsError::Validation(format!(
+                    "the description is longer than {MAX_DESCRIPTION_LEN} characters"
+                )));
+            }
+            match req.key_spec.as_deref() {
+                None | Some("SYMMETRIC_DEFAULT") => {}
+                Some(other) => {
+                    return Err(KmsError::UnsupportedOperation(format!(
+                        "KeySpec '{}' is not supported: atrest keys are SYMMETRIC_DEFAULT",
+                        printable(other)
+                    )))
+                }
+            }
+            match req.key_usage.as_deref() {
+                None | Some("ENCRYPT_DECRYPT") => {}
+                Some(other) => {
+                    return Err(KmsError::UnsupportedOperation(format!(
+                        "KeyUsage '{}' is not supported: atrest keys are ENCRYPT_DECRYPT",
+                        printable(other)
+                    )))
+                }
+            }
+            let id = Uuid::new_v4();
+            let arn = self.key_arn(&id);
+            let policy = match &req.policy {
+                Some(text) => {
+                    let parsed = KeyPolicy::parse(text)?;
+                    self.check_lockout(&parsed, &arn, req.bypass_policy_lockout_safety_check)?;
+                    text.clone()
+                }
+                None => default_policy(&self.shared.account, &self.principal),
+            };
+            self.mutate(audit, |store, now, audit| {
+                audit.resources.push(arn.clone());
+                let ts = now.unix_timestamp();
+                let mut key = KeyRecord {
+                    description: req.description.clone(),
+                    creation_date: ts,
+                    state: KeyState::Enabled,
+                    deletion_date: None,
+                    pending_window_in_days: None,
+                    policy,
+                    rotation: None,
+                    rotations: Vec::new(),
+                    materials: Vec::new(),
+                };
+                add_material(&mut key, &id, ts, &self.shared.keystore)?;
+                let meta = self.metadata(&id, &key);
+                store.keys.insert(id, key);
+                audit.response = Some(json!({ "keyMetadata": {
+                    "keyId": meta.key_id,
+                    "arn": meta.arn,
+                    "aWSAccountId": meta.aws_account_id,
+                    "creationDate": date(meta.creation_date),
+                    "enabled": meta.enabled,
+                    "keyState": meta.key_state.as_str(),
+                    "description": meta.description,
+                    "keyUsage": meta.key_usage,
+                    "keySpec": meta.key_spec,
+                    "keyManager": meta.key_manager,
+                    "origin": meta.origin,
+                }}));
+                Ok(meta)
+            })
+        })
+    }
+
+    fn list_keys(&self, req: &ListRequest) -> Result<Page<KeyListEntry>, KmsError> {
+        let mut request = json!({});
+        if let Some(limit) = req.limit {
+            request["limit"] = json!(limit);
+        }
+        if let Some(marker) = &req.marker {
+            request["marker"] = json!(marker);
+        }
+        self.run(Op::ListKeys, request, |_| {
+            let store = self.fresh()?;
+            let items = store.keys.keys().map(|id| {
+                (id.to_string(), KeyListEntry { key_id: id.to_string(), key_arn: self.key_arn(id) })
+            });
+            self.page(items, req)
+        })
+    }
+
+    fn update_key_description(&self, key_id: &str, description: &str) -> Result<(), KmsError> {
+        let request = json!({ "keyId": key_id, "description": description });
+        if description.len() > MAX_DESCRIPTION_LEN {
+            return self.run(Op::UpdateKeyDescription, request, |_| {
+                Err(KmsError::Validation(format!(
+                    "the description is longer than {MAX_DESCRIPTION_LEN} characters"
+                )))
+            });
+        }
+        self.administer(Op::UpdateKeyDescription, key_id, request, |key, _, _, _| {
+            key.description = description.to_owned();
+            Ok(())
+        })
+    }
+
+    fn enable_key(&self, key_id: &str) -> Result<(), KmsError> {
+        self.administer(Op::EnableKey, key_id, json!({ "keyId": key_id }), |key, _, _, _| {
+            key.state = KeyState::Enabled;
+            Ok(())
+        })
+    }
+
+    fn disable_key(&self, key_id: &str) -> Result<(), KmsError> {
+        self.administer(Op::DisableKey, key_id, json!({ "keyId": key_id }), |key, _, _, _| {
+            key.state = KeyState::Disabled;
+            Ok(())
+        })
+    }
+
+    fn schedule_key_deletion(
+        &self,
+        key_id: &str,
+        pending_window_in_days: Option<u32>,
+    ) -> Result<ScheduledDeletion, KmsError> {
+        let mut request = json!({ "keyId": key_id });
+        if let Some(days) = pending_window_in_days {
+            request["pendingWindowInDays"] = json!(days);
+        }
+        let days = pending_window_in_days.unwrap_or(DEFAULT_PENDING_DAYS);
+        if !(MIN_PENDING_DAYS..=MAX_PENDING_DAYS).contains(&days) {
+            return self.run(Op::ScheduleKeyDeletion, request, |_| {
+                Err(KmsError::Validation(format!(
+                    "1 validation error detected: Value '{days}' at 'pendingWindowInDays' failed \
+                     to satisfy constraint: Member must have value between {MIN_PENDING_DAYS} and \
+                     {MAX_PENDING_DAYS}"
+                )))
+            });
+        }
+        self.run(Op::ScheduleKeyDeletion, request, |audit| {
+            self.mutate(audit, |store, now, audit| {
+                let id = self.resolve(store, key_id)?;
+                let arn = self.key_arn(&id);
+                audit.resources.push(arn.clone());
+                let key = store
+                    .keys
+                    .get_mut(&id)
+                    .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
+                self.authorize(key, "kms:ScheduleKeyDeletion", &arn)?;
+                check_state(Op::ScheduleKeyDeletion, key.state, &arn)?;
+                let deletion_date = now + Duration::days(i64::from(days));
+                key.state = KeyState::PendingDeletion;
+                key.deletion_date = Some(deletion_date.unix_timestamp());
+                key.pending_window_in_days = Some(days);
+                audit.response = Some(json!({
+                    "keyId": arn,
+                    "deletionDate": date(deletion_date),
+                    "keyState": "PendingDeletion",
+                    "pendingWindowInDays": days,
+                }));
+                Ok(ScheduledDeletion {
+                    key_id: arn,
+                    deletion_date: to_time(deletion_date.unix_timestamp()),
+                    key_state: KeyState::PendingDeletion,
+                    pending_window_in_days: days,
+                })
+            })
+        })
+    }
+
+    fn cancel_key_deletion(&self, key_id: &str) -> Result<String, KmsError> {
+        self.administer(Op::CancelKeyDeletion, key_id, json!({ "keyId": key_id }), |key, _, arn, _| {
+            key.state = KeyState::Disabled;
+            key.deletion_date = None;
+            key.pending_window_in_days = None;
+            Ok(arn.to_owned())
+        })
+    }
+
+    fn list_aliases(
+        &self,
+        key_id: Option<&str>,
+        req: &ListRequest,
+    ) -> Result<Page<AliasListEntry>, KmsError> {
+        let mut request = json!({});
+        if let Some(key_id) = key_id {
+            request["keyId"] = json!(key_id);
+        }
+        if let Some(limit) = req.limit {
+            request["limit"] = json!(limit);
+        }
+        if let Some(marker) = &req.marker {
+            request["marker"] = json!(marker);
+        }
+        self.run(Op::ListAliases, request, |audit| {
+            let store = self.fresh()?;
+            let only = match key_id {
+                Some(key_id) => {
+                    let id = self.resolve(&store, key_id)?;
+                    audit.resources.push(self.key_arn(&id));
+                    Some(id)
+                }
+                None => None,
+            };
+            let items = store
+                .aliases
+                .iter()
+                .filter(|(_, a)| only.is_none_or(|id| a.target_key_id == id))
+                .map(|(name, a)| (name.clone(), self.alias_entry(name, a)));
+            self.page(items, req)
+        })
+    }
+
+    fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
+        let request = json!({ "aliasName": alias_name, "targetKeyId": target_key_id });
+        self.run(Op::CreateAlias, request, |audit| {
+            validate_alias_name(alias_name)?;
+            self.mutate(audit, |store, now, audit| {
+                let id = self.alias_target(store, target_key_id)?;
+                let arn = self.key_arn(&id);
+                audit.resources.push(arn.clone());
+                let key = store
+                    .keys
+                    .get(&id)
+                    .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
+                self.authorize(key, "kms:CreateAlias", &arn)?;
+                check_state(Op::CreateAlias, key.state, &arn)?;
+                if store.aliases.contains_key(alias_name) {
+                    return Err(KmsError::AlreadyExists(format!(
+                        "An alias with the name {} already exists",
+                        alias_arn(&self.shared.region, &self.shared.account, alias_name)
+                    )));
+                }
+                let ts = now.unix_timestamp();
+                store.aliases.insert(
+                    alias_name.to_owned(),
+                    AliasRecord { target_key_id: id, creation_date: ts, last_updated_date: ts },
+                );
+                Ok(())
+            })
+        })
+    }
+
+    fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
+        let request = json!({ "aliasName": alias_name, "targetKeyId": target_key_id });
+        self.run(Op::UpdateAlias, request, |audit| {
+            validate_alias_name(alias_name)?;
+            self.mutate(audit, |store, now, audit| {
+                let alias_not_found = || {
+                    KmsError::NotFound(format!(
+                        "Alias '{}' is not found.",
+                        alias_arn(&self.shared.region, &self.shared.account, alias_name)
+                    ))
+                };
+                let old = store.aliases.get(alias_name).ok_or_else(alias_not_found)?.target_key_id;
+                let new = self.alias_target(store, target_key_id)?;
+                let (old_arn, new_arn) = (self.key_arn(&old), self.key_arn(&new));
+                audit.resources.push(old_arn.clone());
+                if new != old {
+                    audit.resources.push(new_arn.clone());
+                }
+                let old_key = store.keys.get(&old).ok_or_else(alias_not_found)?;
+                self.authorize(old_key, "kms:UpdateAlias", &old_arn)?;
+                let new_key = store
+                    .keys
+                    .get(&new)
+                    .ok_or_else(|| KmsError::NotFound(format!("Key '{new_arn}' does not exist")))?;
+                self.authorize(new_key, "kms:UpdateAlias", &new_arn)?;
+                check_state(Op::UpdateAlias, new_key.state, &new_arn)?;
+                let alias = store.aliases.get_mut(alias_name).ok_or_else(alias_not_found)?;
+                alias.target_key_id = new;
+                alias.last_updated_date = now.unix_timestamp();
+                Ok(())
+            })
+        })
+    }
+
+    fn delete_alias(&self, alias_name: &str) -> Result<(), KmsError> {
+        let request = json!({ "aliasName": alias_name });
+        self.run(Op::DeleteAlias, request, |audit| {
+            validate_alias_name(alias_name)?;
+            self.mutate(audit, |store, _, audit| {
+                let not_found = || {
+                    KmsError::NotFound(format!(
+                        "Alias '{}' is not found.",
+                        alias_arn(&self.shared.region, &self.shared.account, alias_name)
+                    ))
+                };
+                let target = store.aliases.get(alias_name).ok_or_else(not_found)?.target_key_id;
+                let arn = self.key_arn(&target);
+                audit.resources.push(arn.clone());
+                let key = store.keys.get(&target).ok_or_else(not_found)?;
+                self.authorize(key, "kms:DeleteAlias", &arn)?;
+                check_state(Op::DeleteAlias, key.state, &arn)?;
+                store.aliases.remove(alias_name);
+                Ok(())
+            })
+        })
+    }
+
+    fn enable_key_rotation(
+        &self,
+        key_id: &str,
+        rotation_period_in_days: Option<u32>,
+    ) -> Result<(), KmsError> {
+        let mut request = json!({ "keyId": key_id });
+        if let Some(days) = rotation_period_in_days {
+            request["rotationPeriodInDays"] = json!(days);
+        }
+        let days = rotation_period_in_days.unwrap_or(DEFAULT_ROTATION_DAYS);
+        if !(MIN_ROTATION_DAYS..=MAX_ROTATION_DAYS).contains(&days) {
+            return self.run(Op::EnableKeyRotation, request, |_| {
+                Err(KmsError::Validation(format!(
+                    "1 validation error detected: Value '{days}' at 'rotationPeriodInDays' failed \
+                     to satisfy constraint: Member must have value between {MIN_ROTATION_DAYS} and \
+                     {MAX_ROTATION_DAYS}"
+                )))
+            });
+        }
+        self.administer(Op::EnableKeyRotation, key_id, request, |key, _, _, now| {
+            key.rotation = Some(RotationSchedule {
+                period_in_days: days,
+                next_rotation_date: (now + Duration::days(i64::from(days))).unix_timestamp(),
+            });
+            Ok(())
+        })
+    }
+
+    fn disable_key_rotation(&self, key_id: &str) -> Result<(), KmsError> {
+        self.administer(Op::DisableKeyRotation, key_id, json!({ "keyId": key_id }), |key, _, _, _| {
+            key.rotation = None;
+            Ok(())
+        })
+    }
+
+    fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError> {
+        self.inspect(Op::GetKeyRotationStatus, key_id, json!({ "keyId": key_id }), |key, _, arn| {
+            Ok(RotationStatus {
+                key_id: arn.to_owned(),
+                key_rotation_enabled: key.rotation.is_some(),
+                rotation_period_in_days: key.rotation.as_ref().map(|r| r.period_in_days),
+                next_rotation_date: key.rotation.as_ref().map(|r| to_time(r.next_rotation_date)),
+                on_demand_rotation_start_date: key
+                    .rotations
+                    .iter()
+                    .rev()
+                    .find(|r| r.rotation_type == RotationType::OnDemand)
+                    .map(|r| to_time(r.date)),
+            })
+        })
+    }
+
+    fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError> {
+        self.administer(Op::RotateKeyOnDemand, key_id, json!({ "keyId": key_id }), |key, id, arn, now| {
+            let done = key.rotations.iter().filter(|r| r.rotation_type == RotationType::OnDemand).count();
+            if done >= MAX_ON_DEMAND_ROTATIONS {
+                return Err(KmsError::LimitExceeded(format!(
+                    "{arn} has already been rotated on demand {MAX_ON_DEMAND_ROTATIONS} times"
+                )));
+            }
+            let ts = now.unix_timestamp();
+            add_material(key, id, ts, &self.shared.keystore)?;
+            key.rotations.push(RotationRecord { date: ts, rotation_type: RotationType::OnDemand });
+            Ok(arn.to_owned())
+        })
+    }
+
+    fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError> {
+        self.inspect(Op::ListKeyRotations, key_id, json!({ "keyId": key_id }), |key, _, arn| {
+            Ok(key
+                .rotations
+                .iter()
+                .map(|r| RotationEntry {
+                    key_id: arn.to_owned(),
+                    rotation_date: to_time(r.date),
+                    rotation_type: r.rotation_type,
+                })
+                .collect())
+        })
+    }
+
+    fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError> {
+        let request = json!({ "keyId": key_id, "policyName": policy_name });
+        self.inspect(Op::GetKeyPolicy, key_id, request, |key, _, _| {
+            check_policy_name(policy_name)?;
+            Ok(key.policy.clone())
+        })
+    }
+
+    fn put_key_policy(
+        &self,
+        key_id: &str,
+        policy_name: &str,
+        policy: &str,
+        bypass_policy_lockout_safety_check: bool,
+    ) -> Result<(), KmsError> {
+        let request = json!({
+            "keyId": key_id,
+            "policyName": policy_name,
+            "policy": policy,
+            "bypassPolicyLockoutSafetyCheck": bypass_policy_lockout_safety_check,
+        });
+        self.administer(Op::PutKeyPolicy, key_id, request, |key, _, arn, _| {
+            check_policy_name(policy_name)?;
+            let parsed = KeyPolicy::parse(policy)?;
+            self.check_lockout(&parsed, arn, bypass_policy_lockout_safety_check)?;
+            key.policy = policy.to_owned();
+            Ok(())
+        })
+    }
+}
+
+fn check_policy_name(name: &str) -> Result<(), KmsError> {
+    if name == "default" {
+        Ok(())
+    } else {
+        Err(KmsError::NotFound(format!(
+            "Policy '{}' does not exist: a key's only policy is named 'default'",
+            printable(name)
+        )))
+    }
+}

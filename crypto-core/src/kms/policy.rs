@@ -1,0 +1,350 @@
+//! AWS-format key policies: parsing and evaluation.
+//!
+//! Evaluation follows AWS: an explicit `Deny` that matches wins, else an `Allow` that
+//! matches grants, else the request is implicitly denied. atrest has no IAM, so a
+//! principal matches only its own ARN or `"*"`; `arn:aws:iam::<account>:root` names
+//! the account's root user, not every user of the account. `Condition`,
+//! `NotPrincipal`, `NotAction` and `NotResource` are refused rather than ignored, so
+//! a policy never grants or denies more than it says.
+#![forbid(unsafe_code)]
+
+use serde_json::Value;
+
+use super::KmsError;
+
+/// Key policies are at most 32 KiB (AWS's limit).
+pub const MAX_POLICY_LEN: usize = 32 * 1024;
+
+/// The outcome of evaluating a policy for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// A `Deny` statement matched.
+    ExplicitDeny,
+    /// No statement matched.
+    ImplicitDeny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Principals {
+    Anyone,
+    Arns(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Statement {
+    effect: Effect,
+    principals: Principals,
+    /// Lowercased action patterns (`kms:*`, `kms:generate*`).
+    actions: Vec<String>,
+    resources: Vec<String>,
+}
+
+/// A parsed key policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPolicy {
+    statements: Vec<Statement>,
+}
+
+fn malformed(why: impl std::fmt::Display) -> KmsError {
+    KmsError::MalformedPolicyDocument(format!("the key policy is not valid: {why}"))
+}
+
+/// A JSON string or array of strings, as policies allow for most fields.
+fn strings(value: &Value, field: &str) -> Result<Vec<String>, KmsError> {
+    match value {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(malformed(format!("{field} must hold only strings"))),
+            })
+            .collect(),
+        _ => Err(malformed(format!("{field} must be a string or a non-empty list of strings"))),
+    }
+}
+
+impl KeyPolicy {
+    /// Parses a policy document, refusing anything atrest cannot evaluate faithfully.
+    pub fn parse(text: &str) -> Result<Self, KmsError> {
+        if text.len() > MAX_POLICY_LEN {
+            return Err(malformed(format!("it is longer than {MAX_POLICY_LEN} bytes")));
+        }
+        let doc: Value =
+            serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
+        let Value::Object(doc) = doc else {
+            return Err(malformed("the document must be a JSON object"));
+        };
+        for key in doc.keys() {
+            if !matches!(key.as_str(), "Version" | "Id" | "Statement") {
+                return Err(malformed(format!("unknown top-level field '{key}'")));
+            }
+        }
+        match doc.get("Version") {
+            None => {}
+            Some(Value::String(v)) if v == "2012-10-17" || v == "2008-10-17" => {}
+            Some(_) => return Err(malformed("Version must be \"2012-10-17\"")),
+        }
+        let statements = match doc.get("Statement") {
+            Some(Value::Array(items)) if !items.is_empty() => items.iter().collect::<Vec<_>>(),
+            Some(item @ Value::Object(_)) => vec![item],
+            _ => return Err(malformed("Statement must be an object or a non-empty list")),
+        };
+        let statements = statements
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| parse_statement(s).map_err(|e| malformed(format!("statement {i}: {}", e.message()))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { statements })
+    }
+
+    /// Evaluates `action` (e.g. `kms:Decrypt`) by `principal` on the key `resource`.
+    pub fn evaluate(&self, principal: &str, action: &str, resource: &str) -> Decision {
+        let action = action.to_ascii_lowercase();
+        let mut allowed = false;
+        for statement in &self.statements {
+            if !statement.applies(principal, &action, resource) {
+                continue;
+            }
+            match statement.effect {
+                Effect::Deny => return Decision::ExplicitDeny,
+                Effect::Allow => allowed = true,
+            }
+        }
+        if allowed {
+            Decision::Allow
+        } else {
+            Decision::ImplicitDeny
+        }
+    }
+}
+
+fn parse_statement(value: &Value) -> Result<Statement, KmsError> {
+    let Value::Object(fields) = value else {
+        return Err(malformed("a statement must be a JSON object"));
+    };
+    for key in fields.keys() {
+        match key.as_str() {
+            "Sid" | "Effect" | "Principal" | "Action" | "Resource" => {}
+            "Condition" | "NotPrincipal" | "NotAction" | "NotResource" => {
+                return Err(KmsError::MalformedPolicyDocument(format!(
+                    "atrest does not evaluate '{key}'; rewrite the statement without it"
+                )))
+            }
+            other => return Err(malformed(format!("unknown field '{other}'"))),
+        }
+    }
+    let effect = match fields.get("Effect") {
+        Some(Value::String(e)) if e == "Allow" => Effect::Allow,
+        Some(Value::String(e)) if e == "Deny" => Effect::Deny,
+        _ => return Err(malformed("Effect must be \"Allow\" or \"Deny\"")),
+    };
+    let principals = match fields.get("Principal") {
+        Some(Value::String(s)) if s == "*" => Principals::Anyone,
+        Some(Value::Object(map)) => {
+            let mut arns = Vec::new();
+            for (kind, value) in map {
+                if kind != "AWS" {
+                    return Err(KmsError::MalformedPolicyDocument(format!(
+                        "atrest only knows AWS principals, not '{kind}'"
+                    )));
+                }
+                arns.extend(strings(value, "Principal.AWS")?);
+            }
+            if arns.iter().any(|a| a == "*") {
+                Principals::Anyone
+            } else {
+                Principals::Arns(arns)
+            }
+        }
+        _ => return Err(malformed("Principal must be \"*\" or {\"AWS\": ARN or [ARN, ...]}")),
+    };
+    let actions = strings(fields.get("Action").unwrap_or(&Value::Null), "Action")?
+        .into_iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
+    let resources = strings(fields.get("Resource").unwrap_or(&Value::Null), "Resource")?;
+    Ok(Statement { effect, principals, actions, resources })
+}
+
+impl Statement {
+    fn applies(&self, principal: &str, action: &str, resource: &str) -> bool {
+        let principal_matches = match &self.principals {
+            Principals::Anyone => true,
+            Principals::Arns(arns) => arns.iter().any(|arn| arn == principal),
+        };
+        principal_matches
+            && self.actions.iter().any(|pattern| glob(pattern.as_bytes(), action.as_bytes()))
+            && self
+                .resources
+                .iter()
+                .any(|pattern| glob(pattern.as_bytes(), resource.as_bytes()))
+    }
+}
+
+/// IAM wildcard matching: `*` any run of characters, `?` any one character.
+/// Iterative with one backtrack point, so it is linear-ish and cannot overflow a stack.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+}
+
+/// The policy CreateKey gives a key when the caller passes none: the account's root
+/// user and the creating principal may perform every `kms:` action on the key.
+pub fn default_policy(account: &str, creator: &str) -> String {
+    let root = format!("arn:aws:iam::{account}:root");
+    let principals = if creator == root {
+        serde_json::json!(root)
+    } else {
+        serde_json::json!([root, creator])
+    };
+    let doc = serde_json::json!({
+        "Version": "2012-10-17",
+        "Id": "key-default-1",
+        "Statement": [{
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": principals},
+            "Action": "kms:*",
+            "Resource": "*"
+        }]
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "arn:aws:kms:local:000000000000:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    const ADMIN: &str = "arn:aws:iam::000000000000:user/admin";
+    const USER: &str = "arn:aws:iam::000000000000:user/app";
+
+    fn lab_policy() -> KeyPolicy {
+        KeyPolicy::parse(&format!(
+            r#"{{
+              "Version": "2012-10-17",
+              "Statement": [
+                {{"Sid": "Admins", "Effect": "Allow", "Principal": {{"AWS": "{ADMIN}"}},
+                  "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*",
+                             "kms:Put*", "kms:Update*", "kms:Revoke*", "kms:Disable*",
+                             "kms:Get*", "kms:Delete*", "kms:ScheduleKeyDeletion",
+                             "kms:CancelKeyDeletion", "kms:RotateKeyOnDemand"],
+                  "Resource": "*"}},
+                {{"Sid": "Users", "Effect": "Allow", "Principal": {{"AWS": ["{USER}"]}},
+                  "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*",
+                             "kms:GenerateDataKey*", "kms:DescribeKey"],
+                  "Resource": "*"}}
+              ]
+            }}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn admins_administer_and_users_use() {
+        let policy = lab_policy();
+        assert_eq!(policy.evaluate(ADMIN, "kms:DisableKey", KEY), Decision::Allow);
+        assert_eq!(policy.evaluate(ADMIN, "kms:Decrypt", KEY), Decision::ImplicitDeny);
+        assert_eq!(policy.evaluate(USER, "kms:Decrypt", KEY), Decision::Allow);
+        assert_eq!(policy.evaluate(USER, "kms:GenerateDataKeyWithoutPlaintext", KEY), Decision::Allow);
+        assert_eq!(policy.evaluate(USER, "kms:DisableKey", KEY), Decision::ImplicitDeny);
+        assert_eq!(policy.evaluate("arn:aws:iam::000000000000:root", "kms:Decrypt", KEY), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn explicit_deny_beats_allow() {
+        let policy = KeyPolicy::parse(&format!(
+            r#"{{"Statement": [
+                {{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"}},
+                {{"Effect": "Deny", "Principal": {{"AWS": "{USER}"}}, "Action": "kms:Decrypt", "Resource": "{KEY}"}}
+            ]}}"#
+        ))
+        .unwrap();
+        assert_eq!(policy.evaluate(USER, "kms:Decrypt", KEY), Decision::ExplicitDeny);
+        assert_eq!(policy.evaluate(USER, "kms:Encrypt", KEY), Decision::Allow);
+        assert_eq!(policy.evaluate(ADMIN, "kms:Decrypt", KEY), Decision::Allow);
+    }
+
+    #[test]
+    fn resource_and_action_patterns() {
+        let policy = KeyPolicy::parse(&format!(
+            r#"{{"Statement": {{"Effect": "Allow", "Principal": {{"AWS": "{USER}"}},
+                "Action": "KMS:generate?ataKey", "Resource": "arn:aws:kms:local:000000000000:key/other"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(policy.evaluate(USER, "kms:GenerateDataKey", KEY), Decision::ImplicitDeny);
+        assert_eq!(
+            policy.evaluate(USER, "kms:GenerateDataKey", "arn:aws:kms:local:000000000000:key/other"),
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn default_policy_gives_creator_and_root_everything() {
+        let policy = KeyPolicy::parse(&default_policy("000000000000", USER)).unwrap();
+        assert_eq!(policy.evaluate(USER, "kms:ScheduleKeyDeletion", KEY), Decision::Allow);
+        assert_eq!(policy.evaluate("arn:aws:iam::000000000000:root", "kms:Decrypt", KEY), Decision::Allow);
+        assert_eq!(policy.evaluate(ADMIN, "kms:Decrypt", KEY), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn malformed_policies_are_refused() {
+        for text in [
+            "",
+            "[]",
+            "{}",
+            r#"{"Statement": []}"#,
+            r#"{"Statement": {"Effect": "Maybe", "Principal": "*", "Action": "kms:*", "Resource": "*"}}"#,
+            r#"{"Statement": {"Effect": "Allow", "Action": "kms:*", "Resource": "*"}}"#,
+            r#"{"Statement": {"Effect": "Allow", "Principal": "*", "Resource": "*"}}"#,
+            r#"{"Statement": {"Effect": "Allow", "Principal": "*", "Action": [], "Resource": "*"}}"#,
+            r#"{"Statement": {"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*", "Condition": {}}}"#,
+            r#"{"Statement": {"Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"}, "Action": "kms:*", "Resource": "*"}}"#,
+            r#"{"Version": "2099-01-01", "Statement": {"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"}}"#,
+        ] {
+            assert!(matches!(KeyPolicy::parse(text), Err(KmsError::MalformedPolicyDocument(_))), "{text}");
+        }
+        let huge = format!("{{\"Id\": \"{}\"}}", "x".repeat(MAX_POLICY_LEN));
+        assert!(matches!(KeyPolicy::parse(&huge), Err(KmsError::MalformedPolicyDocument(_))));
+    }
+
+    #[test]
+    fn glob_matches_like_iam() {
+        assert!(glob(b"kms:*", b"kms:decrypt"));
+        assert!(glob(b"*", b""));
+        assert!(glob(b"a*b*c", b"axxbyyc"));
+        assert!(!glob(b"a*b*c", b"axxbyy"));
+        assert!(glob(b"a?c", b"abc"));
+        assert!(!glob(b"abc", b"abcd"));
+        assert!(!glob(b"", b"a"));
+    }
+}
