@@ -156,7 +156,12 @@ pub fn seal(
     }
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce);
-    let header = BlobHeader { key_id, material_version, nonce }.encode();
+    let header = BlobHeader {
+        key_id,
+        material_version,
+        nonce,
+    }
+    .encode();
     let cipher = Aes256Gcm::new(material.expose().into());
     let mut blob = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
     blob.extend_from_slice(&header);
@@ -191,7 +196,9 @@ pub fn open(
             tag.try_into().map_err(|_| invalid("bad tag length"))?,
         )
         .map_err(|_| {
-            invalid("it was altered, made under other key material, or the encryption context differs")
+            invalid(
+                "it was altered, made under other key material, or the encryption context differs",
+            )
         })?;
     Ok(SecretBytes::from_zeroizing(plaintext))
 }
@@ -201,7 +208,10 @@ mod tests {
     use super::*;
 
     fn context(pairs: &[(&str, &str)]) -> EncryptionContext {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -216,7 +226,10 @@ mod tests {
         assert_eq!(parsed.header.key_id, id);
         assert_eq!(parsed.header.material_version, 7);
         assert_eq!(parsed.plaintext_len(), 14);
-        assert_eq!(open(&key, &parsed, &ctx).unwrap().expose(), b"data key bytes");
+        assert_eq!(
+            open(&key, &parsed, &ctx).unwrap().expose(),
+            b"data key bytes"
+        );
     }
 
     #[test]
@@ -248,6 +261,9 @@ mod tests {
         parse(&max).unwrap();
         let mut longer = max.clone();
         longer.push(0);
-        assert!(matches!(parse(&longer), Err(KmsError::InvalidCiphertext(_))));
+        assert!(matches!(
+            parse(&longer),
+            Err(KmsError::InvalidCiphertext(_))
+        ));
     }
 }

@@ -45,22 +45,33 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: OffsetDateTime) -> Self {
-        Self { now: Mutex::new(start) }
+        Self {
+            now: Mutex::new(start),
+        }
     }
 
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut now = self
+            .now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         *now = now.saturating_add(by);
     }
 
     pub fn set(&self, to: OffsetDateTime) {
-        *self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = to;
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = to;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
-        *self.now.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -105,8 +116,20 @@ mod tests {
         assert_eq!(parse_offset("+90m").unwrap(), Duration::minutes(90));
         assert_eq!(parse_offset("45s").unwrap(), Duration::seconds(45));
         assert_eq!(parse_offset("120").unwrap(), Duration::seconds(120));
-        for bad in ["", "d", "-", "1.5d", "3w", "abc", "99999999999999999999d", "1 d"] {
-            assert!(matches!(parse_offset(bad), Err(KmsError::Validation(_))), "{bad}");
+        for bad in [
+            "",
+            "d",
+            "-",
+            "1.5d",
+            "3w",
+            "abc",
+            "99999999999999999999d",
+            "1 d",
+        ] {
+            assert!(
+                matches!(parse_offset(bad), Err(KmsError::Validation(_))),
+                "{bad}"
+            );
         }
     }
 

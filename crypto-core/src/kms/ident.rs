@@ -107,7 +107,9 @@ pub fn validate_alias_name(name: &str) -> Result<(), KmsError> {
         )));
     };
     if rest.is_empty()
-        || !rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-'))
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-'))
     {
         return Err(KmsError::InvalidAliasName(format!(
             "Alias '{}' must be 'alias/' followed by one or more of A-Z, a-z, 0-9, '/', '_', '-'",
@@ -132,16 +134,26 @@ mod tests {
     #[test]
     fn key_ids_arns_and_aliases_parse() {
         let id = Uuid::parse_str(ID).unwrap();
-        assert_eq!(KeyRef::parse(ID, "local", "000000000000").unwrap(), KeyRef::Key(id));
+        assert_eq!(
+            KeyRef::parse(ID, "local", "000000000000").unwrap(),
+            KeyRef::Key(id)
+        );
         let arn = format!("arn:aws:kms:local:000000000000:key/{ID}");
-        assert_eq!(KeyRef::parse(&arn, "local", "000000000000").unwrap(), KeyRef::Key(id));
+        assert_eq!(
+            KeyRef::parse(&arn, "local", "000000000000").unwrap(),
+            KeyRef::Key(id)
+        );
         assert_eq!(
             KeyRef::parse("alias/MyKMSKey", "local", "000000000000").unwrap(),
             KeyRef::Alias("alias/MyKMSKey".into())
         );
         assert_eq!(
-            KeyRef::parse("arn:aws:kms:local:000000000000:alias/a", "local", "000000000000")
-                .unwrap(),
+            KeyRef::parse(
+                "arn:aws:kms:local:000000000000:alias/a",
+                "local",
+                "000000000000"
+            )
+            .unwrap(),
             KeyRef::Alias("alias/a".into())
         );
     }
@@ -158,29 +170,67 @@ mod tests {
             other_region.as_str(),
         ] {
             assert!(
-                matches!(KeyRef::parse(text, "local", "000000000000"), Err(KmsError::NotFound(_))),
+                matches!(
+                    KeyRef::parse(text, "local", "000000000000"),
+                    Err(KmsError::NotFound(_))
+                ),
                 "{text}"
             );
         }
-        assert!(matches!(KeyRef::parse("", "local", "0"), Err(KmsError::Validation(_))));
+        assert!(matches!(
+            KeyRef::parse("", "local", "0"),
+            Err(KmsError::Validation(_))
+        ));
         let long = "x".repeat(2049);
-        assert!(matches!(KeyRef::parse(&long, "local", "0"), Err(KmsError::Validation(_))));
+        assert!(matches!(
+            KeyRef::parse(&long, "local", "0"),
+            Err(KmsError::Validation(_))
+        ));
     }
 
     #[test]
     fn alias_rules_follow_aws() {
-        for good in ["alias/MyKMSKey", "alias/a", "alias/team/app-1_x", "alias/awsome"] {
+        for good in [
+            "alias/MyKMSKey",
+            "alias/a",
+            "alias/team/app-1_x",
+            "alias/awsome",
+        ] {
             validate_alias_name(good).unwrap();
         }
-        assert!(matches!(validate_alias_name("MyKey"), Err(KmsError::InvalidAliasName(_))));
-        assert!(matches!(validate_alias_name("alias/"), Err(KmsError::InvalidAliasName(_))));
-        assert!(matches!(validate_alias_name("alias/a b"), Err(KmsError::InvalidAliasName(_))));
-        assert!(matches!(validate_alias_name("alias/a:b"), Err(KmsError::InvalidAliasName(_))));
-        assert!(matches!(validate_alias_name("alias/aws/ebs"), Err(KmsError::NotAuthorized(_))));
-        assert!(matches!(validate_alias_name("alias/AWS/x"), Err(KmsError::NotAuthorized(_))));
-        assert!(matches!(validate_alias_name(""), Err(KmsError::Validation(_))));
+        assert!(matches!(
+            validate_alias_name("MyKey"),
+            Err(KmsError::InvalidAliasName(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/"),
+            Err(KmsError::InvalidAliasName(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/a b"),
+            Err(KmsError::InvalidAliasName(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/a:b"),
+            Err(KmsError::InvalidAliasName(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/aws/ebs"),
+            Err(KmsError::NotAuthorized(_))
+        ));
+        assert!(matches!(
+            validate_alias_name("alias/AWS/x"),
+            Err(KmsError::NotAuthorized(_))
+        ));
+        assert!(matches!(
+            validate_alias_name(""),
+            Err(KmsError::Validation(_))
+        ));
         let long = format!("alias/{}", "a".repeat(251));
-        assert!(matches!(validate_alias_name(&long), Err(KmsError::Validation(_))));
+        assert!(matches!(
+            validate_alias_name(&long),
+            Err(KmsError::Validation(_))
+        ));
         validate_alias_name(&long[..256]).unwrap();
     }
 }

@@ -95,7 +95,9 @@ pub(crate) struct SealedMaterial {
 
 impl fmt::Debug for SealedMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SealedMaterial").field("created", &self.created).finish_non_exhaustive()
+        f.debug_struct("SealedMaterial")
+            .field("created", &self.created)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +140,8 @@ impl StoreData {
             .keys
             .iter()
             .filter(|(_, k)| {
-                k.state == KeyState::PendingDeletion && matches!(k.deletion_date, Some(d) if d <= ts)
+                k.state == KeyState::PendingDeletion
+                    && matches!(k.deletion_date, Some(d) if d <= ts)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -149,14 +152,19 @@ impl StoreData {
             done.push(Maintenance::Deleted(id));
         }
         for (id, key) in self.keys.iter_mut() {
-            let Some(schedule) = &mut key.rotation else { continue };
+            let Some(schedule) = &mut key.rotation else {
+                continue;
+            };
             if key.state != KeyState::Enabled || schedule.next_rotation_date > ts {
                 continue;
             }
             schedule.next_rotation_date =
                 (now + Duration::days(i64::from(schedule.period_in_days))).unix_timestamp();
             let version = add_material(key, id, ts, keystore)?;
-            key.rotations.push(RotationRecord { date: ts, rotation_type: RotationType::Automatic });
+            key.rotations.push(RotationRecord {
+                date: ts,
+                rotation_type: RotationType::Automatic,
+            });
             done.push(Maintenance::Rotated(*id, version));
         }
         Ok(done)
@@ -174,7 +182,10 @@ pub(crate) fn add_material(
         .map_err(|_| KmsError::LimitExceeded("the key has too many material versions".into()))?;
     let material = Aes256Key::random();
     let sealed = keystore.seal_material(id, version, &material)?;
-    key.materials.push(SealedMaterial { created: now, sealed });
+    key.materials.push(SealedMaterial {
+        created: now,
+        sealed,
+    });
     Ok(version)
 }
 
@@ -201,7 +212,10 @@ fn io_error(what: &str, path: &Path, err: io::Error) -> KmsError {
 }
 
 fn corrupted(path: &Path, why: &str) -> KmsError {
-    KmsError::Internal(format!("the keystore {} is corrupted: {why}", path.display()))
+    KmsError::Internal(format!(
+        "the keystore {} is corrupted: {why}",
+        path.display()
+    ))
 }
 
 /// Creates `dir` and its missing parents with mode 0700.
@@ -273,7 +287,9 @@ impl Drop for Transaction {
 
 impl fmt::Debug for Transaction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transaction").field("file", &self.file).finish_non_exhaustive()
+        f.debug_struct("Transaction")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
     }
 }
 
@@ -345,7 +361,9 @@ impl Keystore {
     pub fn generation(&self) -> Result<u64, KmsError> {
         let mut head = [0u8; 160];
         let n = match File::open(&self.file) {
-            Ok(mut f) => read_up_to(&mut f, &mut head).map_err(|e| io_error("cannot read", &self.file, e))?,
+            Ok(mut f) => {
+                read_up_to(&mut f, &mut head).map_err(|e| io_error("cannot read", &self.file, e))?
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io_error("cannot open", &self.file, e)),
         };
@@ -355,7 +373,9 @@ impl Keystore {
             .ok_or_else(|| corrupted(&self.file, "no header line"))?;
         let header = std::str::from_utf8(&head[..line_end])
             .map_err(|_| corrupted(&self.file, "the header line is not text"))?;
-        Ok(parse_header(header).map_err(|why| corrupted(&self.file, why))?.0)
+        Ok(parse_header(header)
+            .map_err(|why| corrupted(&self.file, why))?
+            .0)
     }
 
     fn read_unlocked(&self) -> Result<StoreData, KmsError> {
@@ -368,12 +388,19 @@ impl Keystore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, StoreData::default())),
             Err(e) => return Err(io_error("cannot open", &self.file, e)),
         };
-        let len = file.metadata().map_err(|e| io_error("cannot stat", &self.file, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| io_error("cannot stat", &self.file, e))?
+            .len();
         if len > MAX_FILE_LEN {
-            return Err(corrupted(&self.file, "it is larger than any keystore atrest writes"));
+            return Err(corrupted(
+                &self.file,
+                "it is larger than any keystore atrest writes",
+            ));
         }
         let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        file.read_to_end(&mut bytes).map_err(|e| io_error("cannot read", &self.file, e))?;
+        file.read_to_end(&mut bytes)
+            .map_err(|e| io_error("cannot read", &self.file, e))?;
         decode_file(&bytes).map_err(|why| corrupted(&self.file, &why))
     }
 
@@ -399,7 +426,13 @@ impl Keystore {
             value,
             store,
             maintenance,
-            tx: Transaction { _lock: lock, tmp, file: self.file.clone(), dir: self.dir.clone(), committed: false },
+            tx: Transaction {
+                _lock: lock,
+                tmp,
+                file: self.file.clone(),
+                dir: self.dir.clone(),
+                committed: false,
+            },
         })
     }
 
@@ -408,13 +441,15 @@ impl Keystore {
     }
 
     fn verify_root_check(&self, check: &str) -> Result<(), KmsError> {
-        open_with(&self.root, ROOT_CHECK_AAD, check).map(drop).map_err(|_| {
-            KmsError::Internal(format!(
-                "the root key {} is not the one that sealed the keystore {}",
-                self.root_key_path.display(),
-                self.file.display()
-            ))
-        })
+        open_with(&self.root, ROOT_CHECK_AAD, check)
+            .map(drop)
+            .map_err(|_| {
+                KmsError::Internal(format!(
+                    "the root key {} is not the one that sealed the keystore {}",
+                    self.root_key_path.display(),
+                    self.file.display()
+                ))
+            })
     }
 
     fn material_aad(id: &Uuid, version: u32) -> Vec<u8> {
@@ -424,19 +459,36 @@ impl Keystore {
         aad
     }
 
-    pub fn seal_material(&self, id: &Uuid, version: u32, material: &Aes256Key) -> Result<String, KmsError> {
-        seal_with(&self.root, &Self::material_aad(id, version), material.expose())
+    pub fn seal_material(
+        &self,
+        id: &Uuid,
+        version: u32,
+        material: &Aes256Key,
+    ) -> Result<String, KmsError> {
+        seal_with(
+            &self.root,
+            &Self::material_aad(id, version),
+            material.expose(),
+        )
     }
 
-    pub fn unseal_material(&self, id: &Uuid, version: u32, sealed: &str) -> Result<Aes256Key, KmsError> {
+    pub fn unseal_material(
+        &self,
+        id: &Uuid,
+        version: u32,
+        sealed: &str,
+    ) -> Result<Aes256Key, KmsError> {
         let plain = open_with(&self.root, &Self::material_aad(id, version), sealed).map_err(|_| {
             KmsError::Internal(format!(
                 "the material of key {id} version {version} cannot be unsealed with the root key {}",
                 self.root_key_path.display()
             ))
         })?;
-        Aes256Key::from_slice(&plain)
-            .ok_or_else(|| KmsError::Internal(format!("the material of key {id} version {version} has the wrong length")))
+        Aes256Key::from_slice(&plain).ok_or_else(|| {
+            KmsError::Internal(format!(
+                "the material of key {id} version {version} has the wrong length"
+            ))
+        })
     }
 }
 
@@ -481,14 +533,19 @@ fn encode_file(generation: u64, store: &StoreData) -> Result<Vec<u8>, KmsError> 
     let body = serde_json::to_vec_pretty(store)
         .map_err(|e| KmsError::Internal(format!("cannot encode the keystore: {e}")))?;
     let digest = hex::encode(Sha256::digest(&body));
-    let mut out = format!("{FILE_MAGIC} {FILE_VERSION} gen:{generation} sha256:{digest}\n").into_bytes();
+    let mut out =
+        format!("{FILE_MAGIC} {FILE_VERSION} gen:{generation} sha256:{digest}\n").into_bytes();
     out.extend_from_slice(&body);
     Ok(out)
 }
 
 fn decode_file(bytes: &[u8]) -> Result<(u64, StoreData), String> {
-    let line_end = bytes.iter().position(|&b| b == b'\n').ok_or("no header line")?;
-    let header = std::str::from_utf8(&bytes[..line_end]).map_err(|_| "the header line is not text")?;
+    let line_end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line")?;
+    let header =
+        std::str::from_utf8(&bytes[..line_end]).map_err(|_| "the header line is not text")?;
     let (generation, digest) = parse_header(header)?;
     let body = &bytes[line_end + 1..];
     if Sha256::digest(body).as_slice() != digest {
@@ -524,7 +581,12 @@ fn open_with(root: &Aes256Key, aad: &[u8], sealed: &str) -> Result<Zeroizing<Vec
     let cipher = Aes256Gcm::new(root.expose().into());
     let mut plain = Zeroizing::new(ciphertext.to_vec());
     cipher
-        .decrypt_inout_detached(&Nonce::from(nonce), aad, plain.as_mut_slice().into(), tag.try_into().map_err(drop)?)
+        .decrypt_inout_detached(
+            &Nonce::from(nonce),
+            aad,
+            plain.as_mut_slice().into(),
+            tag.try_into().map_err(drop)?,
+        )
         .map_err(drop)?;
     Ok(plain)
 }
@@ -549,9 +611,13 @@ fn load_or_create_root_key(path: &Path, may_create: bool) -> Result<Aes256Key, K
                     meta.len()
                 )));
             }
-            let bytes = Zeroizing::new(fs::read(path).map_err(|e| io_error("cannot read", path, e))?);
+            let bytes =
+                Zeroizing::new(fs::read(path).map_err(|e| io_error("cannot read", path, e))?);
             Aes256Key::from_slice(&bytes).ok_or_else(|| {
-                KmsError::Internal(format!("the root key {} changed while being read", path.display()))
+                KmsError::Internal(format!(
+                    "the root key {} changed while being read",
+                    path.display()
+                ))
             })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -574,7 +640,9 @@ fn load_or_create_root_key(path: &Path, may_create: bool) -> Result<Aes256Key, K
                     fsync_dir(dir)?;
                     Ok(key)
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load_or_create_root_key(path, may_create),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    load_or_create_root_key(path, may_create)
+                }
                 Err(e) => Err(io_error("cannot create the root key", path, e)),
             }
         }
@@ -613,26 +681,37 @@ mod tests {
         let dir = home.path().join("kms");
         let ks = Keystore::open(&dir, None).unwrap();
         assert_eq!(ks.generation().unwrap(), 0);
-        let p = ks.prepare(now(), |s| {
-            s.deleted_keys.insert(Uuid::nil(), 1);
-            Ok(())
-        })
-        .unwrap();
+        let p = ks
+            .prepare(now(), |s| {
+                s.deleted_keys.insert(Uuid::nil(), 1);
+                Ok(())
+            })
+            .unwrap();
         // Not visible before commit.
         assert_eq!(ks.generation().unwrap(), 0);
         p.tx.commit().unwrap();
         assert_eq!(ks.generation().unwrap(), 1);
         assert_eq!(ks.read().unwrap().deleted_keys.len(), 1);
-        let dropped = ks.prepare(now(), |s| {
-            s.deleted_keys.clear();
-            Ok(())
-        })
-        .unwrap();
+        let dropped = ks
+            .prepare(now(), |s| {
+                s.deleted_keys.clear();
+                Ok(())
+            })
+            .unwrap();
         drop(dropped);
         assert_eq!(ks.read().unwrap().deleted_keys.len(), 1);
         assert!(!dir.join("keystore.json.tmp").exists());
-        for (path, mode) in [(dir.clone(), 0o700), (dir.join("keystore.json"), 0o600), (dir.join("root.key"), 0o600)] {
-            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, mode, "{}", path.display());
+        for (path, mode) in [
+            (dir.clone(), 0o700),
+            (dir.join("keystore.json"), 0o600),
+            (dir.join("root.key"), 0o600),
+        ] {
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                mode,
+                "{}",
+                path.display()
+            );
         }
     }
 
@@ -643,7 +722,10 @@ mod tests {
         let material = Aes256Key::random();
         let id = Uuid::new_v4();
         let sealed = ks.seal_material(&id, 3, &material).unwrap();
-        assert_eq!(ks.unseal_material(&id, 3, &sealed).unwrap().expose(), material.expose());
+        assert_eq!(
+            ks.unseal_material(&id, 3, &sealed).unwrap().expose(),
+            material.expose()
+        );
         assert!(ks.unseal_material(&id, 2, &sealed).is_err());
         assert!(ks.unseal_material(&Uuid::new_v4(), 3, &sealed).is_err());
     }
@@ -660,7 +742,10 @@ mod tests {
         fs::remove_file(&root).unwrap();
         write_private_file(&root, &[7u8; 32]).unwrap();
         let err = Keystore::open(home.path(), None).unwrap_err();
-        assert!(err.to_string().contains("is not the one that sealed"), "{err}");
+        assert!(
+            err.to_string().contains("is not the one that sealed"),
+            "{err}"
+        );
     }
 
     #[test]

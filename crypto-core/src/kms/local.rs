@@ -111,7 +111,10 @@ impl LocalKmsConfig {
     fn validate(&self) -> Result<(), KmsError> {
         let region_ok = !self.region.is_empty()
             && self.region.len() <= 32
-            && self.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !region_ok {
             return Err(KmsError::Validation(format!(
                 "region '{}' must be 1-32 characters of a-z, 0-9 and '-'",
@@ -242,7 +245,11 @@ impl Op {
 /// has. The one place that decides whether a key's state allows an operation.
 fn check_state(op: Op, state: KeyState, arn: &str) -> Result<(), KmsError> {
     let disabled = || Err(KmsError::Disabled(format!("{arn} is disabled.")));
-    let pending = || Err(KmsError::InvalidState(format!("{arn} is pending deletion.")));
+    let pending = || {
+        Err(KmsError::InvalidState(format!(
+            "{arn} is pending deletion."
+        )))
+    };
     match op {
         Op::CreateKey
         | Op::ListKeys
@@ -276,9 +283,9 @@ fn check_state(op: Op, state: KeyState, arn: &str) -> Result<(), KmsError> {
         },
         Op::CancelKeyDeletion => match state {
             KeyState::PendingDeletion => Ok(()),
-            KeyState::Enabled | KeyState::Disabled => {
-                Err(KmsError::InvalidState(format!("{arn} is not pending deletion.")))
-            }
+            KeyState::Enabled | KeyState::Disabled => Err(KmsError::InvalidState(format!(
+                "{arn} is not pending deletion."
+            ))),
         },
     }
 }
@@ -350,7 +357,10 @@ impl LocalKms {
     /// signed request to its principal; tests play administrators and users).
     pub fn as_principal(&self, principal: &str) -> Result<LocalKms, KmsError> {
         check_principal(principal)?;
-        Ok(LocalKms { shared: Arc::clone(&self.shared), principal: principal.to_owned() })
+        Ok(LocalKms {
+            shared: Arc::clone(&self.shared),
+            principal: principal.to_owned(),
+        })
     }
 
     pub fn principal(&self) -> &str {
@@ -404,7 +414,11 @@ impl LocalKms {
             event_name: audit.op.name().to_owned(),
             principal: self.principal.clone(),
             request_parameters: audit.request.clone(),
-            response_elements: if error.is_none() { audit.response.clone() } else { None },
+            response_elements: if error.is_none() {
+                audit.response.clone()
+            } else {
+                None
+            },
             error_code: error.map(|e| e.aws_name().to_owned()),
             error_message: error.map(|e| e.message().to_owned()),
             read_only: audit.op.read_only(),
@@ -421,7 +435,13 @@ impl LocalKms {
         request: Value,
         body: impl FnOnce(&mut Audit) -> Result<R, KmsError>,
     ) -> Result<R, KmsError> {
-        let mut audit = Audit { op, request, resources: Vec::new(), response: None, recorded: false };
+        let mut audit = Audit {
+            op,
+            request,
+            resources: Vec::new(),
+            response: None,
+            recorded: false,
+        };
         match body(&mut audit) {
             Ok(value) => {
                 if !audit.recorded {
@@ -484,7 +504,10 @@ impl LocalKms {
     ) -> Result<R, KmsError> {
         self.fresh()?;
         let now = self.now();
-        let prepared = self.shared.keystore.prepare(now, |store| update(store, now, audit))?;
+        let prepared = self
+            .shared
+            .keystore
+            .prepare(now, |store| update(store, now, audit))?;
         self.audit_maintenance(&prepared.maintenance)?;
         self.append(&self.record(audit, None))?;
         audit.recorded = true;
@@ -495,19 +518,30 @@ impl LocalKms {
     fn resolve(&self, store: &StoreData, key_id: &str) -> Result<Uuid, KmsError> {
         match KeyRef::parse(key_id, &self.shared.region, &self.shared.account)? {
             KeyRef::Key(id) if store.keys.contains_key(&id) => Ok(id),
-            KeyRef::Key(id) => Err(KmsError::NotFound(format!("Key '{}' does not exist", self.key_arn(&id)))),
-            KeyRef::Alias(name) => store.aliases.get(&name).map(|a| a.target_key_id).ok_or_else(|| {
-                KmsError::NotFound(format!(
-                    "Alias '{}' is not found.",
-                    alias_arn(&self.shared.region, &self.shared.account, &printable(&name))
-                ))
-            }),
+            KeyRef::Key(id) => Err(KmsError::NotFound(format!(
+                "Key '{}' does not exist",
+                self.key_arn(&id)
+            ))),
+            KeyRef::Alias(name) => store
+                .aliases
+                .get(&name)
+                .map(|a| a.target_key_id)
+                .ok_or_else(|| {
+                    KmsError::NotFound(format!(
+                        "Alias '{}' is not found.",
+                        alias_arn(&self.shared.region, &self.shared.account, &printable(&name))
+                    ))
+                }),
         }
     }
 
     fn authorize(&self, key: &KeyRecord, action: &str, arn: &str) -> Result<(), KmsError> {
-        let policy = KeyPolicy::parse(&key.policy)
-            .map_err(|e| KmsError::Internal(format!("the stored policy of {arn} is unreadable: {}", e.message())))?;
+        let policy = KeyPolicy::parse(&key.policy).map_err(|e| {
+            KmsError::Internal(format!(
+                "the stored policy of {arn} is unreadable: {}",
+                e.message()
+            ))
+        })?;
         match policy.evaluate(&self.principal, action, arn) {
             Decision::Allow => Ok(()),
             Decision::ExplicitDeny => Err(KmsError::AccessDenied(format!(
@@ -535,7 +569,10 @@ impl LocalKms {
         let id = self.resolve(store, key_id)?;
         let arn = self.key_arn(&id);
         audit.resources.push(arn.clone());
-        let key = store.keys.get(&id).ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
+        let key = store
+            .keys
+            .get(&id)
+            .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
         self.authorize(key, action, &arn)?;
         check_state(op, key.state, &arn)?;
         Ok((id, key, arn))
@@ -611,8 +648,12 @@ impl LocalKms {
             .len()
             .checked_sub(1)
             .ok_or_else(|| KmsError::Internal(format!("key {id} has no material")))?;
-        let version = u32::try_from(last).map_err(|_| KmsError::Internal(format!("key {id} has too many material versions")))?;
-        let material = self.shared.keystore.unseal_material(id, version, &key.materials[last].sealed)?;
+        let version = u32::try_from(last)
+            .map_err(|_| KmsError::Internal(format!("key {id} has too many material versions")))?;
+        let material =
+            self.shared
+                .keystore
+                .unseal_material(id, version, &key.materials[last].sealed)?;
         Ok((version, material))
     }
 
@@ -649,7 +690,9 @@ impl LocalKms {
             if store.deleted_keys.contains_key(&id) {
                 let arn = self.key_arn(&id);
                 audit.resources.push(arn.clone());
-                return Err(KmsError::NotFound(format!("Key '{arn}' was deleted; its ciphertexts cannot be decrypted")));
+                return Err(KmsError::NotFound(format!(
+                    "Key '{arn}' was deleted; its ciphertexts cannot be decrypted"
+                )));
             }
             return Err(KmsError::InvalidCiphertext(
                 "the ciphertext blob is not valid: it names no key of this key service".into(),
@@ -663,8 +706,15 @@ impl LocalKms {
         let sealed = usize::try_from(version)
             .ok()
             .and_then(|v| key.materials.get(v))
-            .ok_or_else(|| KmsError::InvalidCiphertext("the ciphertext blob is not valid: unknown key material version".into()))?;
-        let material = self.shared.keystore.unseal_material(&id, version, &sealed.sealed)?;
+            .ok_or_else(|| {
+                KmsError::InvalidCiphertext(
+                    "the ciphertext blob is not valid: unknown key material version".into(),
+                )
+            })?;
+        let material = self
+            .shared
+            .keystore
+            .unseal_material(&id, version, &sealed.sealed)?;
         let plaintext = envelope::open(&material, &parsed, context)?;
         Ok((arn, plaintext))
     }
@@ -690,7 +740,13 @@ impl LocalKms {
             let (id, key, arn) = self.usable_key(audit, &store, &req.key_id, op, &op.action())?;
             let (version, material) = self.current_material(&id, key)?;
             let plaintext = SecretBytes::random(len);
-            let blob = envelope::seal(&material, id, version, plaintext.expose(), &req.encryption_context)?;
+            let blob = envelope::seal(
+                &material,
+                id,
+                version,
+                plaintext.expose(),
+                &req.encryption_context,
+            )?;
             audit.response = Some(json!({ "keyId": arn }));
             Ok((arn, plaintext, blob))
         })
@@ -730,12 +786,17 @@ impl LocalKms {
         let mut page = Vec::new();
         let mut last = None;
         while page.len() < limit {
-            let Some((sort_key, item)) = items.next() else { break };
+            let Some((sort_key, item)) = items.next() else {
+                break;
+            };
             last = Some(sort_key);
             page.push(item);
         }
         let next_marker = if items.peek().is_some() { last } else { None };
-        Ok(Page { items: page, next_marker })
+        Ok(Page {
+            items: page,
+            next_marker,
+        })
     }
 
     fn alias_entry(&self, name: &str, alias: &AliasRecord) -> AliasListEntry {
@@ -760,7 +821,8 @@ impl LocalKms {
 
     /// Resolves an alias target, which must name a key, not another alias.
     fn alias_target(&self, store: &StoreData, target: &str) -> Result<Uuid, KmsError> {
-        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.shared.account)? {
+        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.shared.account)?
+        {
             return Err(KmsError::Validation(
                 "TargetKeyId must be a key ID or key ARN, not an alias".into(),
             ));
@@ -785,22 +847,36 @@ fn date(ts: OffsetDateTime) -> Value {
 
 impl KeyService for LocalKms {
     fn describe_key(&self, key_id: &str) -> Result<KeyMetadata, KmsError> {
-        self.inspect(Op::DescribeKey, key_id, json!({ "keyId": key_id }), |key, id, _| {
-            Ok(self.metadata(id, key))
-        })
+        self.inspect(
+            Op::DescribeKey,
+            key_id,
+            json!({ "keyId": key_id }),
+            |key, id, _| Ok(self.metadata(id, key)),
+        )
     }
 
-    fn generate_data_key(&self, req: &GenerateDataKeyRequest) -> Result<GeneratedDataKey, KmsError> {
+    fn generate_data_key(
+        &self,
+        req: &GenerateDataKeyRequest,
+    ) -> Result<GeneratedDataKey, KmsError> {
         let (key_id, plaintext, ciphertext_blob) = self.generate(Op::GenerateDataKey, req)?;
-        Ok(GeneratedDataKey { key_id, plaintext, ciphertext_blob })
+        Ok(GeneratedDataKey {
+            key_id,
+            plaintext,
+            ciphertext_blob,
+        })
     }
 
     fn generate_data_key_without_plaintext(
         &self,
         req: &GenerateDataKeyRequest,
     ) -> Result<WrappedData, KmsError> {
-        let (key_id, _, ciphertext_blob) = self.generate(Op::GenerateDataKeyWithoutPlaintext, req)?;
-        Ok(WrappedData { key_id, ciphertext_blob })
+        let (key_id, _, ciphertext_blob) =
+            self.generate(Op::GenerateDataKeyWithoutPlaintext, req)?;
+        Ok(WrappedData {
+            key_id,
+            ciphertext_blob,
+        })
     }
 
     fn encrypt(
@@ -823,11 +899,16 @@ impl KeyService for LocalKms {
             }
             check_context(encryption_context, "encryptionContext")?;
             let store = self.fresh()?;
-            let (id, key, arn) = self.usable_key(audit, &store, key_id, Op::Encrypt, "kms:Encrypt")?;
+            let (id, key, arn) =
+                self.usable_key(audit, &store, key_id, Op::Encrypt, "kms:Encrypt")?;
             let (version, material) = self.current_material(&id, key)?;
-            let ciphertext_blob = envelope::seal(&material, id, version, plaintext, encryption_context)?;
+            let ciphertext_blob =
+                envelope::seal(&material, id, version, plaintext, encryption_context)?;
             audit.response = Some(json!({ "keyId": arn }));
-            Ok(WrappedData { key_id: arn, ciphertext_blob })
+            Ok(WrappedData {
+                key_id: arn,
+                ciphertext_blob,
+            })
         })
     }
 
@@ -851,7 +932,10 @@ impl KeyService for LocalKms {
                 "kms:Decrypt",
             )?;
             audit.response = Some(json!({ "keyId": arn }));
-            Ok(DecryptedData { key_id: arn, plaintext })
+            Ok(DecryptedData {
+                key_id: arn,
+                plaintext,
+            })
         })
     }
 
@@ -868,7 +952,10 @@ impl KeyService for LocalKms {
         }
         self.run(Op::ReEncrypt, request, |audit| {
             check_context(&req.source_encryption_context, "sourceEncryptionContext")?;
-            check_context(&req.destination_encryption_context, "destinationEncryptionContext")?;
+            check_context(
+                &req.destination_encryption_context,
+                "destinationEncryptionContext",
+            )?;
             let store = self.fresh()?;
             let (source_arn, plaintext) = self.open_blob(
                 audit,
@@ -878,13 +965,27 @@ impl KeyService for LocalKms {
                 req.source_key_id.as_deref(),
                 "kms:ReEncryptFrom",
             )?;
-            let (id, key, arn) =
-                self.usable_key(audit, &store, &req.destination_key_id, Op::ReEncrypt, "kms:ReEncryptTo")?;
+            let (id, key, arn) = self.usable_key(
+                audit,
+                &store,
+                &req.destination_key_id,
+                Op::ReEncrypt,
+                "kms:ReEncryptTo",
+            )?;
             let (version, material) = self.current_material(&id, key)?;
-            let ciphertext_blob =
-                envelope::seal(&material, id, version, plaintext.expose(), &req.destination_encryption_context)?;
+            let ciphertext_blob = envelope::seal(
+                &material,
+                id,
+                version,
+                plaintext.expose(),
+                &req.destination_encryption_context,
+            )?;
             audit.response = Some(json!({ "keyId": arn, "sourceKeyId": source_arn }));
-            Ok(ReEncrypted { source_key_id: source_arn, key_id: arn, ciphertext_blob })
+            Ok(ReEncrypted {
+                source_key_id: source_arn,
+                key_id: arn,
+                ciphertext_blob,
+            })
         })
     }
 
@@ -980,7 +1081,13 @@ impl KeyService for LocalKms {
         self.run(Op::ListKeys, request, |_| {
             let store = self.fresh()?;
             let items = store.keys.keys().map(|id| {
-                (id.to_string(), KeyListEntry { key_id: id.to_string(), key_arn: self.key_arn(id) })
+                (
+                    id.to_string(),
+                    KeyListEntry {
+                        key_id: id.to_string(),
+                        key_arn: self.key_arn(id),
+                    },
+                )
             });
             self.page(items, req)
         })
@@ -1002,17 +1109,27 @@ impl KeyService for LocalKms {
     }
 
     fn enable_key(&self, key_id: &str) -> Result<(), KmsError> {
-        self.administer(Op::EnableKey, key_id, json!({ "keyId": key_id }), |key, _, _, _| {
-            key.state = KeyState::Enabled;
-            Ok(())
-        })
+        self.administer(
+            Op::EnableKey,
+            key_id,
+            json!({ "keyId": key_id }),
+            |key, _, _, _| {
+                key.state = KeyState::Enabled;
+                Ok(())
+            },
+        )
     }
 
     fn disable_key(&self, key_id: &str) -> Result<(), KmsError> {
-        self.administer(Op::DisableKey, key_id, json!({ "keyId": key_id }), |key, _, _, _| {
-            key.state = KeyState::Disabled;
-            Ok(())
-        })
+        self.administer(
+            Op::DisableKey,
+            key_id,
+            json!({ "keyId": key_id }),
+            |key, _, _, _| {
+                key.state = KeyState::Disabled;
+                Ok(())
+            },
+        )
     }
 
     fn schedule_key_deletion(
@@ -1066,12 +1183,17 @@ impl KeyService for LocalKms {
     }
 
     fn cancel_key_deletion(&self, key_id: &str) -> Result<String, KmsError> {
-        self.administer(Op::CancelKeyDeletion, key_id, json!({ "keyId": key_id }), |key, _, arn, _| {
-            key.state = KeyState::Disabled;
-            key.deletion_date = None;
-            key.pending_window_in_days = None;
-            Ok(arn.to_owned())
-        })
+        self.administer(
+            Op::CancelKeyDeletion,
+            key_id,
+            json!({ "keyId": key_id }),
+            |key, _, arn, _| {
+                key.state = KeyState::Disabled;
+                key.deletion_date = None;
+                key.pending_window_in_days = None;
+                Ok(arn.to_owned())
+            },
+        )
     }
 
     fn list_aliases(
@@ -1131,7 +1253,11 @@ impl KeyService for LocalKms {
                 let ts = now.unix_timestamp();
                 store.aliases.insert(
                     alias_name.to_owned(),
-                    AliasRecord { target_key_id: id, creation_date: ts, last_updated_date: ts },
+                    AliasRecord {
+                        target_key_id: id,
+                        creation_date: ts,
+                        last_updated_date: ts,
+                    },
                 );
                 Ok(())
             })
@@ -1149,7 +1275,11 @@ impl KeyService for LocalKms {
                         alias_arn(&self.shared.region, &self.shared.account, alias_name)
                     ))
                 };
-                let old = store.aliases.get(alias_name).ok_or_else(alias_not_found)?.target_key_id;
+                let old = store
+                    .aliases
+                    .get(alias_name)
+                    .ok_or_else(alias_not_found)?
+                    .target_key_id;
                 let new = self.alias_target(store, target_key_id)?;
                 let (old_arn, new_arn) = (self.key_arn(&old), self.key_arn(&new));
                 audit.resources.push(old_arn.clone());
@@ -1164,7 +1294,10 @@ impl KeyService for LocalKms {
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{new_arn}' does not exist")))?;
                 self.authorize(new_key, "kms:UpdateAlias", &new_arn)?;
                 check_state(Op::UpdateAlias, new_key.state, &new_arn)?;
-                let alias = store.aliases.get_mut(alias_name).ok_or_else(alias_not_found)?;
+                let alias = store
+                    .aliases
+                    .get_mut(alias_name)
+                    .ok_or_else(alias_not_found)?;
                 alias.target_key_id = new;
                 alias.last_updated_date = now.unix_timestamp();
                 Ok(())
@@ -1183,7 +1316,11 @@ impl KeyService for LocalKms {
                         alias_arn(&self.shared.region, &self.shared.account, alias_name)
                     ))
                 };
-                let target = store.aliases.get(alias_name).ok_or_else(not_found)?.target_key_id;
+                let target = store
+                    .aliases
+                    .get(alias_name)
+                    .ok_or_else(not_found)?
+                    .target_key_id;
                 let arn = self.key_arn(&target);
                 audit.resources.push(arn.clone());
                 let key = store.keys.get(&target).ok_or_else(not_found)?;
@@ -1224,56 +1361,86 @@ impl KeyService for LocalKms {
     }
 
     fn disable_key_rotation(&self, key_id: &str) -> Result<(), KmsError> {
-        self.administer(Op::DisableKeyRotation, key_id, json!({ "keyId": key_id }), |key, _, _, _| {
-            key.rotation = None;
-            Ok(())
-        })
+        self.administer(
+            Op::DisableKeyRotation,
+            key_id,
+            json!({ "keyId": key_id }),
+            |key, _, _, _| {
+                key.rotation = None;
+                Ok(())
+            },
+        )
     }
 
     fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError> {
-        self.inspect(Op::GetKeyRotationStatus, key_id, json!({ "keyId": key_id }), |key, _, arn| {
-            Ok(RotationStatus {
-                key_id: arn.to_owned(),
-                key_rotation_enabled: key.rotation.is_some(),
-                rotation_period_in_days: key.rotation.as_ref().map(|r| r.period_in_days),
-                next_rotation_date: key.rotation.as_ref().map(|r| to_time(r.next_rotation_date)),
-                on_demand_rotation_start_date: key
-                    .rotations
-                    .iter()
-                    .rev()
-                    .find(|r| r.rotation_type == RotationType::OnDemand)
-                    .map(|r| to_time(r.date)),
-            })
-        })
+        self.inspect(
+            Op::GetKeyRotationStatus,
+            key_id,
+            json!({ "keyId": key_id }),
+            |key, _, arn| {
+                Ok(RotationStatus {
+                    key_id: arn.to_owned(),
+                    key_rotation_enabled: key.rotation.is_some(),
+                    rotation_period_in_days: key.rotation.as_ref().map(|r| r.period_in_days),
+                    next_rotation_date: key
+                        .rotation
+                        .as_ref()
+                        .map(|r| to_time(r.next_rotation_date)),
+                    on_demand_rotation_start_date: key
+                        .rotations
+                        .iter()
+                        .rev()
+                        .find(|r| r.rotation_type == RotationType::OnDemand)
+                        .map(|r| to_time(r.date)),
+                })
+            },
+        )
     }
 
     fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError> {
-        self.administer(Op::RotateKeyOnDemand, key_id, json!({ "keyId": key_id }), |key, id, arn, now| {
-            let done = key.rotations.iter().filter(|r| r.rotation_type == RotationType::OnDemand).count();
-            if done >= MAX_ON_DEMAND_ROTATIONS {
-                return Err(KmsError::LimitExceeded(format!(
-                    "{arn} has already been rotated on demand {MAX_ON_DEMAND_ROTATIONS} times"
-                )));
-            }
-            let ts = now.unix_timestamp();
-            add_material(key, id, ts, &self.shared.keystore)?;
-            key.rotations.push(RotationRecord { date: ts, rotation_type: RotationType::OnDemand });
-            Ok(arn.to_owned())
-        })
+        self.administer(
+            Op::RotateKeyOnDemand,
+            key_id,
+            json!({ "keyId": key_id }),
+            |key, id, arn, now| {
+                let done = key
+                    .rotations
+                    .iter()
+                    .filter(|r| r.rotation_type == RotationType::OnDemand)
+                    .count();
+                if done >= MAX_ON_DEMAND_ROTATIONS {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "{arn} has already been rotated on demand {MAX_ON_DEMAND_ROTATIONS} times"
+                    )));
+                }
+                let ts = now.unix_timestamp();
+                add_material(key, id, ts, &self.shared.keystore)?;
+                key.rotations.push(RotationRecord {
+                    date: ts,
+                    rotation_type: RotationType::OnDemand,
+                });
+                Ok(arn.to_owned())
+            },
+        )
     }
 
     fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError> {
-        self.inspect(Op::ListKeyRotations, key_id, json!({ "keyId": key_id }), |key, _, arn| {
-            Ok(key
-                .rotations
-                .iter()
-                .map(|r| RotationEntry {
-                    key_id: arn.to_owned(),
-                    rotation_date: to_time(r.date),
-                    rotation_type: r.rotation_type,
-                })
-                .collect())
-        })
+        self.inspect(
+            Op::ListKeyRotations,
+            key_id,
+            json!({ "keyId": key_id }),
+            |key, _, arn| {
+                Ok(key
+                    .rotations
+                    .iter()
+                    .map(|r| RotationEntry {
+                        key_id: arn.to_owned(),
+                        rotation_date: to_time(r.date),
+                        rotation_type: r.rotation_type,
+                    })
+                    .collect())
+            },
+        )
     }
 
     fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError> {

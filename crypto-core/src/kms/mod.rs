@@ -507,9 +507,18 @@ mod tests {
         assert_eq!(DataKeySpec::Aes128.byte_len().unwrap(), 16);
         assert_eq!(DataKeySpec::Bytes(1).byte_len().unwrap(), 1);
         assert_eq!(DataKeySpec::Bytes(1024).byte_len().unwrap(), 1024);
-        assert!(matches!(DataKeySpec::Bytes(0).byte_len(), Err(KmsError::Validation(_))));
-        assert!(matches!(DataKeySpec::Bytes(1025).byte_len(), Err(KmsError::Validation(_))));
-        assert!(matches!(DataKeySpec::from_key_spec("AES_512"), Err(KmsError::Validation(_))));
+        assert!(matches!(
+            DataKeySpec::Bytes(0).byte_len(),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            DataKeySpec::Bytes(1025).byte_len(),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            DataKeySpec::from_key_spec("AES_512"),
+            Err(KmsError::Validation(_))
+        ));
     }
 
     #[test]

@@ -67,7 +67,9 @@ fn strings(value: &Value, field: &str) -> Result<Vec<String>, KmsError> {
                 _ => Err(malformed(format!("{field} must hold only strings"))),
             })
             .collect(),
-        _ => Err(malformed(format!("{field} must be a string or a non-empty list of strings"))),
+        _ => Err(malformed(format!(
+            "{field} must be a string or a non-empty list of strings"
+        ))),
     }
 }
 
@@ -75,7 +77,9 @@ impl KeyPolicy {
     /// Parses a policy document, refusing anything atrest cannot evaluate faithfully.
     pub fn parse(text: &str) -> Result<Self, KmsError> {
         if text.len() > MAX_POLICY_LEN {
-            return Err(malformed(format!("it is longer than {MAX_POLICY_LEN} bytes")));
+            return Err(malformed(format!(
+                "it is longer than {MAX_POLICY_LEN} bytes"
+            )));
         }
         let doc: Value =
             serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
@@ -100,7 +104,9 @@ impl KeyPolicy {
         let statements = statements
             .into_iter()
             .enumerate()
-            .map(|(i, s)| parse_statement(s).map_err(|e| malformed(format!("statement {i}: {}", e.message()))))
+            .map(|(i, s)| {
+                parse_statement(s).map_err(|e| malformed(format!("statement {i}: {}", e.message())))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { statements })
     }
@@ -164,14 +170,23 @@ fn parse_statement(value: &Value) -> Result<Statement, KmsError> {
                 Principals::Arns(arns)
             }
         }
-        _ => return Err(malformed("Principal must be \"*\" or {\"AWS\": ARN or [ARN, ...]}")),
+        _ => {
+            return Err(malformed(
+                "Principal must be \"*\" or {\"AWS\": ARN or [ARN, ...]}",
+            ))
+        }
     };
     let actions = strings(fields.get("Action").unwrap_or(&Value::Null), "Action")?
         .into_iter()
         .map(|a| a.to_ascii_lowercase())
         .collect();
     let resources = strings(fields.get("Resource").unwrap_or(&Value::Null), "Resource")?;
-    Ok(Statement { effect, principals, actions, resources })
+    Ok(Statement {
+        effect,
+        principals,
+        actions,
+        resources,
+    })
 }
 
 impl Statement {
@@ -181,7 +196,10 @@ impl Statement {
             Principals::Arns(arns) => arns.iter().any(|arn| arn == principal),
         };
         principal_matches
-            && self.actions.iter().any(|pattern| glob(pattern.as_bytes(), action.as_bytes()))
+            && self
+                .actions
+                .iter()
+                .any(|pattern| glob(pattern.as_bytes(), action.as_bytes()))
             && self
                 .resources
                 .iter()
@@ -272,12 +290,27 @@ mod tests {
     #[test]
     fn admins_administer_and_users_use() {
         let policy = lab_policy();
-        assert_eq!(policy.evaluate(ADMIN, "kms:DisableKey", KEY), Decision::Allow);
-        assert_eq!(policy.evaluate(ADMIN, "kms:Decrypt", KEY), Decision::ImplicitDeny);
+        assert_eq!(
+            policy.evaluate(ADMIN, "kms:DisableKey", KEY),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.evaluate(ADMIN, "kms:Decrypt", KEY),
+            Decision::ImplicitDeny
+        );
         assert_eq!(policy.evaluate(USER, "kms:Decrypt", KEY), Decision::Allow);
-        assert_eq!(policy.evaluate(USER, "kms:GenerateDataKeyWithoutPlaintext", KEY), Decision::Allow);
-        assert_eq!(policy.evaluate(USER, "kms:DisableKey", KEY), Decision::ImplicitDeny);
-        assert_eq!(policy.evaluate("arn:aws:iam::000000000000:root", "kms:Decrypt", KEY), Decision::ImplicitDeny);
+        assert_eq!(
+            policy.evaluate(USER, "kms:GenerateDataKeyWithoutPlaintext", KEY),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.evaluate(USER, "kms:DisableKey", KEY),
+            Decision::ImplicitDeny
+        );
+        assert_eq!(
+            policy.evaluate("arn:aws:iam::000000000000:root", "kms:Decrypt", KEY),
+            Decision::ImplicitDeny
+        );
     }
 
     #[test]
@@ -289,7 +322,10 @@ mod tests {
             ]}}"#
         ))
         .unwrap();
-        assert_eq!(policy.evaluate(USER, "kms:Decrypt", KEY), Decision::ExplicitDeny);
+        assert_eq!(
+            policy.evaluate(USER, "kms:Decrypt", KEY),
+            Decision::ExplicitDeny
+        );
         assert_eq!(policy.evaluate(USER, "kms:Encrypt", KEY), Decision::Allow);
         assert_eq!(policy.evaluate(ADMIN, "kms:Decrypt", KEY), Decision::Allow);
     }
@@ -301,9 +337,16 @@ mod tests {
                 "Action": "KMS:generate?ataKey", "Resource": "arn:aws:kms:local:000000000000:key/other"}}}}"#
         ))
         .unwrap();
-        assert_eq!(policy.evaluate(USER, "kms:GenerateDataKey", KEY), Decision::ImplicitDeny);
         assert_eq!(
-            policy.evaluate(USER, "kms:GenerateDataKey", "arn:aws:kms:local:000000000000:key/other"),
+            policy.evaluate(USER, "kms:GenerateDataKey", KEY),
+            Decision::ImplicitDeny
+        );
+        assert_eq!(
+            policy.evaluate(
+                USER,
+                "kms:GenerateDataKey",
+                "arn:aws:kms:local:000000000000:key/other"
+            ),
             Decision::Allow
         );
     }
@@ -311,9 +354,18 @@ mod tests {
     #[test]
     fn default_policy_gives_creator_and_root_everything() {
         let policy = KeyPolicy::parse(&default_policy("000000000000", USER)).unwrap();
-        assert_eq!(policy.evaluate(USER, "kms:ScheduleKeyDeletion", KEY), Decision::Allow);
-        assert_eq!(policy.evaluate("arn:aws:iam::000000000000:root", "kms:Decrypt", KEY), Decision::Allow);
-        assert_eq!(policy.evaluate(ADMIN, "kms:Decrypt", KEY), Decision::ImplicitDeny);
+        assert_eq!(
+            policy.evaluate(USER, "kms:ScheduleKeyDeletion", KEY),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.evaluate("arn:aws:iam::000000000000:root", "kms:Decrypt", KEY),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.evaluate(ADMIN, "kms:Decrypt", KEY),
+            Decision::ImplicitDeny
+        );
     }
 
     #[test]
@@ -331,10 +383,19 @@ mod tests {
             r#"{"Statement": {"Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"}, "Action": "kms:*", "Resource": "*"}}"#,
             r#"{"Version": "2099-01-01", "Statement": {"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"}}"#,
         ] {
-            assert!(matches!(KeyPolicy::parse(text), Err(KmsError::MalformedPolicyDocument(_))), "{text}");
+            assert!(
+                matches!(
+                    KeyPolicy::parse(text),
+                    Err(KmsError::MalformedPolicyDocument(_))
+                ),
+                "{text}"
+            );
         }
         let huge = format!("{{\"Id\": \"{}\"}}", "x".repeat(MAX_POLICY_LEN));
-        assert!(matches!(KeyPolicy::parse(&huge), Err(KmsError::MalformedPolicyDocument(_))));
+        assert!(matches!(
+            KeyPolicy::parse(&huge),
+            Err(KmsError::MalformedPolicyDocument(_))
+        ));
     }
 
     #[test]
