@@ -27,6 +27,13 @@ pub enum Error {
     /// The volume file is damaged: a header or its checksum does not match.
     #[error("{path}: corrupted volume: {what}")]
     Corrupted { path: PathBuf, what: String },
+    /// The caller asked to create a volume where a file already exists.
+    #[error("{path} already exists; refusing to overwrite it")]
+    AlreadyExists { path: PathBuf },
+    /// The caller asked for something the format cannot hold (a size that is not a
+    /// whole number of sectors, an over-long key ARN).
+    #[error("invalid volume parameter: {what}")]
+    InvalidArgument { what: String },
     /// The key service refused or failed.
     #[error(transparent)]
     Kms(#[from] crypto_core::kms::KmsError),

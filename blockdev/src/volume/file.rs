@@ -1,0 +1,161 @@
+//! The volume file: positioned I/O, hole punching and the allocation map, with errors
+//! that name the file. Shared by both volume kinds.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FallocateFlags, SeekFrom};
+
+use super::Extent;
+use crate::Error;
+
+/// Zeros written for `write_zeroes` when the client forbids holes.
+static ZEROS: [u8; 128 * 1024] = [0; 128 * 1024];
+
+#[derive(Debug)]
+pub(crate) struct VolumeFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl VolumeFile {
+    pub(crate) fn new(file: File, path: &Path) -> Self {
+        Self {
+            file,
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io_error(&self, what: &str, pos: u64, source: io::Error) -> Error {
+        Error::Io {
+            context: format!("{what} {} at byte {pos}", self.path.display()),
+            source,
+        }
+    }
+
+    /// Fills `buf` from file offset `pos`. Holes read as zeros; a short read means the
+    /// file was cut below the length its header promises.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> Result<(), Error> {
+        self.file.read_exact_at(buf, pos).map_err(|source| {
+            if source.kind() == io::ErrorKind::UnexpectedEof {
+                Error::Corrupted {
+                    path: self.path.clone(),
+                    what: format!(
+                        "file truncated: cannot read {} bytes at byte {pos}",
+                        buf.len()
+                    ),
+                }
+            } else {
+                self.io_error("read", pos, source)
+            }
+        })
+    }
+
+    pub(crate) fn write_all_at(&self, data: &[u8], pos: u64) -> Result<(), Error> {
+        self.file
+            .write_all_at(data, pos)
+            .map_err(|source| self.io_error("write", pos, source))
+    }
+
+    /// Deallocates `len` bytes at `pos`; they read back as zeros. The file size stays.
+    pub(crate) fn punch_hole(&self, pos: u64, len: u64) -> Result<(), Error> {
+        rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            pos,
+            len,
+        )
+        .map_err(|errno| self.io_error("punch a hole in", pos, errno.into()))
+    }
+
+    /// Writes `len` zero bytes at `pos`, leaving the range allocated.
+    pub(crate) fn write_zero_bytes(&self, mut pos: u64, len: u64) -> Result<(), Error> {
+        let end = pos + len;
+        while pos < end {
+            let chunk = (end - pos).min(ZEROS.len() as u64) as usize;
+            self.write_all_at(&ZEROS[..chunk], pos)?;
+            pos += chunk as u64;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sync_data(&self) -> Result<(), Error> {
+        self.file.sync_data().map_err(|source| Error::Io {
+            context: format!("fdatasync {}", self.path.display()),
+            source,
+        })
+    }
+
+    pub(crate) fn len(&self) -> Result<u64, Error> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn metadata(&self) -> Result<std::fs::Metadata, Error> {
+        self.file.metadata().map_err(|source| Error::Io {
+            context: format!("stat {}", self.path.display()),
+            source,
+        })
+    }
+
+    /// Next file offset at or after `pos` that holds data, or `None` past the last data.
+    fn next_data(&self, pos: u64) -> Result<Option<u64>, Error> {
+        match rustix::fs::seek(&self.file, SeekFrom::Data(pos)) {
+            Ok(at) => Ok(Some(at)),
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(errno) => Err(self.io_error("SEEK_DATA in", pos, errno.into())),
+        }
+    }
+
+    /// Next file offset at or after `pos` that is a hole (end of file counts as one).
+    fn next_hole(&self, pos: u64) -> Result<u64, Error> {
+        rustix::fs::seek(&self.file, SeekFrom::Hole(pos))
+            .map_err(|errno| self.io_error("SEEK_HOLE in", pos, errno.into()))
+    }
+
+    /// Allocation of volume bytes `offset..offset + length`, where volume byte 0 is file
+    /// byte `base`. Units of `granularity` bytes (counted from volume byte 0) are
+    /// reported as a hole only when wholly unallocated. Adjacent extents differ.
+    pub(crate) fn allocation(
+        &self,
+        base: u64,
+        offset: u64,
+        length: u64,
+        granularity: u64,
+    ) -> Result<Vec<Extent>, Error> {
+        let end = offset + length;
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let unit_start = pos / granularity * granularity;
+            let (hole, run_end) = match self.next_data(base + unit_start)? {
+                None => (true, end),
+                Some(data) if data >= base + unit_start + granularity => {
+                    (true, (data - base) / granularity * granularity)
+                }
+                Some(data) => {
+                    let hole = self.next_hole(data)?;
+                    (false, (hole - base).div_ceil(granularity) * granularity)
+                }
+            };
+            let run_end = run_end.min(end);
+            let length = run_end - pos;
+            match extents.last_mut() {
+                Some(last) if last.hole == hole => last.length += length,
+                _ => extents.push(Extent {
+                    length,
+                    hole,
+                    zero: hole,
+                }),
+            }
+            pos = run_end;
+        }
+        Ok(extents)
+    }
+}

@@ -1,0 +1,277 @@
+//! Volumes: what the NBD server reads and writes.
+//!
+//! - [`open`] detects what a file is (encrypted volume, unencrypted volume, plain raw
+//!   image) and returns it behind the [`Volume`] trait; [`open_detected`] keeps the
+//!   concrete type for code that manages keys (the lease).
+//! - [`create`] makes a new volume file (header, sparse data area).
+//! - [`EncryptedVolume`], [`RawVolume`]: the two implementations.
+#![forbid(unsafe_code)]
+
+mod encrypted;
+mod file;
+mod locks;
+mod raw;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crypto_core::kms::{DataKeySpec, GenerateDataKeyRequest, KeyService};
+use uuid::Uuid;
+
+pub use encrypted::EncryptedVolume;
+pub use raw::RawVolume;
+
+use crate::format::{self, Encryption, VolumeHeader, WrappedDataKey};
+use crate::Error;
+use file::VolumeFile;
+
+/// A run of bytes with one allocation status (NBD `base:allocation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub length: u64,
+    /// Not allocated in the file (NBD_STATE_HOLE).
+    pub hole: bool,
+    /// Reads as zeros (NBD_STATE_ZERO).
+    pub zero: bool,
+}
+
+/// A block device: an encrypted volume or a plain raw image.
+///
+/// Offsets and lengths are in bytes and may be unaligned; implementations do
+/// read-modify-write for partial sectors. All methods take `&self` and are safe to
+/// call from many threads at once.
+pub trait Volume: Send + Sync + std::fmt::Debug {
+    /// Bytes visible to clients.
+    fn size(&self) -> u64;
+    /// The natural block size (4096 for encrypted volumes): the preferred I/O size.
+    fn block_size(&self) -> u32;
+    fn is_read_only(&self) -> bool;
+    /// Whether a new client may attach now; the error explains a refusal (e.g. key disabled).
+    fn check_attach(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error>;
+    /// Makes every completed write durable (fdatasync).
+    fn flush(&self) -> Result<(), Error>;
+    /// Deallocates the range where whole sectors allow; it then reads as zeros.
+    fn trim(&self, offset: u64, length: u64) -> Result<(), Error>;
+    /// Zeroes the range; deallocates it (punch hole) when `may_punch` is true.
+    fn write_zeroes(&self, offset: u64, length: u64, may_punch: bool) -> Result<(), Error>;
+    /// Allocation status of the range, in order, covering it exactly (empty only when
+    /// `length` is 0).
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>, Error>;
+}
+
+/// Fails with [`Error::OutOfRange`] unless `offset..offset + length` lies in `0..size`.
+pub(crate) fn check_range(offset: u64, length: u64, size: u64) -> Result<(), Error> {
+    match offset.checked_add(length) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfRange {
+            offset,
+            length,
+            size,
+        }),
+    }
+}
+
+/// A volume opened by [`open_detected`], with its concrete type.
+#[derive(Debug, Clone)]
+pub enum OpenedVolume {
+    Encrypted(Arc<EncryptedVolume>),
+    /// An unencrypted atrest volume or a plain raw image.
+    Plain(Arc<RawVolume>),
+}
+
+impl OpenedVolume {
+    pub fn into_dyn(self) -> Arc<dyn Volume> {
+        match self {
+            OpenedVolume::Encrypted(v) => v,
+            OpenedVolume::Plain(v) => v,
+        }
+    }
+}
+
+/// Opens `path` as whatever it is: an encrypted volume (its data key is unwrapped with
+/// one audited Decrypt), an unencrypted atrest volume, or a plain raw image (neither
+/// header copy carries the atrest magic).
+pub fn open(path: &Path, kms: &dyn KeyService, read_only: bool) -> Result<Arc<dyn Volume>, Error> {
+    Ok(open_detected(path, kms, read_only)?.into_dyn())
+}
+
+/// [`open`], keeping the concrete type.
+pub fn open_detected(
+    path: &Path,
+    kms: &dyn KeyService,
+    read_only: bool,
+) -> Result<OpenedVolume, Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|source| Error::Io {
+            context: format!("open {}", path.display()),
+            source,
+        })?;
+    let located = format::read_header(&file, path)?;
+    let file = VolumeFile::new(file, path);
+    Ok(match located {
+        None => OpenedVolume::Plain(Arc::new(RawVolume::image(file, read_only)?)),
+        Some(located) => match located.header.encryption() {
+            Encryption::None => {
+                OpenedVolume::Plain(Arc::new(RawVolume::with_header(file, located, read_only)))
+            }
+            Encryption::Aes256XtsPlain64(_) => {
+                let volume = EncryptedVolume::from_header(file, located, read_only)?;
+                volume.unlock(kms)?;
+                OpenedVolume::Encrypted(Arc::new(volume))
+            }
+        },
+    })
+}
+
+/// How a new volume's data area is protected.
+#[derive(Clone, Copy)]
+pub enum NewVolumeKey<'a> {
+    /// A fresh 512-bit data key from GenerateDataKeyWithoutPlaintext under the CMK
+    /// `key_id` (key id, ARN or alias); only the wrapped key is stored.
+    Kms {
+        kms: &'a dyn KeyService,
+        key_id: &'a str,
+    },
+    /// No encryption; the header still records the volume's id and size.
+    Unencrypted,
+}
+
+impl std::fmt::Debug for NewVolumeKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NewVolumeKey::Kms { key_id, .. } => f
+                .debug_struct("Kms")
+                .field("key_id", key_id)
+                .finish_non_exhaustive(),
+            NewVolumeKey::Unencrypted => f.write_str("Unencrypted"),
+        }
+    }
+}
+
+/// Creates a volume file of `size` bytes (a positive multiple of 4096) at `path`,
+/// which must not exist. The file is sized to the full data area up front (sparse, so
+/// it costs nothing) so that a shorter file is known to be truncated. The file appears
+/// at `path` complete or not at all: it is built under a temporary name and linked into
+/// place, which also refuses to replace a file that appeared meanwhile.
+pub fn create(path: &Path, size: u64, key: NewVolumeKey<'_>) -> Result<VolumeHeader, Error> {
+    if path.symlink_metadata().is_ok() {
+        return Err(Error::AlreadyExists {
+            path: path.to_path_buf(),
+        });
+    }
+    let volume_id = Uuid::new_v4();
+    // Validate the size before asking the key service for anything.
+    let plain = VolumeHeader::new(volume_id, size, Encryption::None)?;
+    let header = match key {
+        NewVolumeKey::Unencrypted => plain,
+        NewVolumeKey::Kms { kms, key_id } => {
+            let wrapped = kms.generate_data_key_without_plaintext(&GenerateDataKeyRequest {
+                key_id: key_id.to_string(),
+                spec: DataKeySpec::Bytes(64),
+                encryption_context: plain.encryption_context(),
+            })?;
+            VolumeHeader::new(
+                volume_id,
+                size,
+                Encryption::Aes256XtsPlain64(WrappedDataKey {
+                    key_arn: wrapped.key_id,
+                    blob: wrapped.ciphertext_blob,
+                }),
+            )?
+        }
+    };
+    let partial = PartialFile::create(path, volume_id)?;
+    let io = |what: &str, source| Error::Io {
+        context: format!("{what} {}", partial.path.display()),
+        source,
+    };
+    partial
+        .file
+        .set_len(header.file_len())
+        .map_err(|e| io("size", e))?;
+    format::write_header(&partial.file, &partial.path, &header)?;
+    partial.file.sync_all().map_err(|e| io("sync", e))?;
+    partial.publish(path)?;
+    Ok(header)
+}
+
+/// A file being built next to its final name; removed unless published.
+struct PartialFile {
+    path: PathBuf,
+    file: File,
+    published: bool,
+}
+
+impl PartialFile {
+    fn create(target: &Path, volume_id: Uuid) -> Result<Self, Error> {
+        let name = target.file_name().ok_or_else(|| Error::InvalidArgument {
+            what: format!("{} does not name a file", target.display()),
+        })?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{volume_id}.partial"));
+        let path = target.with_file_name(temp_name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                context: format!("create {}", path.display()),
+                source,
+            })?;
+        Ok(Self {
+            path,
+            file,
+            published: false,
+        })
+    }
+
+    /// Links the finished file at `target` (failing if it exists) and drops the
+    /// temporary name.
+    fn publish(mut self, target: &Path) -> Result<(), Error> {
+        std::fs::hard_link(&self.path, target).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::AlreadyExists {
+                    path: target.to_path_buf(),
+                }
+            } else {
+                Error::Io {
+                    context: format!("link {} to {}", self.path.display(), target.display()),
+                    source,
+                }
+            }
+        })?;
+        self.published = true;
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            // The volume is in place; a leftover second name is only untidy.
+            tracing::warn!("cannot remove {}: {err}", self.path.display());
+        }
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| Error::Io {
+                    context: format!("sync directory {}", dir.display()),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.published {
+            // Best effort: the error that got us here is the one worth reporting.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

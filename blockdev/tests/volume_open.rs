@@ -1,0 +1,345 @@
+//! Opening volumes: detection of encrypted, unencrypted and raw files, both header
+//! copies, damaged and truncated files, the key slot, and the stored ciphertext.
+
+mod volume_support;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use blockdev::format::{self, HeaderCopy, BACKUP_HEADER_OFFSET};
+use blockdev::volume::{self, EncryptedVolume, NewVolumeKey, OpenedVolume, Volume};
+use blockdev::Error;
+use crypto_core::secret::XtsKey;
+use crypto_core::xts::SectorCipher;
+use volume_support::{TestKms, KEY_ARN};
+
+const MIB: u64 = 1024 * 1024;
+
+fn create(dir: &Path, kms: &TestKms, size: u64) -> std::path::PathBuf {
+    let path = dir.join("v.vol");
+    volume::create(
+        &path,
+        size,
+        NewVolumeKey::Kms {
+            kms,
+            key_id: "alias/test",
+        },
+    )
+    .unwrap();
+    path
+}
+
+fn corrupt(path: &Path, at: u64) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+}
+
+#[test]
+fn created_volume_is_sparse_and_records_id_size_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, 64 * MIB);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), MIB + 64 * MIB);
+    assert!(
+        meta.blocks() * 512 <= 64 * 1024,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+    let vol = EncryptedVolume::open(&path, &kms, true).unwrap();
+    assert_eq!(vol.size(), 64 * MIB);
+    assert_eq!(vol.key_arn(), KEY_ARN);
+    assert_eq!(vol.header_copy(), HeaderCopy::Primary);
+    assert_eq!(vol.header_warning(), None);
+    assert_eq!(
+        vol.encryption_context().get("atrest:volume-id"),
+        Some(&vol.volume_id().to_string())
+    );
+    assert_eq!(kms.decrypts.load(Ordering::SeqCst), 1);
+    let extents = vol.allocation(0, 64 * MIB).unwrap();
+    assert_eq!(extents.len(), 1);
+    assert!(extents[0].hole && extents[0].zero);
+}
+
+#[test]
+fn create_refuses_to_overwrite_and_rejects_partial_sectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, MIB);
+    let again = volume::create(&path, MIB, NewVolumeKey::Unencrypted);
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    let odd = volume::create(
+        &dir.path().join("odd.vol"),
+        MIB + 512,
+        NewVolumeKey::Unencrypted,
+    );
+    assert!(matches!(odd, Err(Error::InvalidArgument { .. })), "{odd:?}");
+    assert!(!dir.path().join("odd.vol").exists());
+    // Only the volume is left in the directory: no temporary files.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn stored_sectors_are_xts_ciphertext_under_the_unwrapped_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, 4 * MIB);
+    let vol = EncryptedVolume::open(&path, &kms, false).unwrap();
+    let plaintext: Vec<u8> = (0..2 * 4096).map(|i| (i % 251) as u8 + 1).collect();
+    vol.write_at(5 * 4096, &plaintext).unwrap();
+    let key = kms.plaintext_of(&vol.wrapped_key().blob);
+    let cipher = SectorCipher::new(key.as_slice().try_into().unwrap()).unwrap();
+    let mut expected = plaintext.clone();
+    cipher.encrypt_sectors(&mut expected, 5, 4096);
+    let mut stored = vec![0u8; 2 * 4096];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut stored, MIB + 5 * 4096)
+        .unwrap();
+    assert_eq!(stored, expected);
+}
+
+#[test]
+fn reopened_volume_reads_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, 4 * MIB);
+    let vol = volume::open(&path, &kms, false).unwrap();
+    vol.write_at(12345, b"persisted across opens").unwrap();
+    vol.flush().unwrap();
+    drop(vol);
+    let vol = volume::open(&path, &kms, true).unwrap();
+    let mut buf = [0u8; 22];
+    vol.read_at(12345, &mut buf).unwrap();
+    assert_eq!(&buf, b"persisted across opens");
+    assert!(matches!(vol.write_at(0, b"x"), Err(Error::ReadOnly)));
+    assert!(matches!(vol.trim(0, 4096), Err(Error::ReadOnly)));
+}
+
+#[test]
+fn damaged_primary_header_opens_from_the_backup_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, MIB);
+    corrupt(&path, 40);
+    let vol = EncryptedVolume::open(&path, &kms, true).unwrap();
+    assert_eq!(vol.header_copy(), HeaderCopy::Backup);
+    let warning = vol.header_warning().unwrap();
+    assert!(
+        warning.contains("primary") && warning.contains("checksum"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn damaged_backup_header_is_reported_and_the_primary_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, MIB);
+    corrupt(&path, BACKUP_HEADER_OFFSET + 100);
+    let vol = EncryptedVolume::open(&path, &kms, true).unwrap();
+    assert_eq!(vol.header_copy(), HeaderCopy::Primary);
+    assert!(vol.header_warning().unwrap().contains("backup"));
+}
+
+#[test]
+fn both_headers_damaged_is_corrupted_never_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, MIB);
+    corrupt(&path, 4000);
+    corrupt(&path, BACKUP_HEADER_OFFSET + 9);
+    match volume::open(&path, &kms, true) {
+        Err(Error::Corrupted { path: p, what }) => {
+            assert_eq!(p, path);
+            assert!(what.contains("primary header: header checksum"), "{what}");
+            assert!(what.contains("backup header: header checksum"), "{what}");
+        }
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+}
+
+#[test]
+fn newer_backup_wins_after_an_interrupted_header_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, MIB);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let old = format::read_header(&file, &path).unwrap().unwrap().header;
+    let newer = old
+        .with_flags(format::FLAG_READ_ONLY)
+        .unwrap()
+        .with_encryption(old.encryption().clone())
+        .unwrap();
+    // The update writes the backup first; stop before the primary.
+    file.write_all_at(&newer.encode(), BACKUP_HEADER_OFFSET)
+        .unwrap();
+    let located = format::read_header(&file, &path).unwrap().unwrap();
+    assert_eq!(located.copy, HeaderCopy::Backup);
+    assert_eq!(located.header, newer);
+    assert!(located.warning.unwrap().contains("interrupted"));
+    // The read-only flag of the newer header is honoured.
+    let vol = EncryptedVolume::open(&path, &kms, false).unwrap();
+    assert!(vol.is_read_only());
+    format::write_header(&file, &path, &newer).unwrap();
+    let located = format::read_header(&file, &path).unwrap().unwrap();
+    assert_eq!((located.copy, located.warning), (HeaderCopy::Primary, None));
+}
+
+#[test]
+fn truncated_files_are_corrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, 4 * MIB);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(MIB + 4 * MIB - 4096).unwrap();
+    let err = volume::open(&path, &kms, true).unwrap_err();
+    assert!(err.to_string().contains("file truncated"), "{err}");
+    file.set_len(3000).unwrap();
+    let err = volume::open(&path, &kms, true).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("header truncated: 3000 of 4096 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn files_without_the_magic_open_as_raw_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raw.img");
+    std::fs::write(&path, vec![0x5Au8; 3 * 512]).unwrap();
+    let kms = TestKms::default();
+    let OpenedVolume::Plain(raw) = volume::open_detected(&path, &kms, false).unwrap() else {
+        panic!("a raw image opened as encrypted");
+    };
+    assert!(raw.header().is_none());
+    assert_eq!((raw.size(), raw.block_size()), (1536, 512));
+    raw.write_at(100, b"abc").unwrap();
+    let mut buf = [0u8; 5];
+    raw.read_at(99, &mut buf).unwrap();
+    assert_eq!(&buf, b"\x5Aabc\x5A");
+    assert_eq!(kms.decrypts.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn unencrypted_volumes_store_plaintext_after_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.vol");
+    volume::create(&path, 2 * MIB, NewVolumeKey::Unencrypted).unwrap();
+    let kms = TestKms::default();
+    let OpenedVolume::Plain(vol) = volume::open_detected(&path, &kms, false).unwrap() else {
+        panic!("an unencrypted volume opened as encrypted");
+    };
+    assert_eq!(vol.size(), 2 * MIB);
+    assert_eq!(
+        vol.header().unwrap().header.encryption(),
+        &format::Encryption::None
+    );
+    vol.write_at(4096, b"visible").unwrap();
+    let mut stored = [0u8; 7];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut stored, MIB + 4096)
+        .unwrap();
+    assert_eq!(&stored, b"visible");
+    vol.trim(0, 2 * MIB).unwrap();
+    let extents = vol.allocation(0, 2 * MIB).unwrap();
+    assert_eq!(extents.len(), 1);
+    assert!(extents[0].hole);
+}
+
+#[test]
+fn revoked_key_fails_every_request_until_reinstalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, MIB);
+    let vol = EncryptedVolume::open(&path, &kms, false).unwrap();
+    vol.write_at(0, b"before").unwrap();
+    vol.revoke_key("DisabledException: key disabled");
+    assert!(!vol.has_key());
+    let mut buf = [0u8; 6];
+    let unavailable = |r: Result<(), Error>| match r {
+        Err(Error::KeyUnavailable { key_arn, reason }) => {
+            assert_eq!(key_arn, KEY_ARN);
+            assert!(reason.contains("disabled"));
+        }
+        other => panic!("expected KeyUnavailable, got {other:?}"),
+    };
+    unavailable(vol.read_at(0, &mut buf));
+    unavailable(vol.write_at(0, b"after"));
+    unavailable(vol.trim(0, 4096));
+    unavailable(vol.write_zeroes(0, 4096, false));
+    unavailable(vol.flush());
+    unavailable(vol.check_attach());
+    unavailable(vol.allocation(0, 4096).map(drop));
+    let key = XtsKey::from_slice(&kms.plaintext_of(&vol.wrapped_key().blob)).unwrap();
+    vol.install_key(key).unwrap();
+    vol.read_at(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"before");
+    vol.check_attach().unwrap();
+}
+
+#[test]
+fn a_disabled_key_refuses_open_and_locked_open_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, MIB);
+    kms.disabled.store(true, Ordering::SeqCst);
+    let err = volume::open(&path, &kms, false).unwrap_err();
+    assert!(err.to_string().starts_with("DisabledException"), "{err}");
+    let locked = EncryptedVolume::open_locked(&path, false).unwrap();
+    assert!(matches!(
+        locked.check_attach(),
+        Err(Error::KeyUnavailable { .. })
+    ));
+    kms.disabled.store(false, Ordering::SeqCst);
+    locked.unlock(&kms).unwrap();
+    locked.check_attach().unwrap();
+}
+
+#[test]
+fn trim_gives_space_back_and_reads_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::default();
+    let path = create(dir.path(), &kms, 8 * MIB);
+    let vol = volume::open(&path, &kms, false).unwrap();
+    vol.write_at(0, &vec![0xA5; 4 * MIB as usize]).unwrap();
+    let before = std::fs::metadata(&path).unwrap().blocks() * 512;
+    vol.trim(100, 2 * MIB).unwrap();
+    let after = std::fs::metadata(&path).unwrap().blocks() * 512;
+    assert!(
+        before - after >= 2 * MIB - 8192,
+        "allocated {before} -> {after}"
+    );
+    let extents = vol.allocation(0, 8 * MIB).unwrap();
+    let lengths: Vec<(u64, bool)> = extents.iter().map(|e| (e.length, e.hole)).collect();
+    assert_eq!(
+        lengths,
+        vec![
+            (4096, false),
+            (2 * MIB - 4096, true),
+            (2 * MIB, false),
+            (4 * MIB, true)
+        ]
+    );
+    let mut buf = vec![1u8; 2 * MIB as usize + 200];
+    vol.read_at(0, &mut buf).unwrap();
+    assert!(buf[..100].iter().all(|&b| b == 0xA5));
+    assert!(buf[100..100 + 2 * MIB as usize].iter().all(|&b| b == 0));
+    assert!(buf[100 + 2 * MIB as usize..].iter().all(|&b| b == 0xA5));
+}
