@@ -33,7 +33,7 @@ const POOLED_BUFFER_MAX: usize = 4 * 1024 * 1024;
 /// the reason there is none. I/O holds the read side for its whole duration, so once
 /// [`EncryptedVolume::revoke_key`] returns no request is still using the key.
 enum KeySlot {
-    Installed(SectorCipher),
+    Installed(Box<SectorCipher>),
     Empty(String),
 }
 
@@ -140,7 +140,8 @@ impl EncryptedVolume {
             key_arn: self.wrapped.key_arn.clone(),
             reason: err.to_string(),
         })?;
-        *self.key.write().unwrap_or_else(PoisonError::into_inner) = KeySlot::Installed(cipher);
+        *self.key.write().unwrap_or_else(PoisonError::into_inner) =
+            KeySlot::Installed(Box::new(cipher));
         Ok(())
     }
 
