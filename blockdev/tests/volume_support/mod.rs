@@ -16,9 +16,13 @@ use crypto_core::secret::SecretBytes;
 
 pub const KEY_ARN: &str = "arn:aws:kms:local:000000000000:key/11111111-2222-3333-4444-555555555555";
 
+/// A data key and the encryption context it was wrapped under.
+type StoredKey = (Vec<u8>, EncryptionContext);
+
 #[derive(Default)]
 pub struct TestKms {
-    keys: Mutex<HashMap<Vec<u8>, (Vec<u8>, EncryptionContext)>>,
+    /// By ciphertext blob.
+    keys: Mutex<HashMap<Vec<u8>, StoredKey>>,
     pub decrypts: AtomicUsize,
     pub disabled: AtomicBool,
 }
