@@ -80,6 +80,8 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
         Error::TooLarge { .. } => Errno::Overflow,
         Error::NotSupported(_) => Errno::NotSup,
         Error::Protocol(_) => Errno::Inval,
+        // Only `volume::create` and header construction return these, never a request.
+        Error::AlreadyExists { .. } | Error::InvalidArgument { .. } => Errno::Inval,
     }
 }
 
