@@ -12,17 +12,17 @@ use volume_support::TestKms;
 fn concurrent_unaligned_writers_to_shared_sectors_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.vol");
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     volume::create(
         &path,
         4 * 4096,
         NewVolumeKey::Kms {
-            kms: &kms,
-            key_id: "k",
+            kms: &kms.kms,
+            key_id: &kms.key_arn,
         },
     )
     .unwrap();
-    let vol: Arc<dyn Volume> = volume::open(&path, &kms, false).unwrap();
+    let vol: Arc<dyn Volume> = volume::open(&path, &kms.kms, false).unwrap();
     // Eight writers own disjoint, unaligned 1000-byte slots in sectors 0..=1, several
     // straddling a sector edge; a ninth rewrites the whole of sector 3 meanwhile.
     const SLOT: u64 = 1000;

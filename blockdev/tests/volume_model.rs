@@ -66,9 +66,9 @@ proptest! {
     fn volume_matches_a_byte_model(ops in proptest::collection::vec(any_op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.vol");
-        let kms = TestKms::default();
-        let header = volume::create(&path, SIZE, NewVolumeKey::Kms { kms: &kms, key_id: "alias/test" }).unwrap();
-        let vol = volume::open(&path, &kms, false).unwrap();
+        let kms = TestKms::new();
+        let header = volume::create(&path, SIZE, NewVolumeKey::Kms { kms: &kms.kms, key_id: &kms.key_arn }).unwrap();
+        let vol = volume::open(&path, &kms.kms, false).unwrap();
         let mut model = vec![0u8; SIZE as usize];
         for op in ops {
             match op {
@@ -129,17 +129,17 @@ proptest! {
 fn out_of_range_requests_are_refused_without_touching_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.vol");
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     volume::create(
         &path,
         SIZE,
         NewVolumeKey::Kms {
-            kms: &kms,
-            key_id: "k",
+            kms: &kms.kms,
+            key_id: &kms.key_arn,
         },
     )
     .unwrap();
-    let vol = volume::open(&path, &kms, false).unwrap();
+    let vol = volume::open(&path, &kms.kms, false).unwrap();
     let mut buf = [0u8; 2];
     assert!(matches!(
         vol.read_at(SIZE - 1, &mut buf),

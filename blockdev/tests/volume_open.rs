@@ -5,14 +5,13 @@ mod volume_support;
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use blockdev::format::{self, HeaderCopy, BACKUP_HEADER_OFFSET};
 use blockdev::volume::{self, EncryptedVolume, NewVolumeKey, OpenedVolume, Volume};
 use blockdev::Error;
 use crypto_core::secret::XtsKey;
 use crypto_core::xts::SectorCipher;
-use volume_support::{TestKms, KEY_ARN};
+use volume_support::TestKms;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -22,8 +21,8 @@ fn create(dir: &Path, kms: &TestKms, size: u64) -> std::path::PathBuf {
         &path,
         size,
         NewVolumeKey::Kms {
-            kms,
-            key_id: "alias/test",
+            kms: &kms.kms,
+            key_id: &kms.key_arn,
         },
     )
     .unwrap();
@@ -44,7 +43,7 @@ fn corrupt(path: &Path, at: u64) {
 #[test]
 fn created_volume_is_sparse_and_records_id_size_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, 64 * MIB);
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.len(), MIB + 64 * MIB);
@@ -53,16 +52,15 @@ fn created_volume_is_sparse_and_records_id_size_and_key() {
         "{} bytes allocated",
         meta.blocks() * 512
     );
-    let vol = EncryptedVolume::open(&path, &kms, true).unwrap();
+    let vol = EncryptedVolume::open(&path, &kms.kms, true).unwrap();
     assert_eq!(vol.size(), 64 * MIB);
-    assert_eq!(vol.key_arn(), KEY_ARN);
+    assert_eq!(vol.key_arn(), kms.key_arn);
     assert_eq!(vol.header_copy(), HeaderCopy::Primary);
     assert_eq!(vol.header_warning(), None);
     assert_eq!(
         vol.encryption_context().get("atrest:volume-id"),
         Some(&vol.volume_id().to_string())
     );
-    assert_eq!(kms.decrypts.load(Ordering::SeqCst), 1);
     let extents = vol.allocation(0, 64 * MIB).unwrap();
     assert_eq!(extents.len(), 1);
     assert!(extents[0].hole && extents[0].zero);
@@ -71,7 +69,7 @@ fn created_volume_is_sparse_and_records_id_size_and_key() {
 #[test]
 fn create_refuses_to_overwrite_and_rejects_partial_sectors() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, MIB);
     let again = volume::create(&path, MIB, NewVolumeKey::Unencrypted);
     assert!(
@@ -92,12 +90,12 @@ fn create_refuses_to_overwrite_and_rejects_partial_sectors() {
 #[test]
 fn stored_sectors_are_xts_ciphertext_under_the_unwrapped_key() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, 4 * MIB);
-    let vol = EncryptedVolume::open(&path, &kms, false).unwrap();
+    let vol = EncryptedVolume::open(&path, &kms.kms, false).unwrap();
     let plaintext: Vec<u8> = (0..2 * 4096).map(|i| (i % 251) as u8 + 1).collect();
     vol.write_at(5 * 4096, &plaintext).unwrap();
-    let key = kms.plaintext_of(&vol.wrapped_key().blob);
+    let key = kms.data_key(&vol);
     let cipher = SectorCipher::new(key.as_slice().try_into().unwrap()).unwrap();
     let mut expected = plaintext.clone();
     cipher.encrypt_sectors(&mut expected, 5, 4096);
@@ -112,13 +110,13 @@ fn stored_sectors_are_xts_ciphertext_under_the_unwrapped_key() {
 #[test]
 fn reopened_volume_reads_what_was_written() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, 4 * MIB);
-    let vol = volume::open(&path, &kms, false).unwrap();
+    let vol = volume::open(&path, &kms.kms, false).unwrap();
     vol.write_at(12345, b"persisted across opens").unwrap();
     vol.flush().unwrap();
     drop(vol);
-    let vol = volume::open(&path, &kms, true).unwrap();
+    let vol = volume::open(&path, &kms.kms, true).unwrap();
     let mut buf = [0u8; 22];
     vol.read_at(12345, &mut buf).unwrap();
     assert_eq!(&buf, b"persisted across opens");
@@ -129,10 +127,10 @@ fn reopened_volume_reads_what_was_written() {
 #[test]
 fn damaged_primary_header_opens_from_the_backup_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, MIB);
     corrupt(&path, 40);
-    let vol = EncryptedVolume::open(&path, &kms, true).unwrap();
+    let vol = EncryptedVolume::open(&path, &kms.kms, true).unwrap();
     assert_eq!(vol.header_copy(), HeaderCopy::Backup);
     let warning = vol.header_warning().unwrap();
     assert!(
@@ -144,10 +142,10 @@ fn damaged_primary_header_opens_from_the_backup_with_a_warning() {
 #[test]
 fn damaged_backup_header_is_reported_and_the_primary_used() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, MIB);
     corrupt(&path, BACKUP_HEADER_OFFSET + 100);
-    let vol = EncryptedVolume::open(&path, &kms, true).unwrap();
+    let vol = EncryptedVolume::open(&path, &kms.kms, true).unwrap();
     assert_eq!(vol.header_copy(), HeaderCopy::Primary);
     assert!(vol.header_warning().unwrap().contains("backup"));
 }
@@ -155,11 +153,11 @@ fn damaged_backup_header_is_reported_and_the_primary_used() {
 #[test]
 fn both_headers_damaged_is_corrupted_never_raw() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, MIB);
     corrupt(&path, 4000);
     corrupt(&path, BACKUP_HEADER_OFFSET + 9);
-    match volume::open(&path, &kms, true) {
+    match volume::open(&path, &kms.kms, true) {
         Err(Error::Corrupted { path: p, what }) => {
             assert_eq!(p, path);
             assert!(what.contains("primary header: header checksum"), "{what}");
@@ -172,7 +170,7 @@ fn both_headers_damaged_is_corrupted_never_raw() {
 #[test]
 fn newer_backup_wins_after_an_interrupted_header_update() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, MIB);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -193,7 +191,7 @@ fn newer_backup_wins_after_an_interrupted_header_update() {
     assert_eq!(located.header, newer);
     assert!(located.warning.unwrap().contains("interrupted"));
     // The read-only flag of the newer header is honoured.
-    let vol = EncryptedVolume::open(&path, &kms, false).unwrap();
+    let vol = EncryptedVolume::open(&path, &kms.kms, false).unwrap();
     assert!(vol.is_read_only());
     format::write_header(&file, &path, &newer).unwrap();
     let located = format::read_header(&file, &path).unwrap().unwrap();
@@ -203,14 +201,14 @@ fn newer_backup_wins_after_an_interrupted_header_update() {
 #[test]
 fn truncated_files_are_corrupted() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, 4 * MIB);
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(MIB + 4 * MIB - 4096).unwrap();
-    let err = volume::open(&path, &kms, true).unwrap_err();
+    let err = volume::open(&path, &kms.kms, true).unwrap_err();
     assert!(err.to_string().contains("file truncated"), "{err}");
     file.set_len(3000).unwrap();
-    let err = volume::open(&path, &kms, true).unwrap_err();
+    let err = volume::open(&path, &kms.kms, true).unwrap_err();
     assert!(
         err.to_string()
             .contains("header truncated: 3000 of 4096 bytes"),
@@ -223,8 +221,8 @@ fn files_without_the_magic_open_as_raw_images() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raw.img");
     std::fs::write(&path, vec![0x5Au8; 3 * 512]).unwrap();
-    let kms = TestKms::default();
-    let OpenedVolume::Plain(raw) = volume::open_detected(&path, &kms, false).unwrap() else {
+    let kms = TestKms::new();
+    let OpenedVolume::Plain(raw) = volume::open_detected(&path, &kms.kms, false).unwrap() else {
         panic!("a raw image opened as encrypted");
     };
     assert!(raw.header().is_none());
@@ -233,7 +231,6 @@ fn files_without_the_magic_open_as_raw_images() {
     let mut buf = [0u8; 5];
     raw.read_at(99, &mut buf).unwrap();
     assert_eq!(&buf, b"\x5Aabc\x5A");
-    assert_eq!(kms.decrypts.load(Ordering::SeqCst), 0);
 }
 
 #[test]
@@ -241,8 +238,8 @@ fn unencrypted_volumes_store_plaintext_after_the_header() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plain.vol");
     volume::create(&path, 2 * MIB, NewVolumeKey::Unencrypted).unwrap();
-    let kms = TestKms::default();
-    let OpenedVolume::Plain(vol) = volume::open_detected(&path, &kms, false).unwrap() else {
+    let kms = TestKms::new();
+    let OpenedVolume::Plain(vol) = volume::open_detected(&path, &kms.kms, false).unwrap() else {
         panic!("an unencrypted volume opened as encrypted");
     };
     assert_eq!(vol.size(), 2 * MIB);
@@ -266,16 +263,16 @@ fn unencrypted_volumes_store_plaintext_after_the_header() {
 #[test]
 fn revoked_key_fails_every_request_until_reinstalled() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, MIB);
-    let vol = EncryptedVolume::open(&path, &kms, false).unwrap();
+    let vol = EncryptedVolume::open(&path, &kms.kms, false).unwrap();
     vol.write_at(0, b"before").unwrap();
     vol.revoke_key("DisabledException: key disabled");
     assert!(!vol.has_key());
     let mut buf = [0u8; 6];
     let unavailable = |r: Result<(), Error>| match r {
         Err(Error::KeyUnavailable { key_arn, reason }) => {
-            assert_eq!(key_arn, KEY_ARN);
+            assert_eq!(key_arn, kms.key_arn);
             assert!(reason.contains("disabled"));
         }
         other => panic!("expected KeyUnavailable, got {other:?}"),
@@ -287,7 +284,7 @@ fn revoked_key_fails_every_request_until_reinstalled() {
     unavailable(vol.flush());
     unavailable(vol.check_attach());
     unavailable(vol.allocation(0, 4096).map(drop));
-    let key = XtsKey::from_slice(&kms.plaintext_of(&vol.wrapped_key().blob)).unwrap();
+    let key = XtsKey::from_slice(&kms.data_key(&vol)).unwrap();
     vol.install_key(key).unwrap();
     vol.read_at(0, &mut buf).unwrap();
     assert_eq!(&buf, b"before");
@@ -297,27 +294,27 @@ fn revoked_key_fails_every_request_until_reinstalled() {
 #[test]
 fn a_disabled_key_refuses_open_and_locked_open_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, MIB);
-    kms.disabled.store(true, Ordering::SeqCst);
-    let err = volume::open(&path, &kms, false).unwrap_err();
+    kms.disable();
+    let err = volume::open(&path, &kms.kms, false).unwrap_err();
     assert!(err.to_string().starts_with("DisabledException"), "{err}");
     let locked = EncryptedVolume::open_locked(&path, false).unwrap();
     assert!(matches!(
         locked.check_attach(),
         Err(Error::KeyUnavailable { .. })
     ));
-    kms.disabled.store(false, Ordering::SeqCst);
-    locked.unlock(&kms).unwrap();
+    kms.enable();
+    locked.unlock(&kms.kms).unwrap();
     locked.check_attach().unwrap();
 }
 
 #[test]
 fn trim_gives_space_back_and_reads_zeros() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::default();
+    let kms = TestKms::new();
     let path = create(dir.path(), &kms, 8 * MIB);
-    let vol = volume::open(&path, &kms, false).unwrap();
+    let vol = volume::open(&path, &kms.kms, false).unwrap();
     vol.write_at(0, &vec![0xA5; 4 * MIB as usize]).unwrap();
     let before = std::fs::metadata(&path).unwrap().blocks() * 512;
     vol.trim(100, 2 * MIB).unwrap();
