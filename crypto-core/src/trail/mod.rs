@@ -133,6 +133,14 @@ pub struct LookupFilter {
     pub max_results: Option<usize>,
 }
 
+/// One record found by [`Trail::lookup`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct FoundRecord {
+    /// The record's line exactly as stored (it hashes to its `recordHash`).
+    pub line: String,
+    pub event: serde_json::Value,
+}
+
 /// The trail stored in one directory.
 #[derive(Debug)]
 pub struct Trail {
@@ -322,7 +330,7 @@ impl Trail {
 
     /// The records that match `filter`, most recent first. Lines that are not JSON
     /// (an interrupted write) are skipped; `validate` is what judges the trail.
-    pub fn lookup(&self, filter: &LookupFilter) -> Result<Vec<serde_json::Value>, TrailError> {
+    pub fn lookup(&self, filter: &LookupFilter) -> Result<Vec<FoundRecord>, TrailError> {
         let files = self.files();
         let _lock = FlockGuard::shared(&files.log, &self.log_path)?;
         let alias_keys = match filter.key_id.as_deref() {
@@ -344,7 +352,10 @@ impl Trail {
                 if found.len() == limit {
                     found.pop_front();
                 }
-                found.push_back(event);
+                found.push_back(FoundRecord {
+                    line: String::from_utf8_lossy(line).into_owned(),
+                    event,
+                });
             }
             Ok(())
         })?;
@@ -878,8 +889,8 @@ mod tests {
             .lookup(&LookupFilter::default())
             .expect("lookup")
             .iter()
-            .map(|e| {
-                e["requestParameters"]["keyId"]
+            .map(|r| {
+                r.event["requestParameters"]["keyId"]
                     .as_str()
                     .expect("keyId")
                     .to_owned()
@@ -911,7 +922,7 @@ mod tests {
                 .lookup(&filter)
                 .expect("lookup")
                 .iter()
-                .map(|e| e["eventName"].as_str().expect("name").to_owned())
+                .map(|r| r.event["eventName"].as_str().expect("name").to_owned())
                 .collect()
         };
         assert_eq!(

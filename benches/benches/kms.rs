@@ -1,0 +1,47 @@
+//! GenerateDataKey and Decrypt through LocalKms, as a volume attach uses them: the
+//! keystore on disk, the policy check, and one durable (fsynced) trail record per
+//! call. `cargo bench -p atrest-benches --bench kms`; the peer figure to compare
+//! with is moto's server (see /work/shared/PEERS.md), which syncs nothing.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use crypto_core::kms::{
+    CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest,
+    KeyService, LocalKms, LocalKmsConfig,
+};
+
+fn kms_calls(c: &mut Criterion) {
+    let home = tempfile::tempdir().expect("tempdir");
+    let kms = LocalKms::open(home.path(), LocalKmsConfig::new()).expect("open LocalKms");
+    let key = kms
+        .create_key(&CreateKeyRequest::default())
+        .expect("create key");
+    let context: EncryptionContext =
+        [("atrest:volume-id".to_owned(), "3f1c9a52-bench".to_owned())].into();
+    let generate = GenerateDataKeyRequest {
+        key_id: key.arn.clone(),
+        spec: DataKeySpec::Bytes(64),
+        encryption_context: context.clone(),
+    };
+    let decrypt = DecryptRequest {
+        ciphertext_blob: kms
+            .generate_data_key_without_plaintext(&generate)
+            .expect("wrap a data key")
+            .ciphertext_blob,
+        encryption_context: context,
+        key_id: None,
+    };
+
+    let mut group = c.benchmark_group("local_kms");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(30);
+    group.bench_function("generate_data_key_512bit", |b| {
+        b.iter(|| kms.generate_data_key(&generate).expect("GenerateDataKey"))
+    });
+    group.bench_function("decrypt_512bit", |b| {
+        b.iter(|| kms.decrypt(&decrypt).expect("Decrypt"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, kms_calls);
+criterion_main!(benches);
