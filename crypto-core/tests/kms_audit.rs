@@ -19,7 +19,12 @@ use time::Duration;
 
 fn records(lab: &Lab) -> Vec<Value> {
     let trail = Trail::open(&lab.home.path().join("trail"), "local", "000000000000").unwrap();
-    let mut all = trail.lookup(&LookupFilter::default()).unwrap();
+    let mut all: Vec<Value> = trail
+        .lookup(&LookupFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|found| found.event)
+        .collect();
     all.reverse();
     all
 }
