@@ -1,7 +1,7 @@
 //! `LocalKmsConfig::from_env`: the ATREST_* variables. The only test in its binary,
 //! because it changes the process environment.
 
-use crypto_core::kms::{Clock, CreateKeyRequest, KeyService, KmsError, LocalKms, LocalKmsConfig};
+use crypto_core::kms::{CreateKeyRequest, KeyService, KmsError, LocalKms, LocalKmsConfig};
 use time::{Duration, OffsetDateTime};
 
 const VARS: [&str; 5] = [
