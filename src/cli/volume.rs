@@ -1,12 +1,302 @@
-//! `atrest volume ...`
+//! `atrest volume create` and `atrest volume info`.
 
-use clap::Subcommand;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use blockdev::format::{self, Encryption, LocatedHeader};
+use blockdev::volume::{self, NewVolumeKey};
+use clap::{Args, Subcommand};
+use crypto_core::kms::{EncryptionContext, KeyService, KmsError, LocalKms, LocalKmsConfig};
+use serde::Serialize;
 
 use super::Globals;
 
 #[derive(Debug, Subcommand)]
-pub enum VolumeCommand {}
+pub enum VolumeCommand {
+    /// Create a sparse volume file, encrypted under a CMK (a fresh 512-bit data key) or
+    /// unencrypted. Prints the volume's description as JSON.
+    Create(CreateArgs),
+    /// Describe a volume as JSON: id, size, encryption, key and its state, header copy.
+    Info(InfoArgs),
+}
 
-pub fn run(cmd: VolumeCommand, _globals: &Globals) -> anyhow::Result<()> {
-    match cmd {}
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The new volume file; it must not exist.
+    path: PathBuf,
+    /// Size: bytes, or with a suffix K/M/G/T (also KiB/MiB/GiB/TiB; powers of 1024) or
+    /// KB/MB/GB/TB (powers of 1000). Must be a multiple of 4096.
+    #[arg(long, value_parser = parse_size)]
+    size: u64,
+    /// The CMK that wraps the data key: key id, key ARN, alias/NAME or alias ARN.
+    #[arg(
+        long,
+        required_unless_present = "unencrypted",
+        conflicts_with = "unencrypted"
+    )]
+    key_id: Option<String>,
+    /// Store data in the clear (the header still records id and size).
+    #[arg(long)]
+    unencrypted: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The volume file (an atrest volume or a plain raw image).
+    path: PathBuf,
+}
+
+pub fn run(cmd: VolumeCommand, globals: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        VolumeCommand::Create(args) => create(args, globals),
+        VolumeCommand::Info(args) => info(args, globals),
+    }
+}
+
+fn open_kms(globals: &Globals) -> anyhow::Result<LocalKms> {
+    Ok(LocalKms::open(
+        &globals.home()?,
+        LocalKmsConfig::from_env()?,
+    )?)
+}
+
+/// Keeps a key-service refusal visible as a `KmsError` (its AWS name decides the exit
+/// code); `blockdev::Error::Kms` forwards its display but not its type.
+fn cli_error(err: blockdev::Error) -> anyhow::Error {
+    match err {
+        blockdev::Error::Kms(kms) => kms.into(),
+        other => other.into(),
+    }
+}
+
+/// What `volume create` and `volume info` print (PascalCase, like AWS's DescribeVolumes).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct VolumeDescription {
+    path: String,
+    /// `atrest-volume-v1`, or `raw` for a file without an atrest header.
+    format: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    volume_id: Option<String>,
+    size: u64,
+    encrypted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cipher: Option<&'static str>,
+    /// The CMK's ARN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_state_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption_context: Option<EncryptionContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sector_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_only: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_generation: Option<u64>,
+    /// `primary` or `backup`: the header copy in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_copy: Option<&'static str>,
+    /// Why the other header copy is not used; absent when both are sound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_warning: Option<String>,
+    /// The file's length and the bytes it occupies on disk (a sparse volume shows how
+    /// little of it is allocated).
+    file_size: u64,
+    allocated_bytes: u64,
+}
+
+impl VolumeDescription {
+    fn new(path: &Path, located: Option<&LocatedHeader>, raw_size: u64) -> anyhow::Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+        let mut d = Self {
+            path: path.display().to_string(),
+            format: "raw".into(),
+            volume_id: None,
+            size: raw_size,
+            encrypted: false,
+            cipher: None,
+            key_id: None,
+            key_state: None,
+            key_state_reason: None,
+            encryption_context: None,
+            sector_size: None,
+            data_offset: None,
+            read_only: None,
+            header_generation: None,
+            header_copy: None,
+            header_warning: None,
+            file_size: meta.len(),
+            allocated_bytes: meta.blocks() * 512,
+        };
+        if let Some(located) = located {
+            let header = &located.header;
+            d.format = format!("atrest-volume-v{}", format::VERSION);
+            d.volume_id = Some(header.volume_id().to_string());
+            d.size = header.size();
+            d.cipher = Some(header.encryption().cipher_name());
+            if let Encryption::Aes256XtsPlain64(wrapped) = header.encryption() {
+                d.encrypted = true;
+                d.key_id = Some(wrapped.key_arn.clone());
+                d.encryption_context = Some(header.encryption_context());
+            }
+            d.sector_size = Some(header.sector_size());
+            d.data_offset = Some(header.data_offset());
+            d.read_only = Some(header.is_read_only());
+            d.header_generation = Some(header.generation());
+            d.header_copy = Some(located.copy.name());
+            d.header_warning = located.warning.clone();
+        }
+        Ok(d)
+    }
+
+    fn print(&self) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, self)?;
+        writeln!(out).context("write to stdout")?;
+        Ok(())
+    }
+}
+
+fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
+    let header = match &args.key_id {
+        Some(key_id) => {
+            let kms = open_kms(globals)?;
+            volume::create(
+                &args.path,
+                args.size,
+                NewVolumeKey::Kms { kms: &kms, key_id },
+            )
+        }
+        None => volume::create(&args.path, args.size, NewVolumeKey::Unencrypted),
+    }
+    .map_err(cli_error)?;
+    let located = LocatedHeader {
+        header,
+        copy: format::HeaderCopy::Primary,
+        warning: None,
+    };
+    VolumeDescription::new(&args.path, Some(&located), 0)?.print()
+}
+
+fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
+    let path = &args.path;
+    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let located = format::read_header(&file, path).map_err(cli_error)?;
+    let file_len = file
+        .metadata()
+        .with_context(|| format!("stat {}", path.display()))?
+        .len();
+    let mut description = VolumeDescription::new(path, located.as_ref(), file_len)?;
+    if let Some(key_arn) = &description.key_id {
+        let (state, reason) = key_state(globals, key_arn);
+        description.key_state = Some(state);
+        description.key_state_reason = reason;
+    }
+    description.print()
+}
+
+/// The CMK's state as DescribeKey reports it, `Deleted` when the key no longer exists
+/// (the data is then unrecoverable), `Unknown` when the key service cannot say.
+fn key_state(globals: &Globals, key_arn: &str) -> (&'static str, Option<String>) {
+    let described = open_kms(globals).and_then(|kms| Ok(kms.describe_key(key_arn)?));
+    match described {
+        Ok(meta) => (meta.key_state.as_str(), None),
+        Err(err) => match err.downcast_ref::<KmsError>() {
+            Some(KmsError::NotFound(message)) => (
+                "Deleted",
+                Some(format!(
+                    "the key is gone ({message}): the volume's data key can never be \
+                     unwrapped again and its data is unrecoverable"
+                )),
+            ),
+            _ => ("Unknown", Some(format!("{err:#}"))),
+        },
+    }
+}
+
+/// Parses `SIZE`: plain bytes, or a number with a unit. K, M, G, T, P and their
+/// KiB.. forms are powers of 1024; KB, MB, GB, TB, PB are powers of 1000 (as
+/// coreutils). Case-insensitive. The result must be a positive multiple of 4096.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    if number.is_empty() {
+        return Err(format!(
+            "'{text}' is not a size: expected a number such as 4096, 512M or 10GiB"
+        ));
+    }
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is too large"))?;
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "p" | "pib" => 1 << 50,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "pb" => 1_000_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (use K, M, G, T, P, KiB.., KB..)"
+            ))
+        }
+    };
+    let size = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("'{text}' is too large"))?;
+    let sector = u64::from(format::SECTOR_SIZE);
+    if size == 0 || size % sector != 0 {
+        return Err(format!(
+            "{size} bytes is not a positive multiple of {sector} (the sector size)"
+        ));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("8k"), Ok(8192));
+        assert_eq!(parse_size("4096000KB"), Ok(4_096_000_000));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+    }
+
+    #[test]
+    fn bad_sizes_say_why() {
+        assert!(parse_size("1GB").unwrap_err().contains("multiple of 4096"));
+        assert!(parse_size("4097").unwrap_err().contains("multiple of 4096"));
+        assert!(parse_size("0").unwrap_err().contains("multiple of 4096"));
+        assert!(parse_size("G").unwrap_err().contains("not a size"));
+        assert!(parse_size("-4096").unwrap_err().contains("not a size"));
+        assert!(parse_size("1.5G").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("12X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_size("100000P").unwrap_err().contains("too large"));
+    }
 }
