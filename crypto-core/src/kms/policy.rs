@@ -2,10 +2,10 @@
 //!
 //! Evaluation follows AWS: an explicit `Deny` that matches wins, else an `Allow` that
 //! matches grants, else the request is implicitly denied. atrest has no IAM, so a
-//! principal matches only its own ARN or `"*"`; `arn:aws:iam::<account>:root` names
-//! the account's root user, not every user of the account. `Condition`,
-//! `NotPrincipal`, `NotAction` and `NotResource` are refused rather than ignored, so
-//! a policy never grants or denies more than it says.
+//! principal matches only its own ARN or `"*"`; `arn:aws:iam::<account>:root` (or the
+//! bare account id) names the account's root user, not every user of the account.
+//! `Condition`, `NotPrincipal`, `NotAction` and `NotResource` are refused rather than
+//! ignored, so a policy never grants or denies more than it says.
 #![forbid(unsafe_code)]
 
 use serde_json::Value;
@@ -162,7 +162,11 @@ fn parse_statement(value: &Value) -> Result<Statement, KmsError> {
                         "atrest only knows AWS principals, not '{kind}'"
                     )));
                 }
-                arns.extend(strings(value, "Principal.AWS")?);
+                arns.extend(
+                    strings(value, "Principal.AWS")?
+                        .into_iter()
+                        .map(account_to_root),
+                );
             }
             if arns.iter().any(|a| a == "*") {
                 Principals::Anyone
@@ -187,6 +191,15 @@ fn parse_statement(value: &Value) -> Result<Statement, KmsError> {
         actions,
         resources,
     })
+}
+
+/// AWS lets a policy name an account by its bare id; that means its root user.
+fn account_to_root(principal: String) -> String {
+    if principal.len() == 12 && principal.bytes().all(|b| b.is_ascii_digit()) {
+        format!("arn:aws:iam::{principal}:root")
+    } else {
+        principal
+    }
 }
 
 impl Statement {
@@ -396,6 +409,22 @@ mod tests {
             KeyPolicy::parse(&huge),
             Err(KmsError::MalformedPolicyDocument(_))
         ));
+    }
+
+    #[test]
+    fn a_bare_account_id_names_its_root_user() {
+        let policy = KeyPolicy::parse(
+            r#"{"Statement": {"Effect": "Allow", "Principal": {"AWS": "000000000000"}, "Action": "kms:*", "Resource": "*"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            policy.evaluate("arn:aws:iam::000000000000:root", "kms:Decrypt", KEY),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.evaluate(USER, "kms:Decrypt", KEY),
+            Decision::ImplicitDeny
+        );
     }
 
     #[test]
