@@ -363,3 +363,46 @@ fn config_from_env_is_validated() {
         .arn
         .starts_with("arn:aws:kms:eu-west-1:123456789012:key/"));
 }
+
+#[test]
+fn local_kms_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<LocalKms>();
+    let home = tempfile::tempdir().unwrap();
+    let shared: Arc<dyn KeyService> =
+        Arc::new(LocalKms::open(home.path(), LocalKmsConfig::new()).unwrap());
+    assert!(
+        shared
+            .create_key(&CreateKeyRequest::default())
+            .unwrap()
+            .enabled
+    );
+}
+
+#[test]
+fn a_damaged_keystore_is_reported_and_a_crash_leftover_is_ignored() {
+    let home = tempfile::tempdir().unwrap();
+    let kms = LocalKms::open(home.path(), config(&start())).unwrap();
+    let key = kms.create_key(&CreateKeyRequest::default()).unwrap();
+    // A writer that died before its rename leaves a temp file: harmless.
+    let tmp = home.path().join("kms/keystore.json.tmp");
+    std::fs::write(&tmp, b"half a keystore").unwrap();
+    kms.disable_key(&key.key_id).unwrap();
+    assert_eq!(
+        kms.describe_key(&key.key_id).unwrap().key_state,
+        KeyState::Disabled
+    );
+
+    let path = kms.keystore_path().to_path_buf();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    let err = kms.describe_key(&key.key_id).unwrap_err();
+    assert!(matches!(err, KmsError::Internal(_)), "{err}");
+    assert!(err.to_string().contains("corrupted"), "{err}");
+    assert!(matches!(
+        LocalKms::open(home.path(), config(&start())),
+        Err(KmsError::Internal(_))
+    ));
+}
