@@ -820,5 +820,6 @@ fn nbdinfo_reads_the_handshake() {
     assert_eq!(export["can_trim"], true);
     assert_eq!(export["block_size_preferred"], 4096);
     assert_eq!(json["protocol"], "newstyle-fixed");
+    assert_eq!(export["contexts"][0], META_BASE_ALLOCATION);
     server.stop().unwrap();
 }

@@ -1,19 +1,157 @@
 //! `atrest nbd serve` and `atrest serve`.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{bail, Context};
+use blockdev::nbd::{self, Export, Server, DEFAULT_EXPORT};
+use blockdev::volume::{self, NewVolumeKey};
 use clap::{Args, Subcommand};
+use crypto_core::kms::{CreateKeyRequest, KeyService, KmsError, LocalKms, LocalKmsConfig};
 
 use super::Globals;
 
+/// The key `atrest serve` creates on first run and encrypts the default volume under.
+const DEFAULT_KEY_ALIAS: &str = "alias/atrest-default";
+const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
+const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
+
 #[derive(Debug, Subcommand)]
-pub enum NbdCommand {}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {}
-
-pub fn run(cmd: NbdCommand, _globals: &Globals) -> anyhow::Result<()> {
-    match cmd {}
+pub enum NbdCommand {
+    /// Serve volumes over NBD until SIGINT or SIGTERM (then flush and exit 0).
+    Serve(NbdServeArgs),
 }
 
-pub fn serve_default(_args: ServeArgs, _globals: &Globals) -> anyhow::Result<()> {
-    anyhow::bail!("atrest serve is not built yet")
+#[derive(Debug, Args)]
+pub struct NbdServeArgs {
+    /// Address to listen on; port 0 picks a free port. The bound address is printed
+    /// to stderr as `listening on ADDR`.
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: String,
+    /// A volume to export, as NAME=PATH (repeatable). A client asking for the empty
+    /// export name gets `default`, or the only export.
+    #[arg(long = "export", value_name = "NAME=PATH", value_parser = parse_export, required = true)]
+    exports: Vec<(String, PathBuf)>,
+    /// Offer every export read-only (volumes are opened read-only too).
+    #[arg(long)]
+    read_only: bool,
+}
+
+/// `atrest serve`: zero-config. On first run it creates the key `alias/atrest-default`
+/// and a 1 GiB encrypted volume `<home>/volumes/default.vol`, then serves it as the
+/// export `default`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: String,
+}
+
+fn parse_export(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, got {text:?}"))?;
+    if name.is_empty() || name.len() > 4096 || name.contains('\0') {
+        return Err(format!(
+            "export name {name:?} must be 1 to 4096 bytes without NUL"
+        ));
+    }
+    if path.is_empty() {
+        return Err(format!("export {name:?} has no path"));
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+pub fn run(cmd: NbdCommand, globals: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        NbdCommand::Serve(args) => serve(args, globals),
+    }
+}
+
+fn open_kms(globals: &Globals) -> anyhow::Result<LocalKms> {
+    let home = globals.home()?;
+    Ok(LocalKms::open(&home, LocalKmsConfig::from_env()?)?)
+}
+
+fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
+    let kms = open_kms(globals)?;
+    let mut table = BTreeMap::new();
+    for (name, path) in args.exports {
+        if table.contains_key(&name) {
+            bail!("export {name:?} is given twice");
+        }
+        let export =
+            open_export(&kms, &path, args.read_only).with_context(|| format!("export {name:?}"))?;
+        table.insert(name, export);
+    }
+    run_server(&args.listen, table)
+}
+
+fn open_export(kms: &LocalKms, path: &Path, read_only: bool) -> anyhow::Result<Export> {
+    let volume = volume::open(path, kms, read_only)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(Export {
+        volume,
+        read_only,
+        description: Some(path.display().to_string()),
+    })
+}
+
+fn run_server(listen: &str, table: BTreeMap<String, Export>) -> anyhow::Result<()> {
+    let server = Server::bind(listen, Arc::new(RwLock::new(table)))?;
+    nbd::stop_on_signals(server.shutdown_handle())?;
+    eprintln!("listening on {}", server.local_addr());
+    // Returns once every connection has finished and every volume is flushed; the
+    // volumes (and their data keys, zeroized on drop) go when the table does.
+    server.run()?;
+    Ok(())
+}
+
+pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
+    let home = globals.home()?;
+    let kms = open_kms(globals)?;
+    let path = home.join("volumes").join("default.vol");
+    if !path.exists() {
+        ensure_default_key(&kms)?;
+        let dir = home.join("volumes");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let header = volume::create(
+            &path,
+            DEFAULT_VOLUME_SIZE,
+            NewVolumeKey::Kms {
+                kms: &kms,
+                key_id: DEFAULT_KEY_ALIAS,
+            },
+        )
+        .with_context(|| format!("creating the default volume {}", path.display()))?;
+        eprintln!(
+            "created {} ({} bytes, encrypted under {DEFAULT_KEY_ALIAS}, volume id {})",
+            path.display(),
+            DEFAULT_VOLUME_SIZE,
+            header.volume_id()
+        );
+    }
+    let export = open_export(&kms, &path, false)?;
+    run_server(
+        &args.listen,
+        BTreeMap::from([(DEFAULT_EXPORT.to_owned(), export)]),
+    )
+}
+
+/// Creates `alias/atrest-default` (and its key) unless it exists.
+fn ensure_default_key(kms: &LocalKms) -> anyhow::Result<()> {
+    match kms.describe_key(DEFAULT_KEY_ALIAS) {
+        Ok(_) => Ok(()),
+        Err(KmsError::NotFound(_)) => {
+            let key = kms.create_key(&CreateKeyRequest {
+                description: "atrest default volume key".into(),
+                ..CreateKeyRequest::default()
+            })?;
+            kms.create_alias(DEFAULT_KEY_ALIAS, &key.key_id)?;
+            eprintln!("created key {} as {DEFAULT_KEY_ALIAS}", key.arn);
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
+    }
 }

@@ -395,6 +395,7 @@ fn handshake(
     loop {
         let header = OptionHeader::parse(&read_array(reader)?)?;
         let code = header.option;
+        debug!("option {code} with {} bytes of data", header.length);
         if header.length > proto::MAX_OPTION_LENGTH {
             if code == proto::OPT_EXPORT_NAME {
                 return Err(Error::Protocol(format!(

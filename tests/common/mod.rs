@@ -1,0 +1,253 @@
+//! Helpers shared by the end-to-end tests: a temporary state directory, running the
+//! `atrest` binary, a served `atrest` process that is stopped (and checked) at the end,
+//! and `require_tool`, which fails the test when a real client is missing.
+// Each test crate uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// How long a server may take to start listening (first run creates a key and a volume).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A fresh, private `ATREST_HOME` (and scratch space) removed when dropped.
+pub struct Home {
+    dir: TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home {
+            dir: tempfile::Builder::new()
+                .prefix("atrest-e2e-")
+                .tempdir()
+                .expect("creating a temporary home"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the home for test files.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The `atrest` binary with this home and no inherited `ATREST_*` settings.
+    pub fn atrest(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atrest"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ATREST_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("ATREST_HOME", self.path());
+        cmd
+    }
+
+    /// Runs `atrest ARGS` and returns its stdout; panics with its stderr on failure.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.atrest().args(args).output().expect("running atrest");
+        assert_success(&format!("atrest {}", args.join(" ")), &out);
+        String::from_utf8(out.stdout).expect("atrest printed UTF-8")
+    }
+
+    /// Starts `atrest ARGS` (a serving command) and waits for `listening on ADDR`.
+    pub fn serve(&self, args: &[&str]) -> Served {
+        Served::start(self.atrest().args(args))
+    }
+
+    /// `atrest serve --listen 127.0.0.1:0`: the zero-config default volume.
+    pub fn serve_default(&self) -> Served {
+        self.serve(&["serve", "--listen", "127.0.0.1:0"])
+    }
+}
+
+/// Panics unless the command succeeded, showing what it printed.
+pub fn assert_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a command to completion, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let what = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_success(&what, &out);
+    out
+}
+
+/// Fails the test when a required client is not installed: end-to-end tests never skip.
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is required by this test; install it with scripts/install-test-deps.sh"
+    );
+}
+
+/// `nbdsh` (python3-libnbd). Debian installs the `nbd` module for the system Python,
+/// which may not be the first `python3` on PATH (pyenv and the like), so the PATH is
+/// arranged for the interpreter that can import it.
+pub fn nbdsh() -> Command {
+    require_tool("nbdsh");
+    let can_import = |python: &str| {
+        Command::new(python)
+            .args(["-c", "import nbd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut cmd = Command::new("nbdsh");
+    if !can_import("python3") {
+        assert!(
+            can_import("/usr/bin/python3"),
+            "nbdsh needs the python3 `nbd` module (python3-libnbd); install it with scripts/install-test-deps.sh"
+        );
+        cmd.env("PATH", format!("/usr/bin:{path}"));
+    }
+    cmd
+}
+
+/// A running `atrest` server. Dropping it kills the process; [`Served::stop`] asks it
+/// to shut down with SIGTERM and checks that it exits 0.
+pub struct Served {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Served {
+    fn start(cmd: &mut Command) -> Served {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, listening) = mpsc::channel();
+        let collected = Arc::clone(&log);
+        thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    if let (Some(tx), Ok(addr)) = (found.take(), addr.trim().parse::<SocketAddr>())
+                    {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = collected.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match listening.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => Served {
+                child: Some(child),
+                addr,
+                stderr: log,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "{what} never printed `listening on` ({status:?}); stderr:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    /// `nbd://ADDR/EXPORT`
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd://{}/{export}", self.addr)
+    }
+
+    /// What the server printed so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then waits; the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        child.wait().expect("waiting for atrest")
+    }
+
+    /// SIGTERM and checks the clean exit the server promises.
+    pub fn stop(self) {
+        let stderr = Arc::clone(&self.stderr);
+        let status = self.terminate();
+        thread::sleep(Duration::from_millis(50));
+        assert!(
+            status.success(),
+            "atrest exited with {status} after SIGTERM; stderr:\n{}",
+            stderr.lock().unwrap()
+        );
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Bytes of the file actually allocated on disk (st_blocks * 512).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    let out = run(Command::new("stat").args(["-c", "%b %B"]).arg(path));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().expect("stat output"));
+    let (blocks, unit) = (fields.next().expect("blocks"), fields.next().expect("unit"));
+    blocks * unit
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
