@@ -371,6 +371,33 @@ impl KmsError {
         }
     }
 
+    /// The error an AWS-KMS-compatible endpoint reported as `__type` = `name`, for
+    /// clients of remote key services. Unknown names keep their text in a
+    /// KMSInternalException.
+    pub fn from_aws_name(name: &str, message: String) -> KmsError {
+        // The JSON protocol may prefix the name with a namespace (`...#Name`).
+        let short = name.rsplit('#').next().unwrap_or(name);
+        match short {
+            "NotFoundException" => KmsError::NotFound(message),
+            "DisabledException" => KmsError::Disabled(message),
+            "KMSInvalidStateException" => KmsError::InvalidState(message),
+            "InvalidCiphertextException" => KmsError::InvalidCiphertext(message),
+            "IncorrectKeyException" => KmsError::IncorrectKey(message),
+            "ValidationException" => KmsError::Validation(message),
+            "AccessDeniedException" => KmsError::AccessDenied(message),
+            "AlreadyExistsException" => KmsError::AlreadyExists(message),
+            "InvalidAliasNameException" => KmsError::InvalidAliasName(message),
+            "KMSInternalException" => KmsError::Internal(message),
+            "DependencyTimeoutException" => KmsError::Unavailable(message),
+            "NotAuthorizedException" => KmsError::NotAuthorized(message),
+            "LimitExceededException" => KmsError::LimitExceeded(message),
+            "MalformedPolicyDocumentException" => KmsError::MalformedPolicyDocument(message),
+            "UnsupportedOperationException" => KmsError::UnsupportedOperation(message),
+            "InvalidMarkerException" => KmsError::InvalidMarker(message),
+            other => KmsError::Internal(format!("{other}: {message}")),
+        }
+    }
+
     /// The message without the AWS name (the JSON protocol's `message`).
     pub fn message(&self) -> &str {
         match self {
@@ -499,6 +526,42 @@ mod tests {
         assert_eq!(err.message(), "key is disabled");
         assert_eq!(err.http_status(), 400);
         assert_eq!(KmsError::Internal("disk".into()).http_status(), 500);
+    }
+
+    #[test]
+    fn aws_names_round_trip() {
+        let all = [
+            KmsError::NotFound("m".into()),
+            KmsError::Disabled("m".into()),
+            KmsError::InvalidState("m".into()),
+            KmsError::InvalidCiphertext("m".into()),
+            KmsError::IncorrectKey("m".into()),
+            KmsError::Validation("m".into()),
+            KmsError::AccessDenied("m".into()),
+            KmsError::AlreadyExists("m".into()),
+            KmsError::InvalidAliasName("m".into()),
+            KmsError::Internal("m".into()),
+            KmsError::Unavailable("m".into()),
+            KmsError::NotAuthorized("m".into()),
+            KmsError::LimitExceeded("m".into()),
+            KmsError::MalformedPolicyDocument("m".into()),
+            KmsError::UnsupportedOperation("m".into()),
+            KmsError::InvalidMarker("m".into()),
+        ];
+        for err in &all {
+            let back = KmsError::from_aws_name(err.aws_name(), err.message().to_owned());
+            assert_eq!(back.to_string(), err.to_string());
+            let namespaced = format!("com.amazonaws.kms#{}", err.aws_name());
+            assert_eq!(
+                KmsError::from_aws_name(&namespaced, "m".into()).aws_name(),
+                err.aws_name()
+            );
+        }
+        let unknown = KmsError::from_aws_name("ThrottlingException", "slow down".into());
+        assert_eq!(
+            unknown.to_string(),
+            "KMSInternalException: ThrottlingException: slow down"
+        );
     }
 
     #[test]
