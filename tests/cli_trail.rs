@@ -355,3 +355,44 @@ fn trail_commands_refuse_a_home_without_a_trail() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
 }
+
+#[test]
+fn an_anchor_from_an_earlier_validate_catches_a_rewritten_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    ok(home, &["kms", "create-key", "--alias", "alias/a"]);
+    ok(home, &["kms", "generate-data-key", "--key-id", "alias/a"]);
+    let report = ok(home, &["trail", "validate"]);
+    let anchor = format!(
+        "{}:{}",
+        report["LastSequence"],
+        report["LastHash"].as_str().expect("LastHash")
+    );
+    ok(home, &["kms", "generate-data-key", "--key-id", "alias/a"]);
+    assert_eq!(
+        ok(home, &["trail", "validate", "--anchor", &anchor])["Valid"],
+        true
+    );
+
+    // Someone with write access replaces the whole history with a consistent one.
+    std::fs::remove_dir_all(home.join("trail")).expect("rm trail");
+    ok(home, &["kms", "list-keys"]);
+    ok(home, &["kms", "list-keys"]);
+    ok(home, &["kms", "list-keys"]);
+    assert_eq!(ok(home, &["trail", "validate"])["Valid"], true);
+    let stderr = {
+        let out = atrest(home, &["trail", "validate", "--anchor", &anchor]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(
+        stderr.contains("line 3 (record 3)") && stderr.contains("anchored"),
+        "{stderr}"
+    );
+    let out = atrest(home, &["trail", "validate", "--anchor", "3:nothex"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed anchor is a usage error"
+    );
+}

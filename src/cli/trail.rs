@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use crypto_core::kms::LocalKmsConfig;
-use crypto_core::trail::{FoundRecord, LookupFilter, Trail, LOG_FILE};
+use crypto_core::trail::{Anchor, FoundRecord, LookupFilter, Trail, LOG_FILE};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime};
@@ -38,7 +38,13 @@ pub enum TrailCommand {
     },
     /// Check the hash chain: fails, naming the first bad record, if any record was
     /// edited, deleted, reordered or inserted.
-    Validate,
+    Validate {
+        /// `LastSequence:LastHash` from an earlier validate, kept off this machine:
+        /// also fails if the trail no longer holds that exact record (a rewrite with
+        /// recomputed hashes).
+        #[arg(long, value_name = "SEQUENCE:HASH")]
+        anchor: Option<Anchor>,
+    },
 }
 
 pub fn run(cmd: TrailCommand, globals: &Globals) -> anyhow::Result<()> {
@@ -63,8 +69,10 @@ pub fn run(cmd: TrailCommand, globals: &Globals) -> anyhow::Result<()> {
             let events: Vec<Value> = trail.lookup(&filter)?.iter().map(lookup_event).collect();
             super::kms::print_json(&json!({ "Events": events }))
         }
-        TrailCommand::Validate => {
-            let report = trail.validate().context("trail validation failed")?;
+        TrailCommand::Validate { anchor } => {
+            let report = trail
+                .validate_against(anchor.as_ref())
+                .context("trail validation failed")?;
             super::kms::print_json(&json!({
                 "Valid": true,
                 "TrailFile": report.path,

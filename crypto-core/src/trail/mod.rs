@@ -7,7 +7,8 @@
 //!   sequence number, the hash of the record before it and its own hash, so
 //!   [`Trail::validate`] finds any edited, deleted, reordered or inserted record.
 //! - `trail.head`: the sequence number and hash of the last acknowledged record, so
-//!   that removing records from the end is found too.
+//!   that removing records from the end is found too. It is written after the
+//!   record is synced but not synced itself, so after a power loss it may lag.
 //!
 //! Appends from any number of threads and processes are serialised by an exclusive
 //! `flock` on `trail.jsonl` (and a mutex inside the process, because `flock` does not
@@ -116,6 +117,35 @@ pub struct ValidationReport {
     pub notes: Vec<String>,
 }
 
+/// A record's sequence number and hash, as `validate` reported them at some point
+/// (`SEQUENCE:HASH` in text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub sequence: u64,
+    pub record_hash: [u8; 32],
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (sequence, hash) = text
+            .split_once(':')
+            .ok_or_else(|| format!("'{text}' is not SEQUENCE:HASH"))?;
+        let sequence = sequence
+            .parse::<u64>()
+            .ok()
+            .filter(|&s| s > 0)
+            .ok_or_else(|| format!("'{sequence}' is not a record sequence number"))?;
+        let record_hash = record::parse_hash(hash)
+            .ok_or_else(|| format!("'{hash}' is not 64 lowercase hex digits"))?;
+        Ok(Anchor {
+            sequence,
+            record_hash,
+        })
+    }
+}
+
 /// Which records `lookup` returns. Every field that is set must match.
 #[derive(Clone, Debug, Default)]
 pub struct LookupFilter {
@@ -217,7 +247,7 @@ impl Trail {
             ),
         };
         let head = self.read_head(&files.head)?;
-        check_head(head, last.as_ref()).map_err(|problem| TrailError::Broken {
+        check_head_at_tail(head, last.as_ref()).map_err(|problem| TrailError::Broken {
             path: self.head_path.clone(),
             line: None,
             sequence: Some(head.sequence),
@@ -234,7 +264,17 @@ impl Trail {
                 .map_err(|source| self.log_io(source))?;
         }
         let (sequence, previous) = match last {
-            Some(link) => (link.sequence + 1, link.record_hash),
+            Some(link) => (
+                link.sequence
+                    .checked_add(1)
+                    .ok_or_else(|| TrailError::Broken {
+                        path: self.log_path.clone(),
+                        line: None,
+                        sequence: Some(link.sequence),
+                        problem: "the last record's sequence number cannot grow".into(),
+                    })?,
+                link.record_hash,
+            ),
             None => (1, GENESIS_HASH),
         };
         let (mut line, hash) = record::encode(call, &self.origin, sequence, &previous)?;
@@ -253,8 +293,21 @@ impl Trail {
 
     /// Checks every record and the head; the error names the first bad record.
     pub fn validate(&self) -> Result<ValidationReport, TrailError> {
+        self.validate_against(None)
+    }
+
+    /// [`Trail::validate`], and also checks that the trail still holds the record an
+    /// earlier validation reported as its last (kept where this machine cannot write
+    /// it). That catches a rewrite from an earlier point with every hash recomputed,
+    /// which the chain alone cannot.
+    pub fn validate_against(
+        &self,
+        anchor: Option<&Anchor>,
+    ) -> Result<ValidationReport, TrailError> {
         let files = self.files();
         let _lock = FlockGuard::shared(&files.log, &self.log_path)?;
+        let head = self.read_head(&files.head)?;
+        let mut hash_at_head = (head.sequence == 0).then_some(GENESIS_HASH);
         let mut notes = Vec::new();
         let mut last: Option<ChainLink> = None;
         let mut line_no = 0u64;
@@ -269,7 +322,7 @@ impl Trail {
             };
             let (link, _) = record::verify(line)
                 .map_err(|problem| broken(record::claimed_sequence(line), problem))?;
-            let expected = last.map_or(1, |l| l.sequence + 1);
+            let expected = last.map_or(1, |l| l.sequence.saturating_add(1));
             let expected_previous = last.map_or(GENESIS_HASH, |l| l.record_hash);
             if link.sequence > expected {
                 let missing = if link.sequence == expected + 1 {
@@ -297,10 +350,34 @@ impl Trail {
                     ),
                 ));
             }
+            if let Some(anchor) = anchor.filter(|a| a.sequence == link.sequence) {
+                if anchor.record_hash != link.record_hash {
+                    return Err(broken(
+                        Some(link.sequence),
+                        "differs from the anchored record: the trail was rewritten from here \
+                         or earlier, with every hash recomputed"
+                            .into(),
+                    ));
+                }
+            }
+            if link.sequence == head.sequence {
+                hash_at_head = Some(link.record_hash);
+            }
             last = Some(link);
             records += 1;
             Ok(())
         })?;
+        let last_sequence = last.map_or(0, |l| l.sequence);
+        if let Some(anchor) = anchor.filter(|a| a.sequence > last_sequence) {
+            return Err(TrailError::Broken {
+                path: self.log_path.clone(),
+                line: None,
+                sequence: Some(anchor.sequence),
+                problem: format!(
+                    "the anchored record is gone: the trail ends at record {last_sequence}"
+                ),
+            });
+        }
         if torn > 0 {
             notes.push(format!(
                 "line {}: incomplete final record ({torn} bytes) from an interrupted write; \
@@ -308,21 +385,42 @@ impl Trail {
                 line_no + 1
             ));
         }
-        let head = self.read_head(&files.head)?;
-        if let Some(note) =
-            check_head(head, last.as_ref()).map_err(|problem| TrailError::Broken {
+        let head_problem = match hash_at_head {
+            None => Some(format!(
+                "the trail ends at record {last_sequence} but record {} was acknowledged: \
+                 records were removed from the end",
+                head.sequence
+            )),
+            Some(hash) if hash != head.hash => Some(format!(
+                "record {} differs from the one acknowledged: the trail was rewritten from \
+                 there or earlier",
+                head.sequence
+            )),
+            Some(_) => None,
+        };
+        if let Some(problem) = head_problem {
+            return Err(TrailError::Broken {
                 path: self.head_path.clone(),
                 line: None,
                 sequence: Some(head.sequence),
                 problem,
-            })?
-        {
-            notes.push(note);
+            });
+        }
+        if head.sequence < last_sequence {
+            let unheaded = if head.sequence + 1 == last_sequence {
+                format!("record {last_sequence} was")
+            } else {
+                format!("records {} to {last_sequence} were", head.sequence + 1)
+            };
+            notes.push(format!(
+                "{unheaded} stored but {HEAD_FILE} was not updated, as after a crash or \
+                 power loss"
+            ));
         }
         Ok(ValidationReport {
             path: self.log_path.clone(),
             records,
-            last_sequence: last.map_or(0, |l| l.sequence),
+            last_sequence,
             last_hash: hex::encode(last.map_or(GENESIS_HASH, |l| l.record_hash)),
             notes,
         })
@@ -434,34 +532,31 @@ fn open_or_create(path: &Path, append: bool, created: &mut bool) -> std::io::Res
     }
 }
 
-/// Does the head agree with the last complete record? `Ok(Some(note))` for the one
-/// legitimate disagreement: a crash between syncing a record and updating the head.
-fn check_head(head: Head, last: Option<&ChainLink>) -> Result<Option<String>, String> {
+/// The check an append can make from the end of the log alone: the head (which may
+/// lag after a crash, never lead) must not name a record past the end, and must
+/// agree with the last two records when it names one of them. `validate` checks the
+/// head against whichever record it names.
+fn check_head_at_tail(head: Head, last: Option<&ChainLink>) -> Result<(), String> {
     let (sequence, hash, previous): (u64, RecordHash, RecordHash) = match last {
         Some(link) => (link.sequence, link.record_hash, link.previous_hash),
         None => (0, GENESIS_HASH, GENESIS_HASH),
     };
-    if head.sequence == sequence && head.hash == hash {
-        return Ok(None);
-    }
-    if head.sequence.checked_add(1) == Some(sequence) && head.hash == previous {
-        return Ok(Some(format!(
-            "record {sequence} is stored but {HEAD_FILE} was not updated: the process stopped \
-             before acknowledging that call"
-        )));
-    }
     if head.sequence > sequence {
         return Err(format!(
-            "the trail ends at record {sequence} but record {} was acknowledged: records were \
-             removed from the end",
+            "the trail ends at record {sequence} but record {} was acknowledged: records \
+             were removed from the end",
             head.sequence
         ));
     }
-    Err(format!(
-        "the last acknowledged record is {} but the trail's record {} there has a different \
-         hash: the end of the trail was rewritten",
-        head.sequence, head.sequence
-    ))
+    let disagrees = (head.sequence == sequence && head.hash != hash)
+        || (head.sequence.checked_add(1) == Some(sequence) && head.hash != previous);
+    if disagrees {
+        return Err(format!(
+            "record {} differs from the one acknowledged: the end of the trail was rewritten",
+            head.sequence
+        ));
+    }
+    Ok(())
 }
 
 fn resource_arns(event: &serde_json::Value) -> impl Iterator<Item = &str> {
@@ -766,6 +861,56 @@ mod tests {
     }
 
     #[test]
+    fn an_anchor_catches_a_fully_rehashed_rewrite() {
+        let (dir, trail) = trail_with(3);
+        let report = trail.validate().expect("valid");
+        let anchor: Anchor = format!("{}:{}", report.last_sequence, report.last_hash)
+            .parse()
+            .expect("anchor");
+        trail
+            .append(&call("Decrypt", KEY_A, KEY_A, 9))
+            .expect("append");
+        assert_eq!(
+            trail
+                .validate_against(Some(&anchor))
+                .expect("valid")
+                .records,
+            4
+        );
+
+        // Rebuild the same history with record 2 changed: every hash is recomputed,
+        // so the chain alone cannot tell.
+        drop(trail);
+        std::fs::remove_file(dir.path().join(LOG_FILE)).expect("rm");
+        std::fs::remove_file(dir.path().join(HEAD_FILE)).expect("rm");
+        let forged = Trail::open(dir.path(), "local", "000000000000").expect("open");
+        for i in 1..=4 {
+            let name = if i == 2 { "Encrypt" } else { "GenerateDataKey" };
+            forged.append(&call(name, KEY_A, KEY_A, i)).expect("append");
+        }
+        assert!(forged.validate().is_ok());
+        let err = forged.validate_against(Some(&anchor)).expect_err("anchor");
+        assert!(
+            matches!(
+                err,
+                TrailError::Broken {
+                    line: Some(3),
+                    sequence: Some(3),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let beyond = Anchor {
+            sequence: 9,
+            record_hash: anchor.record_hash,
+        };
+        assert!(forged.validate_against(Some(&beyond)).is_err());
+        assert!("3:xyz".parse::<Anchor>().is_err());
+        assert!("0:".parse::<Anchor>().is_err());
+    }
+
+    #[test]
     fn removing_records_from_the_end_is_found_and_blocks_appends() {
         let (_dir, trail) = trail_with(4);
         let mut records = lines(&trail);
@@ -818,7 +963,7 @@ mod tests {
         std::fs::write(&trail.head_path, head_before).expect("roll head back");
         let report = trail.validate().expect("crash between record and head");
         assert!(
-            report.notes[0].contains("record 3 is stored"),
+            report.notes[0].contains("record 3 was stored but trail.head was not updated"),
             "{:?}",
             report.notes
         );
@@ -826,6 +971,36 @@ mod tests {
             .append(&call("Decrypt", KEY_A, KEY_A, 4))
             .expect("append repairs the head");
         assert!(trail.validate().expect("valid").notes.is_empty());
+    }
+
+    #[test]
+    fn a_head_lagging_several_records_is_accepted_but_must_match_its_record() {
+        let (_dir, trail) = trail_with(2);
+        let head_at_2 = std::fs::read(&trail.head_path).expect("head");
+        for i in 3..=5 {
+            trail
+                .append(&call("Decrypt", KEY_A, KEY_A, i))
+                .expect("append");
+        }
+        std::fs::write(&trail.head_path, &head_at_2).expect("roll head back");
+        let report = trail
+            .validate()
+            .expect("a lagging head is a crash, not tampering");
+        assert!(
+            report.notes[0].contains("records 3 to 5 were stored"),
+            "{:?}",
+            report.notes
+        );
+        trail
+            .append(&call("Decrypt", KEY_A, KEY_A, 6))
+            .expect("append");
+        assert!(trail.validate().expect("valid").notes.is_empty());
+
+        let mut records = lines(&trail);
+        std::fs::write(&trail.head_path, &head_at_2).expect("roll head back");
+        records[1] = records[1].replace("alice", "mallory");
+        rewrite(&trail, &records);
+        assert!(trail.validate().is_err());
     }
 
     #[test]

@@ -415,6 +415,40 @@ mod tests {
         assert!(text.contains("\"keyId\":\"k\""));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn verify_never_panics_on_arbitrary_lines(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = verify(&line);
+            let _ = claimed_sequence(&line);
+        }
+
+        #[test]
+        fn any_call_round_trips_through_a_record(
+            name in "[A-Za-z]{1,30}",
+            principal in "\\PC{0,60}",
+            key in "\\PC{0,80}",
+            context_value in "\\PC{0,80}",
+            error in proptest::option::of("\\PC{0,80}"),
+            sequence in 1u64..,
+            previous in proptest::prelude::any::<[u8; 32]>(),
+        ) {
+            let mut api_call = call();
+            api_call.event_name = name.clone();
+            api_call.principal = principal.clone();
+            api_call.request_parameters = json!({"keyId": key, "encryptionContext": {"k": context_value}});
+            api_call.error_code = error.as_ref().map(|_| "ValidationException".to_owned());
+            api_call.error_message = error.clone();
+            let (line, hash) = encode(&api_call, &origin(), sequence, &previous).expect("encodes");
+            let (link, value) = verify(&line).expect("verifies");
+            proptest::prop_assert_eq!(link, ChainLink { sequence, previous_hash: previous, record_hash: hash });
+            proptest::prop_assert_eq!(value["eventName"].as_str(), Some(name.as_str()));
+            proptest::prop_assert_eq!(value["userIdentity"]["arn"].as_str(), Some(principal.as_str()));
+            proptest::prop_assert_eq!(value["requestParameters"]["keyId"].as_str(), Some(key.as_str()));
+            proptest::prop_assert_eq!(value["errorMessage"].as_str(), error.as_deref());
+            proptest::prop_assert!(!line.contains(&b'\n'));
+        }
+    }
+
     #[test]
     fn uppercase_or_short_hashes_are_rejected() {
         assert!(parse_hash(&"A".repeat(64)).is_none());
