@@ -340,3 +340,20 @@ fn trim_gives_space_back_and_reads_zeros() {
     assert!(buf[100..100 + 2 * MIB as usize].iter().all(|&b| b == 0));
     assert!(buf[100 + 2 * MIB as usize..].iter().all(|&b| b == 0xA5));
 }
+
+#[test]
+fn opening_for_writing_repairs_a_damaged_header_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::new();
+    let path = create(dir.path(), &kms, MIB);
+    corrupt(&path, 4064);
+    let read_only = EncryptedVolume::open(&path, &kms.kms, true).unwrap();
+    assert_eq!(read_only.header_copy(), HeaderCopy::Backup);
+    drop(read_only);
+    let writable = EncryptedVolume::open(&path, &kms.kms, false).unwrap();
+    assert!(writable.header_warning().unwrap().contains("repaired"));
+    drop(writable);
+    let file = std::fs::File::open(&path).unwrap();
+    let located = format::read_header(&file, &path).unwrap().unwrap();
+    assert_eq!((located.copy, located.warning), (HeaderCopy::Primary, None));
+}

@@ -81,8 +81,10 @@ impl EncryptedVolume {
                 context: format!("open {}", path.display()),
                 source,
             })?;
-        let located = format::read_header(&file, path)?.ok_or_else(|| Error::InvalidArgument {
-            what: format!("{} has no atrest volume header", path.display()),
+        let located = super::read_header_repairing(&file, path, read_only)?.ok_or_else(|| {
+            Error::InvalidArgument {
+                what: format!("{} has no atrest volume header", path.display()),
+            }
         })?;
         Self::from_header(VolumeFile::new(file, path), located, read_only)
     }

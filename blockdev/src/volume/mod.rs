@@ -22,7 +22,7 @@ use uuid::Uuid;
 pub use encrypted::EncryptedVolume;
 pub use raw::RawVolume;
 
-use crate::format::{self, Encryption, VolumeHeader, WrappedDataKey};
+use crate::format::{self, Encryption, LocatedHeader, VolumeHeader, WrappedDataKey};
 use crate::Error;
 use file::VolumeFile;
 
@@ -40,7 +40,10 @@ pub struct Extent {
 ///
 /// Offsets and lengths are in bytes and may be unaligned; implementations do
 /// read-modify-write for partial sectors. All methods take `&self` and are safe to
-/// call from many threads at once.
+/// call from many threads at once. Call them from ordinary threads, not from rayon
+/// tasks: an encrypted volume holds sector locks while the cipher runs on the rayon
+/// pool, and a pool thread that steals a second request for the same sectors meanwhile
+/// would wait on itself.
 pub trait Volume: Send + Sync + std::fmt::Debug {
     /// Bytes visible to clients.
     fn size(&self) -> u64;
@@ -114,7 +117,7 @@ pub fn open_detected(
             context: format!("open {}", path.display()),
             source,
         })?;
-    let located = format::read_header(&file, path)?;
+    let located = read_header_repairing(&file, path, read_only)?;
     let file = VolumeFile::new(file, path);
     Ok(match located {
         None => OpenedVolume::Plain(Arc::new(RawVolume::image(file, read_only)?)),
@@ -129,6 +132,26 @@ pub fn open_detected(
             }
         },
     })
+}
+
+/// [`format::read_header`], and when the volume is opened for writing and one header
+/// copy was damaged or stale, rewrites both from the good one (as GPT tools do), so
+/// a later loss of the other copy cannot take the volume with it. The warning stays,
+/// saying it was repaired.
+pub(crate) fn read_header_repairing(
+    file: &File,
+    path: &Path,
+    read_only: bool,
+) -> Result<Option<LocatedHeader>, Error> {
+    let Some(mut located) = format::read_header(file, path)? else {
+        return Ok(None);
+    };
+    if let (false, Some(warning)) = (read_only, &located.warning) {
+        format::write_header(file, path, &located.header)?;
+        tracing::warn!(path = %path.display(), "header repaired: both copies rewritten");
+        located.warning = Some(format!("{warning}; repaired: both copies rewritten"));
+    }
+    Ok(Some(located))
 }
 
 /// How a new volume's data area is protected.
@@ -225,7 +248,7 @@ impl PartialFile {
             .create_new(true)
             .open(&path)
             .map_err(|source| Error::Io {
-                context: format!("create {}", path.display()),
+                context: format!("create {} (built as {})", target.display(), path.display()),
                 source,
             })?;
         Ok(Self {
