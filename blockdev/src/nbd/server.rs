@@ -100,8 +100,15 @@ struct Shared {
     stopping: AtomicBool,
     /// Where a connection wakes the blocked accept loop on shutdown.
     wake_addr: SocketAddr,
-    /// Every live connection's socket, so shutdown can end their reads.
-    connections: Mutex<HashMap<u64, TcpStream>>,
+    /// Every live connection, so shutdown (or a swap of its volume) can end its reads.
+    connections: Mutex<HashMap<u64, Registered>>,
+}
+
+/// A live connection: its socket, and the volume it attached to once it has.
+#[derive(Debug)]
+struct Registered {
+    stream: TcpStream,
+    volume: Option<Arc<dyn Volume>>,
 }
 
 /// Stops a running [`Server`]: no new connections, in-flight requests finish, every
@@ -124,6 +131,27 @@ impl ShutdownHandle {
                 self.shared.wake_addr
             );
         }
+    }
+
+    /// Ends every connection attached to `volume` the way shutdown does: no further
+    /// requests are read, in-flight ones get their replies, then the socket closes.
+    /// For swapping an export's volume: replace it in the [`ExportTable`] first, then
+    /// call this until it returns 0 (connections leave the count once their last
+    /// reply is sent), then flush the old volume.
+    pub fn disconnect_clients_of(&self, volume: &Arc<dyn Volume>) -> usize {
+        let target = Arc::as_ptr(volume).cast::<()>();
+        let connections = lock(&self.shared.connections);
+        let attached = connections.values().filter(|c| {
+            c.volume
+                .as_ref()
+                .is_some_and(|v| Arc::as_ptr(v).cast::<()>() == target)
+        });
+        let mut count = 0;
+        for connection in attached {
+            let _ = connection.stream.shutdown(Shutdown::Read);
+            count += 1;
+        }
+        count
     }
 }
 
@@ -229,9 +257,9 @@ impl Server {
             }
         }
         drop(self.listener);
-        for stream in lock(&self.shared.connections).values() {
+        for connection in lock(&self.shared.connections).values() {
             // Ends each connection's reads; its in-flight requests still get replies.
-            let _ = stream.shutdown(Shutdown::Read);
+            let _ = connection.stream.shutdown(Shutdown::Read);
         }
         for thread in threads {
             let _ = thread.join();
@@ -260,7 +288,13 @@ impl Server {
             move |source| Error::Io { context, source }
         };
         let registered = stream.try_clone().map_err(io_err("cloning the socket"))?;
-        lock(&self.shared.connections).insert(id, registered);
+        lock(&self.shared.connections).insert(
+            id,
+            Registered {
+                stream: registered,
+                volume: None,
+            },
+        );
         let exports = Arc::clone(&self.exports);
         let shared = Arc::clone(&self.shared);
         let thread = thread::Builder::new()
@@ -269,7 +303,11 @@ impl Server {
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
-                match serve_connection(stream, &exports, &jobs) {
+                match serve_connection(stream, &exports, &jobs, |volume| {
+                    if let Some(entry) = lock(&shared.connections).get_mut(&id) {
+                        entry.volume = Some(Arc::clone(volume));
+                    }
+                }) {
                     Ok(()) => debug!("{peer}: disconnected"),
                     Err(Error::Io { source, .. })
                         if source.kind() == io::ErrorKind::UnexpectedEof =>
@@ -297,10 +335,12 @@ fn io_error(context: &'static str) -> impl Fn(io::Error) -> Error {
     }
 }
 
+/// Serves one client; `attached` learns the volume it attached to.
 fn serve_connection(
     stream: TcpStream,
     exports: &ExportTable,
     jobs: &Sender<Job>,
+    attached: impl FnOnce(&Arc<dyn Volume>),
 ) -> Result<(), Error> {
     stream
         .set_nodelay(true)
@@ -313,6 +353,7 @@ fn serve_connection(
     let Some(session) = handshake(&mut reader, &mut writer, exports)? else {
         return Ok(());
     };
+    attached(&session.export.volume);
     let connection = Arc::new(Connection {
         volume: session.export.volume,
         limits: session.limits,
