@@ -13,7 +13,11 @@
 //! serves, so the wrap is never reached in practice; it is defined only so that no
 //! input can make the cipher panic.
 
+#[cfg(target_arch = "x86_64")]
+mod aesni;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod vaes;
 
 use rayon::prelude::*;
 use thiserror::Error;
@@ -21,7 +25,8 @@ use thiserror::Error;
 /// Which implementation runs the AES rounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// 256-bit VAES + VPCLMULQDQ (AVX2).
+    /// VAES + VPCLMULQDQ: 256-bit registers (AVX2), 512-bit where the CPU also has
+    /// AVX-512 (F + BW).
     Vaes,
     /// 128-bit AES-NI, eight blocks interleaved.
     AesNi,
@@ -53,6 +58,11 @@ impl Backend {
     pub fn is_supported(self) -> bool {
         match self {
             Backend::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::AesNi => aesni::is_supported(),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Vaes => vaes::is_supported(),
+            #[cfg(not(target_arch = "x86_64"))]
             Backend::AesNi | Backend::Vaes => false,
         }
     }
@@ -87,7 +97,12 @@ pub struct SectorCipher {
 /// The expanded keys, in the layout the chosen backend reads. Each variant zeroizes
 /// its round keys when dropped.
 enum Engine {
-    Portable(portable::PortableKeys),
+    /// Boxed: the `aes` crate's schedules are several times larger than ours.
+    Portable(Box<portable::PortableKeys>),
+    #[cfg(target_arch = "x86_64")]
+    AesNi(aesni::RoundKeys),
+    #[cfg(target_arch = "x86_64")]
+    Vaes(aesni::RoundKeys, vaes::Token),
 }
 
 impl std::fmt::Debug for SectorCipher {
@@ -115,7 +130,17 @@ impl SectorCipher {
             return Err(XtsError::Unsupported(backend));
         }
         let engine = match backend {
-            Backend::Portable => Engine::Portable(portable::PortableKeys::new(data_key, tweak_key)),
+            Backend::Portable => {
+                Engine::Portable(Box::new(portable::PortableKeys::new(data_key, tweak_key)))
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::AesNi => Engine::AesNi(aesni::RoundKeys::new(data_key, tweak_key)),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Vaes => {
+                let token = vaes::Token::detect().ok_or(XtsError::Unsupported(backend))?;
+                Engine::Vaes(aesni::RoundKeys::new(data_key, tweak_key), token)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
             Backend::AesNi | Backend::Vaes => return Err(XtsError::Unsupported(backend)),
         };
         Ok(Self { engine })
@@ -124,6 +149,10 @@ impl SectorCipher {
     pub fn backend(&self) -> Backend {
         match self.engine {
             Engine::Portable(_) => Backend::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Engine::AesNi(_) => Backend::AesNi,
+            #[cfg(target_arch = "x86_64")]
+            Engine::Vaes(..) => Backend::Vaes,
         }
     }
 
@@ -151,7 +180,7 @@ impl SectorCipher {
             "XTS sector size {sector_size} is below one AES block (16 bytes)"
         );
         assert!(
-            buf.len() % sector_size == 0,
+            buf.len().is_multiple_of(sector_size),
             "XTS buffer of {} bytes is not a whole number of {sector_size}-byte sectors",
             buf.len()
         );
@@ -177,7 +206,19 @@ impl SectorCipher {
 
     fn crypt_serial(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
         match &self.engine {
-            Engine::Portable(k) => crypt_sectors(k, buf, first_sector, sector_size, dir),
+            Engine::Portable(k) => crypt_sectors(k.as_ref(), buf, first_sector, sector_size, dir),
+            #[cfg(target_arch = "x86_64")]
+            Engine::AesNi(k) => {
+                crypt_sectors(&aesni::AesNiKernel(k), buf, first_sector, sector_size, dir)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Engine::Vaes(k, token) => crypt_sectors(
+                &vaes::VaesKernel(k, *token),
+                buf,
+                first_sector,
+                sector_size,
+                dir,
+            ),
         }
     }
 }

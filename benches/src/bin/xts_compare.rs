@@ -1,0 +1,250 @@
+//! AES-256-XTS side by side, in one run: every atrest backend this CPU runs, RustCrypto
+//! `xts-mode`, and `openssl speed -seconds 2 -bytes 4096 -evp aes-256-xts`.
+//!
+//! Single-core figures encrypt one 4 KiB sector per call, in place, the way
+//! `openssl speed` does. The thread rows encrypt a 64 MiB buffer on a one-thread and a
+//! two-thread rayon pool. Rounds interleave the contenders so that load from other
+//! processes spreads over all of them; the table shows the median of the rounds.
+//!
+//! ```text
+//! cargo run --release -p atrest-benches --bin xts_compare -- [--rounds N] [--seconds S]
+//! ```
+
+use std::hint::black_box;
+use std::process::Command;
+use std::time::Instant;
+
+use aes::cipher::KeyInit;
+use aes::Aes256;
+use anyhow::{bail, Context, Result};
+use crypto_core::xts::{Backend, SectorCipher};
+use xts_mode::{get_tweak_default, Xts128};
+
+const SECTOR: usize = 4096;
+const BIG: usize = 64 << 20;
+
+struct Options {
+    rounds: usize,
+    seconds: f64,
+}
+
+fn parse_options() -> Result<Options> {
+    let mut opts = Options {
+        rounds: 5,
+        seconds: 1.0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rounds" => opts.rounds = value()?.parse().context("--rounds")?,
+            "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
+            "-h" | "--help" => {
+                println!("usage: xts_compare [--rounds N (5)] [--seconds S per measurement (1.0)]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if opts.rounds == 0 || opts.seconds <= 0.0 {
+        bail!("--rounds and --seconds must be positive");
+    }
+    Ok(opts)
+}
+
+/// Which clock divides the bytes.
+#[derive(Clone, Copy)]
+enum Clock {
+    /// CPU time of the calling thread, as `openssl speed` divides by user CPU time by
+    /// default: on a machine shared with other work this measures the code, not the
+    /// share of the core it got.
+    ThreadCpu,
+    /// Wall-clock time, for the multi-threaded rows.
+    Wall,
+}
+
+/// Nanoseconds the calling thread has run on a CPU (first field of schedstat).
+fn thread_cpu_ns() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .context("reading /proc/thread-self/schedstat")?;
+    let field = text.split_whitespace().next().context("empty schedstat")?;
+    Ok(field.parse()?)
+}
+
+/// Bytes per second of `op` (which processes `bytes_per_call`) repeated for about
+/// `seconds` of the chosen clock.
+fn throughput(
+    seconds: f64,
+    clock: Clock,
+    bytes_per_call: usize,
+    mut op: impl FnMut(),
+) -> Result<f64> {
+    // Grow the batch between clock reads until it takes a few milliseconds, so that
+    // reading the clock (a /proc read for the CPU clock) costs nothing measurable.
+    let mut batch = 1u64;
+    loop {
+        let t = Instant::now();
+        for _ in 0..batch {
+            op();
+        }
+        if t.elapsed().as_secs_f64() >= 0.002 {
+            break;
+        }
+        batch *= 2;
+    }
+    let (start_wall, start_cpu) = (Instant::now(), thread_cpu_ns()?);
+    let mut calls = 0u64;
+    loop {
+        for _ in 0..batch {
+            op();
+        }
+        calls += batch;
+        let spent = match clock {
+            Clock::Wall => start_wall.elapsed().as_secs_f64(),
+            Clock::ThreadCpu => (thread_cpu_ns()? - start_cpu) as f64 / 1e9,
+        };
+        if spent >= seconds {
+            return Ok((calls as f64 * bytes_per_call as f64) / spent);
+        }
+    }
+}
+
+/// `openssl speed`'s figure for 4096-byte blocks, in bytes per second.
+fn openssl_speed() -> Result<f64> {
+    let out = Command::new("openssl")
+        .args([
+            "speed",
+            "-seconds",
+            "2",
+            "-bytes",
+            "4096",
+            "-evp",
+            "aes-256-xts",
+        ])
+        .output()
+        .context("running openssl speed (is openssl installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl speed failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The result row reads "AES-256-XTS    8173806.31k": thousands of bytes per second.
+    let row = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("aes-256-xts"))
+        .with_context(|| format!("no aes-256-xts row in openssl output:\n{text}"))?;
+    let field = row.split_whitespace().last().context("empty openssl row")?;
+    let k: f64 = field
+        .trim_end_matches('k')
+        .parse()
+        .context("openssl figure")?;
+    Ok(k * 1000.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    Ok(rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?)
+}
+
+fn main() -> Result<()> {
+    let opts = parse_options()?;
+    let key: [u8; 64] = std::array::from_fn(|i| (i as u8).wrapping_mul(29).wrapping_add(1));
+    let backends = Backend::available();
+    let ciphers: Vec<SectorCipher> = backends
+        .iter()
+        .map(|&b| SectorCipher::with_backend(&key, b))
+        .collect::<Result<_, _>>()?;
+    let reference = Xts128::new(
+        Aes256::new_from_slice(&key[..32])?,
+        Aes256::new_from_slice(&key[32..])?,
+    );
+    let one = pool(1)?;
+    let two = pool(2)?;
+    let fastest = &ciphers[0];
+
+    let mut sector = vec![0x5au8; SECTOR];
+    let mut big = vec![0xa5u8; BIG];
+    let mut per_backend: Vec<Vec<f64>> = vec![Vec::new(); ciphers.len()];
+    let mut xts_mode = Vec::new();
+    let mut openssl = Vec::new();
+    let mut big_one = Vec::new();
+    let mut big_two = Vec::new();
+
+    for round in 1..=opts.rounds {
+        eprintln!("round {round}/{}", opts.rounds);
+        for (cipher, results) in ciphers.iter().zip(&mut per_backend) {
+            let mut n = 0u64;
+            results.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
+                cipher.encrypt_sectors(black_box(&mut sector), n, SECTOR);
+                n += 1;
+            })?);
+        }
+        let mut n = 0u128;
+        xts_mode.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
+            reference.encrypt_area(black_box(&mut sector), SECTOR, n, get_tweak_default);
+            n += 1;
+        })?);
+        openssl.push(openssl_speed()?);
+        let mut big_run = |p: &rayon::ThreadPool| {
+            p.install(|| {
+                throughput(opts.seconds, Clock::Wall, BIG, || {
+                    fastest.encrypt_sectors(black_box(&mut big), 0, SECTOR)
+                })
+            })
+        };
+        big_one.push(big_run(&one)?);
+        big_two.push(big_run(&two)?);
+    }
+
+    let gb = |bps: f64| bps / 1e9;
+    let openssl_m = median(openssl);
+    println!(
+        "AES-256-XTS, 4 KiB sectors, one core, medians of {} rounds (ratio = / openssl)",
+        opts.rounds
+    );
+    println!("{:<34} {:>8} {:>8}", "contender", "GB/s", "ratio");
+    for (backend, results) in backends.iter().zip(per_backend) {
+        let m = median(results);
+        println!(
+            "{:<34} {:>8.2} {:>7.2}x",
+            format!("atrest {backend:?}"),
+            gb(m),
+            m / openssl_m
+        );
+    }
+    let xm = median(xts_mode);
+    println!(
+        "{:<34} {:>8.2} {:>7.2}x",
+        "xts-mode 0.6 (aes 0.9)",
+        gb(xm),
+        xm / openssl_m
+    );
+    println!(
+        "{:<34} {:>8.2} {:>7.2}x",
+        "openssl speed -evp aes-256-xts",
+        gb(openssl_m),
+        1.0
+    );
+    let (b1, b2) = (median(big_one), median(big_two));
+    println!();
+    println!(
+        "atrest {:?}, 64 MiB buffer, 4 KiB sectors",
+        fastest.backend()
+    );
+    println!("{:<34} {:>8.2}", "1 thread", gb(b1));
+    println!("{:<34} {:>8.2} {:>7.2}x", "2 threads", gb(b2), b2 / b1);
+    Ok(())
+}
