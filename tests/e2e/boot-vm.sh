@@ -1,11 +1,12 @@
-# Boots a real Linux guest with qemu from an NBD export `root`, the way LAB steps 6
-# and 7 boot a machine from its root volume (docs/LAB.md, "Boot a VM from the
-# encrypted root volume"):
+#!/usr/bin/env bash
+# Boots a real Linux guest with qemu from atrest's NBD export `root` and walks LAB
+# steps 6 and 7 on it (docs/LAB.md, "Boot a VM from the encrypted root volume"):
 #   1. build a guest from Debian packages: the cloud kernel, a busybox initramfs that
 #      loads the virtio disk drivers, and an ext4 root filesystem holding a marker;
-#   2. boot it from nbdkit serving the raw image (the reference: the guest works).
-# The steps on atrest's volumes (unencrypted root, encrypted copy swapped in, key
-# disabled and enabled) join as their commands land.
+#   2. boot it from nbdkit serving the raw image (the reference: the guest works);
+#   3. boot it from an unencrypted atrest volume served as `root`;
+# The remaining steps (the encrypted copy swapped in, the key disabled and
+# enabled under the guest) join as their atrest commands land.
 # Each boot is bounded (BOOT_VM_TIMEOUT, default 90 s); every process and temporary
 # file is removed on exit. Downloaded packages are cached in ATREST_BOOT_VM_CACHE
 # (default ${XDG_CACHE_HOME:-~/.cache}/atrest-boot-vm). Dependencies:
@@ -56,6 +57,12 @@ need_tool() {
     command -v "$1" >/dev/null || die "$1 is not installed (run scripts/install-test-deps.sh)"
 }
 
+# Fails the step, never skips it, when this build of atrest lacks a command it needs.
+need_atrest() {
+    "$atrest" "$@" --help >/dev/null 2>&1 ||
+        die "this build of atrest has no \`atrest $*\`, which this step needs"
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -67,6 +74,20 @@ wait_for_nbd() {
         kill -0 "$pid" 2>/dev/null || die "the NBD server for $url exited"
         tries=$((tries + 1))
         ((tries <= 100)) || die "no NBD server answered at $url within 10 s"
+        sleep 0.1
+    done
+}
+
+# Waits for atrest's `listening on ADDR` line in LOG; sets listening to ADDR.
+wait_for_listening() {
+    local log=$1 pid=$2 tries=0
+    until listening=$(sed -n 's/^listening on //p' "$log") && [ -n "$listening" ]; do
+        kill -0 "$pid" 2>/dev/null || {
+            cat "$log" >&2
+            die "atrest nbd serve exited"
+        }
+        tries=$((tries + 1))
+        ((tries <= 100)) || die "atrest nbd serve did not start listening within 10 s"
         sleep 0.1
     done
 }
@@ -89,6 +110,7 @@ seconds_since() {
 # its serial console and qemu's own errors go to $tmp/NAME.log.
 start_vm() {
     vm_log=$tmp/$1.log
+    : >"$vm_log"
     vm_started=$(now)
     qemu-system-x86_64 -accel tcg -m 512 -smp 1 -nodefaults -no-user-config \
         -display none -monitor none -serial stdio -net none -no-reboot \
@@ -100,10 +122,15 @@ start_vm() {
     pids+=("$vm_pid")
 }
 
-# wait_vm: waits for the guest to power off (bounded); sets vm_status and vm_seconds.
+# wait_vm: waits for the guest to power off (bounded); sets vm_status, vm_seconds
+# and marker_seconds (when the marker line appeared, empty if it did not).
 wait_vm() {
     local deadline=$((SECONDS + boot_timeout))
+    marker_seconds=""
     while kill -0 "$vm_pid" 2>/dev/null; do
+        if [ -z "$marker_seconds" ] && grep -q "ATREST-MARKER:" "$vm_log"; then
+            marker_seconds=$(seconds_since "$vm_started")
+        fi
         if ((SECONDS >= deadline)); then
             stop_process "$vm_pid"
             show_console
@@ -114,6 +141,9 @@ wait_vm() {
     vm_status=0
     wait "$vm_pid" || vm_status=$?
     vm_seconds=$(seconds_since "$vm_started")
+    if [ -z "$marker_seconds" ] && grep -q "ATREST-MARKER:" "$vm_log"; then
+        marker_seconds=$vm_seconds
+    fi
 }
 
 show_console() {
@@ -142,10 +172,10 @@ boot_expect_marker() {
         die "the guest's read test failed"
     }
     [ "$vm_status" -eq 0 ] || die "qemu exited with status $vm_status"
-    echo "   boot to power-off: ${vm_seconds} s"
+    echo "   boot: marker after ${marker_seconds} s, powered off after ${vm_seconds} s"
 }
 
-for tool in apt-get apt-cache dpkg-deb mkfs.ext4 qemu-system-x86_64 nbdkit nbdinfo nbdcopy python3; do
+for tool in apt-get apt-cache dpkg-deb mkfs.ext4 qemu-system-x86_64 nbdkit nbdinfo nbdcopy python3 cargo; do
     need_tool "$tool"
 done
 
@@ -235,5 +265,23 @@ pids+=("$nbdkit_pid")
 wait_for_nbd "nbd://127.0.0.1:$port/root" "$nbdkit_pid"
 boot_expect_marker nbdkit "nbd://127.0.0.1:$port/root"
 stop_process "$nbdkit_pid"
+
+step "3. boot from an unencrypted atrest volume served as export root"
+(cd "$repo" && cargo build --quiet --profile ci --bin atrest)
+atrest=${CARGO_TARGET_DIR:-$repo/target}/ci/atrest
+export ATREST_HOME=$tmp/home
+need_atrest volume create
+need_atrest nbd serve
+"$atrest" volume create "$tmp/root.vol" --size 64M --unencrypted >/dev/null
+"$atrest" nbd serve --listen 127.0.0.1:0 --export "root=$tmp/root.vol" 2>"$tmp/server.log" &
+server_pid=$!
+pids+=("$server_pid")
+wait_for_listening "$tmp/server.log" "$server_pid"
+url=nbd://$listening/root
+wait_for_nbd "$url" "$server_pid"
+nbdcopy "$tmp/root.img" "$url"
+grep -q "$marker" "$tmp/root.vol" || die "the unencrypted volume file does not hold the marker in the clear"
+echo "   copied the root filesystem into $url; the volume file holds the marker in the clear"
+boot_expect_marker atrest-unencrypted "$url"
 
 step "boot-vm: all steps passed"
