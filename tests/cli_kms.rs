@@ -691,6 +691,57 @@ fn key_policy_separates_administrators_from_users() {
     assert_eq!(home.trail_events(&["--principal", "KeyUser"]).len(), 2);
 }
 
+/// Every CMK's material, unsealed from the keystore with the root key as
+/// docs/FORMAT.md describes it (`materials[v].sealed` = base64(nonce ‖ AES-256-GCM
+/// ciphertext ‖ tag), AAD `atrest cmk material v1` ‖ key uuid ‖ v as u32 LE).
+fn unseal_cmk_material(home: &Path, root_key: &[u8]) -> Vec<Vec<u8>> {
+    use aes_gcm::aead::{AeadInOut, KeyInit};
+    use aes_gcm::{Aes256Gcm, Nonce};
+
+    let text = std::fs::read_to_string(home.join("kms/keystore.json")).expect("keystore");
+    let (_, body) = text.split_once('\n').expect("keystore header line");
+    let store: Value = serde_json::from_str(body).expect("keystore body");
+    let cipher = Aes256Gcm::new_from_slice(root_key).expect("32-byte root key");
+    let mut materials = Vec::new();
+    for (id, key) in store["keys"].as_object().expect("keys") {
+        let uuid: Vec<u8> = (0..32)
+            .step_by(2)
+            .map(|i| {
+                let hex_digits = id.replace('-', "");
+                u8::from_str_radix(&hex_digits[i..i + 2], 16).expect("uuid hex")
+            })
+            .collect();
+        for (version, material) in key["materials"]
+            .as_array()
+            .expect("materials")
+            .iter()
+            .enumerate()
+        {
+            let sealed = BASE64
+                .decode(material["sealed"].as_str().expect("sealed"))
+                .expect("base64");
+            let (nonce, rest) = sealed.split_at(12);
+            let (ciphertext, tag) = rest.split_at(rest.len() - 16);
+            let mut aad = b"atrest cmk material v1".to_vec();
+            aad.extend_from_slice(&uuid);
+            aad.extend_from_slice(&u32::try_from(version).expect("version").to_le_bytes());
+            let mut plain = ciphertext.to_vec();
+            let nonce: [u8; 12] = nonce.try_into().expect("nonce");
+            cipher
+                .decrypt_inout_detached(
+                    &Nonce::from(nonce),
+                    &aad,
+                    plain.as_mut_slice().into(),
+                    tag.try_into().expect("tag"),
+                )
+                .expect("the keystore's material unseals as documented");
+            assert_eq!(plain.len(), 32);
+            materials.push(plain);
+        }
+    }
+    materials
+}
+
 /// Every way a secret could be spelt in text or bytes.
 fn spellings(secret: &[u8]) -> Vec<Vec<u8>> {
     vec![
@@ -825,10 +876,14 @@ fn no_key_material_in_the_trail_logs_or_errors() {
         "volume=v1",
     ]);
     assert_eq!(out.status.code(), Some(254));
+    parse(&run(&["kms", "rotate-key-on-demand", "--key-id", &other]));
     parse(&run(&["trail", "validate"]));
 
     let home_dir = home.path().join("home");
     let root_key = std::fs::read(home_dir.join("kms/root.key")).expect("root key file");
+    let cmk_material = unseal_cmk_material(&home_dir, &root_key);
+    assert_eq!(cmk_material.len(), 3, "two keys, one rotated");
+    secrets.extend(cmk_material);
     secrets.push(root_key);
     let trail = std::fs::read(home_dir.join("trail/trail.jsonl")).expect("trail");
     assert!(trail.len() > 1000, "the trail recorded the calls");
