@@ -357,25 +357,3 @@ fn opening_for_writing_repairs_a_damaged_header_copy() {
     let located = format::read_header(&file, &path).unwrap().unwrap();
     assert_eq!((located.copy, located.warning), (HeaderCopy::Primary, None));
 }
-
-#[test]
-fn a_second_writer_is_refused_but_readers_are_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let kms = TestKms::new();
-    let path = create(dir.path(), &kms, MIB);
-    let writer = volume::open(&path, &kms.kms, false).unwrap();
-    let second = volume::open(&path, &kms.kms, false).unwrap_err();
-    assert!(
-        second
-            .to_string()
-            .contains("another process has it open for writing"),
-        "{second}"
-    );
-    let reader = volume::open(&path, &kms.kms, true).unwrap();
-    writer.write_at(0, b"shared").unwrap();
-    let mut buf = [0u8; 6];
-    reader.read_at(0, &mut buf).unwrap();
-    assert_eq!(&buf, b"shared");
-    drop(writer);
-    volume::open(&path, &kms.kms, false).unwrap();
-}

@@ -7,6 +7,7 @@
 //! decrypted; zeroed ranges are never stored as encrypted zeros.
 #![forbid(unsafe_code)]
 
+use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock};
 
@@ -72,7 +73,14 @@ impl EncryptedVolume {
     /// Opens the volume without its key: every I/O fails with
     /// [`Error::KeyUnavailable`] until [`Self::unlock`] or [`Self::install_key`].
     pub fn open_locked(path: &Path, read_only: bool) -> Result<Self, Error> {
-        let file = super::open_file(path, read_only)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| Error::Io {
+                context: format!("open {}", path.display()),
+                source,
+            })?;
         let located = super::read_header_repairing(&file, path, read_only)?.ok_or_else(|| {
             Error::InvalidArgument {
                 what: format!("{} has no atrest volume header", path.display()),

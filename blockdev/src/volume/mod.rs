@@ -109,7 +109,14 @@ pub fn open_detected(
     kms: &dyn KeyService,
     read_only: bool,
 ) -> Result<OpenedVolume, Error> {
-    let file = open_file(path, read_only)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|source| Error::Io {
+            context: format!("open {}", path.display()),
+            source,
+        })?;
     let located = read_header_repairing(&file, path, read_only)?;
     let file = VolumeFile::new(file, path);
     Ok(match located {
@@ -125,33 +132,6 @@ pub fn open_detected(
             }
         },
     })
-}
-
-/// Opens a volume file. A writable open also takes an exclusive `flock`, held until
-/// the file is closed: two processes writing one volume would interleave their
-/// read-modify-writes and corrupt sectors. Read-only opens (`volume info`, snapshots
-/// of a served volume) take no lock and are never refused.
-pub(crate) fn open_file(path: &Path, read_only: bool) -> Result<File, Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
-        .map_err(|source| Error::Io {
-            context: format!("open {}", path.display()),
-            source,
-        })?;
-    if !read_only {
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |errno| Error::Io {
-                context: format!(
-                    "open {} for writing: another process has it open for writing",
-                    path.display()
-                ),
-                source: errno.into(),
-            },
-        )?;
-    }
-    Ok(file)
 }
 
 /// [`format::read_header`], and when the volume is opened for writing and one header
