@@ -281,6 +281,7 @@ setup_fn() {
     esac
 }
 
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "work directory $work; size $size_bytes bytes; ${rounds} rounds of ${runtime}s (+${ramp}s warm-up)"
 for p in "${peers[@]}"; do
     "$(setup_fn "$p")" || true
@@ -316,6 +317,7 @@ for p in "${peers[@]}"; do
     [[ -n "${failed[$p]:-}" ]] || live+=("$p")
 done
 
+clock_ticks="$(getconf CLK_TCK)"
 results="$work/results.tsv"
 : >"$results"
 
@@ -328,9 +330,22 @@ fio_args() {
     esac
 }
 
+# CPU time (user + system, all threads, in clock ticks) a process has used so far.
+cpu_ticks() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo 0; return; }
+    # Fields after the command name, which sits in parentheses and may hold spaces:
+    # utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ")".
+    read -r -a rest <<<"${stat##*) }"
+    echo $((rest[11] + rest[12]))
+}
+
 run_fio() {
     local p="$1" wl="$2" round="$3"
     local json="$work/fio-$p-$wl-$round.json"
+    local pid="${server_pid[$p]}" ticks0 ticks1 t0 t1
+    ticks0="$(cpu_ticks "$pid")"
+    t0="$(date +%s.%N)"
     # shellcheck disable=SC2046 # fio_args is a fixed list of words
     if ! fio --name="$wl" --ioengine=nbd --uri="${server_uri[$p]}" --size="$size_bytes" \
         $(fio_args "$wl") --numjobs=1 --time_based --runtime="$runtime" --ramp_time="$ramp" \
@@ -339,9 +354,13 @@ run_fio() {
         fail_peer "$p" "fio $wl failed in round $round: $(tail -n 2 "$work/fio-$p-$wl-$round.log" | tr '\n' ' ')"
         return 1
     fi
-    python3 - "$json" "$p" "$wl" "$round" >>"$results" <<'EOF'
+    t1="$(date +%s.%N)"
+    ticks1="$(cpu_ticks "$pid")"
+    python3 - "$json" "$p" "$wl" "$round" "$((ticks1 - ticks0))" "$clock_ticks" "$t0" "$t1" >>"$results" <<'EOF'
 import json, sys
-path, peer, wl, rnd = sys.argv[1:]
+path, peer, wl, rnd, ticks, hz, t0, t1 = sys.argv[1:]
+# The server's CPU over the whole fio run (warm-up included) per second of it.
+cores = int(ticks) / int(hz) / (float(t1) - float(t0))
 with open(path) as f:
     text = f.read()
 # fio may print notes before the JSON document.
@@ -350,7 +369,7 @@ job = doc["jobs"][0]
 if job.get("error"):
     sys.exit(f"fio reported error {job['error']} for {peer} {wl}")
 side = job["write" if "write" in wl else "read"]
-print(f"{rnd}\t{peer}\t{wl}\t{side['bw_bytes']}\t{side['iops']}\t{side['total_ios']}")
+print(f"{rnd}\t{peer}\t{wl}\t{side['bw_bytes']}\t{side['iops']}\t{side['total_ios']}\t{cores:.4f}")
 EOF
 }
 
@@ -378,18 +397,21 @@ for p in "${peers[@]}"; do
     [[ -n "${failed[$p]:-}" ]] && failed_list+="$p"$'\t'"${failed[$p]}"$'\n'
 done
 
-python3 - "$results" "$rounds" "$runtime" "$size_bytes" "${peers[*]}" "$failed_list" <<'EOF'
+load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$results" "$rounds" "$runtime" "$size_bytes" "${peers[*]}" "$failed_list" \
+    "$load_start" "$load_end" "$(nproc)" <<'EOF'
 import statistics, sys
 from collections import defaultdict
 
-path, rounds, runtime, size, peers, failed_text = sys.argv[1:]
+path, rounds, runtime, size, peers, failed_text, load_start, load_end, cpus = sys.argv[1:]
 peers = peers.split()
 failed = dict(line.split("\t", 1) for line in failed_text.splitlines() if line)
+# (peer, workload) -> [(bytes/s, IOPS, server cores busy)]
 samples = defaultdict(list)
 with open(path) as f:
     for line in f:
-        rnd, peer, wl, bw, iops, ios = line.rstrip("\n").split("\t")
-        samples[(peer, wl)].append((float(bw), float(iops)))
+        rnd, peer, wl, bw, iops, ios, cores = line.rstrip("\n").split("\t")
+        samples[(peer, wl)].append((float(bw), float(iops), float(cores)))
 
 workloads = [
     ("seqread", "seq read 1M QD8", "MB/s"),
@@ -397,6 +419,8 @@ workloads = [
     ("randread", "rand read 4k QD32", "IOPS"),
     ("randwrite", "rand write 4k QD32", "IOPS"),
 ]
+unit_of = {w: u for w, _, u in workloads}
+label_of = {w: l for w, l, _ in workloads}
 # (workload, reference server, minimum ratio atrest/reference) from issue #4.
 targets = [
     ("seqread", "nbdkit-luks", 3.0),
@@ -405,14 +429,22 @@ targets = [
     ("randwrite", "nbdkit-luks", 1.5),
 ]
 ratio_refs = [("nbdkit-luks", "/nbdkit+luks"), ("nbdkit-raw", "/nbdkit-raw"), ("qemu-nbd-luks", "/qemu-nbd+luks")]
+show_ratios = "atrest" in peers
+
+
+def speed(wl, bw, iops):
+    return bw / 1e6 if unit_of[wl] == "MB/s" else iops
 
 
 def median(peer, wl):
     vals = samples.get((peer, wl))
-    if not vals:
-        return None
-    unit = dict((w, u) for w, _, u in workloads)[wl]
-    return statistics.median(bw / 1e6 if unit == "MB/s" else iops for bw, iops in vals)
+    return statistics.median(speed(wl, bw, iops) for bw, iops, _ in vals) if vals else None
+
+
+def cpu_per_io(peer, wl):
+    # Median server CPU microseconds per request (1 MiB or 4 KiB).
+    vals = [cores / iops * 1e6 for _, iops, cores in samples.get((peer, wl), []) if iops]
+    return statistics.median(vals) if vals else None
 
 
 def fmt(v):
@@ -421,47 +453,57 @@ def fmt(v):
     return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
-print()
-print(f"NBD side by side: {int(size) // 2**20} MiB images, fio nbd engine, "
-      f"median of {rounds} x {runtime}s runs per cell")
-headers = ["workload", "unit"] + peers
-show_ratios = "atrest" in peers
-if show_ratios:
-    headers += ["atrest" + label for ref, label in ratio_refs if ref in peers]
-rows = []
-for wl, label, unit in workloads:
-    row = [label, unit] + [fmt(median(p, wl)) for p in peers]
+def table(headers, rows):
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for r in rows:
+        print(line(r))
+
+
+def with_ratios(row, value, wl):
     if show_ratios:
-        a = median("atrest", wl)
+        a = value("atrest", wl)
         for ref, _ in ratio_refs:
-            if ref not in peers:
-                continue
-            r = median(ref, wl)
-            row.append(f"{a / r:.2f}x" if a is not None and r else "-")
-    rows.append(row)
-widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-print(line(headers))
-print(line(["-" * w for w in widths]))
-for r in rows:
-    print(line(r))
+            if ref in peers:
+                r = value(ref, wl)
+                row.append(f"{a / r:.2f}x" if a is not None and r else "-")
+    return row
+
+
+ratio_headers = ["atrest" + label for ref, label in ratio_refs if ref in peers] if show_ratios else []
+print()
+print(f"NBD side by side: {int(size) // 2**20} MiB images, fio nbd engine (1 job), "
+      f"median of {rounds} x {runtime}s runs per cell; {cpus} CPUs, "
+      f"load average {load_start} at start, {load_end} at end")
+table(["workload", "unit"] + peers + ratio_headers,
+      [with_ratios([label, unit] + [fmt(median(p, wl)) for p in peers], median, wl)
+       for wl, label, unit in workloads])
+
+print("\nserver CPU per request (user + system, all threads; lower is better)")
+table(["workload", "unit"] + peers + ratio_headers,
+      [with_ratios([label, "us/req"] + [fmt(cpu_per_io(p, wl)) for p in peers], cpu_per_io, wl)
+       for wl, label, _ in workloads])
 
 spread = []
 for wl, _, unit in workloads:
     for p in peers:
-        vals = samples.get((p, wl))
-        if vals and len(vals) > 1:
-            xs = [bw / 1e6 if unit == "MB/s" else iops for bw, iops in vals]
+        xs = [speed(wl, bw, iops) for bw, iops, _ in samples.get((p, wl), [])]
+        if len(xs) > 1 and statistics.median(xs):
             lo, hi = min(xs), max(xs)
-            if statistics.median(xs) and (hi - lo) / statistics.median(xs) > 0.25:
+            if (hi - lo) / statistics.median(xs) > 0.25:
                 spread.append(f"{p} {wl}: {fmt(lo)}..{fmt(hi)}")
 if spread:
     print("\nnoisy cells (min..max more than 25% of the median): " + "; ".join(spread))
+if max(float(load_start.split()[0]), float(load_end.split()[0])) > int(cpus):
+    print(f"\nnote: the load average exceeded the {cpus} CPUs: other work competed with the "
+          "servers and the client, so the throughput ratios are less reliable than the "
+          "CPU-per-request table.")
 
 if show_ratios:
     print("\ntargets (issue #4):")
     for wl, ref, want in targets:
-        label = dict((w, l) for w, l, _ in workloads)[wl]
         if ref not in peers:
             continue
         a, r = median("atrest", wl), median(ref, wl)
@@ -470,7 +512,7 @@ if show_ratios:
         else:
             got = f"{a / r:.2f}x"
             verdict = "met" if a / r >= want else "MISSED"
-        print(f"  {label:<20} atrest/{ref:<12} >= {want:.1f}x  got {got:>7}  {verdict}")
+        print(f"  {label_of[wl]:<20} atrest/{ref:<12} >= {want:.1f}x  got {got:>7}  {verdict}")
 
 if failed:
     print()
