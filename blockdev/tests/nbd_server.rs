@@ -823,3 +823,34 @@ fn nbdinfo_reads_the_handshake() {
     assert_eq!(export["contexts"][0], META_BASE_ALLOCATION);
     server.stop().unwrap();
 }
+
+#[test]
+fn a_flood_of_requests_is_throttled_not_dropped() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    volume.hold_reads_at(0);
+    let server = serve(vec![("disk", Arc::clone(&volume), false)]);
+    let mut client = attached(server.addr, "disk");
+    // More than the server keeps in flight per connection: it stops reading until
+    // the held reads finish, and then answers every one.
+    let writer = client.stream.try_clone().unwrap();
+    let flood = thread::spawn(move || {
+        let mut writer = writer;
+        for cookie in 0..400u64 {
+            let header = RequestHeader {
+                flags: 0,
+                kind: CMD_READ,
+                cookie,
+                offset: 0,
+                length: 512,
+            };
+            writer.write_all(&header.encode()).unwrap();
+        }
+    });
+    thread::sleep(Duration::from_millis(100));
+    volume.release_reads();
+    flood.join().unwrap();
+    let mut cookies: Vec<u64> = (0..400).map(|_| client.reply(|_| 512).0.cookie()).collect();
+    cookies.sort();
+    assert_eq!(cookies, (0..400).collect::<Vec<_>>());
+    server.stop().unwrap();
+}

@@ -801,19 +801,36 @@ fn is_zero(buf: &[u8]) -> bool {
 /// Counts a connection's requests and payload bytes in flight.
 #[derive(Default)]
 struct InFlight {
-    state: Mutex<(usize, u64)>,
+    state: Mutex<FlightState>,
     changed: Condvar,
 }
 
+#[derive(Default)]
+struct FlightState {
+    requests: usize,
+    bytes: u64,
+    /// Only the connection's reader ever waits; releasing skips the wake-up syscall
+    /// when it does not.
+    reader_waiting: bool,
+}
+
 impl InFlight {
-    fn wait_idle(&self) {
+    /// Blocks the reader until `ready` holds.
+    fn wait_until(&self, ready: impl Fn(&FlightState) -> bool) -> MutexGuard<'_, FlightState> {
         let mut state = lock(&self.state);
-        while state.0 > 0 {
+        while !ready(&state) {
+            state.reader_waiting = true;
             state = self
                 .changed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        state.reader_waiting = false;
+        state
+    }
+
+    fn wait_idle(&self) {
+        drop(self.wait_until(|s| s.requests == 0));
     }
 }
 
@@ -827,18 +844,13 @@ impl Permit {
     /// Waits until the connection has room. A request larger than the byte budget
     /// still runs, alone.
     fn acquire(connection: &Arc<Connection>, cost: u64) -> Permit {
-        let flight = &connection.in_flight;
-        let mut state = lock(&flight.state);
-        while state.0 >= MAX_REQUESTS_IN_FLIGHT
-            || (state.0 > 0 && state.1.saturating_add(cost) > MAX_BYTES_IN_FLIGHT)
-        {
-            state = flight
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        state.0 += 1;
-        state.1 = state.1.saturating_add(cost);
+        let mut state = connection.in_flight.wait_until(|s| {
+            s.requests < MAX_REQUESTS_IN_FLIGHT
+                && (s.requests == 0 || s.bytes.saturating_add(cost) <= MAX_BYTES_IN_FLIGHT)
+        });
+        state.requests += 1;
+        state.bytes = state.bytes.saturating_add(cost);
+        drop(state);
         Permit {
             connection: Arc::clone(connection),
             cost,
@@ -850,9 +862,11 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let flight = &self.connection.in_flight;
         let mut state = lock(&flight.state);
-        state.0 = state.0.saturating_sub(1);
-        state.1 = state.1.saturating_sub(self.cost);
-        flight.changed.notify_all();
+        state.requests = state.requests.saturating_sub(1);
+        state.bytes = state.bytes.saturating_sub(self.cost);
+        if state.reader_waiting {
+            flight.changed.notify_one();
+        }
     }
 }
 
