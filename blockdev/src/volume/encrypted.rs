@@ -57,7 +57,15 @@ impl std::fmt::Debug for EncryptedVolume {
             .field("size", &self.located.header.size())
             .field("key_arn", &self.wrapped.key_arn)
             .field("read_only", &self.read_only)
-            .field("has_key", &self.has_key())
+            // try_read: formatting must never wait on (or deadlock with) a revocation.
+            .field(
+                "key",
+                &match self.key.try_read().as_deref() {
+                    Ok(KeySlot::Installed(_)) => "installed",
+                    Ok(KeySlot::Empty(_)) => "none",
+                    Err(_) => "changing",
+                },
+            )
             .finish_non_exhaustive()
     }
 }
@@ -224,6 +232,7 @@ impl EncryptedVolume {
         Ok(())
     }
 
+    /// A buffer of at least `len` bytes from the pool.
     fn take_buffer(&self, len: usize) -> Vec<u8> {
         let mut buf = self
             .buffers
@@ -231,7 +240,11 @@ impl EncryptedVolume {
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
             .unwrap_or_default();
-        buf.resize(len, 0);
+        // Only ever grown, so a reused buffer is not zero-filled again; every byte the
+        // caller uses is overwritten before it is read.
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
         buf
     }
 
@@ -368,17 +381,18 @@ impl EncryptedVolume {
             .locks
             .lock(first, sectors, partial_head || partial_tail);
         let mut buf = self.take_buffer(sectors as usize * SECTOR);
+        let work = &mut buf[..sectors as usize * SECTOR];
         let result = (|| {
             if partial_head {
-                self.read_sectors(cipher, first, &mut buf[..SECTOR])?;
+                self.read_sectors(cipher, first, &mut work[..SECTOR])?;
             }
             if partial_tail {
-                let at = buf.len() - SECTOR;
-                self.read_sectors(cipher, last, &mut buf[at..])?;
+                let at = work.len() - SECTOR;
+                self.read_sectors(cipher, last, &mut work[at..])?;
             }
-            buf[head..head + data.len()].copy_from_slice(data);
-            cipher.encrypt_sectors(&mut buf, first, SECTOR);
-            self.file.write_all_at(&buf, self.file_pos(first))
+            work[head..head + data.len()].copy_from_slice(data);
+            cipher.encrypt_sectors(work, first, SECTOR);
+            self.file.write_all_at(work, self.file_pos(first))
         })();
         self.return_buffer(buf);
         result
