@@ -14,6 +14,7 @@
 //! `flock` on `trail.jsonl` (and a mutex inside the process, because `flock` does not
 //! exclude two users of one file description). A record is on disk (`fdatasync`)
 //! before `append` returns, so a call is never acknowledged without its record.
+//! Concurrent appends of one process share one write and one sync (group commit).
 //!
 //! A crash in the middle of an append can leave an incomplete final line. It was
 //! never acknowledged (the process had not yet synced it), so the next append cuts
@@ -25,12 +26,12 @@
 mod head;
 mod record;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use thiserror::Error;
 use time::OffsetDateTime;
@@ -90,6 +91,33 @@ pub enum TrailError {
     /// serialisable JSON).
     #[error("cannot encode a trail record: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+impl TrailError {
+    /// The same failure, reported to another caller of the same failed batch.
+    fn for_another_caller(&self) -> TrailError {
+        match self {
+            TrailError::Io { path, source } => TrailError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            TrailError::Broken {
+                path,
+                line,
+                sequence,
+                problem,
+            } => TrailError::Broken {
+                path: path.clone(),
+                line: *line,
+                sequence: *sequence,
+                problem: problem.clone(),
+            },
+            TrailError::Encode(err) => TrailError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(err.to_string()),
+            },
+        }
+    }
 }
 
 fn locate(line: Option<u64>, sequence: Option<u64>) -> String {
@@ -178,6 +206,19 @@ pub struct Trail {
     head_path: PathBuf,
     origin: TrailOrigin,
     files: Mutex<TrailFiles>,
+    batch: Mutex<Batch>,
+    batch_written: Condvar,
+}
+
+/// Appends of this process waiting to be written together.
+#[derive(Debug, Default)]
+struct Batch {
+    next_ticket: u64,
+    queue: Vec<(u64, ApiCall)>,
+    /// A thread is writing a batch: the others wait for it.
+    writing: bool,
+    /// Outcomes not yet collected by their callers.
+    done: HashMap<u64, Result<(), TrailError>>,
 }
 
 #[derive(Debug)]
@@ -218,6 +259,8 @@ impl Trail {
                 account: account.to_owned(),
             },
             files: Mutex::new(TrailFiles { log, head }),
+            batch: Mutex::new(Batch::default()),
+            batch_written: Condvar::new(),
         })
     }
 
@@ -227,7 +270,58 @@ impl Trail {
     }
 
     /// Appends one record durably; the call it describes is not acknowledged before.
+    ///
+    /// Threads of one process that append at the same time share one write and one
+    /// `fdatasync` (group commit): the first becomes the writer of everything queued,
+    /// the others wait for their outcome.
     pub fn append(&self, call: &ApiCall) -> Result<(), TrailError> {
+        let mut batch = self.batch();
+        let ticket = batch.next_ticket;
+        batch.next_ticket += 1;
+        batch.queue.push((ticket, call.clone()));
+        loop {
+            if let Some(outcome) = batch.done.remove(&ticket) {
+                return outcome;
+            }
+            if batch.writing {
+                batch = self
+                    .batch_written
+                    .wait(batch)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            batch.writing = true;
+            let calls = std::mem::take(&mut batch.queue);
+            drop(batch);
+            let outcomes = self.write_batch(&calls);
+            batch = self.batch();
+            batch.writing = false;
+            batch.done.extend(outcomes);
+            self.batch_written.notify_all();
+        }
+    }
+
+    /// Writes `calls` as consecutive records with one write and one sync, and says
+    /// for each ticket whether its record is durable.
+    fn write_batch(&self, calls: &[(u64, ApiCall)]) -> Vec<(u64, Result<(), TrailError>)> {
+        let mut outcomes = Vec::with_capacity(calls.len());
+        if let Err(err) = self.try_write_batch(calls, &mut outcomes) {
+            // Nothing of the batch is known to be durable: every caller fails.
+            outcomes.clear();
+            outcomes.extend(
+                calls
+                    .iter()
+                    .map(|(ticket, _)| (*ticket, Err(err.for_another_caller()))),
+            );
+        }
+        outcomes
+    }
+
+    fn try_write_batch(
+        &self,
+        calls: &[(u64, ApiCall)],
+        outcomes: &mut Vec<(u64, Result<(), TrailError>)>,
+    ) -> Result<(), TrailError> {
         let files = self.files();
         let _lock = FlockGuard::exclusive(&files.log, &self.log_path)?;
         let tail = read_tail(&files.log).map_err(|source| self.log_io(source))?;
@@ -263,32 +357,45 @@ impl Trail {
                 .set_len(tail.complete_len)
                 .map_err(|source| self.log_io(source))?;
         }
-        let (sequence, previous) = match last {
-            Some(link) => (
-                link.sequence
-                    .checked_add(1)
-                    .ok_or_else(|| TrailError::Broken {
-                        path: self.log_path.clone(),
-                        line: None,
-                        sequence: Some(link.sequence),
-                        problem: "the last record's sequence number cannot grow".into(),
-                    })?,
-                link.record_hash,
-            ),
-            None => (1, GENESIS_HASH),
+        let mut newest = match last {
+            Some(link) => Head {
+                sequence: link.sequence,
+                hash: link.record_hash,
+            },
+            None => Head::EMPTY,
         };
-        let (mut line, hash) = record::encode(call, &self.origin, sequence, &previous)?;
-        line.push(b'\n');
+        let mut lines = Vec::new();
+        for (ticket, call) in calls {
+            let sequence = newest
+                .sequence
+                .checked_add(1)
+                .ok_or_else(|| TrailError::Broken {
+                    path: self.log_path.clone(),
+                    line: None,
+                    sequence: Some(newest.sequence),
+                    problem: "the last record's sequence number cannot grow".into(),
+                })?;
+            match record::encode(call, &self.origin, sequence, &newest.hash) {
+                Ok((line, hash)) => {
+                    lines.extend_from_slice(&line);
+                    lines.push(b'\n');
+                    newest = Head { sequence, hash };
+                    outcomes.push((*ticket, Ok(())));
+                }
+                Err(err) => outcomes.push((*ticket, Err(TrailError::Encode(err)))),
+            }
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
         (&files.log)
-            .write_all(&line)
+            .write_all(&lines)
             .and_then(|()| files.log.sync_data())
             .map_err(|source| self.log_io(source))?;
-        Head { sequence, hash }
-            .write(&files.head)
-            .map_err(|source| TrailError::Io {
-                path: self.head_path.clone(),
-                source,
-            })
+        newest.write(&files.head).map_err(|source| TrailError::Io {
+            path: self.head_path.clone(),
+            source,
+        })
     }
 
     /// Checks every record and the head; the error names the first bad record.
@@ -482,6 +589,12 @@ impl Trail {
             Ok(())
         })?;
         Ok(keys)
+    }
+
+    fn batch(&self) -> MutexGuard<'_, Batch> {
+        self.batch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn files(&self) -> MutexGuard<'_, TrailFiles> {
@@ -1072,6 +1185,42 @@ mod tests {
             })
             .collect();
         assert_eq!(ids.len(), 150);
+    }
+
+    #[test]
+    fn every_caller_of_a_failed_batch_is_told() {
+        let (_dir, trail) = trail_with(2);
+        let mut records = lines(&trail);
+        records[1] = records[1].replace("alice", "mallory");
+        rewrite(&trail, &records);
+        let trail = &trail;
+        let failures: Vec<TrailError> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| scope.spawn(move || trail.append(&call("Decrypt", KEY_A, KEY_A, i))))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().expect("appender").err())
+                .collect()
+        });
+        assert_eq!(failures.len(), 6);
+        for err in failures {
+            assert!(
+                matches!(
+                    err,
+                    TrailError::Broken {
+                        sequence: Some(2),
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            lines(trail).len(),
+            2,
+            "nothing was written after the bad record"
+        );
     }
 
     #[test]
