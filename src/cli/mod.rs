@@ -1,6 +1,7 @@
 //! Shared CLI plumbing: global options, the state directory, error reporting.
 
 pub mod kms;
+pub mod lifecycle;
 pub mod nbd;
 pub mod trail;
 pub mod volume;

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context};
+use blockdev::lease::{self, LeaseConfig};
+use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::nbd::{self, Export, Server, DEFAULT_EXPORT};
 use blockdev::volume::{self, NewVolumeKey};
 use clap::{Args, Subcommand};
@@ -31,11 +33,19 @@ pub struct NbdServeArgs {
     listen: String,
     /// A volume to export, as NAME=PATH (repeatable). A client asking for the empty
     /// export name gets `default`, or the only export.
-    #[arg(long = "export", value_name = "NAME=PATH", value_parser = parse_export, required = true)]
+    #[arg(long = "export", value_name = "NAME=PATH", value_parser = parse_export,
+          required_unless_present = "exports_file")]
     exports: Vec<(String, PathBuf)>,
+    /// Read the exports from a TOML file (`[[export]]` name, path, read_only,
+    /// description, allowed_clients), reloaded on SIGHUP: an export whose path changed
+    /// is swapped to the new volume (its clients are disconnected cleanly).
+    #[arg(long = "exports", value_name = "FILE", conflicts_with = "exports")]
+    exports_file: Option<PathBuf>,
     /// Offer every export read-only (volumes are opened read-only too).
     #[arg(long)]
     read_only: bool,
+    #[command(flatten)]
+    lease: super::lifecycle::LeaseArgs,
 }
 
 /// `atrest serve`: zero-config. On first run it creates the key `alias/atrest-default`
@@ -76,21 +86,47 @@ fn open_kms(globals: &Globals) -> anyhow::Result<LocalKms> {
 
 fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
     let kms = open_kms(globals)?;
-    let mut table = BTreeMap::new();
-    for (name, path) in args.exports {
-        if table.contains_key(&name) {
-            bail!("export {name:?} is given twice");
+    let specs = match &args.exports_file {
+        Some(file) => exports::load_exports(file)?,
+        None => {
+            let mut specs: Vec<ExportSpec> = Vec::new();
+            for (name, path) in args.exports {
+                if specs.iter().any(|s| s.name == name) {
+                    bail!("export {name:?} is given twice");
+                }
+                specs.push(ExportSpec {
+                    description: Some(path.display().to_string()),
+                    name,
+                    path,
+                    read_only: false,
+                    allowed_clients: Vec::new(),
+                });
+            }
+            specs
         }
-        let export =
-            open_export(&kms, &path, args.read_only).with_context(|| format!("export {name:?}"))?;
-        table.insert(name, export);
+    };
+    let set = super::lifecycle::open_exports(&kms, &args.lease, args.read_only, specs)?;
+    let server = Server::bind(args.listen.as_str(), set.table())?;
+    nbd::stop_on_signals(server.shutdown_handle())?;
+    if let Some(file) = args.exports_file {
+        exports::reload_on_sighup(set, file, server.shutdown_handle())?;
     }
-    run_server(&args.listen, table)
+    eprintln!("listening on {}", server.local_addr());
+    // Returns once every connection has finished and every volume is flushed; the
+    // volumes (and their data keys, zeroized on drop) go when the table does.
+    server.run()?;
+    Ok(())
 }
 
 fn open_export(kms: &LocalKms, path: &Path, read_only: bool) -> anyhow::Result<Export> {
-    let volume = volume::open(path, kms, read_only)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let volume = lease::open_served(
+        path,
+        Arc::new(kms.clone()),
+        Some(Arc::new(kms.clone())),
+        read_only,
+        LeaseConfig::default(),
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
     Ok(Export {
         volume,
         read_only,

@@ -21,6 +21,16 @@ pub enum VolumeCommand {
     Create(CreateArgs),
     /// Describe a volume as JSON: id, size, encryption, key and its state, header copy.
     Info(InfoArgs),
+    /// Point-in-time, read-only copy with the same encryption (a reflink clone where
+    /// the filesystem can, else a sparse copy).
+    Snapshot(super::lifecycle::SnapshotArgs),
+    /// Copy under a fresh data key (EBS CopySnapshot): unencrypted to encrypted, or
+    /// encrypted to encrypted under any CMK.
+    Copy(super::lifecycle::CopyArgs),
+    /// Encrypt an existing raw disk image into a new volume.
+    Import(super::lifecycle::ImportArgs),
+    /// Re-wrap the data key (ReEncrypt) under the CMK's newest material or another CMK.
+    Rewrap(super::lifecycle::RewrapArgs),
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +63,10 @@ pub fn run(cmd: VolumeCommand, globals: &Globals) -> anyhow::Result<()> {
     match cmd {
         VolumeCommand::Create(args) => create(args, globals),
         VolumeCommand::Info(args) => info(args, globals),
+        VolumeCommand::Snapshot(args) => super::lifecycle::snapshot(args, globals),
+        VolumeCommand::Copy(args) => super::lifecycle::copy(args, globals),
+        VolumeCommand::Import(args) => super::lifecycle::import(args, globals),
+        VolumeCommand::Rewrap(args) => super::lifecycle::rewrap(args, globals),
     }
 }
 
