@@ -150,6 +150,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the watcher and drops (zeroizes) the key.
 pub struct DataKeyLease {
     volume: EncryptedVolume,
+    /// A second handle on the volume file, to make accepted writes durable while the
+    /// key is revoked (fdatasync needs no key).
+    sync_handle: std::fs::File,
     kms: Arc<dyn KeyService>,
     watch: Option<Arc<dyn KeystoreGeneration>>,
     config: LeaseConfig,
@@ -185,7 +188,12 @@ impl DataKeyLease {
             });
         }
         let generation = watch.as_ref().map(|w| w.generation()).transpose()?;
+        let sync_handle = std::fs::File::open(volume.path()).map_err(|source| Error::Io {
+            context: format!("open {}", volume.path().display()),
+            source,
+        })?;
         let lease = Arc::new(Self {
+            sync_handle,
             volume,
             kms,
             watch,
@@ -432,8 +440,16 @@ impl Volume for DataKeyLease {
         self.volume.write_at(offset, data)
     }
 
+    /// Without the key, writes accepted earlier are still made durable: syncing needs
+    /// no key, and a server shutting down with a disabled key must not lose them.
     fn flush(&self) -> Result<(), Error> {
-        self.volume.flush()
+        if self.volume.has_key() {
+            return self.volume.flush();
+        }
+        self.sync_handle.sync_data().map_err(|source| Error::Io {
+            context: format!("fdatasync {}", self.volume.path().display()),
+            source,
+        })
     }
 
     fn trim(&self, offset: u64, length: u64) -> Result<(), Error> {
