@@ -44,6 +44,7 @@ pub enum KmsCommand {
     CreateAlias(AliasArgs),
     /// Point an existing alias at another key.
     UpdateAlias(AliasArgs),
+    /// Remove an alias (the key stays).
     DeleteAlias {
         #[arg(long, value_name = "alias/NAME")]
         alias_name: String,
@@ -64,17 +65,22 @@ pub enum KmsCommand {
         #[arg(long, value_name = "DAYS")]
         rotation_period_in_days: Option<u32>,
     },
+    /// Stop automatic rotation (existing material versions stay).
     DisableKeyRotation(KeyIdArg),
+    /// Whether automatic rotation is on, its period and next date.
     GetKeyRotationStatus(KeyIdArg),
     /// New material for new ciphertexts now; old ciphertexts still decrypt.
     RotateKeyOnDemand(KeyIdArg),
+    /// The key's completed rotations.
     ListKeyRotations(KeyIdArg),
+    /// Replace a key's description.
     UpdateKeyDescription {
         #[arg(long, value_name = "ID")]
         key_id: String,
         #[arg(long, value_name = "TEXT")]
         description: String,
     },
+    /// Print a key's policy.
     GetKeyPolicy {
         #[arg(long, value_name = "ID")]
         key_id: String,
@@ -106,6 +112,7 @@ pub enum KmsCommand {
         #[arg(long, value_name = "k=v,...|JSON")]
         encryption_context: Option<String>,
     },
+    /// Decrypt a ciphertext blob (a wrapped data key or an encrypted message).
     Decrypt {
         /// `fileb://PATH`, or the blob in base64.
         #[arg(long, value_name = "fileb://PATH|BASE64")]
