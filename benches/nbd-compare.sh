@@ -356,7 +356,12 @@ run_fio() {
     fi
     t1="$(date +%s.%N)"
     ticks1="$(cpu_ticks "$pid")"
-    python3 - "$json" "$p" "$wl" "$round" "$((ticks1 - ticks0))" "$clock_ticks" "$t0" "$t1" >>"$results" <<'EOF'
+    if ! kill -0 "$pid" 2>/dev/null; then
+        fail_peer "$p" "the server exited during fio $wl in round $round: $(tail -n 3 "$work/$p.log" | tr '\n' ' ')"
+        return 1
+    fi
+    local row
+    if ! row="$(python3 - "$json" "$p" "$wl" "$round" "$((ticks1 - ticks0))" "$clock_ticks" "$t0" "$t1" 2>&1 <<'EOF'
 import json, sys
 path, peer, wl, rnd, ticks, hz, t0, t1 = sys.argv[1:]
 # The server's CPU over the whole fio run (warm-up included) per second of it.
@@ -369,8 +374,15 @@ job = doc["jobs"][0]
 if job.get("error"):
     sys.exit(f"fio reported error {job['error']} for {peer} {wl}")
 side = job["write" if "write" in wl else "read"]
+if not side["total_ios"]:
+    sys.exit(f"fio completed no I/O against {peer} ({wl})")
 print(f"{rnd}\t{peer}\t{wl}\t{side['bw_bytes']}\t{side['iops']}\t{side['total_ios']}\t{cores:.4f}")
 EOF
+)"; then
+        fail_peer "$p" "$row"
+        return 1
+    fi
+    echo "$row" >>"$results"
 }
 
 for ((round = 1; round <= rounds; round++)); do
