@@ -334,3 +334,40 @@ expect(errno.EPERM, lambda: bad.trim(4096, 0), good_still_reads)
 expect(errno.EPERM, lambda: bad.zero(4096, 0), good_still_reads)
 bad.pread(4096, 0)
 "#;
+
+#[test]
+fn bad_exports_are_refused_with_a_clear_error() {
+    let home = Home::new();
+    let missing = home.file("missing.vol");
+    let cases: [(Vec<String>, &str); 3] = [
+        (
+            vec!["--export".into(), "no-equals-sign".into()],
+            "NAME=PATH",
+        ),
+        (
+            vec!["--export".into(), format!("a={}", missing.display())],
+            "missing.vol",
+        ),
+        (
+            vec![
+                "--export".into(),
+                format!("a={}", missing.display()),
+                "--export".into(),
+                format!("a={}", missing.display()),
+            ],
+            "given twice",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = home
+            .atrest()
+            .args(["nbd", "serve", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("listening on"), "{args:?}: {stderr}");
+    }
+}

@@ -38,6 +38,8 @@ const MAX_BYTES_IN_FLIGHT: u64 = 128 * 1024 * 1024;
 /// A client that does not take its replies for this long is dropped, so a stuck
 /// client cannot hold a worker forever.
 const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the server waits for each piece of a client's handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// CACHE reads the range through the volume in pieces of this size.
 const CACHE_PIECE: u32 = 4 * 1024 * 1024;
 
@@ -202,10 +204,12 @@ impl Server {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
+        // Workers mostly wait on the volume file, not on a core: several per core keep
+        // a deep queue of disk reads going while others decrypt.
         let workers = thread::available_parallelism()
             .map_or(2, usize::from)
             .saturating_mul(4)
-            .max(8);
+            .max(16);
         Ok(Server {
             listener,
             local_addr: local,
@@ -348,11 +352,20 @@ fn serve_connection(
     stream
         .set_write_timeout(Some(REPLY_WRITE_TIMEOUT))
         .map_err(io_error("setting the write timeout"))?;
+    // A client that connects and then says nothing must not hold a thread forever.
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_error("setting the handshake timeout"))?;
     let mut writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
     let Some(session) = handshake(&mut reader, &mut writer, exports)? else {
         return Ok(());
     };
+    // Attached clients may idle as long as they like between requests.
+    reader
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(io_error("clearing the handshake timeout"))?;
     attached(&session.export.volume);
     let connection = Arc::new(Connection {
         volume: session.export.volume,
