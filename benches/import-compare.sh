@@ -4,6 +4,10 @@
 #
 #   benches/import-compare.sh [--size 1G] [--rounds 3] [--only TOOL]...
 #
+# Two references without encryption show where the time goes: `dd` (a user-space
+# read/write copy through the page cache, what a read-encrypt-write loop does minus the
+# cipher) and `dd-direct` (the same writing with O_DIRECT, no page-cache allocation).
+#
 # The source image is random data (no holes, so nothing can be skipped). Each round
 # runs every tool once, rotating the order; the table shows the median wall time of the
 # command alone and of the command followed by an fsync of its output (atrest's import
@@ -11,7 +15,7 @@
 # the speed ratios issue #5 states its targets in. See benches/README.md.
 set -euo pipefail
 
-readonly TOOLS_ALL=(cp qemu-img atrest)
+readonly TOOLS_ALL=(cp qemu-img atrest dd dd-direct)
 readonly LUKS_PASSPHRASE=bench-passphrase
 readonly ATREST_KEY=alias/bench
 
@@ -82,6 +86,7 @@ require() {
 }
 require python3 python3
 require sync coreutils
+require dd coreutils
 if selected qemu-img; then require qemu-img qemu-utils; fi
 
 repo_root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -161,6 +166,8 @@ timed() {
             qemu-img) qemu-img convert -f raw -O luks --object "secret,id=s0,data=$LUKS_PASSPHRASE" \
                 -o key-secret=s0,iter-time=10 "$src" "$dst" 2>"$work/err" ;;
             atrest) "$atrest" volume import "$src" "$dst" --key-id "$ATREST_KEY" >/dev/null 2>"$work/err" ;;
+            dd) dd if="$src" of="$dst" bs=4M status=none 2>"$work/err" ;;
+            dd-direct) dd if="$src" of="$dst" bs=4M oflag=direct status=none 2>"$work/err" ;;
         esac && {
             t1="$(date +%s.%N)"
             sync "$dst"
