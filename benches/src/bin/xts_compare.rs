@@ -4,8 +4,9 @@
 //! Single-core figures encrypt one 4 KiB sector per call, in place, the way
 //! `openssl speed` does, and are divided by the thread's CPU time as `openssl speed`
 //! divides by user CPU time, so time the scheduler gives to other processes on a
-//! shared machine does not count against either. A second column encrypts 1 MiB per
-//! call (256 sectors, tweaks batched). The thread rows encrypt a 64 MiB buffer on a one-thread and a
+//! shared machine does not count against either. Further columns decrypt one sector
+//! per call and encrypt 1 MiB per call (tweaks batched) with 4 KiB and 512-byte
+//! sectors. The thread rows encrypt a 64 MiB buffer on a one-thread and a
 //! two-thread rayon pool. Rounds interleave the contenders so that load from other
 //! processes spreads over all of them; the table shows the median of the rounds.
 //!
@@ -190,8 +191,9 @@ fn main() -> Result<()> {
     let mut sector = vec![0x5au8; SECTOR];
     let mut big = vec![0xa5u8; BIG];
     let mut mib = vec![0x3cu8; MIB];
-    let mut per_backend: Vec<Vec<f64>> = vec![Vec::new(); ciphers.len()];
-    let mut per_backend_mib: Vec<Vec<f64>> = vec![Vec::new(); ciphers.len()];
+    // Per backend: encrypt and decrypt one 4 KiB sector per call, then 1 MiB per call
+    // with 4 KiB and with 512-byte sectors.
+    let mut per_backend: Vec<[Vec<f64>; 4]> = ciphers.iter().map(|_| Default::default()).collect();
     let mut xts_mode = Vec::new();
     let mut openssl = Vec::new();
     let mut big_one = Vec::new();
@@ -199,19 +201,23 @@ fn main() -> Result<()> {
 
     for round in 1..=opts.rounds {
         eprintln!("round {round}/{}", opts.rounds);
-        for (cipher, results) in ciphers.iter().zip(&mut per_backend) {
+        for (cipher, [enc, dec, mib4k, mib512]) in ciphers.iter().zip(&mut per_backend) {
             let mut n = 0u64;
-            results.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
+            enc.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
                 cipher.encrypt_sectors(black_box(&mut sector), n, SECTOR);
                 n += 1;
             })?);
-        }
-        for (cipher, results) in ciphers.iter().zip(&mut per_backend_mib) {
-            results.push(one.install(|| {
-                throughput(opts.seconds, Clock::ThreadCpu, MIB, || {
-                    cipher.encrypt_sectors(black_box(&mut mib), 0, SECTOR)
-                })
+            dec.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
+                cipher.decrypt_sectors(black_box(&mut sector), n, SECTOR);
+                n += 1;
             })?);
+            for (results, size) in [(mib4k, SECTOR), (mib512, 512)] {
+                results.push(one.install(|| {
+                    throughput(opts.seconds, Clock::ThreadCpu, MIB, || {
+                        cipher.encrypt_sectors(black_box(&mut mib), 0, size)
+                    })
+                })?);
+            }
         }
         let mut n = 0u128;
         xts_mode.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
@@ -236,20 +242,23 @@ fn main() -> Result<()> {
         "AES-256-XTS, 4 KiB sectors, one core, GB/s per CPU-second, medians of {} rounds",
         opts.rounds
     );
-    println!("(ratio = / openssl; openssl and the first column encrypt one 4 KiB sector per call)");
     println!(
-        "{:<34} {:>8} {:>8} {:>12} {:>8}",
-        "contender", "GB/s", "ratio", "1 MiB calls", "ratio"
+        "(ratio = / openssl; openssl and the first columns process one 4 KiB sector per call)"
     );
-    for ((backend, results), mib_results) in backends.iter().zip(per_backend).zip(per_backend_mib) {
-        let (m, mm) = (median(results), median(mib_results));
+    println!(
+        "{:<34} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "contender", "encrypt", "ratio", "decrypt", "1MiB/4K", "1MiB/512"
+    );
+    for (backend, results) in backends.iter().zip(per_backend) {
+        let [enc, dec, mib4k, mib512] = results.map(median);
         println!(
-            "{:<34} {:>8.2} {:>7.2}x {:>12.2} {:>7.2}x",
+            "{:<34} {:>8.2} {:>7.2}x {:>8.2} {:>10.2} {:>10.2}",
             format!("atrest {backend:?}"),
-            gb(m),
-            m / openssl_m,
-            gb(mm),
-            mm / openssl_m
+            gb(enc),
+            enc / openssl_m,
+            gb(dec),
+            gb(mib4k),
+            gb(mib512)
         );
     }
     let xm = median(xts_mode);

@@ -285,7 +285,11 @@ fn xts_run512<const ENCRYPT: bool>(rk: &[[u8; 16]; 15], blocks: &mut [u8], tweak
         }
         t = to_u128(_mm512_castsi512_si128(tw[0]));
     }
-    xts_run256::<ENCRYPT>(rk, batches.into_remainder().as_flattened_mut(), t)
+    let tail = batches.into_remainder();
+    if tail.is_empty() {
+        return t;
+    }
+    xts_run256::<ENCRYPT>(rk, tail.as_flattened_mut(), t)
 }
 
 #[cfg(test)]
