@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(libnbd-bin nbdkit fio qemu-utils python3-libnbd fuse3 e2fsprogs util-linux openssl python3-pip)
+apt_packages=(libnbd-bin nbdkit fio qemu-utils python3-libnbd fuse3 e2fsprogs util-linux openssl python3-pip python3-venv)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -35,3 +35,11 @@ if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+
+# The AWS clients and peers the gateway tests drive (boto3, the aws CLI, moto's
+# server mode) live in their own venv, .venv-test, which the tests find (or
+# $ATREST_TEST_VENV): pip-installed CLIs must not fight the system's Python packages.
+if [ ! -x .venv-test/bin/python ]; then
+    python3 -m venv .venv-test
+fi
+.venv-test/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt

@@ -30,6 +30,9 @@ enum Command {
     /// NBD server.
     #[command(subcommand)]
     Nbd(cli::nbd::NbdCommand),
+    /// Access keys for the AWS-compatible endpoints (`atrest kms serve`).
+    #[command(subcommand)]
+    Iam(cli::gateway::IamCommand),
     /// Zero-config main job: default key, default volume, served over NBD.
     Serve(cli::nbd::ServeArgs),
 }
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Trail(cmd) => cli::trail::run(cmd, &args.globals),
         Command::Volume(cmd) => cli::volume::run(cmd, &args.globals),
         Command::Nbd(cmd) => cli::nbd::run(cmd, &args.globals),
+        Command::Iam(cmd) => cli::gateway::run_iam(cmd, &args.globals),
         Command::Serve(serve) => cli::nbd::serve_default(serve, &args.globals),
     };
     match result {

@@ -137,6 +137,8 @@ pub enum KmsCommand {
         #[arg(long, value_name = "k=v,...|JSON")]
         destination_encryption_context: Option<String>,
     },
+    /// Serve this key service over HTTP(S) with the AWS KMS JSON API and SigV4.
+    Serve(super::gateway::KmsServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -191,6 +193,7 @@ pub struct DataKeyArgs {
 pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
     let kms = LocalKms::open(&globals.home()?, LocalKmsConfig::from_env()?)?;
     match cmd {
+        KmsCommand::Serve(args) => super::gateway::serve_kms(args, globals, kms),
         KmsCommand::CreateKey(args) => create_key(&kms, args),
         KmsCommand::DescribeKey(KeyIdArg { key_id }) => {
             print_json(&json!({ "KeyMetadata": to_json(&kms.describe_key(&key_id)?)? }))

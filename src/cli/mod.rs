@@ -1,5 +1,6 @@
 //! Shared CLI plumbing: global options, the state directory, error reporting.
 
+pub mod gateway;
 pub mod kms;
 pub mod lifecycle;
 pub mod nbd;
@@ -52,9 +53,9 @@ pub fn init_logging() {
 /// exit code: 254 for a service error, 1 for anything else.
 pub fn report(err: &anyhow::Error) -> ExitCode {
     eprintln!("{err:#}");
-    let service_error = err.chain().any(|cause| {
-        cause.downcast_ref::<crypto_core::kms::KmsError>().is_some()
-    });
+    let service_error = err
+        .chain()
+        .any(|cause| cause.downcast_ref::<crypto_core::kms::KmsError>().is_some());
     if service_error {
         ExitCode::from(254)
     } else {

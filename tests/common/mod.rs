@@ -66,6 +66,11 @@ impl Home {
         Served::start(self.atrest().args(args))
     }
 
+    /// Starts `atrest ARGS` with extra environment variables, waiting as [`Home::serve`].
+    pub fn serve_env(&self, env: &[(&str, &str)], args: &[&str]) -> Served {
+        Served::start(self.atrest().envs(env.iter().copied()).args(args))
+    }
+
     /// `atrest serve --listen 127.0.0.1:0`: the zero-config default volume.
     pub fn serve_default(&self) -> Served {
         self.serve(&["serve", "--listen", "127.0.0.1:0"])

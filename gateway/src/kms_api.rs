@@ -1,0 +1,591 @@
+//! The KMS JSON 1.1 API: one parser for `X-Amz-Target` ([`KmsOperation::parse`]),
+//! one dispatcher ([`handle`]) from an operation and its JSON body to a
+//! [`KeyService`] call, and the AWS-shaped JSON answers. The caller has already
+//! authenticated the request and hands in the key service acting for its principal.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use crypto_core::kms::{self, DataKeySpec, KeyService, KmsError};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::error::GatewayError;
+use crate::wire::{self, decode_blob, encode_secret};
+
+const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+
+/// Every operation the endpoint serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KmsOperation {
+    CreateKey,
+    DescribeKey,
+    ListKeys,
+    UpdateKeyDescription,
+    EnableKey,
+    DisableKey,
+    ScheduleKeyDeletion,
+    CancelKeyDeletion,
+    ListAliases,
+    CreateAlias,
+    UpdateAlias,
+    DeleteAlias,
+    EnableKeyRotation,
+    DisableKeyRotation,
+    GetKeyRotationStatus,
+    RotateKeyOnDemand,
+    ListKeyRotations,
+    GetKeyPolicy,
+    PutKeyPolicy,
+    GenerateDataKey,
+    GenerateDataKeyWithoutPlaintext,
+    Encrypt,
+    Decrypt,
+    ReEncrypt,
+}
+
+impl KmsOperation {
+    pub const ALL: [KmsOperation; 24] = [
+        KmsOperation::CreateKey,
+        KmsOperation::DescribeKey,
+        KmsOperation::ListKeys,
+        KmsOperation::UpdateKeyDescription,
+        KmsOperation::EnableKey,
+        KmsOperation::DisableKey,
+        KmsOperation::ScheduleKeyDeletion,
+        KmsOperation::CancelKeyDeletion,
+        KmsOperation::ListAliases,
+        KmsOperation::CreateAlias,
+        KmsOperation::UpdateAlias,
+        KmsOperation::DeleteAlias,
+        KmsOperation::EnableKeyRotation,
+        KmsOperation::DisableKeyRotation,
+        KmsOperation::GetKeyRotationStatus,
+        KmsOperation::RotateKeyOnDemand,
+        KmsOperation::ListKeyRotations,
+        KmsOperation::GetKeyPolicy,
+        KmsOperation::PutKeyPolicy,
+        KmsOperation::GenerateDataKey,
+        KmsOperation::GenerateDataKeyWithoutPlaintext,
+        KmsOperation::Encrypt,
+        KmsOperation::Decrypt,
+        KmsOperation::ReEncrypt,
+    ];
+
+    /// The AWS operation name (the part of `X-Amz-Target` after `TrentService.`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KmsOperation::CreateKey => "CreateKey",
+            KmsOperation::DescribeKey => "DescribeKey",
+            KmsOperation::ListKeys => "ListKeys",
+            KmsOperation::UpdateKeyDescription => "UpdateKeyDescription",
+            KmsOperation::EnableKey => "EnableKey",
+            KmsOperation::DisableKey => "DisableKey",
+            KmsOperation::ScheduleKeyDeletion => "ScheduleKeyDeletion",
+            KmsOperation::CancelKeyDeletion => "CancelKeyDeletion",
+            KmsOperation::ListAliases => "ListAliases",
+            KmsOperation::CreateAlias => "CreateAlias",
+            KmsOperation::UpdateAlias => "UpdateAlias",
+            KmsOperation::DeleteAlias => "DeleteAlias",
+            KmsOperation::EnableKeyRotation => "EnableKeyRotation",
+            KmsOperation::DisableKeyRotation => "DisableKeyRotation",
+            KmsOperation::GetKeyRotationStatus => "GetKeyRotationStatus",
+            KmsOperation::RotateKeyOnDemand => "RotateKeyOnDemand",
+            KmsOperation::ListKeyRotations => "ListKeyRotations",
+            KmsOperation::GetKeyPolicy => "GetKeyPolicy",
+            KmsOperation::PutKeyPolicy => "PutKeyPolicy",
+            KmsOperation::GenerateDataKey => "GenerateDataKey",
+            KmsOperation::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            KmsOperation::Encrypt => "Encrypt",
+            KmsOperation::Decrypt => "Decrypt",
+            KmsOperation::ReEncrypt => "ReEncrypt",
+        }
+    }
+
+    /// Parses an `X-Amz-Target` header value (`TrentService.<Op>`).
+    pub fn parse(target: &str) -> Result<KmsOperation, GatewayError> {
+        let name = target.strip_prefix(wire::TARGET_PREFIX).ok_or_else(|| {
+            GatewayError::UnknownOperation(format!(
+                "X-Amz-Target must start with '{}'",
+                wire::TARGET_PREFIX
+            ))
+        })?;
+        KmsOperation::ALL
+            .into_iter()
+            .find(|op| op.name() == name)
+            .ok_or_else(|| {
+                GatewayError::UnknownOperation(format!(
+                    "atrest's key service has no operation '{}'",
+                    name.chars().take(64).collect::<String>()
+                ))
+            })
+    }
+}
+
+/// Runs one operation for the caller `kms` stands for and returns the JSON answer.
+/// The buffer is zeroized when dropped: GenerateDataKey's and Decrypt's answers hold
+/// plaintext keys.
+pub fn handle(
+    kms: &dyn KeyService,
+    op: KmsOperation,
+    body: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    match op {
+        KmsOperation::CreateKey => {
+            let req: wire::CreateKeyRequest = parse(body)?;
+            if req.tags.as_ref().is_some_and(|tags| !tags.is_empty()) {
+                return Err(unsupported(
+                    "tags are not supported by atrest's key service",
+                ));
+            }
+            if req.multi_region == Some(true) {
+                return Err(unsupported("multi-Region keys are not supported"));
+            }
+            if let Some(origin) = req.origin.as_deref().filter(|o| *o != "AWS_KMS") {
+                return Err(unsupported(&format!(
+                    "Origin {origin} is not supported; atrest makes its own key material (AWS_KMS)"
+                )));
+            }
+            let spec = match (req.key_spec, req.customer_master_key_spec) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(GatewayError::Kms(KmsError::Validation(
+                        "KeySpec and CustomerMasterKeySpec differ; give only KeySpec".into(),
+                    )))
+                }
+                (a, b) => a.or(b),
+            };
+            let meta = kms.create_key(&kms::CreateKeyRequest {
+                description: req.description.unwrap_or_default(),
+                policy: req.policy,
+                bypass_policy_lockout_safety_check: req
+                    .bypass_policy_lockout_safety_check
+                    .unwrap_or(false),
+                key_spec: spec,
+                key_usage: req.key_usage,
+            })?;
+            reply(&json!({ "KeyMetadata": meta }))
+        }
+        KmsOperation::DescribeKey => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            reply(&json!({ "KeyMetadata": kms.describe_key(&req.key_id)? }))
+        }
+        KmsOperation::ListKeys => {
+            let req: wire::ListRequest = parse(body)?;
+            let page = kms.list_keys(&list_request(&req))?;
+            reply(&page_json("Keys", page)?)
+        }
+        KmsOperation::UpdateKeyDescription => {
+            let req: wire::UpdateKeyDescriptionRequest = parse(body)?;
+            kms.update_key_description(&req.key_id, &req.description)?;
+            empty()
+        }
+        KmsOperation::EnableKey => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            kms.enable_key(&req.key_id)?;
+            empty()
+        }
+        KmsOperation::DisableKey => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            kms.disable_key(&req.key_id)?;
+            empty()
+        }
+        KmsOperation::ScheduleKeyDeletion => {
+            let req: wire::ScheduleKeyDeletionRequest = parse(body)?;
+            reply(&json!(kms.schedule_key_deletion(
+                &req.key_id,
+                req.pending_window_in_days
+            )?))
+        }
+        KmsOperation::CancelKeyDeletion => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            reply(&json!({ "KeyId": kms.cancel_key_deletion(&req.key_id)? }))
+        }
+        KmsOperation::ListAliases => {
+            let req: wire::ListRequest = parse(body)?;
+            let page = kms.list_aliases(req.key_id.as_deref(), &list_request(&req))?;
+            reply(&page_json("Aliases", page)?)
+        }
+        KmsOperation::CreateAlias => {
+            let req: wire::AliasRequest = parse(body)?;
+            kms.create_alias(&req.alias_name, &req.target_key_id)?;
+            empty()
+        }
+        KmsOperation::UpdateAlias => {
+            let req: wire::AliasRequest = parse(body)?;
+            kms.update_alias(&req.alias_name, &req.target_key_id)?;
+            empty()
+        }
+        KmsOperation::DeleteAlias => {
+            let req: wire::DeleteAliasRequest = parse(body)?;
+            kms.delete_alias(&req.alias_name)?;
+            empty()
+        }
+        KmsOperation::EnableKeyRotation => {
+            let req: wire::EnableKeyRotationRequest = parse(body)?;
+            kms.enable_key_rotation(&req.key_id, req.rotation_period_in_days)?;
+            empty()
+        }
+        KmsOperation::DisableKeyRotation => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            kms.disable_key_rotation(&req.key_id)?;
+            empty()
+        }
+        KmsOperation::GetKeyRotationStatus => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            reply(&json!(kms.get_key_rotation_status(&req.key_id)?))
+        }
+        KmsOperation::RotateKeyOnDemand => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            reply(&json!({ "KeyId": kms.rotate_key_on_demand(&req.key_id)? }))
+        }
+        KmsOperation::ListKeyRotations => {
+            let req: wire::ListRequest = parse(body)?;
+            let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
+            let rotations = kms.list_key_rotations(key_id)?;
+            reply(&paged_slice("Rotations", rotations, &req)?)
+        }
+        KmsOperation::GetKeyPolicy => {
+            let req: wire::KeyPolicyRequest = parse(body)?;
+            let name = req.policy_name.unwrap_or_else(|| "default".into());
+            let policy = kms.get_key_policy(&req.key_id, &name)?;
+            reply(&json!({ "Policy": policy, "PolicyName": name }))
+        }
+        KmsOperation::PutKeyPolicy => {
+            let req: wire::KeyPolicyRequest = parse(body)?;
+            let policy = req.policy.ok_or_else(|| missing("Policy"))?;
+            kms.put_key_policy(
+                &req.key_id,
+                req.policy_name.as_deref().unwrap_or("default"),
+                &policy,
+                req.bypass_policy_lockout_safety_check.unwrap_or(false),
+            )?;
+            empty()
+        }
+        KmsOperation::GenerateDataKey => {
+            let req = data_key_request(parse(body)?)?;
+            let generated = kms.generate_data_key(&req)?;
+            reply_with_plaintext(
+                &[
+                    ("CiphertextBlob", BASE64.encode(&generated.ciphertext_blob)),
+                    ("KeyId", generated.key_id),
+                ],
+                generated.plaintext.expose(),
+            )
+        }
+        KmsOperation::GenerateDataKeyWithoutPlaintext => {
+            let req = data_key_request(parse(body)?)?;
+            let wrapped = kms.generate_data_key_without_plaintext(&req)?;
+            reply(&json!({
+                "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
+                "KeyId": wrapped.key_id,
+            }))
+        }
+        KmsOperation::Encrypt => {
+            let req: wire::EncryptRequest = parse(body)?;
+            refuse_dry_run(req.dry_run)?;
+            check_algorithm(req.encryption_algorithm.as_deref())?;
+            let plaintext = decode_blob("Plaintext", &req.plaintext)?;
+            let wrapped = kms.encrypt(
+                &req.key_id,
+                &plaintext,
+                &req.encryption_context.unwrap_or_default(),
+            )?;
+            reply(&json!({
+                "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
+                "KeyId": wrapped.key_id,
+                "EncryptionAlgorithm": SYMMETRIC_DEFAULT,
+            }))
+        }
+        KmsOperation::Decrypt => {
+            let req: wire::DecryptRequest = parse(body)?;
+            refuse_dry_run(req.dry_run)?;
+            check_algorithm(req.encryption_algorithm.as_deref())?;
+            let decrypted = kms.decrypt(&kms::DecryptRequest {
+                ciphertext_blob: decode_blob("CiphertextBlob", &req.ciphertext_blob)?.to_vec(),
+                encryption_context: req.encryption_context.unwrap_or_default(),
+                key_id: req.key_id,
+            })?;
+            reply_with_plaintext(
+                &[
+                    ("EncryptionAlgorithm", SYMMETRIC_DEFAULT.to_owned()),
+                    ("KeyId", decrypted.key_id),
+                ],
+                decrypted.plaintext.expose(),
+            )
+        }
+        KmsOperation::ReEncrypt => {
+            let req: wire::ReEncryptRequest = parse(body)?;
+            refuse_dry_run(req.dry_run)?;
+            check_algorithm(req.source_encryption_algorithm.as_deref())?;
+            check_algorithm(req.destination_encryption_algorithm.as_deref())?;
+            let done = kms.re_encrypt(&kms::ReEncryptRequest {
+                ciphertext_blob: decode_blob("CiphertextBlob", &req.ciphertext_blob)?.to_vec(),
+                source_encryption_context: req.source_encryption_context.unwrap_or_default(),
+                source_key_id: req.source_key_id,
+                destination_key_id: req.destination_key_id,
+                destination_encryption_context: req
+                    .destination_encryption_context
+                    .unwrap_or_default(),
+            })?;
+            reply(&json!({
+                "CiphertextBlob": BASE64.encode(&done.ciphertext_blob),
+                "SourceKeyId": done.source_key_id,
+                "KeyId": done.key_id,
+                "SourceEncryptionAlgorithm": SYMMETRIC_DEFAULT,
+                "DestinationEncryptionAlgorithm": SYMMETRIC_DEFAULT,
+            }))
+        }
+    }
+}
+
+/// Parses a request body; an empty body is `{}`. Bad JSON syntax is a
+/// SerializationException, a missing or mistyped field a ValidationException.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
+    let body = if body.is_empty() {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => GatewayError::Kms(KmsError::Validation(format!(
+            "1 validation error detected: {e}"
+        ))),
+        serde_json::error::Category::Io
+        | serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof => {
+            GatewayError::Serialization(format!("the request body is not valid JSON: {e}"))
+        }
+    })
+}
+
+fn missing(field: &str) -> GatewayError {
+    GatewayError::Kms(KmsError::Validation(format!(
+        "1 validation error detected: Value null at '{field}' failed to satisfy constraint: \
+         Member must not be null"
+    )))
+}
+
+fn unsupported(what: &str) -> GatewayError {
+    GatewayError::Kms(KmsError::UnsupportedOperation(what.to_owned()))
+}
+
+fn refuse_dry_run(dry_run: Option<bool>) -> Result<(), GatewayError> {
+    match dry_run {
+        Some(true) => Err(unsupported(
+            "DryRun is not supported by atrest's key service",
+        )),
+        Some(false) | None => Ok(()),
+    }
+}
+
+fn check_algorithm(algorithm: Option<&str>) -> Result<(), GatewayError> {
+    match algorithm {
+        None | Some(SYMMETRIC_DEFAULT) => Ok(()),
+        Some(other) => Err(GatewayError::Kms(KmsError::Validation(format!(
+            "EncryptionAlgorithm '{}' is not valid for a symmetric key; use SYMMETRIC_DEFAULT",
+            other.chars().take(64).collect::<String>()
+        )))),
+    }
+}
+
+/// AWS requires exactly one of KeySpec and NumberOfBytes.
+fn data_key_request(
+    req: wire::DataKeyRequest,
+) -> Result<kms::GenerateDataKeyRequest, GatewayError> {
+    refuse_dry_run(req.dry_run)?;
+    let spec = match (req.key_spec.as_deref(), req.number_of_bytes) {
+        (Some(spec), None) => DataKeySpec::from_key_spec(spec)?,
+        (None, Some(n)) => {
+            let n = u16::try_from(n).unwrap_or(u16::MAX);
+            DataKeySpec::Bytes(n)
+        }
+        (Some(_), Some(_)) => {
+            return Err(GatewayError::Kms(KmsError::Validation(
+                "Please specify either number of bytes or key spec, not both.".into(),
+            )))
+        }
+        (None, None) => {
+            return Err(GatewayError::Kms(KmsError::Validation(
+                "Please specify either number of bytes or key spec.".into(),
+            )))
+        }
+    };
+    spec.byte_len()?;
+    Ok(kms::GenerateDataKeyRequest {
+        key_id: req.key_id,
+        spec,
+        encryption_context: req.encryption_context.unwrap_or_default(),
+    })
+}
+
+fn list_request(req: &wire::ListRequest) -> kms::ListRequest {
+    kms::ListRequest {
+        limit: req.limit,
+        marker: req.marker.clone(),
+    }
+}
+
+fn page_json<T: serde::Serialize>(field: &str, page: kms::Page<T>) -> Result<Value, GatewayError> {
+    let mut out = serde_json::Map::new();
+    out.insert(field.to_owned(), to_value(&page.items)?);
+    out.insert("Truncated".into(), Value::Bool(page.next_marker.is_some()));
+    if let Some(marker) = page.next_marker {
+        out.insert("NextMarker".into(), Value::String(marker));
+    }
+    Ok(Value::Object(out))
+}
+
+/// Pages a list the key service returns whole; the marker is the decimal offset of
+/// the next item.
+fn paged_slice<T: serde::Serialize>(
+    field: &str,
+    items: Vec<T>,
+    req: &wire::ListRequest,
+) -> Result<Value, GatewayError> {
+    let limit = match req.limit {
+        None => 100,
+        Some(limit @ 1..=1000) => limit as usize,
+        Some(other) => {
+            return Err(GatewayError::Kms(KmsError::Validation(format!(
+                "1 validation error detected: Value '{other}' at 'limit' failed to satisfy \
+                 constraint: Member must have value between 1 and 1000"
+            ))))
+        }
+    };
+    let start = match req.marker.as_deref() {
+        None => 0,
+        Some(marker) => marker
+            .parse::<usize>()
+            .ok()
+            .filter(|start| *start <= items.len())
+            .ok_or_else(|| {
+                GatewayError::Kms(KmsError::InvalidMarker(
+                    "the marker is not one this service issued".into(),
+                ))
+            })?,
+    };
+    let end = start.saturating_add(limit).min(items.len());
+    let next = (end < items.len()).then(|| end.to_string());
+    let page = kms::Page {
+        items: items.into_iter().skip(start).take(end - start).collect(),
+        next_marker: next,
+    };
+    page_json(field, page)
+}
+
+fn to_value(value: &impl serde::Serialize) -> Result<Value, GatewayError> {
+    serde_json::to_value(value).map_err(|e| {
+        GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
+    })
+}
+
+fn reply(value: &Value) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    serde_json::to_vec(value).map(Zeroizing::new).map_err(|e| {
+        GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
+    })
+}
+
+fn empty() -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    Ok(Zeroizing::new(b"{}".to_vec()))
+}
+
+/// A JSON object of `fields` plus `"Plaintext"`, built in one zeroizing buffer sized
+/// up front so no reallocation leaves a copy of the secret behind.
+fn reply_with_plaintext(
+    fields: &[(&str, String)],
+    plaintext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    let encoded = encode_secret(plaintext);
+    let mut rendered = Vec::with_capacity(fields.len());
+    for (name, value) in fields {
+        let value = serde_json::to_string(value).map_err(|e| {
+            GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
+        })?;
+        rendered.push((*name, value));
+    }
+    let capacity = rendered
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .sum::<usize>()
+        + encoded.len()
+        + 16;
+    let mut out = Zeroizing::new(Vec::with_capacity(capacity));
+    out.push(b'{');
+    for (name, value) in &rendered {
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(value.as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"Plaintext\":\"");
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(b"\"}");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_for_every_operation_and_only_those() {
+        for op in KmsOperation::ALL {
+            let target = format!("TrentService.{}", op.name());
+            assert_eq!(KmsOperation::parse(&target).unwrap(), op);
+        }
+        for bad in [
+            "",
+            "TrentService.",
+            "TrentService.Nope",
+            "S3.GetObject",
+            "DescribeKey",
+        ] {
+            assert!(matches!(
+                KmsOperation::parse(bad),
+                Err(GatewayError::UnknownOperation(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn bodies_map_to_serialization_or_validation_errors() {
+        let syntax = parse::<wire::KeyIdRequest>(b"{").unwrap_err();
+        assert_eq!(syntax.aws_name(), "SerializationException");
+        let missing = parse::<wire::KeyIdRequest>(b"{}").unwrap_err();
+        assert_eq!(missing.aws_name(), "ValidationException");
+        let mistyped = parse::<wire::KeyIdRequest>(br#"{"KeyId": 5}"#).unwrap_err();
+        assert_eq!(mistyped.aws_name(), "ValidationException");
+    }
+
+    #[test]
+    fn plaintext_answers_are_valid_json() {
+        let body =
+            reply_with_plaintext(&[("KeyId", "arn:\"odd\"".to_owned())], &[1, 2, 3]).unwrap();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["KeyId"], "arn:\"odd\"");
+        assert_eq!(value["Plaintext"], "AQID");
+    }
+
+    #[test]
+    fn data_key_requests_need_exactly_one_size() {
+        let both = wire::DataKeyRequest {
+            key_id: "k".into(),
+            key_spec: Some("AES_256".into()),
+            number_of_bytes: Some(32),
+            ..Default::default()
+        };
+        assert!(data_key_request(both).is_err());
+        let neither = wire::DataKeyRequest {
+            key_id: "k".into(),
+            ..Default::default()
+        };
+        assert!(data_key_request(neither).is_err());
+        let huge = wire::DataKeyRequest {
+            key_id: "k".into(),
+            number_of_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        assert!(data_key_request(huge).is_err());
+    }
+}

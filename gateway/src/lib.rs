@@ -1,0 +1,27 @@
+//! atrest's AWS-compatible front: the HTTP server that speaks the AWS KMS JSON 1.1
+//! API with SigV4 authentication, and a key service client for any
+//! AWS-KMS-compatible endpoint.
+//!
+//! The public map:
+//!
+//! - [`sigv4`]: AWS Signature Version 4 — verification (header and presigned query)
+//!   and signing, shared by the server and the client.
+//! - [`credentials`]: the access keys the server accepts (`<home>/iam/`).
+//! - [`server`]: the HTTP(S) server, [`server::Gateway`] and its router by service.
+//! - [`kms_api`]: the KMS operations over any [`crypto_core::kms::KeyService`].
+//! - [`wire`]: the KMS JSON shapes, shared by server and client.
+//! - [`client`]: [`client::RemoteKms`], a `KeyService` reached over HTTP.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod credentials;
+mod error;
+pub mod kms_api;
+pub mod server;
+pub mod sigv4;
+pub mod wire;
+
+pub use client::{RemoteKms, RemoteKmsConfig};
+pub use credentials::{AccessKey, AccessKeyStatus, CredentialStore};
+pub use error::GatewayError;
+pub use server::{Gateway, RunningGateway, TlsFiles};
