@@ -7,8 +7,10 @@
 //! shared machine does not count against either. Further columns decrypt one sector
 //! per call and encrypt 1 MiB per call (tweaks batched) with 4 KiB and 512-byte
 //! sectors. The thread rows encrypt a 64 MiB buffer on a one-thread and a
-//! two-thread rayon pool. Rounds interleave the contenders so that load from other
-//! processes spreads over all of them; the table shows the median of the rounds.
+//! two-thread rayon pool, by the wall clock, and also show how many CPUs the process
+//! got meanwhile: on a busy machine the wall-clock ratio says more about the other
+//! processes than about the code. Rounds interleave the contenders so that load from
+//! other processes spreads over all of them; the tables show medians of the rounds.
 //!
 //! ```text
 //! cargo run --release -p atrest-benches --bin xts_compare -- [--rounds N] [--seconds S]
@@ -57,17 +59,6 @@ fn parse_options() -> Result<Options> {
     Ok(opts)
 }
 
-/// Which clock divides the bytes.
-#[derive(Clone, Copy)]
-enum Clock {
-    /// CPU time of the calling thread, as `openssl speed` divides by user CPU time by
-    /// default: on a machine shared with other work this measures the code, not the
-    /// share of the core it got.
-    ThreadCpu,
-    /// Wall-clock time, for the multi-threaded rows.
-    Wall,
-}
-
 /// Nanoseconds the calling thread has run on a CPU (first field of schedstat).
 fn thread_cpu_ns() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -76,14 +67,40 @@ fn thread_cpu_ns() -> Result<u64> {
     Ok(field.parse()?)
 }
 
-/// Bytes per second of `op` (which processes `bytes_per_call`) repeated for about
-/// `seconds` of the chosen clock.
-fn throughput(
-    seconds: f64,
-    clock: Clock,
-    bytes_per_call: usize,
-    mut op: impl FnMut(),
-) -> Result<f64> {
+/// Nanoseconds all threads of this process have run on a CPU.
+fn process_cpu_ns() -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").context("listing /proc/self/task")? {
+        let path = task?.path().join("schedstat");
+        // A thread that exited between the listing and the read has nothing to add.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let field = text.split_whitespace().next().context("empty schedstat")?;
+            total += field.parse::<u64>()?;
+        }
+    }
+    Ok(total)
+}
+
+/// Wall-clock bytes per second of `op` repeated for about `seconds`, and the CPU
+/// time the whole process used meanwhile (in CPU-seconds per second).
+fn wall_and_cpus(seconds: f64, bytes_per_call: usize, mut op: impl FnMut()) -> Result<(f64, f64)> {
+    op();
+    let (start, start_cpu) = (Instant::now(), process_cpu_ns()?);
+    let mut calls = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        op();
+        calls += 1;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = (process_cpu_ns()? - start_cpu) as f64 / 1e9;
+    Ok((calls as f64 * bytes_per_call as f64 / wall, cpu / wall))
+}
+
+/// Bytes per CPU-second of `op` (which processes `bytes_per_call`) repeated for about
+/// `seconds` of the calling thread's CPU time. `openssl speed` likewise divides by
+/// user CPU time, so on a machine shared with other work this measures the code, not
+/// the share of the core it got.
+fn throughput(seconds: f64, bytes_per_call: usize, mut op: impl FnMut()) -> Result<f64> {
     // Grow the batch between clock reads until it takes a few milliseconds, so that
     // reading the clock (a /proc read for the CPU clock) costs nothing measurable.
     let mut batch = 1u64;
@@ -97,17 +114,14 @@ fn throughput(
         }
         batch *= 2;
     }
-    let (start_wall, start_cpu) = (Instant::now(), thread_cpu_ns()?);
+    let start_cpu = thread_cpu_ns()?;
     let mut calls = 0u64;
     loop {
         for _ in 0..batch {
             op();
         }
         calls += batch;
-        let spent = match clock {
-            Clock::Wall => start_wall.elapsed().as_secs_f64(),
-            Clock::ThreadCpu => (thread_cpu_ns()? - start_cpu) as f64 / 1e9,
-        };
+        let spent = (thread_cpu_ns()? - start_cpu) as f64 / 1e9;
         if spent >= seconds {
             return Ok((calls as f64 * bytes_per_call as f64) / spent);
         }
@@ -203,31 +217,31 @@ fn main() -> Result<()> {
         eprintln!("round {round}/{}", opts.rounds);
         for (cipher, [enc, dec, mib4k, mib512]) in ciphers.iter().zip(&mut per_backend) {
             let mut n = 0u64;
-            enc.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
+            enc.push(throughput(opts.seconds, SECTOR, || {
                 cipher.encrypt_sectors(black_box(&mut sector), n, SECTOR);
                 n += 1;
             })?);
-            dec.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
+            dec.push(throughput(opts.seconds, SECTOR, || {
                 cipher.decrypt_sectors(black_box(&mut sector), n, SECTOR);
                 n += 1;
             })?);
             for (results, size) in [(mib4k, SECTOR), (mib512, 512)] {
                 results.push(one.install(|| {
-                    throughput(opts.seconds, Clock::ThreadCpu, MIB, || {
+                    throughput(opts.seconds, MIB, || {
                         cipher.encrypt_sectors(black_box(&mut mib), 0, size)
                     })
                 })?);
             }
         }
         let mut n = 0u128;
-        xts_mode.push(throughput(opts.seconds, Clock::ThreadCpu, SECTOR, || {
+        xts_mode.push(throughput(opts.seconds, SECTOR, || {
             reference.encrypt_area(black_box(&mut sector), SECTOR, n, get_tweak_default);
             n += 1;
         })?);
         openssl.push(openssl_speed()?);
         let mut big_run = |p: &rayon::ThreadPool| {
             p.install(|| {
-                throughput(opts.seconds, Clock::Wall, BIG, || {
+                wall_and_cpus(opts.seconds, BIG, || {
                     fastest.encrypt_sectors(black_box(&mut big), 0, SECTOR)
                 })
             })
@@ -274,14 +288,42 @@ fn main() -> Result<()> {
         gb(openssl_m),
         1.0
     );
-    let (b1, b2) = (median(big_one), median(big_two));
+    let summary = |runs: Vec<(f64, f64)>| {
+        let (wall, cpus): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
+        let (wall, cpus) = (median(wall), median(cpus));
+        (wall, cpus, wall / cpus)
+    };
+    let (w1, c1, p1) = summary(big_one);
+    let (w2, c2, p2) = summary(big_two);
     println!();
     println!(
-        "atrest {:?}, 64 MiB buffer, 4 KiB sectors, wall clock (load average now: {})",
+        "atrest {:?}, 64 MiB buffer, 4 KiB sectors (load average now: {})",
         fastest.backend(),
         load_average()
     );
-    println!("{:<34} {:>8.2}", "1 thread", gb(b1));
-    println!("{:<34} {:>8.2} {:>7.2}x", "2 threads", gb(b2), b2 / b1);
+    println!("(wall-clock GB/s; CPUs = process CPU time / wall time; per CPU = GB per CPU-second:");
+    println!(
+        " equal per-CPU figures mean the second thread adds its full share when it gets a core)"
+    );
+    println!(
+        "{:<34} {:>8} {:>8} {:>8} {:>8}",
+        "threads", "GB/s", "ratio", "CPUs", "per CPU"
+    );
+    println!(
+        "{:<34} {:>8.2} {:>7.2}x {:>8.2} {:>8.2}",
+        "1",
+        gb(w1),
+        1.0,
+        c1,
+        gb(p1)
+    );
+    println!(
+        "{:<34} {:>8.2} {:>7.2}x {:>8.2} {:>8.2}",
+        "2",
+        gb(w2),
+        w2 / w1,
+        c2,
+        gb(p2)
+    );
     Ok(())
 }
