@@ -123,7 +123,10 @@ macro_rules! vround8 {
 }
 
 /// Each 128-bit lane of `t` times alpha^n, `n` (0..64) given per 64-bit half in
-/// `counts` (both halves of a lane equal); see `aesni::mul_alpha_n`.
+/// `counts` (both halves of a lane equal): a 128-bit shift left by `n` bits, the `n`
+/// bits shifted out folded back as their carry-less product with 0x87 (at most 70
+/// bits, so one multiply reduces fully). Lets the registers' tweaks be computed side
+/// by side from one tweak instead of by a chain of doublings.
 #[inline]
 #[target_feature(enable = "avx2,vpclmulqdq")]
 fn mul_alpha_n256(t: __m256i, counts: __m256i) -> __m256i {
