@@ -854,3 +854,41 @@ fn a_flood_of_requests_is_throttled_not_dropped() {
     assert_eq!(cookies, (0..400).collect::<Vec<_>>());
     server.stop().unwrap();
 }
+
+#[test]
+fn many_clients_at_once_each_read_back_their_own_writes() {
+    let server = serve(vec![("disk", Arc::new(MemVolume::new(16 << 20)), false)]);
+    let addr = server.addr;
+    let clients: Vec<_> = (0..16u64)
+        .map(|id| {
+            thread::spawn(move || {
+                let mut client = attached(addr, "disk");
+                let base = id << 20;
+                // Pipelined: every write goes out before any reply is read.
+                for i in 0..64u64 {
+                    client.request(CMD_WRITE, 0, i, base + i * 4096, 4096);
+                    client.write(&[(id * 64 + i) as u8; 4096]);
+                }
+                for _ in 0..64 {
+                    assert_eq!(client.simple().error(), 0);
+                }
+                for i in 0..64u64 {
+                    client.request(CMD_READ, 0, 100 + i, base + i * 4096, 4096);
+                }
+                for _ in 0..64 {
+                    let (reply, data) = client.reply(|_| 4096);
+                    let i = reply.cookie() - 100;
+                    assert_eq!(
+                        data,
+                        vec![(id * 64 + i) as u8; 4096],
+                        "client {id} block {i}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    server.stop().unwrap();
+}
