@@ -184,11 +184,12 @@ impl SectorCipher {
             "XTS buffer of {} bytes is not a whole number of {sector_size}-byte sectors",
             buf.len()
         );
-        let threads = rayon::current_num_threads();
-        if buf.len() < PARALLEL_THRESHOLD || threads < 2 {
+        // Length first: asking rayon for its pool size costs more than a small call.
+        if buf.len() < PARALLEL_THRESHOLD || rayon::current_num_threads() < 2 {
             self.crypt_serial(buf, first_sector, sector_size, dir);
             return;
         }
+        let threads = rayon::current_num_threads();
         // A few chunks per thread so that a thread slowed by another process does
         // not hold the whole call back; each chunk still large enough to amortise
         // the task hand-off.
@@ -258,8 +259,10 @@ fn crypt_sectors<K: XtsKernel>(
 ) {
     let mut sector = first_sector;
     let mut tweaks = [0u128; TWEAK_BATCH];
+    let mut used = 0;
     for group in buf.chunks_mut(sector_size.saturating_mul(TWEAK_BATCH)) {
         let n = group.len() / sector_size;
+        used = used.max(n);
         k.sector_tweaks(sector, &mut tweaks[..n]);
         for (data, &tweak) in group.chunks_exact_mut(sector_size).zip(&tweaks[..n]) {
             crypt_one_sector(k, data, tweak, dir);
@@ -268,7 +271,7 @@ fn crypt_sectors<K: XtsKernel>(
         sector = sector.wrapping_add(n as u64);
     }
     // The encrypted tweaks are as sensitive as the tweak key for this range.
-    zeroize::Zeroize::zeroize(&mut tweaks);
+    zeroize::Zeroize::zeroize(&mut tweaks[..used]);
 }
 
 fn crypt_one_sector<K: XtsKernel>(k: &K, data: &mut [u8], tweak: u128, dir: Direction) {
