@@ -7,7 +7,7 @@
 //! flight (in number and in bytes), so a client that floods requests or never reads
 //! its replies stalls only itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
@@ -18,7 +18,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use tracing::{debug, error, info, warn};
 
 use super::proto::{
@@ -204,12 +203,12 @@ impl Server {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        // Workers mostly wait on the volume file, not on a core: several per core keep
-        // a deep queue of disk reads going while others decrypt.
+        // Several workers per core keep disk reads in flight while others decrypt;
+        // many more only add context switches when the data is in the page cache.
         let workers = thread::available_parallelism()
             .map_or(2, usize::from)
             .saturating_mul(4)
-            .max(16);
+            .max(8);
         Ok(Server {
             listener,
             local_addr: local,
@@ -255,7 +254,7 @@ impl Server {
             };
             threads.retain(|t| !t.is_finished());
             let id = next_id.fetch_add(1, Ordering::Relaxed);
-            if let Err(err) = self.spawn_connection(id, stream, pool.sender(), &mut threads) {
+            if let Err(err) = self.spawn_connection(id, stream, pool.queue(), &mut threads) {
                 warn!("connection {id}: {err}");
                 lock(&self.shared.connections).remove(&id);
             }
@@ -284,7 +283,7 @@ impl Server {
         &self,
         id: u64,
         stream: TcpStream,
-        jobs: Sender<Job>,
+        jobs: Arc<JobQueue>,
         threads: &mut Vec<JoinHandle<()>>,
     ) -> Result<(), Error> {
         let io_err = |context: &str| {
@@ -343,7 +342,7 @@ fn io_error(context: &'static str) -> impl Fn(io::Error) -> Error {
 fn serve_connection(
     stream: TcpStream,
     exports: &ExportTable,
-    jobs: &Sender<Job>,
+    jobs: &JobQueue,
     attached: impl FnOnce(&Arc<dyn Volume>),
 ) -> Result<(), Error> {
     stream
@@ -619,7 +618,7 @@ struct Connection {
 fn read_requests(
     connection: &Arc<Connection>,
     reader: &mut impl Read,
-    jobs: &Sender<Job>,
+    jobs: &JobQueue,
 ) -> Result<(), Error> {
     loop {
         let mut head = [0u8; proto::REQUEST_HEADER_LEN];
@@ -665,7 +664,7 @@ fn read_requests(
             permit.connection.execute(cookie, command, &payload);
             drop(permit);
         });
-        if jobs.send(job).is_err() {
+        if !jobs.push(job) {
             return Err(Error::Protocol("the server's workers have stopped".into()));
         }
     }
@@ -885,22 +884,77 @@ impl Drop for Permit {
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// The requests waiting for a worker. A plain mutex and condition variable: idle
+/// workers sleep until a job arrives (one is woken per job) instead of spinning,
+/// which on a machine with few cores would take the CPU from the work itself.
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<QueueState>,
+    available: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    idle_workers: usize,
+    closed: bool,
+}
+
+impl JobQueue {
+    /// Queues a job; `false` once the pool has finished.
+    fn push(&self, job: Job) -> bool {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return false;
+        }
+        state.jobs.push_back(job);
+        if state.idle_workers > 0 {
+            self.available.notify_one();
+        }
+        true
+    }
+
+    /// The next job; `None` when the queue is closed and drained.
+    fn pop(&self) -> Option<Job> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state.idle_workers += 1;
+            state = self
+                .available
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.idle_workers -= 1;
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.available.notify_all();
+    }
+}
+
 /// Threads that run requests for every connection.
 struct WorkerPool {
-    jobs: Sender<Job>,
+    queue: Arc<JobQueue>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl WorkerPool {
     fn start(count: usize) -> Result<WorkerPool, Error> {
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let queue = Arc::new(JobQueue::default());
         let mut threads = Vec::with_capacity(count);
         for i in 0..count {
-            let queue = queue.clone();
+            let queue = Arc::clone(&queue);
             let thread = thread::Builder::new()
                 .name(format!("nbd-worker-{i}"))
                 .spawn(move || {
-                    for job in queue {
+                    while let Some(job) = queue.pop() {
                         // A panicking volume call must not take the worker with it.
                         if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
                             error!("a request panicked; it got no reply");
@@ -910,15 +964,16 @@ impl WorkerPool {
                 .map_err(io_error("starting a worker thread"))?;
             threads.push(thread);
         }
-        Ok(WorkerPool { jobs, threads })
+        Ok(WorkerPool { queue, threads })
     }
 
-    fn sender(&self) -> Sender<Job> {
-        self.jobs.clone()
+    fn queue(&self) -> Arc<JobQueue> {
+        Arc::clone(&self.queue)
     }
 
+    /// Runs what is queued, then stops the workers.
     fn finish(self) {
-        drop(self.jobs);
+        self.queue.close();
         for thread in self.threads {
             let _ = thread.join();
         }
