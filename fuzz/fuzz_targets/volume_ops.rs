@@ -1,0 +1,163 @@
+//! An encrypted volume against a `Vec<u8>` model: unaligned writes, reads, trims,
+//! write-zeroes, flushes and reopens from the file, through two handles on the same
+//! file, in any order the fuzzer picks. Every read returns what the model holds,
+//! out-of-range requests fail without changing anything, holes read as zeros, and
+//! what was written survives closing and reopening the volume.
+#![no_main]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use atrest_fuzz::{scratch_dir, Input};
+use blockdev::volume::{self, EncryptedVolume, NewVolumeKey, Volume};
+use crypto_core::kms::{CreateKeyRequest, DecryptRequest, KeyService, LocalKms, LocalKmsConfig};
+use crypto_core::secret::XtsKey;
+use libfuzzer_sys::fuzz_target;
+
+const SIZE: u64 = 16 * 4096;
+
+struct Fixture {
+    _scratch: tempfile::TempDir,
+    path: PathBuf,
+    data_key: [u8; 64],
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let scratch = scratch_dir("volume");
+        let kms = LocalKms::open(&scratch.path().join("home"), LocalKmsConfig::new())
+            .expect("key service");
+        let key = kms
+            .create_key(&CreateKeyRequest::default())
+            .expect("a CMK")
+            .arn;
+        let path = scratch.path().join("model.vol");
+        volume::create(
+            &path,
+            SIZE,
+            NewVolumeKey::Kms {
+                kms: &kms,
+                key_id: &key,
+            },
+        )
+        .expect("create volume");
+        // The data key once, so that reopening in the loop needs no audited Decrypt.
+        let locked = EncryptedVolume::open_locked(&path, true).expect("open");
+        let plaintext = kms
+            .decrypt(&DecryptRequest {
+                ciphertext_blob: locked.wrapped_key().blob.clone(),
+                encryption_context: locked.encryption_context(),
+                key_id: Some(locked.key_arn().to_owned()),
+            })
+            .expect("unwrap the data key");
+        let mut data_key = [0u8; 64];
+        data_key.copy_from_slice(plaintext.plaintext.expose());
+        Fixture {
+            _scratch: scratch,
+            path,
+            data_key,
+        }
+    })
+}
+
+fn open(fixture: &Fixture) -> Arc<dyn Volume> {
+    let volume = EncryptedVolume::open_locked(&fixture.path, false).expect("reopen");
+    volume
+        .install_key(XtsKey::from_slice(&fixture.data_key).expect("64 bytes"))
+        .expect("install the data key");
+    Arc::new(volume)
+}
+
+/// Offsets and lengths cluster on sector edges so partial heads and tails, whole
+/// sectors and the end of the volume all occur; a few fall outside it.
+fn position(input: &mut Input<'_>) -> u64 {
+    match input.u8() % 4 {
+        0 => u64::from(input.u8() % 18) * 4096,
+        1 => (u64::from(input.u8() % 17) * 4096 + u64::from(input.u16() % 4096)).min(SIZE),
+        2 => u64::from(input.u16()) * 2 % (SIZE + 2),
+        _ => SIZE + u64::from(input.u8()),
+    }
+}
+
+fn range(input: &mut Input<'_>) -> (u64, u64) {
+    let (a, b) = (position(input), position(input));
+    (a.min(b), a.max(b) - a.min(b))
+}
+
+fn in_range(offset: u64, length: u64) -> bool {
+    offset.checked_add(length).is_some_and(|end| end <= SIZE)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let fixture = fixture();
+    let mut handles = [open(fixture), open(fixture)];
+    handles[0].trim(0, SIZE).expect("reset the volume");
+    let mut model = vec![0u8; SIZE as usize];
+    let mut input = Input::new(data);
+    let mut ops = 0;
+    while !input.is_empty() && ops < 64 {
+        ops += 1;
+        let op = input.u8();
+        let handle = usize::from(op >> 7);
+        let volume = &handles[handle];
+        let (offset, length) = range(&mut input);
+        let fits = in_range(offset, length);
+        let span = || offset as usize..(offset + length) as usize;
+        match op % 7 {
+            0 | 1 => {
+                let seed = input.u8();
+                let bytes: Vec<u8> = (0..length)
+                    .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                    .collect();
+                let result = volume.write_at(offset, &bytes);
+                assert_eq!(result.is_ok(), fits, "write {offset}+{length}: {result:?}");
+                if fits {
+                    model[span()].copy_from_slice(&bytes);
+                }
+            }
+            2 | 3 => {
+                let mut buf = vec![0xeeu8; length as usize];
+                let result = volume.read_at(offset, &mut buf);
+                assert_eq!(result.is_ok(), fits, "read {offset}+{length}: {result:?}");
+                if fits {
+                    assert!(buf == model[span()], "read {offset}+{length} differs from the model");
+                }
+            }
+            4 => {
+                let result = volume.trim(offset, length);
+                assert_eq!(result.is_ok(), fits, "trim {offset}+{length}: {result:?}");
+                if fits {
+                    model[span()].fill(0);
+                }
+            }
+            5 => {
+                let may_punch = input.u8() & 1 != 0;
+                let result = volume.write_zeroes(offset, length, may_punch);
+                assert_eq!(result.is_ok(), fits, "zero {offset}+{length}: {result:?}");
+                if fits {
+                    model[span()].fill(0);
+                }
+            }
+            _ => {
+                volume.flush().expect("flush");
+                if input.u8() & 1 != 0 {
+                    handles[handle] = open(fixture);
+                }
+            }
+        }
+    }
+    let mut all = vec![0u8; SIZE as usize];
+    handles[0].read_at(0, &mut all).expect("read everything");
+    assert!(all == model, "the volume differs from the model");
+    let extents = handles[1].allocation(0, SIZE).expect("allocation");
+    assert_eq!(extents.iter().map(|e| e.length).sum::<u64>(), SIZE);
+    let mut at = 0usize;
+    for extent in extents {
+        if extent.hole {
+            let end = at + extent.length as usize;
+            assert!(model[at..end].iter().all(|&b| b == 0), "a hole over data at {at}");
+        }
+        at += extent.length as usize;
+    }
+});

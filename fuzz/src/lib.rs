@@ -1,0 +1,75 @@
+//! What several fuzz targets share: a scratch directory on tmpfs (the targets that go
+//! through files would otherwise measure the disk), and the fixed root key that the
+//! keystore seeds made by `scripts/fuzz.sh` are sealed under.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The keystore target's root key. `scripts/fuzz.sh` writes the same 32 bytes to the
+/// root key file it makes the keystore seeds with, so seeds open past the root check.
+pub const KEYSTORE_ROOT_KEY: &[u8; 32] = b"atrest-fuzz-keystore-root-key-32";
+
+/// A fresh directory for this process, removed when the process ends normally
+/// (libFuzzer exits through `exit`, so a crash may leave it behind in /dev/shm).
+pub fn scratch_dir(name: &str) -> tempfile::TempDir {
+    let base = Path::new("/dev/shm");
+    let base: PathBuf = if base.is_dir() {
+        base.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    tempfile::Builder::new()
+        .prefix(&format!("atrest-fuzz-{name}-"))
+        .tempdir_in(base)
+        .expect("a scratch directory for the fuzz target")
+}
+
+/// Reads little-endian integers and byte runs off the fuzzer's input; past the end
+/// every read returns zeros, so any input is a complete program.
+#[derive(Debug)]
+pub struct Input<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
+    }
+
+    /// Up to `len` bytes (fewer at the end of the input).
+    pub fn bytes(&mut self, len: usize) -> &'a [u8] {
+        let (head, rest) = self.data.split_at(len.min(self.data.len()));
+        self.data = rest;
+        head
+    }
+
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.data)
+    }
+}

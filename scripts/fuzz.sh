@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Builds every cargo-fuzz target in fuzz/ and runs each for a bounded time:
+#   scripts/fuzz.sh                  # FUZZ_SECONDS per target, default 30
+#   FUZZ_SECONDS=600 scripts/fuzz.sh volume_ops trail_log
+# Seed corpora are made here from real artefacts (a keystore, a trail, ciphertext
+# blobs and a volume header made by the atrest binary; NBD sessions written below),
+# never committed as binary blobs. A crash, a hang (over 30 s on one input) or a
+# failed assertion makes the script fail; libFuzzer leaves the input under
+# fuzz/artifacts/<target>/ to turn into a regression test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${FUZZ_SECONDS:-30}"
+# The toolchain is stable; cargo-fuzz needs nightly flags (-Zsanitizer).
+export RUSTC_BOOTSTRAP=1
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
+fi
+
+mapfile -t all_targets < <(cd fuzz && cargo fuzz list)
+targets=("$@")
+if ((${#targets[@]} == 0)); then targets=("${all_targets[@]}"); fi
+
+cargo build --profile ci --quiet --bin atrest
+atrest="$PWD/target/ci/atrest"
+(cd fuzz && cargo fuzz build --release --debug-assertions)
+
+# ---- seed corpora ----------------------------------------------------------------
+corpus="$PWD/fuzz/corpus"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+seed() { # seed TARGET NAME < bytes
+    mkdir -p "$corpus/$1"
+    cat >"$corpus/$1/seed-$2"
+}
+
+# A home with keys in every state, under the fixed root key of fuzz/src/lib.rs.
+home="$work/home"
+printf '%s' 'atrest-fuzz-keystore-root-key-32' >"$work/root.key"
+chmod 600 "$work/root.key"
+kms() { ATREST_HOME="$home" ATREST_ROOT_KEY_FILE="$work/root.key" "$atrest" kms "$@"; }
+key=$(kms create-key --alias alias/fuzz --description seed | python3 -c 'import json,sys; print(json.load(sys.stdin)["KeyMetadata"]["KeyId"])')
+other=$(kms create-key | python3 -c 'import json,sys; print(json.load(sys.stdin)["KeyMetadata"]["KeyId"])')
+doomed=$(kms create-key | python3 -c 'import json,sys; print(json.load(sys.stdin)["KeyMetadata"]["KeyId"])')
+kms enable-key-rotation --key-id "$key" >/dev/null
+kms rotate-key-on-demand --key-id "$key" >/dev/null
+kms disable-key --key-id "$other" >/dev/null
+kms schedule-key-deletion --key-id "$doomed" --pending-window-in-days 7 >/dev/null
+printf 'seed plaintext' >"$work/plain"
+kms encrypt --key-id alias/fuzz --plaintext "fileb://$work/plain" --encryption-context a=b |
+    python3 -c 'import base64,json,sys; sys.stdout.buffer.write(base64.b64decode(json.load(sys.stdin)["CiphertextBlob"]))' |
+    seed envelope_blob encrypt
+kms generate-data-key-without-plaintext --key-id "$key" --number-of-bytes 64 |
+    python3 -c 'import base64,json,sys; sys.stdout.buffer.write(base64.b64decode(json.load(sys.stdin)["CiphertextBlob"]))' |
+    seed envelope_blob data-key
+kms decrypt --ciphertext-blob "fileb://$corpus/envelope_blob/seed-encrypt" --encryption-context a=b >/dev/null
+# Mode byte 0: the body under a fixed-up header line; 1: the whole file as it is.
+{ printf '\0'; tail -n +2 "$home/kms/keystore.json"; } | seed keystore_file body
+{ printf '\1'; cat "$home/kms/keystore.json"; } | seed keystore_file file
+# Mode 3: re-chained lines and a head that acknowledges the last one; 0: as stored.
+{ printf '\3'; cat "$home/trail/trail.jsonl"; } | seed trail_log rechained
+{ printf '\0'; cat "$home/trail/trail.jsonl"; } | seed trail_log stored
+# trail_file: the head's length, the head, the log.
+head_len=$(stat -c %s "$home/trail/trail.head")
+{ printf "\\x$(printf %02x "$head_len")"; cat "$home/trail/trail.head" "$home/trail/trail.jsonl"; } |
+    seed trail_file stored
+
+ATREST_HOME="$home" ATREST_ROOT_KEY_FILE="$work/root.key" \
+    "$atrest" volume create "$work/enc.vol" --size 1M --key-id alias/fuzz >/dev/null
+"$atrest" volume create "$work/raw.vol" --size 1M --unencrypted >/dev/null
+head -c 4096 "$work/enc.vol" | seed volume_header encrypted
+head -c 4096 "$work/raw.vol" | seed volume_header unencrypted
+
+python3 - "$corpus" <<'EOF'
+# NBD sessions (fuzz/fuzz_targets/nbd_session.rs) and request headers.
+import os, struct, sys
+corpus = sys.argv[1]
+def seed(target, name, data):
+    os.makedirs(f"{corpus}/{target}", exist_ok=True)
+    with open(f"{corpus}/{target}/seed-{name}", "wb") as f:
+        f.write(data)
+IHAVEOPT = 0x49484156454F5054
+def option(code, data=b""):
+    return struct.pack(">QII", IHAVEOPT, code, len(data)) + data
+def request(cmd, offset, length, flags=0, cookie=1, payload=b""):
+    return struct.pack(">IHHQQI", 0x25609513, flags, cmd, cookie, offset, length) + payload
+name = b"fuzz"
+go = option(7, struct.pack(">I", len(name)) + name + struct.pack(">HH", 1, 3))
+meta = option(10, struct.pack(">I", len(name)) + name + struct.pack(">II", 1, 15) + b"base:allocation")
+raw = struct.pack(">I", 3) + option(3) + option(8) + meta + option(6, struct.pack(">I", 2) + b"ro" + struct.pack(">H", 0)) + go
+raw += request(1, 4096, 512, cookie=1, payload=b"\xa5" * 512) + request(3, 0, 0, cookie=2)
+raw += request(0, 4000, 700, cookie=3) + request(7, 0, 1 << 20, cookie=4) + request(4, 0, 8192, cookie=5)
+raw += request(6, 100, 5000, flags=2, cookie=6) + request(5, 0, 65536, cookie=7) + request(2, 0, 0)
+seed("nbd_session", "raw", b"\x00" + raw)
+seed("nbd_session", "handshake-only", b"\x01")
+# Compact program: command, flags, offset/16 (u16 LE), length/16 (u16 LE), cookie.
+program = b"".join(struct.pack("<BBHHB", *r) for r in [
+    (1, 0, 256, 32, 1), (0, 0, 250, 40, 2), (3, 0, 0, 0, 3), (7, 0, 0, 4096, 4),
+    (4, 0, 256, 16, 5), (6, 2, 300, 8, 6), (5, 0, 0, 256, 7), (0, 1, 1, 0, 8), (2, 0, 0, 0, 9)])
+seed("nbd_session", "program", b"\x03" + program)
+seed("nbd_request", "write", request(1, 4096, 512))
+seed("nbd_request", "block-status", request(7, 0, 1 << 20, flags=8) + struct.pack("<QB", 1 << 20, 7))
+seed("nbd_option", "go", struct.pack(">I", 3) + go)
+seed("nbd_option", "meta", struct.pack(">I", 3) + meta)
+# XTS: key halves, a selector, sector size and number selectors, data.
+seed("xts_sectors", "4k", bytes(range(32)) + b"\x01" + bytes(range(32, 64)) + b"\x00\x00\x07\x00" + os.urandom(8192))
+seed("xts_sectors", "stealing", bytes(range(64)) + b"\x03\x11\x00\x01\xfe" + os.urandom(700))
+# Volume ops: write, read, trim, zero, flush+reopen, with sector-edge positions.
+seed("volume_ops", "mix", bytes([0, 1, 10, 1, 200, 0, 7, 2, 1, 9, 7, 1, 4, 0, 3, 0, 16, 5, 1, 2, 0, 9, 1, 6, 1, 130, 1, 0, 0, 17, 2, 1, 0, 0, 16]))
+EOF
+
+# ---- run -----------------------------------------------------------------------
+summary="$work/summary"
+for target in "${targets[@]}"; do
+    echo "== fuzz $target for ${seconds}s"
+    log="$work/$target.log"
+    mkdir -p "$corpus/$target"
+    if ! (cd fuzz && cargo fuzz run --release --debug-assertions "$target" "$corpus/$target" -- \
+        -max_total_time="$seconds" -timeout=30 -print_final_stats=1) >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz target $target FAILED (input saved under fuzz/artifacts/$target/)"
+        exit 1
+    fi
+    runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")
+    rate=$(awk '/stat::average_exec_per_sec/ {print $2}' "$log")
+    cov=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1)
+    printf '%-14s %10s runs %8s exec/s  %s\n' "$target" "$runs" "$rate" "$cov" | tee -a "$summary"
+done
+echo "== fuzz summary (${seconds}s per target)"
+cat "$summary"
