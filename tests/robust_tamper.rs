@@ -41,9 +41,15 @@ fn refused(home: &Home, args: &[&str], names: &str) -> String {
         "atrest {args:?} ({}): {stderr}",
         out.status
     );
-    assert!(!stderr.contains("panicked"), "atrest {args:?} panicked: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "atrest {args:?} panicked: {stderr}"
+    );
     assert!(out.stdout.is_empty(), "atrest {args:?} printed a result");
-    assert!(stderr.contains(names), "atrest {args:?}: {stderr:?} does not name {names:?}");
+    assert!(
+        stderr.contains(names),
+        "atrest {args:?}: {stderr:?} does not name {names:?}"
+    );
     stderr
 }
 
@@ -61,7 +67,8 @@ fn flip_in_file(path: &Path, at: u64) {
         .expect("open for flipping");
     let mut byte = [0u8];
     file.read_exact_at(&mut byte, at).expect("read byte");
-    file.write_all_at(&[byte[0] ^ 0x04], at).expect("write byte");
+    file.write_all_at(&[byte[0] ^ 0x04], at)
+        .expect("write byte");
 }
 
 fn open_kms(home: &Path) -> LocalKms {
@@ -84,7 +91,14 @@ fn every_byte_of_a_ciphertext_blob_is_authenticated() {
     std::fs::write(&plain, b"the plaintext of a tamper test").unwrap();
     let out = home
         .atrest()
-        .args(["kms", "encrypt", "--key-id", &key, "--encryption-context", "purpose=tamper"])
+        .args([
+            "kms",
+            "encrypt",
+            "--key-id",
+            &key,
+            "--encryption-context",
+            "purpose=tamper",
+        ])
         .arg(format!("--plaintext=fileb://{}", plain.display()))
         .output()
         .unwrap();
@@ -100,13 +114,19 @@ fn every_byte_of_a_ciphertext_blob_is_authenticated() {
         key_id: None,
     };
     assert_eq!(
-        kms.decrypt(&request(blob.clone())).unwrap().plaintext.expose(),
+        kms.decrypt(&request(blob.clone()))
+            .unwrap()
+            .plaintext
+            .expose(),
         b"the plaintext of a tamper test"
     );
     for at in 0..blob.len() {
         match kms.decrypt(&request(flip(&blob, at))) {
             Err(KmsError::InvalidCiphertext(_) | KmsError::NotFound(_)) => {}
-            other => panic!("byte {at} of the blob changed: {:?}", other.map(|_| "decrypted")),
+            other => panic!(
+                "byte {at} of the blob changed: {:?}",
+                other.map(|_| "decrypted")
+            ),
         }
     }
     let mut shorter = blob.clone();
@@ -116,7 +136,19 @@ fn every_byte_of_a_ciphertext_blob_is_authenticated() {
     // Through the binary: the header (magic, version, key id, material version,
     // nonce), the ciphertext and the tag.
     let tampered = home.file("tampered");
-    for at in [0, 4, 5, 20, 21, 25, 36, 37, 50, blob.len() - 16, blob.len() - 1] {
+    for at in [
+        0,
+        4,
+        5,
+        20,
+        21,
+        25,
+        36,
+        37,
+        50,
+        blob.len() - 16,
+        blob.len() - 1,
+    ] {
         std::fs::write(&tampered, flip(&blob, at)).unwrap();
         let stderr = refused(
             &home,
@@ -140,7 +172,14 @@ fn every_byte_of_a_ciphertext_blob_is_authenticated() {
 fn every_byte_of_the_keystore_file_is_checked() {
     let home = Home::new();
     let key = create_key(&home);
-    home.run(&["kms", "create-alias", "--alias-name", "alias/tamper", "--target-key-id", &key]);
+    home.run(&[
+        "kms",
+        "create-alias",
+        "--alias-name",
+        "alias/tamper",
+        "--target-key-id",
+        &key,
+    ]);
     home.run(&["kms", "rotate-key-on-demand", "--key-id", &key]);
     let path = home.path().join("kms/keystore.json");
     let original = std::fs::read(&path).unwrap();
@@ -151,7 +190,10 @@ fn every_byte_of_the_keystore_file_is_checked() {
         match LocalKms::open(home.path(), LocalKmsConfig::new()) {
             Err(err) => {
                 let text = err.to_string();
-                assert!(text.contains(&path.display().to_string()), "byte {at}: {text}");
+                assert!(
+                    text.contains(&path.display().to_string()),
+                    "byte {at}: {text}"
+                );
             }
             Ok(_) => undetected.push(at),
         }
@@ -177,7 +219,11 @@ fn every_byte_of_the_keystore_file_is_checked() {
         if undetected.contains(&at) {
             continue;
         }
-        refused(&home, &["kms", "describe-key", "--key-id", "alias/tamper"], "keystore");
+        refused(
+            &home,
+            &["kms", "describe-key", "--key-id", "alias/tamper"],
+            "keystore",
+        );
     }
     std::fs::write(&path, &original).unwrap();
     home.run(&["kms", "describe-key", "--key-id", "alias/tamper"]);
@@ -207,9 +253,10 @@ fn every_byte_of_a_trail_record_is_chained() {
     trail.validate().expect("the untouched trail validates");
     for at in start..end {
         std::fs::write(&path, flip(&original, at)).unwrap();
-        let err = trail
-            .validate()
-            .expect_err(&format!("byte {} of record 2 changed unnoticed", at - start));
+        let err = trail.validate().expect_err(&format!(
+            "byte {} of record 2 changed unnoticed",
+            at - start
+        ));
         let text = err.to_string();
         assert!(text.contains("trail.jsonl line 2"), "byte {at}: {text}");
     }
@@ -226,7 +273,15 @@ fn every_byte_of_a_volume_header_is_checked() {
     let home = Home::new();
     let key = create_key(&home);
     let path = home.file("tamper.vol");
-    home.run(&["volume", "create", path.to_str().unwrap(), "--size", "1M", "--key-id", &key]);
+    home.run(&[
+        "volume",
+        "create",
+        path.to_str().unwrap(),
+        "--size",
+        "1M",
+        "--key-id",
+        &key,
+    ]);
     let file = std::fs::File::open(&path).unwrap();
     let intact = format::read_header(&file, &path).unwrap().unwrap();
     assert_eq!((intact.copy, intact.warning), (HeaderCopy::Primary, None));
@@ -252,12 +307,19 @@ fn every_byte_of_a_volume_header_is_checked() {
         flip_in_file(&path, at);
         flip_in_file(&path, BACKUP_HEADER_OFFSET + at);
     }
-    assert_eq!(format::read_header(&file, &path).unwrap().unwrap().warning, None);
+    assert_eq!(
+        format::read_header(&file, &path).unwrap().unwrap().warning,
+        None
+    );
 
     for at in (MAGIC.len()..HEADER_SIZE).step_by(HEADER_SIZE / 9) {
         flip_in_file(&path, at as u64);
         flip_in_file(&path, BACKUP_HEADER_OFFSET + at as u64);
-        refused(&home, &["volume", "info", path.to_str().unwrap()], path.to_str().unwrap());
+        refused(
+            &home,
+            &["volume", "info", path.to_str().unwrap()],
+            path.to_str().unwrap(),
+        );
         flip_in_file(&path, at as u64);
         flip_in_file(&path, BACKUP_HEADER_OFFSET + at as u64);
     }
@@ -268,24 +330,47 @@ fn a_truncated_volume_is_reported_not_served_as_zeros() {
     let home = Home::new();
     let key = create_key(&home);
     let path = home.file("cut.vol");
-    home.run(&["volume", "create", path.to_str().unwrap(), "--size", "4M", "--key-id", &key]);
+    home.run(&[
+        "volume",
+        "create",
+        path.to_str().unwrap(),
+        "--size",
+        "4M",
+        "--key-id",
+        &key,
+    ]);
     let len = std::fs::metadata(&path).unwrap().len();
-    for cut in [len - 1, len - 4096 * 3 - 17, 1 << 20, BACKUP_HEADER_OFFSET + 100, 4096, 10] {
+    for cut in [
+        len - 1,
+        len - 4096 * 3 - 17,
+        1 << 20,
+        BACKUP_HEADER_OFFSET + 100,
+        4096,
+        10,
+    ] {
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(cut).unwrap();
-        let stderr = refused(&home, &["volume", "info", path.to_str().unwrap()], path.to_str().unwrap());
+        let stderr = refused(
+            &home,
+            &["volume", "info", path.to_str().unwrap()],
+            path.to_str().unwrap(),
+        );
         assert!(stderr.contains("truncated"), "cut at {cut}: {stderr}");
         assert!(
             blockdev::volume::open(&path, &open_kms(home.path()), true).is_err(),
             "cut at {cut}: opened"
         );
-        let served = home.atrest()
+        let served = home
+            .atrest()
             .args(["nbd", "serve", "--listen", "127.0.0.1:0", "--export"])
             .arg(format!("cut={}", path.display()))
             .output()
             .unwrap();
         assert!(!served.status.success(), "cut at {cut}: served");
         let stderr = String::from_utf8_lossy(&served.stderr);
-        assert!(stderr.contains("truncated") && !stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains("truncated") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
     }
 }

@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
     let context: EncryptionContext = [("atrest:volume-id".to_owned(), "fuzz".to_owned())].into();
     if let Ok(parsed) = envelope::parse(data) {
         assert_eq!(parsed.header.encode()[..], data[..HEADER_LEN]);
-        assert_eq!(parsed.plaintext_len(), data.len() - HEADER_LEN - envelope::TAG_LEN);
+        assert_eq!(
+            parsed.plaintext_len(),
+            data.len() - HEADER_LEN - envelope::TAG_LEN
+        );
         // Random bytes authenticate with negligible probability; a panic is the bug.
         let _ = envelope::open(&key, &parsed, &context);
         let _ = envelope::open(&key, &parsed, &EncryptionContext::new());

@@ -33,44 +33,46 @@ use libfuzzer_sys::fuzz_target;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn server() -> SocketAddr {
-    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| {
-        let scratch = Box::leak(Box::new(scratch_dir("nbd")));
-        let home = scratch.path().join("home");
-        let kms = LocalKms::open(&home, LocalKmsConfig::new()).expect("key service");
-        let key = kms
-            .create_key(&CreateKeyRequest::default())
-            .expect("a CMK")
-            .arn;
-        let encrypted = scratch.path().join("fuzz.vol");
-        let raw = scratch.path().join("ro.vol");
-        volume::create(
-            &encrypted,
-            1 << 20,
-            NewVolumeKey::Kms {
-                kms: &kms,
-                key_id: &key,
-            },
-        )
-        .expect("encrypted volume");
-        volume::create(&raw, 64 << 10, NewVolumeKey::Unencrypted).expect("raw volume");
-        let mut exports = BTreeMap::new();
-        for (name, path, read_only) in [("fuzz", &encrypted, false), ("ro", &raw, true)] {
-            let volume = volume::open(path, &kms, read_only).expect("open volume");
-            exports.insert(
-                name.to_owned(),
-                Export {
-                    volume,
-                    read_only,
-                    description: Some(format!("fuzz export {name}")),
+    static SERVER: OnceLock<(tempfile::TempDir, SocketAddr)> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let scratch = scratch_dir("nbd");
+            let home = scratch.path().join("home");
+            let kms = LocalKms::open(&home, LocalKmsConfig::new()).expect("key service");
+            let key = kms
+                .create_key(&CreateKeyRequest::default())
+                .expect("a CMK")
+                .arn;
+            let encrypted = scratch.path().join("fuzz.vol");
+            let raw = scratch.path().join("ro.vol");
+            volume::create(
+                &encrypted,
+                1 << 20,
+                NewVolumeKey::Kms {
+                    kms: &kms,
+                    key_id: &key,
                 },
-            );
-        }
-        let server = Server::bind("127.0.0.1:0", Arc::new(RwLock::new(exports))).expect("bind");
-        let addr = server.local_addr();
-        std::thread::spawn(move || server.run());
-        addr
-    })
+            )
+            .expect("encrypted volume");
+            volume::create(&raw, 64 << 10, NewVolumeKey::Unencrypted).expect("raw volume");
+            let mut exports = BTreeMap::new();
+            for (name, path, read_only) in [("fuzz", &encrypted, false), ("ro", &raw, true)] {
+                let volume = volume::open(path, &kms, read_only).expect("open volume");
+                exports.insert(
+                    name.to_owned(),
+                    Export {
+                        volume,
+                        read_only,
+                        description: Some(format!("fuzz export {name}")),
+                    },
+                );
+            }
+            let server = Server::bind("127.0.0.1:0", Arc::new(RwLock::new(exports))).expect("bind");
+            let addr = server.local_addr();
+            std::thread::spawn(move || server.run());
+            (scratch, addr)
+        })
+        .1
 }
 
 fn option(out: &mut Vec<u8>, code: u32, data: &[u8]) {

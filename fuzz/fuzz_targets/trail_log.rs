@@ -95,7 +95,10 @@ fuzz_target!(|data: &[u8]| {
     };
     fs::write(dir.join(LOG_FILE), &log).expect("write log");
     if mode & 2 != 0 {
-        let head = format!("atrest-trail-head 1 {lines:020} {}\n", hex::encode(last_hash));
+        let head = format!(
+            "atrest-trail-head 1 {lines:020} {}\n",
+            hex::encode(last_hash)
+        );
         fs::write(dir.join(HEAD_FILE), head).expect("write head");
     }
     let Ok(trail) = Trail::open(dir, "local", "000000000000") else {
@@ -109,7 +112,9 @@ fuzz_target!(|data: &[u8]| {
     trail
         .append(&call())
         .expect("a trail that validates takes another record");
-    let after = trail.validate().expect("the trail still validates after an append");
+    let after = trail
+        .validate()
+        .expect("the trail still validates after an append");
     assert_eq!(after.records, before.records + 1);
     assert_eq!(after.last_sequence, before.last_sequence + 1);
     assert!(after.notes.is_empty(), "{:?}", after.notes);

@@ -121,7 +121,10 @@ fuzz_target!(|data: &[u8]| {
                 let result = volume.read_at(offset, &mut buf);
                 assert_eq!(result.is_ok(), fits, "read {offset}+{length}: {result:?}");
                 if fits {
-                    assert!(buf == model[span()], "read {offset}+{length} differs from the model");
+                    assert!(
+                        buf == model[span()],
+                        "read {offset}+{length} differs from the model"
+                    );
                 }
             }
             4 => {
@@ -156,7 +159,10 @@ fuzz_target!(|data: &[u8]| {
     for extent in extents {
         if extent.hole {
             let end = at + extent.length as usize;
-            assert!(model[at..end].iter().all(|&b| b == 0), "a hole over data at {at}");
+            assert!(
+                model[at..end].iter().all(|&b| b == 0),
+                "a hole over data at {at}"
+            );
         }
         at += extent.length as usize;
     }
