@@ -59,6 +59,16 @@ impl VolumeFile {
     }
 
     pub(crate) fn write_all_at(&self, data: &[u8], pos: u64) -> Result<(), Error> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = super::faults::take(&self.path, super::faults::FaultOp::Write) {
+            if let super::faults::Fault::Short { bytes } = fault {
+                let part = &data[..bytes.min(data.len())];
+                self.file
+                    .write_all_at(part, pos)
+                    .map_err(|source| self.io_error("write", pos, source))?;
+            }
+            return Err(self.io_error("write", pos, super::faults::error(fault)));
+        }
         self.file
             .write_all_at(data, pos)
             .map_err(|source| self.io_error("write", pos, source))
@@ -66,6 +76,10 @@ impl VolumeFile {
 
     /// Deallocates `len` bytes at `pos`; they read back as zeros. The file size stays.
     pub(crate) fn punch_hole(&self, pos: u64, len: u64) -> Result<(), Error> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = super::faults::take(&self.path, super::faults::FaultOp::PunchHole) {
+            return Err(self.io_error("punch a hole in", pos, super::faults::error(fault)));
+        }
         rustix::fs::fallocate(
             &self.file,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
@@ -87,6 +101,13 @@ impl VolumeFile {
     }
 
     pub(crate) fn sync_data(&self) -> Result<(), Error> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = super::faults::take(&self.path, super::faults::FaultOp::Sync) {
+            return Err(Error::Io {
+                context: format!("fdatasync {}", self.path.display()),
+                source: super::faults::error(fault),
+            });
+        }
         self.file.sync_data().map_err(|source| Error::Io {
             context: format!("fdatasync {}", self.path.display()),
             source,

@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 mod encrypted;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 mod file;
 mod locks;
 mod raw;
