@@ -1,0 +1,176 @@
+//! The one error type of the crate, and its S3 error codes ([`Error::s3_code`]) and
+//! HTTP statuses ([`Error::http_status`]): the S3 front end maps errors here, in one
+//! place.
+
+use std::borrow::Cow;
+use std::io;
+use std::path::PathBuf;
+
+use crypto_core::kms::KmsError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller named a bucket that does not exist.
+    #[error("NoSuchBucket: the bucket '{bucket}' does not exist")]
+    NoSuchBucket { bucket: String },
+    /// The caller named an object that does not exist.
+    #[error("NoSuchKey: the key '{key}' does not exist in bucket '{bucket}'")]
+    NoSuchKey { bucket: String, key: String },
+    /// The caller asked to create a bucket it already owns.
+    #[error("BucketAlreadyOwnedByYou: the bucket '{bucket}' already exists and is yours")]
+    BucketAlreadyOwnedByYou { bucket: String },
+    /// The caller asked to create a bucket another principal owns.
+    #[error("BucketAlreadyExists: the bucket '{bucket}' is owned by another principal")]
+    BucketAlreadyExists { bucket: String },
+    /// The caller asked to delete a bucket that still holds objects.
+    #[error("BucketNotEmpty: the bucket '{bucket}' is not empty")]
+    BucketNotEmpty { bucket: String },
+    /// The caller gave a bucket name that breaks S3's naming rules.
+    #[error("InvalidBucketName: '{name}': {reason}")]
+    InvalidBucketName { name: String, reason: String },
+    /// The caller gave an object key longer than 1024 bytes.
+    #[error("KeyTooLongError: the key is {len} bytes; the limit is 1024")]
+    KeyTooLong { len: usize },
+    /// The caller asked for a range that does not overlap the object.
+    #[error("InvalidRange: the range {range} is not satisfiable for an object of {size} bytes")]
+    InvalidRange { range: String, size: u64 },
+    /// The caller gave a malformed or unsupported argument (a key with `..`
+    /// segments, a bad encryption context, too much metadata, no KMS key to use).
+    #[error("InvalidArgument: {0}")]
+    InvalidArgument(String),
+    /// The caller asked for the bucket's default encryption but none is set.
+    #[error(
+        "ServerSideEncryptionConfigurationNotFoundError: the bucket '{bucket}' has no default encryption"
+    )]
+    NoBucketEncryption { bucket: String },
+    /// The upload body could not be read (the client went away or sent less).
+    #[error("IncompleteBody: reading the object body failed: {0}")]
+    Body(#[source] io::Error),
+    /// The body's MD5 differs from the `Content-MD5` the caller sent.
+    #[error("BadDigest: the Content-MD5 you specified did not match what was received")]
+    BadDigest,
+    /// The upload is larger than S3's 5 TiB single-object limit.
+    #[error("EntityTooLarge: the object is larger than {max} bytes")]
+    TooLarge { max: u64 },
+    /// The key service refused or failed (key disabled, pending deletion, access
+    /// denied, wrong context, unreachable): S3 reports these as `KMS.<name>`.
+    #[error("KMS.{}", .0)]
+    Kms(#[from] KmsError),
+    /// A file of the store is damaged or was tampered with: a header that does not
+    /// parse, a segment that fails authentication, a file cut short. Deliberately
+    /// does not say which bytes were wrong.
+    #[error("InternalError: {path}: corrupted object store file: {what}")]
+    Corrupted { path: PathBuf, what: String },
+    /// The operating system refused an I/O call on the store's files.
+    #[error("InternalError: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// The S3 error code (`<Code>` of the XML error body).
+    pub fn s3_code(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Error::NoSuchBucket { .. } => "NoSuchBucket",
+            Error::NoSuchKey { .. } => "NoSuchKey",
+            Error::BucketAlreadyOwnedByYou { .. } => "BucketAlreadyOwnedByYou",
+            Error::BucketAlreadyExists { .. } => "BucketAlreadyExists",
+            Error::BucketNotEmpty { .. } => "BucketNotEmpty",
+            Error::InvalidBucketName { .. } => "InvalidBucketName",
+            Error::KeyTooLong { .. } => "KeyTooLongError",
+            Error::InvalidRange { .. } => "InvalidRange",
+            Error::InvalidArgument(_) => "InvalidArgument",
+            Error::NoBucketEncryption { .. } => "ServerSideEncryptionConfigurationNotFoundError",
+            Error::Body(_) => "IncompleteBody",
+            Error::BadDigest => "BadDigest",
+            Error::TooLarge { .. } => "EntityTooLarge",
+            // S3 reports a KMS denial as plain AccessDenied.
+            Error::Kms(KmsError::AccessDenied(_)) => "AccessDenied",
+            Error::Kms(e) => return Cow::Owned(format!("KMS.{}", e.aws_name())),
+            Error::Corrupted { .. } | Error::Io { .. } => "InternalError",
+        })
+    }
+
+    /// The HTTP status S3 answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::NoSuchBucket { .. }
+            | Error::NoSuchKey { .. }
+            | Error::NoBucketEncryption { .. } => 404,
+            Error::BucketAlreadyOwnedByYou { .. }
+            | Error::BucketAlreadyExists { .. }
+            | Error::BucketNotEmpty { .. } => 409,
+            Error::InvalidRange { .. } => 416,
+            Error::InvalidBucketName { .. }
+            | Error::KeyTooLong { .. }
+            | Error::InvalidArgument(_)
+            | Error::Body(_)
+            | Error::BadDigest
+            | Error::TooLarge { .. } => 400,
+            Error::Kms(KmsError::AccessDenied(_)) => 403,
+            Error::Kms(e) if e.http_status() >= 500 => 503,
+            Error::Kms(_) => 400,
+            Error::Corrupted { .. } | Error::Io { .. } => 500,
+        }
+    }
+
+    /// The message without the code, for the XML `<Message>`.
+    pub fn message(&self) -> String {
+        let text = self.to_string();
+        match text.split_once(": ") {
+            Some((_, rest)) => rest.to_owned(),
+            None => text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kms_errors_keep_their_name_and_status() {
+        let e = Error::from(KmsError::Disabled("key k is disabled".into()));
+        assert_eq!(e.s3_code(), "KMS.DisabledException");
+        assert_eq!(e.http_status(), 400);
+        assert_eq!(e.to_string(), "KMS.DisabledException: key k is disabled");
+        assert_eq!(e.message(), "key k is disabled");
+        let e = Error::from(KmsError::InvalidState("pending deletion".into()));
+        assert_eq!(e.s3_code(), "KMS.KMSInvalidStateException");
+        let e = Error::from(KmsError::AccessDenied("no".into()));
+        assert_eq!(
+            (e.s3_code().as_ref(), e.http_status()),
+            ("AccessDenied", 403)
+        );
+        let e = Error::from(KmsError::Unavailable("down".into()));
+        assert_eq!(e.http_status(), 503);
+    }
+
+    #[test]
+    fn s3_names_and_statuses() {
+        let e = Error::NoSuchKey {
+            bucket: "b".into(),
+            key: "k".into(),
+        };
+        assert_eq!((e.s3_code().as_ref(), e.http_status()), ("NoSuchKey", 404));
+        let e = Error::BucketNotEmpty { bucket: "b".into() };
+        assert_eq!(
+            (e.s3_code().as_ref(), e.http_status()),
+            ("BucketNotEmpty", 409)
+        );
+        let e = Error::InvalidRange {
+            range: "bytes=9-".into(),
+            size: 3,
+        };
+        assert_eq!(
+            (e.s3_code().as_ref(), e.http_status()),
+            ("InvalidRange", 416)
+        );
+        assert!(e.to_string().starts_with("InvalidRange: "));
+    }
+}

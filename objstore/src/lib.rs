@@ -1,0 +1,35 @@
+//! atrest's SSE-KMS object storage engine: the storage side of the S3 API, with no
+//! HTTP in it.
+//!
+//! Every object is encrypted under its own data key (GenerateDataKey with the
+//! encryption context `{"aws:s3:arn": "arn:aws:s3:::BUCKET/KEY"}` plus the caller's
+//! pairs), in 64 KiB AES-256-GCM segments whose AAD binds the object's header, the
+//! segment index and a final-segment flag (format in `docs/FORMAT.md`). The public map:
+//!
+//! - [`ObjectStore`]: buckets (create, delete, list, default encryption, ACL) and
+//!   objects (streaming put, get with ranges, head, delete, ListObjectsV2, ACL).
+//! - [`ObjectReader`]: the decrypting body of a GET.
+//! - [`ByteRange`], [`ListObjectsRequest`]: request parameters with S3's semantics.
+//! - [`Error`]: one error type; [`Error::s3_code`] and [`Error::http_status`] are the
+//!   mapping to S3's wire errors.
+//! - [`format`]: the object file header parser (public for the fuzz target).
+#![forbid(unsafe_code)]
+
+mod aead;
+mod error;
+pub mod format;
+mod list;
+mod names;
+mod range;
+mod reader;
+mod store;
+
+pub use error::Error;
+pub use list::{ListObjectsRequest, MAX_KEYS};
+pub use names::{object_arn, validate_bucket_name, validate_object_key};
+pub use range::ByteRange;
+pub use reader::ObjectReader;
+pub use store::{
+    Acl, BucketEncryption, BucketInfo, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore,
+    PutObjectOptions, DEFAULT_CONTENT_TYPE, MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY,
+};

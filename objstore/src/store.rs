@@ -1,0 +1,1044 @@
+//! [`ObjectStore`]: buckets and objects under `<home>/s3/` (layout in
+//! `docs/FORMAT.md`).
+//!
+//! Every write goes to a temporary file that is fsynced and then renamed into place,
+//! so a crash leaves either the old state or the new one, never a partial object.
+//! Temporary uploads hold an exclusive `flock` while they run; [`ObjectStore::open`]
+//! removes the ones nobody holds (left by a crashed upload).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crypto_core::kms::{
+    DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest, KeyService,
+};
+use crypto_core::secret::fill_random;
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::aead::{SegmentCipher, SEALED_SEG};
+use crate::format::{
+    sealed_len, segment_count, BoundHeader, ObjectHeader, Summary, MAX_CONTENT_TYPE_LEN,
+    MAX_OBJECT_SIZE, NONCE_PREFIX_LEN, SEGMENT_SIZE,
+};
+use crate::list::{plan_page, ListObjectsRequest};
+use crate::names::{object_arn, object_file_name, validate_bucket_name, validate_object_key};
+use crate::range::ByteRange;
+use crate::reader::ObjectReader;
+use crate::Error;
+
+/// The encryption-context pair S3 adds to every SSE-KMS object.
+pub const S3_ARN_CONTEXT_KEY: &str = "aws:s3:arn";
+/// S3's content type for an object uploaded without one.
+pub const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
+/// S3's limit on user-defined metadata: names plus values, in bytes.
+pub const MAX_USER_METADATA_BYTES: usize = 2048;
+/// Segments sealed or opened per batch: bounds the memory of one upload or download
+/// (about twice this many 64 KiB segments) while giving every core work.
+pub(crate) const WINDOW_SEGMENTS: usize = 32;
+/// Bucket-creation leftovers older than this are removed by [`ObjectStore::open`].
+const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
+
+const SEG: usize = SEGMENT_SIZE as usize;
+const BUCKET_FILE: &str = "bucket.json";
+const OBJECTS_DIR: &str = "objects";
+const TMP_DIR: &str = "tmp";
+const OBJECT_EXT: &str = "obj";
+const ACL_EXT: &str = "acl";
+
+/// A canned ACL (the two S3 offers that atrest models).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Acl {
+    #[default]
+    #[serde(rename = "private")]
+    Private,
+    #[serde(rename = "public-read")]
+    PublicRead,
+}
+
+impl Acl {
+    /// Parses S3's `x-amz-acl` value.
+    pub fn parse(canned: &str) -> Result<Acl, Error> {
+        match canned {
+            "private" => Ok(Acl::Private),
+            "public-read" => Ok(Acl::PublicRead),
+            other => Err(Error::InvalidArgument(format!(
+                "unsupported canned ACL '{}' (private or public-read)",
+                other.chars().take(64).collect::<String>()
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acl::Private => "private",
+            Acl::PublicRead => "public-read",
+        }
+    }
+}
+
+/// A bucket's default encryption (PutBucketEncryption with SSE-KMS).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketEncryption {
+    /// Key id, key ARN, alias name or alias ARN of the CMK.
+    pub kms_key_id: String,
+    /// Recorded and echoed; objects still get one data key each.
+    pub bucket_key_enabled: bool,
+}
+
+/// A bucket's metadata (`bucket.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    pub name: String,
+    /// The principal (ARN) that created the bucket.
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub creation_date: OffsetDateTime,
+    pub encryption: Option<BucketEncryption>,
+    pub acl: Acl,
+}
+
+/// What a PutObject may say besides the body.
+#[derive(Clone, Debug, Default)]
+pub struct PutObjectOptions {
+    /// `Content-Type`; `None` gives [`DEFAULT_CONTENT_TYPE`].
+    pub content_type: Option<String>,
+    /// `x-amz-meta-*` pairs (names without the prefix).
+    pub user_metadata: BTreeMap<String, String>,
+    /// `x-amz-server-side-encryption-aws-kms-key-id`; `None` uses the bucket default.
+    pub kms_key_id: Option<String>,
+    /// `x-amz-server-side-encryption-context` (decoded); `aws:s3:arn` is added.
+    pub encryption_context: EncryptionContext,
+    pub acl: Acl,
+    /// `Content-MD5` (decoded): the upload fails with BadDigest when it differs.
+    pub content_md5: Option<[u8; 16]>,
+}
+
+/// An object's metadata, as HEAD returns it (read without any key-service call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub bucket: String,
+    pub key: String,
+    /// Plaintext bytes.
+    pub size: u64,
+    /// MD5 of the plaintext, lower-case hex, without the quotes S3 puts around it.
+    pub etag: String,
+    pub content_type: String,
+    pub user_metadata: BTreeMap<String, String>,
+    /// ARN of the CMK that wrapped the object's data key
+    /// (`x-amz-server-side-encryption-aws-kms-key-id`).
+    pub kms_key_arn: String,
+    /// The full encryption context, `aws:s3:arn` included
+    /// (`x-amz-server-side-encryption-context`).
+    pub encryption_context: EncryptionContext,
+    pub last_modified: OffsetDateTime,
+    pub acl: Acl,
+}
+
+/// One page of ListObjectsV2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListObjectsPage {
+    pub objects: Vec<ObjectInfo>,
+    pub common_prefixes: Vec<String>,
+    /// Set exactly when the listing is truncated (`IsTruncated`).
+    pub next_continuation_token: Option<String>,
+}
+
+impl ListObjectsPage {
+    /// `KeyCount`: keys plus common prefixes.
+    pub fn key_count(&self) -> usize {
+        self.objects.len() + self.common_prefixes.len()
+    }
+
+    pub fn is_truncated(&self) -> bool {
+        self.next_continuation_token.is_some()
+    }
+}
+
+/// A GET's answer: the metadata, the resolved range and the decrypting body.
+#[derive(Debug)]
+pub struct ObjectDownload {
+    pub info: ObjectInfo,
+    /// First and last byte (inclusive) when a range was asked for (`Content-Range`).
+    pub range: Option<(u64, u64)>,
+    /// The plaintext of the range (or the whole object). Implements `Read`; use
+    /// [`ObjectReader::write_to`] to keep the typed errors.
+    pub body: ObjectReader,
+}
+
+/// The object store under `<home>/s3/`. Cheap to clone; safe to share between threads.
+///
+/// Calls that use a key take the key service as an argument, so that the S3 front end
+/// can act as each request's principal (the trail then names the signer).
+#[derive(Clone, Debug)]
+pub struct ObjectStore {
+    root: PathBuf,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn random_name(suffix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    fill_random(&mut bytes);
+    format!("{}{suffix}", hex::encode(bytes))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("fsync directory {}", dir.display())))
+}
+
+fn create_dir_private(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!("create directory {}", dir.display())))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, fsync,
+/// rename, fsync of the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(random_name(".tmp"));
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all_at(bytes, 0)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(source) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::Io {
+            context: format!("write {}", path.display()),
+            source,
+        });
+    }
+    sync_dir(dir)
+}
+
+/// Reads until `buf` is full or the body ends; returns the bytes read.
+fn fill(body: &mut dyn Read, buf: &mut [u8]) -> Result<usize, Error> {
+    let mut n = 0;
+    while n < buf.len() {
+        match body.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Body(e)),
+        }
+    }
+    Ok(n)
+}
+
+fn check_text(what: &str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {} bytes, more than {max}",
+            value.len()
+        )));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(Error::InvalidArgument(format!(
+            "{what} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+fn check_user_metadata(meta: &BTreeMap<String, String>) -> Result<(), Error> {
+    let mut total = 0usize;
+    for (name, value) in meta {
+        let token = |b: u8| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            return Err(Error::InvalidArgument(format!(
+                "user metadata name '{}' is not an HTTP token",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        check_text("a user metadata value", value, MAX_USER_METADATA_BYTES)?;
+        total += name.len() + value.len();
+    }
+    if total > MAX_USER_METADATA_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "user metadata is {total} bytes; the limit is {MAX_USER_METADATA_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// The full encryption context of an object: the caller's pairs plus `aws:s3:arn`.
+fn object_context(
+    bucket: &str,
+    key: &str,
+    user: &EncryptionContext,
+) -> Result<EncryptionContext, Error> {
+    let arn = object_arn(bucket, key);
+    let mut context = user.clone();
+    for (name, value) in user {
+        if name.is_empty() || value.is_empty() {
+            return Err(Error::InvalidArgument(
+                "encryption context names and values must not be empty".into(),
+            ));
+        }
+        if name.starts_with("aws:") && !(name == S3_ARN_CONTEXT_KEY && *value == arn) {
+            return Err(Error::InvalidArgument(format!(
+                "the encryption context may not set the reserved name '{name}'"
+            )));
+        }
+    }
+    context.insert(S3_ARN_CONTEXT_KEY.to_owned(), arn);
+    Ok(context)
+}
+
+impl ObjectStore {
+    /// Opens (creating if needed) the store in `<home>/s3/` and removes what crashed
+    /// uploads and bucket creations left behind.
+    pub fn open(home: &Path) -> Result<ObjectStore, Error> {
+        let store = ObjectStore {
+            root: home.join("s3"),
+        };
+        create_dir_private(&store.buckets_dir())?;
+        create_dir_private(&store.staging_dir())?;
+        store.clean_leftovers()?;
+        Ok(store)
+    }
+
+    /// `<home>/s3/`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn buckets_dir(&self) -> PathBuf {
+        self.root.join("buckets")
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
+    }
+
+    fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.buckets_dir().join(bucket)
+    }
+
+    /// Where `key`'s object file lives (whether or not it exists). For tests and
+    /// tools that inspect the files.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.bucket_dir(bucket)
+            .join(OBJECTS_DIR)
+            .join(object_file_name(key))
+    }
+
+    fn acl_path(object_path: &Path) -> PathBuf {
+        object_path.with_extension(ACL_EXT)
+    }
+
+    fn clean_leftovers(&self) -> Result<(), Error> {
+        let staging = self.staging_dir();
+        for entry in
+            fs::read_dir(&staging).map_err(io_err(format!("list {}", staging.display())))?
+        {
+            let Ok(entry) = entry else { continue };
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_STAGING);
+            if stale {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let buckets = self.buckets_dir();
+        for bucket in
+            fs::read_dir(&buckets).map_err(io_err(format!("list {}", buckets.display())))?
+        {
+            let Ok(bucket) = bucket else { continue };
+            let tmp = bucket.path().join(TMP_DIR);
+            let Ok(entries) = fs::read_dir(&tmp) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                // An upload in progress (in this or another process) holds the lock.
+                let unheld = File::open(entry.path()).is_ok_and(|f| f.try_lock().is_ok());
+                if unheld {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- buckets -------------------------------------------------------------
+
+    /// CreateBucket. `owner` is the caller's principal ARN.
+    pub fn create_bucket(&self, name: &str, owner: &str) -> Result<BucketInfo, Error> {
+        validate_bucket_name(name)?;
+        if let Some(existing) = self.try_bucket(name)? {
+            return Err(Self::exists_error(&existing, owner));
+        }
+        let info = BucketInfo {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            creation_date: now(),
+            encryption: None,
+            acl: Acl::Private,
+        };
+        let staged = self.staging_dir().join(random_name(".bucket"));
+        create_dir_private(&staged.join(OBJECTS_DIR))?;
+        create_dir_private(&staged.join(TMP_DIR))?;
+        write_atomic(&staged.join(BUCKET_FILE), &Self::bucket_json(&info)?)?;
+        let target = self.bucket_dir(name);
+        if let Err(source) = fs::rename(&staged, &target) {
+            let _ = fs::remove_dir_all(&staged);
+            // Another creator won the race.
+            if let Some(existing) = self.try_bucket(name)? {
+                return Err(Self::exists_error(&existing, owner));
+            }
+            return Err(Error::Io {
+                context: format!("create bucket directory {}", target.display()),
+                source,
+            });
+        }
+        sync_dir(&self.buckets_dir())?;
+        Ok(info)
+    }
+
+    fn exists_error(existing: &BucketInfo, owner: &str) -> Error {
+        if existing.owner == owner {
+            Error::BucketAlreadyOwnedByYou {
+                bucket: existing.name.clone(),
+            }
+        } else {
+            Error::BucketAlreadyExists {
+                bucket: existing.name.clone(),
+            }
+        }
+    }
+
+    fn bucket_json(info: &BucketInfo) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec_pretty(info).map_err(|e| Error::Io {
+            context: "encode bucket metadata".into(),
+            source: io::Error::other(e),
+        })
+    }
+
+    /// The bucket's metadata, or `None` when no such bucket exists.
+    fn try_bucket(&self, name: &str) -> Result<Option<BucketInfo>, Error> {
+        if validate_bucket_name(name).is_err() {
+            return Ok(None);
+        }
+        let path = self.bucket_dir(name).join(BUCKET_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("read {}", path.display()),
+                    source,
+                })
+            }
+        };
+        let info: BucketInfo = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupted {
+            path: path.clone(),
+            what: format!("bucket metadata: {e}"),
+        })?;
+        if info.name != name {
+            return Err(Error::Corrupted {
+                path,
+                what: format!("bucket metadata names bucket '{}'", info.name),
+            });
+        }
+        Ok(Some(info))
+    }
+
+    /// HeadBucket: the bucket's metadata.
+    pub fn bucket(&self, name: &str) -> Result<BucketInfo, Error> {
+        self.try_bucket(name)?.ok_or_else(|| Error::NoSuchBucket {
+            bucket: name.chars().take(80).collect(),
+        })
+    }
+
+    fn update_bucket(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut BucketInfo),
+    ) -> Result<BucketInfo, Error> {
+        let mut info = self.bucket(name)?;
+        f(&mut info);
+        write_atomic(
+            &self.bucket_dir(name).join(BUCKET_FILE),
+            &Self::bucket_json(&info)?,
+        )?;
+        Ok(info)
+    }
+
+    /// ListBuckets, by name.
+    pub fn list_buckets(&self) -> Result<Vec<BucketInfo>, Error> {
+        let dir = self.buckets_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))? {
+            let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
+            if let Some(info) = entry
+                .file_name()
+                .to_str()
+                .map(|name| self.try_bucket(name))
+                .transpose()?
+                .flatten()
+            {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// DeleteBucket: only an empty bucket.
+    pub fn delete_bucket(&self, name: &str) -> Result<(), Error> {
+        self.bucket(name)?;
+        let objects = self.bucket_dir(name).join(OBJECTS_DIR);
+        let mut entries =
+            fs::read_dir(&objects).map_err(io_err(format!("list {}", objects.display())))?;
+        let has_object =
+            entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == OBJECT_EXT)));
+        if has_object {
+            return Err(Error::BucketNotEmpty {
+                bucket: name.to_owned(),
+            });
+        }
+        // Move it out of the namespace first so that the name is free at once and a
+        // crash halfway through leaves only staging leftovers.
+        let doomed = self.staging_dir().join(random_name(".deleted"));
+        fs::rename(self.bucket_dir(name), &doomed)
+            .map_err(io_err(format!("remove bucket {name}")))?;
+        sync_dir(&self.buckets_dir())?;
+        fs::remove_dir_all(&doomed).map_err(io_err(format!("remove {}", doomed.display())))
+    }
+
+    /// PutBucketEncryption (`Some`) or DeleteBucketEncryption (`None`).
+    pub fn put_bucket_encryption(
+        &self,
+        name: &str,
+        encryption: Option<BucketEncryption>,
+    ) -> Result<BucketInfo, Error> {
+        if let Some(e) = &encryption {
+            if e.kms_key_id.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "the default encryption needs a KMS key id".into(),
+                ));
+            }
+            check_text("the KMS key id", &e.kms_key_id, 2048)?;
+        }
+        self.update_bucket(name, |info| info.encryption = encryption)
+    }
+
+    /// GetBucketEncryption; ServerSideEncryptionConfigurationNotFoundError when unset.
+    pub fn bucket_encryption(&self, name: &str) -> Result<BucketEncryption, Error> {
+        self.bucket(name)?
+            .encryption
+            .ok_or_else(|| Error::NoBucketEncryption {
+                bucket: name.to_owned(),
+            })
+    }
+
+    /// PutBucketAcl (canned).
+    pub fn put_bucket_acl(&self, name: &str, acl: Acl) -> Result<BucketInfo, Error> {
+        self.update_bucket(name, |info| info.acl = acl)
+    }
+
+    // ---- objects -------------------------------------------------------------
+
+    /// PutObject: reads `body` to its end, encrypting it under a fresh data key
+    /// (GenerateDataKey under the named or the bucket's default CMK), and replaces
+    /// the object atomically. Memory stays bounded whatever the body's size.
+    pub fn put_object(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        key: &str,
+        body: &mut dyn Read,
+        opts: &PutObjectOptions,
+    ) -> Result<ObjectInfo, Error> {
+        validate_object_key(key)?;
+        let info = self.bucket(bucket)?;
+        let key_id = match (&opts.kms_key_id, &info.encryption) {
+            (Some(id), _) => id.clone(),
+            (None, Some(default)) => default.kms_key_id.clone(),
+            (None, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "no KMS key: name one (x-amz-server-side-encryption-aws-kms-key-id) or \
+                     set the default encryption of bucket '{bucket}'"
+                )))
+            }
+        };
+        let content_type = opts
+            .content_type
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
+        check_text("the content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
+        check_user_metadata(&opts.user_metadata)?;
+        let context = object_context(bucket, key, &opts.encryption_context)?;
+
+        let data_key = kms.generate_data_key(&GenerateDataKeyRequest {
+            key_id,
+            spec: DataKeySpec::Aes256,
+            encryption_context: context.clone(),
+        })?;
+        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
+        fill_random(&mut nonce_prefix);
+        let bound = BoundHeader {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            key_arn: data_key.key_id.clone(),
+            wrapped_key: data_key.ciphertext_blob.clone(),
+            content_type,
+            encryption_context: context,
+            user_metadata: opts.user_metadata.clone(),
+            nonce_prefix,
+        };
+        let header_len = ObjectHeader::encoded_len(&bound)
+            .map_err(|e| Error::InvalidArgument(format!("object metadata: {e}")))?;
+        let digest = ObjectHeader::bound_digest(&bound)
+            .map_err(|e| Error::InvalidArgument(format!("object metadata: {e}")))?;
+        let cipher = SegmentCipher::new(data_key.plaintext.expose(), nonce_prefix, digest)
+            .map_err(|_| {
+                Error::InvalidArgument(
+                    "the key service returned a data key that is not 32 bytes".into(),
+                )
+            })?;
+        drop(data_key);
+
+        let tmp_path = self
+            .bucket_dir(bucket)
+            .join(TMP_DIR)
+            .join(random_name(".part"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp_path)
+            .map_err(io_err(format!("create {}", tmp_path.display())))?;
+        let upload = Upload {
+            file: &file,
+            path: &tmp_path,
+            cipher: &cipher,
+            header_len: header_len as u64,
+        };
+        let result = file
+            .try_lock()
+            .map_err(|e| Error::Io {
+                context: format!("lock {}", tmp_path.display()),
+                source: io::Error::other(e.to_string()),
+            })
+            .and_then(|()| upload.run(body, bound, opts))
+            .and_then(|header| self.commit(&file, &tmp_path, bucket, key, header, opts.acl));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp_path);
+        }
+        result
+    }
+
+    /// Makes an uploaded temporary file the object: fsync, then (fail-closed order for
+    /// the ACL) rename.
+    fn commit(
+        &self,
+        file: &File,
+        tmp_path: &Path,
+        bucket: &str,
+        key: &str,
+        header: ObjectHeader,
+        acl: Acl,
+    ) -> Result<ObjectInfo, Error> {
+        file.sync_all()
+            .map_err(io_err(format!("fsync {}", tmp_path.display())))?;
+        let path = self.object_path(bucket, key);
+        let acl_path = Self::acl_path(&path);
+        // A private object must never be readable under an old public ACL: drop the
+        // ACL before the object appears. A public one is made public only after.
+        if acl == Acl::Private {
+            Self::remove_if_exists(&acl_path)?;
+        }
+        fs::rename(tmp_path, &path).map_err(io_err(format!("rename into {}", path.display())))?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        if acl == Acl::PublicRead {
+            write_atomic(&acl_path, Acl::PublicRead.as_str().as_bytes())?;
+        }
+        Ok(Self::info(&header, acl))
+    }
+
+    fn remove_if_exists(path: &Path) -> Result<bool, Error> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::Io {
+                context: format!("remove {}", path.display()),
+                source,
+            }),
+        }
+    }
+
+    fn info(header: &ObjectHeader, acl: Acl) -> ObjectInfo {
+        let b = &header.bound;
+        let s = &header.summary;
+        ObjectInfo {
+            bucket: b.bucket.clone(),
+            key: b.key.clone(),
+            size: s.plaintext_len,
+            etag: hex::encode(s.etag),
+            content_type: b.content_type.clone(),
+            user_metadata: b.user_metadata.clone(),
+            kms_key_arn: b.key_arn.clone(),
+            encryption_context: b.encryption_context.clone(),
+            last_modified: OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(s.last_modified_ms) * 1_000_000,
+            )
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            acl,
+        }
+    }
+
+    fn read_acl(object_path: &Path) -> Result<Acl, Error> {
+        let path = Self::acl_path(object_path);
+        match fs::read_to_string(&path) {
+            Ok(text) => Acl::parse(text.trim()).map_err(|_| Error::Corrupted {
+                path,
+                what: "unknown ACL".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Acl::Private),
+            Err(source) => Err(Error::Io {
+                context: format!("read {}", path.display()),
+                source,
+            }),
+        }
+    }
+
+    /// Opens the object file and checks its header: parses, names this bucket and
+    /// key, and the file is exactly as long as the header says.
+    fn open_object(&self, bucket: &str, key: &str) -> Result<(File, PathBuf, ObjectHeader), Error> {
+        validate_object_key(key)?;
+        self.bucket(bucket)?;
+        let path = self.object_path(bucket, key);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchKey {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                })
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("open {}", path.display()),
+                    source,
+                })
+            }
+        };
+        let header = read_header(&file, &path)?;
+        let corrupted = |what: String| Error::Corrupted {
+            path: path.clone(),
+            what,
+        };
+        if header.bound.bucket != bucket || header.bound.key != key {
+            return Err(corrupted(
+                "the file belongs to another bucket or key".into(),
+            ));
+        }
+        let header_len =
+            ObjectHeader::encoded_len(&header.bound).map_err(|e| corrupted(e.0))? as u64;
+        let expected = header_len + sealed_len(header.summary.plaintext_len);
+        let actual = file
+            .metadata()
+            .map_err(io_err(format!("stat {}", path.display())))?
+            .len();
+        if actual != expected {
+            return Err(corrupted(format!(
+                "the file is {actual} bytes; its header promises {expected}"
+            )));
+        }
+        Ok((file, path, header))
+    }
+
+    /// HeadObject: metadata only, no key-service call.
+    pub fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectInfo, Error> {
+        let (_, path, header) = self.open_object(bucket, key)?;
+        Ok(Self::info(&header, Self::read_acl(&path)?))
+    }
+
+    /// GetObject, optionally of one range: unwraps the object's data key with one
+    /// (audited) Decrypt under the object's encryption context, and returns a reader
+    /// that decrypts and authenticates only the segments the range touches.
+    pub fn get_object(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectDownload, Error> {
+        let (file, path, header) = self.open_object(bucket, key)?;
+        let info = Self::info(&header, Self::read_acl(&path)?);
+        let size = header.summary.plaintext_len;
+        let resolved = range.map(|r| r.resolve(size)).transpose()?;
+        if header.bound.encryption_context.get(S3_ARN_CONTEXT_KEY) != Some(&object_arn(bucket, key))
+        {
+            return Err(Error::Corrupted {
+                path,
+                what: "the encryption context names another object".into(),
+            });
+        }
+        let data_key = kms.decrypt(&DecryptRequest {
+            ciphertext_blob: header.bound.wrapped_key.clone(),
+            encryption_context: header.bound.encryption_context.clone(),
+            key_id: Some(header.bound.key_arn.clone()),
+        })?;
+        let digest = ObjectHeader::bound_digest(&header.bound).map_err(|e| Error::Corrupted {
+            path: path.clone(),
+            what: e.0,
+        })?;
+        let cipher = SegmentCipher::new(
+            data_key.plaintext.expose(),
+            header.bound.nonce_prefix,
+            digest,
+        )
+        .map_err(|_| Error::Corrupted {
+            path: path.clone(),
+            what: "the data key is not 32 bytes".into(),
+        })?;
+        drop(data_key);
+        let header_len = ObjectHeader::encoded_len(&header.bound).map_err(|e| Error::Corrupted {
+            path: path.clone(),
+            what: e.0,
+        })? as u64;
+        let (start, end) = match resolved {
+            Some((first, last)) => (first, last + 1),
+            None => (0, size),
+        };
+        let body = ObjectReader::new(file, path, cipher, header_len, header.summary, start, end);
+        Ok(ObjectDownload {
+            info,
+            range: resolved,
+            body,
+        })
+    }
+
+    /// DeleteObject. Deleting a key that does not exist succeeds, as on S3; the
+    /// answer says whether an object was removed.
+    pub fn delete_object(&self, bucket: &str, key: &str) -> Result<bool, Error> {
+        validate_object_key(key)?;
+        self.bucket(bucket)?;
+        let path = self.object_path(bucket, key);
+        let removed = Self::remove_if_exists(&path)?;
+        Self::remove_if_exists(&Self::acl_path(&path))?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(removed)
+    }
+
+    /// PutObjectAcl (canned).
+    pub fn put_object_acl(&self, bucket: &str, key: &str, acl: Acl) -> Result<(), Error> {
+        let (_, path, _) = self.open_object(bucket, key)?;
+        let acl_path = Self::acl_path(&path);
+        match acl {
+            Acl::Private => {
+                Self::remove_if_exists(&acl_path)?;
+                sync_dir(path.parent().unwrap_or(Path::new(".")))
+            }
+            Acl::PublicRead => write_atomic(&acl_path, acl.as_str().as_bytes()),
+        }
+    }
+
+    /// GetObjectAcl (canned).
+    pub fn object_acl(&self, bucket: &str, key: &str) -> Result<Acl, Error> {
+        let (_, path, _) = self.open_object(bucket, key)?;
+        Self::read_acl(&path)
+    }
+
+    /// ListObjectsV2. Reads every object header of the bucket (no key-service call):
+    /// cost grows with the bucket, which suits one machine's buckets.
+    pub fn list_objects_v2(
+        &self,
+        bucket: &str,
+        req: &ListObjectsRequest,
+    ) -> Result<ListObjectsPage, Error> {
+        self.bucket(bucket)?;
+        let dir = self.bucket_dir(bucket).join(OBJECTS_DIR);
+        let mut all: Vec<(String, PathBuf, ObjectHeader)> = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))? {
+            let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != OBJECT_EXT) {
+                continue;
+            }
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                // Deleted between the listing and the open.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        context: format!("open {}", path.display()),
+                        source,
+                    })
+                }
+            };
+            let header = read_header(&file, &path)?;
+            all.push((header.bound.key.clone(), path, header));
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let keys: Vec<String> = all.iter().map(|(k, _, _)| k.clone()).collect();
+        let plan = plan_page(&keys, req)?;
+        let objects = plan
+            .keys
+            .iter()
+            .map(|&i| {
+                let (_, path, header) = &all[i];
+                Ok(Self::info(header, Self::read_acl(path)?))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(ListObjectsPage {
+            objects,
+            common_prefixes: plan.common_prefixes,
+            next_continuation_token: plan.next_continuation_token,
+        })
+    }
+}
+
+/// Reads and decodes the header at the start of an object file.
+fn read_header(file: &File, path: &Path) -> Result<ObjectHeader, Error> {
+    let corrupted = |what: String| Error::Corrupted {
+        path: path.to_path_buf(),
+        what,
+    };
+    let read = |buf: &mut [u8]| {
+        file.read_exact_at(buf, 0).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                corrupted("the file is shorter than its header".into())
+            } else {
+                Error::Io {
+                    context: format!("read {}", path.display()),
+                    source: e,
+                }
+            }
+        })
+    };
+    let mut fixed = [0u8; ObjectHeader::FIXED_LEN];
+    read(&mut fixed)?;
+    let len = ObjectHeader::peek_len(&fixed).map_err(|e| corrupted(e.0))?;
+    let mut bytes = vec![0u8; len as usize];
+    read(&mut bytes)?;
+    ObjectHeader::decode(&bytes).map_err(|e| corrupted(e.0))
+}
+
+/// One upload in progress into a temporary file.
+struct Upload<'a> {
+    file: &'a File,
+    path: &'a Path,
+    cipher: &'a SegmentCipher,
+    header_len: u64,
+}
+
+impl Upload<'_> {
+    /// Seals the body batch by batch after the (not yet written) header, then writes
+    /// the header with its summary. Returns the header.
+    fn run(
+        &self,
+        body: &mut dyn Read,
+        bound: BoundHeader,
+        opts: &PutObjectOptions,
+    ) -> Result<ObjectHeader, Error> {
+        let mut plain = vec![0u8; WINDOW_SEGMENTS * SEG];
+        let mut sealed = Vec::with_capacity(WINDOW_SEGMENTS * SEALED_SEG);
+        let mut md5 = Md5::new();
+        let mut carry: Option<u8> = None;
+        let mut total: u64 = 0;
+        let mut index: u64 = 0;
+        let mut offset = self.header_len;
+        loop {
+            let start = match carry.take() {
+                Some(b) => {
+                    plain[0] = b;
+                    1
+                }
+                None => 0,
+            };
+            let n = start + fill(body, &mut plain[start..])?;
+            // A full window may be the last one: look one byte ahead to know.
+            let is_final = if n == plain.len() {
+                let mut one = [0u8; 1];
+                if fill(body, &mut one)? == 1 {
+                    carry = Some(one[0]);
+                    false
+                } else {
+                    true
+                }
+            } else {
+                true
+            };
+            total = total
+                .checked_add(n as u64)
+                .filter(|&t| t <= MAX_OBJECT_SIZE)
+                .ok_or(Error::TooLarge {
+                    max: MAX_OBJECT_SIZE,
+                })?;
+            let batch = &plain[..n];
+            let unsealable = |_| Error::Io {
+                context: format!("seal segments of {}", self.path.display()),
+                source: io::Error::other("AES-GCM refused to seal a segment"),
+            };
+            if is_final {
+                md5.update(batch);
+                let etag: [u8; 16] = md5.finalize().into();
+                if opts.content_md5.is_some_and(|want| want != etag) {
+                    return Err(Error::BadDigest);
+                }
+                let summary = Summary {
+                    plaintext_len: total,
+                    etag,
+                    last_modified_ms: (now().unix_timestamp_nanos() / 1_000_000) as i64,
+                };
+                self.cipher
+                    .seal_batch(index, batch, Some(&summary), &mut sealed)
+                    .map_err(unsealable)?;
+                self.write(&sealed, offset)?;
+                let header = ObjectHeader { bound, summary };
+                let bytes = header
+                    .encode()
+                    .map_err(|e| Error::InvalidArgument(format!("object metadata: {e}")))?;
+                self.write(&bytes, 0)?;
+                debug_assert_eq!(index + segment_count(n as u64), segment_count(total));
+                return Ok(header);
+            }
+            // The MD5 runs on one core while the segments are sealed on the others.
+            let (_, sealed_result) = rayon::join(
+                || md5.update(batch),
+                || self.cipher.seal_batch(index, batch, None, &mut sealed),
+            );
+            sealed_result.map_err(unsealable)?;
+            self.write(&sealed, offset)?;
+            offset += sealed.len() as u64;
+            index += WINDOW_SEGMENTS as u64;
+        }
+    }
+
+    fn write(&self, bytes: &[u8], at: u64) -> Result<(), Error> {
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(io_err(format!("write {}", self.path.display())))
+    }
+}
