@@ -438,3 +438,56 @@ fn open_removes_crash_leftovers_but_not_uploads_in_progress() {
         .objects
         .is_empty());
 }
+
+#[test]
+fn every_key_use_is_audited_with_the_object_arn_and_head_uses_none() {
+    use crypto_core::trail::{LookupFilter, Trail};
+    let lab = Lab::new();
+    lab.put("dir/clock.png", b"png");
+    lab.get("dir/clock.png").unwrap();
+    let trail = Trail::open(&lab.home.path().join("trail"), "local", "000000000000").unwrap();
+    let events = |name: &str| {
+        trail
+            .lookup(&LookupFilter {
+                event_name: Some(name.into()),
+                ..LookupFilter::default()
+            })
+            .unwrap()
+    };
+    for name in ["GenerateDataKey", "Decrypt"] {
+        let found = events(name);
+        assert_eq!(found.len(), 1, "{name}");
+        let event = &found[0].event;
+        assert_eq!(
+            event["requestParameters"]["encryptionContext"]["aws:s3:arn"],
+            "arn:aws:s3:::bkt/dir/clock.png",
+            "{name}"
+        );
+        assert_eq!(event["userIdentity"]["arn"], support::OWNER, "{name}");
+    }
+    let before = trail.lookup(&LookupFilter::default()).unwrap().len();
+    lab.store.head_object("bkt", "dir/clock.png").unwrap();
+    lab.store
+        .list_objects_v2("bkt", &Default::default())
+        .unwrap();
+    assert_eq!(
+        trail.lookup(&LookupFilter::default()).unwrap().len(),
+        before
+    );
+}
+
+#[test]
+fn a_reader_keeps_the_version_it_opened() {
+    let lab = Lab::new();
+    let old = pattern(5 * SEG, 1);
+    lab.put("k", &old);
+    let mut download = lab.store.get_object(lab.kms(), "bkt", "k", None).unwrap();
+    let mut first = vec![0u8; 100];
+    download.body.read_exact(&mut first).unwrap();
+    lab.put("k", b"new");
+    lab.store.delete_object("bkt", "k").unwrap();
+    let mut rest = Vec::new();
+    download.body.read_to_end(&mut rest).unwrap();
+    first.extend(rest);
+    assert_eq!(first, old);
+}
