@@ -2,11 +2,14 @@
 //! aws-CLI-shaped output, error names and exit codes, and that no key material
 //! reaches the trail, the logs or an error message.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use common::{contains, spellings, unseal_cmk_material};
 use serde_json::Value;
 
 /// One isolated atrest home; every command runs the real binary against it.
@@ -689,76 +692,6 @@ fn key_policy_separates_administrators_from_users() {
     assert_eq!(denied[0]["errorCode"], "AccessDeniedException");
     assert_eq!(denied[0]["userIdentity"]["userName"], "KeyAdmin");
     assert_eq!(home.trail_events(&["--principal", "KeyUser"]).len(), 2);
-}
-
-/// Every CMK's material, unsealed from the keystore with the root key as
-/// docs/FORMAT.md describes it (`materials[v].sealed` = base64(nonce ‖ AES-256-GCM
-/// ciphertext ‖ tag), AAD `atrest cmk material v1` ‖ key uuid ‖ v as u32 LE).
-fn unseal_cmk_material(home: &Path, root_key: &[u8]) -> Vec<Vec<u8>> {
-    use aes_gcm::aead::{AeadInOut, KeyInit};
-    use aes_gcm::{Aes256Gcm, Nonce};
-
-    let text = std::fs::read_to_string(home.join("kms/keystore.json")).expect("keystore");
-    let (_, body) = text.split_once('\n').expect("keystore header line");
-    let store: Value = serde_json::from_str(body).expect("keystore body");
-    let cipher = Aes256Gcm::new_from_slice(root_key).expect("32-byte root key");
-    let mut materials = Vec::new();
-    for (id, key) in store["keys"].as_object().expect("keys") {
-        let uuid: Vec<u8> = (0..32)
-            .step_by(2)
-            .map(|i| {
-                let hex_digits = id.replace('-', "");
-                u8::from_str_radix(&hex_digits[i..i + 2], 16).expect("uuid hex")
-            })
-            .collect();
-        for (version, material) in key["materials"]
-            .as_array()
-            .expect("materials")
-            .iter()
-            .enumerate()
-        {
-            let sealed = BASE64
-                .decode(material["sealed"].as_str().expect("sealed"))
-                .expect("base64");
-            let (nonce, rest) = sealed.split_at(12);
-            let (ciphertext, tag) = rest.split_at(rest.len() - 16);
-            let mut aad = b"atrest cmk material v1".to_vec();
-            aad.extend_from_slice(&uuid);
-            aad.extend_from_slice(&u32::try_from(version).expect("version").to_le_bytes());
-            let mut plain = ciphertext.to_vec();
-            let nonce: [u8; 12] = nonce.try_into().expect("nonce");
-            cipher
-                .decrypt_inout_detached(
-                    &Nonce::from(nonce),
-                    &aad,
-                    plain.as_mut_slice().into(),
-                    tag.try_into().expect("tag"),
-                )
-                .expect("the keystore's material unseals as documented");
-            assert_eq!(plain.len(), 32);
-            materials.push(plain);
-        }
-    }
-    materials
-}
-
-/// Every way a secret could be spelt in text or bytes.
-fn spellings(secret: &[u8]) -> Vec<Vec<u8>> {
-    vec![
-        secret.to_vec(),
-        BASE64.encode(secret).into_bytes(),
-        hex(secret).into_bytes(),
-        hex(secret).to_uppercase().into_bytes(),
-        format!("{secret:?}").into_bytes(),
-    ]
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.len() <= haystack.len() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
