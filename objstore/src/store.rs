@@ -235,6 +235,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     sync_dir(dir)
 }
 
+/// Whether a leftover of an interrupted write is old enough that no running
+/// operation can still own it.
+fn is_stale(entry: &fs::DirEntry) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_STAGING)
+}
+
 /// Reads until `buf` is full or the body ends; returns the bytes read.
 fn fill(body: &mut dyn Read, buf: &mut [u8]) -> Result<usize, Error> {
     let mut n = 0;
@@ -357,13 +368,7 @@ impl ObjectStore {
             fs::read_dir(&staging).map_err(io_err(format!("list {}", staging.display())))?
         {
             let Ok(entry) = entry else { continue };
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_STAGING);
-            if stale {
+            if is_stale(&entry) {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
@@ -372,6 +377,17 @@ impl ObjectStore {
             fs::read_dir(&buckets).map_err(io_err(format!("list {}", buckets.display())))?
         {
             let Ok(bucket) = bucket else { continue };
+            // Metadata and ACL files interrupted between write and rename.
+            for dir in [bucket.path(), bucket.path().join(OBJECTS_DIR)] {
+                let Ok(entries) = fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if entry.path().extension().is_some_and(|x| x == "tmp") && is_stale(&entry) {
+                        let _ = fs::remove_file(entry.path());
+                    }
+                }
+            }
             let tmp = bucket.path().join(TMP_DIR);
             let Ok(entries) = fs::read_dir(&tmp) else {
                 continue;

@@ -424,8 +424,16 @@ fn open_removes_crash_leftovers_but_not_uploads_in_progress() {
     std::fs::write(tmp.join("crashed.part"), b"half an object").unwrap();
     let running = std::fs::File::create(tmp.join("running.part")).unwrap();
     running.lock().unwrap();
+    // An interrupted metadata write: removed once old, kept while it may be running.
+    let objects = lab.store.root().join("buckets/bkt/objects");
+    let old = std::fs::File::create(objects.join("old.tmp")).unwrap();
+    old.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(objects.join("fresh.tmp"), b"").unwrap();
     ObjectStore::open(lab.home.path()).unwrap();
     assert!(!tmp.join("crashed.part").exists());
+    assert!(!objects.join("old.tmp").exists());
+    assert!(objects.join("fresh.tmp").exists());
     assert!(tmp.join("running.part").exists());
     drop(running);
     ObjectStore::open(lab.home.path()).unwrap();
