@@ -1,13 +1,15 @@
 //! `atrest kms serve` (the AWS KMS JSON API over HTTP(S), SigV4-authenticated) and
-//! `atrest iam create-access-key` (the access keys it accepts).
+//! `atrest iam create-access-key` (the access keys it accepts), and [`Keys`], the key
+//! service of volume commands: local, or remote with `--kms-endpoint`.
 
-use std::path::PathBuf;
-
-use clap::{Args, Subcommand};
-use crypto_core::kms::LocalKms;
-use gateway::{CredentialStore, Gateway, RunningGateway, TlsFiles};
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use blockdev::lease::KeystoreGeneration;
+use clap::{Args, Subcommand};
+use crypto_core::kms::{KeyService, LocalKms, LocalKmsConfig};
+use gateway::{CredentialStore, Gateway, RemoteKms, RemoteKmsConfig, RunningGateway, TlsFiles};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -107,4 +109,56 @@ fn print_access_key(fields: &[(&str, String)], secret: &str) -> anyhow::Result<(
     stdout.write_all(&out)?;
     stdout.flush()?;
     Ok(())
+}
+
+/// The key service volume and NBD commands use: the local keystore, or, with
+/// `--kms-endpoint URL`, any AWS-KMS-compatible endpoint (AWS KMS, another machine's
+/// `atrest kms serve`), signed with the AWS credentials of the environment or profile.
+/// Derefs to `dyn KeyService`, so it goes wherever a key service does.
+#[derive(Clone, Debug)]
+pub enum Keys {
+    Local(LocalKms),
+    Remote(Arc<RemoteKms>),
+}
+
+impl Keys {
+    pub fn open(globals: &Globals) -> anyhow::Result<Keys> {
+        match &globals.kms_endpoint {
+            Some(endpoint) => {
+                let config = RemoteKmsConfig::from_env(Some(endpoint))?;
+                Ok(Keys::Remote(Arc::new(RemoteKms::new(config)?)))
+            }
+            None => Ok(Keys::Local(LocalKms::open(
+                &globals.home()?,
+                LocalKmsConfig::from_env()?,
+            )?)),
+        }
+    }
+
+    pub fn service(&self) -> Arc<dyn KeyService> {
+        match self {
+            Keys::Local(kms) => Arc::new(kms.clone()),
+            Keys::Remote(kms) => Arc::clone(kms) as Arc<dyn KeyService>,
+        }
+    }
+
+    /// What a data-key lease watches to re-check a key at once: the local keystore's
+    /// generation. A remote key service offers none; the lease polls DescribeKey.
+    pub fn watch(&self) -> Option<Arc<dyn KeystoreGeneration>> {
+        match self {
+            Keys::Local(kms) => Some(Arc::new(kms.clone())),
+            Keys::Remote(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for Keys {
+    type Target = dyn KeyService;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Keys::Local(kms) => kms,
+            Keys::Remote(kms) => kms.as_ref(),
+        }
+    }
 }

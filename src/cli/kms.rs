@@ -9,7 +9,7 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use crypto_core::kms::{
     CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest,
-    KeyService, ListRequest, LocalKms, LocalKmsConfig, ReEncryptRequest,
+    KeyService, ListRequest, ReEncryptRequest,
 };
 use crypto_core::secret::SecretBytes;
 use serde::Serialize;
@@ -191,10 +191,15 @@ pub struct DataKeyArgs {
 }
 
 pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
-    let kms = LocalKms::open(&globals.home()?, LocalKmsConfig::from_env()?)?;
+    let kms = super::gateway::Keys::open(globals)?;
     match cmd {
-        KmsCommand::Serve(args) => super::gateway::serve_kms(args, globals, kms),
-        KmsCommand::CreateKey(args) => create_key(&kms, args),
+        KmsCommand::Serve(args) => match kms {
+            super::gateway::Keys::Local(local) => super::gateway::serve_kms(args, globals, local),
+            super::gateway::Keys::Remote(_) => {
+                bail!("atrest kms serve serves the local keystore; drop --kms-endpoint")
+            }
+        },
+        KmsCommand::CreateKey(args) => create_key(&*kms, args),
         KmsCommand::DescribeKey(KeyIdArg { key_id }) => {
             print_json(&json!({ "KeyMetadata": to_json(&kms.describe_key(&key_id)?)? }))
         }
@@ -347,7 +352,7 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
     }
 }
 
-fn create_key(kms: &LocalKms, args: CreateKeyArgs) -> anyhow::Result<()> {
+fn create_key(kms: &dyn KeyService, args: CreateKeyArgs) -> anyhow::Result<()> {
     let request = CreateKeyRequest {
         description: args.description,
         policy: args

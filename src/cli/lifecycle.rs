@@ -13,7 +13,7 @@ use blockdev::lease::{self, KeystoreGeneration, LeaseConfig, OnKeyDisable};
 use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::lifecycle::{self, Progress, Target};
 use clap::{Args, ValueEnum};
-use crypto_core::kms::{KeyService, LocalKms, LocalKmsConfig};
+use crypto_core::kms::KeyService;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -130,11 +130,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn open_kms(globals: &Globals) -> anyhow::Result<LocalKms> {
-    Ok(LocalKms::open(
-        &globals.home()?,
-        LocalKmsConfig::from_env()?,
-    )?)
+fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
+    super::gateway::Keys::open(globals)
 }
 
 /// Keeps a key-service refusal visible as a `KmsError` (its AWS name decides the exit
@@ -252,8 +249,8 @@ pub fn copy(args: CopyArgs, globals: &Globals) -> anyhow::Result<()> {
         (None, false) => Target::SourceKey,
     };
     let bar = Bar::new("copy");
-    let report =
-        lifecycle::copy(&args.src, &args.dst, &kms, target, args.force, &bar).map_err(cli_error)?;
+    let report = lifecycle::copy(&args.src, &args.dst, &*kms, target, args.force, &bar)
+        .map_err(cli_error)?;
     let mut made = Made::new(&args.dst, Some(&report.header));
     made.data_bytes = Some(report.data_bytes);
     made.hole_bytes = Some(report.hole_bytes);
@@ -263,7 +260,7 @@ pub fn copy(args: CopyArgs, globals: &Globals) -> anyhow::Result<()> {
 pub fn import(args: ImportArgs, globals: &Globals) -> anyhow::Result<()> {
     let kms = open_kms(globals)?;
     let bar = Bar::new("import");
-    let report = lifecycle::import(&args.raw, &args.dst, &kms, &args.key_id, args.force, &bar)
+    let report = lifecycle::import(&args.raw, &args.dst, &*kms, &args.key_id, args.force, &bar)
         .map_err(cli_error)?;
     let mut made = Made::new(&args.dst, Some(&report.header));
     made.data_bytes = Some(report.data_bytes);
@@ -273,7 +270,7 @@ pub fn import(args: ImportArgs, globals: &Globals) -> anyhow::Result<()> {
 
 pub fn rewrap(args: RewrapArgs, globals: &Globals) -> anyhow::Result<()> {
     let kms = open_kms(globals)?;
-    let header = lifecycle::rewrap(&args.path, &kms, args.key_id.as_deref()).map_err(cli_error)?;
+    let header = lifecycle::rewrap(&args.path, &*kms, args.key_id.as_deref()).map_err(cli_error)?;
     Made::new(&args.path, Some(&header)).print()
 }
 
@@ -281,19 +278,19 @@ pub fn rewrap(args: RewrapArgs, globals: &Globals) -> anyhow::Result<()> {
 /// watches the local keystore, the rest as they are. `read_only` forces every export
 /// read-only.
 pub fn open_exports(
-    kms: &LocalKms,
+    kms: &super::gateway::Keys,
     lease_args: &LeaseArgs,
     read_only: bool,
     specs: Vec<ExportSpec>,
 ) -> anyhow::Result<exports::ExportSet> {
     let config = lease_args.config();
-    let service: Arc<dyn KeyService> = Arc::new(kms.clone());
-    let watch: Arc<dyn KeystoreGeneration> = Arc::new(kms.clone());
+    let service: Arc<dyn KeyService> = kms.service();
+    let watch: Option<Arc<dyn KeystoreGeneration>> = kms.watch();
     let opener = move |spec: &ExportSpec| {
         lease::open_served(
             &spec.path,
             Arc::clone(&service),
-            Some(Arc::clone(&watch)),
+            watch.clone(),
             read_only || spec.read_only,
             config,
         )

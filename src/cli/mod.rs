@@ -19,6 +19,11 @@ pub struct Globals {
     /// Default: $XDG_DATA_HOME/atrest, else ~/.local/share/atrest.
     #[arg(long, global = true, env = "ATREST_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// Use this AWS-KMS-compatible endpoint (AWS KMS, `atrest kms serve`) as the key
+    /// service of the kms, volume and nbd commands, signing with AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and AWS_REGION, or the AWS profile.
+    #[arg(long, global = true, env = "ATREST_KMS_ENDPOINT", value_name = "URL")]
+    pub kms_endpoint: Option<String>,
 }
 
 impl Globals {

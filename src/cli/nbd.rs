@@ -10,7 +10,7 @@ use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::nbd::{self, Export, Server, DEFAULT_EXPORT};
 use blockdev::volume::{self, NewVolumeKey};
 use clap::{Args, Subcommand};
-use crypto_core::kms::{CreateKeyRequest, KeyService, KmsError, LocalKms, LocalKmsConfig};
+use crypto_core::kms::{CreateKeyRequest, KeyService, KmsError};
 
 use super::Globals;
 
@@ -79,9 +79,8 @@ pub fn run(cmd: NbdCommand, globals: &Globals) -> anyhow::Result<()> {
     }
 }
 
-fn open_kms(globals: &Globals) -> anyhow::Result<LocalKms> {
-    let home = globals.home()?;
-    Ok(LocalKms::open(&home, LocalKmsConfig::from_env()?)?)
+fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
+    super::gateway::Keys::open(globals)
 }
 
 fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
@@ -118,11 +117,11 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_export(kms: &LocalKms, path: &Path, read_only: bool) -> anyhow::Result<Export> {
+fn open_export(kms: &super::gateway::Keys, path: &Path, read_only: bool) -> anyhow::Result<Export> {
     let volume = lease::open_served(
         path,
-        Arc::new(kms.clone()),
-        Some(Arc::new(kms.clone())),
+        kms.service(),
+        kms.watch(),
         read_only,
         LeaseConfig::default(),
     )
@@ -149,14 +148,14 @@ pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
     let kms = open_kms(globals)?;
     let path = home.join("volumes").join("default.vol");
     if !path.exists() {
-        ensure_default_key(&kms)?;
+        ensure_default_key(&*kms)?;
         let dir = home.join("volumes");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let header = volume::create(
             &path,
             DEFAULT_VOLUME_SIZE,
             NewVolumeKey::Kms {
-                kms: &kms,
+                kms: &*kms,
                 key_id: DEFAULT_KEY_ALIAS,
             },
         )
@@ -176,7 +175,7 @@ pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
 }
 
 /// Creates `alias/atrest-default` (and its key) unless it exists.
-fn ensure_default_key(kms: &LocalKms) -> anyhow::Result<()> {
+fn ensure_default_key(kms: &dyn KeyService) -> anyhow::Result<()> {
     match kms.describe_key(DEFAULT_KEY_ALIAS) {
         Ok(_) => Ok(()),
         Err(KmsError::NotFound(_)) => {

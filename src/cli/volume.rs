@@ -9,7 +9,7 @@ use anyhow::Context;
 use blockdev::format::{self, Encryption, LocatedHeader};
 use blockdev::volume::{self, NewVolumeKey};
 use clap::{Args, Subcommand};
-use crypto_core::kms::{EncryptionContext, KeyService, KmsError, LocalKms, LocalKmsConfig};
+use crypto_core::kms::{EncryptionContext, KmsError};
 use serde::Serialize;
 
 use super::Globals;
@@ -70,11 +70,8 @@ pub fn run(cmd: VolumeCommand, globals: &Globals) -> anyhow::Result<()> {
     }
 }
 
-fn open_kms(globals: &Globals) -> anyhow::Result<LocalKms> {
-    Ok(LocalKms::open(
-        &globals.home()?,
-        LocalKmsConfig::from_env()?,
-    )?)
+fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
+    super::gateway::Keys::open(globals)
 }
 
 /// Keeps a key-service refusal visible as a `KmsError` (its AWS name decides the exit
@@ -187,7 +184,7 @@ fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
             volume::create(
                 &args.path,
                 args.size,
-                NewVolumeKey::Kms { kms: &kms, key_id },
+                NewVolumeKey::Kms { kms: &*kms, key_id },
             )
         }
         None => volume::create(&args.path, args.size, NewVolumeKey::Unencrypted),
