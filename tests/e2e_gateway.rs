@@ -75,6 +75,7 @@ fn remote(endpoint: &str, id: &str, secret: &str) -> RemoteKms {
             session_token: None,
         },
         timeout: Duration::from_secs(30),
+        ca_bundle: None,
     })
     .expect("a valid endpoint")
 }

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
 use common::{nbdsh, Home, Served};
-use lab::{nbdinfo, poll};
+use lab::nbdinfo;
 use serde_json::Value;
 
 const REGION: &str = "us-east-1";

@@ -9,6 +9,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crypto_core::kms::{
@@ -19,6 +20,8 @@ use crypto_core::kms::{
 };
 use crypto_core::secret::SecretBytes;
 use http::HeaderMap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -40,6 +43,9 @@ pub struct RemoteKmsConfig {
     pub region: String,
     pub credentials: SigningCredentials,
     pub timeout: Duration,
+    /// PEM certificates to trust instead of the public roots (`AWS_CA_BUNDLE`): an
+    /// `atrest kms serve --tls-cert` with a private CA.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl RemoteKmsConfig {
@@ -119,6 +125,7 @@ impl RemoteKmsConfig {
             region,
             credentials,
             timeout: Duration::from_secs(30),
+            ca_bundle: var("AWS_CA_BUNDLE").map(PathBuf::from),
         })
     }
 }
@@ -238,10 +245,13 @@ impl std::fmt::Debug for RemoteKms {
 impl RemoteKms {
     pub fn new(config: RemoteKmsConfig) -> Result<RemoteKms, GatewayError> {
         let endpoint = Endpoint::parse(&config.endpoint)?;
-        let agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10).min(config.timeout))
-            .timeout(config.timeout)
-            .build();
+            .timeout(config.timeout);
+        if let Some(bundle) = &config.ca_bundle {
+            agent = agent.tls_config(Arc::new(trusting(bundle)?));
+        }
+        let agent = agent.build();
         Ok(RemoteKms {
             agent,
             endpoint,
@@ -376,6 +386,36 @@ impl RemoteKms {
             dry_run: None,
         })
     }
+}
+
+/// A TLS client configuration that trusts exactly the certificates of `bundle`.
+fn trusting(bundle: &std::path::Path) -> Result<rustls::ClientConfig, GatewayError> {
+    let pem = std::fs::read(bundle)
+        .map_err(|e| GatewayError::io(format!("reading the CA bundle {}", bundle.display()), e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| {
+            GatewayError::Config(format!("CA bundle {}: not PEM ({e})", bundle.display()))
+        })?;
+        roots.add(cert).map_err(|e| {
+            GatewayError::Config(format!(
+                "CA bundle {}: unusable certificate ({e})",
+                bundle.display()
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(GatewayError::Config(format!(
+            "CA bundle {} holds no certificate",
+            bundle.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn read_body(response: ureq::Response, url: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {

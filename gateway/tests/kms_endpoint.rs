@@ -60,6 +60,7 @@ impl Endpoint {
             region: REGION.into(),
             credentials: self.credentials(principal),
             timeout: std::time::Duration::from_secs(30),
+            ca_bundle: None,
         })
         .unwrap()
     }
@@ -458,8 +459,141 @@ fn an_unreachable_endpoint_is_dependency_timeout() {
             session_token: None,
         },
         timeout: std::time::Duration::from_secs(5),
+        ca_bundle: None,
     })
     .unwrap();
     let err = kms.describe_key("alias/x").unwrap_err();
     assert_eq!(err.aws_name(), "DependencyTimeoutException", "{err}");
+}
+
+#[test]
+fn tls_endpoint_serves_clients_that_trust_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .expect("openssl is required (scripts/install-test-deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    // A private CA and a server certificate for 127.0.0.1 signed by it.
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-days", "2", "-subj", "/CN=atrest test CA"],
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(path("leaf.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
+
+    let home = tempfile::tempdir().unwrap();
+    let mut config = LocalKmsConfig::new();
+    config.region = REGION.into();
+    let kms = LocalKms::open(home.path(), config).unwrap();
+    let tls = gateway::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let server =
+        RunningGateway::start(Gateway::new(kms, home.path()), "127.0.0.1:0", Some(&tls)).unwrap();
+    let access = CredentialStore::open(home.path())
+        .create_access_key(ROOT)
+        .unwrap();
+    let client = |ca_bundle: Option<std::path::PathBuf>, scheme: &str| {
+        RemoteKms::new(RemoteKmsConfig {
+            endpoint: format!("{scheme}://{}", server.local_addr()),
+            region: REGION.into(),
+            credentials: SigningCredentials {
+                access_key_id: access.access_key_id.clone(),
+                secret_access_key: access.secret_access_key.clone(),
+                session_token: None,
+            },
+            timeout: std::time::Duration::from_secs(10),
+            ca_bundle,
+        })
+        .unwrap()
+    };
+    let trusted = client(Some(ca), "https");
+    let made = trusted.create_key(&CreateKeyRequest::default()).unwrap();
+    let generated = trusted
+        .generate_data_key(&GenerateDataKeyRequest {
+            key_id: made.key_id.clone(),
+            spec: DataKeySpec::Aes256,
+            encryption_context: EncryptionContext::new(),
+        })
+        .unwrap();
+    assert_eq!(generated.plaintext.len(), 32);
+    // The public roots do not vouch for a private certificate.
+    let untrusting = client(None, "https");
+    let err = untrusting.describe_key(&made.key_id).unwrap_err();
+    assert_eq!(err.aws_name(), "DependencyTimeoutException", "{err}");
+    // Plain HTTP to the TLS port gets no KMS answer.
+    assert!(client(None, "http").describe_key(&made.key_id).is_err());
+    // A key that does not match the certificate is refused at start.
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-out",
+        "other.pem",
+    ]);
+    let other = path("other.pem");
+    let mismatched = gateway::TlsFiles { cert, key: other };
+    let kms = LocalKms::open(home.path(), LocalKmsConfig::new()).unwrap();
+    let refused = RunningGateway::start(
+        Gateway::new(kms, home.path()),
+        "127.0.0.1:0",
+        Some(&mismatched),
+    );
+    assert!(refused.is_err());
 }
