@@ -16,7 +16,7 @@ use crypto_core::kms::{
     AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
     EncryptionContext, GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata,
     KeyService, KmsError, ListRequest, Page, ReEncryptRequest, ReEncrypted, RotationEntry,
-    RotationStatus, RotationType, ScheduledDeletion, WrappedData,
+    RotationStatus, RotationType, ScheduledDeletion, Tag, WrappedData,
 };
 use crypto_core::secret::SecretBytes;
 use http::HeaderMap;
@@ -581,6 +581,17 @@ struct ListRotationsAnswer {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
+struct ListTagsAnswer {
+    #[serde(default)]
+    tags: Vec<Tag>,
+    #[serde(default)]
+    next_marker: Option<String>,
+    #[serde(default)]
+    truncated: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
 struct PolicyAnswer {
     policy: String,
 }
@@ -929,6 +940,44 @@ impl KeyService for RemoteKms {
                     .then_some(true),
             },
         )
+    }
+
+    fn tag_resource(&self, key_id: &str, tags: &[Tag]) -> Result<(), KmsError> {
+        self.unit(
+            KmsOperation::TagResource,
+            &wire::TagResourceRequest {
+                key_id: key_id.to_owned(),
+                tags: tags.to_vec(),
+            },
+        )
+    }
+
+    fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError> {
+        self.unit(
+            KmsOperation::UntagResource,
+            &wire::UntagResourceRequest {
+                key_id: key_id.to_owned(),
+                tag_keys: tag_keys.to_vec(),
+            },
+        )
+    }
+
+    fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError> {
+        let mut tags = Vec::new();
+        let mut marker = None;
+        loop {
+            let request = wire::ListRequest {
+                key_id: Some(key_id.to_owned()),
+                limit: Some(50),
+                marker: marker.take(),
+            };
+            let answer: ListTagsAnswer = self.call(KmsOperation::ListResourceTags, &request)?;
+            tags.extend(answer.tags);
+            match next_marker(answer.truncated, answer.next_marker) {
+                Some(next) => marker = Some(next),
+                None => return Ok(tags),
+            }
+        }
     }
 }
 

@@ -42,10 +42,13 @@ pub enum KmsOperation {
     Encrypt,
     Decrypt,
     ReEncrypt,
+    TagResource,
+    UntagResource,
+    ListResourceTags,
 }
 
 impl KmsOperation {
-    pub const ALL: [KmsOperation; 24] = [
+    pub const ALL: [KmsOperation; 27] = [
         KmsOperation::CreateKey,
         KmsOperation::DescribeKey,
         KmsOperation::ListKeys,
@@ -70,6 +73,9 @@ impl KmsOperation {
         KmsOperation::Encrypt,
         KmsOperation::Decrypt,
         KmsOperation::ReEncrypt,
+        KmsOperation::TagResource,
+        KmsOperation::UntagResource,
+        KmsOperation::ListResourceTags,
     ];
 
     /// The AWS operation name (the part of `X-Amz-Target` after `TrentService.`).
@@ -99,6 +105,9 @@ impl KmsOperation {
             KmsOperation::Encrypt => "Encrypt",
             KmsOperation::Decrypt => "Decrypt",
             KmsOperation::ReEncrypt => "ReEncrypt",
+            KmsOperation::TagResource => "TagResource",
+            KmsOperation::UntagResource => "UntagResource",
+            KmsOperation::ListResourceTags => "ListResourceTags",
         }
     }
 
@@ -133,11 +142,8 @@ pub fn handle(
     match op {
         KmsOperation::CreateKey => {
             let req: wire::CreateKeyRequest = parse(body)?;
-            if req.tags.as_ref().is_some_and(|tags| !tags.is_empty()) {
-                return Err(unsupported(
-                    "tags are not supported by atrest's key service",
-                ));
-            }
+            let tags = req.tags.unwrap_or_default();
+            kms::validate_tags(&tags)?;
             if req.multi_region == Some(true) {
                 return Err(unsupported("multi-Region keys are not supported"));
             }
@@ -163,6 +169,11 @@ pub fn handle(
                 key_spec: spec,
                 key_usage: req.key_usage,
             })?;
+            // The tags were checked above; tagging is the creator's second call, in
+            // the trail as TagResource.
+            if !tags.is_empty() {
+                kms.tag_resource(&meta.key_id, &tags)?;
+            }
             reply(&json!({ "KeyMetadata": meta }))
         }
         KmsOperation::DescribeKey => {
@@ -260,6 +271,22 @@ pub fn handle(
                 req.bypass_policy_lockout_safety_check.unwrap_or(false),
             )?;
             empty()
+        }
+        KmsOperation::TagResource => {
+            let req: wire::TagResourceRequest = parse(body)?;
+            kms.tag_resource(&req.key_id, &req.tags)?;
+            empty()
+        }
+        KmsOperation::UntagResource => {
+            let req: wire::UntagResourceRequest = parse(body)?;
+            kms.untag_resource(&req.key_id, &req.tag_keys)?;
+            empty()
+        }
+        KmsOperation::ListResourceTags => {
+            let req: wire::ListRequest = parse(body)?;
+            let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
+            let tags = kms.list_resource_tags(key_id)?;
+            reply(&paged_slice("Tags", tags, &req)?)
         }
         KmsOperation::GenerateDataKey => {
             let req = data_key_request(parse(body)?)?;

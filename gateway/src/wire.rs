@@ -5,7 +5,7 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use crypto_core::kms::{EncryptionContext, KeyMetadata, KeyState};
+use crypto_core::kms::{EncryptionContext, KeyMetadata, KeyState, Tag};
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -85,13 +85,6 @@ pub struct ReEncryptRequest {
     pub dry_run: Option<bool>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Tag {
-    pub tag_key: String,
-    pub tag_value: String,
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CreateKeyRequest {
@@ -113,6 +106,20 @@ pub struct CreateKeyRequest {
     pub tags: Option<Vec<Tag>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_region: Option<bool>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagResourceRequest {
+    pub key_id: String,
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UntagResourceRequest {
+    pub key_id: String,
+    pub tag_keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

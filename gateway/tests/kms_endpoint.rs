@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crypto_core::kms::{
     CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest,
-    KeyService, KeyState, KmsError, ListRequest, LocalKms, LocalKmsConfig, ReEncryptRequest,
+    KeyService, KeyState, KmsError, ListRequest, LocalKms, LocalKmsConfig, ReEncryptRequest, Tag,
 };
 use gateway::sigv4::{self, Payload, Signer, SigningCredentials};
 use gateway::{CredentialStore, Gateway, RemoteKms, RemoteKmsConfig, RunningGateway};
@@ -241,6 +241,22 @@ fn every_operation_works_through_remote_kms() {
         key_id: None,
     })
     .unwrap();
+
+    let tag = |k: &str, v: &str| Tag {
+        tag_key: k.into(),
+        tag_value: v.into(),
+    };
+    kms.tag_resource(&meta.key_id, &[tag("team", "storage"), tag("env", "lab")])
+        .unwrap();
+    kms.untag_resource(&meta.key_id, &["team".into()]).unwrap();
+    assert_eq!(
+        kms.list_resource_tags(&meta.key_id).unwrap(),
+        [tag("env", "lab")]
+    );
+    assert!(matches!(
+        kms.tag_resource(&meta.key_id, &[tag("aws:x", "y")]),
+        Err(KmsError::Validation(_))
+    ));
 
     let policy = kms.get_key_policy(&meta.key_id, "default").unwrap();
     kms.put_key_policy(&meta.key_id, "default", &policy, false)

@@ -182,6 +182,18 @@ def lab_step_1():
     new = user.encrypt(KeyId=key_id, Plaintext=b"clock.png", EncryptionContext=ctx)
     assert new["CiphertextBlob"] != old["CiphertextBlob"]
 
+    step("tags: CreateKey Tags, TagResource, UntagResource, ListResourceTags")
+    tagged = root.create_key(Description="tagged", Tags=[{"TagKey": "lab", "TagValue": "1"}])
+    tagged_id = tagged["KeyMetadata"]["KeyId"]
+    root.tag_resource(KeyId=tagged_id, Tags=[{"TagKey": "owner", "TagValue": "storage"}])
+    root.untag_resource(KeyId=tagged_id, TagKeys=["lab"])
+    tags = root.list_resource_tags(KeyId=tagged_id)["Tags"]
+    assert tags == [{"TagKey": "owner", "TagValue": "storage"}], tags
+    listed = aws("root", "kms", "list-resource-tags", "--key-id", tagged_id)
+    assert listed["Tags"] == tags, listed
+    expect_error("ValidationException", root.tag_resource, KeyId=tagged_id,
+                 Tags=[{"TagKey": "aws:reserved", "TagValue": "x"}])
+
     step("key policy over the wire")
     got = json.loads(admin.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"])
     assert got["Statement"][2]["Sid"] == "KeyUsers", got

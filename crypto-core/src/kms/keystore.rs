@@ -71,6 +71,9 @@ pub(crate) struct KeyRecord {
     pub rotations: Vec<RotationRecord>,
     /// Version `i` is `materials[i]`; the last one seals new ciphertexts.
     pub materials: Vec<SealedMaterial>,
+    /// TagResource's tags, tag key to value (absent in files written before tags).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! reporting every call to the trail in `<home>/trail/`.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use super::{
     AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
     EncryptionContext, GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata,
     KeyService, KeyState, KmsError, ListRequest, Page, ReEncryptRequest, ReEncrypted,
-    RotationEntry, RotationStatus, RotationType, ScheduledDeletion, WrappedData,
+    RotationEntry, RotationStatus, RotationType, ScheduledDeletion, Tag, WrappedData,
 };
 use crate::envelope::{self, MAX_PLAINTEXT_LEN};
 use crate::secret::{Aes256Key, SecretBytes};
@@ -35,6 +36,10 @@ const DEFAULT_PENDING_DAYS: u32 = 30;
 const MIN_ROTATION_DAYS: u32 = 90;
 const MAX_ROTATION_DAYS: u32 = 2560;
 const DEFAULT_ROTATION_DAYS: u32 = 365;
+/// AWS's tag limits: 50 tags per key, keys of 1-128 and values of 0-256 characters.
+const MAX_TAGS: usize = 50;
+const MAX_TAG_KEY_LEN: usize = 128;
+const MAX_TAG_VALUE_LEN: usize = 256;
 /// AWS allows 10 on-demand rotations per key.
 const MAX_ON_DEMAND_ROTATIONS: usize = 10;
 /// AWS's limit on a ciphertext blob passed to Decrypt or ReEncrypt.
@@ -173,6 +178,9 @@ enum Op {
     Encrypt,
     Decrypt,
     ReEncrypt,
+    TagResource,
+    UntagResource,
+    ListResourceTags,
 }
 
 impl Op {
@@ -202,6 +210,9 @@ impl Op {
             Op::Encrypt => "Encrypt",
             Op::Decrypt => "Decrypt",
             Op::ReEncrypt => "ReEncrypt",
+            Op::TagResource => "TagResource",
+            Op::UntagResource => "UntagResource",
+            Op::ListResourceTags => "ListResourceTags",
         }
     }
 
@@ -218,7 +229,8 @@ impl Op {
             | Op::GenerateDataKeyWithoutPlaintext
             | Op::Encrypt
             | Op::Decrypt
-            | Op::ReEncrypt => true,
+            | Op::ReEncrypt
+            | Op::ListResourceTags => true,
             Op::CreateKey
             | Op::UpdateKeyDescription
             | Op::EnableKey
@@ -231,7 +243,9 @@ impl Op {
             | Op::EnableKeyRotation
             | Op::DisableKeyRotation
             | Op::RotateKeyOnDemand
-            | Op::PutKeyPolicy => false,
+            | Op::PutKeyPolicy
+            | Op::TagResource
+            | Op::UntagResource => false,
         }
     }
 
@@ -259,7 +273,8 @@ fn check_state(op: Op, state: KeyState, arn: &str) -> Result<(), KmsError> {
         | Op::PutKeyPolicy
         | Op::GetKeyRotationStatus
         | Op::ListKeyRotations
-        | Op::DeleteAlias => Ok(()),
+        | Op::DeleteAlias
+        | Op::ListResourceTags => Ok(()),
         Op::Encrypt
         | Op::Decrypt
         | Op::GenerateDataKey
@@ -277,7 +292,9 @@ fn check_state(op: Op, state: KeyState, arn: &str) -> Result<(), KmsError> {
         | Op::ScheduleKeyDeletion
         | Op::UpdateKeyDescription
         | Op::CreateAlias
-        | Op::UpdateAlias => match state {
+        | Op::UpdateAlias
+        | Op::TagResource
+        | Op::UntagResource => match state {
             KeyState::Enabled | KeyState::Disabled => Ok(()),
             KeyState::PendingDeletion => pending(),
         },
@@ -1048,6 +1065,7 @@ impl KeyService for LocalKms {
                     rotation: None,
                     rotations: Vec::new(),
                     materials: Vec::new(),
+                    tags: BTreeMap::new(),
                 };
                 add_material(&mut key, &id, ts, &self.shared.keystore)?;
                 let meta = self.metadata(&id, &key);
@@ -1472,6 +1490,86 @@ impl KeyService for LocalKms {
             Ok(())
         })
     }
+
+    fn tag_resource(&self, key_id: &str, tags: &[Tag]) -> Result<(), KmsError> {
+        let request = json!({ "keyId": key_id, "tags": tags });
+        self.administer(Op::TagResource, key_id, request, |key, _, arn, _| {
+            validate_tags(tags)?;
+            for tag in tags {
+                key.tags.insert(tag.tag_key.clone(), tag.tag_value.clone());
+            }
+            if key.tags.len() > MAX_TAGS {
+                return Err(KmsError::LimitExceeded(format!(
+                    "{arn} would have {} tags; a key has at most {MAX_TAGS}",
+                    key.tags.len()
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError> {
+        let request = json!({ "keyId": key_id, "tagKeys": tag_keys });
+        self.administer(Op::UntagResource, key_id, request, |key, _, _, _| {
+            for tag_key in tag_keys {
+                check_tag_key(tag_key)?;
+                key.tags.remove(tag_key);
+            }
+            Ok(())
+        })
+    }
+
+    fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError> {
+        let request = json!({ "keyId": key_id });
+        self.inspect(Op::ListResourceTags, key_id, request, |key, _, _| {
+            Ok(key
+                .tags
+                .iter()
+                .map(|(tag_key, tag_value)| Tag {
+                    tag_key: tag_key.clone(),
+                    tag_value: tag_value.clone(),
+                })
+                .collect())
+        })
+    }
+}
+
+/// AWS's rules for tags: at most 50 in one request, keys of 1 to 128 characters not
+/// starting with `aws:`, values of at most 256 characters.
+pub fn validate_tags(tags: &[Tag]) -> Result<(), KmsError> {
+    if tags.len() > MAX_TAGS {
+        return Err(KmsError::LimitExceeded(format!(
+            "{} tags given; a key has at most {MAX_TAGS}",
+            tags.len()
+        )));
+    }
+    for tag in tags {
+        check_tag_key(&tag.tag_key)?;
+        if tag.tag_value.chars().count() > MAX_TAG_VALUE_LEN {
+            return Err(KmsError::Validation(format!(
+                "the value of tag '{}' is longer than {MAX_TAG_VALUE_LEN} characters",
+                printable(&tag.tag_key)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_tag_key(tag_key: &str) -> Result<(), KmsError> {
+    let len = tag_key.chars().count();
+    if len == 0 || len > MAX_TAG_KEY_LEN {
+        return Err(KmsError::Validation(format!(
+            "tag key '{}' must be 1 to {MAX_TAG_KEY_LEN} characters",
+            printable(tag_key)
+        )));
+    }
+    if tag_key.starts_with("aws:") {
+        return Err(KmsError::Validation(format!(
+            "tag key '{}' uses the prefix 'aws:', which is reserved for AWS",
+            printable(tag_key)
+        )));
+    }
+    Ok(())
 }
 
 fn check_policy_name(name: &str) -> Result<(), KmsError> {

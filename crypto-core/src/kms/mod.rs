@@ -21,7 +21,7 @@ pub mod policy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ident::{validate_alias_name, KeyRef};
-pub use local::{LocalKms, LocalKmsConfig};
+pub use local::{validate_tags, LocalKms, LocalKmsConfig};
 
 /// Encryption context: non-secret key/value pairs bound to a ciphertext as AAD.
 /// A `BTreeMap` so that iteration order is canonical.
@@ -291,6 +291,16 @@ pub struct RotationEntry {
     pub rotation_type: RotationType,
 }
 
+/// A key's tag (TagResource, ListResourceTags).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Tag {
+    /// 1 to 128 characters, unique per key; the `aws:` prefix is reserved.
+    pub tag_key: String,
+    /// 0 to 256 characters.
+    pub tag_value: String,
+}
+
 /// Errors of the key service, one variant per AWS KMS error name.
 /// `Display` prints `AwsName: message`, which is what the CLI shows.
 /// No message ever contains key material.
@@ -512,6 +522,14 @@ pub trait KeyService: Send + Sync {
         policy: &str,
         bypass_policy_lockout_safety_check: bool,
     ) -> Result<(), KmsError>;
+
+    /// Adds tags to a key, replacing the values of keys it already has (at most 50
+    /// tags per key).
+    fn tag_resource(&self, key_id: &str, tags: &[Tag]) -> Result<(), KmsError>;
+    /// Removes the tags with these keys (absent ones are ignored, as AWS).
+    fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError>;
+    /// The key's tags, sorted by tag key.
+    fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError>;
 }
 
 #[cfg(test)]
