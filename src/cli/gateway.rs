@@ -38,6 +38,12 @@ pub fn serve_kms(args: KmsServeArgs, globals: &Globals, kms: LocalKms) -> anyhow
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,
     };
+    if CredentialStore::open(&home).access_keys()?.is_empty() {
+        eprintln!(
+            "no access keys yet: every request will be refused until one is made with \
+             `atrest iam create-access-key --principal ARN`"
+        );
+    }
     let gateway = Gateway::new(kms, &home);
     let region = gateway.region().to_owned();
     let running = RunningGateway::start(gateway, &args.listen, tls.as_ref())?;
