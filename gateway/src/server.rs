@@ -16,7 +16,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -32,6 +32,9 @@ use crate::wire;
 /// Largest request body read. KMS's largest input is a 32 KiB key policy; base64
 /// and JSON framing stay well under this.
 const MAX_BODY: usize = 256 * 1024;
+/// How long a client may take to send a request head, and a TLS handshake.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A response body that zeroizes its buffer when dropped (answers of
 /// GenerateDataKey and Decrypt hold plaintext keys).
@@ -349,15 +352,25 @@ async fn serve(
                 let gateway = Arc::clone(&gateway);
                 async move { Ok::<_, std::convert::Infallible>(respond(gateway, request).await) }
             });
-            let http = hyper::server::conn::http1::Builder::new();
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // A client that trickles its request head does not hold a connection
+            // (and its task) forever.
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let result = match acceptor {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => http.serve_connection(TokioIo::new(tls), service).await,
-                    Err(e) => {
-                        tracing::debug!("TLS handshake with {peer} failed: {e}");
-                        return;
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => http.serve_connection(TokioIo::new(tls), service).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake with {peer} failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake with {peer} timed out");
+                            return;
+                        }
                     }
-                },
+                }
                 None => http.serve_connection(TokioIo::new(stream), service).await,
             };
             if let Err(e) = result {
