@@ -329,3 +329,78 @@ fn remote_kms_works_against_moto_server() {
     let missing = kms.describe_key("alias/none").unwrap_err();
     assert_eq!(missing.aws_name(), "NotFoundException");
 }
+
+#[test]
+fn trail_digests_from_the_cli_and_the_server_validate_and_catch_tampering() {
+    let home = Home::new();
+    home.run(&["kms", "create-key", "--alias", "alias/d"]);
+    let first: Value = serde_json::from_str(&home.run(&["trail", "digest"])).unwrap();
+    assert_eq!(first["DigestSequence"], 0);
+    let public_key = first["PublicKey"].as_str().unwrap().to_owned();
+    home.run(&["kms", "generate-data-key", "--key-id", "alias/d"]);
+    let second: Value = serde_json::from_str(&home.run(&["trail", "digest"])).unwrap();
+    assert_eq!(second["DigestSequence"], 1);
+    assert_eq!(second["PublicKey"], public_key.as_str());
+
+    // The server writes its own digest at shutdown, with the same key.
+    let root = create_access_key(&home, "arn:aws:iam::000000000000:root");
+    let server = home.serve(&[
+        "kms",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--digest-interval",
+        "1h",
+    ]);
+    let kms = remote_local(&server, &root);
+    assert_eq!(
+        kms.describe_key("alias/d").unwrap().key_state,
+        KeyState::Enabled
+    );
+    server.stop();
+
+    let valid: Value =
+        serde_json::from_str(&home.run(&["trail", "validate", "--digest-public-key", &public_key]))
+            .unwrap();
+    assert_eq!(valid["Valid"], true);
+    assert_eq!(valid["Digests"], 3, "{valid}");
+    assert_eq!(valid["DigestedRecords"], valid["Records"], "{valid}");
+
+    let wrong_key = "0".repeat(63) + "1";
+    let out = home
+        .atrest()
+        .args(["trail", "validate", "--digest-public-key", &wrong_key])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the trail's key"));
+
+    std::fs::remove_file(
+        home.path()
+            .join("trail/digests/digest-00000000000000000001.json"),
+    )
+    .unwrap();
+    let out = home.atrest().args(["trail", "validate"]).output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("digest-00000000000000000001.json") && said.contains("missing"),
+        "{said}"
+    );
+}
+
+/// A client of a server in the default region, `local`.
+fn remote_local(server: &Served, key: &AccessKey) -> RemoteKms {
+    RemoteKms::new(RemoteKmsConfig {
+        endpoint: format!("http://{}", server.addr),
+        region: "local".into(),
+        credentials: SigningCredentials {
+            access_key_id: key.id.clone(),
+            secret_access_key: Zeroizing::new(key.secret.clone()),
+            session_token: None,
+        },
+        timeout: Duration::from_secs(30),
+        ca_bundle: None,
+    })
+    .unwrap()
+}

@@ -4,11 +4,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use blockdev::lease::KeystoreGeneration;
 use clap::{Args, Subcommand};
 use crypto_core::kms::{KeyService, LocalKms, LocalKmsConfig};
+use crypto_core::trail::digest;
 use gateway::{CredentialStore, Gateway, RemoteKms, RemoteKmsConfig, RunningGateway, TlsFiles};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -29,6 +31,9 @@ pub struct KmsServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Write a signed trail digest this often (and once at shutdown): e.g. 1h, 5m.
+    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    digest_interval: Duration,
 }
 
 /// Serves the key service of `globals`' home until SIGINT or SIGTERM.
@@ -53,8 +58,49 @@ pub fn serve_kms(args: KmsServeArgs, globals: &Globals, kms: LocalKms) -> anyhow
         "AWS KMS endpoint {scheme}://{}, region {region}",
         running.local_addr()
     );
+    let digests = DigestTimer::start(home.join("trail"), args.digest_interval)?;
     running.wait_for_shutdown_signal()?;
+    digests.stop();
     Ok(())
+}
+
+/// Writes a signed trail digest every interval, and a last one when stopped.
+struct DigestTimer {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DigestTimer {
+    fn start(trail_dir: PathBuf, interval: Duration) -> anyhow::Result<DigestTimer> {
+        let signer = digest::DigestSigner::open_or_create(&trail_dir)?;
+        eprintln!(
+            "trail digests every {interval:?}, signed by Ed25519 key {}",
+            signer.public_key_hex()
+        );
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("atrest-digests".into())
+            .spawn(move || loop {
+                let last = !matches!(
+                    stopped.recv_timeout(interval),
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                );
+                if let Err(e) = digest::write_digest(&trail_dir, &signer) {
+                    tracing::warn!("could not write a trail digest: {e}");
+                }
+                if last {
+                    return;
+                }
+            })?;
+        Ok(DigestTimer { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::error!("the trail digest thread panicked");
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use crypto_core::kms::LocalKmsConfig;
-use crypto_core::trail::{Anchor, FoundRecord, LookupFilter, Trail, LOG_FILE};
+use crypto_core::trail::{digest, Anchor, FoundRecord, LookupFilter, Trail, LOG_FILE};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime};
@@ -44,11 +44,19 @@ pub enum TrailCommand {
         /// recomputed hashes).
         #[arg(long, value_name = "SEQUENCE:HASH")]
         anchor: Option<Anchor>,
+        /// The digest signing key (as `trail digest` printed it, kept off this
+        /// machine): the signed digests must all be this key's.
+        #[arg(long, value_name = "HEX")]
+        digest_public_key: Option<String>,
     },
+    /// Write a signed digest of the records appended since the previous digest
+    /// (`atrest kms serve` writes one every --digest-interval).
+    Digest,
 }
 
 pub fn run(cmd: TrailCommand, globals: &Globals) -> anyhow::Result<()> {
     let trail = open(globals)?;
+    let dir = globals.home()?.join("trail");
     match cmd {
         TrailCommand::Lookup {
             event_name,
@@ -69,10 +77,19 @@ pub fn run(cmd: TrailCommand, globals: &Globals) -> anyhow::Result<()> {
             let events: Vec<Value> = trail.lookup(&filter)?.iter().map(lookup_event).collect();
             super::kms::print_json(&json!({ "Events": events }))
         }
-        TrailCommand::Validate { anchor } => {
+        TrailCommand::Validate {
+            anchor,
+            digest_public_key,
+        } => {
             let report = trail
                 .validate_against(anchor.as_ref())
                 .context("trail validation failed")?;
+            let digests = digest::validate_digests(&dir, digest_public_key.as_deref())
+                .context("trail validation against the signed digests failed")?;
+            let last_digest = digests
+                .last_digest_time
+                .map(|t| t.format(&Rfc3339))
+                .transpose()?;
             super::kms::print_json(&json!({
                 "Valid": true,
                 "TrailFile": report.path,
@@ -80,6 +97,20 @@ pub fn run(cmd: TrailCommand, globals: &Globals) -> anyhow::Result<()> {
                 "LastSequence": report.last_sequence,
                 "LastHash": report.last_hash,
                 "Notes": report.notes,
+                "Digests": digests.digests,
+                "DigestedRecords": digests.records,
+                "DigestPublicKey": digests.public_key,
+                "LastDigestTime": last_digest,
+            }))
+        }
+        TrailCommand::Digest => {
+            let signer = digest::DigestSigner::open_or_create(&dir)?;
+            let written = digest::write_digest(&dir, &signer)?;
+            super::kms::print_json(&json!({
+                "DigestFile": written.path,
+                "DigestSequence": written.digest_sequence,
+                "Records": written.records,
+                "PublicKey": signer.public_key_hex(),
             }))
         }
     }

@@ -23,6 +23,7 @@
 //! that disagrees with `trail.head`: the key service then fails closed rather than
 //! audit calls on top of a damaged trail. The format is in `docs/FORMAT.md`.
 
+pub mod digest;
 mod head;
 mod record;
 
