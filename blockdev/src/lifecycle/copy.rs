@@ -8,6 +8,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crypto_core::kms::KeyService;
 use rustix::fs::{RenameFlags, SeekFrom, CWD};
@@ -24,6 +26,8 @@ const CHUNK: usize = 4 * 1024 * 1024;
 /// Chunks in flight between the reader and the writer (bounds memory to about
 /// `(DEPTH + 2) * CHUNK`).
 const DEPTH: usize = 4;
+/// Threads that encrypt and write: while one waits in `pwrite`, another encrypts.
+const WRITERS: usize = 2;
 /// The allocation map is asked for in windows of this many bytes.
 const MAP_WINDOW: u64 = 1 << 30;
 /// `copy_file_range` moves at most this much per call, so progress stays live.
@@ -231,8 +235,8 @@ fn build(
 }
 
 /// Copies every allocated, non-zero sector of `source` to the same offset of `target`
-/// (which must read as zeros). One thread reads (and decrypts) while this one
-/// encrypts and writes; the cipher itself spreads each chunk over all cores.
+/// (which must read as zeros). One thread reads (and decrypts) while [`WRITERS`]
+/// threads encrypt and write; the cipher itself spreads each chunk over all cores.
 fn transfer(
     source: &dyn Volume,
     target: &dyn Volume,
@@ -244,6 +248,9 @@ fn transfer(
     for _ in 0..DEPTH + 2 {
         let _ = empty_tx.send(Vec::with_capacity(CHUNK));
     }
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let data = AtomicU64::new(0);
+    let zeros = AtomicU64::new(0);
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<u64, Error> {
             let mut holes = 0u64;
@@ -259,7 +266,7 @@ fn transfer(
                     } else {
                         while pos < end {
                             let len = (end - pos).min(CHUNK as u64) as usize;
-                            // The writer hands buffers back; none back means it failed.
+                            // Writers hand buffers back; none back means they stopped.
                             let Ok(mut buf) = empty_rx.recv() else {
                                 return Ok(holes);
                             };
@@ -277,34 +284,55 @@ fn transfer(
             }
             Ok(holes)
         });
-        let mut data = 0u64;
-        let mut zeros = 0u64;
-        let mut written: Result<(), Error> = Ok(());
-        for (offset, buf) in full_rx {
-            if written.is_ok() {
-                match write_nonzero(target, offset, &buf) {
-                    Ok(skipped) => {
-                        zeros += skipped;
-                        data += buf.len() as u64 - skipped;
-                        progress.advance(buf.len() as u64);
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (full_rx, empty_tx) = (full_rx.clone(), empty_tx.clone());
+                let (failure, data, zeros) = (&failure, &data, &zeros);
+                scope.spawn(move || {
+                    for (offset, buf) in full_rx {
+                        if lock(failure).is_some() {
+                            break;
+                        }
+                        match write_nonzero(target, offset, &buf) {
+                            Ok(skipped) => {
+                                zeros.fetch_add(skipped, Ordering::Relaxed);
+                                data.fetch_add(buf.len() as u64 - skipped, Ordering::Relaxed);
+                                progress.advance(buf.len() as u64);
+                            }
+                            Err(err) => {
+                                lock(failure).get_or_insert(err);
+                                break;
+                            }
+                        }
+                        let _ = empty_tx.send(buf);
                     }
-                    Err(err) => written = Err(err),
-                }
-            }
-            if written.is_err() {
-                // Stop the reader: it sees the closed buffer channel and returns.
-                break;
-            }
-            let _ = empty_tx.send(buf);
-        }
-        drop(empty_tx);
-        let holes = reader.join().map_err(|_| Error::Io {
-            context: "the copy's reader thread panicked".into(),
+                })
+            })
+            .collect();
+        // Once the writers are gone the reader's channels close and it returns.
+        drop((full_rx, empty_tx));
+        let panicked = || Error::Io {
+            context: "a copy thread panicked".into(),
             source: io::ErrorKind::Other.into(),
-        })??;
-        written?;
-        Ok((data, holes + zeros))
+        };
+        for writer in writers {
+            writer.join().map_err(|_| panicked())?;
+        }
+        let holes = reader.join().map_err(|_| panicked())??;
+        if let Some(err) = lock(&failure).take() {
+            return Err(err);
+        }
+        Ok((
+            data.load(Ordering::Relaxed),
+            holes + zeros.load(Ordering::Relaxed),
+        ))
     })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Writes `buf` (volume bytes from `offset`) to `target`, skipping all-zero sectors so
