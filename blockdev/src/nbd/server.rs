@@ -1,13 +1,15 @@
 //! The NBD server: sockets, the handshake, and the transmission phase.
 //!
-//! Threads: one accept loop; per connection, one thread that runs the handshake and
-//! then reads requests; a pool of workers shared by all connections that runs the
-//! requests against the volume and writes each reply under its connection's writer
-//! lock, so replies leave in completion order. Each connection bounds its requests in
-//! flight (in number and in bytes), so a client that floods requests or never reads
-//! its replies stalls only itself.
+//! Threads: one accept loop; per connection, one thread that runs the handshake, then
+//! a few transmission threads (that one among them) that take turns as the reader:
+//! each reads one whole request under the connection's read lock, lets go of it, runs
+//! the request and writes the reply under the write lock, so requests run side by side
+//! and replies leave in completion order with no hand-off between threads (a wake-up
+//! per request cost more than the crypto). Each connection bounds its requests in
+//! flight (in number by its threads, in bytes by a budget), so a client that floods
+//! requests or never reads its replies stalls only itself.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
@@ -30,12 +32,12 @@ use crate::Error;
 /// The export a client gets when it asks for the empty name (the spec's default export).
 pub const DEFAULT_EXPORT: &str = "default";
 
-/// Requests one connection may have in flight before the server stops reading from it.
-const MAX_REQUESTS_IN_FLIGHT: usize = 128;
+/// Transmission threads per connection (so requests in flight, per connection) at most.
+const MAX_THREADS_PER_CONNECTION: usize = 16;
 /// Payload bytes (read and write buffers) one connection may have in flight.
 const MAX_BYTES_IN_FLIGHT: u64 = 128 * 1024 * 1024;
 /// A client that does not take its replies for this long is dropped, so a stuck
-/// client cannot hold a worker forever.
+/// client cannot hold a thread forever.
 const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server waits for each piece of a client's handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,7 +95,7 @@ pub struct Server {
     local_addr: SocketAddr,
     exports: ExportTable,
     shared: Arc<Shared>,
-    workers: usize,
+    threads_per_connection: usize,
 }
 
 #[derive(Debug)]
@@ -203,12 +205,12 @@ impl Server {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        // Several workers per core keep disk reads in flight while others decrypt;
-        // many more only add context switches when the data is in the page cache.
-        let workers = thread::available_parallelism()
+        // Two threads per core keep disk reads in flight while others decrypt; many
+        // more only add context switches when the data is in the page cache.
+        let threads_per_connection = thread::available_parallelism()
             .map_or(2, usize::from)
-            .saturating_mul(4)
-            .max(8);
+            .saturating_mul(2)
+            .clamp(4, MAX_THREADS_PER_CONNECTION);
         Ok(Server {
             listener,
             local_addr: local,
@@ -218,7 +220,7 @@ impl Server {
                 wake_addr: SocketAddr::new(wake_ip, local.port()),
                 connections: Mutex::new(HashMap::new()),
             }),
-            workers,
+            threads_per_connection,
         })
     }
 
@@ -236,7 +238,6 @@ impl Server {
     /// Serves until shut down, then waits for every connection to finish its
     /// in-flight requests and flushes every writable export.
     pub fn run(self) -> Result<(), Error> {
-        let pool = WorkerPool::start(self.workers)?;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let next_id = AtomicU64::new(0);
         for incoming in self.listener.incoming() {
@@ -254,7 +255,7 @@ impl Server {
             };
             threads.retain(|t| !t.is_finished());
             let id = next_id.fetch_add(1, Ordering::Relaxed);
-            if let Err(err) = self.spawn_connection(id, stream, pool.queue(), &mut threads) {
+            if let Err(err) = self.spawn_connection(id, stream, &mut threads) {
                 warn!("connection {id}: {err}");
                 lock(&self.shared.connections).remove(&id);
             }
@@ -267,7 +268,6 @@ impl Server {
         for thread in threads {
             let _ = thread.join();
         }
-        pool.finish();
         let exports = self.exports.read().unwrap_or_else(PoisonError::into_inner);
         let mut first_failure = None;
         for (name, export) in exports.iter().filter(|(_, e)| !e.read_only()) {
@@ -283,7 +283,6 @@ impl Server {
         &self,
         id: u64,
         stream: TcpStream,
-        jobs: Arc<JobQueue>,
         threads: &mut Vec<JoinHandle<()>>,
     ) -> Result<(), Error> {
         let io_err = |context: &str| {
@@ -300,13 +299,14 @@ impl Server {
         );
         let exports = Arc::clone(&self.exports);
         let shared = Arc::clone(&self.shared);
+        let threads_per_connection = self.threads_per_connection;
         let thread = thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
-                match serve_connection(stream, &exports, &jobs, |volume| {
+                match serve_connection(stream, &exports, threads_per_connection, |volume| {
                     if let Some(entry) = lock(&shared.connections).get_mut(&id) {
                         entry.volume = Some(Arc::clone(volume));
                     }
@@ -338,11 +338,12 @@ fn io_error(context: &'static str) -> impl Fn(io::Error) -> Error {
     }
 }
 
-/// Serves one client; `attached` learns the volume it attached to.
+/// Serves one client with up to `threads` transmission threads; `attached` learns the
+/// volume it attached to.
 fn serve_connection(
     stream: TcpStream,
     exports: &ExportTable,
-    jobs: &JobQueue,
+    threads: usize,
     attached: impl FnOnce(&Arc<dyn Volume>),
 ) -> Result<(), Error> {
     stream
@@ -366,16 +367,35 @@ fn serve_connection(
         .set_read_timeout(None)
         .map_err(io_error("clearing the handshake timeout"))?;
     attached(&session.export.volume);
-    let connection = Arc::new(Connection {
+    let connection = Connection {
         volume: session.export.volume,
         limits: session.limits,
+        reader: Mutex::new(ReadSide {
+            stream: reader,
+            end: None,
+        }),
         writer: Mutex::new(writer),
         broken: AtomicBool::new(false),
         in_flight: InFlight::default(),
+    };
+    let name = thread::current().name().unwrap_or("nbd-conn").to_owned();
+    thread::scope(|scope| {
+        for i in 1..threads {
+            let spawned = thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn_scoped(scope, || connection.transmit());
+            if let Err(err) = spawned {
+                warn!("{name}: serving with {i} threads, starting another failed: {err}");
+                break;
+            }
+        }
+        connection.transmit();
     });
-    let result = read_requests(&connection, &mut reader, jobs);
-    connection.in_flight.wait_idle();
-    result
+    let side = connection
+        .reader
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    side.end.unwrap_or(Ok(()))
 }
 
 /// What the handshake settled on.
@@ -609,68 +629,112 @@ fn session_limits(export: &Export, structured: bool, block_status: bool) -> Sess
 struct Connection {
     volume: Arc<dyn Volume>,
     limits: SessionLimits,
+    /// Held by the one thread reading a request; released before it runs it.
+    reader: Mutex<ReadSide>,
     writer: Mutex<TcpStream>,
     /// Set when a reply could not be written; nothing more is sent.
     broken: AtomicBool,
     in_flight: InFlight,
 }
 
-fn read_requests(
-    connection: &Arc<Connection>,
-    reader: &mut impl Read,
-    jobs: &JobQueue,
-) -> Result<(), Error> {
-    loop {
-        let mut head = [0u8; proto::REQUEST_HEADER_LEN];
-        match reader.read_exact(&mut head) {
-            Ok(()) => {}
-            // A client that closes between requests (or after DISC) ends cleanly.
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(source) => {
-                return Err(Error::Io {
-                    context: "reading a request".into(),
-                    source,
-                })
-            }
-        }
-        if connection.broken.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let header = RequestHeader::parse(&head)?;
-        let command = match header.validate(&connection.limits) {
-            Ok(Command::Disconnect) => return Ok(()),
-            Ok(command) => command,
-            Err(err) => {
-                debug!(
-                    "rejected {} request: {err}",
-                    proto::command_name(header.kind)
-                );
-                drain(reader, header.payload_length())?;
-                connection.reply_error(header.cookie, header.kind, &err);
-                continue;
-            }
-        };
-        let cost = match command {
-            Command::Read { length, .. } | Command::Write { length, .. } => u64::from(length),
-            _ => 0,
-        };
-        let permit = Permit::acquire(connection, cost);
-        let mut payload = vec![0u8; header.payload_length() as usize];
-        reader
-            .read_exact(&mut payload)
-            .map_err(io_error("reading a write payload"))?;
-        let cookie = header.cookie;
-        let job: Job = Box::new(move || {
-            permit.connection.execute(cookie, command, &payload);
-            drop(permit);
-        });
-        if !jobs.push(job) {
-            return Err(Error::Protocol("the server's workers have stopped".into()));
-        }
-    }
+struct ReadSide {
+    stream: BufReader<TcpStream>,
+    /// How reading ended (end of stream, DISC, an error), once it has: the other
+    /// threads then finish what they run and stop.
+    end: Option<Result<(), Error>>,
+}
+
+/// A request read and admitted, for the thread that read it to run.
+struct Request<'a> {
+    cookie: u64,
+    command: Command,
+    payload: Vec<u8>,
+    _permit: Permit<'a>,
 }
 
 impl Connection {
+    /// One transmission thread: read a request, run it, reply; until reading ends.
+    fn transmit(&self) {
+        while let Some(request) = self.next_request() {
+            let run = || self.execute(request.cookie, request.command, &request.payload);
+            // A panicking volume call must not take the connection's thread with it.
+            if std::panic::catch_unwind(AssertUnwindSafe(run)).is_err() {
+                error!("a request panicked; it got no reply");
+            }
+        }
+    }
+
+    /// Takes the read lock and reads the next request to run; `None` once reading
+    /// has ended (here or in another thread).
+    fn next_request(&self) -> Option<Request<'_>> {
+        let mut side = lock(&self.reader);
+        if side.end.is_some() {
+            return None;
+        }
+        match self.read_request(&mut side.stream) {
+            Ok(Some(request)) => Some(request),
+            Ok(None) => {
+                side.end = Some(Ok(()));
+                None
+            }
+            Err(err) => {
+                side.end = Some(Err(err));
+                None
+            }
+        }
+    }
+
+    /// Reads requests until one is to be run, answering the rejected ones on the way;
+    /// `None` when the client is done (end of stream, DISC) or a reply failed.
+    fn read_request(&self, reader: &mut impl Read) -> Result<Option<Request<'_>>, Error> {
+        loop {
+            let mut head = [0u8; proto::REQUEST_HEADER_LEN];
+            match reader.read_exact(&mut head) {
+                Ok(()) => {}
+                // A client that closes between requests (or after DISC) ends cleanly.
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(source) => {
+                    return Err(Error::Io {
+                        context: "reading a request".into(),
+                        source,
+                    })
+                }
+            }
+            if self.broken.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let header = RequestHeader::parse(&head)?;
+            let command = match header.validate(&self.limits) {
+                Ok(Command::Disconnect) => return Ok(None),
+                Ok(command) => command,
+                Err(err) => {
+                    debug!(
+                        "rejected {} request: {err}",
+                        proto::command_name(header.kind)
+                    );
+                    drain(reader, header.payload_length())?;
+                    self.reply_error(header.cookie, header.kind, &err);
+                    continue;
+                }
+            };
+            let cost = match command {
+                Command::Read { length, .. } | Command::Write { length, .. } => u64::from(length),
+                _ => 0,
+            };
+            let permit = self.in_flight.acquire(cost);
+            let mut payload = vec![0u8; header.payload_length() as usize];
+            reader
+                .read_exact(&mut payload)
+                .map_err(io_error("reading a write payload"))?;
+            return Ok(Some(Request {
+                cookie: header.cookie,
+                command,
+                payload,
+                _permit: permit,
+            }));
+        }
+    }
+
     fn execute(&self, cookie: u64, command: Command, payload: &[u8]) {
         let volume = &*self.volume;
         let flush_if = |fua: bool| if fua { volume.flush() } else { Ok(()) };
@@ -710,7 +774,7 @@ impl Connection {
                     .write_zeroes(offset, u64::from(length), may_punch)
                     .and_then(|()| flush_if(fua)),
             ),
-            // The reader ends the connection on DISC; it never becomes a job.
+            // Reading ends the connection on DISC; it is never run.
             Command::Disconnect => return,
         };
         match outcome {
@@ -821,16 +885,17 @@ struct InFlight {
 struct FlightState {
     requests: usize,
     bytes: u64,
-    /// Only the connection's reader ever waits; releasing skips the wake-up syscall
-    /// when it does not.
+    /// Only the thread holding the read lock ever waits; releasing skips the
+    /// wake-up syscall when it does not.
     reader_waiting: bool,
 }
 
 impl InFlight {
-    /// Blocks the reader until `ready` holds.
-    fn wait_until(&self, ready: impl Fn(&FlightState) -> bool) -> MutexGuard<'_, FlightState> {
+    /// Waits until the byte budget has room for `cost`. A request larger than the
+    /// budget still runs, alone.
+    fn acquire(&self, cost: u64) -> Permit<'_> {
         let mut state = lock(&self.state);
-        while !ready(&state) {
+        while state.requests > 0 && state.bytes.saturating_add(cost) > MAX_BYTES_IN_FLIGHT {
             state.reader_waiting = true;
             state = self
                 .changed
@@ -838,144 +903,25 @@ impl InFlight {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         state.reader_waiting = false;
-        state
-    }
-
-    fn wait_idle(&self) {
-        drop(self.wait_until(|s| s.requests == 0));
+        state.requests += 1;
+        state.bytes = state.bytes.saturating_add(cost);
+        Permit { flight: self, cost }
     }
 }
 
-/// One request's place in flight; released when the job is done (or unwinds).
-struct Permit {
-    connection: Arc<Connection>,
+/// One request's place in flight; released when it is done (or unwinds).
+struct Permit<'a> {
+    flight: &'a InFlight,
     cost: u64,
 }
 
-impl Permit {
-    /// Waits until the connection has room. A request larger than the byte budget
-    /// still runs, alone.
-    fn acquire(connection: &Arc<Connection>, cost: u64) -> Permit {
-        let mut state = connection.in_flight.wait_until(|s| {
-            s.requests < MAX_REQUESTS_IN_FLIGHT
-                && (s.requests == 0 || s.bytes.saturating_add(cost) <= MAX_BYTES_IN_FLIGHT)
-        });
-        state.requests += 1;
-        state.bytes = state.bytes.saturating_add(cost);
-        drop(state);
-        Permit {
-            connection: Arc::clone(connection),
-            cost,
-        }
-    }
-}
-
-impl Drop for Permit {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let flight = &self.connection.in_flight;
-        let mut state = lock(&flight.state);
+        let mut state = lock(&self.flight.state);
         state.requests = state.requests.saturating_sub(1);
         state.bytes = state.bytes.saturating_sub(self.cost);
         if state.reader_waiting {
-            flight.changed.notify_one();
-        }
-    }
-}
-
-type Job = Box<dyn FnOnce() + Send + 'static>;
-
-/// The requests waiting for a worker. A plain mutex and condition variable: idle
-/// workers sleep until a job arrives (one is woken per job) instead of spinning,
-/// which on a machine with few cores would take the CPU from the work itself.
-#[derive(Default)]
-struct JobQueue {
-    state: Mutex<QueueState>,
-    available: Condvar,
-}
-
-#[derive(Default)]
-struct QueueState {
-    jobs: VecDeque<Job>,
-    idle_workers: usize,
-    closed: bool,
-}
-
-impl JobQueue {
-    /// Queues a job; `false` once the pool has finished.
-    fn push(&self, job: Job) -> bool {
-        let mut state = lock(&self.state);
-        if state.closed {
-            return false;
-        }
-        state.jobs.push_back(job);
-        if state.idle_workers > 0 {
-            self.available.notify_one();
-        }
-        true
-    }
-
-    /// The next job; `None` when the queue is closed and drained.
-    fn pop(&self) -> Option<Job> {
-        let mut state = lock(&self.state);
-        loop {
-            if let Some(job) = state.jobs.pop_front() {
-                return Some(job);
-            }
-            if state.closed {
-                return None;
-            }
-            state.idle_workers += 1;
-            state = self
-                .available
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-            state.idle_workers -= 1;
-        }
-    }
-
-    fn close(&self) {
-        lock(&self.state).closed = true;
-        self.available.notify_all();
-    }
-}
-
-/// Threads that run requests for every connection.
-struct WorkerPool {
-    queue: Arc<JobQueue>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl WorkerPool {
-    fn start(count: usize) -> Result<WorkerPool, Error> {
-        let queue = Arc::new(JobQueue::default());
-        let mut threads = Vec::with_capacity(count);
-        for i in 0..count {
-            let queue = Arc::clone(&queue);
-            let thread = thread::Builder::new()
-                .name(format!("nbd-worker-{i}"))
-                .spawn(move || {
-                    while let Some(job) = queue.pop() {
-                        // A panicking volume call must not take the worker with it.
-                        if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
-                            error!("a request panicked; it got no reply");
-                        }
-                    }
-                })
-                .map_err(io_error("starting a worker thread"))?;
-            threads.push(thread);
-        }
-        Ok(WorkerPool { queue, threads })
-    }
-
-    fn queue(&self) -> Arc<JobQueue> {
-        Arc::clone(&self.queue)
-    }
-
-    /// Runs what is queued, then stops the workers.
-    fn finish(self) {
-        self.queue.close();
-        for thread in self.threads {
-            let _ = thread.join();
+            self.flight.changed.notify_one();
         }
     }
 }
