@@ -205,12 +205,13 @@ impl Server {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        // Two threads per core keep disk reads in flight while others decrypt; many
-        // more only add context switches when the data is in the page cache.
+        // Two per core, at least eight: a sequential client's queue (and disk reads)
+        // stays in flight while others decrypt; many more only add context switches
+        // when the data is in the page cache.
         let threads_per_connection = thread::available_parallelism()
             .map_or(2, usize::from)
             .saturating_mul(2)
-            .clamp(4, MAX_THREADS_PER_CONNECTION);
+            .clamp(8, MAX_THREADS_PER_CONNECTION);
         Ok(Server {
             listener,
             local_addr: local,
