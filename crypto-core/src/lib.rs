@@ -7,9 +7,11 @@
 //! - [`envelope`]: the ciphertext-blob format (AES-256-GCM, encryption context as AAD).
 //! - [`kms`]: the [`kms::KeyService`] trait and [`kms::LocalKms`], the embedded key service.
 //! - [`trail`]: the audit trail of every key use.
+//! - [`hardening`]: process protections (no core dumps) for servers holding keys.
 #![deny(unsafe_code)]
 
 pub mod envelope;
+pub mod hardening;
 pub mod kms;
 pub mod secret;
 pub mod trail;

@@ -38,6 +38,7 @@ pub struct KmsServeArgs {
 
 /// Serves the key service of `globals`' home until SIGINT or SIGTERM.
 pub fn serve_kms(args: KmsServeArgs, globals: &Globals, kms: LocalKms) -> anyhow::Result<()> {
+    super::nbd::harden()?;
     let home = globals.home()?;
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),

@@ -84,6 +84,7 @@ fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
 }
 
 fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
+    harden()?;
     let kms = open_kms(globals)?;
     let specs = match &args.exports_file {
         Some(file) => exports::load_exports(file)?,
@@ -144,6 +145,7 @@ fn run_server(listen: &str, table: BTreeMap<String, Export>) -> anyhow::Result<(
 }
 
 pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
+    harden()?;
     let home = globals.home()?;
     let kms = open_kms(globals)?;
     let path = home.join("volumes").join("default.vol");
@@ -189,4 +191,10 @@ fn ensure_default_key(kms: &dyn KeyService) -> anyhow::Result<()> {
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// A server holds unwrapped data keys: no core dump may write them to disk.
+pub(super) fn harden() -> anyhow::Result<()> {
+    crypto_core::hardening::disable_core_dumps()
+        .context("marking the process non-dumpable (prctl PR_SET_DUMPABLE)")
 }
