@@ -119,7 +119,9 @@ for target in "${targets[@]}"; do
     mkdir -p "$corpus/$target"
     if ! (cd fuzz && cargo fuzz run --release --debug-assertions "$target" "$corpus/$target" -- \
         -max_total_time="$seconds" -timeout=30 -print_final_stats=1) >"$log" 2>&1; then
-        tail -n 60 "$log"
+        # The cause (a panic message, ASan's report) comes first; the stack after it.
+        grep -m 3 -A 12 -E "panicked at|ERROR: AddressSanitizer|ERROR: libFuzzer|==[0-9]+==" "$log" | head -n 60
+        tail -n 30 "$log"
         echo "fuzz target $target FAILED (input saved under fuzz/artifacts/$target/)"
         exit 1
     fi
