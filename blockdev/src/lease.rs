@@ -420,8 +420,15 @@ impl Volume for DataKeyLease {
 
     /// Attaching with a usable key costs nothing; otherwise it is an attempt to unwrap
     /// (an audited Decrypt) that either recovers the lease or refuses the client.
+    /// With a keystore watch, a keystore change the watcher has not seen yet is
+    /// checked here first: a client attaching right after `disable-key` must be
+    /// refused, not admitted in the watcher's polling gap.
     fn check_attach(&self) -> Result<(), Error> {
+        let generation = self.current_generation();
         let mut state = lock(&self.state);
+        if generation.is_some() && state.generation != generation {
+            self.check(&mut state, Trigger::KeystoreChanged, generation);
+        }
         if state.status == KeyStatus::Usable && self.volume.has_key() {
             return Ok(());
         }

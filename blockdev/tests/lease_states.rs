@@ -137,6 +137,25 @@ fn revoke_fails_io_and_attaches_then_recovers_on_the_same_lease() {
 }
 
 #[test]
+fn an_attach_right_after_disable_is_refused_without_waiting_for_the_watcher() {
+    let lab = Lab::new();
+    let path = lab.volume("v.vol");
+    for _ in 0..20 {
+        let lease = lab.lease(&path, LeaseConfig::default(), true);
+        lease.check_attach().unwrap();
+        lab.admin.disable_key(&lab.key_arn).unwrap();
+        let refusal = lease.check_attach().unwrap_err().to_string();
+        assert!(
+            refusal.contains(&lab.key_arn) && refusal.contains("Disabled"),
+            "{refusal}"
+        );
+        assert!(!lease.encrypted_volume().has_key());
+        lab.admin.enable_key(&lab.key_arn).unwrap();
+        lease.check_attach().unwrap();
+    }
+}
+
+#[test]
 fn keep_attached_serves_attached_clients_but_refuses_new_ones() {
     let lab = Lab::new();
     let path = lab.volume("v.vol");
