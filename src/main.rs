@@ -30,7 +30,13 @@ enum Command {
     /// NBD server.
     #[command(subcommand)]
     Nbd(cli::nbd::NbdCommand),
-    /// Access keys for the AWS-compatible endpoints (`atrest kms serve`).
+    /// S3-compatible object storage with SSE-KMS.
+    #[command(subcommand)]
+    S3(cli::gateway::S3Command),
+    /// One endpoint serving both the KMS and the S3 APIs.
+    #[command(subcommand)]
+    Gateway(cli::gateway::GatewayCommand),
+    /// Access keys for the AWS-compatible endpoints (`atrest kms serve`, `atrest s3 serve`).
     #[command(subcommand)]
     Iam(cli::gateway::IamCommand),
     /// Zero-config main job: default key, default volume, served over NBD.
@@ -45,6 +51,8 @@ fn main() -> ExitCode {
         Command::Trail(cmd) => cli::trail::run(cmd, &args.globals),
         Command::Volume(cmd) => cli::volume::run(cmd, &args.globals),
         Command::Nbd(cmd) => cli::nbd::run(cmd, &args.globals),
+        Command::S3(cmd) => cli::gateway::run_s3(cmd, &args.globals),
+        Command::Gateway(cmd) => cli::gateway::run_gateway(cmd, &args.globals),
         Command::Iam(cmd) => cli::gateway::run_iam(cmd, &args.globals),
         Command::Serve(serve) => cli::nbd::serve_default(serve, &args.globals),
     };

@@ -9,6 +9,8 @@
 //! - [`credentials`]: the access keys the server accepts (`<home>/iam/`).
 //! - [`server`]: the HTTP(S) server, [`server::Gateway`] and its router by service.
 //! - [`kms_api`]: the KMS operations over any [`crypto_core::kms::KeyService`].
+//! - [`s3`]: the S3 REST API (path-style) over [`objstore::ObjectStore`], with
+//!   streaming bodies, aws-chunked uploads and flexible checksums.
 //! - [`wire`]: the KMS JSON shapes, shared by server and client.
 //! - [`client`]: [`client::RemoteKms`], a `KeyService` reached over HTTP.
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@ pub mod client;
 pub mod credentials;
 mod error;
 pub mod kms_api;
+pub mod s3;
 pub mod server;
 pub mod sigv4;
 pub mod wire;
@@ -24,4 +27,4 @@ pub mod wire;
 pub use client::{RemoteKms, RemoteKmsConfig};
 pub use credentials::{AccessKey, AccessKeyStatus, CredentialStore};
 pub use error::GatewayError;
-pub use server::{Gateway, RunningGateway, TlsFiles};
+pub use server::{Gateway, RunningGateway, Services, TlsFiles};

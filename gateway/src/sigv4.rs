@@ -48,15 +48,10 @@ pub enum Payload<'a> {
     Body(&'a [u8]),
     /// `UNSIGNED-PAYLOAD` (presigned URLs, S3 clients that opt out).
     Unsigned,
-}
-
-impl Payload<'_> {
-    fn hash(&self) -> String {
-        match self {
-            Payload::Body(body) => hex::encode(Sha256::digest(body)),
-            Payload::Unsigned => UNSIGNED_PAYLOAD.to_owned(),
-        }
-    }
+    /// Whatever `x-amz-content-sha256` declares (required): a SHA-256 the caller
+    /// checks against the body as it streams in, `UNSIGNED-PAYLOAD`, or one of the
+    /// `STREAMING-*` modes of S3's aws-chunked uploads.
+    Declared,
 }
 
 /// A request as it arrived: the method, the raw (still percent-encoded) path and
@@ -157,6 +152,17 @@ pub fn verify(
     expect: &Expectations<'_>,
     secrets: &dyn SecretLookup,
 ) -> Result<Verified, GatewayError> {
+    verify_chained(request, payload, expect, secrets).map(|(verified, _)| verified)
+}
+
+/// [`verify`], also returning the [`ChunkChain`] that verifies the chunk signatures
+/// of an aws-chunked body (seeded with this request's signature).
+pub fn verify_chained(
+    request: &RequestView<'_>,
+    payload: Payload<'_>,
+    expect: &Expectations<'_>,
+    secrets: &dyn SecretLookup,
+) -> Result<(Verified, ChunkChain), GatewayError> {
     let presented = present(request)?;
     if presented.session_token.is_some() {
         return Err(GatewayError::UnrecognizedClient(
@@ -183,19 +189,145 @@ pub fn verify(
     let mut mac = HmacSha256::new_from_slice(key.as_slice())
         .map_err(|_| GatewayError::InvalidSignature("signing key of the wrong size".into()))?;
     mac.update(to_sign.as_bytes());
-    mac.verify_slice(&presented.signature).map_err(|_| {
-        GatewayError::InvalidSignature(
-            "The request signature we calculated does not match the signature you provided. \
-             Check your AWS Secret Access Key and signing method. Consult the service \
-             documentation for details."
-                .into(),
-        )
-    })?;
-    Ok(Verified {
-        access_key_id: presented.access_key_id,
-        principal,
-    })
+    mac.verify_slice(&presented.signature)
+        .map_err(|_| signature_mismatch())?;
+    let chain = ChunkChain {
+        key,
+        amz_date: presented.amz_date,
+        scope: presented.scope,
+        previous: presented.signature,
+    };
+    Ok((
+        Verified {
+            access_key_id: presented.access_key_id,
+            principal,
+        },
+        chain,
+    ))
 }
+
+fn signature_mismatch() -> GatewayError {
+    GatewayError::InvalidSignature(
+        "The request signature we calculated does not match the signature you provided. \
+         Check your AWS Secret Access Key and signing method. Consult the service \
+         documentation for details."
+            .into(),
+    )
+}
+
+/// The chain of signatures of an aws-chunked body (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD`):
+/// each chunk's signature covers its data and the previous signature, starting from
+/// the request's own, so chunks cannot be dropped, reordered or replaced.
+pub struct ChunkChain {
+    key: Zeroizing<[u8; 32]>,
+    amz_date: String,
+    scope: CredentialScope,
+    previous: [u8; 32],
+}
+
+impl std::fmt::Debug for ChunkChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkChain")
+            .field("amz_date", &self.amz_date)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of the empty string, part of every chunk's string to sign.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+impl ChunkChain {
+    /// The chain a client continues after signing a request as `signer` with
+    /// `seed_signature` (hex, from its `Authorization` header).
+    pub fn for_client(
+        signer: &Signer<'_>,
+        seed_signature: &str,
+    ) -> Result<ChunkChain, GatewayError> {
+        Ok(ChunkChain {
+            key: signing_key(
+                signer.credentials.secret_access_key.as_bytes(),
+                &signer.scope,
+            ),
+            amz_date: amz_date(signer.time),
+            scope: signer.scope.clone(),
+            previous: parse_signature(seed_signature)?,
+        })
+    }
+
+    fn expected(&self, kind: &str, data_hash: &[u8; 32]) -> [u8; 32] {
+        let to_sign = format!(
+            "{kind}\n{}\n{}\n{}\n{}{}",
+            self.amz_date,
+            self.scope.render(),
+            hex::encode(self.previous),
+            if kind == CHUNK_ALGORITHM {
+                format!("{EMPTY_SHA256}\n")
+            } else {
+                String::new()
+            },
+            hex::encode(data_hash)
+        );
+        *hmac(self.key.as_slice(), to_sign.as_bytes())
+    }
+
+    fn advance(
+        &mut self,
+        kind: &str,
+        data_hash: &[u8; 32],
+        presented: &[u8; 32],
+    ) -> Result<(), GatewayError> {
+        let expected = self.expected(kind, data_hash);
+        let mut mac = HmacSha256::new_from_slice(&expected)
+            .map_err(|_| GatewayError::InvalidSignature("signature of the wrong size".into()))?;
+        // Compared through an HMAC of both sides, so the time taken says nothing about
+        // where they differ.
+        mac.update(b"chunk");
+        let want = mac.finalize().into_bytes();
+        let mut mac = HmacSha256::new_from_slice(presented)
+            .map_err(|_| GatewayError::InvalidSignature("signature of the wrong size".into()))?;
+        mac.update(b"chunk");
+        mac.verify_slice(&want).map_err(|_| signature_mismatch())?;
+        self.previous = *presented;
+        Ok(())
+    }
+
+    /// Checks the signature of the next chunk, whose data hashes to `data_hash`.
+    pub fn verify_chunk(
+        &mut self,
+        data_hash: &[u8; 32],
+        signature: &[u8; 32],
+    ) -> Result<(), GatewayError> {
+        self.advance(CHUNK_ALGORITHM, data_hash, signature)
+    }
+
+    /// Checks the signature of the trailing headers (canonical text `name:value\n`...).
+    pub fn verify_trailer(
+        &mut self,
+        trailer_hash: &[u8; 32],
+        signature: &[u8; 32],
+    ) -> Result<(), GatewayError> {
+        self.advance(TRAILER_ALGORITHM, trailer_hash, signature)
+    }
+
+    /// Signs the next chunk (clients, tests), hex.
+    pub fn sign_chunk(&mut self, data: &[u8]) -> String {
+        let signature = self.expected(CHUNK_ALGORITHM, &Sha256::digest(data).into());
+        self.previous = signature;
+        hex::encode(signature)
+    }
+
+    /// Signs the trailing headers' canonical text (clients, tests), hex.
+    pub fn sign_trailer(&mut self, canonical_trailer: &[u8]) -> String {
+        let signature = self.expected(TRAILER_ALGORITHM, &Sha256::digest(canonical_trailer).into());
+        self.previous = signature;
+        hex::encode(signature)
+    }
+}
+
+/// The string-to-sign algorithm names of aws-chunked chunks and trailers.
+const CHUNK_ALGORITHM: &str = "AWS4-HMAC-SHA256-PAYLOAD";
+const TRAILER_ALGORITHM: &str = "AWS4-HMAC-SHA256-TRAILER";
 
 /// The signature a request carries, from its `Authorization` header or its query.
 pub fn present(request: &RequestView<'_>) -> Result<PresentedSignature, GatewayError> {
@@ -459,14 +591,14 @@ fn check_time(presented: &PresentedSignature, now: OffsetDateTime) -> Result<(),
     let earliest = now - MAX_CLOCK_SKEW;
     let latest = now + MAX_CLOCK_SKEW;
     match presented.location {
-        SignatureLocation::Header if at < earliest => Err(GatewayError::InvalidSignature(format!(
+        SignatureLocation::Header if at < earliest => Err(GatewayError::ClockSkew(format!(
             "Signature expired: {} is now earlier than {} ({} - 15 min.)",
             presented.amz_date,
             amz_date(earliest),
             amz_date(now)
         ))),
         SignatureLocation::Header | SignatureLocation::Query { .. } if at > latest => {
-            Err(GatewayError::InvalidSignature(format!(
+            Err(GatewayError::ClockSkew(format!(
                 "Signature not yet current: {} is still later than {} ({} + 15 min.)",
                 presented.amz_date,
                 amz_date(latest),
@@ -550,9 +682,13 @@ fn header_payload_hash(headers: &HeaderMap, payload: Payload<'_>) -> Result<Stri
         (_, Payload::Unsigned) => Err(GatewayError::InvalidSignature(
             "this request must declare x-amz-content-sha256: UNSIGNED-PAYLOAD".into(),
         )),
-        (None, body @ Payload::Body(_)) => Ok(body.hash()),
-        (Some(claimed), body @ Payload::Body(_)) => {
-            let actual = body.hash();
+        (Some(claimed), Payload::Declared) => Ok(claimed.to_owned()),
+        (None, Payload::Declared) => Err(GatewayError::InvalidRequest(
+            "Missing required header for this request: x-amz-content-sha256".into(),
+        )),
+        (None, Payload::Body(body)) => Ok(hex::encode(Sha256::digest(body))),
+        (Some(claimed), Payload::Body(body)) => {
+            let actual = hex::encode(Sha256::digest(body));
             if claimed != actual {
                 return Err(GatewayError::InvalidSignature(
                     "The provided 'x-amz-content-sha256' header does not match what was computed."
@@ -812,6 +948,41 @@ pub fn sign_headers(
     headers: &mut HeaderMap,
     payload: Payload<'_>,
 ) -> Result<(), GatewayError> {
+    let hash = match payload {
+        Payload::Body(body) => hex::encode(Sha256::digest(body)),
+        Payload::Unsigned => UNSIGNED_PAYLOAD.to_owned(),
+        Payload::Declared => header_text(headers, "x-amz-content-sha256")?
+            .ok_or_else(|| {
+                GatewayError::Config(
+                    "Payload::Declared needs an x-amz-content-sha256 header".into(),
+                )
+            })?
+            .to_owned(),
+    };
+    sign_headers_as(
+        signer,
+        method,
+        path,
+        query,
+        headers,
+        &hash,
+        PathEncoding::Double,
+    )
+    .map(|_| ())
+}
+
+/// [`sign_headers`] with the payload hash given (a SHA-256 in hex, `UNSIGNED-PAYLOAD`
+/// or a `STREAMING-*` mode) and the service's path encoding (S3: `Single`). Returns
+/// the signature (hex), the seed of an aws-chunked body's [`ChunkChain`].
+pub fn sign_headers_as(
+    signer: &Signer<'_>,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &mut HeaderMap,
+    payload_hash: &str,
+    encoding: PathEncoding,
+) -> Result<String, GatewayError> {
     let (credentials, scope) = (signer.credentials, &signer.scope);
     let date = amz_date(signer.time);
     insert_header(headers, "x-amz-date", &date)?;
@@ -827,8 +998,7 @@ pub fn sign_headers(
         query,
         headers,
     };
-    let canonical =
-        canonical_request(&view, &signed, &payload.hash(), PathEncoding::Double, false)?;
+    let canonical = canonical_request(&view, &signed, payload_hash, encoding, false)?;
     let signature = sign(&credentials.secret_access_key, scope, &date, &canonical);
     let authorization = format!(
         "{ALGORITHM} Credential={}/{}, SignedHeaders={}, Signature={signature}",
@@ -836,7 +1006,8 @@ pub fn sign_headers(
         scope.render(),
         signed.join(";")
     );
-    insert_header(headers, "authorization", &authorization)
+    insert_header(headers, "authorization", &authorization)?;
+    Ok(signature)
 }
 
 /// The query of a presigned URL (everything after `?`), for `method` on `path` with

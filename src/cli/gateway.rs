@@ -1,6 +1,7 @@
-//! `atrest kms serve` (the AWS KMS JSON API over HTTP(S), SigV4-authenticated) and
-//! `atrest iam create-access-key` (the access keys it accepts), and [`Keys`], the key
-//! service of volume commands: local, or remote with `--kms-endpoint`.
+//! `atrest kms serve` (the AWS KMS JSON API over HTTP(S), SigV4-authenticated),
+//! `atrest s3 serve` (the S3 REST API with SSE-KMS), `atrest gateway serve` (both on one
+//! listener), `atrest iam create-access-key` (the access keys they accept), and
+//! [`Keys`], the key service of volume commands: local, or remote with `--kms-endpoint`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,13 +12,17 @@ use blockdev::lease::KeystoreGeneration;
 use clap::{Args, Subcommand};
 use crypto_core::kms::{KeyService, LocalKms, LocalKmsConfig};
 use crypto_core::trail::digest;
-use gateway::{CredentialStore, Gateway, RemoteKms, RemoteKmsConfig, RunningGateway, TlsFiles};
+use gateway::{
+    CredentialStore, Gateway, RemoteKms, RemoteKmsConfig, RunningGateway, Services, TlsFiles,
+};
+use objstore::ObjectStore;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::Globals;
 
 const DEFAULT_KMS_LISTEN: &str = "127.0.0.1:4599";
+const DEFAULT_S3_LISTEN: &str = "127.0.0.1:4598";
 
 #[derive(Debug, Args)]
 pub struct KmsServeArgs {
@@ -38,6 +43,107 @@ pub struct KmsServeArgs {
 
 /// Serves the key service of `globals`' home until SIGINT or SIGTERM.
 pub fn serve_kms(args: KmsServeArgs, globals: &Globals, kms: LocalKms) -> anyhow::Result<()> {
+    serve(
+        args,
+        globals,
+        kms,
+        Services {
+            kms: true,
+            s3: false,
+        },
+    )
+}
+
+#[derive(Debug, Subcommand)]
+pub enum S3Command {
+    /// Serve the S3 REST API (path-style, SSE-KMS, SigV4 and presigned URLs) over
+    /// the object store of the home.
+    Serve(S3ServeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Serve both the AWS KMS JSON API and the S3 REST API on one listener.
+    Serve(S3ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct S3ServeArgs {
+    /// Address to listen on; port 0 picks a free port. The bound address is printed
+    /// to stderr as `listening on ADDR`.
+    #[arg(long, default_value = DEFAULT_S3_LISTEN, value_name = "ADDR")]
+    listen: String,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Write a signed trail digest this often (and once at shutdown): e.g. 1h, 5m.
+    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    digest_interval: Duration,
+}
+
+pub fn run_s3(cmd: S3Command, globals: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        S3Command::Serve(args) => serve(
+            args.into(),
+            globals,
+            local_kms(globals)?,
+            Services {
+                kms: false,
+                s3: true,
+            },
+        ),
+    }
+}
+
+pub fn run_gateway(cmd: GatewayCommand, globals: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        GatewayCommand::Serve(args) => serve(
+            args.into(),
+            globals,
+            local_kms(globals)?,
+            Services {
+                kms: true,
+                s3: true,
+            },
+        ),
+    }
+}
+
+impl From<S3ServeArgs> for KmsServeArgs {
+    fn from(args: S3ServeArgs) -> KmsServeArgs {
+        KmsServeArgs {
+            listen: args.listen,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            digest_interval: args.digest_interval,
+        }
+    }
+}
+
+fn local_kms(globals: &Globals) -> anyhow::Result<LocalKms> {
+    if globals.kms_endpoint.is_some() {
+        anyhow::bail!(
+            "the S3 endpoint uses the local key service (it acts as each signer under the \
+             key policy); --kms-endpoint does not apply"
+        );
+    }
+    Ok(LocalKms::open(
+        &globals.home()?,
+        LocalKmsConfig::from_env()?,
+    )?)
+}
+
+/// Serves the chosen APIs over the home's key service (and object store) until
+/// SIGINT or SIGTERM.
+fn serve(
+    args: KmsServeArgs,
+    globals: &Globals,
+    kms: LocalKms,
+    services: Services,
+) -> anyhow::Result<()> {
     super::nbd::harden()?;
     let home = globals.home()?;
     let tls = match (args.tls_cert, args.tls_key) {
@@ -46,19 +152,33 @@ pub fn serve_kms(args: KmsServeArgs, globals: &Globals, kms: LocalKms) -> anyhow
     };
     if CredentialStore::open(&home).access_keys()?.is_empty() {
         eprintln!(
-            "no access keys yet: every request will be refused until one is made with \
-             `atrest iam create-access-key --principal ARN`"
+            "no access keys yet: every signed request will be refused until one is made \
+             with `atrest iam create-access-key --principal ARN`"
         );
     }
-    let gateway = Gateway::new(kms, &home);
+    let mut gateway = Gateway::new(kms, &home);
+    if services.s3 {
+        gateway = gateway.with_s3(ObjectStore::open(&home)?);
+    }
+    if !services.kms {
+        gateway = gateway.without_kms_api();
+    }
     let region = gateway.region().to_owned();
     let running = RunningGateway::start(gateway, &args.listen, tls.as_ref())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("listening on {}", running.local_addr());
-    eprintln!(
-        "AWS KMS endpoint {scheme}://{}, region {region}",
-        running.local_addr()
-    );
+    if services.kms {
+        eprintln!(
+            "AWS KMS endpoint {scheme}://{}, region {region}",
+            running.local_addr()
+        );
+    }
+    if services.s3 {
+        eprintln!(
+            "S3 endpoint {scheme}://{} (path-style), region {region}",
+            running.local_addr()
+        );
+    }
     let digests = DigestTimer::start(home.join("trail"), args.digest_interval)?;
     running.wait_for_shutdown_signal()?;
     digests.stop();

@@ -1,0 +1,1156 @@
+//! The S3 REST API, path-style (`/BUCKET/KEY`), over the object store: routing of a
+//! request to its operation ([`S3Request::parse`]), authentication (SigV4 header or
+//! presigned query, or anonymous), and the operations themselves, which run on a
+//! blocking thread and read the body as it streams in ([`upload`]).
+//!
+//! Access: a signed request acts as its signer; key-service calls made for it
+//! (GenerateDataKey on PUT, Decrypt on GET) are evaluated under the key policy and
+//! audited as that principal. Buckets belong to the signer's account: principals of
+//! another account are refused. An anonymous request may only read a public-read
+//! object, and S3 refuses even that for SSE-KMS objects (every atrest object), with
+//! its own message.
+
+pub mod upload;
+pub mod xml;
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use crypto_core::kms::{EncryptionContext, LocalKms};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use objstore::{
+    Acl, BucketEncryption, ByteRange, ListObjectsRequest, ObjectInfo, ObjectReader, ObjectStore,
+    PutObjectOptions,
+};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::error::GatewayError;
+use crate::sigv4::{self, Expectations, PathEncoding, Payload, RequestView, UNSIGNED_PAYLOAD};
+use upload::{BodyAuth, ChecksumAlgorithm, ChecksumClaim, UploadBody};
+use xml::{XmlDocument, XmlWriter};
+
+/// Largest body of an operation other than PutObject (XML configurations).
+const MAX_SMALL_BODY: u64 = 1 << 20;
+/// S3's message for an anonymous read of an SSE-KMS object.
+const SSE_KMS_NEEDS_SIGV4: &str =
+    "Requests specifying Server Side Encryption with AWS KMS managed keys require AWS \
+     Signature Version 4.";
+const STREAMING_SIGNED: &str = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD";
+const STREAMING_SIGNED_TRAILER: &str = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER";
+const STREAMING_UNSIGNED_TRAILER: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
+const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
+
+/// The S3 operations atrest serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Operation {
+    ListBuckets,
+    CreateBucket,
+    HeadBucket,
+    DeleteBucket,
+    GetBucketLocation,
+    PutBucketEncryption,
+    GetBucketEncryption,
+    DeleteBucketEncryption,
+    ListObjectsV2,
+    PutObject,
+    GetObject,
+    HeadObject,
+    DeleteObject,
+    PutObjectAcl,
+    GetObjectAcl,
+}
+
+/// A routed S3 request: the operation, its bucket and key (decoded), and the query.
+#[derive(Clone, Debug)]
+pub struct S3Request {
+    pub operation: S3Operation,
+    pub bucket: String,
+    pub key: String,
+    pub query: Vec<(String, String)>,
+}
+
+/// Query parameters that name a sub-resource (and so another operation) on S3.
+const SUBRESOURCES: &[&str] = &[
+    "accelerate",
+    "acl",
+    "analytics",
+    "attributes",
+    "cors",
+    "delete",
+    "encryption",
+    "intelligent-tiering",
+    "inventory",
+    "legal-hold",
+    "lifecycle",
+    "list-type",
+    "location",
+    "logging",
+    "metrics",
+    "notification",
+    "object-lock",
+    "ownershipControls",
+    "partNumber",
+    "policy",
+    "policyStatus",
+    "publicAccessBlock",
+    "replication",
+    "requestPayment",
+    "restore",
+    "retention",
+    "select",
+    "tagging",
+    "torrent",
+    "uploadId",
+    "uploads",
+    "versioning",
+    "versions",
+    "website",
+];
+
+impl S3Request {
+    /// Routes by method, path (`/`, `/BUCKET`, `/BUCKET/KEY`) and sub-resource.
+    pub fn parse(method: &Method, path: &str, query: &str) -> Result<S3Request, GatewayError> {
+        let query = sigv4::query_pairs(query)?;
+        let decoded = percent_decode_path(path)?;
+        let trimmed = decoded.strip_prefix('/').unwrap_or(&decoded);
+        let (bucket, key) = match trimmed.split_once('/') {
+            Some((bucket, key)) => (bucket.to_owned(), key.to_owned()),
+            None => (trimmed.to_owned(), String::new()),
+        };
+        let sub: Vec<&str> = query
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| SUBRESOURCES.contains(name))
+            .collect();
+        let only = |name: &str| sub.len() == 1 && sub[0] == name;
+        let unsupported = |what: &str| {
+            Err(GatewayError::NotImplemented(format!(
+                "A header or query you provided requested a function that is not implemented \
+                 ({what} {}{})",
+                if sub.is_empty() { "" } else { "?" },
+                sub.join("&")
+            )))
+        };
+        use S3Operation as Op;
+        let operation = if bucket.is_empty() {
+            match *method {
+                Method::GET if sub.is_empty() => Op::ListBuckets,
+                Method::GET => return unsupported("GET /"),
+                _ => {
+                    return Err(GatewayError::MethodNotAllowed(
+                        "The specified method is not allowed against this resource.".into(),
+                    ))
+                }
+            }
+        } else if key.is_empty() {
+            match *method {
+                Method::PUT if sub.is_empty() => Op::CreateBucket,
+                Method::PUT if only("encryption") => Op::PutBucketEncryption,
+                Method::GET if only("encryption") => Op::GetBucketEncryption,
+                Method::DELETE if only("encryption") => Op::DeleteBucketEncryption,
+                Method::GET if only("location") => Op::GetBucketLocation,
+                Method::GET if only("list-type") => {
+                    if query.iter().any(|(n, v)| n == "list-type" && v != "2") {
+                        return Err(GatewayError::InvalidArgument(
+                            "list-type must be 2 (ListObjectsV2)".into(),
+                        ));
+                    }
+                    Op::ListObjectsV2
+                }
+                Method::GET if sub.is_empty() => {
+                    return Err(GatewayError::NotImplemented(
+                        "ListObjects (version 1) is not implemented; use ListObjectsV2 \
+                         (list-type=2)"
+                            .into(),
+                    ))
+                }
+                Method::HEAD if sub.is_empty() => Op::HeadBucket,
+                Method::DELETE if sub.is_empty() => Op::DeleteBucket,
+                _ => return unsupported(method.as_str()),
+            }
+        } else {
+            match *method {
+                Method::PUT if sub.is_empty() => Op::PutObject,
+                Method::PUT if only("acl") => Op::PutObjectAcl,
+                Method::GET if only("acl") => Op::GetObjectAcl,
+                Method::GET if sub.is_empty() => Op::GetObject,
+                Method::HEAD if sub.is_empty() => Op::HeadObject,
+                Method::DELETE if sub.is_empty() => Op::DeleteObject,
+                _ => return unsupported(method.as_str()),
+            }
+        };
+        Ok(S3Request {
+            operation,
+            bucket,
+            key,
+            query,
+        })
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn percent_decode_path(path: &str) -> Result<String, GatewayError> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let pair = bytes.get(i + 1..i + 3).ok_or_else(|| {
+                GatewayError::InvalidRequest("the path ends in an incomplete percent escape".into())
+            })?;
+            let mut byte = [0u8; 1];
+            hex::decode_to_slice(pair, &mut byte).map_err(|_| {
+                GatewayError::InvalidRequest("the path holds an invalid percent escape".into())
+            })?;
+            out.push(byte[0]);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| GatewayError::InvalidRequest("the path is not UTF-8 once decoded".into()))
+}
+
+/// Who sent a request.
+#[derive(Debug)]
+pub enum Caller {
+    Anonymous,
+    Signed {
+        principal: String,
+        /// The principal's key service (its calls are evaluated and audited as it).
+        kms: LocalKms,
+    },
+}
+
+/// An S3 answer before it becomes an HTTP response.
+#[derive(Debug)]
+pub struct S3Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: S3Body,
+}
+
+#[derive(Debug)]
+pub enum S3Body {
+    Empty,
+    Xml(Vec<u8>),
+    /// An object's (or a range's) plaintext, streamed.
+    Object(Box<ObjectReader>),
+}
+
+impl S3Answer {
+    fn empty(status: StatusCode) -> S3Answer {
+        S3Answer {
+            status,
+            headers: HeaderMap::new(),
+            body: S3Body::Empty,
+        }
+    }
+
+    fn xml(document: Vec<u8>) -> S3Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml"),
+        );
+        S3Answer {
+            status: StatusCode::OK,
+            headers,
+            body: S3Body::Xml(document),
+        }
+    }
+}
+
+/// S3's XML error body.
+pub fn error_document(err: &GatewayError, resource: &str, request_id: &str) -> Vec<u8> {
+    let mut w = XmlWriter::bare("Error");
+    w.leaf("Code", &err.s3_code())
+        .leaf("Message", &err.message())
+        .leaf("Resource", resource)
+        .leaf("RequestId", request_id);
+    w.finish("Error")
+}
+
+/// The S3 side of the gateway: the object store and what authentication needs.
+#[derive(Debug)]
+pub struct S3Service {
+    store: ObjectStore,
+}
+
+/// What the server hands an S3 operation.
+pub struct S3Context<'a> {
+    pub kms: &'a LocalKms,
+    pub secrets: &'a dyn sigv4::SecretLookup,
+    pub region: &'a str,
+    pub now: OffsetDateTime,
+}
+
+impl std::fmt::Debug for S3Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Context")
+            .field("region", &self.region)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, GatewayError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                GatewayError::InvalidArgument(format!("the header {name} is not ASCII text"))
+            })
+        })
+        .transpose()
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    // Values come from checked metadata; one that is not header text is left out
+    // rather than failing the whole answer.
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// `Wed, 12 Oct 2009 17:50:00 GMT`.
+pub fn http_date(time: OffsetDateTime) -> String {
+    let t = time.to_offset(time::UtcOffset::UTC);
+    let weekday = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        [usize::from(t.weekday().number_days_from_monday())];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][usize::from(u8::from(t.month()) - 1)];
+    format!(
+        "{weekday}, {:02} {month} {:04} {:02}:{:02}:{:02} GMT",
+        t.day(),
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// `2009-10-12T17:50:30.000Z`.
+fn iso_date(time: OffsetDateTime) -> String {
+    let t = time.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// The account of a principal ARN (`arn:aws:iam::ACCOUNT:...`).
+fn account_of(arn: &str) -> &str {
+    arn.split(':').nth(4).unwrap_or_default()
+}
+
+/// S3's canonical user id of an account: 64 hex digits.
+fn canonical_id(account: &str) -> String {
+    hex::encode(Sha256::digest(
+        format!("atrest-s3-owner:{account}").as_bytes(),
+    ))
+}
+
+fn owner_xml(w: &mut XmlWriter, owner_arn: &str) {
+    let account = account_of(owner_arn);
+    w.open("Owner")
+        .leaf("ID", &canonical_id(account))
+        .leaf("DisplayName", account)
+        .close("Owner");
+}
+
+/// The headers S3 sends about an object (GET, HEAD, and PUT's encryption ones).
+fn encryption_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
+    insert(headers, "x-amz-server-side-encryption", "aws:kms");
+    insert(
+        headers,
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        &info.kms_key_arn,
+    );
+    if let Ok(json) = serde_json::to_vec(&info.encryption_context) {
+        insert(
+            headers,
+            "x-amz-server-side-encryption-context",
+            &BASE64.encode(json),
+        );
+    }
+}
+
+fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
+    insert(headers, "etag", &format!("\"{}\"", info.etag));
+    insert(headers, "last-modified", &http_date(info.last_modified));
+    insert(headers, "content-type", &info.content_type);
+    insert(headers, "accept-ranges", "bytes");
+    encryption_headers(headers, info);
+    for (name, value) in &info.user_metadata {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+impl S3Service {
+    pub fn new(store: ObjectStore) -> S3Service {
+        S3Service { store }
+    }
+
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    /// Authenticates the request: anonymous, or signed (header or presigned). For a
+    /// signed header request, also says how the body is covered by the signature.
+    fn authenticate(
+        ctx: &S3Context<'_>,
+        parts: &http::request::Parts,
+    ) -> Result<(Caller, BodyAuth), GatewayError> {
+        let query = parts.uri.query().unwrap_or("");
+        let presigned = sigv4::query_pairs(query)?
+            .iter()
+            .any(|(name, _)| name == "X-Amz-Signature" || name == "X-Amz-Algorithm");
+        if !parts.headers.contains_key(http::header::AUTHORIZATION) && !presigned {
+            return Ok((Caller::Anonymous, BodyAuth::Unsigned));
+        }
+        let view = RequestView {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query,
+            headers: &parts.headers,
+        };
+        let expect = Expectations {
+            service: "s3",
+            region: ctx.region,
+            now: ctx.now,
+            path_encoding: PathEncoding::Single,
+        };
+        let payload = if presigned {
+            Payload::Unsigned
+        } else {
+            Payload::Declared
+        };
+        let (verified, chain) = sigv4::verify_chained(&view, payload, &expect, ctx.secrets)?;
+        let kms = ctx.kms.as_principal(&verified.principal)?;
+        let caller = Caller::Signed {
+            principal: verified.principal,
+            kms,
+        };
+        if presigned {
+            return Ok((caller, BodyAuth::Unsigned));
+        }
+        let declared = header(&parts.headers, "x-amz-content-sha256")?.unwrap_or_default();
+        let auth = match declared {
+            UNSIGNED_PAYLOAD => BodyAuth::Unsigned,
+            STREAMING_SIGNED => BodyAuth::Chunked {
+                chain: Some(chain),
+                trailer: false,
+            },
+            STREAMING_SIGNED_TRAILER => BodyAuth::Chunked {
+                chain: Some(chain),
+                trailer: true,
+            },
+            STREAMING_UNSIGNED_TRAILER => BodyAuth::Chunked {
+                chain: None,
+                trailer: true,
+            },
+            hash => {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(hash, &mut bytes).map_err(|_| {
+                    GatewayError::InvalidArgument(format!(
+                        "x-amz-content-sha256 must be the SHA-256 of the body in hex, \
+                         {UNSIGNED_PAYLOAD}, {STREAMING_SIGNED}, {STREAMING_SIGNED_TRAILER} or \
+                         {STREAMING_UNSIGNED_TRAILER}"
+                    ))
+                })?;
+                BodyAuth::Sha256(bytes)
+            }
+        };
+        Ok((caller, auth))
+    }
+
+    /// The checksum the request claims for its body, and the decoded length of an
+    /// aws-chunked body.
+    fn body_claims(
+        headers: &HeaderMap,
+        auth: &BodyAuth,
+    ) -> Result<(Option<ChecksumClaim>, Option<u64>), GatewayError> {
+        let mut claim = None;
+        for (name, value) in headers {
+            if let Some(algorithm) = ChecksumAlgorithm::from_header(name.as_str())? {
+                if claim.is_some() {
+                    return Err(GatewayError::InvalidRequest(
+                        "Expecting a single x-amz-checksum- header. Multiple checksum Types are \
+                         not allowed."
+                            .into(),
+                    ));
+                }
+                let value = value.to_str().map_err(|_| {
+                    GatewayError::InvalidArgument(format!("{name} is not ASCII text"))
+                })?;
+                claim = Some(ChecksumClaim {
+                    algorithm,
+                    value: Some(value.to_owned()),
+                });
+            }
+        }
+        let chunked = matches!(auth, BodyAuth::Chunked { .. });
+        if let Some(trailer) = header(headers, "x-amz-trailer")? {
+            let trailer = trailer.trim().to_ascii_lowercase();
+            let algorithm = ChecksumAlgorithm::from_header(&trailer)?.ok_or_else(|| {
+                GatewayError::InvalidRequest(format!(
+                    "x-amz-trailer names '{trailer}', which is not an x-amz-checksum header"
+                ))
+            })?;
+            if claim.is_some() || !chunked {
+                return Err(GatewayError::InvalidRequest(
+                    "x-amz-trailer needs an aws-chunked body and no x-amz-checksum header".into(),
+                ));
+            }
+            claim = Some(ChecksumClaim {
+                algorithm,
+                value: None,
+            });
+        }
+        let decoded_len = match header(headers, "x-amz-decoded-content-length")? {
+            Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                GatewayError::InvalidArgument("x-amz-decoded-content-length is not a number".into())
+            })?),
+            None if chunked => {
+                return Err(GatewayError::MissingContentLength(
+                    "an aws-chunked upload needs x-amz-decoded-content-length".into(),
+                ))
+            }
+            None => None,
+        };
+        Ok((claim, decoded_len))
+    }
+
+    /// Runs one request. `body` streams the request body from the connection.
+    pub fn handle(
+        &self,
+        ctx: &S3Context<'_>,
+        parts: &http::request::Parts,
+        body: &mut dyn BufRead,
+    ) -> Result<S3Answer, GatewayError> {
+        let request = S3Request::parse(
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+        )?;
+        let (caller, auth) = Self::authenticate(ctx, parts)?;
+        let (checksum, decoded_len) = Self::body_claims(&parts.headers, &auth)?;
+        let mut body = UploadBody::new(body, auth, decoded_len, checksum);
+        let (principal, kms) = match caller {
+            Caller::Anonymous => return self.anonymous(&request),
+            Caller::Signed { principal, kms } => (principal, kms),
+        };
+        use S3Operation as Op;
+        if request.operation != Op::ListBuckets && request.operation != Op::CreateBucket {
+            let bucket = self.store.bucket(&request.bucket)?;
+            if account_of(&bucket.owner) != account_of(&principal) {
+                return Err(GatewayError::AccessDenied("Access Denied".into()));
+            }
+        }
+        match request.operation {
+            Op::PutObject => self.put_object(&kms, &request, parts, &mut body),
+            Op::GetObject => self.get_object(&kms, &request, parts, true),
+            Op::HeadObject => self.get_object(&kms, &request, parts, false),
+            other => {
+                let small = read_small(&mut body)?;
+                self.small_operation(other, &request, parts, &principal, ctx.region, &small)
+            }
+        }
+    }
+
+    /// Anonymous requests: only reads of public-read objects get past the ACL, and
+    /// S3 then refuses them for SSE-KMS objects.
+    fn anonymous(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
+        let denied = || GatewayError::AccessDenied("Access Denied".into());
+        let read = matches!(
+            request.operation,
+            S3Operation::GetObject | S3Operation::HeadObject
+        );
+        if !read {
+            return Err(denied());
+        }
+        match self.store.head_object(&request.bucket, &request.key) {
+            Ok(info) if info.acl == Acl::PublicRead => {
+                Err(GatewayError::InvalidArgument(SSE_KMS_NEEDS_SIGV4.into()))
+            }
+            // Neither whether the object exists nor anything else is told.
+            _ => Err(denied()),
+        }
+    }
+
+    fn put_object(
+        &self,
+        kms: &LocalKms,
+        request: &S3Request,
+        parts: &http::request::Parts,
+        body: &mut UploadBody<&mut dyn BufRead>,
+    ) -> Result<S3Answer, GatewayError> {
+        let headers = &parts.headers;
+        if headers.contains_key("x-amz-copy-source") {
+            return Err(GatewayError::NotImplemented(
+                "CopyObject is not implemented".into(),
+            ));
+        }
+        let opts = put_options(headers)?;
+        let info = self
+            .store
+            .put_object(kms, &request.bucket, &request.key, body, &opts)
+            .map_err(|err| match err {
+                objstore::Error::Body(io) => UploadBody::<&mut dyn BufRead>::error_of(io),
+                other => GatewayError::Object(other),
+            })?;
+        let mut answer = S3Answer::empty(StatusCode::OK);
+        insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
+        encryption_headers(&mut answer.headers, &info);
+        if let Some((algorithm, value)) = body.verified_checksum() {
+            insert(&mut answer.headers, algorithm.header(), value);
+        }
+        Ok(answer)
+    }
+
+    fn get_object(
+        &self,
+        kms: &LocalKms,
+        request: &S3Request,
+        parts: &http::request::Parts,
+        with_body: bool,
+    ) -> Result<S3Answer, GatewayError> {
+        let range = header(&parts.headers, "range")?.and_then(ByteRange::parse);
+        if !with_body {
+            let info = self.store.head_object(&request.bucket, &request.key)?;
+            let mut answer = S3Answer::empty(StatusCode::OK);
+            object_headers(&mut answer.headers, &info);
+            let length = match range {
+                Some(range) => {
+                    let (first, last) = range.resolve(info.size)?;
+                    answer.status = StatusCode::PARTIAL_CONTENT;
+                    insert(
+                        &mut answer.headers,
+                        "content-range",
+                        &format!("bytes {first}-{last}/{}", info.size),
+                    );
+                    last - first + 1
+                }
+                None => info.size,
+            };
+            insert(&mut answer.headers, "content-length", &length.to_string());
+            return Ok(answer);
+        }
+        let download = self
+            .store
+            .get_object(kms, &request.bucket, &request.key, range)?;
+        let mut answer = S3Answer::empty(StatusCode::OK);
+        object_headers(&mut answer.headers, &download.info);
+        if let Some((first, last)) = download.range {
+            answer.status = StatusCode::PARTIAL_CONTENT;
+            insert(
+                &mut answer.headers,
+                "content-range",
+                &format!("bytes {first}-{last}/{}", download.info.size),
+            );
+        }
+        if let Some(content_type) = request.param("response-content-type") {
+            insert(&mut answer.headers, "content-type", content_type);
+        }
+        answer.body = S3Body::Object(Box::new(download.body));
+        Ok(answer)
+    }
+
+    fn small_operation(
+        &self,
+        operation: S3Operation,
+        request: &S3Request,
+        parts: &http::request::Parts,
+        principal: &str,
+        region: &str,
+        body: &[u8],
+    ) -> Result<S3Answer, GatewayError> {
+        use S3Operation as Op;
+        let bucket = request.bucket.as_str();
+        match operation {
+            Op::ListBuckets => {
+                let mut w = XmlWriter::new("ListAllMyBucketsResult");
+                owner_xml(&mut w, principal);
+                w.open("Buckets");
+                for info in self.store.list_buckets()? {
+                    if account_of(&info.owner) != account_of(principal) {
+                        continue;
+                    }
+                    w.open("Bucket")
+                        .leaf("Name", &info.name)
+                        .leaf("CreationDate", &iso_date(info.creation_date))
+                        .close("Bucket");
+                }
+                w.close("Buckets");
+                Ok(S3Answer::xml(w.finish("ListAllMyBucketsResult")))
+            }
+            Op::CreateBucket => {
+                if !body.is_empty() {
+                    let doc = XmlDocument::parse(body, "CreateBucketConfiguration")?;
+                    if let Some(location) = doc.get("LocationConstraint")? {
+                        if !location.is_empty() && location != region {
+                            return Err(GatewayError::InvalidLocationConstraint(format!(
+                                "The {location} location constraint is incompatible for the \
+                                 region specific endpoint this request was sent to ({region})."
+                            )));
+                        }
+                    }
+                }
+                let acl = header(&parts.headers, "x-amz-acl")?
+                    .map(Acl::parse)
+                    .transpose()?;
+                // S3 buckets belong to the account, not to the IAM identity that made
+                // them.
+                let owner = format!("arn:aws:iam::{}:root", account_of(principal));
+                self.store.create_bucket(bucket, &owner)?;
+                if let Some(acl) = acl {
+                    self.store.put_bucket_acl(bucket, acl)?;
+                }
+                let mut answer = S3Answer::empty(StatusCode::OK);
+                insert(&mut answer.headers, "location", &format!("/{bucket}"));
+                Ok(answer)
+            }
+            Op::HeadBucket => {
+                let mut answer = S3Answer::empty(StatusCode::OK);
+                insert(&mut answer.headers, "x-amz-bucket-region", region);
+                Ok(answer)
+            }
+            Op::DeleteBucket => {
+                self.store.delete_bucket(bucket)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::GetBucketLocation => {
+                // us-east-1 is S3's empty location constraint.
+                let mut w = XmlWriter::new("LocationConstraint");
+                w.text(if region == "us-east-1" { "" } else { region });
+                Ok(S3Answer::xml(w.finish("LocationConstraint")))
+            }
+            Op::PutBucketEncryption => {
+                let doc = XmlDocument::parse(body, "ServerSideEncryptionConfiguration")?;
+                let algorithm = doc.get("SSEAlgorithm")?.ok_or_else(|| {
+                    GatewayError::MalformedXml("the rule lacks its SSEAlgorithm".into())
+                })?;
+                if algorithm != "aws:kms" {
+                    return Err(GatewayError::InvalidArgument(format!(
+                        "atrest encrypts objects with SSE-KMS only: SSEAlgorithm must be \
+                         aws:kms, not {algorithm}"
+                    )));
+                }
+                let kms_key_id = doc.get("KMSMasterKeyID")?.ok_or_else(|| {
+                    GatewayError::InvalidArgument(
+                        "atrest has no AWS managed key for S3: name the CMK in KMSMasterKeyID"
+                            .into(),
+                    )
+                })?;
+                let bucket_key_enabled = match doc.get("BucketKeyEnabled")?.as_deref() {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(_) => {
+                        return Err(GatewayError::MalformedXml(
+                            "BucketKeyEnabled must be true or false".into(),
+                        ))
+                    }
+                };
+                self.store.put_bucket_encryption(
+                    bucket,
+                    Some(BucketEncryption {
+                        kms_key_id,
+                        bucket_key_enabled,
+                    }),
+                )?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetBucketEncryption => {
+                let encryption = self.store.bucket_encryption(bucket)?;
+                let mut w = XmlWriter::new("ServerSideEncryptionConfiguration");
+                w.open("Rule")
+                    .open("ApplyServerSideEncryptionByDefault")
+                    .leaf("SSEAlgorithm", "aws:kms")
+                    .leaf("KMSMasterKeyID", &encryption.kms_key_id)
+                    .close("ApplyServerSideEncryptionByDefault")
+                    .leaf(
+                        "BucketKeyEnabled",
+                        if encryption.bucket_key_enabled {
+                            "true"
+                        } else {
+                            "false"
+                        },
+                    )
+                    .close("Rule");
+                Ok(S3Answer::xml(w.finish("ServerSideEncryptionConfiguration")))
+            }
+            Op::DeleteBucketEncryption => {
+                self.store.put_bucket_encryption(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::ListObjectsV2 => self.list_objects_v2(request),
+            Op::PutObjectAcl => {
+                let acl = match header(&parts.headers, "x-amz-acl")? {
+                    Some(canned) => Acl::parse(canned)?,
+                    None if !body.is_empty() => acl_from_policy(body)?,
+                    None => {
+                        return Err(GatewayError::InvalidRequest(
+                            "PutObjectAcl needs an x-amz-acl header or an AccessControlPolicy \
+                             body"
+                                .into(),
+                        ))
+                    }
+                };
+                self.store.put_object_acl(bucket, &request.key, acl)?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::DeleteObject => {
+                self.store.delete_object(bucket, &request.key)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::GetObjectAcl => {
+                let acl = self.store.object_acl(bucket, &request.key)?;
+                let owner = self.store.bucket(bucket)?.owner;
+                Ok(S3Answer::xml(acl_document(&owner, acl)))
+            }
+            Op::PutObject | Op::GetObject | Op::HeadObject => Err(GatewayError::InvalidRequest(
+                "internal routing error".into(),
+            )),
+        }
+    }
+
+    fn list_objects_v2(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
+        let url = match request.param("encoding-type") {
+            None => false,
+            Some("url") => true,
+            Some(_) => {
+                return Err(GatewayError::InvalidArgument(
+                    "Invalid Encoding Method specified in Request".into(),
+                ))
+            }
+        };
+        let max_keys = request
+            .param("max-keys")
+            .map(|text| {
+                text.parse::<usize>().map_err(|_| {
+                    GatewayError::InvalidArgument(
+                        "Provided max-keys not an integer or within integer range".into(),
+                    )
+                })
+            })
+            .transpose()?;
+        let req = ListObjectsRequest {
+            prefix: request.param("prefix").unwrap_or_default().to_owned(),
+            delimiter: request.param("delimiter").unwrap_or_default().to_owned(),
+            max_keys,
+            continuation_token: request.param("continuation-token").map(str::to_owned),
+            start_after: request.param("start-after").map(str::to_owned),
+        };
+        let page = self.store.list_objects_v2(&request.bucket, &req)?;
+        let fetch_owner = request.param("fetch-owner") == Some("true");
+        let owner = if fetch_owner {
+            Some(self.store.bucket(&request.bucket)?.owner)
+        } else {
+            None
+        };
+        let enc = |text: &str| {
+            if url {
+                sigv4::uri_encode(text, false)
+            } else {
+                text.to_owned()
+            }
+        };
+        let mut w = XmlWriter::new("ListBucketResult");
+        w.leaf("Name", &request.bucket)
+            .leaf("Prefix", &enc(&req.prefix))
+            .leaf("KeyCount", &page.key_count().to_string())
+            .leaf(
+                "MaxKeys",
+                &req.max_keys
+                    .unwrap_or(objstore::MAX_KEYS)
+                    .min(objstore::MAX_KEYS)
+                    .to_string(),
+            );
+        if !req.delimiter.is_empty() {
+            w.leaf("Delimiter", &enc(&req.delimiter));
+        }
+        w.leaf(
+            "IsTruncated",
+            if page.is_truncated() { "true" } else { "false" },
+        );
+        if url {
+            w.leaf("EncodingType", "url");
+        }
+        if let Some(token) = &req.continuation_token {
+            w.leaf("ContinuationToken", token);
+        }
+        if let Some(token) = &page.next_continuation_token {
+            w.leaf("NextContinuationToken", token);
+        }
+        if let Some(after) = &req.start_after {
+            w.leaf("StartAfter", &enc(after));
+        }
+        for object in &page.objects {
+            w.open("Contents")
+                .leaf("Key", &enc(&object.key))
+                .leaf("LastModified", &iso_date(object.last_modified))
+                .leaf("ETag", &format!("\"{}\"", object.etag))
+                .leaf("Size", &object.size.to_string());
+            if let Some(owner) = &owner {
+                owner_xml(&mut w, owner);
+            }
+            w.leaf("StorageClass", "STANDARD").close("Contents");
+        }
+        for prefix in &page.common_prefixes {
+            w.open("CommonPrefixes")
+                .leaf("Prefix", &enc(prefix))
+                .close("CommonPrefixes");
+        }
+        Ok(S3Answer::xml(w.finish("ListBucketResult")))
+    }
+}
+
+/// Reads the whole (small) body of a configuration request, through its checks.
+fn read_small(body: &mut dyn std::io::Read) -> Result<Vec<u8>, GatewayError> {
+    let mut out = Vec::new();
+    let mut limited = std::io::Read::take(body, MAX_SMALL_BODY + 1);
+    std::io::Read::read_to_end(&mut limited, &mut out)
+        .map_err(UploadBody::<&mut dyn BufRead>::error_of)?;
+    if out.len() as u64 > MAX_SMALL_BODY {
+        return Err(GatewayError::InvalidRequest(format!(
+            "the request body is larger than {MAX_SMALL_BODY} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// The options of a PutObject, from its headers.
+fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
+    let sse = header(headers, "x-amz-server-side-encryption")?;
+    let key_id = header(headers, "x-amz-server-side-encryption-aws-kms-key-id")?;
+    let context = header(headers, "x-amz-server-side-encryption-context")?;
+    match sse {
+        None | Some("aws:kms") => {}
+        Some(other) => {
+            return Err(GatewayError::InvalidArgument(format!(
+                "atrest encrypts every object with SSE-KMS: x-amz-server-side-encryption must \
+                 be aws:kms, not '{}'",
+                other.chars().take(32).collect::<String>()
+            )))
+        }
+    }
+    if sse.is_none() && (key_id.is_some() || context.is_some()) {
+        return Err(GatewayError::InvalidArgument(
+            "Server Side Encryption with AWS KMS managed key requires HTTP header \
+             x-amz-server-side-encryption : aws:kms"
+                .into(),
+        ));
+    }
+    let encryption_context = match context {
+        Some(text) => parse_context(text)?,
+        None => EncryptionContext::new(),
+    };
+    let mut user_metadata = BTreeMap::new();
+    for (name, value) in headers {
+        if let Some(meta) = name.as_str().strip_prefix("x-amz-meta-") {
+            let value = value.to_str().map_err(|_| {
+                GatewayError::InvalidArgument(format!("the header {name} is not ASCII text"))
+            })?;
+            user_metadata.insert(meta.to_owned(), value.to_owned());
+        }
+    }
+    let content_md5 = header(headers, "content-md5")?
+        .map(|text| {
+            BASE64
+                .decode(text.trim())
+                .ok()
+                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    GatewayError::InvalidDigest("The Content-MD5 you specified was invalid.".into())
+                })
+        })
+        .transpose()?;
+    Ok(PutObjectOptions {
+        content_type: header(headers, "content-type")?.map(str::to_owned),
+        user_metadata,
+        kms_key_id: key_id.map(str::to_owned),
+        encryption_context,
+        acl: header(headers, "x-amz-acl")?
+            .map(Acl::parse)
+            .transpose()?
+            .unwrap_or_default(),
+        content_md5,
+    })
+}
+
+/// `x-amz-server-side-encryption-context`: base64 of a JSON object of strings.
+fn parse_context(text: &str) -> Result<EncryptionContext, GatewayError> {
+    let invalid = || {
+        GatewayError::InvalidArgument(
+            "The header 'x-amz-server-side-encryption-context' shall be Base64-encoded UTF-8 \
+             string holding JSON which represents a string-string map"
+                .into(),
+        )
+    };
+    let json = BASE64.decode(text.trim()).map_err(|_| invalid())?;
+    serde_json::from_slice::<EncryptionContext>(&json).map_err(|_| invalid())
+}
+
+/// A canned ACL from an AccessControlPolicy body: READ for AllUsers makes it
+/// public-read; owner-only grants make it private; anything else is not modelled.
+fn acl_from_policy(body: &[u8]) -> Result<Acl, GatewayError> {
+    let doc = XmlDocument::parse(body, "AccessControlPolicy")?;
+    let uris = doc.all("URI")?;
+    let permissions = doc.all("Permission")?;
+    let public = uris.iter().any(|u| u == ALL_USERS);
+    let other_groups = uris.iter().any(|u| u != ALL_USERS);
+    if other_groups {
+        return Err(GatewayError::NotImplemented(
+            "atrest models the canned ACLs private and public-read only".into(),
+        ));
+    }
+    if public && !permissions.iter().any(|p| p == "READ") {
+        return Err(GatewayError::NotImplemented(
+            "atrest models the canned ACLs private and public-read only".into(),
+        ));
+    }
+    Ok(if public {
+        Acl::PublicRead
+    } else {
+        Acl::Private
+    })
+}
+
+/// GetObjectAcl's AccessControlPolicy for a canned ACL.
+fn acl_document(owner_arn: &str, acl: Acl) -> Vec<u8> {
+    const XSI: &str = "xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"";
+    let account = account_of(owner_arn);
+    let mut w = XmlWriter::new("AccessControlPolicy");
+    owner_xml(&mut w, owner_arn);
+    w.open("AccessControlList")
+        .open("Grant")
+        .open_with("Grantee", &format!("{XSI} xsi:type=\"CanonicalUser\""))
+        .leaf("ID", &canonical_id(account))
+        .leaf("DisplayName", account)
+        .close("Grantee")
+        .leaf("Permission", "FULL_CONTROL")
+        .close("Grant");
+    if acl == Acl::PublicRead {
+        w.open("Grant")
+            .open_with("Grantee", &format!("{XSI} xsi:type=\"Group\""))
+            .leaf("URI", ALL_USERS)
+            .close("Grantee")
+            .leaf("Permission", "READ")
+            .close("Grant");
+    }
+    w.close("AccessControlList");
+    w.finish("AccessControlPolicy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_method_path_and_subresource() {
+        let route = |m: Method, p: &str, q: &str| S3Request::parse(&m, p, q).map(|r| r.operation);
+        use S3Operation as Op;
+        assert_eq!(route(Method::GET, "/", "").unwrap(), Op::ListBuckets);
+        assert_eq!(route(Method::PUT, "/b", "").unwrap(), Op::CreateBucket);
+        assert_eq!(route(Method::PUT, "/b/", "").unwrap(), Op::CreateBucket);
+        assert_eq!(
+            route(Method::GET, "/b", "list-type=2&prefix=a").unwrap(),
+            Op::ListObjectsV2
+        );
+        assert_eq!(
+            route(Method::PUT, "/b", "encryption").unwrap(),
+            Op::PutBucketEncryption
+        );
+        assert_eq!(
+            route(Method::GET, "/b/k/x%20y", "X-Amz-Signature=00").unwrap(),
+            Op::GetObject
+        );
+        assert_eq!(route(Method::PUT, "/b/k", "acl").unwrap(), Op::PutObjectAcl);
+        let r = S3Request::parse(&Method::GET, "/b/a%2Fb/c%20d", "").unwrap();
+        assert_eq!((r.bucket.as_str(), r.key.as_str()), ("b", "a/b/c d"));
+        assert_eq!(
+            route(Method::POST, "/b/k", "uploads")
+                .unwrap_err()
+                .s3_code(),
+            "NotImplemented"
+        );
+        assert_eq!(
+            route(Method::POST, "/", "").unwrap_err().s3_code(),
+            "MethodNotAllowed"
+        );
+        assert!(route(Method::GET, "/b/%zz", "").is_err());
+        assert!(route(Method::GET, "/b/%ff", "").is_err());
+    }
+
+    #[test]
+    fn dates_have_s3_shapes() {
+        let t = OffsetDateTime::from_unix_timestamp(1_255_369_830).unwrap();
+        assert_eq!(http_date(t), "Mon, 12 Oct 2009 17:50:30 GMT");
+        assert_eq!(iso_date(t), "2009-10-12T17:50:30.000Z");
+    }
+
+    #[test]
+    fn put_options_follow_s3_rules() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            HeaderValue::from_static("alias/k"),
+        );
+        assert_eq!(put_options(&h).unwrap_err().s3_code(), "InvalidArgument");
+        h.insert(
+            "x-amz-server-side-encryption",
+            HeaderValue::from_static("aws:kms"),
+        );
+        let context = BASE64.encode(br#"{"project":"x"}"#);
+        h.insert(
+            "x-amz-server-side-encryption-context",
+            HeaderValue::from_str(&context).unwrap(),
+        );
+        h.insert("x-amz-meta-color", HeaderValue::from_static("blue"));
+        let opts = put_options(&h).unwrap();
+        assert_eq!(opts.kms_key_id.as_deref(), Some("alias/k"));
+        assert_eq!(opts.encryption_context["project"], "x");
+        assert_eq!(opts.user_metadata["color"], "blue");
+        h.insert(
+            "x-amz-server-side-encryption-context",
+            HeaderValue::from_static("!!"),
+        );
+        assert!(put_options(&h).is_err());
+        h.remove("x-amz-server-side-encryption-context");
+        h.insert("content-md5", HeaderValue::from_static("short"));
+        assert_eq!(put_options(&h).unwrap_err().s3_code(), "InvalidDigest");
+    }
+
+    #[test]
+    fn acl_policies_map_to_canned_acls() {
+        let public = acl_document("arn:aws:iam::000000000000:root", Acl::PublicRead);
+        assert_eq!(acl_from_policy(&public).unwrap(), Acl::PublicRead);
+        let private = acl_document("arn:aws:iam::000000000000:root", Acl::Private);
+        assert_eq!(acl_from_policy(&private).unwrap(), Acl::Private);
+        assert!(acl_from_policy(b"<Other/>").is_err());
+    }
+}
