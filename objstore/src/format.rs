@@ -44,7 +44,14 @@ pub const MAX_USER_METADATA_LEN: usize = 8192;
 /// segments that keeps the segment index far inside the nonce's 32 bits.
 pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
 
+/// Salt of a per-object key derived from a bucket key (HKDF-SHA256).
+pub const BUCKET_KEY_SALT_LEN: usize = 32;
+
+/// AES-256-GCM, 64 KiB segments, the object's own data key.
 const CIPHER_AES_256_GCM: u16 = 1;
+/// AES-256-GCM, 64 KiB segments, a key derived from a bucket key; the wrapped-key
+/// field holds the salt, then the wrapped bucket key.
+const CIPHER_AES_256_GCM_BUCKET_KEY: u16 = 2;
 const CHECKSUM_LEN: usize = 32;
 
 // Offsets of the fixed part; each is the previous one plus its size.
@@ -73,8 +80,12 @@ pub struct BoundHeader {
     pub key: String,
     /// ARN of the CMK that wrapped the data key.
     pub key_arn: String,
-    /// The key service's ciphertext blob of the 32-byte data key.
+    /// The key service's ciphertext blob of the 32-byte data key, or of the bucket
+    /// key when `bucket_key_salt` is set.
     pub wrapped_key: Vec<u8>,
+    /// Set when the object's key is derived from a bucket key: the fresh random salt
+    /// of the derivation (see `docs/FORMAT.md`).
+    pub bucket_key_salt: Option<[u8; BUCKET_KEY_SALT_LEN]>,
     pub content_type: String,
     /// The full encryption context the data key was generated under (including
     /// `aws:s3:arn`).
@@ -131,7 +142,7 @@ impl BoundHeader {
     fn encoded_len(&self) -> Result<usize, FormatError> {
         let context = encode_pairs(&self.encryption_context);
         let user = encode_pairs(&self.user_metadata);
-        let fields: [(&str, usize, usize); 7] = [
+        let fields: [(&str, usize, usize); 8] = [
             ("bucket name", self.bucket.len(), 63),
             ("object key", self.key.len(), MAX_OBJECT_KEY_LEN),
             ("key ARN", self.key_arn.len(), MAX_KEY_ARN_LEN),
@@ -140,6 +151,7 @@ impl BoundHeader {
                 self.wrapped_key.len(),
                 MAX_WRAPPED_KEY_LEN,
             ),
+            ("bucket key salt", self.salt().len(), BUCKET_KEY_SALT_LEN),
             (
                 "content type",
                 self.content_type.len(),
@@ -156,6 +168,18 @@ impl BoundHeader {
             total += len;
         }
         Ok(total)
+    }
+
+    fn salt(&self) -> &[u8] {
+        self.bucket_key_salt.as_ref().map_or(&[], |s| &s[..])
+    }
+
+    fn cipher(&self) -> u16 {
+        if self.bucket_key_salt.is_some() {
+            CIPHER_AES_256_GCM_BUCKET_KEY
+        } else {
+            CIPHER_AES_256_GCM
+        }
     }
 }
 
@@ -175,7 +199,7 @@ impl ObjectHeader {
         let mut out = Vec::with_capacity(total);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&CIPHER_AES_256_GCM.to_le_bytes());
+        out.extend_from_slice(&b.cipher().to_le_bytes());
         out.extend_from_slice(&(total as u32).to_le_bytes());
         out.extend_from_slice(&SEGMENT_SIZE.to_le_bytes());
         out.extend_from_slice(&b.nonce_prefix);
@@ -184,7 +208,7 @@ impl ObjectHeader {
             b.bucket.len(),
             b.key.len(),
             b.key_arn.len(),
-            b.wrapped_key.len(),
+            b.salt().len() + b.wrapped_key.len(),
             b.content_type.len(),
             context.len(),
             user.len(),
@@ -194,6 +218,7 @@ impl ObjectHeader {
         out.extend_from_slice(b.bucket.as_bytes());
         out.extend_from_slice(b.key.as_bytes());
         out.extend_from_slice(b.key_arn.as_bytes());
+        out.extend_from_slice(b.salt());
         out.extend_from_slice(&b.wrapped_key);
         out.extend_from_slice(b.content_type.as_bytes());
         out.extend_from_slice(&context);
@@ -247,7 +272,7 @@ impl ObjectHeader {
             return Err(bad(format!("unsupported format version {version}")));
         }
         let cipher = u16_at(bytes, OFF_CIPHER);
-        if cipher != CIPHER_AES_256_GCM {
+        if cipher != CIPHER_AES_256_GCM && cipher != CIPHER_AES_256_GCM_BUCKET_KEY {
             return Err(bad(format!("unknown cipher {cipher}")));
         }
         let segment_size = u32_at(bytes, OFF_SEGMENT_SIZE);
@@ -273,7 +298,17 @@ impl ObjectHeader {
         let bucket = cursor.string(lens[0], "bucket name")?;
         let key = cursor.string(lens[1], "object key")?;
         let key_arn = cursor.string(lens[2], "key ARN")?;
-        let wrapped_key = cursor.take(lens[3], "wrapped data key")?.to_vec();
+        let mut key_field = cursor.take(lens[3], "wrapped data key")?;
+        let bucket_key_salt = if cipher == CIPHER_AES_256_GCM_BUCKET_KEY {
+            let (salt, rest) = key_field
+                .split_first_chunk::<BUCKET_KEY_SALT_LEN>()
+                .ok_or_else(|| bad("the wrapped-key field is shorter than the bucket key salt"))?;
+            key_field = rest;
+            Some(*salt)
+        } else {
+            None
+        };
+        let wrapped_key = key_field.to_vec();
         let content_type = cursor.string(lens[4], "content type")?;
         let encryption_context = decode_pairs(cursor.take(lens[5], "encryption context")?)
             .map_err(|e| bad(format!("encryption context: {e}")))?;
@@ -284,6 +319,7 @@ impl ObjectHeader {
             key,
             key_arn,
             wrapped_key,
+            bucket_key_salt,
             content_type,
             encryption_context,
             user_metadata,
@@ -449,6 +485,7 @@ mod tests {
                 key: "2026/clock.png".into(),
                 key_arn: "arn:aws:kms:local:000000000000:key/k".into(),
                 wrapped_key: vec![7; 200],
+                bucket_key_salt: None,
                 content_type: "image/png".into(),
                 encryption_context: BTreeMap::from([(
                     "aws:s3:arn".into(),
@@ -480,6 +517,28 @@ mod tests {
     #[test]
     fn every_single_byte_flip_is_rejected() {
         let bytes = sample().encode().unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(ObjectHeader::decode(&b).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn bucket_key_headers_round_trip_and_every_flip_is_rejected() {
+        let mut h = sample();
+        h.bound.bucket_key_salt = Some([0x5a; BUCKET_KEY_SALT_LEN]);
+        let bytes = h.encode().unwrap();
+        assert_eq!(u16_at(&bytes, OFF_CIPHER), CIPHER_AES_256_GCM_BUCKET_KEY);
+        assert_eq!(
+            bytes.len(),
+            sample().encode().unwrap().len() + BUCKET_KEY_SALT_LEN
+        );
+        assert_eq!(ObjectHeader::decode(&bytes).unwrap(), h);
+        assert_ne!(
+            ObjectHeader::bound_digest(&h.bound).unwrap(),
+            ObjectHeader::bound_digest(&sample().bound).unwrap()
+        );
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x01;
@@ -538,6 +597,7 @@ mod tests {
             ctx in proptest::collection::btree_map(arb_text(20), arb_text(40), 0..5),
             meta in proptest::collection::btree_map("[a-z0-9-]{1,20}", arb_text(40), 0..5),
             prefix in any::<[u8; 8]>(),
+            salt in any::<Option<[u8; 32]>>(),
             len in 0..MAX_OBJECT_SIZE,
             etag in any::<[u8; 16]>(),
             ms in any::<i64>(),
@@ -545,7 +605,7 @@ mod tests {
             let h = ObjectHeader {
                 bound: BoundHeader {
                     bucket, key, key_arn: "arn:aws:kms:local:000000000000:key/x".into(),
-                    wrapped_key: wrapped, content_type: "text/plain".into(),
+                    wrapped_key: wrapped, bucket_key_salt: salt, content_type: "text/plain".into(),
                     encryption_context: ctx, user_metadata: meta, nonce_prefix: prefix,
                 },
                 summary: Summary { plaintext_len: len, etag, last_modified_ms: ms },

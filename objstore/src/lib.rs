@@ -10,12 +10,17 @@
 //!   objects (streaming put, get with ranges, head, delete, ListObjectsV2, ACL).
 //! - [`ObjectReader`]: the decrypting body of a GET.
 //! - [`ByteRange`], [`ListObjectsRequest`]: request parameters with S3's semantics.
+//! - Bucket keys (S3 Bucket Keys): with `BucketKeyEnabled` in the bucket's default
+//!   encryption (or `bucket_key_enabled` on a PUT), objects get keys derived from one
+//!   data key per bucket and CMK; [`ObjectStore::with_cache_scope`] and
+//!   [`CacheScope`] let a principal's requests reuse it without key-service calls.
 //! - [`Error`]: one error type; [`Error::s3_code`] and [`Error::http_status`] are the
 //!   mapping to S3's wire errors.
 //! - [`format`]: the object file header parser (public for the fuzz target).
 #![forbid(unsafe_code)]
 
 mod aead;
+mod bucket_key;
 mod error;
 pub mod format;
 mod list;
@@ -24,9 +29,10 @@ mod range;
 mod reader;
 mod store;
 
+pub use bucket_key::{CacheScope, BUCKET_KEY_MAX_AGE, DEFAULT_CACHE_TTL};
 pub use error::Error;
 pub use list::{ListObjectsRequest, MAX_KEYS};
-pub use names::{object_arn, validate_bucket_name, validate_object_key};
+pub use names::{bucket_arn, object_arn, validate_bucket_name, validate_object_key};
 pub use range::ByteRange;
 pub use reader::ObjectReader;
 pub use store::{

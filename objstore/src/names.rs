@@ -83,6 +83,12 @@ pub(crate) fn object_file_name(key: &str) -> String {
     format!("{}.obj", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
+/// The bucket's ARN, the value of the `aws:s3:arn` encryption-context pair of its
+/// bucket keys.
+pub fn bucket_arn(bucket: &str) -> String {
+    format!("arn:aws:s3:::{bucket}")
+}
+
 /// The object's ARN, the value of the `aws:s3:arn` encryption-context pair.
 pub fn object_arn(bucket: &str, key: &str) -> String {
     format!("arn:aws:s3:::{bucket}/{key}")

@@ -12,6 +12,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 
 use crypto_core::kms::{
     DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest, KeyService,
@@ -22,12 +27,18 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::aead::{SegmentCipher, SEALED_SEG};
+use crate::bucket_key::{
+    derive_object_key, record_file_name, BucketKeyCache, BucketKeyRecord, CacheScope, Key32,
+    DEFAULT_CACHE_TTL,
+};
 use crate::format::{
-    sealed_len, segment_count, BoundHeader, ObjectHeader, Summary, MAX_CONTENT_TYPE_LEN,
-    MAX_OBJECT_SIZE, NONCE_PREFIX_LEN, SEGMENT_SIZE,
+    sealed_len, segment_count, BoundHeader, ObjectHeader, Summary, BUCKET_KEY_SALT_LEN,
+    MAX_CONTENT_TYPE_LEN, MAX_OBJECT_SIZE, NONCE_PREFIX_LEN, SEGMENT_SIZE,
 };
 use crate::list::{plan_page, ListObjectsRequest};
-use crate::names::{object_arn, object_file_name, validate_bucket_name, validate_object_key};
+use crate::names::{
+    bucket_arn, object_arn, object_file_name, validate_bucket_name, validate_object_key,
+};
 use crate::range::ByteRange;
 use crate::reader::ObjectReader;
 use crate::Error;
@@ -47,6 +58,7 @@ const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
 const SEG: usize = SEGMENT_SIZE as usize;
 const BUCKET_FILE: &str = "bucket.json";
 const OBJECTS_DIR: &str = "objects";
+const BUCKET_KEYS_DIR: &str = "bucket-keys";
 const TMP_DIR: &str = "tmp";
 const OBJECT_EXT: &str = "obj";
 const ACL_EXT: &str = "acl";
@@ -87,7 +99,9 @@ impl Acl {
 pub struct BucketEncryption {
     /// Key id, key ARN, alias name or alias ARN of the CMK.
     pub kms_key_id: String,
-    /// Recorded and echoed; objects still get one data key each.
+    /// S3 Bucket Keys (`BucketKeyEnabled`): new objects get a key derived from the
+    /// bucket's data key instead of a data key of their own, unless a PUT says
+    /// otherwise (`x-amz-server-side-encryption-bucket-key-enabled: false`).
     pub bucket_key_enabled: bool,
 }
 
@@ -113,7 +127,12 @@ pub struct PutObjectOptions {
     /// `x-amz-server-side-encryption-aws-kms-key-id`; `None` uses the bucket default.
     pub kms_key_id: Option<String>,
     /// `x-amz-server-side-encryption-context` (decoded); `aws:s3:arn` is added.
+    /// An object with pairs of its own always gets its own data key (the pairs must
+    /// reach the key service), whatever `bucket_key_enabled` says.
     pub encryption_context: EncryptionContext,
+    /// `x-amz-server-side-encryption-bucket-key-enabled`; `None` follows the bucket's
+    /// default encryption.
+    pub bucket_key_enabled: Option<bool>,
     pub acl: Acl,
     /// `Content-MD5` (decoded): the upload fails with BadDigest when it differs.
     pub content_md5: Option<[u8; 16]>,
@@ -134,8 +153,12 @@ pub struct ObjectInfo {
     /// (`x-amz-server-side-encryption-aws-kms-key-id`).
     pub kms_key_arn: String,
     /// The full encryption context, `aws:s3:arn` included
-    /// (`x-amz-server-side-encryption-context`).
+    /// (`x-amz-server-side-encryption-context`). For a bucket-key object it is the
+    /// bucket key's: `aws:s3:arn` names the bucket.
     pub encryption_context: EncryptionContext,
+    /// Whether the object's key is derived from a bucket key
+    /// (`x-amz-server-side-encryption-bucket-key-enabled: true` on GET, HEAD and PUT).
+    pub bucket_key_enabled: bool,
     pub last_modified: OffsetDateTime,
     pub acl: Acl,
 }
@@ -174,10 +197,14 @@ pub struct ObjectDownload {
 /// The object store under `<home>/s3/`. Cheap to clone; safe to share between threads.
 ///
 /// Calls that use a key take the key service as an argument, so that the S3 front end
-/// can act as each request's principal (the trail then names the signer).
+/// can act as each request's principal (the trail then names the signer). A store
+/// handle made with [`ObjectStore::with_cache_scope`] for that principal also reuses
+/// unwrapped bucket keys between its requests (`bucket_key` module).
 #[derive(Clone, Debug)]
 pub struct ObjectStore {
     root: PathBuf,
+    bucket_keys: Arc<BucketKeyCache>,
+    scope: Option<CacheScope>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -187,6 +214,30 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
+}
+
+/// The encryption context of a bucket key.
+fn bucket_context(bucket: &str) -> EncryptionContext {
+    EncryptionContext::from([(S3_ARN_CONTEXT_KEY.to_owned(), bucket_arn(bucket))])
+}
+
+/// A 32-byte key out of the key service's answer.
+fn key32(plaintext: &[u8]) -> Option<Key32> {
+    let mut key = Key32::new([0u8; 32]);
+    if plaintext.len() != 32 {
+        return None;
+    }
+    key.copy_from_slice(plaintext);
+    Some(key)
+}
+
+/// The key an upload seals with, and what the object's header records about it.
+struct UploadKey {
+    key: Key32,
+    key_arn: String,
+    wrapped: Vec<u8>,
+    bucket_key_salt: Option<[u8; BUCKET_KEY_SALT_LEN]>,
+    context: EncryptionContext,
 }
 
 fn random_name(suffix: &str) -> String {
@@ -326,11 +377,32 @@ impl ObjectStore {
     pub fn open(home: &Path) -> Result<ObjectStore, Error> {
         let store = ObjectStore {
             root: home.join("s3"),
+            bucket_keys: Arc::new(BucketKeyCache::new(DEFAULT_CACHE_TTL)),
+            scope: None,
         };
         create_dir_private(&store.buckets_dir())?;
         create_dir_private(&store.staging_dir())?;
         store.clean_leftovers()?;
         Ok(store)
+    }
+
+    /// A handle on the same store (sharing its bucket-key cache) whose requests act
+    /// as `scope`'s principal: bucket keys it unwraps are reused by later requests of
+    /// the same principal while the key store is unchanged. Pass, with each call, a key
+    /// service acting as that same principal; take a fresh [`CacheScope::of`] per
+    /// request. Without a scope every bucket-key object costs one key-service call.
+    pub fn with_cache_scope(&self, scope: CacheScope) -> ObjectStore {
+        ObjectStore {
+            scope: Some(scope),
+            ..self.clone()
+        }
+    }
+
+    /// This store with its own bucket-key cache keeping unwrapped keys for `ttl`
+    /// (zero: never keep them).
+    pub fn with_bucket_key_cache_ttl(mut self, ttl: Duration) -> ObjectStore {
+        self.bucket_keys = Arc::new(BucketKeyCache::new(ttl));
+        self
     }
 
     /// `<home>/s3/`.
@@ -377,8 +449,12 @@ impl ObjectStore {
             fs::read_dir(&buckets).map_err(io_err(format!("list {}", buckets.display())))?
         {
             let Ok(bucket) = bucket else { continue };
-            // Metadata and ACL files interrupted between write and rename.
-            for dir in [bucket.path(), bucket.path().join(OBJECTS_DIR)] {
+            // Metadata, ACL and bucket-key files interrupted between write and rename.
+            for dir in [
+                bucket.path(),
+                bucket.path().join(OBJECTS_DIR),
+                bucket.path().join(BUCKET_KEYS_DIR),
+            ] {
                 let Ok(entries) = fs::read_dir(&dir) else {
                     continue;
                 };
@@ -563,7 +639,141 @@ impl ObjectStore {
             }
             check_text("the KMS key id", &e.kms_key_id, 2048)?;
         }
-        self.update_bucket(name, |info| info.encryption = encryption)
+        let before = self.bucket(name)?.encryption;
+        let info = self.update_bucket(name, |info| info.encryption = encryption)?;
+        if info.encryption != before {
+            self.rotate_bucket_keys(name)?;
+        }
+        Ok(info)
+    }
+
+    /// Retires the bucket's current bucket keys: the next bucket-key PUT generates a
+    /// fresh one (GenerateDataKey). Objects made under the old ones stay readable:
+    /// each header holds the wrapped bucket key it was derived from. Returns how many
+    /// were retired. PutBucketEncryption with a changed configuration does this too.
+    pub fn rotate_bucket_keys(&self, name: &str) -> Result<usize, Error> {
+        self.bucket(name)?;
+        let dir = self.bucket_dir(name).join(BUCKET_KEYS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("list {}", dir.display()),
+                    source,
+                })
+            }
+        };
+        let mut retired = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
+            if entry.path().extension().is_some_and(|x| x == "json")
+                && Self::remove_if_exists(&entry.path())?
+            {
+                retired += 1;
+            }
+        }
+        sync_dir(&dir)?;
+        Ok(retired)
+    }
+
+    /// The bucket's current bucket key for `kms_key_id`: the recorded one while it is
+    /// young enough (one Decrypt, or none when this scope holds it unwrapped), else a
+    /// fresh one (GenerateDataKey), recorded for the next uploads.
+    fn current_bucket_key(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        kms_key_id: &str,
+    ) -> Result<(Key32, String, Vec<u8>), Error> {
+        let dir = self.bucket_dir(bucket).join(BUCKET_KEYS_DIR);
+        let path = dir.join(record_file_name(kms_key_id));
+        let context = bucket_context(bucket);
+        let record =
+            match fs::read(&path) {
+                Ok(bytes) => Some(serde_json::from_slice::<BucketKeyRecord>(&bytes).map_err(
+                    |e| Error::Corrupted {
+                        path: path.clone(),
+                        what: format!("bucket key record: {e}"),
+                    },
+                )?),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(Error::Io {
+                        context: format!("read {}", path.display()),
+                        source,
+                    })
+                }
+            };
+        if let Some(record) = record.filter(|r| r.is_current(now()) && r.kms_key_id == kms_key_id) {
+            let wrapped = BASE64
+                .decode(&record.wrapped_key)
+                .map_err(|_| Error::Corrupted {
+                    path: path.clone(),
+                    what: "bucket key record: the wrapped key is not base64".into(),
+                })?;
+            let key = self.unwrap_bucket_key(kms, &wrapped, context, &record.kms_key_arn)?;
+            return Ok((key, record.kms_key_arn, wrapped));
+        }
+        let generated = kms.generate_data_key(&GenerateDataKeyRequest {
+            key_id: kms_key_id.to_owned(),
+            spec: DataKeySpec::Aes256,
+            encryption_context: context,
+        })?;
+        let key = key32(generated.plaintext.expose()).ok_or_else(|| {
+            Error::InvalidArgument(
+                "the key service returned a data key that is not 32 bytes".into(),
+            )
+        })?;
+        let record = BucketKeyRecord {
+            kms_key_id: kms_key_id.to_owned(),
+            kms_key_arn: generated.key_id.clone(),
+            wrapped_key: BASE64.encode(&generated.ciphertext_blob),
+            created: now(),
+        };
+        create_dir_private(&dir)?;
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Io {
+            context: "encode bucket key record".into(),
+            source: io::Error::other(e),
+        })?;
+        write_atomic(&path, &json)?;
+        if let Some(scope) = &self.scope {
+            self.bucket_keys
+                .insert(scope, &generated.ciphertext_blob, &key);
+        }
+        Ok((key, generated.key_id, generated.ciphertext_blob))
+    }
+
+    /// The plaintext of a wrapped bucket key: from this scope's cache, or one Decrypt
+    /// (kept in the cache for the scope).
+    fn unwrap_bucket_key(
+        &self,
+        kms: &dyn KeyService,
+        wrapped: &[u8],
+        context: EncryptionContext,
+        key_arn: &str,
+    ) -> Result<Key32, Error> {
+        if let Some(key) = self
+            .scope
+            .as_ref()
+            .and_then(|s| self.bucket_keys.get(s, wrapped))
+        {
+            return Ok(key);
+        }
+        let data = kms.decrypt(&DecryptRequest {
+            ciphertext_blob: wrapped.to_vec(),
+            encryption_context: context,
+            key_id: Some(key_arn.to_owned()),
+        })?;
+        let key = key32(data.plaintext.expose()).ok_or_else(|| {
+            Error::InvalidArgument(
+                "the key service returned a bucket key that is not 32 bytes".into(),
+            )
+        })?;
+        if let Some(scope) = &self.scope {
+            self.bucket_keys.insert(scope, wrapped, &key);
+        }
+        Ok(key)
     }
 
     /// GetBucketEncryption; ServerSideEncryptionConfigurationNotFoundError when unset.
@@ -612,21 +822,50 @@ impl ObjectStore {
         check_text("the content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
         check_user_metadata(&opts.user_metadata)?;
         let context = object_context(bucket, key, &opts.encryption_context)?;
-
-        let data_key = kms.generate_data_key(&GenerateDataKeyRequest {
-            key_id,
-            spec: DataKeySpec::Aes256,
-            encryption_context: context.clone(),
-        })?;
+        let bucket_key = opts.bucket_key_enabled.unwrap_or_else(|| {
+            info.encryption
+                .as_ref()
+                .is_some_and(|e| e.bucket_key_enabled)
+        }) && opts.encryption_context.is_empty();
+        let upload_key = if bucket_key {
+            let (bucket_key, key_arn, wrapped) = self.current_bucket_key(kms, bucket, &key_id)?;
+            let mut salt = [0u8; BUCKET_KEY_SALT_LEN];
+            fill_random(&mut salt);
+            UploadKey {
+                key: derive_object_key(&bucket_key, &salt, &object_arn(bucket, key)),
+                key_arn,
+                wrapped,
+                bucket_key_salt: Some(salt),
+                context: bucket_context(bucket),
+            }
+        } else {
+            let data_key = kms.generate_data_key(&GenerateDataKeyRequest {
+                key_id,
+                spec: DataKeySpec::Aes256,
+                encryption_context: context.clone(),
+            })?;
+            UploadKey {
+                key: key32(data_key.plaintext.expose()).ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "the key service returned a data key that is not 32 bytes".into(),
+                    )
+                })?,
+                key_arn: data_key.key_id.clone(),
+                wrapped: data_key.ciphertext_blob.clone(),
+                bucket_key_salt: None,
+                context,
+            }
+        };
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
         fill_random(&mut nonce_prefix);
         let bound = BoundHeader {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
-            key_arn: data_key.key_id.clone(),
-            wrapped_key: data_key.ciphertext_blob.clone(),
+            key_arn: upload_key.key_arn.clone(),
+            wrapped_key: upload_key.wrapped.clone(),
+            bucket_key_salt: upload_key.bucket_key_salt,
             content_type,
-            encryption_context: context,
+            encryption_context: upload_key.context.clone(),
             user_metadata: opts.user_metadata.clone(),
             nonce_prefix,
         };
@@ -634,13 +873,11 @@ impl ObjectStore {
             .map_err(|e| Error::InvalidArgument(format!("object metadata: {e}")))?;
         let digest = ObjectHeader::bound_digest(&bound)
             .map_err(|e| Error::InvalidArgument(format!("object metadata: {e}")))?;
-        let cipher = SegmentCipher::new(data_key.plaintext.expose(), nonce_prefix, digest)
-            .map_err(|_| {
-                Error::InvalidArgument(
-                    "the key service returned a data key that is not 32 bytes".into(),
-                )
+        let cipher =
+            SegmentCipher::new(&upload_key.key[..], nonce_prefix, digest).map_err(|_| {
+                Error::InvalidArgument("the object key could not be made into a cipher".into())
             })?;
-        drop(data_key);
+        drop(upload_key);
 
         let tmp_path = self
             .bucket_dir(bucket)
@@ -724,6 +961,7 @@ impl ObjectStore {
             user_metadata: b.user_metadata.clone(),
             kms_key_arn: b.key_arn.clone(),
             encryption_context: b.encryption_context.clone(),
+            bucket_key_enabled: b.bucket_key_salt.is_some(),
             last_modified: OffsetDateTime::from_unix_timestamp_nanos(
                 i128::from(s.last_modified_ms) * 1_000_000,
             )
@@ -813,32 +1051,48 @@ impl ObjectStore {
         let info = Self::info(&header, Self::read_acl(&path)?);
         let size = header.summary.plaintext_len;
         let resolved = range.map(|r| r.resolve(size)).transpose()?;
-        if header.bound.encryption_context.get(S3_ARN_CONTEXT_KEY) != Some(&object_arn(bucket, key))
-        {
+        let expected_arn = match header.bound.bucket_key_salt {
+            Some(_) => bucket_arn(bucket),
+            None => object_arn(bucket, key),
+        };
+        if header.bound.encryption_context.get(S3_ARN_CONTEXT_KEY) != Some(&expected_arn) {
             return Err(Error::Corrupted {
                 path,
-                what: "the encryption context names another object".into(),
+                what: "the encryption context names another object or bucket".into(),
             });
         }
-        let data_key = kms.decrypt(&DecryptRequest {
-            ciphertext_blob: header.bound.wrapped_key.clone(),
-            encryption_context: header.bound.encryption_context.clone(),
-            key_id: Some(header.bound.key_arn.clone()),
-        })?;
+        let object_key = match &header.bound.bucket_key_salt {
+            Some(salt) => {
+                let bucket_key = self.unwrap_bucket_key(
+                    kms,
+                    &header.bound.wrapped_key,
+                    header.bound.encryption_context.clone(),
+                    &header.bound.key_arn,
+                )?;
+                derive_object_key(&bucket_key, salt, &object_arn(bucket, key))
+            }
+            None => {
+                let data_key = kms.decrypt(&DecryptRequest {
+                    ciphertext_blob: header.bound.wrapped_key.clone(),
+                    encryption_context: header.bound.encryption_context.clone(),
+                    key_id: Some(header.bound.key_arn.clone()),
+                })?;
+                key32(data_key.plaintext.expose()).ok_or_else(|| Error::Corrupted {
+                    path: path.clone(),
+                    what: "the data key is not 32 bytes".into(),
+                })?
+            }
+        };
         let digest = ObjectHeader::bound_digest(&header.bound).map_err(|e| Error::Corrupted {
             path: path.clone(),
             what: e.0,
         })?;
-        let cipher = SegmentCipher::new(
-            data_key.plaintext.expose(),
-            header.bound.nonce_prefix,
-            digest,
-        )
-        .map_err(|_| Error::Corrupted {
-            path: path.clone(),
-            what: "the data key is not 32 bytes".into(),
-        })?;
-        drop(data_key);
+        let cipher = SegmentCipher::new(&object_key[..], header.bound.nonce_prefix, digest)
+            .map_err(|_| Error::Corrupted {
+                path: path.clone(),
+                what: "the object key could not be made into a cipher".into(),
+            })?;
+        drop(object_key);
         let header_len = ObjectHeader::encoded_len(&header.bound).map_err(|e| Error::Corrupted {
             path: path.clone(),
             what: e.0,
