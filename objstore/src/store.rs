@@ -128,11 +128,8 @@ pub struct PutObjectOptions {
     pub kms_key_id: Option<String>,
     /// `x-amz-server-side-encryption-context` (decoded); `aws:s3:arn` is added.
     /// An object with pairs of its own always gets its own data key (the pairs must
-    /// reach the key service), whatever `bucket_key_enabled` says.
+    /// reach the key service), even when a bucket key is asked for.
     pub encryption_context: EncryptionContext,
-    /// `x-amz-server-side-encryption-bucket-key-enabled`; `None` follows the bucket's
-    /// default encryption.
-    pub bucket_key_enabled: Option<bool>,
     pub acl: Acl,
     /// `Content-MD5` (decoded): the upload fails with BadDigest when it differs.
     pub content_md5: Option<[u8; 16]>,
@@ -803,6 +800,21 @@ impl ObjectStore {
         body: &mut dyn Read,
         opts: &PutObjectOptions,
     ) -> Result<ObjectInfo, Error> {
+        self.put_object_with_bucket_key(kms, bucket, key, body, opts, None)
+    }
+
+    /// PutObject with S3's `x-amz-server-side-encryption-bucket-key-enabled` header:
+    /// `Some(true)` derives the object's key from the bucket key, `Some(false)` gives
+    /// it a data key of its own, `None` follows the bucket's default encryption.
+    pub fn put_object_with_bucket_key(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        key: &str,
+        body: &mut dyn Read,
+        opts: &PutObjectOptions,
+        bucket_key_enabled: Option<bool>,
+    ) -> Result<ObjectInfo, Error> {
         validate_object_key(key)?;
         let info = self.bucket(bucket)?;
         let key_id = match (&opts.kms_key_id, &info.encryption) {
@@ -822,7 +834,7 @@ impl ObjectStore {
         check_text("the content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
         check_user_metadata(&opts.user_metadata)?;
         let context = object_context(bucket, key, &opts.encryption_context)?;
-        let bucket_key = opts.bucket_key_enabled.unwrap_or_else(|| {
+        let bucket_key = bucket_key_enabled.unwrap_or_else(|| {
             info.encryption
                 .as_ref()
                 .is_some_and(|e| e.bucket_key_enabled)

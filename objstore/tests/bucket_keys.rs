@@ -273,37 +273,34 @@ fn the_put_header_and_encryption_context_decide_per_object() {
     // Bucket keys off by default; one PUT asks for one.
     let info = lab
         .store
-        .put_object(
+        .put_object_with_bucket_key(
             &lab.kms,
             "bkt",
             "asked",
             &mut &b"x"[..],
-            &PutObjectOptions {
-                bucket_key_enabled: Some(true),
-                ..lab.opts()
-            },
+            &lab.opts(),
+            Some(true),
         )
         .unwrap();
     assert!(info.bucket_key_enabled);
     assert!(!lab.put("default", b"x").bucket_key_enabled);
 
     let lab = bucket_key_lab();
-    let opts = |enabled, context: &[(&str, &str)]| PutObjectOptions {
-        bucket_key_enabled: enabled,
-        encryption_context: context
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    };
-    let put_with = |key: &str, o: PutObjectOptions| {
+    let put_with = |key: &str, enabled, context: &[(&str, &str)]| {
+        let opts = PutObjectOptions {
+            encryption_context: context
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
         lab.store
-            .put_object(&lab.kms, "bkt", key, &mut &b"x"[..], &o)
+            .put_object_with_bucket_key(&lab.kms, "bkt", key, &mut &b"x"[..], &opts, enabled)
             .unwrap()
     };
-    assert!(!put_with("off", opts(Some(false), &[])).bucket_key_enabled);
+    assert!(!put_with("off", Some(false), &[]).bucket_key_enabled);
     // Pairs of the caller's own must reach the key service: the object gets its own key.
-    let info = put_with("ctx", opts(None, &[("project", "lab")]));
+    let info = put_with("ctx", Some(true), &[("project", "lab")]);
     assert!(!info.bucket_key_enabled);
     assert_eq!(
         info.encryption_context["aws:s3:arn"],
