@@ -14,9 +14,10 @@ use std::sync::Mutex;
 use crypto_core::kms::KeyService;
 use rustix::fs::{RenameFlags, SeekFrom, CWD};
 
+use super::data_area::{AlignedBuf, DataAreaWriter};
 use super::Progress;
 use crate::format::{self, Encryption, VolumeHeader, FLAG_READ_ONLY};
-use crate::volume::{self, NewVolumeKey, Volume};
+use crate::volume::{self, EncryptedVolume, NewVolumeKey, Volume};
 use crate::Error;
 
 const SECTOR: usize = format::SECTOR_SIZE as usize;
@@ -26,7 +27,7 @@ const CHUNK: usize = 4 * 1024 * 1024;
 /// Chunks in flight between the reader and the writer (bounds memory to about
 /// `(DEPTH + 2) * CHUNK`).
 const DEPTH: usize = 4;
-/// Threads that encrypt and write: while one waits in `pwrite`, another encrypts.
+/// Threads that encrypt and write: while one waits for the disk, another encrypts.
 const WRITERS: usize = 2;
 /// The allocation map is asked for in windows of this many bytes.
 const MAP_WINDOW: u64 = 1 << 30;
@@ -219,84 +220,99 @@ fn build(
         None => NewVolumeKey::Unencrypted,
     };
     let header = volume::create(&partial, size, key)?;
-    let target = volume::open(&partial, kms, false)?;
+    // Opened only for its cipher (one audited Decrypt): the data goes through the writer.
+    let encrypted = match key_id {
+        Some(_) => Some(EncryptedVolume::open(&partial, kms, false)?),
+        None => None,
+    };
+    let writer = DataAreaWriter::open(&partial, &header, encrypted.as_ref())?;
     progress.start(size);
-    let (data_bytes, hole_bytes) = transfer(source, &*target, progress)?;
-    target.flush()?;
-    drop(target);
+    let data_bytes = transfer(source, size, &writer, progress)?;
+    writer.sync()?;
+    drop(writer);
+    drop(encrypted);
     publish(&partial, dst, force)?;
     std::mem::forget(guard);
     progress.finish();
     Ok(CopyReport {
         header,
         data_bytes,
-        hole_bytes,
+        hole_bytes: size - data_bytes,
     })
 }
 
-/// Copies every allocated, non-zero sector of `source` to the same offset of `target`
-/// (which must read as zeros). One thread reads (and decrypts) while [`WRITERS`]
-/// threads encrypt and write; the cipher itself spreads each chunk over all cores.
+/// Copies every allocated, non-zero sector of `source` to the same offset of the new
+/// volume's data area (`size` bytes, `source.size()` padded to whole sectors, reading
+/// as zeros). One thread reads (and decrypts) while [`WRITERS`] threads encrypt and
+/// write; the cipher itself spreads each chunk over all cores. Returns the bytes
+/// written.
 fn transfer(
     source: &dyn Volume,
-    target: &dyn Volume,
+    size: u64,
+    writer: &DataAreaWriter<'_>,
     progress: &dyn Progress,
-) -> Result<(u64, u64), Error> {
-    let size = source.size();
-    let (full_tx, full_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(DEPTH);
-    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(DEPTH + 2);
+) -> Result<u64, Error> {
+    let readable = source.size();
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<(u64, AlignedBuf)>(DEPTH);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<AlignedBuf>(DEPTH + 2);
     for _ in 0..DEPTH + 2 {
-        let _ = empty_tx.send(Vec::with_capacity(CHUNK));
+        let _ = empty_tx.send(AlignedBuf::new(CHUNK));
     }
     let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let data = AtomicU64::new(0);
-    let zeros = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
     std::thread::scope(|scope| {
-        let reader = scope.spawn(move || -> Result<u64, Error> {
-            let mut holes = 0u64;
+        let reader = scope.spawn(move || -> Result<(), Error> {
+            // Volume bytes below `sent` are already on their way: chunks are widened to
+            // whole sectors, and two extents may share a sector.
+            let mut sent = 0u64;
             let mut window = 0u64;
-            while window < size {
-                let window_len = (size - window).min(MAP_WINDOW);
+            while window < readable {
+                let window_len = (readable - window).min(MAP_WINDOW);
                 let mut pos = window;
                 for extent in source.allocation(window, window_len)? {
                     let end = pos + extent.length;
                     if extent.hole || extent.zero {
-                        holes += extent.length;
                         progress.advance(extent.length);
                     } else {
-                        while pos < end {
-                            let len = (end - pos).min(CHUNK as u64) as usize;
+                        let mut at = (pos - pos % SECTOR as u64).max(sent);
+                        let stop = end.next_multiple_of(SECTOR as u64).min(size);
+                        while at < stop {
+                            let len = (stop - at).min(CHUNK as u64) as usize;
                             // Writers hand buffers back; none back means they stopped.
                             let Ok(mut buf) = empty_rx.recv() else {
-                                return Ok(holes);
+                                return Ok(());
                             };
-                            buf.resize(len, 0);
-                            source.read_at(pos, &mut buf)?;
-                            if full_tx.send((pos, buf)).is_err() {
-                                return Ok(holes);
+                            buf.set_len(len);
+                            let bytes = buf.bytes_mut();
+                            // The padding past the end of a raw image reads as zeros.
+                            let data = (readable - at).min(len as u64) as usize;
+                            source.read_at(at, &mut bytes[..data])?;
+                            bytes[data..].fill(0);
+                            if full_tx.send((at, buf)).is_err() {
+                                return Ok(());
                             }
-                            pos += len as u64;
+                            at += len as u64;
                         }
+                        sent = stop;
                     }
                     pos = end;
                 }
                 window += window_len;
             }
-            Ok(holes)
+            Ok(())
         });
         let writers: Vec<_> = (0..WRITERS)
             .map(|_| {
                 let (full_rx, empty_tx) = (full_rx.clone(), empty_tx.clone());
-                let (failure, data, zeros) = (&failure, &data, &zeros);
+                let (failure, written) = (&failure, &written);
                 scope.spawn(move || {
-                    for (offset, buf) in full_rx {
+                    for (offset, mut buf) in full_rx {
                         if lock(failure).is_some() {
                             break;
                         }
-                        match write_nonzero(target, offset, &buf) {
-                            Ok(skipped) => {
-                                zeros.fetch_add(skipped, Ordering::Relaxed);
-                                data.fetch_add(buf.len() as u64 - skipped, Ordering::Relaxed);
+                        match writer.write_sectors(offset, buf.bytes_mut()) {
+                            Ok(bytes) => {
+                                written.fetch_add(bytes, Ordering::Relaxed);
                                 progress.advance(buf.len() as u64);
                             }
                             Err(err) => {
@@ -318,14 +334,11 @@ fn transfer(
         for writer in writers {
             writer.join().map_err(|_| panicked())?;
         }
-        let holes = reader.join().map_err(|_| panicked())??;
+        reader.join().map_err(|_| panicked())??;
         if let Some(err) = lock(&failure).take() {
             return Err(err);
         }
-        Ok((
-            data.load(Ordering::Relaxed),
-            holes + zeros.load(Ordering::Relaxed),
-        ))
+        Ok(written.load(Ordering::Relaxed))
     })
 }
 
@@ -333,34 +346,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Writes `buf` (volume bytes from `offset`) to `target`, skipping all-zero sectors so
-/// they stay holes. Returns the bytes skipped.
-fn write_nonzero(target: &dyn Volume, offset: u64, buf: &[u8]) -> Result<u64, Error> {
-    let mut skipped = 0u64;
-    let mut i = 0;
-    while i < buf.len() {
-        let piece = |at: usize| &buf[at..(at + SECTOR).min(buf.len())];
-        if is_zero(piece(i)) {
-            skipped += piece(i).len() as u64;
-            i += SECTOR;
-            continue;
-        }
-        let start = i;
-        while i < buf.len() && !is_zero(piece(i)) {
-            i += SECTOR;
-        }
-        let end = i.min(buf.len());
-        target.write_at(offset + start as u64, &buf[start..end])?;
-    }
-    Ok(skipped)
-}
-
-fn is_zero(bytes: &[u8]) -> bool {
-    let mut blocks = bytes.chunks_exact(64);
-    blocks.all(|b| b.iter().fold(0, |acc, &x| acc | x) == 0)
-        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 /// Copies `len` bytes of `source` to `target` (already open, empty) extent by extent,
@@ -591,60 +576,5 @@ mod tests {
             PathBuf::from("/a/b/root.vol.partial")
         );
         assert!(partial_path(Path::new("/")).is_err());
-    }
-
-    /// Records the writes it gets.
-    #[derive(Debug, Default)]
-    struct Recorder(std::sync::Mutex<Vec<(u64, usize)>>);
-
-    impl Volume for Recorder {
-        fn size(&self) -> u64 {
-            u64::MAX
-        }
-        fn block_size(&self) -> u32 {
-            4096
-        }
-        fn is_read_only(&self) -> bool {
-            false
-        }
-        fn read_at(&self, _: u64, _: &mut [u8]) -> Result<(), Error> {
-            Err(Error::NotSupported("read".into()))
-        }
-        fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
-            self.0.lock().unwrap().push((offset, data.len()));
-            Ok(())
-        }
-        fn flush(&self) -> Result<(), Error> {
-            Ok(())
-        }
-        fn trim(&self, _: u64, _: u64) -> Result<(), Error> {
-            Ok(())
-        }
-        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), Error> {
-            Ok(())
-        }
-        fn allocation(&self, _: u64, _: u64) -> Result<Vec<crate::volume::Extent>, Error> {
-            Ok(Vec::new())
-        }
-    }
-
-    #[test]
-    fn zero_sectors_are_skipped_and_runs_of_data_written_whole() {
-        let target = Recorder::default();
-        // Sectors: zero, data, data, zero, data (the last one short: a padded image).
-        let mut buf = vec![0u8; 4 * SECTOR + 100];
-        buf[SECTOR + 5] = 1;
-        buf[3 * SECTOR - 1] = 2;
-        buf[4 * SECTOR + 99] = 3;
-        let skipped = write_nonzero(&target, 1 << 20, &buf).unwrap();
-        assert_eq!(skipped, 2 * SECTOR as u64);
-        let writes = target.0.lock().unwrap().clone();
-        assert_eq!(
-            writes,
-            vec![
-                ((1 << 20) + SECTOR as u64, 2 * SECTOR),
-                ((1 << 20) + 4 * SECTOR as u64, 100)
-            ]
-        );
     }
 }

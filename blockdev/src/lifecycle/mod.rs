@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod copy;
+mod data_area;
 pub mod exports;
 mod rewrap;
 

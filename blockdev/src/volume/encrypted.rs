@@ -206,7 +206,7 @@ impl EncryptedVolume {
 
     /// Runs `io` with the installed cipher, holding the key slot's read side so the key
     /// cannot be revoked mid-request; fails closed when there is no key.
-    fn with_cipher<R>(
+    pub(crate) fn with_cipher<R>(
         &self,
         io: impl FnOnce(&SectorCipher) -> Result<R, Error>,
     ) -> Result<R, Error> {
