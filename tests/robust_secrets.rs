@@ -5,7 +5,8 @@
 //! header's wrapped key, every CMK's material unsealed with the root key as
 //! docs/FORMAT.md describes, the root key itself) and search ATREST_HOME, every
 //! volume file, the trail, every log line and every output for each of them, raw,
-//! in hex and in base64. None may appear (the root key file itself excepted).
+//! in hex and in base64. None may appear (the root key file itself excepted). While it
+//! serves, the server's key pages are locked in RAM (`VmLck`).
 
 mod common;
 
@@ -115,6 +116,18 @@ fn no_data_key_cmk_material_or_root_key_in_files_logs_or_output() {
     printed.extend_from_slice(&out.stdout);
     printed.extend_from_slice(&out.stderr);
     common::assert_success("nbdsh", &out);
+    // The serving process keeps its keys (data key, XTS round keys) on locked pages.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", served.pid()))
+        .expect("read the server's /proc status");
+    let locked_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmLck in the server's status:\n{status}"));
+    assert!(
+        locked_kib >= 4,
+        "the server holding a data key has no locked memory (VmLck {locked_kib} kB)"
+    );
     let log = served.log();
     served.stop();
     printed.extend_from_slice(log.as_bytes());

@@ -8,11 +8,13 @@
 //! - [`kms`]: the [`kms::KeyService`] trait and [`kms::LocalKms`], the embedded key service.
 //! - [`trail`]: the audit trail of every key use.
 //! - [`hardening`]: process protections (no core dumps) for servers holding keys.
+//! - [`locked`]: memory for keys that is never swapped out or dumped (mlock, MADV_DONTDUMP).
 #![deny(unsafe_code)]
 
 pub mod envelope;
 pub mod hardening;
 pub mod kms;
+pub mod locked;
 pub mod secret;
 pub mod trail;
 pub mod xts;

@@ -1,12 +1,15 @@
 //! Zeroizing containers for key material and the one source of randomness.
 //!
 //! Key types here have no `Clone`, no `Serialize` and a `Debug` that prints
-//! nothing of the value. Their memory is overwritten when they are dropped.
+//! nothing of the value. They live in locked memory ([`crate::locked`]: never swapped
+//! out, left out of core dumps) that is overwritten when they are dropped.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{ZeroizeOnDrop, Zeroizing};
+
+use crate::locked::{Locked, LockedBytes};
 
 /// Fills `buf` from the operating system's CSPRNG (`getrandom(2)`).
 ///
@@ -19,13 +22,13 @@ pub fn fill_random(buf: &mut [u8]) {
 }
 
 /// Secret bytes of any length: a plaintext data key, CMK material, the root key.
-pub struct SecretBytes(Box<[u8]>);
+pub struct SecretBytes(LockedBytes);
 
 impl SecretBytes {
     /// `len` fresh random bytes.
     pub fn random(len: usize) -> Self {
-        let mut bytes = vec![0u8; len].into_boxed_slice();
-        fill_random(&mut bytes);
+        let mut bytes = LockedBytes::zeroed(len);
+        fill_random(bytes.as_mut_slice());
         Self(bytes)
     }
 
@@ -38,12 +41,14 @@ impl SecretBytes {
 
     /// Copies `bytes` into a new secret; the caller stays responsible for its copy.
     pub fn from_slice(bytes: &[u8]) -> Self {
-        Self(bytes.to_vec().into_boxed_slice())
+        let mut secret = LockedBytes::zeroed(bytes.len());
+        secret.as_mut_slice().copy_from_slice(bytes);
+        Self(secret)
     }
 
     /// The secret value. Callers must not log, format or persist it.
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
 
     pub fn len(&self) -> usize {
@@ -55,12 +60,7 @@ impl SecretBytes {
     }
 }
 
-impl Drop for SecretBytes {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
+/// The locked pages are zeroed when dropped.
 impl ZeroizeOnDrop for SecretBytes {}
 
 impl fmt::Debug for SecretBytes {
@@ -69,8 +69,18 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
-/// A fixed-size secret key, kept on the heap so moves do not leave copies behind.
-pub struct SecretKey<const N: usize>(Box<[u8; N]>);
+/// A fixed-size secret key, kept in locked memory (which also means moves of the
+/// handle leave no copies of the key behind).
+pub struct SecretKey<const N: usize>(Locked<KeyBytes<N>>);
+
+/// The bytes of a [`SecretKey`]; zeros by default, so a new key is made in place.
+struct KeyBytes<const N: usize>([u8; N]);
+
+impl<const N: usize> Default for KeyBytes<N> {
+    fn default() -> Self {
+        Self([0; N])
+    }
+}
 
 /// The 512-bit key of AES-256-XTS (two AES-256 keys).
 pub type XtsKey = SecretKey<64>;
@@ -80,8 +90,8 @@ pub type Aes256Key = SecretKey<32>;
 
 impl<const N: usize> SecretKey<N> {
     pub fn random() -> Self {
-        let mut key = Box::new([0u8; N]);
-        fill_random(&mut key[..]);
+        let mut key = Locked::<KeyBytes<N>>::new_default();
+        fill_random(&mut key.0);
         Self(key)
     }
 
@@ -90,22 +100,17 @@ impl<const N: usize> SecretKey<N> {
         if bytes.len() != N {
             return None;
         }
-        let mut key = Box::new([0u8; N]);
-        key.copy_from_slice(bytes);
+        let mut key = Locked::<KeyBytes<N>>::new_default();
+        key.0.copy_from_slice(bytes);
         Some(Self(key))
     }
 
     pub fn expose(&self) -> &[u8; N] {
-        &self.0
+        &self.0 .0
     }
 }
 
-impl<const N: usize> Drop for SecretKey<N> {
-    fn drop(&mut self) {
-        self.0.zeroize();
-    }
-}
-
+/// The locked pages are zeroed when dropped.
 impl<const N: usize> ZeroizeOnDrop for SecretKey<N> {}
 
 impl<const N: usize> fmt::Debug for SecretKey<N> {
@@ -134,5 +139,17 @@ mod tests {
         assert_ne!(a.expose(), b.expose());
         assert_eq!(SecretBytes::random(33).len(), 33);
         assert!(SecretKey::<32>::from_slice(&[0; 31]).is_none());
+    }
+
+    #[test]
+    fn keys_live_in_locked_memory() {
+        let key = XtsKey::random();
+        let bytes = SecretBytes::from_slice(b"a plaintext data key");
+        assert!(
+            key.0.is_locked() && bytes.0.is_locked(),
+            "mlock refused (RLIMIT_MEMLOCK)"
+        );
+        assert_eq!(bytes.expose(), b"a plaintext data key");
+        assert_eq!(bytes.len(), 20);
     }
 }

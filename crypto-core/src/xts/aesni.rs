@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::{mul_alpha, XtsKernel};
+use crate::locked::Locked;
 
 /// Blocks per interleaved batch.
 const LANES: usize = 8;
@@ -27,8 +28,8 @@ pub(super) fn is_supported() -> bool {
 }
 
 /// AES-256 round keys for XTS: encryption and decryption schedules of the data key,
-/// the encryption schedule of the tweak key. Zeroized on drop.
-#[derive(Zeroize, ZeroizeOnDrop)]
+/// the encryption schedule of the tweak key. Made in locked memory, zeroized on drop.
+#[derive(Default, Zeroize, ZeroizeOnDrop)]
 pub(super) struct RoundKeys {
     pub(super) data_enc: [[u8; 16]; 15],
     /// The "equivalent inverse cipher" schedule that `aesdec` expects, in the order it
@@ -38,28 +39,25 @@ pub(super) struct RoundKeys {
 }
 
 impl RoundKeys {
-    /// Expands both keys.
+    /// Expands both keys, in place in locked memory.
     ///
     /// # Panics
     ///
     /// If the CPU lacks AES-NI; callers check [`is_supported`] first.
-    pub(super) fn new(data_key: &[u8; 32], tweak_key: &[u8; 32]) -> Self {
+    pub(super) fn new(data_key: &[u8; 32], tweak_key: &[u8; 32]) -> Locked<Self> {
         assert!(
             is_supported(),
             "AES-NI round keys requested on a CPU without AES-NI"
         );
-        let mut keys = RoundKeys {
-            data_enc: [[0; 16]; 15],
-            data_dec: [[0; 16]; 15],
-            tweak_enc: [[0; 16]; 15],
-        };
+        let mut locked = Locked::<RoundKeys>::new_default();
+        let keys = &mut *locked;
         // SAFETY: the assert above established that the CPU has AES-NI and PCLMULQDQ.
         unsafe {
             expand_key(data_key, &mut keys.data_enc);
             expand_key(tweak_key, &mut keys.tweak_enc);
             invert_schedule(&keys.data_enc, &mut keys.data_dec);
         }
-        keys
+        locked
     }
 }
 

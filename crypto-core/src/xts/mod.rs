@@ -22,6 +22,8 @@ mod vaes;
 use rayon::prelude::*;
 use thiserror::Error;
 
+use crate::locked::Locked;
+
 /// Which implementation runs the AES rounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -94,15 +96,15 @@ pub struct SectorCipher {
     engine: Engine,
 }
 
-/// The expanded keys, in the layout the chosen backend reads. Each variant zeroizes
-/// its round keys when dropped.
+/// The expanded keys, in the layout the chosen backend reads, in locked memory
+/// ([`crate::locked`]). Each variant zeroizes its round keys when dropped.
 enum Engine {
-    /// Boxed: the `aes` crate's schedules are several times larger than ours.
-    Portable(Box<portable::PortableKeys>),
+    /// Always `Some`: the `aes` crate's schedules have no default to fill in place.
+    Portable(Locked<Option<portable::PortableKeys>>),
     #[cfg(target_arch = "x86_64")]
-    AesNi(aesni::RoundKeys),
+    AesNi(Locked<aesni::RoundKeys>),
     #[cfg(target_arch = "x86_64")]
-    Vaes(aesni::RoundKeys, vaes::Token),
+    Vaes(Locked<aesni::RoundKeys>, vaes::Token),
 }
 
 impl std::fmt::Debug for SectorCipher {
@@ -131,7 +133,9 @@ impl SectorCipher {
         }
         let engine = match backend {
             Backend::Portable => {
-                Engine::Portable(Box::new(portable::PortableKeys::new(data_key, tweak_key)))
+                let mut keys = Locked::<Option<portable::PortableKeys>>::new_default();
+                *keys = Some(portable::PortableKeys::new(data_key, tweak_key));
+                Engine::Portable(keys)
             }
             #[cfg(target_arch = "x86_64")]
             Backend::AesNi => Engine::AesNi(aesni::RoundKeys::new(data_key, tweak_key)),
@@ -207,7 +211,10 @@ impl SectorCipher {
 
     fn crypt_serial(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
         match &self.engine {
-            Engine::Portable(k) => crypt_sectors(k.as_ref(), buf, first_sector, sector_size, dir),
+            Engine::Portable(k) => {
+                let keys = k.as_ref().expect("portable round keys are set when made");
+                crypt_sectors(keys, buf, first_sector, sector_size, dir)
+            }
             #[cfg(target_arch = "x86_64")]
             Engine::AesNi(k) => {
                 crypt_sectors(&aesni::AesNiKernel(k), buf, first_sector, sector_size, dir)
