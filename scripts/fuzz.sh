@@ -30,7 +30,12 @@ atrest="$PWD/target/ci/atrest"
 # ---- seed corpora ----------------------------------------------------------------
 corpus="$PWD/fuzz/corpus"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+# The targets' scratch files (tmpfs when there is one, so they do not measure the disk).
+scratch_base=/dev/shm
+[ -d "$scratch_base" ] || scratch_base="${TMPDIR:-/tmp}"
+ATREST_FUZZ_SCRATCH="$(mktemp -d "$scratch_base/atrest-fuzz.XXXXXX")"
+export ATREST_FUZZ_SCRATCH
+trap 'rm -rf "$work" "$ATREST_FUZZ_SCRATCH"' EXIT
 seed() { # seed TARGET NAME < bytes
     mkdir -p "$corpus/$1"
     cat >"$corpus/$1/seed-$2"
@@ -108,6 +113,24 @@ seed("nbd_option", "meta", struct.pack(">I", 3) + meta)
 seed("xts_sectors", "4k", bytes(range(32)) + b"\x01" + bytes(range(32, 64)) + b"\x00\x00\x07\x00" + os.urandom(8192))
 seed("xts_sectors", "stealing", bytes(range(64)) + b"\x03\x11\x00\x01\xfe" + os.urandom(700))
 # Volume ops: write, read, trim, zero, flush+reopen, with sector-edge positions.
+# KMS JSON: 255 = the X-Amz-Target as text, a newline, the body.
+def kms(name, target, body):
+    seed("kms_json", name, b"\xff" + b"TrentService." + target + b"\n" + body)
+kms("encrypt", b"Encrypt", b'{"KeyId": "alias/fuzz", "Plaintext": "aGVsbG8=", "EncryptionContext": {"a": "b"}}')
+kms("data-key", b"GenerateDataKey", b'{"KeyId": "alias/fuzz", "KeySpec": "AES_256"}')
+kms("create-key", b"CreateKey", b'{"Description": "d", "Tags": [{"TagKey": "k", "TagValue": "v"}]}')
+kms("policy", b"PutKeyPolicy", b'{"KeyId": "alias/fuzz", "PolicyName": "default", "Policy": "{\\"Version\\": \\"2012-10-17\\", \\"Statement\\": []}"}')
+# SigV4: 0 = a request as text; 1 = a request the gateway's signer signs.
+seed("sigv4_verify", "header", b"\x00" + b"PUT\n/bucket/key?x-id=PutObject\nhost: 127.0.0.1:4598\n"
+     b"x-amz-date: 20260102T030405Z\nx-amz-content-sha256: UNSIGNED-PAYLOAD\n"
+     b"authorization: AWS4-HMAC-SHA256 Credential=AKIAFUZZFUZZFUZZFUZZ/20260102/local/s3/aws4_request, "
+     b"SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=" + b"0" * 64 + b"\n\nbody")
+seed("sigv4_verify", "presigned", b"\x00" + b"GET\n/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAFUZZFUZZFUZZFUZZ%2F20260102%2Flocal%2Fs3%2Faws4_request"
+     b"&X-Amz-Date=20260102T030405Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host&X-Amz-Signature=" + b"1" * 64 + b"\nhost: h\n\n")
+seed("sigv4_verify", "signed", b"\x01\x01\x08bucket/k\x04a=b&\x02\x03abc\x05value\x02xy\x00payload")
+# Trail digests: mode, digest, position (u32 LE), mask.
+seed("trail_digest", "flip", bytes([0, 0, 10, 0, 0, 0, 1]))
+seed("trail_digest", "digest", bytes([3, 1, 40, 0, 0, 0, 4]))
 seed("volume_ops", "mix", bytes([0, 1, 10, 1, 200, 0, 7, 2, 1, 9, 7, 1, 4, 0, 3, 0, 16, 5, 1, 2, 0, 9, 1, 6, 1, 130, 1, 0, 0, 17, 2, 1, 0, 0, 16]))
 EOF
 

@@ -40,7 +40,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = trail.lookup(&filter);
     if trail.append(&call()).is_ok() {
         if let Ok(before) = before {
-            let after = trail.validate().expect("an append onto a valid trail keeps it valid");
+            let after = trail
+                .validate()
+                .expect("an append onto a valid trail keeps it valid");
             assert_eq!(after.last_sequence, before.last_sequence + 1);
         }
     }

@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 /// root key file it makes the keystore seeds with, so seeds open past the root check.
 pub const KEYSTORE_ROOT_KEY: &[u8; 32] = b"atrest-fuzz-keystore-root-key-32";
 
-/// A fresh directory for this process, removed when the process ends normally
-/// (libFuzzer exits through `exit`, so a crash may leave it behind in /dev/shm).
+/// A fresh directory, removed when dropped. Directories held in statics are never
+/// dropped (libFuzzer ends the process with `exit`), so they live under
+/// `$ATREST_FUZZ_SCRATCH` when it is set: `scripts/fuzz.sh` points it at a directory
+/// of its own and removes that at the end.
 pub fn scratch_dir(name: &str) -> tempfile::TempDir {
-    let base = Path::new("/dev/shm");
-    let base: PathBuf = if base.is_dir() {
-        base.to_path_buf()
-    } else {
-        std::env::temp_dir()
+    let shm = Path::new("/dev/shm");
+    let base: PathBuf = match std::env::var_os("ATREST_FUZZ_SCRATCH") {
+        Some(dir) => PathBuf::from(dir),
+        None if shm.is_dir() => shm.to_path_buf(),
+        None => std::env::temp_dir(),
     };
     tempfile::Builder::new()
         .prefix(&format!("atrest-fuzz-{name}-"))
