@@ -53,4 +53,8 @@ pub enum Error {
     /// (bad magic, unknown handshake flags); the server drops that connection.
     #[error("NBD protocol violation by the client: {0}")]
     Protocol(String),
+    /// NBD over TLS: the certificate, key or CA files are unusable (the operator's
+    /// fault), or a client's TLS handshake or records failed (the client's).
+    #[error("TLS: {0}")]
+    Tls(String),
 }

@@ -410,6 +410,10 @@ impl Volume for DataKeyLease {
         self.volume.size()
     }
 
+    fn encryption_key_arn(&self) -> Option<&str> {
+        Some(self.volume.key_arn())
+    }
+
     fn block_size(&self) -> u32 {
         self.volume.block_size()
     }

@@ -168,6 +168,7 @@ fn serve(exports: Vec<(&str, Arc<MemVolume>, bool)>) -> Running {
                 volume,
                 read_only,
                 description: Some(format!("test export {name}")),
+                allowed_clients: Vec::new(),
             };
             (name.to_owned(), export)
         })

@@ -232,6 +232,7 @@ fn an_injected_fault_is_eio_for_that_nbd_request_and_the_connection_goes_on() {
             volume: Arc::clone(&volume),
             read_only: false,
             description: None,
+            allowed_clients: Vec::new(),
         },
     )]);
     let server = Server::bind("127.0.0.1:0", Arc::new(RwLock::new(exports))).unwrap();

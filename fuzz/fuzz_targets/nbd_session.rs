@@ -64,6 +64,7 @@ fn server() -> SocketAddr {
                         volume,
                         read_only,
                         description: Some(format!("fuzz export {name}")),
+                        allowed_clients: Vec::new(),
                     },
                 );
             }

@@ -7,10 +7,14 @@ use std::sync::{Arc, RwLock};
 use anyhow::{bail, Context};
 use blockdev::lease::{self, LeaseConfig};
 use blockdev::lifecycle::exports::{self, ExportSpec};
-use blockdev::nbd::{self, Export, Server, DEFAULT_EXPORT};
+use blockdev::nbd::{
+    self, Export, Refusal, RefusalAudit, Server, TlsMode, TlsSettings, DEFAULT_EXPORT,
+};
 use blockdev::volume::{self, NewVolumeKey};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use crypto_core::kms::{CreateKeyRequest, KeyService, KmsError};
+use crypto_core::trail::{ApiCall, Trail};
+use tracing::error;
 
 use super::Globals;
 
@@ -46,6 +50,108 @@ pub struct NbdServeArgs {
     read_only: bool,
     #[command(flatten)]
     lease: super::lifecycle::LeaseArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// NBD over TLS (`NBD_OPT_STARTTLS`, TLS 1.3 only).
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Offer TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM). An export's
+    /// `allowed_clients` then lists the certificate names (CN, DNS or URI SAN) it admits.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// `require` (the default with a certificate): nothing is listed or served before
+    /// STARTTLS. `optional`: plaintext clients may use exports without allowed_clients.
+    #[arg(long, value_enum, value_name = "MODE", requires = "tls_cert")]
+    tls: Option<TlsModeArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TlsModeArg {
+    Require,
+    Optional,
+}
+
+impl TlsArgs {
+    fn settings(&self) -> anyhow::Result<Option<TlsSettings>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let mode = match self.tls.unwrap_or(TlsModeArg::Require) {
+            TlsModeArg::Require => TlsMode::Require,
+            TlsModeArg::Optional => TlsMode::Optional,
+        };
+        let settings = TlsSettings::from_pem_files(cert, key, self.tls_client_ca.as_deref(), mode)?;
+        Ok(Some(settings))
+    }
+}
+
+/// Adds TLS and, with a local key service, the audit record of refused clients.
+fn secure(
+    server: Server,
+    tls: Option<TlsSettings>,
+    kms: &super::gateway::Keys,
+    globals: &Globals,
+) -> anyhow::Result<Server> {
+    let Some(tls) = tls else {
+        return Ok(server);
+    };
+    let mut server = server.with_tls(tls);
+    if let super::gateway::Keys::Local(local) = kms {
+        let dir = globals.home()?.join("trail");
+        let trail = Trail::open(&dir, local.region(), local.account())
+            .with_context(|| format!("opening the audit trail {}", dir.display()))?;
+        server = server.with_refusal_audit(refusal_recorder(trail));
+    }
+    Ok(server)
+}
+
+/// Writes an `AttachVolume` record with errorCode `AccessDenied` for every client
+/// refused an encrypted export; the principal is the client certificate's name.
+fn refusal_recorder(trail: Trail) -> RefusalAudit {
+    Arc::new(move |refusal: &Refusal<'_>| {
+        let Some(key_arn) = refusal.key_arn else {
+            return;
+        };
+        let principal = refusal
+            .client
+            .map_or_else(|| "anonymous".to_owned(), |c| c.to_string());
+        let certificate = refusal.client.map(|c| {
+            serde_json::json!({
+                "commonName": c.common_name,
+                "subjectAlternativeNames": c.alt_names,
+            })
+        });
+        let call = ApiCall {
+            event_time: time::OffsetDateTime::now_utc(),
+            event_name: "AttachVolume".into(),
+            principal,
+            request_parameters: serde_json::json!({
+                "exportName": refusal.export,
+                "keyId": key_arn,
+                "sourceAddress": refusal.peer,
+                "clientCertificate": certificate,
+            }),
+            response_elements: None,
+            error_code: Some("AccessDenied".into()),
+            error_message: Some(refusal.reason.to_owned()),
+            read_only: true,
+            resources: vec![key_arn.to_owned()],
+        };
+        if let Err(err) = trail.append(&call) {
+            error!(
+                "the audit trail could not record the refusal of export {:?}: {err}",
+                refusal.export
+            );
+        }
+    })
 }
 
 /// `atrest serve`: zero-config. On first run it creates the key `alias/atrest-default`
@@ -56,6 +162,8 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     listen: String,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn parse_export(text: &str) -> Result<(String, PathBuf), String> {
@@ -105,8 +213,19 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
             specs
         }
     };
+    if args.tls.tls_client_ca.is_none() {
+        if let Some(spec) = specs.iter().find(|s| !s.allowed_clients.is_empty()) {
+            bail!(
+                "export {:?} has allowed_clients, which only client certificates can enforce: \
+                 serve with --tls-cert, --tls-key and --tls-client-ca",
+                spec.name
+            );
+        }
+    }
+    let tls = args.tls.settings()?;
     let set = super::lifecycle::open_exports(&kms, &args.lease, args.read_only, specs)?;
     let server = Server::bind(args.listen.as_str(), set.table())?;
+    let server = secure(server, tls, &kms, globals)?;
     nbd::stop_on_signals(server.shutdown_handle())?;
     if let Some(file) = args.exports_file {
         exports::reload_on_sighup(set, file, server.shutdown_handle())?;
@@ -131,11 +250,19 @@ fn open_export(kms: &super::gateway::Keys, path: &Path, read_only: bool) -> anyh
         volume,
         read_only,
         description: Some(path.display().to_string()),
+        allowed_clients: Vec::new(),
     })
 }
 
-fn run_server(listen: &str, table: BTreeMap<String, Export>) -> anyhow::Result<()> {
+fn run_server(
+    listen: &str,
+    table: BTreeMap<String, Export>,
+    tls: Option<TlsSettings>,
+    kms: &super::gateway::Keys,
+    globals: &Globals,
+) -> anyhow::Result<()> {
     let server = Server::bind(listen, Arc::new(RwLock::new(table)))?;
+    let server = secure(server, tls, kms, globals)?;
     nbd::stop_on_signals(server.shutdown_handle())?;
     eprintln!("listening on {}", server.local_addr());
     // Returns once every connection has finished and every volume is flushed; the
@@ -146,6 +273,7 @@ fn run_server(listen: &str, table: BTreeMap<String, Export>) -> anyhow::Result<(
 
 pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
     harden()?;
+    let tls = args.tls.settings()?;
     let home = globals.home()?;
     let kms = open_kms(globals)?;
     let path = home.join("volumes").join("default.vol");
@@ -173,6 +301,9 @@ pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
     run_server(
         &args.listen,
         BTreeMap::from([(DEFAULT_EXPORT.to_owned(), export)]),
+        tls,
+        &kms,
+        globals,
     )
 }
 

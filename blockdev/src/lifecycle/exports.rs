@@ -7,7 +7,7 @@
 //! path = "/var/lib/atrest/root.vol"   # relative paths are relative to the file
 //! read_only = false                   # optional
 //! description = "boot disk"           # optional, shown by nbdinfo
-//! allowed_clients = ["client1"]       # optional; enforced once NBD has TLS
+//! allowed_clients = ["client1"]       # optional; client certificate names (needs TLS)
 //! ```
 //!
 //! On reload an export whose path (or the file at it, or `read_only`) changed gets
@@ -44,8 +44,8 @@ pub struct ExportSpec {
     pub path: PathBuf,
     pub read_only: bool,
     pub description: Option<String>,
-    /// Certificate subjects allowed to attach (kept for NBD over TLS; not enforced
-    /// without TLS).
+    /// Client certificate names (CN, DNS or URI SAN) allowed to attach; needs NBD
+    /// over TLS with client certificates (see [`crate::nbd::Export::allowed_clients`]).
     pub allowed_clients: Vec<String>,
 }
 
@@ -179,6 +179,7 @@ fn export_of(spec: &ExportSpec, volume: Arc<dyn Volume>) -> Export {
         volume,
         read_only: spec.read_only,
         description: spec.description.clone(),
+        allowed_clients: spec.allowed_clients.clone(),
     }
 }
 
@@ -243,6 +244,7 @@ impl ExportSet {
             if same_volume {
                 if let Some(export) = self.write_table().get_mut(&spec.name) {
                     export.description.clone_from(&spec.description);
+                    export.allowed_clients.clone_from(&spec.allowed_clients);
                 }
                 if let Some(served) = self.served.get_mut(&spec.name) {
                     served.spec = spec.clone();

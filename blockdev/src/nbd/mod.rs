@@ -4,10 +4,16 @@
 //! - the server: [`Server`] serves an [`ExportTable`] of [`Export`]s until its
 //!   [`ShutdownHandle`] (or [`stop_on_signals`]) stops it; [`errno`] is the one
 //!   mapping from [`crate::Error`] to NBD error values.
+//! - TLS: [`Server::with_tls`] takes [`TlsSettings`] (`NBD_OPT_STARTTLS`, client
+//!   certificates); [`Export::allowed_clients`] names the [`ClientIdentity`]s an export
+//!   admits, and [`Server::with_refusal_audit`] learns of every [`Refusal`].
 
 pub mod proto;
 mod server;
+mod tls;
 
 pub use server::{
-    errno, stop_on_signals, Export, ExportTable, Server, ShutdownHandle, DEFAULT_EXPORT,
+    errno, stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
+    DEFAULT_EXPORT,
 };
+pub use tls::{ClientIdentity, TlsMode, TlsSettings};

@@ -40,6 +40,7 @@ pub const FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 pub const OPT_LIST: u32 = 3;
+pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
@@ -54,6 +55,7 @@ pub const REP_META_CONTEXT: u32 = 4;
 pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+pub const REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
 
@@ -218,6 +220,8 @@ pub enum ClientOption {
     ExportName(String),
     Abort,
     List,
+    /// `NBD_OPT_STARTTLS`: upgrade the connection to TLS (no data).
+    StartTls,
     Info(ExportQuery),
     Go(ExportQuery),
     StructuredReply,
@@ -235,6 +239,7 @@ pub fn parse_option(option: u32, data: &[u8]) -> Result<ClientOption, Error> {
         OPT_EXPORT_NAME => return Ok(ClientOption::ExportName(string(data, "export name")?)),
         OPT_ABORT => ClientOption::Abort,
         OPT_LIST => ClientOption::List,
+        OPT_STARTTLS => ClientOption::StartTls,
         OPT_STRUCTURED_REPLY => ClientOption::StructuredReply,
         OPT_INFO | OPT_GO => {
             let name = r.string("export name")?;
@@ -919,11 +924,19 @@ mod tests {
             Err(Error::InvalidRequest(_))
         ));
         assert_eq!(parse_option(OPT_ABORT, &[]).unwrap(), ClientOption::Abort);
+        assert!(matches!(
+            parse_option(OPT_STARTTLS, &[0]),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert_eq!(
+            parse_option(OPT_STARTTLS, &[]).unwrap(),
+            ClientOption::StartTls
+        );
     }
 
     #[test]
     fn unknown_options_are_unsupported_not_errors() {
-        assert_eq!(parse_option(5, b"x").unwrap(), ClientOption::Unsupported(5));
+        assert_eq!(parse_option(4, b"x").unwrap(), ClientOption::Unsupported(4));
         assert_eq!(
             parse_option(99, &[]).unwrap(),
             ClientOption::Unsupported(99)

@@ -14,6 +14,7 @@ use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
+use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
@@ -23,9 +24,10 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 use super::proto::{
-    self, ClientOption, Command, Errno, OptionHeader, RequestHeader, SessionLimits,
+    self, ClientFlags, ClientOption, Command, Errno, OptionHeader, RequestHeader, SessionLimits,
     CMD_BLOCK_STATUS, CMD_CACHE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
 };
+use super::tls::{self, ClientIdentity, TlsMode, TlsSettings};
 use crate::volume::Volume;
 use crate::Error;
 
@@ -52,6 +54,10 @@ pub struct Export {
     pub read_only: bool,
     /// Shown to clients (`nbdinfo`) when set.
     pub description: Option<String>,
+    /// When not empty: the only client certificate names (CN, DNS or URI SAN) that
+    /// may use the export. Such an export needs TLS with client certificates; without
+    /// them nobody can use it.
+    pub allowed_clients: Vec<String>,
 }
 
 impl Export {
@@ -83,6 +89,8 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
         Error::TooLarge { .. } => Errno::Overflow,
         Error::NotSupported(_) => Errno::NotSup,
         Error::Protocol(_) => Errno::Inval,
+        // TLS fails in the handshake or the pump, never in a request.
+        Error::Tls(_) => Errno::Io,
         // Only `volume::create` and header construction return these, never a request.
         Error::AlreadyExists { .. } | Error::InvalidArgument { .. } => Errno::Inval,
     }
@@ -96,6 +104,38 @@ pub struct Server {
     exports: ExportTable,
     shared: Arc<Shared>,
     threads_per_connection: usize,
+    gate: Gate,
+}
+
+/// An export refused to a client for want of the right certificate.
+#[derive(Debug)]
+pub struct Refusal<'a> {
+    pub export: &'a str,
+    /// `None`: the client presented no verified certificate.
+    pub client: Option<&'a ClientIdentity>,
+    pub peer: &'a str,
+    /// The KMS key of the export's volume, when it is encrypted.
+    pub key_arn: Option<&'a str>,
+    pub reason: &'a str,
+}
+
+/// Told of every [`Refusal`] (after it is logged), e.g. to write an audit record.
+pub type RefusalAudit = Arc<dyn Fn(&Refusal<'_>) + Send + Sync>;
+
+/// Who may negotiate what: TLS, and whom to tell of refusals. Shared by connections.
+#[derive(Clone, Default)]
+struct Gate {
+    tls: Option<TlsSettings>,
+    audit: Option<RefusalAudit>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("tls", &self.tls)
+            .field("audit", &self.audit.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -222,7 +262,20 @@ impl Server {
                 connections: Mutex::new(HashMap::new()),
             }),
             threads_per_connection,
+            gate: Gate::default(),
         })
+    }
+
+    /// Offers TLS (`NBD_OPT_STARTTLS`), required or optional as `tls` says.
+    pub fn with_tls(mut self, tls: TlsSettings) -> Server {
+        self.gate.tls = Some(tls);
+        self
+    }
+
+    /// Calls `audit` for every client refused an export by `allowed_clients`.
+    pub fn with_refusal_audit(mut self, audit: RefusalAudit) -> Server {
+        self.gate.audit = Some(audit);
+        self
     }
 
     /// The address the server listens on (with the port picked for port 0).
@@ -298,16 +351,20 @@ impl Server {
                 volume: None,
             },
         );
-        let exports = Arc::clone(&self.exports);
         let shared = Arc::clone(&self.shared);
-        let threads_per_connection = self.threads_per_connection;
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
+        let context = ConnectionContext {
+            exports: Arc::clone(&self.exports),
+            gate: self.gate.clone(),
+            threads: self.threads_per_connection,
+            peer: peer.clone(),
+        };
         let thread = thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
-                let peer = stream
-                    .peer_addr()
-                    .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
-                match serve_connection(stream, &exports, threads_per_connection, |volume| {
+                match serve_connection(stream, &context, |volume| {
                     if let Some(entry) = lock(&shared.connections).get_mut(&id) {
                         entry.volume = Some(Arc::clone(volume));
                     }
@@ -339,12 +396,48 @@ fn io_error(context: &'static str) -> impl Fn(io::Error) -> Error {
     }
 }
 
-/// Serves one client with up to `threads` transmission threads; `attached` learns the
-/// volume it attached to.
+/// What a connection thread needs to serve its client.
+struct ConnectionContext {
+    exports: ExportTable,
+    gate: Gate,
+    /// Transmission threads per connection.
+    threads: usize,
+    /// The client's address, for logs.
+    peer: String,
+}
+
+/// A byte stream the handshake and transmission run on: the TCP socket, or over TLS
+/// the plaintext end of the connection's TLS pump.
+trait Wire: Read + Write + Send + Sized {
+    fn shutdown_wire(&self) -> io::Result<()>;
+    fn set_read_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Wire for TcpStream {
+    fn shutdown_wire(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Both)
+    }
+
+    fn set_read_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
+}
+
+impl Wire for UnixStream {
+    fn shutdown_wire(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Both)
+    }
+
+    fn set_read_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(timeout)
+    }
+}
+
+/// Serves one client: the handshake (with a TLS upgrade when the client asks for
+/// one), then the transmission phase; `attached` learns the volume it attached to.
 fn serve_connection(
     stream: TcpStream,
-    exports: &ExportTable,
-    threads: usize,
+    context: &ConnectionContext,
     attached: impl FnOnce(&Arc<dyn Volume>),
 ) -> Result<(), Error> {
     stream
@@ -359,13 +452,72 @@ fn serve_connection(
         .map_err(io_error("setting the handshake timeout"))?;
     let mut writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
-    let Some(session) = handshake(&mut reader, &mut writer, exports)? else {
-        return Ok(());
+    writer
+        .write_all(&proto::server_greeting())
+        .map_err(io_error("writing the greeting"))?;
+    let client = proto::parse_client_flags(read_array(&mut reader)?)?;
+    let plain = Negotiation {
+        context,
+        client,
+        secured: None,
     };
+    match plain.run(&mut reader, &mut writer)? {
+        Outcome::Abort => Ok(()),
+        Outcome::Attach(session) => transmit(reader, writer, session, context, attached),
+        Outcome::StartTls(settings) => {
+            // The pump owns the socket now; what was read past STARTTLS goes to TLS.
+            let early = reader.buffer().to_vec();
+            let tcp = reader.into_inner();
+            drop(writer);
+            let name = thread::current().name().unwrap_or("nbd-conn").to_owned();
+            thread::scope(|scope| {
+                let session = tls::accept(scope, &settings, tcp, &early, &name)?;
+                let identity = session.identity;
+                let plain = session.plain;
+                plain
+                    .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+                    .map_err(io_error("setting the handshake timeout"))?;
+                plain
+                    .set_write_timeout(Some(REPLY_WRITE_TIMEOUT))
+                    .map_err(io_error("setting the write timeout"))?;
+                match &identity {
+                    Some(who) => info!("{}: TLS with a client certificate, {who}", context.peer),
+                    None => debug!("{}: TLS without a client certificate", context.peer),
+                }
+                let mut writer = plain.try_clone().map_err(io_error("cloning the socket"))?;
+                let mut reader = BufReader::with_capacity(256 * 1024, plain);
+                // Everything negotiated before TLS is forgotten: a fresh negotiation.
+                let secured = Negotiation {
+                    context,
+                    client,
+                    secured: Some(identity.as_ref()),
+                };
+                match secured.run(&mut reader, &mut writer)? {
+                    Outcome::Abort => Ok(()),
+                    Outcome::Attach(session) => {
+                        transmit(reader, writer, session, context, attached)
+                    }
+                    Outcome::StartTls(_) => Err(Error::Protocol(
+                        "STARTTLS accepted twice on one connection".into(),
+                    )),
+                }
+            })
+        }
+    }
+}
+
+/// The transmission phase of an attached client, with `context.threads` threads.
+fn transmit<S: Wire>(
+    reader: BufReader<S>,
+    writer: S,
+    session: Session,
+    context: &ConnectionContext,
+    attached: impl FnOnce(&Arc<dyn Volume>),
+) -> Result<(), Error> {
     // Attached clients may idle as long as they like between requests.
     reader
         .get_ref()
-        .set_read_timeout(None)
+        .set_read_timeout_wire(None)
         .map_err(io_error("clearing the handshake timeout"))?;
     attached(&session.export.volume);
     let connection = Connection {
@@ -381,7 +533,7 @@ fn serve_connection(
     };
     let name = thread::current().name().unwrap_or("nbd-conn").to_owned();
     thread::scope(|scope| {
-        for i in 1..threads {
+        for i in 1..context.threads {
             let spawned = thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn_scoped(scope, || connection.transmit());
@@ -448,170 +600,316 @@ fn send_option(writer: &mut impl Write, bytes: &[u8]) -> Result<(), Error> {
         .map_err(io_error("writing an option reply"))
 }
 
-/// Runs the fixed newstyle handshake. `None`: the client aborted.
-fn handshake(
-    reader: &mut impl Read,
-    writer: &mut impl Write,
-    exports: &ExportTable,
-) -> Result<Option<Session>, Error> {
-    use proto::{
-        option_error, option_reply, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_NAME,
-        META_BASE_ALLOCATION, META_BASE_ALLOCATION_ID, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY,
-        REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER,
-    };
-    writer
-        .write_all(&proto::server_greeting())
-        .map_err(io_error("writing the greeting"))?;
-    let client = proto::parse_client_flags(read_array(reader)?)?;
-    let mut structured = false;
-    // The export `base:allocation` was selected for, if it was.
-    let mut meta_export: Option<String> = None;
-    loop {
-        let header = OptionHeader::parse(&read_array(reader)?)?;
-        let code = header.option;
-        debug!("option {code} with {} bytes of data", header.length);
-        if header.length > proto::MAX_OPTION_LENGTH {
-            if code == proto::OPT_EXPORT_NAME {
-                return Err(Error::Protocol(format!(
-                    "export name of {} bytes",
-                    header.length
-                )));
-            }
-            drain(reader, header.length)?;
-            send_option(
-                writer,
-                &option_error(code, REP_ERR_TOO_BIG, "option data too long"),
-            )?;
-            continue;
+/// How a negotiation ended.
+enum Outcome {
+    /// The client aborted.
+    Abort,
+    Attach(Session),
+    /// STARTTLS was acknowledged: TLS begins on the socket.
+    StartTls(TlsSettings),
+}
+
+/// Whether a client may use an export on this connection.
+enum Admission {
+    Open,
+    /// Only over TLS (answered `NBD_REP_ERR_TLS_REQD`).
+    TlsRequired,
+    /// Not for this client (answered `NBD_REP_ERR_POLICY`); the reason.
+    Refused(String),
+}
+
+/// One run of the option haggling: in plaintext, or over TLS after STARTTLS (a new
+/// run, so nothing negotiated before TLS carries over).
+struct Negotiation<'a> {
+    context: &'a ConnectionContext,
+    client: ClientFlags,
+    /// `Some` over TLS, with the client's certificate identity when the server asks
+    /// for one.
+    secured: Option<Option<&'a ClientIdentity>>,
+}
+
+impl Negotiation<'_> {
+    /// FORCEDTLS before STARTTLS: every option but STARTTLS and ABORT is refused.
+    fn tls_forced(&self) -> bool {
+        self.secured.is_none()
+            && self
+                .context
+                .gate
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.mode() == TlsMode::Require)
+    }
+
+    fn admission(&self, export: &Export) -> Admission {
+        if self.tls_forced() {
+            return Admission::TlsRequired;
         }
-        let mut data = vec![0u8; header.length as usize];
-        reader
-            .read_exact(&mut data)
-            .map_err(io_error("reading option data"))?;
-        let option = match proto::parse_option(code, &data) {
-            Ok(option) => option,
-            // EXPORT_NAME has no error reply; the spec says to drop the connection.
-            Err(err) if code == proto::OPT_EXPORT_NAME => return Err(err),
-            Err(err) => {
+        if export.allowed_clients.is_empty() {
+            return Admission::Open;
+        }
+        match (self.secured, &self.context.gate.tls) {
+            (Some(Some(identity)), _) if identity.is_any_of(&export.allowed_clients) => {
+                Admission::Open
+            }
+            (Some(Some(identity)), _) => Admission::Refused(format!(
+                "the client certificate ({identity}) is not allowed to use this export"
+            )),
+            (Some(None), _) => Admission::Refused(
+                "this export needs a client certificate, and the server asks for none".into(),
+            ),
+            (None, Some(_)) => Admission::TlsRequired,
+            (None, None) => Admission::Refused(
+                "this export needs TLS with a client certificate, which this server does not offer"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Logs a refused attach and tells the audit hook.
+    fn refused(&self, name: &str, export: &Export, reason: &str) {
+        let client = self.secured.flatten();
+        let who = client.map_or_else(|| "no client certificate".to_owned(), |c| c.to_string());
+        warn!(
+            "{}: refused export {name:?} to {who}: {reason}",
+            self.context.peer
+        );
+        if let Some(audit) = &self.context.gate.audit {
+            audit(&Refusal {
+                export: name,
+                client,
+                peer: &self.context.peer,
+                key_arn: export.volume.encryption_key_arn(),
+                reason,
+            });
+        }
+    }
+
+    /// Runs the option haggling to its end.
+    fn run(&self, reader: &mut impl Read, writer: &mut impl Write) -> Result<Outcome, Error> {
+        use proto::{
+            option_error, option_reply, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_NAME,
+            META_BASE_ALLOCATION, META_BASE_ALLOCATION_ID, REP_ACK, REP_ERR_INVALID,
+            REP_ERR_POLICY, REP_ERR_TLS_REQD, REP_ERR_TOO_BIG, REP_ERR_UNKNOWN, REP_ERR_UNSUP,
+            REP_INFO, REP_META_CONTEXT, REP_SERVER,
+        };
+        let exports = &self.context.exports;
+        let mut structured = false;
+        // The export `base:allocation` was selected for, if it was.
+        let mut meta_export: Option<String> = None;
+        loop {
+            let header = OptionHeader::parse(&read_array(reader)?)?;
+            let code = header.option;
+            debug!("option {code} with {} bytes of data", header.length);
+            if header.length > proto::MAX_OPTION_LENGTH {
+                if code == proto::OPT_EXPORT_NAME {
+                    return Err(Error::Protocol(format!(
+                        "export name of {} bytes",
+                        header.length
+                    )));
+                }
+                drain(reader, header.length)?;
                 send_option(
                     writer,
-                    &option_error(code, REP_ERR_INVALID, &err.to_string()),
+                    &option_error(code, REP_ERR_TOO_BIG, "option data too long"),
                 )?;
                 continue;
             }
-        };
-        match option {
-            ClientOption::ExportName(name) => {
-                let (_, export) = resolve(exports, &name)
-                    .ok_or_else(|| Error::InvalidRequest(format!("no export named {name:?}")))?;
-                export.volume.check_attach()?;
-                let limits = session_limits(&export, structured, false);
-                let flags = proto::transmission_flags(limits.read_only, structured);
-                writer
-                    .write_all(&proto::export_name_reply(
-                        limits.size,
-                        flags,
-                        client.no_zeroes,
-                    ))
-                    .map_err(io_error("writing the export reply"))?;
-                return Ok(Some(Session { export, limits }));
-            }
-            ClientOption::Abort => {
-                // The client may already be gone; the spec says not to mind.
-                let _ = writer.write_all(&option_reply(code, REP_ACK, &[]));
-                return Ok(None);
-            }
-            ClientOption::List => {
-                let table: Vec<(String, Option<String>)> = exports
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .iter()
-                    .map(|(name, e)| (name.clone(), e.description.clone()))
-                    .collect();
-                for (name, description) in table {
-                    let data = proto::rep_server(&name, description.as_deref().unwrap_or(""));
-                    send_option(writer, &option_reply(code, REP_SERVER, &data))?;
+            let mut data = vec![0u8; header.length as usize];
+            reader
+                .read_exact(&mut data)
+                .map_err(io_error("reading option data"))?;
+            if self.tls_forced() && !matches!(code, proto::OPT_STARTTLS | proto::OPT_ABORT) {
+                if code == proto::OPT_EXPORT_NAME {
+                    // EXPORT_NAME has no error reply; the spec says to drop the connection.
+                    return Err(Error::Protocol(
+                        "NBD_OPT_EXPORT_NAME before STARTTLS on a server that requires TLS".into(),
+                    ));
                 }
-                send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+                let message = "this server requires TLS: send NBD_OPT_STARTTLS first";
+                send_option(writer, &option_error(code, REP_ERR_TLS_REQD, message))?;
+                continue;
             }
-            ClientOption::Info(query) | ClientOption::Go(query) => {
-                let Some((name, export)) = resolve(exports, &query.name) else {
-                    let message = format!("no export named {:?}", query.name);
-                    send_option(writer, &option_error(code, REP_ERR_UNKNOWN, &message))?;
-                    continue;
-                };
-                if let Err(err) = export.volume.check_attach() {
+            let option = match proto::parse_option(code, &data) {
+                Ok(option) => option,
+                // EXPORT_NAME has no error reply; the spec says to drop the connection.
+                Err(err) if code == proto::OPT_EXPORT_NAME => return Err(err),
+                Err(err) => {
                     send_option(
                         writer,
-                        &option_error(code, REP_ERR_POLICY, &err.to_string()),
+                        &option_error(code, REP_ERR_INVALID, &err.to_string()),
                     )?;
                     continue;
                 }
-                let block_status = meta_export.as_deref() == Some(name.as_str());
-                let limits = session_limits(&export, structured, block_status);
-                let flags = proto::transmission_flags(limits.read_only, structured);
-                let mut infos = vec![proto::info_export(limits.size, flags)];
-                if query.info_requests.contains(&INFO_NAME) {
-                    infos.push(proto::info_string(INFO_NAME, &name));
+            };
+            match option {
+                ClientOption::ExportName(name) => {
+                    let (name, export) = resolve(exports, &name).ok_or_else(|| {
+                        Error::InvalidRequest(format!("no export named {name:?}"))
+                    })?;
+                    match self.admission(&export) {
+                        Admission::Open => {}
+                        Admission::TlsRequired => {
+                            return Err(Error::InvalidRequest(format!(
+                                "export {name:?} needs TLS; the client asked for it in plaintext"
+                            )))
+                        }
+                        Admission::Refused(reason) => {
+                            self.refused(&name, &export, &reason);
+                            return Err(Error::InvalidRequest(format!(
+                                "export {name:?} refused: {reason}"
+                            )));
+                        }
+                    }
+                    export.volume.check_attach()?;
+                    let limits = session_limits(&export, structured, false);
+                    let flags = proto::transmission_flags(limits.read_only, structured);
+                    writer
+                        .write_all(&proto::export_name_reply(
+                            limits.size,
+                            flags,
+                            self.client.no_zeroes,
+                        ))
+                        .map_err(io_error("writing the export reply"))?;
+                    return Ok(Outcome::Attach(Session { export, limits }));
                 }
-                if let (true, Some(text)) = (
-                    query.info_requests.contains(&INFO_DESCRIPTION),
-                    &export.description,
-                ) {
-                    infos.push(proto::info_string(INFO_DESCRIPTION, text));
+                ClientOption::Abort => {
+                    // The client may already be gone; the spec says not to mind.
+                    let _ = writer.write_all(&option_reply(code, REP_ACK, &[]));
+                    return Ok(Outcome::Abort);
                 }
-                if query.info_requests.contains(&INFO_BLOCK_SIZE) {
-                    infos.push(proto::info_block_size(
-                        1,
-                        export.volume.block_size(),
-                        proto::MAX_PAYLOAD,
-                    ));
-                }
-                for info in infos {
-                    send_option(writer, &option_reply(code, REP_INFO, &info))?;
-                }
-                send_option(writer, &option_reply(code, REP_ACK, &[]))?;
-                if code == proto::OPT_GO {
-                    return Ok(Some(Session { export, limits }));
-                }
-            }
-            ClientOption::StructuredReply => {
-                structured = true;
-                send_option(writer, &option_reply(code, REP_ACK, &[]))?;
-            }
-            ClientOption::ListMetaContext(query) | ClientOption::SetMetaContext(query) => {
-                if !structured {
-                    let message = "negotiate structured replies before metadata contexts";
-                    send_option(writer, &option_error(code, REP_ERR_INVALID, message))?;
-                    continue;
-                }
-                let Some((name, _)) = resolve(exports, &query.export) else {
-                    let message = format!("no export named {:?}", query.export);
-                    send_option(writer, &option_error(code, REP_ERR_UNKNOWN, &message))?;
-                    continue;
-                };
-                let listing = code == proto::OPT_LIST_META_CONTEXT;
-                let selected = if query.queries.is_empty() {
-                    listing
-                } else {
-                    query
-                        .queries
+                ClientOption::StartTls => match (&self.context.gate.tls, self.secured) {
+                    (Some(settings), None) => {
+                        send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+                        return Ok(Outcome::StartTls(settings.clone()));
+                    }
+                    (Some(_), Some(_)) => {
+                        let message = "TLS is already active on this connection";
+                        send_option(writer, &option_error(code, REP_ERR_INVALID, message))?;
+                    }
+                    (None, _) => {
+                        let message = "this server is not configured for TLS";
+                        send_option(writer, &option_error(code, REP_ERR_UNSUP, message))?;
+                    }
+                },
+                ClientOption::List => {
+                    // Exports this client could not use are not shown.
+                    let table: Vec<(String, Option<String>)> = exports
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
                         .iter()
-                        .any(|q| q == META_BASE_ALLOCATION || (listing && q == "base:"))
-                };
-                if selected {
-                    let id = if listing { 0 } else { META_BASE_ALLOCATION_ID };
-                    let data = proto::rep_meta_context(id, META_BASE_ALLOCATION);
-                    send_option(writer, &option_reply(code, REP_META_CONTEXT, &data))?;
+                        .filter(|(_, e)| matches!(self.admission(e), Admission::Open))
+                        .map(|(name, e)| (name.clone(), e.description.clone()))
+                        .collect();
+                    for (name, description) in table {
+                        let data = proto::rep_server(&name, description.as_deref().unwrap_or(""));
+                        send_option(writer, &option_reply(code, REP_SERVER, &data))?;
+                    }
+                    send_option(writer, &option_reply(code, REP_ACK, &[]))?;
                 }
-                if !listing {
-                    meta_export = selected.then_some(name);
+                ClientOption::Info(query) | ClientOption::Go(query) => {
+                    let Some((name, export)) = resolve(exports, &query.name) else {
+                        let message = format!("no export named {:?}", query.name);
+                        send_option(writer, &option_error(code, REP_ERR_UNKNOWN, &message))?;
+                        continue;
+                    };
+                    match self.admission(&export) {
+                        Admission::Open => {}
+                        Admission::TlsRequired => {
+                            let message = format!("export {name:?} is served only over TLS");
+                            send_option(writer, &option_error(code, REP_ERR_TLS_REQD, &message))?;
+                            continue;
+                        }
+                        Admission::Refused(reason) => {
+                            self.refused(&name, &export, &reason);
+                            send_option(writer, &option_error(code, REP_ERR_POLICY, &reason))?;
+                            continue;
+                        }
+                    }
+                    if let Err(err) = export.volume.check_attach() {
+                        send_option(
+                            writer,
+                            &option_error(code, REP_ERR_POLICY, &err.to_string()),
+                        )?;
+                        continue;
+                    }
+                    let block_status = meta_export.as_deref() == Some(name.as_str());
+                    let limits = session_limits(&export, structured, block_status);
+                    let flags = proto::transmission_flags(limits.read_only, structured);
+                    let mut infos = vec![proto::info_export(limits.size, flags)];
+                    if query.info_requests.contains(&INFO_NAME) {
+                        infos.push(proto::info_string(INFO_NAME, &name));
+                    }
+                    if let (true, Some(text)) = (
+                        query.info_requests.contains(&INFO_DESCRIPTION),
+                        &export.description,
+                    ) {
+                        infos.push(proto::info_string(INFO_DESCRIPTION, text));
+                    }
+                    if query.info_requests.contains(&INFO_BLOCK_SIZE) {
+                        infos.push(proto::info_block_size(
+                            1,
+                            export.volume.block_size(),
+                            proto::MAX_PAYLOAD,
+                        ));
+                    }
+                    for info in infos {
+                        send_option(writer, &option_reply(code, REP_INFO, &info))?;
+                    }
+                    send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+                    if code == proto::OPT_GO {
+                        return Ok(Outcome::Attach(Session { export, limits }));
+                    }
                 }
-                send_option(writer, &option_reply(code, REP_ACK, &[]))?;
-            }
-            ClientOption::Unsupported(other) => {
-                let message = format!("option {other} is not supported");
-                send_option(writer, &option_error(code, REP_ERR_UNSUP, &message))?;
+                ClientOption::StructuredReply => {
+                    structured = true;
+                    send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+                }
+                ClientOption::ListMetaContext(query) | ClientOption::SetMetaContext(query) => {
+                    if !structured {
+                        let message = "negotiate structured replies before metadata contexts";
+                        send_option(writer, &option_error(code, REP_ERR_INVALID, message))?;
+                        continue;
+                    }
+                    let Some((name, export)) = resolve(exports, &query.export) else {
+                        let message = format!("no export named {:?}", query.export);
+                        send_option(writer, &option_error(code, REP_ERR_UNKNOWN, &message))?;
+                        continue;
+                    };
+                    match self.admission(&export) {
+                        Admission::Open => {}
+                        Admission::TlsRequired => {
+                            let message = format!("export {name:?} is served only over TLS");
+                            send_option(writer, &option_error(code, REP_ERR_TLS_REQD, &message))?;
+                            continue;
+                        }
+                        Admission::Refused(reason) => {
+                            send_option(writer, &option_error(code, REP_ERR_POLICY, &reason))?;
+                            continue;
+                        }
+                    }
+                    let listing = code == proto::OPT_LIST_META_CONTEXT;
+                    let selected = if query.queries.is_empty() {
+                        listing
+                    } else {
+                        query
+                            .queries
+                            .iter()
+                            .any(|q| q == META_BASE_ALLOCATION || (listing && q == "base:"))
+                    };
+                    if selected {
+                        let id = if listing { 0 } else { META_BASE_ALLOCATION_ID };
+                        let data = proto::rep_meta_context(id, META_BASE_ALLOCATION);
+                        send_option(writer, &option_reply(code, REP_META_CONTEXT, &data))?;
+                    }
+                    if !listing {
+                        meta_export = selected.then_some(name);
+                    }
+                    send_option(writer, &option_reply(code, REP_ACK, &[]))?;
+                }
+                ClientOption::Unsupported(other) => {
+                    let message = format!("option {other} is not supported");
+                    send_option(writer, &option_error(code, REP_ERR_UNSUP, &message))?;
+                }
             }
         }
     }
@@ -627,19 +925,19 @@ fn session_limits(export: &Export, structured: bool, block_status: bool) -> Sess
 }
 
 /// The transmission phase of one client.
-struct Connection {
+struct Connection<S> {
     volume: Arc<dyn Volume>,
     limits: SessionLimits,
     /// Held by the one thread reading a request; released before it runs it.
-    reader: Mutex<ReadSide>,
-    writer: Mutex<TcpStream>,
+    reader: Mutex<ReadSide<S>>,
+    writer: Mutex<S>,
     /// Set when a reply could not be written; nothing more is sent.
     broken: AtomicBool,
     in_flight: InFlight,
 }
 
-struct ReadSide {
-    stream: BufReader<TcpStream>,
+struct ReadSide<S> {
+    stream: BufReader<S>,
     /// How reading ended (end of stream, DISC, an error), once it has: the other
     /// threads then finish what they run and stop.
     end: Option<Result<(), Error>>,
@@ -653,7 +951,7 @@ struct Request<'a> {
     _permit: Permit<'a>,
 }
 
-impl Connection {
+impl<S: Wire> Connection<S> {
     /// One transmission thread: read a request, run it, reply; until reading ends.
     fn transmit(&self) {
         while let Some(request) = self.next_request() {
@@ -848,7 +1146,7 @@ impl Connection {
         if let Err(err) = write_all_parts(&mut *writer, parts) {
             debug!("dropping the connection: a reply could not be written: {err}");
             self.broken.store(true, Ordering::SeqCst);
-            let _ = writer.shutdown(Shutdown::Both);
+            let _ = writer.shutdown_wire();
         }
     }
 }

@@ -441,6 +441,10 @@ impl Volume for EncryptedVolume {
         self.located.header.size()
     }
 
+    fn encryption_key_arn(&self) -> Option<&str> {
+        Some(self.key_arn())
+    }
+
     fn block_size(&self) -> u32 {
         format::SECTOR_SIZE
     }

@@ -56,6 +56,11 @@ pub trait Volume: Send + Sync + std::fmt::Debug {
     fn check_attach(&self) -> Result<(), Error> {
         Ok(())
     }
+    /// The ARN of the KMS key the data is encrypted under; `None` for a plain image.
+    /// Audit records of refused clients name it.
+    fn encryption_key_arn(&self) -> Option<&str> {
+        None
+    }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error>;
     /// Makes every completed write durable (fdatasync).
