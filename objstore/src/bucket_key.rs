@@ -19,7 +19,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crypto_core::kms::LocalKms;
@@ -123,6 +123,7 @@ struct Entry {
 pub(crate) struct BucketKeyCache {
     ttl: Duration,
     entries: Mutex<HashMap<(String, [u8; 32]), Entry>>,
+    creating: Mutex<()>,
 }
 
 impl std::fmt::Debug for BucketKeyCache {
@@ -142,7 +143,13 @@ impl BucketKeyCache {
         Self {
             ttl,
             entries: Mutex::new(HashMap::new()),
+            creating: Mutex::new(()),
         }
+    }
+
+    /// Held while a bucket key is made, so that concurrent uploads make one.
+    pub(crate) fn lock_creation(&self) -> MutexGuard<'_, ()> {
+        self.creating.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The unwrapped bucket key of `wrapped` for `scope`, if one is held, has not

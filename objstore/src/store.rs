@@ -686,31 +686,16 @@ impl ObjectStore {
         let dir = self.bucket_dir(bucket).join(BUCKET_KEYS_DIR);
         let path = dir.join(record_file_name(kms_key_id));
         let context = bucket_context(bucket);
-        let record =
-            match fs::read(&path) {
-                Ok(bytes) => Some(serde_json::from_slice::<BucketKeyRecord>(&bytes).map_err(
-                    |e| Error::Corrupted {
-                        path: path.clone(),
-                        what: format!("bucket key record: {e}"),
-                    },
-                )?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(source) => {
-                    return Err(Error::Io {
-                        context: format!("read {}", path.display()),
-                        source,
-                    })
-                }
-            };
-        if let Some(record) = record.filter(|r| r.is_current(now()) && r.kms_key_id == kms_key_id) {
-            let wrapped = BASE64
-                .decode(&record.wrapped_key)
-                .map_err(|_| Error::Corrupted {
-                    path: path.clone(),
-                    what: "bucket key record: the wrapped key is not base64".into(),
-                })?;
-            let key = self.unwrap_bucket_key(kms, &wrapped, context, &record.kms_key_arn)?;
-            return Ok((key, record.kms_key_arn, wrapped));
+        if let Some((arn, wrapped)) = current_record(&path, kms_key_id)? {
+            let key = self.unwrap_bucket_key(kms, &wrapped, context, &arn)?;
+            return Ok((key, arn, wrapped));
+        }
+        // Concurrent first uploads would each make a bucket key: one makes it, the
+        // others wait and use it.
+        let _making = self.bucket_keys.lock_creation();
+        if let Some((arn, wrapped)) = current_record(&path, kms_key_id)? {
+            let key = self.unwrap_bucket_key(kms, &wrapped, context, &arn)?;
+            return Ok((key, arn, wrapped));
         }
         let generated = kms.generate_data_key(&GenerateDataKeyRequest {
             key_id: kms_key_id.to_owned(),
@@ -1199,6 +1184,32 @@ impl ObjectStore {
             next_continuation_token: plan.next_continuation_token,
         })
     }
+}
+
+/// The bucket key recorded at `path` for `kms_key_id` when new objects may still use
+/// it: the CMK's ARN and the wrapped key.
+fn current_record(path: &Path, kms_key_id: &str) -> Result<Option<(String, Vec<u8>)>, Error> {
+    let corrupted = |what: String| Error::Corrupted {
+        path: path.to_path_buf(),
+        what: format!("bucket key record: {what}"),
+    };
+    let record: BucketKeyRecord = match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupted(e.to_string()))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("read {}", path.display()),
+                source,
+            })
+        }
+    };
+    if !record.is_current(now()) || record.kms_key_id != kms_key_id {
+        return Ok(None);
+    }
+    let wrapped = BASE64
+        .decode(&record.wrapped_key)
+        .map_err(|_| corrupted("the wrapped key is not base64".into()))?;
+    Ok(Some((record.kms_key_arn, wrapped)))
 }
 
 /// Reads and decodes the header at the start of an object file.

@@ -153,6 +153,21 @@ fn without_a_cache_scope_the_recorded_bucket_key_costs_one_decrypt_per_request()
 }
 
 #[test]
+fn concurrent_first_uploads_make_one_bucket_key() {
+    let lab = bucket_key_lab();
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let lab = &lab;
+            s.spawn(move || put(&scoped(lab, &lab.kms), &lab.kms, &format!("o{i}"), b"x"));
+        }
+    });
+    assert_eq!(count(&lab, "GenerateDataKey"), 1);
+    for i in 0..8 {
+        assert_eq!(get(&lab.store, &lab.kms, &format!("o{i}")).unwrap(), b"x");
+    }
+}
+
+#[test]
 fn the_cache_is_per_principal_and_the_key_policy_still_decides() {
     let lab = bucket_key_lab();
     // LAB step 1's split, reduced: root administers, USER may use the key.
