@@ -929,3 +929,46 @@ fn key_state_and_key_policy_decide_object_access() {
     let r = e.send("HEAD", "/keys/o", "", &[], b"", &as_alice);
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn bucket_keys_follow_the_bucket_default_and_the_put_header() {
+    let e = Endpoint::start();
+    e.make_bucket("bkt");
+    let config = br#"<ServerSideEncryptionConfiguration><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>alias/MyKMSKey</KMSMasterKeyID></ApplyServerSideEncryptionByDefault><BucketKeyEnabled>true</BucketKeyEnabled></Rule></ServerSideEncryptionConfiguration>"#;
+    assert_eq!(
+        e.send("PUT", "/bkt", "encryption", &[], config, &e.signed())
+            .status,
+        200
+    );
+    let r = e.send("GET", "/bkt", "encryption", &[], b"", &e.signed());
+    assert!(
+        r.text()
+            .contains("<BucketKeyEnabled>true</BucketKeyEnabled>"),
+        "{}",
+        r.text()
+    );
+
+    let r = e.put_object("/bkt/derived", b"under the bucket key", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-amz-server-side-encryption-bucket-key-enabled"),
+        "true"
+    );
+    let r = e.get("/bkt/derived", &[]);
+    assert_eq!(r.body, b"under the bucket key");
+    assert_eq!(
+        r.header("x-amz-server-side-encryption-bucket-key-enabled"),
+        "true"
+    );
+
+    let own = [("x-amz-server-side-encryption-bucket-key-enabled", "false")];
+    let r = e.put_object("/bkt/own", b"own data key", &own);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r
+        .headers
+        .contains_key("x-amz-server-side-encryption-bucket-key-enabled"));
+    assert_eq!(e.get("/bkt/own", &[]).body, b"own data key");
+    let bad = [("x-amz-server-side-encryption-bucket-key-enabled", "maybe")];
+    let r = e.put_object("/bkt/bad", b"x", &bad);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidArgument"));
+}

@@ -385,6 +385,13 @@ fn encryption_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
         "x-amz-server-side-encryption-aws-kms-key-id",
         &info.kms_key_arn,
     );
+    if info.bucket_key_enabled {
+        insert(
+            headers,
+            "x-amz-server-side-encryption-bucket-key-enabled",
+            "true",
+        );
+    }
     if let Ok(json) = serde_json::to_vec(&info.encryption_context) {
         insert(
             headers,
@@ -616,9 +623,19 @@ impl S3Service {
             ));
         }
         let opts = put_options(headers)?;
+        let bucket_key = match header(headers, "x-amz-server-side-encryption-bucket-key-enabled")? {
+            None => None,
+            Some(text) if text.eq_ignore_ascii_case("true") => Some(true),
+            Some(text) if text.eq_ignore_ascii_case("false") => Some(false),
+            Some(_) => {
+                return Err(GatewayError::InvalidArgument(
+                    "x-amz-server-side-encryption-bucket-key-enabled must be true or false".into(),
+                ))
+            }
+        };
         let info = self
             .store
-            .put_object(kms, &request.bucket, &request.key, body, &opts)
+            .put_object_with_bucket_key(kms, &request.bucket, &request.key, body, &opts, bucket_key)
             .map_err(|err| match err {
                 objstore::Error::Body(io) => UploadBody::<&mut dyn BufRead>::error_of(io),
                 other => GatewayError::Object(other),
