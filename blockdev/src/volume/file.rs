@@ -15,6 +15,15 @@ use crate::Error;
 /// Zeros written for `write_zeroes` when the client forbids holes.
 static ZEROS: [u8; 128 * 1024] = [0; 128 * 1024];
 
+/// Writes reach the file in pieces of at most this many bytes, each within one
+/// aligned 16 KiB block of the file. The page cache sizes the folios it creates for a
+/// write by the write's length, and ext4 walks every buffer of a folio on each write
+/// into it: after one 1 MiB pwrite, a later 4 KiB overwrite of that range cost 7-18 us
+/// of kernel CPU instead of 1.3 us (4 KiB folios) or 1.75 us (16 KiB folios), measured
+/// on ext4 with kernel 6.18. 16 KiB keeps small random overwrites near the cheap end
+/// while a 1 MiB write costs about 40 us more than in one call (4 KiB pieces: 220 us).
+const WRITE_PIECE: u64 = 16 * 1024;
+
 #[derive(Debug)]
 pub(crate) struct VolumeFile {
     file: File,
@@ -69,9 +78,20 @@ impl VolumeFile {
             }
             return Err(self.io_error("write", pos, super::faults::error(fault)));
         }
-        self.file
-            .write_all_at(data, pos)
-            .map_err(|source| self.io_error("write", pos, source))
+        let mut at = pos;
+        let mut rest = data;
+        while !rest.is_empty() {
+            // At most WRITE_PIECE, so the cast is exact.
+            let room = (WRITE_PIECE - at % WRITE_PIECE) as usize;
+            let take = rest.len().min(room);
+            let (piece, after) = rest.split_at(take);
+            self.file
+                .write_all_at(piece, at)
+                .map_err(|source| self.io_error("write", at, source))?;
+            at += take as u64;
+            rest = after;
+        }
+        Ok(())
     }
 
     /// Deallocates `len` bytes at `pos`; they read back as zeros. The file size stays.
@@ -178,5 +198,34 @@ impl VolumeFile {
             pos = run_end;
         }
         Ok(extents)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_split_into_pieces_lands_whole_at_any_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        let file = VolumeFile::new(file, &path);
+        let data: Vec<u8> = (0..3 * WRITE_PIECE as usize + 777)
+            .map(|i| (i % 251) as u8 | 1)
+            .collect();
+        for pos in [0, 1, WRITE_PIECE - 1, WRITE_PIECE, 5000] {
+            file.write_all_at(&data, pos).unwrap();
+            let mut back = vec![0u8; data.len()];
+            file.read_exact_at(&mut back, pos).unwrap();
+            assert_eq!(back, data, "write at {pos}");
+        }
+        file.write_all_at(&[], 7).unwrap();
+        assert_eq!(file.len().unwrap(), WRITE_PIECE + data.len() as u64);
     }
 }
