@@ -102,7 +102,7 @@ wait_grep() {
     done
 }
 
-for tool in curl nbdcopy nbdinfo python3 cmp; do
+for tool in curl nbdcopy nbdinfo qemu-img python3 cmp diff; do
     need_tool "$tool"
 done
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || die "python3-libnbd is not installed (run scripts/install-test-deps.sh)"
