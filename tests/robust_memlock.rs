@@ -23,7 +23,11 @@ fn atrest_unlockable(home: &Home, args: &[&str]) -> Output {
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
     if root {
-        cmd.args(["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock"]);
+        cmd.args([
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+        ]);
     }
     cmd.arg(inner.get_program()).args(args);
     for (key, value) in inner.get_envs() {
@@ -36,7 +40,9 @@ fn atrest_unlockable(home: &Home, args: &[&str]) -> Output {
 }
 
 fn warnings(out: &Output) -> usize {
-    String::from_utf8_lossy(&out.stderr).matches(WARNING).count()
+    String::from_utf8_lossy(&out.stderr)
+        .matches(WARNING)
+        .count()
 }
 
 #[test]
@@ -44,7 +50,12 @@ fn without_lockable_memory_commands_warn_once_and_work() {
     let home = Home::new();
     let create = atrest_unlockable(&home, &["kms", "create-key", "--alias", "alias/m"]);
     assert_success("kms create-key without lockable memory", &create);
-    assert_eq!(warnings(&create), 1, "{}", String::from_utf8_lossy(&create.stderr));
+    assert_eq!(
+        warnings(&create),
+        1,
+        "{}",
+        String::from_utf8_lossy(&create.stderr)
+    );
 
     let raw = home.file("disk.raw");
     let data = pseudo_random(3 << 20, 7);
@@ -62,7 +73,12 @@ fn without_lockable_memory_commands_warn_once_and_work() {
         ],
     );
     assert_success("volume import without lockable memory", &import);
-    assert_eq!(warnings(&import), 1, "{}", String::from_utf8_lossy(&import.stderr));
+    assert_eq!(
+        warnings(&import),
+        1,
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
 
     // Read back by a server that may lock: no warning, the data intact.
     let served = home.serve(&[
@@ -79,12 +95,22 @@ fn without_lockable_memory_commands_warn_once_and_work() {
         .output()
         .expect("nbdsh");
     assert_success("nbdsh read", &out);
-    assert!(out.stdout == data, "the imported volume reads back different bytes");
+    assert!(
+        out.stdout == data,
+        "the imported volume reads back different bytes"
+    );
     let log = served.log();
     served.stop();
-    assert!(!log.contains(WARNING), "a server that may lock warned: {log}");
+    assert!(
+        !log.contains(WARNING),
+        "a server that may lock warned: {log}"
+    );
 
-    let info = home.atrest().args(["volume", "info", vol.to_str().unwrap()]).output().unwrap();
+    let info = home
+        .atrest()
+        .args(["volume", "info", vol.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_success("volume info", &info);
     assert_eq!(warnings(&info), 0);
 }
