@@ -259,7 +259,11 @@ import json
 events = [json.loads(e["CloudTrailEvent"]) for e in json.load(open("trail.json"))["Events"]]
 print(sum(1 for e in events if (e.get("requestParameters") or {}).get("encryptionContext", {}).get("aws:s3:arn", "").startswith("arn:aws:s3:::lab-bucket-keys")))')
 [ "$gdk" = 1 ] || die "10 uploads with a bucket key made $gdk GenerateDataKey calls, not 1"
-ok "10 objects uploaded and read back; the trail has 1 GenerateDataKey for the bucket (context arn:aws:s3:::lab-bucket-keys)"
+as user s3api head-object --bucket lab-bucket-keys --key photos/p3.bin >out.json
+[ "$(json out.json 'd.get("BucketKeyEnabled")')" = True ] || die "head-object does not report BucketKeyEnabled: $(cat out.json)"
+as user s3api head-object --bucket "$bucket" --key clock.png >out.json
+[ "$(json out.json 'd.get("BucketKeyEnabled", False)')" = False ] || die "clock.png reports a bucket key"
+ok "10 objects uploaded and read back; the trail has 1 GenerateDataKey for the bucket (context arn:aws:s3:::lab-bucket-keys); head-object: BucketKeyEnabled true (clock.png: its own data key)"
 
 step "3. anonymous GET: refused when private, and when public-read (SSE-KMS needs SigV4)"
 code=$(curl_code "$endpoint/$bucket/clock.png")
