@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side NBD benchmark: atrest against nbdkit `file` (unencrypted), nbdkit
-# `--filter=luks file` and qemu-nbd with a LUKS image, in one run on one machine.
+# `--filter=luks file` and qemu-nbd with a LUKS image, in one run on one machine; and
+# the TLS row: atrest over TLS (`--tls-cert`, TLS 1.3) against nbdkit `file` with
+# `--tls=require`, each beside its plaintext self, so the table shows what TLS costs.
 #
 #   benches/nbd-compare.sh [--size 1G] [--runtime 5] [--rounds 3] [--only PEER]...
 #
@@ -11,7 +13,7 @@
 # ratios the project's targets are stated in. See benches/README.md.
 set -euo pipefail
 
-readonly PEERS_ALL=(nbdkit-raw nbdkit-luks qemu-nbd-luks atrest)
+readonly PEERS_ALL=(nbdkit-raw nbdkit-luks qemu-nbd-luks atrest nbdkit-tls atrest-tls)
 readonly WORKLOADS=(seqread seqwrite randread randwrite)
 readonly LUKS_PASSPHRASE=bench-passphrase
 readonly ATREST_EXPORT=bench
@@ -105,7 +107,8 @@ require fio fio
 require nbdcopy libnbd-bin
 require nbdinfo libnbd-bin
 require python3 python3
-if selected nbdkit-raw || selected nbdkit-luks; then require nbdkit nbdkit; fi
+if selected nbdkit-raw || selected nbdkit-luks || selected nbdkit-tls; then require nbdkit nbdkit; fi
+if selected nbdkit-tls || selected atrest-tls; then require openssl openssl; fi
 if selected nbdkit-luks || selected qemu-nbd-luks; then require qemu-img qemu-utils; fi
 if selected qemu-nbd-luks; then require qemu-nbd qemu-utils; fi
 if selected nbdkit-luks; then
@@ -239,37 +242,85 @@ setup_qemu_nbd_luks() {
         --image-opts "driver=luks,key-secret=s0,file.filename=$img"
 }
 
+# A CA and a server certificate for 127.0.0.1 in the gnutls layout nbdkit reads
+# (ca-cert.pem, server-cert.pem, server-key.pem). Clients skip verification
+# (tls-verify-peer=false: fio's URI may not name local files) and present no
+# certificate: client authentication costs a handshake, not a request.
+make_tls_certs() {
+    local dir="$work/tls"
+    [[ -e "$dir/server-cert.pem" ]] && return 0
+    mkdir -p "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$dir/ca-key.pem" -out "$dir/ca-cert.pem" -subj /CN=bench-ca \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+        >"$dir/openssl.log" 2>&1 &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout "$dir/server-key.pem" -out "$dir/server.csr" -subj /CN=localhost \
+            >>"$dir/openssl.log" 2>&1 &&
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext" &&
+        openssl x509 -req -days 2 -in "$dir/server.csr" -CA "$dir/ca-cert.pem" \
+            -CAkey "$dir/ca-key.pem" -CAcreateserial -extfile "$dir/server.ext" \
+            -out "$dir/server-cert.pem" >>"$dir/openssl.log" 2>&1
+}
+
+setup_nbdkit_tls() {
+    local port img="$work/raw-tls.img"
+    make_tls_certs || { fail_peer nbdkit-tls "openssl: $(tail -n 2 "$work/tls/openssl.log" | tr '\n' ' ')"; return 1; }
+    truncate -s "$size_bytes" "$img"
+    port="$(free_port)"
+    start_server nbdkit-tls "nbds://127.0.0.1:$port/?tls-verify-peer=false" \
+        nbdkit -f -p "$port" -i 127.0.0.1 --tls=require --tls-certificates="$work/tls" file "$img"
+}
+
 setup_atrest() {
+    setup_atrest_peer atrest
+}
+
+setup_atrest_tls() {
+    make_tls_certs || { fail_peer atrest-tls "openssl: $(tail -n 2 "$work/tls/openssl.log" | tr '\n' ' ')"; return 1; }
+    setup_atrest_peer atrest-tls --tls-cert "$work/tls/server-cert.pem" --tls-key "$work/tls/server-key.pem"
+}
+
+# atrest serving a fresh encrypted volume as peer $1; the rest of the arguments go to
+# `atrest nbd serve` (TLS options: the URI is then nbds://).
+setup_atrest_peer() {
+    local peer="$1"
+    shift
     local bin="$atrest_bin"
     if [[ -z "$bin" ]]; then
         bin="$repo_root/target/release/atrest"
         if ((build)); then
             log "atrest: cargo build --release --bin atrest"
             if ! (cd "$repo_root" && cargo build --release --bin atrest) >"$work/atrest-build.log" 2>&1; then
-                fail_peer atrest "cargo build --release failed: $(grep -m1 -E '^error' "$work/atrest-build.log" || tail -n 1 "$work/atrest-build.log")"
+                fail_peer "$peer" "cargo build --release failed: $(grep -m1 -E '^error' "$work/atrest-build.log" || tail -n 1 "$work/atrest-build.log")"
                 return 1
             fi
         fi
     fi
-    [[ -x "$bin" ]] || { fail_peer atrest "no atrest binary at $bin"; return 1; }
+    [[ -x "$bin" ]] || { fail_peer "$peer" "no atrest binary at $bin"; return 1; }
     if ! "$bin" nbd serve --help >/dev/null 2>&1; then
-        fail_peer atrest "'atrest nbd serve' is not available in this build ($bin)"
+        fail_peer "$peer" "'atrest nbd serve' is not available in this build ($bin)"
         return 1
     fi
     export ATREST_HOME="$work/atrest-home"
     mkdir -p "$ATREST_HOME"
-    local img="$work/atrest.vol" port out
-    if ! out="$("$bin" kms create-key --alias "$ATREST_KEY" 2>&1)"; then
-        fail_peer atrest "atrest kms create-key --alias $ATREST_KEY failed: $out"
+    local img="$work/$peer.vol" port out scheme=nbd query=""
+    if ! "$bin" kms describe-key --key-id "$ATREST_KEY" >/dev/null 2>&1 &&
+        ! out="$("$bin" kms create-key --alias "$ATREST_KEY" 2>&1)"; then
+        fail_peer "$peer" "atrest kms create-key --alias $ATREST_KEY failed: $out"
         return 1
     fi
     if ! out="$("$bin" volume create "$img" --size "$size_bytes" --key-id "$ATREST_KEY" 2>&1)"; then
-        fail_peer atrest "atrest volume create failed: $out"
+        fail_peer "$peer" "atrest volume create failed: $out"
         return 1
     fi
+    if (($#)); then
+        scheme=nbds
+        query="?tls-verify-peer=false"
+    fi
     port="$(free_port)"
-    start_server atrest "nbd://127.0.0.1:$port/$ATREST_EXPORT" \
-        "$bin" nbd serve --listen "127.0.0.1:$port" --export "$ATREST_EXPORT=$img"
+    start_server "$peer" "$scheme://127.0.0.1:$port/$ATREST_EXPORT$query" \
+        "$bin" nbd serve --listen "127.0.0.1:$port" --export "$ATREST_EXPORT=$img" "$@"
 }
 
 setup_fn() {
@@ -278,6 +329,8 @@ setup_fn() {
         nbdkit-luks) echo setup_nbdkit_luks ;;
         qemu-nbd-luks) echo setup_qemu_nbd_luks ;;
         atrest) echo setup_atrest ;;
+        nbdkit-tls) echo setup_nbdkit_tls ;;
+        atrest-tls) echo setup_atrest_tls ;;
     esac
 }
 
@@ -497,6 +550,24 @@ print("\nserver CPU per request (user + system, all threads; lower is better)")
 table(["workload", "unit"] + peers + ratio_headers,
       [with_ratios([label, "us/req"] + [fmt(cpu_per_io(p, wl)) for p in peers], cpu_per_io, wl)
        for wl, label, _ in workloads])
+
+tls_pairs = [(tls, plain) for tls, plain in [("atrest-tls", "atrest"), ("nbdkit-tls", "nbdkit-raw")]
+             if tls in peers and plain in peers]
+if tls_pairs:
+    print("\nthe cost of TLS: throughput over TLS / plaintext, and server CPU per request added")
+    rows = []
+    for wl, label, _ in workloads:
+        row = [label, "ratio, +us/req"]
+        for tls, plain in tls_pairs:
+            t, p = median(tls, wl), median(plain, wl)
+            row.append(f"{t / p:.2f}x" if t is not None and p else "-")
+            ct, cp = cpu_per_io(tls, wl), cpu_per_io(plain, wl)
+            row.append(f"{ct - cp:+.1f}" if ct is not None and cp is not None else "-")
+        rows.append(row)
+    headers = ["workload", "unit"]
+    for tls, plain in tls_pairs:
+        headers += [f"{tls}/{plain}", f"{tls} CPU"]
+    table(headers, rows)
 
 spread = []
 for wl, _, unit in workloads:
