@@ -478,6 +478,33 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
 
     let r = e.send("DELETE", "/data", "", &[], b"", &e.signed());
     assert_eq!((r.status, r.code().as_str()), (409, "BucketNotEmpty"));
+    let delete = b"<Delete><Object><Key>dir/b</Key></Object><Object><Key>dir/sub/c</Key></Object><Object><Key>bad/../key</Key></Object></Delete>";
+    let r = e.send("POST", "/data", "delete", &[], delete, &e.signed());
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidRequest"));
+    let md5 = BASE64.encode(md5_of(delete));
+    let r = e.send(
+        "POST",
+        "/data",
+        "delete",
+        &[("content-md5", &md5)],
+        delete,
+        &e.signed(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    assert!(
+        text.contains("<Deleted><Key>dir/b</Key></Deleted>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<Deleted><Key>dir/sub/c</Key></Deleted>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<Error><Key>bad/../key</Key><Code>InvalidArgument</Code>"),
+        "{text}"
+    );
+    assert!(!e.object_exists("/data/dir/b"));
     let r = e.send("DELETE", "/data/top", "", &[], b"", &e.signed());
     assert_eq!(r.status, 204);
     let r = e.get("/data/top", &[]);

@@ -308,8 +308,24 @@ def main():
     expect_error("BucketNotEmpty", s3.delete_bucket, Bucket=BUCKET)
     s3.delete_object(Bucket=BUCKET, Key="notes/random.bin")
     expect_error("NoSuchKey", s3.get_object, Bucket=BUCKET, Key="notes/random.bin")
+    step("aws s3 cp --recursive, then aws s3 rb --force (DeleteObjects)")
     s3.create_bucket(Bucket="scratch-bucket")
-    s3.delete_bucket(Bucket="scratch-bucket")
+    s3.put_bucket_encryption(
+        Bucket="scratch-bucket",
+        ServerSideEncryptionConfiguration={"Rules": [{
+            "ApplyServerSideEncryptionByDefault": {
+                "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/MyKMSKey"},
+        }]},
+    )
+    tree = os.path.join(WORK, "tree")
+    os.makedirs(os.path.join(tree, "sub"))
+    for name in ("a.txt", "b.txt", "sub/c & d.txt"):
+        with open(os.path.join(tree, name), "w") as f:
+            f.write(name * 100)
+    aws("s3", "cp", "--recursive", "--quiet", tree, "s3://scratch-bucket/tree")
+    listed = aws("s3", "ls", "--recursive", "s3://scratch-bucket/").stdout
+    assert "tree/sub/c & d.txt" in listed, listed
+    aws("s3", "rb", "--force", "s3://scratch-bucket")
     expect_error("NoSuchBucket", s3.list_objects_v2, Bucket="scratch-bucket")
 
     print("OK: LAB steps 2-5 and 7 for objects")

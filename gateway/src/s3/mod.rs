@@ -59,6 +59,7 @@ pub enum S3Operation {
     GetObject,
     HeadObject,
     DeleteObject,
+    DeleteObjects,
     PutObjectAcl,
     GetObjectAcl,
 }
@@ -168,6 +169,7 @@ impl S3Request {
                     ))
                 }
                 Method::HEAD if sub.is_empty() => Op::HeadBucket,
+                Method::POST if only("delete") => Op::DeleteObjects,
                 Method::DELETE if sub.is_empty() => Op::DeleteBucket,
                 _ => return unsupported(method.as_str()),
             }
@@ -844,6 +846,7 @@ impl S3Service {
                 self.store.delete_object(bucket, &request.key)?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
+            Op::DeleteObjects => self.delete_objects(bucket, parts, body),
             Op::GetObjectAcl => {
                 let acl = self.store.object_acl(bucket, &request.key)?;
                 let owner = self.store.bucket(bucket)?.owner;
@@ -853,6 +856,53 @@ impl S3Service {
                 "internal routing error".into(),
             )),
         }
+    }
+
+    /// DeleteObjects: up to 1000 keys; each is reported deleted or failed, as S3.
+    fn delete_objects(
+        &self,
+        bucket: &str,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<S3Answer, GatewayError> {
+        let has_digest = parts.headers.contains_key("content-md5")
+            || parts
+                .headers
+                .keys()
+                .any(|name| name.as_str().starts_with("x-amz-checksum-"))
+            || parts.headers.contains_key("x-amz-trailer");
+        if !has_digest {
+            return Err(GatewayError::InvalidRequest(
+                "Missing required header for this request: Content-MD5 or x-amz-checksum-*".into(),
+            ));
+        }
+        let doc = XmlDocument::parse(body, "Delete")?;
+        let keys = doc.all("Key")?;
+        if keys.is_empty() || keys.len() > objstore::MAX_KEYS {
+            return Err(GatewayError::MalformedXml(format!(
+                "Delete must name 1 to {} objects",
+                objstore::MAX_KEYS
+            )));
+        }
+        let quiet = doc.get("Quiet")?.as_deref() == Some("true");
+        let mut w = XmlWriter::new("DeleteResult");
+        for key in &keys {
+            match self.store.delete_object(bucket, key) {
+                Ok(_) if quiet => {}
+                Ok(_) => {
+                    w.open("Deleted").leaf("Key", key).close("Deleted");
+                }
+                Err(err) => {
+                    let err = GatewayError::Object(err);
+                    w.open("Error")
+                        .leaf("Key", key)
+                        .leaf("Code", &err.s3_code())
+                        .leaf("Message", &err.message())
+                        .close("Error");
+                }
+            }
+        }
+        Ok(S3Answer::xml(w.finish("DeleteResult")))
     }
 
     fn list_objects_v2(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
