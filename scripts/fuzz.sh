@@ -108,6 +108,17 @@ seed("nbd_session", "program", b"\x03" + program)
 seed("nbd_request", "write", request(1, 4096, 512))
 seed("nbd_request", "block-status", request(7, 0, 1 << 20, flags=8) + struct.pack("<QB", 1 << 20, 7))
 seed("nbd_option", "go", struct.pack(">I", 3) + go)
+# S3 (fuzz/fuzz_targets/s3_request.rs): an aws-chunked body as botocore sends it, an
+# encryption configuration, a presigned GET's route.
+import base64, zlib
+data = b"hello world"
+crc = base64.b64encode(struct.pack(">I", zlib.crc32(data))).decode()
+chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-amz-checksum-crc32:" + crc.encode() + b"\r\n\r\n"
+seed("s3_request", "chunked", b"\x00" + struct.pack("<H", len(data)) + chunked)
+seed("s3_request", "xml", b"\x03<ServerSideEncryptionConfiguration><Rule><ApplyServerSideEncryptionByDefault>"
+     b"<SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>alias/a&amp;b</KMSMasterKeyID>"
+     b"</ApplyServerSideEncryptionByDefault></Rule></ServerSideEncryptionConfiguration>")
+seed("s3_request", "route", b"\x04/bucket/a%20b/c?X-Amz-Signature=00&list-type=2&acl")
 seed("nbd_option", "meta", struct.pack(">I", 3) + meta)
 # XTS: key halves, a selector, sector size and number selectors, data.
 seed("xts_sectors", "4k", bytes(range(32)) + b"\x01" + bytes(range(32, 64)) + b"\x00\x00\x07\x00" + os.urandom(8192))
