@@ -396,3 +396,61 @@ fn an_anchor_from_an_earlier_validate_catches_a_rewritten_history() {
         "a malformed anchor is a usage error"
     );
 }
+
+#[test]
+fn lookup_pages_with_next_token_like_cloudtrail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    ok(home, &["kms", "create-key", "--alias", "alias/paged"]);
+    for _ in 0..5 {
+        ok(
+            home,
+            &[
+                "kms",
+                "generate-data-key",
+                "--key-id",
+                "alias/paged",
+                "--key-spec",
+                "AES_256",
+            ],
+        );
+    }
+    let mut args: Vec<String> = [
+        "trail",
+        "lookup",
+        "--event-name",
+        "GenerateDataKey",
+        "--max-results",
+        "2",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut sequences = Vec::new();
+    loop {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let page = ok(home, &argv);
+        let events = page["Events"].as_array().expect("Events");
+        assert!(events.len() <= 2, "{page}");
+        for event in events {
+            let record: Value =
+                serde_json::from_str(event["CloudTrailEvent"].as_str().expect("record"))
+                    .expect("JSON");
+            sequences.push(
+                record["atrestChain"]["sequence"]
+                    .as_u64()
+                    .expect("sequence"),
+            );
+        }
+        let Some(token) = page["NextToken"].as_str() else {
+            break;
+        };
+        args.truncate(6);
+        args.extend(["--next-token".to_owned(), token.to_owned()]);
+    }
+    assert_eq!(sequences.len(), 5, "{sequences:?}");
+    assert!(sequences.windows(2).all(|w| w[0] > w[1]), "{sequences:?}");
+
+    let out = atrest(home, &["trail", "lookup", "--next-token", "yesterday"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NextToken"));
+}

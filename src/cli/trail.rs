@@ -32,9 +32,13 @@ pub enum TrailCommand {
         /// Calls at or before this time.
         #[arg(long, value_name = "TIME", value_parser = parse_time)]
         end_time: Option<OffsetDateTime>,
-        /// At most this many events (the most recent).
+        /// At most this many events (the most recent); when more match, the output
+        /// has a `NextToken` for the next page.
         #[arg(long, value_name = "N")]
         max_results: Option<usize>,
+        /// The `NextToken` of the previous page: continue with older events.
+        #[arg(long, value_name = "TOKEN", value_parser = parse_next_token)]
+        next_token: Option<u64>,
     },
     /// Check the hash chain: fails, naming the first bad record, if any record was
     /// edited, deleted, reordered or inserted.
@@ -54,6 +58,16 @@ pub enum TrailCommand {
     Digest,
 }
 
+/// `NextToken`s are `before-<sequence>`: the page continues with records older than
+/// that sequence number, so records appended meanwhile do not shift the pages.
+const NEXT_TOKEN_PREFIX: &str = "before-";
+
+fn parse_next_token(text: &str) -> Result<u64, String> {
+    text.strip_prefix(NEXT_TOKEN_PREFIX)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("'{text}' is not a NextToken printed by `atrest trail lookup`"))
+}
+
 pub fn run(cmd: TrailCommand, globals: &Globals) -> anyhow::Result<()> {
     let trail = open(globals)?;
     let dir = globals.home()?.join("trail");
@@ -65,6 +79,7 @@ pub fn run(cmd: TrailCommand, globals: &Globals) -> anyhow::Result<()> {
             start_time,
             end_time,
             max_results,
+            next_token,
         } => {
             let filter = LookupFilter {
                 event_name,
@@ -73,9 +88,15 @@ pub fn run(cmd: TrailCommand, globals: &Globals) -> anyhow::Result<()> {
                 start_time,
                 end_time,
                 max_results,
+                before_sequence: next_token,
             };
-            let events: Vec<Value> = trail.lookup(&filter)?.iter().map(lookup_event).collect();
-            super::kms::print_json(&json!({ "Events": events }))
+            let page = trail.lookup_page(&filter)?;
+            let events: Vec<Value> = page.records.iter().map(lookup_event).collect();
+            let mut out = json!({ "Events": events });
+            if let Some(before) = page.next_before {
+                out["NextToken"] = json!(format!("{NEXT_TOKEN_PREFIX}{before}"));
+            }
+            super::kms::print_json(&out)
         }
         TrailCommand::Validate {
             anchor,

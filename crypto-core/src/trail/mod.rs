@@ -190,6 +190,18 @@ pub struct LookupFilter {
     pub end_time: Option<OffsetDateTime>,
     /// At most this many records (the most recent ones).
     pub max_results: Option<usize>,
+    /// Only records older than this sequence number: where the previous page of a
+    /// paged lookup ended ([`LookupPage::next_before`]).
+    pub before_sequence: Option<u64>,
+}
+
+/// One page of a [`Trail::lookup_page`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LookupPage {
+    /// The matching records, most recent first.
+    pub records: Vec<FoundRecord>,
+    /// When older records also match: the `before_sequence` of the next page.
+    pub next_before: Option<u64>,
 }
 
 /// One record found by [`Trail::lookup`].
@@ -537,6 +549,12 @@ impl Trail {
     /// The records that match `filter`, most recent first. Lines that are not JSON
     /// (an interrupted write) are skipped; `validate` is what judges the trail.
     pub fn lookup(&self, filter: &LookupFilter) -> Result<Vec<FoundRecord>, TrailError> {
+        self.lookup_page(filter).map(|page| page.records)
+    }
+
+    /// Like [`Trail::lookup`], and says where the next page starts when
+    /// `max_results` cut older matching records off.
+    pub fn lookup_page(&self, filter: &LookupFilter) -> Result<LookupPage, TrailError> {
         let files = self.files();
         let _lock = FlockGuard::shared(&files.log, &self.log_path)?;
         let alias_keys = match filter.key_id.as_deref() {
@@ -546,17 +564,27 @@ impl Trail {
             _ => BTreeSet::new(),
         };
         let limit = filter.max_results.unwrap_or(usize::MAX);
-        let mut found = VecDeque::new();
         if limit == 0 {
-            return Ok(Vec::new());
+            return Ok(LookupPage {
+                records: Vec::new(),
+                next_before: None,
+            });
         }
+        let mut found: VecDeque<FoundRecord> = VecDeque::new();
+        let mut cut_off = false;
         for_each_line(&self.log_path, |line| {
             let Ok(event) = serde_json::from_slice::<serde_json::Value>(line) else {
                 return Ok(());
             };
-            if matches(&event, filter, &alias_keys) {
+            let older = match (filter.before_sequence, event_sequence(&event)) {
+                (None, _) => true,
+                (Some(before), Some(sequence)) => sequence < before,
+                (Some(_), None) => false,
+            };
+            if older && matches(&event, filter, &alias_keys) {
                 if found.len() == limit {
                     found.pop_front();
+                    cut_off = true;
                 }
                 found.push_back(FoundRecord {
                     line: String::from_utf8_lossy(line).into_owned(),
@@ -565,7 +593,17 @@ impl Trail {
             }
             Ok(())
         })?;
-        Ok(found.into_iter().rev().collect())
+        let next_before = if cut_off {
+            found
+                .front()
+                .and_then(|oldest| event_sequence(&oldest.event))
+        } else {
+            None
+        };
+        Ok(LookupPage {
+            records: found.into_iter().rev().collect(),
+            next_before,
+        })
     }
 
     /// ARNs of the keys that records naming `alias` touched.
@@ -679,6 +717,11 @@ fn resource_arns(event: &serde_json::Value) -> impl Iterator<Item = &str> {
         .into_iter()
         .flatten()
         .filter_map(|resource| resource["ARN"].as_str())
+}
+
+/// The `atrestChain.sequence` of a record.
+fn event_sequence(event: &serde_json::Value) -> Option<u64> {
+    event.get("atrestChain")?.get("sequence")?.as_u64()
 }
 
 fn matches(
@@ -1285,6 +1328,47 @@ mod tests {
             ..LookupFilter::default()
         };
         assert_eq!(names(newest), ["Decrypt"]);
+    }
+
+    #[test]
+    fn paged_lookup_visits_every_match_once_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trail = Trail::open(dir.path(), "local", "000000000000").expect("open");
+        for minute in 0..7 {
+            let name = if minute % 3 == 0 {
+                "Encrypt"
+            } else {
+                "Decrypt"
+            };
+            trail
+                .append(&call(name, KEY_A, KEY_A, minute))
+                .expect("append");
+        }
+        let mut filter = LookupFilter {
+            event_name: Some("Decrypt".into()),
+            max_results: Some(2),
+            ..LookupFilter::default()
+        };
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = trail.lookup_page(&filter).expect("lookup");
+            pages += 1;
+            assert!(page.records.len() <= 2);
+            seen.extend(
+                page.records
+                    .iter()
+                    .map(|r| r.event["atrestChain"]["sequence"].as_u64().expect("seq")),
+            );
+            match page.next_before {
+                Some(before) => filter.before_sequence = Some(before),
+                None => break,
+            }
+        }
+        // Decrypts are records 2, 3, 5, 6 (minutes 1, 2, 4, 5): two full pages, no
+        // empty third one.
+        assert_eq!(seen, [6, 5, 3, 2]);
+        assert_eq!(pages, 2);
     }
 
     #[test]
