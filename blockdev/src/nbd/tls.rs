@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 use crate::Error;
 
 /// Bytes of ciphertext read from the socket at a time.
-const RECORD_READ: usize = 64 * 1024;
+const RECORD_READ: usize = 256 * 1024;
 /// Bytes of plaintext encrypted at a time (a 32 MiB read reply goes in pieces).
 const PLAIN_READ: usize = 256 * 1024;
 
@@ -405,12 +405,11 @@ impl Pump {
     fn decrypt(&self, mut tcp: TcpStream, mut plain: UnixStream) {
         let mut records = vec![0u8; RECORD_READ];
         let mut clear = Vec::with_capacity(RECORD_READ);
-        let mut chunk = vec![0u8; RECORD_READ];
         // The handshake may have read the client's first records already: n = 0 at
         // first hands those over before anything is read.
         let mut n = 0;
         loop {
-            let (closed, answer_due) = match self.open(&records[..n], &mut clear, &mut chunk) {
+            let (closed, answer_due) = match self.open(&records[..n], &mut clear) {
                 Ok(state) => state,
                 Err(err) => {
                     debug!("TLS: {err}; dropping the connection");
@@ -446,12 +445,7 @@ impl Pump {
 
     /// Feeds `input` to rustls and appends the plaintext to `clear`. Returns whether
     /// the client closed the TLS session and whether rustls has records to send.
-    fn open(
-        &self,
-        mut input: &[u8],
-        clear: &mut Vec<u8>,
-        chunk: &mut [u8],
-    ) -> Result<(bool, bool), Error> {
+    fn open(&self, mut input: &[u8], clear: &mut Vec<u8>) -> Result<(bool, bool), Error> {
         let mut tls = lock(&self.tls);
         let mut closed = false;
         loop {
@@ -461,16 +455,12 @@ impl Pump {
                 tls.process_new_packets()
                     .map_err(|e| Error::Tls(format!("the client's TLS records: {e}")))?;
             }
-            loop {
-                match tls.reader().read(chunk) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(n) => clear.extend_from_slice(&chunk[..n]),
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(err) => return Err(Error::Tls(format!("reading plaintext: {err}"))),
-                }
+            // Appends all the plaintext there is: it ends in WouldBlock while the
+            // session is open, in Ok at the client's close_notify.
+            match tls.reader().read_to_end(clear) {
+                Ok(_) => closed = true,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(Error::Tls(format!("reading plaintext: {err}"))),
             }
             if input.is_empty() || closed {
                 break;
