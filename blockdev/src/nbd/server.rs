@@ -43,6 +43,11 @@ const MAX_BYTES_IN_FLIGHT: u64 = 128 * 1024 * 1024;
 const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server waits for each piece of a client's handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Reads up to this size use a buffer each transmission thread keeps: zero-filling a
+/// fresh buffer per request was 5% of the server's CPU in 1 MiB sequential reads.
+/// Larger reads get a buffer of their own, so an idle connection holds at most this
+/// much per thread.
+const KEPT_READ_BUFFER: usize = 1024 * 1024;
 /// CACHE reads the range through the volume in pieces of this size.
 const CACHE_PIECE: u32 = 4 * 1024 * 1024;
 
@@ -954,8 +959,12 @@ struct Request<'a> {
 impl<S: Wire> Connection<S> {
     /// One transmission thread: read a request, run it, reply; until reading ends.
     fn transmit(&self) {
+        let mut read_buffer = Vec::new();
         while let Some(request) = self.next_request() {
-            let run = || self.execute(request.cookie, request.command, &request.payload);
+            let run = || {
+                let payload = &request.payload;
+                self.execute(request.cookie, request.command, payload, &mut read_buffer)
+            };
             // A panicking volume call must not take the connection's thread with it.
             if std::panic::catch_unwind(AssertUnwindSafe(run)).is_err() {
                 error!("a request panicked; it got no reply");
@@ -1034,11 +1043,14 @@ impl<S: Wire> Connection<S> {
         }
     }
 
-    fn execute(&self, cookie: u64, command: Command, payload: &[u8]) {
+    /// Runs one request and replies; a read fills `read_buffer` (see [`KEPT_READ_BUFFER`]).
+    fn execute(&self, cookie: u64, command: Command, payload: &[u8], read_buffer: &mut Vec<u8>) {
         let volume = &*self.volume;
         let flush_if = |fua: bool| if fua { volume.flush() } else { Ok(()) };
         let (kind, outcome) = match command {
-            Command::Read { offset, length } => return self.read(cookie, offset, length),
+            Command::Read { offset, length } => {
+                return self.read(cookie, offset, length, read_buffer)
+            }
             Command::BlockStatus {
                 offset,
                 length,
@@ -1082,19 +1094,31 @@ impl<S: Wire> Connection<S> {
         }
     }
 
-    fn read(&self, cookie: u64, offset: u64, length: u32) {
-        let mut buf = vec![0u8; length as usize];
-        if let Err(err) = self.volume.read_at(offset, &mut buf) {
+    fn read(&self, cookie: u64, offset: u64, length: u32, kept: &mut Vec<u8>) {
+        let len = length as usize;
+        let mut own = Vec::new();
+        // Every byte is overwritten by a successful read_at, and a failed one sends
+        // none, so a reused buffer needs no zero-filling.
+        let buf = if len <= KEPT_READ_BUFFER {
+            if kept.len() < len {
+                kept.resize(len, 0);
+            }
+            &mut kept[..len]
+        } else {
+            own.resize(len, 0);
+            &mut own[..]
+        };
+        if let Err(err) = self.volume.read_at(offset, buf) {
             return self.reply_error(cookie, CMD_READ, &err);
         }
         if !self.limits.structured {
-            return self.send(&[&proto::simple_reply(cookie, None), &buf]);
+            return self.send(&[&proto::simple_reply(cookie, None), buf]);
         }
-        if is_zero(&buf) {
+        if is_zero(buf) {
             return self.send(&[&proto::offset_hole_chunk(cookie, offset, length)]);
         }
         match proto::offset_data_header(cookie, offset, buf.len()) {
-            Ok(header) => self.send(&[&header, &buf]),
+            Ok(header) => self.send(&[&header, buf]),
             Err(err) => self.reply_error(cookie, CMD_READ, &err),
         }
     }
