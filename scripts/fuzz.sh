@@ -120,6 +120,8 @@ seed("s3_request", "xml", b"\x03<ServerSideEncryptionConfiguration><Rule><ApplyS
      b"</ApplyServerSideEncryptionByDefault></Rule></ServerSideEncryptionConfiguration>")
 seed("s3_request", "route", b"\x04/bucket/a%20b/c?X-Amz-Signature=00&list-type=2&acl")
 seed("nbd_option", "meta", struct.pack(">I", 3) + meta)
+# A certificate subject's RDNs (C=GB, CN=client1), as nbd::common_name reads them.
+seed("nbd_client_name", "subject", bytes.fromhex("310b300906035504061302474231103" "00e06035504030c07") + b"client1")
 # XTS: key halves, a selector, sector size and number selectors, data.
 seed("xts_sectors", "4k", bytes(range(32)) + b"\x01" + bytes(range(32, 64)) + b"\x00\x00\x07\x00" + os.urandom(8192))
 seed("xts_sectors", "stealing", bytes(range(64)) + b"\x03\x11\x00\x01\xfe" + os.urandom(700))

@@ -16,4 +16,4 @@ pub use server::{
     errno, stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
     DEFAULT_EXPORT,
 };
-pub use tls::{ClientIdentity, TlsMode, TlsSettings};
+pub use tls::{common_name, ClientIdentity, TlsMode, TlsSettings};

@@ -204,8 +204,9 @@ impl fmt::Display for ClientIdentity {
 }
 
 /// The first common name (OID 2.5.4.3) in a DER `Name`'s contents (the RDN sequence
-/// without its outer SEQUENCE header), if it is a string type.
-fn common_name(mut rdns: &[u8]) -> Option<String> {
+/// without its outer SEQUENCE header, as webpki hands out a certificate's subject), if
+/// it is a string type. Never panics on any input (`fuzz/fuzz_targets/nbd_client_name.rs`).
+pub fn common_name(mut rdns: &[u8]) -> Option<String> {
     const CN_OID: [u8; 3] = [0x55, 0x04, 0x03];
     const SET: u8 = 0x31;
     const SEQUENCE: u8 = 0x30;
