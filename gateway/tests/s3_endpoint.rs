@@ -514,7 +514,7 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchBucket"));
     let r = e.get("/", &[]);
     assert!(r.text().contains("<Name>data</Name>"), "{}", r.text());
-    let r = e.send("POST", "/data/x", "uploads", &[], b"", &e.signed());
+    let r = e.send("GET", "/data", "versioning", &[], b"", &e.signed());
     assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
 }
 
@@ -997,5 +997,143 @@ fn bucket_keys_follow_the_bucket_default_and_the_put_header() {
     assert_eq!(e.get("/bkt/own", &[]).body, b"own data key");
     let bad = [("x-amz-server-side-encryption-bucket-key-enabled", "maybe")];
     let r = e.put_object("/bkt/bad", b"x", &bad);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidArgument"));
+}
+
+#[test]
+fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
+    let e = Endpoint::start();
+    e.make_bucket("mpu");
+    let extra = [
+        ("x-amz-server-side-encryption", "aws:kms"),
+        (
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            "alias/MyKMSKey",
+        ),
+        ("content-type", "text/x-parts"),
+    ];
+    let start = |key: &str| {
+        let r = e.send(
+            "POST",
+            &format!("/mpu/{key}"),
+            "uploads",
+            &extra,
+            b"",
+            &e.signed(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+            .split_once("<UploadId>")
+            .and_then(|(_, rest)| rest.split_once("</UploadId>"))
+            .map(|(id, _)| id.to_owned())
+            .unwrap()
+    };
+    let part = |key: &str, id: &str, n: u32, body: &[u8]| {
+        let r = e.send(
+            "PUT",
+            &format!("/mpu/{key}"),
+            &format!("partNumber={n}&uploadId={id}"),
+            &[],
+            body,
+            &e.signed(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.header("etag").to_owned()
+    };
+    let complete = |key: &str, id: &str, parts: &[(u32, &str)]| {
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (n, etag) in parts {
+            xml.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+                etag.replace('"', "&quot;")
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        e.send(
+            "POST",
+            &format!("/mpu/{key}"),
+            &format!("uploadId={id}"),
+            &[],
+            xml.as_bytes(),
+            &e.signed(),
+        )
+    };
+    let one = pattern(70_000);
+    let two = vec![7u8; 1000];
+    let id = start("joined");
+    let e2 = part("joined", &id, 2, &two);
+    let e1 = part("joined", &id, 1, &one);
+    let r = complete("joined", &id, &[(2, &e2), (1, &e1)]);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidPartOrder"));
+    let r = complete(
+        "joined",
+        &id,
+        &[(1, "\"00000000000000000000000000000000\""), (2, &e2)],
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidPart"));
+    let r = complete("joined", &id, &[(1, &e1), (3, &e2)]);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidPart"));
+    let r = complete("joined", &id, &[(1, &e1), (2, &e2)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-amz-server-side-encryption-aws-kms-key-id"),
+        e.key_arn
+    );
+    let got = e.get("/mpu/joined", &[]);
+    let mut whole = one.clone();
+    whole.extend_from_slice(&two);
+    assert_eq!(got.body, whole);
+    assert_eq!(got.header("content-type"), "text/x-parts");
+    // The upload is gone, and no part is left in the staging store.
+    let r = complete("joined", &id, &[(1, &e1), (2, &e2)]);
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
+    let staging = e.home.path().join("s3/multipart/s3/buckets");
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+
+    // Abort; an upload another account cannot see; a bad upload id.
+    let id = start("aborted");
+    part("aborted", &id, 1, b"x");
+    let r = e.send(
+        "DELETE",
+        "/mpu/aborted",
+        &format!("uploadId={id}"),
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(!e.object_exists("/mpu/aborted"));
+    let id = start("mine");
+    let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
+    let r = e.send(
+        "PUT",
+        "/mpu/mine",
+        &format!("partNumber=1&uploadId={id}"),
+        &[],
+        b"x",
+        &Auth::Header {
+            credentials: &other,
+            payload_hash: None,
+            at: OffsetDateTime::now_utc(),
+        },
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = e.send(
+        "PUT",
+        "/mpu/mine",
+        "partNumber=1&uploadId=../../x",
+        &[],
+        b"x",
+        &e.signed(),
+    );
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
+    let r = e.send(
+        "PUT",
+        "/mpu/mine",
+        &format!("partNumber=10001&uploadId={id}"),
+        &[],
+        b"x",
+        &e.signed(),
+    );
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidArgument"));
 }

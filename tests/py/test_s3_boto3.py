@@ -221,6 +221,20 @@ def main():
     assert keys == ["clock.png", "copies/clock.png", "notes/random.bin"], keys
     assert "copies/clock.png" in aws("s3", "ls", "--recursive", f"s3://{BUCKET}/").stdout
 
+    step("a 20 MiB file: aws s3 cp uses a multipart upload and ranged downloads")
+    big = os.urandom(20 << 20)
+    big_path = os.path.join(WORK, "big.bin")
+    with open(big_path, "wb") as f:
+        f.write(big)
+    aws("s3", "cp", big_path, f"s3://{BUCKET}/big/big.bin",
+        "--sse", "aws:kms", "--sse-kms-key-id", "alias/MyKMSKey")
+    head = s3.head_object(Bucket=BUCKET, Key="big/big.bin")
+    assert head["ContentLength"] == len(big) and head["SSEKMSKeyId"] == key_arn, head
+    aws("s3", "cp", f"s3://{BUCKET}/big/big.bin", big_path + ".back")
+    with open(big_path + ".back", "rb") as f:
+        assert f.read() == big
+    s3.delete_object(Bucket=BUCKET, Key="big/big.bin")
+
     step("download identical (aws s3 cp, boto3), range GET")
     out_path = os.path.join(WORK, "clock.out.png")
     aws("s3", "cp", f"s3://{BUCKET}/clock.png", out_path)

@@ -10,6 +10,7 @@
 //! object, and S3 refuses even that for SSE-KMS objects (every atrest object), with
 //! its own message.
 
+mod multipart;
 pub mod upload;
 pub mod xml;
 
@@ -60,6 +61,10 @@ pub enum S3Operation {
     HeadObject,
     DeleteObject,
     DeleteObjects,
+    CreateMultipartUpload,
+    UploadPart,
+    CompleteMultipartUpload,
+    AbortMultipartUpload,
     PutObjectAcl,
     GetObjectAcl,
 }
@@ -176,6 +181,16 @@ impl S3Request {
         } else {
             match *method {
                 Method::PUT if sub.is_empty() => Op::PutObject,
+                Method::PUT
+                    if sub.len() == 2
+                        && sub.contains(&"partNumber")
+                        && sub.contains(&"uploadId") =>
+                {
+                    Op::UploadPart
+                }
+                Method::POST if only("uploads") => Op::CreateMultipartUpload,
+                Method::POST if only("uploadId") => Op::CompleteMultipartUpload,
+                Method::DELETE if only("uploadId") => Op::AbortMultipartUpload,
                 Method::PUT if only("acl") => Op::PutObjectAcl,
                 Method::GET if only("acl") => Op::GetObjectAcl,
                 Method::GET if sub.is_empty() => Op::GetObject,
@@ -582,6 +597,19 @@ impl S3Service {
         }
         match request.operation {
             Op::PutObject => self.put_object(&kms, &request, parts, &mut body),
+            Op::UploadPart => {
+                if parts.headers.contains_key("x-amz-copy-source") {
+                    return Err(GatewayError::NotImplemented(
+                        "UploadPartCopy is not implemented".into(),
+                    ));
+                }
+                let md5 = content_md5(&parts.headers)?;
+                self.upload_part(&kms, &request, &principal, &mut body, md5)
+            }
+            Op::CompleteMultipartUpload => {
+                let small = read_small(&mut body)?;
+                self.complete_multipart_upload(&kms, &request, &principal, &small)
+            }
             Op::GetObject => self.get_object(&kms, &request, parts, true),
             Op::HeadObject => self.get_object(&kms, &request, parts, false),
             other => {
@@ -625,16 +653,7 @@ impl S3Service {
             ));
         }
         let opts = put_options(headers)?;
-        let bucket_key = match header(headers, "x-amz-server-side-encryption-bucket-key-enabled")? {
-            None => None,
-            Some(text) if text.eq_ignore_ascii_case("true") => Some(true),
-            Some(text) if text.eq_ignore_ascii_case("false") => Some(false),
-            Some(_) => {
-                return Err(GatewayError::InvalidArgument(
-                    "x-amz-server-side-encryption-bucket-key-enabled must be true or false".into(),
-                ))
-            }
-        };
+        let bucket_key = bucket_key_header(headers)?;
         let info = self
             .store
             .put_object_with_bucket_key(kms, &request.bucket, &request.key, body, &opts, bucket_key)
@@ -847,12 +866,18 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::DeleteObjects => self.delete_objects(bucket, parts, body),
+            Op::CreateMultipartUpload => self.create_multipart_upload(request, parts, principal),
+            Op::AbortMultipartUpload => self.abort_multipart_upload(request, principal),
             Op::GetObjectAcl => {
                 let acl = self.store.object_acl(bucket, &request.key)?;
                 let owner = self.store.bucket(bucket)?.owner;
                 Ok(S3Answer::xml(acl_document(&owner, acl)))
             }
-            Op::PutObject | Op::GetObject | Op::HeadObject => Err(GatewayError::InvalidRequest(
+            Op::PutObject
+            | Op::GetObject
+            | Op::HeadObject
+            | Op::UploadPart
+            | Op::CompleteMultipartUpload => Err(GatewayError::InvalidRequest(
                 "internal routing error".into(),
             )),
         }
@@ -1045,17 +1070,7 @@ fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
             user_metadata.insert(meta.to_owned(), value.to_owned());
         }
     }
-    let content_md5 = header(headers, "content-md5")?
-        .map(|text| {
-            BASE64
-                .decode(text.trim())
-                .ok()
-                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-                .ok_or_else(|| {
-                    GatewayError::InvalidDigest("The Content-MD5 you specified was invalid.".into())
-                })
-        })
-        .transpose()?;
+    let content_md5 = content_md5(headers)?;
     Ok(PutObjectOptions {
         content_type: header(headers, "content-type")?.map(str::to_owned),
         user_metadata,
@@ -1067,6 +1082,33 @@ fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
             .unwrap_or_default(),
         content_md5,
     })
+}
+
+/// `x-amz-server-side-encryption-bucket-key-enabled`.
+fn bucket_key_header(headers: &HeaderMap) -> Result<Option<bool>, GatewayError> {
+    match header(headers, "x-amz-server-side-encryption-bucket-key-enabled")? {
+        None => Ok(None),
+        Some(text) if text.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(text) if text.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(_) => Err(GatewayError::InvalidArgument(
+            "x-amz-server-side-encryption-bucket-key-enabled must be true or false".into(),
+        )),
+    }
+}
+
+/// `Content-MD5`, decoded.
+fn content_md5(headers: &HeaderMap) -> Result<Option<[u8; 16]>, GatewayError> {
+    header(headers, "content-md5")?
+        .map(|text| {
+            BASE64
+                .decode(text.trim())
+                .ok()
+                .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    GatewayError::InvalidDigest("The Content-MD5 you specified was invalid.".into())
+                })
+        })
+        .transpose()
 }
 
 /// `x-amz-server-side-encryption-context`: base64 of a JSON object of strings.
@@ -1160,7 +1202,7 @@ mod tests {
         let r = S3Request::parse(&Method::GET, "/b/a%2Fb/c%20d", "").unwrap();
         assert_eq!((r.bucket.as_str(), r.key.as_str()), ("b", "a/b/c d"));
         assert_eq!(
-            route(Method::POST, "/b/k", "uploads")
+            route(Method::POST, "/b/k", "tagging")
                 .unwrap_err()
                 .s3_code(),
             "NotImplemented"
