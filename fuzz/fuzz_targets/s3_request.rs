@@ -102,6 +102,8 @@ fuzz_target!(|data: &[u8]| {
                 "ServerSideEncryptionConfiguration",
                 "CreateBucketConfiguration",
                 "AccessControlPolicy",
+                "CompleteMultipartUpload",
+                "Delete",
             ] {
                 if let Ok(doc) = XmlDocument::parse(rest, root) {
                     for tag in [
@@ -110,6 +112,9 @@ fuzz_target!(|data: &[u8]| {
                         "LocationConstraint",
                         "URI",
                         "Permission",
+                        "PartNumber",
+                        "ETag",
+                        "Key",
                     ] {
                         let _ = doc.get(tag);
                         let _ = doc.all(tag);
