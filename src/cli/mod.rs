@@ -42,10 +42,13 @@ impl Globals {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` (default `info`) filters them.
+/// Logs go to stderr; `RUST_LOG` filters them. The default is `info`, with rustls
+/// at `error`: it warns on every client that connects by IP address (an SNI
+/// extension it ignores), which is how NBD and S3 clients normally connect; failed
+/// handshakes are reported by the servers themselves.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
