@@ -439,10 +439,6 @@ impl S3Service {
         S3Service { store }
     }
 
-    pub fn store(&self) -> &ObjectStore {
-        &self.store
-    }
-
     /// Authenticates the request: anonymous, or signed (header or presigned). For a
     /// signed header request, also says how the body is covered by the signature.
     fn authenticate(
