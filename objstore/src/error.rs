@@ -54,6 +54,20 @@ pub enum Error {
     /// The upload is larger than S3's 5 TiB single-object limit.
     #[error("EntityTooLarge: the object is larger than {max} bytes")]
     TooLarge { max: u64 },
+    /// The caller named a multipart upload that does not exist (never created,
+    /// completed, or aborted).
+    #[error("NoSuchUpload: the upload '{upload_id}' does not exist; it may have been aborted or completed")]
+    NoSuchUpload { upload_id: String },
+    /// A CompleteMultipartUpload names a part that was not uploaded, or with another
+    /// ETag.
+    #[error("InvalidPart: {0}")]
+    InvalidPart(String),
+    /// A CompleteMultipartUpload lists its parts out of ascending order.
+    #[error("InvalidPartOrder: the list of parts was not in ascending order; parts must be ordered by part number")]
+    InvalidPartOrder,
+    /// A part other than the last is smaller than S3's 5 MiB minimum.
+    #[error("EntityTooSmall: part {part} is {size} bytes; every part but the last must be at least {min} bytes")]
+    EntityTooSmall { part: u32, size: u64, min: u64 },
     /// The key service refused or failed (key disabled, pending deletion, access
     /// denied, wrong context, unreachable): S3 reports these as `KMS.<name>`.
     #[error("KMS.{}", .0)]
@@ -89,6 +103,10 @@ impl Error {
             Error::Body(_) => "IncompleteBody",
             Error::BadDigest => "BadDigest",
             Error::TooLarge { .. } => "EntityTooLarge",
+            Error::NoSuchUpload { .. } => "NoSuchUpload",
+            Error::InvalidPart(_) => "InvalidPart",
+            Error::InvalidPartOrder => "InvalidPartOrder",
+            Error::EntityTooSmall { .. } => "EntityTooSmall",
             // S3 reports a KMS denial as plain AccessDenied.
             Error::Kms(KmsError::AccessDenied(_)) => "AccessDenied",
             Error::Kms(e) => return Cow::Owned(format!("KMS.{}", e.aws_name())),
@@ -101,7 +119,8 @@ impl Error {
         match self {
             Error::NoSuchBucket { .. }
             | Error::NoSuchKey { .. }
-            | Error::NoBucketEncryption { .. } => 404,
+            | Error::NoBucketEncryption { .. }
+            | Error::NoSuchUpload { .. } => 404,
             Error::BucketAlreadyOwnedByYou { .. }
             | Error::BucketAlreadyExists { .. }
             | Error::BucketNotEmpty { .. } => 409,
@@ -111,7 +130,10 @@ impl Error {
             | Error::InvalidArgument(_)
             | Error::Body(_)
             | Error::BadDigest
-            | Error::TooLarge { .. } => 400,
+            | Error::TooLarge { .. }
+            | Error::InvalidPart(_)
+            | Error::InvalidPartOrder
+            | Error::EntityTooSmall { .. } => 400,
             Error::Kms(KmsError::AccessDenied(_)) => 403,
             Error::Kms(e) if e.http_status() >= 500 => 503,
             Error::Kms(_) => 400,

@@ -8,6 +8,8 @@
 //!
 //! - [`ObjectStore`]: buckets (create, delete, list, default encryption, ACL) and
 //!   objects (streaming put, get with ranges, head, delete, ListObjectsV2, ACL).
+//! - Multipart uploads ([`ObjectStore::create_multipart_upload`] and the rest):
+//!   parts sealed under keys derived from the upload's key, assembled on Complete.
 //! - [`ObjectReader`]: the decrypting body of a GET.
 //! - [`ByteRange`], [`ListObjectsRequest`]: request parameters with S3's semantics.
 //! - Bucket keys (S3 Bucket Keys): with `BucketKeyEnabled` in the bucket's default
@@ -35,6 +37,9 @@ pub use list::{ListObjectsRequest, MAX_KEYS};
 pub use names::{bucket_arn, object_arn, validate_bucket_name, validate_object_key};
 pub use range::ByteRange;
 pub use reader::ObjectReader;
+pub use store::multipart::{
+    CompletedPart, MultipartUpload, PartInfo, MAX_PART_NUMBER, MIN_PART_SIZE,
+};
 pub use store::{
     Acl, BucketEncryption, BucketInfo, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore,
     PutObjectOptions, DEFAULT_CONTENT_TYPE, MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY,

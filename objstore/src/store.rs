@@ -43,6 +43,8 @@ use crate::range::ByteRange;
 use crate::reader::ObjectReader;
 use crate::Error;
 
+pub(crate) mod multipart;
+
 /// The encryption-context pair S3 adds to every SSE-KMS object.
 pub const S3_ARN_CONTEXT_KEY: &str = "aws:s3:arn";
 /// S3's content type for an object uploaded without one.
@@ -62,6 +64,8 @@ const BUCKET_KEYS_DIR: &str = "bucket-keys";
 const TMP_DIR: &str = "tmp";
 const OBJECT_EXT: &str = "obj";
 const ACL_EXT: &str = "acl";
+/// Sidecar of a multipart object: its part count, for the `-N` of its ETag.
+const PARTS_EXT: &str = "parts";
 
 /// A canned ACL (the two S3 offers that atrest models).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -800,6 +804,20 @@ impl ObjectStore {
         opts: &PutObjectOptions,
         bucket_key_enabled: Option<bool>,
     ) -> Result<ObjectInfo, Error> {
+        let plan = self.plan_put(bucket, key, opts, bucket_key_enabled)?;
+        let upload_key = self.new_upload_key(kms, bucket, key, &plan)?;
+        self.seal_and_commit(bucket, key, upload_key, plan.content_type, body, opts, None)
+    }
+
+    /// Checks what a PUT says about the object (before any key-service call) and
+    /// resolves its CMK and whether it uses a bucket key.
+    fn plan_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        opts: &PutObjectOptions,
+        bucket_key_enabled: Option<bool>,
+    ) -> Result<PutPlan, Error> {
         validate_object_key(key)?;
         let info = self.bucket(bucket)?;
         let key_id = match (&opts.kms_key_id, &info.encryption) {
@@ -824,7 +842,26 @@ impl ObjectStore {
                 .as_ref()
                 .is_some_and(|e| e.bucket_key_enabled)
         }) && opts.encryption_context.is_empty();
-        let upload_key = if bucket_key {
+        Ok(PutPlan {
+            key_id,
+            content_type,
+            context,
+            bucket_key,
+        })
+    }
+
+    /// A fresh key for a new object: derived from the bucket key, or a data key of
+    /// its own (GenerateDataKey under the object's encryption context).
+    fn new_upload_key(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        key: &str,
+        plan: &PutPlan,
+    ) -> Result<UploadKey, Error> {
+        let key_id = plan.key_id.clone();
+        let context = plan.context.clone();
+        Ok(if plan.bucket_key {
             let (bucket_key, key_arn, wrapped) = self.current_bucket_key(kms, bucket, &key_id)?;
             let mut salt = [0u8; BUCKET_KEY_SALT_LEN];
             fill_random(&mut salt);
@@ -852,9 +889,22 @@ impl ObjectStore {
                 bucket_key_salt: None,
                 context,
             }
-        };
-        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
-        fill_random(&mut nonce_prefix);
+        })
+    }
+
+    /// Seals `body` under `upload_key` into a new object file and makes it the object.
+    /// `multipart` is the ETag digest and part count of a completed multipart upload.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_and_commit(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_key: UploadKey,
+        content_type: String,
+        body: &mut dyn Read,
+        opts: &PutObjectOptions,
+        multipart: Option<([u8; 16], u32)>,
+    ) -> Result<ObjectInfo, Error> {
         let bound = BoundHeader {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
@@ -864,20 +914,53 @@ impl ObjectStore {
             content_type,
             encryption_context: upload_key.context.clone(),
             user_metadata: opts.user_metadata.clone(),
-            nonce_prefix,
+            nonce_prefix: [0; NONCE_PREFIX_LEN],
         };
+        let (file, tmp_path, header) = self.seal_to_temp(
+            bound,
+            &upload_key.key,
+            body,
+            opts.content_md5,
+            multipart.map(|m| m.0),
+        )?;
+        drop(upload_key);
+        let result = self.commit(
+            &file,
+            &tmp_path,
+            bucket,
+            key,
+            header,
+            opts.acl,
+            multipart.map(|m| m.1),
+        );
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp_path);
+        }
+        result
+    }
+
+    /// Seals `body` under `key` (with a fresh nonce prefix) into a new, locked
+    /// temporary file of `bound`'s bucket; the file is not yet fsynced. `etag`
+    /// replaces the body's MD5 in the summary (a multipart object's ETag digest).
+    fn seal_to_temp(
+        &self,
+        mut bound: BoundHeader,
+        key: &Key32,
+        body: &mut dyn Read,
+        content_md5: Option<[u8; 16]>,
+        etag: Option<[u8; 16]>,
+    ) -> Result<(File, PathBuf, ObjectHeader), Error> {
+        fill_random(&mut bound.nonce_prefix);
+        let nonce_prefix = bound.nonce_prefix;
         let header_len = ObjectHeader::encoded_len(&bound)
             .map_err(|e| Error::InvalidArgument(format!("object metadata: {e}")))?;
         let digest = ObjectHeader::bound_digest(&bound)
             .map_err(|e| Error::InvalidArgument(format!("object metadata: {e}")))?;
-        let cipher =
-            SegmentCipher::new(&upload_key.key[..], nonce_prefix, digest).map_err(|_| {
-                Error::InvalidArgument("the object key could not be made into a cipher".into())
-            })?;
-        drop(upload_key);
-
+        let cipher = SegmentCipher::new(&key[..], nonce_prefix, digest).map_err(|_| {
+            Error::InvalidArgument("the object key could not be made into a cipher".into())
+        })?;
         let tmp_path = self
-            .bucket_dir(bucket)
+            .bucket_dir(&bound.bucket)
             .join(TMP_DIR)
             .join(random_name(".part"));
         let file = OpenOptions::new()
@@ -892,6 +975,8 @@ impl ObjectStore {
             path: &tmp_path,
             cipher: &cipher,
             header_len: header_len as u64,
+            content_md5,
+            etag,
         };
         let result = file
             .try_lock()
@@ -899,16 +984,19 @@ impl ObjectStore {
                 context: format!("lock {}", tmp_path.display()),
                 source: io::Error::other(e.to_string()),
             })
-            .and_then(|()| upload.run(body, bound, opts))
-            .and_then(|header| self.commit(&file, &tmp_path, bucket, key, header, opts.acl));
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp_path);
+            .and_then(|()| upload.run(body, bound));
+        match result {
+            Ok(header) => Ok((file, tmp_path, header)),
+            Err(err) => {
+                let _ = fs::remove_file(&tmp_path);
+                Err(err)
+            }
         }
-        result
     }
 
     /// Makes an uploaded temporary file the object: fsync, then (fail-closed order for
-    /// the ACL) rename.
+    /// the ACL) rename. `parts` is a multipart object's part count.
+    #[allow(clippy::too_many_arguments)]
     fn commit(
         &self,
         file: &File,
@@ -917,6 +1005,7 @@ impl ObjectStore {
         key: &str,
         header: ObjectHeader,
         acl: Acl,
+        parts: Option<u32>,
     ) -> Result<ObjectInfo, Error> {
         file.sync_all()
             .map_err(io_err(format!("fsync {}", tmp_path.display())))?;
@@ -927,12 +1016,58 @@ impl ObjectStore {
         if acl == Acl::Private {
             Self::remove_if_exists(&acl_path)?;
         }
+        // The sidecar names the ETag digest it belongs to, so a stale one (a crash
+        // before the rename, or left by an older object) is ignored.
+        let parts_path = path.with_extension(PARTS_EXT);
+        if let Some(n) = parts {
+            let line = format!("{n} {}\n", hex::encode(header.summary.etag));
+            write_atomic(&parts_path, line.as_bytes())?;
+        }
         fs::rename(tmp_path, &path).map_err(io_err(format!("rename into {}", path.display())))?;
+        if parts.is_none() {
+            Self::remove_if_exists(&parts_path)?;
+        }
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         if acl == Acl::PublicRead {
             write_atomic(&acl_path, Acl::PublicRead.as_str().as_bytes())?;
         }
-        Ok(Self::info(&header, acl))
+        Ok(Self::info(&header, acl, parts))
+    }
+
+    /// A multipart object's part count, from its sidecar when that belongs to
+    /// `header`'s ETag digest.
+    fn read_parts(object_path: &Path, header: &ObjectHeader) -> Result<Option<u32>, Error> {
+        let path = object_path.with_extension(PARTS_EXT);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("read {}", path.display()),
+                    source,
+                })
+            }
+        };
+        let parsed = text
+            .trim()
+            .split_once(' ')
+            .and_then(|(n, etag)| Some((n.parse::<u32>().ok()?, etag)));
+        let Some((n, etag)) = parsed else {
+            return Err(Error::Corrupted {
+                path,
+                what: "unreadable part count".into(),
+            });
+        };
+        Ok((etag == hex::encode(header.summary.etag)).then_some(n))
+    }
+
+    /// The object's metadata with its ACL and (multipart) part count.
+    fn read_info(object_path: &Path, header: &ObjectHeader) -> Result<ObjectInfo, Error> {
+        Ok(Self::info(
+            header,
+            Self::read_acl(object_path)?,
+            Self::read_parts(object_path, header)?,
+        ))
     }
 
     fn remove_if_exists(path: &Path) -> Result<bool, Error> {
@@ -946,14 +1081,18 @@ impl ObjectStore {
         }
     }
 
-    fn info(header: &ObjectHeader, acl: Acl) -> ObjectInfo {
+    fn info(header: &ObjectHeader, acl: Acl, parts: Option<u32>) -> ObjectInfo {
         let b = &header.bound;
         let s = &header.summary;
+        let etag = match parts {
+            Some(n) => format!("{}-{n}", hex::encode(s.etag)),
+            None => hex::encode(s.etag),
+        };
         ObjectInfo {
             bucket: b.bucket.clone(),
             key: b.key.clone(),
             size: s.plaintext_len,
-            etag: hex::encode(s.etag),
+            etag,
             content_type: b.content_type.clone(),
             user_metadata: b.user_metadata.clone(),
             kms_key_arn: b.key_arn.clone(),
@@ -1031,7 +1170,7 @@ impl ObjectStore {
     /// HeadObject: metadata only, no key-service call.
     pub fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectInfo, Error> {
         let (_, path, header) = self.open_object(bucket, key)?;
-        Ok(Self::info(&header, Self::read_acl(&path)?))
+        Self::read_info(&path, &header)
     }
 
     /// GetObject, optionally of one range: unwraps the object's data key with one
@@ -1045,7 +1184,7 @@ impl ObjectStore {
         range: Option<ByteRange>,
     ) -> Result<ObjectDownload, Error> {
         let (file, path, header) = self.open_object(bucket, key)?;
-        let info = Self::info(&header, Self::read_acl(&path)?);
+        let info = Self::read_info(&path, &header)?;
         let size = header.summary.plaintext_len;
         let resolved = range.map(|r| r.resolve(size)).transpose()?;
         let expected_arn = match header.bound.bucket_key_salt {
@@ -1114,6 +1253,7 @@ impl ObjectStore {
         let path = self.object_path(bucket, key);
         let removed = Self::remove_if_exists(&path)?;
         Self::remove_if_exists(&Self::acl_path(&path))?;
+        Self::remove_if_exists(&path.with_extension(PARTS_EXT))?;
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         Ok(removed)
     }
@@ -1175,7 +1315,7 @@ impl ObjectStore {
             .iter()
             .map(|&i| {
                 let (_, path, header) = &all[i];
-                Ok(Self::info(header, Self::read_acl(path)?))
+                Self::read_info(path, header)
             })
             .collect::<Result<_, Error>>()?;
         Ok(ListObjectsPage {
@@ -1238,12 +1378,25 @@ fn read_header(file: &File, path: &Path) -> Result<ObjectHeader, Error> {
     ObjectHeader::decode(&bytes).map_err(|e| corrupted(e.0))
 }
 
+/// What a PUT resolved before reading its body ([`ObjectStore::plan_put`]).
+struct PutPlan {
+    key_id: String,
+    content_type: String,
+    /// The object's full encryption context.
+    context: EncryptionContext,
+    bucket_key: bool,
+}
+
 /// One upload in progress into a temporary file.
 struct Upload<'a> {
     file: &'a File,
     path: &'a Path,
     cipher: &'a SegmentCipher,
     header_len: u64,
+    /// `Content-MD5`: the upload fails with BadDigest when the body's MD5 differs.
+    content_md5: Option<[u8; 16]>,
+    /// Recorded instead of the body's MD5 (a multipart object's ETag digest).
+    etag: Option<[u8; 16]>,
 }
 
 impl Upload<'_> {
@@ -1253,7 +1406,6 @@ impl Upload<'_> {
         &self,
         body: &mut dyn Read,
         bound: BoundHeader,
-        opts: &PutObjectOptions,
     ) -> Result<ObjectHeader, Error> {
         let mut plain = vec![0u8; WINDOW_SEGMENTS * SEG];
         let mut sealed = Vec::with_capacity(WINDOW_SEGMENTS * SEALED_SEG);
@@ -1296,10 +1448,11 @@ impl Upload<'_> {
             };
             if is_final {
                 md5.update(batch);
-                let etag: [u8; 16] = md5.finalize().into();
-                if opts.content_md5.is_some_and(|want| want != etag) {
+                let md5: [u8; 16] = md5.finalize().into();
+                if self.content_md5.is_some_and(|want| want != md5) {
                     return Err(Error::BadDigest);
                 }
+                let etag = self.etag.unwrap_or(md5);
                 let summary = Summary {
                     plaintext_len: total,
                     etag,
