@@ -78,16 +78,6 @@ pub enum GatewayError {
     /// The client asked to create a bucket in another region than this endpoint's.
     #[error("InvalidLocationConstraint: {0}")]
     InvalidLocationConstraint(String),
-    /// The client named a multipart upload that does not exist (or is not its own).
-    #[error("NoSuchUpload: {0}")]
-    NoSuchUpload(String),
-    /// The client's CompleteMultipartUpload names a part that was not uploaded or
-    /// whose ETag differs.
-    #[error("InvalidPart: {0}")]
-    InvalidPart(String),
-    /// The client's CompleteMultipartUpload lists parts out of order.
-    #[error("InvalidPartOrder: {0}")]
-    InvalidPartOrder(String),
     /// The client used an HTTP method the resource does not take.
     #[error("MethodNotAllowed: {0}")]
     MethodNotAllowed(String),
@@ -148,10 +138,7 @@ impl GatewayError {
             | GatewayError::IncompleteBody(_)
             | GatewayError::InvalidDigest(_)
             | GatewayError::MissingContentLength(_)
-            | GatewayError::InvalidLocationConstraint(_)
-            | GatewayError::NoSuchUpload(_)
-            | GatewayError::InvalidPart(_)
-            | GatewayError::InvalidPartOrder(_) => "ValidationException",
+            | GatewayError::InvalidLocationConstraint(_) => "ValidationException",
             GatewayError::AccessDenied(_) => "AccessDeniedException",
             GatewayError::MethodNotAllowed(_) | GatewayError::NotImplemented(_) => {
                 "UnknownOperationException"
@@ -184,9 +171,6 @@ impl GatewayError {
             | GatewayError::InvalidDigest(_)
             | GatewayError::MissingContentLength(_)
             | GatewayError::InvalidLocationConstraint(_)
-            | GatewayError::NoSuchUpload(_)
-            | GatewayError::InvalidPart(_)
-            | GatewayError::InvalidPartOrder(_)
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::NotImplemented(_) => 400,
             GatewayError::PresignExpired(_)
@@ -223,9 +207,6 @@ impl GatewayError {
             GatewayError::InvalidDigest(_) => "InvalidDigest",
             GatewayError::MissingContentLength(_) => "MissingContentLength",
             GatewayError::InvalidLocationConstraint(_) => "InvalidLocationConstraint",
-            GatewayError::NoSuchUpload(_) => "NoSuchUpload",
-            GatewayError::InvalidPart(_) => "InvalidPart",
-            GatewayError::InvalidPartOrder(_) => "InvalidPartOrder",
             GatewayError::MethodNotAllowed(_) => "MethodNotAllowed",
             GatewayError::UnknownOperation(_) | GatewayError::NotImplemented(_) => "NotImplemented",
             GatewayError::Object(err) => return err.s3_code(),
@@ -250,7 +231,6 @@ impl GatewayError {
             | GatewayError::ClockSkew(_) => 403,
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::MissingContentLength(_) => 411,
-            GatewayError::NoSuchUpload(_) => 404,
             GatewayError::UnknownOperation(_) | GatewayError::NotImplemented(_) => 501,
             GatewayError::Object(err) => err.http_status(),
             GatewayError::Kms(crypto_core::kms::KmsError::AccessDenied(_)) => 403,
@@ -283,9 +263,6 @@ impl GatewayError {
             | GatewayError::InvalidDigest(m)
             | GatewayError::MissingContentLength(m)
             | GatewayError::InvalidLocationConstraint(m)
-            | GatewayError::NoSuchUpload(m)
-            | GatewayError::InvalidPart(m)
-            | GatewayError::InvalidPartOrder(m)
             | GatewayError::MethodNotAllowed(m)
             | GatewayError::NotImplemented(m)
             | GatewayError::Config(m) => m.clone(),

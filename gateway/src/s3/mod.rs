@@ -61,12 +61,14 @@ pub enum S3Operation {
     HeadObject,
     DeleteObject,
     DeleteObjects,
+    PutObjectAcl,
+    GetObjectAcl,
     CreateMultipartUpload,
     UploadPart,
     CompleteMultipartUpload,
     AbortMultipartUpload,
-    PutObjectAcl,
-    GetObjectAcl,
+    ListParts,
+    ListMultipartUploads,
 }
 
 /// A routed S3 request: the operation, its bucket and key (decoded), and the query.
@@ -132,6 +134,7 @@ impl S3Request {
             .filter(|name| SUBRESOURCES.contains(name))
             .collect();
         let only = |name: &str| sub.len() == 1 && sub[0] == name;
+        let part = sub.len() == 2 && sub.contains(&"partNumber") && sub.contains(&"uploadId");
         let unsupported = |what: &str| {
             Err(GatewayError::NotImplemented(format!(
                 "A header or query you provided requested a function that is not implemented \
@@ -175,27 +178,23 @@ impl S3Request {
                 }
                 Method::HEAD if sub.is_empty() => Op::HeadBucket,
                 Method::POST if only("delete") => Op::DeleteObjects,
+                Method::GET if only("uploads") => Op::ListMultipartUploads,
                 Method::DELETE if sub.is_empty() => Op::DeleteBucket,
                 _ => return unsupported(method.as_str()),
             }
         } else {
             match *method {
                 Method::PUT if sub.is_empty() => Op::PutObject,
-                Method::PUT
-                    if sub.len() == 2
-                        && sub.contains(&"partNumber")
-                        && sub.contains(&"uploadId") =>
-                {
-                    Op::UploadPart
-                }
-                Method::POST if only("uploads") => Op::CreateMultipartUpload,
-                Method::POST if only("uploadId") => Op::CompleteMultipartUpload,
-                Method::DELETE if only("uploadId") => Op::AbortMultipartUpload,
                 Method::PUT if only("acl") => Op::PutObjectAcl,
                 Method::GET if only("acl") => Op::GetObjectAcl,
                 Method::GET if sub.is_empty() => Op::GetObject,
                 Method::HEAD if sub.is_empty() => Op::HeadObject,
                 Method::DELETE if sub.is_empty() => Op::DeleteObject,
+                Method::POST if only("uploads") => Op::CreateMultipartUpload,
+                Method::PUT if part => Op::UploadPart,
+                Method::POST if only("uploadId") => Op::CompleteMultipartUpload,
+                Method::DELETE if only("uploadId") => Op::AbortMultipartUpload,
+                Method::GET if only("uploadId") => Op::ListParts,
                 _ => return unsupported(method.as_str()),
             }
         };
@@ -593,21 +592,17 @@ impl S3Service {
         }
         match request.operation {
             Op::PutObject => self.put_object(&kms, &request, parts, &mut body),
-            Op::UploadPart => {
-                if parts.headers.contains_key("x-amz-copy-source") {
-                    return Err(GatewayError::NotImplemented(
-                        "UploadPartCopy is not implemented".into(),
-                    ));
-                }
-                let md5 = content_md5(&parts.headers)?;
-                self.upload_part(&kms, &request, &principal, &mut body, md5)
-            }
-            Op::CompleteMultipartUpload => {
-                let small = read_small(&mut body)?;
-                self.complete_multipart_upload(&kms, &request, &principal, &small)
-            }
             Op::GetObject => self.get_object(&kms, &request, parts, true),
             Op::HeadObject => self.get_object(&kms, &request, parts, false),
+            Op::UploadPart => self.upload_part(&kms, &request, parts, &mut body),
+            Op::CreateMultipartUpload
+            | Op::CompleteMultipartUpload
+            | Op::AbortMultipartUpload
+            | Op::ListParts
+            | Op::ListMultipartUploads => {
+                let small = read_small(&mut body)?;
+                self.multipart_operation(&kms, &request, parts, &principal, &small)
+            }
             other => {
                 let small = read_small(&mut body)?;
                 self.small_operation(other, &request, parts, &principal, ctx.region, &small)
@@ -862,8 +857,6 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::DeleteObjects => self.delete_objects(bucket, parts, body),
-            Op::CreateMultipartUpload => self.create_multipart_upload(request, parts, principal),
-            Op::AbortMultipartUpload => self.abort_multipart_upload(request, principal),
             Op::GetObjectAcl => {
                 let acl = self.store.object_acl(bucket, &request.key)?;
                 let owner = self.store.bucket(bucket)?.owner;
@@ -872,8 +865,12 @@ impl S3Service {
             Op::PutObject
             | Op::GetObject
             | Op::HeadObject
+            | Op::CreateMultipartUpload
             | Op::UploadPart
-            | Op::CompleteMultipartUpload => Err(GatewayError::InvalidRequest(
+            | Op::CompleteMultipartUpload
+            | Op::AbortMultipartUpload
+            | Op::ListParts
+            | Op::ListMultipartUploads => Err(GatewayError::InvalidRequest(
                 "internal routing error".into(),
             )),
         }

@@ -1,199 +1,91 @@
-//! Multipart uploads (CreateMultipartUpload, UploadPart, CompleteMultipartUpload,
-//! AbortMultipartUpload), which the aws CLI uses for files above its
-//! `multipart_threshold`.
-//!
-//! Parts never touch the disk in the clear: each is an SSE-KMS object of its own in a
-//! staging store (`<home>/s3/multipart/`), one bucket per upload, encrypted under the
-//! upload's CMK as the part's signer. Completing the upload streams the parts'
-//! plaintext, decrypted one after another, into an ordinary PutObject of the target
-//! key, so the object is one atomic write with one data key, like any other; then the
-//! parts are removed. The object's ETag is the MD5 of its whole content (S3 gives
-//! multipart objects an MD5 of the parts' MD5s with a `-N` suffix instead).
+//! The multipart-upload operations (CreateMultipartUpload, UploadPart,
+//! CompleteMultipartUpload, AbortMultipartUpload, ListParts, ListMultipartUploads)
+//! over the object store's multipart uploads. UploadPart streams its body as
+//! PutObject does (aws-chunked, checksums, Content-MD5); the other operations have
+//! small bodies.
 
-use std::io::{self, BufRead, Read};
-use std::path::PathBuf;
+use std::io::BufRead;
 
 use crypto_core::kms::LocalKms;
-use http::{HeaderMap, HeaderValue, StatusCode};
-use objstore::{ListObjectsRequest, ObjectReader, ObjectStore, PutObjectOptions};
-use serde::{Deserialize, Serialize};
+use http::{HeaderMap, StatusCode};
+use objstore::{CompletedPart, MultipartUpload, MAX_PART_NUMBER};
 
 use super::upload::UploadBody;
 use super::xml::{XmlDocument, XmlWriter};
-use super::{account_of, bucket_key_header, encryption_headers, insert, put_options};
-use super::{S3Answer, S3Request, S3Service};
+use super::{
+    bucket_key_header, content_md5, insert, iso_date, owner_xml, put_options, S3Answer,
+    S3Operation, S3Request, S3Service,
+};
 use crate::error::GatewayError;
 
-/// S3's limit on part numbers.
-const MAX_PART_NUMBER: u32 = 10_000;
-/// The headers of CreateMultipartUpload that shape the final object.
-const KEPT_HEADERS: &[&str] = &[
-    "content-type",
-    "x-amz-acl",
-    "x-amz-server-side-encryption",
-    "x-amz-server-side-encryption-aws-kms-key-id",
-    "x-amz-server-side-encryption-context",
-    "x-amz-server-side-encryption-bucket-key-enabled",
-];
-
-/// An upload in progress (`<staging>/uploads/<id>.json`).
-#[derive(Debug, Serialize, Deserialize)]
-struct UploadRecord {
-    bucket: String,
-    key: String,
-    /// The account that started it; only its principals may continue it.
-    account: String,
-    /// The CMK every part is encrypted under (the final object's).
-    kms_key_id: String,
-    /// CreateMultipartUpload's headers that the final PutObject takes.
-    headers: Vec<(String, String)>,
+fn upload_id(request: &S3Request) -> Result<&str, GatewayError> {
+    request
+        .param("uploadId")
+        .ok_or_else(|| GatewayError::InvalidArgument("uploadId is missing".into()))
 }
 
-fn no_such_upload() -> GatewayError {
-    GatewayError::NoSuchUpload(
-        "The specified upload does not exist. The upload ID may be invalid, or the upload \
-         may have been aborted or completed."
-            .into(),
-    )
+fn upload_encryption_headers(headers: &mut HeaderMap, upload: &MultipartUpload) {
+    insert(headers, "x-amz-server-side-encryption", "aws:kms");
+    insert(
+        headers,
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        &upload.kms_key_arn,
+    );
+    if upload.bucket_key_enabled {
+        insert(
+            headers,
+            "x-amz-server-side-encryption-bucket-key-enabled",
+            "true",
+        );
+    }
 }
 
-fn part_key(number: u32) -> String {
-    format!("part-{number:05}")
-}
-
-fn staging_bucket(upload_id: &str) -> String {
-    format!("mpu-{upload_id}")
+/// The parts of a CompleteMultipartUpload body, in document order.
+fn completed_parts(body: &[u8]) -> Result<Vec<CompletedPart>, GatewayError> {
+    let doc = XmlDocument::parse(body, "CompleteMultipartUpload")?;
+    let numbers = doc.all("PartNumber")?;
+    let etags = doc.all("ETag")?;
+    if numbers.is_empty() || numbers.len() != etags.len() {
+        return Err(GatewayError::MalformedXml(
+            "every Part of CompleteMultipartUpload needs a PartNumber and an ETag".into(),
+        ));
+    }
+    numbers
+        .iter()
+        .zip(etags)
+        .map(|(number, etag)| {
+            let part_number = number
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+                .ok_or_else(|| {
+                    GatewayError::InvalidArgument(format!(
+                        "Part number must be an integer between 1 and {MAX_PART_NUMBER}, \
+                         inclusive"
+                    ))
+                })?;
+            Ok(CompletedPart { part_number, etag })
+        })
+        .collect()
 }
 
 impl S3Service {
-    fn staging(&self) -> Result<ObjectStore, GatewayError> {
-        Ok(ObjectStore::open(&self.staging_root())?)
-    }
-
-    fn staging_root(&self) -> PathBuf {
-        self.store.root().join("multipart")
-    }
-
-    fn record_path(&self, upload_id: &str) -> Result<PathBuf, GatewayError> {
-        let valid = upload_id.len() == 32
-            && upload_id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid {
-            return Err(no_such_upload());
-        }
-        Ok(self
-            .staging_root()
-            .join("uploads")
-            .join(format!("{upload_id}.json")))
-    }
-
-    /// The upload named by the request's `uploadId`, checked against its bucket, key
-    /// and the caller's account.
-    fn upload(
-        &self,
-        request: &S3Request,
-        principal: &str,
-    ) -> Result<(String, UploadRecord), GatewayError> {
-        let id = request.param("uploadId").unwrap_or_default().to_owned();
-        let path = self.record_path(&id)?;
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_such_upload()),
-            Err(e) => return Err(GatewayError::io(format!("reading {}", path.display()), e)),
-        };
-        let record: UploadRecord = serde_json::from_slice(&bytes).map_err(|e| {
-            GatewayError::io(
-                format!("reading {}", path.display()),
-                io::Error::other(e.to_string()),
-            )
-        })?;
-        if record.bucket != request.bucket
-            || record.key != request.key
-            || record.account != account_of(principal)
-        {
-            return Err(no_such_upload());
-        }
-        Ok((id, record))
-    }
-
-    /// CreateMultipartUpload.
-    pub(super) fn create_multipart_upload(
-        &self,
-        request: &S3Request,
-        parts: &http::request::Parts,
-        principal: &str,
-    ) -> Result<S3Answer, GatewayError> {
-        objstore::validate_object_key(&request.key)?;
-        let opts = put_options(&parts.headers)?;
-        bucket_key_header(&parts.headers)?;
-        let kms_key_id = match opts.kms_key_id {
-            Some(id) => id,
-            None => self
-                .store
-                .bucket(&request.bucket)?
-                .encryption
-                .map(|e| e.kms_key_id)
-                .ok_or_else(|| {
-                    GatewayError::InvalidArgument(format!(
-                        "no KMS key: name one (x-amz-server-side-encryption-aws-kms-key-id) or \
-                         set the default encryption of bucket '{}'",
-                        request.bucket
-                    ))
-                })?,
-        };
-        let mut headers = Vec::new();
-        for (name, value) in &parts.headers {
-            let keep =
-                KEPT_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("x-amz-meta-");
-            if keep {
-                if let Ok(value) = value.to_str() {
-                    headers.push((name.as_str().to_owned(), value.to_owned()));
-                }
-            }
-        }
-        let mut id = [0u8; 16];
-        crypto_core::secret::fill_random(&mut id);
-        let id = hex::encode(id);
-        let account = account_of(principal).to_owned();
-        self.staging()?.create_bucket(
-            &staging_bucket(&id),
-            &format!("arn:aws:iam::{account}:root"),
-        )?;
-        let record = UploadRecord {
-            bucket: request.bucket.clone(),
-            key: request.key.clone(),
-            account,
-            kms_key_id,
-            headers,
-        };
-        let path = self.record_path(&id)?;
-        let dir = self.staging_root().join("uploads");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| GatewayError::io(format!("creating {}", dir.display()), e))?;
-        let json = serde_json::to_vec(&record).map_err(|e| {
-            GatewayError::io("encoding an upload record", io::Error::other(e.to_string()))
-        })?;
-        std::fs::write(&path, json)
-            .map_err(|e| GatewayError::io(format!("writing {}", path.display()), e))?;
-        let mut w = XmlWriter::new("InitiateMultipartUploadResult");
-        w.leaf("Bucket", &request.bucket)
-            .leaf("Key", &request.key)
-            .leaf("UploadId", &id);
-        Ok(S3Answer::xml(w.finish("InitiateMultipartUploadResult")))
-    }
-
-    /// UploadPart: the part, encrypted under the upload's CMK, in the staging store.
+    /// UploadPart: the body streams into the store as PutObject's does.
     pub(super) fn upload_part(
         &self,
         kms: &LocalKms,
         request: &S3Request,
-        principal: &str,
+        parts: &http::request::Parts,
         body: &mut UploadBody<&mut dyn BufRead>,
-        content_md5: Option<[u8; 16]>,
     ) -> Result<S3Answer, GatewayError> {
-        let (id, record) = self.upload(request, principal)?;
-        let number = request
+        let headers = &parts.headers;
+        if headers.contains_key("x-amz-copy-source") {
+            return Err(GatewayError::NotImplemented(
+                "UploadPartCopy is not implemented".into(),
+            ));
+        }
+        let part_number = request
             .param("partNumber")
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
@@ -202,176 +94,215 @@ impl S3Service {
                     "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
                 ))
             })?;
-        let opts = PutObjectOptions {
-            kms_key_id: Some(record.kms_key_id.clone()),
-            content_md5,
-            ..PutObjectOptions::default()
-        };
-        let info = self
-            .staging()?
-            .put_object(kms, &staging_bucket(&id), &part_key(number), body, &opts)
+        let content_md5 = content_md5(headers)?;
+        let part = self
+            .store
+            .upload_part(
+                kms,
+                &request.bucket,
+                &request.key,
+                upload_id(request)?,
+                part_number,
+                body,
+                content_md5,
+            )
             .map_err(|err| match err {
                 objstore::Error::Body(io) => UploadBody::<&mut dyn BufRead>::error_of(io),
                 other => GatewayError::Object(other),
             })?;
         let mut answer = S3Answer::empty(StatusCode::OK);
-        insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
-        encryption_headers(&mut answer.headers, &info);
+        insert(&mut answer.headers, "etag", &format!("\"{}\"", part.etag));
+        insert(
+            &mut answer.headers,
+            "x-amz-server-side-encryption",
+            "aws:kms",
+        );
         if let Some((algorithm, value)) = body.verified_checksum() {
             insert(&mut answer.headers, algorithm.header(), value);
         }
         Ok(answer)
     }
 
-    /// CompleteMultipartUpload: the named parts, in order, become the object.
-    pub(super) fn complete_multipart_upload(
+    /// The multipart operations with small bodies.
+    pub(super) fn multipart_operation(
         &self,
         kms: &LocalKms,
         request: &S3Request,
+        parts: &http::request::Parts,
         principal: &str,
         body: &[u8],
     ) -> Result<S3Answer, GatewayError> {
-        let (id, record) = self.upload(request, principal)?;
-        let doc = XmlDocument::parse(body, "CompleteMultipartUpload")?;
-        let numbers = doc.all("PartNumber")?;
-        let etags = doc.all("ETag")?;
-        if numbers.is_empty() || numbers.len() != etags.len() {
-            return Err(GatewayError::MalformedXml(
-                "every Part needs its PartNumber and ETag".into(),
-            ));
-        }
-        let staging = self.staging()?;
-        let bucket = staging_bucket(&id);
-        let mut previous = 0u32;
-        let mut keys = Vec::with_capacity(numbers.len());
-        for (number, etag) in numbers.iter().zip(&etags) {
-            let number: u32 = number.trim().parse().map_err(|_| {
-                GatewayError::MalformedXml(format!("PartNumber '{number}' is not a number"))
-            })?;
-            if number <= previous {
-                return Err(GatewayError::InvalidPartOrder(
-                    "The list of parts was not in ascending order. Parts must be ordered by \
-                     part number."
-                        .into(),
-                ));
+        let bucket = request.bucket.as_str();
+        let key = request.key.as_str();
+        match request.operation {
+            S3Operation::CreateMultipartUpload => {
+                let opts = put_options(&parts.headers)?;
+                let bucket_key = bucket_key_header(&parts.headers)?;
+                let upload = self
+                    .store
+                    .create_multipart_upload(kms, bucket, key, &opts, bucket_key, principal)?;
+                let mut w = XmlWriter::new("InitiateMultipartUploadResult");
+                w.leaf("Bucket", bucket)
+                    .leaf("Key", key)
+                    .leaf("UploadId", &upload.upload_id);
+                let mut answer = S3Answer::xml(w.finish("InitiateMultipartUploadResult"));
+                upload_encryption_headers(&mut answer.headers, &upload);
+                Ok(answer)
             }
-            previous = number;
-            let key = part_key(number);
-            let invalid = || {
-                GatewayError::InvalidPart(format!(
-                    "One or more of the specified parts could not be found (part {number}), or \
-                     its entity tag did not match."
-                ))
-            };
-            let info = staging.head_object(&bucket, &key).map_err(|_| invalid())?;
-            if etag.trim().trim_matches('"') != info.etag {
-                return Err(invalid());
+            S3Operation::CompleteMultipartUpload => {
+                let list = completed_parts(body)?;
+                let info = self.store.complete_multipart_upload(
+                    kms,
+                    bucket,
+                    key,
+                    upload_id(request)?,
+                    &list,
+                )?;
+                let mut w = XmlWriter::new("CompleteMultipartUploadResult");
+                w.leaf("Location", &format!("/{bucket}/{key}"))
+                    .leaf("Bucket", bucket)
+                    .leaf("Key", key)
+                    .leaf("ETag", &format!("\"{}\"", info.etag));
+                let mut answer = S3Answer::xml(w.finish("CompleteMultipartUploadResult"));
+                super::encryption_headers(&mut answer.headers, &info);
+                Ok(answer)
             }
-            keys.push(key);
-        }
-        let mut headers = HeaderMap::new();
-        for (name, value) in &record.headers {
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(name, value);
+            S3Operation::AbortMultipartUpload => {
+                self.store
+                    .abort_multipart_upload(bucket, key, upload_id(request)?)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
-        }
-        let mut opts = put_options(&headers)?;
-        opts.kms_key_id = Some(record.kms_key_id.clone());
-        let bucket_key = bucket_key_header(&headers)?;
-        let mut parts = ChainedParts {
-            staging: &staging,
-            kms,
-            bucket: &bucket,
-            keys: keys.into_iter(),
-            current: None,
-        };
-        let info = self
-            .store
-            .put_object_with_bucket_key(
-                kms,
-                &request.bucket,
-                &request.key,
-                &mut parts,
-                &opts,
-                bucket_key,
-            )
-            .map_err(|err| match err {
-                objstore::Error::Body(io) => UploadBody::<&mut dyn BufRead>::error_of(io),
-                other => GatewayError::Object(other),
-            })?;
-        self.remove_upload(&staging, &id)?;
-        let mut answer = S3Answer::xml({
-            let mut w = XmlWriter::new("CompleteMultipartUploadResult");
-            w.leaf("Location", &format!("/{}/{}", request.bucket, request.key))
-                .leaf("Bucket", &request.bucket)
-                .leaf("Key", &request.key)
-                .leaf("ETag", &format!("\"{}\"", info.etag));
-            w.finish("CompleteMultipartUploadResult")
-        });
-        encryption_headers(&mut answer.headers, &info);
-        Ok(answer)
-    }
-
-    /// AbortMultipartUpload: the parts and the record go.
-    pub(super) fn abort_multipart_upload(
-        &self,
-        request: &S3Request,
-        principal: &str,
-    ) -> Result<S3Answer, GatewayError> {
-        let (id, _) = self.upload(request, principal)?;
-        self.remove_upload(&self.staging()?, &id)?;
-        Ok(S3Answer::empty(StatusCode::NO_CONTENT))
-    }
-
-    fn remove_upload(&self, staging: &ObjectStore, id: &str) -> Result<(), GatewayError> {
-        let bucket = staging_bucket(id);
-        loop {
-            let page = staging.list_objects_v2(&bucket, &ListObjectsRequest::default())?;
-            for object in &page.objects {
-                staging.delete_object(&bucket, &object.key)?;
-            }
-            if !page.is_truncated() {
-                break;
-            }
-        }
-        staging.delete_bucket(&bucket)?;
-        let path = self.record_path(id)?;
-        std::fs::remove_file(&path)
-            .map_err(|e| GatewayError::io(format!("removing {}", path.display()), e))
-    }
-}
-
-/// The plaintext of the parts, one after another, each decrypted (one audited
-/// Decrypt per part) as it is reached.
-struct ChainedParts<'a> {
-    staging: &'a ObjectStore,
-    kms: &'a LocalKms,
-    bucket: &'a str,
-    keys: std::vec::IntoIter<String>,
-    current: Option<ObjectReader>,
-}
-
-impl Read for ChainedParts<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(reader) = self.current.as_mut() {
-                let n = reader.read(buf)?;
-                if n > 0 || buf.is_empty() {
-                    return Ok(n);
+            S3Operation::ListParts => {
+                let id = upload_id(request)?;
+                let (upload, list) = self.store.list_parts(bucket, key, id)?;
+                let mut w = XmlWriter::new("ListPartsResult");
+                w.leaf("Bucket", bucket)
+                    .leaf("Key", key)
+                    .leaf("UploadId", id);
+                initiator_xml(&mut w, &upload);
+                w.leaf("StorageClass", "STANDARD")
+                    .leaf("PartNumberMarker", "0")
+                    .leaf(
+                        "NextPartNumberMarker",
+                        &list.last().map_or(0, |p| p.part_number).to_string(),
+                    )
+                    .leaf("MaxParts", &MAX_PART_NUMBER.to_string())
+                    .leaf("IsTruncated", "false");
+                for part in &list {
+                    w.open("Part")
+                        .leaf("PartNumber", &part.part_number.to_string())
+                        .leaf("LastModified", &iso_date(part.last_modified))
+                        .leaf("ETag", &format!("\"{}\"", part.etag))
+                        .leaf("Size", &part.size.to_string())
+                        .close("Part");
                 }
-                self.current = None;
+                Ok(S3Answer::xml(w.finish("ListPartsResult")))
             }
-            let Some(key) = self.keys.next() else {
-                return Ok(0);
-            };
-            let download = self
-                .staging
-                .get_object(self.kms, self.bucket, &key, None)
-                .map_err(|e| io::Error::other(GatewayError::Object(e)))?;
-            self.current = Some(download.body);
+            S3Operation::ListMultipartUploads => {
+                let prefix = request.param("prefix").unwrap_or("");
+                let mut w = XmlWriter::new("ListMultipartUploadsResult");
+                w.leaf("Bucket", bucket)
+                    .leaf("KeyMarker", "")
+                    .leaf("UploadIdMarker", "")
+                    .leaf("Prefix", prefix)
+                    .leaf("MaxUploads", "1000")
+                    .leaf("IsTruncated", "false");
+                for upload in self.store.list_multipart_uploads(bucket)? {
+                    if !upload.key.starts_with(prefix) {
+                        continue;
+                    }
+                    w.open("Upload")
+                        .leaf("Key", &upload.key)
+                        .leaf("UploadId", &upload.upload_id);
+                    initiator_xml(&mut w, &upload);
+                    w.leaf("StorageClass", "STANDARD")
+                        .leaf("Initiated", &iso_date(upload.initiated))
+                        .close("Upload");
+                }
+                Ok(S3Answer::xml(w.finish("ListMultipartUploadsResult")))
+            }
+            _ => Err(GatewayError::InvalidRequest(
+                "internal routing error".into(),
+            )),
         }
+    }
+}
+
+fn initiator_xml(w: &mut XmlWriter, upload: &MultipartUpload) {
+    w.open("Initiator")
+        .leaf("ID", &upload.initiator)
+        .leaf("DisplayName", &upload.initiator)
+        .close("Initiator");
+    owner_xml(w, &upload.initiator);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_the_multipart_operations() {
+        let route = |m: http::Method, p: &str, q: &str| {
+            S3Request::parse(&m, p, q).map(|r| r.operation)
+        };
+        use http::Method;
+        use S3Operation as Op;
+        assert_eq!(
+            route(Method::POST, "/b/k", "uploads").unwrap(),
+            Op::CreateMultipartUpload
+        );
+        assert_eq!(
+            route(Method::PUT, "/b/k", "partNumber=1&uploadId=x").unwrap(),
+            Op::UploadPart
+        );
+        assert_eq!(
+            route(Method::POST, "/b/k", "uploadId=x").unwrap(),
+            Op::CompleteMultipartUpload
+        );
+        assert_eq!(
+            route(Method::DELETE, "/b/k", "uploadId=x").unwrap(),
+            Op::AbortMultipartUpload
+        );
+        assert_eq!(route(Method::GET, "/b/k", "uploadId=x").unwrap(), Op::ListParts);
+        assert_eq!(
+            route(Method::GET, "/b", "uploads").unwrap(),
+            Op::ListMultipartUploads
+        );
+    }
+
+    #[test]
+    fn complete_bodies_are_parsed_strictly() {
+        let body = br#"<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+            <Part><ETag>&quot;aa&quot;</ETag><PartNumber>1</PartNumber></Part>
+            <Part><PartNumber>2</PartNumber><ETag>"bb"</ETag></Part>
+            </CompleteMultipartUpload>"#;
+        let parts = completed_parts(body).unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                CompletedPart {
+                    part_number: 1,
+                    etag: "\"aa\"".into()
+                },
+                CompletedPart {
+                    part_number: 2,
+                    etag: "\"bb\"".into()
+                },
+            ]
+        );
+        let code = |b: &[u8]| completed_parts(b).unwrap_err().s3_code();
+        assert_eq!(
+            code(b"<CompleteMultipartUpload></CompleteMultipartUpload>"),
+            "MalformedXML"
+        );
+        assert_eq!(
+            code(b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>"),
+            "MalformedXML"
+        );
+        assert_eq!(
+            code(b"<CompleteMultipartUpload><Part><PartNumber>0</PartNumber><ETag>a</ETag></Part></CompleteMultipartUpload>"),
+            "InvalidArgument"
+        );
+        assert_eq!(code(b"<Delete></Delete>"), "MalformedXML");
     }
 }

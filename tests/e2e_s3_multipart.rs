@@ -1,0 +1,155 @@
+//! S3 multipart uploads with the real clients (tests/py/test_s3_multipart.py: the aws
+//! CLI's default multipart `cp` of a 40 MiB file up and down, boto3's explicit parts
+//! and errors); this file then checks the server's side: no file under the store
+//! holds plaintext of the big file, no upload is left, and the trail shows the
+//! signer's GenerateDataKey and Decrypt calls under the object's ARN.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_success, Home};
+use serde_json::{json, Value};
+
+const REGION: &str = "us-east-1";
+const USER: &str = "arn:aws:iam::000000000000:user/KeyUser";
+
+fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("ATREST_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-test-deps.sh",
+        path.display()
+    );
+    path
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn trail(home: &Home, event: &str) -> Vec<Value> {
+    let out = home.run(&["trail", "lookup", "--event-name", event]);
+    let answer: Value = serde_json::from_str(&out).expect("trail lookup prints JSON");
+    answer["Events"]
+        .as_array()
+        .expect("Events")
+        .iter()
+        .map(|e| {
+            e.get("CloudTrailEvent")
+                .and_then(Value::as_str)
+                .map(|text| serde_json::from_str(text).expect("CloudTrailEvent is JSON"))
+                .unwrap_or_else(|| e.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn aws_cli_and_boto3_multipart_uploads() {
+    let home = Home::new();
+    let policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "root", "Effect": "Allow",
+             "Principal": {"AWS": "arn:aws:iam::000000000000:root"},
+             "Action": "kms:*", "Resource": "*"},
+            {"Sid": "KeyUsers", "Effect": "Allow", "Principal": {"AWS": USER},
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"],
+             "Resource": "*"},
+        ],
+    });
+    home.run(&[
+        "kms",
+        "create-key",
+        "--alias",
+        "alias/MyKMSKey",
+        "--policy",
+        &policy.to_string(),
+    ]);
+    let out = home.run(&["iam", "create-access-key", "--principal", USER]);
+    let key: Value = serde_json::from_str(&out).expect("create-access-key prints JSON");
+    let key = &key["AccessKey"];
+    let server = home.serve_env(
+        &[("ATREST_REGION", REGION)],
+        &["s3", "serve", "--listen", "127.0.0.1:0"],
+    );
+    let work = home.file("work");
+    std::fs::create_dir(&work).unwrap();
+    let credentials = json!({"user": {
+        "AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"], "Arn": USER}});
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/test_s3_multipart.py");
+    let out = Command::new(venv_bin("python"))
+        .arg(&script)
+        .env("ATREST_S3_ENDPOINT", format!("http://{}", server.addr))
+        .env("ATREST_S3_REGION", REGION)
+        .env("ATREST_CREDENTIALS", credentials.to_string())
+        .env("ATREST_AWS_CLI", venv_bin("aws"))
+        .env("ATREST_WORKDIR", &work)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .expect("running python");
+    assert_success(
+        &format!("{} (server log:\n{})", script.display(), server.log()),
+        &out,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: multipart uploads"));
+
+    // At rest: samples of the big file appear in no file of the store, and no
+    // upload directory is left.
+    let big = std::fs::read(work.join("big.bin")).unwrap();
+    let samples: HashSet<&[u8]> = (0..64).map(|i| &big[i * (big.len() / 64)..][..32]).collect();
+    let files = files_under(&home.path().join("s3"));
+    assert!(files.iter().any(|p| p.metadata().unwrap().len() > big.len() as u64));
+    for path in &files {
+        assert!(
+            !path.to_string_lossy().contains("/uploads/") || path.ends_with("uploads"),
+            "upload file left: {}",
+            path.display()
+        );
+        let stored = std::fs::read(path).unwrap();
+        assert!(
+            !stored.windows(32).any(|w| samples.contains(w)),
+            "{} holds plaintext",
+            path.display()
+        );
+    }
+
+    // The trail: the signer's GenerateDataKey (upload key, then the object's key on
+    // Complete) and Decrypts (each UploadPart, Complete, the GET), all under the
+    // object's ARN.
+    let arn = "arn:aws:s3:::mpu-bucket/big.bin";
+    for (event, at_least) in [("GenerateDataKey", 2), ("Decrypt", 3)] {
+        let events: Vec<Value> = trail(&home, event)
+            .into_iter()
+            .filter(|e| e.to_string().contains(arn))
+            .collect();
+        assert!(events.len() >= at_least, "{event} for {arn}: {events:?}");
+        for e in &events {
+            assert_eq!(e["userIdentity"]["arn"], USER, "{e}");
+            assert_eq!(
+                e["requestParameters"]["encryptionContext"]["aws:s3:arn"], arn,
+                "{e}"
+            );
+        }
+    }
+    server.stop();
+}
