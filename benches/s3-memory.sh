@@ -69,11 +69,10 @@ done
     exit 1
 }
 
-# A single PUT for any size up to S3's 5 GiB limit: atrest has no multipart upload.
+# The CLI's default transfer settings: 8 MB threshold and parts, so the object goes
+# up as a multipart upload (128 parts for 1 GiB, 10 at a time).
 cat >aws.config <<'EOF'
 [default]
-s3 =
-    multipart_threshold = 5GB
 EOF
 aws() {
     AWS_ACCESS_KEY_ID=$(python3 -c 'import json; print(json.load(open("key.json"))["AccessKey"]["AccessKeyId"])') \

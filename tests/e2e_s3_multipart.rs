@@ -116,9 +116,13 @@ fn aws_cli_and_boto3_multipart_uploads() {
     // At rest: samples of the big file appear in no file of the store, and no
     // upload directory is left.
     let big = std::fs::read(work.join("big.bin")).unwrap();
-    let samples: HashSet<&[u8]> = (0..64).map(|i| &big[i * (big.len() / 64)..][..32]).collect();
+    let samples: HashSet<&[u8]> = (0..64)
+        .map(|i| &big[i * (big.len() / 64)..][..32])
+        .collect();
     let files = files_under(&home.path().join("s3"));
-    assert!(files.iter().any(|p| p.metadata().unwrap().len() > big.len() as u64));
+    assert!(files
+        .iter()
+        .any(|p| p.metadata().unwrap().len() > big.len() as u64));
     for path in &files {
         assert!(
             !path.to_string_lossy().contains("/uploads/") || path.ends_with("uploads"),

@@ -1058,7 +1058,8 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
             &e.signed(),
         )
     };
-    let one = pattern(70_000);
+    // Every part but the last must be at least 5 MiB.
+    let one = pattern(5 << 20);
     let two = vec![7u8; 1000];
     let id = start("joined");
     let e2 = part("joined", &id, 2, &two);
@@ -1073,6 +1074,8 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidPart"));
     let r = complete("joined", &id, &[(1, &e1), (3, &e2)]);
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidPart"));
+    let r = complete("joined", &id, &[(2, &e2), (3, &e1)]);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidPart"));
     let r = complete("joined", &id, &[(1, &e1), (2, &e2)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -1084,11 +1087,12 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
     whole.extend_from_slice(&two);
     assert_eq!(got.body, whole);
     assert_eq!(got.header("content-type"), "text/x-parts");
-    // The upload is gone, and no part is left in the staging store.
+    assert!(got.header("etag").ends_with("-2\""), "{:?}", got.headers);
+    // The upload is gone, and no part file is left.
     let r = complete("joined", &id, &[(1, &e1), (2, &e2)]);
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
-    let staging = e.home.path().join("s3/multipart/s3/buckets");
-    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    let uploads = e.home.path().join("s3/buckets/mpu/uploads");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
 
     // Abort; an upload another account cannot see; a bad upload id.
     let id = start("aborted");
@@ -1136,4 +1140,203 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
         &e.signed(),
     );
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidArgument"));
+}
+
+/// The text of the first `<tag>` of an XML answer.
+fn xml_leaf(reply: &Reply, tag: &str) -> String {
+    let text = reply.text();
+    text.split_once(&format!("<{tag}>"))
+        .and_then(|(_, rest)| rest.split_once(&format!("</{tag}>")))
+        .map(|(value, _)| value.to_owned())
+        .unwrap_or_else(|| panic!("no {tag} in {text:?}"))
+}
+
+#[test]
+fn multipart_uploads_stream_parts_through_aws_chunked_bodies() {
+    let e = Endpoint::start();
+    e.make_bucket("mpu");
+    let sse = [
+        ("x-amz-server-side-encryption", "aws:kms"),
+        (
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            "alias/MyKMSKey",
+        ),
+    ];
+    let r = e.send("POST", "/mpu/obj", "uploads", &sse, b"", &e.signed());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-amz-server-side-encryption-aws-kms-key-id"),
+        e.key_arn
+    );
+    let id = xml_leaf(&r, "UploadId");
+
+    // Part 1: a signed aws-chunked body with a signed CRC32 trailer.
+    let p1 = pattern(5 << 20);
+    let crc = BASE64.encode(crc32fast::hash(&p1).to_be_bytes());
+    let query = format!("partNumber=1&uploadId={id}");
+    let chunked_part = |flip: bool| {
+        let decoded = p1.len().to_string();
+        let extra = [
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", decoded.as_str()),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ];
+        let at = OffsetDateTime::now_utc();
+        let auth = Auth::Header {
+            credentials: &e.root,
+            payload_hash: Some("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"),
+            at,
+        };
+        let (headers, seed) = e.head("PUT", "/mpu/obj", &query, &extra, b"", &auth);
+        let signer = Signer::new(&e.root, REGION, "s3", at);
+        let mut chain = ChunkChain::for_client(&signer, &seed.unwrap()).unwrap();
+        let mut body = aws_chunked(
+            &p1,
+            64 * 1024,
+            Some(&mut chain),
+            &[("x-amz-checksum-crc32", crc.as_str())],
+        );
+        if flip {
+            let at = body.len() / 2;
+            body[at] ^= 1;
+        }
+        let len = body.len();
+        e.raw("PUT", "/mpu/obj", &query, &headers, &body, len, false)
+    };
+    let r = chunked_part(true);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "SignatureDoesNotMatch")
+    );
+    let r = e.send(
+        "GET",
+        "/mpu/obj",
+        &format!("uploadId={id}"),
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert!(
+        !r.text().contains("<Part>"),
+        "a refused part was kept: {}",
+        r.text()
+    );
+    let r = chunked_part(false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-amz-checksum-crc32"), crc);
+    let e1 = r.header("etag").to_owned();
+    assert_eq!(e1, format!("\"{}\"", hex::encode(md5_of(&p1))));
+
+    // Part 2: plain body with Content-MD5 (a wrong one first).
+    let p2 = pattern(1000);
+    let query2 = format!("partNumber=2&uploadId={id}");
+    let md5 = BASE64.encode(md5_of(&p2));
+    let wrong = BASE64.encode([0u8; 16]);
+    let r = e.send(
+        "PUT",
+        "/mpu/obj",
+        &query2,
+        &[("content-md5", &wrong)],
+        &p2,
+        &e.signed(),
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "BadDigest"));
+    let r = e.send(
+        "PUT",
+        "/mpu/obj",
+        &query2,
+        &[("content-md5", &md5)],
+        &p2,
+        &e.signed(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e2 = r.header("etag").to_owned();
+
+    let r = e.send(
+        "GET",
+        "/mpu/obj",
+        &format!("uploadId={id}"),
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text().matches("<Part>").count(), 2, "{}", r.text());
+    let r = e.send("GET", "/mpu", "uploads", &[], b"", &e.signed());
+    assert!(
+        r.text().contains(&format!("<UploadId>{id}</UploadId>")),
+        "{}",
+        r.text()
+    );
+
+    let complete = |parts: &[(u32, &str)]| {
+        let mut body = String::from("<CompleteMultipartUpload>");
+        for (n, etag) in parts {
+            body.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let query = format!("uploadId={id}");
+        e.send(
+            "POST",
+            "/mpu/obj",
+            &query,
+            &[],
+            body.as_bytes(),
+            &e.signed(),
+        )
+    };
+    let r = complete(&[(2, &e2), (1, &e1)]);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidPartOrder"));
+    let r = complete(&[(1, &e2), (2, &e2)]);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidPart"));
+    let r = complete(&[(1, &e1), (2, &e2)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let etag = xml_leaf(&r, "ETag");
+    assert!(
+        etag.ends_with("-2&quot;") || etag.ends_with("-2\""),
+        "{etag}"
+    );
+    let got = e.get("/mpu/obj", &[]);
+    assert_eq!(got.body, [p1, p2].concat());
+    assert!(got.header("etag").ends_with("-2\""), "{:?}", got.headers);
+
+    // The upload is gone, and aborting another removes it.
+    let r = e.send(
+        "DELETE",
+        "/mpu/obj",
+        &format!("uploadId={id}"),
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
+    let r = e.send("POST", "/mpu/other", "uploads", &sse, b"", &e.signed());
+    let other = xml_leaf(&r, "UploadId");
+    let r = e.send(
+        "DELETE",
+        "/mpu/other",
+        &format!("uploadId={other}"),
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = e.send(
+        "PUT",
+        "/mpu/other",
+        &format!("partNumber=1&uploadId={other}"),
+        &[],
+        b"x",
+        &e.signed(),
+    );
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
+    assert!(!e
+        .home
+        .path()
+        .join("s3/buckets/mpu/uploads")
+        .read_dir()
+        .unwrap()
+        .any(|_| true));
 }

@@ -1402,11 +1402,7 @@ struct Upload<'a> {
 impl Upload<'_> {
     /// Seals the body batch by batch after the (not yet written) header, then writes
     /// the header with its summary. Returns the header.
-    fn run(
-        &self,
-        body: &mut dyn Read,
-        bound: BoundHeader,
-    ) -> Result<ObjectHeader, Error> {
+    fn run(&self, body: &mut dyn Read, bound: BoundHeader) -> Result<ObjectHeader, Error> {
         let mut plain = vec![0u8; WINDOW_SEGMENTS * SEG];
         let mut sealed = Vec::with_capacity(WINDOW_SEGMENTS * SEALED_SEG);
         let mut md5 = Md5::new();

@@ -78,7 +78,10 @@ fn parts_assemble_into_an_object_with_the_s3_etag() {
         assert_eq!(part.size, data.len() as u64);
         etags.push((n, part.etag));
     }
-    let (listed, parts) = lab.store.list_parts("bkt", "big", &upload.upload_id).unwrap();
+    let (listed, parts) = lab
+        .store
+        .list_parts("bkt", "big", &upload.upload_id)
+        .unwrap();
     assert_eq!(listed, upload);
     assert_eq!(
         parts.iter().map(|p| p.part_number).collect::<Vec<_>>(),
@@ -132,7 +135,10 @@ fn parts_assemble_into_an_object_with_the_s3_etag() {
     assert!(lab.store.list_multipart_uploads("bkt").unwrap().is_empty());
     let single = lab.put("big", b"small");
     assert_eq!(single.etag, hex::encode(Md5::digest(b"small")));
-    assert_eq!(lab.store.head_object("bkt", "big").unwrap().etag, single.etag);
+    assert_eq!(
+        lab.store.head_object("bkt", "big").unwrap().etag,
+        single.etag
+    );
 }
 
 #[test]
@@ -164,7 +170,10 @@ fn part_lists_are_checked_as_s3_does() {
     let err = complete(&[(2, &e2), (2, &e2)]);
     assert_eq!(err.s3_code(), "InvalidPartOrder");
     let err = complete(&[(2, &e2), (4, &e3)]);
-    assert_eq!((err.s3_code().as_ref(), err.http_status()), ("InvalidPart", 400));
+    assert_eq!(
+        (err.s3_code().as_ref(), err.http_status()),
+        ("InvalidPart", 400)
+    );
     let err = complete(&[(2, &e2), (3, &e1[..31])]);
     assert_eq!(err.s3_code(), "InvalidPart");
     let err = complete(&[(1, &e1), (2, &e2)]);
@@ -185,7 +194,10 @@ fn part_lists_are_checked_as_s3_does() {
             .store
             .upload_part(lab.kms(), "bkt", key, upload_id, 1, &mut &small[..], None)
             .unwrap_err();
-        assert_eq!((err.s3_code().as_ref(), err.http_status()), ("NoSuchUpload", 404));
+        assert_eq!(
+            (err.s3_code().as_ref(), err.http_status()),
+            ("NoSuchUpload", 404)
+        );
     }
     // Parts 2 and 3 make a valid upload: the small last part is allowed.
     let info = lab
@@ -207,7 +219,15 @@ fn abort_removes_every_file_of_the_upload() {
         .unwrap();
     let data = pattern(200_000, 9);
     lab.store
-        .upload_part(lab.kms(), "bkt", "k", &up.upload_id, 1, &mut &data[..], None)
+        .upload_part(
+            lab.kms(),
+            "bkt",
+            "k",
+            &up.upload_id,
+            1,
+            &mut &data[..],
+            None,
+        )
         .unwrap();
     let before = files(&lab.home.path().join("s3/buckets/bkt")).len();
     lab.store
@@ -215,11 +235,21 @@ fn abort_removes_every_file_of_the_upload() {
         .unwrap();
     let after = files(&lab.home.path().join("s3/buckets/bkt"));
     assert_eq!(after.len(), before - 2, "{after:?}");
-    assert!(!after.iter().any(|p| p.to_string_lossy().contains("uploads")));
+    assert!(!after
+        .iter()
+        .any(|p| p.to_string_lossy().contains("uploads")));
     for call in [
         lab.store.abort_multipart_upload("bkt", "k", &up.upload_id),
         lab.store
-            .upload_part(lab.kms(), "bkt", "k", &up.upload_id, 1, &mut &data[..], None)
+            .upload_part(
+                lab.kms(),
+                "bkt",
+                "k",
+                &up.upload_id,
+                1,
+                &mut &data[..],
+                None,
+            )
             .map(|_| ()),
     ] {
         assert_eq!(call.unwrap_err().s3_code(), "NoSuchUpload");
@@ -254,12 +284,26 @@ fn bucket_default_encryption_and_bucket_keys_apply() {
     let data = pattern(70_000, 4);
     let etag = lab
         .store
-        .upload_part(lab.kms(), "bkt", "bk", &up.upload_id, 1, &mut &data[..], None)
+        .upload_part(
+            lab.kms(),
+            "bkt",
+            "bk",
+            &up.upload_id,
+            1,
+            &mut &data[..],
+            None,
+        )
         .unwrap()
         .etag;
     let info = lab
         .store
-        .complete_multipart_upload(lab.kms(), "bkt", "bk", &up.upload_id, &completed(&[(1, &etag)]))
+        .complete_multipart_upload(
+            lab.kms(),
+            "bkt",
+            "bk",
+            &up.upload_id,
+            &completed(&[(1, &etag)]),
+        )
         .unwrap();
     assert!(info.bucket_key_enabled);
     assert_eq!(info.kms_key_arn, lab.key_arn);

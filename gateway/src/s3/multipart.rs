@@ -242,9 +242,8 @@ mod tests {
 
     #[test]
     fn routes_the_multipart_operations() {
-        let route = |m: http::Method, p: &str, q: &str| {
-            S3Request::parse(&m, p, q).map(|r| r.operation)
-        };
+        let route =
+            |m: http::Method, p: &str, q: &str| S3Request::parse(&m, p, q).map(|r| r.operation);
         use http::Method;
         use S3Operation as Op;
         assert_eq!(
@@ -263,7 +262,10 @@ mod tests {
             route(Method::DELETE, "/b/k", "uploadId=x").unwrap(),
             Op::AbortMultipartUpload
         );
-        assert_eq!(route(Method::GET, "/b/k", "uploadId=x").unwrap(), Op::ListParts);
+        assert_eq!(
+            route(Method::GET, "/b/k", "uploadId=x").unwrap(),
+            Op::ListParts
+        );
         assert_eq!(
             route(Method::GET, "/b", "uploads").unwrap(),
             Op::ListMultipartUploads

@@ -489,7 +489,10 @@ impl ObjectStore {
                 "You must specify at least one part".into(),
             ));
         }
-        if parts.windows(2).any(|w| w[0].part_number >= w[1].part_number) {
+        if parts
+            .windows(2)
+            .any(|w| w[0].part_number >= w[1].part_number)
+        {
             return Err(Error::InvalidPartOrder);
         }
         let uploaded: BTreeMap<u32, (PathBuf, ObjectHeader)> = Self::parts_of(&dir)?
