@@ -66,6 +66,8 @@ key_json=$("$atrest_bin" iam create-access-key --principal arn:aws:iam::00000000
 key_id=$(printf '%s' "$key_json" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["AccessKey"]["AccessKeyId"])')
 secret=$(printf '%s' "$key_json" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["AccessKey"]["SecretAccessKey"])')
 
+# The log exists before the server starts: the loop below reads it at once.
+: >"$work/atrest.log"
 RUST_LOG=warn "$atrest_bin" kms serve --listen 127.0.0.1:0 2>"$work/atrest.log" &
 pids+=($!)
 atrest_addr=

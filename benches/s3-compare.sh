@@ -54,6 +54,8 @@ key_id=$(printf '%s' "$key_json" | "$python" -c 'import json,sys; print(json.loa
 secret=$(printf '%s' "$key_json" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["AccessKey"]["SecretAccessKey"])')
 "$atrest_bin" kms create-key --alias alias/bench >/dev/null
 
+# The log exists before the server starts: the loop below reads it at once.
+: >"$work/atrest.log"
 RUST_LOG=warn "$atrest_bin" s3 serve --listen 127.0.0.1:0 2>"$work/atrest.log" &
 pids+=($!)
 atrest_addr=

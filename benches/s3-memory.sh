@@ -55,6 +55,8 @@ cd "$work"
 export ATREST_HOME=$work/home ATREST_REGION=us-east-1
 "$atrest_bin" iam create-access-key --principal arn:aws:iam::000000000000:root >key.json
 "$atrest_bin" kms create-key --alias alias/bench >/dev/null
+# The log exists before the server starts: the loop below reads it at once.
+: >server.log
 RUST_LOG=warn "$atrest_bin" s3 serve --listen 127.0.0.1:0 2>server.log &
 server=$!
 addr=

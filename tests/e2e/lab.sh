@@ -434,6 +434,7 @@ if as user s3api get-object --bucket "$bucket" --key clock.png got.png >/dev/nul
     die "clock.png is still readable after the key was deleted"
 fi
 ok "clock.png can no longer be read: $(grep -o 'An error occurred ([A-Za-z.]*)' err.txt)"
+: >nbd2.log
 "$atrest" nbd serve --listen 127.0.0.1:0 --exports exports.toml 2>nbd2.log &
 nbd_pid=$!
 pids+=("$nbd_pid")
