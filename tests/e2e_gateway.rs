@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_success, Home, Served};
+use common::{assert_success, venv_bin, Home, Served};
 use crypto_core::kms::{
     CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest,
     KeyService, KeyState, ListRequest,
@@ -22,21 +22,6 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 const REGION: &str = "us-east-1";
-
-/// The test venv: `$ATREST_TEST_VENV`, else `.venv-test` in the repository.
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("ATREST_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-test-deps.sh (it makes the venv with boto3, \
-         awscli and moto[server])",
-        path.display()
-    );
-    path
-}
 
 struct AccessKey {
     id: String,

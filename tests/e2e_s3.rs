@@ -8,29 +8,16 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use common::{assert_success, contains, require_tool, Home, Served};
+use common::{
+    assert_success, contains, files_under, require_tool, trail_records, venv_bin, Home, Served,
+};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
 const USER: &str = "arn:aws:iam::000000000000:user/KeyUser";
-
-/// The test venv: `$ATREST_TEST_VENV`, else `.venv-test` in the repository.
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("ATREST_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-test-deps.sh (it makes the venv with boto3 \
-         and awscli)",
-        path.display()
-    );
-    path
-}
 
 fn access_key(home: &Home, principal: &str) -> (String, String) {
     let out = home.run(&["iam", "create-access-key", "--principal", principal]);
@@ -71,39 +58,6 @@ fn serve(home: &Home, command: &str) -> Served {
         &[("ATREST_REGION", REGION)],
         &[command, "serve", "--listen", "127.0.0.1:0"],
     )
-}
-
-/// Every file under `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-fn trail(home: &Home, event: &str) -> Vec<Value> {
-    let out = home.run(&["trail", "lookup", "--event-name", event]);
-    let answer: Value = serde_json::from_str(&out).expect("trail lookup prints JSON");
-    answer["Events"]
-        .as_array()
-        .expect("Events")
-        .iter()
-        .map(|e| {
-            e.get("CloudTrailEvent")
-                .and_then(Value::as_str)
-                .map(|text| serde_json::from_str(text).expect("CloudTrailEvent is JSON"))
-                .unwrap_or_else(|| e.clone())
-        })
-        .collect()
 }
 
 #[test]
@@ -173,7 +127,7 @@ fn boto3_aws_cli_and_curl_run_the_object_lab_steps() {
             .cloned()
             .collect()
     };
-    let generated = for_object(&trail(&home, "GenerateDataKey"));
+    let generated = for_object(&trail_records(&home, "GenerateDataKey"));
     assert!(!generated.is_empty(), "no GenerateDataKey for {arn}");
     for event in &generated {
         assert_eq!(
@@ -182,7 +136,7 @@ fn boto3_aws_cli_and_curl_run_the_object_lab_steps() {
         );
         assert_eq!(event["userIdentity"]["arn"], USER, "{event}");
     }
-    let decrypts = for_object(&trail(&home, "Decrypt"));
+    let decrypts = for_object(&trail_records(&home, "Decrypt"));
     let ok: Vec<&Value> = decrypts
         .iter()
         .filter(|e| e.get("errorCode").is_none_or(Value::is_null))

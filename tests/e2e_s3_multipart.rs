@@ -7,59 +7,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use common::{assert_success, Home};
+use common::{assert_success, files_under, trail_records, venv_bin, Home};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
 const USER: &str = "arn:aws:iam::000000000000:user/KeyUser";
-
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("ATREST_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-test-deps.sh",
-        path.display()
-    );
-    path
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-fn trail(home: &Home, event: &str) -> Vec<Value> {
-    let out = home.run(&["trail", "lookup", "--event-name", event]);
-    let answer: Value = serde_json::from_str(&out).expect("trail lookup prints JSON");
-    answer["Events"]
-        .as_array()
-        .expect("Events")
-        .iter()
-        .map(|e| {
-            e.get("CloudTrailEvent")
-                .and_then(Value::as_str)
-                .map(|text| serde_json::from_str(text).expect("CloudTrailEvent is JSON"))
-                .unwrap_or_else(|| e.clone())
-        })
-        .collect()
-}
 
 #[test]
 fn aws_cli_and_boto3_multipart_uploads() {
@@ -142,7 +97,7 @@ fn aws_cli_and_boto3_multipart_uploads() {
     // object's ARN.
     let arn = "arn:aws:s3:::mpu-bucket/big.bin";
     for (event, at_least) in [("GenerateDataKey", 2), ("Decrypt", 3)] {
-        let events: Vec<Value> = trail(&home, event)
+        let events: Vec<Value> = trail_records(&home, event)
             .into_iter()
             .filter(|e| e.to_string().contains(arn))
             .collect();

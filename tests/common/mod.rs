@@ -330,3 +330,51 @@ fn hex(bytes: &[u8]) -> String {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.len() <= haystack.len() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A program of the test venv (boto3, the aws CLI, moto): `$ATREST_TEST_VENV`, else
+/// `.venv-test` in the repository, made by scripts/install-test-deps.sh.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("ATREST_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-test-deps.sh (it makes the venv with boto3, \
+         awscli and moto[server])",
+        path.display()
+    );
+    path
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The trail records of `event` in `home`, most recent first, as stored.
+pub fn trail_records(home: &Home, event: &str) -> Vec<serde_json::Value> {
+    let out = home.run(&["trail", "lookup", "--event-name", event]);
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("trail lookup prints JSON");
+    answer["Events"]
+        .as_array()
+        .expect("Events")
+        .iter()
+        .map(|e| {
+            let text = e["CloudTrailEvent"].as_str().expect("CloudTrailEvent");
+            serde_json::from_str(text).expect("CloudTrailEvent is JSON")
+        })
+        .collect()
+}
