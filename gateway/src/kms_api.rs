@@ -373,15 +373,16 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
     } else {
         body
     };
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => GatewayError::Kms(KmsError::Validation(format!(
+    // The whole body is parsed as JSON first: parsing straight into `T` skips the
+    // fields `T` does not have without checking them, and a body with invalid UTF-8
+    // or a broken escape there is not JSON, so it must not be accepted.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::Serialization(format!("the request body is not valid JSON: {e}"))
+    })?;
+    serde_json::from_value(value).map_err(|e| {
+        GatewayError::Kms(KmsError::Validation(format!(
             "1 validation error detected: {e}"
-        ))),
-        serde_json::error::Category::Io
-        | serde_json::error::Category::Syntax
-        | serde_json::error::Category::Eof => {
-            GatewayError::Serialization(format!("the request body is not valid JSON: {e}"))
-        }
+        )))
     })
 }
 
@@ -583,6 +584,15 @@ mod tests {
         assert_eq!(missing.aws_name(), "ValidationException");
         let mistyped = parse::<wire::KeyIdRequest>(br#"{"KeyId": 5}"#).unwrap_err();
         assert_eq!(mistyped.aws_name(), "ValidationException");
+        // Found by the kms_json fuzz target: an unknown field is skipped by a typed
+        // parse without checking its text, but a body that is not JSON is refused.
+        for not_json in [
+            &b"{\"KeyId\": \"k\", \"Other\": \"\x8c\xab\"}"[..],
+            br#"{"KeyId": "k", "Other": "\ud800"}"#,
+        ] {
+            let err = parse::<wire::KeyIdRequest>(not_json).unwrap_err();
+            assert_eq!(err.aws_name(), "SerializationException", "{err}");
+        }
     }
 
     #[test]
