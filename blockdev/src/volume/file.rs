@@ -185,7 +185,10 @@ impl VolumeFile {
                     (false, (hole - base).div_ceil(granularity) * granularity)
                 }
             };
-            let run_end = run_end.min(end);
+            // A concurrent trim can punch the data found by SEEK_DATA before SEEK_HOLE
+            // runs, which then answers that very offset: the unit is reported as data
+            // (always safe to say) and the walk still moves past it.
+            let run_end = run_end.max(unit_start + granularity).min(end);
             let length = run_end - pos;
             match extents.last_mut() {
                 Some(last) if last.hole == hole => last.length += length,
