@@ -37,6 +37,7 @@ fn attach(home: &Home, served: &Served, round: u32) -> Attached {
     fs::create_dir_all(&mount_dir).unwrap();
     let pidfile = home.file(&format!("nbdfuse-{round}.pid"));
     let child = Command::new("nbdfuse")
+        .arg(common::NBDFUSE_SINGLE_THREADED)
         .arg("-P")
         .arg(&pidfile)
         .arg(fuse_dir.join("disk"))

@@ -464,7 +464,8 @@ cleanup() {
     if [ -n "$fuse_pid" ]; then kill "$fuse_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
-nbdfuse -P "$dir/nbdfuse.pid" "$dir/fuse/disk" "$uri" &
+# -s: see tests/common/mod.rs, NBDFUSE_SINGLE_THREADED.
+nbdfuse -s -P "$dir/nbdfuse.pid" "$dir/fuse/disk" "$uri" &
 fuse_pid=$!
 for _ in $(seq 600); do
     [ -e "$dir/nbdfuse.pid" ] && break

@@ -15,6 +15,14 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+/// nbdfuse's option for single-threaded FUSE operations, given to every nbdfuse the
+/// tests start. nbdfuse 1.14 (Debian 12) counts a command in flight only after
+/// issuing it, so with several FUSE threads a fast reply can complete before it is
+/// counted and nbdfuse aborts (`completion_callback: Assertion
+/// completion->thread->in_flight >= 1 failed`, seen once over TLS); one FUSE thread
+/// never has a second command racing the count.
+pub const NBDFUSE_SINGLE_THREADED: &str = "-s";
+
 /// How long a server may take to start listening (first run creates a key and a volume).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -50,6 +50,7 @@ pub fn attach(home: &Home, uri: &str, tag: &str) -> Attached {
     fs::create_dir_all(&mount_dir).unwrap();
     let pidfile = home.file(&format!("nbdfuse-{tag}.pid"));
     let child = Command::new("nbdfuse")
+        .arg(crate::common::NBDFUSE_SINGLE_THREADED)
         .arg("-P")
         .arg(&pidfile)
         .arg(fuse_dir.join("disk"))
