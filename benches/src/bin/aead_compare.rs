@@ -21,6 +21,7 @@ use std::time::Instant;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce as AesGcmNonce};
 use anyhow::{bail, Context, Result};
+use atrest_benches::throughput;
 use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig};
 use objstore::{ObjectStore, PutObjectOptions};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -57,43 +58,6 @@ fn parse_options() -> Result<Options> {
         bail!("--rounds and --seconds must be positive");
     }
     Ok(opts)
-}
-
-/// Nanoseconds the calling thread has run on a CPU (first field of schedstat).
-fn thread_cpu_ns() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat")
-        .context("reading /proc/thread-self/schedstat")?;
-    let field = text.split_whitespace().next().context("empty schedstat")?;
-    Ok(field.parse()?)
-}
-
-/// Bytes per CPU-second of `op` (which processes `bytes_per_call`), run for about
-/// `seconds` of this thread's CPU time.
-fn throughput(seconds: f64, bytes_per_call: usize, mut op: impl FnMut()) -> Result<f64> {
-    // Batch calls between clock reads so that reading /proc costs nothing measurable.
-    let mut batch = 1u64;
-    loop {
-        let t = Instant::now();
-        for _ in 0..batch {
-            op();
-        }
-        if t.elapsed().as_secs_f64() >= 0.002 {
-            break;
-        }
-        batch *= 2;
-    }
-    let start = thread_cpu_ns()?;
-    let mut calls = 0u64;
-    loop {
-        for _ in 0..batch {
-            op();
-        }
-        calls += batch;
-        let spent = (thread_cpu_ns()? - start) as f64 / 1e9;
-        if spent >= seconds {
-            return Ok(calls as f64 * bytes_per_call as f64 / spent);
-        }
-    }
 }
 
 /// `openssl speed`'s figure for 65536-byte blocks, in bytes per second.

@@ -23,6 +23,7 @@ use std::time::Instant;
 use aes::cipher::KeyInit;
 use aes::Aes256;
 use anyhow::{bail, Context, Result};
+use atrest_benches::throughput;
 use crypto_core::xts::{Backend, SectorCipher};
 use xts_mode::{get_tweak_default, Xts128};
 
@@ -59,14 +60,6 @@ fn parse_options() -> Result<Options> {
     Ok(opts)
 }
 
-/// Nanoseconds the calling thread has run on a CPU (first field of schedstat).
-fn thread_cpu_ns() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat")
-        .context("reading /proc/thread-self/schedstat")?;
-    let field = text.split_whitespace().next().context("empty schedstat")?;
-    Ok(field.parse()?)
-}
-
 /// Nanoseconds all threads of this process have run on a CPU.
 fn process_cpu_ns() -> Result<u64> {
     let mut total = 0;
@@ -94,38 +87,6 @@ fn wall_and_cpus(seconds: f64, bytes_per_call: usize, mut op: impl FnMut()) -> R
     let wall = start.elapsed().as_secs_f64();
     let cpu = (process_cpu_ns()? - start_cpu) as f64 / 1e9;
     Ok((calls as f64 * bytes_per_call as f64 / wall, cpu / wall))
-}
-
-/// Bytes per CPU-second of `op` (which processes `bytes_per_call`) repeated for about
-/// `seconds` of the calling thread's CPU time. `openssl speed` likewise divides by
-/// user CPU time, so on a machine shared with other work this measures the code, not
-/// the share of the core it got.
-fn throughput(seconds: f64, bytes_per_call: usize, mut op: impl FnMut()) -> Result<f64> {
-    // Grow the batch between clock reads until it takes a few milliseconds, so that
-    // reading the clock (a /proc read for the CPU clock) costs nothing measurable.
-    let mut batch = 1u64;
-    loop {
-        let t = Instant::now();
-        for _ in 0..batch {
-            op();
-        }
-        if t.elapsed().as_secs_f64() >= 0.002 {
-            break;
-        }
-        batch *= 2;
-    }
-    let start_cpu = thread_cpu_ns()?;
-    let mut calls = 0u64;
-    loop {
-        for _ in 0..batch {
-            op();
-        }
-        calls += batch;
-        let spent = (thread_cpu_ns()? - start_cpu) as f64 / 1e9;
-        if spent >= seconds {
-            return Ok((calls as f64 * bytes_per_call as f64) / spent);
-        }
-    }
 }
 
 /// `openssl speed`'s figure for 4096-byte blocks, in bytes per second.
