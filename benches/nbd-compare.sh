@@ -14,7 +14,7 @@
 set -euo pipefail
 
 readonly PEERS_ALL=(nbdkit-raw nbdkit-luks qemu-nbd-luks atrest nbdkit-tls atrest-tls)
-readonly WORKLOADS=(seqread seqwrite randread randwrite)
+readonly WORKLOADS_ALL=(seqread seqwrite randread randwrite)
 readonly LUKS_PASSPHRASE=bench-passphrase
 readonly ATREST_EXPORT=bench
 readonly ATREST_KEY=alias/bench
@@ -24,6 +24,7 @@ runtime=5
 ramp=1
 rounds=3
 only=()
+workloads=()
 keep=0
 verify=0
 build=1
@@ -41,6 +42,8 @@ usage: $0 [options]
   --rounds N         rounds per server and workload; the table shows medians (default $rounds)
   --only PEER        measure only this server; repeat or comma-separate
                      (${PEERS_ALL[*]})
+  --workload W       run only this workload; repeat or comma-separate
+                     (${WORKLOADS_ALL[*]})
   --workdir DIR      where the images go, on the filesystem to measure (default $workdir_parent)
   --out DIR          also keep every fio JSON result and results.tsv in DIR
   --atrest-bin PATH  use this atrest binary instead of building target/release/atrest
@@ -65,6 +68,7 @@ while (($#)); do
         --ramp) ramp="${2:?--ramp needs a value}"; shift 2 ;;
         --rounds) rounds="${2:?--rounds needs a value}"; shift 2 ;;
         --only) IFS=, read -r -a more <<<"${2:?--only needs a value}"; only+=("${more[@]}"); shift 2 ;;
+        --workload) IFS=, read -r -a more <<<"${2:?--workload needs a value}"; workloads+=("${more[@]}"); shift 2 ;;
         --workdir) workdir_parent="${2:?--workdir needs a value}"; shift 2 ;;
         --out) out_dir="${2:?--out needs a value}"; shift 2 ;;
         --atrest-bin) atrest_bin="${2:?--atrest-bin needs a value}"; build=0; shift 2 ;;
@@ -91,6 +95,20 @@ if ((${#only[@]})); then
 else
     peers=("${PEERS_ALL[@]}")
 fi
+WORKLOADS=()
+for wl in "${WORKLOADS_ALL[@]}"; do
+    if ((${#workloads[@]} == 0)); then
+        WORKLOADS+=("$wl")
+        continue
+    fi
+    for w in "${workloads[@]}"; do [[ "$w" == "$wl" ]] && WORKLOADS+=("$wl") && break; done
+done
+for w in "${workloads[@]}"; do
+    found=0
+    for known in "${WORKLOADS_ALL[@]}"; do [[ "$w" == "$known" ]] && found=1; done
+    ((found)) || die "unknown workload '$w' for --workload; known: ${WORKLOADS_ALL[*]}"
+done
+readonly WORKLOADS
 
 selected() {
     local p

@@ -447,6 +447,10 @@ impl Volume for DataKeyLease {
         self.volume.read_at(offset, buf)
     }
 
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool, Error> {
+        self.volume.read_cached(offset, buf)
+    }
+
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.volume.write_at(offset, data)
     }

@@ -27,6 +27,8 @@ struct MemVolume {
     read_only: bool,
     refuse_attach: bool,
     flushes: AtomicUsize,
+    /// Reads answered by `read_cached` (the server's inline path).
+    cached_reads: AtomicUsize,
     gate: Mutex<Option<(u64, bool)>>,
     gate_changed: Condvar,
 }
@@ -93,6 +95,17 @@ impl Volume for MemVolume {
         let data = self.data.read().unwrap();
         buf.copy_from_slice(&data[offset as usize..offset as usize + buf.len()]);
         Ok(())
+    }
+    /// Everything is "cached" except a held offset, which must wait.
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool, Error> {
+        self.check(offset, buf.len() as u64)?;
+        if matches!(*self.gate.lock().unwrap(), Some((at, false)) if at == offset) {
+            return Ok(false);
+        }
+        let data = self.data.read().unwrap();
+        buf.copy_from_slice(&data[offset as usize..offset as usize + buf.len()]);
+        self.cached_reads.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
     }
     fn write_at(&self, offset: u64, src: &[u8]) -> Result<(), Error> {
         if self.read_only {
@@ -532,6 +545,68 @@ fn replies_leave_out_of_order_when_an_earlier_request_is_slow() {
     order.sort();
     assert_eq!(order, (2..40).collect::<Vec<_>>());
     server.stop().unwrap();
+}
+
+#[test]
+fn pipelined_small_reads_are_answered_from_the_cache_beside_a_slow_one() {
+    for structured in [false, true] {
+        let volume = Arc::new(MemVolume::new(1 << 20));
+        for (block, data) in volume.data.write().unwrap().chunks_mut(4096).enumerate() {
+            data.fill(block as u8 | 0x80);
+        }
+        volume.hold_reads_at(5 * 4096);
+        let server = serve(vec![("disk", Arc::clone(&volume), false)]);
+        let mut client = Client::connect(server.addr);
+        if structured {
+            client.structured();
+        }
+        client.go("disk").unwrap();
+        // One write: the server finds the requests waiting in its buffer.
+        let burst: Vec<u8> = (0..64u64)
+            .flat_map(|cookie| {
+                RequestHeader {
+                    flags: 0,
+                    kind: CMD_READ,
+                    cookie,
+                    offset: cookie * 4096,
+                    length: 4096,
+                }
+                .encode()
+            })
+            .collect();
+        client.write(&burst);
+        let mut read_one = || match client.reply(|_| 4096) {
+            (Reply::Simple { error: 0, cookie }, data) => (cookie, data),
+            (
+                Reply::Chunk {
+                    flags: REPLY_FLAG_DONE,
+                    kind: REPLY_TYPE_OFFSET_DATA,
+                    cookie,
+                    payload,
+                },
+                _,
+            ) => {
+                assert_eq!(payload[..8], (cookie * 4096).to_be_bytes());
+                (cookie, payload[8..].to_vec())
+            }
+            other => panic!("{other:?}"),
+        };
+        let mut answered: Vec<u64> = (0..63)
+            .map(|_| {
+                let (cookie, data) = read_one();
+                assert_eq!(data, vec![cookie as u8 | 0x80; 4096], "cookie {cookie}");
+                cookie
+            })
+            .collect();
+        assert!(!answered.contains(&5), "the held read was answered");
+        volume.release_reads();
+        let (cookie, data) = read_one();
+        assert_eq!((cookie, data), (5, vec![0x85; 4096]));
+        answered.sort();
+        assert_eq!(answered, (0..64).filter(|&c| c != 5).collect::<Vec<_>>());
+        assert!(volume.cached_reads.load(Ordering::SeqCst) >= 63);
+        server.stop().unwrap();
+    }
 }
 
 #[test]

@@ -217,6 +217,37 @@ fn truncated_files_are_corrupted() {
 }
 
 #[test]
+fn cached_reads_equal_ordinary_reads_or_decline() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::new();
+    let encrypted = volume::open(&create(dir.path(), &kms, 4 * MIB), &kms.kms, false).unwrap();
+    let raw_path = dir.path().join("raw.img");
+    std::fs::write(&raw_path, vec![0u8; 4 * MIB as usize]).unwrap();
+    let raw = volume::open(&raw_path, &kms.kms, false).unwrap();
+    let pattern: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    for vol in [&encrypted, &raw] {
+        vol.write_at(MIB, &pattern).unwrap();
+        let mut plain = vec![0u8; 3 * 4096 + pattern.len()];
+        // Written data and the unwritten sectors after it, pulled into the page cache.
+        vol.read_at(MIB, &mut plain).unwrap();
+        let mut cached = vec![0xEEu8; plain.len()];
+        assert!(
+            vol.read_cached(MIB, &mut cached).unwrap(),
+            "{vol:?}: data just read is in the page cache"
+        );
+        assert_eq!(cached, plain);
+        assert_eq!(&cached[..pattern.len()], &pattern[..]);
+        assert!(matches!(
+            vol.read_cached(4 * MIB - 4096, &mut [0u8; 8192]),
+            Err(Error::OutOfRange { .. })
+        ));
+    }
+    // Partial sectors need read-modify-write: the encrypted volume declines them.
+    assert!(!encrypted.read_cached(MIB + 1, &mut [0u8; 4096]).unwrap());
+    assert!(!encrypted.read_cached(MIB, &mut [0u8; 100]).unwrap());
+}
+
+#[test]
 fn files_without_the_magic_open_as_raw_images() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raw.img");
@@ -278,6 +309,7 @@ fn revoked_key_fails_every_request_until_reinstalled() {
         other => panic!("expected KeyUnavailable, got {other:?}"),
     };
     unavailable(vol.read_at(0, &mut buf));
+    unavailable(vol.read_cached(0, &mut [0u8; 4096]).map(drop));
     unavailable(vol.write_at(0, b"after"));
     unavailable(vol.trim(0, 4096));
     unavailable(vol.write_zeroes(0, 4096, false));

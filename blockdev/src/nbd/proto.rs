@@ -110,6 +110,8 @@ pub const OPTION_HEADER_LEN: usize = 16;
 pub const REQUEST_HEADER_LEN: usize = 28;
 pub const SIMPLE_REPLY_LEN: usize = 16;
 pub const CHUNK_HEADER_LEN: usize = 20;
+/// A chunk header and the offset of an `NBD_REPLY_TYPE_OFFSET_DATA` chunk.
+pub const OFFSET_DATA_HEADER_LEN: usize = CHUNK_HEADER_LEN + 8;
 
 /// The error values the protocol allows in replies. Nothing else goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -603,7 +605,11 @@ pub fn chunk_header(
 
 /// The final `NBD_REPLY_TYPE_OFFSET_DATA` chunk's header and offset; `data_len` bytes
 /// of data follow. Data longer than a chunk can describe is refused.
-pub fn offset_data_header(cookie: u64, offset: u64, data_len: usize) -> Result<[u8; 28], Error> {
+pub fn offset_data_header(
+    cookie: u64,
+    offset: u64,
+    data_len: usize,
+) -> Result<[u8; OFFSET_DATA_HEADER_LEN], Error> {
     let length = u32::try_from(data_len)
         .ok()
         .and_then(|n| n.checked_add(8))
@@ -611,7 +617,7 @@ pub fn offset_data_header(cookie: u64, offset: u64, data_len: usize) -> Result<[
             length: data_len as u64,
             max: u64::from(u32::MAX - 8),
         })?;
-    let mut out = [0u8; 28];
+    let mut out = [0u8; OFFSET_DATA_HEADER_LEN];
     out[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(
         REPLY_FLAG_DONE,
         REPLY_TYPE_OFFSET_DATA,

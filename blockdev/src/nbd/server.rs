@@ -48,6 +48,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Larger reads get a buffer of their own, so an idle connection holds at most this
 /// much per thread.
 const KEPT_READ_BUFFER: usize = 1024 * 1024;
+/// Reads up to this size whose data is in the page cache are answered by the thread
+/// reading requests, before it lets go of the read lock: for 4 KiB random reads,
+/// handing each request to another thread (a futex wake-up) and writing each reply
+/// with its own system call cost more than the read itself.
+const INLINE_READ_MAX: u32 = 64 * 1024;
+/// Replies gathered that way go out when the client has no further request waiting,
+/// or once they reach this size.
+const BATCH_BYTES: usize = 128 * 1024;
 /// CACHE reads the range through the volume in pieces of this size.
 const CACHE_PIECE: u32 = 4 * 1024 * 1024;
 
@@ -530,11 +538,12 @@ fn transmit<S: Wire>(
         limits: session.limits,
         reader: Mutex::new(ReadSide {
             stream: reader,
+            batch: Vec::new(),
             end: None,
         }),
         writer: Mutex::new(writer),
         broken: AtomicBool::new(false),
-        in_flight: InFlight::default(),
+        in_flight: InFlight::new(),
     };
     let name = thread::current().name().unwrap_or("nbd-conn").to_owned();
     thread::scope(|scope| {
@@ -943,6 +952,8 @@ struct Connection<S> {
 
 struct ReadSide<S> {
     stream: BufReader<S>,
+    /// Replies to reads answered while reading (see [`INLINE_READ_MAX`]), not yet sent.
+    batch: Vec<u8>,
     /// How reading ended (end of stream, DISC, an error), once it has: the other
     /// threads then finish what they run and stop.
     end: Option<Result<(), Error>>,
@@ -953,7 +964,7 @@ struct Request<'a> {
     cookie: u64,
     command: Command,
     payload: Vec<u8>,
-    _permit: Permit<'a>,
+    permit: Permit<'a>,
 }
 
 impl<S: Wire> Connection<S> {
@@ -963,7 +974,15 @@ impl<S: Wire> Connection<S> {
         while let Some(request) = self.next_request() {
             let run = || {
                 let payload = &request.payload;
-                self.execute(request.cookie, request.command, payload, &mut read_buffer)
+                let mut execute =
+                    || self.execute(request.cookie, request.command, payload, &mut read_buffer);
+                // With a request in flight per core, every core already has one to
+                // run: splitting this one's crypto over the pool only adds hand-offs.
+                if request.permit.crowded {
+                    crypto_core::xts::serially(execute)
+                } else {
+                    execute()
+                }
             };
             // A panicking volume call must not take the connection's thread with it.
             if std::panic::catch_unwind(AssertUnwindSafe(run)).is_err() {
@@ -979,7 +998,10 @@ impl<S: Wire> Connection<S> {
         if side.end.is_some() {
             return None;
         }
-        match self.read_request(&mut side.stream) {
+        let ReadSide { stream, batch, .. } = &mut *side;
+        let next = self.read_request(stream, batch);
+        self.send_batch(batch);
+        match next {
             Ok(Some(request)) => Some(request),
             Ok(None) => {
                 side.end = Some(Ok(()));
@@ -992,10 +1014,20 @@ impl<S: Wire> Connection<S> {
         }
     }
 
-    /// Reads requests until one is to be run, answering the rejected ones on the way;
-    /// `None` when the client is done (end of stream, DISC) or a reply failed.
-    fn read_request(&self, reader: &mut impl Read) -> Result<Option<Request<'_>>, Error> {
+    /// Reads requests until one is to be run, answering the rejected ones and the
+    /// small reads the page cache holds on the way (into `batch`, sent whenever the
+    /// client has no further request waiting); `None` when the client is done (end of
+    /// stream, DISC) or a reply failed. The caller sends what is left in `batch`.
+    fn read_request(
+        &self,
+        reader: &mut BufReader<S>,
+        batch: &mut Vec<u8>,
+    ) -> Result<Option<Request<'_>>, Error> {
         loop {
+            // About to wait for the client: what it asked for so far goes out first.
+            if reader.buffer().len() < proto::REQUEST_HEADER_LEN || batch.len() >= BATCH_BYTES {
+                self.send_batch(batch);
+            }
             let mut head = [0u8; proto::REQUEST_HEADER_LEN];
             match reader.read_exact(&mut head) {
                 Ok(()) => {}
@@ -1025,6 +1057,13 @@ impl<S: Wire> Connection<S> {
                     continue;
                 }
             };
+            if let Command::Read { offset, length } = command {
+                if length <= INLINE_READ_MAX
+                    && self.read_inline(header.cookie, offset, length, batch)
+                {
+                    continue;
+                }
+            }
             let cost = match command {
                 Command::Read { length, .. } | Command::Write { length, .. } => u64::from(length),
                 _ => 0,
@@ -1038,7 +1077,7 @@ impl<S: Wire> Connection<S> {
                 cookie: header.cookie,
                 command,
                 payload,
-                _permit: permit,
+                permit,
             }));
         }
     }
@@ -1123,6 +1162,54 @@ impl<S: Wire> Connection<S> {
         }
     }
 
+    /// Answers a small read into `batch` when the page cache holds its data; `false`
+    /// (and `batch` as it was) when it needs the disk or fails: the request then runs
+    /// the ordinary way, off the read lock, which also reports any error.
+    fn read_inline(&self, cookie: u64, offset: u64, length: u32, batch: &mut Vec<u8>) -> bool {
+        let start = batch.len();
+        let head = if self.limits.structured {
+            proto::OFFSET_DATA_HEADER_LEN
+        } else {
+            proto::SIMPLE_REPLY_LEN
+        };
+        let data_at = start + head;
+        batch.resize(data_at + length as usize, 0);
+        if !matches!(
+            self.volume.read_cached(offset, &mut batch[data_at..]),
+            Ok(true)
+        ) {
+            batch.truncate(start);
+            return false;
+        }
+        if !self.limits.structured {
+            batch[start..data_at].copy_from_slice(&proto::simple_reply(cookie, None));
+            return true;
+        }
+        if is_zero(&batch[data_at..]) {
+            batch.truncate(start);
+            batch.extend_from_slice(&proto::offset_hole_chunk(cookie, offset, length));
+            return true;
+        }
+        match proto::offset_data_header(cookie, offset, length as usize) {
+            Ok(header) => {
+                batch[start..data_at].copy_from_slice(&header);
+                true
+            }
+            Err(_) => {
+                batch.truncate(start);
+                false
+            }
+        }
+    }
+
+    /// Sends the replies gathered in `batch`, in one write.
+    fn send_batch(&self, batch: &mut Vec<u8>) {
+        if !batch.is_empty() {
+            self.send(&[batch]);
+            batch.clear();
+        }
+    }
+
     fn block_status(&self, cookie: u64, offset: u64, length: u32, one: bool) {
         match self.volume.allocation(offset, u64::from(length)) {
             Ok(extents) => {
@@ -1198,10 +1285,11 @@ fn is_zero(buf: &[u8]) -> bool {
 }
 
 /// Counts a connection's requests and payload bytes in flight.
-#[derive(Default)]
 struct InFlight {
     state: Mutex<FlightState>,
     changed: Condvar,
+    /// From this many requests in flight on, each runs its crypto on its own thread.
+    crowded_at: usize,
 }
 
 #[derive(Default)]
@@ -1214,6 +1302,14 @@ struct FlightState {
 }
 
 impl InFlight {
+    fn new() -> Self {
+        InFlight {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            crowded_at: thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+
     /// Waits until the byte budget has room for `cost`. A request larger than the
     /// budget still runs, alone.
     fn acquire(&self, cost: u64) -> Permit<'_> {
@@ -1228,7 +1324,11 @@ impl InFlight {
         state.reader_waiting = false;
         state.requests += 1;
         state.bytes = state.bytes.saturating_add(cost);
-        Permit { flight: self, cost }
+        Permit {
+            flight: self,
+            cost,
+            crowded: state.requests >= self.crowded_at,
+        }
     }
 }
 
@@ -1236,6 +1336,8 @@ impl InFlight {
 struct Permit<'a> {
     flight: &'a InFlight,
     cost: u64,
+    /// There were as many requests in flight as cores when this one was admitted.
+    crowded: bool,
 }
 
 impl Drop for Permit<'_> {

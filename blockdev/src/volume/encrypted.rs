@@ -465,6 +465,22 @@ impl Volume for EncryptedVolume {
         self.with_cipher(|cipher| self.read_unaligned(cipher, offset, buf))
     }
 
+    /// Whole sectors only; a read with partial sectors says `Ok(false)`.
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool, Error> {
+        check_range(offset, buf.len() as u64, self.size())?;
+        if !offset.is_multiple_of(SECTOR_U64) || !buf.len().is_multiple_of(SECTOR) {
+            return Ok(false);
+        }
+        self.with_cipher(|cipher| {
+            let first = offset / SECTOR_U64;
+            if !self.file.read_cached_at(buf, self.file_pos(first))? {
+                return Ok(false);
+            }
+            decrypt_stored(cipher, first, buf);
+            Ok(true)
+        })
+    }
+
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.check_writable()?;
         check_range(offset, data.len() as u64, self.size())?;

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
+use rustix::io::{Errno, ReadWriteFlags};
 
 use super::Extent;
 use crate::Error;
@@ -54,17 +55,45 @@ impl VolumeFile {
     pub(crate) fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> Result<(), Error> {
         self.file.read_exact_at(buf, pos).map_err(|source| {
             if source.kind() == io::ErrorKind::UnexpectedEof {
-                Error::Corrupted {
-                    path: self.path.clone(),
-                    what: format!(
-                        "file truncated: cannot read {} bytes at byte {pos}",
-                        buf.len()
-                    ),
-                }
+                self.truncated(buf.len(), pos)
             } else {
                 self.io_error("read", pos, source)
             }
         })
+    }
+
+    /// Fills `buf` from file offset `pos` like [`VolumeFile::read_exact_at`], but only
+    /// from the page cache (`RWF_NOWAIT`): `Ok(false)` when some of it would have to
+    /// come from the disk (or the kernel cannot tell), and `buf` then holds nothing
+    /// promised. Never waits for the disk, so it may run where waiting would hold
+    /// others up.
+    pub(crate) fn read_cached_at(&self, buf: &mut [u8], pos: u64) -> Result<bool, Error> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = pos + done as u64;
+            let read = rustix::io::preadv2(
+                &self.file,
+                &mut [io::IoSliceMut::new(&mut buf[done..])],
+                at,
+                ReadWriteFlags::NOWAIT,
+            );
+            match read {
+                Ok(0) => return Err(self.truncated(buf.len(), pos)),
+                Ok(n) => done += n,
+                Err(Errno::INTR) => {}
+                // Not cached (AGAIN), or no RWF_NOWAIT here (OPNOTSUPP, old kernels).
+                Err(Errno::AGAIN | Errno::OPNOTSUPP) => return Ok(false),
+                Err(errno) => return Err(self.io_error("read", at, errno.into())),
+            }
+        }
+        Ok(true)
+    }
+
+    fn truncated(&self, len: usize, pos: u64) -> Error {
+        Error::Corrupted {
+            path: self.path.clone(),
+            what: format!("file truncated: cannot read {len} bytes at byte {pos}"),
+        }
     }
 
     pub(crate) fn write_all_at(&self, data: &[u8], pos: u64) -> Result<(), Error> {

@@ -62,6 +62,15 @@ pub trait Volume: Send + Sync + std::fmt::Debug {
         None
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
+    /// [`Volume::read_at`] when it needs no disk I/O (the data is in the page cache):
+    /// `Ok(true)` and `buf` filled, or `Ok(false)` when it would have to wait (then
+    /// nothing is promised about `buf`; call `read_at`). For servers that answer small
+    /// cached reads on the thread that reads requests. A volume that cannot tell
+    /// without waiting says `Ok(false)`.
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool, Error> {
+        let _ = (offset, buf);
+        Ok(false)
+    }
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error>;
     /// Makes every completed write durable (fdatasync).
     fn flush(&self) -> Result<(), Error>;

@@ -86,6 +86,11 @@ impl Volume for RawVolume {
         self.file.read_exact_at(buf, self.base + offset)
     }
 
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool, Error> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        self.file.read_cached_at(buf, self.base + offset)
+    }
+
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.check_writable(offset, data.len() as u64)?;
         self.file.write_all_at(data, self.base + offset)
