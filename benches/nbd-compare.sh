@@ -502,6 +502,8 @@ workloads = [
     ("randread", "rand read 4k QD32", "IOPS"),
     ("randwrite", "rand write 4k QD32", "IOPS"),
 ]
+# Only the workloads this run measured (--workload).
+workloads = [w for w in workloads if any(k[1] == w[0] for k in samples)]
 unit_of = {w: u for w, _, u in workloads}
 label_of = {w: l for w, l, _ in workloads}
 # (workload, reference server, minimum ratio atrest/reference) from issue #4.
@@ -605,7 +607,7 @@ if max(float(load_start.split()[0]), float(load_end.split()[0])) > int(cpus):
 if show_ratios:
     print("\ntargets (issue #4):")
     for wl, ref, want in targets:
-        if ref not in peers:
+        if ref not in peers or wl not in label_of:
             continue
         a, r = median("atrest", wl), median(ref, wl)
         if a is None or not r:
