@@ -5,9 +5,14 @@
 //! each reads one whole request under the connection's read lock, lets go of it, runs
 //! the request and writes the reply under the write lock, so requests run side by side
 //! and replies leave in completion order with no hand-off between threads (a wake-up
-//! per request cost more than the crypto). Each connection bounds its requests in
+//! per request cost more than the crypto). Small reads whose data is in the page cache
+//! are answered by the reading thread itself, their replies gathered and written
+//! together once no further request is waiting ([`INLINE_READ_MAX`]); anything that
+//! may wait for the disk goes the ordinary way. Each connection bounds its requests in
 //! flight (in number by its threads, in bytes by a budget), so a client that floods
-//! requests or never reads its replies stalls only itself.
+//! requests or never reads its replies stalls only itself. Crypto for a large request
+//! is spread over the cores (the rayon pool) unless the connection already has a
+//! request in flight per core.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, IoSlice, Read, Write};
