@@ -562,6 +562,12 @@ print()
 print(f"NBD side by side: {int(size) // 2**20} MiB images, fio nbd engine (1 job), "
       f"median of {rounds} x {runtime}s runs per cell; {cpus} CPUs, "
       f"load average {load_start} at start, {load_end} at end")
+# Loopback throughput depends on it (BBR paces; see blockdev's Wire::write_parts).
+try:
+    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+        print(f"TCP congestion control: {f.read().strip()}")
+except OSError:
+    pass
 table(["workload", "unit"] + peers + ratio_headers,
       [with_ratios([label, unit] + [fmt(median(p, wl)) for p in peers], median, wl)
        for wl, label, unit in workloads])
