@@ -501,6 +501,90 @@ fn outputs_have_the_aws_shape() {
 }
 
 #[test]
+fn tags_are_added_listed_and_removed_as_with_the_aws_cli() {
+    let home = Home::new();
+    home.ok(&["kms", "create-key", "--alias", "alias/tagged"]);
+    let tags = |home: &Home| {
+        let out = home.ok(&["kms", "list-resource-tags", "--key-id", "alias/tagged"]);
+        assert_eq!(out["Truncated"], false);
+        out["Tags"].clone()
+    };
+    assert_eq!(tags(&home), serde_json::json!([]));
+    // Shorthand, several after one --tags, and an empty value.
+    let added = home.ok(&[
+        "kms",
+        "tag-resource",
+        "--key-id",
+        "alias/tagged",
+        "--tags",
+        "TagKey=env,TagValue=prod",
+        "TagKey=team,TagValue=",
+    ]);
+    assert_eq!(
+        added,
+        Value::Null,
+        "tag-resource prints nothing, as aws kms"
+    );
+    // A JSON list; an existing key's value is overwritten.
+    home.ok(&[
+        "kms",
+        "tag-resource",
+        "--key-id",
+        "alias/tagged",
+        "--tags",
+        r#"[{"TagKey": "env", "TagValue": "test"}, {"TagKey": "owner", "TagValue": "ops"}]"#,
+    ]);
+    assert_eq!(
+        tags(&home),
+        serde_json::json!([
+            {"TagKey": "env", "TagValue": "test"},
+            {"TagKey": "owner", "TagValue": "ops"},
+            {"TagKey": "team", "TagValue": ""},
+        ])
+    );
+    home.ok(&[
+        "kms",
+        "untag-resource",
+        "--key-id",
+        "alias/tagged",
+        "--tag-keys",
+        "env",
+        "team",
+    ]);
+    assert_eq!(
+        tags(&home),
+        serde_json::json!([{"TagKey": "owner", "TagValue": "ops"}])
+    );
+    home.service_error(
+        None,
+        &[
+            "kms",
+            "tag-resource",
+            "--key-id",
+            "alias/tagged",
+            "--tags",
+            "TagKey=aws:reserved,TagValue=x",
+        ],
+        "ValidationException",
+    );
+    for bad in ["Key=x,Value=y", "TagKey=x", r#"[{"TagKey": 1}]"#] {
+        let out = home.run(&[
+            "kms",
+            "tag-resource",
+            "--key-id",
+            "alias/tagged",
+            "--tags",
+            bad,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains("--tags"), "{bad}: {stderr}");
+    }
+    let events = home.trail_events(&["--event-name", "TagResource"]);
+    assert_eq!(events.len(), 3, "two accepted and one refused TagResource");
+}
+
+#[test]
 fn errors_carry_the_aws_name_and_exit_codes() {
     let home = Home::new();
     let key = home.ok(&["kms", "create-key"])["KeyMetadata"]["KeyId"]

@@ -9,7 +9,7 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use crypto_core::kms::{
     CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest,
-    KeyService, ListRequest, ReEncryptRequest,
+    KeyService, ListRequest, ReEncryptRequest, Tag,
 };
 use crypto_core::secret::SecretBytes;
 use serde::Serialize;
@@ -137,6 +137,24 @@ pub enum KmsCommand {
         #[arg(long, value_name = "k=v,...|JSON")]
         destination_encryption_context: Option<String>,
     },
+    /// Add or overwrite tags on a key.
+    TagResource {
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+        /// `TagKey=K,TagValue=V` per tag (several after one `--tags`), or a JSON list
+        /// `[{"TagKey": "K", "TagValue": "V"}, ...]`.
+        #[arg(long, value_name = "TAG", num_args = 1.., required = true)]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a key by their keys.
+    UntagResource {
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+        #[arg(long, value_name = "KEY", num_args = 1.., required = true)]
+        tag_keys: Vec<String>,
+    },
+    /// A key's tags.
+    ListResourceTags(KeyIdArg),
     /// Serve this key service over HTTP(S) with the AWS KMS JSON API and SigV4.
     Serve(super::gateway::KmsServeArgs),
 }
@@ -271,6 +289,16 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
             &text_arg(&policy, "--policy")?,
             bypass_policy_lockout_safety_check,
         )?),
+        KmsCommand::TagResource { key_id, tags } => {
+            Ok(kms.tag_resource(&key_id, &tags_arg(&tags)?)?)
+        }
+        KmsCommand::UntagResource { key_id, tag_keys } => {
+            Ok(kms.untag_resource(&key_id, &tag_keys)?)
+        }
+        KmsCommand::ListResourceTags(KeyIdArg { key_id }) => print_json(&json!({
+            "Tags": to_json(&kms.list_resource_tags(&key_id)?)?,
+            "Truncated": false,
+        })),
         KmsCommand::GenerateDataKey(args) => {
             let generated = kms.generate_data_key(&data_key_request(args)?)?;
             print_with_plaintext(
@@ -374,6 +402,39 @@ fn create_key(kms: &dyn KeyService, args: CreateKeyArgs) -> anyhow::Result<()> {
         })?;
     }
     print_json(&json!({ "KeyMetadata": to_json(&metadata)? }))
+}
+
+/// `--tags` as the aws CLI takes it: shorthand `TagKey=K,TagValue=V` items, or one
+/// JSON list of `{"TagKey", "TagValue"}` objects. The key service checks the lengths
+/// and the reserved `aws:` prefix.
+fn tags_arg(items: &[String]) -> anyhow::Result<Vec<Tag>> {
+    if let [only] = items {
+        if only.trim_start().starts_with('[') {
+            return serde_json::from_str(only).with_context(|| {
+                "--tags: not a JSON list of {\"TagKey\": ..., \"TagValue\": ...} objects"
+            });
+        }
+    }
+    items
+        .iter()
+        .map(|item| {
+            let (mut key, mut value) = (None, None);
+            for field in item.split(',') {
+                match field.split_once('=') {
+                    Some(("TagKey", k)) if key.is_none() => key = Some(k),
+                    Some(("TagValue", v)) if value.is_none() => value = Some(v),
+                    _ => bail!("--tags: expected TagKey=KEY,TagValue=VALUE, got {item:?}"),
+                }
+            }
+            match (key, value) {
+                (Some(key), Some(value)) => Ok(Tag {
+                    tag_key: key.to_owned(),
+                    tag_value: value.to_owned(),
+                }),
+                _ => bail!("--tags: {item:?} needs both TagKey= and TagValue="),
+            }
+        })
+        .collect()
 }
 
 fn data_key_request(args: DataKeyArgs) -> anyhow::Result<GenerateDataKeyRequest> {
