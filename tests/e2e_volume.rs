@@ -248,13 +248,20 @@ fn info_reports_damage_raw_images_and_a_deleted_key() {
         .write(true)
         .open(&path)
         .unwrap();
-    file.write_all_at(b"\xff", 20).unwrap();
+    // Flipped, not overwritten: byte 20 is in the random volume id, and writing a
+    // fixed value left the header intact whenever the id already held it (1 in 256).
+    let flip = |at: u64| {
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+    };
+    flip(20);
     let info = json_of(&atrest(home.path(), &["volume", "info", p], &[]));
     assert_eq!(info["HeaderCopy"], "backup");
     assert!(info["HeaderWarning"].as_str().unwrap().contains("checksum"));
 
     // Both damaged: a clear error naming each copy, never a raw image.
-    file.write_all_at(b"\xff", 512 * 1024 + 20).unwrap();
+    flip(512 * 1024 + 20);
     let broken = atrest(home.path(), &["volume", "info", p], &[]);
     assert!(!broken.status.success());
     let stderr = String::from_utf8_lossy(&broken.stderr);
