@@ -1286,27 +1286,14 @@ impl ObjectStore {
     ) -> Result<ListObjectsPage, Error> {
         self.bucket(bucket)?;
         let dir = self.bucket_dir(bucket).join(OBJECTS_DIR);
-        let mut all: Vec<(String, PathBuf, ObjectHeader)> = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))? {
-            let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
-            let path = entry.path();
-            if path.extension().is_none_or(|x| x != OBJECT_EXT) {
-                continue;
-            }
-            let file = match File::open(&path) {
-                Ok(f) => f,
-                // Deleted between the listing and the open.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(Error::Io {
-                        context: format!("open {}", path.display()),
-                        source,
-                    })
-                }
-            };
-            let header = read_header(&file, &path)?;
-            all.push((header.bound.key.clone(), path, header));
-        }
+        let mut all: Vec<(String, PathBuf, ObjectHeader)> = headers_in(&dir, |path| {
+            path.extension()
+                .is_some_and(|x| x == OBJECT_EXT)
+                .then_some(())
+        })?
+        .into_iter()
+        .map(|((), path, header)| (header.bound.key.clone(), path, header))
+        .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         let keys: Vec<String> = all.iter().map(|(k, _, _)| k.clone()).collect();
         let plan = plan_page(&keys, req)?;
@@ -1350,6 +1337,34 @@ fn current_record(path: &Path, kms_key_id: &str) -> Result<Option<(String, Vec<u
         .decode(&record.wrapped_key)
         .map_err(|_| corrupted("the wrapped key is not base64".into()))?;
     Ok(Some((record.kms_key_arn, wrapped)))
+}
+
+/// The headers of the files in `dir` that `pick` accepts, with what `pick` made of
+/// each path. A file removed between the listing and the open is skipped.
+fn headers_in<T>(
+    dir: &Path,
+    pick: impl Fn(&Path) -> Option<T>,
+) -> Result<Vec<(T, PathBuf, ObjectHeader)>, Error> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(format!("list {}", dir.display())))? {
+        let path = entry
+            .map_err(io_err(format!("list {}", dir.display())))?
+            .path();
+        let Some(picked) = pick(&path) else { continue };
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("open {}", path.display()),
+                    source,
+                })
+            }
+        };
+        let header = read_header(&file, &path)?;
+        found.push((picked, path, header));
+    }
+    Ok(found)
 }
 
 /// Reads and decodes the header at the start of an object file.

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    create_dir_private, io_err, key32, now, random_name, read_header, sync_dir, write_atomic,
-    ObjectStore, PutObjectOptions, PutPlan,
+    create_dir_private, headers_in, io_err, key32, now, random_name, read_header, sync_dir,
+    write_atomic, ObjectStore, PutObjectOptions, PutPlan,
 };
 use crate::aead::SegmentCipher;
 use crate::bucket_key::{derive_object_key, Key32};
@@ -360,29 +360,12 @@ impl ObjectStore {
 
     /// The parts uploaded so far, by part number.
     fn parts_of(dir: &Path) -> Result<Vec<(u32, PathBuf, ObjectHeader)>, Error> {
-        let mut parts = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(format!("list {}", dir.display())))? {
-            let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
-            let path = entry.path();
-            let number = path
-                .file_name()
+        let mut parts = headers_in(dir, |path| {
+            path.file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".part"))
-                .and_then(|n| n.parse::<u32>().ok());
-            let Some(number) = number else { continue };
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(Error::Io {
-                        context: format!("open {}", path.display()),
-                        source,
-                    })
-                }
-            };
-            let header = read_header(&file, &path)?;
-            parts.push((number, path, header));
-        }
+                .and_then(|n| n.parse::<u32>().ok())
+        })?;
         parts.sort_by_key(|p| p.0);
         Ok(parts)
     }
