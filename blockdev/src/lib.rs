@@ -12,6 +12,7 @@ pub mod error;
 pub mod format;
 pub mod lease;
 pub mod lifecycle;
+mod mapped;
 pub mod nbd;
 pub mod volume;
 

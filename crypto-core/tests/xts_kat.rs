@@ -244,6 +244,13 @@ fn a_sector_shorter_than_a_block_panics() {
 }
 
 #[test]
+#[should_panic(expected = "source and destination lengths differ")]
+fn decrypting_into_a_buffer_of_another_length_panics() {
+    let cipher = SectorCipher::new(&key(IEEE_KEY)).unwrap();
+    cipher.decrypt_sectors_to(&[0u8; 1024], &mut [0u8; 512], 0, 512);
+}
+
+#[test]
 fn the_last_sector_number_wraps_to_zero() {
     for backend in Backend::available() {
         let cipher = SectorCipher::with_backend(&key(IEEE_KEY), backend).unwrap();

@@ -112,7 +112,7 @@ impl EncryptedVolume {
         };
         let read_only = read_only || located.header.is_read_only();
         Ok(Self {
-            file,
+            file: file.with_map(),
             located,
             wrapped,
             read_only,
@@ -224,10 +224,17 @@ impl EncryptedVolume {
         self.located.header.data_offset() + sector * SECTOR_U64
     }
 
-    /// Reads whole sectors starting at `first` into `buf` and decrypts them in place,
-    /// leaving all-zero sectors (holes, zeroed ranges) as zeros.
+    /// Reads whole sectors starting at `first` into `buf`, decrypted, with all-zero
+    /// stored sectors (holes, zeroed ranges) as zeros: straight from the page cache
+    /// when it holds them all ([`VolumeFile::cached`]), else read, then decrypted in
+    /// place.
     fn read_sectors(&self, cipher: &SectorCipher, first: u64, buf: &mut [u8]) -> Result<(), Error> {
-        self.file.read_exact_at(buf, self.file_pos(first))?;
+        let pos = self.file_pos(first);
+        if let Some(stored) = self.file.cached(pos, buf.len()) {
+            decrypt_stored_to(cipher, first, stored, buf);
+            return Ok(());
+        }
+        self.file.read_exact_at(buf, pos)?;
         decrypt_stored(cipher, first, buf);
         Ok(())
     }
@@ -436,6 +443,31 @@ fn decrypt_stored(cipher: &SectorCipher, first: u64, buf: &mut [u8]) {
     }
 }
 
+/// [`decrypt_stored`] from `stored` into `buf` (equal lengths): all-zero sectors
+/// become zeros, every run of others one cipher call.
+fn decrypt_stored_to(cipher: &SectorCipher, first: u64, stored: &[u8], buf: &mut [u8]) {
+    let sectors = buf.len() / SECTOR;
+    let mut i = 0;
+    while i < sectors {
+        if is_zero(&stored[i * SECTOR..(i + 1) * SECTOR]) {
+            buf[i * SECTOR..(i + 1) * SECTOR].fill(0);
+            i += 1;
+            continue;
+        }
+        let run_start = i;
+        while i < sectors && !is_zero(&stored[i * SECTOR..(i + 1) * SECTOR]) {
+            i += 1;
+        }
+        let run = run_start * SECTOR..i * SECTOR;
+        cipher.decrypt_sectors_to(
+            &stored[run.clone()],
+            &mut buf[run],
+            first + run_start as u64,
+            SECTOR,
+        );
+    }
+}
+
 impl Volume for EncryptedVolume {
     fn size(&self) -> u64 {
         self.located.header.size()
@@ -473,6 +505,10 @@ impl Volume for EncryptedVolume {
         }
         self.with_cipher(|cipher| {
             let first = offset / SECTOR_U64;
+            if let Some(stored) = self.file.cached(self.file_pos(first), buf.len()) {
+                decrypt_stored_to(cipher, first, stored, buf);
+                return Ok(true);
+            }
             if !self.file.read_cached_at(buf, self.file_pos(first))? {
                 return Ok(false);
             }

@@ -11,6 +11,7 @@ use rustix::fs::{FallocateFlags, SeekFrom};
 use rustix::io::{Errno, ReadWriteFlags};
 
 use super::Extent;
+use crate::mapped::FileMap;
 use crate::Error;
 
 /// Zeros written for `write_zeroes` when the client forbids holes.
@@ -39,6 +40,8 @@ const WRITE_PIECE: u64 = 64 * 1024;
 pub(crate) struct VolumeFile {
     file: File,
     path: PathBuf,
+    /// Set by [`VolumeFile::with_map`].
+    map: Option<FileMap>,
 }
 
 impl VolumeFile {
@@ -46,7 +49,28 @@ impl VolumeFile {
         Self {
             file,
             path: path.to_path_buf(),
+            map: None,
         }
+    }
+
+    /// Maps the file for [`VolumeFile::cached`] where that is safe (see
+    /// [`crate::mapped`]); without a mapping `cached` always says `None`.
+    pub(crate) fn with_map(mut self) -> Self {
+        self.map = self
+            .len()
+            .ok()
+            .and_then(|len| FileMap::new(&self.file, len));
+        if self.map.is_none() {
+            tracing::debug!(path = %self.path.display(), "volume file not mapped; reads use pread");
+        }
+        self
+    }
+
+    /// The bytes at `pos..pos + len` straight from the page cache, when it holds all
+    /// of them and the file is mapped; `None` means: read them with
+    /// [`VolumeFile::read_exact_at`]. Never waits for the disk.
+    pub(crate) fn cached(&self, pos: u64, len: usize) -> Option<&[u8]> {
+        self.map.as_ref()?.resident(pos, len)
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -80,6 +80,11 @@ impl XtsKernel for AesNiKernel<'_> {
         // SAFETY: as in sector_tweaks.
         unsafe { xts_run::<false>(&self.0.data_dec, blocks, tweak) }
     }
+
+    fn decrypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128) -> u128 {
+        // SAFETY: as in sector_tweaks.
+        unsafe { xts_run_to::<false>(&self.0.data_dec, &src[..dst.len()], dst, tweak) }
+    }
 }
 
 #[inline(always)]
@@ -203,35 +208,77 @@ pub(super) fn load_schedule(rk: &[[u8; 16]; 15]) -> [__m128i; 15] {
     k
 }
 
-/// XTS over the whole blocks of `blocks` with the schedule `rk` (encryption or
-/// decryption per `ENCRYPT`); returns the tweak after the last block.
+/// XTS over the whole blocks of `blocks`, in place, with the schedule `rk`
+/// (encryption or decryption per `ENCRYPT`); returns the tweak after the last block.
 #[target_feature(enable = "aes,pclmulqdq")]
 pub(super) fn xts_run<const ENCRYPT: bool>(
     rk: &[[u8; 16]; 15],
     blocks: &mut [u8],
     tweak: u128,
 ) -> u128 {
+    debug_assert!(blocks.len().is_multiple_of(16), "XTS runs are whole blocks");
+    let len = blocks.len() / 16 * 16;
+    let at = blocks.as_mut_ptr();
+    // SAFETY: `at` is readable and writable for `len` bytes; source and destination
+    // are the same buffer, which the kernel allows.
+    unsafe { xts_run_raw::<ENCRYPT>(rk, at, at, len, tweak) }
+}
+
+/// [`xts_run`] from `src` into `dst` (equal lengths, whole blocks).
+#[target_feature(enable = "aes,pclmulqdq")]
+pub(super) fn xts_run_to<const ENCRYPT: bool>(
+    rk: &[[u8; 16]; 15],
+    src: &[u8],
+    dst: &mut [u8],
+    tweak: u128,
+) -> u128 {
+    assert_eq!(src.len(), dst.len(), "XTS source and destination lengths");
+    debug_assert!(src.len().is_multiple_of(16), "XTS runs are whole blocks");
+    let len = src.len() / 16 * 16;
+    // SAFETY: `src` is readable and `dst` writable for `len` bytes, and a shared and
+    // a mutable borrow cannot overlap.
+    unsafe { xts_run_raw::<ENCRYPT>(rk, src.as_ptr(), dst.as_mut_ptr(), len, tweak) }
+}
+
+/// The kernel behind [`xts_run`] and [`xts_run_to`]: reads `len` bytes (whole
+/// blocks) at `src`, writes the result at `dst`.
+///
+/// # Safety
+///
+/// The CPU has AES-NI and PCLMULQDQ; `src` is readable and `dst` writable for `len`
+/// bytes; the two are the same address or the ranges do not overlap. Each block is
+/// read before its result is written, so in place is fine.
+#[target_feature(enable = "aes,pclmulqdq")]
+pub(super) unsafe fn xts_run_raw<const ENCRYPT: bool>(
+    rk: &[[u8; 16]; 15],
+    src: *const u8,
+    dst: *mut u8,
+    len: usize,
+    tweak: u128,
+) -> u128 {
     // The wider kernels hand over their (often empty) tails; skip the key loads then.
-    if blocks.is_empty() {
+    if len == 0 {
         return tweak;
     }
     let k = load_schedule(rk);
-    let (blocks, rest) = blocks.as_chunks_mut::<16>();
-    debug_assert!(rest.is_empty(), "XTS runs are whole blocks");
-    let mut groups = blocks.chunks_exact_mut(LANES);
+    let blocks = len / 16;
+    let groups = blocks / LANES;
     let mut t = tweak;
-    if groups.len() > 0 {
+    if groups > 0 {
         // The lanes' tweaks advance in general-purpose registers (module comment).
         let mut lanes = [0u128; LANES];
         for (i, lane) in lanes.iter_mut().enumerate() {
             *lane = mul_alpha_pow(t, i as u32);
         }
-        for group in &mut groups {
+        for g in 0..groups {
+            let base = g * LANES * 16;
             let mut tw = [_mm_setzero_si128(); LANES];
             let mut x = [_mm_setzero_si128(); LANES];
             for i in 0..LANES {
                 tw[i] = from_u128(lanes[i]);
-                x[i] = _mm_xor_si128(_mm_xor_si128(load(&group[i]), tw[i]), k[0]);
+                // SAFETY: block `g * LANES + i` is below `blocks`, inside `src`.
+                let block = unsafe { _mm_loadu_si128(src.add(base + 16 * i).cast()) };
+                x[i] = _mm_xor_si128(_mm_xor_si128(block, tw[i]), k[0]);
                 lanes[i] = mul_alpha8_scalar(lanes[i]);
             }
             // The closing tweak XOR is folded into the last round key:
@@ -241,35 +288,35 @@ pub(super) fn xts_run<const ENCRYPT: bool>(
                     round8!("aesenc", x, *key);
                 }
                 for i in 0..LANES {
-                    store(
-                        &mut group[i],
-                        _mm_aesenclast_si128(x[i], _mm_xor_si128(k[14], tw[i])),
-                    );
+                    x[i] = _mm_aesenclast_si128(x[i], _mm_xor_si128(k[14], tw[i]));
                 }
             } else {
                 for key in &k[1..14] {
                     round8!("aesdec", x, *key);
                 }
                 for i in 0..LANES {
-                    store(
-                        &mut group[i],
-                        _mm_aesdeclast_si128(x[i], _mm_xor_si128(k[14], tw[i])),
-                    );
+                    x[i] = _mm_aesdeclast_si128(x[i], _mm_xor_si128(k[14], tw[i]));
                 }
+            }
+            for (i, v) in x.iter().enumerate() {
+                // SAFETY: as for the load, inside `dst`.
+                unsafe { _mm_storeu_si128(dst.add(base + 16 * i).cast(), *v) };
             }
         }
         t = lanes[0];
         lanes.zeroize();
     }
-    for block in groups.into_remainder() {
+    for b in groups * LANES..blocks {
         let tv = from_u128(t);
-        let x = _mm_xor_si128(load(block), tv);
+        // SAFETY: block `b` is below `blocks`, inside `src` and `dst`.
+        let x = _mm_xor_si128(unsafe { _mm_loadu_si128(src.add(16 * b).cast()) }, tv);
         let y = if ENCRYPT {
             encrypt1(x, &k)
         } else {
             decrypt1(x, &k)
         };
-        store(block, _mm_xor_si128(y, tv));
+        // SAFETY: as above.
+        unsafe { _mm_storeu_si128(dst.add(16 * b).cast(), _mm_xor_si128(y, tv)) };
         t = mul_alpha(t);
     }
     t

@@ -202,38 +202,92 @@ impl SectorCipher {
         self.crypt(buf, first_sector, sector_size, Direction::Decrypt);
     }
 
+    /// Decrypts `src` into `dst`: the same result as copying `src` to `dst` and
+    /// calling [`SectorCipher::decrypt_sectors`], in one pass over `src` (which is
+    /// the point when `src` is cold memory such as a file mapping).
+    ///
+    /// # Panics
+    ///
+    /// As for `decrypt_sectors`, and when the two lengths differ.
+    pub fn decrypt_sectors_to(
+        &self,
+        src: &[u8],
+        dst: &mut [u8],
+        first_sector: u64,
+        sector_size: usize,
+    ) {
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "XTS source and destination lengths differ"
+        );
+        check_sectors(dst.len(), sector_size);
+        match self.split(dst.len(), sector_size) {
+            None => self.decrypt_serial_to(src, dst, first_sector, sector_size),
+            Some(sectors_per_chunk) => {
+                let chunk = sectors_per_chunk * sector_size;
+                dst.par_chunks_mut(chunk)
+                    .zip(src.par_chunks(chunk))
+                    .enumerate()
+                    .for_each(|(i, (to, from))| {
+                        // Wrapping: the chunk index times its length is below len.
+                        let first = first_sector.wrapping_add((i * sectors_per_chunk) as u64);
+                        self.decrypt_serial_to(from, to, first, sector_size);
+                    });
+            }
+        }
+    }
+
     fn crypt(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
-        assert!(
-            sector_size >= 16,
-            "XTS sector size {sector_size} is below one AES block (16 bytes)"
-        );
-        assert!(
-            buf.len().is_multiple_of(sector_size),
-            "XTS buffer of {} bytes is not a whole number of {sector_size}-byte sectors",
-            buf.len()
-        );
+        check_sectors(buf.len(), sector_size);
+        match self.split(buf.len(), sector_size) {
+            None => self.crypt_serial(buf, first_sector, sector_size, dir),
+            Some(sectors_per_chunk) => buf
+                .par_chunks_mut(sectors_per_chunk * sector_size)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    // Wrapping: the chunk index times its length is below buf.len().
+                    let first = first_sector.wrapping_add((i * sectors_per_chunk) as u64);
+                    self.crypt_serial(chunk, first, sector_size, dir);
+                }),
+        }
+    }
+
+    /// Sectors per rayon task for a call over `len` bytes, or `None` to stay on this
+    /// thread.
+    fn split(&self, len: usize, sector_size: usize) -> Option<usize> {
         // Length first: asking rayon for its pool size costs more than a small call.
-        if buf.len() < PARALLEL_THRESHOLD
-            || SERIAL.with(Cell::get)
-            || rayon::current_num_threads() < 2
-        {
-            self.crypt_serial(buf, first_sector, sector_size, dir);
-            return;
+        if len < PARALLEL_THRESHOLD || SERIAL.with(Cell::get) || rayon::current_num_threads() < 2 {
+            return None;
         }
         let threads = rayon::current_num_threads();
         // A few chunks per thread so that a thread slowed by another process does
         // not hold the whole call back; each chunk still large enough to amortise
         // the task hand-off.
-        let sectors = buf.len() / sector_size;
-        let target = (buf.len() / (threads * 4)).max(MIN_PARALLEL_CHUNK);
-        let sectors_per_chunk = (target / sector_size).clamp(1, sectors);
-        buf.par_chunks_mut(sectors_per_chunk * sector_size)
-            .enumerate()
-            .for_each(|(i, chunk)| {
-                // Wrapping: the chunk index times its length is below buf.len().
-                let first = first_sector.wrapping_add((i * sectors_per_chunk) as u64);
-                self.crypt_serial(chunk, first, sector_size, dir);
-            });
+        let sectors = len / sector_size;
+        let target = (len / (threads * 4)).max(MIN_PARALLEL_CHUNK);
+        Some((target / sector_size).clamp(1, sectors))
+    }
+
+    fn decrypt_serial_to(&self, src: &[u8], dst: &mut [u8], first_sector: u64, sector_size: usize) {
+        match &self.engine {
+            Engine::Portable(k) => {
+                let keys = k.as_ref().expect("portable round keys are set when made");
+                decrypt_sectors_to(keys, src, dst, first_sector, sector_size)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Engine::AesNi(k) => {
+                decrypt_sectors_to(&aesni::AesNiKernel(k), src, dst, first_sector, sector_size)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Engine::Vaes(k, token) => decrypt_sectors_to(
+                &vaes::VaesKernel(k, *token),
+                src,
+                dst,
+                first_sector,
+                sector_size,
+            ),
+        }
     }
 
     fn crypt_serial(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
@@ -276,6 +330,14 @@ trait XtsKernel {
     fn encrypt_run(&self, blocks: &mut [u8], tweak: u128) -> u128;
     /// The inverse of `encrypt_run`, same tweaks, same return value.
     fn decrypt_run(&self, blocks: &mut [u8], tweak: u128) -> u128;
+    /// `decrypt_run` reading the first `dst.len()` bytes of `src` and writing `dst`;
+    /// the rest of `src` is what the caller reads next, which a kernel may prefetch.
+    /// The vector kernels read the source as they go, which saves a pass over memory
+    /// when the source is cold; the default copies first.
+    fn decrypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128) -> u128 {
+        dst.copy_from_slice(&src[..dst.len()]);
+        self.decrypt_run(dst, tweak)
+    }
 }
 
 /// Multiplies a tweak by alpha (x) in GF(2^128) mod x^128 + x^7 + x^2 + x + 1.
@@ -305,6 +367,39 @@ fn crypt_sectors<K: XtsKernel>(
         sector = sector.wrapping_add(n as u64);
     }
     // The encrypted tweaks are as sensitive as the tweak key for this range.
+    zeroize::Zeroize::zeroize(&mut tweaks[..used]);
+}
+
+/// [`crypt_sectors`] decrypting from `src` into `dst` (equal lengths).
+fn decrypt_sectors_to<K: XtsKernel>(
+    k: &K,
+    src: &[u8],
+    dst: &mut [u8],
+    first_sector: u64,
+    sector_size: usize,
+) {
+    let mut sector = first_sector;
+    let mut tweaks = [0u128; TWEAK_BATCH];
+    let mut used = 0;
+    let group_len = sector_size.saturating_mul(TWEAK_BATCH);
+    let mut at = 0;
+    for to in dst.chunks_mut(group_len) {
+        let n = to.len() / sector_size;
+        used = used.max(n);
+        k.sector_tweaks(sector, &mut tweaks[..n]);
+        for (to, &tweak) in to.chunks_exact_mut(sector_size).zip(&tweaks[..n]) {
+            if sector_size.is_multiple_of(16) {
+                // The whole rest of the source: the kernel may prefetch the next sector.
+                k.decrypt_run_to(&src[at..], to, tweak);
+            } else {
+                to.copy_from_slice(&src[at..at + sector_size]);
+                crypt_one_sector(k, to, tweak, Direction::Decrypt);
+            }
+            at += sector_size;
+        }
+        // n <= TWEAK_BATCH, so the cast is lossless.
+        sector = sector.wrapping_add(n as u64);
+    }
     zeroize::Zeroize::zeroize(&mut tweaks[..used]);
 }
 
@@ -347,6 +442,18 @@ fn crypt_one_sector<K: XtsKernel>(k: &K, data: &mut [u8], tweak: u128, dir: Dire
         }
     }
     zeroize::Zeroize::zeroize(&mut stolen);
+}
+
+/// The caller's invariants for every call (see [`SectorCipher::encrypt_sectors`]).
+fn check_sectors(len: usize, sector_size: usize) {
+    assert!(
+        sector_size >= 16,
+        "XTS sector size {sector_size} is below one AES block (16 bytes)"
+    );
+    assert!(
+        len.is_multiple_of(sector_size),
+        "XTS buffer of {len} bytes is not a whole number of {sector_size}-byte sectors"
+    );
 }
 
 fn split_key(key: &[u8; 64]) -> (&[u8; 32], &[u8; 32]) {
