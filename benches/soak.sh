@@ -146,12 +146,14 @@ until nbdinfo --size "$uri" >/dev/null 2>&1; do
 done
 log "serving $uri (pid $server_pid); $clients clients for $seconds s on $((region / 1048576)) MiB each"
 
-# Resident memory of the server (KiB), once every 5 s, as "seconds<TAB>KiB".
+# Anonymous resident memory of the server (KiB), once every 5 s, as "seconds<TAB>KiB".
+# Not VmRSS: that also counts the page-cache pages of the volume file the server has
+# read through its mapping (RssFile), which grow with the data read, not with leaks.
 rss_log="$work/rss.tsv"
 (
     start=$SECONDS
     while kill -0 "$server_pid" 2>/dev/null; do
-        rss="$(awk '/^VmRSS:/ { print $2 }' "/proc/$server_pid/status" 2>/dev/null || true)"
+        rss="$(awk '/^RssAnon:/ { print $2 }' "/proc/$server_pid/status" 2>/dev/null || true)"
         [[ -n "$rss" ]] && printf '%s\t%s\n' "$((SECONDS - start))" "$rss" >>"$rss_log"
         sleep 5
     done
@@ -238,10 +240,10 @@ if samples:
     # The level once the clients have warmed up: the first sample after a tenth of the run.
     warm = next((kib for t, kib in samples if t >= max(seconds // 10, 5)), samples[0][1])
     last, peak = samples[-1][1], max(kib for _, kib in samples)
-    print(f"server RSS: {samples[0][1] / 1024:.0f} MiB at start, {warm / 1024:.0f} MiB warmed up, "
+    print(f"server anonymous RSS: {samples[0][1] / 1024:.0f} MiB at start, {warm / 1024:.0f} MiB warmed up, "
           f"{peak / 1024:.0f} MiB peak, {last / 1024:.0f} MiB at the end ({len(samples)} samples)")
     if last > warm + slack:
-        problems.append(f"server RSS grew from {warm} KiB to {last} KiB (more than {slack} KiB)")
+        problems.append(f"server anonymous RSS grew from {warm} KiB to {last} KiB (more than {slack} KiB)")
 else:
     problems.append("no RSS samples of the server")
 

@@ -98,7 +98,10 @@ fn reads_from_the_disk_and_from_the_page_cache_agree() {
     // The first whole read comes from the disk; afterwards every page is cached.
     let from_disk = read(&*vol, 0, SIZE);
     assert!(cached(&path, data_at), "the read left the pages cached");
-    assert!(from_disk == model, "read from the disk differs from what was written");
+    assert!(
+        from_disk == model,
+        "read from the disk differs from what was written"
+    );
     for (offset, len) in reads {
         let from_cache = read(&*vol, offset, len);
         assert!(
@@ -108,7 +111,10 @@ fn reads_from_the_disk_and_from_the_page_cache_agree() {
         if offset % SECTOR == 0 && len % SECTOR == 0 {
             let mut small = vec![0xeeu8; len];
             assert!(vol.read_cached(offset as u64, &mut small).unwrap());
-            assert!(small == model[offset..offset + len], "read_cached at {offset}");
+            assert!(
+                small == model[offset..offset + len],
+                "read_cached at {offset}"
+            );
         }
     }
 
@@ -116,7 +122,10 @@ fn reads_from_the_disk_and_from_the_page_cache_agree() {
     let fresh = vec![0x5au8; 2 * SECTOR];
     vol.write_at(8 * SECTOR as u64, &fresh).unwrap();
     model[8 * SECTOR..10 * SECTOR].copy_from_slice(&fresh);
-    assert!(read(&*vol, 0, SIZE) == model, "a rewrite is not seen by the cached read");
+    assert!(
+        read(&*vol, 0, SIZE) == model,
+        "a rewrite is not seen by the cached read"
+    );
 
     // Both paths read ciphertext: the pattern is nowhere in the file.
     let mut stored = vec![0u8; SECTOR];
