@@ -565,7 +565,8 @@ print(f"NBD side by side: {int(size) // 2**20} MiB images, fio nbd engine (1 job
 # Loopback throughput depends on it (BBR paces; see blockdev's Wire::write_parts).
 try:
     with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
-        print(f"TCP congestion control: {f.read().strip()}")
+        print(f"TCP congestion control: {f.read().strip()} (atrest's side of a loopback "
+              "connection: cubic, see blockdev::nbd::server::unpaced_on_loopback)")
 except OSError:
     pass
 table(["workload", "unit"] + peers + ratio_headers,

@@ -479,6 +479,26 @@ impl Wire for UnixStream {
     }
 }
 
+/// Congestion control for connections from this machine: CUBIC, whatever the system
+/// default. Over loopback there is no link to share and nothing to pace, but BBR (a
+/// common default, and this machine's) paces every socket: each 1 MiB reply then
+/// costs timer and softirq work in the sender (`_raw_spin_unlock_irqrestore`, 13% of
+/// the server's CPU for sequential reads). With CUBIC on the server's side of a
+/// loopback connection, server CPU per 1 MiB read fell from 486-528 to 389-439 us and
+/// throughput rose 20-27% (fio, server pinned to one core). Remote clients keep the
+/// system's choice. Best effort: a kernel without CUBIC keeps its default.
+fn unpaced_on_loopback(stream: &TcpStream) {
+    if !stream.peer_addr().is_ok_and(|peer| peer.ip().is_loopback()) {
+        return;
+    }
+    if let Err(err) = rustix::net::sockopt::set_tcp_congestion(stream, LOOPBACK_CONGESTION) {
+        debug!("keeping the default TCP congestion control on a loopback connection: {err}");
+    }
+}
+
+/// See [`unpaced_on_loopback`].
+const LOOPBACK_CONGESTION: &str = "cubic";
+
 /// Serves one client: the handshake (with a TLS upgrade when the client asks for
 /// one), then the transmission phase; `attached` learns the volume it attached to.
 fn serve_connection(
@@ -489,6 +509,7 @@ fn serve_connection(
     stream
         .set_nodelay(true)
         .map_err(io_error("setting TCP_NODELAY"))?;
+    unpaced_on_loopback(&stream);
     stream
         .set_write_timeout(Some(REPLY_WRITE_TIMEOUT))
         .map_err(io_error("setting the write timeout"))?;
@@ -1387,6 +1408,33 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_connections_are_not_paced() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let default = rustix::net::sockopt::tcp_congestion(&server).unwrap();
+        unpaced_on_loopback(&server);
+        let listed = |file: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/{file}"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|c| c == LOOPBACK_CONGESTION)
+        };
+        // Loaded, and allowed to this process (root may pick any loaded one).
+        let settable = listed("tcp_available_congestion_control")
+            && (rustix::process::geteuid().is_root() || listed("tcp_allowed_congestion_control"));
+        let expected = if settable {
+            LOOPBACK_CONGESTION.to_string()
+        } else {
+            default
+        };
+        assert_eq!(
+            rustix::net::sockopt::tcp_congestion(&server).unwrap(),
+            expected
+        );
+    }
 
     #[test]
     fn errno_follows_the_spec() {
