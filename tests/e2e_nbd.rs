@@ -371,3 +371,64 @@ fn bad_exports_are_refused_with_a_clear_error() {
         assert!(!stderr.contains("listening on"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_volume_served_for_writing_is_refused_to_a_second_writer() {
+    let home = Home::new();
+    let volume = default_volume(&home);
+    let export = format!("disk={}", volume.display());
+    let first = home.serve(&[
+        "nbd",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--export",
+        &export,
+    ]);
+    let out = home
+        .atrest()
+        .args([
+            "nbd",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--export",
+            &export,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second writer was started: {stderr}"
+    );
+    assert!(stderr.contains("already open for writing"), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    // Beside the writer: a read-only server of the same volume, and the volume's info.
+    let reader = home.serve(&[
+        "nbd",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--read-only",
+        "--export",
+        &export,
+    ]);
+    let info = nbdinfo_json(&[&reader.uri("disk")]);
+    assert_eq!(info["exports"][0]["is_read_only"], true, "{info}");
+    home.run(&["volume", "info", &volume.display().to_string()]);
+    // The first server still serves, and once it stops the volume is free again.
+    let info = nbdinfo_json(&[&first.uri("disk")]);
+    assert_eq!(info["exports"][0]["is_read_only"], false, "{info}");
+    reader.stop();
+    first.stop();
+    home.serve(&[
+        "nbd",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--export",
+        &export,
+    ])
+    .stop();
+}

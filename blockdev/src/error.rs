@@ -30,6 +30,15 @@ pub enum Error {
     /// The caller asked to create a volume where a file already exists.
     #[error("{path} already exists; refusing to overwrite it")]
     AlreadyExists { path: PathBuf },
+    /// The volume is already open for writing: by another process (an `atrest nbd
+    /// serve`, an `atrest serve`) or by another export of this one. Two writers would
+    /// each read-modify-write partial sectors without seeing the other's locks.
+    #[error(
+        "{path} is already open for writing (by another atrest process, such as a running \
+         `atrest nbd serve`, or by another export of this server); stop that first, or \
+         open it read-only"
+    )]
+    InUse { path: PathBuf },
     /// The caller asked for something the format cannot hold (a size that is not a
     /// whole number of sectors, an over-long key ARN).
     #[error("invalid volume parameter: {what}")]

@@ -199,7 +199,8 @@ fn pending_deletion_then_deletion_is_final() {
     assert!(read(&lease).is_err());
     let refusal = lease.check_attach().unwrap_err().to_string();
     assert!(refusal.contains("Deleted"), "{refusal}");
-    // Nothing brings it back: a fresh lease cannot unwrap either.
+    // Nothing brings it back: a fresh lease (a restarted server) cannot unwrap either.
+    drop(lease);
     let again = lab.lease(&path, LeaseConfig::default(), true);
     assert!(matches!(again.status(), KeyStatus::Unavailable { .. }));
     assert!(again.check_attach().is_err());

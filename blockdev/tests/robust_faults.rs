@@ -1,7 +1,7 @@
 //! Injected I/O faults (feature `fault-injection`): failed writes, short writes,
 //! failed hole punches and failed fdatasync, at random points of a random workload
-//! against an encrypted volume, through two handles on one file, checked against a
-//! byte model. An injected fault fails exactly the request it hit; every byte the
+//! against an encrypted volume, through a writer and a reader on one file, checked
+//! against a byte model. An injected fault fails exactly the request it hit; every byte the
 //! model says was acknowledged reads back as acknowledged, also after reopening.
 //! Through the NBD server (with nbdsh as the client) the fault is the error of that
 //! request (EIO, or ENOSPC for a short write), and the connection goes on.
@@ -156,14 +156,18 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let kms = TestKms::new();
         let path = create(dir.path(), &kms);
-        let open = || volume::open(&path, &kms.kms, false).unwrap();
-        let mut handles = [open(), open()];
+        let open = |read_only| volume::open(&path, &kms.kms, read_only).unwrap();
+        // One writer and a reader beside it (a second writer is refused: InUse).
+        let mut handles = [open(false), open(true)];
         let mut model = Model(vec![Some(0); SIZE as usize]);
         for Op { kind, handle, offset, len, fault } in ops {
             if let Some((op, skip, fault)) = fault {
                 faults::arm(&path, op, skip, fault);
             }
-            let volume = &handles[handle];
+            let volume = match kind {
+                Kind::Write { .. } | Kind::Trim | Kind::Zero { .. } => &handles[0],
+                _ => &handles[handle],
+            };
             let result = match kind {
                 Kind::Write { seed } => {
                     let data = pattern(len, seed);
@@ -181,7 +185,14 @@ proptest! {
                     .map(|()| Some(vec![0; len as usize])),
                 Kind::Flush => volume.flush().map(|()| None),
                 Kind::Reopen => {
-                    handles[handle] = open();
+                    if handle == 0 {
+                        // The old writer is closed (its lock released) before the new
+                        // one opens.
+                        handles[0] = open(true);
+                        handles[0] = open(false);
+                    } else {
+                        handles[1] = open(true);
+                    }
                     Ok(None)
                 }
             };

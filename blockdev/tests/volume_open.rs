@@ -389,3 +389,37 @@ fn opening_for_writing_repairs_a_damaged_header_copy() {
     let located = format::read_header(&file, &path).unwrap().unwrap();
     assert_eq!((located.copy, located.warning), (HeaderCopy::Primary, None));
 }
+
+#[test]
+fn a_volume_has_one_writer_at_a_time_and_readers_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::new();
+    let path = create(dir.path(), &kms, MIB);
+    let image = dir.path().join("raw.img");
+    std::fs::write(&image, vec![7u8; MIB as usize]).unwrap();
+    for path in [&path, &image] {
+        let writer = volume::open(path, &kms.kms, false).unwrap();
+        let second = volume::open(path, &kms.kms, false).err();
+        assert!(
+            matches!(&second, Some(Error::InUse { path: p }) if p == path),
+            "{second:?}"
+        );
+        assert!(second
+            .unwrap()
+            .to_string()
+            .contains("already open for writing"));
+        if path.extension().is_some_and(|e| e == "vol") {
+            let locked = EncryptedVolume::open_locked(path, false).err();
+            assert!(matches!(locked, Some(Error::InUse { .. })), "{locked:?}");
+        }
+        // Readers need no lock, and the writer keeps writing meanwhile.
+        let reader = volume::open(path, &kms.kms, true).unwrap();
+        writer.write_at(0, &[1u8; 4096]).unwrap();
+        let mut back = [0u8; 4096];
+        reader.read_at(0, &mut back).unwrap();
+        assert_eq!(back, [1u8; 4096]);
+        // Closing the writer frees the volume for the next one.
+        drop(writer);
+        volume::open(path, &kms.kms, false).unwrap();
+    }
+}

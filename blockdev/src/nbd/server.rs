@@ -111,7 +111,10 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
         // TLS fails in the handshake or the pump, never in a request.
         Error::Tls(_) => Errno::Io,
         // Only `volume::create` and header construction return these, never a request.
-        Error::AlreadyExists { .. } | Error::InvalidArgument { .. } => Errno::Inval,
+        // Opening fails with InUse, before any request.
+        Error::AlreadyExists { .. } | Error::InvalidArgument { .. } | Error::InUse { .. } => {
+            Errno::Inval
+        }
     }
 }
 

@@ -89,6 +89,9 @@ impl EncryptedVolume {
                 context: format!("open {}", path.display()),
                 source,
             })?;
+        if !read_only {
+            super::file::lock_for_writing(&file, path)?;
+        }
         let located = super::read_header_repairing(&file, path, read_only)?.ok_or_else(|| {
             Error::InvalidArgument {
                 what: format!("{} has no atrest volume header", path.display()),

@@ -36,6 +36,42 @@ static ZEROS: [u8; 128 * 1024] = [0; 128 * 1024];
 /// (nbdkit with LUKS: 15 us); a 1 MiB write is 16 system calls.
 const WRITE_PIECE: u64 = 64 * 1024;
 
+/// Takes the volume's writer lock on `file` (opened for writing): an exclusive
+/// `flock`, held by the open file until it is closed, so a second writer of the same
+/// volume (another process, or another open in this one) gets [`Error::InUse`]
+/// instead of interleaving its read-modify-writes with ours. Readers and header-only
+/// changes (`atrest volume rewrap` of a served volume, `volume info`) take no lock.
+/// A filesystem without `flock` support is served unlocked, as before.
+///
+/// A lock that was just released can still be held for a moment by a child process
+/// that any thread of this process forked before the close and that has not yet
+/// exec'd (the child shares the open file until then), so a held lock is retried for
+/// [`WRITER_LOCK_PATIENCE`] before the answer is `InUse`.
+pub(crate) fn lock_for_writing(file: &File, path: &Path) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + WRITER_LOCK_PATIENCE;
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(Errno::WOULDBLOCK) => {
+                return Err(Error::InUse {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(Errno::INTR) => {}
+            Err(errno) => {
+                tracing::debug!(path = %path.display(), "no writer lock on this filesystem: {errno}");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How long [`lock_for_writing`] waits for a held lock.
+const WRITER_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug)]
 pub(crate) struct VolumeFile {
     file: File,

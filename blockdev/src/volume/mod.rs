@@ -133,6 +133,9 @@ pub fn open_detected(
             context: format!("open {}", path.display()),
             source,
         })?;
+    if !read_only {
+        file::lock_for_writing(&file, path)?;
+    }
     let located = read_header_repairing(&file, path, read_only)?;
     let file = VolumeFile::new(file, path);
     Ok(match located {
