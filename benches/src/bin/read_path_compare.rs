@@ -33,7 +33,11 @@ fn main() -> Result<()> {
     let mut rounds = 5usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().context("missing value").and_then(|v| Ok(v.parse()?));
+        let mut value = || {
+            args.next()
+                .context("missing value")
+                .and_then(|v| Ok(v.parse()?))
+        };
         match arg.as_str() {
             "--size-mib" => size_mib = value()?,
             "--rounds" => rounds = value()?,
@@ -77,7 +81,12 @@ fn main() -> Result<()> {
         buf.copy_from_slice(&map[m * MIB..(m + 1) * MIB]);
     }
 
-    let names = ["pread", "pread + decrypt", "mapped decrypt", "decrypt (hot)"];
+    let names = [
+        "pread",
+        "pread + decrypt",
+        "mapped decrypt",
+        "decrypt (hot)",
+    ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let per_mib = |start: Instant| start.elapsed().as_secs_f64() * 1e6 / size_mib as f64;
     serially(|| -> Result<()> {
@@ -120,7 +129,10 @@ fn main() -> Result<()> {
         "read path per 1 MiB, {size_mib} MiB file in the page cache, {rounds} rounds, backend {:?}",
         cipher.backend()
     );
-    println!("{:<18} {:>9} {:>16} {:>18}", "path", "us/MiB", "vs pread", "vs pread+decrypt");
+    println!(
+        "{:<18} {:>9} {:>16} {:>18}",
+        "path", "us/MiB", "vs pread", "vs pread+decrypt"
+    );
     for (name, median) in names.iter().zip(&medians) {
         println!(
             "{name:<18} {median:>9.0} {:>15.2}x {:>17.2}x",

@@ -400,8 +400,13 @@ impl EncryptedVolume {
                 let at = work.len() - SECTOR;
                 self.read_sectors(cipher, last, &mut work[at..])?;
             }
-            work[head..head + data.len()].copy_from_slice(data);
-            cipher.encrypt_sectors(work, first, SECTOR);
+            if partial_head || partial_tail {
+                work[head..head + data.len()].copy_from_slice(data);
+                cipher.encrypt_sectors(work, first, SECTOR);
+            } else {
+                // Whole sectors: encrypted straight from the caller's buffer.
+                cipher.encrypt_sectors_to(data, work, first, SECTOR);
+            }
             self.file.write_all_at(work, self.file_pos(first))
         })();
         self.return_buffer(buf);

@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use super::{mul_alpha, XtsKernel};
+use super::{mul_alpha, Direction, XtsKernel};
 use crate::locked::Locked;
 
 /// Blocks per interleaved batch.
@@ -81,9 +81,15 @@ impl XtsKernel for AesNiKernel<'_> {
         unsafe { xts_run::<false>(&self.0.data_dec, blocks, tweak) }
     }
 
-    fn decrypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128) -> u128 {
+    fn crypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128, dir: Direction) -> u128 {
+        let src = &src[..dst.len()];
         // SAFETY: as in sector_tweaks.
-        unsafe { xts_run_to::<false>(&self.0.data_dec, &src[..dst.len()], dst, tweak) }
+        unsafe {
+            match dir {
+                Direction::Encrypt => xts_run_to::<true>(&self.0.data_enc, src, dst, tweak),
+                Direction::Decrypt => xts_run_to::<false>(&self.0.data_dec, src, dst, tweak),
+            }
+        }
     }
 }
 

@@ -202,6 +202,22 @@ impl SectorCipher {
         self.crypt(buf, first_sector, sector_size, Direction::Decrypt);
     }
 
+    /// Encrypts `src` into `dst`: the same result as copying `src` to `dst` and
+    /// calling [`SectorCipher::encrypt_sectors`], without the copy.
+    ///
+    /// # Panics
+    ///
+    /// As for `encrypt_sectors`, and when the two lengths differ.
+    pub fn encrypt_sectors_to(
+        &self,
+        src: &[u8],
+        dst: &mut [u8],
+        first_sector: u64,
+        sector_size: usize,
+    ) {
+        self.crypt_to(src, dst, first_sector, sector_size, Direction::Encrypt);
+    }
+
     /// Decrypts `src` into `dst`: the same result as copying `src` to `dst` and
     /// calling [`SectorCipher::decrypt_sectors`], in one pass over `src` (which is
     /// the point when `src` is cold memory such as a file mapping).
@@ -216,6 +232,17 @@ impl SectorCipher {
         first_sector: u64,
         sector_size: usize,
     ) {
+        self.crypt_to(src, dst, first_sector, sector_size, Direction::Decrypt);
+    }
+
+    fn crypt_to(
+        &self,
+        src: &[u8],
+        dst: &mut [u8],
+        first_sector: u64,
+        sector_size: usize,
+        dir: Direction,
+    ) {
         assert_eq!(
             src.len(),
             dst.len(),
@@ -223,7 +250,7 @@ impl SectorCipher {
         );
         check_sectors(dst.len(), sector_size);
         match self.split(dst.len(), sector_size) {
-            None => self.decrypt_serial_to(src, dst, first_sector, sector_size),
+            None => self.crypt_serial_to(src, dst, first_sector, sector_size, dir),
             Some(sectors_per_chunk) => {
                 let chunk = sectors_per_chunk * sector_size;
                 dst.par_chunks_mut(chunk)
@@ -232,7 +259,7 @@ impl SectorCipher {
                     .for_each(|(i, (to, from))| {
                         // Wrapping: the chunk index times its length is below len.
                         let first = first_sector.wrapping_add((i * sectors_per_chunk) as u64);
-                        self.decrypt_serial_to(from, to, first, sector_size);
+                        self.crypt_serial_to(from, to, first, sector_size, dir);
                     });
             }
         }
@@ -269,23 +296,36 @@ impl SectorCipher {
         Some((target / sector_size).clamp(1, sectors))
     }
 
-    fn decrypt_serial_to(&self, src: &[u8], dst: &mut [u8], first_sector: u64, sector_size: usize) {
+    fn crypt_serial_to(
+        &self,
+        src: &[u8],
+        dst: &mut [u8],
+        first_sector: u64,
+        sector_size: usize,
+        dir: Direction,
+    ) {
         match &self.engine {
             Engine::Portable(k) => {
                 let keys = k.as_ref().expect("portable round keys are set when made");
-                decrypt_sectors_to(keys, src, dst, first_sector, sector_size)
+                crypt_sectors_to(keys, src, dst, first_sector, sector_size, dir)
             }
             #[cfg(target_arch = "x86_64")]
-            Engine::AesNi(k) => {
-                decrypt_sectors_to(&aesni::AesNiKernel(k), src, dst, first_sector, sector_size)
-            }
+            Engine::AesNi(k) => crypt_sectors_to(
+                &aesni::AesNiKernel(k),
+                src,
+                dst,
+                first_sector,
+                sector_size,
+                dir,
+            ),
             #[cfg(target_arch = "x86_64")]
-            Engine::Vaes(k, token) => decrypt_sectors_to(
+            Engine::Vaes(k, token) => crypt_sectors_to(
                 &vaes::VaesKernel(k, *token),
                 src,
                 dst,
                 first_sector,
                 sector_size,
+                dir,
             ),
         }
     }
@@ -330,13 +370,17 @@ trait XtsKernel {
     fn encrypt_run(&self, blocks: &mut [u8], tweak: u128) -> u128;
     /// The inverse of `encrypt_run`, same tweaks, same return value.
     fn decrypt_run(&self, blocks: &mut [u8], tweak: u128) -> u128;
-    /// `decrypt_run` reading the first `dst.len()` bytes of `src` and writing `dst`;
-    /// the rest of `src` is what the caller reads next, which a kernel may prefetch.
-    /// The vector kernels read the source as they go, which saves a pass over memory
-    /// when the source is cold; the default copies first.
-    fn decrypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128) -> u128 {
+    /// `encrypt_run` or `decrypt_run` (per `dir`) reading the first `dst.len()` bytes
+    /// of `src` and writing `dst`; the rest of `src` is what the caller reads next,
+    /// which a kernel may prefetch. The vector kernels read the source as they go,
+    /// which saves a pass over memory when the source is cold; the default copies
+    /// first.
+    fn crypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128, dir: Direction) -> u128 {
         dst.copy_from_slice(&src[..dst.len()]);
-        self.decrypt_run(dst, tweak)
+        match dir {
+            Direction::Encrypt => self.encrypt_run(dst, tweak),
+            Direction::Decrypt => self.decrypt_run(dst, tweak),
+        }
     }
 }
 
@@ -370,13 +414,14 @@ fn crypt_sectors<K: XtsKernel>(
     zeroize::Zeroize::zeroize(&mut tweaks[..used]);
 }
 
-/// [`crypt_sectors`] decrypting from `src` into `dst` (equal lengths).
-fn decrypt_sectors_to<K: XtsKernel>(
+/// [`crypt_sectors`] from `src` into `dst` (equal lengths).
+fn crypt_sectors_to<K: XtsKernel>(
     k: &K,
     src: &[u8],
     dst: &mut [u8],
     first_sector: u64,
     sector_size: usize,
+    dir: Direction,
 ) {
     let mut sector = first_sector;
     let mut tweaks = [0u128; TWEAK_BATCH];
@@ -390,10 +435,10 @@ fn decrypt_sectors_to<K: XtsKernel>(
         for (to, &tweak) in to.chunks_exact_mut(sector_size).zip(&tweaks[..n]) {
             if sector_size.is_multiple_of(16) {
                 // The whole rest of the source: the kernel may prefetch the next sector.
-                k.decrypt_run_to(&src[at..], to, tweak);
+                k.crypt_run_to(&src[at..], to, tweak, dir);
             } else {
                 to.copy_from_slice(&src[at..at + sector_size]);
-                crypt_one_sector(k, to, tweak, Direction::Decrypt);
+                crypt_one_sector(k, to, tweak, dir);
             }
             at += sector_size;
         }

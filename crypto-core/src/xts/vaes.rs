@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::aesni::{self, from_u128, load, to_u128, RoundKeys};
-use super::XtsKernel;
+use super::{Direction, XtsKernel};
 
 /// 256-bit registers per batch (two blocks each).
 const REGS: usize = 8;
@@ -106,14 +106,20 @@ impl XtsKernel for VaesKernel<'_> {
         unsafe { self.run::<false>(at, at, blocks.len(), blocks.len(), tweak) }
     }
 
-    fn decrypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128) -> u128 {
+    fn crypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128, dir: Direction) -> u128 {
         assert!(
             src.len() >= dst.len(),
             "XTS source shorter than destination"
         );
+        let (from, to, len, readable) = (src.as_ptr(), dst.as_mut_ptr(), dst.len(), src.len());
         // SAFETY: a shared and a mutable borrow never overlap; `src` is readable for
         // its whole length, at least `dst.len()`.
-        unsafe { self.run::<false>(src.as_ptr(), dst.as_mut_ptr(), dst.len(), src.len(), tweak) }
+        unsafe {
+            match dir {
+                Direction::Encrypt => self.run::<true>(from, to, len, readable, tweak),
+                Direction::Decrypt => self.run::<false>(from, to, len, readable, tweak),
+            }
+        }
     }
 }
 
@@ -423,11 +429,22 @@ mod tests {
                         "wide {wide}, {blocks} blocks, tweak {tweak:x}"
                     );
                     let mut out = vec![0xa5; buf.len()];
-                    assert_eq!(k.decrypt_run_to(&buf, &mut out, tweak), next);
+                    assert_eq!(
+                        k.crypt_run_to(&plain, &mut out, tweak, Direction::Encrypt),
+                        next
+                    );
+                    assert_eq!(out, expected, "wide {wide} encrypt to, {blocks} blocks");
+                    assert_eq!(
+                        k.crypt_run_to(&buf, &mut out, tweak, Direction::Decrypt),
+                        next
+                    );
                     let mut longer = buf.clone();
                     longer.extend_from_slice(&[0x5a; 4096 + 512]);
                     out.fill(0xa5);
-                    assert_eq!(k.decrypt_run_to(&longer, &mut out, tweak), next);
+                    assert_eq!(
+                        k.crypt_run_to(&longer, &mut out, tweak, Direction::Decrypt),
+                        next
+                    );
                     assert_eq!(out, plain, "wide {wide} decrypt from a longer source");
                     assert_eq!(out, plain, "wide {wide} decrypt to, {blocks} blocks");
                     assert_eq!(k.decrypt_run(&mut buf, tweak), next);
