@@ -27,6 +27,13 @@ fn default_volume(home: &Home) -> PathBuf {
     path
 }
 
+/// `atrest nbd serve --listen 127.0.0.1:0 ARGS`, waiting until it listens.
+fn nbd_serve(home: &Home, args: &[&str]) -> Served {
+    let mut all = vec!["nbd", "serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    home.serve(&all)
+}
+
 fn nbdinfo_json(args: &[&str]) -> Value {
     require_tool("nbdinfo");
     let out = run(Command::new("nbdinfo").arg("--json").args(args));
@@ -56,16 +63,15 @@ fn nbdinfo_reports_size_names_flags_and_block_sizes() {
     let volume = default_volume(&home);
     let raw = home.file("scratch.img");
     fs::File::create(&raw).unwrap().set_len(16 * MIB).unwrap();
-    let served = home.serve(&[
-        "nbd",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--export",
-        &format!("default={}", volume.display()),
-        "--export",
-        &format!("scratch={}", raw.display()),
-    ]);
+    let served = nbd_serve(
+        &home,
+        &[
+            "--export",
+            &format!("default={}", volume.display()),
+            "--export",
+            &format!("scratch={}", raw.display()),
+        ],
+    );
 
     let info = nbdinfo_json(&[&served.uri("default")]);
     assert_eq!(info["protocol"], "newstyle-fixed");
@@ -153,14 +159,7 @@ fn nbdcopy_256_mib_in_and_back_out_is_byte_equal() {
 fn trim_leaves_a_hole_that_reads_as_zeros_and_frees_space() {
     let home = Home::new();
     let volume = default_volume(&home);
-    let served = home.serve(&[
-        "nbd",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--export",
-        &format!("disk={}", volume.display()),
-    ]);
+    let served = nbd_serve(&home, &["--export", &format!("disk={}", volume.display())]);
     nbdsh_script(
         &served,
         "disk",
@@ -230,26 +229,11 @@ fn nbdsh_error_cases_get_spec_answers_and_others_keep_being_served() {
     let home = Home::new();
     let volume = default_volume(&home);
     let export = format!("default={}", volume.display());
-    let served = home.serve(&[
-        "nbd",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--export",
-        &export,
-    ]);
+    let served = nbd_serve(&home, &["--export", &export]);
     nbdsh_script(&served, "default", &format!("{CLIENTS}{NEGATIVE_CASES}"));
     served.stop();
 
-    let read_only = home.serve(&[
-        "nbd",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--read-only",
-        "--export",
-        &export,
-    ]);
+    let read_only = nbd_serve(&home, &["--read-only", "--export", &export]);
     nbdsh_script(
         &read_only,
         "default",
@@ -377,14 +361,7 @@ fn a_volume_served_for_writing_is_refused_to_a_second_writer() {
     let home = Home::new();
     let volume = default_volume(&home);
     let export = format!("disk={}", volume.display());
-    let first = home.serve(&[
-        "nbd",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--export",
-        &export,
-    ]);
+    let first = nbd_serve(&home, &["--export", &export]);
     let out = home
         .atrest()
         .args([
@@ -405,15 +382,7 @@ fn a_volume_served_for_writing_is_refused_to_a_second_writer() {
     assert!(stderr.contains("already open for writing"), "{stderr}");
     assert!(!stderr.contains("listening on"), "{stderr}");
     // Beside the writer: a read-only server of the same volume, and the volume's info.
-    let reader = home.serve(&[
-        "nbd",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--read-only",
-        "--export",
-        &export,
-    ]);
+    let reader = nbd_serve(&home, &["--read-only", "--export", &export]);
     let info = nbdinfo_json(&[&reader.uri("disk")]);
     assert_eq!(info["exports"][0]["is_read_only"], true, "{info}");
     home.run(&["volume", "info", &volume.display().to_string()]);
@@ -422,13 +391,5 @@ fn a_volume_served_for_writing_is_refused_to_a_second_writer() {
     assert_eq!(info["exports"][0]["is_read_only"], false, "{info}");
     reader.stop();
     first.stop();
-    home.serve(&[
-        "nbd",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--export",
-        &export,
-    ])
-    .stop();
+    nbd_serve(&home, &["--export", &export]).stop();
 }

@@ -390,6 +390,31 @@ fn mul_alpha(t: u128) -> u128 {
     (t << 1) ^ ((t >> 127) * 0x87)
 }
 
+/// Calls `each(i, tweak)` for the sectors `i` in `0..sectors` of a run that starts at
+/// `first_sector`, the initial tweaks encrypted [`TWEAK_BATCH`] at a time and zeroized
+/// afterwards (they are as sensitive as the tweak key for this range).
+fn for_each_sector<K: XtsKernel>(
+    k: &K,
+    sectors: usize,
+    first_sector: u64,
+    mut each: impl FnMut(usize, u128),
+) {
+    let mut tweaks = [0u128; TWEAK_BATCH];
+    let mut used = 0;
+    let mut done = 0;
+    while done < sectors {
+        let n = (sectors - done).min(TWEAK_BATCH);
+        used = used.max(n);
+        // Sector numbers wrap, as dm-crypt's plain64 does.
+        k.sector_tweaks(first_sector.wrapping_add(done as u64), &mut tweaks[..n]);
+        for (j, &tweak) in tweaks[..n].iter().enumerate() {
+            each(done + j, tweak);
+        }
+        done += n;
+    }
+    zeroize::Zeroize::zeroize(&mut tweaks[..used]);
+}
+
 fn crypt_sectors<K: XtsKernel>(
     k: &K,
     buf: &mut [u8],
@@ -397,21 +422,9 @@ fn crypt_sectors<K: XtsKernel>(
     sector_size: usize,
     dir: Direction,
 ) {
-    let mut sector = first_sector;
-    let mut tweaks = [0u128; TWEAK_BATCH];
-    let mut used = 0;
-    for group in buf.chunks_mut(sector_size.saturating_mul(TWEAK_BATCH)) {
-        let n = group.len() / sector_size;
-        used = used.max(n);
-        k.sector_tweaks(sector, &mut tweaks[..n]);
-        for (data, &tweak) in group.chunks_exact_mut(sector_size).zip(&tweaks[..n]) {
-            crypt_one_sector(k, data, tweak, dir);
-        }
-        // n <= TWEAK_BATCH, so the cast is lossless.
-        sector = sector.wrapping_add(n as u64);
-    }
-    // The encrypted tweaks are as sensitive as the tweak key for this range.
-    zeroize::Zeroize::zeroize(&mut tweaks[..used]);
+    for_each_sector(k, buf.len() / sector_size, first_sector, |i, tweak| {
+        crypt_one_sector(k, &mut buf[i * sector_size..][..sector_size], tweak, dir);
+    });
 }
 
 /// [`crypt_sectors`] from `src` into `dst` (equal lengths).
@@ -423,29 +436,17 @@ fn crypt_sectors_to<K: XtsKernel>(
     sector_size: usize,
     dir: Direction,
 ) {
-    let mut sector = first_sector;
-    let mut tweaks = [0u128; TWEAK_BATCH];
-    let mut used = 0;
-    let group_len = sector_size.saturating_mul(TWEAK_BATCH);
-    let mut at = 0;
-    for to in dst.chunks_mut(group_len) {
-        let n = to.len() / sector_size;
-        used = used.max(n);
-        k.sector_tweaks(sector, &mut tweaks[..n]);
-        for (to, &tweak) in to.chunks_exact_mut(sector_size).zip(&tweaks[..n]) {
-            if sector_size.is_multiple_of(16) {
-                // The whole rest of the source: the kernel may prefetch the next sector.
-                k.crypt_run_to(&src[at..], to, tweak, dir);
-            } else {
-                to.copy_from_slice(&src[at..at + sector_size]);
-                crypt_one_sector(k, to, tweak, dir);
-            }
-            at += sector_size;
+    for_each_sector(k, dst.len() / sector_size, first_sector, |i, tweak| {
+        let at = i * sector_size;
+        let to = &mut dst[at..at + sector_size];
+        if sector_size.is_multiple_of(16) {
+            // The whole rest of the source: the kernel may prefetch the next sector.
+            k.crypt_run_to(&src[at..], to, tweak, dir);
+        } else {
+            to.copy_from_slice(&src[at..at + sector_size]);
+            crypt_one_sector(k, to, tweak, dir);
         }
-        // n <= TWEAK_BATCH, so the cast is lossless.
-        sector = sector.wrapping_add(n as u64);
-    }
-    zeroize::Zeroize::zeroize(&mut tweaks[..used]);
+    });
 }
 
 fn crypt_one_sector<K: XtsKernel>(k: &K, data: &mut [u8], tweak: u128, dir: Direction) {
