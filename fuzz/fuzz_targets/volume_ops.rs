@@ -1,6 +1,6 @@
 //! An encrypted volume against a `Vec<u8>` model: unaligned writes, reads, trims,
-//! write-zeroes, flushes and reopens from the file, through two handles on the same
-//! file, in any order the fuzzer picks. Every read returns what the model holds,
+//! write-zeroes, flushes and reopens from the file, through a writer and a reader on
+//! the same file (a second writer is refused), in any order the fuzzer picks. Every read returns what the model holds,
 //! out-of-range requests fail without changing anything, holes read as zeros, and
 //! what was written survives closing and reopening the volume.
 #![no_main]
@@ -61,8 +61,8 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn open(fixture: &Fixture) -> Arc<dyn Volume> {
-    let volume = EncryptedVolume::open_locked(&fixture.path, false).expect("reopen");
+fn open(fixture: &Fixture, read_only: bool) -> Arc<dyn Volume> {
+    let volume = EncryptedVolume::open_locked(&fixture.path, read_only).expect("reopen");
     volume
         .install_key(XtsKey::from_slice(&fixture.data_key).expect("64 bytes"))
         .expect("install the data key");
@@ -91,7 +91,8 @@ fn in_range(offset: u64, length: u64) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let fixture = fixture();
-    let mut handles = [open(fixture), open(fixture)];
+    // The writer, and a reader beside it.
+    let mut handles = [open(fixture, false), open(fixture, true)];
     handles[0].trim(0, SIZE).expect("reset the volume");
     let mut model = vec![0u8; SIZE as usize];
     let mut input = Input::new(data);
@@ -100,7 +101,12 @@ fuzz_target!(|data: &[u8]| {
         ops += 1;
         let op = input.u8();
         let handle = usize::from(op >> 7);
-        let volume = &handles[handle];
+        // Changes go through the writer; reads, flushes and reopens through either.
+        let volume = if matches!(op % 7, 0 | 1 | 4 | 5) {
+            &handles[0]
+        } else {
+            &handles[handle]
+        };
         let (offset, length) = range(&mut input);
         let fits = in_range(offset, length);
         let span = || offset as usize..(offset + length) as usize;
@@ -145,7 +151,9 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 volume.flush().expect("flush");
                 if input.u8() & 1 != 0 {
-                    handles[handle] = open(fixture);
+                    // The old handle is closed (its writer lock released) first.
+                    handles[handle] = open(fixture, true);
+                    handles[handle] = open(fixture, handle == 1);
                 }
             }
         }
