@@ -43,6 +43,10 @@ pub enum Error {
     /// whole number of sectors, an over-long key ARN).
     #[error("invalid volume parameter: {what}")]
     InvalidArgument { what: String },
+    /// The kernel's NBD driver is missing, or refused to attach, detach or list a
+    /// device (`atrest nbd attach`); the message says what to do about it.
+    #[error("{0}")]
+    KernelNbd(String),
     /// The key service refused or failed.
     #[error(transparent)]
     Kms(#[from] crypto_core::kms::KmsError),

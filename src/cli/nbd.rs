@@ -1,4 +1,4 @@
-//! `atrest nbd serve` and `atrest serve`.
+//! `atrest nbd serve`, `atrest serve`, and `atrest nbd attach`, `detach`, `list`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use blockdev::lease::{self, LeaseConfig};
 use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::nbd::{
-    self, Export, Refusal, RefusalAudit, Server, TlsMode, TlsSettings, DEFAULT_EXPORT,
+    self, kernel, Export, Refusal, RefusalAudit, Server, TlsMode, TlsSettings, DEFAULT_EXPORT,
 };
 use blockdev::volume::{self, NewVolumeKey};
 use clap::{Args, Subcommand, ValueEnum};
@@ -27,6 +27,47 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 pub enum NbdCommand {
     /// Serve volumes over NBD until SIGINT or SIGTERM (then flush and exit 0).
     Serve(NbdServeArgs),
+    /// Attach a volume as a Linux block device /dev/nbdN through the kernel's NBD
+    /// driver (`modprobe nbd`), served by this process until SIGINT or SIGTERM (then
+    /// write back, flush, disconnect and exit 0) or `atrest nbd detach`. Prints the
+    /// device on stdout.
+    Attach(AttachArgs),
+    /// Disconnect /dev/nbdN, and wait until the `atrest nbd attach` serving it has
+    /// flushed the volume and exited.
+    Detach(DetachArgs),
+    /// The connected NBD devices (JSON): volume, key, key state, serving process.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The volume file (encrypted or unencrypted).
+    volume: PathBuf,
+    /// /dev/nbdN, or `auto` for the first free device.
+    #[arg(value_name = "DEVICE", required_unless_present = "device_flag")]
+    device: Option<String>,
+    /// The same as DEVICE.
+    #[arg(long = "device", value_name = "DEVICE", conflicts_with = "device")]
+    device_flag: Option<String>,
+    /// Attach read-only (the volume is opened read-only too).
+    #[arg(long)]
+    read_only: bool,
+    /// Connections to the kernel, one per hardware queue of the device (1 to 16;
+    /// default: the number of CPUs, at most 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
+    connections: Option<u8>,
+    #[command(flatten)]
+    lease: super::lifecycle::LeaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// /dev/nbdN
+    device: PathBuf,
+    /// How long to wait for the serving process to flush and exit (e.g. 30s).
+    #[arg(long, value_name = "DUR", default_value = "60s",
+          value_parser = super::lifecycle::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -184,7 +225,159 @@ fn parse_export(text: &str) -> Result<(String, PathBuf), String> {
 pub fn run(cmd: NbdCommand, globals: &Globals) -> anyhow::Result<()> {
     match cmd {
         NbdCommand::Serve(args) => serve(args, globals),
+        NbdCommand::Attach(args) => attach(args, globals),
+        NbdCommand::Detach(args) => detach(&args),
+        NbdCommand::List => list(globals),
     }
+}
+
+fn attach(args: AttachArgs, globals: &Globals) -> anyhow::Result<()> {
+    harden()?;
+    let device = args
+        .device
+        .or(args.device_flag)
+        .context("name the device: /dev/nbdN or auto")?;
+    let index = match device.as_str() {
+        "auto" => None,
+        path => Some(kernel::device_index(Path::new(path))?),
+    };
+    let path = std::fs::canonicalize(&args.volume)
+        .with_context(|| format!("opening {}", args.volume.display()))?;
+    let backend = format!("{}{}", kernel::BACKEND_PREFIX, path.display());
+    let kms = open_kms(globals)?;
+    let spec = ExportSpec {
+        name: DEFAULT_EXPORT.to_owned(),
+        description: Some(path.display().to_string()),
+        path: path.clone(),
+        read_only: args.read_only,
+        allowed_clients: Vec::new(),
+    };
+    // The set keeps the volume (and its key lease) for as long as the device is up.
+    let set = super::lifecycle::open_exports(&kms, &args.lease, args.read_only, vec![spec])?;
+    let export = set
+        .table()
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(DEFAULT_EXPORT)
+        .cloned()
+        .context("the volume was not opened")?;
+    let connections = args.connections.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(4)
+        },
+        usize::from,
+    );
+    let request = kernel::AttachRequest {
+        index,
+        connections,
+        backend: &backend,
+    };
+    let attachment = kernel::attach(export, &request)
+        .with_context(|| format!("attaching {}", path.display()))?;
+    let device = format!("/dev/nbd{}", attachment.index());
+    attachment.stopper().on_signals()?;
+    eprintln!(
+        "attached {} as {device} ({connections} connections); SIGINT or SIGTERM, or \
+         `atrest nbd detach {device}`, detaches",
+        path.display()
+    );
+    println!("{device}");
+    attachment
+        .wait()
+        .with_context(|| format!("{device}: flushing {}", path.display()))?;
+    eprintln!("detached {device}");
+    drop(set);
+    Ok(())
+}
+
+fn detach(args: &DetachArgs) -> anyhow::Result<()> {
+    let index = kernel::device_index(&args.device)?;
+    let device = format!("/dev/nbd{index}");
+    if !kernel::status()?
+        .iter()
+        .any(|d| d.index == index && d.connected)
+    {
+        bail!("{device} is not connected (see `atrest nbd list`)");
+    }
+    let server = kernel::pid_of(index);
+    // Writes done through the device that still sit in its page cache go first.
+    if let Err(err) = std::fs::File::options()
+        .write(true)
+        .open(&device)
+        .and_then(|d| d.sync_all())
+    {
+        tracing::warn!("{device}: writing back its page cache: {err}");
+    }
+    kernel::disconnect(index)?;
+    let Some(pid) = server.filter(|_| {
+        kernel::backend_of(index).is_some_and(|b| b.starts_with(kernel::BACKEND_PREFIX))
+    }) else {
+        eprintln!("detached {device}");
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + args.timeout;
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    while proc_dir.exists() {
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{device} is disconnected, but its `atrest nbd attach` (pid {pid}) has not \
+                 exited within {:?}",
+                args.timeout
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("detached {device}; atrest nbd attach (pid {pid}) has flushed and exited");
+    Ok(())
+}
+
+fn list(globals: &Globals) -> anyhow::Result<()> {
+    let devices = kernel::status()?;
+    let mut listed = Vec::new();
+    for device in devices.iter().filter(|d| d.connected) {
+        let backend = kernel::backend_of(device.index);
+        let volume = backend
+            .as_deref()
+            .and_then(|b| b.strip_prefix(kernel::BACKEND_PREFIX))
+            .map(PathBuf::from);
+        let key_id = volume
+            .as_deref()
+            .and_then(|path| volume_key(path).ok().flatten());
+        let (key_state, key_state_reason) = match &key_id {
+            Some(arn) => {
+                let (state, reason) = super::volume::key_state(globals, arn);
+                (Some(state), reason)
+            }
+            None => (None, None),
+        };
+        listed.push(serde_json::json!({
+            "Device": format!("/dev/nbd{}", device.index),
+            "Backend": backend,
+            "Volume": volume,
+            "Encrypted": volume.as_ref().map(|_| key_id.is_some()),
+            "KeyId": key_id,
+            "KeyState": key_state,
+            "KeyStateReason": key_state_reason,
+            "Pid": kernel::pid_of(device.index),
+        }));
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "Devices": listed }))?
+    );
+    Ok(())
+}
+
+/// The CMK of a volume file, `None` when it is not encrypted.
+fn volume_key(path: &Path) -> anyhow::Result<Option<String>> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let located = blockdev::format::read_header(&file, path)?;
+    Ok(located.and_then(|l| match l.header.encryption() {
+        blockdev::format::Encryption::Aes256XtsPlain64(wrapped) => Some(wrapped.key_arn.clone()),
+        blockdev::format::Encryption::None => None,
+    }))
 }
 
 fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {

@@ -217,7 +217,7 @@ fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
 
 /// The CMK's state as DescribeKey reports it, `Deleted` when the key no longer exists
 /// (the data is then unrecoverable), `Unknown` when the key service cannot say.
-fn key_state(globals: &Globals, key_arn: &str) -> (&'static str, Option<String>) {
+pub(super) fn key_state(globals: &Globals, key_arn: &str) -> (&'static str, Option<String>) {
     let described = open_kms(globals).and_then(|kms| Ok(kms.describe_key(key_arn)?));
     match described {
         Ok(meta) => (meta.key_state.as_str(), None),

@@ -4,10 +4,13 @@
 //! - the server: [`Server`] serves an [`ExportTable`] of [`Export`]s until its
 //!   [`ShutdownHandle`] (or [`stop_on_signals`]) stops it; [`errno`] is the one
 //!   mapping from [`crate::Error`] to NBD error values.
+//! - [`kernel`]: the Linux kernel's NBD client over generic netlink (`atrest nbd
+//!   attach`): `/dev/nbdN` served from this process over socket pairs.
 //! - TLS: [`Server::with_tls`] takes [`TlsSettings`] (`NBD_OPT_STARTTLS`, client
 //!   certificates); [`Export::allowed_clients`] names the [`ClientIdentity`]s an export
 //!   admits, and [`Server::with_refusal_audit`] learns of every [`Refusal`].
 
+pub mod kernel;
 pub mod proto;
 mod server;
 mod tls;

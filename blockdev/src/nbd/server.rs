@@ -108,6 +108,8 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
         Error::TooLarge { .. } => Errno::Overflow,
         Error::NotSupported(_) => Errno::NotSup,
         Error::Protocol(_) => Errno::Inval,
+        // Only the kernel client's setup returns this, never a request.
+        Error::KernelNbd(_) => Errno::Io,
         // TLS fails in the handshake or the pump, never in a request.
         Error::Tls(_) => Errno::Io,
         // Only `volume::create` and header construction return these, never a request.
@@ -622,6 +624,32 @@ fn transmit<S: Wire>(
     side.end.unwrap_or(Ok(()))
 }
 
+/// Serves `export` on `stream` from the transmission phase on, with no handshake:
+/// for the kernel's NBD client, which `atrest nbd attach` hands the other end of the
+/// socket pair together with the size and flags a handshake would have sent
+/// ([`super::kernel::kernel_flags`]). Simple replies only (the kernel negotiates
+/// nothing else). Returns when the kernel disconnects (`NBD_CMD_DISC`) or the
+/// socket closes.
+pub(super) fn serve_kernel_connection(
+    export: Export,
+    stream: UnixStream,
+    threads: usize,
+) -> Result<(), Error> {
+    stream
+        .set_write_timeout(Some(REPLY_WRITE_TIMEOUT))
+        .map_err(io_error("setting the write timeout"))?;
+    let writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
+    let reader = BufReader::with_capacity(256 * 1024, stream);
+    let limits = session_limits(&export, false, false);
+    let context = ConnectionContext {
+        exports: Arc::new(RwLock::new(BTreeMap::new())),
+        gate: Gate::default(),
+        threads: threads.clamp(1, MAX_THREADS_PER_CONNECTION),
+        peer: "the kernel".into(),
+    };
+    transmit(reader, writer, Session { export, limits }, &context, |_| {})
+}
+
 /// What the handshake settled on.
 struct Session {
     export: Export,
@@ -878,6 +906,10 @@ impl Negotiation<'_> {
                     send_option(writer, &option_reply(code, REP_ACK, &[]))?;
                 }
                 ClientOption::Info(query) | ClientOption::Go(query) => {
+                    debug!(
+                        "option {code}: export {:?}, information requested {:?}",
+                        query.name, query.info_requests
+                    );
                     let Some((name, export)) = resolve(exports, &query.name) else {
                         let message = format!("no export named {:?}", query.name);
                         send_option(writer, &option_error(code, REP_ERR_UNKNOWN, &message))?;
