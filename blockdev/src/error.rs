@@ -22,7 +22,9 @@ pub enum Error {
     #[error("the volume is read-only")]
     ReadOnly,
     /// The volume's key cannot be used now (disabled, pending deletion, deleted, denied).
-    #[error("the volume's key {key_arn} is unavailable: {reason}")]
+    /// The reason (the key state) comes first: NBD clients show only the start of a
+    /// refusal (nbd-client 3.24 prints the first 95 bytes of the server's message).
+    #[error("the volume's key is unavailable, {reason}: {key_arn}")]
     KeyUnavailable { key_arn: String, reason: String },
     /// The volume file is damaged: a header or its checksum does not match.
     #[error("{path}: corrupted volume: {what}")]

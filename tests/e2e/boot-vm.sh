@@ -16,57 +16,16 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 guest_files=$repo/tests/e2e/boot-vm
-cache=${ATREST_BOOT_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/atrest-boot-vm}
 boot_timeout=${BOOT_VM_TIMEOUT:-90}
 key_alias=alias/MyKMSKey
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/atrest-boot-vm.XXXXXX")
-pids=()
-unpack_dir=""
-cleanup() {
-    local status=$?
-    local pid
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-    if [ -n "$unpack_dir" ]; then
-        rm -rf "$unpack_dir"
-    fi
-    if [ "$status" -ne 0 ]; then
-        echo "boot-vm: FAILED" >&2
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-die() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-
-step() {
-    echo
-    echo "== $*"
-}
-
-need_tool() {
-    command -v "$1" >/dev/null || die "$1 is not installed (run scripts/install-test-deps.sh)"
-}
+guest_test=boot-vm
+# shellcheck source=tests/e2e/guest-lib.sh
+. "$repo/tests/e2e/guest-lib.sh"
 
 # Fails the step, never skips it, when this build of atrest lacks a command it needs.
 need_atrest() {
     "$atrest" "$@" --help >/dev/null 2>&1 ||
         die "this build of atrest has no \`atrest $*\`, which this step needs"
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # Waits until an NBD server answers for URL, or fails after 10 s.
@@ -130,31 +89,6 @@ for item in json.load(sys.stdin)["Events"]:
 codes = ", ".join(f"{code} x{count}" for code, count in sorted(refused.items()))
 print(f"{ok} ok, {sum(refused.values())} refused" + (f" ({codes})" if codes else ""))
 ' "$1"
-}
-
-# Drops a reaped process from the cleanup list, so that cleanup never signals a
-# process id the system has since given to someone else.
-forget_pid() {
-    local pid kept=()
-    for pid in "${pids[@]}"; do
-        [ "$pid" = "$1" ] || kept+=("$pid")
-    done
-    pids=("${kept[@]}")
-}
-
-stop_process() {
-    local pid=$1
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-}
-
-now() {
-    date +%s.%N
-}
-
-seconds_since() {
-    awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1f", end - start }'
 }
 
 # start_vm NAME URL MODE: boots the guest in the background from the NBD disk URL;
@@ -249,57 +183,8 @@ for tool in apt-get apt-cache dpkg-deb mkfs.ext4 qemu-system-x86_64 nbdkit nbdin
 done
 
 step "1. guest from Debian packages (kernel, busybox initramfs, ext4 root filesystem)"
-kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
-[ -n "$kernel_pkg" ] || die "apt cannot resolve linux-image-cloud-amd64 (run apt-get update)"
-kernel_version=${kernel_pkg#linux-image-}
-busybox_version=$(apt-cache policy busybox-static | awk '/Candidate:/ { print $2 }')
-[ -n "$busybox_version" ] && [ "$busybox_version" != "(none)" ] ||
-    die "apt has no busybox-static (run apt-get update)"
-guest=$cache/$kernel_pkg+busybox-${busybox_version//:/_}
 # The virtio PCI disk driver; the cloud kernel has ext4 built in.
-root_modules="virtio_pci virtio_blk"
-
-# Appends MODULE and, first, what it depends on (the `depends=` field of its
-# .modinfo section, the data modinfo and depmod read) to module_order.
-add_module() {
-    local name=$1 file dep
-    case " $module_order " in *" $name "*) return ;; esac
-    file=$(find "$unpack_dir/root/lib/modules/$kernel_version" \( -name "$name.ko" -o -name "${name//_/-}.ko" \) -print -quit)
-    [ -n "$file" ] || die "$kernel_pkg has no module $name"
-    for dep in $(tr '\0' '\n' <"$file" | sed -n 's/^depends=//p' | tr ',' ' '); do
-        add_module "$dep"
-    done
-    module_order="$module_order $name"
-    cp "$file" "$unpack_dir/guest/modules/$name.ko"
-}
-
-if [ ! -d "$guest" ]; then
-    mkdir -p "$cache"
-    unpack_dir=$(mktemp -d "$cache/.unpack.XXXXXX")
-    # As root, apt downloads as its sandbox user, who cannot write under a private
-    # home; the packages are verified against the signed archive either way.
-    sandbox=()
-    if [ "$(id -u)" -eq 0 ]; then sandbox=(-o APT::Sandbox::User=root); fi
-    (cd "$unpack_dir" && apt-get download -q "${sandbox[@]}" "$kernel_pkg" busybox-static) >/dev/null
-    for deb in "$unpack_dir"/*.deb; do
-        dpkg-deb -x "$deb" "$unpack_dir/root"
-    done
-    grep -q '^CONFIG_EXT4_FS=y' "$unpack_dir/root/boot/config-$kernel_version" ||
-        die "$kernel_pkg does not have ext4 built in"
-    mkdir -p "$unpack_dir/guest/modules"
-    module_order=""
-    for module in $root_modules; do
-        add_module "$module"
-    done
-    echo "$module_order" | tr ' ' '\n' | sed '/^$/d' >"$unpack_dir/guest/modules-order"
-    cp "$unpack_dir/root/boot/vmlinuz-$kernel_version" "$unpack_dir/guest/vmlinuz"
-    cp "$unpack_dir/root/bin/busybox" "$unpack_dir/guest/busybox"
-    # Another run may have finished first; either copy is the same.
-    mv -T "$unpack_dir/guest" "$guest" 2>/dev/null || true
-    rm -rf "$unpack_dir"
-    unpack_dir=""
-fi
+guest_kernel virtio_pci virtio_blk
 kernel=$guest/vmlinuz
 busybox=$guest/busybox
 
@@ -400,7 +285,7 @@ console_summary
 if grep -q "ATREST-MARKER:" "$vm_log"; then
     die "the guest booted from its root volume with the key disabled"
 fi
-grep -q "server reported: .*$key_arn.*Disabled" "$vm_log" || {
+grep -q "server reported: .*Disabled.*$key_arn" "$vm_log" || {
     show_console
     die "the failed boot does not show the server's refusal naming $key_arn and its state Disabled"
 }

@@ -23,7 +23,7 @@ use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 use tracing::{debug, info, warn};
 
-use super::proto::{FLAG_HAS_FLAGS, FLAG_READ_ONLY, FLAG_SEND_FLUSH, FLAG_SEND_FUA};
+use super::proto::{FLAG_CAN_MULTI_CONN, FLAG_HAS_FLAGS, FLAG_READ_ONLY, FLAG_SEND_FLUSH, FLAG_SEND_FUA};
 use super::proto::{FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES};
 use super::server::{self, Export};
 use crate::Error;
@@ -99,9 +99,11 @@ pub fn device_index(path: &Path) -> Result<u32, Error> {
 }
 
 /// The transmission flags the kernel is told the server has (what a handshake would
-/// have sent): flush, FUA, trim and write-zeroes, or read-only.
+/// have sent): flush, FUA, trim and write-zeroes, or read-only; and multi-conn, which
+/// the kernel requires before it takes more than one socket (a flush on any
+/// connection covers the writes completed on all of them: they share one volume).
 pub fn kernel_flags(read_only: bool) -> u16 {
-    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH;
+    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN;
     if read_only {
         flags |= FLAG_READ_ONLY;
     } else {
@@ -646,6 +648,8 @@ mod tests {
     fn flags_for_the_kernel() {
         let rw = kernel_flags(false);
         assert_eq!(rw & FLAG_READ_ONLY, 0);
+        // Without it the kernel refuses a second socket (EINVAL).
+        assert_ne!(rw & FLAG_CAN_MULTI_CONN, 0);
         assert_ne!(rw & FLAG_SEND_TRIM, 0);
         assert_ne!(rw & FLAG_SEND_FUA, 0);
         let ro = kernel_flags(true);
