@@ -8,7 +8,8 @@
 #      nbd-client attach is refused with the server's reason; enable-key: reads work;
 #   c. host: `atrest kms serve`; guest: `atrest --kms-endpoint ... nbd attach` of a
 #      volume on its own disk, ext4, files; disable: reads fail; enable: they recover;
-#      `atrest nbd detach`;
+#      `atrest nbd detach`; a busy device, the same volume twice, `auto`, SIGTERM,
+#      read-only;
 #   d. host: both ext4 images read back through `atrest nbd serve` + nbdfuse equal
 #      what the guest wrote.
 # Each result is asserted from the guest's console. The guest is bounded
@@ -60,7 +61,7 @@ wait_console() {
         fi
         sleep 0.1
     done
-    console_at "$1"
+    echo "$(console_at "$1") [at $(seconds_since "$vm_started") s]"
 }
 
 # The guest's console line for PATTERN, without the carriage return.
@@ -174,6 +175,15 @@ console_at ATREST-C-LIST-DISABLED | grep -q '"KeyState":"Disabled"' ||
 wait_console ATREST-C-ENABLE-NOW >/dev/null
 "$atrest" kms enable-key --key-id alias/attach-guest
 wait_console ATREST-C-READ-RECOVERED | sed 's/^/   /'
+for line in ATREST-C2-BUSY ATREST-C2-TWICE ATREST-C2-NOT-CONNECTED ATREST-C2-AUTO ATREST-C2-SIGTERM ATREST-C2-READ-ONLY; do
+    wait_console "$line" | cut -c1-250 | sed 's/^/   /'
+done
+console_at ATREST-C2-BUSY | grep -q '/dev/nbd1 is already connected' ||
+    die "attaching to a busy device did not say it is already connected"
+console_at ATREST-C2-TWICE | grep -q 'already open for writing' ||
+    die "attaching the same volume twice did not say it is in use"
+console_at ATREST-C2-NOT-CONNECTED | grep -q '/dev/nbd5 is not connected' ||
+    die "detaching a device that is not connected did not say so"
 wait_console ATREST-C-DETACHED | sed 's/^/   /'
 grep -a 'ATREST-C-DETACH:\|ATREST-C-ATTACH-LOG' "$vm_log" | tr -d '\r' | sed 's/^/   /'
 wait_console ATREST-DONE >/dev/null
@@ -184,6 +194,8 @@ kill -0 "$vm_pid" 2>/dev/null && die "the guest did not power off"
 wait "$vm_pid" || true
 forget_pid "$vm_pid"
 echo "   guest powered off $(seconds_since "$vm_started") s after start"
+echo "   the guest kernel's messages about nbd devices:"
+grep -a '\] \(block \)\?nbd' "$vm_log" | tr -d '\r' | sed 's/^\[ *[0-9.]*\] //' | sort | uniq -c | sed 's/^/   /' || true
 
 step "d. host: both images through atrest nbd serve + nbdfuse equal what the guest wrote"
 stop_process "$serve_pid"
