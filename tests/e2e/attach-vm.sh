@@ -36,7 +36,7 @@ done
 # written by PID; prints what follows the pattern on the first such line.
 wait_log() {
     local log=$1 pattern=$2 pid=$3 tries=0
-    until grep -q -- "$pattern" "$log"; do
+    until grep -qs -- "$pattern" "$log"; do
         kill -0 "$pid" 2>/dev/null || {
             cat "$log" >&2
             die "the process writing $log exited"

@@ -23,7 +23,9 @@ use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 use tracing::{debug, info, warn};
 
-use super::proto::{FLAG_CAN_MULTI_CONN, FLAG_HAS_FLAGS, FLAG_READ_ONLY, FLAG_SEND_FLUSH, FLAG_SEND_FUA};
+use super::proto::{
+    FLAG_CAN_MULTI_CONN, FLAG_HAS_FLAGS, FLAG_READ_ONLY, FLAG_SEND_FLUSH, FLAG_SEND_FUA,
+};
 use super::proto::{FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES};
 use super::server::{self, Export};
 use crate::Error;
@@ -489,7 +491,14 @@ impl GenlSocket {
                 })?;
             let mut rest = buffer.get(..received).unwrap_or_default();
             while !rest.is_empty() {
-                let (kind, seq, payload, next) = split_message(rest)?;
+                let (
+                    Message {
+                        kind,
+                        sequence: seq,
+                        payload,
+                    },
+                    next,
+                ) = split_message(rest)?;
                 rest = next;
                 if seq != sequence {
                     continue;
@@ -522,9 +531,15 @@ impl GenlSocket {
     }
 }
 
-/// One netlink message off the front of `bytes`: its type, sequence number,
-/// payload, and what follows it (aligned to 4).
-fn split_message(bytes: &[u8]) -> Result<(u16, u32, &[u8], &[u8]), Error> {
+/// One netlink message: its type, sequence number and payload.
+struct Message<'a> {
+    kind: u16,
+    sequence: u32,
+    payload: &'a [u8],
+}
+
+/// One netlink message off the front of `bytes`, and what follows it (aligned to 4).
+fn split_message(bytes: &[u8]) -> Result<(Message<'_>, &[u8]), Error> {
     let header = bytes
         .get(..NLMSG_HEADER_LEN)
         .ok_or_else(|| protocol("truncated message header"))?;
@@ -534,9 +549,13 @@ fn split_message(bytes: &[u8]) -> Result<(u16, u32, &[u8], &[u8]), Error> {
     if length < NLMSG_HEADER_LEN || length > bytes.len() {
         return Err(protocol("message length out of bounds"));
     }
-    let payload = &bytes[NLMSG_HEADER_LEN..length];
+    let message = Message {
+        kind,
+        sequence,
+        payload: &bytes[NLMSG_HEADER_LEN..length],
+    };
     let next = bytes.get(align4(length)..).unwrap_or_default();
-    Ok((kind, sequence, payload, next))
+    Ok((message, next))
 }
 
 fn align4(n: usize) -> usize {
