@@ -56,6 +56,15 @@ pub struct AttachArgs {
     /// default: the number of CPUs, at most 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
     connections: Option<u8>,
+    /// The device's logical block size: 512, 1024, 2048 or 4096 (default: the
+    /// volume's, 4096). 512 for software that needs 512-byte sectors; small writes
+    /// then cost a read-modify-write of the volume's 4096-byte sector.
+    #[arg(long, value_name = "BYTES")]
+    block_size: Option<u32>,
+    /// How long the kernel waits for a reply before it retries a request on another
+    /// connection, or fails it with one connection (whole seconds; default 120s).
+    #[arg(long, value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    timeout: Option<std::time::Duration>,
     #[command(flatten)]
     lease: super::lifecycle::LeaseArgs,
 }
@@ -273,11 +282,14 @@ fn attach(args: AttachArgs, globals: &Globals) -> anyhow::Result<()> {
         index,
         connections,
         backend: &backend,
+        block_size: args.block_size,
+        timeout: args.timeout,
     };
+    let signals = kernel::StopSignals::catch()?;
     let attachment = kernel::attach(export, &request)
         .with_context(|| format!("attaching {}", path.display()))?;
     let device = format!("/dev/nbd{}", attachment.index());
-    attachment.stopper().on_signals()?;
+    signals.stop(attachment.stopper())?;
     eprintln!(
         "attached {} as {device} ({connections} connections); SIGINT or SIGTERM, or \
          `atrest nbd detach {device}`, detaches",

@@ -75,7 +75,10 @@ const MAX_BACKEND_LEN: usize = 3072;
 /// kernel's default is 30 s). Replies come from this process, which answers every
 /// request, with EIO when the key is gone: a request that takes this long means the
 /// volume's disk is stuck, and the kernel then retries on another connection.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a stopped attachment waits for the kernel to close its sockets after
+/// the disconnect before it closes them itself.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(10);
 /// Transmission threads per connection: the kernel spreads requests over several
 /// connections already.
 const THREADS_PER_CONNECTION: usize = 4;
@@ -150,6 +153,13 @@ pub struct AttachRequest<'a> {
     pub connections: usize,
     /// What `/sys/block/nbdN/backend` shows (see [`BACKEND_PREFIX`]).
     pub backend: &'a str,
+    /// The device's logical block size: 512, 1024, 2048 or 4096; `None` for the
+    /// volume's own (4096). Smaller blocks work (the volume does read-modify-write)
+    /// for software that insists on 512-byte sectors, at a cost for small writes.
+    pub block_size: Option<u32>,
+    /// How long the kernel waits for a reply before it retries the request on another
+    /// connection (or fails it, with one); `None` for [`REQUEST_TIMEOUT`].
+    pub timeout: Option<Duration>,
 }
 
 /// A device attached to an export. [`Attachment::wait`] returns when the device is
@@ -159,6 +169,9 @@ pub struct Attachment {
     index: u32,
     export: Export,
     connections: Vec<JoinHandle<Result<(), Error>>>,
+    /// Our ends of the socket pairs, to end the connections ourselves should the
+    /// kernel not close its ends after a disconnect.
+    ends: Vec<UnixStream>,
     ended: mpsc::Receiver<Event>,
     events: mpsc::Sender<Event>,
 }
@@ -178,22 +191,36 @@ impl AttachmentStopper {
         // The attachment may be gone already; then there is nothing to stop.
         let _ = self.0.send(Event::Stop);
     }
+}
 
-    /// Stops on the first SIGINT or SIGTERM; a second one exits at once.
-    pub fn on_signals(self) -> Result<(), Error> {
+/// SIGINT and SIGTERM, caught from before the attach on: one that arrives while the
+/// device is being set up is not the default (death with the device half set up)
+/// but a stop as soon as [`StopSignals::stop`] hands it an attachment.
+#[derive(Debug)]
+pub struct StopSignals(signal_hook::iterator::Signals);
+
+impl StopSignals {
+    pub fn catch() -> Result<StopSignals, Error> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals =
+        let signals =
             signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|source| Error::Io {
                 context: "installing the SIGINT/SIGTERM handlers".into(),
                 source,
             })?;
+        Ok(StopSignals(signals))
+    }
+
+    /// Stops `stopper`'s attachment on the first signal (also one caught before this
+    /// call); a second one exits at once.
+    pub fn stop(self, stopper: AttachmentStopper) -> Result<(), Error> {
+        let mut signals = self.0;
         thread::Builder::new()
             .name("nbd-signals".into())
             .spawn(move || {
                 for (seen, signal) in signals.forever().enumerate() {
                     if seen == 0 {
                         info!("signal {signal}: writing back, flushing, detaching");
-                        self.stop();
+                        stopper.stop();
                     } else {
                         warn!("signal {signal} again: exiting without waiting");
                         std::process::exit(1);
@@ -223,17 +250,30 @@ pub fn attach(export: Export, request: &AttachRequest<'_>) -> Result<Attachment,
     let read_only = export.read_only || export.volume.is_read_only();
     let size = export.volume.size();
     // The kernel takes a power of two from 512 to the page size.
-    let block_size = u64::from(export.volume.block_size()).clamp(512, 4096);
+    let block_size = match request.block_size {
+        Some(size) if size.is_power_of_two() && (512..=4096).contains(&size) => u64::from(size),
+        Some(size) => {
+            return Err(Error::InvalidArgument {
+                what: format!("block size {size}: use 512, 1024, 2048 or 4096"),
+            })
+        }
+        None => u64::from(export.volume.block_size()).clamp(512, 4096),
+    };
     let flags = kernel_flags(read_only);
     let mut socket = GenlSocket::open()?;
     let (events, ended) = mpsc::channel();
     let mut kernel_ends: Vec<UnixStream> = Vec::with_capacity(count);
     let mut connections = Vec::with_capacity(count);
+    let mut ends = Vec::with_capacity(count);
     for i in 0..count {
         let (ours, theirs) = UnixStream::pair().map_err(|source| Error::Io {
             context: "creating a socket pair for the kernel".into(),
             source,
         })?;
+        ends.push(ours.try_clone().map_err(|source| Error::Io {
+            context: "cloning a socket".into(),
+            source,
+        })?);
         let served = export.clone();
         let done = events.clone();
         let thread = thread::Builder::new()
@@ -256,7 +296,8 @@ pub fn attach(export: Export, request: &AttachRequest<'_>) -> Result<Attachment,
     }
     put_u64(&mut attrs, NBD_ATTR_SIZE_BYTES, size);
     put_u64(&mut attrs, NBD_ATTR_BLOCK_SIZE_BYTES, block_size);
-    put_u64(&mut attrs, NBD_ATTR_TIMEOUT, REQUEST_TIMEOUT.as_secs());
+    let timeout = request.timeout.unwrap_or(REQUEST_TIMEOUT).as_secs().max(1);
+    put_u64(&mut attrs, NBD_ATTR_TIMEOUT, timeout);
     put_u64(&mut attrs, NBD_ATTR_SERVER_FLAGS, u64::from(flags));
     let mut backend = request.backend.as_bytes().to_vec();
     backend.push(0);
@@ -292,6 +333,7 @@ pub fn attach(export: Export, request: &AttachRequest<'_>) -> Result<Attachment,
         index,
         export,
         connections,
+        ends,
         ended,
         events,
     })
@@ -314,7 +356,32 @@ impl Attachment {
         let mut running = self.connections.len();
         let mut stopped = false;
         while running > 0 {
-            match self.ended.recv() {
+            let event = if stopped {
+                // Disconnected: the kernel closes its ends of the sockets. Should it
+                // not within DISCONNECT_GRACE, the connections are ended from here,
+                // so that a stop always stops.
+                match self.ended.recv_timeout(DISCONNECT_GRACE) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        warn!(
+                            "/dev/nbd{}: the kernel kept {running} connections open {DISCONNECT_GRACE:?} \
+                             after the disconnect; closing them",
+                            self.index
+                        );
+                        for end in &self.ends {
+                            let _ = end.shutdown(std::net::Shutdown::Both);
+                        }
+                        self.ended
+                            .recv()
+                            .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                    }
+                    other => other,
+                }
+            } else {
+                self.ended
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            };
+            match event {
                 Ok(Event::ConnectionEnded) => running -= 1,
                 Ok(Event::Stop) if !stopped => {
                     stopped = true;
@@ -328,7 +395,7 @@ impl Attachment {
                 }
                 Ok(Event::Stop) => {}
                 // Unreachable while `self.events` lives; treat it as the end.
-                Err(mpsc::RecvError) => break,
+                Err(_) => break,
             }
         }
         if !stopped {
