@@ -12,6 +12,7 @@
 mod copy;
 mod data_area;
 pub mod exports;
+pub mod repair;
 mod rewrap;
 
 pub use copy::{copy, import, snapshot, CopyReport, SnapshotReport, Target};
