@@ -283,7 +283,7 @@ fn every_byte_of_a_volume_header_is_checked() {
         &key,
     ]);
     let file = std::fs::File::open(&path).unwrap();
-    let intact = format::read_header(&file, &path).unwrap().unwrap();
+    let intact = format::read_header(&file, &path).unwrap();
     assert_eq!((intact.copy, intact.warning), (HeaderCopy::Primary, None));
 
     for at in 0..HEADER_SIZE as u64 {
@@ -308,7 +308,7 @@ fn every_byte_of_a_volume_header_is_checked() {
         flip_in_file(&path, BACKUP_HEADER_OFFSET + at);
     }
     assert_eq!(
-        format::read_header(&file, &path).unwrap().unwrap().warning,
+        format::read_header(&file, &path).unwrap().warning,
         None
     );
 
