@@ -289,8 +289,8 @@ fn every_byte_of_a_volume_header_is_checked() {
     for at in 0..HEADER_SIZE as u64 {
         // One copy damaged: the other one is used, and the damage is reported.
         flip_in_file(&path, at);
-        let located = format::read_header(&file, &path)
-            .unwrap_or_else(|err| panic!("byte {at}: {err}"));
+        let located =
+            format::read_header(&file, &path).unwrap_or_else(|err| panic!("byte {at}: {err}"));
         assert_eq!(located.copy, HeaderCopy::Backup, "byte {at}");
         assert_eq!(located.header, intact.header, "byte {at}");
         assert!(located.warning.is_some(), "byte {at}: no warning");
@@ -304,10 +304,7 @@ fn every_byte_of_a_volume_header_is_checked() {
         flip_in_file(&path, at);
         flip_in_file(&path, BACKUP_HEADER_OFFSET + at);
     }
-    assert_eq!(
-        format::read_header(&file, &path).unwrap().warning,
-        None
-    );
+    assert_eq!(format::read_header(&file, &path).unwrap().warning, None);
 
     for at in (MAGIC.len()..HEADER_SIZE).step_by(HEADER_SIZE / 9) {
         flip_in_file(&path, at as u64);

@@ -231,7 +231,10 @@ fn a_raw_image_is_declared_never_guessed() {
     for (path, primary) in [
         (&plain, "primary copy at offset 0: no atrest volume magic"),
         (&wiped, "primary copy at offset 0: no atrest volume magic"),
-        (&emptied, "primary copy at offset 0: header truncated: 0 of 4096"),
+        (
+            &emptied,
+            "primary copy at offset 0: header truncated: 0 of 4096",
+        ),
     ] {
         let out = atrest_bounded(
             &home,
@@ -273,7 +276,11 @@ fn a_raw_image_is_declared_never_guessed() {
         ],
     );
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("names no export"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("names no export"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 /// Item 2: `volume copy|snapshot|import SRC DST --force` while a server writes DST is
@@ -295,7 +302,13 @@ fn force_never_replaces_a_volume_a_server_is_writing() {
     let dst = served_path.to_str().unwrap();
     let attempts: [Vec<&str>; 3] = [
         vec!["volume", "copy", other.to_str().unwrap(), dst, "--force"],
-        vec!["volume", "snapshot", other.to_str().unwrap(), dst, "--force"],
+        vec![
+            "volume",
+            "snapshot",
+            other.to_str().unwrap(),
+            dst,
+            "--force",
+        ],
         vec![
             "volume",
             "import",
@@ -375,7 +388,10 @@ fn disagreeing_header_copies_are_never_repaired_automatically() {
             &format!("a={}", a.display()),
         ],
     );
-    assert!(!out.status.success(), "a volume with disagreeing headers was served");
+    assert!(
+        !out.status.success(),
+        "a volume with disagreeing headers was served"
+    );
     let stderr = stderr_of(&out);
     for needle in [
         id_a.as_str().unwrap(),
@@ -427,22 +443,34 @@ fn a_served_volume_follows_a_rewrap_and_rewraps_are_serialised() {
     let served = nbd_serve(&home, &["--export", &format!("v={}", v.display())]);
     let uri = served.uri("v");
     assert!(nbdinfo_ok(&uri));
-    home.run(&["volume", "rewrap", v.to_str().unwrap(), "--key-id", "alias/k2"]);
+    home.run(&[
+        "volume",
+        "rewrap",
+        v.to_str().unwrap(),
+        "--key-id",
+        "alias/k2",
+    ]);
     home.run(&["kms", "disable-key", "--key-id", &k2]);
-    eventually("an attach is refused once the new key K2 is disabled", || {
-        !nbdinfo_ok(&uri)
-    });
+    eventually(
+        "an attach is refused once the new key K2 is disabled",
+        || !nbdinfo_ok(&uri),
+    );
     assert!(
         served.log().contains("header changed"),
         "the switch was not logged:\n{}",
         served.log()
     );
     home.run(&["kms", "enable-key", "--key-id", &k2]);
-    eventually("attaches work again once K2 is enabled", || nbdinfo_ok(&uri));
+    eventually("attaches work again once K2 is enabled", || {
+        nbdinfo_ok(&uri)
+    });
     home.run(&["kms", "disable-key", "--key-id", &k1]);
     // K1 no longer governs this volume: attaches go on working.
     for _ in 0..5 {
-        assert!(nbdinfo_ok(&uri), "disabling the old key K1 refused an attach");
+        assert!(
+            nbdinfo_ok(&uri),
+            "disabling the old key K1 refused an attach"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     home.run(&["kms", "enable-key", "--key-id", &k1]);
@@ -460,7 +488,11 @@ fn a_served_volume_follows_a_rewrap_and_rewraps_are_serialised() {
     for round in 0..4 {
         let children: Vec<_> = (0..2)
             .map(|i| {
-                let target = if (round + i) % 2 == 0 { "alias/k1" } else { "alias/k2" };
+                let target = if (round + i) % 2 == 0 {
+                    "alias/k1"
+                } else {
+                    "alias/k2"
+                };
                 home.atrest()
                     .args(["volume", "rewrap", v.to_str().unwrap(), "--key-id", target])
                     .stdout(Stdio::null())
@@ -483,7 +515,11 @@ fn a_served_volume_follows_a_rewrap_and_rewraps_are_serialised() {
         }
     }
     assert!(succeeded > 0);
-    assert_eq!(generation(&v), start + succeeded, "two rewraps wrote one generation");
+    assert_eq!(
+        generation(&v),
+        start + succeeded,
+        "two rewraps wrote one generation"
+    );
 }
 
 /// moto's server mode on a free port, killed on drop.
@@ -579,7 +615,9 @@ fn an_attach_needs_the_key_enabled_even_when_decrypt_still_answers() {
         assert!(!nbdinfo_ok(&uri), "a disabled key admitted a client");
     }
     atrest(&["kms", "enable-key", "--key-id", &key]);
-    eventually("attaches work again once the key is enabled", || nbdinfo_ok(&uri));
+    eventually("attaches work again once the key is enabled", || {
+        nbdinfo_ok(&uri)
+    });
     served.stop();
 }
 
@@ -601,10 +639,7 @@ fn paths_that_are_not_volumes_are_refused_at_once() {
             vec!["volume".into(), "snapshot".into(), fifo.into(), snap.into()],
             "FIFO",
         ),
-        (
-            vec!["volume".into(), "rewrap".into(), fifo.into()],
-            "FIFO",
-        ),
+        (vec!["volume".into(), "rewrap".into(), fifo.into()], "FIFO"),
         (
             vec![
                 "nbd".into(),
@@ -662,7 +697,8 @@ fn paths_that_are_not_volumes_are_refused_at_once() {
         assert!(!out.status.success(), "{args:?} succeeded");
         let stderr = stderr_of(&out);
         assert!(
-            stderr.contains(kind) && stderr.contains("a volume is a regular file or a block device"),
+            stderr.contains(kind)
+                && stderr.contains("a volume is a regular file or a block device"),
             "{args:?}: {stderr}"
         );
     }
@@ -673,7 +709,14 @@ fn paths_that_are_not_volumes_are_refused_at_once() {
         .args(["-c", "trap '' XFSZ; ulimit -f 1024; exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_atrest"))
         .args(["--home", home.path().to_str().unwrap()])
-        .args(["volume", "create", big.to_str().unwrap(), "--size", "16M", "--unencrypted"])
+        .args([
+            "volume",
+            "create",
+            big.to_str().unwrap(),
+            "--size",
+            "16M",
+            "--unencrypted",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use blockdev::format::{self, Encryption, HeaderCopy, VolumeHeader};
 use blockdev::lifecycle::{self, NoProgress, Progress, Target};
-use blockdev::volume::{ImageFormat, self, NewVolumeKey, Volume};
+use blockdev::volume::{self, ImageFormat, NewVolumeKey, Volume};
 use blockdev::Error;
 use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig};
 use sha2::{Digest, Sha256};
@@ -354,9 +354,12 @@ fn snapshot_of_a_raw_image_is_a_read_only_file() {
     std::fs::write(&raw, pattern(10_000, 6)).unwrap();
     let snap = lab.path("disk.snap");
     // Not declared raw: refused, naming both header copies.
-    let err = lifecycle::snapshot(&raw, ImageFormat::Atrest, &snap, false, &NoProgress)
-        .unwrap_err();
-    assert!(matches!(err, blockdev::Error::NoValidHeader { .. }), "{err:?}");
+    let err =
+        lifecycle::snapshot(&raw, ImageFormat::Atrest, &snap, false, &NoProgress).unwrap_err();
+    assert!(
+        matches!(err, blockdev::Error::NoValidHeader { .. }),
+        "{err:?}"
+    );
     let report = lifecycle::snapshot(&raw, ImageFormat::Raw, &snap, false, &NoProgress).unwrap();
     assert!(report.header.is_none());
     assert_eq!(std::fs::read(&snap).unwrap(), pattern(10_000, 6));
@@ -380,8 +383,7 @@ fn rewrap_moves_the_data_key_to_another_cmk_without_touching_data() {
     let new = lifecycle::rewrap(&path, &lab.kms, Some(&lab.key_b)).unwrap();
     assert_eq!(new.generation(), old.generation() + 1);
     assert_eq!(key_arn(&path), lab.key_b);
-    let located = format::read_header(&File::open(&path).unwrap(), &path)
-        .unwrap();
+    let located = format::read_header(&File::open(&path).unwrap(), &path).unwrap();
     assert_eq!(located.copy, HeaderCopy::Primary);
     assert!(located.warning.is_none(), "both copies must be updated");
     let mut data_after = vec![0u8; 4 * MIB as usize];
@@ -422,15 +424,13 @@ fn a_rewrap_interrupted_between_the_header_copies_opens_either_way() {
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(&old_primary, 0).unwrap();
     drop(file);
-    let located = format::read_header(&File::open(&path).unwrap(), &path)
-        .unwrap();
+    let located = format::read_header(&File::open(&path).unwrap(), &path).unwrap();
     assert_eq!(located.copy, HeaderCopy::Backup);
     assert_eq!(key_arn(&path), lab.key_b);
     assert_eq!(lab.digest(&path), digest_before);
     // Re-running the rewrap repairs the primary.
     lifecycle::rewrap(&path, &lab.kms, Some(&lab.key_b)).unwrap();
-    let located = format::read_header(&File::open(&path).unwrap(), &path)
-        .unwrap();
+    let located = format::read_header(&File::open(&path).unwrap(), &path).unwrap();
     assert_eq!(located.copy, HeaderCopy::Primary);
     assert!(located.warning.is_none());
 }

@@ -223,7 +223,11 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
                     format,
                 });
             }
-            if let Some(name) = args.raw.iter().find(|n| !specs.iter().any(|s| &s.name == *n)) {
+            if let Some(name) = args
+                .raw
+                .iter()
+                .find(|n| !specs.iter().any(|s| &s.name == *n))
+            {
                 bail!("--raw {name:?} names no export: give it as --export {name}=PATH");
             }
             specs

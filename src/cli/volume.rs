@@ -42,7 +42,12 @@ pub struct RepairArgs {
     /// The volume file.
     path: PathBuf,
     /// The header copy to keep; the other is overwritten with it.
-    #[arg(long = "use", value_enum, value_name = "COPY", required_unless_present = "dry_run")]
+    #[arg(
+        long = "use",
+        value_enum,
+        value_name = "COPY",
+        required_unless_present = "dry_run"
+    )]
     keep: Option<CopyArg>,
     /// Show both copies (volume id, generation, key) and what would be kept; write nothing.
     #[arg(long)]

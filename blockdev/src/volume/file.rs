@@ -127,11 +127,9 @@ pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64, Error> {
 pub(crate) fn lock_header(file: &File, path: &Path) -> Result<(), Error> {
     let deadline = std::time::Instant::now() + WRITER_LOCK_PATIENCE;
     loop {
-        match rustix::fs::fcntl_lock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        {
+        match rustix::fs::fcntl_lock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => return Ok(()),
-            Err(Errno::WOULDBLOCK | Errno::ACCESS) if std::time::Instant::now() < deadline =>
-            {
+            Err(Errno::WOULDBLOCK | Errno::ACCESS) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(Errno::WOULDBLOCK | Errno::ACCESS) => {

@@ -27,9 +27,9 @@ pub use raw::RawVolume;
 
 use crate::format::{self, Encryption, LocatedHeader, VolumeHeader, WrappedDataKey};
 use crate::Error;
+use file::VolumeFile;
 pub(crate) use file::{file_len, lock_for_writing, lock_header};
 pub use file::{open_volume_file, FileKind};
-use file::VolumeFile;
 
 /// A run of bytes with one allocation status (NBD `base:allocation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
