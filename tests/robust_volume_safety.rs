@@ -430,6 +430,38 @@ fn disagreeing_header_copies_are_never_repaired_automatically() {
     served.stop();
 }
 
+/// Item 3 on a served volume: a stray write of another volume's header while the
+/// server runs makes it refuse new attaches (fail closed, the header no longer says
+/// which key governs), rewriting nothing; `volume repair --use backup` on the served
+/// volume restores service without a restart.
+#[test]
+fn a_foreign_header_written_under_a_running_server_fails_closed_until_repaired() {
+    let home = Home::new();
+    let key_a = key(&home, "alias/a");
+    let a = create(&home, "a.vol", "4M", &key_a);
+    let b = create(&home, "b.vol", "4M", &key_a);
+    let served = nbd_serve(&home, &["--export", &format!("a={}", a.display())]);
+    let uri = served.uri("a");
+    assert!(nbdinfo_ok(&uri));
+    let backup = file_bytes(&a, 512 * 1024, 4096);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .write_all_at(&file_bytes(&b, 0, 4096), 0)
+        .unwrap();
+    eventually("an attach is refused after the stray header write", || {
+        !nbdinfo_ok(&uri)
+    });
+    assert!(
+        file_bytes(&a, 512 * 1024, 4096) == backup,
+        "the server rewrote the backup"
+    );
+    home.run(&["volume", "repair", a.to_str().unwrap(), "--use", "backup"]);
+    eventually("attaches work again after the repair", || nbdinfo_ok(&uri));
+    served.stop();
+}
+
 /// Item 4: after `volume rewrap --key-id K2` of a served volume, disabling K2 stops
 /// new attaches (the server follows the header), and disabling the old K1 no longer
 /// does. Concurrent rewraps are serialised: every successful one gets its own

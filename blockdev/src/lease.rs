@@ -6,7 +6,14 @@
 //!
 //! - Attaching (the lease's creation at server start, and a client's GO/EXPORT_NAME
 //!   while the key is not usable) calls Decrypt, audited with the volume's encryption
-//!   context. A refused attach is therefore a failed Decrypt in the trail.
+//!   context, and then DescribeKey: the key is installed only if the key service
+//!   reports it Enabled, whatever Decrypt answered (some services still decrypt under
+//!   a disabled key). A refused attach is a failed Decrypt in the trail when the key
+//!   service refuses Decrypt. Without a keystore watch, every attach asks DescribeKey.
+//! - The key on disk governs: the volume's header is read again at every watcher tick
+//!   and before every attach; after a `volume rewrap` the lease switches to the new
+//!   wrapped key (logged) and from then on checks the new CMK. A header that cannot be
+//!   read (or that now describes another volume) makes the lease unusable.
 //! - A watcher thread re-checks the CMK. With a [`KeystoreGeneration`] (the local
 //!   keystore) it polls the keystore's generation every [`WATCH_PERIOD`] (at most the
 //!   check interval) and re-checks at once when it moved: the state of a local key
@@ -92,6 +99,16 @@ pub enum KeyStatus {
     /// The key cannot be used. `state` is the AWS key state (`Disabled`,
     /// `PendingDeletion`), `Deleted`, `AccessDenied`, or the error name of a failure.
     Unavailable { state: String, message: String },
+}
+
+/// What re-reading the volume's header found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeaderSeen {
+    Unchanged,
+    /// Another wrapped key (a `volume rewrap`): now in use.
+    Switched,
+    /// No valid header, or one of another volume: the lease is unusable.
+    Unreadable,
 }
 
 /// Why a re-check runs.
@@ -262,9 +279,12 @@ impl DataKeyLease {
     fn tick(&self, interval_due: bool) {
         let generation = self.current_generation();
         let mut state = lock(&self.state);
-        if self.follow_header(&mut state) {
-            self.check(&mut state, Trigger::KeystoreChanged, generation);
-            return;
+        match self.follow_header(&mut state) {
+            HeaderSeen::Unchanged => {}
+            HeaderSeen::Switched => {
+                return self.check(&mut state, Trigger::KeystoreChanged, generation);
+            }
+            HeaderSeen::Unreadable => return,
         }
         let trigger = match (&self.watch, generation) {
             (Some(_), Some(g)) if state.generation != Some(g) => Some(Trigger::KeystoreChanged),
@@ -282,17 +302,18 @@ impl DataKeyLease {
     }
 
     /// Re-reads the volume's header; when a `volume rewrap` put another wrapped key
-    /// there, the lease switches to it (logged) and true is returned: the caller then
-    /// re-checks, so from now on the key on disk is the one that must stay usable. A
-    /// header that cannot be read any more makes the lease unusable until it can.
-    fn follow_header(&self, state: &mut LeaseState) -> bool {
+    /// there, the lease switches to it (logged) and the caller re-checks, so from now
+    /// on the key on disk is the one that must stay usable. A header that cannot be
+    /// read any more makes the lease unusable until it can; the caller must then not
+    /// re-check (which would unwrap again).
+    fn follow_header(&self, state: &mut LeaseState) -> HeaderSeen {
         match self.volume.reread_header() {
-            Ok(None) => false,
+            Ok(None) => HeaderSeen::Unchanged,
             Ok(Some((old, new))) => {
                 info!(path = %self.volume.path().display(), old_key = %old.key_arn,
                     new_key = %new.key_arn,
                     "the volume's header changed (re-wrapped data key): following the key on disk");
-                true
+                HeaderSeen::Switched
             }
             Err(err) => {
                 if !matches!(&state.status, KeyStatus::Unavailable { state, .. } if state == "HeaderUnreadable")
@@ -301,7 +322,7 @@ impl DataKeyLease {
                         "cannot read the volume's header: {err}; refusing to serve until it can be read");
                 }
                 self.make_unavailable(state, "HeaderUnreadable", err.to_string());
-                false
+                HeaderSeen::Unreadable
             }
         }
     }
@@ -493,13 +514,17 @@ impl Volume for DataKeyLease {
     fn check_attach(&self) -> Result<(), Error> {
         let generation = self.current_generation();
         let mut state = lock(&self.state);
-        if self.follow_header(&mut state) {
-            self.check(&mut state, Trigger::KeystoreChanged, generation);
-        } else if self.watch.is_none() {
+        match self.follow_header(&mut state) {
+            HeaderSeen::Unreadable => return Err(self.refusal(&state.status)),
+            HeaderSeen::Switched => self.check(&mut state, Trigger::KeystoreChanged, generation),
             // No keystore watch proves the key unchanged: ask the key service now.
-            self.check(&mut state, Trigger::Interval, generation);
-        } else if generation.is_some() && state.generation != generation {
-            self.check(&mut state, Trigger::KeystoreChanged, generation);
+            HeaderSeen::Unchanged if self.watch.is_none() => {
+                self.check(&mut state, Trigger::Interval, generation);
+            }
+            HeaderSeen::Unchanged if generation.is_some() && state.generation != generation => {
+                self.check(&mut state, Trigger::KeystoreChanged, generation);
+            }
+            HeaderSeen::Unchanged => {}
         }
         if state.status == KeyStatus::Usable && self.volume.has_key() {
             return Ok(());
