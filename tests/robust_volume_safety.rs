@@ -653,6 +653,46 @@ fn an_attach_needs_the_key_enabled_even_when_decrypt_still_answers() {
     served.stop();
 }
 
+/// Item 5, keep-attached: the moment the CMK's deletion completes while the server
+/// still holds the data key for its clients is logged at WARN.
+#[test]
+fn keep_attached_warns_when_the_key_deletion_completes() {
+    let home = Home::new();
+    let key = key(&home, "alias/doomed");
+    let v = create(&home, "v.vol", "4M", &key);
+    let served = nbd_serve(
+        &home,
+        &[
+            "--on-key-disable",
+            "keep-attached",
+            "--export",
+            &format!("v={}", v.display()),
+        ],
+    );
+    assert!(nbdinfo_ok(&served.uri("v")));
+    home.run(&[
+        "kms",
+        "schedule-key-deletion",
+        "--key-id",
+        &key,
+        "--pending-window-in-days",
+        "7",
+    ]);
+    // Eight days later someone uses the key service: the deletion completes.
+    let out = home
+        .atrest()
+        .env("ATREST_CLOCK_OFFSET", "8d")
+        .args(["kms", "describe-key", "--key-id", &key])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the key outlived its deletion date");
+    eventually("the completed deletion is logged", || {
+        served.log().contains("deletion has completed")
+    });
+    assert!(served.log().contains(" WARN "), "{}", served.log());
+    served.stop();
+}
+
 /// Item 6: a FIFO, /dev/null and /dev/zero are no volumes: every command refuses them
 /// at once, naming the file type, and nothing blocks. `volume create` that the
 /// filesystem (here: the file size limit) cannot hold says so in one line naming the
