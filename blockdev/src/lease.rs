@@ -588,7 +588,7 @@ pub fn open_served(
     if format == ImageFormat::Raw {
         return Ok(volume::open_raw(path, read_only)?);
     }
-    let (file, _) = volume::open_volume_file(path, false)?;
+    let file = volume::open_volume_file(path, false)?;
     let encrypted = matches!(
         format::read_header(&file, path)?.header.encryption(),
         Encryption::Aes256XtsPlain64(_)

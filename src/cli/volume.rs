@@ -210,7 +210,7 @@ fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
 
 fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     let path = &args.path;
-    let (file, _) = volume::open_volume_file(path, false).map_err(cli_error)?;
+    let file = volume::open_volume_file(path, false).map_err(cli_error)?;
     let located = format::read_header(&file, path).map_err(cli_error)?;
     let mut description = VolumeDescription::new(path, &located)?;
     if let Some(key_arn) = &description.key_id {

@@ -447,7 +447,7 @@ fn io_err(what: &str, path: &Path, source: io::Error) -> Error {
 }
 
 fn open_read(path: &Path) -> Result<File, Error> {
-    Ok(volume::open_volume_file(path, false)?.0)
+    volume::open_volume_file(path, false)
 }
 
 /// Refuses an existing `dst` (unless `force`) and a `dst` that is `src` itself.
@@ -604,7 +604,7 @@ fn lock_replaced(dst: &Path) -> Result<Option<File>, Error> {
         }
         Ok(_) => {}
     }
-    let (file, _) = volume::open_volume_file(dst, true)?;
+    let file = volume::open_volume_file(dst, true)?;
     volume::lock_for_writing(&file, dst)?;
     Ok(Some(file))
 }

@@ -16,7 +16,7 @@ use crate::Error;
 
 /// Both header copies of the volume at `path`, as they are (nothing is written).
 pub fn inspect(path: &Path) -> Result<(CopyContent, CopyContent), Error> {
-    let (file, _) = volume::open_volume_file(path, false)?;
+    let file = volume::open_volume_file(path, false)?;
     format::read_copies(&file, path)
 }
 
@@ -27,7 +27,7 @@ pub fn inspect(path: &Path) -> Result<(CopyContent, CopyContent), Error> {
 /// may keep running: it follows the header it finds (and fails closed if that is not
 /// the volume it serves).
 pub fn repair(path: &Path, keep: HeaderCopy) -> Result<VolumeHeader, Error> {
-    let (file, _) = volume::open_volume_file(path, true)?;
+    let file = volume::open_volume_file(path, true)?;
     volume::lock_header(&file, path)?;
     let (primary, backup) = format::read_copies(&file, path)?;
     let (kept, other) = match keep {

@@ -30,7 +30,7 @@ pub fn rewrap(
     kms: &dyn KeyService,
     key_id: Option<&str>,
 ) -> Result<VolumeHeader, Error> {
-    let (file, _) = volume::open_volume_file(path, true)?;
+    let file = volume::open_volume_file(path, true)?;
     volume::lock_header(&file, path)?;
     let located = format::read_header(&file, path)?;
     let header = located.header;

@@ -90,7 +90,7 @@ impl EncryptedVolume {
     /// Opens the volume without its key: every I/O fails with
     /// [`Error::KeyUnavailable`] until [`Self::unlock`] or [`Self::install_key`].
     pub fn open_locked(path: &Path, read_only: bool) -> Result<Self, Error> {
-        let (file, _) = super::open_volume_file(path, !read_only)?;
+        let file = super::open_volume_file(path, !read_only)?;
         if !read_only {
             super::file::lock_for_writing(&file, path)?;
         }

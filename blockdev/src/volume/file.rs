@@ -36,20 +36,13 @@ static ZEROS: [u8; 128 * 1024] = [0; 128 * 1024];
 /// (nbdkit with LUKS: 15 us); a 1 MiB write is 16 system calls.
 const WRITE_PIECE: u64 = 64 * 1024;
 
-/// What kind of file a volume path names; only these two are volumes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileKind {
-    Regular,
-    BlockDevice,
-}
-
 /// Opens `path` (following symlinks) as a volume file: read-only, or read-write with
 /// `writable`. The open itself never blocks: it is made with `O_NONBLOCK` (a FIFO
 /// with no writer would otherwise wait for ever) and `O_NOCTTY`, then the opened file
 /// (not the path, which could be swapped meanwhile) must be a regular file or a block
 /// device, else [`Error::NotAVolumeFile`] names its type. `O_NONBLOCK` is cleared
 /// again before the file is used.
-pub fn open_volume_file(path: &Path, writable: bool) -> Result<(File, FileKind), Error> {
+pub fn open_volume_file(path: &Path, writable: bool) -> Result<File, Error> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -67,11 +60,7 @@ pub fn open_volume_file(path: &Path, writable: bool) -> Result<(File, FileKind),
             source,
         })?
         .file_type();
-    let kind = if file_type.is_file() {
-        FileKind::Regular
-    } else if file_type.is_block_device() {
-        FileKind::BlockDevice
-    } else {
+    if !file_type.is_file() && !file_type.is_block_device() {
         let kind = if file_type.is_fifo() {
             "FIFO (named pipe)"
         } else if file_type.is_char_device() {
@@ -87,7 +76,7 @@ pub fn open_volume_file(path: &Path, writable: bool) -> Result<(File, FileKind),
             path: path.to_path_buf(),
             kind,
         });
-    };
+    }
     let flags = rustix::fs::fcntl_getfl(&file).map_err(|errno| Error::Io {
         context: format!("fcntl {}", path.display()),
         source: errno.into(),
@@ -98,7 +87,7 @@ pub fn open_volume_file(path: &Path, writable: bool) -> Result<(File, FileKind),
             source: errno.into(),
         }
     })?;
-    Ok((file, kind))
+    Ok(file)
 }
 
 /// The length of a volume file: its size for a regular file, the device's capacity

@@ -27,9 +27,9 @@ pub use raw::RawVolume;
 
 use crate::format::{self, Encryption, LocatedHeader, VolumeHeader, WrappedDataKey};
 use crate::Error;
+pub use file::open_volume_file;
 use file::VolumeFile;
 pub(crate) use file::{file_len, lock_for_writing, lock_header};
-pub use file::{open_volume_file, FileKind};
 
 /// A run of bytes with one allocation status (NBD `base:allocation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,15 +109,6 @@ pub enum ImageFormat {
     Raw,
 }
 
-impl ImageFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            ImageFormat::Atrest => "atrest",
-            ImageFormat::Raw => "raw",
-        }
-    }
-}
-
 /// A volume opened by [`open_detected`], with its concrete type.
 #[derive(Debug, Clone)]
 pub enum OpenedVolume {
@@ -142,26 +133,13 @@ pub fn open(path: &Path, kms: &dyn KeyService, read_only: bool) -> Result<Arc<dy
     Ok(open_detected(path, kms, read_only)?.into_dyn())
 }
 
-/// Opens `path` in the declared `format`: [`open`] or [`open_raw`].
-pub fn open_as(
-    path: &Path,
-    format: ImageFormat,
-    kms: &dyn KeyService,
-    read_only: bool,
-) -> Result<Arc<dyn Volume>, Error> {
-    match format {
-        ImageFormat::Atrest => open(path, kms, read_only),
-        ImageFormat::Raw => Ok(open_raw(path, read_only)?),
-    }
-}
-
 /// [`open`], keeping the concrete type.
 pub fn open_detected(
     path: &Path,
     kms: &dyn KeyService,
     read_only: bool,
 ) -> Result<OpenedVolume, Error> {
-    let (file, _) = open_volume_file(path, !read_only)?;
+    let file = open_volume_file(path, !read_only)?;
     if !read_only {
         file::lock_for_writing(&file, path)?;
     }
@@ -183,7 +161,7 @@ pub fn open_detected(
 /// (or block device) is the volume, and its bytes are never looked at to decide
 /// anything, so an atrest header a client wrote into it stays data.
 pub fn open_raw(path: &Path, read_only: bool) -> Result<Arc<RawVolume>, Error> {
-    let (file, _) = open_volume_file(path, !read_only)?;
+    let file = open_volume_file(path, !read_only)?;
     if !read_only {
         file::lock_for_writing(&file, path)?;
     }
