@@ -41,8 +41,7 @@ use std::time::{Duration, Instant};
 use crypto_core::kms::{KeyService, KeyState, KmsError, LocalKms};
 use tracing::{info, warn};
 
-use crate::format::{self, Encryption};
-use crate::volume::{self, EncryptedVolume, Extent, ImageFormat, Volume};
+use crate::volume::{self, EncryptedVolume, Extent, ImageFormat, OpenedVolume, Volume};
 use crate::Error;
 
 /// How often the keystore generation is polled (when the check interval is longer).
@@ -205,10 +204,7 @@ impl DataKeyLease {
             });
         }
         let generation = watch.as_ref().map(|w| w.generation()).transpose()?;
-        let sync_handle = std::fs::File::open(volume.path()).map_err(|source| Error::Io {
-            context: format!("open {}", volume.path().display()),
-            source,
-        })?;
+        let sync_handle = volume.file_handle()?;
         let lease = Arc::new(Self {
             sync_handle,
             volume,
@@ -588,17 +584,15 @@ pub fn open_served(
     if format == ImageFormat::Raw {
         return Ok(volume::open_raw(path, read_only)?);
     }
-    let file = volume::open_volume_file(path, false)?;
-    let encrypted = matches!(
-        format::read_header(&file, path)?.header.encryption(),
-        Encryption::Aes256XtsPlain64(_)
-    );
-    drop(file);
-    if encrypted {
-        let volume = EncryptedVolume::open_locked(path, read_only)?;
-        Ok(DataKeyLease::start(volume, kms, watch, config)?)
-    } else {
-        volume::open(path, &*kms, read_only)
+    match volume::open_without_key(path, read_only)? {
+        OpenedVolume::Encrypted(volume) => {
+            // Just opened here: no other reference exists.
+            let volume = Arc::try_unwrap(volume).map_err(|_| Error::InvalidArgument {
+                what: format!("{} is already shared", path.display()),
+            })?;
+            Ok(DataKeyLease::start(volume, kms, watch, config)?)
+        }
+        OpenedVolume::Plain(volume) => Ok(volume),
     }
 }
 

@@ -286,6 +286,15 @@ impl EncryptedVolume {
         self.file.path()
     }
 
+    /// A second handle on the same open file (not a new open of the path, which may
+    /// name another file by now).
+    pub fn file_handle(&self) -> Result<std::fs::File, Error> {
+        self.file.file().try_clone().map_err(|source| Error::Io {
+            context: format!("duplicate the handle of {}", self.path().display()),
+            source,
+        })
+    }
+
     /// Runs `io` with the installed cipher, holding the key slot's read side so the key
     /// cannot be revoked mid-request; fails closed when there is no key.
     pub(crate) fn with_cipher<R>(

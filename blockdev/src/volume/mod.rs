@@ -139,6 +139,17 @@ pub fn open_detected(
     kms: &dyn KeyService,
     read_only: bool,
 ) -> Result<OpenedVolume, Error> {
+    let opened = open_without_key(path, read_only)?;
+    if let OpenedVolume::Encrypted(volume) = &opened {
+        volume.unlock(kms)?;
+    }
+    Ok(opened)
+}
+
+/// [`open_detected`] without unwrapping the data key of an encrypted volume (for a
+/// caller that unwraps it under its own rules, the lease). The file is opened once:
+/// what its header says is what is opened.
+pub fn open_without_key(path: &Path, read_only: bool) -> Result<OpenedVolume, Error> {
     let file = open_volume_file(path, !read_only)?;
     if !read_only {
         file::lock_for_writing(&file, path)?;
@@ -149,11 +160,9 @@ pub fn open_detected(
         Encryption::None => {
             OpenedVolume::Plain(Arc::new(RawVolume::with_header(file, located, read_only)))
         }
-        Encryption::Aes256XtsPlain64(_) => {
-            let volume = EncryptedVolume::from_header(file, located, read_only)?;
-            volume.unlock(kms)?;
-            OpenedVolume::Encrypted(Arc::new(volume))
-        }
+        Encryption::Aes256XtsPlain64(_) => OpenedVolume::Encrypted(Arc::new(
+            EncryptedVolume::from_header(file, located, read_only)?,
+        )),
     })
 }
 
