@@ -293,12 +293,39 @@ fn force_never_replaces_a_volume_a_server_is_writing() {
     let other = create(&home, "other.vol", "4M", &key);
     let raw = home.file("disk.img");
     fs::write(&raw, vec![3u8; MIB as usize]).unwrap();
+    // A served volume that happens to carry the name a copy to `busy.vol` builds
+    // under: the stale-leftover cleanup must not unlink it either.
+    let busy_partial = create(&home, "busy.vol.partial", "4M", &key);
     let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
     let before = inode(&served_path);
     let served = nbd_serve(
         &home,
-        &["--export", &format!("v={}", served_path.display())],
+        &[
+            "--export",
+            &format!("v={}", served_path.display()),
+            "--export",
+            &format!("p={}", busy_partial.display()),
+        ],
     );
+    let busy_before = inode(&busy_partial);
+    let busy = home.file("busy.vol");
+    let out = atrest_bounded(
+        &home,
+        &[
+            "volume",
+            "copy",
+            other.to_str().unwrap(),
+            busy.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "the copy unlinked a served file");
+    assert!(
+        stderr_of(&out).contains("already open for writing"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(inode(&busy_partial), busy_before);
+    assert!(!busy.exists());
     let dst = served_path.to_str().unwrap();
     let attempts: [Vec<&str>; 3] = [
         vec!["volume", "copy", other.to_str().unwrap(), dst, "--force"],

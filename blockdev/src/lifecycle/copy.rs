@@ -489,8 +489,23 @@ fn partial_path(dst: &Path) -> Result<PathBuf, Error> {
     Ok(dst.with_file_name(partial))
 }
 
-/// Removes the leftover of an interrupted run (always ours: nothing else uses the name).
+/// Removes the leftover of an interrupted run. Nothing of ours uses the name, but a
+/// file someone serves could carry it: a regular file is removed only under its
+/// writer lock (refused with [`Error::InUse`] while a server writes it); anything else
+/// is left alone and refused.
 fn remove_stale(partial: &Path) -> Result<(), Error> {
+    let _locked = match lock_replaced(partial) {
+        Ok(locked) => locked,
+        Err(Error::InvalidArgument { .. }) => {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "{} exists and is not a regular file; remove it first",
+                    partial.display()
+                ),
+            })
+        }
+        Err(err) => return Err(err),
+    };
     match std::fs::remove_file(partial) {
         Ok(()) => {
             tracing::info!("removed {} left by an interrupted run", partial.display());
