@@ -793,6 +793,49 @@ mod tests {
     }
 
     #[test]
+    fn only_an_older_copy_of_the_same_volume_is_chosen_over_automatically() {
+        let path = Path::new("v.vol");
+        let a = encrypted();
+        let a2 = a.with_encryption(a.encryption().clone()).unwrap();
+        let other = VolumeHeader::new(Uuid::from_u128(7), 1 << 30, a.encryption().clone()).unwrap();
+        let chosen =
+            |p: &VolumeHeader, b: &VolumeHeader| choose_copy(path, Ok(p.clone()), Ok(b.clone()));
+        assert_eq!(chosen(&a, &a).unwrap().warning, None);
+        assert_eq!(chosen(&a, &a2).unwrap().copy, HeaderCopy::Backup);
+        assert_eq!(chosen(&a2, &a).unwrap().copy, HeaderCopy::Primary);
+        // Another volume's header, at any generation, in either copy.
+        let other2 = other.with_encryption(other.encryption().clone()).unwrap();
+        for (p, b) in [(&a, &other), (&other, &a), (&a, &other2), (&other2, &a)] {
+            let err = chosen(p, b).unwrap_err();
+            assert!(matches!(err, Error::HeaderConflict { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(&a.volume_id().to_string()),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains(&other.volume_id().to_string()),
+                "{err}"
+            );
+        }
+        // Same volume and generation, different contents (e.g. another wrapped key).
+        let rekeyed = VolumeHeader {
+            encryption: Encryption::Aes256XtsPlain64(WrappedDataKey {
+                key_arn: "arn:aws:kms:local:000000000000:key/other".into(),
+                blob: vec![9; 180],
+            }),
+            ..a.clone()
+        };
+        assert!(matches!(
+            chosen(&a, &rekeyed).unwrap_err(),
+            Error::HeaderConflict { .. }
+        ));
+        // No valid copy: never a raw image.
+        let err =
+            choose_copy(path, Err(HeaderDefect::NoMagic), Err(HeaderDefect::NoMagic)).unwrap_err();
+        assert!(matches!(err, Error::NoValidHeader { .. }), "{err:?}");
+    }
+
+    #[test]
     fn debug_of_a_wrapped_key_shows_only_its_length() {
         let shown = format!("{:?}", encrypted());
         assert!(shown.contains("blob_len: 180") && !shown.contains("7, 7"));
