@@ -48,7 +48,7 @@ pub struct NbdServeArgs {
     #[arg(long = "raw", value_name = "NAME", conflicts_with = "exports_file")]
     raw: Vec<String>,
     /// Read the exports from a TOML file (`[[export]]` name, path, read_only,
-    /// description, allowed_clients), reloaded on SIGHUP: an export whose path changed
+    /// description, allowed_clients, format = "atrest" | "raw"), reloaded on SIGHUP: an export whose path changed
     /// is swapped to the new volume (its clients are disconnected cleanly).
     #[arg(long = "exports", value_name = "FILE", conflicts_with = "exports")]
     exports_file: Option<PathBuf>,
