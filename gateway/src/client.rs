@@ -481,6 +481,8 @@ struct PlaintextAnswer {
     #[serde(default)]
     ciphertext_blob: Option<String>,
     plaintext: String,
+    #[serde(default)]
+    key_material_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -489,6 +491,10 @@ struct ReEncryptAnswer {
     ciphertext_blob: String,
     source_key_id: String,
     key_id: String,
+    #[serde(default)]
+    source_key_material_id: Option<String>,
+    #[serde(default)]
+    destination_key_material_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +572,8 @@ struct WireRotation {
     #[serde(deserialize_with = "lenient_date")]
     rotation_date: Option<OffsetDateTime>,
     rotation_type: RotationType,
+    #[serde(default)]
+    key_material_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -690,6 +698,7 @@ impl KeyService for RemoteKms {
         Ok(DecryptedData {
             key_id: answer.key_id,
             plaintext: secret(answer.plaintext)?,
+            key_material_id: answer.key_material_id,
         })
     }
 
@@ -709,6 +718,8 @@ impl KeyService for RemoteKms {
             source_key_id: answer.source_key_id,
             key_id: answer.key_id,
             ciphertext_blob: blob("CiphertextBlob", &answer.ciphertext_blob)?,
+            source_key_material_id: answer.source_key_material_id,
+            destination_key_material_id: answer.destination_key_material_id,
         })
     }
 
@@ -902,6 +913,7 @@ impl KeyService for RemoteKms {
                         KmsError::Internal("the key service sent a rotation without a date".into())
                     })?,
                     rotation_type: rotation.rotation_type,
+                    key_material_id: rotation.key_material_id,
                 });
             }
             match next_marker(answer.truncated, answer.next_marker) {
