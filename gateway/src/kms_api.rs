@@ -17,6 +17,8 @@ use crate::error::GatewayError;
 use crate::wire::{self, decode_blob, encode_secret};
 
 const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+/// AWS's `OriginType` enum; atrest makes only `AWS_KMS` keys.
+const ORIGINS: [&str; 4] = ["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"];
 
 /// Every operation the endpoint serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +255,15 @@ fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<V
             kms::validate_tags(&tags)?;
             if req.multi_region == Some(true) {
                 return Err(unsupported("multi-Region keys are not supported").into());
+            }
+            if let Some(origin) = req.origin.as_deref().filter(|o| !ORIGINS.contains(o)) {
+                return Err(GatewayError::Kms(KmsError::Validation(format!(
+                    "1 validation error detected: Value '{}' at 'origin' failed to satisfy \
+                     constraint: Member must satisfy enum value set: [{}]",
+                    origin.chars().take(64).collect::<String>(),
+                    ORIGINS.join(", ")
+                )))
+                .into());
             }
             if let Some(origin) = req.origin.as_deref().filter(|o| *o != "AWS_KMS") {
                 return Err(unsupported(&format!(

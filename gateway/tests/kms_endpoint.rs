@@ -255,7 +255,7 @@ fn every_operation_works_through_remote_kms() {
     );
     assert!(matches!(
         kms.tag_resource(&meta.key_id, &[tag("aws:x", "y")]),
-        Err(KmsError::Validation(_))
+        Err(KmsError::Tag(_))
     ));
 
     let policy = kms.get_key_policy(&meta.key_id, "default").unwrap();

@@ -50,10 +50,10 @@ const MAX_CIPHERTEXT_LEN: usize = 6144;
 /// Bound on the encoded encryption context.
 const MAX_CONTEXT_LEN: usize = 8192;
 const MAX_DESCRIPTION_LEN: usize = 8192;
-/// AWS's `KeySpec` and `KeyUsageType` enums (botocore's KMS model): a value outside
+/// AWS's `KeySpec` and `KeyUsageType` enums (botocore 1.44's KMS model): a value outside
 /// them is a ValidationException; one inside that atrest does not make (asymmetric,
 /// HMAC) an UnsupportedOperationException.
-const KEY_SPECS: [&str; 17] = [
+const KEY_SPECS: [&str; 20] = [
     "RSA_2048",
     "RSA_3072",
     "RSA_4096",
@@ -71,12 +71,16 @@ const KEY_SPECS: [&str; 17] = [
     "ML_DSA_65",
     "ML_DSA_87",
     "ECC_NIST_EDWARDS25519",
+    "ML_KEM_512",
+    "ML_KEM_768",
+    "ML_KEM_1024",
 ];
-const KEY_USAGES: [&str; 4] = [
+const KEY_USAGES: [&str; 5] = [
     "SIGN_VERIFY",
     "ENCRYPT_DECRYPT",
     "GENERATE_VERIFY_MAC",
     "KEY_AGREEMENT",
+    "ENCAPSULATE_DECAPSULATE",
 ];
 /// GenerateRandom's bounds on `NumberOfBytes`.
 const MAX_RANDOM_BYTES: u32 = 1024;
