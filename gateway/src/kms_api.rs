@@ -784,6 +784,22 @@ mod tests {
     }
 
     #[test]
+    fn refused_requests_are_recorded_without_secrets() {
+        let body = br#"{"KeyId": "alias/a", "Plaintext": "c2VjcmV0", "CiphertextBlob": "AQID",
+                        "NumberOfBytes": 1025, "EncryptionContext": {"app": "x"}}"#;
+        let recorded = refused_parameters(body);
+        assert_eq!(
+            recorded,
+            json!({"keyId": "alias/a", "numberOfBytes": 1025, "encryptionContext": {"app": "x"}})
+        );
+        let long = format!(r#"{{"Description": "{}"}}"#, "d".repeat(5000));
+        let recorded = refused_parameters(long.as_bytes());
+        assert_eq!(recorded["description"].as_str().unwrap().len(), 1024);
+        assert_eq!(refused_parameters(b"{"), Value::Null);
+        assert_eq!(refused_parameters(b"[1]"), Value::Null);
+    }
+
+    #[test]
     fn plaintext_answers_are_valid_json() {
         let body =
             reply_with_plaintext(&[("KeyId", "arn:\"odd\"".to_owned())], &[1, 2, 3]).unwrap();
