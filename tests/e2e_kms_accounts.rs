@@ -215,6 +215,23 @@ fn local_cli_acts_in_the_account_of_atrest_principal() {
         listed["Keys"],
         json!([{"KeyId": eves.rsplit('/').next().unwrap(), "KeyArn": eves}])
     );
+    let policies = cli(
+        &home,
+        Some(EVE),
+        None,
+        &["kms", "list-key-policies", "--key-id", &eves],
+    );
+    assert_eq!(
+        policies,
+        json!({"PolicyNames": ["default"], "Truncated": false})
+    );
+    let random = cli(
+        &home,
+        None,
+        None,
+        &["kms", "generate-random", "--number-of-bytes", "48"],
+    );
+    assert_eq!(random["Plaintext"].as_str().unwrap().len(), 64);
     let listed = cli(&home, None, None, &["kms", "list-aliases"]);
     let aliases = listed["Aliases"].as_array().unwrap();
     assert_eq!(aliases.len(), 1, "{aliases:?}");

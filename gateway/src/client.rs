@@ -576,6 +576,24 @@ struct WireRotation {
     key_material_id: Option<String>,
 }
 
+/// GenerateRandom's answer; the base64 text is wiped once decoded.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RandomAnswer {
+    plaintext: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListPoliciesAnswer {
+    #[serde(default)]
+    policy_names: Vec<String>,
+    #[serde(default)]
+    next_marker: Option<String>,
+    #[serde(default)]
+    truncated: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct ListRotationsAnswer {
@@ -988,6 +1006,36 @@ impl KeyService for RemoteKms {
             match next_marker(answer.truncated, answer.next_marker) {
                 Some(next) => marker = Some(next),
                 None => return Ok(tags),
+            }
+        }
+    }
+
+    fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
+        let op = KmsOperation::GenerateRandom;
+        let request = wire::GenerateRandomRequest {
+            number_of_bytes,
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
+        let answer: RandomAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        secret(answer.plaintext)
+    }
+
+    fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
+        let mut names = Vec::new();
+        let mut marker = None;
+        loop {
+            let request = wire::ListRequest {
+                key_id: Some(key_id.to_owned()),
+                limit: Some(1000),
+                marker: marker.take(),
+            };
+            let answer: ListPoliciesAnswer = self.call(KmsOperation::ListKeyPolicies, &request)?;
+            names.extend(answer.policy_names);
+            match next_marker(answer.truncated, answer.next_marker) {
+                Some(next) => marker = Some(next),
+                None => return Ok(names),
             }
         }
     }

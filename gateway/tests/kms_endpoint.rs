@@ -258,6 +258,17 @@ fn every_operation_works_through_remote_kms() {
         Err(KmsError::Tag(_))
     ));
 
+    assert_eq!(kms.list_key_policies(&meta.key_id).unwrap(), ["default"]);
+    assert_eq!(kms.generate_random(Some(24)).unwrap().len(), 24);
+    assert!(matches!(
+        kms.generate_random(Some(1025)),
+        Err(KmsError::Validation(_))
+    ));
+    assert!(matches!(
+        kms.generate_random(None),
+        Err(KmsError::Validation(_))
+    ));
+
     let policy = kms.get_key_policy(&meta.key_id, "default").unwrap();
     kms.put_key_policy(&meta.key_id, "default", &policy, false)
         .unwrap();

@@ -609,34 +609,6 @@ impl LocalKms {
         alias_arn(&self.shared.region, &self.account, name)
     }
 
-    /// GenerateRandom: `number_of_bytes` (1..=1024, required) random bytes. Audited
-    /// like every call; the bytes are not in the record.
-    pub fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
-        let request = json!({ "numberOfBytes": number_of_bytes });
-        self.run(Op::GenerateRandom, request, |_| match number_of_bytes {
-            Some(n @ 1..=MAX_RANDOM_BYTES) => Ok(SecretBytes::random(n as usize)),
-            Some(n) => Err(KmsError::Validation(format!(
-                "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy \
-                 constraint: Member must have value between 1 and {MAX_RANDOM_BYTES}"
-            ))),
-            None => Err(KmsError::Validation(
-                "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy \
-                 constraint: Member must not be null"
-                    .into(),
-            )),
-        })
-    }
-
-    /// ListKeyPolicies: the names of a key's policies, always `["default"]`.
-    pub fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
-        self.inspect(
-            Op::ListKeyPolicies,
-            key_id,
-            json!({ "keyId": key_id }),
-            |_, _, _| Ok(vec!["default".to_owned()]),
-        )
-    }
-
     /// GetParametersForImport, ImportKeyMaterial and DeleteImportedKeyMaterial
     /// (`operation` names which): every atrest key has origin `AWS_KMS`, so each is
     /// refused with UnsupportedOperationException once the key is found and the
@@ -1852,6 +1824,34 @@ impl KeyService for LocalKms {
                 })
                 .collect())
         })
+    }
+
+    /// GenerateRandom: `number_of_bytes` (1..=1024, required) random bytes. Audited
+    /// like every call; the bytes are not in the record.
+    fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
+        let request = json!({ "numberOfBytes": number_of_bytes });
+        self.run(Op::GenerateRandom, request, |_| match number_of_bytes {
+            Some(n @ 1..=MAX_RANDOM_BYTES) => Ok(SecretBytes::random(n as usize)),
+            Some(n) => Err(KmsError::Validation(format!(
+                "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy \
+                 constraint: Member must have value between 1 and {MAX_RANDOM_BYTES}"
+            ))),
+            None => Err(KmsError::Validation(
+                "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy \
+                 constraint: Member must not be null"
+                    .into(),
+            )),
+        })
+    }
+
+    /// ListKeyPolicies: the names of a key's policies, always `["default"]`.
+    fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
+        self.inspect(
+            Op::ListKeyPolicies,
+            key_id,
+            json!({ "keyId": key_id }),
+            |_, _, _| Ok(vec!["default".to_owned()]),
+        )
     }
 }
 

@@ -551,6 +551,11 @@ pub trait KeyService: Send + Sync {
     fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError>;
     /// The key's tags, sorted by tag key.
     fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError>;
+
+    /// GenerateRandom: `number_of_bytes` (1..=1024, required) random bytes.
+    fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError>;
+    /// ListKeyPolicies: the names of a key's policies (always `["default"]`).
+    fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError>;
 }
 
 #[cfg(test)]
