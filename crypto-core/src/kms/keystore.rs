@@ -742,6 +742,42 @@ mod tests {
     }
 
     #[test]
+    fn version_1_bodies_are_adopted_by_the_legacy_account_and_written_as_version_2() {
+        let id = Uuid::from_u128(7);
+        let body = format!(
+            r#"{{"keys": {{"{id}": {{"description": "", "creation_date": 1, "state": "Enabled",
+                "policy": "{{}}", "materials": []}}}},
+                "aliases": {{"alias/payments": {{"target_key_id": "{id}", "creation_date": 1,
+                "last_updated_date": 1}}}},
+                "deleted_keys": {{"{}": 2}}}}"#,
+            Uuid::from_u128(8)
+        );
+        let digest = hex::encode(Sha256::digest(body.as_bytes()));
+        let file = format!("atrest-keystore 1 gen:3 sha256:{digest}\n{body}");
+        let (generation, mut store) = decode_file(file.as_bytes()).unwrap();
+        assert_eq!(generation, 3);
+        store.adopt_legacy("000000000000");
+        store.adopt_legacy("222222222222");
+        assert_eq!(store.keys[&id].account, "000000000000");
+        assert_eq!(
+            store.aliases_of("000000000000").unwrap()["alias/payments"].target_key_id,
+            id
+        );
+        assert!(store.aliases_of("222222222222").is_none());
+        assert_eq!(
+            store.deleted_key_accounts[&Uuid::from_u128(8)],
+            "000000000000"
+        );
+        let written = encode_file(4, &store).unwrap();
+        let text = String::from_utf8(written.clone()).unwrap();
+        assert!(text.starts_with("atrest-keystore 2 gen:4 "), "{text}");
+        assert!(!text.contains("\"aliases\""), "{text}");
+        let (_, back) = decode_file(&written).unwrap();
+        assert_eq!(back.keys[&id].account, "000000000000");
+        assert_eq!(back.aliases_of("000000000000").unwrap().len(), 1);
+    }
+
+    #[test]
     fn files_and_dirs_are_private_and_updates_are_atomic() {
         let home = tempfile::tempdir().unwrap();
         let dir = home.path().join("kms");
