@@ -90,7 +90,11 @@ fn trail(home: &Home) -> Vec<Value> {
 fn with_user_agent<'a>(records: &'a [Value], marker: &str) -> Vec<&'a Value> {
     records
         .iter()
-        .filter(|r| r["userAgent"].as_str().is_some_and(|ua| ua.contains(marker)))
+        .filter(|r| {
+            r["userAgent"]
+                .as_str()
+                .is_some_and(|ua| ua.contains(marker))
+        })
         .collect()
 }
 
@@ -129,12 +133,18 @@ fn every_refused_request_is_in_the_trail_with_who_and_from_where() {
         );
         let record = refused[0];
         assert_eq!(record["sourceIPAddress"], "127.0.0.1", "{record}");
-        assert!(record["errorMessage"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(record["errorMessage"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
         assert_eq!(record["responseElements"], Value::Null, "{record}");
         let identity = &record["userIdentity"];
         match marker.as_str() {
             "atrest-test/no-signature" | "atrest-test/unknown-operation" => {
-                assert_eq!(identity, &serde_json::json!({"type": "Unknown"}), "{record}");
+                assert_eq!(
+                    identity,
+                    &serde_json::json!({"type": "Unknown"}),
+                    "{record}"
+                );
             }
             "atrest-test/s3-anonymous" => {
                 assert_eq!(identity["type"], "AWSAccount", "{record}");
@@ -187,7 +197,12 @@ fn a_burst_of_bad_signatures_is_recorded_in_full_and_logged_a_few_times() {
     let outcome = driver(
         server.addr,
         &key,
-        &["burst", &threads.to_string(), &each.to_string(), &good.to_string()],
+        &[
+            "burst",
+            &threads.to_string(),
+            &each.to_string(),
+            &good.to_string(),
+        ],
         || server.log(),
     );
     eprintln!("burst of bad signatures: {outcome}");
@@ -206,7 +221,10 @@ fn a_burst_of_bad_signatures_is_recorded_in_full_and_logged_a_few_times() {
     assert_eq!(served, 2 * good);
     // 320 refusals, logged at WARN at most once per interval (10 s) each kind.
     let log = server.log();
-    let warned = log.lines().filter(|l| l.contains("refused ListKeys")).count();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("refused ListKeys"))
+        .count();
     assert!(
         (1..=4).contains(&warned),
         "{warned} refusal lines in the log:\n{log}"
@@ -239,8 +257,10 @@ fn stall(addr: SocketAddr, head: &str, partial: &[u8]) -> String {
 #[test]
 fn a_stalled_body_ends_the_connection_with_request_timeout() {
     let home = Home::new();
-    let _key = root_key(&home);
+    let key = root_key(&home);
     let server = serve_gateway(&home, &["--body-timeout", "1s"]);
+    let presigned = driver(server.addr, &key, &["presign-put"], || server.log());
+    let target = presigned["path_and_query"].as_str().expect("a URL");
     let kms = stall(
         server.addr,
         "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: TrentService.GenerateDataKey\r\n\
@@ -250,17 +270,37 @@ fn a_stalled_body_ends_the_connection_with_request_timeout() {
     );
     assert!(kms.starts_with("HTTP/1.1 400"), "{kms}");
     assert!(kms.contains("RequestTimeout"), "{kms}");
-    assert!(kms.to_ascii_lowercase().contains("connection: close"), "{kms}");
+    assert!(
+        kms.to_ascii_lowercase().contains("connection: close"),
+        "{kms}"
+    );
     let s3 = stall(
         server.addr,
-        "PUT /bucket/key HTTP/1.1\r\nHost: localhost\r\nUser-Agent: atrest-test/stall\r\n\
-         Content-Length: 1000000\r\n\r\n",
+        &format!(
+            "PUT {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: atrest-test/stall\r\n\
+             Content-Length: 1000000\r\n\r\n",
+            server.addr
+        ),
         b"some of it",
     );
     assert!(s3.starts_with("HTTP/1.1 400"), "{s3}");
     assert!(s3.contains("<Code>RequestTimeout</Code>"), "{s3}");
+    // An anonymous PUT is refused without waiting for its body, and its connection
+    // closed: the unread body is never waited for.
+    let anonymous = stall(
+        server.addr,
+        "PUT /stall/planted HTTP/1.1\r\nHost: localhost\r\nUser-Agent: atrest-test/anonymous\r\n\
+         Content-Length: 1000000\r\n\r\n",
+        b"some of it",
+    );
+    assert!(anonymous.starts_with("HTTP/1.1 403"), "{anonymous}");
     let records = trail(&home);
-    let stalled = with_user_agent(&records, "atrest-test/stall");
+    // The presigned PUT's GenerateDataKey (made before its body was read) succeeded;
+    // the two stalled requests are the refusals.
+    let stalled: Vec<_> = with_user_agent(&records, "atrest-test/stall")
+        .into_iter()
+        .filter(|r| r.get("errorCode").is_some())
+        .collect();
     assert_eq!(stalled.len(), 2, "{stalled:#?}");
     assert_eq!(stalled[0]["errorCode"], "RequestTimeoutException");
     assert_eq!(stalled[0]["eventName"], "GenerateDataKey");

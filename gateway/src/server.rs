@@ -1192,7 +1192,8 @@ async fn read_body(
 }
 
 /// Forwards the request body's bytes into a bounded channel until it ends, fails,
-/// stalls for `stall` (returns `true`), or the reader goes away. Waiting for the
+/// stalls for `stall` (returns `true`), or the reader goes away (at once, even while
+/// waiting for the client). Waiting for the
 /// reader to take a piece is not a stall: only the client's silence is.
 async fn forward_body(
     mut body: Incoming,
@@ -1200,7 +1201,13 @@ async fn forward_body(
     stall: Duration,
 ) -> bool {
     loop {
-        match tokio::time::timeout(stall, body.frame()).await {
+        let frame = tokio::select! {
+            // The handler answered without the rest of the body (a refusal): stop
+            // reading, so the answer goes out now, not at the body timeout.
+            () = tx.closed() => return false,
+            frame = tokio::time::timeout(stall, body.frame()) => frame,
+        };
+        match frame {
             Err(_) => {
                 let _ = tx
                     .send(Err(std::io::Error::new(

@@ -40,7 +40,8 @@ PORT = int(PORT)
 def client(service, marker, key_id=KEY_ID, secret=SECRET, unsigned=False, region=REGION):
     config = Config(retries={"max_attempts": 1}, user_agent_extra=marker,
                     s3={"addressing_style": "path"},
-                    signature_version=UNSIGNED if unsigned else None)
+                    signature_version=UNSIGNED if unsigned
+                    else ("s3v4" if service == "s3" else None))
     return boto3.client(service, endpoint_url=ENDPOINT, region_name=region,
                         aws_access_key_id=key_id, aws_secret_access_key=secret,
                         config=config)
@@ -134,7 +135,8 @@ def refusals():
     marker = "atrest-test/allowed-s3"
     s3 = client("s3", marker)
     s3.create_bucket(Bucket="refusals")
-    s3.put_object(Bucket="refusals", Key="doc.txt", Body=b"hello")
+    s3.put_object(Bucket="refusals", Key="doc.txt", Body=b"hello",
+                  ServerSideEncryption="aws:kms", SSEKMSKeyId=key)
     done[marker] = "OK"
 
     marker = "atrest-test/s3-wrong-secret"
@@ -220,8 +222,8 @@ def burst(bad_threads, bad_each, good_calls):
 
 
 def attack(connections, good_calls, body_timeout):
-    """Holds `connections` connections from 127.0.0.2 that send a PUT's headers and
-    part of its body, then stall; meanwhile a signed client on 127.0.0.1 makes
+    """Holds `connections` connections from 127.0.0.2 that send a KMS request's
+    headers and part of its body, then stall; meanwhile a signed client on 127.0.0.1 makes
     `good_calls` KMS and S3 calls. Prints how the attack connections were answered
     and that every signed call succeeded."""
     attackers = []
@@ -230,8 +232,9 @@ def attack(connections, good_calls, body_timeout):
         s.bind(("127.0.0.2", 0))
         try:
             s.connect((HOST, PORT))
-            s.sendall(b"PUT /victim/obj%d HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000000\r\n"
-                      b"\r\npartial body" % (i, HOST.encode()))
+            s.sendall(b"POST / HTTP/1.1\r\nHost: %s\r\nX-Amz-Target: TrentService.Decrypt\r\n"
+                      b"Content-Type: application/x-amz-json-1.1\r\nUser-Agent: attacker/%d\r\n"
+                      b"Content-Length: 100000\r\n\r\n{\"CiphertextBlob\":" % (HOST.encode(), i))
         except OSError:
             pass
         attackers.append(s)
@@ -243,7 +246,8 @@ def attack(connections, good_calls, body_timeout):
     s3.create_bucket(Bucket="during-attack")
     for i in range(good_calls):
         kms.generate_data_key(KeyId=key, KeySpec="AES_256")
-        s3.put_object(Bucket="during-attack", Key=f"o{i}", Body=b"v" * 1000)
+        s3.put_object(Bucket="during-attack", Key=f"o{i}", Body=b"v" * 1000,
+                      ServerSideEncryption="aws:kms", SSEKMSKeyId=key)
         assert s3.get_object(Bucket="during-attack", Key=f"o{i}")["Body"].read() == b"v" * 1000
 
     outcome = {"slow_down": 0, "request_timeout": 0, "closed_without_answer": 0,
@@ -277,12 +281,29 @@ def attack(connections, good_calls, body_timeout):
     print(json.dumps(outcome))
 
 
+def presign_put():
+    """A bucket whose default encryption is a new key, and a presigned PUT URL into
+    it (the server reads such a body before answering)."""
+    kms = client("kms", "atrest-test/presign")
+    s3 = client("s3", "atrest-test/presign")
+    key = kms.create_key(Description="stall")["KeyMetadata"]["KeyId"]
+    s3.create_bucket(Bucket="stall")
+    s3.put_bucket_encryption(Bucket="stall", ServerSideEncryptionConfiguration={"Rules": [
+        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms",
+                                                "KMSMasterKeyID": key}}]})
+    url = s3.generate_presigned_url("put_object", Params={"Bucket": "stall", "Key": "big"},
+                                    ExpiresIn=600)
+    print(json.dumps({"path_and_query": url.removeprefix(ENDPOINT)}))
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "refusals":
         refusals()
     elif mode == "burst":
         burst(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif mode == "presign-put":
+        presign_put()
     elif mode == "attack":
         attack(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
     else:
