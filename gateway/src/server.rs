@@ -194,8 +194,25 @@ struct Permit {
     source: IpAddr,
 }
 
+/// The "source" a per-source limit counts: an IPv4 address (also when it reaches
+/// an IPv6 socket as `::ffff:a.b.c.d`), or an IPv6 /64, the block one host or
+/// subscriber is usually given (counting single IPv6 addresses would let one host
+/// open connections from 2^64 of them).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 impl Admission {
-    fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Permit, Full> {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Full> {
+        let source = source_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.total >= self.limits.max_connections {
             return Err(Full::Total);
@@ -1522,6 +1539,15 @@ mod tests {
             assert!(head.contains("connection: close"));
             assert!(body.contains(marker), "{body}");
         }
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_by_their_64_block() {
+        let key = |text: &str| source_key(text.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
     }
 
     #[test]
