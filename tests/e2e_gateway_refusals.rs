@@ -106,7 +106,7 @@ fn every_refused_request_is_in_the_trail_with_who_and_from_where() {
     let done = driver(server.addr, &key, &["refusals"], || server.log());
     let records = trail(&home);
 
-    for (marker, expected) in done.as_object().expect("an object") {
+    for (marker, expected) in done["refusals"].as_object().expect("an object") {
         let expected = expected.as_str().expect("a code");
         let found = with_user_agent(&records, marker);
         if expected == "OK" {
@@ -172,6 +172,12 @@ fn every_refused_request_is_in_the_trail_with_who_and_from_where() {
             "kms.amazonaws.com"
         };
         assert_eq!(record["eventSource"], source, "{record}");
+    }
+    // The record's requestID is the one the client was answered with.
+    for (marker, id) in done["request_ids"].as_object().expect("an object") {
+        let found = with_user_agent(&records, marker);
+        assert_eq!(found.len(), 1, "{marker}");
+        assert_eq!(&found[0]["requestID"], id, "{marker}");
     }
     let unknown_op = with_user_agent(&records, "atrest-test/unknown-operation");
     assert_eq!(unknown_op[0]["eventName"], "StealKeys");

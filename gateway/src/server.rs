@@ -1099,7 +1099,7 @@ async fn respond(
 ) -> Response<Body> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = request.into_parts();
-    let source = request_source(&parts, peer);
+    let source = request_source(&parts, peer).with_request_id(&request_id);
     match Route::of(&parts, gateway.services()) {
         Ok(Route::S3) => return respond_s3(gateway, parts, body, request_id, source).await,
         Ok(Route::Kms(_)) => {}

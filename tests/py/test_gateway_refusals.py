@@ -63,15 +63,22 @@ def shifted(minutes):
     return mock.patch.object(botocore.auth, "get_current_datetime", return_value=at)
 
 
+REQUEST_IDS = {}
+
+
 def raw(method, path, headers, body=b""):
-    """One HTTP request with exactly these headers; (status, body)."""
+    """One HTTP request with exactly these headers; (status, body). Keeps the
+    request id it was answered with, by User-Agent."""
     request = urllib.request.Request(ENDPOINT + path, data=body or None, method=method,
                                      headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, answer.read()
+            status, answer_headers, body = answer.status, answer.headers, answer.read()
     except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        status, answer_headers, body = err.code, err.headers, err.read()
+    REQUEST_IDS[headers["User-Agent"]] = answer_headers.get("x-amzn-requestid") \
+        or answer_headers.get("x-amz-request-id")
+    return status, body
 
 
 def refusals():
@@ -167,7 +174,7 @@ def refusals():
     assert status == 403 and b"AccessDenied" in body, (status, body)
     done[marker] = "AccessDenied"
 
-    print(json.dumps(done))
+    print(json.dumps({"refusals": done, "request_ids": REQUEST_IDS}))
 
 
 def burst(bad_threads, bad_each, good_calls):

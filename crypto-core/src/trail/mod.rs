@@ -85,6 +85,10 @@ pub struct RequestSource {
     /// The access key id the request was signed with (for a refused request: the
     /// one it claimed, unproven).
     pub access_key_id: Option<String>,
+    /// The request id the client was answered with (`x-amzn-RequestId`,
+    /// `x-amz-request-id`), recorded as `requestID` so a client's error report can be
+    /// matched to its record; a fresh UUID per record when `None`.
+    pub request_id: Option<String>,
 }
 
 impl RequestSource {
@@ -99,6 +103,7 @@ impl RequestSource {
                 std::process::id()
             ),
             access_key_id: None,
+            request_id: None,
         }
     }
 
@@ -109,6 +114,7 @@ impl RequestSource {
             ip_address: "AWS Internal".into(),
             user_agent: "AWS Internal".into(),
             access_key_id: None,
+            request_id: None,
         }
     }
 
@@ -129,6 +135,15 @@ impl RequestSource {
             access_key_id: access_key_id
                 .filter(|id| !id.is_empty())
                 .map(|id| bounded_text(id, MAX_ACCESS_KEY_ID_CHARS)),
+            request_id: None,
+        }
+    }
+
+    /// The same source, its records carrying `request_id` as `requestID`.
+    pub fn with_request_id(self, request_id: &str) -> RequestSource {
+        RequestSource {
+            request_id: Some(bounded_text(request_id, 64)),
+            ..self
         }
     }
 }

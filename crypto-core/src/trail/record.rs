@@ -237,7 +237,11 @@ pub(crate) fn encode(
         error_message: event.error_message,
         request_parameters: without_secret_fields(event.request_parameters),
         response_elements: event.response_elements.map(without_secret_fields),
-        request_id: uuid::Uuid::new_v4().to_string(),
+        request_id: event
+            .source
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         event_id: uuid::Uuid::new_v4().to_string(),
         read_only: event.read_only,
         resources,
@@ -531,6 +535,16 @@ mod tests {
             value["userIdentity"]["arn"],
             "arn:aws:iam::111122223333:user/Alice"
         );
+        let answered = source.with_request_id("5e1f0c1e-0000-4000-8000-000000000001");
+        let (line, _) = encode(
+            &Event::of_call(&call(), &answered),
+            &origin(),
+            1,
+            &GENESIS_HASH,
+        )
+        .expect("encodes");
+        let (_, value) = verify(&line).expect("verifies");
+        assert_eq!(value["requestID"], "5e1f0c1e-0000-4000-8000-000000000001");
         let (line, _) = encode(
             &Event::of_call(&call(), &local()),
             &origin(),
