@@ -666,6 +666,33 @@ mod tests {
         }
 
         #[test]
+        fn any_client_text_makes_one_bounded_verifiable_line(
+            agent in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            claimed in "\\PC{0,300}",
+            control in "[\\x00-\\x1f\\x7f]{0,20}",
+        ) {
+            let claimed = format!("{control}{claimed}");
+            let mut refused = refusal(RefusedCaller::Unknown);
+            refused.source = RequestSource::remote(
+                "2001:db8::1".parse().expect("an address"),
+                Some(&agent),
+                Some(&claimed),
+            );
+            let (line, _) = encode(&Event::of_refusal(&refused), &origin(), 1, &GENESIS_HASH)
+                .expect("encodes");
+            let (_, value) = verify(&line).expect("verifies");
+            proptest::prop_assert!(!line.contains(&b'\n'));
+            let agent = value["userAgent"].as_str().expect("a string");
+            proptest::prop_assert!(agent.chars().count() <= crate::trail::MAX_USER_AGENT_CHARS);
+            proptest::prop_assert!(!agent.chars().any(char::is_control));
+            if let Some(id) = value["userIdentity"]["accessKeyId"].as_str() {
+                proptest::prop_assert!(id.chars().count() <= crate::trail::MAX_ACCESS_KEY_ID_CHARS);
+                proptest::prop_assert!(!id.chars().any(char::is_control));
+            }
+            proptest::prop_assert_eq!(value["sourceIPAddress"].as_str(), Some("2001:db8::1"));
+        }
+
+        #[test]
         fn any_call_round_trips_through_a_record(
             name in "[A-Za-z]{1,30}",
             principal in "\\PC{0,60}",
