@@ -45,6 +45,8 @@ use crate::wire;
 /// Largest request body read. KMS's largest input is a 32 KiB key policy; base64
 /// and JSON framing stay well under this.
 const MAX_BODY: usize = 256 * 1024;
+/// The first buffer of a KMS body; it grows as bytes arrive.
+const INITIAL_BODY_BUFFER: usize = 16 * 1024;
 /// How long a client may take to send a request head, and a TLS handshake.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1171,8 +1173,17 @@ async fn read_body(
     stall: Duration,
 ) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
     let expected = hyper::body::Body::size_hint(&body).lower();
+    if expected > limit as u64 {
+        return Err(GatewayError::BadRequest(format!(
+            "the request body ({expected} bytes) exceeds {limit} bytes"
+        )));
+    }
+    // What a client announces is not reserved in full before it arrives: a stalled
+    // connection holds at most what it sent.
     let mut bytes = Zeroizing::new(Vec::with_capacity(
-        usize::try_from(expected).unwrap_or(limit).min(limit),
+        usize::try_from(expected)
+            .unwrap_or(limit)
+            .min(INITIAL_BODY_BUFFER),
     ));
     loop {
         match tokio::time::timeout(stall, body.frame()).await {
@@ -1210,8 +1221,8 @@ async fn read_body(
 
 /// Forwards the request body's bytes into a bounded channel until it ends, fails,
 /// stalls for `stall` (returns `true`), or the reader goes away (at once, even while
-/// waiting for the client). Waiting for the
-/// reader to take a piece is not a stall: only the client's silence is.
+/// waiting for the client). Waiting for the reader to take a piece is not a stall:
+/// only the client's silence is.
 async fn forward_body(
     mut body: Incoming,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
