@@ -315,6 +315,22 @@ fn a_stalled_body_ends_the_connection_with_request_timeout() {
     server.stop();
 }
 
+#[test]
+fn a_client_that_stops_reading_an_answer_loses_its_connection() {
+    let home = Home::new();
+    let key = root_key(&home);
+    let server = serve_gateway(&home, &["--body-timeout", "1s"]);
+    // Reads nothing for 4 s of a 24 MiB answer, then everything that is left.
+    let outcome = driver(server.addr, &key, &["slow-read", "4"], || server.log());
+    let (size, received) = (
+        outcome["size"].as_u64().expect("size"),
+        outcome["received"].as_u64().expect("received"),
+    );
+    assert_ne!(outcome["ended"], "still open", "{outcome}");
+    assert!(received < size, "the whole answer arrived: {outcome}");
+    server.stop();
+}
+
 /// `atrest gateway serve` under `prlimit --nofile=LIMIT`, and its stderr as it comes.
 struct Limited {
     child: Child,

@@ -316,12 +316,50 @@ def presign_put():
     print(json.dumps({"path_and_query": url.removeprefix(ENDPOINT)}))
 
 
+def slow_read(stall_seconds):
+    """Uploads a 24 MiB object, then asks for it on a raw connection and reads
+    nothing for `stall_seconds`; prints how much arrived before the connection
+    ended."""
+    kms = client("kms", "atrest-test/slow-read")
+    s3 = client("s3", "atrest-test/slow-read")
+    key = kms.create_key(Description="slow read")["KeyMetadata"]["KeyId"]
+    s3.create_bucket(Bucket="slowread")
+    size = 24 * 1024 * 1024
+    s3.put_object(Bucket="slowread", Key="big", Body=b"r" * size,
+                  ServerSideEncryption="aws:kms", SSEKMSKeyId=key)
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "slowread", "Key": "big"},
+                                    ExpiresIn=600)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((HOST, PORT))
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: atrest-test/slow-read\r\n\r\n"
+              % (url.removeprefix(ENDPOINT).encode(), HOST.encode(), PORT))
+    time.sleep(stall_seconds)
+    s.settimeout(60)
+    received = 0
+    ended = "eof"
+    try:
+        while True:
+            piece = s.recv(1 << 20)
+            if not piece:
+                break
+            received += len(piece)
+    except ConnectionResetError:
+        ended = "reset"
+    except socket.timeout:
+        ended = "still open"
+    s.close()
+    print(json.dumps({"size": size, "received": received, "ended": ended}))
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "refusals":
         refusals()
     elif mode == "burst":
         burst(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif mode == "slow-read":
+        slow_read(float(sys.argv[2]))
     elif mode == "presign-put":
         presign_put()
     elif mode == "attack":
