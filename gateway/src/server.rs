@@ -81,7 +81,8 @@ pub struct ConnectionLimits {
     /// Open connections from one IP address; more are answered 503 SlowDown.
     pub max_per_source: usize,
     /// A request body that makes no progress for this long ends the connection
-    /// (400 RequestTimeout).
+    /// (400 RequestTimeout); so does a client that reads nothing of an answer for
+    /// this long.
     pub body_timeout: Duration,
 }
 

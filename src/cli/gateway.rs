@@ -29,7 +29,8 @@ const DEFAULT_S3_LISTEN: &str = "127.0.0.1:4598";
 #[derive(Clone, Copy, Debug, Args)]
 pub struct LimitArgs {
     /// End a connection whose request body makes no progress for this long
-    /// (answered 400 RequestTimeout): e.g. 20s, 1m.
+    /// (answered 400 RequestTimeout), or whose client reads nothing of an answer
+    /// for this long: e.g. 20s, 1m.
     #[arg(long, default_value = "20s", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
     body_timeout: Duration,
     /// Most open connections, all clients together; more are answered 503 SlowDown.
