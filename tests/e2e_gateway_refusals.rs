@@ -32,12 +32,11 @@ struct Key {
 }
 
 fn root_key(home: &Home) -> Key {
-    let out = home.run(&[
-        "iam",
-        "create-access-key",
-        "--principal",
-        "arn:aws:iam::000000000000:root",
-    ]);
+    access_key(home, "arn:aws:iam::000000000000:root")
+}
+
+fn access_key(home: &Home, principal: &str) -> Key {
+    let out = home.run(&["iam", "create-access-key", "--principal", principal]);
     let answer: Value = serde_json::from_str(&out).expect("create-access-key prints JSON");
     Key {
         id: answer["AccessKey"]["AccessKeyId"]
@@ -59,6 +58,16 @@ fn serve_gateway(home: &Home, extra: &[&str]) -> Served {
 
 /// Runs the Python driver in `mode`; its one line of JSON.
 fn driver(addr: SocketAddr, key: &Key, args: &[&str], log: impl Fn() -> String) -> Value {
+    driver_with(addr, key, None, args, log)
+}
+
+fn driver_with(
+    addr: SocketAddr,
+    key: &Key,
+    other: Option<&Key>,
+    args: &[&str],
+    log: impl Fn() -> String,
+) -> Value {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/test_gateway_refusals.py");
     let out = Command::new(venv_bin("python"))
@@ -68,6 +77,17 @@ fn driver(addr: SocketAddr, key: &Key, args: &[&str], log: impl Fn() -> String) 
         .env("ATREST_REGION", REGION)
         .env("ATREST_KEY_ID", &key.id)
         .env("ATREST_SECRET", &key.secret)
+        .envs(
+            other
+                .map(|other| {
+                    [
+                        ("ATREST_OTHER_KEY_ID", other.id.as_str()),
+                        ("ATREST_OTHER_SECRET", other.secret.as_str()),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .env_remove("AWS_PROFILE")
         .output()
         .expect("running python");
@@ -102,8 +122,11 @@ fn with_user_agent<'a>(records: &'a [Value], marker: &str) -> Vec<&'a Value> {
 fn every_refused_request_is_in_the_trail_with_who_and_from_where() {
     let home = Home::new();
     let key = root_key(&home);
+    let eve = access_key(&home, "arn:aws:iam::111111111111:user/Eve");
     let server = serve_gateway(&home, &[]);
-    let done = driver(server.addr, &key, &["refusals"], || server.log());
+    let done = driver_with(server.addr, &key, Some(&eve), &["refusals"], || {
+        server.log()
+    });
     let records = trail(&home);
 
     for (marker, expected) in done["refusals"].as_object().expect("an object") {
@@ -153,6 +176,13 @@ fn every_refused_request_is_in_the_trail_with_who_and_from_where() {
             "atrest-test/unknown-key" => {
                 assert_eq!(identity["type"], "Unknown", "{record}");
                 assert_eq!(identity["accessKeyId"], "AKIAUNKNOWNEXAMPLE01");
+            }
+            "atrest-test/s3-other-account" => {
+                // The signature verified: the refusal names who was refused.
+                assert_eq!(identity["type"], "IAMUser", "{record}");
+                assert_eq!(identity["arn"], "arn:aws:iam::111111111111:user/Eve");
+                assert_eq!(identity["accessKeyId"], eve.id.as_str(), "{record}");
+                assert_eq!(record["eventName"], "GetObject", "{record}");
             }
             "atrest-test/malformed-authorization" => {
                 assert_eq!(identity["type"], "Unknown", "{record}");

@@ -7,6 +7,7 @@ and passes:
   ATREST_REGION       the server's region
   ATREST_KEY_ID       an access key of arn:aws:iam::000000000000:root
   ATREST_SECRET       its secret
+  ATREST_OTHER_KEY_ID, ATREST_OTHER_SECRET   (refusals) a key of another account
 
 Usage: test_gateway_refusals.py refusals|burst|attack [ARGS]. Each mode prints one
 JSON object on stdout and exits non-zero (with the failing check) on a failure.
@@ -155,6 +156,12 @@ def refusals():
     marker = "atrest-test/s3-anonymous"
     expect_error("AccessDenied", client("s3", marker, unsigned=True).put_object,
                  Bucket="refusals", Key="planted.txt", Body=b"x")
+    done[marker] = "AccessDenied"
+
+    marker = "atrest-test/s3-other-account"
+    eve = client("s3", marker, key_id=os.environ["ATREST_OTHER_KEY_ID"],
+                 secret=os.environ["ATREST_OTHER_SECRET"])
+    expect_error("AccessDenied", eve.get_object, Bucket="refusals", Key="doc.txt")
     done[marker] = "AccessDenied"
 
     marker = "atrest-test/s3-tampered-presigned"
