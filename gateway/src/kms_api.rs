@@ -190,7 +190,7 @@ pub fn handle(
         Ok(answer) => return Ok(answer),
         Err(Refusal::Audited(err)) => err,
         Err(Refusal::Unaudited(err)) => {
-            kms.record_refusal(
+            kms.record_invalid_request(
                 op.name(),
                 refused_parameters(body),
                 err.aws_name(),

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::envelope::{self, MAX_PLAINTEXT_LEN};
 use crate::secret::{Aes256Key, SecretBytes};
-use crate::trail::{ApiCall, Trail};
+use crate::trail::{ApiCall, RefusedRequest, RequestSource, Trail};
 
 /// AWS's bounds on ScheduleKeyDeletion's window.
 const MIN_PENDING_DAYS: u32 = 7;
@@ -515,6 +515,8 @@ pub struct LocalKms {
     /// The caller's account: the one in `principal`'s ARN, else the configured one.
     /// Keys and aliases are created, listed and resolved in this account only.
     account: String,
+    /// Where this caller's calls come from, for their trail records.
+    source: Arc<RequestSource>,
 }
 
 impl fmt::Debug for LocalKms {
@@ -552,6 +554,7 @@ impl LocalKms {
             }),
             principal: config.principal,
             account,
+            source: Arc::new(RequestSource::local()),
         })
     }
 
@@ -563,6 +566,31 @@ impl LocalKms {
             shared: Arc::clone(&self.shared),
             principal: principal.to_owned(),
             account: caller_account(principal, &self.shared.account),
+            source: Arc::clone(&self.source),
+        })
+    }
+
+    /// The same key service and caller, its calls recorded as coming from `source`
+    /// (the HTTP gateway passes each request's peer address, User-Agent and access
+    /// key id). Kept by [`LocalKms::as_principal`].
+    pub fn from_source(&self, source: RequestSource) -> LocalKms {
+        LocalKms {
+            shared: Arc::clone(&self.shared),
+            principal: self.principal.clone(),
+            account: self.account.clone(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// Records a request an endpoint refused before it reached the key service (a
+    /// bad signature, an unreadable request). Durable before it returns, like every
+    /// record: the endpoint answers the refusal only after.
+    pub fn record_refusal(&self, refused: &RefusedRequest) -> Result<(), KmsError> {
+        self.shared.trail.append_refusal(refused).map_err(|e| {
+            KmsError::Internal(format!(
+                "the audit trail could not record a refused {} ({e})",
+                refused.event_name
+            ))
         })
     }
 
@@ -635,7 +663,7 @@ impl LocalKms {
     /// request body that does not parse or fails AWS's validation), so every
     /// refusal is in the trail. `event_name` is the operation the caller named;
     /// `request_parameters` must hold no secret (callers drop `Plaintext`).
-    pub fn record_refusal(
+    pub fn record_invalid_request(
         &self,
         event_name: &str,
         request_parameters: Value,
@@ -664,7 +692,11 @@ impl LocalKms {
     }
 
     fn append(&self, call: &ApiCall) -> Result<(), KmsError> {
-        self.shared.trail.append(call).map_err(|e| {
+        self.append_from(call, &self.source)
+    }
+
+    fn append_from(&self, call: &ApiCall, source: &RequestSource) -> Result<(), KmsError> {
+        self.shared.trail.append_from(call, source).map_err(|e| {
             KmsError::Internal(format!(
                 "the audit trail could not record {} ({e}); the call was refused",
                 call.event_name
@@ -727,17 +759,21 @@ impl LocalKms {
                 Maintenance::Rotated { id, account } => ("RotateKey", id, account),
             };
             let arn = self.arn_in(account, id);
-            self.append(&ApiCall {
-                event_time: self.now(),
-                event_name: name.to_owned(),
-                principal: SERVICE_PRINCIPAL.to_owned(),
-                request_parameters: json!({ "keyId": arn }),
-                response_elements: None,
-                error_code: None,
-                error_message: None,
-                read_only: false,
-                resources: vec![arn],
-            })?;
+            // The service's own work, not the caller whose call found it due.
+            self.append_from(
+                &ApiCall {
+                    event_time: self.now(),
+                    event_name: name.to_owned(),
+                    principal: SERVICE_PRINCIPAL.to_owned(),
+                    request_parameters: json!({ "keyId": arn }),
+                    response_elements: None,
+                    error_code: None,
+                    error_message: None,
+                    read_only: false,
+                    resources: vec![arn],
+                },
+                &RequestSource::internal(),
+            )?;
         }
         Ok(())
     }
