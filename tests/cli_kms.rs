@@ -565,7 +565,7 @@ fn tags_are_added_listed_and_removed_as_with_the_aws_cli() {
             "--tags",
             "TagKey=aws:reserved,TagValue=x",
         ],
-        "ValidationException",
+        "TagException",
     );
     for bad in ["Key=x,Value=y", "TagKey=x", r#"[{"TagKey": 1}]"#] {
         let out = home.run(&[

@@ -70,6 +70,8 @@ fn nbdinfo_reports_size_names_flags_and_block_sizes() {
             &format!("default={}", volume.display()),
             "--export",
             &format!("scratch={}", raw.display()),
+            "--raw",
+            "scratch",
         ],
     );
 

@@ -231,7 +231,7 @@ fn create_refuses_bad_input_and_existing_files() {
 }
 
 #[test]
-fn info_reports_damage_raw_images_and_a_deleted_key() {
+fn info_reports_damage_headerless_files_and_a_deleted_key() {
     let home = tempfile::tempdir().unwrap();
     let key_arn = create_key(home.path());
     let path = home.path().join("v.vol");
@@ -266,21 +266,25 @@ fn info_reports_damage_raw_images_and_a_deleted_key() {
     assert!(!broken.status.success());
     let stderr = String::from_utf8_lossy(&broken.stderr);
     assert!(
-        stderr.contains("corrupted volume") && stderr.contains("backup header"),
+        stderr.contains("no valid atrest volume header")
+            && stderr.contains("primary copy at offset 0: header checksum")
+            && stderr.contains("backup copy at offset 524288: header checksum"),
         "{stderr}"
     );
 
-    // A file without the magic is a raw image.
+    // A file without the magic is not guessed to be a raw image: info says why it is
+    // no volume and how a raw image is served on purpose.
     let raw = home.path().join("raw.img");
     std::fs::write(&raw, vec![1u8; 8192]).unwrap();
-    let info = json_of(&atrest(
-        home.path(),
-        &["volume", "info", raw.to_str().unwrap()],
-        &[],
-    ));
-    assert_eq!(
-        (info["Format"].as_str(), info["Size"].as_u64()),
-        (Some("raw"), Some(8192))
+    let out = atrest(home.path(), &["volume", "info", raw.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("primary copy at offset 0: no atrest volume magic")
+            && stderr.contains("backup copy at offset 524288: header truncated: 0 of 4096")
+            && stderr.contains("--raw NAME")
+            && stderr.contains("format = \"raw\""),
+        "{stderr}"
     );
 
     // Crypto-shred: once the key's deletion completes, info says the key is gone.

@@ -29,6 +29,42 @@ pub enum Error {
     /// The volume file is damaged: a header or its checksum does not match.
     #[error("{path}: corrupted volume: {what}")]
     Corrupted { path: PathBuf, what: String },
+    /// The file has no valid atrest header and was not declared a raw image. The
+    /// format of a headerless file is never guessed: a client of a raw export controls
+    /// its bytes and must not decide how the file is opened next time.
+    #[error(
+        "{path} has no valid atrest volume header (primary copy at offset 0: {primary}; \
+         backup copy at offset 524288: {backup}); it is not served or opened as a raw \
+         image unless declared one: `atrest nbd serve --export NAME={path} --raw NAME`, \
+         or `format = \"raw\"` in the exports file"
+    )]
+    NoValidHeader {
+        path: PathBuf,
+        primary: String,
+        backup: String,
+    },
+    /// Both header copies are valid but describe different volumes (or the same
+    /// generation differently): a stray write of another volume's header. Never
+    /// resolved automatically; `atrest volume repair --use primary|backup` does it.
+    #[error(
+        "{path}: the two header copies disagree (primary: {primary}; backup: {backup}); \
+         nothing was rewritten. Compare them with `atrest volume repair {path} --dry-run` \
+         and keep one with `atrest volume repair {path} --use primary|backup`"
+    )]
+    HeaderConflict {
+        path: PathBuf,
+        primary: String,
+        backup: String,
+    },
+    /// The path is not a regular file or a block device (a FIFO, a character device
+    /// such as /dev/null, a socket, a directory): nothing is opened that could block or
+    /// read as an endless or empty stream.
+    #[error("{path} is a {kind}; a volume is a regular file or a block device")]
+    NotAVolumeFile { path: PathBuf, kind: &'static str },
+    /// Another header update (`volume rewrap`, `volume repair`) of the volume is in
+    /// progress; header updates are serialised.
+    #[error("{path}: another header update (`atrest volume rewrap` or `volume repair`) is in progress; try again when it is done")]
+    HeaderBusy { path: PathBuf },
     /// The caller asked to create a volume where a file already exists.
     #[error("{path} already exists; refusing to overwrite it")]
     AlreadyExists { path: PathBuf },

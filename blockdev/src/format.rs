@@ -496,21 +496,81 @@ pub struct LocatedHeader {
     pub warning: Option<String>,
 }
 
-/// Reads and checks both header copies of `file`.
+/// What one header copy of a file holds: a valid header or what is wrong with it.
+pub type CopyContent = Result<VolumeHeader, HeaderDefect>;
+
+/// One line about a header copy for messages: its volume id, generation and key, or
+/// its defect.
+pub fn describe_copy(copy: &CopyContent) -> String {
+    match copy {
+        Ok(header) => {
+            let key = match header.encryption() {
+                Encryption::Aes256XtsPlain64(wrapped) => format!("key {}", wrapped.key_arn),
+                Encryption::None => "unencrypted".to_owned(),
+            };
+            format!(
+                "volume {} generation {}, {key}",
+                header.volume_id(),
+                header.generation()
+            )
+        }
+        Err(defect) => defect.to_string(),
+    }
+}
+
+/// Reads both header copies of `file` as they are, without choosing (for `volume
+/// repair`, which shows them).
+pub fn read_copies(file: &File, path: &Path) -> Result<(CopyContent, CopyContent), Error> {
+    Ok((
+        read_copy(file, path, HeaderCopy::Primary)?,
+        read_copy(file, path, HeaderCopy::Backup)?,
+    ))
+}
+
+/// Reads and checks both header copies of `file` and picks the one to use.
 ///
-/// `Ok(None)`: neither copy has the atrest magic, so the file is a plain raw image.
-/// A copy with the magic that fails to decode is never taken for raw data: if no copy
-/// is valid the result is [`Error::Corrupted`] naming what is wrong with each.
-pub fn read_header(file: &File, path: &Path) -> Result<Option<LocatedHeader>, Error> {
-    let primary = read_copy(file, path, HeaderCopy::Primary)?;
-    let backup = read_copy(file, path, HeaderCopy::Backup)?;
-    let corrupted = |what: String| Error::Corrupted {
-        path: path.to_path_buf(),
-        what,
-    };
-    let located = match (primary, backup) {
-        (Err(HeaderDefect::NoMagic), Err(HeaderDefect::NoMagic)) => return Ok(None),
+/// A file is a volume only when at least one copy is valid; otherwise the result is
+/// [`Error::NoValidHeader`] naming what is wrong with each copy (a headerless file is
+/// never taken for a raw image here: raw images are declared, not detected). When
+/// both are valid, the newer generation of the same volume wins (an interrupted
+/// update). Two valid copies of different volumes, or of one generation that differ,
+/// are [`Error::HeaderConflict`]: a stray write of a foreign header that no automatic
+/// choice can be trusted with (see `docs/FORMAT.md`, "Choosing a header copy").
+pub fn read_header(file: &File, path: &Path) -> Result<LocatedHeader, Error> {
+    let (primary, backup) = read_copies(file, path)?;
+    let located = choose_copy(path, primary, backup)?;
+    if let Some(warning) = &located.warning {
+        tracing::warn!(path = %path.display(), "{warning}");
+    }
+    let file_len = crate::volume::file_len(file, path)?;
+    if file_len < located.header.file_len() {
+        return Err(Error::Corrupted {
+            path: path.to_path_buf(),
+            what: format!(
+                "file truncated: {file_len} bytes, but the header's data area ends at byte {}",
+                located.header.file_len()
+            ),
+        });
+    }
+    Ok(located)
+}
+
+/// The header copy to use, by the rules of [`read_header`].
+pub fn choose_copy(
+    path: &Path,
+    primary: CopyContent,
+    backup: CopyContent,
+) -> Result<LocatedHeader, Error> {
+    Ok(match (primary, backup) {
         (Ok(p), Ok(b)) => {
+            let conflict = p.volume_id != b.volume_id || (p.generation == b.generation && p != b);
+            if conflict {
+                return Err(Error::HeaderConflict {
+                    path: path.to_path_buf(),
+                    primary: describe_copy(&Ok(p)),
+                    backup: describe_copy(&Ok(b)),
+                });
+            }
             if b.generation > p.generation {
                 LocatedHeader {
                     warning: Some(format!(
@@ -522,50 +582,43 @@ pub fn read_header(file: &File, path: &Path) -> Result<Option<LocatedHeader>, Er
                     copy: HeaderCopy::Backup,
                 }
             } else {
-                let warning = if p == b {
-                    None
-                } else {
-                    Some(format!(
-                        "backup header differs from the primary (generations {} and {})",
-                        p.generation, b.generation
-                    ))
-                };
-                LocatedHeader { header: p, copy: HeaderCopy::Primary, warning }
+                let warning = (p != b).then(|| {
+                    format!(
+                        "backup header is older (generation {}) than the primary ({}); \
+                         an update was interrupted, using the primary",
+                        b.generation, p.generation
+                    )
+                });
+                LocatedHeader {
+                    header: p,
+                    copy: HeaderCopy::Primary,
+                    warning,
+                }
             }
         }
         (Ok(p), Err(defect)) => LocatedHeader {
             header: p,
             copy: HeaderCopy::Primary,
-            warning: Some(format!("backup header at offset {BACKUP_HEADER_OFFSET} is damaged: {defect}")),
+            warning: Some(format!(
+                "backup header at offset {BACKUP_HEADER_OFFSET} is damaged: {defect}"
+            )),
         },
         (Err(defect), Ok(b)) => LocatedHeader {
             header: b,
             copy: HeaderCopy::Backup,
             warning: Some(format!(
-                "primary header at offset {PRIMARY_HEADER_OFFSET} is damaged ({defect}); opened from the backup"
+                "primary header at offset {PRIMARY_HEADER_OFFSET} is damaged ({defect}); \
+                 opened from the backup"
             )),
         },
         (Err(p), Err(b)) => {
-            return Err(corrupted(format!("primary header: {p}; backup header: {b}")));
+            return Err(Error::NoValidHeader {
+                path: path.to_path_buf(),
+                primary: p.to_string(),
+                backup: b.to_string(),
+            })
         }
-    };
-    if let Some(warning) = &located.warning {
-        tracing::warn!(path = %path.display(), "{warning}");
-    }
-    let file_len = file
-        .metadata()
-        .map_err(|source| Error::Io {
-            context: format!("stat {}", path.display()),
-            source,
-        })?
-        .len();
-    if file_len < located.header.file_len() {
-        return Err(corrupted(format!(
-            "file truncated: {file_len} bytes, but the header's data area ends at byte {}",
-            located.header.file_len()
-        )));
-    }
-    Ok(Some(located))
+    })
 }
 
 fn read_copy(
@@ -587,7 +640,32 @@ fn read_copy(
         }
         filled += n;
     }
-    Ok(VolumeHeader::decode(&block[..filled]))
+    Ok(match VolumeHeader::decode(&block[..filled]) {
+        // The file ends inside (or before) this copy: say so rather than "no magic".
+        Err(HeaderDefect::NoMagic) if filled < HEADER_SIZE => {
+            Err(HeaderDefect::Truncated { len: filled })
+        }
+        decoded => decoded,
+    })
+}
+
+/// Writes `header` into one copy only, synced (for `volume repair`, which rewrites the
+/// copy it did not choose).
+pub fn write_copy(
+    file: &File,
+    path: &Path,
+    header: &VolumeHeader,
+    copy: HeaderCopy,
+) -> Result<(), Error> {
+    file.write_all_at(&header.encode(), copy.offset())
+        .map_err(|source| Error::Io {
+            context: format!("write the {} header of {}", copy.name(), path.display()),
+            source,
+        })?;
+    file.sync_data().map_err(|source| Error::Io {
+        context: format!("sync the {} header of {}", copy.name(), path.display()),
+        source,
+    })
 }
 
 /// Writes both header copies: the backup first, synced, then the primary, synced. An
@@ -712,6 +790,49 @@ mod tests {
         assert!(VolumeHeader::new(Uuid::nil(), 4097, Encryption::None).is_err());
         assert!(VolumeHeader::new(Uuid::nil(), 0, Encryption::None).is_err());
         assert!(VolumeHeader::new(Uuid::nil(), u64::MAX - 4095, Encryption::None).is_err());
+    }
+
+    #[test]
+    fn only_an_older_copy_of_the_same_volume_is_chosen_over_automatically() {
+        let path = Path::new("v.vol");
+        let a = encrypted();
+        let a2 = a.with_encryption(a.encryption().clone()).unwrap();
+        let other = VolumeHeader::new(Uuid::from_u128(7), 1 << 30, a.encryption().clone()).unwrap();
+        let chosen =
+            |p: &VolumeHeader, b: &VolumeHeader| choose_copy(path, Ok(p.clone()), Ok(b.clone()));
+        assert_eq!(chosen(&a, &a).unwrap().warning, None);
+        assert_eq!(chosen(&a, &a2).unwrap().copy, HeaderCopy::Backup);
+        assert_eq!(chosen(&a2, &a).unwrap().copy, HeaderCopy::Primary);
+        // Another volume's header, at any generation, in either copy.
+        let other2 = other.with_encryption(other.encryption().clone()).unwrap();
+        for (p, b) in [(&a, &other), (&other, &a), (&a, &other2), (&other2, &a)] {
+            let err = chosen(p, b).unwrap_err();
+            assert!(matches!(err, Error::HeaderConflict { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(&a.volume_id().to_string()),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains(&other.volume_id().to_string()),
+                "{err}"
+            );
+        }
+        // Same volume and generation, different contents (e.g. another wrapped key).
+        let rekeyed = VolumeHeader {
+            encryption: Encryption::Aes256XtsPlain64(WrappedDataKey {
+                key_arn: "arn:aws:kms:local:000000000000:key/other".into(),
+                blob: vec![9; 180],
+            }),
+            ..a.clone()
+        };
+        assert!(matches!(
+            chosen(&a, &rekeyed).unwrap_err(),
+            Error::HeaderConflict { .. }
+        ));
+        // No valid copy: never a raw image.
+        let err =
+            choose_copy(path, Err(HeaderDefect::NoMagic), Err(HeaderDefect::NoMagic)).unwrap_err();
+        assert!(matches!(err, Error::NoValidHeader { .. }), "{err:?}");
     }
 
     #[test]

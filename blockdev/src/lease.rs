@@ -6,7 +6,14 @@
 //!
 //! - Attaching (the lease's creation at server start, and a client's GO/EXPORT_NAME
 //!   while the key is not usable) calls Decrypt, audited with the volume's encryption
-//!   context. A refused attach is therefore a failed Decrypt in the trail.
+//!   context, and then DescribeKey: the key is installed only if the key service
+//!   reports it Enabled, whatever Decrypt answered (some services still decrypt under
+//!   a disabled key). A refused attach is a failed Decrypt in the trail when the key
+//!   service refuses Decrypt. Without a keystore watch, every attach asks DescribeKey.
+//! - The key on disk governs: the volume's header is read again at every watcher tick
+//!   and before every attach; after a `volume rewrap` the lease switches to the new
+//!   wrapped key (logged) and from then on checks the new CMK. A header that cannot be
+//!   read (or that now describes another volume) makes the lease unusable.
 //! - A watcher thread re-checks the CMK. With a [`KeystoreGeneration`] (the local
 //!   keystore) it polls the keystore's generation every [`WATCH_PERIOD`] (at most the
 //!   check interval) and re-checks at once when it moved: the state of a local key
@@ -34,8 +41,7 @@ use std::time::{Duration, Instant};
 use crypto_core::kms::{KeyService, KeyState, KmsError, LocalKms};
 use tracing::{info, warn};
 
-use crate::format::{self, Encryption};
-use crate::volume::{self, EncryptedVolume, Extent, Volume};
+use crate::volume::{self, EncryptedVolume, Extent, ImageFormat, OpenedVolume, Volume};
 use crate::Error;
 
 /// How often the keystore generation is polled (when the check interval is longer).
@@ -92,6 +98,16 @@ pub enum KeyStatus {
     /// The key cannot be used. `state` is the AWS key state (`Disabled`,
     /// `PendingDeletion`), `Deleted`, `AccessDenied`, or the error name of a failure.
     Unavailable { state: String, message: String },
+}
+
+/// What re-reading the volume's header found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeaderSeen {
+    Unchanged,
+    /// Another wrapped key (a `volume rewrap`): now in use.
+    Switched,
+    /// No valid header, or one of another volume: the lease is unusable.
+    Unreadable,
 }
 
 /// Why a re-check runs.
@@ -188,10 +204,7 @@ impl DataKeyLease {
             });
         }
         let generation = watch.as_ref().map(|w| w.generation()).transpose()?;
-        let sync_handle = std::fs::File::open(volume.path()).map_err(|source| Error::Io {
-            context: format!("open {}", volume.path().display()),
-            source,
-        })?;
+        let sync_handle = volume.file_handle()?;
         let lease = Arc::new(Self {
             sync_handle,
             volume,
@@ -209,7 +222,7 @@ impl DataKeyLease {
         });
         {
             let mut state = lock(&lease.state);
-            lease.unwrap_key(&mut state);
+            lease.unwrap_key(&mut state, false);
             if let KeyStatus::Unavailable { message, .. } = &state.status {
                 warn!(
                     path = %lease.volume.path().display(),
@@ -262,6 +275,13 @@ impl DataKeyLease {
     fn tick(&self, interval_due: bool) {
         let generation = self.current_generation();
         let mut state = lock(&self.state);
+        match self.follow_header(&mut state) {
+            HeaderSeen::Unchanged => {}
+            HeaderSeen::Switched => {
+                return self.check(&mut state, Trigger::KeystoreChanged, generation);
+            }
+            HeaderSeen::Unreadable => return,
+        }
         let trigger = match (&self.watch, generation) {
             (Some(_), Some(g)) if state.generation != Some(g) => Some(Trigger::KeystoreChanged),
             (Some(_), Some(_)) => {
@@ -277,16 +297,42 @@ impl DataKeyLease {
         }
     }
 
+    /// Re-reads the volume's header; when a `volume rewrap` put another wrapped key
+    /// there, the lease switches to it (logged) and the caller re-checks, so from now
+    /// on the key on disk is the one that must stay usable. A header that cannot be
+    /// read any more makes the lease unusable until it can; the caller must then not
+    /// re-check (which would unwrap again).
+    fn follow_header(&self, state: &mut LeaseState) -> HeaderSeen {
+        match self.volume.reread_header() {
+            Ok(None) => HeaderSeen::Unchanged,
+            Ok(Some((old, new))) => {
+                info!(path = %self.volume.path().display(), old_key = %old.key_arn,
+                    new_key = %new.key_arn,
+                    "the volume's header changed (re-wrapped data key): following the key on disk");
+                HeaderSeen::Switched
+            }
+            Err(err) => {
+                if !matches!(&state.status, KeyStatus::Unavailable { state, .. } if state == "HeaderUnreadable")
+                {
+                    warn!(path = %self.volume.path().display(),
+                        "cannot read the volume's header: {err}; refusing to serve until it can be read");
+                }
+                self.make_unavailable(state, "HeaderUnreadable", err.to_string());
+                HeaderSeen::Unreadable
+            }
+        }
+    }
+
     fn check(&self, state: &mut LeaseState, trigger: Trigger, generation: Option<u64>) {
         let arn = self.volume.key_arn();
-        match self.kms.describe_key(arn) {
+        match self.kms.describe_key(&arn) {
             Ok(meta) if meta.key_state == KeyState::Enabled => {
                 let has_key = self.volume.has_key();
                 if !has_key
                     || trigger == Trigger::KeystoreChanged
                     || state.status != KeyStatus::Usable
                 {
-                    self.unwrap_key(state);
+                    self.unwrap_key(state, true);
                 }
             }
             Ok(meta) => {
@@ -303,19 +349,44 @@ impl DataKeyLease {
         }
     }
 
-    /// Decrypt (audited) and install the key; on refusal the lease becomes unusable.
-    fn unwrap_key(&self, state: &mut LeaseState) {
-        match self.volume.unlock(&*self.kms) {
+    /// Decrypt (audited) and, unless `described` says DescribeKey just reported the
+    /// key Enabled, DescribeKey: the key is installed only when both allow it. A key
+    /// service that still answers Decrypt for a disabled key (moto's server mode does)
+    /// therefore cannot re-admit clients. On refusal the lease becomes unusable and
+    /// the unwrapped key, if any, is dropped (zeroized) uninstalled.
+    fn unwrap_key(&self, state: &mut LeaseState, described: bool) {
+        let key = match self.volume.unwrap(&*self.kms) {
+            Ok(key) => key,
+            Err(Error::Kms(err)) => {
+                let (name, message) = describe_refusal(&err);
+                return self.make_unavailable(state, name, message);
+            }
+            Err(err) => return self.make_unavailable(state, "Error", err.to_string()),
+        };
+        if !described {
+            let arn = self.volume.key_arn();
+            match self.kms.describe_key(&arn) {
+                Ok(meta) if meta.key_state == KeyState::Enabled => {}
+                Ok(meta) => {
+                    let message = format!(
+                        "{arn} is {} (the key service still answered Decrypt; refused by its state)",
+                        meta.key_state.as_str()
+                    );
+                    return self.make_unavailable(state, meta.key_state.as_str(), message);
+                }
+                Err(err) => {
+                    let (name, message) = describe_refusal(&err);
+                    return self.make_unavailable(state, name, message);
+                }
+            }
+        }
+        match self.volume.install_key(key) {
             Ok(()) => {
                 if state.status != KeyStatus::Usable {
-                    info!(key = self.volume.key_arn(), path = %self.volume.path().display(),
+                    info!(key = %self.volume.key_arn(), path = %self.volume.path().display(),
                         "data key unwrapped; I/O enabled");
                 }
                 state.status = KeyStatus::Usable;
-            }
-            Err(Error::Kms(err)) => {
-                let (name, message) = describe_refusal(&err);
-                self.make_unavailable(state, name, message);
             }
             Err(err) => self.make_unavailable(state, "Error", err.to_string()),
         }
@@ -324,16 +395,25 @@ impl DataKeyLease {
     fn make_unavailable(&self, state: &mut LeaseState, key_state: &str, message: String) {
         let revoke = self.config.on_key_disable == OnKeyDisable::Revoke;
         let was_usable = state.status == KeyStatus::Usable;
+        let was_deleted =
+            matches!(&state.status, KeyStatus::Unavailable { state, .. } if state == "Deleted");
         if revoke {
             self.volume.revoke_key(format!("{key_state}: {message}"));
         }
         if was_usable {
-            warn!(key = self.volume.key_arn(), path = %self.volume.path().display(),
+            warn!(key = %self.volume.key_arn(), path = %self.volume.path().display(),
             "key is {key_state}: {}", if revoke {
                 "data key zeroized, I/O fails until it is usable again"
             } else {
                 "attached clients keep working, new attaches are refused"
             });
+        }
+        if key_state == "Deleted" && !was_deleted && !revoke && self.volume.has_key() {
+            warn!(key = %self.volume.key_arn(), path = %self.volume.path().display(),
+                "the CMK's deletion has completed while the volume is still served \
+                 (--on-key-disable keep-attached): attached clients read and write with \
+                 the data key held in this process's memory only; no new client can \
+                 attach, and once this server stops the volume's data is unrecoverable");
         }
         state.status = KeyStatus::Unavailable {
             state: key_state.to_owned(),
@@ -347,7 +427,7 @@ impl DataKeyLease {
             KeyStatus::Unavailable { state, message } => format!("key state {state} ({message})"),
         };
         Error::KeyUnavailable {
-            key_arn: self.volume.key_arn().to_owned(),
+            key_arn: self.volume.key_arn(),
             reason,
         }
     }
@@ -410,7 +490,7 @@ impl Volume for DataKeyLease {
         self.volume.size()
     }
 
-    fn encryption_key_arn(&self) -> Option<&str> {
+    fn encryption_key_arn(&self) -> Option<String> {
         Some(self.volume.key_arn())
     }
 
@@ -430,13 +510,22 @@ impl Volume for DataKeyLease {
     fn check_attach(&self) -> Result<(), Error> {
         let generation = self.current_generation();
         let mut state = lock(&self.state);
-        if generation.is_some() && state.generation != generation {
-            self.check(&mut state, Trigger::KeystoreChanged, generation);
+        match self.follow_header(&mut state) {
+            HeaderSeen::Unreadable => return Err(self.refusal(&state.status)),
+            HeaderSeen::Switched => self.check(&mut state, Trigger::KeystoreChanged, generation),
+            // No keystore watch proves the key unchanged: ask the key service now.
+            HeaderSeen::Unchanged if self.watch.is_none() => {
+                self.check(&mut state, Trigger::Interval, generation);
+            }
+            HeaderSeen::Unchanged if generation.is_some() && state.generation != generation => {
+                self.check(&mut state, Trigger::KeystoreChanged, generation);
+            }
+            HeaderSeen::Unchanged => {}
         }
         if state.status == KeyStatus::Usable && self.volume.has_key() {
             return Ok(());
         }
-        self.unwrap_key(&mut state);
+        self.unwrap_key(&mut state, false);
         match &state.status {
             KeyStatus::Usable => Ok(()),
             status => Err(self.refusal(status)),
@@ -480,29 +569,30 @@ impl Volume for DataKeyLease {
     }
 }
 
-/// Opens `path` for serving: an encrypted volume under a [`DataKeyLease`], anything
-/// else (an unencrypted volume, a raw image) as it is.
+/// Opens `path` for serving in its declared `format`: an encrypted atrest volume
+/// under a [`DataKeyLease`], an unencrypted one as it is, a declared raw image as raw
+/// whatever its bytes say. A file that is not declared raw and has no valid header is
+/// refused ([`Error::NoValidHeader`]), never served raw.
 pub fn open_served(
     path: &Path,
+    format: ImageFormat,
     kms: Arc<dyn KeyService>,
     watch: Option<Arc<dyn KeystoreGeneration>>,
     read_only: bool,
     config: LeaseConfig,
 ) -> Result<Arc<dyn Volume>, Error> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io {
-        context: format!("open {}", path.display()),
-        source,
-    })?;
-    let encrypted = matches!(
-        format::read_header(&file, path)?,
-        Some(located) if matches!(located.header.encryption(), Encryption::Aes256XtsPlain64(_))
-    );
-    drop(file);
-    if encrypted {
-        let volume = EncryptedVolume::open_locked(path, read_only)?;
-        Ok(DataKeyLease::start(volume, kms, watch, config)?)
-    } else {
-        volume::open(path, &*kms, read_only)
+    if format == ImageFormat::Raw {
+        return Ok(volume::open_raw(path, read_only)?);
+    }
+    match volume::open_without_key(path, read_only)? {
+        OpenedVolume::Encrypted(volume) => {
+            // Just opened here: no other reference exists.
+            let volume = Arc::try_unwrap(volume).map_err(|_| Error::InvalidArgument {
+                what: format!("{} is already shared", path.display()),
+            })?;
+            Ok(DataKeyLease::start(volume, kms, watch, config)?)
+        }
+        OpenedVolume::Plain(volume) => Ok(volume),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use blockdev::format::{self, Encryption, HeaderCopy, VolumeHeader};
 use blockdev::lifecycle::{self, NoProgress, Progress, Target};
-use blockdev::volume::{self, NewVolumeKey, Volume};
+use blockdev::volume::{self, ImageFormat, NewVolumeKey, Volume};
 use blockdev::Error;
 use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig};
 use sha2::{Digest, Sha256};
@@ -100,7 +100,6 @@ fn allocated(path: &Path) -> u64 {
 
 fn header(path: &Path) -> VolumeHeader {
     format::read_header(&File::open(path).unwrap(), path)
-        .unwrap()
         .unwrap()
         .header
 }
@@ -251,7 +250,7 @@ fn existing_destination_is_refused_unless_forced() {
     )
     .unwrap();
     assert_eq!(lab.digest(&dst), lab.digest(&src));
-    let err = lifecycle::snapshot(&src, &src, true, &NoProgress).unwrap_err();
+    let err = lifecycle::snapshot(&src, ImageFormat::Atrest, &src, true, &NoProgress).unwrap_err();
     assert!(err.to_string().contains("same file"), "{err}");
 }
 
@@ -330,7 +329,7 @@ fn snapshot_is_read_only_with_the_same_encryption() {
     let src = lab.volume("a.vol", Some(&lab.key_a));
     let before = file_digest(&src);
     let snap = lab.path("a.snap");
-    let report = lifecycle::snapshot(&src, &snap, false, &NoProgress).unwrap();
+    let report = lifecycle::snapshot(&src, ImageFormat::Atrest, &snap, false, &NoProgress).unwrap();
     let h = report.header.unwrap();
     assert!(h.is_read_only());
     assert_eq!(h.volume_id(), header(&src).volume_id());
@@ -354,7 +353,14 @@ fn snapshot_of_a_raw_image_is_a_read_only_file() {
     let raw = lab.path("disk.img");
     std::fs::write(&raw, pattern(10_000, 6)).unwrap();
     let snap = lab.path("disk.snap");
-    let report = lifecycle::snapshot(&raw, &snap, false, &NoProgress).unwrap();
+    // Not declared raw: refused, naming both header copies.
+    let err =
+        lifecycle::snapshot(&raw, ImageFormat::Atrest, &snap, false, &NoProgress).unwrap_err();
+    assert!(
+        matches!(err, blockdev::Error::NoValidHeader { .. }),
+        "{err:?}"
+    );
+    let report = lifecycle::snapshot(&raw, ImageFormat::Raw, &snap, false, &NoProgress).unwrap();
     assert!(report.header.is_none());
     assert_eq!(std::fs::read(&snap).unwrap(), pattern(10_000, 6));
     assert!(std::fs::metadata(&snap).unwrap().permissions().readonly());
@@ -377,9 +383,7 @@ fn rewrap_moves_the_data_key_to_another_cmk_without_touching_data() {
     let new = lifecycle::rewrap(&path, &lab.kms, Some(&lab.key_b)).unwrap();
     assert_eq!(new.generation(), old.generation() + 1);
     assert_eq!(key_arn(&path), lab.key_b);
-    let located = format::read_header(&File::open(&path).unwrap(), &path)
-        .unwrap()
-        .unwrap();
+    let located = format::read_header(&File::open(&path).unwrap(), &path).unwrap();
     assert_eq!(located.copy, HeaderCopy::Primary);
     assert!(located.warning.is_none(), "both copies must be updated");
     let mut data_after = vec![0u8; 4 * MIB as usize];
@@ -420,17 +424,13 @@ fn a_rewrap_interrupted_between_the_header_copies_opens_either_way() {
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(&old_primary, 0).unwrap();
     drop(file);
-    let located = format::read_header(&File::open(&path).unwrap(), &path)
-        .unwrap()
-        .unwrap();
+    let located = format::read_header(&File::open(&path).unwrap(), &path).unwrap();
     assert_eq!(located.copy, HeaderCopy::Backup);
     assert_eq!(key_arn(&path), lab.key_b);
     assert_eq!(lab.digest(&path), digest_before);
     // Re-running the rewrap repairs the primary.
     lifecycle::rewrap(&path, &lab.kms, Some(&lab.key_b)).unwrap();
-    let located = format::read_header(&File::open(&path).unwrap(), &path)
-        .unwrap()
-        .unwrap();
+    let located = format::read_header(&File::open(&path).unwrap(), &path).unwrap();
     assert_eq!(located.copy, HeaderCopy::Primary);
     assert!(located.warning.is_none());
 }

@@ -101,6 +101,7 @@ fn a_bad_exports_file_fails_to_open_with_the_export_named() {
         read_only: false,
         description: None,
         allowed_clients: vec![],
+        format: blockdev::volume::ImageFormat::Atrest,
     }];
     let opener = move |spec: &ExportSpec| volume::open(&spec.path, &*kms, spec.read_only);
     let err = ExportSet::open(specs, Box::new(opener)).unwrap_err();

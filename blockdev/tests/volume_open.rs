@@ -151,19 +151,23 @@ fn damaged_backup_header_is_reported_and_the_primary_used() {
 }
 
 #[test]
-fn both_headers_damaged_is_corrupted_never_raw() {
+fn both_headers_damaged_is_refused_never_raw() {
     let dir = tempfile::tempdir().unwrap();
     let kms = TestKms::new();
     let path = create(dir.path(), &kms, MIB);
     corrupt(&path, 4000);
     corrupt(&path, BACKUP_HEADER_OFFSET + 9);
     match volume::open(&path, &kms.kms, true) {
-        Err(Error::Corrupted { path: p, what }) => {
+        Err(Error::NoValidHeader {
+            path: p,
+            primary,
+            backup,
+        }) => {
             assert_eq!(p, path);
-            assert!(what.contains("primary header: header checksum"), "{what}");
-            assert!(what.contains("backup header: header checksum"), "{what}");
+            assert!(primary.contains("header checksum"), "{primary}");
+            assert!(backup.contains("header checksum"), "{backup}");
         }
-        other => panic!("expected Corrupted, got {other:?}"),
+        other => panic!("expected NoValidHeader, got {other:?}"),
     }
 }
 
@@ -177,7 +181,7 @@ fn newer_backup_wins_after_an_interrupted_header_update() {
         .write(true)
         .open(&path)
         .unwrap();
-    let old = format::read_header(&file, &path).unwrap().unwrap().header;
+    let old = format::read_header(&file, &path).unwrap().header;
     let newer = old
         .with_flags(format::FLAG_READ_ONLY)
         .unwrap()
@@ -186,7 +190,7 @@ fn newer_backup_wins_after_an_interrupted_header_update() {
     // The update writes the backup first; stop before the primary.
     file.write_all_at(&newer.encode(), BACKUP_HEADER_OFFSET)
         .unwrap();
-    let located = format::read_header(&file, &path).unwrap().unwrap();
+    let located = format::read_header(&file, &path).unwrap();
     assert_eq!(located.copy, HeaderCopy::Backup);
     assert_eq!(located.header, newer);
     assert!(located.warning.unwrap().contains("interrupted"));
@@ -194,7 +198,7 @@ fn newer_backup_wins_after_an_interrupted_header_update() {
     let vol = EncryptedVolume::open(&path, &kms.kms, false).unwrap();
     assert!(vol.is_read_only());
     format::write_header(&file, &path, &newer).unwrap();
-    let located = format::read_header(&file, &path).unwrap().unwrap();
+    let located = format::read_header(&file, &path).unwrap();
     assert_eq!((located.copy, located.warning), (HeaderCopy::Primary, None));
 }
 
@@ -223,7 +227,7 @@ fn cached_reads_equal_ordinary_reads_or_decline() {
     let encrypted = volume::open(&create(dir.path(), &kms, 4 * MIB), &kms.kms, false).unwrap();
     let raw_path = dir.path().join("raw.img");
     std::fs::write(&raw_path, vec![0u8; 4 * MIB as usize]).unwrap();
-    let raw = volume::open(&raw_path, &kms.kms, false).unwrap();
+    let raw: std::sync::Arc<dyn Volume> = volume::open_raw(&raw_path, false).unwrap();
     let pattern: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     for vol in [&encrypted, &raw] {
         vol.write_at(MIB, &pattern).unwrap();
@@ -248,14 +252,19 @@ fn cached_reads_equal_ordinary_reads_or_decline() {
 }
 
 #[test]
-fn files_without_the_magic_open_as_raw_images() {
+fn files_without_the_magic_are_refused_unless_declared_raw() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raw.img");
     std::fs::write(&path, vec![0x5Au8; 3 * 512]).unwrap();
     let kms = TestKms::new();
-    let OpenedVolume::Plain(raw) = volume::open_detected(&path, &kms.kms, false).unwrap() else {
-        panic!("a raw image opened as encrypted");
-    };
+    let err = volume::open_detected(&path, &kms.kms, false).unwrap_err();
+    assert!(
+        matches!(&err, Error::NoValidHeader { primary, backup, .. }
+            if primary.contains("1536 of 4096") && backup.contains("0 of 4096")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("--raw"), "{err}");
+    let raw = volume::open_raw(&path, false).unwrap();
     assert!(raw.header().is_none());
     assert_eq!((raw.size(), raw.block_size()), (1536, 512));
     raw.write_at(100, b"abc").unwrap();
@@ -386,7 +395,7 @@ fn opening_for_writing_repairs_a_damaged_header_copy() {
     assert!(writable.header_warning().unwrap().contains("repaired"));
     drop(writable);
     let file = std::fs::File::open(&path).unwrap();
-    let located = format::read_header(&file, &path).unwrap().unwrap();
+    let located = format::read_header(&file, &path).unwrap();
     assert_eq!((located.copy, located.warning), (HeaderCopy::Primary, None));
 }
 
@@ -397,9 +406,16 @@ fn a_volume_has_one_writer_at_a_time_and_readers_beside_it() {
     let path = create(dir.path(), &kms, MIB);
     let image = dir.path().join("raw.img");
     std::fs::write(&image, vec![7u8; MIB as usize]).unwrap();
+    let open = |path: &std::path::Path, read_only| -> Result<std::sync::Arc<dyn Volume>, Error> {
+        if path == image {
+            Ok(volume::open_raw(path, read_only)?)
+        } else {
+            volume::open(path, &kms.kms, read_only)
+        }
+    };
     for path in [&path, &image] {
-        let writer = volume::open(path, &kms.kms, false).unwrap();
-        let second = volume::open(path, &kms.kms, false).err();
+        let writer = open(path, false).unwrap();
+        let second = open(path, false).err();
         assert!(
             matches!(&second, Some(Error::InUse { path: p }) if p == path),
             "{second:?}"
@@ -413,13 +429,13 @@ fn a_volume_has_one_writer_at_a_time_and_readers_beside_it() {
             assert!(matches!(locked, Some(Error::InUse { .. })), "{locked:?}");
         }
         // Readers need no lock, and the writer keeps writing meanwhile.
-        let reader = volume::open(path, &kms.kms, true).unwrap();
+        let reader = open(path, true).unwrap();
         writer.write_at(0, &[1u8; 4096]).unwrap();
         let mut back = [0u8; 4096];
         reader.read_at(0, &mut back).unwrap();
         assert_eq!(back, [1u8; 4096]);
         // Closing the writer frees the volume for the next one.
         drop(writer);
-        volume::open(path, &kms.kms, false).unwrap();
+        open(path, false).unwrap();
     }
 }

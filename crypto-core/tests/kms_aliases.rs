@@ -13,7 +13,7 @@ fn alias_names_follow_aws_rules() {
     for (name, expected) in [
         ("alias/MyKMSKey", "ok"),
         ("alias/team/app_1-x", "ok"),
-        ("MyKMSKey", "InvalidAliasNameException"),
+        ("MyKMSKey", "ValidationException"),
         ("alias/", "InvalidAliasNameException"),
         ("alias/has space", "InvalidAliasNameException"),
         ("alias/aws/ebs", "NotAuthorizedException"),

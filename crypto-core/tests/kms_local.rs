@@ -352,9 +352,17 @@ fn config_from_env_is_validated() {
         LocalKms::open(home.path(), bad_region),
         Err(KmsError::Validation(_))
     ));
+    // A principal ARN acts in its own account (here the default root user's).
+    let other = LocalKmsConfig {
+        account: "123456789012".into(),
+        ..LocalKmsConfig::new()
+    };
+    let kms = LocalKms::open(home.path(), other).unwrap();
+    assert_eq!(kms.account(), "000000000000");
     let custom = LocalKmsConfig {
         region: "eu-west-1".into(),
         account: "123456789012".into(),
+        principal: "arn:aws:iam::123456789012:root".into(),
         ..LocalKmsConfig::new()
     };
     let kms = LocalKms::open(home.path(), custom).unwrap();

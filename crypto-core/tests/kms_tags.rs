@@ -53,18 +53,26 @@ fn aws_limits_and_key_states_apply() {
         vec![tag("", "v")],
         vec![tag(&"k".repeat(129), "v")],
         vec![tag("k", &"v".repeat(257))],
-        vec![tag("aws:reserved", "v")],
     ] {
         assert!(
             matches!(validate_tags(&bad), Err(KmsError::Validation(_))),
             "accepted {bad:?}"
         );
     }
+    // AWS's TagException: the reserved prefix in any case, a tag key twice, more than
+    // 50 tags in one request.
     let fifty_one: Vec<Tag> = (0..51).map(|i| tag(&format!("k{i}"), "v")).collect();
-    assert!(matches!(
-        validate_tags(&fifty_one),
-        Err(KmsError::LimitExceeded(_))
-    ));
+    for bad in [
+        vec![tag("aws:reserved", "v")],
+        vec![tag("AWS:reserved", "v")],
+        vec![tag("Aws:x", "v")],
+        vec![tag("dup", "1"), tag("other", "2"), tag("dup", "3")],
+        fifty_one,
+    ] {
+        let err = validate_tags(&bad).unwrap_err();
+        assert!(matches!(err, KmsError::Tag(_)), "{bad:?}: {err}");
+        assert_eq!(err.aws_name(), "TagException");
+    }
 
     let home = tempfile::tempdir().unwrap();
     let kms = LocalKms::open(home.path(), LocalKmsConfig::new()).unwrap();

@@ -481,6 +481,8 @@ struct PlaintextAnswer {
     #[serde(default)]
     ciphertext_blob: Option<String>,
     plaintext: String,
+    #[serde(default)]
+    key_material_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -489,6 +491,10 @@ struct ReEncryptAnswer {
     ciphertext_blob: String,
     source_key_id: String,
     key_id: String,
+    #[serde(default)]
+    source_key_material_id: Option<String>,
+    #[serde(default)]
+    destination_key_material_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +572,26 @@ struct WireRotation {
     #[serde(deserialize_with = "lenient_date")]
     rotation_date: Option<OffsetDateTime>,
     rotation_type: RotationType,
+    #[serde(default)]
+    key_material_id: Option<String>,
+}
+
+/// GenerateRandom's answer; the base64 text is wiped once decoded.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RandomAnswer {
+    plaintext: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListPoliciesAnswer {
+    #[serde(default)]
+    policy_names: Vec<String>,
+    #[serde(default)]
+    next_marker: Option<String>,
+    #[serde(default)]
+    truncated: bool,
 }
 
 #[derive(Deserialize)]
@@ -690,6 +716,7 @@ impl KeyService for RemoteKms {
         Ok(DecryptedData {
             key_id: answer.key_id,
             plaintext: secret(answer.plaintext)?,
+            key_material_id: answer.key_material_id,
         })
     }
 
@@ -709,6 +736,8 @@ impl KeyService for RemoteKms {
             source_key_id: answer.source_key_id,
             key_id: answer.key_id,
             ciphertext_blob: blob("CiphertextBlob", &answer.ciphertext_blob)?,
+            source_key_material_id: answer.source_key_material_id,
+            destination_key_material_id: answer.destination_key_material_id,
         })
     }
 
@@ -902,6 +931,7 @@ impl KeyService for RemoteKms {
                         KmsError::Internal("the key service sent a rotation without a date".into())
                     })?,
                     rotation_type: rotation.rotation_type,
+                    key_material_id: rotation.key_material_id,
                 });
             }
             match next_marker(answer.truncated, answer.next_marker) {
@@ -976,6 +1006,36 @@ impl KeyService for RemoteKms {
             match next_marker(answer.truncated, answer.next_marker) {
                 Some(next) => marker = Some(next),
                 None => return Ok(tags),
+            }
+        }
+    }
+
+    fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
+        let op = KmsOperation::GenerateRandom;
+        let request = wire::GenerateRandomRequest {
+            number_of_bytes,
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&request)
+            .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
+        let answer: RandomAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        secret(answer.plaintext)
+    }
+
+    fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
+        let mut names = Vec::new();
+        let mut marker = None;
+        loop {
+            let request = wire::ListRequest {
+                key_id: Some(key_id.to_owned()),
+                limit: Some(1000),
+                marker: marker.take(),
+            };
+            let answer: ListPoliciesAnswer = self.call(KmsOperation::ListKeyPolicies, &request)?;
+            names.extend(answer.policy_names);
+            match next_marker(answer.truncated, answer.next_marker) {
+                Some(next) => marker = Some(next),
+                None => return Ok(names),
             }
         }
     }

@@ -78,6 +78,10 @@ pub enum GatewayError {
     /// The client asked to create a bucket in another region than this endpoint's.
     #[error("InvalidLocationConstraint: {0}")]
     InvalidLocationConstraint(String),
+    /// The client sent a request body and then stopped: nothing arrived for the
+    /// body timeout (`--body-timeout`). The connection is closed after the answer.
+    #[error("RequestTimeout: {0}")]
+    RequestTimeout(String),
     /// The client used an HTTP method the resource does not take.
     #[error("MethodNotAllowed: {0}")]
     MethodNotAllowed(String),
@@ -139,6 +143,7 @@ impl GatewayError {
             | GatewayError::InvalidDigest(_)
             | GatewayError::MissingContentLength(_)
             | GatewayError::InvalidLocationConstraint(_) => "ValidationException",
+            GatewayError::RequestTimeout(_) => "RequestTimeoutException",
             GatewayError::AccessDenied(_) => "AccessDeniedException",
             GatewayError::MethodNotAllowed(_) | GatewayError::NotImplemented(_) => {
                 "UnknownOperationException"
@@ -171,6 +176,7 @@ impl GatewayError {
             | GatewayError::InvalidDigest(_)
             | GatewayError::MissingContentLength(_)
             | GatewayError::InvalidLocationConstraint(_)
+            | GatewayError::RequestTimeout(_)
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::NotImplemented(_) => 400,
             GatewayError::PresignExpired(_)
@@ -208,6 +214,7 @@ impl GatewayError {
             GatewayError::MissingContentLength(_) => "MissingContentLength",
             GatewayError::InvalidLocationConstraint(_) => "InvalidLocationConstraint",
             GatewayError::MethodNotAllowed(_) => "MethodNotAllowed",
+            GatewayError::RequestTimeout(_) => "RequestTimeout",
             GatewayError::UnknownOperation(_) | GatewayError::NotImplemented(_) => "NotImplemented",
             GatewayError::Object(err) => return err.s3_code(),
             // S3 names key-service failures `KMS.<name>`, except a denial.
@@ -263,6 +270,7 @@ impl GatewayError {
             | GatewayError::InvalidDigest(m)
             | GatewayError::MissingContentLength(m)
             | GatewayError::InvalidLocationConstraint(m)
+            | GatewayError::RequestTimeout(m)
             | GatewayError::MethodNotAllowed(m)
             | GatewayError::NotImplemented(m)
             | GatewayError::Config(m) => m.clone(),

@@ -1,11 +1,14 @@
 //! The KMS JSON 1.1 API: one parser for `X-Amz-Target` ([`KmsOperation::parse`]),
 //! one dispatcher ([`handle`]) from an operation and its JSON body to a
-//! [`KeyService`] call, and the AWS-shaped JSON answers. The caller has already
+//! [`LocalKms`] call, and the AWS-shaped JSON answers. The caller has already
 //! authenticated the request and hands in the key service acting for its principal.
+//! Every refusal is in the trail: the key service records the calls it refuses, and
+//! [`handle`] records those refused here, before the key service (a body that does
+//! not parse, a missing or out-of-range field, bad tags).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use crypto_core::kms::{self, DataKeySpec, KeyService, KmsError};
+use crypto_core::kms::{self, DataKeySpec, ImportOperation, KeyService, KmsError, LocalKms};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -14,6 +17,8 @@ use crate::error::GatewayError;
 use crate::wire::{self, decode_blob, encode_secret};
 
 const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+/// AWS's `OriginType` enum; atrest makes only `AWS_KMS` keys.
+const ORIGINS: [&str; 4] = ["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"];
 
 /// Every operation the endpoint serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,10 +50,15 @@ pub enum KmsOperation {
     TagResource,
     UntagResource,
     ListResourceTags,
+    GenerateRandom,
+    ListKeyPolicies,
+    GetParametersForImport,
+    ImportKeyMaterial,
+    DeleteImportedKeyMaterial,
 }
 
 impl KmsOperation {
-    pub const ALL: [KmsOperation; 27] = [
+    pub const ALL: [KmsOperation; 32] = [
         KmsOperation::CreateKey,
         KmsOperation::DescribeKey,
         KmsOperation::ListKeys,
@@ -76,6 +86,11 @@ impl KmsOperation {
         KmsOperation::TagResource,
         KmsOperation::UntagResource,
         KmsOperation::ListResourceTags,
+        KmsOperation::GenerateRandom,
+        KmsOperation::ListKeyPolicies,
+        KmsOperation::GetParametersForImport,
+        KmsOperation::ImportKeyMaterial,
+        KmsOperation::DeleteImportedKeyMaterial,
     ];
 
     /// The AWS operation name (the part of `X-Amz-Target` after `TrentService.`).
@@ -108,6 +123,11 @@ impl KmsOperation {
             KmsOperation::TagResource => "TagResource",
             KmsOperation::UntagResource => "UntagResource",
             KmsOperation::ListResourceTags => "ListResourceTags",
+            KmsOperation::GenerateRandom => "GenerateRandom",
+            KmsOperation::ListKeyPolicies => "ListKeyPolicies",
+            KmsOperation::GetParametersForImport => "GetParametersForImport",
+            KmsOperation::ImportKeyMaterial => "ImportKeyMaterial",
+            KmsOperation::DeleteImportedKeyMaterial => "DeleteImportedKeyMaterial",
         }
     }
 
@@ -131,135 +151,250 @@ impl KmsOperation {
     }
 }
 
+/// Why a call failed, and whether the key service already put it in the trail.
+enum Refusal {
+    /// The key service refused (or failed) the call and recorded it.
+    Audited(GatewayError),
+    /// Refused here, before the key service saw it: [`handle`] records it.
+    Unaudited(GatewayError),
+}
+
+impl From<GatewayError> for Refusal {
+    fn from(err: GatewayError) -> Self {
+        Refusal::Unaudited(err)
+    }
+}
+
+impl From<KmsError> for Refusal {
+    fn from(err: KmsError) -> Self {
+        Refusal::Unaudited(GatewayError::Kms(err))
+    }
+}
+
+/// For the key service's own errors: already in the trail.
+fn audited(err: KmsError) -> Refusal {
+    Refusal::Audited(GatewayError::Kms(err))
+}
+
 /// Runs one operation for the caller `kms` stands for and returns the JSON answer.
 /// The buffer is zeroized when dropped: GenerateDataKey's and Decrypt's answers hold
-/// plaintext keys.
+/// plaintext keys. A request refused before it reaches the key service is recorded
+/// in the trail here (with its non-secret parameters); if that record cannot be
+/// written, the answer is KMSInternalException.
 pub fn handle(
-    kms: &dyn KeyService,
+    kms: &LocalKms,
     op: KmsOperation,
     body: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    let err = match dispatch(kms, op, body) {
+        Ok(answer) => return Ok(answer),
+        Err(Refusal::Audited(err)) => err,
+        Err(Refusal::Unaudited(err)) => {
+            kms.record_invalid_request(
+                op.name(),
+                refused_parameters(body),
+                err.aws_name(),
+                &err.message(),
+            )?;
+            err
+        }
+    };
+    Err(match err {
+        // AWS says nothing more about a ciphertext it cannot decrypt; the trail
+        // keeps atrest's reason for the operator.
+        GatewayError::Kms(KmsError::InvalidCiphertext(_)) => {
+            GatewayError::Kms(KmsError::InvalidCiphertext(String::new()))
+        }
+        other => other,
+    })
+}
+
+/// The trail's `requestParameters` of a refused request: its top-level JSON fields,
+/// camelCase as CloudTrail writes them, without `Plaintext` (a secret) and
+/// `CiphertextBlob`, long strings cut; `null` when the body is not a JSON object.
+fn refused_parameters(body: &[u8]) -> Value {
+    const MAX_FIELDS: usize = 32;
+    const MAX_STRING: usize = 1024;
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return Value::Null;
+    };
+    let mut out = serde_json::Map::new();
+    for (name, value) in fields.into_iter().take(MAX_FIELDS) {
+        if matches!(name.as_str(), "Plaintext" | "CiphertextBlob") {
+            continue;
+        }
+        let mut chars = name.chars();
+        let camel: String = match chars.next() {
+            Some(first) => first.to_lowercase().chain(chars).take(MAX_STRING).collect(),
+            None => continue,
+        };
+        let value = match value {
+            Value::String(text) if text.chars().count() > MAX_STRING => {
+                Value::String(text.chars().take(MAX_STRING).collect())
+            }
+            Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null => value,
+            other => {
+                let text = other.to_string();
+                if text.len() > 4 * MAX_STRING {
+                    Value::String("(too long to record)".into())
+                } else {
+                    other
+                }
+            }
+        };
+        out.insert(camel, value);
+    }
+    Value::Object(out)
+}
+
+fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Refusal> {
     match op {
         KmsOperation::CreateKey => {
             let req: wire::CreateKeyRequest = parse(body)?;
             let tags = req.tags.unwrap_or_default();
             kms::validate_tags(&tags)?;
             if req.multi_region == Some(true) {
-                return Err(unsupported("multi-Region keys are not supported"));
+                return Err(unsupported("multi-Region keys are not supported").into());
+            }
+            if let Some(origin) = req.origin.as_deref().filter(|o| !ORIGINS.contains(o)) {
+                return Err(GatewayError::Kms(KmsError::Validation(format!(
+                    "1 validation error detected: Value '{}' at 'origin' failed to satisfy \
+                     constraint: Member must satisfy enum value set: [{}]",
+                    origin.chars().take(64).collect::<String>(),
+                    ORIGINS.join(", ")
+                )))
+                .into());
             }
             if let Some(origin) = req.origin.as_deref().filter(|o| *o != "AWS_KMS") {
                 return Err(unsupported(&format!(
                     "Origin {origin} is not supported; atrest makes its own key material (AWS_KMS)"
-                )));
+                ))
+                .into());
             }
             let spec = match (req.key_spec, req.customer_master_key_spec) {
                 (Some(a), Some(b)) if a != b => {
                     return Err(GatewayError::Kms(KmsError::Validation(
                         "KeySpec and CustomerMasterKeySpec differ; give only KeySpec".into(),
-                    )))
+                    ))
+                    .into())
                 }
                 (a, b) => a.or(b),
             };
-            let meta = kms.create_key(&kms::CreateKeyRequest {
-                description: req.description.unwrap_or_default(),
-                policy: req.policy,
-                bypass_policy_lockout_safety_check: req
-                    .bypass_policy_lockout_safety_check
-                    .unwrap_or(false),
-                key_spec: spec,
-                key_usage: req.key_usage,
-            })?;
+            let meta = kms
+                .create_key(&kms::CreateKeyRequest {
+                    description: req.description.unwrap_or_default(),
+                    policy: req.policy,
+                    bypass_policy_lockout_safety_check: req
+                        .bypass_policy_lockout_safety_check
+                        .unwrap_or(false),
+                    key_spec: spec,
+                    key_usage: req.key_usage,
+                })
+                .map_err(audited)?;
             // The tags were checked above; tagging is the creator's second call, in
             // the trail as TagResource.
             if !tags.is_empty() {
-                kms.tag_resource(&meta.key_id, &tags)?;
+                kms.tag_resource(&meta.key_id, &tags).map_err(audited)?;
             }
-            reply(&json!({ "KeyMetadata": meta }))
+            Ok(reply(&json!({ "KeyMetadata": meta }))?)
         }
         KmsOperation::DescribeKey => {
             let req: wire::KeyIdRequest = parse(body)?;
-            reply(&json!({ "KeyMetadata": kms.describe_key(&req.key_id)? }))
+            Ok(reply(
+                &json!({ "KeyMetadata": kms.describe_key(&req.key_id).map_err(audited)? }),
+            )?)
         }
         KmsOperation::ListKeys => {
             let req: wire::ListRequest = parse(body)?;
-            let page = kms.list_keys(&list_request(&req))?;
-            reply(&page_json("Keys", page)?)
+            let page = kms.list_keys(&list_request(&req)).map_err(audited)?;
+            Ok(reply(&page_json("Keys", page)?)?)
         }
         KmsOperation::UpdateKeyDescription => {
             let req: wire::UpdateKeyDescriptionRequest = parse(body)?;
-            kms.update_key_description(&req.key_id, &req.description)?;
-            empty()
+            kms.update_key_description(&req.key_id, &req.description)
+                .map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::EnableKey => {
             let req: wire::KeyIdRequest = parse(body)?;
-            kms.enable_key(&req.key_id)?;
-            empty()
+            kms.enable_key(&req.key_id).map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::DisableKey => {
             let req: wire::KeyIdRequest = parse(body)?;
-            kms.disable_key(&req.key_id)?;
-            empty()
+            kms.disable_key(&req.key_id).map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::ScheduleKeyDeletion => {
             let req: wire::ScheduleKeyDeletionRequest = parse(body)?;
-            reply(&json!(kms.schedule_key_deletion(
-                &req.key_id,
-                req.pending_window_in_days
-            )?))
+            Ok(reply(&json!(kms
+                .schedule_key_deletion(&req.key_id, req.pending_window_in_days)
+                .map_err(audited)?))?)
         }
         KmsOperation::CancelKeyDeletion => {
             let req: wire::KeyIdRequest = parse(body)?;
-            reply(&json!({ "KeyId": kms.cancel_key_deletion(&req.key_id)? }))
+            Ok(reply(
+                &json!({ "KeyId": kms.cancel_key_deletion(&req.key_id).map_err(audited)? }),
+            )?)
         }
         KmsOperation::ListAliases => {
             let req: wire::ListRequest = parse(body)?;
-            let page = kms.list_aliases(req.key_id.as_deref(), &list_request(&req))?;
-            reply(&page_json("Aliases", page)?)
+            let page = kms
+                .list_aliases(req.key_id.as_deref(), &list_request(&req))
+                .map_err(audited)?;
+            Ok(reply(&page_json("Aliases", page)?)?)
         }
         KmsOperation::CreateAlias => {
             let req: wire::AliasRequest = parse(body)?;
-            kms.create_alias(&req.alias_name, &req.target_key_id)?;
-            empty()
+            kms.create_alias(&req.alias_name, &req.target_key_id)
+                .map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::UpdateAlias => {
             let req: wire::AliasRequest = parse(body)?;
-            kms.update_alias(&req.alias_name, &req.target_key_id)?;
-            empty()
+            kms.update_alias(&req.alias_name, &req.target_key_id)
+                .map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::DeleteAlias => {
             let req: wire::DeleteAliasRequest = parse(body)?;
-            kms.delete_alias(&req.alias_name)?;
-            empty()
+            kms.delete_alias(&req.alias_name).map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::EnableKeyRotation => {
             let req: wire::EnableKeyRotationRequest = parse(body)?;
-            kms.enable_key_rotation(&req.key_id, req.rotation_period_in_days)?;
-            empty()
+            kms.enable_key_rotation(&req.key_id, req.rotation_period_in_days)
+                .map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::DisableKeyRotation => {
             let req: wire::KeyIdRequest = parse(body)?;
-            kms.disable_key_rotation(&req.key_id)?;
-            empty()
+            kms.disable_key_rotation(&req.key_id).map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::GetKeyRotationStatus => {
             let req: wire::KeyIdRequest = parse(body)?;
-            reply(&json!(kms.get_key_rotation_status(&req.key_id)?))
+            Ok(reply(&json!(kms
+                .get_key_rotation_status(&req.key_id)
+                .map_err(audited)?))?)
         }
         KmsOperation::RotateKeyOnDemand => {
             let req: wire::KeyIdRequest = parse(body)?;
-            reply(&json!({ "KeyId": kms.rotate_key_on_demand(&req.key_id)? }))
+            Ok(reply(
+                &json!({ "KeyId": kms.rotate_key_on_demand(&req.key_id).map_err(audited)? }),
+            )?)
         }
         KmsOperation::ListKeyRotations => {
             let req: wire::ListRequest = parse(body)?;
             let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
-            let rotations = kms.list_key_rotations(key_id)?;
-            reply(&paged_slice("Rotations", rotations, &req)?)
+            let rotations = kms.list_key_rotations(key_id).map_err(audited)?;
+            Ok(reply(&paged_slice("Rotations", rotations, &req)?)?)
         }
         KmsOperation::GetKeyPolicy => {
             let req: wire::KeyPolicyRequest = parse(body)?;
             let name = req.policy_name.unwrap_or_else(|| "default".into());
-            let policy = kms.get_key_policy(&req.key_id, &name)?;
-            reply(&json!({ "Policy": policy, "PolicyName": name }))
+            let policy = kms.get_key_policy(&req.key_id, &name).map_err(audited)?;
+            Ok(reply(&json!({ "Policy": policy, "PolicyName": name }))?)
         }
         KmsOperation::PutKeyPolicy => {
             let req: wire::KeyPolicyRequest = parse(body)?;
@@ -269,100 +404,153 @@ pub fn handle(
                 req.policy_name.as_deref().unwrap_or("default"),
                 &policy,
                 req.bypass_policy_lockout_safety_check.unwrap_or(false),
-            )?;
-            empty()
+            )
+            .map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::TagResource => {
             let req: wire::TagResourceRequest = parse(body)?;
-            kms.tag_resource(&req.key_id, &req.tags)?;
-            empty()
+            kms.tag_resource(&req.key_id, &req.tags).map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::UntagResource => {
             let req: wire::UntagResourceRequest = parse(body)?;
-            kms.untag_resource(&req.key_id, &req.tag_keys)?;
-            empty()
+            kms.untag_resource(&req.key_id, &req.tag_keys)
+                .map_err(audited)?;
+            Ok(empty()?)
         }
         KmsOperation::ListResourceTags => {
             let req: wire::ListRequest = parse(body)?;
             let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
-            let tags = kms.list_resource_tags(key_id)?;
-            reply(&paged_slice("Tags", tags, &req)?)
+            let tags = kms.list_resource_tags(key_id).map_err(audited)?;
+            Ok(reply(&paged_slice("Tags", tags, &req)?)?)
         }
         KmsOperation::GenerateDataKey => {
             let req = data_key_request(parse(body)?)?;
-            let generated = kms.generate_data_key(&req)?;
-            reply_with_plaintext(
+            let generated = kms.generate_data_key(&req).map_err(audited)?;
+            Ok(reply_with_plaintext(
                 &[
                     ("CiphertextBlob", BASE64.encode(&generated.ciphertext_blob)),
                     ("KeyId", generated.key_id),
                 ],
                 generated.plaintext.expose(),
-            )
+            )?)
         }
         KmsOperation::GenerateDataKeyWithoutPlaintext => {
             let req = data_key_request(parse(body)?)?;
-            let wrapped = kms.generate_data_key_without_plaintext(&req)?;
-            reply(&json!({
+            let wrapped = kms
+                .generate_data_key_without_plaintext(&req)
+                .map_err(audited)?;
+            Ok(reply(&json!({
                 "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
                 "KeyId": wrapped.key_id,
-            }))
+            }))?)
         }
         KmsOperation::Encrypt => {
             let req: wire::EncryptRequest = parse(body)?;
             refuse_dry_run(req.dry_run)?;
             check_algorithm(req.encryption_algorithm.as_deref())?;
             let plaintext = decode_blob("Plaintext", &req.plaintext)?;
-            let wrapped = kms.encrypt(
-                &req.key_id,
-                &plaintext,
-                &req.encryption_context.unwrap_or_default(),
-            )?;
-            reply(&json!({
+            let wrapped = kms
+                .encrypt(
+                    &req.key_id,
+                    &plaintext,
+                    &req.encryption_context.unwrap_or_default(),
+                )
+                .map_err(audited)?;
+            Ok(reply(&json!({
                 "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
                 "KeyId": wrapped.key_id,
                 "EncryptionAlgorithm": SYMMETRIC_DEFAULT,
-            }))
+            }))?)
         }
         KmsOperation::Decrypt => {
             let req: wire::DecryptRequest = parse(body)?;
             refuse_dry_run(req.dry_run)?;
             check_algorithm(req.encryption_algorithm.as_deref())?;
-            let decrypted = kms.decrypt(&kms::DecryptRequest {
-                ciphertext_blob: decode_blob("CiphertextBlob", &req.ciphertext_blob)?.to_vec(),
-                encryption_context: req.encryption_context.unwrap_or_default(),
-                key_id: req.key_id,
-            })?;
-            reply_with_plaintext(
-                &[
-                    ("EncryptionAlgorithm", SYMMETRIC_DEFAULT.to_owned()),
-                    ("KeyId", decrypted.key_id),
-                ],
-                decrypted.plaintext.expose(),
-            )
+            let decrypted = kms
+                .decrypt(&kms::DecryptRequest {
+                    ciphertext_blob: decode_blob("CiphertextBlob", &req.ciphertext_blob)?.to_vec(),
+                    encryption_context: req.encryption_context.unwrap_or_default(),
+                    key_id: req.key_id,
+                })
+                .map_err(audited)?;
+            let mut fields = vec![
+                ("EncryptionAlgorithm", SYMMETRIC_DEFAULT.to_owned()),
+                ("KeyId", decrypted.key_id),
+            ];
+            if let Some(material) = decrypted.key_material_id {
+                fields.push(("KeyMaterialId", material));
+            }
+            Ok(reply_with_plaintext(&fields, decrypted.plaintext.expose())?)
         }
         KmsOperation::ReEncrypt => {
             let req: wire::ReEncryptRequest = parse(body)?;
             refuse_dry_run(req.dry_run)?;
             check_algorithm(req.source_encryption_algorithm.as_deref())?;
             check_algorithm(req.destination_encryption_algorithm.as_deref())?;
-            let done = kms.re_encrypt(&kms::ReEncryptRequest {
-                ciphertext_blob: decode_blob("CiphertextBlob", &req.ciphertext_blob)?.to_vec(),
-                source_encryption_context: req.source_encryption_context.unwrap_or_default(),
-                source_key_id: req.source_key_id,
-                destination_key_id: req.destination_key_id,
-                destination_encryption_context: req
-                    .destination_encryption_context
-                    .unwrap_or_default(),
-            })?;
-            reply(&json!({
+            let done = kms
+                .re_encrypt(&kms::ReEncryptRequest {
+                    ciphertext_blob: decode_blob("CiphertextBlob", &req.ciphertext_blob)?.to_vec(),
+                    source_encryption_context: req.source_encryption_context.unwrap_or_default(),
+                    source_key_id: req.source_key_id,
+                    destination_key_id: req.destination_key_id,
+                    destination_encryption_context: req
+                        .destination_encryption_context
+                        .unwrap_or_default(),
+                })
+                .map_err(audited)?;
+            Ok(reply(&json!({
                 "CiphertextBlob": BASE64.encode(&done.ciphertext_blob),
                 "SourceKeyId": done.source_key_id,
                 "KeyId": done.key_id,
                 "SourceEncryptionAlgorithm": SYMMETRIC_DEFAULT,
                 "DestinationEncryptionAlgorithm": SYMMETRIC_DEFAULT,
-            }))
+                "SourceKeyMaterialId": done.source_key_material_id,
+                "DestinationKeyMaterialId": done.destination_key_material_id,
+            }))?)
+        }
+        KmsOperation::GenerateRandom => {
+            let req: wire::GenerateRandomRequest = parse(body)?;
+            if req.custom_key_store_id.is_some() {
+                return Err(unsupported("atrest has no custom key stores").into());
+            }
+            if req.recipient.is_some() {
+                return Err(unsupported(
+                    "Recipient (Nitro Enclaves attestation) is not supported by atrest",
+                )
+                .into());
+            }
+            let random = kms.generate_random(req.number_of_bytes).map_err(audited)?;
+            Ok(reply_with_plaintext(&[], random.expose())?)
+        }
+        KmsOperation::ListKeyPolicies => {
+            let req: wire::ListRequest = parse(body)?;
+            let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
+            let names = kms.list_key_policies(key_id).map_err(audited)?;
+            Ok(reply(&paged_slice("PolicyNames", names, &req)?)?)
+        }
+        KmsOperation::GetParametersForImport => {
+            refuse_import(kms, body, ImportOperation::GetParametersForImport)
+        }
+        KmsOperation::ImportKeyMaterial => {
+            refuse_import(kms, body, ImportOperation::ImportKeyMaterial)
+        }
+        KmsOperation::DeleteImportedKeyMaterial => {
+            refuse_import(kms, body, ImportOperation::DeleteImportedKeyMaterial)
         }
     }
+}
+
+/// The key-material import calls: every atrest key has origin AWS_KMS, so the key
+/// service refuses them (UnsupportedOperationException) once it found the key.
+fn refuse_import(
+    kms: &LocalKms,
+    body: &[u8],
+    import: ImportOperation,
+) -> Result<Zeroizing<Vec<u8>>, Refusal> {
+    let req: wire::KeyIdRequest = parse(body)?;
+    Err(audited(kms.refuse_key_material_import(import, &req.key_id)))
 }
 
 /// Parses a request body; an empty body is `{}`. Bad JSON syntax is a
@@ -593,6 +781,22 @@ mod tests {
             let err = parse::<wire::KeyIdRequest>(not_json).unwrap_err();
             assert_eq!(err.aws_name(), "SerializationException", "{err}");
         }
+    }
+
+    #[test]
+    fn refused_requests_are_recorded_without_secrets() {
+        let body = br#"{"KeyId": "alias/a", "Plaintext": "c2VjcmV0", "CiphertextBlob": "AQID",
+                        "NumberOfBytes": 1025, "EncryptionContext": {"app": "x"}}"#;
+        let recorded = refused_parameters(body);
+        assert_eq!(
+            recorded,
+            json!({"keyId": "alias/a", "numberOfBytes": 1025, "encryptionContext": {"app": "x"}})
+        );
+        let long = format!(r#"{{"Description": "{}"}}"#, "d".repeat(5000));
+        let recorded = refused_parameters(long.as_bytes());
+        assert_eq!(recorded["description"].as_str().unwrap().len(), 1024);
+        assert_eq!(refused_parameters(b"{"), Value::Null);
+        assert_eq!(refused_parameters(b"[1]"), Value::Null);
     }
 
     #[test]

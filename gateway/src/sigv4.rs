@@ -329,6 +329,30 @@ impl ChunkChain {
 const CHUNK_ALGORITHM: &str = "AWS4-HMAC-SHA256-PAYLOAD";
 const TRAILER_ALGORITHM: &str = "AWS4-HMAC-SHA256-TRAILER";
 
+/// The access key id a request claims (from `Authorization: ... Credential=ID/...`
+/// or a presigned `X-Amz-Credential=ID/...`), read leniently and without checking
+/// anything, for the trail record of a refused request. `None` when there is none.
+pub fn claimed_access_key_id(request: &RequestView<'_>) -> Option<String> {
+    let from_header = request
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (_, credential) = value.split_once("Credential=")?;
+            credential.split([',', ' ']).next()
+        })
+        .map(str::to_owned);
+    let credential = from_header.or_else(|| {
+        query_pairs(request.query)
+            .ok()?
+            .into_iter()
+            .find(|(name, _)| name == "X-Amz-Credential")
+            .map(|(_, value)| value)
+    })?;
+    let id = credential.split('/').next().unwrap_or_default().trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
 /// The signature a request carries, from its `Authorization` header or its query.
 pub fn present(request: &RequestView<'_>) -> Result<PresentedSignature, GatewayError> {
     let has_query_signature = query_pairs(request.query)?
@@ -1155,5 +1179,43 @@ mod tests {
         let pairs = query_pairs("b=2&a=x%20y&c").unwrap();
         assert_eq!(canonical_query(&pairs), "a=x%20y&b=2&c=");
         assert!(query_pairs("a=%G0").is_err());
+    }
+
+    #[test]
+    fn the_claimed_access_key_is_read_from_malformed_requests_too() {
+        let claimed = |auth: Option<&str>, query: &str| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(auth) = auth {
+                headers.insert(
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_str(auth).unwrap(),
+                );
+            }
+            claimed_access_key_id(&RequestView {
+                method: "GET",
+                path: "/",
+                query,
+                headers: &headers,
+            })
+        };
+        let header =
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261206/us-east-1/kms/aws4_request, \
+                      SignedHeaders=host, Signature=zz";
+        assert_eq!(claimed(Some(header), "").as_deref(), Some("AKIDEXAMPLE"));
+        assert_eq!(
+            claimed(Some("AWS4-HMAC-SHA256 Credential=AKIDONLY"), "").as_deref(),
+            Some("AKIDONLY")
+        );
+        assert_eq!(
+            claimed(
+                None,
+                "X-Amz-Credential=AKIDQ%2F20261206%2Fx%2Fs3%2Faws4_request"
+            )
+            .as_deref(),
+            Some("AKIDQ")
+        );
+        assert_eq!(claimed(Some("Basic dXNlcjpwYXNz"), ""), None);
+        assert_eq!(claimed(Some("AWS4-HMAC-SHA256 Credential=/x"), ""), None);
+        assert_eq!(claimed(None, "a=%zz"), None);
     }
 }

@@ -133,6 +133,18 @@ pub struct ListRequest {
     pub marker: Option<String>,
 }
 
+/// GenerateRandom's request (`CustomKeyStoreId` and `Recipient` are refused).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GenerateRandomRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number_of_bytes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_key_store_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<serde_json::Value>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UpdateKeyDescriptionRequest {
@@ -216,6 +228,8 @@ pub struct WireKeyMetadata {
     pub deletion_date: Option<OffsetDateTime>,
     #[serde(default)]
     pub pending_deletion_window_in_days: Option<u32>,
+    #[serde(default)]
+    pub current_key_material_id: Option<String>,
 }
 
 impl WireKeyMetadata {
@@ -254,6 +268,7 @@ impl WireKeyMetadata {
             multi_region: self.multi_region.unwrap_or(false),
             deletion_date: self.deletion_date,
             pending_deletion_window_in_days: self.pending_deletion_window_in_days,
+            current_key_material_id: self.current_key_material_id,
         })
     }
 }

@@ -255,6 +255,17 @@ fn every_operation_works_through_remote_kms() {
     );
     assert!(matches!(
         kms.tag_resource(&meta.key_id, &[tag("aws:x", "y")]),
+        Err(KmsError::Tag(_))
+    ));
+
+    assert_eq!(kms.list_key_policies(&meta.key_id).unwrap(), ["default"]);
+    assert_eq!(kms.generate_random(Some(24)).unwrap().len(), 24);
+    assert!(matches!(
+        kms.generate_random(Some(1025)),
+        Err(KmsError::Validation(_))
+    ));
+    assert!(matches!(
+        kms.generate_random(None),
         Err(KmsError::Validation(_))
     ));
 

@@ -12,6 +12,7 @@ use blockdev::lease::KeystoreGeneration;
 use clap::{Args, Subcommand};
 use crypto_core::kms::{KeyService, LocalKms, LocalKmsConfig};
 use crypto_core::trail::digest;
+use gateway::server::ConnectionLimits;
 use gateway::{
     CredentialStore, Gateway, RemoteKms, RemoteKmsConfig, RunningGateway, Services, TlsFiles,
 };
@@ -23,6 +24,45 @@ use super::Globals;
 
 const DEFAULT_KMS_LISTEN: &str = "127.0.0.1:4599";
 const DEFAULT_S3_LISTEN: &str = "127.0.0.1:4598";
+
+/// Connection limits and the body timeout of the KMS and S3 endpoints.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct LimitArgs {
+    /// End a connection whose request body makes no progress for this long
+    /// (answered 400 RequestTimeout), or whose client reads nothing of an answer
+    /// for this long: e.g. 20s, 1m.
+    #[arg(long, default_value = "20s", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    body_timeout: Duration,
+    /// Most open connections, all clients together; more are answered 503 SlowDown.
+    /// Lowered to fit the descriptor limit (ulimit -n) when that is smaller.
+    #[arg(long, default_value_t = gateway::server::DEFAULT_MAX_CONNECTIONS, value_name = "N",
+          value_parser = parse_count)]
+    max_connections: usize,
+    /// Most open connections from one IP address (at most half of
+    /// --max-connections); more are answered 503 SlowDown.
+    #[arg(long, default_value_t = gateway::server::DEFAULT_MAX_CONNECTIONS_PER_SOURCE, value_name = "N",
+          value_parser = parse_count)]
+    max_connections_per_source: usize,
+}
+
+/// A count of at least 1.
+fn parse_count(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| format!("'{text}' is not a count of at least 1"))
+}
+
+impl From<LimitArgs> for ConnectionLimits {
+    fn from(args: LimitArgs) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: args.max_connections,
+            max_per_source: args.max_connections_per_source,
+            body_timeout: args.body_timeout,
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct KmsServeArgs {
@@ -39,6 +79,8 @@ pub struct KmsServeArgs {
     /// Write a signed trail digest this often (and once at shutdown): e.g. 1h, 5m.
     #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
     digest_interval: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Serves the key service of `globals`' home until SIGINT or SIGTERM.
@@ -82,6 +124,8 @@ pub struct S3ServeArgs {
     /// Write a signed trail digest this often (and once at shutdown): e.g. 1h, 5m.
     #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
     digest_interval: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 pub fn run_s3(cmd: S3Command, globals: &Globals) -> anyhow::Result<()> {
@@ -119,6 +163,7 @@ impl From<S3ServeArgs> for KmsServeArgs {
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
             digest_interval: args.digest_interval,
+            limits: args.limits,
         }
     }
 }
@@ -156,7 +201,7 @@ fn serve(
              with `atrest iam create-access-key --principal ARN`"
         );
     }
-    let mut gateway = Gateway::new(kms, &home);
+    let mut gateway = Gateway::new(kms, &home).with_limits(args.limits.into());
     if services.s3 {
         gateway = gateway.with_s3(ObjectStore::open(&home)?);
     }

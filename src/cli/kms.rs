@@ -155,8 +155,19 @@ pub enum KmsCommand {
     },
     /// A key's tags.
     ListResourceTags(KeyIdArg),
+    /// The names of a key's policies (always `default`).
+    ListKeyPolicies(KeyIdArg),
+    /// 1 to 1024 random bytes from the key service, in base64.
+    GenerateRandom(GenerateRandomArgs),
     /// Serve this key service over HTTP(S) with the AWS KMS JSON API and SigV4.
     Serve(super::gateway::KmsServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateRandomArgs {
+    /// How many bytes, 1 to 1024.
+    #[arg(long, value_name = "N")]
+    number_of_bytes: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +310,13 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
             "Tags": to_json(&kms.list_resource_tags(&key_id)?)?,
             "Truncated": false,
         })),
+        KmsCommand::ListKeyPolicies(KeyIdArg { key_id }) => print_json(&json!({
+            "PolicyNames": kms.list_key_policies(&key_id)?,
+            "Truncated": false,
+        })),
+        KmsCommand::GenerateRandom(GenerateRandomArgs { number_of_bytes }) => {
+            print_with_plaintext(&[], &kms.generate_random(number_of_bytes)?, &[])
+        }
         KmsCommand::GenerateDataKey(args) => {
             let generated = kms.generate_data_key(&data_key_request(args)?)?;
             print_with_plaintext(

@@ -12,6 +12,7 @@ use blockdev::format::{Encryption, VolumeHeader};
 use blockdev::lease::{self, KeystoreGeneration, LeaseConfig, OnKeyDisable};
 use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::lifecycle::{self, Progress, Target};
+use blockdev::volume::ImageFormat;
 use clap::{Args, ValueEnum};
 use crypto_core::kms::KeyService;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -21,11 +22,15 @@ use super::Globals;
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// The volume (or raw image) to snapshot; only read.
+    /// The volume to snapshot; only read.
     src: PathBuf,
     /// The snapshot to create.
     dst: PathBuf,
-    /// Replace DST if it exists.
+    /// SRC is a raw image (no atrest header): copy it as it is and make the copy
+    /// read-only by its mode. Without it SRC must be an atrest volume.
+    #[arg(long)]
+    raw: bool,
+    /// Replace DST if it exists (refused while a server has DST open for writing).
     #[arg(long)]
     force: bool,
 }
@@ -42,7 +47,7 @@ pub struct CopyArgs {
     /// Make an unencrypted copy (refused for an encrypted source, as EBS refuses it).
     #[arg(long)]
     unencrypted: bool,
-    /// Replace DST if it exists.
+    /// Replace DST if it exists (refused while a server has DST open for writing).
     #[arg(long)]
     force: bool,
 }
@@ -56,7 +61,7 @@ pub struct ImportArgs {
     /// The CMK that wraps the new data key. Key id, ARN or alias.
     #[arg(long)]
     key_id: String,
-    /// Replace DST if it exists.
+    /// Replace DST if it exists (refused while a server has DST open for writing).
     #[arg(long)]
     force: bool,
 }
@@ -135,10 +140,12 @@ fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
 }
 
 /// Keeps a key-service refusal visible as a `KmsError` (its AWS name decides the exit
-/// code).
-fn cli_error(err: blockdev::Error) -> anyhow::Error {
+/// code), and shows an I/O error's cause once.
+pub(super) fn cli_error(err: blockdev::Error) -> anyhow::Error {
     match err {
         blockdev::Error::Kms(kms) => kms.into(),
+        // Its Display already ends with the cause, which anyhow would print again.
+        blockdev::Error::Io { context, source } => anyhow::Error::new(source).context(context),
         other => other.into(),
     }
 }
@@ -234,7 +241,13 @@ impl Made {
 
 pub fn snapshot(args: SnapshotArgs, _globals: &Globals) -> anyhow::Result<()> {
     let bar = Bar::new("snapshot");
-    let report = lifecycle::snapshot(&args.src, &args.dst, args.force, &bar).map_err(cli_error)?;
+    let format = if args.raw {
+        ImageFormat::Raw
+    } else {
+        ImageFormat::Atrest
+    };
+    let report =
+        lifecycle::snapshot(&args.src, format, &args.dst, args.force, &bar).map_err(cli_error)?;
     let mut made = Made::new(&args.dst, report.header.as_ref());
     made.read_only = true;
     made.reflinked = Some(report.reflinked);
@@ -289,6 +302,7 @@ pub fn open_exports(
     let opener = move |spec: &ExportSpec| {
         lease::open_served(
             &spec.path,
+            spec.format,
             Arc::clone(&service),
             watch.clone(),
             read_only || spec.read_only,

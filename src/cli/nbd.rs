@@ -10,7 +10,7 @@ use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::nbd::{
     self, kernel, Export, Refusal, RefusalAudit, Server, TlsMode, TlsSettings, DEFAULT_EXPORT,
 };
-use blockdev::volume::{self, NewVolumeKey};
+use blockdev::volume::{self, ImageFormat, NewVolumeKey};
 use clap::{Args, Subcommand, ValueEnum};
 use crypto_core::kms::{CreateKeyRequest, KeyService, KmsError};
 use crypto_core::trail::{ApiCall, Trail};
@@ -86,12 +86,19 @@ pub struct NbdServeArgs {
     #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     listen: String,
     /// A volume to export, as NAME=PATH (repeatable). A client asking for the empty
-    /// export name gets `default`, or the only export.
+    /// export name gets `default`, or the only export. PATH must be an atrest volume
+    /// (a regular file or block device with a valid header) unless --raw NAME says
+    /// it is a raw image; the format is never guessed from the file's bytes.
     #[arg(long = "export", value_name = "NAME=PATH", value_parser = parse_export,
           required_unless_present = "exports_file")]
     exports: Vec<(String, PathBuf)>,
+    /// Serve the export NAME (given with --export) as a raw image: every byte of the
+    /// file is data, whatever it holds, for as long as it is served so (repeatable).
+    /// In an exports file: `format = "raw"`.
+    #[arg(long = "raw", value_name = "NAME", conflicts_with = "exports_file")]
+    raw: Vec<String>,
     /// Read the exports from a TOML file (`[[export]]` name, path, read_only,
-    /// description, allowed_clients), reloaded on SIGHUP: an export whose path changed
+    /// description, allowed_clients, format = "atrest" | "raw"), reloaded on SIGHUP: an export whose path changed
     /// is swapped to the new volume (its clients are disconnected cleanly).
     #[arg(long = "exports", value_name = "FILE", conflicts_with = "exports")]
     exports_file: Option<PathBuf>,
@@ -407,13 +414,26 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
                 if specs.iter().any(|s| s.name == name) {
                     bail!("export {name:?} is given twice");
                 }
+                let format = if args.raw.contains(&name) {
+                    ImageFormat::Raw
+                } else {
+                    ImageFormat::Atrest
+                };
                 specs.push(ExportSpec {
                     description: Some(path.display().to_string()),
                     name,
                     path,
                     read_only: false,
                     allowed_clients: Vec::new(),
+                    format,
                 });
+            }
+            if let Some(name) = args
+                .raw
+                .iter()
+                .find(|n| !specs.iter().any(|s| &s.name == *n))
+            {
+                bail!("--raw {name:?} names no export: give it as --export {name}=PATH");
             }
             specs
         }
@@ -445,6 +465,7 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
 fn open_export(kms: &super::gateway::Keys, path: &Path, read_only: bool) -> anyhow::Result<Export> {
     let volume = lease::open_served(
         path,
+        ImageFormat::Atrest,
         kms.service(),
         kms.watch(),
         read_only,

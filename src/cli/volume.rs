@@ -1,14 +1,14 @@
 //! `atrest volume create` and `atrest volume info`.
 
-use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use blockdev::format::{self, Encryption, LocatedHeader};
+use blockdev::format::{self, CopyContent, Encryption, HeaderCopy, LocatedHeader, VolumeHeader};
+use blockdev::lifecycle;
 use blockdev::volume::{self, NewVolumeKey};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use crypto_core::kms::{EncryptionContext, KmsError};
 use serde::Serialize;
 
@@ -31,6 +31,33 @@ pub enum VolumeCommand {
     Import(super::lifecycle::ImportArgs),
     /// Re-wrap the data key (ReEncrypt) under the CMK's newest material or another CMK.
     Rewrap(super::lifecycle::RewrapArgs),
+    /// Choose between two header copies that disagree (e.g. a stray `dd` of another
+    /// volume's header): --dry-run shows both, --use primary|backup keeps one and
+    /// rewrites the other. Opening never makes that choice on its own.
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// The volume file.
+    path: PathBuf,
+    /// The header copy to keep; the other is overwritten with it.
+    #[arg(
+        long = "use",
+        value_enum,
+        value_name = "COPY",
+        required_unless_present = "dry_run"
+    )]
+    keep: Option<CopyArg>,
+    /// Show both copies (volume id, generation, key) and what would be kept; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CopyArg {
+    Primary,
+    Backup,
 }
 
 #[derive(Debug, Args)]
@@ -55,7 +82,8 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// The volume file (an atrest volume or a plain raw image).
+    /// The volume file. A file without a valid atrest header is an error naming each
+    /// header copy's defect (raw images are declared when served, never detected).
     path: PathBuf,
 }
 
@@ -67,6 +95,7 @@ pub fn run(cmd: VolumeCommand, globals: &Globals) -> anyhow::Result<()> {
         VolumeCommand::Copy(args) => super::lifecycle::copy(args, globals),
         VolumeCommand::Import(args) => super::lifecycle::import(args, globals),
         VolumeCommand::Rewrap(args) => super::lifecycle::rewrap(args, globals),
+        VolumeCommand::Repair(args) => repair(args),
     }
 }
 
@@ -74,21 +103,14 @@ fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
     super::gateway::Keys::open(globals)
 }
 
-/// Keeps a key-service refusal visible as a `KmsError` (its AWS name decides the exit
-/// code); `blockdev::Error::Kms` forwards its display but not its type.
-fn cli_error(err: blockdev::Error) -> anyhow::Error {
-    match err {
-        blockdev::Error::Kms(kms) => kms.into(),
-        other => other.into(),
-    }
-}
+use super::lifecycle::cli_error;
 
 /// What `volume create` and `volume info` print (PascalCase, like AWS's DescribeVolumes).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct VolumeDescription {
     path: String,
-    /// `atrest-volume-v1`, or `raw` for a file without an atrest header.
+    /// `atrest-volume-v1`.
     format: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     volume_id: Option<String>,
@@ -126,45 +148,33 @@ struct VolumeDescription {
 }
 
 impl VolumeDescription {
-    fn new(path: &Path, located: Option<&LocatedHeader>, raw_size: u64) -> anyhow::Result<Self> {
+    fn new(path: &Path, located: &LocatedHeader) -> anyhow::Result<Self> {
         let meta = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+        let header = &located.header;
         let mut d = Self {
             path: path.display().to_string(),
-            format: "raw".into(),
-            volume_id: None,
-            size: raw_size,
+            format: format!("atrest-volume-v{}", format::VERSION),
+            volume_id: Some(header.volume_id().to_string()),
+            size: header.size(),
             encrypted: false,
-            cipher: None,
+            cipher: Some(header.encryption().cipher_name()),
             key_id: None,
             key_state: None,
             key_state_reason: None,
             encryption_context: None,
-            sector_size: None,
-            data_offset: None,
-            read_only: None,
-            header_generation: None,
-            header_copy: None,
-            header_warning: None,
+            sector_size: Some(header.sector_size()),
+            data_offset: Some(header.data_offset()),
+            read_only: Some(header.is_read_only()),
+            header_generation: Some(header.generation()),
+            header_copy: Some(located.copy.name()),
+            header_warning: located.warning.clone(),
             file_size: meta.len(),
             allocated_bytes: meta.blocks() * 512,
         };
-        if let Some(located) = located {
-            let header = &located.header;
-            d.format = format!("atrest-volume-v{}", format::VERSION);
-            d.volume_id = Some(header.volume_id().to_string());
-            d.size = header.size();
-            d.cipher = Some(header.encryption().cipher_name());
-            if let Encryption::Aes256XtsPlain64(wrapped) = header.encryption() {
-                d.encrypted = true;
-                d.key_id = Some(wrapped.key_arn.clone());
-                d.encryption_context = Some(header.encryption_context());
-            }
-            d.sector_size = Some(header.sector_size());
-            d.data_offset = Some(header.data_offset());
-            d.read_only = Some(header.is_read_only());
-            d.header_generation = Some(header.generation());
-            d.header_copy = Some(located.copy.name());
-            d.header_warning = located.warning.clone();
+        if let Encryption::Aes256XtsPlain64(wrapped) = header.encryption() {
+            d.encrypted = true;
+            d.key_id = Some(wrapped.key_arn.clone());
+            d.encryption_context = Some(header.encryption_context());
         }
         Ok(d)
     }
@@ -195,24 +205,103 @@ fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
         copy: format::HeaderCopy::Primary,
         warning: None,
     };
-    VolumeDescription::new(&args.path, Some(&located), 0)?.print()
+    VolumeDescription::new(&args.path, &located)?.print()
 }
 
 fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     let path = &args.path;
-    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let file = volume::open_volume_file(path, false).map_err(cli_error)?;
     let located = format::read_header(&file, path).map_err(cli_error)?;
-    let file_len = file
-        .metadata()
-        .with_context(|| format!("stat {}", path.display()))?
-        .len();
-    let mut description = VolumeDescription::new(path, located.as_ref(), file_len)?;
+    let mut description = VolumeDescription::new(path, &located)?;
     if let Some(key_arn) = &description.key_id {
         let (state, reason) = key_state(globals, key_arn);
         description.key_state = Some(state);
         description.key_state_reason = reason;
     }
     description.print()
+}
+
+/// What `volume repair` prints about one header copy.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CopyDescription {
+    copy: &'static str,
+    offset: u64,
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    defect: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    volume_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+}
+
+impl CopyDescription {
+    fn new(copy: HeaderCopy, content: &CopyContent) -> Self {
+        let header = content.as_ref().ok();
+        Self {
+            copy: copy.name(),
+            offset: copy.offset(),
+            valid: header.is_some(),
+            defect: content.as_ref().err().map(ToString::to_string),
+            volume_id: header.map(|h| h.volume_id().to_string()),
+            generation: header.map(VolumeHeader::generation),
+            size: header.map(VolumeHeader::size),
+            key_id: header.and_then(|h| match h.encryption() {
+                Encryption::Aes256XtsPlain64(w) => Some(w.key_arn.clone()),
+                Encryption::None => None,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RepairReport {
+    path: String,
+    primary: CopyDescription,
+    backup: CopyDescription,
+    /// What opening the volume does with these copies: the copy it would use, or why
+    /// it refuses.
+    on_open: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept: Option<&'static str>,
+    dry_run: bool,
+}
+
+fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let path = &args.path;
+    let (primary, backup) = lifecycle::repair::inspect(path).map_err(cli_error)?;
+    let on_open = match format::choose_copy(path, primary.clone(), backup.clone()) {
+        Ok(located) => format!("uses the {} copy", located.copy.name()),
+        Err(err) => format!("refused: {err}"),
+    };
+    let keep = args.keep.map(|k| match k {
+        CopyArg::Primary => HeaderCopy::Primary,
+        CopyArg::Backup => HeaderCopy::Backup,
+    });
+    let mut report = RepairReport {
+        path: path.display().to_string(),
+        primary: CopyDescription::new(HeaderCopy::Primary, &primary),
+        backup: CopyDescription::new(HeaderCopy::Backup, &backup),
+        on_open,
+        kept: None,
+        dry_run: args.dry_run,
+    };
+    if let Some(keep) = keep {
+        if !args.dry_run {
+            lifecycle::repair::repair(path, keep).map_err(cli_error)?;
+        }
+        report.kept = Some(keep.name());
+    }
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &report)?;
+    writeln!(out).context("write to stdout")?;
+    Ok(())
 }
 
 /// The CMK's state as DescribeKey reports it, `Deleted` when the key no longer exists

@@ -191,7 +191,7 @@ def lab_step_1():
     assert tags == [{"TagKey": "owner", "TagValue": "storage"}], tags
     listed = aws("root", "kms", "list-resource-tags", "--key-id", tagged_id)
     assert listed["Tags"] == tags, listed
-    expect_error("ValidationException", root.tag_resource, KeyId=tagged_id,
+    expect_error("TagException", root.tag_resource, KeyId=tagged_id,
                  Tags=[{"TagKey": "aws:reserved", "TagValue": "x"}])
 
     step("key policy over the wire")

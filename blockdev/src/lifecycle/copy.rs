@@ -17,7 +17,7 @@ use rustix::fs::{RenameFlags, SeekFrom, CWD};
 use super::data_area::{AlignedBuf, DataAreaWriter};
 use super::Progress;
 use crate::format::{self, Encryption, VolumeHeader, FLAG_READ_ONLY};
-use crate::volume::{self, EncryptedVolume, NewVolumeKey, Volume};
+use crate::volume::{self, EncryptedVolume, ImageFormat, NewVolumeKey, Volume};
 use crate::Error;
 
 const SECTOR: usize = format::SECTOR_SIZE as usize;
@@ -69,17 +69,36 @@ pub struct SnapshotReport {
 /// same wrapped data key and volume id): a reflink clone where the filesystem can,
 /// else a sparse copy of the file. The header's `READ_ONLY` flag is set (a raw image
 /// gets mode 0444 instead). A sparse copy is point-in-time only if nothing writes to
-/// `src` meanwhile; a clone is atomic.
+/// `src` meanwhile; a clone is atomic. `format` is what `src` is declared to be: an
+/// atrest volume must have a valid header; a raw image is copied whatever its bytes
+/// say (an atrest header inside it stays data and is not marked read-only).
 pub fn snapshot(
     src: &Path,
+    format: ImageFormat,
     dst: &Path,
     force: bool,
     progress: &dyn Progress,
 ) -> Result<SnapshotReport, Error> {
     check_target(src, dst, force)?;
     let source = open_read(src)?;
-    let located = format::read_header(&source, src)?;
-    let len = source.metadata().map_err(|e| io_err("stat", src, e))?.len();
+    let located = match format {
+        ImageFormat::Atrest => Some(format::read_header(&source, src)?),
+        ImageFormat::Raw => None,
+    };
+    if !source
+        .metadata()
+        .map_err(|e| io_err("stat", src, e))?
+        .is_file()
+    {
+        return Err(Error::InvalidArgument {
+            what: format!(
+                "{} is a block device: snapshot it with `volume copy` (atrest volume) \
+                 or `volume import` (raw image)",
+                src.display()
+            ),
+        });
+    }
+    let len = volume::file_len(&source, src)?;
     let partial = PartialOutput::create(dst)?;
     progress.start(len);
     let reflinked = match rustix::fs::ioctl_ficlone(&partial.file, &source) {
@@ -131,13 +150,7 @@ pub fn copy(
     progress: &dyn Progress,
 ) -> Result<CopyReport, Error> {
     check_target(src, dst, force)?;
-    let located =
-        format::read_header(&open_read(src)?, src)?.ok_or_else(|| Error::InvalidArgument {
-            what: format!(
-                "{} is a raw image, not an atrest volume: use `volume import`",
-                src.display()
-            ),
-        })?;
+    let located = format::read_header(&open_read(src)?, src)?;
     let source_key = match located.header.encryption() {
         Encryption::Aes256XtsPlain64(wrapped) => Some(wrapped.key_arn.clone()),
         Encryption::None => None,
@@ -179,7 +192,9 @@ pub fn import(
     progress: &dyn Progress,
 ) -> Result<CopyReport, Error> {
     check_target(raw, dst, force)?;
-    if format::read_header(&open_read(raw)?, raw)?.is_some() {
+    // Only a guard against a mistake: the source is read as raw either way, and
+    // nothing in a header found here is used (no key is unwrapped).
+    if format::read_header(&open_read(raw)?, raw).is_ok() {
         return Err(Error::InvalidArgument {
             what: format!(
                 "{} is already an atrest volume: use `volume copy` to re-encrypt it",
@@ -187,7 +202,7 @@ pub fn import(
             ),
         });
     }
-    let source = volume::open(raw, kms, true)?;
+    let source = volume::open_raw(raw, true)?;
     if source.size() == 0 {
         return Err(Error::InvalidArgument {
             what: format!("{} is empty", raw.display()),
@@ -432,7 +447,7 @@ fn io_err(what: &str, path: &Path, source: io::Error) -> Error {
 }
 
 fn open_read(path: &Path) -> Result<File, Error> {
-    File::open(path).map_err(|e| io_err("open", path, e))
+    volume::open_volume_file(path, false)
 }
 
 /// Refuses an existing `dst` (unless `force`) and a `dst` that is `src` itself.
@@ -474,8 +489,23 @@ fn partial_path(dst: &Path) -> Result<PathBuf, Error> {
     Ok(dst.with_file_name(partial))
 }
 
-/// Removes the leftover of an interrupted run (always ours: nothing else uses the name).
+/// Removes the leftover of an interrupted run. Nothing of ours uses the name, but a
+/// file someone serves could carry it: a regular file is removed only under its
+/// writer lock (refused with [`Error::InUse`] while a server writes it); anything else
+/// is left alone and refused.
 fn remove_stale(partial: &Path) -> Result<(), Error> {
+    let _locked = match lock_replaced(partial) {
+        Ok(locked) => locked,
+        Err(Error::InvalidArgument { .. }) => {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "{} exists and is not a regular file; remove it first",
+                    partial.display()
+                ),
+            })
+        }
+        Err(err) => return Err(err),
+    };
     match std::fs::remove_file(partial) {
         Ok(()) => {
             tracing::info!("removed {} left by an interrupted run", partial.display());
@@ -528,8 +558,14 @@ impl PartialOutput {
 }
 
 /// Renames the finished (synced) `partial` to `dst` and syncs the directory. Without
-/// `force` the rename refuses to replace a `dst` that appeared meanwhile.
+/// `force` the rename refuses to replace a `dst` that appeared meanwhile. With
+/// `force`, the volume being replaced is first opened and its writer lock taken (the
+/// one `atrest nbd serve` holds on a volume it writes): while anyone writes to it the
+/// replacement is refused with [`Error::InUse`], and the lock is held across the
+/// rename so that no writer can open the old file in between. Acknowledged writes of a
+/// server can therefore never go to an unlinked inode.
 fn publish(partial: &Path, dst: &Path, force: bool) -> Result<(), Error> {
+    let _replaced = if force { lock_replaced(dst)? } else { None };
     let flags = if force {
         RenameFlags::empty()
     } else {
@@ -563,6 +599,29 @@ fn publish(partial: &Path, dst: &Path, force: bool) -> Result<(), Error> {
             .map_err(|e| io_err("sync directory", dir, e))?;
     }
     Ok(())
+}
+
+/// Opens the file `--force` is about to replace and takes its writer lock; `None`
+/// when there is no such file. Only a regular file is replaced (a symlink is
+/// replaced itself, not followed).
+fn lock_replaced(dst: &Path) -> Result<Option<File>, Error> {
+    match std::fs::symlink_metadata(dst) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("stat", dst, e)),
+        Ok(meta) if meta.file_type().is_symlink() => return Ok(None),
+        Ok(meta) if !meta.is_file() => {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "{} is not a regular file; --force only replaces volume files",
+                    dst.display()
+                ),
+            })
+        }
+        Ok(_) => {}
+    }
+    let file = volume::open_volume_file(dst, true)?;
+    volume::lock_for_writing(&file, dst)?;
+    Ok(Some(file))
 }
 
 #[cfg(test)]

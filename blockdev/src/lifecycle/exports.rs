@@ -8,7 +8,12 @@
 //! read_only = false                   # optional
 //! description = "boot disk"           # optional, shown by nbdinfo
 //! allowed_clients = ["client1"]       # optional; client certificate names (needs TLS)
+//! format = "raw"                      # optional: "atrest" (the default) or "raw"
 //! ```
+//!
+//! `format = "raw"` declares a raw image: served as raw for ever, whatever its bytes
+//! say. Without it the file must be an atrest volume with a valid header; its format
+//! is never guessed from its bytes.
 //!
 //! On reload an export whose path (or the file at it, or `read_only`) changed gets
 //! the new volume under the same name: new attaches see it at once, the clients of
@@ -28,7 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::nbd::proto::MAX_STRING;
 use crate::nbd::{Export, ExportTable, ShutdownHandle};
-use crate::volume::Volume;
+use crate::volume::{ImageFormat, Volume};
 use crate::Error;
 
 /// Longest exports file read (it holds names and paths, nothing large).
@@ -47,6 +52,8 @@ pub struct ExportSpec {
     /// Client certificate names (CN, DNS or URI SAN) allowed to attach; needs NBD
     /// over TLS with client certificates (see [`crate::nbd::Export::allowed_clients`]).
     pub allowed_clients: Vec<String>,
+    /// What the file is declared to be (`format = "raw"`); never guessed.
+    pub format: ImageFormat,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +73,7 @@ struct EntryShape {
     description: Option<String>,
     #[serde(default)]
     allowed_clients: Vec<String>,
+    format: Option<String>,
 }
 
 /// Parses exports file text; `base` is the directory relative paths start from. Names
@@ -104,7 +112,19 @@ pub fn parse_exports(text: &str, base: &Path) -> Result<Vec<ExportSpec>, Error> 
                 entry.name
             )));
         }
+        let format = match entry.format.as_deref() {
+            None | Some("atrest") => ImageFormat::Atrest,
+            Some("raw") => ImageFormat::Raw,
+            Some(other) => {
+                return Err(bad(format!(
+                    "exports file: export {:?} has format {other:?}; expected \"atrest\" \
+                     (the default) or \"raw\"",
+                    entry.name
+                )))
+            }
+        };
         specs.push(ExportSpec {
+            format,
             path: base.join(&entry.path),
             name: entry.name,
             read_only: entry.read_only,
@@ -239,6 +259,7 @@ impl ExportSet {
             let same_volume = self.served.get(&spec.name).is_some_and(|s| {
                 s.spec.path == spec.path
                     && s.spec.read_only == spec.read_only
+                    && s.spec.format == spec.format
                     && s.file_id == current_id
             });
             if same_volume {
@@ -370,6 +391,11 @@ mod tests {
             [[export]]
             name = "data"
             path = "data.vol"
+
+            [[export]]
+            name = "scratch"
+            path = "scratch.img"
+            format = "raw"
         "#;
         let specs = parse_exports(text, Path::new("/etc/atrest")).unwrap();
         assert_eq!(
@@ -381,6 +407,7 @@ mod tests {
                     read_only: true,
                     description: Some("boot disk".into()),
                     allowed_clients: vec!["client1".into()],
+                    format: ImageFormat::Atrest,
                 },
                 ExportSpec {
                     name: "data".into(),
@@ -388,6 +415,15 @@ mod tests {
                     read_only: false,
                     description: None,
                     allowed_clients: vec![],
+                    format: ImageFormat::Atrest,
+                },
+                ExportSpec {
+                    name: "scratch".into(),
+                    path: "/etc/atrest/scratch.img".into(),
+                    read_only: false,
+                    description: None,
+                    allowed_clients: vec![],
+                    format: ImageFormat::Raw,
                 },
             ]
         );
@@ -413,6 +449,10 @@ mod tests {
                 "read_only",
             ),
             ("export = 3", "export"),
+            (
+                "[[export]]\nname = \"a\"\npath = \"x\"\nformat = \"qcow2\"\n",
+                "expected \"atrest\"",
+            ),
             ("[[export]\n", "exports file"),
         ];
         for (text, expected) in cases {

@@ -1,6 +1,6 @@
 //! The EBS-style lifecycle of volumes: [`snapshot`], encrypted [`copy`], [`import`]
-//! of a raw image, [`rewrap`] of a data key, and the swap of served volumes through
-//! an [`exports`] file.
+//! of a raw image, [`rewrap`] of a data key, the deliberate [`repair`] of disagreeing
+//! header copies, and the swap of served volumes through an [`exports`] file.
 //!
 //! Every command that makes a volume builds it under `DST.partial`, fsyncs it and
 //! renames it to `DST`, so an interrupted run leaves no half volume under `DST`; the
@@ -12,6 +12,7 @@
 mod copy;
 mod data_area;
 pub mod exports;
+pub mod repair;
 mod rewrap;
 
 pub use copy::{copy, import, snapshot, CopyReport, SnapshotReport, Target};

@@ -2,12 +2,12 @@
 //! current material or under another CMK. The data area is not touched.
 #![forbid(unsafe_code)]
 
-use std::fs::OpenOptions;
 use std::path::Path;
 
 use crypto_core::kms::{KeyService, ReEncryptRequest};
 
 use crate::format::{self, Encryption, VolumeHeader, WrappedDataKey};
+use crate::volume;
 use crate::Error;
 
 /// Re-wraps the data key of the encrypted volume at `path` under `key_id` (default:
@@ -19,27 +19,20 @@ use crate::Error;
 /// (fdatasync). Interrupted before the backup is durable, both copies hold the old
 /// wrapped key; between the two syncs the backup is newer and is chosen; afterwards
 /// both hold the new one. Either wrapped key unwraps to the same data key, so the data
-/// stays readable at every point. A server that has the volume open keeps the wrapped
-/// key it read until it opens the volume again.
+/// stays readable at every point. A server that has the volume open notices the new
+/// header within its key-check interval and from then on follows the new CMK.
+///
+/// Concurrent header updates are serialised by the header-update lock (taken before
+/// the header is read): a second `rewrap` waits briefly, then fails with
+/// [`Error::HeaderBusy`], so two headers of one generation are never written.
 pub fn rewrap(
     path: &Path,
     kms: &dyn KeyService,
     key_id: Option<&str>,
 ) -> Result<VolumeHeader, Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|source| Error::Io {
-            context: format!("open {}", path.display()),
-            source,
-        })?;
-    let located = format::read_header(&file, path)?.ok_or_else(|| Error::InvalidArgument {
-        what: format!(
-            "{} is a raw image: it has no data key to re-wrap",
-            path.display()
-        ),
-    })?;
+    let file = volume::open_volume_file(path, true)?;
+    volume::lock_header(&file, path)?;
+    let located = format::read_header(&file, path)?;
     let header = located.header;
     let Encryption::Aes256XtsPlain64(wrapped) = header.encryption() else {
         return Err(Error::InvalidArgument {

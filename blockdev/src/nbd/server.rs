@@ -103,6 +103,11 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
         Error::ReadOnly => Errno::Perm,
         Error::KeyUnavailable { .. } => Errno::Io,
         Error::Corrupted { .. } => Errno::Io,
+        // Opening a volume fails with these, before any request.
+        Error::NoValidHeader { .. }
+        | Error::HeaderConflict { .. }
+        | Error::NotAVolumeFile { .. }
+        | Error::HeaderBusy { .. } => Errno::Io,
         Error::Kms(_) => Errno::Io,
         Error::InvalidRequest(_) => Errno::Inval,
         Error::TooLarge { .. } => Errno::Overflow,
@@ -773,11 +778,12 @@ impl Negotiation<'_> {
             self.context.peer
         );
         if let Some(audit) = &self.context.gate.audit {
+            let key_arn = export.volume.encryption_key_arn();
             audit(&Refusal {
                 export: name,
                 client,
                 peer: &self.context.peer,
-                key_arn: export.volume.encryption_key_arn(),
+                key_arn: key_arn.as_deref(),
                 reason,
             });
         }

@@ -7,7 +7,6 @@
 //! decrypted; zeroed ranges are never stored as encrypted zeros.
 #![forbid(unsafe_code)]
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock};
 
@@ -40,9 +39,19 @@ enum KeySlot {
 /// An encrypted volume. Every method takes `&self`; share it in an `Arc`.
 pub struct EncryptedVolume {
     file: VolumeFile,
+    /// The header the volume was opened with. Its geometry (volume id, size, data
+    /// offset) never changes; its wrapped key may be superseded by a re-wrap, see
+    /// `wrapped`.
     located: LocatedHeader,
-    /// The header's wrapped key (the header is known to be encrypted).
-    wrapped: WrappedDataKey,
+    /// The wrapped key of the newest header seen (the header is known to be
+    /// encrypted) and that header's generation: a `volume rewrap` while the volume is
+    /// open replaces it ([`EncryptedVolume::reread_header`]).
+    wrapped: Mutex<(WrappedDataKey, u64)>,
+    /// The first 32 bytes of an all-zero sector encrypted at tweak `u64::MAX` with the
+    /// first data key installed: every later key (a re-unwrap, a key from a re-wrapped
+    /// header) must give the same bytes, so a header whose wrapped key unwraps to
+    /// another data key cannot make the volume serve garbage.
+    key_check: Mutex<Option<[u8; 32]>>,
     read_only: bool,
     key: RwLock<KeySlot>,
     locks: SectorLocks,
@@ -55,7 +64,7 @@ impl std::fmt::Debug for EncryptedVolume {
             .field("path", &self.file.path())
             .field("volume_id", &self.located.header.volume_id())
             .field("size", &self.located.header.size())
-            .field("key_arn", &self.wrapped.key_arn)
+            .field("key_arn", &self.key_arn())
             .field("read_only", &self.read_only)
             // try_read: formatting must never wait on (or deadlock with) a revocation.
             .field(
@@ -81,22 +90,11 @@ impl EncryptedVolume {
     /// Opens the volume without its key: every I/O fails with
     /// [`Error::KeyUnavailable`] until [`Self::unlock`] or [`Self::install_key`].
     pub fn open_locked(path: &Path, read_only: bool) -> Result<Self, Error> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| Error::Io {
-                context: format!("open {}", path.display()),
-                source,
-            })?;
+        let file = super::open_volume_file(path, !read_only)?;
         if !read_only {
             super::file::lock_for_writing(&file, path)?;
         }
-        let located = super::read_header_repairing(&file, path, read_only)?.ok_or_else(|| {
-            Error::InvalidArgument {
-                what: format!("{} has no atrest volume header", path.display()),
-            }
-        })?;
+        let located = super::read_header_repairing(&file, path, read_only)?;
         Self::from_header(VolumeFile::new(file, path), located, read_only)
     }
 
@@ -114,10 +112,12 @@ impl EncryptedVolume {
             }
         };
         let read_only = read_only || located.header.is_read_only();
+        let generation = located.header.generation();
         Ok(Self {
             file: file.with_map(),
             located,
-            wrapped,
+            wrapped: Mutex::new((wrapped, generation)),
+            key_check: Mutex::new(None),
             read_only,
             key: RwLock::new(KeySlot::Empty(
                 "the data key has not been unwrapped yet".into(),
@@ -130,32 +130,106 @@ impl EncryptedVolume {
     /// Unwraps the data key (Decrypt with the volume's encryption context and key ARN)
     /// and installs it. The key service's refusal is returned as is.
     pub fn unlock(&self, kms: &dyn KeyService) -> Result<(), Error> {
+        let key = self.unwrap(kms)?;
+        self.install_key(key)
+    }
+
+    /// Unwraps the data key (one audited Decrypt) without installing it.
+    pub fn unwrap(&self, kms: &dyn KeyService) -> Result<XtsKey, Error> {
+        let wrapped = self.wrapped_key();
         let decrypted = kms.decrypt(&DecryptRequest {
-            ciphertext_blob: self.wrapped.blob.clone(),
+            ciphertext_blob: wrapped.blob.clone(),
             encryption_context: self.encryption_context(),
-            key_id: Some(self.wrapped.key_arn.clone()),
+            key_id: Some(wrapped.key_arn.clone()),
         })?;
         let key = XtsKey::from_slice(decrypted.plaintext.expose()).ok_or_else(|| {
             Error::KeyUnavailable {
-                key_arn: self.wrapped.key_arn.clone(),
+                key_arn: wrapped.key_arn.clone(),
                 reason: format!(
                     "the unwrapped data key is {} bytes, AES-256-XTS needs 64",
                     decrypted.plaintext.len()
                 ),
             }
         })?;
-        self.install_key(key)
+        Ok(key)
     }
 
-    /// Makes `key` the volume's data key; I/O works from now on.
+    /// Makes `key` the volume's data key; I/O works from now on. A key that is not the
+    /// one installed first (see `key_check`) is refused and nothing changes.
     pub fn install_key(&self, key: XtsKey) -> Result<(), Error> {
         let cipher = SectorCipher::new(key.expose()).map_err(|err| Error::KeyUnavailable {
-            key_arn: self.wrapped.key_arn.clone(),
+            key_arn: self.key_arn(),
             reason: err.to_string(),
         })?;
+        let mut probe = vec![0u8; SECTOR];
+        cipher.encrypt_sectors(&mut probe, u64::MAX, SECTOR);
+        let mut check = [0u8; 32];
+        check.copy_from_slice(&probe[..32]);
+        {
+            let mut known = self
+                .key_check
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match *known {
+                Some(known) if known != check => {
+                    return Err(Error::KeyUnavailable {
+                        key_arn: self.key_arn(),
+                        reason: "the wrapped key in the header unwraps to a different data key \
+                                 than this volume's: refusing to serve with it"
+                            .into(),
+                    })
+                }
+                Some(_) => {}
+                None => *known = Some(check),
+            }
+        }
         *self.key.write().unwrap_or_else(PoisonError::into_inner) =
             KeySlot::Installed(Box::new(cipher));
         Ok(())
+    }
+
+    /// Reads the header again (both copies, quietly) and, when it holds another
+    /// wrapped key than the one in use (a `volume rewrap` ran), makes that the
+    /// wrapped key: the next [`EncryptedVolume::unlock`] uses it. Returns the old and
+    /// the new wrapped key when it switched. A header that now describes another
+    /// volume, or another geometry, is [`Error::Corrupted`]; none valid is the error
+    /// of [`format::read_header`].
+    pub fn reread_header(&self) -> Result<Option<(WrappedDataKey, WrappedDataKey)>, Error> {
+        let path = self.path();
+        let (primary, backup) = format::read_copies(self.file.file(), path)?;
+        let located = format::choose_copy(path, primary, backup)?;
+        let header = &located.header;
+        let opened = &self.located.header;
+        if header.volume_id() != opened.volume_id()
+            || header.size() != opened.size()
+            || header.data_offset() != opened.data_offset()
+        {
+            return Err(Error::Corrupted {
+                path: path.to_path_buf(),
+                what: format!(
+                    "the header now describes volume {} ({} bytes at {}), not the served \
+                     volume {} ({} bytes at {})",
+                    header.volume_id(),
+                    header.size(),
+                    header.data_offset(),
+                    opened.volume_id(),
+                    opened.size(),
+                    opened.data_offset()
+                ),
+            });
+        }
+        let Encryption::Aes256XtsPlain64(new) = header.encryption() else {
+            return Err(Error::Corrupted {
+                path: path.to_path_buf(),
+                what: "the header of the served encrypted volume now says unencrypted".into(),
+            });
+        };
+        let mut current = self.wrapped.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.0 == *new || header.generation() < current.1 {
+            return Ok(None);
+        }
+        let old = std::mem::replace(&mut *current, (new.clone(), header.generation()));
+        Ok(Some((old.0, new.clone())))
     }
 
     /// Drops (and so zeroizes) the plaintext key after in-flight I/O finishes; later
@@ -171,13 +245,18 @@ impl EncryptedVolume {
         )
     }
 
-    /// ARN of the CMK that wraps the data key.
-    pub fn key_arn(&self) -> &str {
-        &self.wrapped.key_arn
+    /// ARN of the CMK that wraps the data key (in the newest header seen).
+    pub fn key_arn(&self) -> String {
+        self.wrapped_key().key_arn
     }
 
-    pub fn wrapped_key(&self) -> &WrappedDataKey {
-        &self.wrapped
+    /// The wrapped data key of the newest header seen.
+    pub fn wrapped_key(&self) -> WrappedDataKey {
+        self.wrapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
     }
 
     pub fn volume_id(&self) -> Uuid {
@@ -207,6 +286,15 @@ impl EncryptedVolume {
         self.file.path()
     }
 
+    /// A second handle on the same open file (not a new open of the path, which may
+    /// name another file by now).
+    pub fn file_handle(&self) -> Result<std::fs::File, Error> {
+        self.file.file().try_clone().map_err(|source| Error::Io {
+            context: format!("duplicate the handle of {}", self.path().display()),
+            source,
+        })
+    }
+
     /// Runs `io` with the installed cipher, holding the key slot's read side so the key
     /// cannot be revoked mid-request; fails closed when there is no key.
     pub(crate) fn with_cipher<R>(
@@ -217,7 +305,7 @@ impl EncryptedVolume {
         match &*slot {
             KeySlot::Installed(cipher) => io(cipher),
             KeySlot::Empty(reason) => Err(Error::KeyUnavailable {
-                key_arn: self.wrapped.key_arn.clone(),
+                key_arn: self.key_arn(),
                 reason: reason.clone(),
             }),
         }
@@ -481,7 +569,7 @@ impl Volume for EncryptedVolume {
         self.located.header.size()
     }
 
-    fn encryption_key_arn(&self) -> Option<&str> {
+    fn encryption_key_arn(&self) -> Option<String> {
         Some(self.key_arn())
     }
 

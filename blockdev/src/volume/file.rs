@@ -36,6 +36,112 @@ static ZEROS: [u8; 128 * 1024] = [0; 128 * 1024];
 /// (nbdkit with LUKS: 15 us); a 1 MiB write is 16 system calls.
 const WRITE_PIECE: u64 = 64 * 1024;
 
+/// Opens `path` (following symlinks) as a volume file: read-only, or read-write with
+/// `writable`. The open itself never blocks: it is made with `O_NONBLOCK` (a FIFO
+/// with no writer would otherwise wait for ever) and `O_NOCTTY`, then the opened file
+/// (not the path, which could be swapped meanwhile) must be a regular file or a block
+/// device, else [`Error::NotAVolumeFile`] names its type. `O_NONBLOCK` is cleared
+/// again before the file is used.
+pub fn open_volume_file(path: &Path, writable: bool) -> Result<File, Error> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| Error::Io {
+            context: format!("open {}", path.display()),
+            source,
+        })?;
+    let file_type = file
+        .metadata()
+        .map_err(|source| Error::Io {
+            context: format!("stat {}", path.display()),
+            source,
+        })?
+        .file_type();
+    if !file_type.is_file() && !file_type.is_block_device() {
+        let kind = if file_type.is_fifo() {
+            "FIFO (named pipe)"
+        } else if file_type.is_char_device() {
+            "character device"
+        } else if file_type.is_socket() {
+            "socket"
+        } else if file_type.is_dir() {
+            "directory"
+        } else {
+            "special file"
+        };
+        return Err(Error::NotAVolumeFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let flags = rustix::fs::fcntl_getfl(&file).map_err(|errno| Error::Io {
+        context: format!("fcntl {}", path.display()),
+        source: errno.into(),
+    })?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK).map_err(|errno| {
+        Error::Io {
+            context: format!("fcntl {}", path.display()),
+            source: errno.into(),
+        }
+    })?;
+    Ok(file)
+}
+
+/// The length of a volume file: its size for a regular file, the device's capacity
+/// for a block device (whose `st_size` is 0).
+pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64, Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file.metadata().map_err(|source| Error::Io {
+        context: format!("stat {}", path.display()),
+        source,
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.len());
+    }
+    rustix::fs::seek(file, SeekFrom::End(0)).map_err(|errno| Error::Io {
+        context: format!("size of the block device {}", path.display()),
+        source: errno.into(),
+    })
+}
+
+/// Takes the header-update lock of `file` (opened for writing): an exclusive `fcntl`
+/// record lock over the whole file (held by this process), separate from the writer lock (a `flock`)
+/// so that `volume rewrap` of a served volume still works, but two header updates
+/// (two rewraps, a rewrap and a repair) never interleave and write two headers of
+/// one generation. Released when the file is closed. A held lock is waited on for
+/// [`WRITER_LOCK_PATIENCE`], then [`Error::HeaderBusy`].
+pub(crate) fn lock_header(file: &File, path: &Path) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + WRITER_LOCK_PATIENCE;
+    loop {
+        match rustix::fs::fcntl_lock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(Errno::WOULDBLOCK | Errno::ACCESS) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(Errno::WOULDBLOCK | Errno::ACCESS) => {
+                return Err(Error::HeaderBusy {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(Errno::INTR) => {}
+            Err(errno) => {
+                tracing::debug!(path = %path.display(), "no header lock on this filesystem: {errno}");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Releases the lock [`lock_header`] took (it also goes when the file is closed).
+pub(crate) fn unlock_header(file: &File, path: &Path) {
+    if let Err(errno) = rustix::fs::fcntl_lock(file, rustix::fs::FlockOperation::Unlock) {
+        tracing::debug!(path = %path.display(), "releasing the header lock: {errno}");
+    }
+}
+
 /// Takes the volume's writer lock on `file` (opened for writing): an exclusive
 /// `flock`, held by the open file until it is closed, so a second writer of the same
 /// volume (another process, or another open in this one) gets [`Error::InUse`]
@@ -111,6 +217,11 @@ impl VolumeFile {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The open file itself (to read the header again).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     fn io_error(&self, what: &str, pos: u64, source: io::Error) -> Error {
@@ -234,14 +345,7 @@ impl VolumeFile {
     }
 
     pub(crate) fn len(&self) -> Result<u64, Error> {
-        Ok(self.metadata()?.len())
-    }
-
-    fn metadata(&self) -> Result<std::fs::Metadata, Error> {
-        self.file.metadata().map_err(|source| Error::Io {
-            context: format!("stat {}", self.path.display()),
-            source,
-        })
+        file_len(&self.file, &self.path)
     }
 
     /// Next file offset at or after `pos` that holds data, or `None` past the last data.
@@ -249,14 +353,19 @@ impl VolumeFile {
         match rustix::fs::seek(&self.file, SeekFrom::Data(pos)) {
             Ok(at) => Ok(Some(at)),
             Err(rustix::io::Errno::NXIO) => Ok(None),
+            // A block device has no allocation map: all of it is data.
+            Err(rustix::io::Errno::INVAL) => Ok(Some(pos)),
             Err(errno) => Err(self.io_error("SEEK_DATA in", pos, errno.into())),
         }
     }
 
     /// Next file offset at or after `pos` that is a hole (end of file counts as one).
     fn next_hole(&self, pos: u64) -> Result<u64, Error> {
-        rustix::fs::seek(&self.file, SeekFrom::Hole(pos))
-            .map_err(|errno| self.io_error("SEEK_HOLE in", pos, errno.into()))
+        match rustix::fs::seek(&self.file, SeekFrom::Hole(pos)) {
+            Ok(at) => Ok(at),
+            Err(rustix::io::Errno::INVAL) => self.len(),
+            Err(errno) => Err(self.io_error("SEEK_HOLE in", pos, errno.into())),
+        }
     }
 
     /// Allocation of volume bytes `offset..offset + length`, where volume byte 0 is file

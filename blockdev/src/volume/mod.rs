@@ -1,8 +1,9 @@
 //! Volumes: what the NBD server reads and writes.
 //!
-//! - [`open`] detects what a file is (encrypted volume, unencrypted volume, plain raw
-//!   image) and returns it behind the [`Volume`] trait; [`open_detected`] keeps the
-//!   concrete type for code that manages keys (the lease).
+//! - [`open`] opens an atrest volume (encrypted or not) behind the [`Volume`] trait;
+//!   [`open_detected`] keeps the concrete type for code that manages keys (the lease).
+//!   [`open_raw`] opens a file declared to be a raw image. Nothing is detected from a
+//!   file's bytes: see [`ImageFormat`].
 //! - [`create`] makes a new volume file (header, sparse data area).
 //! - [`EncryptedVolume`], [`RawVolume`]: the two implementations.
 #![forbid(unsafe_code)]
@@ -26,7 +27,9 @@ pub use raw::RawVolume;
 
 use crate::format::{self, Encryption, LocatedHeader, VolumeHeader, WrappedDataKey};
 use crate::Error;
+pub use file::open_volume_file;
 use file::VolumeFile;
+pub(crate) use file::{file_len, lock_for_writing, lock_header};
 
 /// A run of bytes with one allocation status (NBD `base:allocation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +61,7 @@ pub trait Volume: Send + Sync + std::fmt::Debug {
     }
     /// The ARN of the KMS key the data is encrypted under; `None` for a plain image.
     /// Audit records of refused clients name it.
-    fn encryption_key_arn(&self) -> Option<&str> {
+    fn encryption_key_arn(&self) -> Option<String> {
         None
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
@@ -95,6 +98,17 @@ pub(crate) fn check_range(offset: u64, length: u64, size: u64) -> Result<(), Err
     }
 }
 
+/// How a file is to be read: declared by whoever serves or opens it, never guessed
+/// from the file's bytes (a client of a raw image controls those).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// An atrest volume: a valid header is required.
+    #[default]
+    Atrest,
+    /// A raw image: every byte of the file is volume data, whatever it looks like.
+    Raw,
+}
+
 /// A volume opened by [`open_detected`], with its concrete type.
 #[derive(Debug, Clone)]
 pub enum OpenedVolume {
@@ -112,9 +126,9 @@ impl OpenedVolume {
     }
 }
 
-/// Opens `path` as whatever it is: an encrypted volume (its data key is unwrapped with
-/// one audited Decrypt), an unencrypted atrest volume, or a plain raw image (neither
-/// header copy carries the atrest magic).
+/// Opens the atrest volume at `path`: an encrypted volume (its data key is unwrapped
+/// with one audited Decrypt) or an unencrypted one. A file without a valid header is
+/// refused ([`Error::NoValidHeader`]); raw images are opened with [`open_raw`].
 pub fn open(path: &Path, kms: &dyn KeyService, read_only: bool) -> Result<Arc<dyn Volume>, Error> {
     Ok(open_detected(path, kms, read_only)?.into_dyn())
 }
@@ -125,52 +139,71 @@ pub fn open_detected(
     kms: &dyn KeyService,
     read_only: bool,
 ) -> Result<OpenedVolume, Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
-        .map_err(|source| Error::Io {
-            context: format!("open {}", path.display()),
-            source,
-        })?;
+    let opened = open_without_key(path, read_only)?;
+    if let OpenedVolume::Encrypted(volume) = &opened {
+        volume.unlock(kms)?;
+    }
+    Ok(opened)
+}
+
+/// [`open_detected`] without unwrapping the data key of an encrypted volume (for a
+/// caller that unwraps it under its own rules, the lease). The file is opened once:
+/// what its header says is what is opened.
+pub fn open_without_key(path: &Path, read_only: bool) -> Result<OpenedVolume, Error> {
+    let file = open_volume_file(path, !read_only)?;
     if !read_only {
         file::lock_for_writing(&file, path)?;
     }
     let located = read_header_repairing(&file, path, read_only)?;
     let file = VolumeFile::new(file, path);
-    Ok(match located {
-        None => OpenedVolume::Plain(Arc::new(RawVolume::image(file, read_only)?)),
-        Some(located) => match located.header.encryption() {
-            Encryption::None => {
-                OpenedVolume::Plain(Arc::new(RawVolume::with_header(file, located, read_only)))
-            }
-            Encryption::Aes256XtsPlain64(_) => {
-                let volume = EncryptedVolume::from_header(file, located, read_only)?;
-                volume.unlock(kms)?;
-                OpenedVolume::Encrypted(Arc::new(volume))
-            }
-        },
+    Ok(match located.header.encryption() {
+        Encryption::None => {
+            OpenedVolume::Plain(Arc::new(RawVolume::with_header(file, located, read_only)))
+        }
+        Encryption::Aes256XtsPlain64(_) => OpenedVolume::Encrypted(Arc::new(
+            EncryptedVolume::from_header(file, located, read_only)?,
+        )),
     })
 }
 
+/// Opens the file at `path` as a raw image declared so by the caller: the whole file
+/// (or block device) is the volume, and its bytes are never looked at to decide
+/// anything, so an atrest header a client wrote into it stays data.
+pub fn open_raw(path: &Path, read_only: bool) -> Result<Arc<RawVolume>, Error> {
+    let file = open_volume_file(path, !read_only)?;
+    if !read_only {
+        file::lock_for_writing(&file, path)?;
+    }
+    Ok(Arc::new(RawVolume::image(
+        VolumeFile::new(file, path),
+        read_only,
+    )?))
+}
+
 /// [`format::read_header`], and when the volume is opened for writing and one header
-/// copy was damaged or stale, rewrites both from the good one (as GPT tools do), so
+/// copy was damaged or older, rewrites both from the good one (as GPT tools do), so
 /// a later loss of the other copy cannot take the volume with it. The warning stays,
-/// saying it was repaired.
+/// saying it was repaired. Copies that disagree ([`Error::HeaderConflict`]) are never
+/// rewritten here. The rewrite holds the header-update lock, so it cannot interleave
+/// with a `volume rewrap`; the header is read again under it.
 pub(crate) fn read_header_repairing(
     file: &File,
     path: &Path,
     read_only: bool,
-) -> Result<Option<LocatedHeader>, Error> {
-    let Some(mut located) = format::read_header(file, path)? else {
-        return Ok(None);
-    };
-    if let (false, Some(warning)) = (read_only, &located.warning) {
+) -> Result<LocatedHeader, Error> {
+    let located = format::read_header(file, path)?;
+    if read_only || located.warning.is_none() {
+        return Ok(located);
+    }
+    file::lock_header(file, path)?;
+    let mut located = format::read_header(file, path)?;
+    if let Some(warning) = &located.warning {
         format::write_header(file, path, &located.header)?;
         tracing::warn!(path = %path.display(), "header repaired: both copies rewritten");
         located.warning = Some(format!("{warning}; repaired: both copies rewritten"));
     }
-    Ok(Some(located))
+    file::unlock_header(file, path);
+    Ok(located)
 }
 
 /// How a new volume's data area is protected.
@@ -235,10 +268,23 @@ pub fn create(path: &Path, size: u64, key: NewVolumeKey<'_>) -> Result<VolumeHea
         context: format!("{what} {}", partial.path.display()),
         source,
     };
-    partial
-        .file
-        .set_len(header.file_len())
-        .map_err(|e| io("size", e))?;
+    partial.file.set_len(header.file_len()).map_err(|source| {
+        let too_big = matches!(
+            source.raw_os_error(),
+            Some(libc::EFBIG | libc::ENOSPC | libc::EDQUOT)
+        );
+        Error::Io {
+            context: if too_big {
+                format!(
+                    "cannot create {} of {size} bytes: the filesystem cannot hold a file that large",
+                    path.display()
+                )
+            } else {
+                format!("cannot create {} of {size} bytes", path.display())
+            },
+            source,
+        }
+    })?;
     format::write_header(&partial.file, &partial.path, &header)?;
     partial.file.sync_all().map_err(|e| io("sync", e))?;
     partial.publish(path)?;

@@ -14,16 +14,23 @@ const MAX_ALIAS_LEN: usize = 256;
 /// A caller's way of naming a key, parsed but not yet looked up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyRef {
-    /// A bare key id (UUID) or a key ARN of this region and account.
-    Key(Uuid),
-    /// `alias/NAME`, or an alias ARN of this region and account (stored as the name).
+    /// A bare key id (of the caller's account) or a key ARN of this region, which
+    /// may name another account: the only way to reach another account's key.
+    Key {
+        /// The account the caller expects the key in.
+        account: String,
+        id: Uuid,
+    },
+    /// `alias/NAME`, or an alias ARN of this region and of the caller's account
+    /// (stored as the name).
     Alias(String),
 }
 
 impl KeyRef {
-    /// Parses `text` as AWS does. Malformed identifiers and ARNs of another region or
-    /// account are `NotFoundException` (AWS's answer: such a key cannot exist here);
-    /// an empty or over-long one is a `ValidationException`.
+    /// Parses `text` as AWS does, for a caller of `account`. Malformed identifiers,
+    /// ARNs of another region and alias ARNs of another account are
+    /// `NotFoundException` (AWS's answer: such a key cannot exist here); an empty or
+    /// over-long one is a `ValidationException`.
     pub fn parse(text: &str, region: &str, account: &str) -> Result<Self, KmsError> {
         if text.is_empty() || text.len() > MAX_KEY_ID_LEN {
             return Err(KmsError::Validation(format!(
@@ -42,25 +49,57 @@ impl KeyRef {
             else {
                 return Err(invalid());
             };
-            if arn_region != region || arn_account != account {
+            if arn_region != region || !is_account_id(arn_account) {
                 return Err(KmsError::NotFound(format!(
-                    "Key '{}' does not exist: it names region '{}' and account '{}', this \
-                     key service serves region '{region}' and account '{account}'",
+                    "Key '{}' does not exist: it names region '{}', this key service serves \
+                     region '{region}'",
                     printable(text),
                     printable(arn_region),
-                    printable(arn_account)
                 )));
             }
             if let Some(id) = resource.strip_prefix("key/") {
-                return parse_uuid(id).map(KeyRef::Key).ok_or_else(invalid);
+                return parse_uuid(id)
+                    .map(|id| KeyRef::Key {
+                        account: arn_account.to_owned(),
+                        id,
+                    })
+                    .ok_or_else(invalid);
             }
             if resource.starts_with("alias/") {
+                if arn_account != account {
+                    return Err(KmsError::NotFound(format!(
+                        "Alias '{}' is not found: an alias names a key of the caller's own \
+                         account only; name another account's key by its key ARN",
+                        printable(text)
+                    )));
+                }
                 return Ok(KeyRef::Alias(resource.to_owned()));
             }
             return Err(invalid());
         }
-        parse_uuid(text).map(KeyRef::Key).ok_or_else(invalid)
+        parse_uuid(text)
+            .map(|id| KeyRef::Key {
+                account: account.to_owned(),
+                id,
+            })
+            .ok_or_else(invalid)
     }
+}
+
+/// Twelve ASCII digits, as AWS account ids are.
+pub(crate) fn is_account_id(text: &str) -> bool {
+    text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The account a principal ARN belongs to (`arn:aws:iam::<account>:...` or
+/// `arn:aws:sts::<account>:...`); `None` for anything else (a bare name such as
+/// `KeyUser`, or a service principal).
+pub fn principal_account(principal: &str) -> Option<&str> {
+    let rest = principal
+        .strip_prefix("arn:aws:iam::")
+        .or_else(|| principal.strip_prefix("arn:aws:sts::"))?;
+    let (account, resource) = rest.split_once(':')?;
+    (is_account_id(account) && !resource.is_empty()).then_some(account)
 }
 
 /// Only the hyphenated lowercase-or-uppercase form AWS prints is a key id.
@@ -101,10 +140,12 @@ pub fn validate_alias_name(name: &str) -> Result<(), KmsError> {
         )));
     }
     let Some(rest) = name.strip_prefix("alias/") else {
-        return Err(KmsError::InvalidAliasName(format!(
-            "Alias '{}' must begin with 'alias/'",
-            printable(name)
-        )));
+        // AWS's words, a ValidationException (not InvalidAliasNameException).
+        return Err(KmsError::Validation(
+            "Alias must start with the prefix \"alias/\". Please see \
+             https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html"
+                .into(),
+        ));
     };
     if rest.is_empty()
         || !rest
@@ -134,14 +175,20 @@ mod tests {
     #[test]
     fn key_ids_arns_and_aliases_parse() {
         let id = Uuid::parse_str(ID).unwrap();
-        assert_eq!(
-            KeyRef::parse(ID, "local", "000000000000").unwrap(),
-            KeyRef::Key(id)
-        );
+        let own = KeyRef::Key {
+            account: "000000000000".into(),
+            id,
+        };
+        assert_eq!(KeyRef::parse(ID, "local", "000000000000").unwrap(), own);
         let arn = format!("arn:aws:kms:local:000000000000:key/{ID}");
+        assert_eq!(KeyRef::parse(&arn, "local", "000000000000").unwrap(), own);
+        let foreign = format!("arn:aws:kms:local:111111111111:key/{ID}");
         assert_eq!(
-            KeyRef::parse(&arn, "local", "000000000000").unwrap(),
-            KeyRef::Key(id)
+            KeyRef::parse(&foreign, "local", "000000000000").unwrap(),
+            KeyRef::Key {
+                account: "111111111111".into(),
+                id
+            }
         );
         assert_eq!(
             KeyRef::parse("alias/MyKMSKey", "local", "000000000000").unwrap(),
@@ -167,6 +214,8 @@ mod tests {
             "arn:aws:kms:local:000000000000:key/nope",
             "arn:aws:kms:local",
             "arn:aws:kms:local:000000000000:grant/x",
+            "arn:aws:kms:local:42:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:local:111111111111:alias/payments",
             other_region.as_str(),
         ] {
             assert!(
@@ -189,6 +238,31 @@ mod tests {
     }
 
     #[test]
+    fn principals_name_their_account() {
+        assert_eq!(
+            principal_account("arn:aws:iam::111111111111:user/Eve"),
+            Some("111111111111")
+        );
+        assert_eq!(
+            principal_account("arn:aws:iam::000000000000:root"),
+            Some("000000000000")
+        );
+        assert_eq!(
+            principal_account("arn:aws:sts::222222222222:assumed-role/r/s"),
+            Some("222222222222")
+        );
+        for none in [
+            "KeyUser",
+            "kms.amazonaws.com",
+            "arn:aws:iam::42:user/x",
+            "arn:aws:iam::111111111111:",
+            "arn:aws:s3:::bucket",
+        ] {
+            assert_eq!(principal_account(none), None, "{none}");
+        }
+    }
+
+    #[test]
     fn alias_rules_follow_aws() {
         for good in [
             "alias/MyKMSKey",
@@ -200,7 +274,7 @@ mod tests {
         }
         assert!(matches!(
             validate_alias_name("MyKey"),
-            Err(KmsError::InvalidAliasName(_))
+            Err(KmsError::Validation(_))
         ));
         assert!(matches!(
             validate_alias_name("alias/"),

@@ -26,8 +26,12 @@ use crate::secret::{fill_random, Aes256Key};
 
 /// First word of the keystore file's header line.
 const FILE_MAGIC: &str = "atrest-keystore";
-/// The keystore format version this code reads and writes.
-const FILE_VERSION: u32 = 1;
+/// The keystore format version this code writes. Version 2 added accounts: every key
+/// names its account and aliases are kept per account. Version 1 files (no accounts)
+/// are still read: their keys and aliases belong to the legacy account (see
+/// [`StoreData::adopt_legacy`]). Older atrest refuses version 2, since it would
+/// otherwise treat every account's keys as its own.
+const FILE_VERSION: u32 = 2;
 /// Bound on the keystore size we are willing to read (a corrupted length guard).
 const MAX_FILE_LEN: u64 = 256 * 1024 * 1024;
 /// AAD of the root-key check value.
@@ -42,10 +46,20 @@ pub(crate) struct StoreData {
     #[serde(default)]
     pub root_key_check: Option<String>,
     pub keys: BTreeMap<Uuid, KeyRecord>,
-    pub aliases: BTreeMap<String, AliasRecord>,
+    /// Version 1's aliases (one namespace, all of the legacy account); moved into
+    /// `aliases` when read, never written.
+    #[serde(rename = "aliases", default, skip_serializing)]
+    legacy_aliases: BTreeMap<String, AliasRecord>,
+    /// Account id to alias name to alias: each account has its own alias namespace.
+    #[serde(rename = "account_aliases", default)]
+    pub aliases: BTreeMap<String, BTreeMap<String, AliasRecord>>,
     /// Keys whose deletion completed, and when: their ciphertexts get a clear
     /// NotFoundException instead of an opaque InvalidCiphertextException.
     pub deleted_keys: BTreeMap<Uuid, Timestamp>,
+    /// The account each deleted key belonged to (version 2; version 1 tombstones are
+    /// the legacy account's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deleted_key_accounts: BTreeMap<Uuid, String>,
 }
 
 /// Seconds since the Unix epoch, as stored.
@@ -57,6 +71,10 @@ pub(crate) fn to_time(ts: Timestamp) -> OffsetDateTime {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct KeyRecord {
+    /// The twelve-digit account that owns the key (the account of the principal that
+    /// created it). Empty only in version 1 files, until [`StoreData::adopt_legacy`].
+    #[serde(default)]
+    pub account: String,
     pub description: String,
     pub creation_date: Timestamp,
     pub state: KeyState,
@@ -114,13 +132,40 @@ pub(crate) struct AliasRecord {
 /// Something the key service did on its own when time passed, to be audited.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Maintenance {
-    /// The deletion window of the key ended; its material is gone.
-    Deleted(Uuid),
-    /// Automatic rotation added material version `version`.
-    Rotated(Uuid, u32),
+    /// The deletion window of the key (of the account) ended; its material is gone.
+    Deleted { id: Uuid, account: String },
+    /// Automatic rotation of the key (of the account) added a material version.
+    Rotated { id: Uuid, account: String },
 }
 
 impl StoreData {
+    /// Gives the keys and aliases of a version 1 file (written before accounts
+    /// existed) to `account`: the account their ARNs named when they were made.
+    /// Idempotent; a version 2 file has nothing to adopt.
+    pub fn adopt_legacy(&mut self, account: &str) {
+        for key in self.keys.values_mut() {
+            if key.account.is_empty() {
+                key.account = account.to_owned();
+            }
+        }
+        for id in self.deleted_keys.keys() {
+            self.deleted_key_accounts
+                .entry(*id)
+                .or_insert_with(|| account.to_owned());
+        }
+        if !self.legacy_aliases.is_empty() {
+            let namespace = self.aliases.entry(account.to_owned()).or_default();
+            for (name, alias) in std::mem::take(&mut self.legacy_aliases) {
+                namespace.entry(name).or_insert(alias);
+            }
+        }
+    }
+
+    /// The aliases of `account`, if it has any.
+    pub fn aliases_of(&self, account: &str) -> Option<&BTreeMap<String, AliasRecord>> {
+        self.aliases.get(account)
+    }
+
     /// True if a deletion window ended or an automatic rotation fell due by `now`.
     pub fn maintenance_due(&self, now: OffsetDateTime) -> bool {
         let now = now.unix_timestamp();
@@ -139,20 +184,24 @@ impl StoreData {
     ) -> Result<Vec<Maintenance>, KmsError> {
         let ts = now.unix_timestamp();
         let mut done = Vec::new();
-        let expired: Vec<Uuid> = self
+        let expired: Vec<(Uuid, String)> = self
             .keys
             .iter()
             .filter(|(_, k)| {
                 k.state == KeyState::PendingDeletion
                     && matches!(k.deletion_date, Some(d) if d <= ts)
             })
-            .map(|(id, _)| *id)
+            .map(|(id, k)| (*id, k.account.clone()))
             .collect();
-        for id in expired {
+        for (id, account) in expired {
             self.keys.remove(&id);
-            self.aliases.retain(|_, alias| alias.target_key_id != id);
+            for namespace in self.aliases.values_mut() {
+                namespace.retain(|_, alias| alias.target_key_id != id);
+            }
+            self.aliases.retain(|_, namespace| !namespace.is_empty());
             self.deleted_keys.insert(id, ts);
-            done.push(Maintenance::Deleted(id));
+            self.deleted_key_accounts.insert(id, account.clone());
+            done.push(Maintenance::Deleted { id, account });
         }
         for (id, key) in self.keys.iter_mut() {
             let Some(schedule) = &mut key.rotation else {
@@ -163,12 +212,15 @@ impl StoreData {
             }
             schedule.next_rotation_date =
                 (now + Duration::days(i64::from(schedule.period_in_days))).unix_timestamp();
-            let version = add_material(key, id, ts, keystore)?;
+            add_material(key, id, ts, keystore)?;
             key.rotations.push(RotationRecord {
                 date: ts,
                 rotation_type: RotationType::Automatic,
             });
-            done.push(Maintenance::Rotated(*id, version));
+            done.push(Maintenance::Rotated {
+                id: *id,
+                account: key.account.clone(),
+            });
         }
         Ok(done)
     }
@@ -199,6 +251,8 @@ pub(crate) struct Keystore {
     lock: PathBuf,
     root_key_path: PathBuf,
     root: Aes256Key,
+    /// The account that owns keys and aliases of version 1 files.
+    legacy_account: String,
 }
 
 impl fmt::Debug for Keystore {
@@ -307,8 +361,13 @@ pub(crate) struct Prepared<R> {
 
 impl Keystore {
     /// Opens (creating if needed) the keystore in `dir`, with the root key at
-    /// `root_key_file` or `dir/root.key`.
-    pub fn open(dir: &Path, root_key_file: Option<&Path>) -> Result<Self, KmsError> {
+    /// `root_key_file` or `dir/root.key`. Keys and aliases of a version 1 file
+    /// belong to `legacy_account`.
+    pub fn open(
+        dir: &Path,
+        root_key_file: Option<&Path>,
+        legacy_account: &str,
+    ) -> Result<Self, KmsError> {
         make_private_dir(dir)?;
         let root_key_path = root_key_file.map_or_else(|| dir.join("root.key"), Path::to_path_buf);
         let lock = dir.join("keystore.lock");
@@ -318,6 +377,7 @@ impl Keystore {
             lock,
             root_key_path,
             root: Aes256Key::random(),
+            legacy_account: legacy_account.to_owned(),
         };
         let guard = keystore.lock(true)?;
         let store = keystore.read_unlocked()?;
@@ -404,7 +464,10 @@ impl Keystore {
         let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         file.read_to_end(&mut bytes)
             .map_err(|e| io_error("cannot read", &self.file, e))?;
-        decode_file(&bytes).map_err(|why| corrupted(&self.file, &why))
+        let (generation, mut store) =
+            decode_file(&bytes).map_err(|why| corrupted(&self.file, &why))?;
+        store.adopt_legacy(&self.legacy_account);
+        Ok((generation, store))
     }
 
     /// Takes the write lock, applies due maintenance and then `update` to the current
@@ -512,7 +575,7 @@ fn parse_header(line: &str) -> Result<(u64, [u8; 32]), &'static str> {
     if words.next() != Some(FILE_MAGIC) {
         return Err("it is not an atrest keystore");
     }
-    if words.next() != Some("1") {
+    if !matches!(words.next(), Some("1" | "2")) {
         return Err("unknown keystore format version");
     }
     let generation = words
@@ -675,14 +738,50 @@ mod tests {
         assert!(decode_file(&flipped).is_err());
         assert!(decode_file(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_file(b"").is_err());
-        assert!(decode_file(b"atrest-keystore 2 gen:1 sha256:00\n{}").is_err());
+        assert!(decode_file(b"atrest-keystore 3 gen:1 sha256:00\n{}").is_err());
+    }
+
+    #[test]
+    fn version_1_bodies_are_adopted_by_the_legacy_account_and_written_as_version_2() {
+        let id = Uuid::from_u128(7);
+        let body = format!(
+            r#"{{"keys": {{"{id}": {{"description": "", "creation_date": 1, "state": "Enabled",
+                "policy": "{{}}", "materials": []}}}},
+                "aliases": {{"alias/payments": {{"target_key_id": "{id}", "creation_date": 1,
+                "last_updated_date": 1}}}},
+                "deleted_keys": {{"{}": 2}}}}"#,
+            Uuid::from_u128(8)
+        );
+        let digest = hex::encode(Sha256::digest(body.as_bytes()));
+        let file = format!("atrest-keystore 1 gen:3 sha256:{digest}\n{body}");
+        let (generation, mut store) = decode_file(file.as_bytes()).unwrap();
+        assert_eq!(generation, 3);
+        store.adopt_legacy("000000000000");
+        store.adopt_legacy("222222222222");
+        assert_eq!(store.keys[&id].account, "000000000000");
+        assert_eq!(
+            store.aliases_of("000000000000").unwrap()["alias/payments"].target_key_id,
+            id
+        );
+        assert!(store.aliases_of("222222222222").is_none());
+        assert_eq!(
+            store.deleted_key_accounts[&Uuid::from_u128(8)],
+            "000000000000"
+        );
+        let written = encode_file(4, &store).unwrap();
+        let text = String::from_utf8(written.clone()).unwrap();
+        assert!(text.starts_with("atrest-keystore 2 gen:4 "), "{text}");
+        assert!(!text.contains("\"aliases\""), "{text}");
+        let (_, back) = decode_file(&written).unwrap();
+        assert_eq!(back.keys[&id].account, "000000000000");
+        assert_eq!(back.aliases_of("000000000000").unwrap().len(), 1);
     }
 
     #[test]
     fn files_and_dirs_are_private_and_updates_are_atomic() {
         let home = tempfile::tempdir().unwrap();
         let dir = home.path().join("kms");
-        let ks = Keystore::open(&dir, None).unwrap();
+        let ks = Keystore::open(&dir, None, "000000000000").unwrap();
         assert_eq!(ks.generation().unwrap(), 0);
         let p = ks
             .prepare(now(), |s| {
@@ -721,7 +820,7 @@ mod tests {
     #[test]
     fn material_seals_under_root_key_and_binds_id_and_version() {
         let home = tempfile::tempdir().unwrap();
-        let ks = Keystore::open(home.path(), None).unwrap();
+        let ks = Keystore::open(home.path(), None, "000000000000").unwrap();
         let material = Aes256Key::random();
         let id = Uuid::new_v4();
         let sealed = ks.seal_material(&id, 3, &material).unwrap();
@@ -736,15 +835,15 @@ mod tests {
     #[test]
     fn wrong_or_exposed_root_key_is_refused() {
         let home = tempfile::tempdir().unwrap();
-        let ks = Keystore::open(home.path(), None).unwrap();
+        let ks = Keystore::open(home.path(), None, "000000000000").unwrap();
         ks.prepare(now(), |_| Ok(())).unwrap().tx.commit().unwrap();
         let root = home.path().join("root.key");
         fs::set_permissions(&root, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = Keystore::open(home.path(), None).unwrap_err();
+        let err = Keystore::open(home.path(), None, "000000000000").unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::remove_file(&root).unwrap();
         write_private_file(&root, &[7u8; 32]).unwrap();
-        let err = Keystore::open(home.path(), None).unwrap_err();
+        let err = Keystore::open(home.path(), None, "000000000000").unwrap_err();
         assert!(
             err.to_string().contains("is not the one that sealed"),
             "{err}"
@@ -755,7 +854,7 @@ mod tests {
     fn separate_root_key_file_is_used_and_created() {
         let home = tempfile::tempdir().unwrap();
         let elsewhere = home.path().join("secrets/my.key");
-        Keystore::open(&home.path().join("kms"), Some(&elsewhere)).unwrap();
+        Keystore::open(&home.path().join("kms"), Some(&elsewhere), "000000000000").unwrap();
         assert_eq!(fs::metadata(&elsewhere).unwrap().len(), 32);
         assert!(!home.path().join("kms/root.key").exists());
     }

@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use super::clock::{parse_offset, Clock, SystemClock};
-use super::ident::{alias_arn, key_arn, printable, validate_alias_name, KeyRef};
+use super::ident::{
+    alias_arn, is_account_id, key_arn, principal_account, printable, validate_alias_name, KeyRef,
+};
 use super::keystore::{
     add_material, to_time, AliasRecord, KeyRecord, Keystore, Maintenance, RotationRecord,
     RotationSchedule, StoreData,
@@ -26,7 +29,7 @@ use super::{
 };
 use crate::envelope::{self, MAX_PLAINTEXT_LEN};
 use crate::secret::{Aes256Key, SecretBytes};
-use crate::trail::{ApiCall, Trail};
+use crate::trail::{ApiCall, RefusedRequest, RequestSource, Trail};
 
 /// AWS's bounds on ScheduleKeyDeletion's window.
 const MIN_PENDING_DAYS: u32 = 7;
@@ -47,8 +50,50 @@ const MAX_CIPHERTEXT_LEN: usize = 6144;
 /// Bound on the encoded encryption context.
 const MAX_CONTEXT_LEN: usize = 8192;
 const MAX_DESCRIPTION_LEN: usize = 8192;
+/// AWS's `KeySpec` and `KeyUsageType` enums (botocore 1.44's KMS model): a value outside
+/// them is a ValidationException; one inside that atrest does not make (asymmetric,
+/// HMAC) an UnsupportedOperationException.
+const KEY_SPECS: [&str; 20] = [
+    "RSA_2048",
+    "RSA_3072",
+    "RSA_4096",
+    "ECC_NIST_P256",
+    "ECC_NIST_P384",
+    "ECC_NIST_P521",
+    "ECC_SECG_P256K1",
+    "SYMMETRIC_DEFAULT",
+    "HMAC_224",
+    "HMAC_256",
+    "HMAC_384",
+    "HMAC_512",
+    "SM2",
+    "ML_DSA_44",
+    "ML_DSA_65",
+    "ML_DSA_87",
+    "ECC_NIST_EDWARDS25519",
+    "ML_KEM_512",
+    "ML_KEM_768",
+    "ML_KEM_1024",
+];
+const KEY_USAGES: [&str; 5] = [
+    "SIGN_VERIFY",
+    "ENCRYPT_DECRYPT",
+    "GENERATE_VERIFY_MAC",
+    "KEY_AGREEMENT",
+    "ENCAPSULATE_DECAPSULATE",
+];
+/// GenerateRandom's bounds on `NumberOfBytes`.
+const MAX_RANDOM_BYTES: u32 = 1024;
 /// Who the trail names for what the key service does on its own (deletion, rotation).
 const SERVICE_PRINCIPAL: &str = "kms.amazonaws.com";
+
+/// The key-material import calls, which atrest refuses for its `AWS_KMS` keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportOperation {
+    GetParametersForImport,
+    ImportKeyMaterial,
+    DeleteImportedKeyMaterial,
+}
 
 /// How [`LocalKms`] is set up. [`LocalKmsConfig::from_env`] reads the `ATREST_*`
 /// variables; [`LocalKmsConfig::new`] gives the defaults.
@@ -56,9 +101,12 @@ const SERVICE_PRINCIPAL: &str = "kms.amazonaws.com";
 pub struct LocalKmsConfig {
     /// `ATREST_REGION`, default `local`.
     pub region: String,
-    /// `ATREST_ACCOUNT`, twelve digits, default `000000000000`.
+    /// `ATREST_ACCOUNT`, twelve digits, default `000000000000`: the account of callers
+    /// whose principal is not an ARN (`KeyUser`), and the owner of keys and aliases
+    /// made before accounts existed (keystore version 1).
     pub account: String,
-    /// The caller: `ATREST_PRINCIPAL`, default `arn:aws:iam::<account>:root`.
+    /// The caller: `ATREST_PRINCIPAL`, default `arn:aws:iam::<account>:root`. A
+    /// principal ARN (`arn:aws:iam::111111111111:user/Eve`) acts in its own account.
     pub principal: String,
     /// The system clock shifted by `ATREST_CLOCK_OFFSET` (e.g. `31d`, `-2h`, `90`).
     pub clock: Arc<dyn Clock>,
@@ -98,6 +146,21 @@ impl LocalKmsConfig {
             config.account = account;
         }
         if let Some(principal) = var("ATREST_PRINCIPAL") {
+            // A principal ARN acts in its own account; an explicit ATREST_ACCOUNT that
+            // says otherwise is a mistake, not a choice.
+            if let (Some(account), Some(named)) =
+                (var("ATREST_ACCOUNT"), principal_account(&principal))
+            {
+                if account != named {
+                    return Err(KmsError::Validation(format!(
+                        "ATREST_PRINCIPAL '{}' belongs to account {named} but ATREST_ACCOUNT \
+                         is '{}': a principal acts in its own account; unset ATREST_ACCOUNT \
+                         or make them agree",
+                        printable(&principal),
+                        printable(&account)
+                    )));
+                }
+            }
             config.principal = principal;
         }
         config.root_key_file = std::env::var_os("ATREST_ROOT_KEY_FILE")
@@ -126,7 +189,7 @@ impl LocalKmsConfig {
                 printable(&self.region)
             )));
         }
-        if self.account.len() != 12 || !self.account.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_account_id(&self.account) {
             return Err(KmsError::Validation(format!(
                 "account '{}' must be twelve digits",
                 printable(&self.account)
@@ -134,6 +197,24 @@ impl LocalKmsConfig {
         }
         check_principal(&self.principal)
     }
+}
+
+/// The account a caller acts in: its principal ARN's, else `configured`.
+fn caller_account(principal: &str, configured: &str) -> String {
+    principal_account(principal)
+        .unwrap_or(configured)
+        .to_owned()
+}
+
+/// `KeyMaterialId` of material version `version` of key `id`: hex SHA-256 of a label,
+/// the key id and the version, so it names the material (and changes on rotation)
+/// without depending on a secret byte.
+pub(crate) fn key_material_id(id: &Uuid, version: u32) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"atrest key material id v1");
+    hash.update(id.as_bytes());
+    hash.update(version.to_le_bytes());
+    hex::encode(hash.finalize())
 }
 
 fn root_principal(account: &str) -> String {
@@ -181,9 +262,49 @@ enum Op {
     TagResource,
     UntagResource,
     ListResourceTags,
+    GenerateRandom,
+    ListKeyPolicies,
+    GetParametersForImport,
+    ImportKeyMaterial,
+    DeleteImportedKeyMaterial,
 }
 
 impl Op {
+    const ALL: [Op; 32] = [
+        Op::CreateKey,
+        Op::DescribeKey,
+        Op::ListKeys,
+        Op::UpdateKeyDescription,
+        Op::EnableKey,
+        Op::DisableKey,
+        Op::ScheduleKeyDeletion,
+        Op::CancelKeyDeletion,
+        Op::ListAliases,
+        Op::CreateAlias,
+        Op::UpdateAlias,
+        Op::DeleteAlias,
+        Op::EnableKeyRotation,
+        Op::DisableKeyRotation,
+        Op::GetKeyRotationStatus,
+        Op::RotateKeyOnDemand,
+        Op::ListKeyRotations,
+        Op::GetKeyPolicy,
+        Op::PutKeyPolicy,
+        Op::GenerateDataKey,
+        Op::GenerateDataKeyWithoutPlaintext,
+        Op::Encrypt,
+        Op::Decrypt,
+        Op::ReEncrypt,
+        Op::TagResource,
+        Op::UntagResource,
+        Op::ListResourceTags,
+        Op::GenerateRandom,
+        Op::ListKeyPolicies,
+        Op::GetParametersForImport,
+        Op::ImportKeyMaterial,
+        Op::DeleteImportedKeyMaterial,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Op::CreateKey => "CreateKey",
@@ -213,6 +334,51 @@ impl Op {
             Op::TagResource => "TagResource",
             Op::UntagResource => "UntagResource",
             Op::ListResourceTags => "ListResourceTags",
+            Op::GenerateRandom => "GenerateRandom",
+            Op::ListKeyPolicies => "ListKeyPolicies",
+            Op::GetParametersForImport => "GetParametersForImport",
+            Op::ImportKeyMaterial => "ImportKeyMaterial",
+            Op::DeleteImportedKeyMaterial => "DeleteImportedKeyMaterial",
+        }
+    }
+
+    /// Whether a caller may name another account's key (by its key ARN), as AWS
+    /// allows ("Cross-account use: Yes") for cryptographic operations, DescribeKey
+    /// and GetKeyRotationStatus. Every other operation acts in the caller's account.
+    fn cross_account(self) -> bool {
+        match self {
+            Op::DescribeKey
+            | Op::GenerateDataKey
+            | Op::GenerateDataKeyWithoutPlaintext
+            | Op::Encrypt
+            | Op::Decrypt
+            | Op::ReEncrypt
+            | Op::GetKeyRotationStatus => true,
+            Op::CreateKey
+            | Op::ListKeys
+            | Op::UpdateKeyDescription
+            | Op::EnableKey
+            | Op::DisableKey
+            | Op::ScheduleKeyDeletion
+            | Op::CancelKeyDeletion
+            | Op::ListAliases
+            | Op::CreateAlias
+            | Op::UpdateAlias
+            | Op::DeleteAlias
+            | Op::EnableKeyRotation
+            | Op::DisableKeyRotation
+            | Op::RotateKeyOnDemand
+            | Op::ListKeyRotations
+            | Op::GetKeyPolicy
+            | Op::PutKeyPolicy
+            | Op::TagResource
+            | Op::UntagResource
+            | Op::ListResourceTags
+            | Op::GenerateRandom
+            | Op::ListKeyPolicies
+            | Op::GetParametersForImport
+            | Op::ImportKeyMaterial
+            | Op::DeleteImportedKeyMaterial => false,
         }
     }
 
@@ -230,7 +396,9 @@ impl Op {
             | Op::Encrypt
             | Op::Decrypt
             | Op::ReEncrypt
-            | Op::ListResourceTags => true,
+            | Op::ListResourceTags
+            | Op::GenerateRandom
+            | Op::ListKeyPolicies => true,
             Op::CreateKey
             | Op::UpdateKeyDescription
             | Op::EnableKey
@@ -245,7 +413,10 @@ impl Op {
             | Op::RotateKeyOnDemand
             | Op::PutKeyPolicy
             | Op::TagResource
-            | Op::UntagResource => false,
+            | Op::UntagResource
+            | Op::GetParametersForImport
+            | Op::ImportKeyMaterial
+            | Op::DeleteImportedKeyMaterial => false,
         }
     }
 
@@ -274,7 +445,12 @@ fn check_state(op: Op, state: KeyState, arn: &str) -> Result<(), KmsError> {
         | Op::GetKeyRotationStatus
         | Op::ListKeyRotations
         | Op::DeleteAlias
-        | Op::ListResourceTags => Ok(()),
+        | Op::ListResourceTags
+        | Op::GenerateRandom
+        | Op::ListKeyPolicies
+        | Op::GetParametersForImport
+        | Op::ImportKeyMaterial
+        | Op::DeleteImportedKeyMaterial => Ok(()),
         Op::Encrypt
         | Op::Decrypt
         | Op::GenerateDataKey
@@ -336,6 +512,11 @@ struct Shared {
 pub struct LocalKms {
     shared: Arc<Shared>,
     principal: String,
+    /// The caller's account: the one in `principal`'s ARN, else the configured one.
+    /// Keys and aliases are created, listed and resolved in this account only.
+    account: String,
+    /// Where this caller's calls come from, for their trail records.
+    source: Arc<RequestSource>,
 }
 
 impl fmt::Debug for LocalKms {
@@ -343,7 +524,7 @@ impl fmt::Debug for LocalKms {
         f.debug_struct("LocalKms")
             .field("home", &self.shared.home)
             .field("region", &self.shared.region)
-            .field("account", &self.shared.account)
+            .field("account", &self.account)
             .field("principal", &self.principal)
             .finish_non_exhaustive()
     }
@@ -354,9 +535,14 @@ impl LocalKms {
     /// `home/kms/`, the root key (created on first use), the trail in `home/trail/`.
     pub fn open(home: &Path, config: LocalKmsConfig) -> Result<LocalKms, KmsError> {
         config.validate()?;
-        let keystore = Keystore::open(&home.join("kms"), config.root_key_file.as_deref())?;
+        let keystore = Keystore::open(
+            &home.join("kms"),
+            config.root_key_file.as_deref(),
+            &config.account,
+        )?;
         let trail = Trail::open(&home.join("trail"), &config.region, &config.account)
             .map_err(|e| KmsError::Internal(format!("cannot open the audit trail: {e}")))?;
+        let account = caller_account(&config.principal, &config.account);
         Ok(LocalKms {
             shared: Arc::new(Shared {
                 home: home.to_path_buf(),
@@ -367,6 +553,8 @@ impl LocalKms {
                 clock: config.clock,
             }),
             principal: config.principal,
+            account,
+            source: Arc::new(RequestSource::local()),
         })
     }
 
@@ -377,6 +565,32 @@ impl LocalKms {
         Ok(LocalKms {
             shared: Arc::clone(&self.shared),
             principal: principal.to_owned(),
+            account: caller_account(principal, &self.shared.account),
+            source: Arc::clone(&self.source),
+        })
+    }
+
+    /// The same key service and caller, its calls recorded as coming from `source`
+    /// (the HTTP gateway passes each request's peer address, User-Agent and access
+    /// key id). Kept by [`LocalKms::as_principal`].
+    pub fn from_source(&self, source: RequestSource) -> LocalKms {
+        LocalKms {
+            shared: Arc::clone(&self.shared),
+            principal: self.principal.clone(),
+            account: self.account.clone(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// Records a request an endpoint refused before it reached the key service (a
+    /// bad signature, an unreadable request). Durable before it returns, like every
+    /// record: the endpoint answers the refusal only after.
+    pub fn record_refusal(&self, refused: &RefusedRequest) -> Result<(), KmsError> {
+        self.shared.trail.append_refusal(refused).map_err(|e| {
+            KmsError::Internal(format!(
+                "the audit trail could not record a refused {} ({e})",
+                refused.event_name
+            ))
         })
     }
 
@@ -388,8 +602,9 @@ impl LocalKms {
         &self.shared.region
     }
 
+    /// The caller's account (from its principal ARN, else `ATREST_ACCOUNT`).
     pub fn account(&self) -> &str {
-        &self.shared.account
+        &self.account
     }
 
     /// The keystore file. Every update replaces it with a rename, so a watcher
@@ -407,9 +622,69 @@ impl LocalKms {
         self.shared.keystore.generation()
     }
 
-    /// The ARN of key `id` in this region and account.
+    /// The ARN of key `id` in this region and the caller's account.
     pub fn key_arn(&self, id: &Uuid) -> String {
-        key_arn(&self.shared.region, &self.shared.account, id)
+        key_arn(&self.shared.region, &self.account, id)
+    }
+
+    /// The ARN of key `id` of `account`.
+    fn arn_in(&self, account: &str, id: &Uuid) -> String {
+        key_arn(&self.shared.region, account, id)
+    }
+
+    /// The ARN of the caller's alias `name`.
+    fn alias_arn(&self, name: &str) -> String {
+        alias_arn(&self.shared.region, &self.account, name)
+    }
+
+    /// GetParametersForImport, ImportKeyMaterial and DeleteImportedKeyMaterial
+    /// (`operation` names which): every atrest key has origin `AWS_KMS`, so each is
+    /// refused with UnsupportedOperationException once the key is found and the
+    /// caller is allowed the action, as AWS answers for such keys. Audited.
+    pub fn refuse_key_material_import(&self, operation: ImportOperation, key_id: &str) -> KmsError {
+        let op = match operation {
+            ImportOperation::GetParametersForImport => Op::GetParametersForImport,
+            ImportOperation::ImportKeyMaterial => Op::ImportKeyMaterial,
+            ImportOperation::DeleteImportedKeyMaterial => Op::DeleteImportedKeyMaterial,
+        };
+        let refused: Result<(), KmsError> =
+            self.inspect(op, key_id, json!({ "keyId": key_id }), |_, _, arn| {
+                Err(KmsError::UnsupportedOperation(format!(
+                    "{arn} origin is AWS_KMS which is not valid for this operation."
+                )))
+            });
+        match refused {
+            Err(err) => err,
+            Ok(()) => KmsError::Internal("a key material import was not refused".into()),
+        }
+    }
+
+    /// Appends the record of a call refused before it reached the key service (a
+    /// request body that does not parse or fails AWS's validation), so every
+    /// refusal is in the trail. `event_name` is the operation the caller named;
+    /// `request_parameters` must hold no secret (callers drop `Plaintext`).
+    pub fn record_invalid_request(
+        &self,
+        event_name: &str,
+        request_parameters: Value,
+        error_code: &str,
+        error_message: &str,
+    ) -> Result<(), KmsError> {
+        let read_only = Op::ALL
+            .iter()
+            .find(|op| op.name() == event_name)
+            .is_some_and(|op| op.read_only());
+        self.append(&ApiCall {
+            event_time: self.now(),
+            event_name: printable(event_name),
+            principal: self.principal.clone(),
+            request_parameters,
+            response_elements: None,
+            error_code: Some(error_code.to_owned()),
+            error_message: Some(error_message.to_owned()),
+            read_only,
+            resources: Vec::new(),
+        })
     }
 
     fn now(&self) -> OffsetDateTime {
@@ -417,7 +692,11 @@ impl LocalKms {
     }
 
     fn append(&self, call: &ApiCall) -> Result<(), KmsError> {
-        self.shared.trail.append(call).map_err(|e| {
+        self.append_from(call, &self.source)
+    }
+
+    fn append_from(&self, call: &ApiCall, source: &RequestSource) -> Result<(), KmsError> {
+        self.shared.trail.append_from(call, source).map_err(|e| {
             KmsError::Internal(format!(
                 "the audit trail could not record {} ({e}); the call was refused",
                 call.event_name
@@ -475,22 +754,26 @@ impl LocalKms {
 
     fn audit_maintenance(&self, done: &[Maintenance]) -> Result<(), KmsError> {
         for event in done {
-            let (name, id) = match event {
-                Maintenance::Deleted(id) => ("DeleteKey", id),
-                Maintenance::Rotated(id, _) => ("RotateKey", id),
+            let (name, id, account) = match event {
+                Maintenance::Deleted { id, account } => ("DeleteKey", id, account),
+                Maintenance::Rotated { id, account } => ("RotateKey", id, account),
             };
-            let arn = self.key_arn(id);
-            self.append(&ApiCall {
-                event_time: self.now(),
-                event_name: name.to_owned(),
-                principal: SERVICE_PRINCIPAL.to_owned(),
-                request_parameters: json!({ "keyId": arn }),
-                response_elements: None,
-                error_code: None,
-                error_message: None,
-                read_only: false,
-                resources: vec![arn],
-            })?;
+            let arn = self.arn_in(account, id);
+            // The service's own work, not the caller whose call found it due.
+            self.append_from(
+                &ApiCall {
+                    event_time: self.now(),
+                    event_name: name.to_owned(),
+                    principal: SERVICE_PRINCIPAL.to_owned(),
+                    request_parameters: json!({ "keyId": arn }),
+                    response_elements: None,
+                    error_code: None,
+                    error_message: None,
+                    read_only: false,
+                    resources: vec![arn],
+                },
+                &RequestSource::internal(),
+            )?;
         }
         Ok(())
     }
@@ -532,23 +815,33 @@ impl LocalKms {
         Ok(prepared.value)
     }
 
-    fn resolve(&self, store: &StoreData, key_id: &str) -> Result<Uuid, KmsError> {
-        match KeyRef::parse(key_id, &self.shared.region, &self.shared.account)? {
-            KeyRef::Key(id) if store.keys.contains_key(&id) => Ok(id),
-            KeyRef::Key(id) => Err(KmsError::NotFound(format!(
-                "Key '{}' does not exist",
-                self.key_arn(&id)
-            ))),
-            KeyRef::Alias(name) => store
-                .aliases
-                .get(&name)
-                .map(|a| a.target_key_id)
-                .ok_or_else(|| {
-                    KmsError::NotFound(format!(
+    /// Finds the key `key_id` names, for `op`: a key id or alias of the caller's
+    /// account, or (when `op` allows cross-account use) another account's key by its
+    /// key ARN. Returns the key's id and ARN. Another account's key named where `op`
+    /// does not allow it is NotFoundException, as AWS answers.
+    fn resolve(&self, store: &StoreData, key_id: &str, op: Op) -> Result<(Uuid, String), KmsError> {
+        match KeyRef::parse(key_id, &self.shared.region, &self.account)? {
+            KeyRef::Key { account, id } => {
+                let arn = self.arn_in(&account, &id);
+                let reachable = account == self.account || op.cross_account();
+                match store.keys.get(&id) {
+                    Some(key) if key.account == account && reachable => Ok((id, arn)),
+                    _ => Err(KmsError::NotFound(format!("Key '{arn}' does not exist"))),
+                }
+            }
+            KeyRef::Alias(name) => {
+                let target = store
+                    .aliases_of(&self.account)
+                    .and_then(|aliases| aliases.get(&name))
+                    .map(|a| a.target_key_id);
+                match target.and_then(|id| store.keys.get(&id).map(|k| (id, k))) {
+                    Some((id, key)) => Ok((id, self.arn_in(&key.account, &id))),
+                    None => Err(KmsError::NotFound(format!(
                         "Alias '{}' is not found.",
-                        alias_arn(&self.shared.region, &self.shared.account, &printable(&name))
-                    ))
-                }),
+                        self.alias_arn(&printable(&name))
+                    ))),
+                }
+            }
         }
     }
 
@@ -583,8 +876,7 @@ impl LocalKms {
         op: Op,
         action: &str,
     ) -> Result<(Uuid, &'s KeyRecord, String), KmsError> {
-        let id = self.resolve(store, key_id)?;
-        let arn = self.key_arn(&id);
+        let (id, arn) = self.resolve(store, key_id, op)?;
         audit.resources.push(arn.clone());
         let key = store
             .keys
@@ -606,8 +898,7 @@ impl LocalKms {
     ) -> Result<R, KmsError> {
         self.run(op, request, |audit| {
             self.mutate(audit, |store, now, audit| {
-                let id = self.resolve(store, key_id)?;
-                let arn = self.key_arn(&id);
+                let (id, arn) = self.resolve(store, key_id, op)?;
                 audit.resources.push(arn.clone());
                 let key = store
                     .keys
@@ -640,9 +931,9 @@ impl LocalKms {
     fn metadata(&self, id: &Uuid, key: &KeyRecord) -> KeyMetadata {
         KeyMetadata {
             key_id: id.to_string(),
-            arn: self.key_arn(id),
+            arn: self.arn_in(&key.account, id),
             key_state: key.state,
-            aws_account_id: self.shared.account.clone(),
+            aws_account_id: key.account.clone(),
             creation_date: to_time(key.creation_date),
             enabled: key.state == KeyState::Enabled,
             description: key.description.clone(),
@@ -655,6 +946,12 @@ impl LocalKms {
             multi_region: false,
             deletion_date: key.deletion_date.map(to_time),
             pending_deletion_window_in_days: key.pending_window_in_days,
+            current_key_material_id: key
+                .materials
+                .len()
+                .checked_sub(1)
+                .and_then(|last| u32::try_from(last).ok())
+                .map(|version| key_material_id(id, version)),
         }
     }
 
@@ -684,7 +981,7 @@ impl LocalKms {
         context: &EncryptionContext,
         expected: Option<&str>,
         action: &str,
-    ) -> Result<(String, SecretBytes), KmsError> {
+    ) -> Result<(String, String, SecretBytes), KmsError> {
         if blob.is_empty() || blob.len() > MAX_CIPHERTEXT_LEN {
             return Err(KmsError::Validation(format!(
                 "1 validation error detected: Value at 'ciphertextBlob' failed to satisfy \
@@ -694,9 +991,9 @@ impl LocalKms {
         let parsed = envelope::parse(blob)?;
         let id = parsed.header.key_id;
         if let Some(named) = expected {
-            let named = self.resolve(store, named)?;
+            let (named, named_arn) = self.resolve(store, named, audit.op)?;
             if named != id {
-                audit.resources.push(self.key_arn(&named));
+                audit.resources.push(named_arn);
                 return Err(KmsError::IncorrectKey(
                     "The key ID in the request does not identify a KMS key that can perform this operation."
                         .into(),
@@ -704,8 +1001,8 @@ impl LocalKms {
             }
         }
         let Some(key) = store.keys.get(&id) else {
-            if store.deleted_keys.contains_key(&id) {
-                let arn = self.key_arn(&id);
+            if let Some(account) = store.deleted_key_accounts.get(&id) {
+                let arn = self.arn_in(account, &id);
                 audit.resources.push(arn.clone());
                 return Err(KmsError::NotFound(format!(
                     "Key '{arn}' was deleted; its ciphertexts cannot be decrypted"
@@ -715,7 +1012,7 @@ impl LocalKms {
                 "the ciphertext blob is not valid: it names no key of this key service".into(),
             ));
         };
-        let arn = self.key_arn(&id);
+        let arn = self.arn_in(&key.account, &id);
         audit.resources.push(arn.clone());
         self.authorize(key, action, &arn)?;
         check_state(audit.op, key.state, &arn)?;
@@ -733,7 +1030,7 @@ impl LocalKms {
             .keystore
             .unseal_material(&id, version, &sealed.sealed)?;
         let plaintext = envelope::open(&material, &parsed, context)?;
-        Ok((arn, plaintext))
+        Ok((arn, key_material_id(&id, version), plaintext))
     }
 
     fn generate(
@@ -819,7 +1116,7 @@ impl LocalKms {
     fn alias_entry(&self, name: &str, alias: &AliasRecord) -> AliasListEntry {
         AliasListEntry {
             alias_name: name.to_owned(),
-            alias_arn: alias_arn(&self.shared.region, &self.shared.account, name),
+            alias_arn: self.alias_arn(name),
             target_key_id: alias.target_key_id.to_string(),
             creation_date: to_time(alias.creation_date),
             last_updated_date: to_time(alias.last_updated_date),
@@ -836,15 +1133,20 @@ impl LocalKms {
         ))
     }
 
-    /// Resolves an alias target, which must name a key, not another alias.
-    fn alias_target(&self, store: &StoreData, target: &str) -> Result<Uuid, KmsError> {
-        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.shared.account)?
-        {
+    /// Resolves an alias target, which must name a key of the caller's account, not
+    /// another alias.
+    fn alias_target(
+        &self,
+        store: &StoreData,
+        target: &str,
+        op: Op,
+    ) -> Result<(Uuid, String), KmsError> {
+        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.account)? {
             return Err(KmsError::Validation(
                 "TargetKeyId must be a key ID or key ARN, not an alias".into(),
             ));
         }
-        self.resolve(store, target)
+        self.resolve(store, target, op)
     }
 }
 
@@ -940,7 +1242,7 @@ impl KeyService for LocalKms {
         self.run(Op::Decrypt, request, |audit| {
             check_context(&req.encryption_context, "encryptionContext")?;
             let store = self.fresh()?;
-            let (arn, plaintext) = self.open_blob(
+            let (arn, key_material_id, plaintext) = self.open_blob(
                 audit,
                 &store,
                 &req.ciphertext_blob,
@@ -948,10 +1250,11 @@ impl KeyService for LocalKms {
                 req.key_id.as_deref(),
                 "kms:Decrypt",
             )?;
-            audit.response = Some(json!({ "keyId": arn }));
+            audit.response = Some(json!({ "keyId": arn, "keyMaterialId": key_material_id }));
             Ok(DecryptedData {
                 key_id: arn,
                 plaintext,
+                key_material_id: Some(key_material_id),
             })
         })
     }
@@ -974,7 +1277,7 @@ impl KeyService for LocalKms {
                 "destinationEncryptionContext",
             )?;
             let store = self.fresh()?;
-            let (source_arn, plaintext) = self.open_blob(
+            let (source_arn, source_material_id, plaintext) = self.open_blob(
                 audit,
                 &store,
                 &req.ciphertext_blob,
@@ -997,11 +1300,19 @@ impl KeyService for LocalKms {
                 plaintext.expose(),
                 &req.destination_encryption_context,
             )?;
-            audit.response = Some(json!({ "keyId": arn, "sourceKeyId": source_arn }));
+            let destination_material_id = key_material_id(&id, version);
+            audit.response = Some(json!({
+                "keyId": arn,
+                "sourceKeyId": source_arn,
+                "sourceKeyMaterialId": source_material_id,
+                "destinationKeyMaterialId": destination_material_id,
+            }));
             Ok(ReEncrypted {
                 source_key_id: source_arn,
                 key_id: arn,
                 ciphertext_blob,
+                source_key_material_id: Some(source_material_id),
+                destination_key_material_id: Some(destination_material_id),
             })
         })
     }
@@ -1026,6 +1337,9 @@ impl KeyService for LocalKms {
             }
             match req.key_spec.as_deref() {
                 None | Some("SYMMETRIC_DEFAULT") => {}
+                Some(other) if !KEY_SPECS.contains(&other) => {
+                    return Err(not_in_enum(other, "keySpec", &KEY_SPECS))
+                }
                 Some(other) => {
                     return Err(KmsError::UnsupportedOperation(format!(
                         "KeySpec '{}' is not supported: atrest keys are SYMMETRIC_DEFAULT",
@@ -1035,6 +1349,9 @@ impl KeyService for LocalKms {
             }
             match req.key_usage.as_deref() {
                 None | Some("ENCRYPT_DECRYPT") => {}
+                Some(other) if !KEY_USAGES.contains(&other) => {
+                    return Err(not_in_enum(other, "keyUsage", &KEY_USAGES))
+                }
                 Some(other) => {
                     return Err(KmsError::UnsupportedOperation(format!(
                         "KeyUsage '{}' is not supported: atrest keys are ENCRYPT_DECRYPT",
@@ -1042,6 +1359,7 @@ impl KeyService for LocalKms {
                     )))
                 }
             }
+            // The key belongs to the caller's account, whatever ATREST_ACCOUNT says.
             let id = Uuid::new_v4();
             let arn = self.key_arn(&id);
             let policy = match &req.policy {
@@ -1050,12 +1368,13 @@ impl KeyService for LocalKms {
                     self.check_lockout(&parsed, &arn, req.bypass_policy_lockout_safety_check)?;
                     text.clone()
                 }
-                None => default_policy(&self.shared.account, &self.principal),
+                None => default_policy(&self.account, &self.principal),
             };
             self.mutate(audit, |store, now, audit| {
                 audit.resources.push(arn.clone());
                 let ts = now.unix_timestamp();
                 let mut key = KeyRecord {
+                    account: self.account.clone(),
                     description: req.description.clone(),
                     creation_date: ts,
                     state: KeyState::Enabled,
@@ -1098,15 +1417,19 @@ impl KeyService for LocalKms {
         }
         self.run(Op::ListKeys, request, |_| {
             let store = self.fresh()?;
-            let items = store.keys.keys().map(|id| {
-                (
-                    id.to_string(),
-                    KeyListEntry {
-                        key_id: id.to_string(),
-                        key_arn: self.key_arn(id),
-                    },
-                )
-            });
+            let items = store
+                .keys
+                .iter()
+                .filter(|(_, key)| key.account == self.account)
+                .map(|(id, _)| {
+                    (
+                        id.to_string(),
+                        KeyListEntry {
+                            key_id: id.to_string(),
+                            key_arn: self.key_arn(id),
+                        },
+                    )
+                });
             self.page(items, req)
         })
     }
@@ -1171,8 +1494,7 @@ impl KeyService for LocalKms {
         }
         self.run(Op::ScheduleKeyDeletion, request, |audit| {
             self.mutate(audit, |store, now, audit| {
-                let id = self.resolve(store, key_id)?;
-                let arn = self.key_arn(&id);
+                let (id, arn) = self.resolve(store, key_id, Op::ScheduleKeyDeletion)?;
                 audit.resources.push(arn.clone());
                 let key = store
                     .keys
@@ -1233,15 +1555,16 @@ impl KeyService for LocalKms {
             let store = self.fresh()?;
             let only = match key_id {
                 Some(key_id) => {
-                    let id = self.resolve(&store, key_id)?;
-                    audit.resources.push(self.key_arn(&id));
+                    let (id, arn) = self.resolve(&store, key_id, Op::ListAliases)?;
+                    audit.resources.push(arn);
                     Some(id)
                 }
                 None => None,
             };
             let items = store
-                .aliases
-                .iter()
+                .aliases_of(&self.account)
+                .into_iter()
+                .flatten()
                 .filter(|(_, a)| only.is_none_or(|id| a.target_key_id == id))
                 .map(|(name, a)| (name.clone(), self.alias_entry(name, a)));
             self.page(items, req)
@@ -1253,8 +1576,7 @@ impl KeyService for LocalKms {
         self.run(Op::CreateAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, now, audit| {
-                let id = self.alias_target(store, target_key_id)?;
-                let arn = self.key_arn(&id);
+                let (id, arn) = self.alias_target(store, target_key_id, Op::CreateAlias)?;
                 audit.resources.push(arn.clone());
                 let key = store
                     .keys
@@ -1262,14 +1584,15 @@ impl KeyService for LocalKms {
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
                 self.authorize(key, "kms:CreateAlias", &arn)?;
                 check_state(Op::CreateAlias, key.state, &arn)?;
-                if store.aliases.contains_key(alias_name) {
+                let namespace = store.aliases.entry(self.account.clone()).or_default();
+                if namespace.contains_key(alias_name) {
                     return Err(KmsError::AlreadyExists(format!(
                         "An alias with the name {} already exists",
-                        alias_arn(&self.shared.region, &self.shared.account, alias_name)
+                        self.alias_arn(alias_name)
                     )));
                 }
                 let ts = now.unix_timestamp();
-                store.aliases.insert(
+                namespace.insert(
                     alias_name.to_owned(),
                     AliasRecord {
                         target_key_id: id,
@@ -1290,16 +1613,16 @@ impl KeyService for LocalKms {
                 let alias_not_found = || {
                     KmsError::NotFound(format!(
                         "Alias '{}' is not found.",
-                        alias_arn(&self.shared.region, &self.shared.account, alias_name)
+                        self.alias_arn(alias_name)
                     ))
                 };
                 let old = store
-                    .aliases
-                    .get(alias_name)
+                    .aliases_of(&self.account)
+                    .and_then(|aliases| aliases.get(alias_name))
                     .ok_or_else(alias_not_found)?
                     .target_key_id;
-                let new = self.alias_target(store, target_key_id)?;
-                let (old_arn, new_arn) = (self.key_arn(&old), self.key_arn(&new));
+                let (new, new_arn) = self.alias_target(store, target_key_id, Op::UpdateAlias)?;
+                let old_arn = self.key_arn(&old);
                 audit.resources.push(old_arn.clone());
                 if new != old {
                     audit.resources.push(new_arn.clone());
@@ -1314,7 +1637,8 @@ impl KeyService for LocalKms {
                 check_state(Op::UpdateAlias, new_key.state, &new_arn)?;
                 let alias = store
                     .aliases
-                    .get_mut(alias_name)
+                    .get_mut(&self.account)
+                    .and_then(|aliases| aliases.get_mut(alias_name))
                     .ok_or_else(alias_not_found)?;
                 alias.target_key_id = new;
                 alias.last_updated_date = now.unix_timestamp();
@@ -1331,12 +1655,12 @@ impl KeyService for LocalKms {
                 let not_found = || {
                     KmsError::NotFound(format!(
                         "Alias '{}' is not found.",
-                        alias_arn(&self.shared.region, &self.shared.account, alias_name)
+                        self.alias_arn(alias_name)
                     ))
                 };
                 let target = store
-                    .aliases
-                    .get(alias_name)
+                    .aliases_of(&self.account)
+                    .and_then(|aliases| aliases.get(alias_name))
                     .ok_or_else(not_found)?
                     .target_key_id;
                 let arn = self.key_arn(&target);
@@ -1344,7 +1668,12 @@ impl KeyService for LocalKms {
                 let key = store.keys.get(&target).ok_or_else(not_found)?;
                 self.authorize(key, "kms:DeleteAlias", &arn)?;
                 check_state(Op::DeleteAlias, key.state, &arn)?;
-                store.aliases.remove(alias_name);
+                if let Some(aliases) = store.aliases.get_mut(&self.account) {
+                    aliases.remove(alias_name);
+                    if aliases.is_empty() {
+                        store.aliases.remove(&self.account);
+                    }
+                }
                 Ok(())
             })
         })
@@ -1404,12 +1733,9 @@ impl KeyService for LocalKms {
                         .rotation
                         .as_ref()
                         .map(|r| to_time(r.next_rotation_date)),
-                    on_demand_rotation_start_date: key
-                        .rotations
-                        .iter()
-                        .rev()
-                        .find(|r| r.rotation_type == RotationType::OnDemand)
-                        .map(|r| to_time(r.date)),
+                    // An on-demand rotation completes within RotateKeyOnDemand, so none
+                    // is ever in progress: AWS omits the field when none is.
+                    on_demand_rotation_start_date: None,
                 })
             },
         )
@@ -1447,14 +1773,17 @@ impl KeyService for LocalKms {
             Op::ListKeyRotations,
             key_id,
             json!({ "keyId": key_id }),
-            |key, _, arn| {
+            |key, id, arn| {
+                // Rotation `i` made material version `i + 1` (version 0 is the key's first).
                 Ok(key
                     .rotations
                     .iter()
-                    .map(|r| RotationEntry {
+                    .zip(1u32..)
+                    .map(|(r, version)| RotationEntry {
                         key_id: arn.to_owned(),
                         rotation_date: to_time(r.date),
                         rotation_type: r.rotation_type,
+                        key_material_id: Some(key_material_id(id, version)),
                     })
                     .collect())
             },
@@ -1511,8 +1840,8 @@ impl KeyService for LocalKms {
     fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError> {
         let request = json!({ "keyId": key_id, "tagKeys": tag_keys });
         self.administer(Op::UntagResource, key_id, request, |key, _, _, _| {
-            for tag_key in tag_keys {
-                check_tag_key(tag_key)?;
+            for (position, tag_key) in tag_keys.iter().enumerate() {
+                check_tag_key(tag_key, &format!("tagKeys.{}.member", position + 1))?;
                 key.tags.remove(tag_key);
             }
             Ok(())
@@ -1532,22 +1861,61 @@ impl KeyService for LocalKms {
                 .collect())
         })
     }
+
+    /// GenerateRandom: `number_of_bytes` (1..=1024, required) random bytes. Audited
+    /// like every call; the bytes are not in the record.
+    fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
+        let request = json!({ "numberOfBytes": number_of_bytes });
+        self.run(Op::GenerateRandom, request, |_| match number_of_bytes {
+            Some(n @ 1..=MAX_RANDOM_BYTES) => Ok(SecretBytes::random(n as usize)),
+            Some(n) => Err(KmsError::Validation(format!(
+                "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy \
+                 constraint: Member must have value between 1 and {MAX_RANDOM_BYTES}"
+            ))),
+            None => Err(KmsError::Validation(
+                "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy \
+                 constraint: Member must not be null"
+                    .into(),
+            )),
+        })
+    }
+
+    /// ListKeyPolicies: the names of a key's policies, always `["default"]`.
+    fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
+        self.inspect(
+            Op::ListKeyPolicies,
+            key_id,
+            json!({ "keyId": key_id }),
+            |_, _, _| Ok(vec!["default".to_owned()]),
+        )
+    }
 }
 
-/// AWS's rules for tags: at most 50 in one request, keys of 1 to 128 characters not
-/// starting with `aws:`, values of at most 256 characters.
+/// AWS's rules for tags: at most 50 in one request, each tag key once, keys of 1 to
+/// 128 characters not starting with `aws:` (in any case), values of at most 256
+/// characters. Lengths are ValidationException, the rest TagException, as AWS.
 pub fn validate_tags(tags: &[Tag]) -> Result<(), KmsError> {
     if tags.len() > MAX_TAGS {
-        return Err(KmsError::LimitExceeded(format!(
-            "{} tags given; a key has at most {MAX_TAGS}",
+        return Err(KmsError::Tag(format!(
+            "Too many tags: {} given, a key has at most {MAX_TAGS}",
             tags.len()
         )));
     }
-    for tag in tags {
-        check_tag_key(&tag.tag_key)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (position, tag) in tags.iter().enumerate() {
+        let member = position + 1;
+        check_tag_key(&tag.tag_key, &format!("tags.{member}.member.tagKey"))?;
         if tag.tag_value.chars().count() > MAX_TAG_VALUE_LEN {
             return Err(KmsError::Validation(format!(
-                "the value of tag '{}' is longer than {MAX_TAG_VALUE_LEN} characters",
+                "1 validation error detected: Value '{}' at 'tags.{member}.member.tagValue' \
+                 failed to satisfy constraint: Member must have length less than or equal to \
+                 {MAX_TAG_VALUE_LEN}",
+                printable(&tag.tag_value)
+            )));
+        }
+        if !seen.insert(tag.tag_key.as_str()) {
+            return Err(KmsError::Tag(format!(
+                "Duplicate tag keys: '{}' is given more than once",
                 printable(&tag.tag_key)
             )));
         }
@@ -1555,21 +1923,32 @@ pub fn validate_tags(tags: &[Tag]) -> Result<(), KmsError> {
     Ok(())
 }
 
-fn check_tag_key(tag_key: &str) -> Result<(), KmsError> {
+fn check_tag_key(tag_key: &str, field: &str) -> Result<(), KmsError> {
     let len = tag_key.chars().count();
     if len == 0 || len > MAX_TAG_KEY_LEN {
         return Err(KmsError::Validation(format!(
-            "tag key '{}' must be 1 to {MAX_TAG_KEY_LEN} characters",
+            "1 validation error detected: Value '{}' at '{field}' failed to satisfy constraint: \
+             Member must have length between 1 and {MAX_TAG_KEY_LEN}",
             printable(tag_key)
         )));
     }
-    if tag_key.starts_with("aws:") {
-        return Err(KmsError::Validation(format!(
-            "tag key '{}' uses the prefix 'aws:', which is reserved for AWS",
+    if tag_key.len() >= 4 && tag_key.as_bytes()[..4].eq_ignore_ascii_case(b"aws:") {
+        return Err(KmsError::Tag(format!(
+            "Tags beginning with aws: are reserved ('{}')",
             printable(tag_key)
         )));
     }
     Ok(())
+}
+
+/// AWS's wording for a value outside an enum.
+fn not_in_enum(value: &str, field: &str, allowed: &[&str]) -> KmsError {
+    KmsError::Validation(format!(
+        "1 validation error detected: Value '{}' at '{field}' failed to satisfy constraint: \
+         Member must satisfy enum value set: [{}]",
+        printable(value),
+        allowed.join(", ")
+    ))
 }
 
 fn check_policy_name(name: &str) -> Result<(), KmsError> {

@@ -20,8 +20,8 @@ mod local;
 pub mod policy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use ident::{validate_alias_name, KeyRef};
-pub use local::{validate_tags, LocalKms, LocalKmsConfig};
+pub use ident::{principal_account, validate_alias_name, KeyRef};
+pub use local::{validate_tags, ImportOperation, LocalKms, LocalKmsConfig};
 
 /// Encryption context: non-secret key/value pairs bound to a ciphertext as AAD.
 /// A `BTreeMap` so that iteration order is canonical.
@@ -83,6 +83,10 @@ pub struct KeyMetadata {
     pub deletion_date: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_deletion_window_in_days: Option<u32>,
+    /// The id of the key material new ciphertexts are made with; changes on every
+    /// rotation (AWS's `CurrentKeyMaterialId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_key_material_id: Option<String>,
 }
 
 /// Size of a generated data key.
@@ -159,6 +163,9 @@ pub struct DecryptedData {
     /// ARN of the CMK that decrypted the blob.
     pub key_id: String,
     pub plaintext: SecretBytes,
+    /// The id of the key material that decrypted it (`None` from a remote key service
+    /// that does not report it).
+    pub key_material_id: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -176,6 +183,9 @@ pub struct ReEncrypted {
     /// ARN of the destination CMK.
     pub key_id: String,
     pub ciphertext_blob: Vec<u8>,
+    /// The key material that decrypted the blob, and the one that sealed it again.
+    pub source_key_material_id: Option<String>,
+    pub destination_key_material_id: Option<String>,
 }
 
 /// CreateKey's arguments. `Default` is AWS's default: a symmetric encryption key with
@@ -289,6 +299,9 @@ pub struct RotationEntry {
     #[serde(with = "time::serde::timestamp")]
     pub rotation_date: OffsetDateTime,
     pub rotation_type: RotationType,
+    /// The key material this rotation made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_material_id: Option<String>,
 }
 
 /// A key's tag (TagResource, ListResourceTags).
@@ -356,6 +369,10 @@ pub enum KmsError {
     /// The List marker is not one this service issued.
     #[error("InvalidMarkerException: {0}")]
     InvalidMarker(String),
+    /// The caller's tags break AWS's rules (reserved `aws:` prefix, a tag key given
+    /// twice, more than 50 tags).
+    #[error("TagException: {0}")]
+    Tag(String),
 }
 
 impl KmsError {
@@ -378,6 +395,7 @@ impl KmsError {
             KmsError::MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
             KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
             KmsError::InvalidMarker(_) => "InvalidMarkerException",
+            KmsError::Tag(_) => "TagException",
         }
     }
 
@@ -403,6 +421,7 @@ impl KmsError {
             "LimitExceededException" => KmsError::LimitExceeded(message),
             "MalformedPolicyDocumentException" => KmsError::MalformedPolicyDocument(message),
             "UnsupportedOperationException" => KmsError::UnsupportedOperation(message),
+            "TagException" => KmsError::Tag(message),
             "InvalidMarkerException" => KmsError::InvalidMarker(message),
             other => KmsError::Internal(format!("{other}: {message}")),
         }
@@ -426,7 +445,8 @@ impl KmsError {
             | KmsError::LimitExceeded(m)
             | KmsError::MalformedPolicyDocument(m)
             | KmsError::UnsupportedOperation(m)
-            | KmsError::InvalidMarker(m) => m,
+            | KmsError::InvalidMarker(m)
+            | KmsError::Tag(m) => m,
         }
     }
 
@@ -449,7 +469,8 @@ impl KmsError {
             | KmsError::LimitExceeded(_)
             | KmsError::MalformedPolicyDocument(_)
             | KmsError::UnsupportedOperation(_)
-            | KmsError::InvalidMarker(_) => 400,
+            | KmsError::InvalidMarker(_)
+            | KmsError::Tag(_) => 400,
         }
     }
 }
@@ -530,6 +551,11 @@ pub trait KeyService: Send + Sync {
     fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError>;
     /// The key's tags, sorted by tag key.
     fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError>;
+
+    /// GenerateRandom: `number_of_bytes` (1..=1024, required) random bytes.
+    fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError>;
+    /// ListKeyPolicies: the names of a key's policies (always `["default"]`).
+    fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError>;
 }
 
 #[cfg(test)]
@@ -565,6 +591,7 @@ mod tests {
             KmsError::MalformedPolicyDocument("m".into()),
             KmsError::UnsupportedOperation("m".into()),
             KmsError::InvalidMarker("m".into()),
+            KmsError::Tag("m".into()),
         ];
         for err in &all {
             let back = KmsError::from_aws_name(err.aws_name(), err.message().to_owned());
@@ -621,6 +648,7 @@ mod tests {
             multi_region: false,
             deletion_date: Some(OffsetDateTime::from_unix_timestamp(1_700_086_400).unwrap()),
             pending_deletion_window_in_days: Some(1),
+            current_key_material_id: Some("ab".repeat(32)),
         };
         let json = serde_json::to_value(&meta).unwrap();
         assert_eq!(json["AWSAccountId"], "000000000000");

@@ -38,7 +38,7 @@ use thiserror::Error;
 use time::OffsetDateTime;
 
 use head::Head;
-use record::{ChainLink, RecordHash, TrailOrigin, GENESIS_HASH};
+use record::{ChainLink, Event, RecordHash, TrailOrigin, GENESIS_HASH};
 
 /// The records, one per line.
 pub const LOG_FILE: &str = "trail.jsonl";
@@ -65,6 +65,162 @@ pub struct ApiCall {
     pub read_only: bool,
     /// ARNs of the keys the call touched.
     pub resources: Vec<String>,
+}
+
+/// Longest `userAgent` kept; a longer one is cut (at a character boundary) and ends
+/// in `...`. Unauthenticated clients choose this text, so it is bounded.
+pub const MAX_USER_AGENT_CHARS: usize = 1024;
+/// Longest claimed access key id kept (AWS ids are 16-128 characters).
+pub const MAX_ACCESS_KEY_ID_CHARS: usize = 128;
+
+/// Where a call came from and the credentials it presented, as the endpoint saw
+/// them: CloudTrail's `sourceIPAddress`, `userAgent` and `userIdentity.accessKeyId`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestSource {
+    /// The peer's IP address (without port), `localhost` for calls made on this
+    /// machine through the CLI, `AWS Internal` for the key service's own work.
+    pub ip_address: String,
+    /// The client's `User-Agent`, bounded and with control characters replaced.
+    pub user_agent: String,
+    /// The access key id the request was signed with (for a refused request: the
+    /// one it claimed, unproven).
+    pub access_key_id: Option<String>,
+    /// The request id the client was answered with (`x-amzn-RequestId`,
+    /// `x-amz-request-id`), recorded as `requestID` so a client's error report can be
+    /// matched to its record; a fresh UUID per record when `None`.
+    pub request_id: Option<String>,
+}
+
+impl RequestSource {
+    /// A call made in this process (the CLI, a library user): `localhost` and
+    /// atrest's own user agent, no access key.
+    pub fn local() -> RequestSource {
+        RequestSource {
+            ip_address: "localhost".into(),
+            user_agent: format!(
+                "atrest/{} (pid {})",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
+            access_key_id: None,
+            request_id: None,
+        }
+    }
+
+    /// What the key service does on its own (scheduled deletion and rotation):
+    /// CloudTrail's `AWS Internal`.
+    pub fn internal() -> RequestSource {
+        RequestSource {
+            ip_address: "AWS Internal".into(),
+            user_agent: "AWS Internal".into(),
+            access_key_id: None,
+            request_id: None,
+        }
+    }
+
+    /// A request from the network: the peer's address, its `User-Agent` header (raw
+    /// bytes, any content) and the access key id it presented. Both client-chosen
+    /// texts are bounded and their control characters replaced, so a record stays
+    /// one readable line whatever a client sends.
+    pub fn remote(
+        peer: std::net::IpAddr,
+        user_agent: Option<&[u8]>,
+        access_key_id: Option<&str>,
+    ) -> RequestSource {
+        RequestSource {
+            ip_address: peer.to_canonical().to_string(),
+            user_agent: user_agent
+                .map(|ua| bounded_text(&String::from_utf8_lossy(ua), MAX_USER_AGENT_CHARS))
+                .unwrap_or_default(),
+            access_key_id: access_key_id
+                .filter(|id| !id.is_empty())
+                .map(|id| bounded_text(id, MAX_ACCESS_KEY_ID_CHARS)),
+            request_id: None,
+        }
+    }
+
+    /// The same source, its records carrying `request_id` as `requestID`.
+    pub fn with_request_id(self, request_id: &str) -> RequestSource {
+        RequestSource {
+            request_id: Some(bounded_text(request_id, 64)),
+            ..self
+        }
+    }
+}
+
+/// `text` with control characters replaced by U+FFFD and cut to `max` characters
+/// (the last three then `...`).
+fn bounded_text(text: &str, max: usize) -> String {
+    let clean = text
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c });
+    if text.chars().count() <= max {
+        return clean.collect();
+    }
+    let mut cut: String = clean.take(max.saturating_sub(3)).collect();
+    cut.push_str("...");
+    cut
+}
+
+/// Which endpoint refused a request (its `eventSource`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventSource {
+    /// `kms.amazonaws.com`: a management event.
+    Kms,
+    /// `s3.amazonaws.com`: a data event.
+    S3,
+}
+
+/// Who a refused request was from, as far as it was proven.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefusedCaller {
+    /// The signature did not verify (or was malformed): nobody was proven.
+    /// `userIdentity` is `{"type": "Unknown"}` plus the claimed `accessKeyId`.
+    Unknown,
+    /// No credentials at all (an S3 request without signature): CloudTrail's
+    /// anonymous `{"type": "AWSAccount", "principalId": "", "accountId": "anonymous"}`.
+    Anonymous,
+    /// The signature verified as this principal ARN, and the request was refused
+    /// after that (access denied).
+    Principal(String),
+}
+
+/// A request an endpoint refused before it reached the key service (bad or missing
+/// signature, expired presigned URL, unreadable request, access denied). Recorded
+/// like an [`ApiCall`] with its `errorCode` and `errorMessage`.
+#[derive(Clone, Debug)]
+pub struct RefusedRequest {
+    pub event_time: time::OffsetDateTime,
+    pub event_source: EventSource,
+    /// The operation asked for (`GenerateDataKey`, `GetObject`), or `Unknown` when
+    /// the request did not name one the endpoint knows.
+    pub event_name: String,
+    pub caller: RefusedCaller,
+    /// AWS error name as the client was answered (`InvalidSignatureException`,
+    /// `SignatureDoesNotMatch`, ...).
+    pub error_code: String,
+    pub error_message: String,
+    /// What the request asked for, when known without trusting it (S3: `bucketName`,
+    /// `key`); `null` otherwise.
+    pub request_parameters: serde_json::Value,
+    pub read_only: bool,
+    pub source: RequestSource,
+}
+
+/// One record waiting to be written.
+#[derive(Clone, Debug)]
+enum Entry {
+    Call(ApiCall, RequestSource),
+    Refused(RefusedRequest),
+}
+
+impl Entry {
+    fn event(&self) -> Event<'_> {
+        match self {
+            Entry::Call(call, source) => Event::of_call(call, source),
+            Entry::Refused(refused) => Event::of_refusal(refused),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -183,7 +339,8 @@ pub struct LookupFilter {
     /// A key id, key ARN, alias name or alias ARN. An alias matches the records
     /// that name it and every key it was seen resolving to in the trail.
     pub key_id: Option<String>,
-    /// The caller: principal ARN, user name or principal id.
+    /// The caller: principal ARN, user name, principal id or access key id (which
+    /// also finds refused requests that only claimed that key).
     pub principal: Option<String>,
     /// Inclusive bounds on `eventTime`.
     pub start_time: Option<OffsetDateTime>,
@@ -227,7 +384,7 @@ pub struct Trail {
 #[derive(Debug, Default)]
 struct Batch {
     next_ticket: u64,
-    queue: Vec<(u64, ApiCall)>,
+    queue: Vec<(u64, Entry)>,
     /// A thread is writing a batch: the others wait for it.
     writing: bool,
     /// Outcomes not yet collected by their callers.
@@ -288,10 +445,25 @@ impl Trail {
     /// `fdatasync` (group commit): the first becomes the writer of everything queued,
     /// the others wait for their outcome.
     pub fn append(&self, call: &ApiCall) -> Result<(), TrailError> {
+        self.append_from(call, &RequestSource::local())
+    }
+
+    /// [`Trail::append`] for a call that came from `source` (a network client).
+    pub fn append_from(&self, call: &ApiCall, source: &RequestSource) -> Result<(), TrailError> {
+        self.enqueue(Entry::Call(call.clone(), source.clone()))
+    }
+
+    /// Appends the record of a request refused before it reached the key service,
+    /// durably, like [`Trail::append`].
+    pub fn append_refusal(&self, refused: &RefusedRequest) -> Result<(), TrailError> {
+        self.enqueue(Entry::Refused(refused.clone()))
+    }
+
+    fn enqueue(&self, entry: Entry) -> Result<(), TrailError> {
         let mut batch = self.batch();
         let ticket = batch.next_ticket;
         batch.next_ticket += 1;
-        batch.queue.push((ticket, call.clone()));
+        batch.queue.push((ticket, entry));
         loop {
             if let Some(outcome) = batch.done.remove(&ticket) {
                 return outcome;
@@ -316,7 +488,7 @@ impl Trail {
 
     /// Writes `calls` as consecutive records with one write and one sync, and says
     /// for each ticket whether its record is durable.
-    fn write_batch(&self, calls: &[(u64, ApiCall)]) -> Vec<(u64, Result<(), TrailError>)> {
+    fn write_batch(&self, calls: &[(u64, Entry)]) -> Vec<(u64, Result<(), TrailError>)> {
         let mut outcomes = Vec::with_capacity(calls.len());
         if let Err(err) = self.try_write_batch(calls, &mut outcomes) {
             // Nothing of the batch is known to be durable: every caller fails.
@@ -332,7 +504,7 @@ impl Trail {
 
     fn try_write_batch(
         &self,
-        calls: &[(u64, ApiCall)],
+        calls: &[(u64, Entry)],
         outcomes: &mut Vec<(u64, Result<(), TrailError>)>,
     ) -> Result<(), TrailError> {
         let files = self.files();
@@ -388,7 +560,7 @@ impl Trail {
                     sequence: Some(newest.sequence),
                     problem: "the last record's sequence number cannot grow".into(),
                 })?;
-            match record::encode(call, &self.origin, sequence, &newest.hash) {
+            match record::encode(&call.event(), &self.origin, sequence, &newest.hash) {
                 Ok((line, hash)) => {
                     lines.extend_from_slice(&line);
                     lines.push(b'\n');
@@ -736,7 +908,7 @@ fn matches(
     }
     if let Some(principal) = &filter.principal {
         let identity = &event["userIdentity"];
-        let is_caller = ["arn", "userName", "principalId"]
+        let is_caller = ["arn", "userName", "principalId", "accessKeyId"]
             .iter()
             .any(|field| identity[field].as_str() == Some(principal));
         if !is_caller {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use time::format_description::well_known::Iso8601;
 use time::OffsetDateTime;
 
-use super::ApiCall;
+use super::{ApiCall, EventSource, RefusedCaller, RefusedRequest, RequestSource};
 
 /// SHA-256 digest of a record line.
 pub(crate) type RecordHash = [u8; 32];
@@ -62,8 +62,8 @@ struct Record<'a> {
     event_name: &'a str,
     aws_region: &'a str,
     #[serde(rename = "sourceIPAddress")]
-    source_ip_address: &'static str,
-    user_agent: String,
+    source_ip_address: &'a str,
+    user_agent: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error_code: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,11 +89,79 @@ struct Record<'a> {
 struct UserIdentity<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    principal_id: &'a str,
-    arn: &'a str,
-    account_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_name: Option<&'a str>,
+}
+
+/// Who made a call, as far as the record can say.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Caller<'a> {
+    /// A principal ARN (proven by a signature, or the local caller).
+    Principal(&'a str),
+    Unknown,
+    Anonymous,
+}
+
+/// What one record says, borrowed from an [`ApiCall`] or a [`RefusedRequest`].
+#[derive(Debug)]
+pub(crate) struct Event<'a> {
+    event_time: OffsetDateTime,
+    source_service: EventSource,
+    event_name: &'a str,
+    caller: Caller<'a>,
+    source: &'a RequestSource,
+    error_code: Option<&'a str>,
+    error_message: Option<&'a str>,
+    request_parameters: &'a serde_json::Value,
+    response_elements: Option<&'a serde_json::Value>,
+    read_only: bool,
+    resources: &'a [String],
+}
+
+impl<'a> Event<'a> {
+    pub(crate) fn of_call(call: &'a ApiCall, source: &'a RequestSource) -> Event<'a> {
+        Event {
+            event_time: call.event_time,
+            source_service: EventSource::Kms,
+            event_name: &call.event_name,
+            caller: Caller::Principal(&call.principal),
+            source,
+            error_code: call.error_code.as_deref(),
+            error_message: call.error_message.as_deref(),
+            request_parameters: &call.request_parameters,
+            response_elements: call.response_elements.as_ref(),
+            read_only: call.read_only,
+            resources: &call.resources,
+        }
+    }
+
+    pub(crate) fn of_refusal(refused: &'a RefusedRequest) -> Event<'a> {
+        Event {
+            event_time: refused.event_time,
+            source_service: refused.event_source,
+            event_name: &refused.event_name,
+            caller: match &refused.caller {
+                RefusedCaller::Unknown => Caller::Unknown,
+                RefusedCaller::Anonymous => Caller::Anonymous,
+                RefusedCaller::Principal(arn) => Caller::Principal(arn),
+            },
+            source: &refused.source,
+            error_code: Some(&refused.error_code),
+            error_message: Some(&refused.error_message),
+            request_parameters: &refused.request_parameters,
+            response_elements: None,
+            read_only: refused.read_only,
+            resources: &[],
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -115,16 +183,35 @@ struct Chain {
     record_hash: String,
 }
 
-/// Builds the line (without its newline) that records `call` as record `sequence`,
+/// Builds the line (without its newline) that records `event` as record `sequence`,
 /// chained to the record whose hash is `previous`.
 pub(crate) fn encode(
-    call: &ApiCall,
+    event: &Event<'_>,
     origin: &TrailOrigin,
     sequence: u64,
     previous: &RecordHash,
 ) -> Result<(Vec<u8>, RecordHash), serde_json::Error> {
-    let identity = identity_of(&call.principal, &origin.account);
-    let resources = call
+    let access_key_id = event.source.access_key_id.as_deref();
+    let identity = match event.caller {
+        Caller::Principal(arn) => identity_of(arn, &origin.account, access_key_id),
+        Caller::Unknown => UserIdentity {
+            kind: "Unknown",
+            principal_id: None,
+            arn: None,
+            account_id: None,
+            access_key_id,
+            user_name: None,
+        },
+        Caller::Anonymous => UserIdentity {
+            kind: "AWSAccount",
+            principal_id: Some(""),
+            arn: None,
+            account_id: Some("anonymous"),
+            access_key_id: None,
+            user_name: None,
+        },
+    };
+    let resources = event
         .resources
         .iter()
         .map(|arn| Resource {
@@ -133,31 +220,35 @@ pub(crate) fn encode(
             kind: "AWS::KMS::Key",
         })
         .collect();
+    let (event_source, data_event) = match event.source_service {
+        EventSource::Kms => ("kms.amazonaws.com", false),
+        EventSource::S3 => ("s3.amazonaws.com", true),
+    };
     let record = Record {
         event_version: "1.08",
         user_identity: identity,
-        event_time: format_event_time(call.event_time),
-        event_source: "kms.amazonaws.com",
-        event_name: &call.event_name,
+        event_time: format_event_time(event.event_time),
+        event_source,
+        event_name: event.event_name,
         aws_region: &origin.region,
-        source_ip_address: "localhost",
-        user_agent: format!(
-            "atrest/{} (pid {})",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id()
-        ),
-        error_code: call.error_code.as_deref(),
-        error_message: call.error_message.as_deref(),
-        request_parameters: without_secret_fields(&call.request_parameters),
-        response_elements: call.response_elements.as_ref().map(without_secret_fields),
-        request_id: uuid::Uuid::new_v4().to_string(),
+        source_ip_address: &event.source.ip_address,
+        user_agent: &event.source.user_agent,
+        error_code: event.error_code,
+        error_message: event.error_message,
+        request_parameters: without_secret_fields(event.request_parameters),
+        response_elements: event.response_elements.map(without_secret_fields),
+        request_id: event
+            .source
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         event_id: uuid::Uuid::new_v4().to_string(),
-        read_only: call.read_only,
+        read_only: event.read_only,
         resources,
         event_type: "AwsApiCall",
-        management_event: true,
+        management_event: !data_event,
         recipient_account_id: &origin.account,
-        event_category: "Management",
+        event_category: if data_event { "Data" } else { "Management" },
         atrest_chain: Chain {
             sequence,
             previous_hash: hex::encode(previous),
@@ -190,8 +281,12 @@ pub(crate) fn parse_event_time(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Iso8601::DEFAULT).ok()
 }
 
-/// CloudTrail's `userIdentity` for a principal ARN.
-fn identity_of<'a>(principal: &'a str, default_account: &'a str) -> UserIdentity<'a> {
+/// CloudTrail's `userIdentity` for a principal ARN that signed with `access_key_id`.
+fn identity_of<'a>(
+    principal: &'a str,
+    default_account: &'a str,
+    access_key_id: Option<&'a str>,
+) -> UserIdentity<'a> {
     let account = arn_account(principal).unwrap_or(default_account);
     let resource = principal.splitn(6, ':').nth(5).unwrap_or(principal);
     let (kind, principal_id, user_name) = if resource == "root" {
@@ -206,9 +301,10 @@ fn identity_of<'a>(principal: &'a str, default_account: &'a str) -> UserIdentity
     };
     UserIdentity {
         kind,
-        principal_id,
-        arn: principal,
-        account_id: account,
+        principal_id: Some(principal_id),
+        arn: Some(principal),
+        account_id: Some(account),
+        access_key_id,
         user_name,
     }
 }
@@ -330,6 +426,137 @@ mod tests {
         }
     }
 
+    fn local() -> RequestSource {
+        RequestSource::local()
+    }
+
+    fn refusal(caller: RefusedCaller) -> RefusedRequest {
+        RefusedRequest {
+            event_time: time::macros::datetime!(2026-11-28 10:07:59 UTC),
+            event_source: EventSource::Kms,
+            event_name: "ListKeys".into(),
+            caller,
+            error_code: "InvalidSignatureException".into(),
+            error_message: "The request signature we calculated does not match".into(),
+            request_parameters: serde_json::Value::Null,
+            read_only: true,
+            source: RequestSource::remote(
+                "::ffff:192.0.2.7".parse().expect("an address"),
+                Some(b"aws-cli/2.15.0 evil\nline\x1b[31m"),
+                Some("AKIAEXAMPLE"),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_refused_request_names_what_it_claimed_and_where_it_came_from() {
+        let refused = refusal(RefusedCaller::Unknown);
+        let (line, _) =
+            encode(&Event::of_refusal(&refused), &origin(), 3, &GENESIS_HASH).expect("encodes");
+        let (_, value) = verify(&line).expect("verifies");
+        assert_eq!(
+            value["userIdentity"],
+            json!({"type": "Unknown", "accessKeyId": "AKIAEXAMPLE"})
+        );
+        assert_eq!(value["sourceIPAddress"], "192.0.2.7");
+        assert_eq!(
+            value["userAgent"],
+            "aws-cli/2.15.0 evil\u{fffd}line\u{fffd}[31m"
+        );
+        assert_eq!(value["errorCode"], "InvalidSignatureException");
+        assert_eq!(value["eventSource"], "kms.amazonaws.com");
+        assert_eq!(value["responseElements"], serde_json::Value::Null);
+        assert_eq!(value["resources"], json!([]));
+
+        let mut anonymous = refusal(RefusedCaller::Anonymous);
+        anonymous.event_source = EventSource::S3;
+        let (line, _) =
+            encode(&Event::of_refusal(&anonymous), &origin(), 4, &GENESIS_HASH).expect("encodes");
+        let (_, value) = verify(&line).expect("verifies");
+        assert_eq!(
+            value["userIdentity"],
+            json!({"type": "AWSAccount", "principalId": "", "accountId": "anonymous"})
+        );
+        assert_eq!(value["eventSource"], "s3.amazonaws.com");
+        assert_eq!(value["eventCategory"], "Data");
+        assert_eq!(value["managementEvent"], false);
+
+        let proven = refusal(RefusedCaller::Principal(
+            "arn:aws:iam::111111111111:user/Eve".into(),
+        ));
+        let (line, _) =
+            encode(&Event::of_refusal(&proven), &origin(), 5, &GENESIS_HASH).expect("encodes");
+        let (_, value) = verify(&line).expect("verifies");
+        assert_eq!(value["userIdentity"]["type"], "IAMUser");
+        assert_eq!(value["userIdentity"]["accessKeyId"], "AKIAEXAMPLE");
+        assert_eq!(value["userIdentity"]["accountId"], "111111111111");
+    }
+
+    #[test]
+    fn client_chosen_texts_are_bounded() {
+        let long = "A".repeat(10_000);
+        let source = RequestSource::remote(
+            "127.0.0.1".parse().expect("an address"),
+            Some(long.as_bytes()),
+            Some(&long),
+        );
+        assert_eq!(
+            source.user_agent.chars().count(),
+            super::super::MAX_USER_AGENT_CHARS
+        );
+        assert!(source.user_agent.ends_with("..."));
+        assert_eq!(
+            source.access_key_id.as_deref().map(|id| id.chars().count()),
+            Some(super::super::MAX_ACCESS_KEY_ID_CHARS)
+        );
+        let empty = RequestSource::remote("127.0.0.1".parse().expect("an address"), None, Some(""));
+        assert_eq!((empty.user_agent.as_str(), empty.access_key_id), ("", None));
+    }
+
+    #[test]
+    fn an_allowed_call_from_the_network_carries_its_source() {
+        let source = RequestSource::remote(
+            "10.1.2.3".parse().expect("an address"),
+            Some(b"Boto3/1.35.0"),
+            Some("AKIAALICE"),
+        );
+        let (line, _) = encode(
+            &Event::of_call(&call(), &source),
+            &origin(),
+            1,
+            &GENESIS_HASH,
+        )
+        .expect("encodes");
+        let (_, value) = verify(&line).expect("verifies");
+        assert_eq!(value["sourceIPAddress"], "10.1.2.3");
+        assert_eq!(value["userAgent"], "Boto3/1.35.0");
+        assert_eq!(value["userIdentity"]["accessKeyId"], "AKIAALICE");
+        assert_eq!(
+            value["userIdentity"]["arn"],
+            "arn:aws:iam::111122223333:user/Alice"
+        );
+        let answered = source.with_request_id("5e1f0c1e-0000-4000-8000-000000000001");
+        let (line, _) = encode(
+            &Event::of_call(&call(), &answered),
+            &origin(),
+            1,
+            &GENESIS_HASH,
+        )
+        .expect("encodes");
+        let (_, value) = verify(&line).expect("verifies");
+        assert_eq!(value["requestID"], "5e1f0c1e-0000-4000-8000-000000000001");
+        let (line, _) = encode(
+            &Event::of_call(&call(), &local()),
+            &origin(),
+            1,
+            &GENESIS_HASH,
+        )
+        .expect("encodes");
+        let (_, value) = verify(&line).expect("verifies");
+        assert_eq!(value["sourceIPAddress"], "localhost");
+        assert!(value["userIdentity"].get("accessKeyId").is_none());
+    }
+
     fn call() -> ApiCall {
         ApiCall {
             event_time: time::macros::datetime!(2026-11-28 10:07:59.123 UTC),
@@ -350,7 +577,8 @@ mod tests {
 
     #[test]
     fn encoded_record_is_cloudtrail_shaped_and_verifies() {
-        let (line, hash) = encode(&call(), &origin(), 7, &[9; 32]).expect("encodes");
+        let (line, hash) =
+            encode(&Event::of_call(&call(), &local()), &origin(), 7, &[9; 32]).expect("encodes");
         let (link, value) = verify(&line).expect("a fresh record verifies");
         assert_eq!(link.sequence, 7);
         assert_eq!(link.previous_hash, [9; 32]);
@@ -374,7 +602,13 @@ mod tests {
 
     #[test]
     fn every_single_byte_change_is_detected() {
-        let (line, _) = encode(&call(), &origin(), 1, &GENESIS_HASH).expect("encodes");
+        let (line, _) = encode(
+            &Event::of_call(&call(), &local()),
+            &origin(),
+            1,
+            &GENESIS_HASH,
+        )
+        .expect("encodes");
         for at in 0..line.len() {
             for replacement in [b' ', b'0', b'x', b'"'] {
                 if line[at] == replacement {
@@ -393,12 +627,15 @@ mod tests {
 
     #[test]
     fn root_and_role_principals_get_their_identity_type() {
-        let root = identity_of("arn:aws:iam::000000000000:root", "999");
-        assert_eq!((root.kind, root.principal_id), ("Root", "000000000000"));
-        let role = identity_of("arn:aws:sts::1:assumed-role/admin/session", "999");
+        let root = identity_of("arn:aws:iam::000000000000:root", "999", None);
+        assert_eq!(
+            (root.kind, root.principal_id),
+            ("Root", Some("000000000000"))
+        );
+        let role = identity_of("arn:aws:sts::1:assumed-role/admin/session", "999", None);
         assert_eq!(role.kind, "AssumedRole");
-        let odd = identity_of("somebody", "999");
-        assert_eq!((odd.kind, odd.account_id), ("Unknown", "999"));
+        let odd = identity_of("somebody", "999", None);
+        assert_eq!((odd.kind, odd.account_id), ("Unknown", Some("999")));
     }
 
     #[test]
@@ -409,7 +646,13 @@ mod tests {
             "Plaintext": "c2VjcmV0",
             "nested": [{"ciphertextBlob": "YmxvYg=="}],
         }));
-        let (line, _) = encode(&leaky, &origin(), 1, &GENESIS_HASH).expect("encodes");
+        let (line, _) = encode(
+            &Event::of_call(&leaky, &local()),
+            &origin(),
+            1,
+            &GENESIS_HASH,
+        )
+        .expect("encodes");
         let text = String::from_utf8(line).expect("utf-8");
         assert!(!text.contains("c2VjcmV0") && !text.contains("YmxvYg=="));
         assert!(text.contains("\"keyId\":\"k\""));
@@ -420,6 +663,33 @@ mod tests {
         fn verify_never_panics_on_arbitrary_lines(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
             let _ = verify(&line);
             let _ = claimed_sequence(&line);
+        }
+
+        #[test]
+        fn any_client_text_makes_one_bounded_verifiable_line(
+            agent in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            claimed in "\\PC{0,300}",
+            control in "[\\x00-\\x1f\\x7f]{0,20}",
+        ) {
+            let claimed = format!("{control}{claimed}");
+            let mut refused = refusal(RefusedCaller::Unknown);
+            refused.source = RequestSource::remote(
+                "2001:db8::1".parse().expect("an address"),
+                Some(&agent),
+                Some(&claimed),
+            );
+            let (line, _) = encode(&Event::of_refusal(&refused), &origin(), 1, &GENESIS_HASH)
+                .expect("encodes");
+            let (_, value) = verify(&line).expect("verifies");
+            proptest::prop_assert!(!line.contains(&b'\n'));
+            let agent = value["userAgent"].as_str().expect("a string");
+            proptest::prop_assert!(agent.chars().count() <= crate::trail::MAX_USER_AGENT_CHARS);
+            proptest::prop_assert!(!agent.chars().any(char::is_control));
+            if let Some(id) = value["userIdentity"]["accessKeyId"].as_str() {
+                proptest::prop_assert!(id.chars().count() <= crate::trail::MAX_ACCESS_KEY_ID_CHARS);
+                proptest::prop_assert!(!id.chars().any(char::is_control));
+            }
+            proptest::prop_assert_eq!(value["sourceIPAddress"].as_str(), Some("2001:db8::1"));
         }
 
         #[test]
@@ -438,7 +708,7 @@ mod tests {
             api_call.request_parameters = json!({"keyId": key, "encryptionContext": {"k": context_value}});
             api_call.error_code = error.as_ref().map(|_| "ValidationException".to_owned());
             api_call.error_message = error.clone();
-            let (line, hash) = encode(&api_call, &origin(), sequence, &previous).expect("encodes");
+            let (line, hash) = encode(&Event::of_call(&api_call, &local()), &origin(), sequence, &previous).expect("encodes");
             let (link, value) = verify(&line).expect("verifies");
             proptest::prop_assert_eq!(link, ChainLink { sequence, previous_hash: previous, record_hash: hash });
             proptest::prop_assert_eq!(value["eventName"].as_str(), Some(name.as_str()));

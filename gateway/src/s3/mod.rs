@@ -310,6 +310,9 @@ pub struct S3Context<'a> {
     pub secrets: &'a dyn sigv4::SecretLookup,
     pub region: &'a str,
     pub now: OffsetDateTime,
+    /// Set by authentication once the request's signature verifies, so that the
+    /// server can name the proven caller in the trail record of a later refusal.
+    pub verified: &'a std::sync::OnceLock<sigv4::Verified>,
 }
 
 impl std::fmt::Debug for S3Context<'_> {
@@ -469,6 +472,7 @@ impl S3Service {
             Payload::Declared
         };
         let (verified, chain) = sigv4::verify_chained(&view, payload, &expect, ctx.secrets)?;
+        let _ = ctx.verified.set(verified.clone());
         let kms = ctx.kms.as_principal(&verified.principal)?;
         let caller = Caller::Signed {
             principal: verified.principal,
