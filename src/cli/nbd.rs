@@ -52,6 +52,9 @@ pub struct AttachArgs {
     /// Attach read-only (the volume is opened read-only too).
     #[arg(long)]
     read_only: bool,
+    /// The file is a raw image: every byte is data (never guessed from its bytes).
+    #[arg(long)]
+    raw: bool,
     /// Connections to the kernel, one per hardware queue of the device (1 to 16;
     /// default: the number of CPUs, at most 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
@@ -267,6 +270,11 @@ fn attach(args: AttachArgs, globals: &Globals) -> anyhow::Result<()> {
         path: path.clone(),
         read_only: args.read_only,
         allowed_clients: Vec::new(),
+        format: if args.raw {
+            ImageFormat::Raw
+        } else {
+            ImageFormat::Atrest
+        },
     };
     // The set keeps the volume (and its key lease) for as long as the device is up.
     let set = super::lifecycle::open_exports(&kms, &args.lease, args.read_only, vec![spec])?;
@@ -393,10 +401,10 @@ fn list(globals: &Globals) -> anyhow::Result<()> {
 fn volume_key(path: &Path) -> anyhow::Result<Option<String>> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let located = blockdev::format::read_header(&file, path)?;
-    Ok(located.and_then(|l| match l.header.encryption() {
+    Ok(match located.header.encryption() {
         blockdev::format::Encryption::Aes256XtsPlain64(wrapped) => Some(wrapped.key_arn.clone()),
         blockdev::format::Encryption::None => None,
-    }))
+    })
 }
 
 fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
