@@ -77,6 +77,23 @@ pub enum Error {
     /// does not say which bytes were wrong.
     #[error("InternalError: {path}: corrupted object store file: {what}")]
     Corrupted { path: PathBuf, what: String },
+    /// The client's condition (`If-Match`, `If-None-Match`, ...) does not hold.
+    #[error("PreconditionFailed: At least one of the pre-conditions you specified did not hold ({0})")]
+    PreconditionFailed(String),
+    /// The client read an SSE-C object without sending its key.
+    #[error(
+        "InvalidRequest: The object was stored using a form of Server Side Encryption. The \
+         correct parameters must be provided to retrieve the object."
+    )]
+    CustomerKeyRequired,
+    /// The client sent an SSE-C key that is not the object's.
+    #[error(
+        "AccessDenied: The SSE-C key provided is not the key the object was encrypted with."
+    )]
+    CustomerKeyMismatch,
+    /// The client sent an SSE-C key for an object that is not SSE-C.
+    #[error("InvalidRequest: The encryption parameters are not applicable to this object.")]
+    CustomerKeyNotApplicable,
     /// The operating system refused an I/O call on the store's files.
     #[error("InternalError: {context}: {source}")]
     Io {
@@ -107,6 +124,9 @@ impl Error {
             Error::InvalidPart(_) => "InvalidPart",
             Error::InvalidPartOrder => "InvalidPartOrder",
             Error::EntityTooSmall { .. } => "EntityTooSmall",
+            Error::PreconditionFailed(_) => "PreconditionFailed",
+            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => "InvalidRequest",
+            Error::CustomerKeyMismatch => "AccessDenied",
             // S3 reports a KMS denial as plain AccessDenied.
             Error::Kms(KmsError::AccessDenied(_)) => "AccessDenied",
             Error::Kms(e) => return Cow::Owned(format!("KMS.{}", e.aws_name())),
@@ -125,6 +145,9 @@ impl Error {
             | Error::BucketAlreadyExists { .. }
             | Error::BucketNotEmpty { .. } => 409,
             Error::InvalidRange { .. } => 416,
+            Error::PreconditionFailed(_) => 412,
+            Error::CustomerKeyMismatch => 403,
+            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => 400,
             Error::InvalidBucketName { .. }
             | Error::KeyTooLong { .. }
             | Error::InvalidArgument(_)

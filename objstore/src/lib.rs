@@ -23,6 +23,7 @@
 
 mod aead;
 mod bucket_key;
+mod customer_key;
 mod error;
 pub mod format;
 mod list;
@@ -32,6 +33,8 @@ mod reader;
 mod store;
 
 pub use bucket_key::{CacheScope, BUCKET_KEY_MAX_AGE, DEFAULT_CACHE_TTL};
+pub use customer_key::CustomerKey;
+pub use format::Sse;
 pub use error::Error;
 pub use list::{ListObjectsRequest, MAX_KEYS};
 pub use names::{bucket_arn, object_arn, validate_bucket_name, validate_object_key};
@@ -41,6 +44,7 @@ pub use store::multipart::{
     CompletedPart, MultipartUpload, PartInfo, MAX_PART_NUMBER, MIN_PART_SIZE,
 };
 pub use store::{
-    Acl, BucketEncryption, BucketInfo, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore,
-    PutObjectOptions, DEFAULT_CONTENT_TYPE, MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY,
+    Acl, BucketEncryption, BucketInfo, Condition, EncryptionRequest, ListObjectsPage,
+    ObjectDownload, ObjectInfo, ObjectStore, PutObjectOptions, SseAlgorithm,
+    DEFAULT_CONTENT_TYPE, MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS,
 };

@@ -31,9 +31,10 @@ use crate::bucket_key::{
     derive_object_key, record_file_name, BucketKeyCache, BucketKeyRecord, CacheScope, Key32,
     DEFAULT_CACHE_TTL,
 };
+use crate::customer_key::CustomerKey;
 use crate::format::{
-    sealed_len, segment_count, BoundHeader, ObjectHeader, Summary, BUCKET_KEY_SALT_LEN,
-    MAX_CONTENT_TYPE_LEN, MAX_OBJECT_SIZE, NONCE_PREFIX_LEN, SEGMENT_SIZE,
+    sealed_len, segment_count, BoundHeader, ObjectHeader, Sse, Summary, BUCKET_KEY_SALT_LEN,
+    CUSTOMER_KEY_SALT_LEN, MAX_CONTENT_TYPE_LEN, MAX_OBJECT_SIZE, NONCE_PREFIX_LEN, SEGMENT_SIZE,
 };
 use crate::list::{plan_page, ListObjectsRequest};
 use crate::names::{
@@ -47,6 +48,9 @@ pub(crate) mod multipart;
 
 /// The encryption-context pair S3 adds to every SSE-KMS object.
 pub const S3_ARN_CONTEXT_KEY: &str = "aws:s3:arn";
+/// The AWS managed key SSE-S3 objects are encrypted under (created on first use by
+/// the S3 front end: `LocalKms::aws_managed_key`).
+pub const SSE_S3_KEY_ALIAS: &str = crypto_core::kms::AWS_MANAGED_S3_ALIAS;
 /// S3's content type for an object uploaded without one.
 pub const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
 /// S3's limit on user-defined metadata: names plus values, in bytes.
@@ -66,6 +70,9 @@ const OBJECT_EXT: &str = "obj";
 const ACL_EXT: &str = "acl";
 /// Sidecar of a multipart object: its part count, for the `-N` of its ETag.
 const PARTS_EXT: &str = "parts";
+/// Held (flock) while an object of the bucket is replaced or deleted, so that a
+/// conditional write's check and its rename are one step for every other writer.
+const COMMIT_LOCK: &str = "commit.lock";
 
 /// A canned ACL (the two S3 offers that atrest models).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,11 +105,35 @@ impl Acl {
     }
 }
 
-/// A bucket's default encryption (PutBucketEncryption with SSE-KMS).
+/// `SSEAlgorithm` of a bucket's default encryption.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SseAlgorithm {
+    /// SSE-S3: the AWS managed key [`SSE_S3_KEY_ALIAS`].
+    #[serde(rename = "AES256")]
+    Aes256,
+    /// SSE-KMS: `kms_key_id`, or the AWS managed key when it is unset.
+    #[default]
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+impl SseAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SseAlgorithm::Aes256 => "AES256",
+            SseAlgorithm::AwsKms => "aws:kms",
+        }
+    }
+}
+
+/// A bucket's default encryption (PutBucketEncryption). Buckets written before
+/// SSE-S3 existed read as `aws:kms` with their key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketEncryption {
-    /// Key id, key ARN, alias name or alias ARN of the CMK.
-    pub kms_key_id: String,
+    #[serde(default)]
+    pub algorithm: SseAlgorithm,
+    /// Key id, key ARN, alias name or alias ARN of the CMK (`aws:kms` only).
+    pub kms_key_id: Option<String>,
     /// S3 Bucket Keys (`BucketKeyEnabled`): new objects get a key derived from the
     /// bucket's data key instead of a data key of their own, unless a PUT says
     /// otherwise (`x-amz-server-side-encryption-bucket-key-enabled: false`).
@@ -121,6 +152,32 @@ pub struct BucketInfo {
     pub acl: Acl,
 }
 
+/// What a PUT says about server-side encryption (`x-amz-server-side-encryption*`).
+#[derive(Clone, Debug, Default)]
+pub enum EncryptionRequest {
+    /// No header: `kms_key_id` when set, else the bucket's default encryption, else
+    /// SSE-S3 (S3 encrypts every object since 2023).
+    #[default]
+    BucketDefault,
+    /// `AES256`: SSE-S3.
+    SseS3,
+    /// `aws:kms`: `kms_key_id`, else the bucket default's KMS key, else the AWS
+    /// managed key.
+    SseKms,
+    /// SSE-C: the customer's key (never stored).
+    Customer(Arc<CustomerKey>),
+}
+
+/// A conditional write (`If-None-Match: *`, `If-Match: ETAG`): checked against the
+/// object as it is when the new one replaces it, not only when the request arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Only if no object has the key (`If-None-Match: *`).
+    Absent,
+    /// Only if the object's ETag is this one (`If-Match`; quotes allowed, `*` any).
+    EtagMatches(String),
+}
+
 /// What a PutObject may say besides the body.
 #[derive(Clone, Debug, Default)]
 pub struct PutObjectOptions {
@@ -137,6 +194,10 @@ pub struct PutObjectOptions {
     pub acl: Acl,
     /// `Content-MD5` (decoded): the upload fails with BadDigest when it differs.
     pub content_md5: Option<[u8; 16]>,
+    pub encryption: EncryptionRequest,
+    /// PreconditionFailed (or NoSuchKey for `If-Match` on no object) unless it holds
+    /// when the object is replaced.
+    pub condition: Option<Condition>,
 }
 
 /// An object's metadata, as HEAD returns it (read without any key-service call).
@@ -160,6 +221,9 @@ pub struct ObjectInfo {
     /// Whether the object's key is derived from a bucket key
     /// (`x-amz-server-side-encryption-bucket-key-enabled: true` on GET, HEAD and PUT).
     pub bucket_key_enabled: bool,
+    /// SSE-KMS, SSE-S3 or SSE-C. For SSE-C, `kms_key_arn` and `encryption_context`
+    /// are empty.
+    pub sse: Sse,
     pub last_modified: OffsetDateTime,
     pub acl: Acl,
 }
@@ -233,7 +297,8 @@ fn key32(plaintext: &[u8]) -> Option<Key32> {
 }
 
 /// The key an upload seals with, and what the object's header records about it.
-struct UploadKey {
+pub(crate) struct UploadKey {
+    sse: Sse,
     key: Key32,
     key_arn: String,
     wrapped: Vec<u8>,
@@ -633,12 +698,18 @@ impl ObjectStore {
         encryption: Option<BucketEncryption>,
     ) -> Result<BucketInfo, Error> {
         if let Some(e) = &encryption {
-            if e.kms_key_id.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "the default encryption needs a KMS key id".into(),
-                ));
+            match (e.algorithm, &e.kms_key_id) {
+                (SseAlgorithm::Aes256, Some(_)) => {
+                    return Err(Error::InvalidArgument(
+                        "a KMSMasterKeyID goes only with the SSEAlgorithm aws:kms".into(),
+                    ))
+                }
+                (_, Some(id)) if id.is_empty() => {
+                    return Err(Error::InvalidArgument("the KMS key id is empty".into()))
+                }
+                (_, Some(id)) => check_text("the KMS key id", id, 2048)?,
+                (_, None) => {}
             }
-            check_text("the KMS key id", &e.kms_key_id, 2048)?;
         }
         let before = self.bucket(name)?.encryption;
         let info = self.update_bucket(name, |info| info.encryption = encryption)?;
@@ -820,15 +891,34 @@ impl ObjectStore {
     ) -> Result<PutPlan, Error> {
         validate_object_key(key)?;
         let info = self.bucket(bucket)?;
-        let key_id = match (&opts.kms_key_id, &info.encryption) {
-            (Some(id), _) => id.clone(),
-            (None, Some(default)) => default.kms_key_id.clone(),
-            (None, None) => {
-                return Err(Error::InvalidArgument(format!(
-                    "no KMS key: name one (x-amz-server-side-encryption-aws-kms-key-id) or \
-                     set the default encryption of bucket '{bucket}'"
-                )))
+        let default_kms_key = || match &info.encryption {
+            Some(BucketEncryption {
+                algorithm: SseAlgorithm::AwsKms,
+                kms_key_id: Some(id),
+                ..
+            }) => id.clone(),
+            _ => SSE_S3_KEY_ALIAS.to_owned(),
+        };
+        let (sse, key_id) = match (&opts.encryption, &opts.kms_key_id) {
+            (EncryptionRequest::Customer(customer), None) => {
+                (PlannedSse::Customer(Arc::clone(customer)), String::new())
             }
+            (EncryptionRequest::Customer(_), Some(_)) | (EncryptionRequest::SseS3, Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "a KMS key id goes only with x-amz-server-side-encryption: aws:kms".into(),
+                ))
+            }
+            (EncryptionRequest::SseS3, None) => (PlannedSse::S3, SSE_S3_KEY_ALIAS.to_owned()),
+            (EncryptionRequest::SseKms | EncryptionRequest::BucketDefault, Some(id)) => {
+                (PlannedSse::Kms, id.clone())
+            }
+            (EncryptionRequest::SseKms, None) => (PlannedSse::Kms, default_kms_key()),
+            (EncryptionRequest::BucketDefault, None) => match &info.encryption {
+                Some(e) if e.algorithm == SseAlgorithm::AwsKms => {
+                    (PlannedSse::Kms, default_kms_key())
+                }
+                _ => (PlannedSse::S3, SSE_S3_KEY_ALIAS.to_owned()),
+            },
         };
         let content_type = opts
             .content_type
@@ -837,12 +927,20 @@ impl ObjectStore {
         check_text("the content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
         check_user_metadata(&opts.user_metadata)?;
         let context = object_context(bucket, key, &opts.encryption_context)?;
+        let customer = matches!(sse, PlannedSse::Customer(_));
+        if customer && !opts.encryption_context.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an encryption context goes only with SSE-KMS".into(),
+            ));
+        }
         let bucket_key = bucket_key_enabled.unwrap_or_else(|| {
             info.encryption
                 .as_ref()
                 .is_some_and(|e| e.bucket_key_enabled)
-        }) && opts.encryption_context.is_empty();
+        }) && opts.encryption_context.is_empty()
+            && !customer;
         Ok(PutPlan {
+            sse,
             key_id,
             content_type,
             context,
@@ -861,11 +959,31 @@ impl ObjectStore {
     ) -> Result<UploadKey, Error> {
         let key_id = plan.key_id.clone();
         let context = plan.context.clone();
+        let sse = match &plan.sse {
+            PlannedSse::Kms => Sse::Kms,
+            PlannedSse::S3 => Sse::S3,
+            PlannedSse::Customer(customer) => {
+                let mut salt = [0u8; CUSTOMER_KEY_SALT_LEN];
+                fill_random(&mut salt);
+                return Ok(UploadKey {
+                    sse: Sse::Customer {
+                        salt,
+                        key_check: customer.key_check(&salt),
+                    },
+                    key: customer.object_key(&salt, &object_arn(bucket, key)),
+                    key_arn: String::new(),
+                    wrapped: Vec::new(),
+                    bucket_key_salt: None,
+                    context: EncryptionContext::new(),
+                });
+            }
+        };
         Ok(if plan.bucket_key {
             let (bucket_key, key_arn, wrapped) = self.current_bucket_key(kms, bucket, &key_id)?;
             let mut salt = [0u8; BUCKET_KEY_SALT_LEN];
             fill_random(&mut salt);
             UploadKey {
+                sse,
                 key: derive_object_key(&bucket_key, &salt, &object_arn(bucket, key)),
                 key_arn,
                 wrapped,
@@ -879,6 +997,7 @@ impl ObjectStore {
                 encryption_context: context.clone(),
             })?;
             UploadKey {
+                sse,
                 key: key32(data_key.plaintext.expose()).ok_or_else(|| {
                     Error::InvalidArgument(
                         "the key service returned a data key that is not 32 bytes".into(),
@@ -915,14 +1034,21 @@ impl ObjectStore {
             encryption_context: upload_key.context.clone(),
             user_metadata: opts.user_metadata.clone(),
             nonce_prefix: [0; NONCE_PREFIX_LEN],
+            sse: upload_key.sse,
         };
-        let (file, tmp_path, header) = self.seal_to_temp(
-            bound,
-            &upload_key.key,
-            body,
-            opts.content_md5,
-            multipart.map(|m| m.0),
-        )?;
+        // An SSE-C object's ETag is not the MD5 of its plaintext (as on S3): the MD5
+        // would let anyone holding the file confirm a guess of its content.
+        let etag = match (upload_key.sse, multipart) {
+            (_, Some((etag, _))) => Some(etag),
+            (Sse::Customer { .. }, None) => {
+                let mut random = [0u8; 16];
+                fill_random(&mut random);
+                Some(random)
+            }
+            (_, None) => None,
+        };
+        let (file, tmp_path, header) =
+            self.seal_to_temp(bound, &upload_key.key, body, opts.content_md5, etag)?;
         drop(upload_key);
         let result = self.commit(
             &file,
@@ -932,6 +1058,7 @@ impl ObjectStore {
             header,
             opts.acl,
             multipart.map(|m| m.1),
+            opts.condition.as_ref(),
         );
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);
@@ -1006,9 +1133,12 @@ impl ObjectStore {
         header: ObjectHeader,
         acl: Acl,
         parts: Option<u32>,
+        condition: Option<&Condition>,
     ) -> Result<ObjectInfo, Error> {
         file.sync_all()
             .map_err(io_err(format!("fsync {}", tmp_path.display())))?;
+        let _commit = self.lock_commits(bucket)?;
+        self.check_condition(bucket, key, condition)?;
         let path = self.object_path(bucket, key);
         let acl_path = Self::acl_path(&path);
         // A private object must never be readable under an old public ACL: drop the
@@ -1032,6 +1162,53 @@ impl ObjectStore {
             write_atomic(&acl_path, Acl::PublicRead.as_str().as_bytes())?;
         }
         Ok(Self::info(&header, acl, parts))
+    }
+
+    /// The bucket's commit lock (held until the guard drops).
+    fn lock_commits(&self, bucket: &str) -> Result<File, Error> {
+        let path = self.bucket_dir(bucket).join(COMMIT_LOCK);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        file.lock().map_err(io_err(format!("lock {}", path.display())))?;
+        Ok(file)
+    }
+
+    /// Checks a conditional write against the object as it is now (the caller holds
+    /// the commit lock).
+    fn check_condition(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: Option<&Condition>,
+    ) -> Result<(), Error> {
+        let Some(condition) = condition else {
+            return Ok(());
+        };
+        let current = match self.head_object(bucket, key) {
+            Ok(info) => Some(info.etag),
+            Err(Error::NoSuchKey { .. }) => None,
+            Err(err) => return Err(err),
+        };
+        match (condition, current) {
+            (Condition::Absent, None) => Ok(()),
+            (Condition::Absent, Some(_)) => Err(Error::PreconditionFailed(
+                "If-None-Match: an object with this key exists".into(),
+            )),
+            (Condition::EtagMatches(_), None) => Err(Error::NoSuchKey {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            }),
+            (Condition::EtagMatches(wanted), Some(etag)) if etag_matches(wanted, &etag) => Ok(()),
+            (Condition::EtagMatches(_), Some(_)) => Err(Error::PreconditionFailed(
+                "If-Match: the object's ETag is another".into(),
+            )),
+        }
     }
 
     /// A multipart object's part count, from its sidecar when that belongs to
@@ -1098,6 +1275,7 @@ impl ObjectStore {
             kms_key_arn: b.key_arn.clone(),
             encryption_context: b.encryption_context.clone(),
             bucket_key_enabled: b.bucket_key_salt.is_some(),
+            sse: b.sse,
             last_modified: OffsetDateTime::from_unix_timestamp_nanos(
                 i128::from(s.last_modified_ms) * 1_000_000,
             )
@@ -1183,10 +1361,41 @@ impl ObjectStore {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<ObjectDownload, Error> {
+        self.get_object_with_key(kms, bucket, key, range, None)
+    }
+
+    /// HeadObject with S3's SSE-C rule: an SSE-C object's metadata only for the
+    /// request that sends its key; SSE-C headers on another object are refused.
+    pub fn head_object_with_key(
+        &self,
+        bucket: &str,
+        key: &str,
+        customer: Option<&CustomerKey>,
+    ) -> Result<ObjectInfo, Error> {
+        let (_, path, header) = self.open_object(bucket, key)?;
+        check_customer_key(&header, customer)?;
+        Self::read_info(&path, &header)
+    }
+
+    /// GetObject that also serves SSE-C objects: `customer` must be the object's key
+    /// (checked against the header's key check before anything is decrypted).
+    pub fn get_object_with_key(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        customer: Option<&CustomerKey>,
+    ) -> Result<ObjectDownload, Error> {
         let (file, path, header) = self.open_object(bucket, key)?;
+        check_customer_key(&header, customer)?;
         let info = Self::read_info(&path, &header)?;
         let size = header.summary.plaintext_len;
         let resolved = range.map(|r| r.resolve(size)).transpose()?;
+        if let (Sse::Customer { salt, .. }, Some(customer)) = (header.bound.sse, customer) {
+            let object_key = customer.object_key(&salt, &object_arn(bucket, key));
+            return Self::download(file, path, header, info, &object_key, resolved);
+        }
         let expected_arn = match header.bound.bucket_key_salt {
             Some(_) => bucket_arn(bucket),
             None => object_arn(bucket, key),
@@ -1219,6 +1428,19 @@ impl ObjectStore {
                 })?
             }
         };
+        Self::download(file, path, header, info, &object_key, resolved)
+    }
+
+    /// The decrypting reader of an opened object under its key.
+    fn download(
+        file: File,
+        path: PathBuf,
+        header: ObjectHeader,
+        info: ObjectInfo,
+        object_key: &Key32,
+        resolved: Option<(u64, u64)>,
+    ) -> Result<ObjectDownload, Error> {
+        let size = header.summary.plaintext_len;
         let digest = ObjectHeader::bound_digest(&header.bound).map_err(|e| Error::Corrupted {
             path: path.clone(),
             what: e.0,
@@ -1228,7 +1450,6 @@ impl ObjectStore {
                 path: path.clone(),
                 what: "the object key could not be made into a cipher".into(),
             })?;
-        drop(object_key);
         let header_len = ObjectHeader::encoded_len(&header.bound).map_err(|e| Error::Corrupted {
             path: path.clone(),
             what: e.0,
@@ -1248,8 +1469,24 @@ impl ObjectStore {
     /// DeleteObject. Deleting a key that does not exist succeeds, as on S3; the
     /// answer says whether an object was removed.
     pub fn delete_object(&self, bucket: &str, key: &str) -> Result<bool, Error> {
+        self.delete_object_if(bucket, key, None)
+    }
+
+    /// DeleteObject with `If-Match` (`Some(etag)`): deletes only the object with
+    /// that ETag (PreconditionFailed otherwise, NoSuchKey when there is none), checked
+    /// under the commit lock so that no write slips between check and removal.
+    pub fn delete_object_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> Result<bool, Error> {
         validate_object_key(key)?;
         self.bucket(bucket)?;
+        let _commit = self.lock_commits(bucket)?;
+        if let Some(etag) = if_match {
+            self.check_condition(bucket, key, Some(&Condition::EtagMatches(etag.to_owned())))?;
+        }
         let path = self.object_path(bucket, key);
         let removed = Self::remove_if_exists(&path)?;
         Self::remove_if_exists(&Self::acl_path(&path))?;
@@ -1310,6 +1547,23 @@ impl ObjectStore {
             common_prefixes: plan.common_prefixes,
             next_continuation_token: plan.next_continuation_token,
         })
+    }
+}
+
+/// S3's SSE-C rules for reading an object: its key is required for an SSE-C object
+/// and refused for any other.
+fn check_customer_key(header: &ObjectHeader, customer: Option<&CustomerKey>) -> Result<(), Error> {
+    match (header.bound.sse, customer) {
+        (Sse::Customer { salt, key_check }, Some(customer)) => {
+            if customer.matches(&salt, &key_check) {
+                Ok(())
+            } else {
+                Err(Error::CustomerKeyMismatch)
+            }
+        }
+        (Sse::Customer { .. }, None) => Err(Error::CustomerKeyRequired),
+        (Sse::Kms | Sse::S3, Some(_)) => Err(Error::CustomerKeyNotApplicable),
+        (Sse::Kms | Sse::S3, None) => Ok(()),
     }
 }
 
@@ -1395,11 +1649,28 @@ fn read_header(file: &File, path: &Path) -> Result<ObjectHeader, Error> {
 
 /// What a PUT resolved before reading its body ([`ObjectStore::plan_put`]).
 struct PutPlan {
+    /// SSE-KMS or SSE-S3 under `key_id`, or SSE-C under the customer's key.
+    sse: PlannedSse,
     key_id: String,
     content_type: String,
     /// The object's full encryption context.
     context: EncryptionContext,
     bucket_key: bool,
+}
+
+enum PlannedSse {
+    Kms,
+    S3,
+    Customer(Arc<CustomerKey>),
+}
+
+/// Whether `etag` (as a client sends it: quoted or not, or `*`) names `current`.
+fn etag_matches(wanted: &str, current: &str) -> bool {
+    wanted.split(',').any(|one| {
+        let one = one.trim();
+        let one = one.strip_prefix("W/").unwrap_or(one);
+        one == "*" || one.trim_matches('"') == current
+    })
 }
 
 /// One upload in progress into a temporary file.

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use md5::{Digest, Md5};
-use objstore::{
+use objstore::{SseAlgorithm, 
     BucketEncryption, CompletedPart, Error, PutObjectOptions, MIN_PART_SIZE, S3_ARN_CONTEXT_KEY,
 };
 use support::{pattern, Lab};
@@ -264,7 +264,8 @@ fn bucket_default_encryption_and_bucket_keys_apply() {
         .put_bucket_encryption(
             "bkt",
             Some(BucketEncryption {
-                kms_key_id: lab.key_arn.clone(),
+                algorithm: SseAlgorithm::AwsKms,
+                kms_key_id: Some(lab.key_arn.clone()),
                 bucket_key_enabled: true,
             }),
         )
