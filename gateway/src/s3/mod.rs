@@ -22,8 +22,8 @@ use base64::Engine;
 use crypto_core::kms::{EncryptionContext, LocalKms};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use objstore::{
-    Acl, BucketEncryption, ByteRange, ListObjectsRequest, ObjectInfo, ObjectReader, ObjectStore,
-    PutObjectOptions,
+    Acl, BucketEncryption, ByteRange, Condition, CustomerKey, EncryptionRequest,
+    ListObjectsRequest, ObjectInfo, ObjectReader, ObjectStore, PutObjectOptions, Sse, SseAlgorithm,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -395,6 +395,29 @@ fn owner_xml(w: &mut XmlWriter, owner_arn: &str) {
 
 /// The headers S3 sends about an object (GET, HEAD, and PUT's encryption ones).
 fn encryption_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
+    match info.sse {
+        Sse::Kms => {}
+        Sse::S3 => {
+            insert(headers, "x-amz-server-side-encryption", "AES256");
+            if info.bucket_key_enabled {
+                insert(
+                    headers,
+                    "x-amz-server-side-encryption-bucket-key-enabled",
+                    "true",
+                );
+            }
+            return;
+        }
+        // The request's key MD5 is added by the caller, which has the key.
+        Sse::Customer { .. } => {
+            insert(
+                headers,
+                "x-amz-server-side-encryption-customer-algorithm",
+                "AES256",
+            );
+            return;
+        }
+    }
     insert(headers, "x-amz-server-side-encryption", "aws:kms");
     insert(
         headers,
@@ -630,6 +653,31 @@ impl S3Service {
         }
     }
 
+    /// Creates the AWS managed key `alias/aws/s3` on first use, when the PUT's
+    /// encryption may resolve to it (SSE-S3, or SSE-KMS without a key anywhere).
+    fn ensure_managed_key(
+        &self,
+        kms: &LocalKms,
+        bucket: &str,
+        opts: &PutObjectOptions,
+    ) -> Result<(), GatewayError> {
+        if opts.kms_key_id.is_some() || matches!(opts.encryption, EncryptionRequest::Customer(_)) {
+            return Ok(());
+        }
+        let default_key = matches!(
+            self.store.bucket(bucket)?.encryption,
+            Some(BucketEncryption {
+                algorithm: SseAlgorithm::AwsKms,
+                kms_key_id: Some(_),
+                ..
+            })
+        );
+        if !default_key || matches!(opts.encryption, EncryptionRequest::SseS3) {
+            kms.aws_managed_key(objstore::SSE_S3_KEY_ALIAS)?;
+        }
+        Ok(())
+    }
+
     fn put_object(
         &self,
         kms: &LocalKms,
@@ -645,6 +693,7 @@ impl S3Service {
         }
         let opts = put_options(headers)?;
         let bucket_key = bucket_key_header(headers)?;
+        self.ensure_managed_key(kms, &request.bucket, &opts)?;
         let info = self
             .store
             .put_object_with_bucket_key(kms, &request.bucket, &request.key, body, &opts, bucket_key)
@@ -655,6 +704,9 @@ impl S3Service {
         let mut answer = S3Answer::empty(StatusCode::OK);
         insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
         encryption_headers(&mut answer.headers, &info);
+        if let Some((_, md5)) = customer_key(headers)? {
+            customer_key_headers(&mut answer.headers, &md5);
+        }
         if let Some((algorithm, value)) = body.verified_checksum() {
             insert(&mut answer.headers, algorithm.header(), value);
         }
@@ -669,10 +721,24 @@ impl S3Service {
         with_body: bool,
     ) -> Result<S3Answer, GatewayError> {
         let range = header(&parts.headers, "range")?.and_then(ByteRange::parse);
+        refuse_sse_headers_on_read(&parts.headers)?;
+        let customer = customer_key(&parts.headers)?;
+        let (customer, customer_md5) = match &customer {
+            Some((key, md5)) => (Some(key), Some(md5.as_str())),
+            None => (None, None),
+        };
+        let info = self
+            .store
+            .head_object_with_key(&request.bucket, &request.key, customer)?;
+        if let Some(not_modified) = read_conditions(&parts.headers, &info)? {
+            return Ok(not_modified);
+        }
         if !with_body {
-            let info = self.store.head_object(&request.bucket, &request.key)?;
             let mut answer = S3Answer::empty(StatusCode::OK);
             object_headers(&mut answer.headers, &info);
+            if let Some(md5) = customer_md5 {
+                customer_key_headers(&mut answer.headers, md5);
+            }
             let length = match range {
                 Some(range) => {
                     let (first, last) = range.resolve(info.size)?;
@@ -689,11 +755,14 @@ impl S3Service {
             insert(&mut answer.headers, "content-length", &length.to_string());
             return Ok(answer);
         }
-        let download = self
-            .store
-            .get_object(kms, &request.bucket, &request.key, range)?;
+        let download =
+            self.store
+                .get_object_with_key(kms, &request.bucket, &request.key, range, customer)?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         object_headers(&mut answer.headers, &download.info);
+        if let Some(md5) = customer_md5 {
+            customer_key_headers(&mut answer.headers, md5);
+        }
         if let Some((first, last)) = download.range {
             answer.status = StatusCode::PARTIAL_CONTENT;
             insert(
@@ -783,18 +852,17 @@ impl S3Service {
                 let algorithm = doc.get("SSEAlgorithm")?.ok_or_else(|| {
                     GatewayError::MalformedXml("the rule lacks its SSEAlgorithm".into())
                 })?;
-                if algorithm != "aws:kms" {
-                    return Err(GatewayError::InvalidArgument(format!(
-                        "atrest encrypts objects with SSE-KMS only: SSEAlgorithm must be \
-                         aws:kms, not {algorithm}"
-                    )));
-                }
-                let kms_key_id = doc.get("KMSMasterKeyID")?.ok_or_else(|| {
-                    GatewayError::InvalidArgument(
-                        "atrest has no AWS managed key for S3: name the CMK in KMSMasterKeyID"
-                            .into(),
-                    )
-                })?;
+                let algorithm = match algorithm.as_str() {
+                    "AES256" => SseAlgorithm::Aes256,
+                    "aws:kms" => SseAlgorithm::AwsKms,
+                    other => {
+                        return Err(GatewayError::MalformedXml(format!(
+                            "SSEAlgorithm must be AES256 or aws:kms, not '{}'",
+                            other.chars().take(32).collect::<String>()
+                        )))
+                    }
+                };
+                let kms_key_id = doc.get("KMSMasterKeyID")?;
                 let bucket_key_enabled = match doc.get("BucketKeyEnabled")?.as_deref() {
                     None | Some("false") => false,
                     Some("true") => true,
@@ -807,6 +875,7 @@ impl S3Service {
                 self.store.put_bucket_encryption(
                     bucket,
                     Some(BucketEncryption {
+                        algorithm,
                         kms_key_id,
                         bucket_key_enabled,
                     }),
@@ -814,13 +883,21 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::OK))
             }
             Op::GetBucketEncryption => {
-                let encryption = self.store.bucket_encryption(bucket)?;
+                // Every bucket without a configuration encrypts with SSE-S3, and S3
+                // reports that default.
+                let encryption = self.store.bucket(bucket)?.encryption.unwrap_or(BucketEncryption {
+                    algorithm: SseAlgorithm::Aes256,
+                    kms_key_id: None,
+                    bucket_key_enabled: false,
+                });
                 let mut w = XmlWriter::new("ServerSideEncryptionConfiguration");
                 w.open("Rule")
                     .open("ApplyServerSideEncryptionByDefault")
-                    .leaf("SSEAlgorithm", "aws:kms")
-                    .leaf("KMSMasterKeyID", &encryption.kms_key_id)
-                    .close("ApplyServerSideEncryptionByDefault")
+                    .leaf("SSEAlgorithm", encryption.algorithm.as_str());
+                if let Some(id) = &encryption.kms_key_id {
+                    w.leaf("KMSMasterKeyID", id);
+                }
+                w.close("ApplyServerSideEncryptionByDefault")
                     .leaf(
                         "BucketKeyEnabled",
                         if encryption.bucket_key_enabled {
@@ -853,7 +930,8 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::OK))
             }
             Op::DeleteObject => {
-                self.store.delete_object(bucket, &request.key)?;
+                let if_match = header(&parts.headers, "if-match")?;
+                self.store.delete_object_if(bucket, &request.key, if_match)?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::DeleteObjects => self.delete_objects(bucket, parts, body),
@@ -1028,22 +1106,196 @@ fn read_small(body: &mut dyn std::io::Read) -> Result<Vec<u8>, GatewayError> {
     Ok(out)
 }
 
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110's IMF-fixdate); `None` for anything
+/// else, which RFC 9110 says to ignore.
+fn parse_http_date(text: &str) -> Option<OffsetDateTime> {
+    let parts: Vec<&str> = text.split_ascii_whitespace().collect();
+    let [_, day, month, year, clock, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)?;
+    let month = time::Month::try_from(u8::try_from(month + 1).ok()?).ok()?;
+    let mut hms = clock.split(':').map(|n| n.parse::<u8>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    let date = time::Date::from_calendar_date(year.parse().ok()?, month, day.parse().ok()?).ok()?;
+    let time = time::Time::from_hms(h, m, sec).ok()?;
+    Some(time::PrimitiveDateTime::new(date, time).assume_utc())
+}
+
+/// The conditions of a GET or HEAD (RFC 9110 section 13.2.2, as S3 applies them):
+/// PreconditionFailed for a failed `If-Match` / `If-Unmodified-Since`, a 304 answer
+/// for a failed `If-None-Match` / `If-Modified-Since`, `None` to go on.
+fn read_conditions(headers: &HeaderMap, info: &ObjectInfo) -> Result<Option<S3Answer>, GatewayError> {
+    let matches = |value: &str| {
+        value.split(',').any(|one| {
+            let one = one.trim();
+            let one = one.strip_prefix("W/").unwrap_or(one);
+            one == "*" || one.trim_matches('"') == info.etag
+        })
+    };
+    // Last-Modified has one-second resolution on the wire.
+    let modified = info.last_modified.unix_timestamp();
+    let failed = || {
+        GatewayError::Object(objstore::Error::PreconditionFailed(
+            "the object does not meet the request's If-Match or If-Unmodified-Since".into(),
+        ))
+    };
+    match header(headers, "if-match")? {
+        Some(value) if !matches(value) => return Err(failed()),
+        Some(_) => {}
+        None => {
+            if let Some(since) = header(headers, "if-unmodified-since")?.and_then(parse_http_date) {
+                if modified > since.unix_timestamp() {
+                    return Err(failed());
+                }
+            }
+        }
+    }
+    let not_modified = match header(headers, "if-none-match")? {
+        Some(value) => matches(value),
+        None => header(headers, "if-modified-since")?
+            .and_then(parse_http_date)
+            .is_some_and(|since| modified <= since.unix_timestamp()),
+    };
+    if !not_modified {
+        return Ok(None);
+    }
+    let mut answer = S3Answer::empty(StatusCode::NOT_MODIFIED);
+    insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
+    insert(&mut answer.headers, "last-modified", &http_date(info.last_modified));
+    Ok(Some(answer))
+}
+
+const SSE_C_ALGORITHM: &str = "x-amz-server-side-encryption-customer-algorithm";
+const SSE_C_KEY: &str = "x-amz-server-side-encryption-customer-key";
+const SSE_C_KEY_MD5: &str = "x-amz-server-side-encryption-customer-key-md5";
+
+/// The SSE-C headers of a request: none, or all three, consistent (AES256, a 256-bit
+/// key, its MD5). The key is never logged or echoed; only its MD5 is.
+fn customer_key(headers: &HeaderMap) -> Result<Option<(CustomerKey, String)>, GatewayError> {
+    let algorithm = header(headers, SSE_C_ALGORITHM)?;
+    let key = header(headers, SSE_C_KEY)?;
+    let md5 = header(headers, SSE_C_KEY_MD5)?;
+    let (algorithm, key, md5) = match (algorithm, key, md5) {
+        (None, None, None) => return Ok(None),
+        (Some(a), Some(k), Some(m)) => (a, k, m),
+        (None, _, _) => {
+            return Err(GatewayError::InvalidArgument(
+                "Requests specifying Server Side Encryption with Customer provided keys must \
+                 provide a valid encryption algorithm."
+                    .into(),
+            ))
+        }
+        (Some(_), None, _) => {
+            return Err(GatewayError::InvalidArgument(
+                "Requests specifying Server Side Encryption with Customer provided keys must \
+                 provide an appropriate secret key."
+                    .into(),
+            ))
+        }
+        (Some(_), Some(_), None) => {
+            return Err(GatewayError::InvalidArgument(
+                "Requests specifying Server Side Encryption with Customer provided keys must \
+                 provide the client calculated MD5 of the secret key."
+                    .into(),
+            ))
+        }
+    };
+    if algorithm != "AES256" {
+        return Err(GatewayError::InvalidArgument(
+            "The encryption algorithm specified is not valid: SSE-C takes AES256".into(),
+        ));
+    }
+    let bytes = zeroize::Zeroizing::new(BASE64.decode(key.trim()).map_err(|_| {
+        GatewayError::InvalidArgument(
+            "The secret key was invalid for the specified algorithm.".into(),
+        )
+    })?);
+    let key = CustomerKey::new(&bytes)
+        .map_err(|_| GatewayError::InvalidArgument("The secret key was invalid for the specified algorithm.".into()))?;
+    let claimed = BASE64.decode(md5.trim()).ok();
+    if claimed.as_deref() != Some(&key.md5()[..]) {
+        return Err(GatewayError::InvalidArgument(
+            "The calculated MD5 hash of the key did not match the hash that was provided."
+                .into(),
+        ));
+    }
+    let md5 = BASE64.encode(key.md5());
+    Ok(Some((key, md5)))
+}
+
+/// The response headers of an SSE-C request.
+fn customer_key_headers(headers: &mut HeaderMap, key_md5: &str) {
+    insert(headers, SSE_C_ALGORITHM, "AES256");
+    insert(headers, SSE_C_KEY_MD5, key_md5);
+}
+
+/// S3 refuses SSE-KMS headers on a read: the object says how it is encrypted.
+fn refuse_sse_headers_on_read(headers: &HeaderMap) -> Result<(), GatewayError> {
+    for name in [
+        "x-amz-server-side-encryption",
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        "x-amz-server-side-encryption-context",
+        "x-amz-server-side-encryption-bucket-key-enabled",
+    ] {
+        if headers.contains_key(name) {
+            return Err(GatewayError::InvalidArgument(format!(
+                "the {name} header is not allowed on GET or HEAD requests"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `If-None-Match: *` and `If-Match` of a write.
+fn write_condition(headers: &HeaderMap) -> Result<Option<Condition>, GatewayError> {
+    let if_match = header(headers, "if-match")?;
+    let if_none_match = header(headers, "if-none-match")?;
+    match (if_match, if_none_match) {
+        (None, None) => Ok(None),
+        (Some(etag), None) => Ok(Some(Condition::EtagMatches(etag.to_owned()))),
+        (None, Some(value)) if value.trim() == "*" => Ok(Some(Condition::Absent)),
+        (None, Some(_)) => Err(GatewayError::NotImplemented(
+            "A header you provided implies functionality that is not implemented: \
+             If-None-Match on a write takes only *"
+                .into(),
+        )),
+        (Some(_), Some(_)) => Err(GatewayError::NotImplemented(
+            "If-Match and If-None-Match together on a write are not implemented".into(),
+        )),
+    }
+}
+
 /// The options of a PutObject, from its headers.
 fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
     let sse = header(headers, "x-amz-server-side-encryption")?;
     let key_id = header(headers, "x-amz-server-side-encryption-aws-kms-key-id")?;
     let context = header(headers, "x-amz-server-side-encryption-context")?;
-    match sse {
-        None | Some("aws:kms") => {}
-        Some(other) => {
+    let customer = customer_key(headers)?;
+    let encryption = match (sse, customer) {
+        (Some(_), Some(_)) => {
+            return Err(GatewayError::InvalidArgument(
+                "Server Side Encryption with Customer provided key is incompatible with the \
+                 encryption method specified"
+                    .into(),
+            ))
+        }
+        (None, Some((key, _))) => EncryptionRequest::Customer(std::sync::Arc::new(key)),
+        (None, None) => EncryptionRequest::BucketDefault,
+        (Some("AES256"), None) => EncryptionRequest::SseS3,
+        (Some("aws:kms"), None) => EncryptionRequest::SseKms,
+        (Some(other), None) => {
             return Err(GatewayError::InvalidArgument(format!(
-                "atrest encrypts every object with SSE-KMS: x-amz-server-side-encryption must \
-                 be aws:kms, not '{}'",
+                "x-amz-server-side-encryption must be AES256 or aws:kms, not '{}'",
                 other.chars().take(32).collect::<String>()
             )))
         }
-    }
-    if sse.is_none() && (key_id.is_some() || context.is_some()) {
+    };
+    if sse != Some("aws:kms") && (key_id.is_some() || context.is_some()) {
         return Err(GatewayError::InvalidArgument(
             "Server Side Encryption with AWS KMS managed key requires HTTP header \
              x-amz-server-side-encryption : aws:kms"
@@ -1074,6 +1326,8 @@ fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
             .transpose()?
             .unwrap_or_default(),
         content_md5,
+        encryption,
+        condition: write_condition(headers)?,
     })
 }
 

@@ -25,6 +25,10 @@ fn upload_id(request: &S3Request) -> Result<&str, GatewayError> {
 }
 
 fn upload_encryption_headers(headers: &mut HeaderMap, upload: &MultipartUpload) {
+    if upload.sse == objstore::Sse::S3 {
+        insert(headers, "x-amz-server-side-encryption", "AES256");
+        return;
+    }
     insert(headers, "x-amz-server-side-encryption", "aws:kms");
     insert(
         headers,
@@ -94,6 +98,11 @@ impl S3Service {
                     "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
                 ))
             })?;
+        if super::customer_key(headers)?.is_some() {
+            return Err(GatewayError::Object(
+                objstore::Error::CustomerKeyNotApplicable,
+            ));
+        }
         let content_md5 = content_md5(headers)?;
         let part = self
             .store
@@ -112,11 +121,6 @@ impl S3Service {
             })?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         insert(&mut answer.headers, "etag", &format!("\"{}\"", part.etag));
-        insert(
-            &mut answer.headers,
-            "x-amz-server-side-encryption",
-            "aws:kms",
-        );
         if let Some((algorithm, value)) = body.verified_checksum() {
             insert(&mut answer.headers, algorithm.header(), value);
         }
@@ -137,7 +141,22 @@ impl S3Service {
         match request.operation {
             S3Operation::CreateMultipartUpload => {
                 let opts = put_options(&parts.headers)?;
+                if matches!(opts.encryption, objstore::EncryptionRequest::Customer(_)) {
+                    return Err(GatewayError::NotImplemented(
+                        "atrest does not take SSE-C multipart uploads: upload the object with \
+                         one PutObject (up to 5 TiB)"
+                            .into(),
+                    ));
+                }
+                if opts.condition.is_some() {
+                    return Err(GatewayError::NotImplemented(
+                        "conditional writes go on CompleteMultipartUpload, not on \
+                         CreateMultipartUpload"
+                            .into(),
+                    ));
+                }
                 let bucket_key = bucket_key_header(&parts.headers)?;
+                self.ensure_managed_key(kms, bucket, &opts)?;
                 let upload = self
                     .store
                     .create_multipart_upload(kms, bucket, key, &opts, bucket_key, principal)?;
@@ -151,12 +170,14 @@ impl S3Service {
             }
             S3Operation::CompleteMultipartUpload => {
                 let list = completed_parts(body)?;
-                let info = self.store.complete_multipart_upload(
+                let condition = super::write_condition(&parts.headers)?;
+                let info = self.store.complete_multipart_upload_if(
                     kms,
                     bucket,
                     key,
                     upload_id(request)?,
                     &list,
+                    condition,
                 )?;
                 let mut w = XmlWriter::new("CompleteMultipartUploadResult");
                 w.leaf("Location", &format!("/{bucket}/{key}"))

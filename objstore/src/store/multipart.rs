@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 
 use super::{
     create_dir_private, headers_in, io_err, key32, now, random_name, read_header, sync_dir,
-    write_atomic, EncryptionRequest, ObjectStore, PlannedSse, PutObjectOptions, PutPlan,
+    write_atomic, Condition, EncryptionRequest, ObjectStore, PlannedSse, PutObjectOptions, PutPlan,
 };
 use crate::aead::SegmentCipher;
 use crate::bucket_key::{derive_object_key, Key32};
@@ -486,7 +486,34 @@ impl ObjectStore {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> Result<ObjectInfo, Error> {
-        let (record, dir) = self.open_upload(bucket, key, upload_id)?;
+        self.complete_multipart_upload_if(kms, bucket, key, upload_id, parts, None)
+    }
+
+    /// CompleteMultipartUpload with a conditional write (`If-None-Match: *`,
+    /// `If-Match`), checked when the object is put in place; a failed condition
+    /// leaves the upload as it was.
+    pub fn complete_multipart_upload_if(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        condition: Option<Condition>,
+    ) -> Result<ObjectInfo, Error> {
+        let (record, dir) = match self.open_upload(bucket, key, upload_id) {
+            Ok(found) => found,
+            // A retry whose first answer was lost: S3 answers it with the object.
+            Err(Error::NoSuchUpload { .. }) => match self.completed_object(bucket, key, parts)? {
+                Some(info) => return Ok(info),
+                None => {
+                    return Err(Error::NoSuchUpload {
+                        upload_id: upload_id.to_owned(),
+                    })
+                }
+            },
+            Err(err) => return Err(err),
+        };
         if parts.is_empty() {
             return Err(Error::InvalidArgument(
                 "You must specify at least one part".into(),
@@ -554,7 +581,7 @@ impl ObjectStore {
             acl: record.acl,
             content_md5: None,
             encryption: EncryptionRequest::BucketDefault,
-            condition: None,
+            condition,
         };
         let object_key = self.new_upload_key(kms, bucket, key, &plan)?;
         let count = parts.len() as u32;
@@ -575,6 +602,33 @@ impl ObjectStore {
         // The object is in place; a concurrent abort may have removed the upload.
         match self.remove_upload(&dir, upload_id) {
             Ok(()) | Err(Error::NoSuchUpload { .. }) => Ok(info),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl ObjectStore {
+    /// The object a CompleteMultipartUpload with this part list made, if it is still
+    /// the object under `key`: its ETag is the one the list gives (MD5 of the parts'
+    /// MD5s, `-N`).
+    fn completed_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        parts: &[CompletedPart],
+    ) -> Result<Option<ObjectInfo>, Error> {
+        let mut md5 = Md5::new();
+        for part in parts {
+            let mut digest = [0u8; 16];
+            if hex::decode_to_slice(bare_etag(&part.etag), &mut digest).is_err() {
+                return Ok(None);
+            }
+            md5.update(digest);
+        }
+        let etag = format!("{}-{}", hex::encode(md5.finalize()), parts.len());
+        match self.head_object(bucket, key) {
+            Ok(info) if !parts.is_empty() && info.etag == etag => Ok(Some(info)),
+            Ok(_) | Err(Error::NoSuchKey { .. }) => Ok(None),
             Err(err) => Err(err),
         }
     }
