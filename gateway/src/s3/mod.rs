@@ -930,6 +930,14 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::OK))
             }
             Op::DeleteObject => {
+                for name in ["x-amz-if-match-last-modified-time", "x-amz-if-match-size"] {
+                    if parts.headers.contains_key(name) {
+                        return Err(GatewayError::NotImplemented(format!(
+                            "the conditional delete header {name} is not implemented \
+                             (If-Match is)"
+                        )));
+                    }
+                }
                 let if_match = header(&parts.headers, "if-match")?;
                 self.store.delete_object_if(bucket, &request.key, if_match)?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))

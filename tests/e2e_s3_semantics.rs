@@ -1,0 +1,100 @@
+//! Issue 21 items 1-2 with the real clients: boto3 and the aws CLI run
+//! tests/py/test_s3_semantics.py (SSE-S3 by default, conditional requests, SSE-C, a
+//! retried CompleteMultipartUpload, SSE-KMS header validation) against
+//! `atrest s3 serve`; this file then checks the server's side: no object file holds
+//! plaintext or the customer's key, the AWS managed key `alias/aws/s3` exists, and
+//! every SSE-S3 upload is a GenerateDataKey under it in the trail, by the signer.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{assert_success, contains, files_under, trail_records, venv_bin, Home};
+use serde_json::{json, Value};
+
+const REGION: &str = "us-east-1";
+const USER: &str = "arn:aws:iam::000000000000:user/S3User";
+const MARKER: &[u8] = b"SSE-C-PLAINTEXT-MARKER-";
+
+#[test]
+fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
+    let home = Home::new();
+    home.run(&["kms", "list-keys"]);
+    let out = home.run(&["iam", "create-access-key", "--principal", USER]);
+    let answer: Value = serde_json::from_str(&out).expect("create-access-key prints JSON");
+    let key = &answer["AccessKey"];
+    let server = home.serve_env(
+        &[("ATREST_REGION", REGION)],
+        &["s3", "serve", "--listen", "127.0.0.1:0"],
+    );
+    let work = home.file("work");
+    std::fs::create_dir(&work).unwrap();
+    let credentials = json!({"user": {
+        "AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"], "Arn": USER,
+    }});
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/test_s3_semantics.py");
+    let mut python = Command::new(venv_bin("python"));
+    python
+        .arg(&script)
+        .env("ATREST_S3_ENDPOINT", format!("http://{}", server.addr))
+        .env("ATREST_S3_REGION", REGION)
+        .env("ATREST_CREDENTIALS", credentials.to_string())
+        .env("ATREST_AWS_CLI", venv_bin("aws"))
+        .env("ATREST_WORKDIR", &work)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let out = python.output().expect("running python");
+    assert_success(
+        &format!("{} (server log:\n{})", script.display(), server.log()),
+        &out,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: issue 21 items 1-2"));
+    server.stop();
+
+    // At rest: the SSE-C objects hold neither their plaintext nor the customer key
+    // (nor its MD5), and no other object file holds plaintext either.
+    let customer_key = std::fs::read(work.join("sse-c.key")).unwrap();
+    let key_md5 = std::fs::read(work.join("sse-c.key.md5")).unwrap();
+    assert_eq!((customer_key.len(), key_md5.len()), (32, 16));
+    let files = files_under(&home.path().join("s3"));
+    assert!(files.len() > 5, "{files:?}");
+    for path in &files {
+        let stored = std::fs::read(path).unwrap();
+        assert!(!contains(&stored, MARKER), "{} holds plaintext", path.display());
+        assert!(!contains(&stored, &customer_key), "{} holds the key", path.display());
+        assert!(!contains(&stored, &key_md5), "{} holds the key's MD5", path.display());
+    }
+
+    // The managed key: made on first use, and every SSE-S3 upload's data key comes
+    // from it, in the trail as the signer's GenerateDataKey.
+    let aliases: Value = serde_json::from_str(&home.run(&["kms", "list-aliases"])).unwrap();
+    let managed = aliases["Aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["AliasName"] == "alias/aws/s3")
+        .unwrap_or_else(|| panic!("no alias/aws/s3 in {aliases}"))["TargetKeyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plain_arn = "arn:aws:s3:::fresh/plain.txt";
+    let generated: Vec<Value> = trail_records(&home, "GenerateDataKey")
+        .into_iter()
+        .filter(|e| e["requestParameters"]["encryptionContext"]["aws:s3:arn"] == plain_arn)
+        .collect();
+    assert_eq!(generated.len(), 1, "{generated:?}");
+    assert_eq!(generated[0]["userIdentity"]["arn"], USER);
+    assert!(
+        generated[0].to_string().contains(&managed),
+        "{} not under {managed}",
+        generated[0]
+    );
+    // No key-service call ever names an SSE-C object.
+    for event in ["GenerateDataKey", "Decrypt"] {
+        assert!(trail_records(&home, event)
+            .iter()
+            .all(|e| !e.to_string().contains("cond/secret")));
+    }
+}

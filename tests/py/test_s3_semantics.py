@@ -1,0 +1,246 @@
+"""Issue 21 items 1-2 against `atrest s3 serve`, driven by boto3 and the aws CLI,
+unmodified: SSE-S3 by default, conditional requests, SSE-C, a retried
+CompleteMultipartUpload, SSE-KMS header validation. Run by tests/e2e_s3_semantics.rs,
+which starts the server and passes:
+
+  ATREST_S3_ENDPOINT    http://127.0.0.1:PORT
+  ATREST_S3_REGION      the server's region
+  ATREST_CREDENTIALS    JSON {"user": {"AccessKeyId", "SecretAccessKey", "Arn"}}
+  ATREST_AWS_CLI        path of the aws CLI
+  ATREST_WORKDIR        scratch directory
+
+Exits non-zero (with the failing check) on the first failure.
+"""
+
+import base64
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ENDPOINT = os.environ["ATREST_S3_ENDPOINT"]
+REGION = os.environ["ATREST_S3_REGION"]
+CREDS = json.loads(os.environ["ATREST_CREDENTIALS"])["user"]
+AWS_CLI = os.environ["ATREST_AWS_CLI"]
+WORK = os.environ["ATREST_WORKDIR"]
+MARKER = b"SSE-C-PLAINTEXT-MARKER-"
+
+AWS_CONFIG = os.path.join(WORK, "aws-config")
+with open(AWS_CONFIG, "w") as f:
+    f.write(f"[default]\nregion = {REGION}\ns3 =\n    addressing_style = path\n")
+
+
+def step(text):
+    print(f"== {text}", flush=True)
+
+
+def client():
+    return boto3.client(
+        "s3",
+        endpoint_url=ENDPOINT,
+        region_name=REGION,
+        aws_access_key_id=CREDS["AccessKeyId"],
+        aws_secret_access_key=CREDS["SecretAccessKey"],
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+def aws(*args):
+    env = dict(os.environ)
+    env.update(
+        AWS_CONFIG_FILE=AWS_CONFIG,
+        AWS_SHARED_CREDENTIALS_FILE=os.path.join(WORK, "none"),
+        AWS_ACCESS_KEY_ID=CREDS["AccessKeyId"],
+        AWS_SECRET_ACCESS_KEY=CREDS["SecretAccessKey"],
+    )
+    out = subprocess.run(
+        [AWS_CLI, "--endpoint-url", ENDPOINT, *args], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, f"aws {args}: {out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def status_of(call, *args, **kwargs):
+    try:
+        call(*args, **kwargs)
+    except ClientError as err:
+        return (
+            err.response["ResponseMetadata"]["HTTPStatusCode"],
+            err.response["Error"].get("Code"),
+        )
+    raise AssertionError(f"{call.__name__} succeeded")
+
+
+def main():
+    s3 = client()
+
+    step("SSE-S3: a fresh bucket takes a plain upload (boto3 and the aws CLI)")
+    s3.create_bucket(Bucket="fresh")
+    put = s3.put_object(Bucket="fresh", Key="plain.txt", Body=b"hello")
+    assert put["ServerSideEncryption"] == "AES256", put
+    head = s3.head_object(Bucket="fresh", Key="plain.txt")
+    assert head["ServerSideEncryption"] == "AES256", head
+    assert s3.get_object(Bucket="fresh", Key="plain.txt")["Body"].read() == b"hello"
+    rule = s3.get_bucket_encryption(Bucket="fresh")["ServerSideEncryptionConfiguration"]
+    assert rule["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    put = s3.put_object(Bucket="fresh", Key="explicit", Body=b"x", ServerSideEncryption="AES256")
+    assert put["ServerSideEncryption"] == "AES256", put
+    put = s3.put_object(Bucket="fresh", Key="kms", Body=b"x", ServerSideEncryption="aws:kms")
+    assert put["ServerSideEncryption"] == "aws:kms", put
+    assert put["SSEKMSKeyId"].startswith("arn:aws:kms:"), put
+    local = os.path.join(WORK, "cli-upload.bin")
+    with open(local, "wb") as f:
+        f.write(os.urandom(300_000))
+    aws("s3", "cp", local, "s3://fresh/cli-upload.bin")
+    aws("s3", "cp", "s3://fresh/cli-upload.bin", local + ".back")
+    assert open(local, "rb").read() == open(local + ".back", "rb").read()
+    assert "cli-upload.bin" in aws("s3", "ls", "s3://fresh/")
+    s3.put_bucket_encryption(
+        Bucket="fresh",
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]
+        },
+    )
+    put = s3.put_object(Bucket="fresh", Key="default-kms", Body=b"x")
+    assert put["ServerSideEncryption"] == "aws:kms", put
+
+    step("conditional PUT, GET, HEAD and DELETE")
+    s3.create_bucket(Bucket="cond")
+    first = s3.put_object(Bucket="cond", Key="k", Body=b"one", IfNoneMatch="*")
+    assert status_of(s3.put_object, Bucket="cond", Key="k", Body=b"two", IfNoneMatch="*") == (
+        412,
+        "PreconditionFailed",
+    )
+    assert s3.get_object(Bucket="cond", Key="k")["Body"].read() == b"one"
+    assert status_of(s3.put_object, Bucket="cond", Key="k", Body=b"two", IfMatch='"00"') == (
+        412,
+        "PreconditionFailed",
+    )
+    second = s3.put_object(Bucket="cond", Key="k", Body=b"two", IfMatch=first["ETag"])
+    etag = second["ETag"]
+    assert status_of(s3.get_object, Bucket="cond", Key="k", IfNoneMatch=etag)[0] == 304
+    assert status_of(s3.head_object, Bucket="cond", Key="k", IfNoneMatch=etag)[0] == 304
+    assert status_of(s3.get_object, Bucket="cond", Key="k", IfMatch=first["ETag"]) == (
+        412,
+        "PreconditionFailed",
+    )
+    assert s3.get_object(Bucket="cond", Key="k", IfMatch=etag)["Body"].read() == b"two"
+    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    past = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)
+    assert status_of(s3.get_object, Bucket="cond", Key="k", IfModifiedSince=future)[0] == 304
+    assert s3.get_object(Bucket="cond", Key="k", IfModifiedSince=past)["Body"].read() == b"two"
+    assert status_of(s3.get_object, Bucket="cond", Key="k", IfUnmodifiedSince=past)[0] == 412
+    assert status_of(s3.delete_object, Bucket="cond", Key="k", IfMatch=first["ETag"])[0] == 412
+    assert s3.get_object(Bucket="cond", Key="k")["Body"].read() == b"two"
+    s3.delete_object(Bucket="cond", Key="k", IfMatch=etag)
+    assert status_of(s3.head_object, Bucket="cond", Key="k")[0] == 404
+
+    step("SSE-C: stored under the customer's key, unreadable without it")
+    key = os.urandom(32)
+    other = os.urandom(32)
+    body = MARKER * 4000
+    put = s3.put_object(
+        Bucket="cond", Key="secret", Body=body, SSECustomerAlgorithm="AES256", SSECustomerKey=key
+    )
+    assert put["SSECustomerAlgorithm"] == "AES256", put
+    assert put["SSECustomerKeyMD5"] == base64.b64encode(hashlib.md5(key).digest()).decode()
+    assert "ServerSideEncryption" not in put, put
+    assert status_of(s3.get_object, Bucket="cond", Key="secret") == (400, "InvalidRequest")
+    assert status_of(s3.head_object, Bucket="cond", Key="secret")[0] == 400
+    assert status_of(
+        s3.get_object, Bucket="cond", Key="secret", SSECustomerAlgorithm="AES256", SSECustomerKey=other
+    ) == (403, "AccessDenied")
+    got = s3.get_object(Bucket="cond", Key="secret", SSECustomerAlgorithm="AES256", SSECustomerKey=key)
+    assert got["Body"].read() == body
+    ranged = s3.get_object(
+        Bucket="cond", Key="secret", Range="bytes=23-45", SSECustomerAlgorithm="AES256", SSECustomerKey=key
+    )
+    assert ranged["Body"].read() == body[23:46]
+    head = s3.head_object(Bucket="cond", Key="secret", SSECustomerAlgorithm="AES256", SSECustomerKey=key)
+    assert head["SSECustomerAlgorithm"] == "AES256" and head["ContentLength"] == len(body)
+    # A key on an object that is not SSE-C; SSE-C with SSE-KMS; a bad key MD5.
+    s3.put_object(Bucket="cond", Key="plain", Body=b"p")
+    assert status_of(
+        s3.get_object, Bucket="cond", Key="plain", SSECustomerAlgorithm="AES256", SSECustomerKey=key
+    ) == (400, "InvalidRequest")
+    assert status_of(
+        s3.put_object,
+        Bucket="cond",
+        Key="both",
+        Body=b"x",
+        ServerSideEncryption="aws:kms",
+        SSECustomerAlgorithm="AES256",
+        SSECustomerKey=key,
+    )[0] == 400
+    assert status_of(
+        s3.put_object,
+        Bucket="cond",
+        Key="badmd5",
+        Body=b"x",
+        SSECustomerAlgorithm="AES256",
+        SSECustomerKey="k" * 32,
+        SSECustomerKeyMD5=base64.b64encode(hashlib.md5(other).digest()).decode(),
+    )[0] == 400
+    # The aws CLI's --sse-c round trip.
+    key_file = os.path.join(WORK, "sse-c.key")
+    with open(key_file, "wb") as f:
+        f.write(key)
+    with open(key_file + ".md5", "wb") as f:
+        f.write(hashlib.md5(key).digest())
+    with open(os.path.join(WORK, "marker.bin"), "wb") as f:
+        f.write(body)
+    aws("s3", "cp", os.path.join(WORK, "marker.bin"), "s3://cond/cli-secret",
+        "--sse-c", "AES256", "--sse-c-key", f"fileb://{key_file}")
+    aws("s3", "cp", "s3://cond/cli-secret", os.path.join(WORK, "marker.back"),
+        "--sse-c", "AES256", "--sse-c-key", f"fileb://{key_file}")
+    assert open(os.path.join(WORK, "marker.back"), "rb").read() == body
+    assert status_of(s3.get_object, Bucket="cond", Key="cli-secret")[0] == 400
+
+    step("SSE-KMS headers on a GET or HEAD -> 400")
+
+    def add_sse_header(request, **_):
+        request.headers["x-amz-server-side-encryption"] = "aws:kms"
+
+    nosy = client()
+    nosy.meta.events.register("before-sign.s3.GetObject", add_sse_header)
+    nosy.meta.events.register("before-sign.s3.HeadObject", add_sse_header)
+    assert status_of(nosy.get_object, Bucket="cond", Key="plain") == (400, "InvalidArgument")
+    assert status_of(nosy.head_object, Bucket="cond", Key="plain")[0] == 400
+
+    step("a retried CompleteMultipartUpload answers 200 with the same ETag")
+    upload = s3.create_multipart_upload(Bucket="cond", Key="mpu")
+    assert upload["ServerSideEncryption"] == "AES256", upload
+    part = s3.upload_part(
+        Bucket="cond", Key="mpu", UploadId=upload["UploadId"], PartNumber=1, Body=b"z" * 1000
+    )
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+    done = s3.complete_multipart_upload(
+        Bucket="cond", Key="mpu", UploadId=upload["UploadId"], MultipartUpload=parts
+    )
+    again = s3.complete_multipart_upload(
+        Bucket="cond", Key="mpu", UploadId=upload["UploadId"], MultipartUpload=parts
+    )
+    assert again["ETag"] == done["ETag"], (done, again)
+    assert status_of(
+        s3.create_multipart_upload,
+        Bucket="cond",
+        Key="mpu-c",
+        SSECustomerAlgorithm="AES256",
+        SSECustomerKey=key,
+    )[0] == 501
+
+    print("OK: issue 21 items 1-2", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError as err:
+        print(f"FAILED: {err}", file=sys.stderr)
+        raise
