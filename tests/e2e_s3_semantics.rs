@@ -62,9 +62,21 @@ fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
     assert!(files.len() > 5, "{files:?}");
     for path in &files {
         let stored = std::fs::read(path).unwrap();
-        assert!(!contains(&stored, MARKER), "{} holds plaintext", path.display());
-        assert!(!contains(&stored, &customer_key), "{} holds the key", path.display());
-        assert!(!contains(&stored, &key_md5), "{} holds the key's MD5", path.display());
+        assert!(
+            !contains(&stored, MARKER),
+            "{} holds plaintext",
+            path.display()
+        );
+        assert!(
+            !contains(&stored, &customer_key),
+            "{} holds the key",
+            path.display()
+        );
+        assert!(
+            !contains(&stored, &key_md5),
+            "{} holds the key's MD5",
+            path.display()
+        );
     }
 
     // The managed key: made on first use, and every SSE-S3 upload's data key comes

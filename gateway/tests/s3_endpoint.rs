@@ -329,7 +329,11 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-amz-server-side-encryption"), "AES256");
     let r = e.send("GET", "/data", "encryption", &[], b"", &e.signed());
-    assert!(r.text().contains("<SSEAlgorithm>AES256</SSEAlgorithm>"), "{}", r.text());
+    assert!(
+        r.text().contains("<SSEAlgorithm>AES256</SSEAlgorithm>"),
+        "{}",
+        r.text()
+    );
     let config = br#"<ServerSideEncryptionConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>alias/MyKMSKey</KMSMasterKeyID></ApplyServerSideEncryptionByDefault></Rule></ServerSideEncryptionConfiguration>"#;
     let r = e.send("PUT", "/data", "encryption", &[], config, &e.signed());
     assert_eq!(r.status, 200, "{}", r.text());

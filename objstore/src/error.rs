@@ -78,7 +78,9 @@ pub enum Error {
     #[error("InternalError: {path}: corrupted object store file: {what}")]
     Corrupted { path: PathBuf, what: String },
     /// The client's condition (`If-Match`, `If-None-Match`, ...) does not hold.
-    #[error("PreconditionFailed: At least one of the pre-conditions you specified did not hold ({0})")]
+    #[error(
+        "PreconditionFailed: At least one of the pre-conditions you specified did not hold ({0})"
+    )]
     PreconditionFailed(String),
     /// The client read an SSE-C object without sending its key.
     #[error(
@@ -87,9 +89,7 @@ pub enum Error {
     )]
     CustomerKeyRequired,
     /// The client sent an SSE-C key that is not the object's.
-    #[error(
-        "AccessDenied: The SSE-C key provided is not the key the object was encrypted with."
-    )]
+    #[error("AccessDenied: The SSE-C key provided is not the key the object was encrypted with.")]
     CustomerKeyMismatch,
     /// The client sent an SSE-C key for an object that is not SSE-C.
     #[error("InvalidRequest: The encryption parameters are not applicable to this object.")]

@@ -34,8 +34,8 @@ mod store;
 
 pub use bucket_key::{CacheScope, BUCKET_KEY_MAX_AGE, DEFAULT_CACHE_TTL};
 pub use customer_key::CustomerKey;
-pub use format::Sse;
 pub use error::Error;
+pub use format::Sse;
 pub use list::{ListObjectsRequest, MAX_KEYS};
 pub use names::{bucket_arn, object_arn, validate_bucket_name, validate_object_key};
 pub use range::ByteRange;
@@ -45,6 +45,6 @@ pub use store::multipart::{
 };
 pub use store::{
     Acl, BucketEncryption, BucketInfo, Condition, EncryptionRequest, ListObjectsPage,
-    ObjectDownload, ObjectInfo, ObjectStore, PutObjectOptions, SseAlgorithm,
-    DEFAULT_CONTENT_TYPE, MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS,
+    ObjectDownload, ObjectInfo, ObjectStore, PutObjectOptions, SseAlgorithm, DEFAULT_CONTENT_TYPE,
+    MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS,
 };

@@ -1175,7 +1175,8 @@ impl ObjectStore {
             .mode(0o600)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
-        file.lock().map_err(io_err(format!("lock {}", path.display())))?;
+        file.lock()
+            .map_err(io_err(format!("lock {}", path.display())))?;
         Ok(file)
     }
 

@@ -10,7 +10,7 @@ use std::fs;
 use crypto_core::kms::{CreateKeyRequest, DecryptRequest, KeyService, KmsError, LocalKms};
 use crypto_core::trail::{LookupFilter, Trail};
 use objstore::format::ObjectHeader;
-use objstore::{SseAlgorithm, BucketEncryption, CacheScope, ObjectStore, PutObjectOptions};
+use objstore::{BucketEncryption, CacheScope, ObjectStore, PutObjectOptions, SseAlgorithm};
 use proptest::prelude::*;
 use support::{pattern, Lab, OWNER, SEG};
 

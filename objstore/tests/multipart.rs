@@ -7,8 +7,9 @@ use std::fs;
 use std::path::Path;
 
 use md5::{Digest, Md5};
-use objstore::{SseAlgorithm, 
-    BucketEncryption, CompletedPart, Error, PutObjectOptions, MIN_PART_SIZE, S3_ARN_CONTEXT_KEY,
+use objstore::{
+    BucketEncryption, CompletedPart, Error, PutObjectOptions, SseAlgorithm, MIN_PART_SIZE,
+    S3_ARN_CONTEXT_KEY,
 };
 use support::{pattern, Lab};
 

@@ -282,7 +282,10 @@ fn bucket_default_encryption_applies_when_the_put_names_no_key() {
         .store
         .put_object(lab.kms(), "bkt", "k", &mut &b"x"[..], &none)
         .unwrap();
-    assert_eq!((info.sse, info.kms_key_arn.as_str()), (Sse::S3, managed.as_str()));
+    assert_eq!(
+        (info.sse, info.kms_key_arn.as_str()),
+        (Sse::S3, managed.as_str())
+    );
     assert_eq!(lab.get("k").unwrap(), b"x");
     assert_eq!(
         lab.store.bucket_encryption("bkt").unwrap_err().s3_code(),

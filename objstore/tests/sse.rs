@@ -35,7 +35,10 @@ fn sse_s3_is_the_default_and_a_bucket_default_may_name_it() {
         .store
         .put_object(lab.kms(), "bkt", "a", &mut &b"aaa"[..], &s3)
         .unwrap();
-    assert_eq!((info.sse, info.kms_key_arn.clone()), (Sse::S3, managed.clone()));
+    assert_eq!(
+        (info.sse, info.kms_key_arn.clone()),
+        (Sse::S3, managed.clone())
+    );
     assert_eq!(lab.store.head_object("bkt", "a").unwrap().sse, Sse::S3);
     // aws:kms without a key id: the managed key too, reported as SSE-KMS.
     let kms = PutObjectOptions {
@@ -46,7 +49,10 @@ fn sse_s3_is_the_default_and_a_bucket_default_may_name_it() {
         .store
         .put_object(lab.kms(), "bkt", "b", &mut &b"b"[..], &kms)
         .unwrap();
-    assert_eq!((info.sse, info.kms_key_arn.clone()), (Sse::Kms, managed.clone()));
+    assert_eq!(
+        (info.sse, info.kms_key_arn.clone()),
+        (Sse::Kms, managed.clone())
+    );
     // A bucket default of aws:kms with a key wins over the managed key.
     lab.store
         .put_bucket_encryption(
@@ -62,7 +68,10 @@ fn sse_s3_is_the_default_and_a_bucket_default_may_name_it() {
         .store
         .put_object(lab.kms(), "bkt", "c", &mut &b"c"[..], &Default::default())
         .unwrap();
-    assert_eq!((info.sse, info.kms_key_arn.clone()), (Sse::Kms, lab.key_arn.clone()));
+    assert_eq!(
+        (info.sse, info.kms_key_arn.clone()),
+        (Sse::Kms, lab.key_arn.clone())
+    );
     // AES256 with a key id is refused, as S3 does.
     assert!(lab
         .store
@@ -187,7 +196,10 @@ fn conditional_writes_and_deletes_hold_at_commit() {
         .store
         .put_object(lab.kms(), "bkt", "k", &mut &b"two"[..], &absent)
         .unwrap_err();
-    assert_eq!((again.s3_code().as_ref(), again.http_status()), ("PreconditionFailed", 412));
+    assert_eq!(
+        (again.s3_code().as_ref(), again.http_status()),
+        ("PreconditionFailed", 412)
+    );
     assert_eq!(lab.get("k").unwrap(), b"one");
     let stale = PutObjectOptions {
         condition: Some(Condition::EtagMatches("\"0123\"".into())),

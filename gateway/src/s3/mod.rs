@@ -885,11 +885,15 @@ impl S3Service {
             Op::GetBucketEncryption => {
                 // Every bucket without a configuration encrypts with SSE-S3, and S3
                 // reports that default.
-                let encryption = self.store.bucket(bucket)?.encryption.unwrap_or(BucketEncryption {
-                    algorithm: SseAlgorithm::Aes256,
-                    kms_key_id: None,
-                    bucket_key_enabled: false,
-                });
+                let encryption =
+                    self.store
+                        .bucket(bucket)?
+                        .encryption
+                        .unwrap_or(BucketEncryption {
+                            algorithm: SseAlgorithm::Aes256,
+                            kms_key_id: None,
+                            bucket_key_enabled: false,
+                        });
                 let mut w = XmlWriter::new("ServerSideEncryptionConfiguration");
                 w.open("Rule")
                     .open("ApplyServerSideEncryptionByDefault")
@@ -939,7 +943,8 @@ impl S3Service {
                     }
                 }
                 let if_match = header(&parts.headers, "if-match")?;
-                self.store.delete_object_if(bucket, &request.key, if_match)?;
+                self.store
+                    .delete_object_if(bucket, &request.key, if_match)?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::DeleteObjects => self.delete_objects(bucket, parts, body),
@@ -1137,7 +1142,10 @@ fn parse_http_date(text: &str) -> Option<OffsetDateTime> {
 /// The conditions of a GET or HEAD (RFC 9110 section 13.2.2, as S3 applies them):
 /// PreconditionFailed for a failed `If-Match` / `If-Unmodified-Since`, a 304 answer
 /// for a failed `If-None-Match` / `If-Modified-Since`, `None` to go on.
-fn read_conditions(headers: &HeaderMap, info: &ObjectInfo) -> Result<Option<S3Answer>, GatewayError> {
+fn read_conditions(
+    headers: &HeaderMap,
+    info: &ObjectInfo,
+) -> Result<Option<S3Answer>, GatewayError> {
     let matches = |value: &str| {
         value.split(',').any(|one| {
             let one = one.trim();
@@ -1174,7 +1182,11 @@ fn read_conditions(headers: &HeaderMap, info: &ObjectInfo) -> Result<Option<S3An
     }
     let mut answer = S3Answer::empty(StatusCode::NOT_MODIFIED);
     insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
-    insert(&mut answer.headers, "last-modified", &http_date(info.last_modified));
+    insert(
+        &mut answer.headers,
+        "last-modified",
+        &http_date(info.last_modified),
+    );
     Ok(Some(answer))
 }
 
@@ -1223,13 +1235,15 @@ fn customer_key(headers: &HeaderMap) -> Result<Option<(CustomerKey, String)>, Ga
             "The secret key was invalid for the specified algorithm.".into(),
         )
     })?);
-    let key = CustomerKey::new(&bytes)
-        .map_err(|_| GatewayError::InvalidArgument("The secret key was invalid for the specified algorithm.".into()))?;
+    let key = CustomerKey::new(&bytes).map_err(|_| {
+        GatewayError::InvalidArgument(
+            "The secret key was invalid for the specified algorithm.".into(),
+        )
+    })?;
     let claimed = BASE64.decode(md5.trim()).ok();
     if claimed.as_deref() != Some(&key.md5()[..]) {
         return Err(GatewayError::InvalidArgument(
-            "The calculated MD5 hash of the key did not match the hash that was provided."
-                .into(),
+            "The calculated MD5 hash of the key did not match the hash that was provided.".into(),
         ));
     }
     let md5 = BASE64.encode(key.md5());
