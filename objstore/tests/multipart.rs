@@ -207,7 +207,16 @@ fn part_lists_are_checked_as_s3_does() {
         .unwrap();
     assert!(info.etag.ends_with("-2"));
     assert_eq!(lab.get("k").unwrap(), [big, small].concat());
-    let err = complete(&[(2, &e2), (3, &e3)]);
+    // A retry of that Complete (its answer lost) gets the object, as on S3; another
+    // part list for the finished upload does not.
+    let again = lab
+        .store
+        .complete_multipart_upload(lab.kms(), "bkt", "k", id, &completed(&[(2, &e2), (3, &e3)]))
+        .unwrap();
+    assert_eq!(again.etag, info.etag);
+    let err = complete(&[(2, &e2)]);
+    assert_eq!(err.s3_code(), "NoSuchUpload");
+    let err = complete(&[(2, &e2), (3, "not hex")]);
     assert_eq!(err.s3_code(), "NoSuchUpload");
 }
 
