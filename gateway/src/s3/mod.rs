@@ -10,6 +10,7 @@
 //! object, and S3 refuses even that for SSE-KMS objects (every atrest object), with
 //! its own message.
 
+mod copy;
 mod multipart;
 pub mod upload;
 pub mod xml;
@@ -613,7 +614,17 @@ impl S3Service {
                 return Err(GatewayError::AccessDenied("Access Denied".into()));
             }
         }
+        let copy = parts.headers.contains_key("x-amz-copy-source");
         match request.operation {
+            Op::PutObject if copy => {
+                read_small(&mut body)?;
+                self.copy_object(&kms, &principal, &request, parts)
+            }
+            Op::UploadPart if copy => {
+                read_small(&mut body)?;
+                let (part_number, upload_id) = multipart::part_target(&request)?;
+                self.upload_part_copy(&kms, &principal, &request, parts, part_number, upload_id)
+            }
             Op::PutObject => self.put_object(&kms, &request, parts, &mut body),
             Op::GetObject => self.get_object(&kms, &request, parts, true),
             Op::HeadObject => self.get_object(&kms, &request, parts, false),
@@ -686,11 +697,6 @@ impl S3Service {
         body: &mut UploadBody<&mut dyn BufRead>,
     ) -> Result<S3Answer, GatewayError> {
         let headers = &parts.headers;
-        if headers.contains_key("x-amz-copy-source") {
-            return Err(GatewayError::NotImplemented(
-                "CopyObject is not implemented".into(),
-            ));
-        }
         let opts = put_options(headers)?;
         let bucket_key = bucket_key_header(headers)?;
         self.ensure_managed_key(kms, &request.bucket, &opts)?;
@@ -1193,6 +1199,7 @@ fn read_conditions(
 const SSE_C_ALGORITHM: &str = "x-amz-server-side-encryption-customer-algorithm";
 const SSE_C_KEY: &str = "x-amz-server-side-encryption-customer-key";
 const SSE_C_KEY_MD5: &str = "x-amz-server-side-encryption-customer-key-md5";
+const SSE_C_HEADERS: [&str; 3] = [SSE_C_ALGORITHM, SSE_C_KEY, SSE_C_KEY_MD5];
 
 /// The SSE-C headers of a request: none, or all three, consistent (AES256, a 256-bit
 /// key, its MD5). The key is never logged or echoed; only its MD5 is.

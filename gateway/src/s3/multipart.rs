@@ -44,6 +44,20 @@ fn upload_encryption_headers(headers: &mut HeaderMap, upload: &MultipartUpload) 
     }
 }
 
+/// The part number and upload id of an UploadPart (or UploadPartCopy).
+pub(super) fn part_target(request: &S3Request) -> Result<(u32, &str), GatewayError> {
+    let part_number = request
+        .param("partNumber")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+        .ok_or_else(|| {
+            GatewayError::InvalidArgument(format!(
+                "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
+            ))
+        })?;
+    Ok((part_number, upload_id(request)?))
+}
+
 /// The parts of a CompleteMultipartUpload body, in document order.
 fn completed_parts(body: &[u8]) -> Result<Vec<CompletedPart>, GatewayError> {
     let doc = XmlDocument::parse(body, "CompleteMultipartUpload")?;
@@ -84,20 +98,7 @@ impl S3Service {
         body: &mut UploadBody<&mut dyn BufRead>,
     ) -> Result<S3Answer, GatewayError> {
         let headers = &parts.headers;
-        if headers.contains_key("x-amz-copy-source") {
-            return Err(GatewayError::NotImplemented(
-                "UploadPartCopy is not implemented".into(),
-            ));
-        }
-        let part_number = request
-            .param("partNumber")
-            .and_then(|n| n.parse::<u32>().ok())
-            .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
-            .ok_or_else(|| {
-                GatewayError::InvalidArgument(format!(
-                    "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
-                ))
-            })?;
+        let (part_number, upload_id) = part_target(request)?;
         if super::customer_key(headers)?.is_some() {
             return Err(GatewayError::Object(
                 objstore::Error::CustomerKeyNotApplicable,
@@ -110,7 +111,7 @@ impl S3Service {
                 kms,
                 &request.bucket,
                 &request.key,
-                upload_id(request)?,
+                upload_id,
                 part_number,
                 body,
                 content_md5,
