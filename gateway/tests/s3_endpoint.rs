@@ -1350,3 +1350,112 @@ fn multipart_uploads_stream_parts_through_aws_chunked_bodies() {
         .unwrap()
         .any(|_| true));
 }
+
+#[test]
+fn copies_and_buckets_stay_inside_their_account() {
+    let e = Endpoint::start();
+    e.make_bucket("mine");
+    let r = e.put_object("/mine/secret", b"mine only", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
+    let as_other = Auth::Header {
+        credentials: &other,
+        payload_hash: None,
+        at: OffsetDateTime::now_utc(),
+    };
+    // Bucket names are global: another account gets BucketAlreadyExists, and its
+    // ListBuckets does not show the bucket.
+    let r = e.send("PUT", "/mine", "", &[], b"", &as_other);
+    assert_eq!((r.status, r.code().as_str()), (409, "BucketAlreadyExists"));
+    let r = e.send("PUT", "/theirs", "", &[], b"", &as_other);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = e.send("GET", "/", "", &[], b"", &as_other);
+    assert!(r.text().contains("<Name>theirs</Name>") && !r.text().contains("<Name>mine</Name>"));
+    // Another account cannot copy out of the bucket, into its own or into ours.
+    for target in ["/theirs/stolen", "/mine/stolen"] {
+        let r = e.send(
+            "PUT",
+            target,
+            "",
+            &[("x-amz-copy-source", "/mine/secret")],
+            b"",
+            &as_other,
+        );
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "AccessDenied"),
+            "{target}"
+        );
+    }
+    // Nor through UploadPartCopy into an upload of its own.
+    let r = e.send("POST", "/theirs/parts", "uploads", &[], b"", &as_other);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = xml_leaf(&r, "UploadId");
+    let r = e.send(
+        "PUT",
+        "/theirs/parts",
+        &format!("partNumber=1&uploadId={id}"),
+        &[("x-amz-copy-source", "mine/secret")],
+        b"",
+        &as_other,
+    );
+    assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
+    // A copy source that names no key, or a version, is refused.
+    for source in ["/mine", "mine/", "/mine/secret?versionId=3"] {
+        let r = e.send(
+            "PUT",
+            "/mine/x",
+            "",
+            &[("x-amz-copy-source", source)],
+            b"",
+            &e.signed(),
+        );
+        assert!(r.status == 400 || r.status == 501, "{source}: {}", r.status);
+    }
+    assert!(!e.object_exists("/mine/x"));
+}
+
+#[test]
+fn read_conditions_follow_rfc_9110_order() {
+    let e = Endpoint::start();
+    e.make_bucket("cond");
+    let r = e.put_object("/cond/k", b"body", &[]);
+    let etag = r.header("etag").to_owned();
+    let code = |extra: &[(&str, &str)]| e.get("/cond/k", extra).status;
+    let later = "Fri, 01 Jan 2100 00:00:00 GMT";
+    let earlier = "Mon, 01 Jan 2001 00:00:00 GMT";
+    // If-Match holds, so a failing If-Unmodified-Since is ignored (as S3).
+    assert_eq!(
+        code(&[("if-match", &etag), ("if-unmodified-since", earlier)]),
+        200
+    );
+    assert_eq!(code(&[("if-match", "\"nope\"")]), 412);
+    assert_eq!(code(&[("if-match", "*")]), 200);
+    assert_eq!(code(&[("if-unmodified-since", earlier)]), 412);
+    // If-None-Match does not match, so If-Modified-Since is ignored.
+    assert_eq!(
+        code(&[("if-none-match", "\"nope\""), ("if-modified-since", later)]),
+        200
+    );
+    assert_eq!(code(&[("if-none-match", &etag)]), 304);
+    assert_eq!(code(&[("if-modified-since", later)]), 304);
+    assert_eq!(code(&[("if-modified-since", earlier)]), 200);
+    // A date that is not an HTTP date is ignored, as RFC 9110 says.
+    assert_eq!(code(&[("if-modified-since", "yesterday")]), 200);
+    let r = e.get("/cond/k", &[("if-none-match", &etag)]);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), etag);
+    // Writes: other If-None-Match values are refused, never ignored.
+    let r = e.put_object("/cond/k", b"new", &[("if-none-match", "\"abc\"")]);
+    assert_eq!(r.status, 501);
+    let r = e.send(
+        "DELETE",
+        "/cond/k",
+        "",
+        &[("x-amz-if-match-size", "4")],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(r.status, 501);
+    assert_eq!(e.get("/cond/k", &[]).body, b"body");
+}

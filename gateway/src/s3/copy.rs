@@ -62,7 +62,10 @@ fn source_conditions(headers: &HeaderMap, info: &ObjectInfo) -> Result<(), Gatew
         ("x-amz-copy-source-if-match", "if-match"),
         ("x-amz-copy-source-if-none-match", "if-none-match"),
         ("x-amz-copy-source-if-modified-since", "if-modified-since"),
-        ("x-amz-copy-source-if-unmodified-since", "if-unmodified-since"),
+        (
+            "x-amz-copy-source-if-unmodified-since",
+            "if-unmodified-since",
+        ),
     ] {
         if let Some(value) = headers.get(from) {
             renamed.insert(to, value.clone());
@@ -146,7 +149,9 @@ impl S3Service {
         let (src_bucket, src_key) = copy_source(headers)?;
         let changes_encryption = headers.keys().any(|name| {
             name.as_str().starts_with("x-amz-server-side-encryption")
-                && !name.as_str().starts_with("x-amz-server-side-encryption-customer-key-md5")
+                && !name
+                    .as_str()
+                    .starts_with("x-amz-server-side-encryption-customer-key-md5")
         });
         if src_bucket == request.bucket && src_key == request.key && !replace && !changes_encryption
         {
