@@ -36,7 +36,7 @@ pub use bucket_key::{CacheScope, BUCKET_KEY_MAX_AGE, DEFAULT_CACHE_TTL};
 pub use customer_key::CustomerKey;
 pub use error::Error;
 pub use format::Sse;
-pub use list::{ListObjectsRequest, MAX_KEYS};
+pub use list::{marker_token, ListObjectsRequest, MAX_KEYS};
 pub use names::{bucket_arn, object_arn, validate_bucket_name, validate_object_key};
 pub use range::ByteRange;
 pub use reader::ObjectReader;

@@ -57,6 +57,7 @@ pub enum S3Operation {
     GetBucketEncryption,
     DeleteBucketEncryption,
     ListObjectsV2,
+    ListObjects,
     PutObject,
     GetObject,
     HeadObject,
@@ -170,13 +171,7 @@ impl S3Request {
                     }
                     Op::ListObjectsV2
                 }
-                Method::GET if sub.is_empty() => {
-                    return Err(GatewayError::NotImplemented(
-                        "ListObjects (version 1) is not implemented; use ListObjectsV2 \
-                         (list-type=2)"
-                            .into(),
-                    ))
-                }
+                Method::GET if sub.is_empty() => Op::ListObjects,
                 Method::HEAD if sub.is_empty() => Op::HeadBucket,
                 Method::POST if only("delete") => Op::DeleteObjects,
                 Method::GET if only("uploads") => Op::ListMultipartUploads,
@@ -924,6 +919,7 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::ListObjectsV2 => self.list_objects_v2(request),
+            Op::ListObjects => self.list_objects_v1(request),
             Op::PutObjectAcl => {
                 let acl = match header(&parts.headers, "x-amz-acl")? {
                     Some(canned) => Acl::parse(canned)?,
@@ -1020,6 +1016,75 @@ impl S3Service {
         Ok(S3Answer::xml(w.finish("DeleteResult")))
     }
 
+    /// ListObjects (version 1, rclone's and s3fs's default): `marker` instead of
+    /// continuation tokens, `NextMarker` on a truncated page, owners always shown.
+    fn list_objects_v1(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
+        let url = encoding_type(request)?;
+        let prefix = request.param("prefix").unwrap_or_default().to_owned();
+        let delimiter = request.param("delimiter").unwrap_or_default().to_owned();
+        let marker = request.param("marker").filter(|m| !m.is_empty());
+        let req = ListObjectsRequest {
+            continuation_token: marker.map(|m| objstore::marker_token(m, &prefix, &delimiter)),
+            prefix,
+            delimiter,
+            max_keys: max_keys(request)?,
+            start_after: None,
+        };
+        let page = self.store.list_objects_v2(&request.bucket, &req)?;
+        let owner = self.store.bucket(&request.bucket)?.owner;
+        let enc = |text: &str| {
+            if url {
+                sigv4::uri_encode(text, false)
+            } else {
+                text.to_owned()
+            }
+        };
+        let mut w = XmlWriter::new("ListBucketResult");
+        w.leaf("Name", &request.bucket)
+            .leaf("Prefix", &enc(&req.prefix))
+            .leaf("Marker", &enc(marker.unwrap_or_default()))
+            .leaf(
+                "MaxKeys",
+                &req.max_keys
+                    .unwrap_or(objstore::MAX_KEYS)
+                    .min(objstore::MAX_KEYS)
+                    .to_string(),
+            );
+        if !req.delimiter.is_empty() {
+            w.leaf("Delimiter", &enc(&req.delimiter));
+        }
+        w.leaf(
+            "IsTruncated",
+            if page.is_truncated() { "true" } else { "false" },
+        );
+        if page.is_truncated() {
+            // The page's last entry, key or common prefix, whichever sorts later.
+            let last_key = page.objects.last().map(|o| o.key.as_str());
+            let last_prefix = page.common_prefixes.last().map(String::as_str);
+            if let Some(next) = last_key.max(last_prefix) {
+                w.leaf("NextMarker", &enc(next));
+            }
+        }
+        if url {
+            w.leaf("EncodingType", "url");
+        }
+        for object in &page.objects {
+            w.open("Contents")
+                .leaf("Key", &enc(&object.key))
+                .leaf("LastModified", &iso_date(object.last_modified))
+                .leaf("ETag", &format!("\"{}\"", object.etag))
+                .leaf("Size", &object.size.to_string());
+            owner_xml(&mut w, &owner);
+            w.leaf("StorageClass", "STANDARD").close("Contents");
+        }
+        for prefix in &page.common_prefixes {
+            w.open("CommonPrefixes")
+                .leaf("Prefix", &enc(prefix))
+                .close("CommonPrefixes");
+        }
+        Ok(S3Answer::xml(w.finish("ListBucketResult")))
+    }
+
     fn list_objects_v2(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
         let url = match request.param("encoding-type") {
             None => false,
@@ -1109,6 +1174,31 @@ impl S3Service {
         }
         Ok(S3Answer::xml(w.finish("ListBucketResult")))
     }
+}
+
+/// `encoding-type` of a listing: `url` or nothing.
+fn encoding_type(request: &S3Request) -> Result<bool, GatewayError> {
+    match request.param("encoding-type") {
+        None => Ok(false),
+        Some("url") => Ok(true),
+        Some(_) => Err(GatewayError::InvalidArgument(
+            "Invalid Encoding Method specified in Request".into(),
+        )),
+    }
+}
+
+/// `max-keys` of a listing.
+fn max_keys(request: &S3Request) -> Result<Option<usize>, GatewayError> {
+    request
+        .param("max-keys")
+        .map(|text| {
+            text.parse::<usize>().map_err(|_| {
+                GatewayError::InvalidArgument(
+                    "Provided max-keys not an integer or within integer range".into(),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// Reads the whole (small) body of a configuration request, through its checks.
