@@ -18,8 +18,12 @@ use sha2::{Digest, Sha256};
 
 /// First bytes of every object file.
 pub const MAGIC: [u8; 8] = *b"ATRS3OBJ";
-/// The format version this code writes and reads.
+/// The format version this code writes for an object without system metadata (and
+/// reads).
 pub const VERSION: u16 = 1;
+/// Version 1 plus a system-metadata field at the end of the bound part (written only
+/// when there is system metadata, so other objects stay readable by older builds).
+pub const VERSION_SYSTEM_METADATA: u16 = 2;
 /// Plaintext bytes per segment (every segment but the last is exactly this long).
 pub const SEGMENT_SIZE: u32 = 64 * 1024;
 /// AES-GCM tag appended to every segment.
@@ -120,6 +124,10 @@ pub struct BoundHeader {
     pub encryption_context: BTreeMap<String, String>,
     /// `x-amz-meta-*` pairs, names lower-case.
     pub user_metadata: BTreeMap<String, String>,
+    /// The stored HTTP headers (`cache-control`, `content-disposition`,
+    /// `content-encoding`, `content-language`, `expires`), names lower-case. Non-empty
+    /// only in version 2 headers.
+    pub system_metadata: BTreeMap<String, String>,
     pub nonce_prefix: [u8; NONCE_PREFIX_LEN],
     /// The server-side encryption mode (the header's cipher field, with
     /// `bucket_key_salt`).
@@ -184,7 +192,9 @@ impl BoundHeader {
                 ));
             }
         }
-        let fields: [(&str, usize, usize); 8] = [
+        let system = self.system_pairs();
+        let fields: [(&str, usize, usize); 9] = [
+            ("system metadata", system.len(), MAX_USER_METADATA_LEN),
             ("bucket name", self.bucket.len(), 63),
             ("object key", self.key.len(), MAX_OBJECT_KEY_LEN),
             ("key ARN", self.key_arn.len(), MAX_KEY_ARN_LEN),
@@ -214,6 +224,23 @@ impl BoundHeader {
             total += len;
         }
         Ok(total)
+    }
+
+    /// The encoded system metadata: nothing in version 1.
+    fn system_pairs(&self) -> Vec<u8> {
+        if self.system_metadata.is_empty() {
+            Vec::new()
+        } else {
+            encode_pairs(&self.system_metadata)
+        }
+    }
+
+    fn version(&self) -> u16 {
+        if self.system_metadata.is_empty() {
+            VERSION
+        } else {
+            VERSION_SYSTEM_METADATA
+        }
     }
 
     /// What the wrapped-key field holds before the wrapped key.
@@ -251,7 +278,7 @@ impl ObjectHeader {
         let user = encode_pairs(&b.user_metadata);
         let mut out = Vec::with_capacity(total);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&b.version().to_le_bytes());
         out.extend_from_slice(&b.cipher().to_le_bytes());
         out.extend_from_slice(&(total as u32).to_le_bytes());
         out.extend_from_slice(&SEGMENT_SIZE.to_le_bytes());
@@ -276,6 +303,7 @@ impl ObjectHeader {
         out.extend_from_slice(b.content_type.as_bytes());
         out.extend_from_slice(&context);
         out.extend_from_slice(&user);
+        out.extend_from_slice(&b.system_pairs());
         debug_assert_eq!(out.len(), bound_len);
         let s = &self.summary;
         out.extend_from_slice(&s.plaintext_len.to_le_bytes());
@@ -321,7 +349,7 @@ impl ObjectHeader {
             return Err(bad("header checksum mismatch"));
         }
         let version = u16_at(bytes, OFF_VERSION);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_SYSTEM_METADATA {
             return Err(bad(format!("unsupported format version {version}")));
         }
         let cipher = u16_at(bytes, OFF_CIPHER);
@@ -348,11 +376,17 @@ impl ObjectHeader {
         let lens: Vec<usize> = (0..7)
             .map(|i| usize::from(u16_at(bytes, OFF_BUCKET_LEN + 2 * i)))
             .collect();
-        let bound_end = OFF_VARIABLE + lens.iter().sum::<usize>();
-        if bound_end + SUMMARY_LEN + CHECKSUM_LEN != total {
+        let fields_end = OFF_VARIABLE + lens.iter().sum::<usize>();
+        // Version 2: the system metadata fills the rest of the bound part.
+        let bound_end = total - SUMMARY_LEN - CHECKSUM_LEN;
+        let fits = match version {
+            VERSION => fields_end == bound_end,
+            _ => fields_end < bound_end,
+        };
+        if !fits {
             return Err(bad(format!(
                 "field lengths add up to {} bytes, not the header's {total}",
-                bound_end + SUMMARY_LEN + CHECKSUM_LEN
+                fields_end + SUMMARY_LEN + CHECKSUM_LEN
             )));
         }
         let mut cursor = Cursor {
@@ -394,6 +428,16 @@ impl ObjectHeader {
             .map_err(|e| bad(format!("encryption context: {e}")))?;
         let user_metadata = decode_pairs(cursor.take(lens[6], "user metadata")?)
             .map_err(|e| bad(format!("user metadata: {e}")))?;
+        let system_metadata = if version == VERSION {
+            BTreeMap::new()
+        } else {
+            let pairs = decode_pairs(cursor.take(bound_end - fields_end, "system metadata")?)
+                .map_err(|e| bad(format!("system metadata: {e}")))?;
+            if pairs.is_empty() {
+                return Err(bad("a version 2 header with no system metadata"));
+            }
+            pairs
+        };
         let bound = BoundHeader {
             bucket,
             key,
@@ -403,6 +447,7 @@ impl ObjectHeader {
             content_type,
             encryption_context,
             user_metadata,
+            system_metadata,
             nonce_prefix,
             sse,
         };
@@ -573,6 +618,7 @@ mod tests {
                     "arn:aws:s3:::photos/2026/clock.png".into(),
                 )]),
                 user_metadata: BTreeMap::from([("owner".into(), "me".into())]),
+                system_metadata: BTreeMap::new(),
                 nonce_prefix: [1, 2, 3, 4, 5, 6, 7, 8],
                 sse: Sse::Kms,
             },
@@ -670,6 +716,25 @@ mod tests {
             .prop_filter("fits", move |s| s.len() <= max)
     }
 
+    #[test]
+    fn system_metadata_makes_a_version_2_header_and_only_then() {
+        let v1 = sample().encode().unwrap();
+        assert_eq!(u16_at(&v1, OFF_VERSION), VERSION);
+        let mut h = sample();
+        h.bound.system_metadata = BTreeMap::from([("cache-control".into(), "no-cache".into())]);
+        let v2 = h.encode().unwrap();
+        assert_eq!(u16_at(&v2, OFF_VERSION), VERSION_SYSTEM_METADATA);
+        assert_eq!(ObjectHeader::decode(&v2).unwrap(), h);
+        // Version 1 bytes relabelled as version 2 (checksum fixed): no system metadata.
+        let mut forged = v1.clone();
+        forged[OFF_VERSION..OFF_VERSION + 2]
+            .copy_from_slice(&VERSION_SYSTEM_METADATA.to_le_bytes());
+        let end = forged.len() - CHECKSUM_LEN;
+        let sum = Sha256::digest(&forged[..end]);
+        forged[end..].copy_from_slice(&sum);
+        assert!(ObjectHeader::decode(&forged).is_err());
+    }
+
     proptest! {
         #[test]
         fn prop_round_trip(
@@ -681,6 +746,7 @@ mod tests {
             prefix in any::<[u8; 8]>(),
             salt in any::<Option<[u8; 32]>>(),
             sse_s3 in any::<bool>(),
+            system in proptest::collection::btree_map("[a-z-]{1,20}", arb_text(40), 0..3),
             len in 0..MAX_OBJECT_SIZE,
             etag in any::<[u8; 16]>(),
             ms in any::<i64>(),
@@ -689,7 +755,8 @@ mod tests {
                 bound: BoundHeader {
                     bucket, key, key_arn: "arn:aws:kms:local:000000000000:key/x".into(),
                     wrapped_key: wrapped, bucket_key_salt: salt, content_type: "text/plain".into(),
-                    encryption_context: ctx, user_metadata: meta, nonce_prefix: prefix,
+                    encryption_context: ctx, user_metadata: meta, system_metadata: system,
+                    nonce_prefix: prefix,
                     sse: if sse_s3 { Sse::S3 } else { Sse::Kms },
                 },
                 summary: Summary { plaintext_len: len, etag, last_modified_ms: ms },

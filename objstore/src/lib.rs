@@ -46,5 +46,5 @@ pub use store::multipart::{
 pub use store::{
     Acl, BucketEncryption, BucketInfo, Condition, EncryptionRequest, ListObjectsPage,
     ObjectDownload, ObjectInfo, ObjectStore, PutObjectOptions, SseAlgorithm, DEFAULT_CONTENT_TYPE,
-    MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS,
+    MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS, SYSTEM_METADATA,
 };

@@ -51,6 +51,15 @@ pub const S3_ARN_CONTEXT_KEY: &str = "aws:s3:arn";
 /// The AWS managed key SSE-S3 objects are encrypted under (created on first use by
 /// the S3 front end: `LocalKms::aws_managed_key`).
 pub const SSE_S3_KEY_ALIAS: &str = crypto_core::kms::AWS_MANAGED_S3_ALIAS;
+/// The HTTP headers a PUT may store with an object (names as the header map has
+/// them), returned on GET and HEAD.
+pub const SYSTEM_METADATA: [&str; 5] = [
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+];
 /// S3's content type for an object uploaded without one.
 pub const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
 /// S3's limit on user-defined metadata: names plus values, in bytes.
@@ -195,6 +204,9 @@ pub struct PutObjectOptions {
     /// `Content-MD5` (decoded): the upload fails with BadDigest when it differs.
     pub content_md5: Option<[u8; 16]>,
     pub encryption: EncryptionRequest,
+    /// Stored HTTP headers, names lower-case: `cache-control`, `content-disposition`,
+    /// `content-encoding`, `content-language`, `expires` ([`SYSTEM_METADATA`]).
+    pub system_metadata: BTreeMap<String, String>,
     /// PreconditionFailed (or NoSuchKey for `If-Match` on no object) unless it holds
     /// when the object is replaced.
     pub condition: Option<Condition>,
@@ -211,6 +223,8 @@ pub struct ObjectInfo {
     pub etag: String,
     pub content_type: String,
     pub user_metadata: BTreeMap<String, String>,
+    /// The stored HTTP headers ([`SYSTEM_METADATA`]).
+    pub system_metadata: BTreeMap<String, String>,
     /// ARN of the CMK that wrapped the object's data key
     /// (`x-amz-server-side-encryption-aws-kms-key-id`).
     pub kms_key_arn: String,
@@ -926,6 +940,15 @@ impl ObjectStore {
             .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
         check_text("the content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
         check_user_metadata(&opts.user_metadata)?;
+        for (name, value) in &opts.system_metadata {
+            if !SYSTEM_METADATA.contains(&name.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "'{}' is not a header atrest stores",
+                    name.chars().take(64).collect::<String>()
+                )));
+            }
+            check_text(name, value, MAX_USER_METADATA_BYTES)?;
+        }
         let context = object_context(bucket, key, &opts.encryption_context)?;
         let customer = matches!(sse, PlannedSse::Customer(_));
         if customer && !opts.encryption_context.is_empty() {
@@ -1033,6 +1056,7 @@ impl ObjectStore {
             content_type,
             encryption_context: upload_key.context.clone(),
             user_metadata: opts.user_metadata.clone(),
+            system_metadata: opts.system_metadata.clone(),
             nonce_prefix: [0; NONCE_PREFIX_LEN],
             sse: upload_key.sse,
         };
@@ -1273,6 +1297,7 @@ impl ObjectStore {
             etag,
             content_type: b.content_type.clone(),
             user_metadata: b.user_metadata.clone(),
+            system_metadata: b.system_metadata.clone(),
             kms_key_arn: b.key_arn.clone(),
             encryption_context: b.encryption_context.clone(),
             bucket_key_enabled: b.bucket_key_salt.is_some(),

@@ -325,6 +325,38 @@ def main():
     )
     assert s3.get_object(Bucket="fresh", Key="pieces")["Body"].read() == big[: 5 << 20] + b"ell"
 
+    step("stored headers and response-* overrides")
+    s3.put_object(
+        Bucket="fresh", Key="headers", Body=b"<p>hi</p>", ContentType="text/html",
+        CacheControl="max-age=60", ContentDisposition='attachment; filename="hi.html"',
+        ContentEncoding="identity", ContentLanguage="en-GB",
+        Expires=datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+    )
+    for got in (
+        s3.head_object(Bucket="fresh", Key="headers"),
+        s3.get_object(Bucket="fresh", Key="headers"),
+    ):
+        assert got["CacheControl"] == "max-age=60", got
+        assert got["ContentDisposition"] == 'attachment; filename="hi.html"', got
+        assert got["ContentEncoding"] == "identity", got
+        assert got["ContentLanguage"] == "en-GB", got
+        assert got["ResponseMetadata"]["HTTPHeaders"]["expires"] == "Wed, 02 Jan 2030 03:04:05 GMT"
+    got = s3.get_object(
+        Bucket="fresh", Key="headers", ResponseContentType="text/plain",
+        ResponseCacheControl="no-store", ResponseContentDisposition="inline",
+        ResponseContentLanguage="fr", ResponseContentEncoding="br",
+        ResponseExpires=datetime.datetime(2031, 1, 1, tzinfo=datetime.timezone.utc),
+    )
+    assert (got["ContentType"], got["CacheControl"], got["ContentDisposition"]) == (
+        "text/plain", "no-store", "inline"), got
+    assert (got["ContentLanguage"], got["ContentEncoding"]) == ("fr", "br"), got
+    assert got["Body"].read() == b"<p>hi</p>"
+    s3.copy_object(Bucket="fresh", Key="headers-copy", CopySource="fresh/headers")
+    assert s3.head_object(Bucket="fresh", Key="headers-copy")["CacheControl"] == "max-age=60"
+    # aws-chunked is the upload's encoding, not the object's.
+    aws("s3api", "put-object", "--bucket", "fresh", "--key", "chunked", "--body", local)
+    assert "ContentEncoding" not in s3.head_object(Bucket="fresh", Key="chunked")
+
     print("OK: issue 21 items 1-2", flush=True)
 
 

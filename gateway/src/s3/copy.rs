@@ -166,6 +166,7 @@ impl S3Service {
         if !replace {
             opts.content_type = Some(download.info.content_type.clone());
             opts.user_metadata = download.info.user_metadata.clone();
+            opts.system_metadata = download.info.system_metadata.clone();
         }
         let bucket_key = bucket_key_header(headers)?;
         self.ensure_managed_key(kms, &request.bucket, &opts)?;

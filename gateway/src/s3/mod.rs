@@ -441,6 +441,14 @@ fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
     insert(headers, "last-modified", &http_date(info.last_modified));
     insert(headers, "content-type", &info.content_type);
     insert(headers, "accept-ranges", "bytes");
+    for (name, value) in &info.system_metadata {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
     encryption_headers(headers, info);
     for (name, value) in &info.user_metadata {
         if let (Ok(name), Ok(value)) = (
@@ -754,6 +762,7 @@ impl S3Service {
                 None => info.size,
             };
             insert(&mut answer.headers, "content-length", &length.to_string());
+            response_overrides(&mut answer.headers, request);
             return Ok(answer);
         }
         let download =
@@ -772,9 +781,7 @@ impl S3Service {
                 &format!("bytes {first}-{last}/{}", download.info.size),
             );
         }
-        if let Some(content_type) = request.param("response-content-type") {
-            insert(&mut answer.headers, "content-type", content_type);
-        }
+        response_overrides(&mut answer.headers, request);
         answer.body = S3Body::Object(Box::new(download.body));
         Ok(answer)
     }
@@ -1176,6 +1183,23 @@ impl S3Service {
     }
 }
 
+/// GetObject's and HeadObject's `response-*` query parameters: the answer's headers
+/// as the (signed) request asks, whatever the object stores.
+fn response_overrides(headers: &mut HeaderMap, request: &S3Request) {
+    for (param, name) in [
+        ("response-content-type", "content-type"),
+        ("response-content-language", "content-language"),
+        ("response-expires", "expires"),
+        ("response-cache-control", "cache-control"),
+        ("response-content-disposition", "content-disposition"),
+        ("response-content-encoding", "content-encoding"),
+    ] {
+        if let Some(value) = request.param(param) {
+            insert(headers, name, value);
+        }
+    }
+}
+
 /// `encoding-type` of a listing: `url` or nothing.
 fn encoding_type(request: &S3Request) -> Result<bool, GatewayError> {
     match request.param("encoding-type") {
@@ -1435,7 +1459,28 @@ fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
         }
     }
     let content_md5 = content_md5(headers)?;
+    let mut system_metadata = BTreeMap::new();
+    for name in objstore::SYSTEM_METADATA {
+        let Some(value) = header(headers, name)? else {
+            continue;
+        };
+        // `aws-chunked` describes this request's body, not the object (S3 drops it).
+        let value = if name == "content-encoding" {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|coding| !coding.eq_ignore_ascii_case("aws-chunked") && !coding.is_empty())
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            value.to_owned()
+        };
+        if !value.is_empty() {
+            system_metadata.insert(name.to_owned(), value);
+        }
+    }
     Ok(PutObjectOptions {
+        system_metadata,
         content_type: header(headers, "content-type")?.map(str::to_owned),
         user_metadata,
         kms_key_id: key_id.map(str::to_owned),

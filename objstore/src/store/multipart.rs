@@ -99,6 +99,9 @@ struct UploadRecord {
     /// records written before SSE-S3.
     #[serde(default)]
     sse_s3: bool,
+    /// The stored HTTP headers for the final object (absent in older records).
+    #[serde(default)]
+    system_metadata: BTreeMap<String, String>,
     /// The upload key: ARN of its CMK, wrapped key (base64), bucket-key salt (hex)
     /// when derived from a bucket key, and its encryption context.
     key_arn: String,
@@ -296,6 +299,7 @@ impl ObjectStore {
             kms_key_id: key_id,
             bucket_key,
             sse_s3,
+            system_metadata: opts.system_metadata.clone(),
             key_arn: upload_key.key_arn.clone(),
             wrapped_key: BASE64.encode(&upload_key.wrapped),
             bucket_key_salt: upload_key.bucket_key_salt.map(hex::encode),
@@ -351,6 +355,7 @@ impl ObjectStore {
             content_type: record.content_type.clone(),
             encryption_context: record.context.clone(),
             user_metadata: BTreeMap::new(),
+            system_metadata: BTreeMap::new(),
             nonce_prefix: [0; NONCE_PREFIX_LEN],
             sse: if record.sse_s3 { Sse::S3 } else { Sse::Kms },
         };
@@ -581,6 +586,7 @@ impl ObjectStore {
             acl: record.acl,
             content_md5: None,
             encryption: EncryptionRequest::BucketDefault,
+            system_metadata: record.system_metadata.clone(),
             condition,
         };
         let object_key = self.new_upload_key(kms, bucket, key, &plan)?;
