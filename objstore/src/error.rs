@@ -77,6 +77,13 @@ pub enum Error {
     /// does not say which bytes were wrong.
     #[error("InternalError: {path}: corrupted object store file: {what}")]
     Corrupted { path: PathBuf, what: String },
+    /// A tag set S3 would refuse (too many tags, a key or value too long or with a
+    /// character S3 does not allow, a duplicate or reserved key).
+    #[error("InvalidTag: {0}")]
+    InvalidTag(String),
+    /// GetBucketTagging of a bucket without tags.
+    #[error("NoSuchTagSet: The TagSet does not exist (bucket '{bucket}')")]
+    NoSuchTagSet { bucket: String },
     /// The client's condition (`If-Match`, `If-None-Match`, ...) does not hold.
     #[error(
         "PreconditionFailed: At least one of the pre-conditions you specified did not hold ({0})"
@@ -125,6 +132,8 @@ impl Error {
             Error::InvalidPartOrder => "InvalidPartOrder",
             Error::EntityTooSmall { .. } => "EntityTooSmall",
             Error::PreconditionFailed(_) => "PreconditionFailed",
+            Error::InvalidTag(_) => "InvalidTag",
+            Error::NoSuchTagSet { .. } => "NoSuchTagSet",
             Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => "InvalidRequest",
             Error::CustomerKeyMismatch => "AccessDenied",
             // S3 reports a KMS denial as plain AccessDenied.
@@ -140,12 +149,14 @@ impl Error {
             Error::NoSuchBucket { .. }
             | Error::NoSuchKey { .. }
             | Error::NoBucketEncryption { .. }
-            | Error::NoSuchUpload { .. } => 404,
+            | Error::NoSuchUpload { .. }
+            | Error::NoSuchTagSet { .. } => 404,
             Error::BucketAlreadyOwnedByYou { .. }
             | Error::BucketAlreadyExists { .. }
             | Error::BucketNotEmpty { .. } => 409,
             Error::InvalidRange { .. } => 416,
             Error::PreconditionFailed(_) => 412,
+            Error::InvalidTag(_) => 400,
             Error::CustomerKeyMismatch => 403,
             Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => 400,
             Error::InvalidBucketName { .. }

@@ -77,6 +77,11 @@ const BUCKET_KEYS_DIR: &str = "bucket-keys";
 const TMP_DIR: &str = "tmp";
 const OBJECT_EXT: &str = "obj";
 const ACL_EXT: &str = "acl";
+/// Sidecar of a tagged object: its tag set (JSON object).
+const TAGS_EXT: &str = "tags";
+/// S3's limits: tags per object and per bucket.
+pub const MAX_OBJECT_TAGS: usize = 10;
+pub const MAX_BUCKET_TAGS: usize = 50;
 /// Sidecar of a multipart object: its part count, for the `-N` of its ETag.
 const PARTS_EXT: &str = "parts";
 /// Held (flock) while an object of the bucket is replaced or deleted, so that a
@@ -149,6 +154,45 @@ pub struct BucketEncryption {
     pub bucket_key_enabled: bool,
 }
 
+/// An object's or a bucket's tags (key to value).
+pub type TagSet = BTreeMap<String, String>;
+
+/// Checks a tag set against S3's rules: at most `max` tags; keys of 1-128 and values
+/// of 0-256 Unicode characters made of letters, digits, spaces and `+ - = . _ : / @`;
+/// no key in the reserved `aws:` namespace.
+pub fn validate_tags(tags: &TagSet, max: usize) -> Result<(), Error> {
+    if tags.len() > max {
+        return Err(Error::InvalidTag(format!(
+            "Object tags cannot be greater than {max}"
+        )));
+    }
+    let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "+-=._:/@".contains(c);
+    for (key, value) in tags {
+        let shown: String = key.chars().take(64).collect();
+        if key.is_empty() || key.chars().count() > 128 {
+            return Err(Error::InvalidTag(format!(
+                "The TagKey '{shown}' you have provided is too long or empty (1 to 128)"
+            )));
+        }
+        if value.chars().count() > 256 {
+            return Err(Error::InvalidTag(format!(
+                "The TagValue of '{shown}' is longer than 256 characters"
+            )));
+        }
+        if !key.chars().all(allowed) || !value.chars().all(allowed) {
+            return Err(Error::InvalidTag(format!(
+                "The tag '{shown}' holds a character S3 does not allow in tags"
+            )));
+        }
+        if key.to_ascii_lowercase().starts_with("aws:") {
+            return Err(Error::InvalidTag(
+                "Your TagKey cannot be prefixed with aws:".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A bucket's metadata (`bucket.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketInfo {
@@ -159,6 +203,9 @@ pub struct BucketInfo {
     pub creation_date: OffsetDateTime,
     pub encryption: Option<BucketEncryption>,
     pub acl: Acl,
+    /// PutBucketTagging (absent in files written before tagging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<TagSet>,
 }
 
 /// What a PUT says about server-side encryption (`x-amz-server-side-encryption*`).
@@ -207,6 +254,8 @@ pub struct PutObjectOptions {
     /// Stored HTTP headers, names lower-case: `cache-control`, `content-disposition`,
     /// `content-encoding`, `content-language`, `expires` ([`SYSTEM_METADATA`]).
     pub system_metadata: BTreeMap<String, String>,
+    /// `x-amz-tagging`: the object's tags (none when empty).
+    pub tags: TagSet,
     /// PreconditionFailed (or NoSuchKey for `If-Match` on no object) unless it holds
     /// when the object is replaced.
     pub condition: Option<Condition>,
@@ -573,6 +622,7 @@ impl ObjectStore {
             creation_date: now(),
             encryption: None,
             acl: Acl::Private,
+            tags: None,
         };
         let staged = self.staging_dir().join(random_name(".bucket"));
         create_dir_private(&staged.join(OBJECTS_DIR))?;
@@ -940,6 +990,7 @@ impl ObjectStore {
             .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
         check_text("the content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
         check_user_metadata(&opts.user_metadata)?;
+        validate_tags(&opts.tags, MAX_OBJECT_TAGS)?;
         for (name, value) in &opts.system_metadata {
             if !SYSTEM_METADATA.contains(&name.as_str()) {
                 return Err(Error::InvalidArgument(format!(
@@ -1083,6 +1134,7 @@ impl ObjectStore {
             opts.acl,
             multipart.map(|m| m.1),
             opts.condition.as_ref(),
+            &opts.tags,
         );
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);
@@ -1158,6 +1210,7 @@ impl ObjectStore {
         acl: Acl,
         parts: Option<u32>,
         condition: Option<&Condition>,
+        tags: &TagSet,
     ) -> Result<ObjectInfo, Error> {
         file.sync_all()
             .map_err(io_err(format!("fsync {}", tmp_path.display())))?;
@@ -1170,6 +1223,9 @@ impl ObjectStore {
         if acl == Acl::Private {
             Self::remove_if_exists(&acl_path)?;
         }
+        // Nor show the tags of the object it replaces.
+        let tags_path = path.with_extension(TAGS_EXT);
+        Self::remove_if_exists(&tags_path)?;
         // The sidecar names the ETag digest it belongs to, so a stale one (a crash
         // before the rename, or left by an older object) is ignored.
         let parts_path = path.with_extension(PARTS_EXT);
@@ -1184,6 +1240,9 @@ impl ObjectStore {
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         if acl == Acl::PublicRead {
             write_atomic(&acl_path, Acl::PublicRead.as_str().as_bytes())?;
+        }
+        if !tags.is_empty() {
+            write_atomic(&tags_path, &Self::tags_json(tags)?)?;
         }
         Ok(Self::info(&header, acl, parts))
     }
@@ -1517,6 +1576,7 @@ impl ObjectStore {
         let removed = Self::remove_if_exists(&path)?;
         Self::remove_if_exists(&Self::acl_path(&path))?;
         Self::remove_if_exists(&path.with_extension(PARTS_EXT))?;
+        Self::remove_if_exists(&path.with_extension(TAGS_EXT))?;
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         Ok(removed)
     }
@@ -1532,6 +1592,63 @@ impl ObjectStore {
             }
             Acl::PublicRead => write_atomic(&acl_path, acl.as_str().as_bytes()),
         }
+    }
+
+    fn tags_json(tags: &TagSet) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(tags).map_err(|e| Error::Io {
+            context: "encode tags".into(),
+            source: io::Error::other(e),
+        })
+    }
+
+    /// PutObjectTagging (replaces the tag set; an empty one removes it), under the
+    /// commit lock: the tags land on the object that exists when they are written, and
+    /// a PUT that replaces it afterwards also replaces them.
+    pub fn put_object_tagging(&self, bucket: &str, key: &str, tags: &TagSet) -> Result<(), Error> {
+        validate_tags(tags, MAX_OBJECT_TAGS)?;
+        validate_object_key(key)?;
+        self.bucket(bucket)?;
+        let _commit = self.lock_commits(bucket)?;
+        let (_, path, _) = self.open_object(bucket, key)?;
+        let tags_path = path.with_extension(TAGS_EXT);
+        if tags.is_empty() {
+            Self::remove_if_exists(&tags_path)?;
+            return sync_dir(path.parent().unwrap_or(Path::new(".")));
+        }
+        write_atomic(&tags_path, &Self::tags_json(tags)?)
+    }
+
+    /// GetObjectTagging: the object's tags (empty when it has none).
+    pub fn object_tagging(&self, bucket: &str, key: &str) -> Result<TagSet, Error> {
+        let (_, path, _) = self.open_object(bucket, key)?;
+        let tags_path = path.with_extension(TAGS_EXT);
+        match fs::read(&tags_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupted {
+                path: tags_path,
+                what: format!("tag set: {e}"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TagSet::new()),
+            Err(source) => Err(Error::Io {
+                context: format!("read {}", tags_path.display()),
+                source,
+            }),
+        }
+    }
+
+    /// PutBucketTagging (`Some`) or DeleteBucketTagging (`None`).
+    pub fn put_bucket_tagging(&self, name: &str, tags: Option<TagSet>) -> Result<(), Error> {
+        if let Some(tags) = &tags {
+            validate_tags(tags, MAX_BUCKET_TAGS)?;
+        }
+        self.update_bucket(name, |info| info.tags = tags)?;
+        Ok(())
+    }
+
+    /// GetBucketTagging; NoSuchTagSet when the bucket has none.
+    pub fn bucket_tagging(&self, name: &str) -> Result<TagSet, Error> {
+        self.bucket(name)?.tags.ok_or_else(|| Error::NoSuchTagSet {
+            bucket: name.to_owned(),
+        })
     }
 
     /// GetObjectAcl (canned).

@@ -357,6 +357,56 @@ def main():
     aws("s3api", "put-object", "--bucket", "fresh", "--key", "chunked", "--body", local)
     assert "ContentEncoding" not in s3.head_object(Bucket="fresh", Key="chunked")
 
+    step("object and bucket tagging")
+    s3.put_object(Bucket="fresh", Key="tagged", Body=b"t", Tagging="team=blue&stage=dev")
+    tags = s3.get_object_tagging(Bucket="fresh", Key="tagged")["TagSet"]
+    assert sorted((t["Key"], t["Value"]) for t in tags) == [("stage", "dev"), ("team", "blue")]
+    assert s3.head_object(Bucket="fresh", Key="tagged")["ResponseMetadata"]["HTTPHeaders"][
+        "x-amz-tagging-count"] == "2"
+    s3.put_object_tagging(
+        Bucket="fresh", Key="tagged", Tagging={"TagSet": [{"Key": "only", "Value": ""}]}
+    )
+    assert s3.get_object_tagging(Bucket="fresh", Key="tagged")["TagSet"] == [
+        {"Key": "only", "Value": ""}
+    ]
+    s3.copy_object(Bucket="fresh", Key="tagged-copy", CopySource="fresh/tagged")
+    assert s3.get_object_tagging(Bucket="fresh", Key="tagged-copy")["TagSet"] == [
+        {"Key": "only", "Value": ""}
+    ]
+    s3.copy_object(
+        Bucket="fresh", Key="tagged-copy", CopySource="fresh/tagged",
+        TaggingDirective="REPLACE", Tagging="new=1",
+    )
+    assert s3.get_object_tagging(Bucket="fresh", Key="tagged-copy")["TagSet"] == [
+        {"Key": "new", "Value": "1"}
+    ]
+    too_many = {"TagSet": [{"Key": f"k{i}", "Value": "v"} for i in range(11)]}
+    assert status_of(
+        s3.put_object_tagging, Bucket="fresh", Key="tagged", Tagging=too_many
+    ) == (400, "InvalidTag")
+    assert status_of(
+        s3.put_object_tagging, Bucket="fresh", Key="tagged",
+        Tagging={"TagSet": [{"Key": "aws:reserved", "Value": "v"}]},
+    ) == (400, "InvalidTag")
+    assert status_of(s3.put_object, Bucket="fresh", Key="t2", Body=b"x", Tagging="a=1&a=2")[0] == 400
+    s3.delete_object_tagging(Bucket="fresh", Key="tagged")
+    assert s3.get_object_tagging(Bucket="fresh", Key="tagged")["TagSet"] == []
+    # A new PUT replaces the tags with its own (none).
+    s3.put_object(Bucket="fresh", Key="tagged-copy", Body=b"again")
+    assert s3.get_object_tagging(Bucket="fresh", Key="tagged-copy")["TagSet"] == []
+    assert status_of(s3.get_bucket_tagging, Bucket="fresh") == (404, "NoSuchTagSet")
+    s3.put_bucket_tagging(
+        Bucket="fresh", Tagging={"TagSet": [{"Key": "cost-center", "Value": "42"}]}
+    )
+    assert s3.get_bucket_tagging(Bucket="fresh")["TagSet"] == [
+        {"Key": "cost-center", "Value": "42"}
+    ]
+    s3.delete_bucket_tagging(Bucket="fresh")
+    assert status_of(s3.get_bucket_tagging, Bucket="fresh")[0] == 404
+    out = aws("s3api", "put-object-tagging", "--bucket", "fresh", "--key", "tagged",
+              "--tagging", "TagSet=[{Key=cli,Value=yes}]")
+    assert "cli" in aws("s3api", "get-object-tagging", "--bucket", "fresh", "--key", "tagged")
+
     print("OK: issue 21 items 1-2", flush=True)
 
 

@@ -130,11 +130,15 @@ impl S3Service {
         parts: &http::request::Parts,
     ) -> Result<S3Answer, GatewayError> {
         let headers = &parts.headers;
-        if headers.contains_key("x-amz-tagging-directive") {
-            return Err(GatewayError::NotImplemented(
-                "object tagging is not implemented (x-amz-tagging-directive)".into(),
-            ));
-        }
+        let replace_tags = match header(headers, "x-amz-tagging-directive")? {
+            None | Some("COPY") => false,
+            Some("REPLACE") => true,
+            Some(_) => {
+                return Err(GatewayError::InvalidArgument(
+                    "Unknown tagging directive: x-amz-tagging-directive is COPY or REPLACE".into(),
+                ))
+            }
+        };
         let replace = match header(headers, "x-amz-metadata-directive")? {
             None | Some("COPY") => false,
             Some("REPLACE") => true,
@@ -163,6 +167,11 @@ impl S3Service {
             ));
         }
         let mut download = self.open_copy_source(kms, principal, headers, None)?;
+        if !replace_tags {
+            opts.tags = self
+                .store
+                .object_tagging(&download.info.bucket, &download.info.key)?;
+        }
         if !replace {
             opts.content_type = Some(download.info.content_type.clone());
             opts.user_metadata = download.info.user_metadata.clone();

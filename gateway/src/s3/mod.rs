@@ -71,6 +71,12 @@ pub enum S3Operation {
     AbortMultipartUpload,
     ListParts,
     ListMultipartUploads,
+    PutObjectTagging,
+    GetObjectTagging,
+    DeleteObjectTagging,
+    PutBucketTagging,
+    GetBucketTagging,
+    DeleteBucketTagging,
 }
 
 /// A routed S3 request: the operation, its bucket and key (decoded), and the query.
@@ -163,6 +169,9 @@ impl S3Request {
                 Method::GET if only("encryption") => Op::GetBucketEncryption,
                 Method::DELETE if only("encryption") => Op::DeleteBucketEncryption,
                 Method::GET if only("location") => Op::GetBucketLocation,
+                Method::PUT if only("tagging") => Op::PutBucketTagging,
+                Method::GET if only("tagging") => Op::GetBucketTagging,
+                Method::DELETE if only("tagging") => Op::DeleteBucketTagging,
                 Method::GET if only("list-type") => {
                     if query.iter().any(|(n, v)| n == "list-type" && v != "2") {
                         return Err(GatewayError::InvalidArgument(
@@ -182,6 +191,9 @@ impl S3Request {
             match *method {
                 Method::PUT if sub.is_empty() => Op::PutObject,
                 Method::PUT if only("acl") => Op::PutObjectAcl,
+                Method::PUT if only("tagging") => Op::PutObjectTagging,
+                Method::GET if only("tagging") => Op::GetObjectTagging,
+                Method::DELETE if only("tagging") => Op::DeleteObjectTagging,
                 Method::GET if only("acl") => Op::GetObjectAcl,
                 Method::GET if sub.is_empty() => Op::GetObject,
                 Method::HEAD if sub.is_empty() => Op::HeadObject,
@@ -742,9 +754,14 @@ impl S3Service {
         if let Some(not_modified) = read_conditions(&parts.headers, &info)? {
             return Ok(not_modified);
         }
+        let tag_count = self
+            .store
+            .object_tagging(&request.bucket, &request.key)?
+            .len();
         if !with_body {
             let mut answer = S3Answer::empty(StatusCode::OK);
             object_headers(&mut answer.headers, &info);
+            tagging_count(&mut answer.headers, tag_count);
             if let Some(md5) = customer_md5 {
                 customer_key_headers(&mut answer.headers, md5);
             }
@@ -770,6 +787,7 @@ impl S3Service {
                 .get_object_with_key(kms, &request.bucket, &request.key, range, customer)?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         object_headers(&mut answer.headers, &download.info);
+        tagging_count(&mut answer.headers, tag_count);
         if let Some(md5) = customer_md5 {
             customer_key_headers(&mut answer.headers, md5);
         }
@@ -957,6 +975,33 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::DeleteObjects => self.delete_objects(bucket, parts, body),
+            Op::PutObjectTagging => {
+                let tags = tags_from_xml(body)?;
+                self.store.put_object_tagging(bucket, &request.key, &tags)?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetObjectTagging => {
+                let tags = self.store.object_tagging(bucket, &request.key)?;
+                Ok(S3Answer::xml(tagging_document(&tags)))
+            }
+            Op::DeleteObjectTagging => {
+                self.store
+                    .put_object_tagging(bucket, &request.key, &objstore::TagSet::new())?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::PutBucketTagging => {
+                let tags = tags_from_xml(body)?;
+                self.store.put_bucket_tagging(bucket, Some(tags))?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::GetBucketTagging => {
+                let tags = self.store.bucket_tagging(bucket)?;
+                Ok(S3Answer::xml(tagging_document(&tags)))
+            }
+            Op::DeleteBucketTagging => {
+                self.store.put_bucket_tagging(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
             Op::GetObjectAcl => {
                 let acl = self.store.object_acl(bucket, &request.key)?;
                 let owner = self.store.bucket(bucket)?.owner;
@@ -1183,6 +1228,60 @@ impl S3Service {
     }
 }
 
+/// A `<Tagging><TagSet><Tag><Key/><Value/></Tag>...</TagSet></Tagging>` body.
+fn tags_from_xml(body: &[u8]) -> Result<objstore::TagSet, GatewayError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| GatewayError::MalformedXml("the tag set is not UTF-8".into()))?
+        .replace("<Value/>", "<Value></Value>")
+        .replace("<Value />", "<Value></Value>");
+    let doc = XmlDocument::parse(text.as_bytes(), "Tagging")?;
+    let keys = doc.all("Key")?;
+    let values = doc.all("Value")?;
+    if keys.len() != values.len() || keys.len() != text.matches("<Tag>").count() {
+        return Err(GatewayError::MalformedXml(
+            "every Tag of the TagSet needs one Key and one Value".into(),
+        ));
+    }
+    let mut tags = objstore::TagSet::new();
+    for (key, value) in keys.into_iter().zip(values) {
+        if tags.insert(key, value).is_some() {
+            return Err(GatewayError::Object(objstore::Error::InvalidTag(
+                "Cannot provide multiple Tags with the same key".into(),
+            )));
+        }
+    }
+    Ok(tags)
+}
+
+/// `x-amz-tagging` (a URL query string: `k1=v1&k2=v2`).
+fn tags_from_header(headers: &HeaderMap) -> Result<objstore::TagSet, GatewayError> {
+    let mut tags = objstore::TagSet::new();
+    if let Some(text) = header(headers, "x-amz-tagging")? {
+        for (key, value) in sigv4::query_pairs(text)? {
+            if tags.insert(key, value).is_some() {
+                return Err(GatewayError::Object(objstore::Error::InvalidTag(
+                    "Cannot provide multiple Tags with the same key".into(),
+                )));
+            }
+        }
+    }
+    Ok(tags)
+}
+
+/// GetObjectTagging's and GetBucketTagging's document.
+fn tagging_document(tags: &objstore::TagSet) -> Vec<u8> {
+    let mut w = XmlWriter::new("Tagging");
+    w.open("TagSet");
+    for (key, value) in tags {
+        w.open("Tag")
+            .leaf("Key", key)
+            .leaf("Value", value)
+            .close("Tag");
+    }
+    w.close("TagSet");
+    w.finish("Tagging")
+}
+
 /// GetObject's and HeadObject's `response-*` query parameters: the answer's headers
 /// as the (signed) request asks, whatever the object stores.
 fn response_overrides(headers: &mut HeaderMap, request: &S3Request) {
@@ -1197,6 +1296,13 @@ fn response_overrides(headers: &mut HeaderMap, request: &S3Request) {
         if let Some(value) = request.param(param) {
             insert(headers, name, value);
         }
+    }
+}
+
+/// `x-amz-tagging-count` of a GET or HEAD, when the object has tags.
+fn tagging_count(headers: &mut HeaderMap, count: usize) {
+    if count > 0 {
+        insert(headers, "x-amz-tagging-count", &count.to_string());
     }
 }
 
@@ -1481,6 +1587,7 @@ fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
     }
     Ok(PutObjectOptions {
         system_metadata,
+        tags: tags_from_header(headers)?,
         content_type: header(headers, "content-type")?.map(str::to_owned),
         user_metadata,
         kms_key_id: key_id.map(str::to_owned),

@@ -102,6 +102,9 @@ struct UploadRecord {
     /// The stored HTTP headers for the final object (absent in older records).
     #[serde(default)]
     system_metadata: BTreeMap<String, String>,
+    /// `x-amz-tagging` of the final object (absent in older records).
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
     /// The upload key: ARN of its CMK, wrapped key (base64), bucket-key salt (hex)
     /// when derived from a bucket key, and its encryption context.
     key_arn: String,
@@ -300,6 +303,7 @@ impl ObjectStore {
             bucket_key,
             sse_s3,
             system_metadata: opts.system_metadata.clone(),
+            tags: opts.tags.clone(),
             key_arn: upload_key.key_arn.clone(),
             wrapped_key: BASE64.encode(&upload_key.wrapped),
             bucket_key_salt: upload_key.bucket_key_salt.map(hex::encode),
@@ -587,6 +591,7 @@ impl ObjectStore {
             content_md5: None,
             encryption: EncryptionRequest::BucketDefault,
             system_metadata: record.system_metadata.clone(),
+            tags: record.tags.clone(),
             condition,
         };
         let object_key = self.new_upload_key(kms, bucket, key, &plan)?;
