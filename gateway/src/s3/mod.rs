@@ -629,6 +629,7 @@ impl S3Service {
                 return Err(GatewayError::AccessDenied("Access Denied".into()));
             }
         }
+        refuse_grant_headers(&parts.headers)?;
         let copy = parts.headers.contains_key("x-amz-copy-source");
         match request.operation {
             Op::PutObject if copy => {
@@ -1296,6 +1297,21 @@ fn response_overrides(headers: &mut HeaderMap, request: &S3Request) {
         if let Some(value) = request.param(param) {
             insert(headers, name, value);
         }
+    }
+}
+
+/// `x-amz-grant-*` (explicit ACL grants): atrest models the canned ACLs private and
+/// public-read only, so a grant is refused rather than stored nowhere.
+fn refuse_grant_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+    match headers
+        .keys()
+        .find(|name| name.as_str().starts_with("x-amz-grant-"))
+    {
+        Some(name) => Err(GatewayError::NotImplemented(format!(
+            "ACL grants ({name}) are not implemented: atrest models the canned ACLs private \
+             and public-read only (x-amz-acl)"
+        ))),
+        None => Ok(()),
     }
 }
 
