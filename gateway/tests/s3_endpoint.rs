@@ -1466,7 +1466,10 @@ fn read_conditions_follow_rfc_9110_order() {
     assert_eq!(r.status, 501);
     assert_eq!(e.get("/cond/k", &[]).body, b"body");
     // ACL grants are refused, not accepted and dropped.
-    let grant = [("x-amz-grant-read", "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"")];
+    let grant = [(
+        "x-amz-grant-read",
+        "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"",
+    )];
     let r = e.put_object("/cond/granted", b"x", &grant);
     assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
     assert!(!e.object_exists("/cond/granted"));

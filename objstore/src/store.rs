@@ -77,6 +77,8 @@ const BUCKET_KEYS_DIR: &str = "bucket-keys";
 const TMP_DIR: &str = "tmp";
 const OBJECT_EXT: &str = "obj";
 const ACL_EXT: &str = "acl";
+/// Sidecar of an object uploaded with a checksum: `HEADER VALUE ETAG`.
+const CHECKSUM_EXT: &str = "checksum";
 /// Sidecar of a tagged object: its tag set (JSON object).
 const TAGS_EXT: &str = "tags";
 /// S3's limits: tags per object and per bucket.
@@ -224,6 +226,25 @@ pub enum EncryptionRequest {
     Customer(Arc<CustomerKey>),
 }
 
+/// The checksum of a PUT's body (`x-amz-checksum-*` header name and base64 value),
+/// filled in by the front end once the whole body has been read and verified, and
+/// stored with the object when it is committed. Clones share the slot.
+#[derive(Clone, Debug, Default)]
+pub struct BodyChecksum(Arc<std::sync::Mutex<Option<(String, String)>>>);
+
+impl BodyChecksum {
+    /// Records the verified checksum.
+    pub fn set(&self, header: &str, value: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some((header.to_owned(), value.to_owned()));
+        }
+    }
+
+    fn get(&self) -> Option<(String, String)> {
+        self.0.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
 /// A conditional write (`If-None-Match: *`, `If-Match: ETAG`): checked against the
 /// object as it is when the new one replaces it, not only when the request arrives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,6 +277,8 @@ pub struct PutObjectOptions {
     pub system_metadata: BTreeMap<String, String>,
     /// `x-amz-tagging`: the object's tags (none when empty).
     pub tags: TagSet,
+    /// The body's verified checksum, returned by GET and HEAD with ChecksumMode.
+    pub checksum: BodyChecksum,
     /// PreconditionFailed (or NoSuchKey for `If-Match` on no object) unless it holds
     /// when the object is replaced.
     pub condition: Option<Condition>,
@@ -1135,6 +1158,7 @@ impl ObjectStore {
             multipart.map(|m| m.1),
             opts.condition.as_ref(),
             &opts.tags,
+            &opts.checksum,
         );
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);
@@ -1211,6 +1235,7 @@ impl ObjectStore {
         parts: Option<u32>,
         condition: Option<&Condition>,
         tags: &TagSet,
+        checksum: &BodyChecksum,
     ) -> Result<ObjectInfo, Error> {
         file.sync_all()
             .map_err(io_err(format!("fsync {}", tmp_path.display())))?;
@@ -1226,6 +1251,17 @@ impl ObjectStore {
         // Nor show the tags of the object it replaces.
         let tags_path = path.with_extension(TAGS_EXT);
         Self::remove_if_exists(&tags_path)?;
+        // Like the part count, the checksum names the ETag it belongs to.
+        let checksum_path = path.with_extension(CHECKSUM_EXT);
+        match checksum.get() {
+            Some((name, value)) => {
+                let line = format!("{name} {value} {}\n", hex::encode(header.summary.etag));
+                write_atomic(&checksum_path, line.as_bytes())?;
+            }
+            None => {
+                Self::remove_if_exists(&checksum_path)?;
+            }
+        }
         // The sidecar names the ETag digest it belongs to, so a stale one (a crash
         // before the rename, or left by an older object) is ignored.
         let parts_path = path.with_extension(PARTS_EXT);
@@ -1577,6 +1613,7 @@ impl ObjectStore {
         Self::remove_if_exists(&Self::acl_path(&path))?;
         Self::remove_if_exists(&path.with_extension(PARTS_EXT))?;
         Self::remove_if_exists(&path.with_extension(TAGS_EXT))?;
+        Self::remove_if_exists(&path.with_extension(CHECKSUM_EXT))?;
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         Ok(removed)
     }
@@ -1631,6 +1668,37 @@ impl ObjectStore {
             Err(source) => Err(Error::Io {
                 context: format!("read {}", tags_path.display()),
                 source,
+            }),
+        }
+    }
+
+    /// The checksum the object was uploaded with (`x-amz-checksum-*` header name and
+    /// value), when its sidecar belongs to the object's ETag.
+    pub fn object_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(String, String)>, Error> {
+        let (_, path, header) = self.open_object(bucket, key)?;
+        let sidecar = path.with_extension(CHECKSUM_EXT);
+        let text = match fs::read_to_string(&sidecar) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("read {}", sidecar.display()),
+                    source,
+                })
+            }
+        };
+        let mut fields = text.split_ascii_whitespace();
+        match (fields.next(), fields.next(), fields.next(), fields.next()) {
+            (Some(name), Some(value), Some(etag), None) => Ok((etag
+                == hex::encode(header.summary.etag))
+            .then(|| (name.to_owned(), value.to_owned()))),
+            _ => Err(Error::Corrupted {
+                path: sidecar,
+                what: "unreadable checksum".into(),
             }),
         }
     }

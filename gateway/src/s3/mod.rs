@@ -714,6 +714,7 @@ impl S3Service {
     ) -> Result<S3Answer, GatewayError> {
         let headers = &parts.headers;
         let opts = put_options(headers)?;
+        body.report_checksum_to(opts.checksum.clone());
         let bucket_key = bucket_key_header(headers)?;
         self.ensure_managed_key(kms, &request.bucket, &opts)?;
         let info = self
@@ -759,10 +760,17 @@ impl S3Service {
             .store
             .object_tagging(&request.bucket, &request.key)?
             .len();
+        let checksum = match header(&parts.headers, "x-amz-checksum-mode")? {
+            Some(mode) if mode.eq_ignore_ascii_case("ENABLED") && range.is_none() => {
+                self.store.object_checksum(&request.bucket, &request.key)?
+            }
+            _ => None,
+        };
         if !with_body {
             let mut answer = S3Answer::empty(StatusCode::OK);
             object_headers(&mut answer.headers, &info);
             tagging_count(&mut answer.headers, tag_count);
+            checksum_headers(&mut answer.headers, checksum.as_ref());
             if let Some(md5) = customer_md5 {
                 customer_key_headers(&mut answer.headers, md5);
             }
@@ -789,6 +797,7 @@ impl S3Service {
         let mut answer = S3Answer::empty(StatusCode::OK);
         object_headers(&mut answer.headers, &download.info);
         tagging_count(&mut answer.headers, tag_count);
+        checksum_headers(&mut answer.headers, checksum.as_ref());
         if let Some(md5) = customer_md5 {
             customer_key_headers(&mut answer.headers, md5);
         }
@@ -1315,6 +1324,19 @@ fn refuse_grant_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
+/// The stored checksum of a GET or HEAD with `x-amz-checksum-mode: ENABLED`.
+fn checksum_headers(headers: &mut HeaderMap, checksum: Option<&(String, String)>) {
+    if let Some((name, value)) = checksum {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+            insert(headers, "x-amz-checksum-type", "FULL_OBJECT");
+        }
+    }
+}
+
 /// `x-amz-tagging-count` of a GET or HEAD, when the object has tags.
 fn tagging_count(headers: &mut HeaderMap, count: usize) {
     if count > 0 {
@@ -1602,6 +1624,7 @@ fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
         }
     }
     Ok(PutObjectOptions {
+        checksum: objstore::BodyChecksum::default(),
         system_metadata,
         tags: tags_from_header(headers)?,
         content_type: header(headers, "content-type")?.map(str::to_owned),

@@ -592,6 +592,7 @@ impl ObjectStore {
             encryption: EncryptionRequest::BucketDefault,
             system_metadata: record.system_metadata.clone(),
             tags: record.tags.clone(),
+            checksum: Default::default(),
             condition,
         };
         let object_key = self.new_upload_key(kms, bucket, key, &plan)?;
