@@ -60,6 +60,14 @@ fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
     assert_eq!((customer_key.len(), key_md5.len()), (32, 16));
     let files = files_under(&home.path().join("s3"));
     assert!(files.len() > 5, "{files:?}");
+    // Noncurrent versions are among them, encrypted like any object.
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().contains("/versions/")
+                && contains(&std::fs::read(p).unwrap(), b"ATRS3OBJ")),
+        "no noncurrent version file in {files:?}"
+    );
     for path in &files {
         let stored = std::fs::read(path).unwrap();
         assert!(

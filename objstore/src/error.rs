@@ -84,6 +84,12 @@ pub enum Error {
     /// GetBucketTagging of a bucket without tags.
     #[error("NoSuchTagSet: The TagSet does not exist (bucket '{bucket}')")]
     NoSuchTagSet { bucket: String },
+    /// A versionId that names no version of the key.
+    #[error("NoSuchVersion: The specified version '{version_id}' of '{key}' does not exist")]
+    NoSuchVersion { key: String, version_id: String },
+    /// GET or HEAD of a versionId that is a delete marker.
+    #[error("MethodNotAllowed: The specified method is not allowed against this resource (version '{version_id}' is a delete marker).")]
+    DeleteMarker { version_id: String },
     /// The client's condition (`If-Match`, `If-None-Match`, ...) does not hold.
     #[error(
         "PreconditionFailed: At least one of the pre-conditions you specified did not hold ({0})"
@@ -133,6 +139,8 @@ impl Error {
             Error::EntityTooSmall { .. } => "EntityTooSmall",
             Error::PreconditionFailed(_) => "PreconditionFailed",
             Error::InvalidTag(_) => "InvalidTag",
+            Error::NoSuchVersion { .. } => "NoSuchVersion",
+            Error::DeleteMarker { .. } => "MethodNotAllowed",
             Error::NoSuchTagSet { .. } => "NoSuchTagSet",
             Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => "InvalidRequest",
             Error::CustomerKeyMismatch => "AccessDenied",
@@ -150,7 +158,9 @@ impl Error {
             | Error::NoSuchKey { .. }
             | Error::NoBucketEncryption { .. }
             | Error::NoSuchUpload { .. }
-            | Error::NoSuchTagSet { .. } => 404,
+            | Error::NoSuchTagSet { .. }
+            | Error::NoSuchVersion { .. } => 404,
+            Error::DeleteMarker { .. } => 405,
             Error::BucketAlreadyOwnedByYou { .. }
             | Error::BucketAlreadyExists { .. }
             | Error::BucketNotEmpty { .. } => 409,

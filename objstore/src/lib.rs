@@ -43,9 +43,10 @@ pub use reader::ObjectReader;
 pub use store::multipart::{
     CompletedPart, MultipartUpload, PartInfo, MAX_PART_NUMBER, MIN_PART_SIZE,
 };
+pub use store::versions::{DeleteOutcome, VersionEntry, Versioning, NULL_VERSION};
 pub use store::{
-    validate_tags, Acl, BodyChecksum, BucketEncryption, BucketInfo, Condition, EncryptionRequest,
-    ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore, PutObjectOptions, SseAlgorithm,
-    TagSet, DEFAULT_CONTENT_TYPE, MAX_BUCKET_TAGS, MAX_OBJECT_TAGS, MAX_USER_METADATA_BYTES,
-    S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS, SYSTEM_METADATA,
+    validate_tags, Acl, BodyChecksum, BucketEncryption, BucketInfo, Condition, Deleted,
+    EncryptionRequest, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore, PutObjectOptions,
+    SseAlgorithm, TagSet, DEFAULT_CONTENT_TYPE, MAX_BUCKET_TAGS, MAX_OBJECT_TAGS,
+    MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS, SYSTEM_METADATA,
 };

@@ -45,6 +45,9 @@ use crate::reader::ObjectReader;
 use crate::Error;
 
 pub(crate) mod multipart;
+pub(crate) mod versions;
+
+use versions::{Versioning, VERSION_ID_KEY};
 
 /// The encryption-context pair S3 adds to every SSE-KMS object.
 pub const S3_ARN_CONTEXT_KEY: &str = "aws:s3:arn";
@@ -208,6 +211,9 @@ pub struct BucketInfo {
     /// PutBucketTagging (absent in files written before tagging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<TagSet>,
+    /// PutBucketVersioning (absent: never configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<Versioning>,
 }
 
 /// What a PUT says about server-side encryption (`x-amz-server-side-encryption*`).
@@ -284,6 +290,14 @@ pub struct PutObjectOptions {
     pub condition: Option<Condition>,
 }
 
+/// What a DeleteObject did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    /// Whether an object (or a version, or a marker) was removed or a marker made.
+    pub removed: bool,
+    pub outcome: versions::DeleteOutcome,
+}
+
 /// An object's metadata, as HEAD returns it (read without any key-service call).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -297,6 +311,9 @@ pub struct ObjectInfo {
     pub user_metadata: BTreeMap<String, String>,
     /// The stored HTTP headers ([`SYSTEM_METADATA`]).
     pub system_metadata: BTreeMap<String, String>,
+    /// The object's version (`x-amz-version-id`), when written with versioning
+    /// enabled; `None` is S3's `null` version.
+    pub version_id: Option<String>,
     /// ARN of the CMK that wrapped the object's data key
     /// (`x-amz-server-side-encryption-aws-kms-key-id`).
     pub kms_key_arn: String,
@@ -356,6 +373,8 @@ pub struct ObjectStore {
     root: PathBuf,
     bucket_keys: Arc<BucketKeyCache>,
     scope: Option<CacheScope>,
+    /// Reads (and object sub-resources) address this version, not the current one.
+    version: Option<String>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -531,6 +550,7 @@ impl ObjectStore {
             root: home.join("s3"),
             bucket_keys: Arc::new(BucketKeyCache::new(DEFAULT_CACHE_TTL)),
             scope: None,
+            version: None,
         };
         create_dir_private(&store.buckets_dir())?;
         create_dir_private(&store.staging_dir())?;
@@ -546,6 +566,16 @@ impl ObjectStore {
     pub fn with_cache_scope(&self, scope: CacheScope) -> ObjectStore {
         ObjectStore {
             scope: Some(scope),
+            ..self.clone()
+        }
+    }
+
+    /// A handle on the same store whose reads, HEADs, tagging, ACL and checksum calls
+    /// address version `version_id` of the object (`?versionId=`): the current
+    /// object when it is that version, else the noncurrent one.
+    pub fn at_version(&self, version_id: &str) -> ObjectStore {
+        ObjectStore {
+            version: Some(version_id.to_owned()),
             ..self.clone()
         }
     }
@@ -646,6 +676,7 @@ impl ObjectStore {
             encryption: None,
             acl: Acl::Private,
             tags: None,
+            versioning: None,
         };
         let staged = self.staging_dir().join(random_name(".bucket"));
         create_dir_private(&staged.join(OBJECTS_DIR))?;
@@ -764,7 +795,7 @@ impl ObjectStore {
             fs::read_dir(&objects).map_err(io_err(format!("list {}", objects.display())))?;
         let has_object =
             entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == OBJECT_EXT)));
-        if has_object {
+        if has_object || self.has_versions(name)? {
             return Err(Error::BucketNotEmpty {
                 bucket: name.to_owned(),
             });
@@ -1134,6 +1165,12 @@ impl ObjectStore {
             nonce_prefix: [0; NONCE_PREFIX_LEN],
             sse: upload_key.sse,
         };
+        let mut bound = bound;
+        if self.bucket(bucket)?.versioning == Some(Versioning::Enabled) {
+            bound
+                .system_metadata
+                .insert(VERSION_ID_KEY.to_owned(), versions::new_version_id());
+        }
         // An SSE-C object's ETag is not the MD5 of its plaintext (as on S3): the MD5
         // would let anyone holding the file confirm a guess of its content.
         let etag = match (upload_key.sse, multipart) {
@@ -1241,6 +1278,9 @@ impl ObjectStore {
             .map_err(io_err(format!("fsync {}", tmp_path.display())))?;
         let _commit = self.lock_commits(bucket)?;
         self.check_condition(bucket, key, condition)?;
+        if let Some(status) = self.bucket(bucket)?.versioning {
+            self.demote_current(bucket, key, status)?;
+        }
         let path = self.object_path(bucket, key);
         let acl_path = Self::acl_path(&path);
         // A private object must never be readable under an old public ACL: drop the
@@ -1385,6 +1425,8 @@ impl ObjectStore {
             Some(n) => format!("{}-{n}", hex::encode(s.etag)),
             None => hex::encode(s.etag),
         };
+        let mut system_metadata = b.system_metadata.clone();
+        let version_id = system_metadata.remove(VERSION_ID_KEY);
         ObjectInfo {
             bucket: b.bucket.clone(),
             key: b.key.clone(),
@@ -1392,7 +1434,8 @@ impl ObjectStore {
             etag,
             content_type: b.content_type.clone(),
             user_metadata: b.user_metadata.clone(),
-            system_metadata: b.system_metadata.clone(),
+            system_metadata,
+            version_id,
             kms_key_arn: b.key_arn.clone(),
             encryption_context: b.encryption_context.clone(),
             bucket_key_enabled: b.bucket_key_salt.is_some(),
@@ -1425,7 +1468,10 @@ impl ObjectStore {
     fn open_object(&self, bucket: &str, key: &str) -> Result<(File, PathBuf, ObjectHeader), Error> {
         validate_object_key(key)?;
         self.bucket(bucket)?;
-        let path = self.object_path(bucket, key);
+        let path = match &self.version {
+            None => self.object_path(bucket, key),
+            Some(id) => self.version_path(bucket, key, id)?,
+        };
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -1602,11 +1648,42 @@ impl ObjectStore {
         key: &str,
         if_match: Option<&str>,
     ) -> Result<bool, Error> {
+        Ok(self
+            .delete_object_version(bucket, key, if_match, None)?
+            .removed)
+    }
+
+    /// DeleteObject with S3's versioning: in a bucket with versioning configured,
+    /// without `version_id` a delete marker is made; with one, that version is
+    /// removed for good. `if_match` is checked against the current object.
+    pub fn delete_object_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&str>,
+        version_id: Option<&str>,
+    ) -> Result<Deleted, Error> {
         validate_object_key(key)?;
-        self.bucket(bucket)?;
+        let info = self.bucket(bucket)?;
         let _commit = self.lock_commits(bucket)?;
         if let Some(etag) = if_match {
             self.check_condition(bucket, key, Some(&Condition::EtagMatches(etag.to_owned())))?;
+        }
+        if let Some(status) = info.versioning {
+            let outcome = self.delete_versioned(bucket, key, status, version_id)?;
+            return Ok(Deleted {
+                removed: true,
+                outcome,
+            });
+        }
+        if let Some(id) = version_id {
+            // Without versioning every object is the null version.
+            if id != versions::NULL_VERSION {
+                return Err(Error::NoSuchVersion {
+                    key: key.to_owned(),
+                    version_id: id.chars().take(64).collect(),
+                });
+            }
         }
         let path = self.object_path(bucket, key);
         let removed = Self::remove_if_exists(&path)?;
@@ -1615,7 +1692,13 @@ impl ObjectStore {
         Self::remove_if_exists(&path.with_extension(TAGS_EXT))?;
         Self::remove_if_exists(&path.with_extension(CHECKSUM_EXT))?;
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-        Ok(removed)
+        Ok(Deleted {
+            removed,
+            outcome: versions::DeleteOutcome {
+                version_id: None,
+                delete_marker: false,
+            },
+        })
     }
 
     /// PutObjectAcl (canned).

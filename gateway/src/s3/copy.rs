@@ -21,21 +21,26 @@ const COPY_SOURCE_SSE_C: [&str; 3] = [
     "x-amz-copy-source-server-side-encryption-customer-key-md5",
 ];
 
-/// `x-amz-copy-source`: `[/]BUCKET/KEY`, percent-encoded; `?versionId=null` is the
-/// only version atrest has.
-fn copy_source(headers: &HeaderMap) -> Result<(String, String), GatewayError> {
+/// `x-amz-copy-source`: `[/]BUCKET/KEY[?versionId=ID]`, percent-encoded.
+fn copy_source(headers: &HeaderMap) -> Result<(String, String, Option<String>), GatewayError> {
     let raw = header(headers, "x-amz-copy-source")?.unwrap_or_default();
     let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
-    if !query.is_empty() && query != "versionId=null" {
-        return Err(GatewayError::NotImplemented(
-            "atrest keeps no object versions: x-amz-copy-source may not name a versionId".into(),
-        ));
-    }
+    let version = match query {
+        "" => None,
+        _ => match query.strip_prefix("versionId=") {
+            Some(id) if !id.is_empty() && !id.contains('&') => Some(id.to_owned()),
+            _ => {
+                return Err(GatewayError::InvalidArgument(
+                    "x-amz-copy-source may carry only ?versionId=ID".into(),
+                ))
+            }
+        },
+    };
     let decoded = percent_decode_path(path)?;
     let trimmed = decoded.strip_prefix('/').unwrap_or(&decoded);
     match trimmed.split_once('/') {
         Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
-            Ok((bucket.to_owned(), key.to_owned()))
+            Ok((bucket.to_owned(), key.to_owned(), version))
         }
         _ => Err(GatewayError::InvalidArgument(
             "Copy Source must mention the source bucket and key: sourcebucket/sourcekey".into(),
@@ -105,20 +110,22 @@ impl S3Service {
         principal: &str,
         headers: &HeaderMap,
         range: Option<ByteRange>,
-    ) -> Result<ObjectDownload, GatewayError> {
-        let (bucket, key) = copy_source(headers)?;
+    ) -> Result<(ObjectDownload, objstore::TagSet), GatewayError> {
+        let (bucket, key, version) = copy_source(headers)?;
         let owner = self.store.bucket(&bucket)?.owner;
+        let store = match &version {
+            Some(id) => self.store.at_version(id),
+            None => self.store.clone(),
+        };
         if account_of(&owner) != account_of(principal) {
             return Err(GatewayError::AccessDenied("Access Denied".into()));
         }
         let customer = source_customer_key(headers)?;
-        let info = self
-            .store
-            .head_object_with_key(&bucket, &key, customer.as_ref())?;
+        let info = store.head_object_with_key(&bucket, &key, customer.as_ref())?;
         source_conditions(headers, &info)?;
-        Ok(self
-            .store
-            .get_object_with_key(kms, &bucket, &key, range, customer.as_ref())?)
+        let download = store.get_object_with_key(kms, &bucket, &key, range, customer.as_ref())?;
+        let tags = store.object_tagging(&bucket, &key)?;
+        Ok((download, tags))
     }
 
     /// CopyObject (PUT with `x-amz-copy-source`).
@@ -150,14 +157,18 @@ impl S3Service {
             }
         };
         let mut opts = put_options(headers)?;
-        let (src_bucket, src_key) = copy_source(headers)?;
+        let (src_bucket, src_key, src_version) = copy_source(headers)?;
         let changes_encryption = headers.keys().any(|name| {
             name.as_str().starts_with("x-amz-server-side-encryption")
                 && !name
                     .as_str()
                     .starts_with("x-amz-server-side-encryption-customer-key-md5")
         });
-        if src_bucket == request.bucket && src_key == request.key && !replace && !changes_encryption
+        if src_bucket == request.bucket
+            && src_key == request.key
+            && src_version.is_none()
+            && !replace
+            && !changes_encryption
         {
             return Err(GatewayError::InvalidRequest(
                 "This copy request is illegal because it is trying to copy an object to itself \
@@ -166,11 +177,9 @@ impl S3Service {
                     .into(),
             ));
         }
-        let mut download = self.open_copy_source(kms, principal, headers, None)?;
+        let (mut download, source_tags) = self.open_copy_source(kms, principal, headers, None)?;
         if !replace_tags {
-            opts.tags = self
-                .store
-                .object_tagging(&download.info.bucket, &download.info.key)?;
+            opts.tags = source_tags;
         }
         if !replace {
             opts.content_type = Some(download.info.content_type.clone());
@@ -195,6 +204,12 @@ impl S3Service {
             .leaf("ETag", &format!("\"{}\"", info.etag));
         let mut answer = S3Answer::xml(w.finish("CopyObjectResult"));
         encryption_headers(&mut answer.headers, &info);
+        if let Some(id) = &info.version_id {
+            super::insert(&mut answer.headers, "x-amz-version-id", id);
+        }
+        if let Some(id) = &src_version {
+            super::insert(&mut answer.headers, "x-amz-copy-source-version-id", id);
+        }
         if let Some((_, md5)) = super::customer_key(headers)? {
             customer_key_headers(&mut answer.headers, &md5);
         }
@@ -232,7 +247,7 @@ impl S3Service {
                 })?)
             }
         };
-        let mut download = self.open_copy_source(kms, principal, headers, range)?;
+        let (mut download, _) = self.open_copy_source(kms, principal, headers, range)?;
         let part = self
             .store
             .upload_part(

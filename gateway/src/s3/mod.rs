@@ -77,6 +77,9 @@ pub enum S3Operation {
     PutBucketTagging,
     GetBucketTagging,
     DeleteBucketTagging,
+    PutBucketVersioning,
+    GetBucketVersioning,
+    ListObjectVersions,
 }
 
 /// A routed S3 request: the operation, its bucket and key (decoded), and the query.
@@ -169,6 +172,9 @@ impl S3Request {
                 Method::GET if only("encryption") => Op::GetBucketEncryption,
                 Method::DELETE if only("encryption") => Op::DeleteBucketEncryption,
                 Method::GET if only("location") => Op::GetBucketLocation,
+                Method::PUT if only("versioning") => Op::PutBucketVersioning,
+                Method::GET if only("versioning") => Op::GetBucketVersioning,
+                Method::GET if only("versions") => Op::ListObjectVersions,
                 Method::PUT if only("tagging") => Op::PutBucketTagging,
                 Method::GET if only("tagging") => Op::GetBucketTagging,
                 Method::DELETE if only("tagging") => Op::DeleteBucketTagging,
@@ -450,6 +456,9 @@ fn encryption_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
 
 fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
     insert(headers, "etag", &format!("\"{}\"", info.etag));
+    if let Some(id) = &info.version_id {
+        insert(headers, "x-amz-version-id", id);
+    }
     insert(headers, "last-modified", &http_date(info.last_modified));
     insert(headers, "content-type", &info.content_type);
     insert(headers, "accept-ranges", "bytes");
@@ -631,31 +640,68 @@ impl S3Service {
         }
         refuse_grant_headers(&parts.headers)?;
         let copy = parts.headers.contains_key("x-amz-copy-source");
+        // `?versionId=` addresses one version of the object on reads, deletes and
+        // the object's sub-resources.
+        let versioned = match (request.param("versionId"), request.operation) {
+            (
+                Some(id),
+                Op::GetObject
+                | Op::HeadObject
+                | Op::DeleteObject
+                | Op::GetObjectTagging
+                | Op::PutObjectTagging
+                | Op::DeleteObjectTagging
+                | Op::GetObjectAcl
+                | Op::PutObjectAcl,
+            ) => Some(S3Service::new(self.store.at_version(id))),
+            (Some(_), _) => {
+                return Err(GatewayError::InvalidArgument(
+                    "versionId is not taken by this operation".into(),
+                ))
+            }
+            (None, _) => None,
+        };
+        let this = versioned.as_ref().unwrap_or(self);
+        this.dispatch(ctx, &kms, &principal, &request, parts, &mut body, copy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        ctx: &S3Context<'_>,
+        kms: &LocalKms,
+        principal: &str,
+        request: &S3Request,
+        parts: &http::request::Parts,
+        body: &mut UploadBody<&mut dyn BufRead>,
+        copy: bool,
+    ) -> Result<S3Answer, GatewayError> {
+        use S3Operation as Op;
         match request.operation {
             Op::PutObject if copy => {
-                read_small(&mut body)?;
-                self.copy_object(&kms, &principal, &request, parts)
+                read_small(&mut *body)?;
+                self.copy_object(kms, principal, request, parts)
             }
             Op::UploadPart if copy => {
-                read_small(&mut body)?;
-                let (part_number, upload_id) = multipart::part_target(&request)?;
-                self.upload_part_copy(&kms, &principal, &request, parts, part_number, upload_id)
+                read_small(&mut *body)?;
+                let (part_number, upload_id) = multipart::part_target(request)?;
+                self.upload_part_copy(kms, principal, request, parts, part_number, upload_id)
             }
-            Op::PutObject => self.put_object(&kms, &request, parts, &mut body),
-            Op::GetObject => self.get_object(&kms, &request, parts, true),
-            Op::HeadObject => self.get_object(&kms, &request, parts, false),
-            Op::UploadPart => self.upload_part(&kms, &request, parts, &mut body),
+            Op::PutObject => self.put_object(kms, request, parts, body),
+            Op::GetObject => self.get_object(kms, request, parts, true),
+            Op::HeadObject => self.get_object(kms, request, parts, false),
+            Op::UploadPart => self.upload_part(kms, request, parts, body),
             Op::CreateMultipartUpload
             | Op::CompleteMultipartUpload
             | Op::AbortMultipartUpload
             | Op::ListParts
             | Op::ListMultipartUploads => {
-                let small = read_small(&mut body)?;
-                self.multipart_operation(&kms, &request, parts, &principal, &small)
+                let small = read_small(&mut *body)?;
+                self.multipart_operation(kms, request, parts, principal, &small)
             }
             other => {
-                let small = read_small(&mut body)?;
-                self.small_operation(other, &request, parts, &principal, ctx.region, &small)
+                let small = read_small(&mut *body)?;
+                self.small_operation(other, request, parts, principal, ctx.region, &small)
             }
         }
     }
@@ -726,6 +772,9 @@ impl S3Service {
             })?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
+        if let Some(id) = &info.version_id {
+            insert(&mut answer.headers, "x-amz-version-id", id);
+        }
         encryption_headers(&mut answer.headers, &info);
         if let Some((_, md5)) = customer_key(headers)? {
             customer_key_headers(&mut answer.headers, &md5);
@@ -980,9 +1029,20 @@ impl S3Service {
                     }
                 }
                 let if_match = header(&parts.headers, "if-match")?;
-                self.store
-                    .delete_object_if(bucket, &request.key, if_match)?;
-                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+                let deleted = self.store.delete_object_version(
+                    bucket,
+                    &request.key,
+                    if_match,
+                    request.param("versionId"),
+                )?;
+                let mut answer = S3Answer::empty(StatusCode::NO_CONTENT);
+                if let Some(id) = &deleted.outcome.version_id {
+                    insert(&mut answer.headers, "x-amz-version-id", id);
+                }
+                if deleted.outcome.delete_marker {
+                    insert(&mut answer.headers, "x-amz-delete-marker", "true");
+                }
+                Ok(answer)
             }
             Op::DeleteObjects => self.delete_objects(bucket, parts, body),
             Op::PutObjectTagging => {
@@ -999,6 +1059,33 @@ impl S3Service {
                     .put_object_tagging(bucket, &request.key, &objstore::TagSet::new())?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
+            Op::PutBucketVersioning => {
+                let doc = XmlDocument::parse(body, "VersioningConfiguration")?;
+                if doc.get("MfaDelete")?.as_deref() == Some("Enabled") {
+                    return Err(GatewayError::NotImplemented(
+                        "MFA delete is not implemented".into(),
+                    ));
+                }
+                let status = match doc.get("Status")?.as_deref() {
+                    Some("Enabled") => objstore::Versioning::Enabled,
+                    Some("Suspended") => objstore::Versioning::Suspended,
+                    _ => {
+                        return Err(GatewayError::MalformedXml(
+                            "VersioningConfiguration's Status must be Enabled or Suspended".into(),
+                        ))
+                    }
+                };
+                self.store.put_bucket_versioning(bucket, status)?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetBucketVersioning => {
+                let mut w = XmlWriter::new("VersioningConfiguration");
+                if let Some(status) = self.store.bucket_versioning(bucket)? {
+                    w.leaf("Status", status.as_str());
+                }
+                Ok(S3Answer::xml(w.finish("VersioningConfiguration")))
+            }
+            Op::ListObjectVersions => self.list_object_versions(request),
             Op::PutBucketTagging => {
                 let tags = tags_from_xml(body)?;
                 self.store.put_bucket_tagging(bucket, Some(tags))?;
@@ -1050,6 +1137,13 @@ impl S3Service {
             ));
         }
         let doc = XmlDocument::parse(body, "Delete")?;
+        if !doc.all("VersionId")?.is_empty() {
+            return Err(GatewayError::NotImplemented(
+                "DeleteObjects with VersionId is not implemented: delete versions one by one \
+                 (DeleteObject with versionId)"
+                    .into(),
+            ));
+        }
         let keys = doc.all("Key")?;
         if keys.is_empty() || keys.len() > objstore::MAX_KEYS {
             return Err(GatewayError::MalformedXml(format!(
@@ -1076,6 +1170,69 @@ impl S3Service {
             }
         }
         Ok(S3Answer::xml(w.finish("DeleteResult")))
+    }
+
+    /// ListObjectVersions: every version and delete marker, by key, newest first.
+    fn list_object_versions(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
+        if request.param("delimiter").is_some_and(|d| !d.is_empty()) {
+            return Err(GatewayError::NotImplemented(
+                "ListObjectVersions with a delimiter is not implemented".into(),
+            ));
+        }
+        let url = encoding_type(request)?;
+        let prefix = request.param("prefix").unwrap_or_default();
+        let key_marker = request.param("key-marker").filter(|m| !m.is_empty());
+        let version_marker = request.param("version-id-marker").filter(|m| !m.is_empty());
+        let max = max_keys(request)?.unwrap_or(objstore::MAX_KEYS);
+        let (entries, next) = self.store.list_object_versions(
+            &request.bucket,
+            prefix,
+            key_marker,
+            version_marker,
+            max,
+        )?;
+        let owner = self.store.bucket(&request.bucket)?.owner;
+        let enc = |text: &str| {
+            if url {
+                sigv4::uri_encode(text, false)
+            } else {
+                text.to_owned()
+            }
+        };
+        let mut w = XmlWriter::new("ListVersionsResult");
+        w.leaf("Name", &request.bucket)
+            .leaf("Prefix", &enc(prefix))
+            .leaf("KeyMarker", &enc(key_marker.unwrap_or_default()))
+            .leaf("VersionIdMarker", version_marker.unwrap_or_default())
+            .leaf("MaxKeys", &max.min(objstore::MAX_KEYS).to_string())
+            .leaf("IsTruncated", if next.is_some() { "true" } else { "false" });
+        if let Some((key, version)) = &next {
+            w.leaf("NextKeyMarker", &enc(key))
+                .leaf("NextVersionIdMarker", version);
+        }
+        if url {
+            w.leaf("EncodingType", "url");
+        }
+        for entry in &entries {
+            let tag = if entry.object.is_some() {
+                "Version"
+            } else {
+                "DeleteMarker"
+            };
+            w.open(tag)
+                .leaf("Key", &enc(&entry.key))
+                .leaf("VersionId", &entry.version_id)
+                .leaf("IsLatest", if entry.is_latest { "true" } else { "false" })
+                .leaf("LastModified", &iso_date(entry.last_modified));
+            if let Some(object) = &entry.object {
+                w.leaf("ETag", &format!("\"{}\"", object.etag))
+                    .leaf("Size", &object.size.to_string())
+                    .leaf("StorageClass", "STANDARD");
+            }
+            owner_xml(&mut w, &owner);
+            w.close(tag);
+        }
+        Ok(S3Answer::xml(w.finish("ListVersionsResult")))
     }
 
     /// ListObjects (version 1, rclone's and s3fs's default): `marker` instead of
