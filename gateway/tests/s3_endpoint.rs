@@ -518,6 +518,13 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     let r = e.get("/", &[]);
     assert!(r.text().contains("<Name>data</Name>"), "{}", r.text());
     let r = e.send("GET", "/data", "versioning", &[], b"", &e.signed());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !r.text().contains("<Status>"),
+        "never configured: {}",
+        r.text()
+    );
+    let r = e.send("GET", "/data", "policy", &[], b"", &e.signed());
     assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
 }
 

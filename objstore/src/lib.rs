@@ -1,5 +1,6 @@
-//! atrest's SSE-KMS object storage engine: the storage side of the S3 API, with no
-//! HTTP in it.
+//! atrest's object storage engine: the storage side of the S3 API (SSE-KMS, SSE-S3
+//! under the AWS managed key, SSE-C; versions, tags, conditional writes), with no HTTP
+//! in it.
 //!
 //! Every object is encrypted under its own data key (GenerateDataKey with the
 //! encryption context `{"aws:s3:arn": "arn:aws:s3:::BUCKET/KEY"}` plus the caller's

@@ -7,8 +7,12 @@
 //! (GenerateDataKey on PUT, Decrypt on GET) are evaluated under the key policy and
 //! audited as that principal. Buckets belong to the signer's account: principals of
 //! another account are refused. An anonymous request may only read a public-read
-//! object, and S3 refuses even that for SSE-KMS objects (every atrest object), with
-//! its own message.
+//! object, and atrest refuses even that with S3's SSE-KMS message (S3 would serve a
+//! public SSE-S3 object; atrest makes no key-service call for anonymous callers).
+//!
+//! Encryption: SSE-S3 (the default, under `alias/aws/s3`), SSE-KMS and SSE-C; copies
+//! ([`copy`]) re-encrypt. Conditional requests, tagging, versioning, stored headers
+//! and checksums follow S3 (the table is `docs/S3.md`).
 
 mod copy;
 mod multipart;
