@@ -261,3 +261,35 @@ fn racing_create_only_writers_leave_exactly_one_winner() {
     let winner = winners.iter().position(|w| *w).unwrap() as u8;
     assert_eq!(lab.get("race").unwrap(), vec![winner; 200_000]);
 }
+
+#[test]
+fn nobody_can_administer_or_repoint_the_managed_key() {
+    use crypto_core::kms::KeyService;
+    let lab = Lab::new();
+    let managed = lab.kms.aws_managed_key(SSE_S3_KEY_ALIAS).unwrap();
+    // Not even the account's root user (the lab's principal) through the API.
+    assert!(lab.kms.disable_key(&managed).is_err());
+    assert!(lab.kms.schedule_key_deletion(&managed, Some(7)).is_err());
+    assert!(lab
+        .kms
+        .put_key_policy(&managed, "default", r#"{"Statement":[]}"#, false)
+        .is_err());
+    assert!(lab
+        .kms
+        .update_alias(SSE_S3_KEY_ALIAS, &lab.key_arn)
+        .is_err());
+    assert!(lab.kms.delete_alias(SSE_S3_KEY_ALIAS).is_err());
+    assert!(lab
+        .kms
+        .create_alias("alias/aws/other", &lab.key_arn)
+        .is_err());
+    // Names that are not alias/aws/SERVICE are no managed key.
+    assert!(lab.kms.aws_managed_key("alias/mine").is_err());
+    assert!(lab.kms.aws_managed_key("alias/aws/../x").is_err());
+    // It still works for S3.
+    let info = lab
+        .store
+        .put_object(lab.kms(), "bkt", "k", &mut &b"x"[..], &Default::default())
+        .unwrap();
+    assert_eq!(info.kms_key_arn, managed);
+}
