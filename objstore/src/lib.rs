@@ -44,7 +44,7 @@ pub use reader::ObjectReader;
 pub use store::multipart::{
     CompletedPart, MultipartUpload, PartInfo, MAX_PART_NUMBER, MIN_PART_SIZE,
 };
-pub use store::versions::{DeleteOutcome, VersionEntry, Versioning, NULL_VERSION};
+pub use store::versions::{DeleteOutcome, VersionEntry, Versioning, VersionsPage, NULL_VERSION};
 pub use store::{
     validate_tags, Acl, BodyChecksum, BucketEncryption, BucketInfo, Condition, Deleted,
     EncryptionRequest, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore, PutObjectOptions,

@@ -1188,7 +1188,7 @@ impl S3Service {
         let key_marker = request.param("key-marker").filter(|m| !m.is_empty());
         let version_marker = request.param("version-id-marker").filter(|m| !m.is_empty());
         let max = max_keys(request)?.unwrap_or(objstore::MAX_KEYS);
-        let (entries, next) = self.store.list_object_versions(
+        let objstore::VersionsPage { entries, next } = self.store.list_object_versions(
             &request.bucket,
             prefix,
             key_marker,

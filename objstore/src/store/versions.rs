@@ -72,6 +72,15 @@ pub struct VersionEntry {
     pub object: Option<crate::ObjectInfo>,
 }
 
+/// One page of ListObjectVersions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionsPage {
+    pub entries: Vec<VersionEntry>,
+    /// When truncated: the key and version id to resume after (`NextKeyMarker`,
+    /// `NextVersionIdMarker`).
+    pub next: Option<(String, String)>,
+}
+
 /// `versions/<H>/<VERSION-ID>.marker`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct MarkerRecord {
@@ -417,7 +426,7 @@ impl ObjectStore {
 
     /// ListObjectVersions: every version and delete marker of the keys under
     /// `prefix`, by key, newest first, after (`key_marker`, `version_id_marker`), at
-    /// most `max_keys`. Returns the entries and, when truncated, the next markers.
+    /// most `max_keys`.
     pub fn list_object_versions(
         &self,
         bucket: &str,
@@ -425,7 +434,7 @@ impl ObjectStore {
         key_marker: Option<&str>,
         version_id_marker: Option<&str>,
         max_keys: usize,
-    ) -> Result<(Vec<VersionEntry>, Option<(String, String)>), Error> {
+    ) -> Result<VersionsPage, Error> {
         self.bucket(bucket)?;
         let mut keys: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         let objects = self.bucket_dir(bucket).join(super::OBJECTS_DIR);
@@ -502,11 +511,14 @@ impl ObjectStore {
                     let next = out
                         .last()
                         .map(|last: &VersionEntry| (last.key.clone(), last.version_id.clone()));
-                    return Ok((out, next));
+                    return Ok(VersionsPage { entries: out, next });
                 }
                 out.push(entry);
             }
         }
-        Ok((out, None))
+        Ok(VersionsPage {
+            entries: out,
+            next: None,
+        })
     }
 }
