@@ -25,7 +25,9 @@ fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
     let answer: Value = serde_json::from_str(&out).expect("create-access-key prints JSON");
     let key = &answer["AccessKey"];
     let server = home.serve_env(
-        &[("ATREST_REGION", REGION)],
+        // Debug logging: every refused request's error is logged, so the check
+        // below that the SSE-C key never appears in the log means something.
+        &[("ATREST_REGION", REGION), ("RUST_LOG", "debug")],
         &["s3", "serve", "--listen", "127.0.0.1:0"],
     );
     let work = home.file("work");
@@ -51,11 +53,23 @@ fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
         &out,
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK: issue 21 items 1-2"));
+    // The customer key never reaches the server's log, in any spelling.
+    let customer_key = std::fs::read(work.join("sse-c.key")).unwrap();
+    let log = server.log();
+    assert!(
+        log.contains("SSE-C key provided is not the key"),
+        "the refused SSE-C reads are in the debug log: {log}"
+    );
+    for spelling in common::spellings(&customer_key) {
+        assert!(
+            !contains(log.as_bytes(), &spelling),
+            "the SSE-C key is in the log"
+        );
+    }
     server.stop();
 
     // At rest: the SSE-C objects hold neither their plaintext nor the customer key
     // (nor its MD5), and no other object file holds plaintext either.
-    let customer_key = std::fs::read(work.join("sse-c.key")).unwrap();
     let key_md5 = std::fs::read(work.join("sse-c.key.md5")).unwrap();
     assert_eq!((customer_key.len(), key_md5.len()), (32, 16));
     let files = files_under(&home.path().join("s3"));
