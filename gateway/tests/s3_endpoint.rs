@@ -1516,3 +1516,149 @@ fn list_objects_v1_pages_with_markers() {
     let r = list("max-keys=x");
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn bucket_policies_grant_other_accounts_and_deny_as_written() {
+    let e = Endpoint::start();
+    e.make_bucket("shared");
+    assert_eq!(
+        e.put_object("/shared/open/k", b"shared data", &[]).status,
+        200
+    );
+    assert_eq!(
+        e.put_object("/shared/closed/k", b"private", &[]).status,
+        200
+    );
+    let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
+    let as_other = || Auth::Header {
+        credentials: &other,
+        payload_hash: None,
+        at: OffsetDateTime::now_utc(),
+    };
+    let policy_put =
+        |doc: &str| e.send("PUT", "/shared", "policy", &[], doc.as_bytes(), &e.signed());
+    // No policy: another account is refused; it cannot put one either.
+    assert_eq!(
+        e.send("GET", "/shared/open/k", "", &[], b"", &as_other())
+            .status,
+        403
+    );
+    let grant = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111111111111"},"Action":["s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::shared","arn:aws:s3:::shared/open/*"]},{"Effect":"Deny","Principal":"*","Action":"s3:DeleteObject","Resource":"arn:aws:s3:::shared/closed/*"}]}"#;
+    let r = e.send(
+        "PUT",
+        "/shared",
+        "policy",
+        &[],
+        grant.as_bytes(),
+        &as_other(),
+    );
+    assert_eq!(r.status, 403);
+    let r = policy_put(grant);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = e.send("GET", "/shared", "policy", &[], b"", &e.signed());
+    assert_eq!(r.body, grant.as_bytes());
+    // The grant: GET under open/ (SSE-S3: the managed key serves every principal),
+    // and listing; nothing else.
+    let r = e.send("GET", "/shared/open/k", "", &[], b"", &as_other());
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"shared data"[..]));
+    let r = e.send("GET", "/shared", "list-type=2", &[], b"", &as_other());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        e.send("GET", "/shared/closed/k", "", &[], b"", &as_other())
+            .status,
+        403
+    );
+    assert_eq!(
+        e.send("PUT", "/shared/open/new", "", &[], b"x", &as_other())
+            .status,
+        403
+    );
+    assert_eq!(
+        e.send("DELETE", "/shared/open/k", "", &[], b"", &as_other())
+            .status,
+        403
+    );
+    // The Deny binds the owner too, one key at a time in DeleteObjects.
+    assert_eq!(
+        e.send("DELETE", "/shared/closed/k", "", &[], b"", &e.signed())
+            .status,
+        403
+    );
+    let batch = b"<Delete><Object><Key>closed/k</Key></Object><Object><Key>open/gone</Key></Object></Delete>";
+    let md5 = BASE64.encode(md5_of(batch));
+    let r = e.send(
+        "POST",
+        "/shared",
+        "delete",
+        &[("content-md5", &md5)],
+        batch,
+        &e.signed(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("<Code>AccessDenied</Code>"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("<Deleted><Key>open/gone</Key>"),
+        "{}",
+        r.text()
+    );
+    assert!(e.object_exists("/shared/closed/k"));
+
+    // Deny unencrypted (not SSE-KMS under one key) uploads, and every non-TLS request
+    // but the policy's own management.
+    let strict = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::shared/*","Condition":{"StringNotEquals":{"s3:x-amz-server-side-encryption":"aws:kms"}}},{"Effect":"Deny","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::shared/*","Condition":{"StringNotEqualsIfExists":{"s3:x-amz-server-side-encryption-aws-kms-key-id":"x"}}}]}"#;
+    let r = policy_put(strict);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "MalformedPolicy"),
+        "IfExists is refused"
+    );
+    let strict = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::shared/*","Condition":{"StringNotEquals":{"s3:x-amz-server-side-encryption":"aws:kms"}}},{"Effect":"Deny","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::shared/*","Condition":{"StringNotLike":{"s3:x-amz-server-side-encryption-aws-kms-key-id":"alias/MyKMSKey"}}}]}"#;
+    assert_eq!(policy_put(strict).status, 204);
+    assert_eq!(e.put_object("/shared/plain", b"x", &[]).status, 403);
+    let s3 = [("x-amz-server-side-encryption", "AES256")];
+    assert_eq!(e.put_object("/shared/plain", b"x", &s3).status, 403);
+    let other_key = [
+        ("x-amz-server-side-encryption", "aws:kms"),
+        (
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            e.key_arn.as_str(),
+        ),
+    ];
+    assert_eq!(e.put_object("/shared/arn", b"x", &other_key).status, 403);
+    let kms = [
+        ("x-amz-server-side-encryption", "aws:kms"),
+        (
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            "alias/MyKMSKey",
+        ),
+    ];
+    let r = e.put_object("/shared/kms", b"x", &kms);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let tls = r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::shared","arn:aws:s3:::shared/*"],"Condition":{"Bool":{"aws:SecureTransport":"false"}}}}"#;
+    assert_eq!(policy_put(tls).status, 204);
+    // This endpoint is plain HTTP.
+    assert_eq!(e.get("/shared/kms", &[]).status, 403);
+    assert_eq!(
+        e.send("GET", "/shared", "list-type=2", &[], b"", &e.signed())
+            .status,
+        403
+    );
+    // The owner can still take the policy away.
+    assert_eq!(
+        e.send("DELETE", "/shared", "policy", &[], b"", &e.signed())
+            .status,
+        204
+    );
+    assert_eq!(e.get("/shared/kms", &[]).status, 200);
+    let r = e.send("GET", "/shared", "policy", &[], b"", &e.signed());
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchBucketPolicy"));
+    // A policy naming another bucket is refused.
+    let r = policy_put(
+        r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::other/*"}}"#,
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "MalformedPolicy"));
+}

@@ -84,6 +84,12 @@ pub enum Error {
     /// GetBucketTagging of a bucket without tags.
     #[error("NoSuchTagSet: The TagSet does not exist (bucket '{bucket}')")]
     NoSuchTagSet { bucket: String },
+    /// A bucket policy atrest cannot evaluate faithfully, or not a policy at all.
+    #[error("MalformedPolicy: {0}")]
+    MalformedPolicy(String),
+    /// GetBucketPolicy of a bucket without one.
+    #[error("NoSuchBucketPolicy: The bucket policy does not exist (bucket '{bucket}')")]
+    NoSuchBucketPolicy { bucket: String },
     /// A versionId that names no version of the key.
     #[error("NoSuchVersion: The specified version '{version_id}' of '{key}' does not exist")]
     NoSuchVersion { key: String, version_id: String },
@@ -140,6 +146,8 @@ impl Error {
             Error::PreconditionFailed(_) => "PreconditionFailed",
             Error::InvalidTag(_) => "InvalidTag",
             Error::NoSuchVersion { .. } => "NoSuchVersion",
+            Error::MalformedPolicy(_) => "MalformedPolicy",
+            Error::NoSuchBucketPolicy { .. } => "NoSuchBucketPolicy",
             Error::DeleteMarker { .. } => "MethodNotAllowed",
             Error::NoSuchTagSet { .. } => "NoSuchTagSet",
             Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => "InvalidRequest",
@@ -159,7 +167,9 @@ impl Error {
             | Error::NoBucketEncryption { .. }
             | Error::NoSuchUpload { .. }
             | Error::NoSuchTagSet { .. }
-            | Error::NoSuchVersion { .. } => 404,
+            | Error::NoSuchVersion { .. }
+            | Error::NoSuchBucketPolicy { .. } => 404,
+            Error::MalformedPolicy(_) => 400,
             Error::DeleteMarker { .. } => 405,
             Error::BucketAlreadyOwnedByYou { .. }
             | Error::BucketAlreadyExists { .. }

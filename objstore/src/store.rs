@@ -211,6 +211,9 @@ pub struct BucketInfo {
     /// PutBucketTagging (absent in files written before tagging).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<TagSet>,
+    /// PutBucketPolicy: the policy document as put (checked by the S3 front end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// PutBucketVersioning (absent: never configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versioning: Option<Versioning>,
@@ -676,6 +679,7 @@ impl ObjectStore {
             encryption: None,
             acl: Acl::Private,
             tags: None,
+            policy: None,
             versioning: None,
         };
         let staged = self.staging_dir().join(random_name(".bucket"));
@@ -1793,6 +1797,22 @@ impl ObjectStore {
         }
         self.update_bucket(name, |info| info.tags = tags)?;
         Ok(())
+    }
+
+    /// PutBucketPolicy (`Some`, already validated by the caller) or
+    /// DeleteBucketPolicy (`None`).
+    pub fn put_bucket_policy(&self, name: &str, policy: Option<String>) -> Result<(), Error> {
+        self.update_bucket(name, |info| info.policy = policy)?;
+        Ok(())
+    }
+
+    /// GetBucketPolicy; NoSuchBucketPolicy when the bucket has none.
+    pub fn bucket_policy(&self, name: &str) -> Result<String, Error> {
+        self.bucket(name)?
+            .policy
+            .ok_or_else(|| Error::NoSuchBucketPolicy {
+                bucket: name.to_owned(),
+            })
     }
 
     /// GetBucketTagging; NoSuchTagSet when the bucket has none.

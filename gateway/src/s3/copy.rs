@@ -10,7 +10,7 @@ use objstore::{ByteRange, CustomerKey, ObjectDownload, ObjectInfo};
 
 use super::xml::XmlWriter;
 use super::{
-    account_of, bucket_key_header, customer_key_headers, encryption_headers, header, iso_date,
+    bucket_key_header, customer_key_headers, encryption_headers, header, iso_date,
     percent_decode_path, put_options, read_conditions, S3Answer, S3Request, S3Service,
 };
 use crate::error::GatewayError;
@@ -109,17 +109,27 @@ impl S3Service {
         kms: &LocalKms,
         principal: &str,
         headers: &HeaderMap,
+        facts: &super::policy::RequestFacts,
         range: Option<ByteRange>,
     ) -> Result<(ObjectDownload, objstore::TagSet), GatewayError> {
         let (bucket, key, version) = copy_source(headers)?;
-        let owner = self.store.bucket(&bucket)?.owner;
+        let info = self.store.bucket(&bucket)?;
+        let action = if version.is_some() {
+            "s3:GetObjectVersion"
+        } else {
+            "s3:GetObject"
+        };
+        super::authorize(
+            &info,
+            principal,
+            action,
+            &objstore::object_arn(&bucket, &key),
+            facts,
+        )?;
         let store = match &version {
             Some(id) => self.store.at_version(id),
             None => self.store.clone(),
         };
-        if account_of(&owner) != account_of(principal) {
-            return Err(GatewayError::AccessDenied("Access Denied".into()));
-        }
         let customer = source_customer_key(headers)?;
         let info = store.head_object_with_key(&bucket, &key, customer.as_ref())?;
         source_conditions(headers, &info)?;
@@ -177,7 +187,9 @@ impl S3Service {
                     .into(),
             ));
         }
-        let (mut download, source_tags) = self.open_copy_source(kms, principal, headers, None)?;
+        let facts = super::request_facts(parts);
+        let (mut download, source_tags) =
+            self.open_copy_source(kms, principal, headers, &facts, None)?;
         if !replace_tags {
             opts.tags = source_tags;
         }
@@ -247,7 +259,8 @@ impl S3Service {
                 })?)
             }
         };
-        let (mut download, _) = self.open_copy_source(kms, principal, headers, range)?;
+        let facts = super::request_facts(parts);
+        let (mut download, _) = self.open_copy_source(kms, principal, headers, &facts, range)?;
         let part = self
             .store
             .upload_part(

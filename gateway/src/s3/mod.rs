@@ -16,6 +16,7 @@
 
 mod copy;
 mod multipart;
+pub mod policy;
 pub mod upload;
 pub mod xml;
 
@@ -84,7 +85,56 @@ pub enum S3Operation {
     PutBucketVersioning,
     GetBucketVersioning,
     ListObjectVersions,
+    PutBucketPolicy,
+    GetBucketPolicy,
+    DeleteBucketPolicy,
 }
+
+impl S3Operation {
+    /// The IAM action a bucket policy names this operation by (`versioned`: the
+    /// request carries `versionId`).
+    fn action(self, versioned: bool) -> &'static str {
+        use S3Operation as Op;
+        match self {
+            Op::ListBuckets => "s3:ListAllMyBuckets",
+            Op::CreateBucket => "s3:CreateBucket",
+            Op::HeadBucket | Op::ListObjectsV2 | Op::ListObjects => "s3:ListBucket",
+            Op::DeleteBucket => "s3:DeleteBucket",
+            Op::GetBucketLocation => "s3:GetBucketLocation",
+            Op::PutBucketEncryption | Op::DeleteBucketEncryption => "s3:PutEncryptionConfiguration",
+            Op::GetBucketEncryption => "s3:GetEncryptionConfiguration",
+            Op::PutObject
+            | Op::CreateMultipartUpload
+            | Op::UploadPart
+            | Op::CompleteMultipartUpload => "s3:PutObject",
+            Op::GetObject | Op::HeadObject if versioned => "s3:GetObjectVersion",
+            Op::GetObject | Op::HeadObject => "s3:GetObject",
+            Op::DeleteObject if versioned => "s3:DeleteObjectVersion",
+            Op::DeleteObject | Op::DeleteObjects => "s3:DeleteObject",
+            Op::PutObjectAcl => "s3:PutObjectAcl",
+            Op::GetObjectAcl => "s3:GetObjectAcl",
+            Op::AbortMultipartUpload => "s3:AbortMultipartUpload",
+            Op::ListParts => "s3:ListMultipartUploadParts",
+            Op::ListMultipartUploads => "s3:ListBucketMultipartUploads",
+            Op::PutObjectTagging => "s3:PutObjectTagging",
+            Op::GetObjectTagging => "s3:GetObjectTagging",
+            Op::DeleteObjectTagging => "s3:DeleteObjectTagging",
+            Op::PutBucketTagging | Op::DeleteBucketTagging => "s3:PutBucketTagging",
+            Op::GetBucketTagging => "s3:GetBucketTagging",
+            Op::PutBucketVersioning => "s3:PutBucketVersioning",
+            Op::GetBucketVersioning => "s3:GetBucketVersioning",
+            Op::ListObjectVersions => "s3:ListBucketVersions",
+            Op::PutBucketPolicy => "s3:PutBucketPolicy",
+            Op::GetBucketPolicy => "s3:GetBucketPolicy",
+            Op::DeleteBucketPolicy => "s3:DeleteBucketPolicy",
+        }
+    }
+}
+
+/// Request extension the server sets on requests that came over TLS
+/// (`aws:SecureTransport` in bucket policies).
+#[derive(Clone, Copy, Debug)]
+pub struct SecureTransport;
 
 /// A routed S3 request: the operation, its bucket and key (decoded), and the query.
 #[derive(Clone, Debug)]
@@ -176,6 +226,9 @@ impl S3Request {
                 Method::GET if only("encryption") => Op::GetBucketEncryption,
                 Method::DELETE if only("encryption") => Op::DeleteBucketEncryption,
                 Method::GET if only("location") => Op::GetBucketLocation,
+                Method::PUT if only("policy") => Op::PutBucketPolicy,
+                Method::GET if only("policy") => Op::GetBucketPolicy,
+                Method::DELETE if only("policy") => Op::DeleteBucketPolicy,
                 Method::PUT if only("versioning") => Op::PutBucketVersioning,
                 Method::GET if only("versioning") => Op::GetBucketVersioning,
                 Method::GET if only("versions") => Op::ListObjectVersions,
@@ -638,8 +691,22 @@ impl S3Service {
         use S3Operation as Op;
         if request.operation != Op::ListBuckets && request.operation != Op::CreateBucket {
             let bucket = self.store.bucket(&request.bucket)?;
-            if account_of(&bucket.owner) != account_of(&principal) {
-                return Err(GatewayError::AccessDenied("Access Denied".into()));
+            // DeleteObjects is checked key by key.
+            if request.operation != Op::DeleteObjects {
+                let action = request
+                    .operation
+                    .action(request.param("versionId").is_some());
+                let resource = match request.key.as_str() {
+                    "" => objstore::bucket_arn(&bucket.name),
+                    key => objstore::object_arn(&bucket.name, key),
+                };
+                authorize(
+                    &bucket,
+                    &principal,
+                    action,
+                    &resource,
+                    &request_facts(parts),
+                )?;
             }
         }
         refuse_grant_headers(&parts.headers)?;
@@ -1048,7 +1115,28 @@ impl S3Service {
                 }
                 Ok(answer)
             }
-            Op::DeleteObjects => self.delete_objects(bucket, parts, body),
+            Op::DeleteObjects => self.delete_objects(bucket, principal, parts, body),
+            Op::PutBucketPolicy => {
+                let text = std::str::from_utf8(body).map_err(|_| {
+                    GatewayError::Object(objstore::Error::MalformedPolicy(
+                        "the policy is not UTF-8".into(),
+                    ))
+                })?;
+                policy::BucketPolicy::parse(text, bucket)?;
+                self.store
+                    .put_bucket_policy(bucket, Some(text.to_owned()))?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::GetBucketPolicy => {
+                let text = self.store.bucket_policy(bucket)?;
+                let mut answer = S3Answer::xml(text.into_bytes());
+                insert(&mut answer.headers, "content-type", "application/json");
+                Ok(answer)
+            }
+            Op::DeleteBucketPolicy => {
+                self.store.put_bucket_policy(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
             Op::PutObjectTagging => {
                 let tags = tags_from_xml(body)?;
                 self.store.put_object_tagging(bucket, &request.key, &tags)?;
@@ -1126,9 +1214,12 @@ impl S3Service {
     fn delete_objects(
         &self,
         bucket: &str,
+        principal: &str,
         parts: &http::request::Parts,
         body: &[u8],
     ) -> Result<S3Answer, GatewayError> {
+        let info = self.store.bucket(bucket)?;
+        let facts = request_facts(parts);
         let has_digest = parts.headers.contains_key("content-md5")
             || parts
                 .headers
@@ -1158,7 +1249,22 @@ impl S3Service {
         let quiet = doc.get("Quiet")?.as_deref() == Some("true");
         let mut w = XmlWriter::new("DeleteResult");
         for key in &keys {
-            match self.store.delete_object(bucket, key) {
+            let allowed = authorize(
+                &info,
+                principal,
+                "s3:DeleteObject",
+                &objstore::object_arn(bucket, key),
+                &facts,
+            );
+            let result = allowed
+                .map_err(|err| match err {
+                    GatewayError::AccessDenied(m) => {
+                        objstore::Error::Kms(crypto_core::kms::KmsError::AccessDenied(m))
+                    }
+                    other => objstore::Error::InvalidArgument(other.message()),
+                })
+                .and_then(|()| self.store.delete_object(bucket, key));
+            match result {
                 Ok(_) if quiet => {}
                 Ok(_) => {
                     w.open("Deleted").leaf("Key", key).close("Deleted");
@@ -1467,6 +1573,54 @@ fn response_overrides(headers: &mut HeaderMap, request: &S3Request) {
         if let Some(value) = request.param(param) {
             insert(headers, name, value);
         }
+    }
+}
+
+/// What a bucket policy's conditions look at in a request.
+fn request_facts(parts: &http::request::Parts) -> policy::RequestFacts {
+    let text = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    policy::RequestFacts {
+        secure_transport: parts.extensions.get::<SecureTransport>().is_some(),
+        sse: text("x-amz-server-side-encryption"),
+        sse_kms_key_id: text("x-amz-server-side-encryption-aws-kms-key-id"),
+    }
+}
+
+/// Whether `principal` may do `action` on `resource` of `bucket`: an explicit Deny of
+/// the bucket policy refuses; principals of the owner's account need no Allow,
+/// others do. The owner's account may always manage the policy itself, so that a
+/// policy cannot lock the owner out.
+fn authorize(
+    bucket: &objstore::BucketInfo,
+    principal: &str,
+    action: &str,
+    resource: &str,
+    facts: &policy::RequestFacts,
+) -> Result<(), GatewayError> {
+    let denied = || GatewayError::AccessDenied("Access Denied".into());
+    let same_account = account_of(&bucket.owner) == account_of(principal);
+    let managing = matches!(
+        action,
+        "s3:PutBucketPolicy" | "s3:GetBucketPolicy" | "s3:DeleteBucketPolicy"
+    );
+    if managing {
+        return if same_account { Ok(()) } else { Err(denied()) };
+    }
+    let Some(text) = &bucket.policy else {
+        return if same_account { Ok(()) } else { Err(denied()) };
+    };
+    let policy = policy::BucketPolicy::parse(text, &bucket.name)?;
+    match policy.evaluate(principal, action, resource, facts) {
+        policy::Decision::Deny => Err(denied()),
+        policy::Decision::Allow => Ok(()),
+        policy::Decision::NotMentioned if same_account => Ok(()),
+        policy::Decision::NotMentioned => Err(denied()),
     }
 }
 
