@@ -132,3 +132,82 @@ fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
             .all(|e| !e.to_string().contains("cond/secret")));
     }
 }
+
+/// A bucket policy that denies every request not made over TLS (the classic "deny
+/// non-TLS"): boto3 over HTTPS still works, the aws:SecureTransport fact comes from the
+/// server's TLS listener and not from anything the client sends.
+#[test]
+fn deny_non_tls_policy_lets_https_through() {
+    common::require_tool("openssl");
+    let home = Home::new();
+    home.run(&["kms", "list-keys"]);
+    let out = home.run(&["iam", "create-access-key", "--principal", USER]);
+    let answer: Value = serde_json::from_str(&out).expect("create-access-key prints JSON");
+    let key = &answer["AccessKey"];
+    let (cert, tls_key) = (home.file("server-cert.pem"), home.file("server-key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .arg("-keyout")
+        .arg(&tls_key)
+        .arg("-out")
+        .arg(&cert)
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .expect("running openssl");
+    assert_success("openssl req", &made);
+    let server = home.serve_env(
+        &[("ATREST_REGION", REGION)],
+        &[
+            "s3",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            tls_key.to_str().unwrap(),
+        ],
+    );
+    let script = r#"
+import json, os, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name="us-east-1",
+    aws_access_key_id=os.environ["AK"], aws_secret_access_key=os.environ["SK"],
+    verify=os.environ["CA"], config=Config(s3={"addressing_style": "path"}))
+s3.create_bucket(Bucket="tls-only")
+policy = {"Statement": {"Effect": "Deny", "Principal": "*", "Action": "s3:*",
+    "Resource": ["arn:aws:s3:::tls-only", "arn:aws:s3:::tls-only/*"],
+    "Condition": {"Bool": {"aws:SecureTransport": "false"}}}}
+s3.put_bucket_policy(Bucket="tls-only", Policy=json.dumps(policy))
+s3.put_object(Bucket="tls-only", Key="k", Body=b"over tls", SSECustomerAlgorithm="AES256",
+    SSECustomerKey=b"k" * 32)
+got = s3.get_object(Bucket="tls-only", Key="k", SSECustomerAlgorithm="AES256",
+    SSECustomerKey=b"k" * 32)
+assert got["Body"].read() == b"over tls"
+assert [o["Key"] for o in s3.list_objects_v2(Bucket="tls-only")["Contents"]] == ["k"]
+print("OK: TLS")
+"#;
+    let out = Command::new(venv_bin("python"))
+        .args(["-c", script])
+        .env("EP", format!("https://{}", server.addr))
+        .env("AK", key["AccessKeyId"].as_str().unwrap())
+        .env("SK", key["SecretAccessKey"].as_str().unwrap())
+        .env("CA", &cert)
+        .env_remove("AWS_CA_BUNDLE")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("running python");
+    assert_success(
+        &format!("boto3 over TLS (server log:\n{})", server.log()),
+        &out,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: TLS"));
+    server.stop();
+}
