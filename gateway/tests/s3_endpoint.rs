@@ -524,7 +524,7 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
         "never configured: {}",
         r.text()
     );
-    let r = e.send("GET", "/data", "policy", &[], b"", &e.signed());
+    let r = e.send("GET", "/data", "lifecycle", &[], b"", &e.signed());
     assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
 }
 
