@@ -1662,3 +1662,126 @@ fn bucket_policies_grant_other_accounts_and_deny_as_written() {
     );
     assert_eq!((r.status, r.code().as_str()), (400, "MalformedPolicy"));
 }
+
+#[test]
+fn public_access_blocks_apply_to_acls_and_policies() {
+    let e = Endpoint::start();
+    e.make_bucket("blocked");
+    let public = [("x-amz-acl", "public-read")];
+    assert_eq!(e.put_object("/blocked/early", b"x", &public).status, 200);
+    let anonymous = |path: &str| e.send("GET", path, "", &[], b"", &Auth::Anonymous);
+    assert_eq!(
+        anonymous("/blocked/early").status,
+        400,
+        "public-read: S3's SSE message"
+    );
+    let r = e.send(
+        "GET",
+        "/blocked",
+        "publicAccessBlock",
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (404, "NoSuchPublicAccessBlockConfiguration")
+    );
+    let config = |acls: bool, policy: bool, restrict: bool| {
+        format!(
+            "<PublicAccessBlockConfiguration><BlockPublicAcls>{acls}</BlockPublicAcls>\
+             <IgnorePublicAcls>{acls}</IgnorePublicAcls><BlockPublicPolicy>{policy}</BlockPublicPolicy>\
+             <RestrictPublicBuckets>{restrict}</RestrictPublicBuckets></PublicAccessBlockConfiguration>"
+        )
+    };
+    let put_block = |body: String| {
+        e.send(
+            "PUT",
+            "/blocked",
+            "publicAccessBlock",
+            &[],
+            body.as_bytes(),
+            &e.signed(),
+        )
+    };
+    assert_eq!(put_block(config(true, true, false)).status, 200);
+    let r = e.send(
+        "GET",
+        "/blocked",
+        "publicAccessBlock",
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert!(
+        r.text().contains("<BlockPublicAcls>true</BlockPublicAcls>"),
+        "{}",
+        r.text()
+    );
+    // BlockPublicAcls and IgnorePublicAcls.
+    assert_eq!(e.put_object("/blocked/late", b"x", &public).status, 403);
+    assert!(!e.object_exists("/blocked/late"));
+    let r = e.send("PUT", "/blocked/early", "acl", &public, b"", &e.signed());
+    assert_eq!(r.status, 403);
+    let r = e.send("POST", "/blocked/mpu", "uploads", &public, b"", &e.signed());
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        anonymous("/blocked/early").status,
+        403,
+        "the public ACL is ignored"
+    );
+    // BlockPublicPolicy refuses a policy that allows anyone, not one for an account.
+    let anyone = r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::blocked/*"}}"#;
+    let account = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"111111111111"},"Action":"s3:GetObject","Resource":"arn:aws:s3:::blocked/*"}}"#;
+    let put_policy = |doc: &str| {
+        e.send(
+            "PUT",
+            "/blocked",
+            "policy",
+            &[],
+            doc.as_bytes(),
+            &e.signed(),
+        )
+    };
+    assert_eq!(put_policy(anyone).status, 403);
+    assert_eq!(put_policy(account).status, 204);
+    // RestrictPublicBuckets: a public policy no longer lets other accounts in.
+    let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
+    let as_other = || Auth::Header {
+        credentials: &other,
+        payload_hash: None,
+        at: OffsetDateTime::now_utc(),
+    };
+    assert_eq!(put_block(config(false, false, false)).status, 200);
+    assert_eq!(put_policy(anyone).status, 204);
+    assert_eq!(
+        e.send("GET", "/blocked/early", "", &[], b"", &as_other())
+            .status,
+        200
+    );
+    assert_eq!(put_block(config(false, false, true)).status, 200);
+    assert_eq!(
+        e.send("GET", "/blocked/early", "", &[], b"", &as_other())
+            .status,
+        403
+    );
+    assert_eq!(
+        e.get("/blocked/early", &[]).status,
+        200,
+        "the owner's account still can"
+    );
+    let r = e.send(
+        "DELETE",
+        "/blocked",
+        "publicAccessBlock",
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        e.send("GET", "/blocked/early", "", &[], b"", &as_other())
+            .status,
+        200
+    );
+}

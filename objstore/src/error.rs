@@ -90,6 +90,9 @@ pub enum Error {
     /// GetBucketPolicy of a bucket without one.
     #[error("NoSuchBucketPolicy: The bucket policy does not exist (bucket '{bucket}')")]
     NoSuchBucketPolicy { bucket: String },
+    /// GetPublicAccessBlock of a bucket without one.
+    #[error("NoSuchPublicAccessBlockConfiguration: The public access block configuration was not found (bucket '{bucket}')")]
+    NoSuchPublicAccessBlock { bucket: String },
     /// A versionId that names no version of the key.
     #[error("NoSuchVersion: The specified version '{version_id}' of '{key}' does not exist")]
     NoSuchVersion { key: String, version_id: String },
@@ -147,6 +150,7 @@ impl Error {
             Error::InvalidTag(_) => "InvalidTag",
             Error::NoSuchVersion { .. } => "NoSuchVersion",
             Error::MalformedPolicy(_) => "MalformedPolicy",
+            Error::NoSuchPublicAccessBlock { .. } => "NoSuchPublicAccessBlockConfiguration",
             Error::NoSuchBucketPolicy { .. } => "NoSuchBucketPolicy",
             Error::DeleteMarker { .. } => "MethodNotAllowed",
             Error::NoSuchTagSet { .. } => "NoSuchTagSet",
@@ -168,7 +172,8 @@ impl Error {
             | Error::NoSuchUpload { .. }
             | Error::NoSuchTagSet { .. }
             | Error::NoSuchVersion { .. }
-            | Error::NoSuchBucketPolicy { .. } => 404,
+            | Error::NoSuchBucketPolicy { .. }
+            | Error::NoSuchPublicAccessBlock { .. } => 404,
             Error::MalformedPolicy(_) => 400,
             Error::DeleteMarker { .. } => 405,
             Error::BucketAlreadyOwnedByYou { .. }

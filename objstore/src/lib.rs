@@ -47,7 +47,7 @@ pub use store::multipart::{
 pub use store::versions::{DeleteOutcome, VersionEntry, Versioning, VersionsPage, NULL_VERSION};
 pub use store::{
     validate_tags, Acl, BodyChecksum, BucketEncryption, BucketInfo, Condition, Deleted,
-    EncryptionRequest, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore, PutObjectOptions,
-    SseAlgorithm, TagSet, DEFAULT_CONTENT_TYPE, MAX_BUCKET_TAGS, MAX_OBJECT_TAGS,
+    EncryptionRequest, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore, PublicAccessBlock,
+    PutObjectOptions, SseAlgorithm, TagSet, DEFAULT_CONTENT_TYPE, MAX_BUCKET_TAGS, MAX_OBJECT_TAGS,
     MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS, SYSTEM_METADATA,
 };

@@ -198,6 +198,19 @@ pub fn validate_tags(tags: &TagSet, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// PutPublicAccessBlock's four switches (all off when unset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicAccessBlock {
+    /// Refuse requests that set a public-read ACL.
+    pub block_public_acls: bool,
+    /// Treat public-read objects as private for anonymous callers.
+    pub ignore_public_acls: bool,
+    /// Refuse bucket policies that allow anyone (`Principal: "*"`).
+    pub block_public_policy: bool,
+    /// With a public bucket policy, only the owner's account gets in.
+    pub restrict_public_buckets: bool,
+}
+
 /// A bucket's metadata (`bucket.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketInfo {
@@ -214,6 +227,9 @@ pub struct BucketInfo {
     /// PutBucketPolicy: the policy document as put (checked by the S3 front end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// PutPublicAccessBlock (absent: never set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_access_block: Option<PublicAccessBlock>,
     /// PutBucketVersioning (absent: never configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versioning: Option<Versioning>,
@@ -680,6 +696,7 @@ impl ObjectStore {
             acl: Acl::Private,
             tags: None,
             policy: None,
+            public_access_block: None,
             versioning: None,
         };
         let staged = self.staging_dir().join(random_name(".bucket"));
@@ -1803,6 +1820,16 @@ impl ObjectStore {
     /// DeleteBucketPolicy (`None`).
     pub fn put_bucket_policy(&self, name: &str, policy: Option<String>) -> Result<(), Error> {
         self.update_bucket(name, |info| info.policy = policy)?;
+        Ok(())
+    }
+
+    /// PutPublicAccessBlock (`Some`) or DeletePublicAccessBlock (`None`).
+    pub fn put_public_access_block(
+        &self,
+        name: &str,
+        block: Option<PublicAccessBlock>,
+    ) -> Result<(), Error> {
+        self.update_bucket(name, |info| info.public_access_block = block)?;
         Ok(())
     }
 

@@ -167,6 +167,7 @@ impl S3Service {
             }
         };
         let mut opts = put_options(headers)?;
+        self.refuse_public_acl(&request.bucket, opts.acl)?;
         let (src_bucket, src_key, src_version) = copy_source(headers)?;
         let changes_encryption = headers.keys().any(|name| {
             name.as_str().starts_with("x-amz-server-side-encryption")

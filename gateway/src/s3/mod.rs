@@ -88,6 +88,9 @@ pub enum S3Operation {
     PutBucketPolicy,
     GetBucketPolicy,
     DeleteBucketPolicy,
+    PutPublicAccessBlock,
+    GetPublicAccessBlock,
+    DeletePublicAccessBlock,
 }
 
 impl S3Operation {
@@ -127,6 +130,10 @@ impl S3Operation {
             Op::PutBucketPolicy => "s3:PutBucketPolicy",
             Op::GetBucketPolicy => "s3:GetBucketPolicy",
             Op::DeleteBucketPolicy => "s3:DeleteBucketPolicy",
+            Op::PutPublicAccessBlock | Op::DeletePublicAccessBlock => {
+                "s3:PutBucketPublicAccessBlock"
+            }
+            Op::GetPublicAccessBlock => "s3:GetBucketPublicAccessBlock",
         }
     }
 }
@@ -226,6 +233,9 @@ impl S3Request {
                 Method::GET if only("encryption") => Op::GetBucketEncryption,
                 Method::DELETE if only("encryption") => Op::DeleteBucketEncryption,
                 Method::GET if only("location") => Op::GetBucketLocation,
+                Method::PUT if only("publicAccessBlock") => Op::PutPublicAccessBlock,
+                Method::GET if only("publicAccessBlock") => Op::GetPublicAccessBlock,
+                Method::DELETE if only("publicAccessBlock") => Op::DeletePublicAccessBlock,
                 Method::PUT if only("policy") => Op::PutBucketPolicy,
                 Method::GET if only("policy") => Op::GetBucketPolicy,
                 Method::DELETE if only("policy") => Op::DeleteBucketPolicy,
@@ -788,13 +798,34 @@ impl S3Service {
         if !read {
             return Err(denied());
         }
+        let ignored = self
+            .store
+            .bucket(&request.bucket)
+            .ok()
+            .and_then(|b| b.public_access_block)
+            .is_some_and(|b| b.ignore_public_acls);
         match self.store.head_object(&request.bucket, &request.key) {
-            Ok(info) if info.acl == Acl::PublicRead => {
+            Ok(info) if info.acl == Acl::PublicRead && !ignored => {
                 Err(GatewayError::InvalidArgument(SSE_KMS_NEEDS_SIGV4.into()))
             }
             // Neither whether the object exists nor anything else is told.
             _ => Err(denied()),
         }
+    }
+
+    /// BlockPublicAcls: a request that would make something public-read is refused.
+    fn refuse_public_acl(&self, bucket: &str, acl: Acl) -> Result<(), GatewayError> {
+        let blocked = self
+            .store
+            .bucket(bucket)?
+            .public_access_block
+            .is_some_and(|b| b.block_public_acls);
+        if blocked && acl == Acl::PublicRead {
+            return Err(GatewayError::AccessDenied(
+                "Access Denied: the bucket's BlockPublicAcls refuses a public-read ACL".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Creates the AWS managed key `alias/aws/s3` on first use, when the PUT's
@@ -831,6 +862,7 @@ impl S3Service {
     ) -> Result<S3Answer, GatewayError> {
         let headers = &parts.headers;
         let opts = put_options(headers)?;
+        self.refuse_public_acl(&request.bucket, opts.acl)?;
         body.report_checksum_to(opts.checksum.clone());
         let bucket_key = bucket_key_header(headers)?;
         self.ensure_managed_key(kms, &request.bucket, &opts)?;
@@ -1087,6 +1119,7 @@ impl S3Service {
                         ))
                     }
                 };
+                self.refuse_public_acl(bucket, acl)?;
                 self.store.put_object_acl(bucket, &request.key, acl)?;
                 Ok(S3Answer::empty(StatusCode::OK))
             }
@@ -1122,7 +1155,15 @@ impl S3Service {
                         "the policy is not UTF-8".into(),
                     ))
                 })?;
-                policy::BucketPolicy::parse(text, bucket)?;
+                let parsed = policy::BucketPolicy::parse(text, bucket)?;
+                let block = self.store.bucket(bucket)?.public_access_block;
+                if parsed.is_public() && block.is_some_and(|b| b.block_public_policy) {
+                    return Err(GatewayError::AccessDenied(
+                        "Access Denied: the bucket's BlockPublicPolicy refuses a policy that \
+                         allows anyone"
+                            .into(),
+                    ));
+                }
                 self.store
                     .put_bucket_policy(bucket, Some(text.to_owned()))?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
@@ -1135,6 +1176,48 @@ impl S3Service {
             }
             Op::DeleteBucketPolicy => {
                 self.store.put_bucket_policy(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::PutPublicAccessBlock => {
+                let doc = XmlDocument::parse(body, "PublicAccessBlockConfiguration")?;
+                let flag = |name: &str| -> Result<bool, GatewayError> {
+                    match doc.get(name)?.as_deref() {
+                        None | Some("false") => Ok(false),
+                        Some("true") => Ok(true),
+                        Some(_) => Err(GatewayError::MalformedXml(format!(
+                            "{name} must be true or false"
+                        ))),
+                    }
+                };
+                let block = objstore::PublicAccessBlock {
+                    block_public_acls: flag("BlockPublicAcls")?,
+                    ignore_public_acls: flag("IgnorePublicAcls")?,
+                    block_public_policy: flag("BlockPublicPolicy")?,
+                    restrict_public_buckets: flag("RestrictPublicBuckets")?,
+                };
+                self.store.put_public_access_block(bucket, Some(block))?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetPublicAccessBlock => {
+                let block = self
+                    .store
+                    .bucket(bucket)?
+                    .public_access_block
+                    .ok_or_else(|| {
+                        GatewayError::Object(objstore::Error::NoSuchPublicAccessBlock {
+                            bucket: bucket.to_owned(),
+                        })
+                    })?;
+                let text = |b: bool| if b { "true" } else { "false" };
+                let mut w = XmlWriter::new("PublicAccessBlockConfiguration");
+                w.leaf("BlockPublicAcls", text(block.block_public_acls))
+                    .leaf("IgnorePublicAcls", text(block.ignore_public_acls))
+                    .leaf("BlockPublicPolicy", text(block.block_public_policy))
+                    .leaf("RestrictPublicBuckets", text(block.restrict_public_buckets));
+                Ok(S3Answer::xml(w.finish("PublicAccessBlockConfiguration")))
+            }
+            Op::DeletePublicAccessBlock => {
+                self.store.put_public_access_block(bucket, None)?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::PutObjectTagging => {
@@ -1616,6 +1699,13 @@ fn authorize(
         return if same_account { Ok(()) } else { Err(denied()) };
     };
     let policy = policy::BucketPolicy::parse(text, &bucket.name)?;
+    let restricted = bucket
+        .public_access_block
+        .is_some_and(|b| b.restrict_public_buckets)
+        && policy.is_public();
+    if restricted && !same_account {
+        return Err(denied());
+    }
     match policy.evaluate(principal, action, resource, facts) {
         policy::Decision::Deny => Err(denied()),
         policy::Decision::Allow => Ok(()),

@@ -157,6 +157,7 @@ impl S3Service {
                     ));
                 }
                 let bucket_key = bucket_key_header(&parts.headers)?;
+                self.refuse_public_acl(bucket, opts.acl)?;
                 self.ensure_managed_key(kms, bucket, &opts)?;
                 let upload = self
                     .store

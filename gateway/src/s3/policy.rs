@@ -165,6 +165,20 @@ impl BucketPolicy {
         Ok(BucketPolicy { statements })
     }
 
+    /// Whether the policy allows anyone (an Allow with `Principal: "*"` not narrowed
+    /// by an `aws:PrincipalAccount` condition), as BlockPublicPolicy and
+    /// RestrictPublicBuckets judge it.
+    pub fn is_public(&self) -> bool {
+        self.statements.iter().any(|s| {
+            !s.deny
+                && s.principals.is_none()
+                && !s
+                    .conditions
+                    .iter()
+                    .any(|c| c.key == ConditionKey::PrincipalAccount)
+        })
+    }
+
     /// Evaluates `action` (`s3:GetObject`, ...) by `principal` on `resource` (an
     /// `arn:aws:s3:::` ARN).
     pub fn evaluate(
