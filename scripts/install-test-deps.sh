@@ -3,13 +3,13 @@
 # clients and peers (libnbd-bin, nbdkit, fio, qemu-utils, python3-libnbd; Debian's
 # nbd-client, copied into the guest of tests/e2e/attach-vm.sh), FUSE and
 # ext4 tools for the mount tests, OpenSSL, curl (the plain HTTP client of the S3
-# tests), qemu-system-x86 for the VM boot test, and the Python packages of
+# tests), rclone (a generic S3 client with its default settings), qemu-system-x86 for the VM boot test, and the Python packages of
 # requirements-test.txt. Safe to run again: it
 # installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(libnbd-bin nbd-client nbdkit fio qemu-utils python3-libnbd fuse3 e2fsprogs util-linux openssl python3-pip python3-venv curl)
+apt_packages=(libnbd-bin nbd-client nbdkit fio qemu-utils python3-libnbd fuse3 e2fsprogs util-linux openssl python3-pip python3-venv curl rclone)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -991,9 +991,14 @@ async fn serve(
         let stream = WriteStallGuard::new(stream, limits.body_timeout);
         let gateway = Arc::clone(&gateway);
         let acceptor = acceptor.clone();
+        let secure = acceptor.is_some();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |request| {
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                // S3 bucket policies' aws:SecureTransport.
+                if secure {
+                    request.extensions_mut().insert(crate::s3::SecureTransport);
+                }
                 let gateway = Arc::clone(&gateway);
                 async move { Ok::<_, std::convert::Infallible>(respond(gateway, request, peer).await) }
             });

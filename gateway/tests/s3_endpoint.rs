@@ -324,13 +324,15 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
         (409, "BucketAlreadyOwnedByYou")
     );
 
-    // No key named and no bucket default: S3 would use aws/s3; atrest asks for one.
+    // No key named and no bucket default: SSE-S3 under alias/aws/s3, as S3 since 2023.
     let r = e.put_object("/data/a", b"x", &[]);
-    assert_eq!((r.status, r.code().as_str()), (400, "InvalidArgument"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-amz-server-side-encryption"), "AES256");
     let r = e.send("GET", "/data", "encryption", &[], b"", &e.signed());
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (404, "ServerSideEncryptionConfigurationNotFoundError")
+    assert!(
+        r.text().contains("<SSEAlgorithm>AES256</SSEAlgorithm>"),
+        "{}",
+        r.text()
     );
     let config = br#"<ServerSideEncryptionConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>alias/MyKMSKey</KMSMasterKeyID></ApplyServerSideEncryptionByDefault></Rule></ServerSideEncryptionConfiguration>"#;
     let r = e.send("PUT", "/data", "encryption", &[], config, &e.signed());
@@ -436,7 +438,8 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     let text = r.text();
     assert!(text.contains("<Key>top</Key>"), "{text}");
     assert!(text.contains("<CommonPrefixes><Prefix>dir/</Prefix></CommonPrefixes>"));
-    assert!(text.contains("<KeyCount>2</KeyCount>"));
+    // `a` (SSE-S3, above), `top` and the prefix `dir/`.
+    assert!(text.contains("<KeyCount>3</KeyCount>"), "{text}");
     let r = e.send(
         "GET",
         "/data",
@@ -515,6 +518,13 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     let r = e.get("/", &[]);
     assert!(r.text().contains("<Name>data</Name>"), "{}", r.text());
     let r = e.send("GET", "/data", "versioning", &[], b"", &e.signed());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !r.text().contains("<Status>"),
+        "never configured: {}",
+        r.text()
+    );
+    let r = e.send("GET", "/data", "lifecycle", &[], b"", &e.signed());
     assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
 }
 
@@ -716,7 +726,14 @@ fn aws_chunked_uploads_verify_every_chunk_and_the_trailer() {
 
     let r = put("/chunks/good", signed, None, data.len(), &plain, &keep);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(e.get("/chunks/good", &[]).body, data);
+    let got = e.get("/chunks/good", &[]);
+    assert_eq!(got.body, data);
+    // aws-chunked was the upload's encoding, not the object's: it is not stored.
+    assert!(
+        !got.headers.contains_key("content-encoding"),
+        "{:?}",
+        got.headers
+    );
 
     // One data byte changed: its chunk's signature no longer matches.
     let flip = |body: &mut Vec<u8>| {
@@ -1089,9 +1106,15 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
     assert_eq!(got.body, whole);
     assert_eq!(got.header("content-type"), "text/x-parts");
     assert!(got.header("etag").ends_with("-2\""), "{:?}", got.headers);
-    // The upload is gone, and no part file is left.
+    // A retried Complete (its first answer lost) gets the object's ETag, as on S3;
+    // another part list for the finished upload does not.
+    let etag = got.header("etag").to_owned();
     let r = complete("joined", &id, &[(1, &e1), (2, &e2)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(xml_leaf(&r, "ETag"), etag.replace('"', "&quot;"));
+    let r = complete("joined", &id, &[(1, &e1)]);
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
+    // The upload is gone, and no part file is left.
     let uploads = e.home.path().join("s3/buckets/mpu/uploads");
     assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
 
@@ -1340,4 +1363,425 @@ fn multipart_uploads_stream_parts_through_aws_chunked_bodies() {
         .read_dir()
         .unwrap()
         .any(|_| true));
+}
+
+#[test]
+fn copies_and_buckets_stay_inside_their_account() {
+    let e = Endpoint::start();
+    e.make_bucket("mine");
+    let r = e.put_object("/mine/secret", b"mine only", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
+    let as_other = Auth::Header {
+        credentials: &other,
+        payload_hash: None,
+        at: OffsetDateTime::now_utc(),
+    };
+    // Bucket names are global: another account gets BucketAlreadyExists, and its
+    // ListBuckets does not show the bucket.
+    let r = e.send("PUT", "/mine", "", &[], b"", &as_other);
+    assert_eq!((r.status, r.code().as_str()), (409, "BucketAlreadyExists"));
+    let r = e.send("PUT", "/theirs", "", &[], b"", &as_other);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = e.send("GET", "/", "", &[], b"", &as_other);
+    assert!(r.text().contains("<Name>theirs</Name>") && !r.text().contains("<Name>mine</Name>"));
+    // Another account cannot copy out of the bucket, into its own or into ours.
+    for target in ["/theirs/stolen", "/mine/stolen"] {
+        let r = e.send(
+            "PUT",
+            target,
+            "",
+            &[("x-amz-copy-source", "/mine/secret")],
+            b"",
+            &as_other,
+        );
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "AccessDenied"),
+            "{target}"
+        );
+    }
+    // Nor through UploadPartCopy into an upload of its own.
+    let r = e.send("POST", "/theirs/parts", "uploads", &[], b"", &as_other);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = xml_leaf(&r, "UploadId");
+    let r = e.send(
+        "PUT",
+        "/theirs/parts",
+        &format!("partNumber=1&uploadId={id}"),
+        &[("x-amz-copy-source", "mine/secret")],
+        b"",
+        &as_other,
+    );
+    assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
+    // A copy source that names no key, or a version, is refused.
+    for source in ["/mine", "mine/", "/mine/secret?versionId=3"] {
+        let r = e.send(
+            "PUT",
+            "/mine/x",
+            "",
+            &[("x-amz-copy-source", source)],
+            b"",
+            &e.signed(),
+        );
+        assert!(r.status == 400 || r.status == 501, "{source}: {}", r.status);
+    }
+    assert!(!e.object_exists("/mine/x"));
+}
+
+#[test]
+fn read_conditions_follow_rfc_9110_order() {
+    let e = Endpoint::start();
+    e.make_bucket("cond");
+    let r = e.put_object("/cond/k", b"body", &[]);
+    let etag = r.header("etag").to_owned();
+    let code = |extra: &[(&str, &str)]| e.get("/cond/k", extra).status;
+    let later = "Fri, 01 Jan 2100 00:00:00 GMT";
+    let earlier = "Mon, 01 Jan 2001 00:00:00 GMT";
+    // If-Match holds, so a failing If-Unmodified-Since is ignored (as S3).
+    assert_eq!(
+        code(&[("if-match", &etag), ("if-unmodified-since", earlier)]),
+        200
+    );
+    assert_eq!(code(&[("if-match", "\"nope\"")]), 412);
+    assert_eq!(code(&[("if-match", "*")]), 200);
+    assert_eq!(code(&[("if-unmodified-since", earlier)]), 412);
+    // If-None-Match does not match, so If-Modified-Since is ignored.
+    assert_eq!(
+        code(&[("if-none-match", "\"nope\""), ("if-modified-since", later)]),
+        200
+    );
+    assert_eq!(code(&[("if-none-match", &etag)]), 304);
+    assert_eq!(code(&[("if-modified-since", later)]), 304);
+    assert_eq!(code(&[("if-modified-since", earlier)]), 200);
+    // A date that is not an HTTP date is ignored, as RFC 9110 says.
+    assert_eq!(code(&[("if-modified-since", "yesterday")]), 200);
+    let r = e.get("/cond/k", &[("if-none-match", &etag)]);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), etag);
+    // Writes: other If-None-Match values are refused, never ignored.
+    let r = e.put_object("/cond/k", b"new", &[("if-none-match", "\"abc\"")]);
+    assert_eq!(r.status, 501);
+    let r = e.send(
+        "DELETE",
+        "/cond/k",
+        "",
+        &[("x-amz-if-match-size", "4")],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(r.status, 501);
+    assert_eq!(e.get("/cond/k", &[]).body, b"body");
+    // ACL grants are refused, not accepted and dropped.
+    let grant = [(
+        "x-amz-grant-read",
+        "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"",
+    )];
+    let r = e.put_object("/cond/granted", b"x", &grant);
+    assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
+    assert!(!e.object_exists("/cond/granted"));
+    let r = e.send("PUT", "/granted-bucket", "", &grant, b"", &e.signed());
+    assert_eq!(r.status, 501);
+}
+
+#[test]
+fn list_objects_v1_pages_with_markers() {
+    let e = Endpoint::start();
+    e.make_bucket("list-v1");
+    for key in ["a", "dir/x", "dir/y", "z"] {
+        assert_eq!(
+            e.put_object(&format!("/list-v1/{key}"), b"1", &[]).status,
+            200
+        );
+    }
+    let list = |query: &str| e.send("GET", "/list-v1", query, &[], b"", &e.signed());
+    let r = list("delimiter=%2F&max-keys=2");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(xml_leaf(&r, "IsTruncated"), "true");
+    assert_eq!(xml_leaf(&r, "NextMarker"), "dir/");
+    assert!(r.text().contains("<Key>a</Key>") && r.text().contains("<Prefix>dir/</Prefix>"));
+    assert!(r.text().contains("<Owner>"), "v1 always names the owner");
+    // The marker of a common prefix skips every key under it.
+    let r = list("delimiter=%2F&marker=dir%2F");
+    assert_eq!(xml_leaf(&r, "IsTruncated"), "false");
+    assert!(r.text().contains("<Key>z</Key>"), "{}", r.text());
+    assert!(!r.text().contains("<Key>dir/"), "{}", r.text());
+    assert!(!r.text().contains("<Prefix>dir/"), "{}", r.text());
+    // Without a delimiter the marker is a key.
+    let r = list("marker=dir%2Fx&max-keys=1");
+    assert!(r.text().contains("<Key>dir/y</Key>"), "{}", r.text());
+    assert_eq!(xml_leaf(&r, "NextMarker"), "dir/y");
+    let r = list("prefix=dir%2F");
+    assert!(r.text().contains("<Key>dir/x</Key>") && !r.text().contains("<Key>a</Key>"));
+    let r = list("max-keys=x");
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn bucket_policies_grant_other_accounts_and_deny_as_written() {
+    let e = Endpoint::start();
+    e.make_bucket("shared");
+    assert_eq!(
+        e.put_object("/shared/open/k", b"shared data", &[]).status,
+        200
+    );
+    assert_eq!(
+        e.put_object("/shared/closed/k", b"private", &[]).status,
+        200
+    );
+    let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
+    let as_other = || Auth::Header {
+        credentials: &other,
+        payload_hash: None,
+        at: OffsetDateTime::now_utc(),
+    };
+    let policy_put =
+        |doc: &str| e.send("PUT", "/shared", "policy", &[], doc.as_bytes(), &e.signed());
+    // No policy: another account is refused; it cannot put one either.
+    assert_eq!(
+        e.send("GET", "/shared/open/k", "", &[], b"", &as_other())
+            .status,
+        403
+    );
+    let grant = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111111111111"},"Action":["s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::shared","arn:aws:s3:::shared/open/*"]},{"Effect":"Deny","Principal":"*","Action":"s3:DeleteObject","Resource":"arn:aws:s3:::shared/closed/*"}]}"#;
+    let r = e.send(
+        "PUT",
+        "/shared",
+        "policy",
+        &[],
+        grant.as_bytes(),
+        &as_other(),
+    );
+    assert_eq!(r.status, 403);
+    let r = policy_put(grant);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = e.send("GET", "/shared", "policy", &[], b"", &e.signed());
+    assert_eq!(r.body, grant.as_bytes());
+    // The grant: GET under open/ (SSE-S3: the managed key serves every principal),
+    // and listing; nothing else.
+    let r = e.send("GET", "/shared/open/k", "", &[], b"", &as_other());
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"shared data"[..]));
+    let r = e.send("GET", "/shared", "list-type=2", &[], b"", &as_other());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        e.send("GET", "/shared/closed/k", "", &[], b"", &as_other())
+            .status,
+        403
+    );
+    assert_eq!(
+        e.send("PUT", "/shared/open/new", "", &[], b"x", &as_other())
+            .status,
+        403
+    );
+    assert_eq!(
+        e.send("DELETE", "/shared/open/k", "", &[], b"", &as_other())
+            .status,
+        403
+    );
+    // The Deny binds the owner too, one key at a time in DeleteObjects.
+    assert_eq!(
+        e.send("DELETE", "/shared/closed/k", "", &[], b"", &e.signed())
+            .status,
+        403
+    );
+    let batch = b"<Delete><Object><Key>closed/k</Key></Object><Object><Key>open/gone</Key></Object></Delete>";
+    let md5 = BASE64.encode(md5_of(batch));
+    let r = e.send(
+        "POST",
+        "/shared",
+        "delete",
+        &[("content-md5", &md5)],
+        batch,
+        &e.signed(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("<Code>AccessDenied</Code>"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("<Deleted><Key>open/gone</Key>"),
+        "{}",
+        r.text()
+    );
+    assert!(e.object_exists("/shared/closed/k"));
+
+    // Deny unencrypted (not SSE-KMS under one key) uploads, and every non-TLS request
+    // but the policy's own management.
+    let strict = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::shared/*","Condition":{"StringNotEquals":{"s3:x-amz-server-side-encryption":"aws:kms"}}},{"Effect":"Deny","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::shared/*","Condition":{"StringNotEqualsIfExists":{"s3:x-amz-server-side-encryption-aws-kms-key-id":"x"}}}]}"#;
+    let r = policy_put(strict);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "MalformedPolicy"),
+        "IfExists is refused"
+    );
+    let strict = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::shared/*","Condition":{"StringNotEquals":{"s3:x-amz-server-side-encryption":"aws:kms"}}},{"Effect":"Deny","Principal":"*","Action":"s3:PutObject","Resource":"arn:aws:s3:::shared/*","Condition":{"StringNotLike":{"s3:x-amz-server-side-encryption-aws-kms-key-id":"alias/MyKMSKey"}}}]}"#;
+    assert_eq!(policy_put(strict).status, 204);
+    assert_eq!(e.put_object("/shared/plain", b"x", &[]).status, 403);
+    let s3 = [("x-amz-server-side-encryption", "AES256")];
+    assert_eq!(e.put_object("/shared/plain", b"x", &s3).status, 403);
+    let other_key = [
+        ("x-amz-server-side-encryption", "aws:kms"),
+        (
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            e.key_arn.as_str(),
+        ),
+    ];
+    assert_eq!(e.put_object("/shared/arn", b"x", &other_key).status, 403);
+    let kms = [
+        ("x-amz-server-side-encryption", "aws:kms"),
+        (
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            "alias/MyKMSKey",
+        ),
+    ];
+    let r = e.put_object("/shared/kms", b"x", &kms);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let tls = r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::shared","arn:aws:s3:::shared/*"],"Condition":{"Bool":{"aws:SecureTransport":"false"}}}}"#;
+    assert_eq!(policy_put(tls).status, 204);
+    // This endpoint is plain HTTP.
+    assert_eq!(e.get("/shared/kms", &[]).status, 403);
+    assert_eq!(
+        e.send("GET", "/shared", "list-type=2", &[], b"", &e.signed())
+            .status,
+        403
+    );
+    // The owner can still take the policy away.
+    assert_eq!(
+        e.send("DELETE", "/shared", "policy", &[], b"", &e.signed())
+            .status,
+        204
+    );
+    assert_eq!(e.get("/shared/kms", &[]).status, 200);
+    let r = e.send("GET", "/shared", "policy", &[], b"", &e.signed());
+    assert_eq!((r.status, r.code().as_str()), (404, "NoSuchBucketPolicy"));
+    // A policy naming another bucket is refused.
+    let r = policy_put(
+        r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::other/*"}}"#,
+    );
+    assert_eq!((r.status, r.code().as_str()), (400, "MalformedPolicy"));
+}
+
+#[test]
+fn public_access_blocks_apply_to_acls_and_policies() {
+    let e = Endpoint::start();
+    e.make_bucket("blocked");
+    let public = [("x-amz-acl", "public-read")];
+    assert_eq!(e.put_object("/blocked/early", b"x", &public).status, 200);
+    let anonymous = |path: &str| e.send("GET", path, "", &[], b"", &Auth::Anonymous);
+    assert_eq!(
+        anonymous("/blocked/early").status,
+        400,
+        "public-read: S3's SSE message"
+    );
+    let r = e.send(
+        "GET",
+        "/blocked",
+        "publicAccessBlock",
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (404, "NoSuchPublicAccessBlockConfiguration")
+    );
+    let config = |acls: bool, policy: bool, restrict: bool| {
+        format!(
+            "<PublicAccessBlockConfiguration><BlockPublicAcls>{acls}</BlockPublicAcls>\
+             <IgnorePublicAcls>{acls}</IgnorePublicAcls><BlockPublicPolicy>{policy}</BlockPublicPolicy>\
+             <RestrictPublicBuckets>{restrict}</RestrictPublicBuckets></PublicAccessBlockConfiguration>"
+        )
+    };
+    let put_block = |body: String| {
+        e.send(
+            "PUT",
+            "/blocked",
+            "publicAccessBlock",
+            &[],
+            body.as_bytes(),
+            &e.signed(),
+        )
+    };
+    assert_eq!(put_block(config(true, true, false)).status, 200);
+    let r = e.send(
+        "GET",
+        "/blocked",
+        "publicAccessBlock",
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert!(
+        r.text().contains("<BlockPublicAcls>true</BlockPublicAcls>"),
+        "{}",
+        r.text()
+    );
+    // BlockPublicAcls and IgnorePublicAcls.
+    assert_eq!(e.put_object("/blocked/late", b"x", &public).status, 403);
+    assert!(!e.object_exists("/blocked/late"));
+    let r = e.send("PUT", "/blocked/early", "acl", &public, b"", &e.signed());
+    assert_eq!(r.status, 403);
+    let r = e.send("POST", "/blocked/mpu", "uploads", &public, b"", &e.signed());
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        anonymous("/blocked/early").status,
+        403,
+        "the public ACL is ignored"
+    );
+    // BlockPublicPolicy refuses a policy that allows anyone, not one for an account.
+    let anyone = r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::blocked/*"}}"#;
+    let account = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"111111111111"},"Action":"s3:GetObject","Resource":"arn:aws:s3:::blocked/*"}}"#;
+    let put_policy = |doc: &str| {
+        e.send(
+            "PUT",
+            "/blocked",
+            "policy",
+            &[],
+            doc.as_bytes(),
+            &e.signed(),
+        )
+    };
+    assert_eq!(put_policy(anyone).status, 403);
+    assert_eq!(put_policy(account).status, 204);
+    // RestrictPublicBuckets: a public policy no longer lets other accounts in.
+    let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
+    let as_other = || Auth::Header {
+        credentials: &other,
+        payload_hash: None,
+        at: OffsetDateTime::now_utc(),
+    };
+    assert_eq!(put_block(config(false, false, false)).status, 200);
+    assert_eq!(put_policy(anyone).status, 204);
+    assert_eq!(
+        e.send("GET", "/blocked/early", "", &[], b"", &as_other())
+            .status,
+        200
+    );
+    assert_eq!(put_block(config(false, false, true)).status, 200);
+    assert_eq!(
+        e.send("GET", "/blocked/early", "", &[], b"", &as_other())
+            .status,
+        403
+    );
+    assert_eq!(
+        e.get("/blocked/early", &[]).status,
+        200,
+        "the owner's account still can"
+    );
+    let r = e.send(
+        "DELETE",
+        "/blocked",
+        "publicAccessBlock",
+        &[],
+        b"",
+        &e.signed(),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        e.send("GET", "/blocked/early", "", &[], b"", &as_other())
+            .status,
+        200
+    );
 }

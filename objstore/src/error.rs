@@ -77,6 +77,45 @@ pub enum Error {
     /// does not say which bytes were wrong.
     #[error("InternalError: {path}: corrupted object store file: {what}")]
     Corrupted { path: PathBuf, what: String },
+    /// A tag set S3 would refuse (too many tags, a key or value too long or with a
+    /// character S3 does not allow, a duplicate or reserved key).
+    #[error("InvalidTag: {0}")]
+    InvalidTag(String),
+    /// GetBucketTagging of a bucket without tags.
+    #[error("NoSuchTagSet: The TagSet does not exist (bucket '{bucket}')")]
+    NoSuchTagSet { bucket: String },
+    /// A bucket policy atrest cannot evaluate faithfully, or not a policy at all.
+    #[error("MalformedPolicy: {0}")]
+    MalformedPolicy(String),
+    /// GetBucketPolicy of a bucket without one.
+    #[error("NoSuchBucketPolicy: The bucket policy does not exist (bucket '{bucket}')")]
+    NoSuchBucketPolicy { bucket: String },
+    /// GetPublicAccessBlock of a bucket without one.
+    #[error("NoSuchPublicAccessBlockConfiguration: The public access block configuration was not found (bucket '{bucket}')")]
+    NoSuchPublicAccessBlock { bucket: String },
+    /// A versionId that names no version of the key.
+    #[error("NoSuchVersion: The specified version '{version_id}' of '{key}' does not exist")]
+    NoSuchVersion { key: String, version_id: String },
+    /// GET or HEAD of a versionId that is a delete marker.
+    #[error("MethodNotAllowed: The specified method is not allowed against this resource (version '{version_id}' is a delete marker).")]
+    DeleteMarker { version_id: String },
+    /// The client's condition (`If-Match`, `If-None-Match`, ...) does not hold.
+    #[error(
+        "PreconditionFailed: At least one of the pre-conditions you specified did not hold ({0})"
+    )]
+    PreconditionFailed(String),
+    /// The client read an SSE-C object without sending its key.
+    #[error(
+        "InvalidRequest: The object was stored using a form of Server Side Encryption. The \
+         correct parameters must be provided to retrieve the object."
+    )]
+    CustomerKeyRequired,
+    /// The client sent an SSE-C key that is not the object's.
+    #[error("AccessDenied: The SSE-C key provided is not the key the object was encrypted with.")]
+    CustomerKeyMismatch,
+    /// The client sent an SSE-C key for an object that is not SSE-C.
+    #[error("InvalidRequest: The encryption parameters are not applicable to this object.")]
+    CustomerKeyNotApplicable,
     /// The operating system refused an I/O call on the store's files.
     #[error("InternalError: {context}: {source}")]
     Io {
@@ -107,6 +146,16 @@ impl Error {
             Error::InvalidPart(_) => "InvalidPart",
             Error::InvalidPartOrder => "InvalidPartOrder",
             Error::EntityTooSmall { .. } => "EntityTooSmall",
+            Error::PreconditionFailed(_) => "PreconditionFailed",
+            Error::InvalidTag(_) => "InvalidTag",
+            Error::NoSuchVersion { .. } => "NoSuchVersion",
+            Error::MalformedPolicy(_) => "MalformedPolicy",
+            Error::NoSuchPublicAccessBlock { .. } => "NoSuchPublicAccessBlockConfiguration",
+            Error::NoSuchBucketPolicy { .. } => "NoSuchBucketPolicy",
+            Error::DeleteMarker { .. } => "MethodNotAllowed",
+            Error::NoSuchTagSet { .. } => "NoSuchTagSet",
+            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => "InvalidRequest",
+            Error::CustomerKeyMismatch => "AccessDenied",
             // S3 reports a KMS denial as plain AccessDenied.
             Error::Kms(KmsError::AccessDenied(_)) => "AccessDenied",
             Error::Kms(e) => return Cow::Owned(format!("KMS.{}", e.aws_name())),
@@ -120,11 +169,21 @@ impl Error {
             Error::NoSuchBucket { .. }
             | Error::NoSuchKey { .. }
             | Error::NoBucketEncryption { .. }
-            | Error::NoSuchUpload { .. } => 404,
+            | Error::NoSuchUpload { .. }
+            | Error::NoSuchTagSet { .. }
+            | Error::NoSuchVersion { .. }
+            | Error::NoSuchBucketPolicy { .. }
+            | Error::NoSuchPublicAccessBlock { .. } => 404,
+            Error::MalformedPolicy(_) => 400,
+            Error::DeleteMarker { .. } => 405,
             Error::BucketAlreadyOwnedByYou { .. }
             | Error::BucketAlreadyExists { .. }
             | Error::BucketNotEmpty { .. } => 409,
             Error::InvalidRange { .. } => 416,
+            Error::PreconditionFailed(_) => 412,
+            Error::InvalidTag(_) => 400,
+            Error::CustomerKeyMismatch => 403,
+            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => 400,
             Error::InvalidBucketName { .. }
             | Error::KeyTooLong { .. }
             | Error::InvalidArgument(_)

@@ -18,8 +18,12 @@ use sha2::{Digest, Sha256};
 
 /// First bytes of every object file.
 pub const MAGIC: [u8; 8] = *b"ATRS3OBJ";
-/// The format version this code writes and reads.
+/// The format version this code writes for an object without system metadata (and
+/// reads).
 pub const VERSION: u16 = 1;
+/// Version 1 plus a system-metadata field at the end of the bound part (written only
+/// when there is system metadata, so other objects stay readable by older builds).
+pub const VERSION_SYSTEM_METADATA: u16 = 2;
 /// Plaintext bytes per segment (every segment but the last is exactly this long).
 pub const SEGMENT_SIZE: u32 = 64 * 1024;
 /// AES-GCM tag appended to every segment.
@@ -52,6 +56,17 @@ const CIPHER_AES_256_GCM: u16 = 1;
 /// AES-256-GCM, 64 KiB segments, a key derived from a bucket key; the wrapped-key
 /// field holds the salt, then the wrapped bucket key.
 const CIPHER_AES_256_GCM_BUCKET_KEY: u16 = 2;
+/// As 1, SSE-S3: the data key is wrapped by the AWS managed key `alias/aws/s3`.
+const CIPHER_AES_256_GCM_SSE_S3: u16 = 3;
+/// As 2, SSE-S3: the bucket key is wrapped by the AWS managed key.
+const CIPHER_AES_256_GCM_SSE_S3_BUCKET_KEY: u16 = 4;
+/// AES-256-GCM, 64 KiB segments, SSE-C: the object key is derived from the customer's
+/// key, which is never stored; the wrapped-key field holds the salt, then the key
+/// check; the key ARN and the encryption context are empty.
+const CIPHER_AES_256_GCM_CUSTOMER_KEY: u16 = 5;
+/// Salt of an SSE-C object key derivation, and length of its key check.
+pub const CUSTOMER_KEY_SALT_LEN: usize = 32;
+pub const CUSTOMER_KEY_CHECK_LEN: usize = 32;
 const CHECKSUM_LEN: usize = 32;
 
 // Offsets of the fixed part; each is the previous one plus its size.
@@ -71,6 +86,23 @@ const OFF_USER_METADATA_LEN: usize = OFF_CONTEXT_LEN + 2;
 const OFF_VARIABLE: usize = OFF_USER_METADATA_LEN + 2;
 /// Size of the summary that follows the bound part: plaintext length, ETag, time.
 const SUMMARY_LEN: usize = 8 + 16 + 8;
+
+/// Who holds the key that protects the object's key: S3's three server-side
+/// encryption modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-KMS (`aws:kms`): a customer's (or the managed) CMK wraps the data key.
+    Kms,
+    /// SSE-S3 (`AES256`): the AWS managed key `alias/aws/s3` wraps the data key.
+    S3,
+    /// SSE-C: the object key is derived from the customer's key (HKDF-SHA256 with
+    /// `salt`); `key_check` lets a GET tell a wrong key from a tampered object
+    /// (see `docs/FORMAT.md`). Neither reveals the key.
+    Customer {
+        salt: [u8; CUSTOMER_KEY_SALT_LEN],
+        key_check: [u8; CUSTOMER_KEY_CHECK_LEN],
+    },
+}
 
 /// Everything fixed before the body is read. Its SHA-256 ([`ObjectHeader::bound_digest`])
 /// is in every segment's AAD.
@@ -92,7 +124,14 @@ pub struct BoundHeader {
     pub encryption_context: BTreeMap<String, String>,
     /// `x-amz-meta-*` pairs, names lower-case.
     pub user_metadata: BTreeMap<String, String>,
+    /// The stored HTTP headers (`cache-control`, `content-disposition`,
+    /// `content-encoding`, `content-language`, `expires`), names lower-case. Non-empty
+    /// only in version 2 headers.
+    pub system_metadata: BTreeMap<String, String>,
     pub nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    /// The server-side encryption mode (the header's cipher field, with
+    /// `bucket_key_salt`).
+    pub sse: Sse,
 }
 
 /// What is known once the body has been read; bound into the final segment's AAD.
@@ -142,7 +181,20 @@ impl BoundHeader {
     fn encoded_len(&self) -> Result<usize, FormatError> {
         let context = encode_pairs(&self.encryption_context);
         let user = encode_pairs(&self.user_metadata);
-        let fields: [(&str, usize, usize); 8] = [
+        if let Sse::Customer { .. } = self.sse {
+            if self.bucket_key_salt.is_some()
+                || !self.key_arn.is_empty()
+                || !self.wrapped_key.is_empty()
+                || !self.encryption_context.is_empty()
+            {
+                return Err(bad(
+                    "an SSE-C object has no bucket key, key ARN, wrapped key or context",
+                ));
+            }
+        }
+        let system = self.system_pairs();
+        let fields: [(&str, usize, usize); 9] = [
+            ("system metadata", system.len(), MAX_USER_METADATA_LEN),
             ("bucket name", self.bucket.len(), 63),
             ("object key", self.key.len(), MAX_OBJECT_KEY_LEN),
             ("key ARN", self.key_arn.len(), MAX_KEY_ARN_LEN),
@@ -151,7 +203,11 @@ impl BoundHeader {
                 self.wrapped_key.len(),
                 MAX_WRAPPED_KEY_LEN,
             ),
-            ("bucket key salt", self.salt().len(), BUCKET_KEY_SALT_LEN),
+            (
+                "bucket key salt or customer key check",
+                self.salt().len(),
+                CUSTOMER_KEY_SALT_LEN + CUSTOMER_KEY_CHECK_LEN,
+            ),
             (
                 "content type",
                 self.content_type.len(),
@@ -170,15 +226,39 @@ impl BoundHeader {
         Ok(total)
     }
 
-    fn salt(&self) -> &[u8] {
-        self.bucket_key_salt.as_ref().map_or(&[], |s| &s[..])
+    /// The encoded system metadata: nothing in version 1.
+    fn system_pairs(&self) -> Vec<u8> {
+        if self.system_metadata.is_empty() {
+            Vec::new()
+        } else {
+            encode_pairs(&self.system_metadata)
+        }
+    }
+
+    fn version(&self) -> u16 {
+        if self.system_metadata.is_empty() {
+            VERSION
+        } else {
+            VERSION_SYSTEM_METADATA
+        }
+    }
+
+    /// What the wrapped-key field holds before the wrapped key.
+    fn salt(&self) -> Vec<u8> {
+        match (&self.sse, &self.bucket_key_salt) {
+            (Sse::Customer { salt, key_check }, _) => [&salt[..], &key_check[..]].concat(),
+            (_, Some(salt)) => salt.to_vec(),
+            (_, None) => Vec::new(),
+        }
     }
 
     fn cipher(&self) -> u16 {
-        if self.bucket_key_salt.is_some() {
-            CIPHER_AES_256_GCM_BUCKET_KEY
-        } else {
-            CIPHER_AES_256_GCM
+        match (self.sse, self.bucket_key_salt.is_some()) {
+            (Sse::Kms, false) => CIPHER_AES_256_GCM,
+            (Sse::Kms, true) => CIPHER_AES_256_GCM_BUCKET_KEY,
+            (Sse::S3, false) => CIPHER_AES_256_GCM_SSE_S3,
+            (Sse::S3, true) => CIPHER_AES_256_GCM_SSE_S3_BUCKET_KEY,
+            (Sse::Customer { .. }, _) => CIPHER_AES_256_GCM_CUSTOMER_KEY,
         }
     }
 }
@@ -198,7 +278,7 @@ impl ObjectHeader {
         let user = encode_pairs(&b.user_metadata);
         let mut out = Vec::with_capacity(total);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&b.version().to_le_bytes());
         out.extend_from_slice(&b.cipher().to_le_bytes());
         out.extend_from_slice(&(total as u32).to_le_bytes());
         out.extend_from_slice(&SEGMENT_SIZE.to_le_bytes());
@@ -218,11 +298,12 @@ impl ObjectHeader {
         out.extend_from_slice(b.bucket.as_bytes());
         out.extend_from_slice(b.key.as_bytes());
         out.extend_from_slice(b.key_arn.as_bytes());
-        out.extend_from_slice(b.salt());
+        out.extend_from_slice(&b.salt());
         out.extend_from_slice(&b.wrapped_key);
         out.extend_from_slice(b.content_type.as_bytes());
         out.extend_from_slice(&context);
         out.extend_from_slice(&user);
+        out.extend_from_slice(&b.system_pairs());
         debug_assert_eq!(out.len(), bound_len);
         let s = &self.summary;
         out.extend_from_slice(&s.plaintext_len.to_le_bytes());
@@ -268,13 +349,24 @@ impl ObjectHeader {
             return Err(bad("header checksum mismatch"));
         }
         let version = u16_at(bytes, OFF_VERSION);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_SYSTEM_METADATA {
             return Err(bad(format!("unsupported format version {version}")));
         }
         let cipher = u16_at(bytes, OFF_CIPHER);
-        if cipher != CIPHER_AES_256_GCM && cipher != CIPHER_AES_256_GCM_BUCKET_KEY {
-            return Err(bad(format!("unknown cipher {cipher}")));
-        }
+        let (mode, bucket_key) = match cipher {
+            CIPHER_AES_256_GCM => (Sse::Kms, false),
+            CIPHER_AES_256_GCM_BUCKET_KEY => (Sse::Kms, true),
+            CIPHER_AES_256_GCM_SSE_S3 => (Sse::S3, false),
+            CIPHER_AES_256_GCM_SSE_S3_BUCKET_KEY => (Sse::S3, true),
+            CIPHER_AES_256_GCM_CUSTOMER_KEY => (
+                Sse::Customer {
+                    salt: [0; CUSTOMER_KEY_SALT_LEN],
+                    key_check: [0; CUSTOMER_KEY_CHECK_LEN],
+                },
+                false,
+            ),
+            _ => return Err(bad(format!("unknown cipher {cipher}"))),
+        };
         let segment_size = u32_at(bytes, OFF_SEGMENT_SIZE);
         if segment_size != SEGMENT_SIZE {
             return Err(bad(format!("unsupported segment size {segment_size}")));
@@ -284,11 +376,17 @@ impl ObjectHeader {
         let lens: Vec<usize> = (0..7)
             .map(|i| usize::from(u16_at(bytes, OFF_BUCKET_LEN + 2 * i)))
             .collect();
-        let bound_end = OFF_VARIABLE + lens.iter().sum::<usize>();
-        if bound_end + SUMMARY_LEN + CHECKSUM_LEN != total {
+        let fields_end = OFF_VARIABLE + lens.iter().sum::<usize>();
+        // Version 2: the system metadata fills the rest of the bound part.
+        let bound_end = total - SUMMARY_LEN - CHECKSUM_LEN;
+        let fits = match version {
+            VERSION => fields_end == bound_end,
+            _ => fields_end < bound_end,
+        };
+        if !fits {
             return Err(bad(format!(
                 "field lengths add up to {} bytes, not the header's {total}",
-                bound_end + SUMMARY_LEN + CHECKSUM_LEN
+                fields_end + SUMMARY_LEN + CHECKSUM_LEN
             )));
         }
         let mut cursor = Cursor {
@@ -299,7 +397,23 @@ impl ObjectHeader {
         let key = cursor.string(lens[1], "object key")?;
         let key_arn = cursor.string(lens[2], "key ARN")?;
         let mut key_field = cursor.take(lens[3], "wrapped data key")?;
-        let bucket_key_salt = if cipher == CIPHER_AES_256_GCM_BUCKET_KEY {
+        let sse = match mode {
+            Sse::Customer { .. } => {
+                let (salt, rest) = key_field
+                    .split_first_chunk::<CUSTOMER_KEY_SALT_LEN>()
+                    .ok_or_else(|| bad("the key field is shorter than the SSE-C salt"))?;
+                let (key_check, rest) = rest
+                    .split_first_chunk::<CUSTOMER_KEY_CHECK_LEN>()
+                    .ok_or_else(|| bad("the key field is shorter than the SSE-C key check"))?;
+                key_field = rest;
+                Sse::Customer {
+                    salt: *salt,
+                    key_check: *key_check,
+                }
+            }
+            other => other,
+        };
+        let bucket_key_salt = if bucket_key {
             let (salt, rest) = key_field
                 .split_first_chunk::<BUCKET_KEY_SALT_LEN>()
                 .ok_or_else(|| bad("the wrapped-key field is shorter than the bucket key salt"))?;
@@ -314,6 +428,16 @@ impl ObjectHeader {
             .map_err(|e| bad(format!("encryption context: {e}")))?;
         let user_metadata = decode_pairs(cursor.take(lens[6], "user metadata")?)
             .map_err(|e| bad(format!("user metadata: {e}")))?;
+        let system_metadata = if version == VERSION {
+            BTreeMap::new()
+        } else {
+            let pairs = decode_pairs(cursor.take(bound_end - fields_end, "system metadata")?)
+                .map_err(|e| bad(format!("system metadata: {e}")))?;
+            if pairs.is_empty() {
+                return Err(bad("a version 2 header with no system metadata"));
+            }
+            pairs
+        };
         let bound = BoundHeader {
             bucket,
             key,
@@ -323,7 +447,9 @@ impl ObjectHeader {
             content_type,
             encryption_context,
             user_metadata,
+            system_metadata,
             nonce_prefix,
+            sse,
         };
         // Re-checks the per-field bounds, so a decoded header always re-encodes.
         bound.encoded_len()?;
@@ -492,7 +618,9 @@ mod tests {
                     "arn:aws:s3:::photos/2026/clock.png".into(),
                 )]),
                 user_metadata: BTreeMap::from([("owner".into(), "me".into())]),
+                system_metadata: BTreeMap::new(),
                 nonce_prefix: [1, 2, 3, 4, 5, 6, 7, 8],
+                sse: Sse::Kms,
             },
             summary: Summary {
                 plaintext_len: 123_456,
@@ -588,6 +716,25 @@ mod tests {
             .prop_filter("fits", move |s| s.len() <= max)
     }
 
+    #[test]
+    fn system_metadata_makes_a_version_2_header_and_only_then() {
+        let v1 = sample().encode().unwrap();
+        assert_eq!(u16_at(&v1, OFF_VERSION), VERSION);
+        let mut h = sample();
+        h.bound.system_metadata = BTreeMap::from([("cache-control".into(), "no-cache".into())]);
+        let v2 = h.encode().unwrap();
+        assert_eq!(u16_at(&v2, OFF_VERSION), VERSION_SYSTEM_METADATA);
+        assert_eq!(ObjectHeader::decode(&v2).unwrap(), h);
+        // Version 1 bytes relabelled as version 2 (checksum fixed): no system metadata.
+        let mut forged = v1.clone();
+        forged[OFF_VERSION..OFF_VERSION + 2]
+            .copy_from_slice(&VERSION_SYSTEM_METADATA.to_le_bytes());
+        let end = forged.len() - CHECKSUM_LEN;
+        let sum = Sha256::digest(&forged[..end]);
+        forged[end..].copy_from_slice(&sum);
+        assert!(ObjectHeader::decode(&forged).is_err());
+    }
+
     proptest! {
         #[test]
         fn prop_round_trip(
@@ -598,6 +745,8 @@ mod tests {
             meta in proptest::collection::btree_map("[a-z0-9-]{1,20}", arb_text(40), 0..5),
             prefix in any::<[u8; 8]>(),
             salt in any::<Option<[u8; 32]>>(),
+            sse_s3 in any::<bool>(),
+            system in proptest::collection::btree_map("[a-z-]{1,20}", arb_text(40), 0..3),
             len in 0..MAX_OBJECT_SIZE,
             etag in any::<[u8; 16]>(),
             ms in any::<i64>(),
@@ -606,7 +755,9 @@ mod tests {
                 bound: BoundHeader {
                     bucket, key, key_arn: "arn:aws:kms:local:000000000000:key/x".into(),
                     wrapped_key: wrapped, bucket_key_salt: salt, content_type: "text/plain".into(),
-                    encryption_context: ctx, user_metadata: meta, nonce_prefix: prefix,
+                    encryption_context: ctx, user_metadata: meta, system_metadata: system,
+                    nonce_prefix: prefix,
+                    sse: if sse_s3 { Sse::S3 } else { Sse::Kms },
                 },
                 summary: Summary { plaintext_len: len, etag, last_modified_ms: ms },
             };

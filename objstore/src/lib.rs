@@ -1,5 +1,6 @@
-//! atrest's SSE-KMS object storage engine: the storage side of the S3 API, with no
-//! HTTP in it.
+//! atrest's object storage engine: the storage side of the S3 API (SSE-KMS, SSE-S3
+//! under the AWS managed key, SSE-C; versions, tags, conditional writes), with no HTTP
+//! in it.
 //!
 //! Every object is encrypted under its own data key (GenerateDataKey with the
 //! encryption context `{"aws:s3:arn": "arn:aws:s3:::BUCKET/KEY"}` plus the caller's
@@ -23,6 +24,7 @@
 
 mod aead;
 mod bucket_key;
+mod customer_key;
 mod error;
 pub mod format;
 mod list;
@@ -32,15 +34,20 @@ mod reader;
 mod store;
 
 pub use bucket_key::{CacheScope, BUCKET_KEY_MAX_AGE, DEFAULT_CACHE_TTL};
+pub use customer_key::CustomerKey;
 pub use error::Error;
-pub use list::{ListObjectsRequest, MAX_KEYS};
+pub use format::Sse;
+pub use list::{marker_token, ListObjectsRequest, MAX_KEYS};
 pub use names::{bucket_arn, object_arn, validate_bucket_name, validate_object_key};
 pub use range::ByteRange;
 pub use reader::ObjectReader;
 pub use store::multipart::{
     CompletedPart, MultipartUpload, PartInfo, MAX_PART_NUMBER, MIN_PART_SIZE,
 };
+pub use store::versions::{DeleteOutcome, VersionEntry, Versioning, VersionsPage, NULL_VERSION};
 pub use store::{
-    Acl, BucketEncryption, BucketInfo, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore,
-    PutObjectOptions, DEFAULT_CONTENT_TYPE, MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY,
+    validate_tags, Acl, BodyChecksum, BucketEncryption, BucketInfo, Condition, Deleted,
+    EncryptionRequest, ListObjectsPage, ObjectDownload, ObjectInfo, ObjectStore, PublicAccessBlock,
+    PutObjectOptions, SseAlgorithm, TagSet, DEFAULT_CONTENT_TYPE, MAX_BUCKET_TAGS, MAX_OBJECT_TAGS,
+    MAX_USER_METADATA_BYTES, S3_ARN_CONTEXT_KEY, SSE_S3_KEY_ALIAS, SYSTEM_METADATA,
 };

@@ -65,6 +65,26 @@ impl Resume {
     }
 }
 
+/// ListObjects (version 1)'s `marker` as a continuation token of the same listing:
+/// a marker that ends at the listing's first delimiter after the prefix is a common
+/// prefix (the `NextMarker` of a page that ended on one), after which every key under
+/// it is skipped; any other marker resumes after that key.
+pub fn marker_token(marker: &str, prefix: &str, delimiter: &str) -> String {
+    let is_group = !delimiter.is_empty()
+        && marker
+            .strip_prefix(prefix)
+            .and_then(|rest| {
+                rest.find(delimiter)
+                    .map(|at| at + delimiter.len() == rest.len())
+            })
+            .unwrap_or(false);
+    if is_group {
+        Resume::AfterPrefix(marker.to_owned()).token()
+    } else {
+        Resume::AfterKey(marker.to_owned()).token()
+    }
+}
+
 /// Plans one page over `keys`, which must be sorted ascending and unique.
 pub(crate) fn plan_page(keys: &[String], req: &ListObjectsRequest) -> Result<PagePlan, Error> {
     let max = req.max_keys.unwrap_or(MAX_KEYS).min(MAX_KEYS);

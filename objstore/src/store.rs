@@ -31,9 +31,10 @@ use crate::bucket_key::{
     derive_object_key, record_file_name, BucketKeyCache, BucketKeyRecord, CacheScope, Key32,
     DEFAULT_CACHE_TTL,
 };
+use crate::customer_key::CustomerKey;
 use crate::format::{
-    sealed_len, segment_count, BoundHeader, ObjectHeader, Summary, BUCKET_KEY_SALT_LEN,
-    MAX_CONTENT_TYPE_LEN, MAX_OBJECT_SIZE, NONCE_PREFIX_LEN, SEGMENT_SIZE,
+    sealed_len, segment_count, BoundHeader, ObjectHeader, Sse, Summary, BUCKET_KEY_SALT_LEN,
+    CUSTOMER_KEY_SALT_LEN, MAX_CONTENT_TYPE_LEN, MAX_OBJECT_SIZE, NONCE_PREFIX_LEN, SEGMENT_SIZE,
 };
 use crate::list::{plan_page, ListObjectsRequest};
 use crate::names::{
@@ -44,9 +45,24 @@ use crate::reader::ObjectReader;
 use crate::Error;
 
 pub(crate) mod multipart;
+pub(crate) mod versions;
+
+use versions::{Versioning, VERSION_ID_KEY};
 
 /// The encryption-context pair S3 adds to every SSE-KMS object.
 pub const S3_ARN_CONTEXT_KEY: &str = "aws:s3:arn";
+/// The AWS managed key SSE-S3 objects are encrypted under (created on first use by
+/// the S3 front end: `LocalKms::aws_managed_key`).
+pub const SSE_S3_KEY_ALIAS: &str = crypto_core::kms::AWS_MANAGED_S3_ALIAS;
+/// The HTTP headers a PUT may store with an object (names as the header map has
+/// them), returned on GET and HEAD.
+pub const SYSTEM_METADATA: [&str; 5] = [
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+];
 /// S3's content type for an object uploaded without one.
 pub const DEFAULT_CONTENT_TYPE: &str = "binary/octet-stream";
 /// S3's limit on user-defined metadata: names plus values, in bytes.
@@ -64,8 +80,18 @@ const BUCKET_KEYS_DIR: &str = "bucket-keys";
 const TMP_DIR: &str = "tmp";
 const OBJECT_EXT: &str = "obj";
 const ACL_EXT: &str = "acl";
+/// Sidecar of an object uploaded with a checksum: `HEADER VALUE ETAG`.
+const CHECKSUM_EXT: &str = "checksum";
+/// Sidecar of a tagged object: its tag set (JSON object).
+const TAGS_EXT: &str = "tags";
+/// S3's limits: tags per object and per bucket.
+pub const MAX_OBJECT_TAGS: usize = 10;
+pub const MAX_BUCKET_TAGS: usize = 50;
 /// Sidecar of a multipart object: its part count, for the `-N` of its ETag.
 const PARTS_EXT: &str = "parts";
+/// Held (flock) while an object of the bucket is replaced or deleted, so that a
+/// conditional write's check and its rename are one step for every other writer.
+const COMMIT_LOCK: &str = "commit.lock";
 
 /// A canned ACL (the two S3 offers that atrest models).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,15 +124,91 @@ impl Acl {
     }
 }
 
-/// A bucket's default encryption (PutBucketEncryption with SSE-KMS).
+/// `SSEAlgorithm` of a bucket's default encryption.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SseAlgorithm {
+    /// SSE-S3: the AWS managed key [`SSE_S3_KEY_ALIAS`].
+    #[serde(rename = "AES256")]
+    Aes256,
+    /// SSE-KMS: `kms_key_id`, or the AWS managed key when it is unset.
+    #[default]
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+impl SseAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SseAlgorithm::Aes256 => "AES256",
+            SseAlgorithm::AwsKms => "aws:kms",
+        }
+    }
+}
+
+/// A bucket's default encryption (PutBucketEncryption). Buckets written before
+/// SSE-S3 existed read as `aws:kms` with their key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketEncryption {
-    /// Key id, key ARN, alias name or alias ARN of the CMK.
-    pub kms_key_id: String,
+    #[serde(default)]
+    pub algorithm: SseAlgorithm,
+    /// Key id, key ARN, alias name or alias ARN of the CMK (`aws:kms` only).
+    pub kms_key_id: Option<String>,
     /// S3 Bucket Keys (`BucketKeyEnabled`): new objects get a key derived from the
     /// bucket's data key instead of a data key of their own, unless a PUT says
     /// otherwise (`x-amz-server-side-encryption-bucket-key-enabled: false`).
     pub bucket_key_enabled: bool,
+}
+
+/// An object's or a bucket's tags (key to value).
+pub type TagSet = BTreeMap<String, String>;
+
+/// Checks a tag set against S3's rules: at most `max` tags; keys of 1-128 and values
+/// of 0-256 Unicode characters made of letters, digits, spaces and `+ - = . _ : / @`;
+/// no key in the reserved `aws:` namespace.
+pub fn validate_tags(tags: &TagSet, max: usize) -> Result<(), Error> {
+    if tags.len() > max {
+        return Err(Error::InvalidTag(format!(
+            "Object tags cannot be greater than {max}"
+        )));
+    }
+    let allowed = |c: char| c.is_alphanumeric() || c.is_whitespace() || "+-=._:/@".contains(c);
+    for (key, value) in tags {
+        let shown: String = key.chars().take(64).collect();
+        if key.is_empty() || key.chars().count() > 128 {
+            return Err(Error::InvalidTag(format!(
+                "The TagKey '{shown}' you have provided is too long or empty (1 to 128)"
+            )));
+        }
+        if value.chars().count() > 256 {
+            return Err(Error::InvalidTag(format!(
+                "The TagValue of '{shown}' is longer than 256 characters"
+            )));
+        }
+        if !key.chars().all(allowed) || !value.chars().all(allowed) {
+            return Err(Error::InvalidTag(format!(
+                "The tag '{shown}' holds a character S3 does not allow in tags"
+            )));
+        }
+        if key.to_ascii_lowercase().starts_with("aws:") {
+            return Err(Error::InvalidTag(
+                "Your TagKey cannot be prefixed with aws:".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// PutPublicAccessBlock's four switches (all off when unset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicAccessBlock {
+    /// Refuse requests that set a public-read ACL.
+    pub block_public_acls: bool,
+    /// Treat public-read objects as private for anonymous callers.
+    pub ignore_public_acls: bool,
+    /// Refuse bucket policies that allow anyone (`Principal: "*"`).
+    pub block_public_policy: bool,
+    /// With a public bucket policy, only the owner's account gets in.
+    pub restrict_public_buckets: bool,
 }
 
 /// A bucket's metadata (`bucket.json`).
@@ -119,6 +221,63 @@ pub struct BucketInfo {
     pub creation_date: OffsetDateTime,
     pub encryption: Option<BucketEncryption>,
     pub acl: Acl,
+    /// PutBucketTagging (absent in files written before tagging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<TagSet>,
+    /// PutBucketPolicy: the policy document as put (checked by the S3 front end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// PutPublicAccessBlock (absent: never set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_access_block: Option<PublicAccessBlock>,
+    /// PutBucketVersioning (absent: never configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<Versioning>,
+}
+
+/// What a PUT says about server-side encryption (`x-amz-server-side-encryption*`).
+#[derive(Clone, Debug, Default)]
+pub enum EncryptionRequest {
+    /// No header: `kms_key_id` when set, else the bucket's default encryption, else
+    /// SSE-S3 (S3 encrypts every object since 2023).
+    #[default]
+    BucketDefault,
+    /// `AES256`: SSE-S3.
+    SseS3,
+    /// `aws:kms`: `kms_key_id`, else the bucket default's KMS key, else the AWS
+    /// managed key.
+    SseKms,
+    /// SSE-C: the customer's key (never stored).
+    Customer(Arc<CustomerKey>),
+}
+
+/// The checksum of a PUT's body (`x-amz-checksum-*` header name and base64 value),
+/// filled in by the front end once the whole body has been read and verified, and
+/// stored with the object when it is committed. Clones share the slot.
+#[derive(Clone, Debug, Default)]
+pub struct BodyChecksum(Arc<std::sync::Mutex<Option<(String, String)>>>);
+
+impl BodyChecksum {
+    /// Records the verified checksum.
+    pub fn set(&self, header: &str, value: &str) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some((header.to_owned(), value.to_owned()));
+        }
+    }
+
+    fn get(&self) -> Option<(String, String)> {
+        self.0.lock().ok().and_then(|slot| slot.clone())
+    }
+}
+
+/// A conditional write (`If-None-Match: *`, `If-Match: ETAG`): checked against the
+/// object as it is when the new one replaces it, not only when the request arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Only if no object has the key (`If-None-Match: *`).
+    Absent,
+    /// Only if the object's ETag is this one (`If-Match`; quotes allowed, `*` any).
+    EtagMatches(String),
 }
 
 /// What a PutObject may say besides the body.
@@ -137,6 +296,25 @@ pub struct PutObjectOptions {
     pub acl: Acl,
     /// `Content-MD5` (decoded): the upload fails with BadDigest when it differs.
     pub content_md5: Option<[u8; 16]>,
+    pub encryption: EncryptionRequest,
+    /// Stored HTTP headers, names lower-case: `cache-control`, `content-disposition`,
+    /// `content-encoding`, `content-language`, `expires` ([`SYSTEM_METADATA`]).
+    pub system_metadata: BTreeMap<String, String>,
+    /// `x-amz-tagging`: the object's tags (none when empty).
+    pub tags: TagSet,
+    /// The body's verified checksum, returned by GET and HEAD with ChecksumMode.
+    pub checksum: BodyChecksum,
+    /// PreconditionFailed (or NoSuchKey for `If-Match` on no object) unless it holds
+    /// when the object is replaced.
+    pub condition: Option<Condition>,
+}
+
+/// What a DeleteObject did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    /// Whether an object (or a version, or a marker) was removed or a marker made.
+    pub removed: bool,
+    pub outcome: versions::DeleteOutcome,
 }
 
 /// An object's metadata, as HEAD returns it (read without any key-service call).
@@ -150,6 +328,11 @@ pub struct ObjectInfo {
     pub etag: String,
     pub content_type: String,
     pub user_metadata: BTreeMap<String, String>,
+    /// The stored HTTP headers ([`SYSTEM_METADATA`]).
+    pub system_metadata: BTreeMap<String, String>,
+    /// The object's version (`x-amz-version-id`), when written with versioning
+    /// enabled; `None` is S3's `null` version.
+    pub version_id: Option<String>,
     /// ARN of the CMK that wrapped the object's data key
     /// (`x-amz-server-side-encryption-aws-kms-key-id`).
     pub kms_key_arn: String,
@@ -160,6 +343,9 @@ pub struct ObjectInfo {
     /// Whether the object's key is derived from a bucket key
     /// (`x-amz-server-side-encryption-bucket-key-enabled: true` on GET, HEAD and PUT).
     pub bucket_key_enabled: bool,
+    /// SSE-KMS, SSE-S3 or SSE-C. For SSE-C, `kms_key_arn` and `encryption_context`
+    /// are empty.
+    pub sse: Sse,
     pub last_modified: OffsetDateTime,
     pub acl: Acl,
 }
@@ -206,6 +392,8 @@ pub struct ObjectStore {
     root: PathBuf,
     bucket_keys: Arc<BucketKeyCache>,
     scope: Option<CacheScope>,
+    /// Reads (and object sub-resources) address this version, not the current one.
+    version: Option<String>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -233,7 +421,8 @@ fn key32(plaintext: &[u8]) -> Option<Key32> {
 }
 
 /// The key an upload seals with, and what the object's header records about it.
-struct UploadKey {
+pub(crate) struct UploadKey {
+    sse: Sse,
     key: Key32,
     key_arn: String,
     wrapped: Vec<u8>,
@@ -380,6 +569,7 @@ impl ObjectStore {
             root: home.join("s3"),
             bucket_keys: Arc::new(BucketKeyCache::new(DEFAULT_CACHE_TTL)),
             scope: None,
+            version: None,
         };
         create_dir_private(&store.buckets_dir())?;
         create_dir_private(&store.staging_dir())?;
@@ -395,6 +585,16 @@ impl ObjectStore {
     pub fn with_cache_scope(&self, scope: CacheScope) -> ObjectStore {
         ObjectStore {
             scope: Some(scope),
+            ..self.clone()
+        }
+    }
+
+    /// A handle on the same store whose reads, HEADs, tagging, ACL and checksum calls
+    /// address version `version_id` of the object (`?versionId=`): the current
+    /// object when it is that version, else the noncurrent one.
+    pub fn at_version(&self, version_id: &str) -> ObjectStore {
+        ObjectStore {
+            version: Some(version_id.to_owned()),
             ..self.clone()
         }
     }
@@ -494,6 +694,10 @@ impl ObjectStore {
             creation_date: now(),
             encryption: None,
             acl: Acl::Private,
+            tags: None,
+            policy: None,
+            public_access_block: None,
+            versioning: None,
         };
         let staged = self.staging_dir().join(random_name(".bucket"));
         create_dir_private(&staged.join(OBJECTS_DIR))?;
@@ -612,7 +816,7 @@ impl ObjectStore {
             fs::read_dir(&objects).map_err(io_err(format!("list {}", objects.display())))?;
         let has_object =
             entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == OBJECT_EXT)));
-        if has_object {
+        if has_object || self.has_versions(name)? {
             return Err(Error::BucketNotEmpty {
                 bucket: name.to_owned(),
             });
@@ -633,12 +837,18 @@ impl ObjectStore {
         encryption: Option<BucketEncryption>,
     ) -> Result<BucketInfo, Error> {
         if let Some(e) = &encryption {
-            if e.kms_key_id.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "the default encryption needs a KMS key id".into(),
-                ));
+            match (e.algorithm, &e.kms_key_id) {
+                (SseAlgorithm::Aes256, Some(_)) => {
+                    return Err(Error::InvalidArgument(
+                        "a KMSMasterKeyID goes only with the SSEAlgorithm aws:kms".into(),
+                    ))
+                }
+                (_, Some(id)) if id.is_empty() => {
+                    return Err(Error::InvalidArgument("the KMS key id is empty".into()))
+                }
+                (_, Some(id)) => check_text("the KMS key id", id, 2048)?,
+                (_, None) => {}
             }
-            check_text("the KMS key id", &e.kms_key_id, 2048)?;
         }
         let before = self.bucket(name)?.encryption;
         let info = self.update_bucket(name, |info| info.encryption = encryption)?;
@@ -820,15 +1030,34 @@ impl ObjectStore {
     ) -> Result<PutPlan, Error> {
         validate_object_key(key)?;
         let info = self.bucket(bucket)?;
-        let key_id = match (&opts.kms_key_id, &info.encryption) {
-            (Some(id), _) => id.clone(),
-            (None, Some(default)) => default.kms_key_id.clone(),
-            (None, None) => {
-                return Err(Error::InvalidArgument(format!(
-                    "no KMS key: name one (x-amz-server-side-encryption-aws-kms-key-id) or \
-                     set the default encryption of bucket '{bucket}'"
-                )))
+        let default_kms_key = || match &info.encryption {
+            Some(BucketEncryption {
+                algorithm: SseAlgorithm::AwsKms,
+                kms_key_id: Some(id),
+                ..
+            }) => id.clone(),
+            _ => SSE_S3_KEY_ALIAS.to_owned(),
+        };
+        let (sse, key_id) = match (&opts.encryption, &opts.kms_key_id) {
+            (EncryptionRequest::Customer(customer), None) => {
+                (PlannedSse::Customer(Arc::clone(customer)), String::new())
             }
+            (EncryptionRequest::Customer(_), Some(_)) | (EncryptionRequest::SseS3, Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "a KMS key id goes only with x-amz-server-side-encryption: aws:kms".into(),
+                ))
+            }
+            (EncryptionRequest::SseS3, None) => (PlannedSse::S3, SSE_S3_KEY_ALIAS.to_owned()),
+            (EncryptionRequest::SseKms | EncryptionRequest::BucketDefault, Some(id)) => {
+                (PlannedSse::Kms, id.clone())
+            }
+            (EncryptionRequest::SseKms, None) => (PlannedSse::Kms, default_kms_key()),
+            (EncryptionRequest::BucketDefault, None) => match &info.encryption {
+                Some(e) if e.algorithm == SseAlgorithm::AwsKms => {
+                    (PlannedSse::Kms, default_kms_key())
+                }
+                _ => (PlannedSse::S3, SSE_S3_KEY_ALIAS.to_owned()),
+            },
         };
         let content_type = opts
             .content_type
@@ -836,13 +1065,31 @@ impl ObjectStore {
             .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
         check_text("the content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
         check_user_metadata(&opts.user_metadata)?;
+        validate_tags(&opts.tags, MAX_OBJECT_TAGS)?;
+        for (name, value) in &opts.system_metadata {
+            if !SYSTEM_METADATA.contains(&name.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "'{}' is not a header atrest stores",
+                    name.chars().take(64).collect::<String>()
+                )));
+            }
+            check_text(name, value, MAX_USER_METADATA_BYTES)?;
+        }
         let context = object_context(bucket, key, &opts.encryption_context)?;
+        let customer = matches!(sse, PlannedSse::Customer(_));
+        if customer && !opts.encryption_context.is_empty() {
+            return Err(Error::InvalidArgument(
+                "an encryption context goes only with SSE-KMS".into(),
+            ));
+        }
         let bucket_key = bucket_key_enabled.unwrap_or_else(|| {
             info.encryption
                 .as_ref()
                 .is_some_and(|e| e.bucket_key_enabled)
-        }) && opts.encryption_context.is_empty();
+        }) && opts.encryption_context.is_empty()
+            && !customer;
         Ok(PutPlan {
+            sse,
             key_id,
             content_type,
             context,
@@ -861,11 +1108,31 @@ impl ObjectStore {
     ) -> Result<UploadKey, Error> {
         let key_id = plan.key_id.clone();
         let context = plan.context.clone();
+        let sse = match &plan.sse {
+            PlannedSse::Kms => Sse::Kms,
+            PlannedSse::S3 => Sse::S3,
+            PlannedSse::Customer(customer) => {
+                let mut salt = [0u8; CUSTOMER_KEY_SALT_LEN];
+                fill_random(&mut salt);
+                return Ok(UploadKey {
+                    sse: Sse::Customer {
+                        salt,
+                        key_check: customer.key_check(&salt),
+                    },
+                    key: customer.object_key(&salt, &object_arn(bucket, key)),
+                    key_arn: String::new(),
+                    wrapped: Vec::new(),
+                    bucket_key_salt: None,
+                    context: EncryptionContext::new(),
+                });
+            }
+        };
         Ok(if plan.bucket_key {
             let (bucket_key, key_arn, wrapped) = self.current_bucket_key(kms, bucket, &key_id)?;
             let mut salt = [0u8; BUCKET_KEY_SALT_LEN];
             fill_random(&mut salt);
             UploadKey {
+                sse,
                 key: derive_object_key(&bucket_key, &salt, &object_arn(bucket, key)),
                 key_arn,
                 wrapped,
@@ -879,6 +1146,7 @@ impl ObjectStore {
                 encryption_context: context.clone(),
             })?;
             UploadKey {
+                sse,
                 key: key32(data_key.plaintext.expose()).ok_or_else(|| {
                     Error::InvalidArgument(
                         "the key service returned a data key that is not 32 bytes".into(),
@@ -914,15 +1182,29 @@ impl ObjectStore {
             content_type,
             encryption_context: upload_key.context.clone(),
             user_metadata: opts.user_metadata.clone(),
+            system_metadata: opts.system_metadata.clone(),
             nonce_prefix: [0; NONCE_PREFIX_LEN],
+            sse: upload_key.sse,
         };
-        let (file, tmp_path, header) = self.seal_to_temp(
-            bound,
-            &upload_key.key,
-            body,
-            opts.content_md5,
-            multipart.map(|m| m.0),
-        )?;
+        let mut bound = bound;
+        if self.bucket(bucket)?.versioning == Some(Versioning::Enabled) {
+            bound
+                .system_metadata
+                .insert(VERSION_ID_KEY.to_owned(), versions::new_version_id());
+        }
+        // An SSE-C object's ETag is not the MD5 of its plaintext (as on S3): the MD5
+        // would let anyone holding the file confirm a guess of its content.
+        let etag = match (upload_key.sse, multipart) {
+            (_, Some((etag, _))) => Some(etag),
+            (Sse::Customer { .. }, None) => {
+                let mut random = [0u8; 16];
+                fill_random(&mut random);
+                Some(random)
+            }
+            (_, None) => None,
+        };
+        let (file, tmp_path, header) =
+            self.seal_to_temp(bound, &upload_key.key, body, opts.content_md5, etag)?;
         drop(upload_key);
         let result = self.commit(
             &file,
@@ -932,6 +1214,9 @@ impl ObjectStore {
             header,
             opts.acl,
             multipart.map(|m| m.1),
+            opts.condition.as_ref(),
+            &opts.tags,
+            &opts.checksum,
         );
         if result.is_err() {
             let _ = fs::remove_file(&tmp_path);
@@ -1006,15 +1291,37 @@ impl ObjectStore {
         header: ObjectHeader,
         acl: Acl,
         parts: Option<u32>,
+        condition: Option<&Condition>,
+        tags: &TagSet,
+        checksum: &BodyChecksum,
     ) -> Result<ObjectInfo, Error> {
         file.sync_all()
             .map_err(io_err(format!("fsync {}", tmp_path.display())))?;
+        let _commit = self.lock_commits(bucket)?;
+        self.check_condition(bucket, key, condition)?;
+        if let Some(status) = self.bucket(bucket)?.versioning {
+            self.demote_current(bucket, key, status)?;
+        }
         let path = self.object_path(bucket, key);
         let acl_path = Self::acl_path(&path);
         // A private object must never be readable under an old public ACL: drop the
         // ACL before the object appears. A public one is made public only after.
         if acl == Acl::Private {
             Self::remove_if_exists(&acl_path)?;
+        }
+        // Nor show the tags of the object it replaces.
+        let tags_path = path.with_extension(TAGS_EXT);
+        Self::remove_if_exists(&tags_path)?;
+        // Like the part count, the checksum names the ETag it belongs to.
+        let checksum_path = path.with_extension(CHECKSUM_EXT);
+        match checksum.get() {
+            Some((name, value)) => {
+                let line = format!("{name} {value} {}\n", hex::encode(header.summary.etag));
+                write_atomic(&checksum_path, line.as_bytes())?;
+            }
+            None => {
+                Self::remove_if_exists(&checksum_path)?;
+            }
         }
         // The sidecar names the ETag digest it belongs to, so a stale one (a crash
         // before the rename, or left by an older object) is ignored.
@@ -1031,7 +1338,58 @@ impl ObjectStore {
         if acl == Acl::PublicRead {
             write_atomic(&acl_path, Acl::PublicRead.as_str().as_bytes())?;
         }
+        if !tags.is_empty() {
+            write_atomic(&tags_path, &Self::tags_json(tags)?)?;
+        }
         Ok(Self::info(&header, acl, parts))
+    }
+
+    /// The bucket's commit lock (held until the guard drops).
+    fn lock_commits(&self, bucket: &str) -> Result<File, Error> {
+        let path = self.bucket_dir(bucket).join(COMMIT_LOCK);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        file.lock()
+            .map_err(io_err(format!("lock {}", path.display())))?;
+        Ok(file)
+    }
+
+    /// Checks a conditional write against the object as it is now (the caller holds
+    /// the commit lock).
+    fn check_condition(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: Option<&Condition>,
+    ) -> Result<(), Error> {
+        let Some(condition) = condition else {
+            return Ok(());
+        };
+        let current = match self.head_object(bucket, key) {
+            Ok(info) => Some(info.etag),
+            Err(Error::NoSuchKey { .. }) => None,
+            Err(err) => return Err(err),
+        };
+        match (condition, current) {
+            (Condition::Absent, None) => Ok(()),
+            (Condition::Absent, Some(_)) => Err(Error::PreconditionFailed(
+                "If-None-Match: an object with this key exists".into(),
+            )),
+            (Condition::EtagMatches(_), None) => Err(Error::NoSuchKey {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            }),
+            (Condition::EtagMatches(wanted), Some(etag)) if etag_matches(wanted, &etag) => Ok(()),
+            (Condition::EtagMatches(_), Some(_)) => Err(Error::PreconditionFailed(
+                "If-Match: the object's ETag is another".into(),
+            )),
+        }
     }
 
     /// A multipart object's part count, from its sidecar when that belongs to
@@ -1088,6 +1446,8 @@ impl ObjectStore {
             Some(n) => format!("{}-{n}", hex::encode(s.etag)),
             None => hex::encode(s.etag),
         };
+        let mut system_metadata = b.system_metadata.clone();
+        let version_id = system_metadata.remove(VERSION_ID_KEY);
         ObjectInfo {
             bucket: b.bucket.clone(),
             key: b.key.clone(),
@@ -1095,9 +1455,12 @@ impl ObjectStore {
             etag,
             content_type: b.content_type.clone(),
             user_metadata: b.user_metadata.clone(),
+            system_metadata,
+            version_id,
             kms_key_arn: b.key_arn.clone(),
             encryption_context: b.encryption_context.clone(),
             bucket_key_enabled: b.bucket_key_salt.is_some(),
+            sse: b.sse,
             last_modified: OffsetDateTime::from_unix_timestamp_nanos(
                 i128::from(s.last_modified_ms) * 1_000_000,
             )
@@ -1126,7 +1489,10 @@ impl ObjectStore {
     fn open_object(&self, bucket: &str, key: &str) -> Result<(File, PathBuf, ObjectHeader), Error> {
         validate_object_key(key)?;
         self.bucket(bucket)?;
-        let path = self.object_path(bucket, key);
+        let path = match &self.version {
+            None => self.object_path(bucket, key),
+            Some(id) => self.version_path(bucket, key, id)?,
+        };
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -1183,10 +1549,41 @@ impl ObjectStore {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<ObjectDownload, Error> {
+        self.get_object_with_key(kms, bucket, key, range, None)
+    }
+
+    /// HeadObject with S3's SSE-C rule: an SSE-C object's metadata only for the
+    /// request that sends its key; SSE-C headers on another object are refused.
+    pub fn head_object_with_key(
+        &self,
+        bucket: &str,
+        key: &str,
+        customer: Option<&CustomerKey>,
+    ) -> Result<ObjectInfo, Error> {
+        let (_, path, header) = self.open_object(bucket, key)?;
+        check_customer_key(&header, customer)?;
+        Self::read_info(&path, &header)
+    }
+
+    /// GetObject that also serves SSE-C objects: `customer` must be the object's key
+    /// (checked against the header's key check before anything is decrypted).
+    pub fn get_object_with_key(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        customer: Option<&CustomerKey>,
+    ) -> Result<ObjectDownload, Error> {
         let (file, path, header) = self.open_object(bucket, key)?;
+        check_customer_key(&header, customer)?;
         let info = Self::read_info(&path, &header)?;
         let size = header.summary.plaintext_len;
         let resolved = range.map(|r| r.resolve(size)).transpose()?;
+        if let (Sse::Customer { salt, .. }, Some(customer)) = (header.bound.sse, customer) {
+            let object_key = customer.object_key(&salt, &object_arn(bucket, key));
+            return Self::download(file, path, header, info, &object_key, resolved);
+        }
         let expected_arn = match header.bound.bucket_key_salt {
             Some(_) => bucket_arn(bucket),
             None => object_arn(bucket, key),
@@ -1219,6 +1616,19 @@ impl ObjectStore {
                 })?
             }
         };
+        Self::download(file, path, header, info, &object_key, resolved)
+    }
+
+    /// The decrypting reader of an opened object under its key.
+    fn download(
+        file: File,
+        path: PathBuf,
+        header: ObjectHeader,
+        info: ObjectInfo,
+        object_key: &Key32,
+        resolved: Option<(u64, u64)>,
+    ) -> Result<ObjectDownload, Error> {
+        let size = header.summary.plaintext_len;
         let digest = ObjectHeader::bound_digest(&header.bound).map_err(|e| Error::Corrupted {
             path: path.clone(),
             what: e.0,
@@ -1228,7 +1638,6 @@ impl ObjectStore {
                 path: path.clone(),
                 what: "the object key could not be made into a cipher".into(),
             })?;
-        drop(object_key);
         let header_len = ObjectHeader::encoded_len(&header.bound).map_err(|e| Error::Corrupted {
             path: path.clone(),
             what: e.0,
@@ -1248,14 +1657,69 @@ impl ObjectStore {
     /// DeleteObject. Deleting a key that does not exist succeeds, as on S3; the
     /// answer says whether an object was removed.
     pub fn delete_object(&self, bucket: &str, key: &str) -> Result<bool, Error> {
+        self.delete_object_if(bucket, key, None)
+    }
+
+    /// DeleteObject with `If-Match` (`Some(etag)`): deletes only the object with
+    /// that ETag (PreconditionFailed otherwise, NoSuchKey when there is none), checked
+    /// under the commit lock so that no write slips between check and removal.
+    pub fn delete_object_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> Result<bool, Error> {
+        Ok(self
+            .delete_object_version(bucket, key, if_match, None)?
+            .removed)
+    }
+
+    /// DeleteObject with S3's versioning: in a bucket with versioning configured,
+    /// without `version_id` a delete marker is made; with one, that version is
+    /// removed for good. `if_match` is checked against the current object.
+    pub fn delete_object_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&str>,
+        version_id: Option<&str>,
+    ) -> Result<Deleted, Error> {
         validate_object_key(key)?;
-        self.bucket(bucket)?;
+        let info = self.bucket(bucket)?;
+        let _commit = self.lock_commits(bucket)?;
+        if let Some(etag) = if_match {
+            self.check_condition(bucket, key, Some(&Condition::EtagMatches(etag.to_owned())))?;
+        }
+        if let Some(status) = info.versioning {
+            let outcome = self.delete_versioned(bucket, key, status, version_id)?;
+            return Ok(Deleted {
+                removed: true,
+                outcome,
+            });
+        }
+        if let Some(id) = version_id {
+            // Without versioning every object is the null version.
+            if id != versions::NULL_VERSION {
+                return Err(Error::NoSuchVersion {
+                    key: key.to_owned(),
+                    version_id: id.chars().take(64).collect(),
+                });
+            }
+        }
         let path = self.object_path(bucket, key);
         let removed = Self::remove_if_exists(&path)?;
         Self::remove_if_exists(&Self::acl_path(&path))?;
         Self::remove_if_exists(&path.with_extension(PARTS_EXT))?;
+        Self::remove_if_exists(&path.with_extension(TAGS_EXT))?;
+        Self::remove_if_exists(&path.with_extension(CHECKSUM_EXT))?;
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-        Ok(removed)
+        Ok(Deleted {
+            removed,
+            outcome: versions::DeleteOutcome {
+                version_id: None,
+                delete_marker: false,
+            },
+        })
     }
 
     /// PutObjectAcl (canned).
@@ -1269,6 +1733,120 @@ impl ObjectStore {
             }
             Acl::PublicRead => write_atomic(&acl_path, acl.as_str().as_bytes()),
         }
+    }
+
+    fn tags_json(tags: &TagSet) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(tags).map_err(|e| Error::Io {
+            context: "encode tags".into(),
+            source: io::Error::other(e),
+        })
+    }
+
+    /// PutObjectTagging (replaces the tag set; an empty one removes it), under the
+    /// commit lock: the tags land on the object that exists when they are written, and
+    /// a PUT that replaces it afterwards also replaces them.
+    pub fn put_object_tagging(&self, bucket: &str, key: &str, tags: &TagSet) -> Result<(), Error> {
+        validate_tags(tags, MAX_OBJECT_TAGS)?;
+        validate_object_key(key)?;
+        self.bucket(bucket)?;
+        let _commit = self.lock_commits(bucket)?;
+        let (_, path, _) = self.open_object(bucket, key)?;
+        let tags_path = path.with_extension(TAGS_EXT);
+        if tags.is_empty() {
+            Self::remove_if_exists(&tags_path)?;
+            return sync_dir(path.parent().unwrap_or(Path::new(".")));
+        }
+        write_atomic(&tags_path, &Self::tags_json(tags)?)
+    }
+
+    /// GetObjectTagging: the object's tags (empty when it has none).
+    pub fn object_tagging(&self, bucket: &str, key: &str) -> Result<TagSet, Error> {
+        let (_, path, _) = self.open_object(bucket, key)?;
+        let tags_path = path.with_extension(TAGS_EXT);
+        match fs::read(&tags_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupted {
+                path: tags_path,
+                what: format!("tag set: {e}"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TagSet::new()),
+            Err(source) => Err(Error::Io {
+                context: format!("read {}", tags_path.display()),
+                source,
+            }),
+        }
+    }
+
+    /// The checksum the object was uploaded with (`x-amz-checksum-*` header name and
+    /// value), when its sidecar belongs to the object's ETag.
+    pub fn object_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(String, String)>, Error> {
+        let (_, path, header) = self.open_object(bucket, key)?;
+        let sidecar = path.with_extension(CHECKSUM_EXT);
+        let text = match fs::read_to_string(&sidecar) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("read {}", sidecar.display()),
+                    source,
+                })
+            }
+        };
+        let mut fields = text.split_ascii_whitespace();
+        match (fields.next(), fields.next(), fields.next(), fields.next()) {
+            (Some(name), Some(value), Some(etag), None) => Ok((etag
+                == hex::encode(header.summary.etag))
+            .then(|| (name.to_owned(), value.to_owned()))),
+            _ => Err(Error::Corrupted {
+                path: sidecar,
+                what: "unreadable checksum".into(),
+            }),
+        }
+    }
+
+    /// PutBucketTagging (`Some`) or DeleteBucketTagging (`None`).
+    pub fn put_bucket_tagging(&self, name: &str, tags: Option<TagSet>) -> Result<(), Error> {
+        if let Some(tags) = &tags {
+            validate_tags(tags, MAX_BUCKET_TAGS)?;
+        }
+        self.update_bucket(name, |info| info.tags = tags)?;
+        Ok(())
+    }
+
+    /// PutBucketPolicy (`Some`, already validated by the caller) or
+    /// DeleteBucketPolicy (`None`).
+    pub fn put_bucket_policy(&self, name: &str, policy: Option<String>) -> Result<(), Error> {
+        self.update_bucket(name, |info| info.policy = policy)?;
+        Ok(())
+    }
+
+    /// PutPublicAccessBlock (`Some`) or DeletePublicAccessBlock (`None`).
+    pub fn put_public_access_block(
+        &self,
+        name: &str,
+        block: Option<PublicAccessBlock>,
+    ) -> Result<(), Error> {
+        self.update_bucket(name, |info| info.public_access_block = block)?;
+        Ok(())
+    }
+
+    /// GetBucketPolicy; NoSuchBucketPolicy when the bucket has none.
+    pub fn bucket_policy(&self, name: &str) -> Result<String, Error> {
+        self.bucket(name)?
+            .policy
+            .ok_or_else(|| Error::NoSuchBucketPolicy {
+                bucket: name.to_owned(),
+            })
+    }
+
+    /// GetBucketTagging; NoSuchTagSet when the bucket has none.
+    pub fn bucket_tagging(&self, name: &str) -> Result<TagSet, Error> {
+        self.bucket(name)?.tags.ok_or_else(|| Error::NoSuchTagSet {
+            bucket: name.to_owned(),
+        })
     }
 
     /// GetObjectAcl (canned).
@@ -1310,6 +1888,23 @@ impl ObjectStore {
             common_prefixes: plan.common_prefixes,
             next_continuation_token: plan.next_continuation_token,
         })
+    }
+}
+
+/// S3's SSE-C rules for reading an object: its key is required for an SSE-C object
+/// and refused for any other.
+fn check_customer_key(header: &ObjectHeader, customer: Option<&CustomerKey>) -> Result<(), Error> {
+    match (header.bound.sse, customer) {
+        (Sse::Customer { salt, key_check }, Some(customer)) => {
+            if customer.matches(&salt, &key_check) {
+                Ok(())
+            } else {
+                Err(Error::CustomerKeyMismatch)
+            }
+        }
+        (Sse::Customer { .. }, None) => Err(Error::CustomerKeyRequired),
+        (Sse::Kms | Sse::S3, Some(_)) => Err(Error::CustomerKeyNotApplicable),
+        (Sse::Kms | Sse::S3, None) => Ok(()),
     }
 }
 
@@ -1395,11 +1990,28 @@ fn read_header(file: &File, path: &Path) -> Result<ObjectHeader, Error> {
 
 /// What a PUT resolved before reading its body ([`ObjectStore::plan_put`]).
 struct PutPlan {
+    /// SSE-KMS or SSE-S3 under `key_id`, or SSE-C under the customer's key.
+    sse: PlannedSse,
     key_id: String,
     content_type: String,
     /// The object's full encryption context.
     context: EncryptionContext,
     bucket_key: bool,
+}
+
+enum PlannedSse {
+    Kms,
+    S3,
+    Customer(Arc<CustomerKey>),
+}
+
+/// Whether `etag` (as a client sends it: quoted or not, or `*`) names `current`.
+fn etag_matches(wanted: &str, current: &str) -> bool {
+    wanted.split(',').any(|one| {
+        let one = one.trim();
+        let one = one.strip_prefix("W/").unwrap_or(one);
+        one == "*" || one.trim_matches('"') == current
+    })
 }
 
 /// One upload in progress into a temporary file.

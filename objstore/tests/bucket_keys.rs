@@ -10,7 +10,7 @@ use std::fs;
 use crypto_core::kms::{CreateKeyRequest, DecryptRequest, KeyService, KmsError, LocalKms};
 use crypto_core::trail::{LookupFilter, Trail};
 use objstore::format::ObjectHeader;
-use objstore::{BucketEncryption, CacheScope, ObjectStore, PutObjectOptions};
+use objstore::{BucketEncryption, CacheScope, ObjectStore, PutObjectOptions, SseAlgorithm};
 use proptest::prelude::*;
 use support::{pattern, Lab, OWNER, SEG};
 
@@ -49,7 +49,8 @@ fn bucket_key_lab() -> Lab {
         .put_bucket_encryption(
             "bkt",
             Some(BucketEncryption {
-                kms_key_id: lab.key_arn.clone(),
+                algorithm: SseAlgorithm::AwsKms,
+                kms_key_id: Some(lab.key_arn.clone()),
                 bucket_key_enabled: true,
             }),
         )
@@ -265,7 +266,8 @@ fn objects_stay_readable_after_the_bucket_key_is_rotated_or_replaced() {
         .put_bucket_encryption(
             "bkt",
             Some(BucketEncryption {
-                kms_key_id: other.clone(),
+                algorithm: SseAlgorithm::AwsKms,
+                kms_key_id: Some(other.clone()),
                 bucket_key_enabled: true,
             }),
         )

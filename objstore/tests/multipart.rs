@@ -8,7 +8,8 @@ use std::path::Path;
 
 use md5::{Digest, Md5};
 use objstore::{
-    BucketEncryption, CompletedPart, Error, PutObjectOptions, MIN_PART_SIZE, S3_ARN_CONTEXT_KEY,
+    BucketEncryption, CompletedPart, Error, PutObjectOptions, SseAlgorithm, MIN_PART_SIZE,
+    S3_ARN_CONTEXT_KEY,
 };
 use support::{pattern, Lab};
 
@@ -206,7 +207,16 @@ fn part_lists_are_checked_as_s3_does() {
         .unwrap();
     assert!(info.etag.ends_with("-2"));
     assert_eq!(lab.get("k").unwrap(), [big, small].concat());
-    let err = complete(&[(2, &e2), (3, &e3)]);
+    // A retry of that Complete (its answer lost) gets the object, as on S3; another
+    // part list for the finished upload does not.
+    let again = lab
+        .store
+        .complete_multipart_upload(lab.kms(), "bkt", "k", id, &completed(&[(2, &e2), (3, &e3)]))
+        .unwrap();
+    assert_eq!(again.etag, info.etag);
+    let err = complete(&[(2, &e2)]);
+    assert_eq!(err.s3_code(), "NoSuchUpload");
+    let err = complete(&[(2, &e2), (3, "not hex")]);
     assert_eq!(err.s3_code(), "NoSuchUpload");
 }
 
@@ -264,7 +274,8 @@ fn bucket_default_encryption_and_bucket_keys_apply() {
         .put_bucket_encryption(
             "bkt",
             Some(BucketEncryption {
-                kms_key_id: lab.key_arn.clone(),
+                algorithm: SseAlgorithm::AwsKms,
+                kms_key_id: Some(lab.key_arn.clone()),
                 bucket_key_enabled: true,
             }),
         )

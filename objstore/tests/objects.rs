@@ -8,7 +8,9 @@ use std::io::{self, Read};
 
 use crypto_core::kms::KeyService;
 use md5::{Digest, Md5};
-use objstore::{Acl, BucketEncryption, ByteRange, Error, ObjectStore, PutObjectOptions};
+use objstore::{
+    Acl, BucketEncryption, ByteRange, Error, ObjectStore, PutObjectOptions, Sse, SseAlgorithm,
+};
 use support::{pattern, Dribble, Lab, SEG};
 
 const WINDOW: usize = 32 * SEG;
@@ -268,11 +270,23 @@ fn no_plaintext_on_disk() {
 fn bucket_default_encryption_applies_when_the_put_names_no_key() {
     let lab = Lab::new();
     let none = PutObjectOptions::default();
+    // No header and no bucket default: SSE-S3 under the AWS managed key, which the
+    // S3 front end creates on first use; without it the key service names the alias.
     let err = lab
         .store
         .put_object(lab.kms(), "bkt", "k", &mut &b"x"[..], &none)
         .unwrap_err();
-    assert_eq!(err.s3_code(), "InvalidArgument");
+    assert_eq!(err.s3_code(), "KMS.NotFoundException");
+    let managed = lab.kms.aws_managed_key(objstore::SSE_S3_KEY_ALIAS).unwrap();
+    let info = lab
+        .store
+        .put_object(lab.kms(), "bkt", "k", &mut &b"x"[..], &none)
+        .unwrap();
+    assert_eq!(
+        (info.sse, info.kms_key_arn.as_str()),
+        (Sse::S3, managed.as_str())
+    );
+    assert_eq!(lab.get("k").unwrap(), b"x");
     assert_eq!(
         lab.store.bucket_encryption("bkt").unwrap_err().s3_code(),
         "ServerSideEncryptionConfigurationNotFoundError"
@@ -281,7 +295,8 @@ fn bucket_default_encryption_applies_when_the_put_names_no_key() {
         .create_alias("alias/MyKMSKey", &lab.key_arn)
         .unwrap();
     let enc = BucketEncryption {
-        kms_key_id: "alias/MyKMSKey".into(),
+        algorithm: SseAlgorithm::AwsKms,
+        kms_key_id: Some("alias/MyKMSKey".into()),
         bucket_key_enabled: false,
     };
     lab.store

@@ -852,7 +852,7 @@ impl LocalKms {
                 e.message()
             ))
         })?;
-        match policy.evaluate(&self.principal, action, arn) {
+        match policy.evaluate_in(&self.principal, &self.account, action, arn) {
             Decision::Allow => Ok(()),
             Decision::ExplicitDeny => Err(KmsError::AccessDenied(format!(
                 "User: {} is not authorized to perform: {action} on resource: {arn} with an \
@@ -1125,7 +1125,7 @@ impl LocalKms {
 
     /// Refuses a policy the caller could not change afterwards (AWS's lockout check).
     fn check_lockout(&self, policy: &KeyPolicy, arn: &str, bypass: bool) -> Result<(), KmsError> {
-        if bypass || policy.evaluate(&self.principal, "kms:PutKeyPolicy", arn) == Decision::Allow {
+        if bypass || policy.evaluate_in(&self.principal, &self.account, "kms:PutKeyPolicy", arn) == Decision::Allow {
             return Ok(());
         }
         Err(KmsError::MalformedPolicyDocument(
@@ -1162,6 +1162,124 @@ fn check_context(context: &EncryptionContext, field: &str) -> Result<(), KmsErro
 
 fn date(ts: OffsetDateTime) -> Value {
     json!(ts.unix_timestamp())
+}
+
+/// The alias of the AWS managed key that S3 encrypts with for SSE-S3 (and for SSE-KMS
+/// without a key id), as AWS names it.
+pub const AWS_MANAGED_S3_ALIAS: &str = "alias/aws/s3";
+
+/// The key policy of an AWS managed key: every principal of `account` may use the key
+/// for encryption (`kms:CallerAccount`, as AWS writes it; AWS's `kms:ViaService`
+/// condition is not evaluated, so a principal of the account may also call the key
+/// directly), no other account may, and nobody may administer, disable, re-target or
+/// delete it.
+fn aws_managed_policy(account: &str, alias: &str) -> String {
+    json!({
+        "Version": "2012-10-17",
+        "Id": format!("auto-{}", alias.trim_start_matches("alias/aws/")),
+        "Statement": [{
+            "Sid": format!("Allow use of the key by the principals of account {account} through the service"),
+            "Effect": "Allow",
+            "Principal": { "AWS": "*" },
+            "Action": [
+                "kms:Encrypt",
+                "kms:Decrypt",
+                "kms:ReEncrypt*",
+                "kms:GenerateDataKey*",
+                "kms:DescribeKey"
+            ],
+            "Resource": "*",
+            "Condition": { "StringEquals": { "kms:CallerAccount": account } }
+        }]
+    })
+    .to_string()
+}
+
+impl LocalKms {
+    /// The ARN of the AWS managed key named `alias` (`alias/aws/SERVICE`, e.g.
+    /// [`AWS_MANAGED_S3_ALIAS`]), created with its alias on first use in one keystore
+    /// update (recorded in the trail as a CreateKey by the caller). Later calls only
+    /// read the keystore. Customers cannot create `alias/aws/*` aliases themselves
+    /// (`validate_alias_name`), so the alias always names the managed key.
+    pub fn aws_managed_key(&self, alias: &str) -> Result<String, KmsError> {
+        let service = alias.strip_prefix("alias/aws/").unwrap_or_default();
+        if service.is_empty()
+            || !service
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(KmsError::InvalidAliasName(format!(
+                "'{}' is not the alias of an AWS managed key (alias/aws/SERVICE)",
+                printable(alias)
+            )));
+        }
+        if let Some(existing) = self
+            .fresh()?
+            .aliases
+            .get(&self.account)
+            .and_then(|aliases| aliases.get(alias))
+        {
+            return Ok(self.key_arn(&existing.target_key_id));
+        }
+        let description =
+            format!("Default key that protects my {service} data when no other key is defined");
+        let request = json!({
+            "description": description,
+            "keyUsage": "ENCRYPT_DECRYPT",
+            "keySpec": "SYMMETRIC_DEFAULT",
+            "origin": "AWS_KMS",
+            "keyManager": "AWS",
+            "aliasName": alias,
+        });
+        self.run(Op::CreateKey, request, |audit| {
+            self.mutate(audit, |store, now, audit| {
+                // Another process may have made it since the read above.
+                if let Some(existing) = store
+                    .aliases
+                    .get(&self.account)
+                    .and_then(|aliases| aliases.get(alias))
+                {
+                    let arn = self.key_arn(&existing.target_key_id);
+                    audit.resources.push(arn.clone());
+                    audit.response = Some(json!({ "keyMetadata": { "arn": arn } }));
+                    return Ok(arn);
+                }
+                let id = Uuid::new_v4();
+                let arn = self.key_arn(&id);
+                audit.resources.push(arn.clone());
+                let ts = now.unix_timestamp();
+                let mut key = KeyRecord {
+                    account: self.account.clone(),
+                    description: description.clone(),
+                    creation_date: ts,
+                    state: KeyState::Enabled,
+                    deletion_date: None,
+                    pending_window_in_days: None,
+                    policy: aws_managed_policy(&self.account, alias),
+                    rotation: None,
+                    rotations: Vec::new(),
+                    materials: Vec::new(),
+                    tags: BTreeMap::new(),
+                };
+                add_material(&mut key, &id, ts, &self.shared.keystore)?;
+                store.keys.insert(id, key);
+                store.aliases.entry(self.account.clone()).or_default().insert(
+                    alias.to_owned(),
+                    AliasRecord {
+                        target_key_id: id,
+                        creation_date: ts,
+                        last_updated_date: ts,
+                    },
+                );
+                audit.response = Some(json!({ "keyMetadata": {
+                    "keyId": id.to_string(),
+                    "arn": arn,
+                    "keyManager": "AWS",
+                }}));
+                Ok(arn)
+            })
+        })
+    }
 }
 
 impl KeyService for LocalKms {

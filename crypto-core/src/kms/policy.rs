@@ -4,8 +4,11 @@
 //! matches grants, else the request is implicitly denied. atrest has no IAM, so a
 //! principal matches only its own ARN or `"*"`; `arn:aws:iam::<account>:root` (or the
 //! bare account id) names the account's root user, not every user of the account.
-//! `Condition`, `NotPrincipal`, `NotAction` and `NotResource` are refused rather than
-//! ignored, so a policy never grants or denies more than it says.
+//! The one condition evaluated is `{"StringEquals": {"kms:CallerAccount": ACCOUNT}}`
+//! (the caller's account is one of the listed ones; AWS managed keys are shared with
+//! every principal of their account this way); any other `Condition`, and
+//! `NotPrincipal`, `NotAction` and `NotResource`, are refused rather than ignored, so
+//! a policy never grants or denies more than it says.
 #![forbid(unsafe_code)]
 
 use serde_json::Value;
@@ -44,6 +47,9 @@ struct Statement {
     /// Lowercased action patterns (`kms:*`, `kms:generate*`).
     actions: Vec<String>,
     resources: Vec<String>,
+    /// `kms:CallerAccount` values of a `StringEquals` condition: the statement applies
+    /// only to callers of one of these accounts. `None`: no condition.
+    caller_accounts: Option<Vec<String>>,
 }
 
 /// A parsed key policy.
@@ -111,12 +117,26 @@ impl KeyPolicy {
         Ok(Self { statements })
     }
 
-    /// Evaluates `action` (e.g. `kms:Decrypt`) by `principal` on the key `resource`.
+    /// Evaluates `action` (e.g. `kms:Decrypt`) by `principal` on the key `resource`;
+    /// the caller's account is the one in `principal`'s ARN.
     pub fn evaluate(&self, principal: &str, action: &str, resource: &str) -> Decision {
+        let account = super::principal_account(principal).unwrap_or_default();
+        self.evaluate_in(principal, account, action, resource)
+    }
+
+    /// [`KeyPolicy::evaluate`] for a caller of `caller_account` (the key service knows
+    /// the account of a principal that is not an ARN).
+    pub fn evaluate_in(
+        &self,
+        principal: &str,
+        caller_account: &str,
+        action: &str,
+        resource: &str,
+    ) -> Decision {
         let action = action.to_ascii_lowercase();
         let mut allowed = false;
         for statement in &self.statements {
-            if !statement.applies(principal, &action, resource) {
+            if !statement.applies(principal, caller_account, &action, resource) {
                 continue;
             }
             match statement.effect {
@@ -138,8 +158,8 @@ fn parse_statement(value: &Value) -> Result<Statement, KmsError> {
     };
     for key in fields.keys() {
         match key.as_str() {
-            "Sid" | "Effect" | "Principal" | "Action" | "Resource" => {}
-            "Condition" | "NotPrincipal" | "NotAction" | "NotResource" => {
+            "Sid" | "Effect" | "Principal" | "Action" | "Resource" | "Condition" => {}
+            "NotPrincipal" | "NotAction" | "NotResource" => {
                 return Err(KmsError::MalformedPolicyDocument(format!(
                     "atrest does not evaluate '{key}'; rewrite the statement without it"
                 )))
@@ -185,12 +205,44 @@ fn parse_statement(value: &Value) -> Result<Statement, KmsError> {
         .map(|a| a.to_ascii_lowercase())
         .collect();
     let resources = strings(fields.get("Resource").unwrap_or(&Value::Null), "Resource")?;
+    let caller_accounts = fields.get("Condition").map(parse_condition).transpose()?;
     Ok(Statement {
         effect,
         principals,
         actions,
         resources,
+        caller_accounts,
     })
+}
+
+/// The only condition atrest evaluates: `{"StringEquals": {"kms:CallerAccount": ..}}`.
+fn parse_condition(value: &Value) -> Result<Vec<String>, KmsError> {
+    let unsupported = || {
+        KmsError::MalformedPolicyDocument(
+            "atrest evaluates only the condition {\"StringEquals\": {\"kms:CallerAccount\": \
+             ACCOUNT}}; rewrite the statement without any other 'Condition'"
+                .to_owned(),
+        )
+    };
+    let Value::Object(operators) = value else {
+        return Err(unsupported());
+    };
+    let mut accounts = None;
+    for (operator, keys) in operators {
+        let Value::Object(keys) = keys else {
+            return Err(unsupported());
+        };
+        if operator != "StringEquals" || keys.len() != 1 {
+            return Err(unsupported());
+        }
+        let (key, values) = keys.iter().next().ok_or_else(unsupported)?;
+        // Condition keys are case-insensitive in AWS.
+        if !key.eq_ignore_ascii_case("kms:CallerAccount") {
+            return Err(unsupported());
+        }
+        accounts = Some(strings(values, "Condition kms:CallerAccount")?);
+    }
+    accounts.ok_or_else(unsupported)
 }
 
 /// AWS lets a policy name an account by its bare id; that means its root user.
@@ -203,12 +255,17 @@ fn account_to_root(principal: String) -> String {
 }
 
 impl Statement {
-    fn applies(&self, principal: &str, action: &str, resource: &str) -> bool {
+    fn applies(&self, principal: &str, caller_account: &str, action: &str, resource: &str) -> bool {
         let principal_matches = match &self.principals {
             Principals::Anyone => true,
             Principals::Arns(arns) => arns.iter().any(|arn| arn == principal),
         };
+        let condition_holds = match &self.caller_accounts {
+            None => true,
+            Some(accounts) => accounts.iter().any(|a| a == caller_account),
+        };
         principal_matches
+            && condition_holds
             && self
                 .actions
                 .iter()
@@ -436,5 +493,39 @@ mod tests {
         assert!(glob(b"a?c", b"abc"));
         assert!(!glob(b"abc", b"abcd"));
         assert!(!glob(b"", b"a"));
+    }
+
+    #[test]
+    fn caller_account_condition_limits_a_statement_to_its_accounts() {
+        let policy = KeyPolicy::parse(
+            r#"{"Statement": {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt",
+                "Resource": "*", "Condition": {"StringEquals": {"kms:CallerAccount": "000000000000"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            policy.evaluate("arn:aws:iam::000000000000:user/alice", "kms:Decrypt", KEY),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.evaluate("arn:aws:iam::111111111111:user/Eve", "kms:Decrypt", KEY),
+            Decision::ImplicitDeny
+        );
+        assert_eq!(
+            policy.evaluate_in("KeyUser", "000000000000", "kms:Decrypt", KEY),
+            Decision::Allow
+        );
+        assert_eq!(policy.evaluate("KeyUser", "kms:Decrypt", KEY), Decision::ImplicitDeny);
+        for other in [
+            r#"{"StringEquals": {"aws:SourceIp": "10.0.0.1"}}"#,
+            r#"{"StringLike": {"kms:CallerAccount": "0*"}}"#,
+            r#"{"StringEquals": {"kms:CallerAccount": "0", "kms:ViaService": "s3"}}"#,
+            r#"{"StringEquals": {}}"#,
+            r#""x""#,
+        ] {
+            let text = format!(
+                r#"{{"Statement": {{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*", "Condition": {other}}}}}"#
+            );
+            assert!(KeyPolicy::parse(&text).is_err(), "{other} was accepted");
+        }
     }
 }

@@ -7,10 +7,16 @@
 //! (GenerateDataKey on PUT, Decrypt on GET) are evaluated under the key policy and
 //! audited as that principal. Buckets belong to the signer's account: principals of
 //! another account are refused. An anonymous request may only read a public-read
-//! object, and S3 refuses even that for SSE-KMS objects (every atrest object), with
-//! its own message.
+//! object, and atrest refuses even that with S3's SSE-KMS message (S3 would serve a
+//! public SSE-S3 object; atrest makes no key-service call for anonymous callers).
+//!
+//! Encryption: SSE-S3 (the default, under `alias/aws/s3`), SSE-KMS and SSE-C; copies
+//! ([`copy`]) re-encrypt. Conditional requests, tagging, versioning, stored headers
+//! and checksums follow S3 (the table is `docs/S3.md`).
 
+mod copy;
 mod multipart;
+pub mod policy;
 pub mod upload;
 pub mod xml;
 
@@ -22,8 +28,8 @@ use base64::Engine;
 use crypto_core::kms::{EncryptionContext, LocalKms};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use objstore::{
-    Acl, BucketEncryption, ByteRange, ListObjectsRequest, ObjectInfo, ObjectReader, ObjectStore,
-    PutObjectOptions,
+    Acl, BucketEncryption, ByteRange, Condition, CustomerKey, EncryptionRequest,
+    ListObjectsRequest, ObjectInfo, ObjectReader, ObjectStore, PutObjectOptions, Sse, SseAlgorithm,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -56,6 +62,7 @@ pub enum S3Operation {
     GetBucketEncryption,
     DeleteBucketEncryption,
     ListObjectsV2,
+    ListObjects,
     PutObject,
     GetObject,
     HeadObject,
@@ -69,7 +76,72 @@ pub enum S3Operation {
     AbortMultipartUpload,
     ListParts,
     ListMultipartUploads,
+    PutObjectTagging,
+    GetObjectTagging,
+    DeleteObjectTagging,
+    PutBucketTagging,
+    GetBucketTagging,
+    DeleteBucketTagging,
+    PutBucketVersioning,
+    GetBucketVersioning,
+    ListObjectVersions,
+    PutBucketPolicy,
+    GetBucketPolicy,
+    DeleteBucketPolicy,
+    PutPublicAccessBlock,
+    GetPublicAccessBlock,
+    DeletePublicAccessBlock,
 }
+
+impl S3Operation {
+    /// The IAM action a bucket policy names this operation by (`versioned`: the
+    /// request carries `versionId`).
+    fn action(self, versioned: bool) -> &'static str {
+        use S3Operation as Op;
+        match self {
+            Op::ListBuckets => "s3:ListAllMyBuckets",
+            Op::CreateBucket => "s3:CreateBucket",
+            Op::HeadBucket | Op::ListObjectsV2 | Op::ListObjects => "s3:ListBucket",
+            Op::DeleteBucket => "s3:DeleteBucket",
+            Op::GetBucketLocation => "s3:GetBucketLocation",
+            Op::PutBucketEncryption | Op::DeleteBucketEncryption => "s3:PutEncryptionConfiguration",
+            Op::GetBucketEncryption => "s3:GetEncryptionConfiguration",
+            Op::PutObject
+            | Op::CreateMultipartUpload
+            | Op::UploadPart
+            | Op::CompleteMultipartUpload => "s3:PutObject",
+            Op::GetObject | Op::HeadObject if versioned => "s3:GetObjectVersion",
+            Op::GetObject | Op::HeadObject => "s3:GetObject",
+            Op::DeleteObject if versioned => "s3:DeleteObjectVersion",
+            Op::DeleteObject | Op::DeleteObjects => "s3:DeleteObject",
+            Op::PutObjectAcl => "s3:PutObjectAcl",
+            Op::GetObjectAcl => "s3:GetObjectAcl",
+            Op::AbortMultipartUpload => "s3:AbortMultipartUpload",
+            Op::ListParts => "s3:ListMultipartUploadParts",
+            Op::ListMultipartUploads => "s3:ListBucketMultipartUploads",
+            Op::PutObjectTagging => "s3:PutObjectTagging",
+            Op::GetObjectTagging => "s3:GetObjectTagging",
+            Op::DeleteObjectTagging => "s3:DeleteObjectTagging",
+            Op::PutBucketTagging | Op::DeleteBucketTagging => "s3:PutBucketTagging",
+            Op::GetBucketTagging => "s3:GetBucketTagging",
+            Op::PutBucketVersioning => "s3:PutBucketVersioning",
+            Op::GetBucketVersioning => "s3:GetBucketVersioning",
+            Op::ListObjectVersions => "s3:ListBucketVersions",
+            Op::PutBucketPolicy => "s3:PutBucketPolicy",
+            Op::GetBucketPolicy => "s3:GetBucketPolicy",
+            Op::DeleteBucketPolicy => "s3:DeleteBucketPolicy",
+            Op::PutPublicAccessBlock | Op::DeletePublicAccessBlock => {
+                "s3:PutBucketPublicAccessBlock"
+            }
+            Op::GetPublicAccessBlock => "s3:GetBucketPublicAccessBlock",
+        }
+    }
+}
+
+/// Request extension the server sets on requests that came over TLS
+/// (`aws:SecureTransport` in bucket policies).
+#[derive(Clone, Copy, Debug)]
+pub struct SecureTransport;
 
 /// A routed S3 request: the operation, its bucket and key (decoded), and the query.
 #[derive(Clone, Debug)]
@@ -161,6 +233,18 @@ impl S3Request {
                 Method::GET if only("encryption") => Op::GetBucketEncryption,
                 Method::DELETE if only("encryption") => Op::DeleteBucketEncryption,
                 Method::GET if only("location") => Op::GetBucketLocation,
+                Method::PUT if only("publicAccessBlock") => Op::PutPublicAccessBlock,
+                Method::GET if only("publicAccessBlock") => Op::GetPublicAccessBlock,
+                Method::DELETE if only("publicAccessBlock") => Op::DeletePublicAccessBlock,
+                Method::PUT if only("policy") => Op::PutBucketPolicy,
+                Method::GET if only("policy") => Op::GetBucketPolicy,
+                Method::DELETE if only("policy") => Op::DeleteBucketPolicy,
+                Method::PUT if only("versioning") => Op::PutBucketVersioning,
+                Method::GET if only("versioning") => Op::GetBucketVersioning,
+                Method::GET if only("versions") => Op::ListObjectVersions,
+                Method::PUT if only("tagging") => Op::PutBucketTagging,
+                Method::GET if only("tagging") => Op::GetBucketTagging,
+                Method::DELETE if only("tagging") => Op::DeleteBucketTagging,
                 Method::GET if only("list-type") => {
                     if query.iter().any(|(n, v)| n == "list-type" && v != "2") {
                         return Err(GatewayError::InvalidArgument(
@@ -169,13 +253,7 @@ impl S3Request {
                     }
                     Op::ListObjectsV2
                 }
-                Method::GET if sub.is_empty() => {
-                    return Err(GatewayError::NotImplemented(
-                        "ListObjects (version 1) is not implemented; use ListObjectsV2 \
-                         (list-type=2)"
-                            .into(),
-                    ))
-                }
+                Method::GET if sub.is_empty() => Op::ListObjects,
                 Method::HEAD if sub.is_empty() => Op::HeadBucket,
                 Method::POST if only("delete") => Op::DeleteObjects,
                 Method::GET if only("uploads") => Op::ListMultipartUploads,
@@ -186,6 +264,9 @@ impl S3Request {
             match *method {
                 Method::PUT if sub.is_empty() => Op::PutObject,
                 Method::PUT if only("acl") => Op::PutObjectAcl,
+                Method::PUT if only("tagging") => Op::PutObjectTagging,
+                Method::GET if only("tagging") => Op::GetObjectTagging,
+                Method::DELETE if only("tagging") => Op::DeleteObjectTagging,
                 Method::GET if only("acl") => Op::GetObjectAcl,
                 Method::GET if sub.is_empty() => Op::GetObject,
                 Method::HEAD if sub.is_empty() => Op::HeadObject,
@@ -398,6 +479,29 @@ fn owner_xml(w: &mut XmlWriter, owner_arn: &str) {
 
 /// The headers S3 sends about an object (GET, HEAD, and PUT's encryption ones).
 fn encryption_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
+    match info.sse {
+        Sse::Kms => {}
+        Sse::S3 => {
+            insert(headers, "x-amz-server-side-encryption", "AES256");
+            if info.bucket_key_enabled {
+                insert(
+                    headers,
+                    "x-amz-server-side-encryption-bucket-key-enabled",
+                    "true",
+                );
+            }
+            return;
+        }
+        // The request's key MD5 is added by the caller, which has the key.
+        Sse::Customer { .. } => {
+            insert(
+                headers,
+                "x-amz-server-side-encryption-customer-algorithm",
+                "AES256",
+            );
+            return;
+        }
+    }
     insert(headers, "x-amz-server-side-encryption", "aws:kms");
     insert(
         headers,
@@ -422,9 +526,20 @@ fn encryption_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
 
 fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
     insert(headers, "etag", &format!("\"{}\"", info.etag));
+    if let Some(id) = &info.version_id {
+        insert(headers, "x-amz-version-id", id);
+    }
     insert(headers, "last-modified", &http_date(info.last_modified));
     insert(headers, "content-type", &info.content_type);
     insert(headers, "accept-ranges", "bytes");
+    for (name, value) in &info.system_metadata {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
     encryption_headers(headers, info);
     for (name, value) in &info.user_metadata {
         if let (Ok(name), Ok(value)) = (
@@ -590,26 +705,88 @@ impl S3Service {
         use S3Operation as Op;
         if request.operation != Op::ListBuckets && request.operation != Op::CreateBucket {
             let bucket = self.store.bucket(&request.bucket)?;
-            if account_of(&bucket.owner) != account_of(&principal) {
-                return Err(GatewayError::AccessDenied("Access Denied".into()));
+            // DeleteObjects is checked key by key.
+            if request.operation != Op::DeleteObjects {
+                let action = request
+                    .operation
+                    .action(request.param("versionId").is_some());
+                let resource = match request.key.as_str() {
+                    "" => objstore::bucket_arn(&bucket.name),
+                    key => objstore::object_arn(&bucket.name, key),
+                };
+                authorize(
+                    &bucket,
+                    &principal,
+                    action,
+                    &resource,
+                    &request_facts(parts),
+                )?;
             }
         }
+        refuse_grant_headers(&parts.headers)?;
+        let copy = parts.headers.contains_key("x-amz-copy-source");
+        // `?versionId=` addresses one version of the object on reads, deletes and
+        // the object's sub-resources.
+        let versioned = match (request.param("versionId"), request.operation) {
+            (
+                Some(id),
+                Op::GetObject
+                | Op::HeadObject
+                | Op::DeleteObject
+                | Op::GetObjectTagging
+                | Op::PutObjectTagging
+                | Op::DeleteObjectTagging
+                | Op::GetObjectAcl
+                | Op::PutObjectAcl,
+            ) => Some(S3Service::new(self.store.at_version(id))),
+            (Some(_), _) => {
+                return Err(GatewayError::InvalidArgument(
+                    "versionId is not taken by this operation".into(),
+                ))
+            }
+            (None, _) => None,
+        };
+        let this = versioned.as_ref().unwrap_or(self);
+        this.dispatch(ctx, &kms, &principal, &request, parts, &mut body, copy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &self,
+        ctx: &S3Context<'_>,
+        kms: &LocalKms,
+        principal: &str,
+        request: &S3Request,
+        parts: &http::request::Parts,
+        body: &mut UploadBody<&mut dyn BufRead>,
+        copy: bool,
+    ) -> Result<S3Answer, GatewayError> {
+        use S3Operation as Op;
         match request.operation {
-            Op::PutObject => self.put_object(&kms, &request, parts, &mut body),
-            Op::GetObject => self.get_object(&kms, &request, parts, true),
-            Op::HeadObject => self.get_object(&kms, &request, parts, false),
-            Op::UploadPart => self.upload_part(&kms, &request, parts, &mut body),
+            Op::PutObject if copy => {
+                read_small(&mut *body)?;
+                self.copy_object(kms, principal, request, parts)
+            }
+            Op::UploadPart if copy => {
+                read_small(&mut *body)?;
+                let (part_number, upload_id) = multipart::part_target(request)?;
+                self.upload_part_copy(kms, principal, request, parts, part_number, upload_id)
+            }
+            Op::PutObject => self.put_object(kms, request, parts, body),
+            Op::GetObject => self.get_object(kms, request, parts, true),
+            Op::HeadObject => self.get_object(kms, request, parts, false),
+            Op::UploadPart => self.upload_part(kms, request, parts, body),
             Op::CreateMultipartUpload
             | Op::CompleteMultipartUpload
             | Op::AbortMultipartUpload
             | Op::ListParts
             | Op::ListMultipartUploads => {
-                let small = read_small(&mut body)?;
-                self.multipart_operation(&kms, &request, parts, &principal, &small)
+                let small = read_small(&mut *body)?;
+                self.multipart_operation(kms, request, parts, principal, &small)
             }
             other => {
-                let small = read_small(&mut body)?;
-                self.small_operation(other, &request, parts, &principal, ctx.region, &small)
+                let small = read_small(&mut *body)?;
+                self.small_operation(other, request, parts, principal, ctx.region, &small)
             }
         }
     }
@@ -625,13 +802,59 @@ impl S3Service {
         if !read {
             return Err(denied());
         }
+        let ignored = self
+            .store
+            .bucket(&request.bucket)
+            .ok()
+            .and_then(|b| b.public_access_block)
+            .is_some_and(|b| b.ignore_public_acls);
         match self.store.head_object(&request.bucket, &request.key) {
-            Ok(info) if info.acl == Acl::PublicRead => {
+            Ok(info) if info.acl == Acl::PublicRead && !ignored => {
                 Err(GatewayError::InvalidArgument(SSE_KMS_NEEDS_SIGV4.into()))
             }
             // Neither whether the object exists nor anything else is told.
             _ => Err(denied()),
         }
+    }
+
+    /// BlockPublicAcls: a request that would make something public-read is refused.
+    fn refuse_public_acl(&self, bucket: &str, acl: Acl) -> Result<(), GatewayError> {
+        let blocked = self
+            .store
+            .bucket(bucket)?
+            .public_access_block
+            .is_some_and(|b| b.block_public_acls);
+        if blocked && acl == Acl::PublicRead {
+            return Err(GatewayError::AccessDenied(
+                "Access Denied: the bucket's BlockPublicAcls refuses a public-read ACL".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates the AWS managed key `alias/aws/s3` on first use, when the PUT's
+    /// encryption may resolve to it (SSE-S3, or SSE-KMS without a key anywhere).
+    fn ensure_managed_key(
+        &self,
+        kms: &LocalKms,
+        bucket: &str,
+        opts: &PutObjectOptions,
+    ) -> Result<(), GatewayError> {
+        if opts.kms_key_id.is_some() || matches!(opts.encryption, EncryptionRequest::Customer(_)) {
+            return Ok(());
+        }
+        let default_key = matches!(
+            self.store.bucket(bucket)?.encryption,
+            Some(BucketEncryption {
+                algorithm: SseAlgorithm::AwsKms,
+                kms_key_id: Some(_),
+                ..
+            })
+        );
+        if !default_key || matches!(opts.encryption, EncryptionRequest::SseS3) {
+            kms.aws_managed_key(objstore::SSE_S3_KEY_ALIAS)?;
+        }
+        Ok(())
     }
 
     fn put_object(
@@ -642,13 +865,11 @@ impl S3Service {
         body: &mut UploadBody<&mut dyn BufRead>,
     ) -> Result<S3Answer, GatewayError> {
         let headers = &parts.headers;
-        if headers.contains_key("x-amz-copy-source") {
-            return Err(GatewayError::NotImplemented(
-                "CopyObject is not implemented".into(),
-            ));
-        }
         let opts = put_options(headers)?;
+        self.refuse_public_acl(&request.bucket, opts.acl)?;
+        body.report_checksum_to(opts.checksum.clone());
         let bucket_key = bucket_key_header(headers)?;
+        self.ensure_managed_key(kms, &request.bucket, &opts)?;
         let info = self
             .store
             .put_object_with_bucket_key(kms, &request.bucket, &request.key, body, &opts, bucket_key)
@@ -658,7 +879,13 @@ impl S3Service {
             })?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
+        if let Some(id) = &info.version_id {
+            insert(&mut answer.headers, "x-amz-version-id", id);
+        }
         encryption_headers(&mut answer.headers, &info);
+        if let Some((_, md5)) = customer_key(headers)? {
+            customer_key_headers(&mut answer.headers, &md5);
+        }
         if let Some((algorithm, value)) = body.verified_checksum() {
             insert(&mut answer.headers, algorithm.header(), value);
         }
@@ -673,10 +900,36 @@ impl S3Service {
         with_body: bool,
     ) -> Result<S3Answer, GatewayError> {
         let range = header(&parts.headers, "range")?.and_then(ByteRange::parse);
+        refuse_sse_headers_on_read(&parts.headers)?;
+        let customer = customer_key(&parts.headers)?;
+        let (customer, customer_md5) = match &customer {
+            Some((key, md5)) => (Some(key), Some(md5.as_str())),
+            None => (None, None),
+        };
+        let info = self
+            .store
+            .head_object_with_key(&request.bucket, &request.key, customer)?;
+        if let Some(not_modified) = read_conditions(&parts.headers, &info)? {
+            return Ok(not_modified);
+        }
+        let tag_count = self
+            .store
+            .object_tagging(&request.bucket, &request.key)?
+            .len();
+        let checksum = match header(&parts.headers, "x-amz-checksum-mode")? {
+            Some(mode) if mode.eq_ignore_ascii_case("ENABLED") && range.is_none() => {
+                self.store.object_checksum(&request.bucket, &request.key)?
+            }
+            _ => None,
+        };
         if !with_body {
-            let info = self.store.head_object(&request.bucket, &request.key)?;
             let mut answer = S3Answer::empty(StatusCode::OK);
             object_headers(&mut answer.headers, &info);
+            tagging_count(&mut answer.headers, tag_count);
+            checksum_headers(&mut answer.headers, checksum.as_ref());
+            if let Some(md5) = customer_md5 {
+                customer_key_headers(&mut answer.headers, md5);
+            }
             let length = match range {
                 Some(range) => {
                     let (first, last) = range.resolve(info.size)?;
@@ -691,13 +944,19 @@ impl S3Service {
                 None => info.size,
             };
             insert(&mut answer.headers, "content-length", &length.to_string());
+            response_overrides(&mut answer.headers, request);
             return Ok(answer);
         }
-        let download = self
-            .store
-            .get_object(kms, &request.bucket, &request.key, range)?;
+        let download =
+            self.store
+                .get_object_with_key(kms, &request.bucket, &request.key, range, customer)?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         object_headers(&mut answer.headers, &download.info);
+        tagging_count(&mut answer.headers, tag_count);
+        checksum_headers(&mut answer.headers, checksum.as_ref());
+        if let Some(md5) = customer_md5 {
+            customer_key_headers(&mut answer.headers, md5);
+        }
         if let Some((first, last)) = download.range {
             answer.status = StatusCode::PARTIAL_CONTENT;
             insert(
@@ -706,9 +965,7 @@ impl S3Service {
                 &format!("bytes {first}-{last}/{}", download.info.size),
             );
         }
-        if let Some(content_type) = request.param("response-content-type") {
-            insert(&mut answer.headers, "content-type", content_type);
-        }
+        response_overrides(&mut answer.headers, request);
         answer.body = S3Body::Object(Box::new(download.body));
         Ok(answer)
     }
@@ -787,18 +1044,17 @@ impl S3Service {
                 let algorithm = doc.get("SSEAlgorithm")?.ok_or_else(|| {
                     GatewayError::MalformedXml("the rule lacks its SSEAlgorithm".into())
                 })?;
-                if algorithm != "aws:kms" {
-                    return Err(GatewayError::InvalidArgument(format!(
-                        "atrest encrypts objects with SSE-KMS only: SSEAlgorithm must be \
-                         aws:kms, not {algorithm}"
-                    )));
-                }
-                let kms_key_id = doc.get("KMSMasterKeyID")?.ok_or_else(|| {
-                    GatewayError::InvalidArgument(
-                        "atrest has no AWS managed key for S3: name the CMK in KMSMasterKeyID"
-                            .into(),
-                    )
-                })?;
+                let algorithm = match algorithm.as_str() {
+                    "AES256" => SseAlgorithm::Aes256,
+                    "aws:kms" => SseAlgorithm::AwsKms,
+                    other => {
+                        return Err(GatewayError::MalformedXml(format!(
+                            "SSEAlgorithm must be AES256 or aws:kms, not '{}'",
+                            other.chars().take(32).collect::<String>()
+                        )))
+                    }
+                };
+                let kms_key_id = doc.get("KMSMasterKeyID")?;
                 let bucket_key_enabled = match doc.get("BucketKeyEnabled")?.as_deref() {
                     None | Some("false") => false,
                     Some("true") => true,
@@ -811,6 +1067,7 @@ impl S3Service {
                 self.store.put_bucket_encryption(
                     bucket,
                     Some(BucketEncryption {
+                        algorithm,
                         kms_key_id,
                         bucket_key_enabled,
                     }),
@@ -818,13 +1075,25 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::OK))
             }
             Op::GetBucketEncryption => {
-                let encryption = self.store.bucket_encryption(bucket)?;
+                // Every bucket without a configuration encrypts with SSE-S3, and S3
+                // reports that default.
+                let encryption =
+                    self.store
+                        .bucket(bucket)?
+                        .encryption
+                        .unwrap_or(BucketEncryption {
+                            algorithm: SseAlgorithm::Aes256,
+                            kms_key_id: None,
+                            bucket_key_enabled: false,
+                        });
                 let mut w = XmlWriter::new("ServerSideEncryptionConfiguration");
                 w.open("Rule")
                     .open("ApplyServerSideEncryptionByDefault")
-                    .leaf("SSEAlgorithm", "aws:kms")
-                    .leaf("KMSMasterKeyID", &encryption.kms_key_id)
-                    .close("ApplyServerSideEncryptionByDefault")
+                    .leaf("SSEAlgorithm", encryption.algorithm.as_str());
+                if let Some(id) = &encryption.kms_key_id {
+                    w.leaf("KMSMasterKeyID", id);
+                }
+                w.close("ApplyServerSideEncryptionByDefault")
                     .leaf(
                         "BucketKeyEnabled",
                         if encryption.bucket_key_enabled {
@@ -841,6 +1110,7 @@ impl S3Service {
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::ListObjectsV2 => self.list_objects_v2(request),
+            Op::ListObjects => self.list_objects_v1(request),
             Op::PutObjectAcl => {
                 let acl = match header(&parts.headers, "x-amz-acl")? {
                     Some(canned) => Acl::parse(canned)?,
@@ -853,14 +1123,161 @@ impl S3Service {
                         ))
                     }
                 };
+                self.refuse_public_acl(bucket, acl)?;
                 self.store.put_object_acl(bucket, &request.key, acl)?;
                 Ok(S3Answer::empty(StatusCode::OK))
             }
             Op::DeleteObject => {
-                self.store.delete_object(bucket, &request.key)?;
+                for name in ["x-amz-if-match-last-modified-time", "x-amz-if-match-size"] {
+                    if parts.headers.contains_key(name) {
+                        return Err(GatewayError::NotImplemented(format!(
+                            "the conditional delete header {name} is not implemented \
+                             (If-Match is)"
+                        )));
+                    }
+                }
+                let if_match = header(&parts.headers, "if-match")?;
+                let deleted = self.store.delete_object_version(
+                    bucket,
+                    &request.key,
+                    if_match,
+                    request.param("versionId"),
+                )?;
+                let mut answer = S3Answer::empty(StatusCode::NO_CONTENT);
+                if let Some(id) = &deleted.outcome.version_id {
+                    insert(&mut answer.headers, "x-amz-version-id", id);
+                }
+                if deleted.outcome.delete_marker {
+                    insert(&mut answer.headers, "x-amz-delete-marker", "true");
+                }
+                Ok(answer)
+            }
+            Op::DeleteObjects => self.delete_objects(bucket, principal, parts, body),
+            Op::PutBucketPolicy => {
+                let text = std::str::from_utf8(body).map_err(|_| {
+                    GatewayError::Object(objstore::Error::MalformedPolicy(
+                        "the policy is not UTF-8".into(),
+                    ))
+                })?;
+                let parsed = policy::BucketPolicy::parse(text, bucket)?;
+                let block = self.store.bucket(bucket)?.public_access_block;
+                if parsed.is_public() && block.is_some_and(|b| b.block_public_policy) {
+                    return Err(GatewayError::AccessDenied(
+                        "Access Denied: the bucket's BlockPublicPolicy refuses a policy that \
+                         allows anyone"
+                            .into(),
+                    ));
+                }
+                self.store
+                    .put_bucket_policy(bucket, Some(text.to_owned()))?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
-            Op::DeleteObjects => self.delete_objects(bucket, parts, body),
+            Op::GetBucketPolicy => {
+                let text = self.store.bucket_policy(bucket)?;
+                let mut answer = S3Answer::xml(text.into_bytes());
+                insert(&mut answer.headers, "content-type", "application/json");
+                Ok(answer)
+            }
+            Op::DeleteBucketPolicy => {
+                self.store.put_bucket_policy(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::PutPublicAccessBlock => {
+                let doc = XmlDocument::parse(body, "PublicAccessBlockConfiguration")?;
+                let flag = |name: &str| -> Result<bool, GatewayError> {
+                    match doc.get(name)?.as_deref() {
+                        None | Some("false") => Ok(false),
+                        Some("true") => Ok(true),
+                        Some(_) => Err(GatewayError::MalformedXml(format!(
+                            "{name} must be true or false"
+                        ))),
+                    }
+                };
+                let block = objstore::PublicAccessBlock {
+                    block_public_acls: flag("BlockPublicAcls")?,
+                    ignore_public_acls: flag("IgnorePublicAcls")?,
+                    block_public_policy: flag("BlockPublicPolicy")?,
+                    restrict_public_buckets: flag("RestrictPublicBuckets")?,
+                };
+                self.store.put_public_access_block(bucket, Some(block))?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetPublicAccessBlock => {
+                let block = self
+                    .store
+                    .bucket(bucket)?
+                    .public_access_block
+                    .ok_or_else(|| {
+                        GatewayError::Object(objstore::Error::NoSuchPublicAccessBlock {
+                            bucket: bucket.to_owned(),
+                        })
+                    })?;
+                let text = |b: bool| if b { "true" } else { "false" };
+                let mut w = XmlWriter::new("PublicAccessBlockConfiguration");
+                w.leaf("BlockPublicAcls", text(block.block_public_acls))
+                    .leaf("IgnorePublicAcls", text(block.ignore_public_acls))
+                    .leaf("BlockPublicPolicy", text(block.block_public_policy))
+                    .leaf("RestrictPublicBuckets", text(block.restrict_public_buckets));
+                Ok(S3Answer::xml(w.finish("PublicAccessBlockConfiguration")))
+            }
+            Op::DeletePublicAccessBlock => {
+                self.store.put_public_access_block(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::PutObjectTagging => {
+                let tags = tags_from_xml(body)?;
+                self.store.put_object_tagging(bucket, &request.key, &tags)?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetObjectTagging => {
+                let tags = self.store.object_tagging(bucket, &request.key)?;
+                Ok(S3Answer::xml(tagging_document(&tags)))
+            }
+            Op::DeleteObjectTagging => {
+                self.store
+                    .put_object_tagging(bucket, &request.key, &objstore::TagSet::new())?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::PutBucketVersioning => {
+                let doc = XmlDocument::parse(body, "VersioningConfiguration")?;
+                if doc.get("MfaDelete")?.as_deref() == Some("Enabled") {
+                    return Err(GatewayError::NotImplemented(
+                        "MFA delete is not implemented".into(),
+                    ));
+                }
+                let status = match doc.get("Status")?.as_deref() {
+                    Some("Enabled") => objstore::Versioning::Enabled,
+                    Some("Suspended") => objstore::Versioning::Suspended,
+                    _ => {
+                        return Err(GatewayError::MalformedXml(
+                            "VersioningConfiguration's Status must be Enabled or Suspended".into(),
+                        ))
+                    }
+                };
+                self.store.put_bucket_versioning(bucket, status)?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetBucketVersioning => {
+                let mut w = XmlWriter::new("VersioningConfiguration");
+                if let Some(status) = self.store.bucket_versioning(bucket)? {
+                    w.leaf("Status", status.as_str());
+                }
+                Ok(S3Answer::xml(w.finish("VersioningConfiguration")))
+            }
+            Op::ListObjectVersions => self.list_object_versions(request),
+            Op::PutBucketTagging => {
+                let tags = tags_from_xml(body)?;
+                self.store.put_bucket_tagging(bucket, Some(tags))?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::GetBucketTagging => {
+                let tags = self.store.bucket_tagging(bucket)?;
+                Ok(S3Answer::xml(tagging_document(&tags)))
+            }
+            Op::DeleteBucketTagging => {
+                self.store.put_bucket_tagging(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
             Op::GetObjectAcl => {
                 let acl = self.store.object_acl(bucket, &request.key)?;
                 let owner = self.store.bucket(bucket)?.owner;
@@ -884,9 +1301,12 @@ impl S3Service {
     fn delete_objects(
         &self,
         bucket: &str,
+        principal: &str,
         parts: &http::request::Parts,
         body: &[u8],
     ) -> Result<S3Answer, GatewayError> {
+        let info = self.store.bucket(bucket)?;
+        let facts = request_facts(parts);
         let has_digest = parts.headers.contains_key("content-md5")
             || parts
                 .headers
@@ -899,6 +1319,13 @@ impl S3Service {
             ));
         }
         let doc = XmlDocument::parse(body, "Delete")?;
+        if !doc.all("VersionId")?.is_empty() {
+            return Err(GatewayError::NotImplemented(
+                "DeleteObjects with VersionId is not implemented: delete versions one by one \
+                 (DeleteObject with versionId)"
+                    .into(),
+            ));
+        }
         let keys = doc.all("Key")?;
         if keys.is_empty() || keys.len() > objstore::MAX_KEYS {
             return Err(GatewayError::MalformedXml(format!(
@@ -909,7 +1336,22 @@ impl S3Service {
         let quiet = doc.get("Quiet")?.as_deref() == Some("true");
         let mut w = XmlWriter::new("DeleteResult");
         for key in &keys {
-            match self.store.delete_object(bucket, key) {
+            let allowed = authorize(
+                &info,
+                principal,
+                "s3:DeleteObject",
+                &objstore::object_arn(bucket, key),
+                &facts,
+            );
+            let result = allowed
+                .map_err(|err| match err {
+                    GatewayError::AccessDenied(m) => {
+                        objstore::Error::Kms(crypto_core::kms::KmsError::AccessDenied(m))
+                    }
+                    other => objstore::Error::InvalidArgument(other.message()),
+                })
+                .and_then(|()| self.store.delete_object(bucket, key));
+            match result {
                 Ok(_) if quiet => {}
                 Ok(_) => {
                     w.open("Deleted").leaf("Key", key).close("Deleted");
@@ -925,6 +1367,138 @@ impl S3Service {
             }
         }
         Ok(S3Answer::xml(w.finish("DeleteResult")))
+    }
+
+    /// ListObjectVersions: every version and delete marker, by key, newest first.
+    fn list_object_versions(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
+        if request.param("delimiter").is_some_and(|d| !d.is_empty()) {
+            return Err(GatewayError::NotImplemented(
+                "ListObjectVersions with a delimiter is not implemented".into(),
+            ));
+        }
+        let url = encoding_type(request)?;
+        let prefix = request.param("prefix").unwrap_or_default();
+        let key_marker = request.param("key-marker").filter(|m| !m.is_empty());
+        let version_marker = request.param("version-id-marker").filter(|m| !m.is_empty());
+        let max = max_keys(request)?.unwrap_or(objstore::MAX_KEYS);
+        let objstore::VersionsPage { entries, next } = self.store.list_object_versions(
+            &request.bucket,
+            prefix,
+            key_marker,
+            version_marker,
+            max,
+        )?;
+        let owner = self.store.bucket(&request.bucket)?.owner;
+        let enc = |text: &str| {
+            if url {
+                sigv4::uri_encode(text, false)
+            } else {
+                text.to_owned()
+            }
+        };
+        let mut w = XmlWriter::new("ListVersionsResult");
+        w.leaf("Name", &request.bucket)
+            .leaf("Prefix", &enc(prefix))
+            .leaf("KeyMarker", &enc(key_marker.unwrap_or_default()))
+            .leaf("VersionIdMarker", version_marker.unwrap_or_default())
+            .leaf("MaxKeys", &max.min(objstore::MAX_KEYS).to_string())
+            .leaf("IsTruncated", if next.is_some() { "true" } else { "false" });
+        if let Some((key, version)) = &next {
+            w.leaf("NextKeyMarker", &enc(key))
+                .leaf("NextVersionIdMarker", version);
+        }
+        if url {
+            w.leaf("EncodingType", "url");
+        }
+        for entry in &entries {
+            let tag = if entry.object.is_some() {
+                "Version"
+            } else {
+                "DeleteMarker"
+            };
+            w.open(tag)
+                .leaf("Key", &enc(&entry.key))
+                .leaf("VersionId", &entry.version_id)
+                .leaf("IsLatest", if entry.is_latest { "true" } else { "false" })
+                .leaf("LastModified", &iso_date(entry.last_modified));
+            if let Some(object) = &entry.object {
+                w.leaf("ETag", &format!("\"{}\"", object.etag))
+                    .leaf("Size", &object.size.to_string())
+                    .leaf("StorageClass", "STANDARD");
+            }
+            owner_xml(&mut w, &owner);
+            w.close(tag);
+        }
+        Ok(S3Answer::xml(w.finish("ListVersionsResult")))
+    }
+
+    /// ListObjects (version 1, rclone's and s3fs's default): `marker` instead of
+    /// continuation tokens, `NextMarker` on a truncated page, owners always shown.
+    fn list_objects_v1(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
+        let url = encoding_type(request)?;
+        let prefix = request.param("prefix").unwrap_or_default().to_owned();
+        let delimiter = request.param("delimiter").unwrap_or_default().to_owned();
+        let marker = request.param("marker").filter(|m| !m.is_empty());
+        let req = ListObjectsRequest {
+            continuation_token: marker.map(|m| objstore::marker_token(m, &prefix, &delimiter)),
+            prefix,
+            delimiter,
+            max_keys: max_keys(request)?,
+            start_after: None,
+        };
+        let page = self.store.list_objects_v2(&request.bucket, &req)?;
+        let owner = self.store.bucket(&request.bucket)?.owner;
+        let enc = |text: &str| {
+            if url {
+                sigv4::uri_encode(text, false)
+            } else {
+                text.to_owned()
+            }
+        };
+        let mut w = XmlWriter::new("ListBucketResult");
+        w.leaf("Name", &request.bucket)
+            .leaf("Prefix", &enc(&req.prefix))
+            .leaf("Marker", &enc(marker.unwrap_or_default()))
+            .leaf(
+                "MaxKeys",
+                &req.max_keys
+                    .unwrap_or(objstore::MAX_KEYS)
+                    .min(objstore::MAX_KEYS)
+                    .to_string(),
+            );
+        if !req.delimiter.is_empty() {
+            w.leaf("Delimiter", &enc(&req.delimiter));
+        }
+        w.leaf(
+            "IsTruncated",
+            if page.is_truncated() { "true" } else { "false" },
+        );
+        if page.is_truncated() {
+            // The page's last entry, key or common prefix, whichever sorts later.
+            let last_key = page.objects.last().map(|o| o.key.as_str());
+            let last_prefix = page.common_prefixes.last().map(String::as_str);
+            if let Some(next) = last_key.max(last_prefix) {
+                w.leaf("NextMarker", &enc(next));
+            }
+        }
+        if url {
+            w.leaf("EncodingType", "url");
+        }
+        for object in &page.objects {
+            w.open("Contents")
+                .leaf("Key", &enc(&object.key))
+                .leaf("LastModified", &iso_date(object.last_modified))
+                .leaf("ETag", &format!("\"{}\"", object.etag))
+                .leaf("Size", &object.size.to_string());
+            owner_xml(&mut w, &owner);
+            w.leaf("StorageClass", "STANDARD").close("Contents");
+        }
+        for prefix in &page.common_prefixes {
+            w.open("CommonPrefixes")
+                .leaf("Prefix", &enc(prefix))
+                .close("CommonPrefixes");
+        }
+        Ok(S3Answer::xml(w.finish("ListBucketResult")))
     }
 
     fn list_objects_v2(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
@@ -1018,6 +1592,192 @@ impl S3Service {
     }
 }
 
+/// A `<Tagging><TagSet><Tag><Key/><Value/></Tag>...</TagSet></Tagging>` body.
+fn tags_from_xml(body: &[u8]) -> Result<objstore::TagSet, GatewayError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| GatewayError::MalformedXml("the tag set is not UTF-8".into()))?
+        .replace("<Value/>", "<Value></Value>")
+        .replace("<Value />", "<Value></Value>");
+    let doc = XmlDocument::parse(text.as_bytes(), "Tagging")?;
+    let keys = doc.all("Key")?;
+    let values = doc.all("Value")?;
+    if keys.len() != values.len() || keys.len() != text.matches("<Tag>").count() {
+        return Err(GatewayError::MalformedXml(
+            "every Tag of the TagSet needs one Key and one Value".into(),
+        ));
+    }
+    let mut tags = objstore::TagSet::new();
+    for (key, value) in keys.into_iter().zip(values) {
+        if tags.insert(key, value).is_some() {
+            return Err(GatewayError::Object(objstore::Error::InvalidTag(
+                "Cannot provide multiple Tags with the same key".into(),
+            )));
+        }
+    }
+    Ok(tags)
+}
+
+/// `x-amz-tagging` (a URL query string: `k1=v1&k2=v2`).
+fn tags_from_header(headers: &HeaderMap) -> Result<objstore::TagSet, GatewayError> {
+    let mut tags = objstore::TagSet::new();
+    if let Some(text) = header(headers, "x-amz-tagging")? {
+        for (key, value) in sigv4::query_pairs(text)? {
+            if tags.insert(key, value).is_some() {
+                return Err(GatewayError::Object(objstore::Error::InvalidTag(
+                    "Cannot provide multiple Tags with the same key".into(),
+                )));
+            }
+        }
+    }
+    Ok(tags)
+}
+
+/// GetObjectTagging's and GetBucketTagging's document.
+fn tagging_document(tags: &objstore::TagSet) -> Vec<u8> {
+    let mut w = XmlWriter::new("Tagging");
+    w.open("TagSet");
+    for (key, value) in tags {
+        w.open("Tag")
+            .leaf("Key", key)
+            .leaf("Value", value)
+            .close("Tag");
+    }
+    w.close("TagSet");
+    w.finish("Tagging")
+}
+
+/// GetObject's and HeadObject's `response-*` query parameters: the answer's headers
+/// as the (signed) request asks, whatever the object stores.
+fn response_overrides(headers: &mut HeaderMap, request: &S3Request) {
+    for (param, name) in [
+        ("response-content-type", "content-type"),
+        ("response-content-language", "content-language"),
+        ("response-expires", "expires"),
+        ("response-cache-control", "cache-control"),
+        ("response-content-disposition", "content-disposition"),
+        ("response-content-encoding", "content-encoding"),
+    ] {
+        if let Some(value) = request.param(param) {
+            insert(headers, name, value);
+        }
+    }
+}
+
+/// What a bucket policy's conditions look at in a request.
+fn request_facts(parts: &http::request::Parts) -> policy::RequestFacts {
+    let text = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    policy::RequestFacts {
+        secure_transport: parts.extensions.get::<SecureTransport>().is_some(),
+        sse: text("x-amz-server-side-encryption"),
+        sse_kms_key_id: text("x-amz-server-side-encryption-aws-kms-key-id"),
+    }
+}
+
+/// Whether `principal` may do `action` on `resource` of `bucket`: an explicit Deny of
+/// the bucket policy refuses; principals of the owner's account need no Allow,
+/// others do. The owner's account may always manage the policy itself, so that a
+/// policy cannot lock the owner out.
+fn authorize(
+    bucket: &objstore::BucketInfo,
+    principal: &str,
+    action: &str,
+    resource: &str,
+    facts: &policy::RequestFacts,
+) -> Result<(), GatewayError> {
+    let denied = || GatewayError::AccessDenied("Access Denied".into());
+    let same_account = account_of(&bucket.owner) == account_of(principal);
+    let managing = matches!(
+        action,
+        "s3:PutBucketPolicy" | "s3:GetBucketPolicy" | "s3:DeleteBucketPolicy"
+    );
+    if managing {
+        return if same_account { Ok(()) } else { Err(denied()) };
+    }
+    let Some(text) = &bucket.policy else {
+        return if same_account { Ok(()) } else { Err(denied()) };
+    };
+    let policy = policy::BucketPolicy::parse(text, &bucket.name)?;
+    let restricted = bucket
+        .public_access_block
+        .is_some_and(|b| b.restrict_public_buckets)
+        && policy.is_public();
+    if restricted && !same_account {
+        return Err(denied());
+    }
+    match policy.evaluate(principal, action, resource, facts) {
+        policy::Decision::Deny => Err(denied()),
+        policy::Decision::Allow => Ok(()),
+        policy::Decision::NotMentioned if same_account => Ok(()),
+        policy::Decision::NotMentioned => Err(denied()),
+    }
+}
+
+/// `x-amz-grant-*` (explicit ACL grants): atrest models the canned ACLs private and
+/// public-read only, so a grant is refused rather than stored nowhere.
+fn refuse_grant_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+    match headers
+        .keys()
+        .find(|name| name.as_str().starts_with("x-amz-grant-"))
+    {
+        Some(name) => Err(GatewayError::NotImplemented(format!(
+            "ACL grants ({name}) are not implemented: atrest models the canned ACLs private \
+             and public-read only (x-amz-acl)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The stored checksum of a GET or HEAD with `x-amz-checksum-mode: ENABLED`.
+fn checksum_headers(headers: &mut HeaderMap, checksum: Option<&(String, String)>) {
+    if let Some((name, value)) = checksum {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+            insert(headers, "x-amz-checksum-type", "FULL_OBJECT");
+        }
+    }
+}
+
+/// `x-amz-tagging-count` of a GET or HEAD, when the object has tags.
+fn tagging_count(headers: &mut HeaderMap, count: usize) {
+    if count > 0 {
+        insert(headers, "x-amz-tagging-count", &count.to_string());
+    }
+}
+
+/// `encoding-type` of a listing: `url` or nothing.
+fn encoding_type(request: &S3Request) -> Result<bool, GatewayError> {
+    match request.param("encoding-type") {
+        None => Ok(false),
+        Some("url") => Ok(true),
+        Some(_) => Err(GatewayError::InvalidArgument(
+            "Invalid Encoding Method specified in Request".into(),
+        )),
+    }
+}
+
+/// `max-keys` of a listing.
+fn max_keys(request: &S3Request) -> Result<Option<usize>, GatewayError> {
+    request
+        .param("max-keys")
+        .map(|text| {
+            text.parse::<usize>().map_err(|_| {
+                GatewayError::InvalidArgument(
+                    "Provided max-keys not an integer or within integer range".into(),
+                )
+            })
+        })
+        .transpose()
+}
+
 /// Reads the whole (small) body of a configuration request, through its checks.
 fn read_small(body: &mut dyn std::io::Read) -> Result<Vec<u8>, GatewayError> {
     let mut out = Vec::new();
@@ -1032,22 +1792,206 @@ fn read_small(body: &mut dyn std::io::Read) -> Result<Vec<u8>, GatewayError> {
     Ok(out)
 }
 
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110's IMF-fixdate); `None` for anything
+/// else, which RFC 9110 says to ignore.
+fn parse_http_date(text: &str) -> Option<OffsetDateTime> {
+    let parts: Vec<&str> = text.split_ascii_whitespace().collect();
+    let [_, day, month, year, clock, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)?;
+    let month = time::Month::try_from(u8::try_from(month + 1).ok()?).ok()?;
+    let mut hms = clock.split(':').map(|n| n.parse::<u8>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    let date = time::Date::from_calendar_date(year.parse().ok()?, month, day.parse().ok()?).ok()?;
+    let time = time::Time::from_hms(h, m, sec).ok()?;
+    Some(time::PrimitiveDateTime::new(date, time).assume_utc())
+}
+
+/// The conditions of a GET or HEAD (RFC 9110 section 13.2.2, as S3 applies them):
+/// PreconditionFailed for a failed `If-Match` / `If-Unmodified-Since`, a 304 answer
+/// for a failed `If-None-Match` / `If-Modified-Since`, `None` to go on.
+fn read_conditions(
+    headers: &HeaderMap,
+    info: &ObjectInfo,
+) -> Result<Option<S3Answer>, GatewayError> {
+    let matches = |value: &str| {
+        value.split(',').any(|one| {
+            let one = one.trim();
+            let one = one.strip_prefix("W/").unwrap_or(one);
+            one == "*" || one.trim_matches('"') == info.etag
+        })
+    };
+    // Last-Modified has one-second resolution on the wire.
+    let modified = info.last_modified.unix_timestamp();
+    let failed = || {
+        GatewayError::Object(objstore::Error::PreconditionFailed(
+            "the object does not meet the request's If-Match or If-Unmodified-Since".into(),
+        ))
+    };
+    match header(headers, "if-match")? {
+        Some(value) if !matches(value) => return Err(failed()),
+        Some(_) => {}
+        None => {
+            if let Some(since) = header(headers, "if-unmodified-since")?.and_then(parse_http_date) {
+                if modified > since.unix_timestamp() {
+                    return Err(failed());
+                }
+            }
+        }
+    }
+    let not_modified = match header(headers, "if-none-match")? {
+        Some(value) => matches(value),
+        None => header(headers, "if-modified-since")?
+            .and_then(parse_http_date)
+            .is_some_and(|since| modified <= since.unix_timestamp()),
+    };
+    if !not_modified {
+        return Ok(None);
+    }
+    let mut answer = S3Answer::empty(StatusCode::NOT_MODIFIED);
+    insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
+    insert(
+        &mut answer.headers,
+        "last-modified",
+        &http_date(info.last_modified),
+    );
+    Ok(Some(answer))
+}
+
+const SSE_C_ALGORITHM: &str = "x-amz-server-side-encryption-customer-algorithm";
+const SSE_C_KEY: &str = "x-amz-server-side-encryption-customer-key";
+const SSE_C_KEY_MD5: &str = "x-amz-server-side-encryption-customer-key-md5";
+const SSE_C_HEADERS: [&str; 3] = [SSE_C_ALGORITHM, SSE_C_KEY, SSE_C_KEY_MD5];
+
+/// The SSE-C headers of a request: none, or all three, consistent (AES256, a 256-bit
+/// key, its MD5). The key is never logged or echoed; only its MD5 is.
+fn customer_key(headers: &HeaderMap) -> Result<Option<(CustomerKey, String)>, GatewayError> {
+    let algorithm = header(headers, SSE_C_ALGORITHM)?;
+    let key = header(headers, SSE_C_KEY)?;
+    let md5 = header(headers, SSE_C_KEY_MD5)?;
+    let (algorithm, key, md5) = match (algorithm, key, md5) {
+        (None, None, None) => return Ok(None),
+        (Some(a), Some(k), Some(m)) => (a, k, m),
+        (None, _, _) => {
+            return Err(GatewayError::InvalidArgument(
+                "Requests specifying Server Side Encryption with Customer provided keys must \
+                 provide a valid encryption algorithm."
+                    .into(),
+            ))
+        }
+        (Some(_), None, _) => {
+            return Err(GatewayError::InvalidArgument(
+                "Requests specifying Server Side Encryption with Customer provided keys must \
+                 provide an appropriate secret key."
+                    .into(),
+            ))
+        }
+        (Some(_), Some(_), None) => {
+            return Err(GatewayError::InvalidArgument(
+                "Requests specifying Server Side Encryption with Customer provided keys must \
+                 provide the client calculated MD5 of the secret key."
+                    .into(),
+            ))
+        }
+    };
+    if algorithm != "AES256" {
+        return Err(GatewayError::InvalidArgument(
+            "The encryption algorithm specified is not valid: SSE-C takes AES256".into(),
+        ));
+    }
+    let bytes = zeroize::Zeroizing::new(BASE64.decode(key.trim()).map_err(|_| {
+        GatewayError::InvalidArgument(
+            "The secret key was invalid for the specified algorithm.".into(),
+        )
+    })?);
+    let key = CustomerKey::new(&bytes).map_err(|_| {
+        GatewayError::InvalidArgument(
+            "The secret key was invalid for the specified algorithm.".into(),
+        )
+    })?;
+    let claimed = BASE64.decode(md5.trim()).ok();
+    if claimed.as_deref() != Some(&key.md5()[..]) {
+        return Err(GatewayError::InvalidArgument(
+            "The calculated MD5 hash of the key did not match the hash that was provided.".into(),
+        ));
+    }
+    let md5 = BASE64.encode(key.md5());
+    Ok(Some((key, md5)))
+}
+
+/// The response headers of an SSE-C request.
+fn customer_key_headers(headers: &mut HeaderMap, key_md5: &str) {
+    insert(headers, SSE_C_ALGORITHM, "AES256");
+    insert(headers, SSE_C_KEY_MD5, key_md5);
+}
+
+/// S3 refuses SSE-KMS headers on a read: the object says how it is encrypted.
+fn refuse_sse_headers_on_read(headers: &HeaderMap) -> Result<(), GatewayError> {
+    for name in [
+        "x-amz-server-side-encryption",
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        "x-amz-server-side-encryption-context",
+        "x-amz-server-side-encryption-bucket-key-enabled",
+    ] {
+        if headers.contains_key(name) {
+            return Err(GatewayError::InvalidArgument(format!(
+                "the {name} header is not allowed on GET or HEAD requests"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `If-None-Match: *` and `If-Match` of a write.
+fn write_condition(headers: &HeaderMap) -> Result<Option<Condition>, GatewayError> {
+    let if_match = header(headers, "if-match")?;
+    let if_none_match = header(headers, "if-none-match")?;
+    match (if_match, if_none_match) {
+        (None, None) => Ok(None),
+        (Some(etag), None) => Ok(Some(Condition::EtagMatches(etag.to_owned()))),
+        (None, Some(value)) if value.trim() == "*" => Ok(Some(Condition::Absent)),
+        (None, Some(_)) => Err(GatewayError::NotImplemented(
+            "A header you provided implies functionality that is not implemented: \
+             If-None-Match on a write takes only *"
+                .into(),
+        )),
+        (Some(_), Some(_)) => Err(GatewayError::NotImplemented(
+            "If-Match and If-None-Match together on a write are not implemented".into(),
+        )),
+    }
+}
+
 /// The options of a PutObject, from its headers.
 fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
     let sse = header(headers, "x-amz-server-side-encryption")?;
     let key_id = header(headers, "x-amz-server-side-encryption-aws-kms-key-id")?;
     let context = header(headers, "x-amz-server-side-encryption-context")?;
-    match sse {
-        None | Some("aws:kms") => {}
-        Some(other) => {
+    let customer = customer_key(headers)?;
+    let encryption = match (sse, customer) {
+        (Some(_), Some(_)) => {
+            return Err(GatewayError::InvalidArgument(
+                "Server Side Encryption with Customer provided key is incompatible with the \
+                 encryption method specified"
+                    .into(),
+            ))
+        }
+        (None, Some((key, _))) => EncryptionRequest::Customer(std::sync::Arc::new(key)),
+        (None, None) => EncryptionRequest::BucketDefault,
+        (Some("AES256"), None) => EncryptionRequest::SseS3,
+        (Some("aws:kms"), None) => EncryptionRequest::SseKms,
+        (Some(other), None) => {
             return Err(GatewayError::InvalidArgument(format!(
-                "atrest encrypts every object with SSE-KMS: x-amz-server-side-encryption must \
-                 be aws:kms, not '{}'",
+                "x-amz-server-side-encryption must be AES256 or aws:kms, not '{}'",
                 other.chars().take(32).collect::<String>()
             )))
         }
-    }
-    if sse.is_none() && (key_id.is_some() || context.is_some()) {
+    };
+    if sse != Some("aws:kms") && (key_id.is_some() || context.is_some()) {
         return Err(GatewayError::InvalidArgument(
             "Server Side Encryption with AWS KMS managed key requires HTTP header \
              x-amz-server-side-encryption : aws:kms"
@@ -1068,7 +2012,30 @@ fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
         }
     }
     let content_md5 = content_md5(headers)?;
+    let mut system_metadata = BTreeMap::new();
+    for name in objstore::SYSTEM_METADATA {
+        let Some(value) = header(headers, name)? else {
+            continue;
+        };
+        // `aws-chunked` describes this request's body, not the object (S3 drops it).
+        let value = if name == "content-encoding" {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|coding| !coding.eq_ignore_ascii_case("aws-chunked") && !coding.is_empty())
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            value.to_owned()
+        };
+        if !value.is_empty() {
+            system_metadata.insert(name.to_owned(), value);
+        }
+    }
     Ok(PutObjectOptions {
+        checksum: objstore::BodyChecksum::default(),
+        system_metadata,
+        tags: tags_from_header(headers)?,
         content_type: header(headers, "content-type")?.map(str::to_owned),
         user_metadata,
         kms_key_id: key_id.map(str::to_owned),
@@ -1078,6 +2045,8 @@ fn put_options(headers: &HeaderMap) -> Result<PutObjectOptions, GatewayError> {
             .transpose()?
             .unwrap_or_default(),
         content_md5,
+        encryption,
+        condition: write_condition(headers)?,
     })
 }
 

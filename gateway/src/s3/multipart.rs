@@ -25,6 +25,10 @@ fn upload_id(request: &S3Request) -> Result<&str, GatewayError> {
 }
 
 fn upload_encryption_headers(headers: &mut HeaderMap, upload: &MultipartUpload) {
+    if upload.sse == objstore::Sse::S3 {
+        insert(headers, "x-amz-server-side-encryption", "AES256");
+        return;
+    }
     insert(headers, "x-amz-server-side-encryption", "aws:kms");
     insert(
         headers,
@@ -38,6 +42,20 @@ fn upload_encryption_headers(headers: &mut HeaderMap, upload: &MultipartUpload) 
             "true",
         );
     }
+}
+
+/// The part number and upload id of an UploadPart (or UploadPartCopy).
+pub(super) fn part_target(request: &S3Request) -> Result<(u32, &str), GatewayError> {
+    let part_number = request
+        .param("partNumber")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
+        .ok_or_else(|| {
+            GatewayError::InvalidArgument(format!(
+                "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
+            ))
+        })?;
+    Ok((part_number, upload_id(request)?))
 }
 
 /// The parts of a CompleteMultipartUpload body, in document order.
@@ -80,20 +98,12 @@ impl S3Service {
         body: &mut UploadBody<&mut dyn BufRead>,
     ) -> Result<S3Answer, GatewayError> {
         let headers = &parts.headers;
-        if headers.contains_key("x-amz-copy-source") {
-            return Err(GatewayError::NotImplemented(
-                "UploadPartCopy is not implemented".into(),
+        let (part_number, upload_id) = part_target(request)?;
+        if super::customer_key(headers)?.is_some() {
+            return Err(GatewayError::Object(
+                objstore::Error::CustomerKeyNotApplicable,
             ));
         }
-        let part_number = request
-            .param("partNumber")
-            .and_then(|n| n.parse::<u32>().ok())
-            .filter(|n| (1..=MAX_PART_NUMBER).contains(n))
-            .ok_or_else(|| {
-                GatewayError::InvalidArgument(format!(
-                    "Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"
-                ))
-            })?;
         let content_md5 = content_md5(headers)?;
         let part = self
             .store
@@ -101,7 +111,7 @@ impl S3Service {
                 kms,
                 &request.bucket,
                 &request.key,
-                upload_id(request)?,
+                upload_id,
                 part_number,
                 body,
                 content_md5,
@@ -112,11 +122,6 @@ impl S3Service {
             })?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         insert(&mut answer.headers, "etag", &format!("\"{}\"", part.etag));
-        insert(
-            &mut answer.headers,
-            "x-amz-server-side-encryption",
-            "aws:kms",
-        );
         if let Some((algorithm, value)) = body.verified_checksum() {
             insert(&mut answer.headers, algorithm.header(), value);
         }
@@ -137,7 +142,23 @@ impl S3Service {
         match request.operation {
             S3Operation::CreateMultipartUpload => {
                 let opts = put_options(&parts.headers)?;
+                if matches!(opts.encryption, objstore::EncryptionRequest::Customer(_)) {
+                    return Err(GatewayError::NotImplemented(
+                        "atrest does not take SSE-C multipart uploads: upload the object with \
+                         one PutObject (up to 5 TiB)"
+                            .into(),
+                    ));
+                }
+                if opts.condition.is_some() {
+                    return Err(GatewayError::NotImplemented(
+                        "conditional writes go on CompleteMultipartUpload, not on \
+                         CreateMultipartUpload"
+                            .into(),
+                    ));
+                }
                 let bucket_key = bucket_key_header(&parts.headers)?;
+                self.refuse_public_acl(bucket, opts.acl)?;
+                self.ensure_managed_key(kms, bucket, &opts)?;
                 let upload = self
                     .store
                     .create_multipart_upload(kms, bucket, key, &opts, bucket_key, principal)?;
@@ -151,12 +172,14 @@ impl S3Service {
             }
             S3Operation::CompleteMultipartUpload => {
                 let list = completed_parts(body)?;
-                let info = self.store.complete_multipart_upload(
+                let condition = super::write_condition(&parts.headers)?;
+                let info = self.store.complete_multipart_upload_if(
                     kms,
                     bucket,
                     key,
                     upload_id(request)?,
                     &list,
+                    condition,
                 )?;
                 let mut w = XmlWriter::new("CompleteMultipartUploadResult");
                 w.leaf("Location", &format!("/{bucket}/{key}"))

@@ -90,6 +90,7 @@ pub enum ChecksumAlgorithm {
     Crc32c,
     Sha1,
     Sha256,
+    Crc64Nvme,
 }
 
 impl ChecksumAlgorithm {
@@ -100,12 +101,7 @@ impl ChecksumAlgorithm {
             "x-amz-checksum-crc32c" => ChecksumAlgorithm::Crc32c,
             "x-amz-checksum-sha1" => ChecksumAlgorithm::Sha1,
             "x-amz-checksum-sha256" => ChecksumAlgorithm::Sha256,
-            "x-amz-checksum-crc64nvme" => {
-                return Err(GatewayError::NotImplemented(
-                    "the CRC64NVME checksum is not supported; use CRC32, CRC32C, SHA1 or SHA256"
-                        .into(),
-                ))
-            }
+            "x-amz-checksum-crc64nvme" => ChecksumAlgorithm::Crc64Nvme,
             _ => return Ok(None),
         }))
     }
@@ -116,6 +112,7 @@ impl ChecksumAlgorithm {
             ChecksumAlgorithm::Crc32c => "x-amz-checksum-crc32c",
             ChecksumAlgorithm::Sha1 => "x-amz-checksum-sha1",
             ChecksumAlgorithm::Sha256 => "x-amz-checksum-sha256",
+            ChecksumAlgorithm::Crc64Nvme => "x-amz-checksum-crc64nvme",
         }
     }
 
@@ -125,6 +122,7 @@ impl ChecksumAlgorithm {
             ChecksumAlgorithm::Crc32c => "CRC32C",
             ChecksumAlgorithm::Sha1 => "SHA1",
             ChecksumAlgorithm::Sha256 => "SHA256",
+            ChecksumAlgorithm::Crc64Nvme => "CRC64NVME",
         }
     }
 }
@@ -135,6 +133,37 @@ enum Checksum {
     Crc32c(u32),
     Sha1(sha1::Sha1),
     Sha256(Sha256),
+    Crc64Nvme(u64),
+}
+
+/// CRC-64/NVME (the NVMe specification's CRC-64; S3's CRC64NVME): reflected
+/// polynomial 0x9A6C9329AC4BC9B5, initial value and final XOR all ones.
+const CRC64_NVME_TABLE: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u64;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x9A6C_9329_AC4B_C9B5
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+/// Continues a CRC-64/NVME over `data` (`crc` is the running, un-inverted value).
+fn crc64_nvme_append(mut crc: u64, data: &[u8]) -> u64 {
+    for &byte in data {
+        crc = CRC64_NVME_TABLE[((crc ^ u64::from(byte)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    crc
 }
 
 impl Checksum {
@@ -144,6 +173,7 @@ impl Checksum {
             ChecksumAlgorithm::Crc32c => Checksum::Crc32c(0),
             ChecksumAlgorithm::Sha1 => Checksum::Sha1(sha1::Sha1::new()),
             ChecksumAlgorithm::Sha256 => Checksum::Sha256(Sha256::new()),
+            ChecksumAlgorithm::Crc64Nvme => Checksum::Crc64Nvme(!0),
         }
     }
 
@@ -153,6 +183,7 @@ impl Checksum {
             Checksum::Crc32c(crc) => *crc = crc32c::crc32c_append(*crc, data),
             Checksum::Sha1(h) => h.update(data),
             Checksum::Sha256(h) => h.update(data),
+            Checksum::Crc64Nvme(crc) => *crc = crc64_nvme_append(*crc, data),
         }
     }
 
@@ -163,6 +194,7 @@ impl Checksum {
             Checksum::Crc32c(crc) => BASE64.encode(crc.to_be_bytes()),
             Checksum::Sha1(h) => BASE64.encode(h.finalize()),
             Checksum::Sha256(h) => BASE64.encode(h.finalize()),
+            Checksum::Crc64Nvme(crc) => BASE64.encode((!crc).to_be_bytes()),
         }
     }
 }
@@ -185,6 +217,8 @@ pub struct UploadBody<R> {
     checksum: Option<(ChecksumClaim, Checksum)>,
     /// The checksum computed, once the body has ended and passed every check.
     verified_checksum: Option<(ChecksumAlgorithm, String)>,
+    /// Where the verified checksum is also reported (the object store keeps it).
+    report: Option<objstore::BodyChecksum>,
     read: u64,
     finished: bool,
 }
@@ -250,9 +284,15 @@ impl<R: BufRead> UploadBody<R> {
                 (claim, running)
             }),
             verified_checksum: None,
+            report: None,
             read: 0,
             finished: false,
         }
+    }
+
+    /// Reports the checksum, once verified, to `slot` too.
+    pub fn report_checksum_to(&mut self, slot: objstore::BodyChecksum) {
+        self.report = Some(slot);
     }
 
     /// The body's checksum (base64) once the whole body has been read and verified.
@@ -440,6 +480,9 @@ impl<R: BufRead> UploadBody<R> {
                     claim.algorithm.name()
                 ))));
             }
+            if let Some(slot) = &self.report {
+                slot.set(claim.algorithm.header(), &actual);
+            }
             self.verified_checksum = Some((claim.algorithm, actual));
         }
         Ok(())
@@ -506,6 +549,20 @@ impl<R: BufRead> Read for UploadBody<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc64_nvme_matches_its_check_value() {
+        // CRC-64/NVME's check value (the CRC of "123456789") from the CRC catalogue.
+        let mut c = Checksum::new(ChecksumAlgorithm::Crc64Nvme);
+        c.update(b"1234");
+        c.update(b"56789");
+        assert_eq!(
+            c.finish(),
+            BASE64.encode(0xAE8B_1486_0A79_9888u64.to_be_bytes())
+        );
+        let empty = Checksum::new(ChecksumAlgorithm::Crc64Nvme).finish();
+        assert_eq!(empty, "AAAAAAAAAAA=");
+    }
 
     fn read_all(body: &mut UploadBody<&[u8]>) -> Result<Vec<u8>, GatewayError> {
         let mut out = Vec::new();

@@ -26,11 +26,11 @@ use time::OffsetDateTime;
 
 use super::{
     create_dir_private, headers_in, io_err, key32, now, random_name, read_header, sync_dir,
-    write_atomic, ObjectStore, PutObjectOptions, PutPlan,
+    write_atomic, Condition, EncryptionRequest, ObjectStore, PlannedSse, PutObjectOptions, PutPlan,
 };
 use crate::aead::SegmentCipher;
 use crate::bucket_key::{derive_object_key, Key32};
-use crate::format::{BoundHeader, ObjectHeader, BUCKET_KEY_SALT_LEN, NONCE_PREFIX_LEN};
+use crate::format::{BoundHeader, ObjectHeader, Sse, BUCKET_KEY_SALT_LEN, NONCE_PREFIX_LEN};
 use crate::names::{object_arn, validate_object_key};
 use crate::reader::ObjectReader;
 use crate::{Acl, Error, ObjectInfo};
@@ -58,6 +58,8 @@ pub struct MultipartUpload {
     /// The upload key's encryption context (`aws:s3:arn` included).
     pub encryption_context: EncryptionContext,
     pub bucket_key_enabled: bool,
+    /// SSE-KMS or SSE-S3 (`x-amz-server-side-encryption` of the final object).
+    pub sse: Sse,
 }
 
 /// One uploaded part.
@@ -93,6 +95,16 @@ struct UploadRecord {
     /// The CMK as the request or the bucket default named it (for the final object).
     kms_key_id: String,
     bucket_key: bool,
+    /// SSE-S3 (the final object's `x-amz-server-side-encryption: AES256`); absent in
+    /// records written before SSE-S3.
+    #[serde(default)]
+    sse_s3: bool,
+    /// The stored HTTP headers for the final object (absent in older records).
+    #[serde(default)]
+    system_metadata: BTreeMap<String, String>,
+    /// `x-amz-tagging` of the final object (absent in older records).
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
     /// The upload key: ARN of its CMK, wrapped key (base64), bucket-key salt (hex)
     /// when derived from a bucket key, and its encryption context.
     key_arn: String,
@@ -213,6 +225,7 @@ impl ObjectStore {
             kms_key_arn: record.key_arn.clone(),
             encryption_context: record.context.clone(),
             bucket_key_enabled: record.bucket_key_salt.is_some(),
+            sse: if record.sse_s3 { Sse::S3 } else { Sse::Kms },
         }
     }
 
@@ -260,6 +273,17 @@ impl ObjectStore {
         initiator: &str,
     ) -> Result<MultipartUpload, Error> {
         let plan = self.plan_put(bucket, key, opts, bucket_key_enabled)?;
+        let sse_s3 = match plan.sse {
+            PlannedSse::Kms => false,
+            PlannedSse::S3 => true,
+            PlannedSse::Customer(_) => {
+                return Err(Error::InvalidArgument(
+                    "atrest does not take SSE-C multipart uploads: upload the object with one \
+                     PutObject (up to 5 TiB)"
+                        .into(),
+                ))
+            }
+        };
         let upload_key = self.new_upload_key(kms, bucket, key, &plan)?;
         let PutPlan {
             key_id,
@@ -277,6 +301,9 @@ impl ObjectStore {
             user_context: opts.encryption_context.clone(),
             kms_key_id: key_id,
             bucket_key,
+            sse_s3,
+            system_metadata: opts.system_metadata.clone(),
+            tags: opts.tags.clone(),
             key_arn: upload_key.key_arn.clone(),
             wrapped_key: BASE64.encode(&upload_key.wrapped),
             bucket_key_salt: upload_key.bucket_key_salt.map(hex::encode),
@@ -332,7 +359,9 @@ impl ObjectStore {
             content_type: record.content_type.clone(),
             encryption_context: record.context.clone(),
             user_metadata: BTreeMap::new(),
+            system_metadata: BTreeMap::new(),
             nonce_prefix: [0; NONCE_PREFIX_LEN],
+            sse: if record.sse_s3 { Sse::S3 } else { Sse::Kms },
         };
         let (file, tmp_path, header) =
             self.seal_to_temp(bound, &part_key, body, content_md5, None)?;
@@ -466,7 +495,34 @@ impl ObjectStore {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> Result<ObjectInfo, Error> {
-        let (record, dir) = self.open_upload(bucket, key, upload_id)?;
+        self.complete_multipart_upload_if(kms, bucket, key, upload_id, parts, None)
+    }
+
+    /// CompleteMultipartUpload with a conditional write (`If-None-Match: *`,
+    /// `If-Match`), checked when the object is put in place; a failed condition
+    /// leaves the upload as it was.
+    pub fn complete_multipart_upload_if(
+        &self,
+        kms: &dyn KeyService,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        condition: Option<Condition>,
+    ) -> Result<ObjectInfo, Error> {
+        let (record, dir) = match self.open_upload(bucket, key, upload_id) {
+            Ok(found) => found,
+            // A retry whose first answer was lost: S3 answers it with the object.
+            Err(Error::NoSuchUpload { .. }) => match self.completed_object(bucket, key, parts)? {
+                Some(info) => return Ok(info),
+                None => {
+                    return Err(Error::NoSuchUpload {
+                        upload_id: upload_id.to_owned(),
+                    })
+                }
+            },
+            Err(err) => return Err(err),
+        };
         if parts.is_empty() {
             return Err(Error::InvalidArgument(
                 "You must specify at least one part".into(),
@@ -516,6 +572,11 @@ impl ObjectStore {
             failure: None,
         };
         let plan = PutPlan {
+            sse: if record.sse_s3 {
+                PlannedSse::S3
+            } else {
+                PlannedSse::Kms
+            },
             key_id: record.kms_key_id.clone(),
             content_type: record.content_type.clone(),
             context: super::object_context(bucket, key, &record.user_context)?,
@@ -528,6 +589,11 @@ impl ObjectStore {
             encryption_context: record.user_context.clone(),
             acl: record.acl,
             content_md5: None,
+            encryption: EncryptionRequest::BucketDefault,
+            system_metadata: record.system_metadata.clone(),
+            tags: record.tags.clone(),
+            checksum: Default::default(),
+            condition,
         };
         let object_key = self.new_upload_key(kms, bucket, key, &plan)?;
         let count = parts.len() as u32;
@@ -548,6 +614,33 @@ impl ObjectStore {
         // The object is in place; a concurrent abort may have removed the upload.
         match self.remove_upload(&dir, upload_id) {
             Ok(()) | Err(Error::NoSuchUpload { .. }) => Ok(info),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl ObjectStore {
+    /// The object a CompleteMultipartUpload with this part list made, if it is still
+    /// the object under `key`: its ETag is the one the list gives (MD5 of the parts'
+    /// MD5s, `-N`).
+    fn completed_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        parts: &[CompletedPart],
+    ) -> Result<Option<ObjectInfo>, Error> {
+        let mut md5 = Md5::new();
+        for part in parts {
+            let mut digest = [0u8; 16];
+            if hex::decode_to_slice(bare_etag(&part.etag), &mut digest).is_err() {
+                return Ok(None);
+            }
+            md5.update(digest);
+        }
+        let etag = format!("{}-{}", hex::encode(md5.finalize()), parts.len());
+        match self.head_object(bucket, key) {
+            Ok(info) if !parts.is_empty() && info.etag == etag => Ok(Some(info)),
+            Ok(_) | Err(Error::NoSuchKey { .. }) => Ok(None),
             Err(err) => Err(err),
         }
     }
