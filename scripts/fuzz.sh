@@ -307,9 +307,14 @@ coverage_report() {
     printf '%-15s %7s %13s %9s  %s\n' target inputs lines "functions" "own modules" >"$table.new"
     for target in "${targets[@]}"; do
         echo "== coverage of $target"
-        local log="$fuzz_dir/logs/coverage-$target.log" sources binary profdata
+        local log="$fuzz_dir/logs/coverage-$target.log" own sources binary profdata
         mkdir -p "$corpus/$target"
-        read -r -a sources <<<"$(own_sources "$target")"
+        own=$(own_sources "$target")
+        read -r -a sources <<<"$own"
+        if ! find "$corpus/$target" -type f | grep -q .; then
+            printf '%-15s %7s  no corpus yet (run a campaign first)\n' "$target" 0 >>"$table.new"
+            continue
+        fi
         (cd fuzz && cargo fuzz coverage "$target" "$corpus/$target") >"$log" 2>&1 || {
             tail -n 20 "$log"
             echo "cargo fuzz coverage $target failed (log: $log)"
