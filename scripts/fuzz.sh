@@ -181,6 +181,12 @@ seed("kms_model", "lifecycle", bytes([
     1, 0,                       # EnableKey 0
     10, 0, 0, 0, 1,             # ReEncrypt blob 0 naming key 0
     8, 0x80, 2, 3]) + b"abc")   # Encrypt through alias/fuzz-0
+# Found by kms_model: Decrypt under a wrong context with a disabled key answers
+# DisabledException (the key's state is checked before the blob is opened).
+seed("kms_model", "disabled-wrong-context", bytes([
+    0, 0, 8, 0, 1, 5]) + b"hello" + bytes([  # a key; Encrypt under context 1
+    2, 0,                       # DisableKey
+    9, 0, 0, 0x82, 0]))         # Decrypt under context 2
 # Volume ops: write, read, trim, zero, flush+reopen, with sector-edge positions.
 # KMS JSON: 255 = the X-Amz-Target as text, a newline, the body.
 def kms(name, target, body):
@@ -284,7 +290,7 @@ campaign_run() {
     done
     echo "== campaign $id ($table; the last line per target is this session's)"
     awk -F'\t' -v id="$id" 'NR == 1 || $1 == id' "$table" | column -t -s $'\t'
-    if find "$fuzz_dir/artifacts" -type f -name 'crash-*' | grep -q .; then
+    if [ -n "$(find "$fuzz_dir/artifacts" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \) -print -quit)" ]; then
         echo "== findings (inputs to turn into regression tests):"
         find "$fuzz_dir/artifacts" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \)
     fi
@@ -311,7 +317,8 @@ coverage_report() {
         mkdir -p "$corpus/$target"
         own=$(own_sources "$target")
         read -r -a sources <<<"$own"
-        if ! find "$corpus/$target" -type f | grep -q .; then
+        # (-print -quit, not `| grep -q`: under pipefail grep's early exit fails find.)
+        if [ -z "$(find "$corpus/$target" -type f -print -quit)" ]; then
             printf '%-15s %7s  no corpus yet (run a campaign first)\n' "$target" 0 >>"$table.new"
             continue
         fi

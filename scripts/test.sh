@@ -5,7 +5,8 @@
 # known-answer and end-to-end tests (the end-to-end tests drive the real NBD clients),
 # the VM boot and the whole lab with the aws CLI (tests/e2e/), the S3 server's peak
 # memory for a 1 GiB object (benches/s3-memory.sh, at most 256 MiB), then every fuzz
-# target for FUZZ_SECONDS (default 30) each (scripts/fuzz.sh).
+# target for FUZZ_SECONDS each (default: 480 s shared among them, at most 30 s each;
+# scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

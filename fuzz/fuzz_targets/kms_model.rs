@@ -315,12 +315,15 @@ fuzz_target!(|data: &[u8]| {
                         _ => Err("NotFoundException"),
                     }
                 } else {
+                    // The key's state is checked before the blob is opened: a
+                    // disabled key answers DisabledException whatever the context.
                     model
                         .key(blob.key, now)
                         .map_or(Err("InvalidCiphertextException"), |_| Ok(()))
+                        .and_then(|()| model.crypto_error(blob.key, now))
                         .and_then(|()| {
                             if asked == blob.context {
-                                model.crypto_error(blob.key, now)
+                                Ok(())
                             } else {
                                 Err("InvalidCiphertextException")
                             }
