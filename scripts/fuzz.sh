@@ -187,6 +187,10 @@ seed("kms_model", "disabled-wrong-context", bytes([
     0, 0, 8, 0, 1, 5]) + b"hello" + bytes([  # a key; Encrypt under context 1
     2, 0,                       # DisableKey
     9, 0, 0, 0x82, 0]))         # Decrypt under context 2
+# Found by kms_model: ReEncrypt naming, and Decrypt of a blob of, a key whose deletion
+# completed answer NotFoundException (the key is looked up before the blob is opened).
+seed("kms_model", "deleted-key", bytes.fromhex(
+    "000000000800010568656c6c6f0700090000000005012e0009000000010300fd0b00000c0008040101000a0000000100010903"))
 # Volume ops: write, read, trim, zero, flush+reopen, with sector-edge positions.
 # KMS JSON: 255 = the X-Amz-Target as text, a newline, the body.
 def kms(name, target, body):

@@ -309,17 +309,24 @@ fuzz_target!(|data: &[u8]| {
                 let name_key = input.u8() & 1 != 0;
                 // A wrong context and a key id naming another key fail; so does a key
                 // that cannot be used.
-                let expected = if name_key && index != Some(blob.key) {
-                    match index {
-                        Some(i) if model.key(i, now).is_ok() => Err("IncorrectKeyException"),
-                        _ => Err("NotFoundException"),
-                    }
+                // A key id that is given is resolved first: one that does not exist
+                // (or no longer does) is NotFoundException, another live key than
+                // the blob's is IncorrectKeyException.
+                let named = match index {
+                    _ if !name_key => Ok(()),
+                    Some(i) if model.key(i, now).is_ok() && i == blob.key => Ok(()),
+                    Some(i) if model.key(i, now).is_ok() => Err("IncorrectKeyException"),
+                    _ => Err("NotFoundException"),
+                };
+                let expected = if let Err(e) = named {
+                    Err(e)
                 } else {
-                    // The key's state is checked before the blob is opened: a
-                    // disabled key answers DisabledException whatever the context.
+                    // The blob's key is looked up (a deleted key is NotFound) and
+                    // its state checked before the blob is opened: a disabled key
+                    // answers DisabledException whatever the context.
                     model
                         .key(blob.key, now)
-                        .map_or(Err("InvalidCiphertextException"), |_| Ok(()))
+                        .map(|_| ())
                         .and_then(|()| model.crypto_error(blob.key, now))
                         .and_then(|()| {
                             if asked == blob.context {
