@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
-# Builds every cargo-fuzz target in fuzz/ and runs each for a bounded time:
-#   scripts/fuzz.sh                  # FUZZ_SECONDS per target, default 30
-#   FUZZ_SECONDS=600 scripts/fuzz.sh volume_ops trail_log
+# Builds the cargo-fuzz targets in fuzz/ and runs them. Three modes:
+#
+#   scripts/fuzz.sh [TARGET...]            # bounded: FUZZ_SECONDS per target (default
+#                                          # 30), one core; what the test command runs
+#   scripts/fuzz.sh campaign [TARGET...]   # FUZZ_CAMPAIGN_SECONDS per target (default
+#                                          # 600) on FUZZ_JOBS cores (default: all);
+#                                          # corpus kept and minimized in FUZZ_DIR
+#   scripts/fuzz.sh coverage [TARGET...]   # line coverage of each target's own modules
+#                                          # over FUZZ_DIR's corpus: text table + HTML
+#
+# FUZZ_DIR (default ~/.cache/atrest-fuzz) is outside the repository: corpus/<target>,
+# artifacts/<target> (crashing inputs), logs/, campaign.tsv (one line per target and
+# session), coverage/ (coverage.txt and html/<target>/index.html). A campaign is
+# resumable: a target whose time is done for the current campaign (campaign.state)
+# is skipped when the script is run again; an interrupted target starts again from
+# its corpus. FUZZ_CAMPAIGN_RESTART=1 starts a new campaign over the same corpus.
+#
 # Seed corpora are made here from real artefacts (a keystore, a trail, ciphertext
 # blobs and a volume header made by the atrest binary; NBD sessions written below),
-# never committed as binary blobs. A crash, a hang (over 30 s on one input) or a
-# failed assertion makes the script fail; libFuzzer leaves the input under
-# fuzz/artifacts/<target>/ to turn into a regression test.
+# never committed as binary blobs. In the bounded run a crash, a hang (over 30 s on
+# one input) or a failed assertion makes the script fail; libFuzzer leaves the input
+# under fuzz/artifacts/<target>/ to turn into a regression test. A campaign keeps
+# going past findings and lists them at the end (artifacts/<target>/crash-*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds="${FUZZ_SECONDS:-30}"
+mode=bounded
+case "${1:-}" in
+campaign | coverage)
+    mode="$1"
+    shift
+    ;;
+esac
 # The toolchain is stable; cargo-fuzz needs nightly flags (-Zsanitizer).
 export RUSTC_BOOTSTRAP=1
 
@@ -22,13 +43,23 @@ fi
 mapfile -t all_targets < <(cd fuzz && cargo fuzz list)
 targets=("$@")
 if ((${#targets[@]} == 0)); then targets=("${all_targets[@]}"); fi
+# The bounded run's budget is 480 s in all (what 16 targets x 30 s took): with more
+# targets each gets its share, at most 30 s.
+budget=480
+seconds="${FUZZ_SECONDS:-$((budget / ${#targets[@]} < 30 ? budget / ${#targets[@]} : 30))}"
+fuzz_dir="${FUZZ_DIR:-$HOME/.cache/atrest-fuzz}"
 
 cargo build --profile ci --quiet --bin atrest
 atrest="$PWD/target/ci/atrest"
-(cd fuzz && cargo fuzz build --release --debug-assertions)
+if [ "$mode" != coverage ]; then
+    (cd fuzz && cargo fuzz build --release --debug-assertions)
+fi
 
 # ---- seed corpora ----------------------------------------------------------------
+# The bounded run keeps its corpus in fuzz/corpus (ignored by git); a campaign's and
+# the coverage report's live in FUZZ_DIR, outside the repository.
 corpus="$PWD/fuzz/corpus"
+if [ "$mode" != bounded ]; then corpus="$fuzz_dir/corpus"; fi
 work="$(mktemp -d)"
 # The targets' scratch files (tmpfs when there is one, so they do not measure the disk).
 scratch_base=/dev/shm
@@ -65,8 +96,10 @@ kms decrypt --ciphertext-blob "fileb://$corpus/envelope_blob/seed-encrypt" --enc
 { printf '\0'; tail -n +2 "$home/kms/keystore.json"; } | seed keystore_file body
 { printf '\1'; cat "$home/kms/keystore.json"; } | seed keystore_file file
 # Mode 3: re-chained lines and a head that acknowledges the last one; 0: as stored.
-{ printf '\3'; cat "$home/trail/trail.jsonl"; } | seed trail_log rechained
-{ printf '\0'; cat "$home/trail/trail.jsonl"; } | seed trail_log stored
+# The first two records: short seeds keep the target fast (every record of an input
+# is parsed four times over); longer trails are still reached by mutation.
+{ printf '\3'; head -n 2 "$home/trail/trail.jsonl"; } | seed trail_log rechained
+{ printf '\0'; head -n 2 "$home/trail/trail.jsonl"; } | seed trail_log stored
 # trail_file: the head's length, the head, the log.
 head_len=$(stat -c %s "$home/trail/trail.head")
 { printf "\\x$(printf %02x "$head_len")"; cat "$home/trail/trail.head" "$home/trail/trail.jsonl"; } |
@@ -123,8 +156,41 @@ seed("nbd_option", "meta", struct.pack(">I", 3) + meta)
 # A certificate subject's RDNs (C=GB, CN=client1), as nbd::common_name reads them.
 seed("nbd_client_name", "subject", bytes.fromhex("310b300906035504061302474231103" "00e06035504030c07") + b"client1")
 # XTS: key halves, a selector, sector size and number selectors, data.
-seed("xts_sectors", "4k", bytes(range(32)) + b"\x01" + bytes(range(32, 64)) + b"\x00\x00\x07\x00" + os.urandom(8192))
+# One 4096-byte sector (xts_openssl's seed has two): what the target costs grows
+# with the input, and libFuzzer's default -max_len is the longest seed.
+seed("xts_sectors", "4k", bytes(range(32)) + b"\x01" + bytes(range(32, 64)) + b"\x00\x00\x07\x00" + os.urandom(4096))
 seed("xts_sectors", "stealing", bytes(range(64)) + b"\x03\x11\x00\x01\xfe" + os.urandom(700))
+# XTS against OpenSSL: key half, selector (bit 0: 4096-byte sectors; 0xee: equal
+# halves), key half, sector number selector, data.
+seed("xts_openssl", "512", bytes(range(32)) + b"\x00" + bytes(range(32, 64)) + b"\x00\x05\x00" + os.urandom(1024))
+seed("xts_openssl", "4k-wrap", bytes(range(32)) + b"\x01" + bytes(range(32, 64)) + b"\x01\x03" + os.urandom(8192))
+seed("xts_openssl", "equal-halves", bytes(range(32)) + b"\xee\x00\x00\x00" + os.urandom(512))
+# The key service against its model (fuzz/fuzz_targets/kms_model.rs): op, key, args.
+seed("kms_model", "lifecycle", bytes([
+    0, 0, 0, 0,                 # two keys
+    8, 0, 1, 5]) + b"hello" + bytes([  # Encrypt under key 0, context 1
+    7, 0,                       # on-demand rotation of key 0
+    9, 0, 0, 0, 0,              # Decrypt blob 0
+    5, 1,                       # automatic rotation of key 1
+    2, 0,                       # DisableKey 0
+    9, 0, 0, 0, 1,              # Decrypt blob 0 naming key 0: DisabledException
+    3, 1, 1,                    # ScheduleKeyDeletion of key 1, 7 days
+    11, 0, 0,                   # CreateAlias alias/fuzz-0 -> key 0
+    12, 0, 8,                   # 8 days pass: key 1 is gone
+    4, 1,                       # CancelKeyDeletion of key 1: NotFoundException
+    1, 0,                       # EnableKey 0
+    10, 0, 0, 0, 1,             # ReEncrypt blob 0 naming key 0
+    8, 0x80, 2, 3]) + b"abc")   # Encrypt through alias/fuzz-0
+# Found by kms_model: Decrypt under a wrong context with a disabled key answers
+# DisabledException (the key's state is checked before the blob is opened).
+seed("kms_model", "disabled-wrong-context", bytes([
+    0, 0, 8, 0, 1, 5]) + b"hello" + bytes([  # a key; Encrypt under context 1
+    2, 0,                       # DisableKey
+    9, 0, 0, 0x82, 0]))         # Decrypt under context 2
+# Found by kms_model: ReEncrypt naming, and Decrypt of a blob of, a key whose deletion
+# completed answer NotFoundException (the key is looked up before the blob is opened).
+seed("kms_model", "deleted-key", bytes.fromhex(
+    "000000000800010568656c6c6f0700090000000005012e0009000000010300fd0b00000c0008040101000a0000000100010903"))
 # Volume ops: write, read, trim, zero, flush+reopen, with sector-edge positions.
 # KMS JSON: 255 = the X-Amz-Target as text, a newline, the body.
 def kms(name, target, body):
@@ -147,24 +213,177 @@ seed("trail_digest", "digest", bytes([3, 1, 40, 0, 0, 0, 4]))
 seed("volume_ops", "mix", bytes([0, 1, 10, 1, 200, 0, 7, 2, 1, 9, 7, 1, 4, 0, 3, 0, 16, 5, 1, 2, 0, 9, 1, 6, 1, 130, 1, 0, 0, 17, 2, 1, 0, 0, 16]))
 EOF
 
+# ---- campaign and coverage -------------------------------------------------------
+campaign_seconds="${FUZZ_CAMPAIGN_SECONDS:-600}"
+jobs="${FUZZ_JOBS:-$(nproc)}"
+
+# The code each target is meant to reach (what its coverage is the coverage of).
+own_sources() { # own_sources TARGET: prints source paths
+    case "$1" in
+    xts_sectors | xts_openssl) echo crypto-core/src/xts ;;
+    envelope_blob) echo crypto-core/src/envelope.rs ;;
+    keystore_file) echo crypto-core/src/kms/keystore.rs crypto-core/src/kms/local.rs ;;
+    kms_model) echo crypto-core/src/kms/local.rs crypto-core/src/kms/keystore.rs crypto-core/src/envelope.rs ;;
+    kms_json) echo gateway/src/kms_api.rs ;;
+    trail_log | trail_file) echo crypto-core/src/trail/mod.rs crypto-core/src/trail/record.rs crypto-core/src/trail/head.rs ;;
+    trail_digest) echo crypto-core/src/trail/digest.rs ;;
+    volume_header) echo blockdev/src/format.rs ;;
+    volume_ops) echo blockdev/src/volume ;;
+    nbd_request | nbd_option) echo blockdev/src/nbd/proto.rs ;;
+    nbd_session) echo blockdev/src/nbd/server.rs blockdev/src/nbd/proto.rs ;;
+    nbd_client_name) echo blockdev/src/nbd/tls.rs ;;
+    object_header) echo objstore/src/format.rs ;;
+    s3_request) echo gateway/src/s3 gateway/src/wire.rs ;;
+    sigv4_verify) echo gateway/src/sigv4.rs ;;
+    *) echo "no source map for fuzz target $1 (add it to own_sources in scripts/fuzz.sh)" >&2 && return 1 ;;
+    esac
+}
+
+# One line per target and session in FUZZ_DIR/campaign.tsv; the corpus minimized
+# after each target's time; a state file so that a second run resumes.
+campaign_run() {
+    mkdir -p "$fuzz_dir/logs"
+    local state="$fuzz_dir/campaign.state" table="$fuzz_dir/campaign.tsv"
+    if [ "${FUZZ_CAMPAIGN_RESTART:-0}" = 1 ] || [ ! -s "$state" ]; then
+        echo "campaign $(date -u +%Y%m%dT%H%M%SZ)" >"$state"
+    fi
+    local id
+    id=$(sed -n '1s/^campaign //p' "$state")
+    [ -s "$table" ] ||
+        printf 'campaign\ttarget\tseconds\tjobs\texecutions\texec/s\tcorpus\tcov\tfindings\n' >"$table"
+    for target in "${targets[@]}"; do
+        if grep -qx "done $target" "$state"; then
+            echo "== $target: done in campaign $id, skipped (FUZZ_CAMPAIGN_RESTART=1 for a new one)"
+            continue
+        fi
+        echo "== campaign $id: $target for ${campaign_seconds}s on $jobs jobs"
+        local artifacts="$fuzz_dir/artifacts/$target" log="$fuzz_dir/logs/$id-$target.log"
+        mkdir -p "$corpus/$target" "$artifacts"
+        local before
+        before=$(find "$artifacts" -type f | wc -l)
+        target_flags "$target"
+        # Fork mode: one process per job, crashes and timeouts noted and gone past;
+        # new inputs land in the corpus as they are found, so an interrupted run
+        # loses nothing but the time it was interrupted in.
+        (cd fuzz && ASAN_OPTIONS="$asan_options" cargo fuzz run --release --debug-assertions \
+            "$target" "$corpus/$target" -- -fork="$jobs" -ignore_crashes=1 -ignore_timeouts=1 \
+            -ignore_ooms=1 -max_total_time="$campaign_seconds" -timeout=30 \
+            -artifact_prefix="$artifacts/" "${extra[@]}") >"$log" 2>&1 || {
+            tail -n 20 "$log"
+            echo "fuzz target $target did not run (log: $log)"
+            exit 1
+        }
+        # Fork mode's status lines: "#RUNS: cov: C ft: F corp: N exec/s: R ...".
+        local last runs rate cov
+        last=$(grep -E '^#[0-9]+: cov: ' "$log" | tail -n 1)
+        runs=$(sed -E 's/^#([0-9]+):.*/\1/' <<<"$last")
+        rate=$(sed -E 's/.* exec\/s: ([0-9]+).*/\1/' <<<"$last")
+        cov=$(sed -E 's/.* cov: ([0-9]+) ft: ([0-9]+).*/\1\/\2/' <<<"$last")
+        (cd fuzz && ASAN_OPTIONS="$asan_options" cargo fuzz cmin --release --debug-assertions \
+            "$target" "$corpus/$target" -- "${extra[@]}") >>"$log" 2>&1 || {
+            tail -n 20 "$log"
+            echo "minimizing the corpus of $target failed (log: $log)"
+            exit 1
+        }
+        local files findings
+        files=$(find "$corpus/$target" -type f | wc -l)
+        findings=$(($(find "$artifacts" -type f | wc -l) - before))
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$target" "$campaign_seconds" "$jobs" \
+            "${runs:-0}" "${rate:-0}" "$files" "${cov:-?}" "$findings" >>"$table"
+        echo "done $target" >>"$state"
+    done
+    echo "== campaign $id ($table; the last line per target is this session's)"
+    awk -F'\t' -v id="$id" 'NR == 1 || $1 == id' "$table" | column -t -s $'\t'
+    if [ -n "$(find "$fuzz_dir/artifacts" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \) -print -quit)" ]; then
+        echo "== findings (inputs to turn into regression tests):"
+        find "$fuzz_dir/artifacts" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \)
+    fi
+}
+
+# `cargo fuzz coverage` over each target's corpus, then llvm-cov (from rustup's
+# llvm-tools, the LLVM the toolchain was built with): lines of the target's own
+# modules covered, as a table (FUZZ_DIR/coverage/coverage.txt) and HTML.
+coverage_report() {
+    local host tools out table
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    tools="$(rustc --print sysroot)/lib/rustlib/$host/bin"
+    if [ ! -x "$tools/llvm-cov" ]; then
+        echo "llvm-cov not found in $tools: rustup component add llvm-tools"
+        exit 1
+    fi
+    out="$fuzz_dir/coverage"
+    table="$out/coverage.txt"
+    mkdir -p "$out/html" "$fuzz_dir/logs"
+    printf '%-15s %7s %13s %9s  %s\n' target inputs lines "functions" "own modules" >"$table.new"
+    for target in "${targets[@]}"; do
+        echo "== coverage of $target"
+        local log="$fuzz_dir/logs/coverage-$target.log" own sources binary profdata
+        mkdir -p "$corpus/$target"
+        own=$(own_sources "$target")
+        read -r -a sources <<<"$own"
+        # (-print -quit, not `| grep -q`: under pipefail grep's early exit fails find.)
+        if [ -z "$(find "$corpus/$target" -type f -print -quit)" ]; then
+            printf '%-15s %7s  no corpus yet (run a campaign first)\n' "$target" 0 >>"$table.new"
+            continue
+        fi
+        (cd fuzz && cargo fuzz coverage "$target" "$corpus/$target") >"$log" 2>&1 || {
+            tail -n 20 "$log"
+            echo "cargo fuzz coverage $target failed (log: $log)"
+            exit 1
+        }
+        profdata="fuzz/coverage/$target/coverage.profdata"
+        binary="fuzz/target/$host/coverage/$host/release/$target"
+        "$tools/llvm-cov" export -summary-only -instr-profile="$profdata" "$binary" \
+            "${sources[@]}" >"$out/$target.json"
+        python3 - "$out/$target.json" "$target" "$(find "$corpus/$target" -type f | wc -l)" \
+            "${sources[*]}" >>"$table.new" <<'PY'
+import json, sys
+path, target, inputs, sources = sys.argv[1:]
+totals = json.load(open(path))["data"][0]["totals"]
+lines, funcs = totals["lines"], totals["functions"]
+print(f"{target:<15} {inputs:>7} {lines['covered']:>5}/{lines['count']:<5} {lines['percent']:5.1f}% "
+      f"{funcs['percent']:5.1f}%  {sources}")
+PY
+        "$tools/llvm-cov" show -format=html -output-dir="$out/html/$target" \
+            -instr-profile="$profdata" "$binary" "${sources[@]}" >/dev/null
+    done
+    mv "$table.new" "$table"
+    echo "== coverage (lines and functions of each target's own modules; HTML: $out/html/<target>/index.html)"
+    cat "$table"
+}
+
 # ---- run -----------------------------------------------------------------------
+# ASAN_OPTIONS and extra libFuzzer flags for one target.
+# nbd_session drives a live, long-running server whose connection threads outlive
+# each input; LeakSanitizer's between-input checks report their thread handles as
+# leaks (false positives), so leak detection is off for that target only: both
+# libFuzzer's checks (-detect_leaks=0) and the one at exit (ASAN_OPTIONS), which
+# reported the thread-local destructor list of a connection thread still serving
+# when the time was up (32 bytes from __cxa_thread_atexit_impl, seen once in CI).
+target_flags() { # target_flags TARGET: sets extra=() and asan_options
+    extra=()
+    asan_options="${ASAN_OPTIONS:-}"
+    if [ "$1" = nbd_session ]; then
+        extra+=(-detect_leaks=0)
+        asan_options="${asan_options:+$asan_options:}detect_leaks=0"
+    fi
+}
+
+if [ "$mode" = campaign ]; then
+    campaign_run
+    exit 0
+fi
+if [ "$mode" = coverage ]; then
+    coverage_report
+    exit 0
+fi
+
 summary="$work/summary"
 for target in "${targets[@]}"; do
     echo "== fuzz $target for ${seconds}s"
     log="$work/$target.log"
     mkdir -p "$corpus/$target"
-    extra=()
-    asan_options="${ASAN_OPTIONS:-}"
-    # nbd_session drives a live, long-running server whose connection threads outlive
-    # each input; LeakSanitizer's between-input checks report their thread handles as
-    # leaks (false positives), so leak detection is off for that target only: both
-    # libFuzzer's checks (-detect_leaks=0) and the one at exit (ASAN_OPTIONS), which
-    # reported the thread-local destructor list of a connection thread still serving
-    # when the time was up (32 bytes from __cxa_thread_atexit_impl, seen once in CI).
-    if [ "$target" = nbd_session ]; then
-        extra+=(-detect_leaks=0)
-        asan_options="${asan_options:+$asan_options:}detect_leaks=0"
-    fi
+    target_flags "$target"
     if ! (cd fuzz && ASAN_OPTIONS="$asan_options" cargo fuzz run --release --debug-assertions "$target" "$corpus/$target" -- \
         -max_total_time="$seconds" -timeout=30 -print_final_stats=1 "${extra[@]}") >"$log" 2>&1; then
         # The cause (a panic message, ASan's report) comes first; the stack after it.
@@ -176,7 +395,7 @@ for target in "${targets[@]}"; do
     runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")
     rate=$(awk '/stat::average_exec_per_sec/ {print $2}' "$log")
     cov=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1)
-    printf '%-14s %10s runs %8s exec/s  %s\n' "$target" "$runs" "$rate" "$cov" | tee -a "$summary"
+    printf '%-15s %10s runs %8s exec/s  %s\n' "$target" "$runs" "$rate" "$cov" | tee -a "$summary"
 done
 echo "== fuzz summary (${seconds}s per target)"
 cat "$summary"

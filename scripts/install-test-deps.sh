@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(libnbd-bin nbd-client nbdkit fio qemu-utils python3-libnbd fuse3 e2fsprogs util-linux openssl python3-pip python3-venv curl rclone)
+# libssl-dev and pkg-config: the xts_openssl fuzz target links OpenSSL (openssl-sys).
+apt_packages=(libnbd-bin nbd-client nbdkit fio qemu-utils python3-libnbd fuse3 e2fsprogs util-linux openssl python3-pip python3-venv curl rclone libssl-dev pkg-config)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

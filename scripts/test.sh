@@ -6,7 +6,8 @@
 # the VM boot, a real /dev/nbdN in a guest (atrest nbd attach, Debian's nbd-client)
 # and the whole lab with the aws CLI (tests/e2e/), the S3 server's peak
 # memory for a 1 GiB object (benches/s3-memory.sh, at most 256 MiB), then every fuzz
-# target for FUZZ_SECONDS (default 30) each (scripts/fuzz.sh).
+# target for FUZZ_SECONDS each (default: 480 s shared among them, at most 30 s each;
+# scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
