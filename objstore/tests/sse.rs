@@ -294,7 +294,10 @@ fn nobody_can_administer_or_repoint_the_managed_key() {
     assert_eq!(info.kms_key_arn, managed);
     // Another account's principal cannot use this account's managed key by its ARN
     // (the policy's kms:CallerAccount condition), and gets its own on first use.
-    let eve = lab.kms.as_principal("arn:aws:iam::111111111111:user/Eve").unwrap();
+    let eve = lab
+        .kms
+        .as_principal("arn:aws:iam::111111111111:user/Eve")
+        .unwrap();
     let request = crypto_core::kms::GenerateDataKeyRequest {
         key_id: managed.clone(),
         spec: crypto_core::kms::DataKeySpec::Aes256,

@@ -1125,7 +1125,10 @@ impl LocalKms {
 
     /// Refuses a policy the caller could not change afterwards (AWS's lockout check).
     fn check_lockout(&self, policy: &KeyPolicy, arn: &str, bypass: bool) -> Result<(), KmsError> {
-        if bypass || policy.evaluate_in(&self.principal, &self.account, "kms:PutKeyPolicy", arn) == Decision::Allow {
+        if bypass
+            || policy.evaluate_in(&self.principal, &self.account, "kms:PutKeyPolicy", arn)
+                == Decision::Allow
+        {
             return Ok(());
         }
         Err(KmsError::MalformedPolicyDocument(
@@ -1263,14 +1266,18 @@ impl LocalKms {
                 };
                 add_material(&mut key, &id, ts, &self.shared.keystore)?;
                 store.keys.insert(id, key);
-                store.aliases.entry(self.account.clone()).or_default().insert(
-                    alias.to_owned(),
-                    AliasRecord {
-                        target_key_id: id,
-                        creation_date: ts,
-                        last_updated_date: ts,
-                    },
-                );
+                store
+                    .aliases
+                    .entry(self.account.clone())
+                    .or_default()
+                    .insert(
+                        alias.to_owned(),
+                        AliasRecord {
+                            target_key_id: id,
+                            creation_date: ts,
+                            last_updated_date: ts,
+                        },
+                    );
                 audit.response = Some(json!({ "keyMetadata": {
                     "keyId": id.to_string(),
                     "arn": arn,

@@ -21,9 +21,7 @@ pub mod policy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ident::{principal_account, validate_alias_name, KeyRef};
-pub use local::{
-    validate_tags, ImportOperation, LocalKms, LocalKmsConfig, AWS_MANAGED_S3_ALIAS,
-};
+pub use local::{validate_tags, ImportOperation, LocalKms, LocalKmsConfig, AWS_MANAGED_S3_ALIAS};
 
 /// Encryption context: non-secret key/value pairs bound to a ciphertext as AAD.
 /// A `BTreeMap` so that iteration order is canonical.

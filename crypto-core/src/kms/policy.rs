@@ -514,7 +514,10 @@ mod tests {
             policy.evaluate_in("KeyUser", "000000000000", "kms:Decrypt", KEY),
             Decision::Allow
         );
-        assert_eq!(policy.evaluate("KeyUser", "kms:Decrypt", KEY), Decision::ImplicitDeny);
+        assert_eq!(
+            policy.evaluate("KeyUser", "kms:Decrypt", KEY),
+            Decision::ImplicitDeny
+        );
         for other in [
             r#"{"StringEquals": {"aws:SourceIp": "10.0.0.1"}}"#,
             r#"{"StringLike": {"kms:CallerAccount": "0*"}}"#,
