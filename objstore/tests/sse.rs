@@ -5,6 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
+use crypto_core::kms::{LocalKms, LocalKmsConfig};
 use objstore::{
     BucketEncryption, Condition, CustomerKey, EncryptionRequest, PutObjectOptions, Sse,
     SseAlgorithm, SSE_S3_KEY_ALIAS,
@@ -292,19 +293,24 @@ fn nobody_can_administer_or_repoint_the_managed_key() {
         .put_object(lab.kms(), "bkt", "k", &mut &b"x"[..], &Default::default())
         .unwrap();
     assert_eq!(info.kms_key_arn, managed);
-    // Another account's principal cannot use this account's managed key by its ARN
-    // (the policy's kms:CallerAccount condition), and gets its own on first use.
-    let eve = lab
-        .kms
-        .as_principal("arn:aws:iam::111111111111:user/Eve")
-        .unwrap();
+    // Nobody calls the managed key directly (kms:ViaService), the owner's root user
+    // included; another account's principal gets its own on first use.
+    let direct = LocalKms::open(lab.home.path(), LocalKmsConfig::new()).unwrap();
     let request = crypto_core::kms::GenerateDataKeyRequest {
         key_id: managed.clone(),
         spec: crypto_core::kms::DataKeySpec::Aes256,
         encryption_context: Default::default(),
     };
+    assert!(direct.generate_data_key(&request).is_err());
+    let eve = direct
+        .as_principal("arn:aws:iam::111111111111:user/Eve")
+        .unwrap();
     assert!(eve.generate_data_key(&request).is_err());
-    let eves = eve.aws_managed_key(SSE_S3_KEY_ALIAS).unwrap();
+    let eve_via_s3 = lab
+        .kms
+        .as_principal("arn:aws:iam::111111111111:user/Eve")
+        .unwrap();
+    let eves = eve_via_s3.aws_managed_key(SSE_S3_KEY_ALIAS).unwrap();
     assert_ne!(eves, managed);
     assert!(eves.contains(":111111111111:"), "{eves}");
 }

@@ -20,7 +20,7 @@ use super::keystore::{
     add_material, to_time, AliasRecord, KeyRecord, Keystore, Maintenance, RotationRecord,
     RotationSchedule, StoreData,
 };
-use super::policy::{default_policy, Decision, KeyPolicy};
+use super::policy::{default_policy, CallerContext, Decision, KeyPolicy};
 use super::{
     AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
     EncryptionContext, GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata,
@@ -517,6 +517,10 @@ pub struct LocalKms {
     account: String,
     /// Where this caller's calls come from, for their trail records.
     source: Arc<RequestSource>,
+    /// The AWS service this caller's calls come through (`kms:ViaService` of key
+    /// policies), e.g. `s3.us-east-1.amazonaws.com` for the S3 endpoint's calls made
+    /// for its signer; `None` for direct calls.
+    via_service: Option<Arc<str>>,
 }
 
 impl fmt::Debug for LocalKms {
@@ -555,6 +559,7 @@ impl LocalKms {
             principal: config.principal,
             account,
             source: Arc::new(RequestSource::local()),
+            via_service: None,
         })
     }
 
@@ -567,7 +572,19 @@ impl LocalKms {
             principal: principal.to_owned(),
             account: caller_account(principal, &self.shared.account),
             source: Arc::clone(&self.source),
+            via_service: self.via_service.clone(),
         })
+    }
+
+    /// The same key service and caller, its calls made through the AWS service
+    /// `service` (its `kms:ViaService`, e.g. `s3.us-east-1.amazonaws.com`): the S3
+    /// endpoint calls the key service this way for the signer of each request, so
+    /// an AWS managed key such as `alias/aws/s3` serves S3 and nothing else.
+    pub fn through_service(&self, service: &str) -> LocalKms {
+        LocalKms {
+            via_service: Some(Arc::from(service)),
+            ..self.clone()
+        }
     }
 
     /// The same key service and caller, its calls recorded as coming from `source`
@@ -579,6 +596,7 @@ impl LocalKms {
             principal: self.principal.clone(),
             account: self.account.clone(),
             source: Arc::new(source),
+            via_service: self.via_service.clone(),
         }
     }
 
@@ -596,6 +614,14 @@ impl LocalKms {
 
     pub fn principal(&self) -> &str {
         &self.principal
+    }
+
+    /// What key policies' conditions see of this caller.
+    fn caller_context(&self) -> CallerContext<'_> {
+        CallerContext {
+            account: &self.account,
+            via_service: self.via_service.as_deref(),
+        }
     }
 
     pub fn region(&self) -> &str {
@@ -852,7 +878,7 @@ impl LocalKms {
                 e.message()
             ))
         })?;
-        match policy.evaluate_in(&self.principal, &self.account, action, arn) {
+        match policy.evaluate_in(&self.principal, self.caller_context(), action, arn) {
             Decision::Allow => Ok(()),
             Decision::ExplicitDeny => Err(KmsError::AccessDenied(format!(
                 "User: {} is not authorized to perform: {action} on resource: {arn} with an \
@@ -1126,8 +1152,12 @@ impl LocalKms {
     /// Refuses a policy the caller could not change afterwards (AWS's lockout check).
     fn check_lockout(&self, policy: &KeyPolicy, arn: &str, bypass: bool) -> Result<(), KmsError> {
         if bypass
-            || policy.evaluate_in(&self.principal, &self.account, "kms:PutKeyPolicy", arn)
-                == Decision::Allow
+            || policy.evaluate_in(
+                &self.principal,
+                self.caller_context(),
+                "kms:PutKeyPolicy",
+                arn,
+            ) == Decision::Allow
         {
             return Ok(());
         }
@@ -1171,17 +1201,20 @@ fn date(ts: OffsetDateTime) -> Value {
 /// without a key id), as AWS names it.
 pub const AWS_MANAGED_S3_ALIAS: &str = "alias/aws/s3";
 
-/// The key policy of an AWS managed key: every principal of `account` may use the key
-/// for encryption (`kms:CallerAccount`, as AWS writes it; AWS's `kms:ViaService`
-/// condition is not evaluated, so a principal of the account may also call the key
-/// directly), no other account may, and nobody may administer, disable, re-target or
-/// delete it.
-fn aws_managed_policy(account: &str, alias: &str) -> String {
+/// The key policy of an AWS managed key `alias/aws/SERVICE`: it may be used for
+/// encryption only through that service (`kms:ViaService`, e.g.
+/// `s3.REGION.amazonaws.com`: never by a direct call to the key service), and nobody
+/// may administer, disable, re-target or delete it. Unlike AWS's policy there is no
+/// `kms:CallerAccount` condition: atrest's SSE-S3 objects are encrypted under this key
+/// where AWS uses S3-owned keys, and those objects are readable by whomever the bucket
+/// policy lets in, other accounts included (the S3 endpoint decides first).
+fn aws_managed_policy(account: &str, region: &str, alias: &str) -> String {
+    let service = alias.trim_start_matches("alias/aws/");
     json!({
         "Version": "2012-10-17",
         "Id": format!("auto-{}", alias.trim_start_matches("alias/aws/")),
         "Statement": [{
-            "Sid": format!("Allow use of the key by the principals of account {account} through the service"),
+            "Sid": format!("Allow use of the key of account {account} through {service} only"),
             "Effect": "Allow",
             "Principal": { "AWS": "*" },
             "Action": [
@@ -1192,7 +1225,9 @@ fn aws_managed_policy(account: &str, alias: &str) -> String {
                 "kms:DescribeKey"
             ],
             "Resource": "*",
-            "Condition": { "StringEquals": { "kms:CallerAccount": account } }
+            "Condition": {
+                "StringEquals": { "kms:ViaService": format!("{service}.{region}.amazonaws.com") }
+            }
         }]
     })
     .to_string()
@@ -1258,7 +1293,7 @@ impl LocalKms {
                     state: KeyState::Enabled,
                     deletion_date: None,
                     pending_window_in_days: None,
-                    policy: aws_managed_policy(&self.account, alias),
+                    policy: aws_managed_policy(&self.account, &self.shared.region, alias),
                     rotation: None,
                     rotations: Vec::new(),
                     materials: Vec::new(),

@@ -4,9 +4,10 @@
 //! matches grants, else the request is implicitly denied. atrest has no IAM, so a
 //! principal matches only its own ARN or `"*"`; `arn:aws:iam::<account>:root` (or the
 //! bare account id) names the account's root user, not every user of the account.
-//! The one condition evaluated is `{"StringEquals": {"kms:CallerAccount": ACCOUNT}}`
-//! (the caller's account is one of the listed ones; AWS managed keys are shared with
-//! every principal of their account this way); any other `Condition`, and
+//! The conditions evaluated are `StringEquals` on `kms:CallerAccount` (the caller's
+//! account) and `kms:ViaService` (the AWS service the call came through, e.g.
+//! `s3.us-east-1.amazonaws.com` for the S3 endpoint's calls), as AWS managed keys'
+//! policies use them; every key listed must hold. Any other `Condition`, and
 //! `NotPrincipal`, `NotAction` and `NotResource`, are refused rather than ignored, so
 //! a policy never grants or denies more than it says.
 #![forbid(unsafe_code)]
@@ -47,9 +48,24 @@ struct Statement {
     /// Lowercased action patterns (`kms:*`, `kms:generate*`).
     actions: Vec<String>,
     resources: Vec<String>,
-    /// `kms:CallerAccount` values of a `StringEquals` condition: the statement applies
-    /// only to callers of one of these accounts. `None`: no condition.
-    caller_accounts: Option<Vec<String>>,
+    /// A `StringEquals` condition: the statement applies only where every key holds
+    /// one of its values. Empty: no condition.
+    conditions: Vec<(ConditionKey, Vec<String>)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConditionKey {
+    CallerAccount,
+    ViaService,
+}
+
+/// Who is asking, beyond the principal's ARN: what a policy's conditions look at.
+#[derive(Clone, Copy, Debug)]
+pub struct CallerContext<'a> {
+    /// The caller's account (`kms:CallerAccount`).
+    pub account: &'a str,
+    /// The service the call came through (`kms:ViaService`); `None` for a direct call.
+    pub via_service: Option<&'a str>,
 }
 
 /// A parsed key policy.
@@ -120,23 +136,26 @@ impl KeyPolicy {
     /// Evaluates `action` (e.g. `kms:Decrypt`) by `principal` on the key `resource`;
     /// the caller's account is the one in `principal`'s ARN.
     pub fn evaluate(&self, principal: &str, action: &str, resource: &str) -> Decision {
-        let account = super::principal_account(principal).unwrap_or_default();
-        self.evaluate_in(principal, account, action, resource)
+        let context = CallerContext {
+            account: super::principal_account(principal).unwrap_or_default(),
+            via_service: None,
+        };
+        self.evaluate_in(principal, context, action, resource)
     }
 
-    /// [`KeyPolicy::evaluate`] for a caller of `caller_account` (the key service knows
-    /// the account of a principal that is not an ARN).
+    /// [`KeyPolicy::evaluate`] with the caller's context (the key service knows the
+    /// account of a principal that is not an ARN, and the service a call came through).
     pub fn evaluate_in(
         &self,
         principal: &str,
-        caller_account: &str,
+        context: CallerContext<'_>,
         action: &str,
         resource: &str,
     ) -> Decision {
         let action = action.to_ascii_lowercase();
         let mut allowed = false;
         for statement in &self.statements {
-            if !statement.applies(principal, caller_account, &action, resource) {
+            if !statement.applies(principal, context, &action, resource) {
                 continue;
             }
             match statement.effect {
@@ -205,44 +224,57 @@ fn parse_statement(value: &Value) -> Result<Statement, KmsError> {
         .map(|a| a.to_ascii_lowercase())
         .collect();
     let resources = strings(fields.get("Resource").unwrap_or(&Value::Null), "Resource")?;
-    let caller_accounts = fields.get("Condition").map(parse_condition).transpose()?;
+    let conditions = match fields.get("Condition") {
+        Some(condition) => parse_condition(condition)?,
+        None => Vec::new(),
+    };
     Ok(Statement {
         effect,
         principals,
         actions,
         resources,
-        caller_accounts,
+        conditions,
     })
 }
 
-/// The only condition atrest evaluates: `{"StringEquals": {"kms:CallerAccount": ..}}`.
-fn parse_condition(value: &Value) -> Result<Vec<String>, KmsError> {
+/// The conditions atrest evaluates: `{"StringEquals": {"kms:CallerAccount": ..,
+/// "kms:ViaService": ..}}` (one or both keys).
+fn parse_condition(value: &Value) -> Result<Vec<(ConditionKey, Vec<String>)>, KmsError> {
     let unsupported = || {
         KmsError::MalformedPolicyDocument(
-            "atrest evaluates only the condition {\"StringEquals\": {\"kms:CallerAccount\": \
-             ACCOUNT}}; rewrite the statement without any other 'Condition'"
+            "atrest evaluates only the conditions {\"StringEquals\": {\"kms:CallerAccount\": \
+             ACCOUNT, \"kms:ViaService\": SERVICE}}; rewrite the statement without any other \
+             'Condition'"
                 .to_owned(),
         )
     };
     let Value::Object(operators) = value else {
         return Err(unsupported());
     };
-    let mut accounts = None;
+    let mut conditions = Vec::new();
     for (operator, keys) in operators {
         let Value::Object(keys) = keys else {
             return Err(unsupported());
         };
-        if operator != "StringEquals" || keys.len() != 1 {
+        if operator != "StringEquals" || keys.is_empty() {
             return Err(unsupported());
         }
-        let (key, values) = keys.iter().next().ok_or_else(unsupported)?;
-        // Condition keys are case-insensitive in AWS.
-        if !key.eq_ignore_ascii_case("kms:CallerAccount") {
-            return Err(unsupported());
+        for (key, values) in keys {
+            // Condition keys are case-insensitive in AWS.
+            let key = if key.eq_ignore_ascii_case("kms:CallerAccount") {
+                ConditionKey::CallerAccount
+            } else if key.eq_ignore_ascii_case("kms:ViaService") {
+                ConditionKey::ViaService
+            } else {
+                return Err(unsupported());
+            };
+            conditions.push((key, strings(values, "Condition")?));
         }
-        accounts = Some(strings(values, "Condition kms:CallerAccount")?);
     }
-    accounts.ok_or_else(unsupported)
+    if conditions.is_empty() {
+        return Err(unsupported());
+    }
+    Ok(conditions)
 }
 
 /// AWS lets a policy name an account by its bare id; that means its root user.
@@ -255,15 +287,24 @@ fn account_to_root(principal: String) -> String {
 }
 
 impl Statement {
-    fn applies(&self, principal: &str, caller_account: &str, action: &str, resource: &str) -> bool {
+    fn applies(
+        &self,
+        principal: &str,
+        context: CallerContext<'_>,
+        action: &str,
+        resource: &str,
+    ) -> bool {
         let principal_matches = match &self.principals {
             Principals::Anyone => true,
             Principals::Arns(arns) => arns.iter().any(|arn| arn == principal),
         };
-        let condition_holds = match &self.caller_accounts {
-            None => true,
-            Some(accounts) => accounts.iter().any(|a| a == caller_account),
-        };
+        let condition_holds = self.conditions.iter().all(|(key, values)| {
+            let actual = match key {
+                ConditionKey::CallerAccount => Some(context.account),
+                ConditionKey::ViaService => context.via_service,
+            };
+            actual.is_some_and(|actual| values.iter().any(|v| v == actual))
+        });
         principal_matches
             && condition_holds
             && self
@@ -510,8 +551,12 @@ mod tests {
             policy.evaluate("arn:aws:iam::111111111111:user/Eve", "kms:Decrypt", KEY),
             Decision::ImplicitDeny
         );
+        let in_000 = CallerContext {
+            account: "000000000000",
+            via_service: None,
+        };
         assert_eq!(
-            policy.evaluate_in("KeyUser", "000000000000", "kms:Decrypt", KEY),
+            policy.evaluate_in("KeyUser", in_000, "kms:Decrypt", KEY),
             Decision::Allow
         );
         assert_eq!(
@@ -521,7 +566,7 @@ mod tests {
         for other in [
             r#"{"StringEquals": {"aws:SourceIp": "10.0.0.1"}}"#,
             r#"{"StringLike": {"kms:CallerAccount": "0*"}}"#,
-            r#"{"StringEquals": {"kms:CallerAccount": "0", "kms:ViaService": "s3"}}"#,
+            r#"{"StringEquals": {"kms:CallerAccount": "0", "aws:SourceIp": "1"}}"#,
             r#"{"StringEquals": {}}"#,
             r#""x""#,
         ] {
@@ -530,5 +575,41 @@ mod tests {
             );
             assert!(KeyPolicy::parse(&text).is_err(), "{other} was accepted");
         }
+    }
+
+    #[test]
+    fn via_service_condition_needs_the_call_to_come_through_that_service() {
+        let policy = KeyPolicy::parse(
+            r#"{"Statement": {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt",
+                "Resource": "*", "Condition": {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}}}"#,
+        )
+        .unwrap();
+        let eve = "arn:aws:iam::111111111111:user/Eve";
+        assert_eq!(
+            policy.evaluate(eve, "kms:Decrypt", KEY),
+            Decision::ImplicitDeny
+        );
+        let through = |service| CallerContext {
+            account: "111111111111",
+            via_service: Some(service),
+        };
+        assert_eq!(
+            policy.evaluate_in(
+                eve,
+                through("s3.us-east-1.amazonaws.com"),
+                "kms:Decrypt",
+                KEY
+            ),
+            Decision::Allow
+        );
+        assert_eq!(
+            policy.evaluate_in(
+                eve,
+                through("kms.us-east-1.amazonaws.com"),
+                "kms:Decrypt",
+                KEY
+            ),
+            Decision::ImplicitDeny
+        );
     }
 }

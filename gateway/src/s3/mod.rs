@@ -588,7 +588,10 @@ impl S3Service {
         };
         let (verified, chain) = sigv4::verify_chained(&view, payload, &expect, ctx.secrets)?;
         let _ = ctx.verified.set(verified.clone());
-        let kms = ctx.kms.as_principal(&verified.principal)?;
+        let kms = ctx
+            .kms
+            .as_principal(&verified.principal)?
+            .through_service(&format!("s3.{}.amazonaws.com", ctx.region));
         let caller = Caller::Signed {
             principal: verified.principal,
             kms,
