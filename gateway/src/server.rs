@@ -1321,11 +1321,25 @@ async fn read_body(
 /// stalls for `stall` (returns `true`), or the reader goes away (at once, even while
 /// waiting for the client). Waiting for the reader to take a piece is not a stall:
 /// only the client's silence is.
+///
+/// The body is not touched before the reader first asks for it (`wanted`): hyper
+/// sends `100 Continue` to an `Expect: 100-continue` request when its body is first
+/// polled, and a request refused before that (signature, access, missing bucket)
+/// must get its refusal instead, its body never sent.
 async fn forward_body(
     mut body: Incoming,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    wanted: tokio::sync::oneshot::Receiver<()>,
     stall: Duration,
 ) -> bool {
+    tokio::select! {
+        () = tx.closed() => return false,
+        asked = wanted => {
+            if asked.is_err() {
+                return false;
+            }
+        }
+    }
     loop {
         let frame = tokio::select! {
             // The handler answered without the rest of the body (a refusal): stop
@@ -1375,16 +1389,17 @@ async fn respond_s3(
     let refusal_parts = S3Parts::of(&parts);
     let verified = Arc::new(OnceLock::new());
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+    let (wanted_tx, wanted_rx) = tokio::sync::oneshot::channel();
     let stall = gateway.limits.body_timeout;
     let handler = {
         let gateway = Arc::clone(&gateway);
         let verified = Arc::clone(&verified);
         let source = source.clone();
         tokio::task::spawn_blocking(move || {
-            gateway.answer_s3(&parts, ChannelReader::new(rx), source, &verified)
+            gateway.answer_s3(&parts, ChannelReader::new(rx, wanted_tx), source, &verified)
         })
     };
-    let (answer, stalled) = tokio::join!(handler, forward_body(body, tx, stall));
+    let (answer, stalled) = tokio::join!(handler, forward_body(body, tx, wanted_rx, stall));
     let answer = match answer {
         _ if stalled => Err(stalled_body(stall)),
         Ok(answer) => answer,

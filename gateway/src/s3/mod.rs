@@ -695,6 +695,7 @@ impl S3Service {
             parts.uri.path(),
             parts.uri.query().unwrap_or(""),
         )?;
+        refuse_customer_key_in_clear(parts)?;
         let (caller, auth) = Self::authenticate(ctx, parts)?;
         let (checksum, decoded_len) = Self::body_claims(&parts.headers, &auth)?;
         let mut body = UploadBody::new(body, auth, decoded_len, checksum);
@@ -1868,6 +1869,30 @@ const SSE_C_KEY: &str = "x-amz-server-side-encryption-customer-key";
 const SSE_C_KEY_MD5: &str = "x-amz-server-side-encryption-customer-key-md5";
 const SSE_C_HEADERS: [&str; 3] = [SSE_C_ALGORITHM, SSE_C_KEY, SSE_C_KEY_MD5];
 
+/// Refuses a request that carries any SSE-C header (the object's or a copy
+/// source's) over plain HTTP, as S3 does: the key has crossed the network in the
+/// clear, and using it would encourage doing so again. Only a connection the server
+/// itself terminated with TLS is marked [`SecureTransport`]; no request header can
+/// claim it.
+fn refuse_customer_key_in_clear(parts: &http::request::Parts) -> Result<(), GatewayError> {
+    if parts.extensions.get::<SecureTransport>().is_some() {
+        return Ok(());
+    }
+    let carries_key = parts.headers.keys().any(|name| {
+        let name = name.as_str();
+        name.starts_with("x-amz-server-side-encryption-customer-")
+            || name.starts_with("x-amz-copy-source-server-side-encryption-customer-")
+    });
+    if carries_key {
+        return Err(GatewayError::InvalidRequest(
+            "Requests specifying Server Side Encryption with Customer provided keys must be \
+             made over a secure connection."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The SSE-C headers of a request: none, or all three, consistent (AES256, a 256-bit
 /// key, its MD5). The key is never logged or echoed; only its MD5 is.
 fn customer_key(headers: &HeaderMap) -> Result<Option<(CustomerKey, String)>, GatewayError> {
@@ -2144,6 +2169,33 @@ fn acl_document(owner_arn: &str, acl: Acl) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn customer_keys_are_refused_in_the_clear_and_taken_over_tls() {
+        let request = |header: &str, tls: bool| {
+            let mut request = http::Request::builder()
+                .method(Method::PUT)
+                .uri("/b/k")
+                .header(header, "AES256")
+                .body(())
+                .unwrap();
+            if tls {
+                request.extensions_mut().insert(SecureTransport);
+            }
+            request.into_parts().0
+        };
+        for header in [
+            SSE_C_ALGORITHM,
+            SSE_C_KEY_MD5,
+            "x-amz-copy-source-server-side-encryption-customer-key",
+        ] {
+            let err = refuse_customer_key_in_clear(&request(header, false)).unwrap_err();
+            assert_eq!((err.s3_status(), &*err.s3_code()), (400, "InvalidRequest"));
+            assert!(err.message().contains("secure connection"), "{err}");
+            refuse_customer_key_in_clear(&request(header, true)).unwrap();
+        }
+        refuse_customer_key_in_clear(&request("x-amz-server-side-encryption", false)).unwrap();
+    }
 
     #[test]
     fn routes_by_method_path_and_subresource() {
