@@ -15,6 +15,7 @@
 //! and checksums follow S3 (the table is `docs/S3.md`).
 
 mod copy;
+mod lifecycle;
 mod multipart;
 pub mod policy;
 pub mod upload;
@@ -91,6 +92,9 @@ pub enum S3Operation {
     PutPublicAccessBlock,
     GetPublicAccessBlock,
     DeletePublicAccessBlock,
+    PutBucketLifecycleConfiguration,
+    GetBucketLifecycleConfiguration,
+    DeleteBucketLifecycle,
 }
 
 impl S3Operation {
@@ -134,6 +138,10 @@ impl S3Operation {
                 "s3:PutBucketPublicAccessBlock"
             }
             Op::GetPublicAccessBlock => "s3:GetBucketPublicAccessBlock",
+            Op::PutBucketLifecycleConfiguration | Op::DeleteBucketLifecycle => {
+                "s3:PutLifecycleConfiguration"
+            }
+            Op::GetBucketLifecycleConfiguration => "s3:GetLifecycleConfiguration",
         }
     }
 }
@@ -245,6 +253,9 @@ impl S3Request {
                 Method::PUT if only("tagging") => Op::PutBucketTagging,
                 Method::GET if only("tagging") => Op::GetBucketTagging,
                 Method::DELETE if only("tagging") => Op::DeleteBucketTagging,
+                Method::PUT if only("lifecycle") => Op::PutBucketLifecycleConfiguration,
+                Method::GET if only("lifecycle") => Op::GetBucketLifecycleConfiguration,
+                Method::DELETE if only("lifecycle") => Op::DeleteBucketLifecycle,
                 Method::GET if only("list-type") => {
                     if query.iter().any(|(n, v)| n == "list-type" && v != "2") {
                         return Err(GatewayError::InvalidArgument(
@@ -1277,6 +1288,19 @@ impl S3Service {
             }
             Op::DeleteBucketTagging => {
                 self.store.put_bucket_tagging(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::PutBucketLifecycleConfiguration => {
+                let config = lifecycle::from_xml(body)?;
+                self.store.put_bucket_lifecycle(bucket, Some(config))?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetBucketLifecycleConfiguration => {
+                let config = self.store.bucket_lifecycle(bucket)?;
+                Ok(S3Answer::xml(lifecycle::document(&config)))
+            }
+            Op::DeleteBucketLifecycle => {
+                self.store.put_bucket_lifecycle(bucket, None)?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::GetObjectAcl => {
