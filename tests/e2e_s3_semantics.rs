@@ -401,3 +401,138 @@ fn expect_100_continue_is_answered_only_for_requests_that_will_be_read() {
     assert_eq!(status, "200", "{log}");
     server.stop();
 }
+
+/// Lifecycle with boto3 and the aws CLI: a rule with Expiration Days and
+/// AbortIncompleteMultipartUpload under a prefix is stored and read back, what atrest
+/// does not apply is refused (501), and the server's sweep (`--lifecycle-interval 1s`,
+/// a lifecycle day shortened to 2 s by the test-only ATREST_TEST_LIFECYCLE_DAY_SECONDS)
+/// deletes the expired objects under the prefix only, puts a delete marker over a
+/// versioned one (its version kept), and aborts the stale upload: its encrypted part
+/// files are gone from the store.
+#[test]
+fn lifecycle_rules_expire_objects_and_abort_stale_uploads() {
+    let home = Home::new();
+    home.run(&["kms", "list-keys"]);
+    let (id, secret) = access_key(&home, USER);
+    let server = home.serve_env(
+        &[
+            ("ATREST_REGION", REGION),
+            ("ATREST_TEST_LIFECYCLE_DAY_SECONDS", "2"),
+        ],
+        &[
+            "s3",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--lifecycle-interval",
+            "1s",
+        ],
+    );
+    let work = home.file("work");
+    std::fs::create_dir(&work).unwrap();
+    let script = r#"
+import json, os, subprocess, time, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name="us-east-1",
+    aws_access_key_id=os.environ["AK"], aws_secret_access_key=os.environ["SK"],
+    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+def code(call, **kwargs):
+    try:
+        call(**kwargs)
+    except ClientError as e:
+        return e.response["Error"]["Code"]
+    raise AssertionError(f"{call.__name__} succeeded")
+rule = {"ID": "logs", "Filter": {"Prefix": "logs/"}, "Status": "Enabled",
+    "Expiration": {"Days": 1}, "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}
+for bucket in ["life", "vlife"]:
+    s3.create_bucket(Bucket=bucket)
+    assert code(s3.get_bucket_lifecycle_configuration, Bucket=bucket) == "NoSuchLifecycleConfiguration"
+s3.put_bucket_versioning(Bucket="vlife", VersioningConfiguration={"Status": "Enabled"})
+for key in ["logs/a", "logs/b", "keep/c"]:
+    s3.put_object(Bucket="life", Key=key, Body=b"lifecycle " + key.encode())
+v = s3.put_object(Bucket="vlife", Key="logs/v", Body=b"versioned")["VersionId"]
+mp = s3.create_multipart_upload(Bucket="life", Key="logs/mp")["UploadId"]
+s3.upload_part(Bucket="life", Key="logs/mp", UploadId=mp, PartNumber=1, Body=b"p" * 1024)
+kept = s3.create_multipart_upload(Bucket="life", Key="keep/mp")["UploadId"]
+for bad in [
+    dict(rule, Transitions=[{"Days": 1, "StorageClass": "GLACIER"}]),
+    dict(rule, NoncurrentVersionExpiration={"NoncurrentDays": 1}),
+    dict(rule, Filter={"Tag": {"Key": "k", "Value": "v"}}),
+]:
+    assert code(s3.put_bucket_lifecycle_configuration, Bucket="life",
+        LifecycleConfiguration={"Rules": [bad]}) == "NotImplemented", bad
+assert code(s3.put_bucket_lifecycle_configuration, Bucket="life",
+    LifecycleConfiguration={"Rules": [rule, rule]}) == "InvalidArgument"
+for bucket in ["life", "vlife"]:
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [rule]})
+got = s3.get_bucket_lifecycle_configuration(Bucket="life")["Rules"]
+assert got == [rule], got
+env = dict(os.environ, AWS_ACCESS_KEY_ID=os.environ["AK"], AWS_SECRET_ACCESS_KEY=os.environ["SK"],
+    AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.path.join(os.environ["WORK"], "none"),
+    AWS_SHARED_CREDENTIALS_FILE=os.path.join(os.environ["WORK"], "none"))
+out = subprocess.run([os.environ["AWS"], "--endpoint-url", os.environ["EP"], "s3api",
+    "get-bucket-lifecycle-configuration", "--bucket", "vlife"], env=env, capture_output=True, text=True)
+assert out.returncode == 0, out
+assert json.loads(out.stdout)["Rules"][0]["Expiration"] == {"Days": 1}, out.stdout
+# The sweep runs every second; a lifecycle day is 2 s. Wait for it (bounded).
+def swept():
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="life").get("Contents", [])]
+    uploads = [u["Key"] for u in s3.list_multipart_uploads(Bucket="life").get("Uploads", [])]
+    versions = s3.list_object_versions(Bucket="vlife")
+    markers = [m["Key"] for m in versions.get("DeleteMarkers", [])]
+    return keys, uploads, markers, versions
+for _ in range(120):
+    keys, uploads, markers, versions = swept()
+    if keys == ["keep/c"] and uploads == ["keep/mp"] and markers == ["logs/v"]:
+        break
+    time.sleep(0.5)
+else:
+    raise AssertionError(f"not swept: {swept()}")
+assert [x["VersionId"] for x in versions["Versions"]] == [v], versions
+assert s3.get_object(Bucket="vlife", Key="logs/v", VersionId=v)["Body"].read() == b"versioned"
+assert code(s3.list_parts, Bucket="life", Key="logs/mp", UploadId=mp) == "NoSuchUpload"
+assert s3.get_object(Bucket="life", Key="keep/c")["Body"].read() == b"lifecycle keep/c"
+s3.delete_bucket_lifecycle(Bucket="life")
+assert code(s3.get_bucket_lifecycle_configuration, Bucket="life") == "NoSuchLifecycleConfiguration"
+print("OK: lifecycle", mp)
+"#;
+    let out = Command::new(venv_bin("python"))
+        .args(["-c", script])
+        .env("EP", format!("http://{}", server.addr))
+        .env("AK", &id)
+        .env("SK", &secret)
+        .env("AWS", venv_bin("aws"))
+        .env("WORK", &work)
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("running python");
+    assert_success(&format!("lifecycle (server log:\n{})", server.log()), &out);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let aborted = stdout
+        .trim()
+        .strip_prefix("OK: lifecycle ")
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_owned();
+    let log = server.log();
+    assert!(
+        log.contains("lifecycle: aborted the multipart upload"),
+        "{log}"
+    );
+    server.stop();
+    // The aborted upload's encrypted parts are gone from the store; the kept
+    // upload's directory is still there.
+    let files = files_under(&home.path().join("s3"));
+    assert!(
+        files
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(&aborted)),
+        "{files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().contains("/uploads/")),
+        "the upload outside the rule's prefix is gone: {files:?}"
+    );
+}

@@ -452,6 +452,8 @@ pub struct Gateway {
     limits: ConnectionLimits,
     /// Refused requests are logged at WARN through this.
     refusal_log: RateLimitedLog,
+    /// The S3 lifecycle sweep's schedule (none: no sweep).
+    lifecycle: Option<crate::s3::LifecycleSchedule>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -477,11 +479,18 @@ impl Gateway {
             s3: None,
             limits: ConnectionLimits::default(),
             refusal_log: RateLimitedLog::default(),
+            lifecycle: None,
         }
     }
 
     /// The same gateway with other connection limits and body timeout (before the
     /// descriptor limit caps them, see [`ConnectionLimits::within`]).
+    /// Applies the buckets' lifecycle rules on `schedule` while serving S3.
+    pub fn with_lifecycle(mut self, schedule: crate::s3::LifecycleSchedule) -> Gateway {
+        self.lifecycle = Some(schedule);
+        self
+    }
+
     pub fn with_limits(mut self, limits: ConnectionLimits) -> Gateway {
         self.limits = limits;
         self
@@ -865,6 +874,9 @@ impl RunningGateway {
             .name("atrest-gateway".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    if let (Some(schedule), true) = (gateway.lifecycle, gateway.s3.is_some()) {
+                        tokio::spawn(sweep_lifecycle(Arc::clone(&gateway), schedule));
+                    }
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
                             serve(listener, gateway, acceptor, async {
@@ -909,6 +921,26 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+/// Runs the S3 lifecycle sweep at start and then every `schedule.interval`, on the
+/// blocking pool, one sweep at a time; it ends with the server's runtime.
+async fn sweep_lifecycle(gateway: Arc<Gateway>, schedule: crate::s3::LifecycleSchedule) {
+    let mut ticks = tokio::time::interval(schedule.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let gateway = Arc::clone(&gateway);
+        let swept = tokio::task::spawn_blocking(move || {
+            if let Some(s3) = &gateway.s3 {
+                s3.apply_lifecycle(gateway.clock.now(), schedule.day);
+            }
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::error!("the lifecycle sweep failed: {e}");
+        }
     }
 }
 

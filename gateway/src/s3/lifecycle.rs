@@ -68,7 +68,9 @@ pub fn from_xml(body: &[u8]) -> Result<LifecycleConfiguration, GatewayError> {
         if expiration != expiration_days.is_some() {
             return Err(malformed("Expiration takes Days"));
         }
-        let abort = rule.element_names().contains(&"AbortIncompleteMultipartUpload");
+        let abort = rule
+            .element_names()
+            .contains(&"AbortIncompleteMultipartUpload");
         let abort_incomplete_days = days(rule, "DaysAfterInitiation")?;
         if abort != abort_incomplete_days.is_some() {
             return Err(malformed(

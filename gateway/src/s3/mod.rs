@@ -562,7 +562,42 @@ fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
     }
 }
 
+/// When the lifecycle sweep runs and how long its day is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifecycleSchedule {
+    /// Time between two sweeps (the first runs when the server starts).
+    pub interval: std::time::Duration,
+    /// The length of a lifecycle day: 24 h, shorter only in tests.
+    pub day: std::time::Duration,
+}
+
+impl LifecycleSchedule {
+    /// A real day.
+    pub const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+}
+
 impl S3Service {
+    /// Runs one lifecycle sweep over every bucket as of `now` and logs what it did:
+    /// each expired object and aborted upload at INFO, each bucket it could not
+    /// finish at WARN (the others are still swept).
+    pub fn apply_lifecycle(&self, now: time::OffsetDateTime, day: std::time::Duration) {
+        let sweep = self.store.apply_lifecycle(now, day);
+        for (bucket, key) in &sweep.expired {
+            tracing::info!(bucket, key, "lifecycle: expired the object");
+        }
+        for (bucket, key, upload_id) in &sweep.aborted {
+            tracing::info!(
+                bucket,
+                key,
+                upload_id,
+                "lifecycle: aborted the multipart upload"
+            );
+        }
+        for (bucket, err) in &sweep.failed {
+            tracing::warn!(bucket, "lifecycle: the sweep of the bucket stopped: {err}");
+        }
+    }
+
     pub fn new(store: ObjectStore) -> S3Service {
         S3Service { store }
     }

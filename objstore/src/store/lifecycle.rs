@@ -189,9 +189,9 @@ impl ObjectStore {
             for upload in self.list_multipart_uploads(bucket)? {
                 let due = rules.iter().any(|rule| {
                     upload.key.starts_with(&rule.prefix)
-                        && rule.abort_incomplete_days.is_some_and(|days| {
-                            older_than(upload.initiated, days, day, now)
-                        })
+                        && rule
+                            .abort_incomplete_days
+                            .is_some_and(|days| older_than(upload.initiated, days, day, now))
                 });
                 if !due {
                     continue;
@@ -246,7 +246,12 @@ mod tests {
     fn age_is_counted_in_lifecycle_days_without_overflow() {
         let then = OffsetDateTime::UNIX_EPOCH;
         let day = Duration::from_secs(10);
-        assert!(!older_than(then, 2, day, then + time::Duration::seconds(19)));
+        assert!(!older_than(
+            then,
+            2,
+            day,
+            then + time::Duration::seconds(19)
+        ));
         assert!(older_than(then, 2, day, then + time::Duration::seconds(20)));
         assert!(!older_than(then, u32::MAX, Duration::MAX, then));
     }
