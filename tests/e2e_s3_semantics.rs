@@ -399,6 +399,46 @@ fn expect_100_continue_is_answered_only_for_requests_that_will_be_read() {
     // The server kept serving after the refusals, and only the allowed key exists.
     let (status, _, log) = put(&user, "/expect/again");
     assert_eq!(status, "200", "{log}");
+
+    // boto3 (which sends Expect: 100-continue with PutObject bodies) on one pooled
+    // connection: refusals by a bucket policy, whose bodies are never sent, alternate
+    // with allowed uploads, and every allowed one arrives whole.
+    let script = r#"
+import json, os, boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+s3 = boto3.client("s3", endpoint_url=os.environ["EP"], region_name="us-east-1",
+    aws_access_key_id=os.environ["AK"], aws_secret_access_key=os.environ["SK"],
+    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+        max_pool_connections=1))
+s3.put_bucket_policy(Bucket="expect", Policy=json.dumps({"Statement": [{"Effect": "Deny",
+    "Principal": "*", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::expect/denied/*"}]}))
+for i in range(3):
+    body = os.urandom(2 * 1024 * 1024)
+    try:
+        s3.put_object(Bucket="expect", Key=f"denied/{i}", Body=body)
+        raise AssertionError("the denied PUT was stored")
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == "AccessDenied", e.response
+    s3.put_object(Bucket="expect", Key=f"allowed/{i}", Body=body)
+    assert s3.get_object(Bucket="expect", Key=f"allowed/{i}")["Body"].read() == body
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket="expect", Prefix="denied/").get("Contents", [])]
+assert keys == [], keys
+print("OK: boto3 100-continue")
+"#;
+    let out = Command::new(venv_bin("python"))
+        .args(["-c", script])
+        .env("EP", format!("http://{}", server.addr))
+        .env("AK", &id)
+        .env("SK", &secret)
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("running python");
+    assert_success(
+        &format!("boto3 with refusals (server log:\n{})", server.log()),
+        &out,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: boto3 100-continue"));
     server.stop();
 }
 
