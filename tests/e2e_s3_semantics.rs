@@ -336,12 +336,14 @@ fn expect_100_continue_is_answered_only_for_requests_that_will_be_read() {
     );
     let body = home.file("body");
     std::fs::write(&body, common::pseudo_random(256 * 1024, 21)).unwrap();
-    let put = |user: &str, url: &str| {
+    // `wait`: how long curl waits for the 100 before it sends the body anyway ("0":
+    // at once, as clients that do not wait do).
+    let put_with = |wait: &str, user: &str, url: &str| {
         let out = Command::new("curl")
             .args(["-sS", "-v", "-o", "/dev/null", "-w", "%{http_code}"])
             .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", user])
             .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .args(["-H", "Expect: 100-continue", "--expect100-timeout", "60"])
+            .args(["-H", "Expect: 100-continue", "--expect100-timeout", wait])
             .arg("-T")
             .arg(&body)
             .arg(format!("http://{}{url}", server.addr))
@@ -351,6 +353,7 @@ fn expect_100_continue_is_answered_only_for_requests_that_will_be_read() {
         let status = String::from_utf8_lossy(&out.stdout).into_owned();
         (status, stderr.contains("< HTTP/1.1 100"), stderr)
     };
+    let put = |user: &str, url: &str| put_with("60", user, url);
     let user = format!("{id}:{secret}");
     let made = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
@@ -377,6 +380,12 @@ fn expect_100_continue_is_answered_only_for_requests_that_will_be_read() {
         let (status, continued, log) = put(user, url);
         assert_eq!(&status, expected, "{url}: {log}");
         assert!(!continued, "{url} was told 100 Continue: {log}");
+    }
+    // A client that sends its body without waiting still gets its refusal (the
+    // unread body does not turn it into a reset).
+    for (user, url, expected) in &refused {
+        let (status, _, log) = put_with("0", user, url);
+        assert_eq!(&status, expected, "{url}, body sent at once: {log}");
     }
     let (status, continued, log) = put(&user, "/expect/allowed");
     assert_eq!(status, "200", "{log}");
