@@ -452,6 +452,8 @@ pub struct Gateway {
     limits: ConnectionLimits,
     /// Refused requests are logged at WARN through this.
     refusal_log: RateLimitedLog,
+    /// The S3 lifecycle sweep's schedule (none: no sweep).
+    lifecycle: Option<crate::s3::LifecycleSchedule>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -477,11 +479,18 @@ impl Gateway {
             s3: None,
             limits: ConnectionLimits::default(),
             refusal_log: RateLimitedLog::default(),
+            lifecycle: None,
         }
     }
 
     /// The same gateway with other connection limits and body timeout (before the
     /// descriptor limit caps them, see [`ConnectionLimits::within`]).
+    /// Applies the buckets' lifecycle rules on `schedule` while serving S3.
+    pub fn with_lifecycle(mut self, schedule: crate::s3::LifecycleSchedule) -> Gateway {
+        self.lifecycle = Some(schedule);
+        self
+    }
+
     pub fn with_limits(mut self, limits: ConnectionLimits) -> Gateway {
         self.limits = limits;
         self
@@ -865,6 +874,9 @@ impl RunningGateway {
             .name("atrest-gateway".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    if let (Some(schedule), true) = (gateway.lifecycle, gateway.s3.is_some()) {
+                        tokio::spawn(sweep_lifecycle(Arc::clone(&gateway), schedule));
+                    }
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
                             serve(listener, gateway, acceptor, async {
@@ -909,6 +921,26 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+/// Runs the S3 lifecycle sweep at start and then every `schedule.interval`, on the
+/// blocking pool, one sweep at a time; it ends with the server's runtime.
+async fn sweep_lifecycle(gateway: Arc<Gateway>, schedule: crate::s3::LifecycleSchedule) {
+    let mut ticks = tokio::time::interval(schedule.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let gateway = Arc::clone(&gateway);
+        let swept = tokio::task::spawn_blocking(move || {
+            if let Some(s3) = &gateway.s3 {
+                s3.apply_lifecycle(gateway.clock.now(), schedule.day);
+            }
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::error!("the lifecycle sweep failed: {e}");
+        }
     }
 }
 
@@ -1321,11 +1353,25 @@ async fn read_body(
 /// stalls for `stall` (returns `true`), or the reader goes away (at once, even while
 /// waiting for the client). Waiting for the reader to take a piece is not a stall:
 /// only the client's silence is.
+///
+/// The body is not touched before the reader first asks for it (`wanted`): hyper
+/// sends `100 Continue` to an `Expect: 100-continue` request when its body is first
+/// polled, and a request refused before that (signature, access, missing bucket)
+/// must get its refusal instead, its body never sent.
 async fn forward_body(
     mut body: Incoming,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    wanted: tokio::sync::oneshot::Receiver<()>,
     stall: Duration,
 ) -> bool {
+    tokio::select! {
+        () = tx.closed() => return false,
+        asked = wanted => {
+            if asked.is_err() {
+                return false;
+            }
+        }
+    }
     loop {
         let frame = tokio::select! {
             // The handler answered without the rest of the body (a refusal): stop
@@ -1375,16 +1421,17 @@ async fn respond_s3(
     let refusal_parts = S3Parts::of(&parts);
     let verified = Arc::new(OnceLock::new());
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_QUEUE);
+    let (wanted_tx, wanted_rx) = tokio::sync::oneshot::channel();
     let stall = gateway.limits.body_timeout;
     let handler = {
         let gateway = Arc::clone(&gateway);
         let verified = Arc::clone(&verified);
         let source = source.clone();
         tokio::task::spawn_blocking(move || {
-            gateway.answer_s3(&parts, ChannelReader::new(rx), source, &verified)
+            gateway.answer_s3(&parts, ChannelReader::new(rx, wanted_tx), source, &verified)
         })
     };
-    let (answer, stalled) = tokio::join!(handler, forward_body(body, tx, stall));
+    let (answer, stalled) = tokio::join!(handler, forward_body(body, tx, wanted_rx, stall));
     let answer = match answer {
         _ if stalled => Err(stalled_body(stall)),
         Ok(answer) => answer,

@@ -525,6 +525,11 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
         r.text()
     );
     let r = e.send("GET", "/data", "lifecycle", &[], b"", &e.signed());
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (404, "NoSuchLifecycleConfiguration")
+    );
+    let r = e.send("GET", "/data", "cors", &[], b"", &e.signed());
     assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
 }
 

@@ -90,6 +90,9 @@ pub enum Error {
     /// GetBucketPolicy of a bucket without one.
     #[error("NoSuchBucketPolicy: The bucket policy does not exist (bucket '{bucket}')")]
     NoSuchBucketPolicy { bucket: String },
+    /// GetBucketLifecycleConfiguration of a bucket without one.
+    #[error("NoSuchLifecycleConfiguration: The lifecycle configuration does not exist (bucket '{bucket}')")]
+    NoSuchLifecycleConfiguration { bucket: String },
     /// GetPublicAccessBlock of a bucket without one.
     #[error("NoSuchPublicAccessBlockConfiguration: The public access block configuration was not found (bucket '{bucket}')")]
     NoSuchPublicAccessBlock { bucket: String },
@@ -152,6 +155,7 @@ impl Error {
             Error::MalformedPolicy(_) => "MalformedPolicy",
             Error::NoSuchPublicAccessBlock { .. } => "NoSuchPublicAccessBlockConfiguration",
             Error::NoSuchBucketPolicy { .. } => "NoSuchBucketPolicy",
+            Error::NoSuchLifecycleConfiguration { .. } => "NoSuchLifecycleConfiguration",
             Error::DeleteMarker { .. } => "MethodNotAllowed",
             Error::NoSuchTagSet { .. } => "NoSuchTagSet",
             Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => "InvalidRequest",
@@ -173,6 +177,7 @@ impl Error {
             | Error::NoSuchTagSet { .. }
             | Error::NoSuchVersion { .. }
             | Error::NoSuchBucketPolicy { .. }
+            | Error::NoSuchLifecycleConfiguration { .. }
             | Error::NoSuchPublicAccessBlock { .. } => 404,
             Error::MalformedPolicy(_) => 400,
             Error::DeleteMarker { .. } => 405,

@@ -41,6 +41,9 @@ pub use list::{marker_token, ListObjectsRequest, MAX_KEYS};
 pub use names::{bucket_arn, object_arn, validate_bucket_name, validate_object_key};
 pub use range::ByteRange;
 pub use reader::ObjectReader;
+pub use store::lifecycle::{
+    LifecycleConfiguration, LifecycleRule, LifecycleSweep, MAX_LIFECYCLE_RULES, MAX_RULE_ID,
+};
 pub use store::multipart::{
     CompletedPart, MultipartUpload, PartInfo, MAX_PART_NUMBER, MIN_PART_SIZE,
 };

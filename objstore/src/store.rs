@@ -44,6 +44,7 @@ use crate::range::ByteRange;
 use crate::reader::ObjectReader;
 use crate::Error;
 
+pub(crate) mod lifecycle;
 pub(crate) mod multipart;
 pub(crate) mod versions;
 
@@ -233,6 +234,9 @@ pub struct BucketInfo {
     /// PutBucketVersioning (absent: never configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versioning: Option<Versioning>,
+    /// PutBucketLifecycleConfiguration (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<lifecycle::LifecycleConfiguration>,
 }
 
 /// What a PUT says about server-side encryption (`x-amz-server-side-encryption*`).
@@ -698,6 +702,7 @@ impl ObjectStore {
             policy: None,
             public_access_block: None,
             versioning: None,
+            lifecycle: None,
         };
         let staged = self.staging_dir().join(random_name(".bucket"));
         create_dir_private(&staged.join(OBJECTS_DIR))?;

@@ -83,6 +83,24 @@ pub struct KmsServeArgs {
     limits: LimitArgs,
 }
 
+/// Test-only: the length of a lifecycle day in seconds, so tests can expire objects
+/// without waiting days. Not a user setting (it is neither a flag nor in the help).
+const LIFECYCLE_DAY_ENV: &str = "ATREST_TEST_LIFECYCLE_DAY_SECONDS";
+
+fn lifecycle_schedule(interval: Duration) -> anyhow::Result<gateway::s3::LifecycleSchedule> {
+    let day = match std::env::var(LIFECYCLE_DAY_ENV) {
+        Ok(text) => match text.parse::<u64>() {
+            Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
+            _ => anyhow::bail!("{LIFECYCLE_DAY_ENV} must be a positive number of seconds"),
+        },
+        Err(_) => gateway::s3::LifecycleSchedule::DAY,
+    };
+    if interval.is_zero() {
+        anyhow::bail!("--lifecycle-interval must be longer than 0");
+    }
+    Ok(gateway::s3::LifecycleSchedule { interval, day })
+}
+
 /// Serves the key service of `globals`' home until SIGINT or SIGTERM.
 pub fn serve_kms(args: KmsServeArgs, globals: &Globals, kms: LocalKms) -> anyhow::Result<()> {
     serve(
@@ -93,6 +111,7 @@ pub fn serve_kms(args: KmsServeArgs, globals: &Globals, kms: LocalKms) -> anyhow
             kms: true,
             s3: false,
         },
+        None,
     )
 }
 
@@ -124,35 +143,47 @@ pub struct S3ServeArgs {
     /// Write a signed trail digest this often (and once at shutdown): e.g. 1h, 5m.
     #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
     digest_interval: Duration,
+    /// Apply the buckets' lifecycle rules (Expiration, AbortIncompleteMultipartUpload)
+    /// at start and then this often: e.g. 1h, 10m.
+    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    lifecycle_interval: Duration,
     #[command(flatten)]
     limits: LimitArgs,
 }
 
 pub fn run_s3(cmd: S3Command, globals: &Globals) -> anyhow::Result<()> {
     match cmd {
-        S3Command::Serve(args) => serve(
-            args.into(),
-            globals,
-            local_kms(globals)?,
-            Services {
-                kms: false,
-                s3: true,
-            },
-        ),
+        S3Command::Serve(args) => {
+            let lifecycle = lifecycle_schedule(args.lifecycle_interval)?;
+            serve(
+                args.into(),
+                globals,
+                local_kms(globals)?,
+                Services {
+                    kms: false,
+                    s3: true,
+                },
+                Some(lifecycle),
+            )
+        }
     }
 }
 
 pub fn run_gateway(cmd: GatewayCommand, globals: &Globals) -> anyhow::Result<()> {
     match cmd {
-        GatewayCommand::Serve(args) => serve(
-            args.into(),
-            globals,
-            local_kms(globals)?,
-            Services {
-                kms: true,
-                s3: true,
-            },
-        ),
+        GatewayCommand::Serve(args) => {
+            let lifecycle = lifecycle_schedule(args.lifecycle_interval)?;
+            serve(
+                args.into(),
+                globals,
+                local_kms(globals)?,
+                Services {
+                    kms: true,
+                    s3: true,
+                },
+                Some(lifecycle),
+            )
+        }
     }
 }
 
@@ -188,6 +219,7 @@ fn serve(
     globals: &Globals,
     kms: LocalKms,
     services: Services,
+    lifecycle: Option<gateway::s3::LifecycleSchedule>,
 ) -> anyhow::Result<()> {
     super::nbd::harden()?;
     let home = globals.home()?;
@@ -204,6 +236,9 @@ fn serve(
     let mut gateway = Gateway::new(kms, &home).with_limits(args.limits.into());
     if services.s3 {
         gateway = gateway.with_s3(ObjectStore::open(&home)?);
+    }
+    if let Some(schedule) = lifecycle {
+        gateway = gateway.with_lifecycle(schedule);
     }
     if !services.kms {
         gateway = gateway.without_kms_api();

@@ -15,6 +15,7 @@
 //! and checksums follow S3 (the table is `docs/S3.md`).
 
 mod copy;
+mod lifecycle;
 mod multipart;
 pub mod policy;
 pub mod upload;
@@ -91,6 +92,9 @@ pub enum S3Operation {
     PutPublicAccessBlock,
     GetPublicAccessBlock,
     DeletePublicAccessBlock,
+    PutBucketLifecycleConfiguration,
+    GetBucketLifecycleConfiguration,
+    DeleteBucketLifecycle,
 }
 
 impl S3Operation {
@@ -134,6 +138,10 @@ impl S3Operation {
                 "s3:PutBucketPublicAccessBlock"
             }
             Op::GetPublicAccessBlock => "s3:GetBucketPublicAccessBlock",
+            Op::PutBucketLifecycleConfiguration | Op::DeleteBucketLifecycle => {
+                "s3:PutLifecycleConfiguration"
+            }
+            Op::GetBucketLifecycleConfiguration => "s3:GetLifecycleConfiguration",
         }
     }
 }
@@ -245,6 +253,9 @@ impl S3Request {
                 Method::PUT if only("tagging") => Op::PutBucketTagging,
                 Method::GET if only("tagging") => Op::GetBucketTagging,
                 Method::DELETE if only("tagging") => Op::DeleteBucketTagging,
+                Method::PUT if only("lifecycle") => Op::PutBucketLifecycleConfiguration,
+                Method::GET if only("lifecycle") => Op::GetBucketLifecycleConfiguration,
+                Method::DELETE if only("lifecycle") => Op::DeleteBucketLifecycle,
                 Method::GET if only("list-type") => {
                     if query.iter().any(|(n, v)| n == "list-type" && v != "2") {
                         return Err(GatewayError::InvalidArgument(
@@ -551,7 +562,42 @@ fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
     }
 }
 
+/// When the lifecycle sweep runs and how long its day is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifecycleSchedule {
+    /// Time between two sweeps (the first runs when the server starts).
+    pub interval: std::time::Duration,
+    /// The length of a lifecycle day: 24 h, shorter only in tests.
+    pub day: std::time::Duration,
+}
+
+impl LifecycleSchedule {
+    /// A real day.
+    pub const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+}
+
 impl S3Service {
+    /// Runs one lifecycle sweep over every bucket as of `now` and logs what it did:
+    /// each expired object and aborted upload at INFO, each bucket it could not
+    /// finish at WARN (the others are still swept).
+    pub fn apply_lifecycle(&self, now: time::OffsetDateTime, day: std::time::Duration) {
+        let sweep = self.store.apply_lifecycle(now, day);
+        for (bucket, key) in &sweep.expired {
+            tracing::info!(bucket, key, "lifecycle: expired the object");
+        }
+        for (bucket, key, upload_id) in &sweep.aborted {
+            tracing::info!(
+                bucket,
+                key,
+                upload_id,
+                "lifecycle: aborted the multipart upload"
+            );
+        }
+        for (bucket, err) in &sweep.failed {
+            tracing::warn!(bucket, "lifecycle: the sweep of the bucket stopped: {err}");
+        }
+    }
+
     pub fn new(store: ObjectStore) -> S3Service {
         S3Service { store }
     }
@@ -698,6 +744,7 @@ impl S3Service {
             parts.uri.path(),
             parts.uri.query().unwrap_or(""),
         )?;
+        refuse_customer_key_in_clear(parts)?;
         let (caller, auth) = Self::authenticate(ctx, parts)?;
         let (checksum, decoded_len) = Self::body_claims(&parts.headers, &auth)?;
         let mut body = UploadBody::new(body, auth, decoded_len, checksum);
@@ -1279,6 +1326,19 @@ impl S3Service {
             }
             Op::DeleteBucketTagging => {
                 self.store.put_bucket_tagging(bucket, None)?;
+                Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+            }
+            Op::PutBucketLifecycleConfiguration => {
+                let config = lifecycle::from_xml(body)?;
+                self.store.put_bucket_lifecycle(bucket, Some(config))?;
+                Ok(S3Answer::empty(StatusCode::OK))
+            }
+            Op::GetBucketLifecycleConfiguration => {
+                let config = self.store.bucket_lifecycle(bucket)?;
+                Ok(S3Answer::xml(lifecycle::document(&config)))
+            }
+            Op::DeleteBucketLifecycle => {
+                self.store.put_bucket_lifecycle(bucket, None)?;
                 Ok(S3Answer::empty(StatusCode::NO_CONTENT))
             }
             Op::GetObjectAcl => {
@@ -1871,6 +1931,30 @@ const SSE_C_KEY: &str = "x-amz-server-side-encryption-customer-key";
 const SSE_C_KEY_MD5: &str = "x-amz-server-side-encryption-customer-key-md5";
 const SSE_C_HEADERS: [&str; 3] = [SSE_C_ALGORITHM, SSE_C_KEY, SSE_C_KEY_MD5];
 
+/// Refuses a request that carries any SSE-C header (the object's or a copy
+/// source's) over plain HTTP, as S3 does: the key has crossed the network in the
+/// clear, and using it would encourage doing so again. Only a connection the server
+/// itself terminated with TLS is marked [`SecureTransport`]; no request header can
+/// claim it.
+fn refuse_customer_key_in_clear(parts: &http::request::Parts) -> Result<(), GatewayError> {
+    if parts.extensions.get::<SecureTransport>().is_some() {
+        return Ok(());
+    }
+    let carries_key = parts.headers.keys().any(|name| {
+        let name = name.as_str();
+        name.starts_with("x-amz-server-side-encryption-customer-")
+            || name.starts_with("x-amz-copy-source-server-side-encryption-customer-")
+    });
+    if carries_key {
+        return Err(GatewayError::InvalidRequest(
+            "Requests specifying Server Side Encryption with Customer provided keys must be \
+             made over a secure connection."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The SSE-C headers of a request: none, or all three, consistent (AES256, a 256-bit
 /// key, its MD5). The key is never logged or echoed; only its MD5 is.
 fn customer_key(headers: &HeaderMap) -> Result<Option<(CustomerKey, String)>, GatewayError> {
@@ -2147,6 +2231,33 @@ fn acl_document(owner_arn: &str, acl: Acl) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn customer_keys_are_refused_in_the_clear_and_taken_over_tls() {
+        let request = |header: &str, tls: bool| {
+            let mut request = http::Request::builder()
+                .method(Method::PUT)
+                .uri("/b/k")
+                .header(header, "AES256")
+                .body(())
+                .unwrap();
+            if tls {
+                request.extensions_mut().insert(SecureTransport);
+            }
+            request.into_parts().0
+        };
+        for header in [
+            SSE_C_ALGORITHM,
+            SSE_C_KEY_MD5,
+            "x-amz-copy-source-server-side-encryption-customer-key",
+        ] {
+            let err = refuse_customer_key_in_clear(&request(header, false)).unwrap_err();
+            assert_eq!((err.s3_status(), &*err.s3_code()), (400, "InvalidRequest"));
+            assert!(err.message().contains("secure connection"), "{err}");
+            refuse_customer_key_in_clear(&request(header, true)).unwrap();
+        }
+        refuse_customer_key_in_clear(&request("x-amz-server-side-encryption", false)).unwrap();
+    }
 
     #[test]
     fn routes_by_method_path_and_subresource() {

@@ -30,14 +30,22 @@ const MAX_CHUNK: u64 = 64 << 20;
 #[derive(Debug)]
 pub struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
+    /// Fired on the first read: the connection task starts reading the body (and
+    /// so lets hyper answer `Expect: 100-continue` with 100) only then, so a request
+    /// refused before its body is wanted gets its final status instead of a 100.
+    wanted: Option<tokio::sync::oneshot::Sender<()>>,
     current: Bytes,
     failed: bool,
 }
 
 impl ChannelReader {
-    pub fn new(rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>) -> ChannelReader {
+    pub fn new(
+        rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
+        wanted: tokio::sync::oneshot::Sender<()>,
+    ) -> ChannelReader {
         ChannelReader {
             rx,
+            wanted: Some(wanted),
             current: Bytes::new(),
             failed: false,
         }
@@ -54,6 +62,11 @@ impl Read for ChannelReader {
             }
             if self.failed {
                 return Err(io::Error::other("the request body could not be read"));
+            }
+            if let Some(wanted) = self.wanted.take() {
+                // The connection task is gone when this fails; the receive below
+                // then ends the body.
+                let _ = wanted.send(());
             }
             match self.rx.blocking_recv() {
                 Some(Ok(bytes)) => self.current = bytes,

@@ -161,6 +161,45 @@ impl<'a> XmlDocument<'a> {
         Ok(found)
     }
 
+    /// The inside of every `<tag>...</tag>` element (markup kept), in document order,
+    /// each readable as a document of its own. `tag` must not nest in itself.
+    pub fn children(&self, tag: &str) -> Result<Vec<XmlDocument<'a>>, GatewayError> {
+        let open = format!("<{tag}>");
+        let close = format!("</{tag}>");
+        let mut found = Vec::new();
+        let mut rest = self.text;
+        while let Some(start) = rest.find(&open) {
+            let after = &rest[start + open.len()..];
+            let end = after.find(&close).ok_or_else(|| {
+                GatewayError::MalformedXml(format!("the element {tag} is not closed"))
+            })?;
+            found.push(XmlDocument {
+                text: &after[..end],
+            });
+            rest = &after[end + close.len()..];
+        }
+        Ok(found)
+    }
+
+    /// The local name of every element opened in the document (`<a>`, `<a/>`,
+    /// `<p:a x="1">`), in document order.
+    pub fn element_names(&self) -> Vec<&'a str> {
+        let mut names = Vec::new();
+        let mut rest = self.text;
+        while let Some(start) = rest.find('<') {
+            rest = &rest[start + 1..];
+            if rest.starts_with(['/', '?', '!']) {
+                continue;
+            }
+            let name = rest
+                .split(|c: char| c == '>' || c == '/' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            names.push(name.rsplit(':').next().unwrap_or(name));
+        }
+        names
+    }
+
     /// The text of the one `<tag>` element, if any; two are an error.
     pub fn get(&self, tag: &str) -> Result<Option<String>, GatewayError> {
         let mut all = self.all(tag)?;
