@@ -206,6 +206,63 @@ pub fn verify_chained(
     ))
 }
 
+/// Verifies the signature of a browser upload's POST policy (S3 `POST /BUCKET`): the
+/// form's `x-amz-signature` is the hex HMAC-SHA256 of the base64 `policy` field under
+/// the signing key of `x-amz-credential`'s scope, whose date must be `x-amz-date`'s
+/// and whose region and service must be this endpoint's. The policy's own
+/// `expiration` bounds how long the form may be used (checked by the caller); a date
+/// more than 15 minutes ahead of the clock is refused.
+pub fn verify_post_policy(
+    policy: &str,
+    credential: &str,
+    date: &str,
+    signature: &str,
+    expect: &Expectations<'_>,
+    secrets: &dyn SecretLookup,
+) -> Result<Verified, GatewayError> {
+    let (access_key_id, scope) = parse_credential(credential)?;
+    let presented = PresentedSignature {
+        access_key_id,
+        scope,
+        signed_headers: Vec::new(),
+        signature: parse_signature(signature)?,
+        amz_date: date.to_owned(),
+        request_time: parse_amz_date(date)?,
+        location: SignatureLocation::Header,
+        session_token: None,
+    };
+    let (secret, principal) = secrets.lookup(&presented.access_key_id)?;
+    check_scope(&presented, expect)?;
+    let latest = expect.now + MAX_CLOCK_SKEW;
+    if presented.request_time > latest {
+        return Err(GatewayError::ClockSkew(format!(
+            "Signature not yet current: {} is still later than {} ({} + 15 min.)",
+            presented.amz_date,
+            amz_date(latest),
+            amz_date(expect.now)
+        )));
+    }
+    let key = signing_key(secret.as_bytes(), &presented.scope);
+    let mut mac = HmacSha256::new_from_slice(key.as_slice())
+        .map_err(|_| GatewayError::InvalidSignature("signing key of the wrong size".into()))?;
+    mac.update(policy.as_bytes());
+    mac.verify_slice(&presented.signature)
+        .map_err(|_| signature_mismatch())?;
+    Ok(Verified {
+        access_key_id: presented.access_key_id,
+        principal,
+    })
+}
+
+/// Signs a POST policy (what a client such as boto3's `generate_presigned_post` does).
+pub fn sign_post_policy(signer: &Signer<'_>, policy: &str) -> String {
+    let key = signing_key(
+        signer.credentials.secret_access_key.as_bytes(),
+        &signer.scope,
+    );
+    hex::encode(hmac(key.as_slice(), policy.as_bytes()).as_slice())
+}
+
 fn signature_mismatch() -> GatewayError {
     GatewayError::InvalidSignature(
         "The request signature we calculated does not match the signature you provided. \
