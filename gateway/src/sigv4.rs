@@ -1275,4 +1275,61 @@ mod tests {
         assert_eq!(claimed(Some("AWS4-HMAC-SHA256 Credential=/x"), ""), None);
         assert_eq!(claimed(None, "a=%zz"), None);
     }
+
+    struct OneKey;
+
+    impl SecretLookup for OneKey {
+        fn lookup(&self, id: &str) -> Result<(Zeroizing<String>, String), GatewayError> {
+            match id {
+                "AKIDPOST" => Ok((
+                    Zeroizing::new("secret".to_owned()),
+                    "arn:aws:iam::000000000000:user/u".to_owned(),
+                )),
+                _ => Err(GatewayError::UnrecognizedClient("unknown".into())),
+            }
+        }
+    }
+
+    #[test]
+    fn post_policies_verify_under_their_credential_scope() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let credentials = SigningCredentials {
+            access_key_id: "AKIDPOST".into(),
+            secret_access_key: Zeroizing::new("secret".into()),
+            session_token: None,
+        };
+        let signer = Signer::new(&credentials, "us-east-1", "s3", now);
+        let signature = sign_post_policy(&signer, "cG9saWN5");
+        let credential = format!("AKIDPOST/{}/us-east-1/s3/aws4_request", signer.scope.date);
+        let date = amz_date(now);
+        let expect = Expectations {
+            service: "s3",
+            region: "us-east-1",
+            now,
+            path_encoding: PathEncoding::Single,
+        };
+        let verify = |policy: &str, credential: &str, date: &str, expect: &Expectations<'_>| {
+            verify_post_policy(policy, credential, date, &signature, expect, &OneKey)
+        };
+        let verified = verify("cG9saWN5", &credential, &date, &expect).unwrap();
+        assert_eq!(verified.principal, "arn:aws:iam::000000000000:user/u");
+        // Another policy, another region or service, a date outside the scope's day,
+        // a date well ahead of the clock, an unknown key: refused.
+        let mismatch = verify("cG9saWN6", &credential, &date, &expect).unwrap_err();
+        assert_eq!(mismatch.s3_code(), "SignatureDoesNotMatch");
+        let elsewhere = credential.replace("us-east-1", "eu-west-1");
+        assert!(verify("cG9saWN5", &elsewhere, &date, &expect).is_err());
+        let kms = credential.replace("/s3/", "/kms/");
+        assert!(verify("cG9saWN5", &kms, &date, &expect).is_err());
+        let later = amz_date(now + Duration::days(1));
+        assert!(verify("cG9saWN5", &credential, &later, &expect).is_err());
+        let earlier = Expectations {
+            now: now - Duration::hours(1),
+            ..expect
+        };
+        let skew = verify("cG9saWN5", &credential, &date, &earlier).unwrap_err();
+        assert_eq!(skew.s3_code(), "RequestTimeTooSkewed");
+        let unknown = credential.replace("AKIDPOST", "AKIDOTHER");
+        assert!(verify("cG9saWN5", &unknown, &date, &expect).is_err());
+    }
 }

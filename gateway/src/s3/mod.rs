@@ -2297,6 +2297,7 @@ mod tests {
                 .s3_code(),
             "NotImplemented"
         );
+        assert_eq!(route(Method::POST, "/b", "").unwrap(), Op::PostObject);
         assert_eq!(
             route(Method::POST, "/", "").unwrap_err().s3_code(),
             "MethodNotAllowed"
