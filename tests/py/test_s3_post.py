@@ -119,6 +119,13 @@ check(got["Metadata"] == {"origin": "browser"}, str(got["Metadata"]))
 check(got["ContentType"] == "text/plain", got["ContentType"])
 check(got["ServerSideEncryption"] == "AES256", "not SSE-S3 by default")
 
+step("a 5 MiB file holding boundary-like bytes streams through whole")
+big = b"".join(os.urandom(65521) + b"\r\n--" + os.urandom(7) + b"\r\n" for _ in range(80))
+signed = form("big.bin", conditions=[["content-length-range", len(big), len(big)]])
+r = post(signed, big)
+check(r.status_code == 204, f"{r.status_code} {r.text}")
+check(S3.get_object(Bucket=BUCKET, Key="big.bin")["Body"].read() == big, "the big file differs")
+
 step("success_action_status 201: the XML PostResponse")
 signed = form("status/201.bin", fields={"success_action_status": "201"},
               conditions=[{"success_action_status": "201"}, RANGE])
@@ -210,6 +217,10 @@ signed = form("refused/extra.bin")
 r = post(signed, MARKER, fields={"x-amz-meta-extra": "1"})
 refused(r, 403, "AccessDenied", "refused/extra.bin", "a field outside the policy")
 check("Extra input fields: x-amz-meta-extra" in r.text, r.text)
+
+ssec = {"x-amz-server-side-encryption-customer-algorithm": "AES256"}
+signed = form("refused/ssec.bin", fields=ssec, conditions=[ssec])
+refused(post(signed, MARKER), 501, "NotImplemented", "refused/ssec.bin", "SSE-C in a form")
 
 signed = form("refused/other.bin", who="other")
 refused(post(signed, MARKER), 403, "AccessDenied", "refused/other.bin", "another account")
