@@ -65,6 +65,12 @@ fn browser_post_policy_uploads_are_signed_checked_and_encrypted() {
     let files = files_under(&home.path().join("s3"));
     assert!(files.len() > 5, "{files:?}");
     for path in &files {
+        // Refused uploads leave no temporary file behind either.
+        assert!(
+            !path.to_string_lossy().ends_with(".tmp"),
+            "{} left behind",
+            path.display()
+        );
         let stored = std::fs::read(path).unwrap();
         assert!(
             !contains(&stored, MARKER),
