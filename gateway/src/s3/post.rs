@@ -85,8 +85,20 @@ struct Form<'r> {
     delimiter: Vec<u8>,
 }
 
+/// Where `needle` (non-empty) first starts in `haystack`: a scan for its first byte,
+/// then a compare (the file's bytes pass through here once each).
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let first = *needle.first()?;
+    let mut from = 0;
+    while let Some(at) = haystack[from..].iter().position(|&b| b == first) {
+        let start = from + at;
+        match haystack.get(start..start + needle.len()) {
+            Some(candidate) if candidate == needle => return Some(start),
+            Some(_) => from = start + 1,
+            None => return None,
+        }
+    }
+    None
 }
 
 /// A part's `Content-Disposition: form-data; name="..."; filename="..."`.
@@ -866,6 +878,14 @@ mod tests {
             let err = Policy::parse(bad).unwrap_err();
             assert_eq!(err.s3_code(), "InvalidPolicyDocument", "{bad}");
         }
+    }
+
+    #[test]
+    fn find_locates_the_first_whole_needle() {
+        assert_eq!(find(b"ab\r\n-\r\n--B", b"\r\n--B"), Some(5));
+        assert_eq!(find(b"ab\r\n--", b"\r\n--B"), None);
+        assert_eq!(find(b"", b"\r\n"), None);
+        assert_eq!(find(b"\r\n", b"\r\n"), Some(0));
     }
 
     #[test]
