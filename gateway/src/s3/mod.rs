@@ -18,7 +18,7 @@ mod copy;
 mod lifecycle;
 mod multipart;
 pub mod policy;
-mod post;
+pub mod post;
 pub mod upload;
 pub mod xml;
 

@@ -548,6 +548,83 @@ fn object_location(parts: &http::request::Parts, bucket: &str, key: &str) -> Str
     )
 }
 
+/// Reads a form up to its `file` part: the fields before it (names lowercase) and
+/// the file's name, leaving the form at the file's first byte.
+fn open_form<'r>(
+    headers: &HeaderMap,
+    body: &'r mut dyn BufRead,
+) -> Result<(Form<'r>, BTreeMap<String, String>, String), GatewayError> {
+    let boundary = boundary(headers)?;
+    let mut form = Form {
+        src: body,
+        // The body's first delimiter has no CRLF before it.
+        buf: b"\r\n".to_vec(),
+        delimiter: format!("\r\n--{boundary}").into_bytes(),
+    };
+    form.until_delimiter(MAX_PADDING)?;
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut used = 0usize;
+    let filename = loop {
+        if !form.another_part()? {
+            return Err(form_error(
+                "InvalidArgument",
+                "POST requires exactly one file upload per request.",
+            ));
+        }
+        let budget = MAX_PRE_DATA.saturating_sub(used);
+        let (disposition, took) = form.part_headers(budget)?;
+        used += took;
+        let name = disposition.name.to_ascii_lowercase();
+        if name == "file" {
+            break disposition.filename.unwrap_or_default();
+        }
+        let value = form.until_delimiter(MAX_PRE_DATA.saturating_sub(used))?;
+        used += value.len();
+        let value = String::from_utf8(value)
+            .map_err(|_| malformed(format!("the form field '{name}' is not UTF-8")))?;
+        if fields.insert(name.clone(), value).is_some() {
+            return Err(form_error(
+                "InvalidArgument",
+                format!("the form field '{name}' is given more than once"),
+            ));
+        }
+    };
+    Ok((form, fields, filename))
+}
+
+/// What the endpoint reads of an untrusted form without a key service or store: its
+/// fields and file (`content_type` is the request's header), the policy in its
+/// `policy` field checked against them (signature aside) and the file streamed
+/// within the policy's content-length-range. Returns the file's bytes. The fuzz
+/// target `s3_post_form` drives this.
+pub fn read_form(content_type: &str, body: &[u8]) -> Result<Vec<u8>, GatewayError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type)
+            .map_err(|_| malformed("the Content-Type is not header text"))?,
+    );
+    let mut src = body;
+    let (mut form, mut fields, filename) = open_form(&headers, &mut src)?;
+    let policy = Policy::parse(fields.get("policy").map_or("", String::as_str))?;
+    let key = fields
+        .get("key")
+        .map(|key| key.replace("${filename}", &filename))
+        .unwrap_or_default();
+    fields.insert("key".into(), key);
+    policy.check(&fields, "bucket")?;
+    let mut file = FileReader {
+        form: &mut form,
+        range: policy.length_range(),
+        read: 0,
+        done: false,
+    };
+    let mut out = Vec::new();
+    file.read_to_end(&mut out)
+        .map_err(UploadBody::<&mut dyn BufRead>::error_of)?;
+    Ok(out)
+}
+
 impl S3Service {
     /// `POST /BUCKET`: a browser upload (see the module docs).
     pub(super) fn post_object(
@@ -557,41 +634,7 @@ impl S3Service {
         bucket: &str,
         body: &mut dyn BufRead,
     ) -> Result<S3Answer, GatewayError> {
-        let boundary = boundary(&parts.headers)?;
-        let mut form = Form {
-            src: body,
-            // The body's first delimiter has no CRLF before it.
-            buf: b"\r\n".to_vec(),
-            delimiter: format!("\r\n--{boundary}").into_bytes(),
-        };
-        form.until_delimiter(MAX_PADDING)?;
-        let mut fields: BTreeMap<String, String> = BTreeMap::new();
-        let mut used = 0usize;
-        let filename = loop {
-            if !form.another_part()? {
-                return Err(form_error(
-                    "InvalidArgument",
-                    "POST requires exactly one file upload per request.",
-                ));
-            }
-            let budget = MAX_PRE_DATA.saturating_sub(used);
-            let (disposition, took) = form.part_headers(budget)?;
-            used += took;
-            let name = disposition.name.to_ascii_lowercase();
-            if name == "file" {
-                break disposition.filename.unwrap_or_default();
-            }
-            let value = form.until_delimiter(MAX_PRE_DATA.saturating_sub(used))?;
-            used += value.len();
-            let value = String::from_utf8(value)
-                .map_err(|_| malformed(format!("the form field '{name}' is not UTF-8")))?;
-            if fields.insert(name.clone(), value).is_some() {
-                return Err(form_error(
-                    "InvalidArgument",
-                    format!("the form field '{name}' is given more than once"),
-                ));
-            }
-        };
+        let (mut form, mut fields, filename) = open_form(&parts.headers, body)?;
         let result = self.post_file(ctx, parts, bucket, &mut fields, &filename, &mut form);
         if result.is_ok() {
             // Fields after the file are ignored, as S3 does; the rest of the body is
@@ -886,6 +929,37 @@ mod tests {
         assert_eq!(find(b"ab\r\n--", b"\r\n--B"), None);
         assert_eq!(find(b"", b"\r\n"), None);
         assert_eq!(find(b"\r\n", b"\r\n"), Some(0));
+    }
+
+    #[test]
+    fn forms_read_fields_then_the_file_within_the_policy() {
+        let policy = encode(
+            r#"{"expiration":"2030-01-01T00:00:00Z","conditions":[["starts-with","$key","a/"],
+            ["content-length-range",1,5]]}"#,
+        );
+        let body = |file: &str| {
+            format!(
+                "preamble\r\n--B\r\nContent-Disposition: form-data; name=\"Key\"\r\n\r\n\
+                 a/${{filename}}\r\n--B\r\nContent-Disposition: form-data; name=\"policy\"\r\n\
+                 \r\n{policy}\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; \
+                 filename=\"f\"\r\nContent-Type: text/plain\r\n\r\n{file}\r\n--B--\r\n"
+            )
+        };
+        let read = |file: &str| read_form("multipart/form-data; boundary=B", body(file).as_bytes());
+        assert_eq!(read("hello").unwrap(), b"hello");
+        assert_eq!(read("toolong").unwrap_err().s3_code(), "EntityTooLarge");
+        assert_eq!(read("").unwrap_err().s3_code(), "EntityTooSmall");
+        let err = read_form("multipart/form-data; boundary=C", body("x").as_bytes());
+        assert_eq!(err.unwrap_err().s3_code(), "IncompleteBody");
+        let err = read_form("application/x-www-form-urlencoded", b"key=x");
+        assert_eq!(err.unwrap_err().s3_code(), "PreconditionFailed");
+        let twice = body("x").replacen("name=\"policy\"", "name=\"key\"", 1);
+        let err = read_form("multipart/form-data; boundary=B", twice.as_bytes()).unwrap_err();
+        assert!(
+            err.message().contains("more than once"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]
