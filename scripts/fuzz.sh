@@ -152,6 +152,14 @@ seed("s3_request", "xml", b"\x03<ServerSideEncryptionConfiguration><Rule><ApplyS
      b"<SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>alias/a&amp;b</KMSMasterKeyID>"
      b"</ApplyServerSideEncryptionByDefault></Rule></ServerSideEncryptionConfiguration>")
 seed("s3_request", "route", b"\x04/bucket/a%20b/c?X-Amz-Signature=00&list-type=2&acl")
+# A browser upload form (fuzz/fuzz_targets/s3_post_form.rs): key with ${filename},
+# a policy with starts-with and content-length-range, the file.
+post_policy = base64.b64encode(b'{"expiration":"2030-01-01T00:00:00Z","conditions":'
+                               b'[["starts-with","$key","up/"],["content-length-range",1,64]]}')
+post_form = b"".join(b'--B\r\nContent-Disposition: form-data; name="' + name + b'"\r\n\r\n' + value + b"\r\n"
+                     for name, value in [(b"key", b"up/${filename}"), (b"policy", post_policy)])
+post_form += b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nhello\r\n--B--\r\n'
+seed("s3_post_form", "form", b"multipart/form-data; boundary=B\n" + post_form)
 seed("nbd_option", "meta", struct.pack(">I", 3) + meta)
 # A certificate subject's RDNs (C=GB, CN=client1), as nbd::common_name reads them.
 seed("nbd_client_name", "subject", bytes.fromhex("310b300906035504061302474231103" "00e06035504030c07") + b"client1")
@@ -234,6 +242,7 @@ own_sources() { # own_sources TARGET: prints source paths
     nbd_client_name) echo blockdev/src/nbd/tls.rs ;;
     object_header) echo objstore/src/format.rs ;;
     s3_request) echo gateway/src/s3 gateway/src/wire.rs ;;
+    s3_post_form) echo gateway/src/s3/post.rs ;;
     sigv4_verify) echo gateway/src/sigv4.rs ;;
     *) echo "no source map for fuzz target $1 (add it to own_sources in scripts/fuzz.sh)" >&2 && return 1 ;;
     esac

@@ -89,6 +89,11 @@ pub enum GatewayError {
     /// versioning, ...).
     #[error("NotImplemented: {0}")]
     NotImplemented(String),
+    /// The client's browser-upload form (S3 POST policy) is malformed, its policy
+    /// document is invalid, or its file is outside the policy's content-length-range:
+    /// S3's error code (400) and message.
+    #[error("{0}: {1}")]
+    PostForm(&'static str, String),
     /// The object store refused or failed the S3 operation (its own S3 error code).
     #[error(transparent)]
     Object(#[from] objstore::Error),
@@ -142,7 +147,8 @@ impl GatewayError {
             | GatewayError::IncompleteBody(_)
             | GatewayError::InvalidDigest(_)
             | GatewayError::MissingContentLength(_)
-            | GatewayError::InvalidLocationConstraint(_) => "ValidationException",
+            | GatewayError::InvalidLocationConstraint(_)
+            | GatewayError::PostForm(..) => "ValidationException",
             GatewayError::RequestTimeout(_) => "RequestTimeoutException",
             GatewayError::AccessDenied(_) => "AccessDeniedException",
             GatewayError::MethodNotAllowed(_) | GatewayError::NotImplemented(_) => {
@@ -178,7 +184,8 @@ impl GatewayError {
             | GatewayError::InvalidLocationConstraint(_)
             | GatewayError::RequestTimeout(_)
             | GatewayError::MethodNotAllowed(_)
-            | GatewayError::NotImplemented(_) => 400,
+            | GatewayError::NotImplemented(_)
+            | GatewayError::PostForm(..) => 400,
             GatewayError::PresignExpired(_)
             | GatewayError::InactiveAccessKey(_)
             | GatewayError::AccessDenied(_) => 403,
@@ -215,6 +222,7 @@ impl GatewayError {
             GatewayError::InvalidLocationConstraint(_) => "InvalidLocationConstraint",
             GatewayError::MethodNotAllowed(_) => "MethodNotAllowed",
             GatewayError::RequestTimeout(_) => "RequestTimeout",
+            GatewayError::PostForm(code, _) => code,
             GatewayError::UnknownOperation(_) | GatewayError::NotImplemented(_) => "NotImplemented",
             GatewayError::Object(err) => return err.s3_code(),
             // S3 names key-service failures `KMS.<name>`, except a denial.
@@ -273,6 +281,7 @@ impl GatewayError {
             | GatewayError::RequestTimeout(m)
             | GatewayError::MethodNotAllowed(m)
             | GatewayError::NotImplemented(m)
+            | GatewayError::PostForm(_, m)
             | GatewayError::Config(m) => m.clone(),
             GatewayError::Object(err) => match err {
                 // The operator sees the path in the server log; the client does not.

@@ -18,6 +18,7 @@ mod copy;
 mod lifecycle;
 mod multipart;
 pub mod policy;
+pub mod post;
 pub mod upload;
 pub mod xml;
 
@@ -95,6 +96,8 @@ pub enum S3Operation {
     PutBucketLifecycleConfiguration,
     GetBucketLifecycleConfiguration,
     DeleteBucketLifecycle,
+    /// A browser upload: `POST /BUCKET` with a signed POST policy form ([`post`]).
+    PostObject,
 }
 
 impl S3Operation {
@@ -113,7 +116,8 @@ impl S3Operation {
             Op::PutObject
             | Op::CreateMultipartUpload
             | Op::UploadPart
-            | Op::CompleteMultipartUpload => "s3:PutObject",
+            | Op::CompleteMultipartUpload
+            | Op::PostObject => "s3:PutObject",
             Op::GetObject | Op::HeadObject if versioned => "s3:GetObjectVersion",
             Op::GetObject | Op::HeadObject => "s3:GetObject",
             Op::DeleteObject if versioned => "s3:DeleteObjectVersion",
@@ -267,6 +271,7 @@ impl S3Request {
                 Method::GET if sub.is_empty() => Op::ListObjects,
                 Method::HEAD if sub.is_empty() => Op::HeadBucket,
                 Method::POST if only("delete") => Op::DeleteObjects,
+                Method::POST if sub.is_empty() => Op::PostObject,
                 Method::GET if only("uploads") => Op::ListMultipartUploads,
                 Method::DELETE if sub.is_empty() => Op::DeleteBucket,
                 _ => return unsupported(method.as_str()),
@@ -744,6 +749,10 @@ impl S3Service {
             parts.uri.path(),
             parts.uri.query().unwrap_or(""),
         )?;
+        if request.operation == S3Operation::PostObject {
+            // The form carries its own signature (POST policy), not the headers.
+            return self.post_object(ctx, parts, &request.bucket, body);
+        }
         refuse_customer_key_in_clear(parts)?;
         let (caller, auth) = Self::authenticate(ctx, parts)?;
         let (checksum, decoded_len) = Self::body_claims(&parts.headers, &auth)?;
@@ -1354,7 +1363,8 @@ impl S3Service {
             | Op::CompleteMultipartUpload
             | Op::AbortMultipartUpload
             | Op::ListParts
-            | Op::ListMultipartUploads => Err(GatewayError::InvalidRequest(
+            | Op::ListMultipartUploads
+            | Op::PostObject => Err(GatewayError::InvalidRequest(
                 "internal routing error".into(),
             )),
         }
@@ -2287,6 +2297,7 @@ mod tests {
                 .s3_code(),
             "NotImplemented"
         );
+        assert_eq!(route(Method::POST, "/b", "").unwrap(), Op::PostObject);
         assert_eq!(
             route(Method::POST, "/", "").unwrap_err().s3_code(),
             "MethodNotAllowed"
