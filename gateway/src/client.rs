@@ -336,6 +336,33 @@ impl RemoteKms {
         }
     }
 
+    /// Every page of a marker-paged list of one key's items: `more` gives a page's
+    /// `Truncated` and `NextMarker`.
+    fn every_page<Resp: DeserializeOwned>(
+        &self,
+        op: KmsOperation,
+        key_id: &str,
+        limit: u32,
+        more: impl Fn(&Resp) -> (bool, Option<String>),
+    ) -> Result<Vec<Resp>, KmsError> {
+        let mut pages = Vec::new();
+        let mut marker = None;
+        loop {
+            let request = wire::ListRequest {
+                key_id: Some(key_id.to_owned()),
+                limit: Some(limit),
+                marker: marker.take(),
+            };
+            let answer: Resp = self.call(op, &request)?;
+            let (truncated, next) = more(&answer);
+            pages.push(answer);
+            match next_marker(truncated, next) {
+                Some(next) => marker = Some(next),
+                None => return Ok(pages),
+            }
+        }
+    }
+
     fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         op: KmsOperation,
@@ -914,31 +941,24 @@ impl KeyService for RemoteKms {
     }
 
     fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError> {
+        let answers = self.every_page(
+            KmsOperation::ListKeyRotations,
+            key_id,
+            1000,
+            |answer: &ListRotationsAnswer| (answer.truncated, answer.next_marker.clone()),
+        )?;
         let mut rotations = Vec::new();
-        let mut marker = None;
-        loop {
-            let request = wire::ListRequest {
-                key_id: Some(key_id.to_owned()),
-                limit: Some(1000),
-                marker: marker.take(),
-            };
-            let answer: ListRotationsAnswer =
-                self.call(KmsOperation::ListKeyRotations, &request)?;
-            for rotation in answer.rotations {
-                rotations.push(RotationEntry {
-                    key_id: rotation.key_id,
-                    rotation_date: rotation.rotation_date.ok_or_else(|| {
-                        KmsError::Internal("the key service sent a rotation without a date".into())
-                    })?,
-                    rotation_type: rotation.rotation_type,
-                    key_material_id: rotation.key_material_id,
-                });
-            }
-            match next_marker(answer.truncated, answer.next_marker) {
-                Some(next) => marker = Some(next),
-                None => return Ok(rotations),
-            }
+        for rotation in answers.into_iter().flat_map(|answer| answer.rotations) {
+            rotations.push(RotationEntry {
+                key_id: rotation.key_id,
+                rotation_date: rotation.rotation_date.ok_or_else(|| {
+                    KmsError::Internal("the key service sent a rotation without a date".into())
+                })?,
+                rotation_type: rotation.rotation_type,
+                key_material_id: rotation.key_material_id,
+            });
         }
+        Ok(rotations)
     }
 
     fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError> {
@@ -993,21 +1013,13 @@ impl KeyService for RemoteKms {
     }
 
     fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError> {
-        let mut tags = Vec::new();
-        let mut marker = None;
-        loop {
-            let request = wire::ListRequest {
-                key_id: Some(key_id.to_owned()),
-                limit: Some(50),
-                marker: marker.take(),
-            };
-            let answer: ListTagsAnswer = self.call(KmsOperation::ListResourceTags, &request)?;
-            tags.extend(answer.tags);
-            match next_marker(answer.truncated, answer.next_marker) {
-                Some(next) => marker = Some(next),
-                None => return Ok(tags),
-            }
-        }
+        let answers = self.every_page(
+            KmsOperation::ListResourceTags,
+            key_id,
+            50,
+            |answer: &ListTagsAnswer| (answer.truncated, answer.next_marker.clone()),
+        )?;
+        Ok(answers.into_iter().flat_map(|answer| answer.tags).collect())
     }
 
     fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
@@ -1023,21 +1035,16 @@ impl KeyService for RemoteKms {
     }
 
     fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
-        let mut names = Vec::new();
-        let mut marker = None;
-        loop {
-            let request = wire::ListRequest {
-                key_id: Some(key_id.to_owned()),
-                limit: Some(1000),
-                marker: marker.take(),
-            };
-            let answer: ListPoliciesAnswer = self.call(KmsOperation::ListKeyPolicies, &request)?;
-            names.extend(answer.policy_names);
-            match next_marker(answer.truncated, answer.next_marker) {
-                Some(next) => marker = Some(next),
-                None => return Ok(names),
-            }
-        }
+        let answers = self.every_page(
+            KmsOperation::ListKeyPolicies,
+            key_id,
+            1000,
+            |answer: &ListPoliciesAnswer| (answer.truncated, answer.next_marker.clone()),
+        )?;
+        Ok(answers
+            .into_iter()
+            .flat_map(|answer| answer.policy_names)
+            .collect())
     }
 }
 

@@ -318,9 +318,10 @@ impl Statement {
     }
 }
 
-/// IAM wildcard matching: `*` any run of characters, `?` any one character.
+/// IAM wildcard matching: `*` any run of characters, `?` any one character
+/// (case-sensitive). Shared with the S3 endpoint's bucket policies.
 /// Iterative with one backtrack point, so it is linear-ish and cannot overflow a stack.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

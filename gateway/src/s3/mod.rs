@@ -1462,13 +1462,7 @@ impl S3Service {
             max,
         )?;
         let owner = self.store.bucket(&request.bucket)?.owner;
-        let enc = |text: &str| {
-            if url {
-                sigv4::uri_encode(text, false)
-            } else {
-                text.to_owned()
-            }
-        };
+        let enc = |text: &str| listing_text(url, text);
         let mut w = XmlWriter::new("ListVersionsResult");
         w.leaf("Name", &request.bucket)
             .leaf("Prefix", &enc(prefix))
@@ -1521,31 +1515,12 @@ impl S3Service {
         };
         let page = self.store.list_objects_v2(&request.bucket, &req)?;
         let owner = self.store.bucket(&request.bucket)?.owner;
-        let enc = |text: &str| {
-            if url {
-                sigv4::uri_encode(text, false)
-            } else {
-                text.to_owned()
-            }
-        };
+        let enc = |text: &str| listing_text(url, text);
         let mut w = XmlWriter::new("ListBucketResult");
         w.leaf("Name", &request.bucket)
             .leaf("Prefix", &enc(&req.prefix))
-            .leaf("Marker", &enc(marker.unwrap_or_default()))
-            .leaf(
-                "MaxKeys",
-                &req.max_keys
-                    .unwrap_or(objstore::MAX_KEYS)
-                    .min(objstore::MAX_KEYS)
-                    .to_string(),
-            );
-        if !req.delimiter.is_empty() {
-            w.leaf("Delimiter", &enc(&req.delimiter));
-        }
-        w.leaf(
-            "IsTruncated",
-            if page.is_truncated() { "true" } else { "false" },
-        );
+            .leaf("Marker", &enc(marker.unwrap_or_default()));
+        listing_limits(&mut w, &req, &page, &enc);
         if page.is_truncated() {
             // The page's last entry, key or common prefix, whichever sorts later.
             let last_key = page.objects.last().map(|o| o.key.as_str());
@@ -1557,47 +1532,16 @@ impl S3Service {
         if url {
             w.leaf("EncodingType", "url");
         }
-        for object in &page.objects {
-            w.open("Contents")
-                .leaf("Key", &enc(&object.key))
-                .leaf("LastModified", &iso_date(object.last_modified))
-                .leaf("ETag", &format!("\"{}\"", object.etag))
-                .leaf("Size", &object.size.to_string());
-            owner_xml(&mut w, &owner);
-            w.leaf("StorageClass", "STANDARD").close("Contents");
-        }
-        for prefix in &page.common_prefixes {
-            w.open("CommonPrefixes")
-                .leaf("Prefix", &enc(prefix))
-                .close("CommonPrefixes");
-        }
+        listing_entries(&mut w, &page, Some(owner.as_str()), &enc);
         Ok(S3Answer::xml(w.finish("ListBucketResult")))
     }
 
     fn list_objects_v2(&self, request: &S3Request) -> Result<S3Answer, GatewayError> {
-        let url = match request.param("encoding-type") {
-            None => false,
-            Some("url") => true,
-            Some(_) => {
-                return Err(GatewayError::InvalidArgument(
-                    "Invalid Encoding Method specified in Request".into(),
-                ))
-            }
-        };
-        let max_keys = request
-            .param("max-keys")
-            .map(|text| {
-                text.parse::<usize>().map_err(|_| {
-                    GatewayError::InvalidArgument(
-                        "Provided max-keys not an integer or within integer range".into(),
-                    )
-                })
-            })
-            .transpose()?;
+        let url = encoding_type(request)?;
         let req = ListObjectsRequest {
             prefix: request.param("prefix").unwrap_or_default().to_owned(),
             delimiter: request.param("delimiter").unwrap_or_default().to_owned(),
-            max_keys,
+            max_keys: max_keys(request)?,
             continuation_token: request.param("continuation-token").map(str::to_owned),
             start_after: request.param("start-after").map(str::to_owned),
         };
@@ -1608,31 +1552,12 @@ impl S3Service {
         } else {
             None
         };
-        let enc = |text: &str| {
-            if url {
-                sigv4::uri_encode(text, false)
-            } else {
-                text.to_owned()
-            }
-        };
+        let enc = |text: &str| listing_text(url, text);
         let mut w = XmlWriter::new("ListBucketResult");
         w.leaf("Name", &request.bucket)
             .leaf("Prefix", &enc(&req.prefix))
-            .leaf("KeyCount", &page.key_count().to_string())
-            .leaf(
-                "MaxKeys",
-                &req.max_keys
-                    .unwrap_or(objstore::MAX_KEYS)
-                    .min(objstore::MAX_KEYS)
-                    .to_string(),
-            );
-        if !req.delimiter.is_empty() {
-            w.leaf("Delimiter", &enc(&req.delimiter));
-        }
-        w.leaf(
-            "IsTruncated",
-            if page.is_truncated() { "true" } else { "false" },
-        );
+            .leaf("KeyCount", &page.key_count().to_string());
+        listing_limits(&mut w, &req, &page, &enc);
         if url {
             w.leaf("EncodingType", "url");
         }
@@ -1645,22 +1570,7 @@ impl S3Service {
         if let Some(after) = &req.start_after {
             w.leaf("StartAfter", &enc(after));
         }
-        for object in &page.objects {
-            w.open("Contents")
-                .leaf("Key", &enc(&object.key))
-                .leaf("LastModified", &iso_date(object.last_modified))
-                .leaf("ETag", &format!("\"{}\"", object.etag))
-                .leaf("Size", &object.size.to_string());
-            if let Some(owner) = &owner {
-                owner_xml(&mut w, owner);
-            }
-            w.leaf("StorageClass", "STANDARD").close("Contents");
-        }
-        for prefix in &page.common_prefixes {
-            w.open("CommonPrefixes")
-                .leaf("Prefix", &enc(prefix))
-                .close("CommonPrefixes");
-        }
+        listing_entries(&mut w, &page, owner.as_deref(), &enc);
         Ok(S3Answer::xml(w.finish("ListBucketResult")))
     }
 }
@@ -1834,6 +1744,64 @@ fn encoding_type(request: &S3Request) -> Result<bool, GatewayError> {
         Some(_) => Err(GatewayError::InvalidArgument(
             "Invalid Encoding Method specified in Request".into(),
         )),
+    }
+}
+
+/// A key or prefix as a listing shows it: URL-encoded with `encoding-type=url`.
+fn listing_text(url: bool, text: &str) -> String {
+    if url {
+        sigv4::uri_encode(text, false)
+    } else {
+        text.to_owned()
+    }
+}
+
+/// MaxKeys, Delimiter and IsTruncated of a ListObjects (v1 or v2) answer.
+fn listing_limits(
+    w: &mut XmlWriter,
+    req: &ListObjectsRequest,
+    page: &objstore::ListObjectsPage,
+    enc: &dyn Fn(&str) -> String,
+) {
+    w.leaf(
+        "MaxKeys",
+        &req.max_keys
+            .unwrap_or(objstore::MAX_KEYS)
+            .min(objstore::MAX_KEYS)
+            .to_string(),
+    );
+    if !req.delimiter.is_empty() {
+        w.leaf("Delimiter", &enc(&req.delimiter));
+    }
+    w.leaf(
+        "IsTruncated",
+        if page.is_truncated() { "true" } else { "false" },
+    );
+}
+
+/// The Contents (with the owner where given) and CommonPrefixes of a ListObjects
+/// (v1 or v2) answer.
+fn listing_entries(
+    w: &mut XmlWriter,
+    page: &objstore::ListObjectsPage,
+    owner: Option<&str>,
+    enc: &dyn Fn(&str) -> String,
+) {
+    for object in &page.objects {
+        w.open("Contents")
+            .leaf("Key", &enc(&object.key))
+            .leaf("LastModified", &iso_date(object.last_modified))
+            .leaf("ETag", &format!("\"{}\"", object.etag))
+            .leaf("Size", &object.size.to_string());
+        if let Some(owner) = owner {
+            owner_xml(w, owner);
+        }
+        w.leaf("StorageClass", "STANDARD").close("Contents");
+    }
+    for prefix in &page.common_prefixes {
+        w.open("CommonPrefixes")
+            .leaf("Prefix", &enc(prefix))
+            .close("CommonPrefixes");
     }
 }
 

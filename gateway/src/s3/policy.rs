@@ -11,6 +11,7 @@
 //! request does not carry makes a positive operator false and a negated one true, as
 //! in IAM.
 
+use crypto_core::kms::policy::glob;
 use serde_json::Value;
 
 use crate::error::GatewayError;
@@ -97,33 +98,6 @@ fn strings(value: &Value, field: &str) -> Result<Vec<String>, GatewayError> {
             "{field} must be a string or a non-empty list of strings"
         ))),
     }
-}
-
-/// IAM wildcard matching (`*`, `?`), case-sensitive, linear with one backtrack point.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
 }
 
 fn account_of(arn: &str) -> &str {
