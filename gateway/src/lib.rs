@@ -13,11 +13,13 @@
 //!   streaming bodies, aws-chunked uploads and flexible checksums.
 //! - [`wire`]: the KMS JSON shapes, shared by server and client.
 //! - [`client`]: [`client::RemoteKms`], a `KeyService` reached over HTTP.
+//! - [`keys`]: [`keys::Keys`], the local keystore or a remote key service, chosen once.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod credentials;
 mod error;
+pub mod keys;
 pub mod kms_api;
 pub mod s3;
 pub mod server;

@@ -14,12 +14,14 @@ use time::OffsetDateTime;
 use crate::secret::SecretBytes;
 
 pub mod clock;
+mod generation;
 mod ident;
 mod keystore;
 mod local;
 pub mod policy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use generation::KeystoreGeneration;
 pub use ident::{principal_account, validate_alias_name, KeyRef};
 pub use local::{validate_tags, ImportOperation, LocalKms, LocalKmsConfig, AWS_MANAGED_S3_ALIAS};
 
