@@ -153,6 +153,16 @@ mod tests {
         LocalKms::open(home, LocalKmsConfig::new()).expect("open")
     }
 
+    /// A key named by the default alias before first-run setup (by the user).
+    fn default_key_made_before(kms: &LocalKms) -> crypto_core::kms::KeyMetadata {
+        let key = kms
+            .create_key(&CreateKeyRequest::default())
+            .expect("create");
+        kms.create_alias(DEFAULT_KEY_ALIAS, &key.key_id)
+            .expect("alias");
+        key
+    }
+
     #[test]
     fn first_run_makes_key_and_volume_then_nothing() {
         let home = tempfile::tempdir().expect("tempdir");
@@ -189,11 +199,7 @@ mod tests {
     fn an_existing_alias_is_used_not_replaced() {
         let home = tempfile::tempdir().expect("tempdir");
         let kms = kms(home.path());
-        let key = kms
-            .create_key(&CreateKeyRequest::default())
-            .expect("create");
-        kms.create_alias(DEFAULT_KEY_ALIAS, &key.key_id)
-            .expect("alias");
+        let key = default_key_made_before(&kms);
         let (path, seen) = run(home.path(), &kms);
         let path = path.expect("setup");
         assert_eq!(
@@ -223,11 +229,7 @@ mod tests {
     fn a_key_pending_deletion_fails_the_volume_and_makes_nothing() {
         let home = tempfile::tempdir().expect("tempdir");
         let kms = kms(home.path());
-        let key = kms
-            .create_key(&CreateKeyRequest::default())
-            .expect("create");
-        kms.create_alias(DEFAULT_KEY_ALIAS, &key.key_id)
-            .expect("alias");
+        let key = default_key_made_before(&kms);
         kms.schedule_key_deletion(&key.key_id, Some(7))
             .expect("schedule deletion");
         let (result, seen) = run(home.path(), &kms);
@@ -243,5 +245,21 @@ mod tests {
         );
         assert!(seen.is_empty(), "{seen:?}");
         assert!(!path_in(home.path()).exists());
+    }
+
+    #[test]
+    fn a_dangling_symlink_at_the_volume_path_is_not_followed() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let kms = kms(home.path());
+        std::fs::create_dir(home.path().join("volumes")).expect("mkdir");
+        let target = home.path().join("elsewhere.vol");
+        std::os::unix::fs::symlink(&target, path_in(home.path())).expect("symlink");
+        let (result, _) = run(home.path(), &kms);
+        let err = result.expect_err("a symlink where the volume goes");
+        let SetupError::Volume { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(matches!(source, Error::AlreadyExists { .. }), "{source:?}");
+        assert!(!target.exists(), "setup wrote through the symlink");
     }
 }
