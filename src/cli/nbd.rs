@@ -8,14 +8,12 @@ use anyhow::{bail, Context};
 use blockdev::default_volume::{self, Made, SetupError, DEFAULT_KEY_ALIAS};
 use blockdev::lease::{self, LeaseConfig};
 use blockdev::lifecycle::exports::{self, ExportSpec};
-use blockdev::nbd::{
-    self, kernel, Export, Refusal, RefusalAudit, Server, TlsMode, TlsSettings, DEFAULT_EXPORT,
-};
+use blockdev::nbd::{self, kernel, Export, Server, TlsMode, TlsSettings, DEFAULT_EXPORT};
+use blockdev::refusal_audit;
 use blockdev::volume::ImageFormat;
 use clap::{Args, Subcommand, ValueEnum};
-use crypto_core::trail::{ApiCall, Trail};
+use crypto_core::trail::Trail;
 use gateway::keys::Keys;
-use tracing::error;
 
 use super::{harden, Globals};
 
@@ -166,50 +164,9 @@ fn secure(
         let dir = globals.home()?.join("trail");
         let trail = Trail::open(&dir, local.region(), local.account())
             .with_context(|| format!("opening the audit trail {}", dir.display()))?;
-        server = server.with_refusal_audit(refusal_recorder(trail));
+        server = server.with_refusal_audit(refusal_audit::recorder(trail));
     }
     Ok(server)
-}
-
-/// Writes an `AttachVolume` record with errorCode `AccessDenied` for every client
-/// refused an encrypted export; the principal is the client certificate's name.
-fn refusal_recorder(trail: Trail) -> RefusalAudit {
-    Arc::new(move |refusal: &Refusal<'_>| {
-        let Some(key_arn) = refusal.key_arn else {
-            return;
-        };
-        let principal = refusal
-            .client
-            .map_or_else(|| "anonymous".to_owned(), |c| c.to_string());
-        let certificate = refusal.client.map(|c| {
-            serde_json::json!({
-                "commonName": c.common_name,
-                "subjectAlternativeNames": c.alt_names,
-            })
-        });
-        let call = ApiCall {
-            event_time: time::OffsetDateTime::now_utc(),
-            event_name: "AttachVolume".into(),
-            principal,
-            request_parameters: serde_json::json!({
-                "exportName": refusal.export,
-                "keyId": key_arn,
-                "sourceAddress": refusal.peer,
-                "clientCertificate": certificate,
-            }),
-            response_elements: None,
-            error_code: Some("AccessDenied".into()),
-            error_message: Some(refusal.reason.to_owned()),
-            read_only: true,
-            resources: vec![key_arn.to_owned()],
-        };
-        if let Err(err) = trail.append(&call) {
-            error!(
-                "the audit trail could not record the refusal of export {:?}: {err}",
-                refusal.export
-            );
-        }
-    })
 }
 
 /// `atrest serve`: zero-config. On first run it creates the key `alias/atrest-default`
