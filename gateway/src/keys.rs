@@ -66,3 +66,28 @@ impl std::ops::Deref for Keys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crypto_core::kms::CreateKeyRequest;
+
+    #[test]
+    fn the_local_keystore_is_watched_and_shared() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let keys = Keys::local(home.path()).expect("local keystore");
+        let watch = keys.watch().expect("the local keystore has a generation");
+        let before = watch.generation().expect("generation");
+        // Through Deref, the service handle and a second opening: one keystore.
+        let key = keys
+            .create_key(&CreateKeyRequest::default())
+            .expect("create");
+        assert_ne!(watch.generation().expect("generation"), before);
+        assert_eq!(
+            keys.service().describe_key(&key.arn).expect("describe").arn,
+            key.arn
+        );
+        let again = Keys::local(home.path()).expect("reopen");
+        assert_eq!(again.describe_key(&key.arn).expect("describe").arn, key.arn);
+    }
+}
