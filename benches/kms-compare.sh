@@ -8,17 +8,24 @@
 #
 #   benches/kms-compare.sh [--seconds S] [--rounds N] [--threads T]
 #                          [--client boto3|rust|both] [--no-build] [--atrest-bin PATH]
+#                          [--out DIR]
+#
+# The rounds also go to DIR/kms-compare.json (default bench-results/), drawn as
+# DIR/kms-compare-pairs.svg (benches/src/chart.rs).
 #
 # Needs the test venv (scripts/install-test-deps.sh makes .venv-test with boto3 and
 # moto[server]; or set ATREST_TEST_VENV). Everything runs on 127.0.0.1 in a fresh
 # temporary ATREST_HOME; both servers are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/chart.sh
+source benches/chart.sh
 
 seconds=5
 rounds=3
 threads=1
 client=both
+out_dir=bench-results
 build=1
 atrest_bin=target/release/atrest
 compare_bin=target/release/kms_compare
@@ -30,7 +37,8 @@ while (($#)); do
         --client) client=$2; shift 2 ;;
         --no-build) build=0; shift ;;
         --atrest-bin) atrest_bin=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --out) out_dir=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -95,10 +103,24 @@ targets=(
     --target "atrest=http://$atrest_addr=$key_id=$secret"
     --target "moto=http://127.0.0.1:$moto_port=AKIAMOTOBENCH=moto-accepts-any-secret"
 )
+mkdir -p "$out_dir"
 if [ "$client" != rust ]; then
     "$python" benches/kms-compare.py "${targets[@]}" \
-        --seconds "$seconds" --rounds "$rounds" --threads "$threads"
+        --seconds "$seconds" --rounds "$rounds" --threads "$threads" --report "$work/boto3.json"
 fi
 if [ "$client" != boto3 ]; then
-    "$compare_bin" "${targets[@]}" --seconds "$seconds" --rounds "$rounds" --threads "$threads"
+    "$compare_bin" "${targets[@]}" --seconds "$seconds" --rounds "$rounds" --threads "$threads" \
+        --report "$work/rust.json"
 fi
+# One report, a panel per client.
+python3 - "$out_dir/kms-compare.json" "$work"/boto3.json "$work"/rust.json <<'EOF'
+import datetime, json, os, sys
+parts = [json.load(open(p)) for p in sys.argv[2:] if os.path.exists(p)]
+report = parts[0]
+report["charts"][0]["groups"] = [g for p in parts for g in p["charts"][0]["groups"]]
+report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+report["machine"] = f"{os.cpu_count()} CPUs, load {open('/proc/loadavg').read().split()[0]}"
+json.dump(report, open(sys.argv[1], "w"), indent=1)
+print(f"report: {sys.argv[1]}")
+EOF
+draw_charts "$out_dir/kms-compare.json" "$out_dir"

@@ -5,15 +5,22 @@
 # medians and the ratio atrest/moto.
 #
 #   benches/s3-compare.sh [--size-mib M] [--rounds N] [--no-build] [--atrest-bin PATH]
+#                         [--out DIR]
+#
+# The rounds also go to DIR/s3-compare.json (default bench-results/), drawn as
+# DIR/s3-compare-throughput.svg (benches/src/chart.rs).
 #
 # Needs the test venv (scripts/install-test-deps.sh makes .venv-test with boto3 and
 # moto[server]; or set ATREST_TEST_VENV). Everything runs on 127.0.0.1 in a fresh
 # temporary ATREST_HOME; both servers are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/chart.sh
+source benches/chart.sh
 
 size_mib=64
 rounds=5
+out_dir=bench-results
 build=1
 atrest_bin=target/release/atrest
 while (($#)); do
@@ -22,7 +29,8 @@ while (($#)); do
         --rounds) rounds=$2; shift 2 ;;
         --no-build) build=0; shift ;;
         --atrest-bin) atrest_bin=$2; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --out) out_dir=$2; shift 2 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -79,7 +87,10 @@ for _ in $(seq 300); do
 done
 
 echo "atrest: http://$atrest_addr   moto: http://127.0.0.1:$moto_port" >&2
+mkdir -p "$out_dir"
 "$python" benches/s3-compare.py \
     --target "atrest=http://$atrest_addr=$key_id=$secret=alias/bench" \
     --target "moto=http://127.0.0.1:$moto_port=AKIAMOTOBENCH=moto-accepts-any-secret" \
-    --size-mib "$size_mib" --rounds "$rounds"
+    --size-mib "$size_mib" --rounds "$rounds" \
+    --report "$out_dir/s3-compare.json"
+draw_charts "$out_dir/s3-compare.json" "$out_dir"
