@@ -449,10 +449,26 @@ mod tests {
         assert!(ours(&fields), "the mark is not on the mapping: {fields}");
         assert!(field_kb(&fields, "Locked") >= 16, "{fields}");
         drop(big);
-        assert!(
-            !smaps_of(addr).is_some_and(|fields| ours(&fields)),
-            "the mapping outlived its secret"
-        );
+        // What a parallel test may do: map fresh memory at the freed address (taken
+        // only if free, so nothing of anyone else's is touched).
+        // SAFETY: MAP_FIXED_NOREPLACE fails rather than replace an existing mapping;
+        // the new anonymous mapping is unmapped below and never read.
+        let reused = unsafe {
+            libc::mmap(
+                ptr.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        let outlived = smaps_of(addr).is_some_and(|fields| ours(&fields));
+        if reused != libc::MAP_FAILED {
+            // SAFETY: `reused..reused + len` is the mapping made just above.
+            unsafe { libc::munmap(reused, len) };
+        }
+        assert!(!outlived, "the mapping outlived its secret");
     }
 
     #[derive(Default)]
