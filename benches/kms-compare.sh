@@ -14,6 +14,7 @@
 # temporary ATREST_HOME; both servers are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
 . benches/lib.sh
 
 seconds=5

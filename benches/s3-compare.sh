@@ -11,6 +11,7 @@
 # temporary ATREST_HOME; both servers are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
 . benches/lib.sh
 
 size_mib=64
