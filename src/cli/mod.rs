@@ -36,7 +36,8 @@ pub struct Globals {
 }
 
 impl Globals {
-    /// The state directory, per ARCHITECTURE.md's rules.
+    /// The state directory: `--home`, else `ATREST_HOME`, else `$XDG_DATA_HOME/atrest`,
+    /// else `~/.local/share/atrest` (docs/ARCHITECTURE.md, "State directory").
     pub fn home(&self) -> anyhow::Result<PathBuf> {
         if let Some(home) = &self.home {
             return Ok(home.clone());

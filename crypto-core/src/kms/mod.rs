@@ -477,8 +477,8 @@ impl KmsError {
     }
 }
 
-/// The operations of AWS KMS that atrest serves. Implemented by [`LocalKms`] and,
-/// later, by a client of any AWS-KMS-compatible endpoint.
+/// The operations of AWS KMS that atrest serves. Implemented by [`LocalKms`] and by
+/// `gateway::RemoteKms`, the client of any AWS-KMS-compatible endpoint.
 ///
 /// Wherever a `key_id` is taken, a key id, key ARN, alias name (`alias/X`) or alias
 /// ARN is accepted, except `create_alias`/`update_alias`'s target, which must name a
