@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::credentials::CredentialStore;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, Protocol};
 use crate::kms_api::{self, KmsOperation};
 use crate::s3::upload::ChannelReader;
 use crate::s3::{self, S3Answer, S3Body, S3Context, S3Request, S3Service};
@@ -585,13 +585,14 @@ impl Gateway {
             _ => claimed_operation(parts),
         };
         let read_only = is_read_only(&event_name);
+        let reply = err.reply(Protocol::Json);
         self.record_refusal(RefusedRequest {
             event_time: self.clock.now(),
             event_source: EventSource::Kms,
             event_name,
             caller: RefusedCaller::Unknown,
-            error_code: err.aws_name().to_owned(),
-            error_message: err.message(),
+            error_code: reply.code.into_owned(),
+            error_message: reply.message,
             request_parameters: serde_json::Value::Null,
             read_only,
             source,
@@ -723,7 +724,7 @@ impl S3Parts {
 /// Whether S3 `err` is a refusal the trail records: every 403 (signature,
 /// credentials, expired presigned URL, access denied) and a stalled body.
 fn is_s3_refusal(err: &GatewayError) -> bool {
-    err.s3_status() == 403 || matches!(err, GatewayError::RequestTimeout(_))
+    err.reply(Protocol::S3).status == 403 || matches!(err, GatewayError::RequestTimeout(_))
 }
 
 /// KMS operations that change nothing (CloudTrail's `readOnly`).
@@ -1261,15 +1262,16 @@ async fn respond(
             &request_id,
         ),
         Err(err) => {
-            let status = err.http_status();
-            if status >= 500 {
+            let reply = err.reply(Protocol::Json);
+            if reply.status >= 500 {
                 tracing::warn!(request_id, "{err}");
             } else {
                 tracing::debug!(request_id, "{err}");
             }
-            let body = serde_json::json!({ "__type": err.aws_name(), "message": err.message() });
+            let body = serde_json::json!({ "__type": reply.code, "message": reply.message });
             let body = Zeroizing::new(body.to_string().into_bytes());
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             build(status, wire::CONTENT_TYPE, body, &request_id)
         }
     };
@@ -1444,7 +1446,8 @@ async fn respond_s3(
         Ok(answer) => s3_response(answer, head, &request_id),
         Err(err) => {
             if is_s3_refusal(&err) {
-                let error = (err.s3_code().into_owned(), err.message());
+                let reply = err.reply(Protocol::S3);
+                let error = (reply.code.into_owned(), reply.message);
                 let recorded = tokio::task::spawn_blocking({
                     let gateway = Arc::clone(&gateway);
                     move || gateway.refuse_s3(&refusal_parts, error, source, verified.get())
@@ -1464,16 +1467,16 @@ async fn respond_s3(
 }
 
 fn s3_error(err: &GatewayError, resource: &str, request_id: &str) -> Response<Body> {
-    let status = err.s3_status();
-    if status >= 500 && status != 501 {
+    let reply = err.reply(Protocol::S3);
+    if reply.status >= 500 && reply.status != 501 {
         tracing::warn!(request_id, "{err}");
     } else {
         tracing::debug!(request_id, "{err}");
     }
-    let document = s3::error_document(err, resource, request_id);
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let document = s3::error_document(&reply, resource, request_id);
     let mut response = Response::new(Body::whole(Chunk::Bytes(Bytes::from(document))));
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,

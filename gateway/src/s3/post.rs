@@ -17,11 +17,13 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{
-    authorize, bucket_key_header, insert, put_options, refuse_grant_headers, request_facts,
-    tags_from_xml, S3Answer, S3Body, S3Context, S3Service, SecureTransport,
-};
-use crate::error::GatewayError;
+use super::access::{authorize, refuse_grant_headers, request_facts};
+use super::auth::{signed_kms, SecureTransport};
+use super::encryption::{bucket_key_header, encryption_headers};
+use super::objects::put_options;
+use super::tagging::tags_from_xml;
+use super::{insert, S3Answer, S3Body, S3Context, S3Service};
+use crate::error::{FormFault, GatewayError};
 use crate::s3::upload::UploadBody;
 use crate::s3::xml::XmlWriter;
 use crate::sigv4::{self, Expectations, PathEncoding};
@@ -59,12 +61,12 @@ const FORM_FIELDS: &[&str] = &[
     "tagging",
 ];
 
-fn form_error(code: &'static str, message: impl Into<String>) -> GatewayError {
-    GatewayError::PostForm(code, message.into())
+fn form_error(fault: FormFault, message: impl Into<String>) -> GatewayError {
+    GatewayError::PostForm(fault, message.into())
 }
 
 fn malformed(message: impl Into<String>) -> GatewayError {
-    form_error("MalformedPOSTRequest", message)
+    form_error(FormFault::Malformed, message)
 }
 
 fn policy_failed(message: impl Into<String>) -> GatewayError {
@@ -73,7 +75,7 @@ fn policy_failed(message: impl Into<String>) -> GatewayError {
 
 fn invalid_policy(message: impl Into<String>) -> GatewayError {
     form_error(
-        "InvalidPolicyDocument",
+        FormFault::InvalidPolicy,
         format!("Invalid Policy: {}", message.into()),
     )
 }
@@ -187,7 +189,7 @@ impl Form<'_> {
             }
         }
         Err(form_error(
-            "MaxPostPreDataLengthExceeded",
+            FormFault::PreDataTooLong,
             "Your POST request fields preceeding the upload file was too large.",
         ))
     }
@@ -223,7 +225,7 @@ impl Form<'_> {
             }
             if self.buf.len() > budget {
                 return Err(form_error(
-                    "MaxPostPreDataLengthExceeded",
+                    FormFault::PreDataTooLong,
                     "Your POST request fields preceeding the upload file was too large.",
                 ));
             }
@@ -272,7 +274,7 @@ impl FileReader<'_, '_> {
         if let Some((_, max)) = self.range {
             if self.read > max {
                 return Err(io::Error::other(form_error(
-                    "EntityTooLarge",
+                    FormFault::FileTooLarge,
                     format!(
                         "Your proposed upload exceeds the maximum allowed size: the policy's \
                          content-length-range allows at most {max} bytes"
@@ -303,7 +305,7 @@ impl Read for FileReader<'_, '_> {
                 if let Some((min, _)) = self.range {
                     if self.read < min {
                         return Err(io::Error::other(form_error(
-                            "EntityTooSmall",
+                            FormFault::FileTooSmall,
                             format!(
                                 "Your proposed upload is smaller than the minimum allowed \
                                  size: the policy's content-length-range needs at least {min} \
@@ -503,7 +505,7 @@ impl Policy {
 fn boundary(headers: &HeaderMap) -> Result<String, GatewayError> {
     let enclosure = || {
         form_error(
-            "PreconditionFailed",
+            FormFault::NotMultipart,
             "Bucket POST must be of the enclosure-type multipart/form-data",
         )
     };
@@ -567,7 +569,7 @@ fn open_form<'r>(
     let filename = loop {
         if !form.another_part()? {
             return Err(form_error(
-                "InvalidArgument",
+                FormFault::InvalidField,
                 "POST requires exactly one file upload per request.",
             ));
         }
@@ -584,7 +586,7 @@ fn open_form<'r>(
             .map_err(|_| malformed(format!("the form field '{name}' is not UTF-8")))?;
         if fields.insert(name.clone(), value).is_some() {
             return Err(form_error(
-                "InvalidArgument",
+                FormFault::InvalidField,
                 format!("the form field '{name}' is given more than once"),
             ));
         }
@@ -678,7 +680,7 @@ impl S3Service {
         let required = |name: &'static str| {
             field(name).ok_or_else(|| {
                 form_error(
-                    "InvalidArgument",
+                    FormFault::InvalidField,
                     format!(
                         "Bucket POST must contain a field named '{name}'. If it is specified, \
                          please check the order of the fields."
@@ -698,7 +700,7 @@ impl S3Service {
         }
         if algorithm != ALGORITHM {
             return Err(form_error(
-                "InvalidArgument",
+                FormFault::InvalidField,
                 format!("x-amz-algorithm must be {ALGORITHM}"),
             ));
         }
@@ -728,7 +730,7 @@ impl S3Service {
         let key = key_field.replace("${filename}", base_name);
         if key.is_empty() {
             return Err(form_error(
-                "InvalidArgument",
+                FormFault::InvalidField,
                 "User key must have a length greater than 0.",
             ));
         }
@@ -780,17 +782,14 @@ impl S3Service {
                 .map_err(|_| malformed(format!("the form field name '{header}'")))?;
             let value = HeaderValue::from_str(value).map_err(|_| {
                 form_error(
-                    "InvalidArgument",
+                    FormFault::InvalidField,
                     format!("the form field '{header}' is not header text"),
                 )
             })?;
             put.headers.insert(name, value);
         }
         let principal = verified.principal;
-        let kms = ctx
-            .kms
-            .as_principal(&principal)?
-            .through_service(&format!("s3.{}.amazonaws.com", ctx.region));
+        let kms = signed_kms(ctx, &principal)?;
         let bucket_info = self.store.bucket(bucket)?;
         authorize(
             &bucket_info,
@@ -818,7 +817,7 @@ impl S3Service {
         if let Some(url) = &redirect {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(form_error(
-                    "InvalidArgument",
+                    FormFault::InvalidField,
                     "success_action_redirect must be an http:// or https:// URL",
                 ));
             }
@@ -844,7 +843,7 @@ impl S3Service {
         if let Some(id) = &info.version_id {
             insert(&mut answer.headers, "x-amz-version-id", id);
         }
-        super::encryption_headers(&mut answer.headers, &info);
+        encryption_headers(&mut answer.headers, &info);
         if let Some(url) = redirect {
             let separator = if url.contains('?') { '&' } else { '?' };
             let target = format!(
