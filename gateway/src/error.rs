@@ -166,11 +166,18 @@ pub enum GatewayError {
     Config(String),
     /// The credentials file could not be read or written, or is damaged.
     #[error("credentials file {path}: {message}")]
-    CredentialsFile { path: String, message: String },
+    CredentialsFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A socket or file operation of the server failed.
     #[error("{context}: {source}")]
     Io {
+        /// What the server was doing.
         context: String,
+        /// The failure.
         #[source]
         source: std::io::Error,
     },

@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::error::GatewayError;
 
+/// The signing algorithm SigV4 names (`X-Amz-Algorithm`, `Authorization`).
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 /// The payload hash a presigned URL (and an S3 client that opts out) signs instead of
 /// the body's SHA-256.
@@ -36,7 +37,9 @@ type HmacSha256 = Hmac<Sha256>;
 /// segment twice, except S3, which encodes once (and keeps `//` and dot segments).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathEncoding {
+    /// Each path segment encoded twice (every AWS service but S3).
     Double,
+    /// Each path segment encoded once, `//` and dot segments kept (S3).
     Single,
 }
 
@@ -58,9 +61,13 @@ pub enum Payload<'a> {
 /// query, and the headers.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestView<'a> {
+    /// The HTTP method (`GET`, ...).
     pub method: &'a str,
+    /// The path, as sent (still percent-encoded).
     pub path: &'a str,
+    /// The query string, as sent, without `?`.
     pub query: &'a str,
+    /// The request headers.
     pub headers: &'a HeaderMap,
 }
 
@@ -69,11 +76,14 @@ pub struct RequestView<'a> {
 pub struct CredentialScope {
     /// `YYYYMMDD`.
     pub date: String,
+    /// The region (`us-east-1`).
     pub region: String,
+    /// The service (`kms`, `s3`).
     pub service: String,
 }
 
 impl CredentialScope {
+    /// The scope of a signature made at `time` for `region` and `service`.
     pub fn new(time: OffsetDateTime, region: &str, service: &str) -> Self {
         let date = amz_date(time);
         CredentialScope {
@@ -94,9 +104,11 @@ impl CredentialScope {
 /// Where the signature came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignatureLocation {
+    /// The `Authorization` header.
     Header,
     /// A presigned URL, valid for `expires` seconds after its date.
     Query {
+        /// `X-Amz-Expires`, seconds.
         expires: u32,
     },
 }
@@ -105,14 +117,19 @@ pub enum SignatureLocation {
 /// not yet checked against any secret.
 #[derive(Clone, Debug)]
 pub struct PresentedSignature {
+    /// The access key id the client claims.
     pub access_key_id: String,
+    /// The credential scope the client claims.
     pub scope: CredentialScope,
     /// Lowercase header names, in the order the client listed them.
     pub signed_headers: Vec<String>,
+    /// The signature, decoded from hex.
     pub signature: [u8; 32],
     /// `X-Amz-Date`, as the client wrote it (it is part of the string to sign).
     pub amz_date: String,
+    /// `X-Amz-Date`, parsed.
     pub request_time: OffsetDateTime,
+    /// Where the signature was.
     pub location: SignatureLocation,
     /// `X-Amz-Security-Token`, when the client sent one.
     pub session_token: Option<String>,
@@ -121,9 +138,13 @@ pub struct PresentedSignature {
 /// What the server expects of a request for one of its services.
 #[derive(Clone, Copy, Debug)]
 pub struct Expectations<'a> {
+    /// The service the scope must name.
     pub service: &'a str,
+    /// The region the scope must name.
     pub region: &'a str,
+    /// The server's clock (skew and expiry are checked against it).
     pub now: OffsetDateTime,
+    /// How the service encodes paths in the canonical request.
     pub path_encoding: PathEncoding,
 }
 
@@ -137,7 +158,9 @@ pub trait SecretLookup {
 /// Who signed a request that verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
+    /// The access key that signed.
     pub access_key_id: String,
+    /// The principal ARN the key belongs to.
     pub principal: String,
 }
 
@@ -982,8 +1005,11 @@ fn hmac(key: &[u8], data: &[u8]) -> Zeroizing<[u8; 32]> {
 
 /// The credentials a client signs with.
 pub struct SigningCredentials {
+    /// The access key id.
     pub access_key_id: String,
+    /// The secret access key (never formatted or logged).
     pub secret_access_key: Zeroizing<String>,
+    /// A session token (`X-Amz-Security-Token`), when the credentials are temporary.
     pub session_token: Option<String>,
 }
 
@@ -998,12 +1024,16 @@ impl std::fmt::Debug for SigningCredentials {
 /// Who signs, for which region and service, and when.
 #[derive(Debug)]
 pub struct Signer<'a> {
+    /// Whose keys sign.
     pub credentials: &'a SigningCredentials,
+    /// The scope signed for.
     pub scope: CredentialScope,
+    /// The signature's time (`X-Amz-Date`).
     pub time: OffsetDateTime,
 }
 
 impl<'a> Signer<'a> {
+    /// A signer for `region` and `service` at `time`.
     pub fn new(
         credentials: &'a SigningCredentials,
         region: &str,

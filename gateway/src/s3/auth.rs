@@ -26,13 +26,16 @@ const STREAMING_UNSIGNED_TRAILER: &str = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
 /// Request extension the server sets on requests that came over TLS
 /// (`aws:SecureTransport` in bucket policies).
 #[derive(Clone, Copy, Debug)]
-pub struct SecureTransport;
+pub(crate) struct SecureTransport;
 
 /// Who sent a request.
 #[derive(Debug)]
-pub enum Caller {
+pub(crate) enum Caller {
+    /// No `Authorization` header and no presigned query.
     Anonymous,
+    /// A verified SigV4 signature (header or presigned query).
     Signed {
+        /// The signer's principal ARN.
         principal: String,
         /// The principal's key service (its calls are evaluated and audited as it).
         kms: LocalKms,

@@ -47,7 +47,7 @@ fn days(rule: &XmlDocument<'_>, tag: &str) -> Result<Option<u32>, GatewayError> 
 }
 
 /// Parses a PutBucketLifecycleConfiguration body (validated further by the store).
-pub fn from_xml(body: &[u8]) -> Result<LifecycleConfiguration, GatewayError> {
+pub(super) fn from_xml(body: &[u8]) -> Result<LifecycleConfiguration, GatewayError> {
     let doc = XmlDocument::parse(body, "LifecycleConfiguration")?;
     let names = doc.element_names();
     if let Some(other) = names.iter().find(|name| !TAKEN.contains(name)) {
@@ -94,7 +94,7 @@ pub fn from_xml(body: &[u8]) -> Result<LifecycleConfiguration, GatewayError> {
 }
 
 /// GetBucketLifecycleConfiguration's answer.
-pub fn document(config: &LifecycleConfiguration) -> Vec<u8> {
+pub(super) fn document(config: &LifecycleConfiguration) -> Vec<u8> {
     let mut w = XmlWriter::new("LifecycleConfiguration");
     for rule in &config.rules {
         w.open("Rule")

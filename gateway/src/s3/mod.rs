@@ -47,7 +47,8 @@ use time::OffsetDateTime;
 use crate::error::{ErrorReply, GatewayError};
 use crate::sigv4;
 use access::{authorize, refuse_grant_headers, request_facts};
-pub use auth::{Caller, SecureTransport};
+use auth::Caller;
+pub(crate) use auth::SecureTransport;
 use encryption::refuse_customer_key_in_clear;
 use routing::Call;
 pub use routing::{S3Operation, S3Request};
@@ -55,15 +56,21 @@ use upload::UploadBody;
 use xml::XmlWriter;
 
 #[derive(Debug)]
-pub struct S3Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: S3Body,
+pub(crate) struct S3Answer {
+    /// The HTTP status.
+    pub(crate) status: StatusCode,
+    /// The answer's headers (the server adds the request id ones).
+    pub(crate) headers: HeaderMap,
+    /// The answer's body.
+    pub(crate) body: S3Body,
 }
 
+/// The body of an [`S3Answer`].
 #[derive(Debug)]
-pub enum S3Body {
+pub(crate) enum S3Body {
+    /// No body.
     Empty,
+    /// A whole document (XML, or a bucket policy's JSON).
     Xml(Vec<u8>),
     /// An object's (or a range's) plaintext, streamed.
     Object(Box<ObjectReader>),
@@ -104,19 +111,23 @@ pub(crate) fn error_document(reply: &ErrorReply, resource: &str, request_id: &st
 
 /// The S3 side of the gateway: the object store and what authentication needs.
 #[derive(Debug)]
-pub struct S3Service {
+pub(crate) struct S3Service {
     store: ObjectStore,
 }
 
 /// What the server hands an S3 operation.
-pub struct S3Context<'a> {
-    pub kms: &'a LocalKms,
-    pub secrets: &'a dyn sigv4::SecretLookup,
-    pub region: &'a str,
-    pub now: OffsetDateTime,
+pub(crate) struct S3Context<'a> {
+    /// The key service (authentication turns it into the signer's).
+    pub(crate) kms: &'a LocalKms,
+    /// The access keys signatures are checked against.
+    pub(crate) secrets: &'a dyn sigv4::SecretLookup,
+    /// This endpoint's region.
+    pub(crate) region: &'a str,
+    /// The request's arrival time (signature dates, presigned expiry, POST policies).
+    pub(crate) now: OffsetDateTime,
     /// Set by authentication once the request's signature verifies, so that the
     /// server can name the proven caller in the trail record of a later refusal.
-    pub verified: &'a std::sync::OnceLock<sigv4::Verified>,
+    pub(crate) verified: &'a std::sync::OnceLock<sigv4::Verified>,
 }
 
 impl std::fmt::Debug for S3Context<'_> {
@@ -151,7 +162,7 @@ pub(super) fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 /// `Wed, 12 Oct 2009 17:50:00 GMT`.
-pub fn http_date(time: OffsetDateTime) -> String {
+pub(crate) fn http_date(time: OffsetDateTime) -> String {
     let t = time.to_offset(time::UtcOffset::UTC);
     let weekday = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
         [usize::from(t.weekday().number_days_from_monday())];
@@ -201,7 +212,7 @@ impl S3Service {
     /// Runs one lifecycle sweep over every bucket as of `now` and logs what it did:
     /// each expired object and aborted upload at INFO, each bucket it could not
     /// finish at WARN (the others are still swept).
-    pub fn apply_lifecycle(&self, now: time::OffsetDateTime, day: std::time::Duration) {
+    pub(crate) fn apply_lifecycle(&self, now: time::OffsetDateTime, day: std::time::Duration) {
         let sweep = self.store.apply_lifecycle(now, day);
         for (bucket, key) in &sweep.expired {
             tracing::info!(bucket, key, "lifecycle: expired the object");
@@ -219,12 +230,13 @@ impl S3Service {
         }
     }
 
-    pub fn new(store: ObjectStore) -> S3Service {
+    /// The S3 side over `store`.
+    pub(crate) fn new(store: ObjectStore) -> S3Service {
         S3Service { store }
     }
 
     /// Runs one request. `body` streams the request body from the connection.
-    pub fn handle(
+    pub(crate) fn handle(
         &self,
         ctx: &S3Context<'_>,
         parts: &http::request::Parts,

@@ -19,46 +19,87 @@ const MAX_SMALL_BODY: u64 = 1 << 20;
 /// The S3 operations atrest serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum S3Operation {
+    /// `GET /`.
     ListBuckets,
+    /// `PUT /BUCKET`.
     CreateBucket,
+    /// `HEAD /BUCKET`.
     HeadBucket,
+    /// `DELETE /BUCKET`.
     DeleteBucket,
+    /// `GET /BUCKET?location`.
     GetBucketLocation,
+    /// `PUT /BUCKET?encryption`.
     PutBucketEncryption,
+    /// `GET /BUCKET?encryption`.
     GetBucketEncryption,
+    /// `DELETE /BUCKET?encryption`.
     DeleteBucketEncryption,
+    /// `GET /BUCKET?list-type=2`.
     ListObjectsV2,
+    /// `GET /BUCKET` (version 1).
     ListObjects,
+    /// `PUT /BUCKET/KEY` (CopyObject with `x-amz-copy-source`).
     PutObject,
+    /// `GET /BUCKET/KEY`.
     GetObject,
+    /// `HEAD /BUCKET/KEY`.
     HeadObject,
+    /// `DELETE /BUCKET/KEY`.
     DeleteObject,
+    /// `POST /BUCKET?delete`.
     DeleteObjects,
+    /// `PUT /BUCKET/KEY?acl`.
     PutObjectAcl,
+    /// `GET /BUCKET/KEY?acl`.
     GetObjectAcl,
+    /// `POST /BUCKET/KEY?uploads`.
     CreateMultipartUpload,
+    /// `PUT /BUCKET/KEY?partNumber=N&uploadId=ID` (UploadPartCopy with `x-amz-copy-source`).
     UploadPart,
+    /// `POST /BUCKET/KEY?uploadId=ID`.
     CompleteMultipartUpload,
+    /// `DELETE /BUCKET/KEY?uploadId=ID`.
     AbortMultipartUpload,
+    /// `GET /BUCKET/KEY?uploadId=ID`.
     ListParts,
+    /// `GET /BUCKET?uploads`.
     ListMultipartUploads,
+    /// `PUT /BUCKET/KEY?tagging`.
     PutObjectTagging,
+    /// `GET /BUCKET/KEY?tagging`.
     GetObjectTagging,
+    /// `DELETE /BUCKET/KEY?tagging`.
     DeleteObjectTagging,
+    /// `PUT /BUCKET?tagging`.
     PutBucketTagging,
+    /// `GET /BUCKET?tagging`.
     GetBucketTagging,
+    /// `DELETE /BUCKET?tagging`.
     DeleteBucketTagging,
+    /// `PUT /BUCKET?versioning`.
     PutBucketVersioning,
+    /// `GET /BUCKET?versioning`.
     GetBucketVersioning,
+    /// `GET /BUCKET?versions`.
     ListObjectVersions,
+    /// `PUT /BUCKET?policy`.
     PutBucketPolicy,
+    /// `GET /BUCKET?policy`.
     GetBucketPolicy,
+    /// `DELETE /BUCKET?policy`.
     DeleteBucketPolicy,
+    /// `PUT /BUCKET?publicAccessBlock`.
     PutPublicAccessBlock,
+    /// `GET /BUCKET?publicAccessBlock`.
     GetPublicAccessBlock,
+    /// `DELETE /BUCKET?publicAccessBlock`.
     DeletePublicAccessBlock,
+    /// `PUT /BUCKET?lifecycle`.
     PutBucketLifecycleConfiguration,
+    /// `GET /BUCKET?lifecycle`.
     GetBucketLifecycleConfiguration,
+    /// `DELETE /BUCKET?lifecycle`.
     DeleteBucketLifecycle,
     /// A browser upload: `POST /BUCKET` with a signed POST policy form ([`post`]).
     PostObject,
@@ -117,9 +158,13 @@ impl S3Operation {
 /// A routed S3 request: the operation, its bucket and key (decoded), and the query.
 #[derive(Clone, Debug)]
 pub struct S3Request {
+    /// What the request asks for.
     pub operation: S3Operation,
+    /// The bucket, percent-decoded; empty for `/`. Never holds a `/`.
     pub bucket: String,
+    /// The object key, percent-decoded; empty for a bucket's operations.
     pub key: String,
+    /// The query's name-value pairs, decoded, in request order.
     pub query: Vec<(String, String)>,
 }
 
@@ -262,6 +307,7 @@ impl S3Request {
         })
     }
 
+    /// The value of query parameter `name` (the first, if repeated).
     pub(super) fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
@@ -270,6 +316,7 @@ impl S3Request {
     }
 }
 
+/// A path, percent-decoded once (S3 paths are encoded once); it must be UTF-8.
 pub(super) fn percent_decode_path(path: &str) -> Result<String, GatewayError> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
