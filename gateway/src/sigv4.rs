@@ -948,25 +948,27 @@ pub fn uri_encode(text: &str, encode_slash: bool) -> String {
     out
 }
 
-fn percent_decode(text: &str) -> Result<Vec<u8>, GatewayError> {
+/// What is wrong with a percent-encoded text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PercentEscapeError {
+    /// A `%` without two characters after it.
+    Incomplete,
+    /// A `%` followed by something other than two hex digits.
+    NotHex,
+}
+
+/// The bytes of a percent-encoded text (`+` stays `+`), each escape decoded once.
+pub(crate) fn percent_decode_bytes(text: &str) -> Result<Vec<u8>, PercentEscapeError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex_pair = bytes.get(i + 1..i + 3).ok_or_else(|| {
-                GatewayError::BadRequest(format!(
-                    "'{}' ends in an incomplete percent escape",
-                    printable(text)
-                ))
-            })?;
+            let hex_pair = bytes
+                .get(i + 1..i + 3)
+                .ok_or(PercentEscapeError::Incomplete)?;
             let mut byte = [0u8; 1];
-            hex::decode_to_slice(hex_pair, &mut byte).map_err(|_| {
-                GatewayError::BadRequest(format!(
-                    "'{}' holds an invalid percent escape",
-                    printable(text)
-                ))
-            })?;
+            hex::decode_to_slice(hex_pair, &mut byte).map_err(|_| PercentEscapeError::NotHex)?;
             out.push(byte[0]);
             i += 3;
         } else {
@@ -975,6 +977,16 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, GatewayError> {
         }
     }
     Ok(out)
+}
+
+fn percent_decode(text: &str) -> Result<Vec<u8>, GatewayError> {
+    percent_decode_bytes(text).map_err(|err| {
+        let what = match err {
+            PercentEscapeError::Incomplete => "ends in an incomplete percent escape",
+            PercentEscapeError::NotHex => "holds an invalid percent escape",
+        };
+        GatewayError::BadRequest(format!("'{}' {what}", printable(text)))
+    })
 }
 
 fn string_to_sign(amz_date: &str, scope: &CredentialScope, canonical_request: &str) -> String {

@@ -4,8 +4,6 @@
 //! PutObject does (aws-chunked, checksums, Content-MD5); the other operations have
 //! small bodies.
 
-use std::io::BufRead;
-
 use http::{HeaderMap, StatusCode};
 use objstore::{CompletedPart, MultipartUpload, MAX_PART_NUMBER};
 
@@ -13,7 +11,7 @@ use super::access::owner_xml;
 use super::encryption::{bucket_key_header, customer_key, encryption_headers};
 use super::objects::{content_md5, put_options, write_condition};
 use super::routing::{Call, S3Request, StreamedBody};
-use super::upload::UploadBody;
+use super::upload::store_error;
 use super::xml::{XmlDocument, XmlWriter};
 use super::{insert, iso_date, S3Answer, S3Service};
 use crate::error::GatewayError;
@@ -120,10 +118,7 @@ impl S3Service {
                 body,
                 content_md5,
             )
-            .map_err(|err| match err {
-                objstore::Error::Body(io) => UploadBody::<&mut dyn BufRead>::error_of(io),
-                other => GatewayError::Object(other),
-            })?;
+            .map_err(store_error)?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         insert(&mut answer.headers, "etag", &format!("\"{}\"", part.etag));
         if let Some((algorithm, value)) = body.verified_checksum() {

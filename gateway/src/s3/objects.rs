@@ -4,7 +4,6 @@
 //! CopyObject is in [`super::copy`], the multipart operations in [`super::multipart`].
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -20,7 +19,7 @@ use super::encryption::{
 };
 use super::routing::{Call, S3Request, StreamedBody};
 use super::tagging::tags_from_header;
-use super::upload::UploadBody;
+use super::upload::store_error;
 use super::xml::{XmlDocument, XmlWriter};
 use super::{header, http_date, insert, S3Answer, S3Body, S3Service};
 use crate::error::{GatewayError, Protocol};
@@ -75,10 +74,7 @@ impl S3Service {
         let info = self
             .store
             .put_object_with_bucket_key(kms, &request.bucket, &request.key, body, &opts, bucket_key)
-            .map_err(|err| match err {
-                objstore::Error::Body(io) => UploadBody::<&mut dyn BufRead>::error_of(io),
-                other => GatewayError::Object(other),
-            })?;
+            .map_err(store_error)?;
         let mut answer = S3Answer::empty(StatusCode::OK);
         insert(&mut answer.headers, "etag", &format!("\"{}\"", info.etag));
         if let Some(id) = &info.version_id {

@@ -11,7 +11,7 @@ use http::Method;
 use super::upload::UploadBody;
 use super::{S3Answer, S3Service};
 use crate::error::GatewayError;
-use crate::sigv4;
+use crate::sigv4::{self, PercentEscapeError};
 
 /// Largest body of an operation other than PutObject (XML configurations).
 const MAX_SMALL_BODY: u64 = 1 << 20;
@@ -318,26 +318,16 @@ impl S3Request {
 
 /// A path, percent-decoded once (S3 paths are encoded once); it must be UTF-8.
 pub(super) fn percent_decode_path(path: &str) -> Result<String, GatewayError> {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let pair = bytes.get(i + 1..i + 3).ok_or_else(|| {
-                GatewayError::InvalidRequest("the path ends in an incomplete percent escape".into())
-            })?;
-            let mut byte = [0u8; 1];
-            hex::decode_to_slice(pair, &mut byte).map_err(|_| {
-                GatewayError::InvalidRequest("the path holds an invalid percent escape".into())
-            })?;
-            out.push(byte[0]);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
+    let bytes = sigv4::percent_decode_bytes(path).map_err(|err| {
+        GatewayError::InvalidRequest(
+            match err {
+                PercentEscapeError::Incomplete => "the path ends in an incomplete percent escape",
+                PercentEscapeError::NotHex => "the path holds an invalid percent escape",
+            }
+            .into(),
+        )
+    })?;
+    String::from_utf8(bytes)
         .map_err(|_| GatewayError::InvalidRequest("the path is not UTF-8 once decoded".into()))
 }
 
@@ -513,5 +503,24 @@ mod tests {
         );
         assert!(route(Method::GET, "/b/%zz", "").is_err());
         assert!(route(Method::GET, "/b/%ff", "").is_err());
+        let message = |p: &str| S3Request::parse(&Method::GET, p, "").unwrap_err().message();
+        assert_eq!(
+            message("/b/k%2"),
+            "the path ends in an incomplete percent escape"
+        );
+        assert_eq!(
+            message("/b/%zz"),
+            "the path holds an invalid percent escape"
+        );
+        assert_eq!(message("/b/%ff"), "the path is not UTF-8 once decoded");
+        assert_eq!(
+            sigv4::percent_decode_bytes("a%2"),
+            Err(PercentEscapeError::Incomplete)
+        );
+        assert_eq!(
+            sigv4::percent_decode_bytes("%g0"),
+            Err(PercentEscapeError::NotHex)
+        );
+        assert_eq!(sigv4::percent_decode_bytes("a%2Fb+").unwrap(), b"a/b+");
     }
 }

@@ -274,6 +274,16 @@ fn incomplete(what: &str) -> io::Error {
     fail(GatewayError::IncompleteBody(what.to_owned()))
 }
 
+/// An object-store failure of a write that read this body: a failure of the
+/// body itself (a bad chunk, a checksum mismatch, a stall) is the client's,
+/// with its own S3 code; anything else is the store's.
+pub(crate) fn store_error(err: objstore::Error) -> GatewayError {
+    match err {
+        objstore::Error::Body(io) => UploadBody::<&[u8]>::error_of(io),
+        other => GatewayError::Object(other),
+    }
+}
+
 impl<R: BufRead> UploadBody<R> {
     /// The body `src`, checked as `auth` says, decoding to `decoded_len` bytes when
     /// given (aws-chunked), and against `checksum` when the request claims one.

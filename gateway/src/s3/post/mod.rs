@@ -20,7 +20,7 @@ use super::objects::put_options;
 use super::tagging::tags_from_xml;
 use super::{insert, S3Answer, S3Body, S3Context, S3Service};
 use crate::error::{FormFault, GatewayError};
-use crate::s3::upload::UploadBody;
+use crate::s3::upload::{store_error, UploadBody};
 use crate::s3::xml::XmlWriter;
 use crate::sigv4;
 
@@ -334,10 +334,7 @@ impl S3Service {
         let info = self
             .store
             .put_object_with_bucket_key(&kms, bucket, &key, &mut file, &opts, bucket_key)
-            .map_err(|err| match err {
-                objstore::Error::Body(io) => UploadBody::<&mut dyn BufRead>::error_of(io),
-                other => GatewayError::Object(other),
-            })?;
+            .map_err(store_error)?;
         let etag = format!("\"{}\"", info.etag);
         let location = object_location(parts, bucket, &key);
         let mut answer = S3Answer::empty(status);
