@@ -142,6 +142,10 @@ pub enum GatewayError {
     /// body timeout (`--body-timeout`). The connection is closed after the answer.
     #[error("RequestTimeout: {0}")]
     RequestTimeout(String),
+    /// The client (with others, or from one address) holds more connections than the
+    /// server takes: retry with back-off.
+    #[error("SlowDown: {0}")]
+    SlowDown(String),
     /// The client used an HTTP method the resource does not take.
     #[error("MethodNotAllowed: {0}")]
     MethodNotAllowed(String),
@@ -296,6 +300,7 @@ impl GatewayError {
                 400,
             ),
             E::RequestTimeout(_) => ("RequestTimeoutException", 400, "RequestTimeout".into(), 400),
+            E::SlowDown(_) => ("ThrottlingException", 503, "SlowDown".into(), 503),
             E::MethodNotAllowed(_) => (
                 "UnknownOperationException",
                 400,
@@ -359,6 +364,7 @@ impl GatewayError {
             | GatewayError::MissingContentLength(m)
             | GatewayError::InvalidLocationConstraint(m)
             | GatewayError::RequestTimeout(m)
+            | GatewayError::SlowDown(m)
             | GatewayError::MethodNotAllowed(m)
             | GatewayError::NotImplemented(m)
             | GatewayError::PostForm(_, m)
@@ -464,6 +470,7 @@ mod tests {
                 411,
             ),
             (GatewayError::MethodNotAllowed(m()), "MethodNotAllowed", 405),
+            (GatewayError::SlowDown(m()), "SlowDown", 503),
             (GatewayError::NotImplemented(m()), "NotImplemented", 501),
             (
                 GatewayError::PostForm(FormFault::FileTooLarge, m()),

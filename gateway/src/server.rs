@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::credentials::CredentialStore;
-use crate::error::{GatewayError, Protocol};
+use crate::error::{ErrorReply, GatewayError, Protocol};
 use crate::kms_api::{self, KmsOperation};
 use crate::s3::upload::ChannelReader;
 use crate::s3::{self, S3Answer, S3Body, S3Context, S3Request, S3Service};
@@ -1167,23 +1167,35 @@ fn out_of_resources(err: &std::io::Error) -> bool {
 /// protocol's ThrottlingException when only KMS is served), then close. SDKs retry
 /// both with back-off.
 fn slow_down_response(services: Services) -> Vec<u8> {
-    let message = "Please reduce your request rate: too many open connections.";
-    let (content_type, body) = if services.s3 {
-        (
+    let err = GatewayError::SlowDown(
+        "Please reduce your request rate: too many open connections.".into(),
+    );
+    let protocol = if services.s3 {
+        Protocol::S3
+    } else {
+        Protocol::Json
+    };
+    let ErrorReply {
+        code,
+        status,
+        message,
+    } = err.reply(protocol);
+    let (content_type, body) = match protocol {
+        Protocol::S3 => (
             "application/xml",
             format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
                  <Message>{message}</Message></Error>"
             ),
-        )
-    } else {
-        (
+        ),
+        Protocol::Json => (
             wire::CONTENT_TYPE,
-            serde_json::json!({ "__type": "ThrottlingException", "message": message }).to_string(),
-        )
+            serde_json::json!({ "__type": code, "message": message }).to_string(),
+        ),
     };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {content_type}\r\n\
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n\
          content-length: {}\r\nretry-after: 1\r\nx-amzn-errortype: SlowDown\r\n\
          connection: close\r\n\r\n{body}",
         body.len()
@@ -1693,7 +1705,10 @@ mod tests {
         ] {
             let text = String::from_utf8(slow_down_response(services)).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-            assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+            assert!(
+                head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+                "{head}"
+            );
             assert!(head.contains(&format!("content-length: {}", body.len())));
             assert!(head.contains("connection: close"));
             assert!(body.contains(marker), "{body}");
