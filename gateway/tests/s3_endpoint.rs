@@ -1596,3 +1596,41 @@ fn public_access_blocks_apply_to_acls_and_policies() {
         200
     );
 }
+
+/// Operations that take no body still read and check the one they get (its signed
+/// SHA-256, its size) before they act: a body that fails changes nothing.
+#[test]
+fn bodiless_operations_check_the_body_before_acting() {
+    let e = Endpoint::start();
+    e.make_bucket("keep");
+    assert_eq!(e.put_object("/keep/k", b"v", &[]).status, 200);
+    let other_hash = hex::encode(Sha256::digest(b"not the body"));
+    let lying = Auth::Header {
+        credentials: &e.root,
+        payload_hash: Some(&other_hash),
+        at: OffsetDateTime::now_utc(),
+    };
+    for (method, path, query) in [
+        ("DELETE", "/keep", ""),
+        ("DELETE", "/keep/k", ""),
+        ("DELETE", "/keep", "policy"),
+        ("PUT", "/keep/k", "tagging"),
+    ] {
+        let r = e.send(method, path, query, &[], b"a body", &lying);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "XAmzContentSHA256Mismatch"),
+            "{method} {path}?{query}: {}",
+            r.text()
+        );
+    }
+    assert!(e.object_exists("/keep/k"));
+    let r = e.call("GET", "/keep/k", "tagging", &[], b"");
+    assert!(!r.text().contains("<Tag>"), "{}", r.text());
+
+    // More than a configuration's 1 MiB is refused before the operation runs.
+    let big = vec![b' '; (1 << 20) + 1];
+    let r = e.call("DELETE", "/keep/k", "", &[], &big);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidRequest"));
+    assert!(e.object_exists("/keep/k"));
+}
