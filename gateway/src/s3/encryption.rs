@@ -18,6 +18,24 @@ use super::xml::{XmlDocument, XmlWriter};
 use super::{header, insert, S3Answer, S3Service};
 use crate::error::GatewayError;
 
+/// The SSE-KMS headers of an answer: the algorithm, the key's ARN and, when it is
+/// on, the bucket key.
+pub(super) fn sse_kms_headers(headers: &mut HeaderMap, key_arn: &str, bucket_key_enabled: bool) {
+    insert(headers, "x-amz-server-side-encryption", "aws:kms");
+    insert(
+        headers,
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        key_arn,
+    );
+    if bucket_key_enabled {
+        insert(
+            headers,
+            "x-amz-server-side-encryption-bucket-key-enabled",
+            "true",
+        );
+    }
+}
+
 /// The headers S3 sends about an object (GET, HEAD, and PUT's encryption ones).
 pub(super) fn encryption_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
     match info.sse {
@@ -43,19 +61,7 @@ pub(super) fn encryption_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
             return;
         }
     }
-    insert(headers, "x-amz-server-side-encryption", "aws:kms");
-    insert(
-        headers,
-        "x-amz-server-side-encryption-aws-kms-key-id",
-        &info.kms_key_arn,
-    );
-    if info.bucket_key_enabled {
-        insert(
-            headers,
-            "x-amz-server-side-encryption-bucket-key-enabled",
-            "true",
-        );
-    }
+    sse_kms_headers(headers, &info.kms_key_arn, info.bucket_key_enabled);
     if let Ok(json) = serde_json::to_vec(&info.encryption_context) {
         insert(
             headers,

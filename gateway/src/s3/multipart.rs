@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use objstore::{CompletedPart, MultipartUpload, MAX_PART_NUMBER};
 
 use super::access::owner_xml;
-use super::encryption::{bucket_key_header, customer_key, encryption_headers};
+use super::encryption::{bucket_key_header, customer_key, encryption_headers, sse_kms_headers};
 use super::objects::{content_md5, put_options, write_condition};
 use super::routing::{Call, S3Request, StreamedBody};
 use super::upload::store_error;
@@ -22,24 +22,13 @@ fn upload_id(request: &S3Request) -> Result<&str, GatewayError> {
         .ok_or_else(|| GatewayError::InvalidArgument("uploadId is missing".into()))
 }
 
+/// The encryption headers of CreateMultipartUpload's answer.
 fn upload_encryption_headers(headers: &mut HeaderMap, upload: &MultipartUpload) {
     if upload.sse == objstore::Sse::S3 {
         insert(headers, "x-amz-server-side-encryption", "AES256");
         return;
     }
-    insert(headers, "x-amz-server-side-encryption", "aws:kms");
-    insert(
-        headers,
-        "x-amz-server-side-encryption-aws-kms-key-id",
-        &upload.kms_key_arn,
-    );
-    if upload.bucket_key_enabled {
-        insert(
-            headers,
-            "x-amz-server-side-encryption-bucket-key-enabled",
-            "true",
-        );
-    }
+    sse_kms_headers(headers, &upload.kms_key_arn, upload.bucket_key_enabled);
 }
 
 /// The part number and upload id of an UploadPart (or UploadPartCopy).
