@@ -242,8 +242,8 @@ own_sources() { # own_sources TARGET: prints source paths
     nbd_client_name) echo blockdev/src/nbd/tls.rs ;;
     object_header) echo objstore/src/format.rs ;;
     s3_request) echo gateway/src/s3 gateway/src/wire.rs ;;
-    s3_post_form) echo gateway/src/s3/post.rs ;;
-    sigv4_verify) echo gateway/src/sigv4.rs ;;
+    s3_post_form) echo gateway/src/s3/post ;;
+    sigv4_verify) echo gateway/src/sigv4 ;;
     *) echo "no source map for fuzz target $1 (add it to own_sources in scripts/fuzz.sh)" >&2 && return 1 ;;
     esac
 }

@@ -1,8 +1,68 @@
 //! The gateway's one error type, and the one place that maps each error to its AWS
 //! error name and HTTP status.
 
+use std::borrow::Cow;
+
 use crypto_core::kms::KmsError;
 use thiserror::Error;
+
+/// What is wrong with a browser-upload form (S3 POST), each with S3's error code
+/// (all answered 400). The client is at fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FormFault {
+    /// The body is not well-formed `multipart/form-data` (MalformedPOSTRequest).
+    Malformed,
+    /// The request is not `multipart/form-data` at all (PreconditionFailed).
+    NotMultipart,
+    /// The fields before the file exceed S3's 20 KiB (MaxPostPreDataLengthExceeded).
+    PreDataTooLong,
+    /// A field is missing, repeated, or has a value it cannot take; or the form has no
+    /// file (InvalidArgument).
+    InvalidField,
+    /// The policy document does not decode or does not follow S3's grammar
+    /// (InvalidPolicyDocument).
+    InvalidPolicy,
+    /// The file is larger than the policy's content-length-range (EntityTooLarge).
+    FileTooLarge,
+    /// The file is smaller than the policy's content-length-range (EntityTooSmall).
+    FileTooSmall,
+}
+
+impl FormFault {
+    /// S3's error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            FormFault::Malformed => "MalformedPOSTRequest",
+            FormFault::NotMultipart => "PreconditionFailed",
+            FormFault::PreDataTooLong => "MaxPostPreDataLengthExceeded",
+            FormFault::InvalidField => "InvalidArgument",
+            FormFault::InvalidPolicy => "InvalidPolicyDocument",
+            FormFault::FileTooLarge => "EntityTooLarge",
+            FormFault::FileTooSmall => "EntityTooSmall",
+        }
+    }
+}
+
+/// The protocol an error answer is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// The KMS JSON 1.1 protocol: `{"__type": ..., "message": ...}`.
+    Json,
+    /// The S3 REST protocol: an XML `<Error>` body (none for HEAD).
+    S3,
+}
+
+/// An error as it goes on the wire ([`GatewayError::reply`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// The AWS error name (JSON `__type`) or S3 error code (`<Code>`).
+    pub code: Cow<'static, str>,
+    /// The HTTP status.
+    pub status: u16,
+    /// The message the client reads (never a secret or a server path).
+    pub message: String,
+}
 
 /// Everything that can go wrong in the gateway. The variant docs say who is at fault.
 /// Messages never contain a secret (access key secrets, signatures' keys, plaintexts).
@@ -82,6 +142,10 @@ pub enum GatewayError {
     /// body timeout (`--body-timeout`). The connection is closed after the answer.
     #[error("RequestTimeout: {0}")]
     RequestTimeout(String),
+    /// The client (with others, or from one address) holds more connections than the
+    /// server takes: retry with back-off.
+    #[error("SlowDown: {0}")]
+    SlowDown(String),
     /// The client used an HTTP method the resource does not take.
     #[error("MethodNotAllowed: {0}")]
     MethodNotAllowed(String),
@@ -91,9 +155,9 @@ pub enum GatewayError {
     NotImplemented(String),
     /// The client's browser-upload form (S3 POST policy) is malformed, its policy
     /// document is invalid, or its file is outside the policy's content-length-range:
-    /// S3's error code (400) and message.
-    #[error("{0}: {1}")]
-    PostForm(&'static str, String),
+    /// what is wrong ([`FormFault`], S3's error code) and the message.
+    #[error("{code}: {1}", code = .0.code())]
+    PostForm(FormFault, String),
     /// The object store refused or failed the S3 operation (its own S3 error code).
     #[error(transparent)]
     Object(#[from] objstore::Error),
@@ -106,11 +170,18 @@ pub enum GatewayError {
     Config(String),
     /// The credentials file could not be read or written, or is damaged.
     #[error("credentials file {path}: {message}")]
-    CredentialsFile { path: String, message: String },
+    CredentialsFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A socket or file operation of the server failed.
     #[error("{context}: {source}")]
     Io {
+        /// What the server was doing.
         context: String,
+        /// The failure.
         #[source]
         source: std::io::Error,
     },
@@ -124,134 +195,148 @@ impl GatewayError {
         }
     }
 
-    /// The AWS error name sent as the JSON protocol's `__type`.
+    /// The one map from an error to the wire: its error code, HTTP status and
+    /// message as `protocol` sends them. Every writer of an error answer (the KMS
+    /// JSON body, S3's XML error body, a HEAD answer without a body, DeleteObjects'
+    /// per-key errors, the trail's record of a refusal) goes through here; the match
+    /// has no catch-all arm, so every new variant chooses its codes.
+    pub fn reply(&self, protocol: Protocol) -> ErrorReply {
+        let (json, json_status, s3, s3_status) = self.codes();
+        let (code, status) = match protocol {
+            Protocol::Json => (Cow::Borrowed(json), json_status),
+            Protocol::S3 => (s3, s3_status),
+        };
+        ErrorReply {
+            code,
+            status,
+            message: self.message(),
+        }
+    }
+
+    /// The AWS error name sent as the JSON protocol's `__type` (of [`Self::reply`]).
     pub fn aws_name(&self) -> &'static str {
-        match self {
-            GatewayError::MissingAuthenticationToken(_) => "MissingAuthenticationTokenException",
-            GatewayError::IncompleteSignature(_) => "IncompleteSignatureException",
-            GatewayError::UnrecognizedClient(_) => "UnrecognizedClientException",
-            GatewayError::InvalidSignature(_) | GatewayError::ClockSkew(_) => {
-                "InvalidSignatureException"
-            }
-            GatewayError::PresignExpired(_) | GatewayError::InactiveAccessKey(_) => {
-                "AccessDeniedException"
-            }
-            GatewayError::Serialization(_) => "SerializationException",
-            GatewayError::UnknownOperation(_) => "UnknownOperationException",
-            GatewayError::BadRequest(_)
-            | GatewayError::InvalidRequest(_)
-            | GatewayError::InvalidArgument(_)
-            | GatewayError::MalformedXml(_)
-            | GatewayError::ContentSha256Mismatch(_)
-            | GatewayError::BadDigest(_)
-            | GatewayError::IncompleteBody(_)
-            | GatewayError::InvalidDigest(_)
-            | GatewayError::MissingContentLength(_)
-            | GatewayError::InvalidLocationConstraint(_)
-            | GatewayError::PostForm(..) => "ValidationException",
-            GatewayError::RequestTimeout(_) => "RequestTimeoutException",
-            GatewayError::AccessDenied(_) => "AccessDeniedException",
-            GatewayError::MethodNotAllowed(_) | GatewayError::NotImplemented(_) => {
-                "UnknownOperationException"
-            }
-            GatewayError::Object(_) => "InternalFailure",
-            GatewayError::Kms(err) => err.aws_name(),
-            GatewayError::Config(_)
-            | GatewayError::CredentialsFile { .. }
-            | GatewayError::Io { .. } => "InternalFailure",
-        }
+        self.codes().0
     }
 
-    /// The HTTP status AWS answers with for this error.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            GatewayError::MissingAuthenticationToken(_)
-            | GatewayError::IncompleteSignature(_)
-            | GatewayError::UnrecognizedClient(_)
-            | GatewayError::InvalidSignature(_)
-            | GatewayError::ClockSkew(_)
-            | GatewayError::Serialization(_)
-            | GatewayError::UnknownOperation(_)
-            | GatewayError::BadRequest(_)
-            | GatewayError::InvalidRequest(_)
-            | GatewayError::InvalidArgument(_)
-            | GatewayError::MalformedXml(_)
-            | GatewayError::ContentSha256Mismatch(_)
-            | GatewayError::BadDigest(_)
-            | GatewayError::IncompleteBody(_)
-            | GatewayError::InvalidDigest(_)
-            | GatewayError::MissingContentLength(_)
-            | GatewayError::InvalidLocationConstraint(_)
-            | GatewayError::RequestTimeout(_)
-            | GatewayError::MethodNotAllowed(_)
-            | GatewayError::NotImplemented(_)
-            | GatewayError::PostForm(..) => 400,
-            GatewayError::PresignExpired(_)
-            | GatewayError::InactiveAccessKey(_)
-            | GatewayError::AccessDenied(_) => 403,
-            GatewayError::Object(err) => err.http_status(),
-            GatewayError::Kms(err) => err.http_status(),
-            GatewayError::Config(_)
-            | GatewayError::CredentialsFile { .. }
-            | GatewayError::Io { .. } => 500,
-        }
+    /// The S3 error code, `<Code>` of S3's XML error body (of [`Self::reply`]).
+    pub fn s3_code(&self) -> Cow<'static, str> {
+        self.reply(Protocol::S3).code
     }
 
-    /// The S3 error code (`<Code>` of S3's XML error body).
-    pub fn s3_code(&self) -> std::borrow::Cow<'static, str> {
-        use std::borrow::Cow;
-        Cow::Borrowed(match self {
-            GatewayError::MissingAuthenticationToken(_)
-            | GatewayError::PresignExpired(_)
-            | GatewayError::AccessDenied(_) => "AccessDenied",
-            GatewayError::IncompleteSignature(_) => "AuthorizationHeaderMalformed",
-            GatewayError::UnrecognizedClient(_) | GatewayError::InactiveAccessKey(_) => {
-                "InvalidAccessKeyId"
+    /// The one table: (JSON `__type`, JSON status, S3 `<Code>`, S3 status) of each
+    /// variant.
+    fn codes(&self) -> (&'static str, u16, Cow<'static, str>, u16) {
+        use GatewayError as E;
+        match self {
+            E::MissingAuthenticationToken(_) => (
+                "MissingAuthenticationTokenException",
+                400,
+                "AccessDenied".into(),
+                403,
+            ),
+            E::IncompleteSignature(_) => (
+                "IncompleteSignatureException",
+                400,
+                "AuthorizationHeaderMalformed".into(),
+                400,
+            ),
+            E::UnrecognizedClient(_) => (
+                "UnrecognizedClientException",
+                400,
+                "InvalidAccessKeyId".into(),
+                403,
+            ),
+            E::InvalidSignature(_) => (
+                "InvalidSignatureException",
+                400,
+                "SignatureDoesNotMatch".into(),
+                403,
+            ),
+            E::ClockSkew(_) => (
+                "InvalidSignatureException",
+                400,
+                "RequestTimeTooSkewed".into(),
+                403,
+            ),
+            E::PresignExpired(_) => ("AccessDeniedException", 403, "AccessDenied".into(), 403),
+            E::InactiveAccessKey(_) => (
+                "AccessDeniedException",
+                403,
+                "InvalidAccessKeyId".into(),
+                403,
+            ),
+            E::Serialization(_) => ("SerializationException", 400, "InvalidRequest".into(), 400),
+            E::UnknownOperation(_) => (
+                "UnknownOperationException",
+                400,
+                "NotImplemented".into(),
+                501,
+            ),
+            E::BadRequest(_) | E::InvalidRequest(_) => {
+                ("ValidationException", 400, "InvalidRequest".into(), 400)
             }
-            GatewayError::InvalidSignature(_) => "SignatureDoesNotMatch",
-            GatewayError::ClockSkew(_) => "RequestTimeTooSkewed",
-            GatewayError::Serialization(_) | GatewayError::BadRequest(_) => "InvalidRequest",
-            GatewayError::InvalidRequest(_) => "InvalidRequest",
-            GatewayError::InvalidArgument(_) => "InvalidArgument",
-            GatewayError::MalformedXml(_) => "MalformedXML",
-            GatewayError::ContentSha256Mismatch(_) => "XAmzContentSHA256Mismatch",
-            GatewayError::BadDigest(_) => "BadDigest",
-            GatewayError::IncompleteBody(_) => "IncompleteBody",
-            GatewayError::InvalidDigest(_) => "InvalidDigest",
-            GatewayError::MissingContentLength(_) => "MissingContentLength",
-            GatewayError::InvalidLocationConstraint(_) => "InvalidLocationConstraint",
-            GatewayError::MethodNotAllowed(_) => "MethodNotAllowed",
-            GatewayError::RequestTimeout(_) => "RequestTimeout",
-            GatewayError::PostForm(code, _) => code,
-            GatewayError::UnknownOperation(_) | GatewayError::NotImplemented(_) => "NotImplemented",
-            GatewayError::Object(err) => return err.s3_code(),
-            // S3 names key-service failures `KMS.<name>`, except a denial.
-            GatewayError::Kms(crypto_core::kms::KmsError::AccessDenied(_)) => "AccessDenied",
-            GatewayError::Kms(err) => return Cow::Owned(format!("KMS.{}", err.aws_name())),
-            GatewayError::Config(_)
-            | GatewayError::CredentialsFile { .. }
-            | GatewayError::Io { .. } => "InternalError",
-        })
-    }
-
-    /// The HTTP status S3 answers this error with.
-    pub fn s3_status(&self) -> u16 {
-        match self {
-            GatewayError::MissingAuthenticationToken(_)
-            | GatewayError::PresignExpired(_)
-            | GatewayError::AccessDenied(_)
-            | GatewayError::UnrecognizedClient(_)
-            | GatewayError::InactiveAccessKey(_)
-            | GatewayError::InvalidSignature(_)
-            | GatewayError::ClockSkew(_) => 403,
-            GatewayError::MethodNotAllowed(_) => 405,
-            GatewayError::MissingContentLength(_) => 411,
-            GatewayError::UnknownOperation(_) | GatewayError::NotImplemented(_) => 501,
-            GatewayError::Object(err) => err.http_status(),
-            GatewayError::Kms(crypto_core::kms::KmsError::AccessDenied(_)) => 403,
-            GatewayError::Kms(err) if err.http_status() >= 500 => 503,
-            GatewayError::Kms(_) => 400,
-            other => other.http_status(),
+            E::InvalidArgument(_) => ("ValidationException", 400, "InvalidArgument".into(), 400),
+            E::AccessDenied(_) => ("AccessDeniedException", 403, "AccessDenied".into(), 403),
+            E::MalformedXml(_) => ("ValidationException", 400, "MalformedXML".into(), 400),
+            E::ContentSha256Mismatch(_) => (
+                "ValidationException",
+                400,
+                "XAmzContentSHA256Mismatch".into(),
+                400,
+            ),
+            E::BadDigest(_) => ("ValidationException", 400, "BadDigest".into(), 400),
+            E::IncompleteBody(_) => ("ValidationException", 400, "IncompleteBody".into(), 400),
+            E::InvalidDigest(_) => ("ValidationException", 400, "InvalidDigest".into(), 400),
+            E::MissingContentLength(_) => (
+                "ValidationException",
+                400,
+                "MissingContentLength".into(),
+                411,
+            ),
+            E::InvalidLocationConstraint(_) => (
+                "ValidationException",
+                400,
+                "InvalidLocationConstraint".into(),
+                400,
+            ),
+            E::RequestTimeout(_) => ("RequestTimeoutException", 400, "RequestTimeout".into(), 400),
+            E::SlowDown(_) => ("ThrottlingException", 503, "SlowDown".into(), 503),
+            E::MethodNotAllowed(_) => (
+                "UnknownOperationException",
+                400,
+                "MethodNotAllowed".into(),
+                405,
+            ),
+            E::NotImplemented(_) => (
+                "UnknownOperationException",
+                400,
+                "NotImplemented".into(),
+                501,
+            ),
+            E::PostForm(fault, _) => ("ValidationException", 400, fault.code().into(), 400),
+            E::Object(err) => (
+                "InternalFailure",
+                err.http_status(),
+                err.s3_code(),
+                err.http_status(),
+            ),
+            // S3 names key-service failures `KMS.<name>`, except a denial, and answers
+            // a failure of the key service itself with 503.
+            E::Kms(err @ KmsError::AccessDenied(_)) => (
+                err.aws_name(),
+                err.http_status(),
+                "AccessDenied".into(),
+                403,
+            ),
+            E::Kms(err) => (
+                err.aws_name(),
+                err.http_status(),
+                format!("KMS.{}", err.aws_name()).into(),
+                if err.http_status() >= 500 { 503 } else { 400 },
+            ),
+            E::Config(_) | E::CredentialsFile { .. } | E::Io { .. } => {
+                ("InternalFailure", 500, "InternalError".into(), 500)
+            }
         }
     }
 
@@ -279,6 +364,7 @@ impl GatewayError {
             | GatewayError::MissingContentLength(m)
             | GatewayError::InvalidLocationConstraint(m)
             | GatewayError::RequestTimeout(m)
+            | GatewayError::SlowDown(m)
             | GatewayError::MethodNotAllowed(m)
             | GatewayError::NotImplemented(m)
             | GatewayError::PostForm(_, m)
@@ -325,9 +411,10 @@ mod tests {
             ),
         ];
         for (err, name) in cases {
+            let reply = err.reply(Protocol::Json);
+            assert_eq!((&*reply.code, reply.status), (name, 400));
             assert_eq!(err.aws_name(), name);
-            assert_eq!(err.http_status(), 400);
-            assert_eq!(err.message(), "m");
+            assert_eq!(reply.message, "m");
             assert_eq!(err.to_string(), format!("{name}: m"));
         }
     }
@@ -336,12 +423,84 @@ mod tests {
     fn kms_errors_keep_their_names_and_internal_details_stay_private() {
         let err = GatewayError::from(KmsError::Disabled("key is disabled".into()));
         assert_eq!(err.aws_name(), "DisabledException");
-        assert_eq!(err.http_status(), 400);
+        assert_eq!(err.reply(Protocol::Json).status, 400);
         let io = GatewayError::io(
             "reading /secret/path",
             std::io::Error::other("disk on fire"),
         );
-        assert_eq!(io.http_status(), 500);
+        assert_eq!(io.reply(Protocol::Json).status, 500);
+        assert_eq!(io.reply(Protocol::S3).status, 500);
         assert!(!io.message().contains("/secret/path"));
+    }
+
+    #[test]
+    fn s3_codes_and_statuses_follow_s3() {
+        let m = || "m".to_owned();
+        let cases = [
+            (
+                GatewayError::MissingAuthenticationToken(m()),
+                "AccessDenied",
+                403,
+            ),
+            (
+                GatewayError::IncompleteSignature(m()),
+                "AuthorizationHeaderMalformed",
+                400,
+            ),
+            (
+                GatewayError::UnrecognizedClient(m()),
+                "InvalidAccessKeyId",
+                403,
+            ),
+            (
+                GatewayError::InvalidSignature(m()),
+                "SignatureDoesNotMatch",
+                403,
+            ),
+            (GatewayError::ClockSkew(m()), "RequestTimeTooSkewed", 403),
+            (GatewayError::PresignExpired(m()), "AccessDenied", 403),
+            (
+                GatewayError::InactiveAccessKey(m()),
+                "InvalidAccessKeyId",
+                403,
+            ),
+            (
+                GatewayError::MissingContentLength(m()),
+                "MissingContentLength",
+                411,
+            ),
+            (GatewayError::MethodNotAllowed(m()), "MethodNotAllowed", 405),
+            (GatewayError::SlowDown(m()), "SlowDown", 503),
+            (GatewayError::NotImplemented(m()), "NotImplemented", 501),
+            (
+                GatewayError::PostForm(FormFault::FileTooLarge, m()),
+                "EntityTooLarge",
+                400,
+            ),
+            (
+                GatewayError::Kms(KmsError::AccessDenied(m())),
+                "AccessDenied",
+                403,
+            ),
+            (
+                GatewayError::Kms(KmsError::Disabled(m())),
+                "KMS.DisabledException",
+                400,
+            ),
+            (
+                GatewayError::Kms(KmsError::Unavailable(m())),
+                "KMS.DependencyTimeoutException",
+                503,
+            ),
+        ];
+        for (err, code, status) in cases {
+            let reply = err.reply(Protocol::S3);
+            assert_eq!((&*reply.code, reply.status), (code, status), "{err}");
+            assert_eq!(err.s3_code(), code);
+            assert_eq!(reply.message, "m");
+        }
+        let form = GatewayError::PostForm(FormFault::InvalidPolicy, "Invalid Policy: x".into());
+        assert_eq!(form.to_string(), "InvalidPolicyDocument: Invalid Policy: x");
+        assert_eq!(form.aws_name(), "ValidationException");
     }
 }

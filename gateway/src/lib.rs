@@ -28,5 +28,5 @@ pub mod wire;
 
 pub use client::{RemoteKms, RemoteKmsConfig};
 pub use credentials::{AccessKey, AccessKeyStatus, CredentialStore};
-pub use error::GatewayError;
+pub use error::{ErrorReply, FormFault, GatewayError, Protocol};
 pub use server::{Gateway, RunningGateway, Services, TlsFiles};

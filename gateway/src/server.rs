@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::credentials::CredentialStore;
-use crate::error::GatewayError;
+use crate::error::{ErrorReply, GatewayError, Protocol};
 use crate::kms_api::{self, KmsOperation};
 use crate::s3::upload::ChannelReader;
 use crate::s3::{self, S3Answer, S3Body, S3Context, S3Request, S3Service};
@@ -585,13 +585,14 @@ impl Gateway {
             _ => claimed_operation(parts),
         };
         let read_only = is_read_only(&event_name);
+        let reply = err.reply(Protocol::Json);
         self.record_refusal(RefusedRequest {
             event_time: self.clock.now(),
             event_source: EventSource::Kms,
             event_name,
             caller: RefusedCaller::Unknown,
-            error_code: err.aws_name().to_owned(),
-            error_message: err.message(),
+            error_code: reply.code.into_owned(),
+            error_message: reply.message,
             request_parameters: serde_json::Value::Null,
             read_only,
             source,
@@ -723,7 +724,7 @@ impl S3Parts {
 /// Whether S3 `err` is a refusal the trail records: every 403 (signature,
 /// credentials, expired presigned URL, access denied) and a stalled body.
 fn is_s3_refusal(err: &GatewayError) -> bool {
-    err.s3_status() == 403 || matches!(err, GatewayError::RequestTimeout(_))
+    err.reply(Protocol::S3).status == 403 || matches!(err, GatewayError::RequestTimeout(_))
 }
 
 /// KMS operations that change nothing (CloudTrail's `readOnly`).
@@ -1166,23 +1167,35 @@ fn out_of_resources(err: &std::io::Error) -> bool {
 /// protocol's ThrottlingException when only KMS is served), then close. SDKs retry
 /// both with back-off.
 fn slow_down_response(services: Services) -> Vec<u8> {
-    let message = "Please reduce your request rate: too many open connections.";
-    let (content_type, body) = if services.s3 {
-        (
+    let err = GatewayError::SlowDown(
+        "Please reduce your request rate: too many open connections.".into(),
+    );
+    let protocol = if services.s3 {
+        Protocol::S3
+    } else {
+        Protocol::Json
+    };
+    let ErrorReply {
+        code,
+        status,
+        message,
+    } = err.reply(protocol);
+    let (content_type, body) = match protocol {
+        Protocol::S3 => (
             "application/xml",
             format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
                  <Message>{message}</Message></Error>"
             ),
-        )
-    } else {
-        (
+        ),
+        Protocol::Json => (
             wire::CONTENT_TYPE,
-            serde_json::json!({ "__type": "ThrottlingException", "message": message }).to_string(),
-        )
+            serde_json::json!({ "__type": code, "message": message }).to_string(),
+        ),
     };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {content_type}\r\n\
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n\
          content-length: {}\r\nretry-after: 1\r\nx-amzn-errortype: SlowDown\r\n\
          connection: close\r\n\r\n{body}",
         body.len()
@@ -1261,15 +1274,16 @@ async fn respond(
             &request_id,
         ),
         Err(err) => {
-            let status = err.http_status();
-            if status >= 500 {
+            let reply = err.reply(Protocol::Json);
+            if reply.status >= 500 {
                 tracing::warn!(request_id, "{err}");
             } else {
                 tracing::debug!(request_id, "{err}");
             }
-            let body = serde_json::json!({ "__type": err.aws_name(), "message": err.message() });
+            let body = serde_json::json!({ "__type": reply.code, "message": reply.message });
             let body = Zeroizing::new(body.to_string().into_bytes());
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status =
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             build(status, wire::CONTENT_TYPE, body, &request_id)
         }
     };
@@ -1444,7 +1458,8 @@ async fn respond_s3(
         Ok(answer) => s3_response(answer, head, &request_id),
         Err(err) => {
             if is_s3_refusal(&err) {
-                let error = (err.s3_code().into_owned(), err.message());
+                let reply = err.reply(Protocol::S3);
+                let error = (reply.code.into_owned(), reply.message);
                 let recorded = tokio::task::spawn_blocking({
                     let gateway = Arc::clone(&gateway);
                     move || gateway.refuse_s3(&refusal_parts, error, source, verified.get())
@@ -1464,16 +1479,16 @@ async fn respond_s3(
 }
 
 fn s3_error(err: &GatewayError, resource: &str, request_id: &str) -> Response<Body> {
-    let status = err.s3_status();
-    if status >= 500 && status != 501 {
+    let reply = err.reply(Protocol::S3);
+    if reply.status >= 500 && reply.status != 501 {
         tracing::warn!(request_id, "{err}");
     } else {
         tracing::debug!(request_id, "{err}");
     }
-    let document = s3::error_document(err, resource, request_id);
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let document = s3::error_document(&reply, resource, request_id);
     let mut response = Response::new(Body::whole(Chunk::Bytes(Bytes::from(document))));
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -1690,7 +1705,10 @@ mod tests {
         ] {
             let text = String::from_utf8(slow_down_response(services)).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-            assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+            assert!(
+                head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+                "{head}"
+            );
             assert!(head.contains(&format!("content-length: {}", body.len())));
             assert!(head.contains("connection: close"));
             assert!(body.contains(marker), "{body}");

@@ -21,6 +21,14 @@ const REGION: &str = "us-east-1";
 const ROOT: &str = "arn:aws:iam::000000000000:root";
 const ALICE: &str = "arn:aws:iam::000000000000:user/alice";
 const OTHER_ACCOUNT: &str = "arn:aws:iam::111111111111:root";
+/// The headers of a PUT under SSE-KMS with the test key (`alias/MyKMSKey`).
+const SSE_KMS_MY_KEY: [(&str, &str); 2] = [
+    ("x-amz-server-side-encryption", "aws:kms"),
+    (
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        "alias/MyKMSKey",
+    ),
+];
 
 struct Endpoint {
     home: tempfile::TempDir,
@@ -69,6 +77,17 @@ enum Auth<'a> {
     },
 }
 
+impl<'a> Auth<'a> {
+    /// Header auth by `credentials`, now, over the body's SHA-256.
+    fn now(credentials: &'a SigningCredentials) -> Auth<'a> {
+        Auth::Header {
+            credentials,
+            payload_hash: None,
+            at: OffsetDateTime::now_utc(),
+        }
+    }
+}
+
 fn credentials_for(home: &std::path::Path, principal: &str) -> SigningCredentials {
     let key = CredentialStore::open(home)
         .create_access_key(principal)
@@ -110,11 +129,7 @@ impl Endpoint {
     }
 
     fn signed(&self) -> Auth<'_> {
-        Auth::Header {
-            credentials: &self.root,
-            payload_hash: None,
-            at: OffsetDateTime::now_utc(),
-        }
+        Auth::now(&self.root)
     }
 
     /// Builds the request head (signed as `auth`) for `method path?query`.
@@ -211,6 +226,31 @@ impl Endpoint {
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         parse_reply(&answer, method == "HEAD")
+    }
+
+    /// Sends `method path?query` signed by the account's root.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        self.send(method, path, query, extra, body, &self.signed())
+    }
+
+    /// DeleteObjects of `batch` (a `<Delete>` document) in `bucket`, with its
+    /// Content-MD5, signed by the root.
+    fn delete_objects(&self, bucket: &str, batch: &[u8]) -> Reply {
+        let md5 = BASE64.encode(md5_of(batch));
+        self.call(
+            "POST",
+            &format!("/{bucket}"),
+            "delete",
+            &[("content-md5", &md5)],
+            batch,
+        )
     }
 
     fn get(&self, path: &str, extra: &[(&str, &str)]) -> Reply {
@@ -318,7 +358,7 @@ fn aws_chunked(
 fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     let e = Endpoint::start();
     e.make_bucket("data");
-    let again = e.send("PUT", "/data", "", &[], b"", &e.signed());
+    let again = e.call("PUT", "/data", "", &[], b"");
     assert_eq!(
         (again.status, again.code().as_str()),
         (409, "BucketAlreadyOwnedByYou")
@@ -328,18 +368,18 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     let r = e.put_object("/data/a", b"x", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-amz-server-side-encryption"), "AES256");
-    let r = e.send("GET", "/data", "encryption", &[], b"", &e.signed());
+    let r = e.call("GET", "/data", "encryption", &[], b"");
     assert!(
         r.text().contains("<SSEAlgorithm>AES256</SSEAlgorithm>"),
         "{}",
         r.text()
     );
     let config = br#"<ServerSideEncryptionConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>alias/MyKMSKey</KMSMasterKeyID></ApplyServerSideEncryptionByDefault></Rule></ServerSideEncryptionConfiguration>"#;
-    let r = e.send("PUT", "/data", "encryption", &[], config, &e.signed());
+    let r = e.call("PUT", "/data", "encryption", &[], config);
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = e.send("PUT", "/data", "encryption", &[], b"<Nope/>", &e.signed());
+    let r = e.call("PUT", "/data", "encryption", &[], b"<Nope/>");
     assert_eq!((r.status, r.code().as_str()), (400, "MalformedXML"));
-    let r = e.send("GET", "/data", "encryption", &[], b"", &e.signed());
+    let r = e.call("GET", "/data", "encryption", &[], b"");
     assert!(r
         .text()
         .contains("<KMSMasterKeyID>alias/MyKMSKey</KMSMasterKeyID>"));
@@ -385,7 +425,7 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     );
     assert!(!r.header("x-amz-request-id").is_empty());
 
-    let head = e.send("HEAD", "/data/dir/my%20file.bin", "", &[], b"", &e.signed());
+    let head = e.call("HEAD", "/data/dir/my%20file.bin", "", &[], b"");
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), "200000");
     assert_eq!(head.header("x-amz-server-side-encryption"), "aws:kms");
@@ -427,26 +467,18 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
             200
         );
     }
-    let r = e.send(
-        "GET",
-        "/data",
-        "list-type=2&delimiter=%2F",
-        &[],
-        b"",
-        &e.signed(),
-    );
+    let r = e.call("GET", "/data", "list-type=2&delimiter=%2F", &[], b"");
     let text = r.text();
     assert!(text.contains("<Key>top</Key>"), "{text}");
     assert!(text.contains("<CommonPrefixes><Prefix>dir/</Prefix></CommonPrefixes>"));
     // `a` (SSE-S3, above), `top` and the prefix `dir/`.
     assert!(text.contains("<KeyCount>3</KeyCount>"), "{text}");
-    let r = e.send(
+    let r = e.call(
         "GET",
         "/data",
         "list-type=2&prefix=dir%2F&max-keys=2",
         &[],
         b"",
-        &e.signed(),
     );
     let text = r.text();
     assert!(text.contains("<IsTruncated>true</IsTruncated>"), "{text}");
@@ -455,23 +487,21 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
         .and_then(|(_, rest)| rest.split_once("</NextContinuationToken>"))
         .map(|(t, _)| t.to_owned())
         .unwrap();
-    let r = e.send(
+    let r = e.call(
         "GET",
         "/data",
         &format!("continuation-token={token}&list-type=2&prefix=dir%2F"),
         &[],
         b"",
-        &e.signed(),
     );
     assert!(r.text().contains("<Key>dir/sub/c</Key>"), "{}", r.text());
     assert!(r.text().contains("<IsTruncated>false</IsTruncated>"));
-    let r = e.send(
+    let r = e.call(
         "GET",
         "/data",
         "encoding-type=url&list-type=2&start-after=dir%2Fmy%20file.bin",
         &[],
         b"",
-        &e.signed(),
     );
     assert!(r.text().contains("<Key>dir/sub/c</Key>"), "{}", r.text());
     assert!(!r.text().contains("<Key>dir/my%20file.bin</Key>"));
@@ -479,20 +509,12 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
         .text()
         .contains("<StartAfter>dir/my%20file.bin</StartAfter>"));
 
-    let r = e.send("DELETE", "/data", "", &[], b"", &e.signed());
+    let r = e.call("DELETE", "/data", "", &[], b"");
     assert_eq!((r.status, r.code().as_str()), (409, "BucketNotEmpty"));
     let delete = b"<Delete><Object><Key>dir/b</Key></Object><Object><Key>dir/sub/c</Key></Object><Object><Key>bad/../key</Key></Object></Delete>";
-    let r = e.send("POST", "/data", "delete", &[], delete, &e.signed());
+    let r = e.call("POST", "/data", "delete", &[], delete);
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidRequest"));
-    let md5 = BASE64.encode(md5_of(delete));
-    let r = e.send(
-        "POST",
-        "/data",
-        "delete",
-        &[("content-md5", &md5)],
-        delete,
-        &e.signed(),
-    );
+    let r = e.delete_objects("data", delete);
     assert_eq!(r.status, 200, "{}", r.text());
     let text = r.text();
     assert!(
@@ -508,7 +530,7 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
         "{text}"
     );
     assert!(!e.object_exists("/data/dir/b"));
-    let r = e.send("DELETE", "/data/top", "", &[], b"", &e.signed());
+    let r = e.call("DELETE", "/data/top", "", &[], b"");
     assert_eq!(r.status, 204);
     let r = e.get("/data/top", &[]);
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchKey"));
@@ -517,19 +539,19 @@ fn objects_round_trip_with_ranges_listing_and_bucket_encryption() {
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchBucket"));
     let r = e.get("/", &[]);
     assert!(r.text().contains("<Name>data</Name>"), "{}", r.text());
-    let r = e.send("GET", "/data", "versioning", &[], b"", &e.signed());
+    let r = e.call("GET", "/data", "versioning", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         !r.text().contains("<Status>"),
         "never configured: {}",
         r.text()
     );
-    let r = e.send("GET", "/data", "lifecycle", &[], b"", &e.signed());
+    let r = e.call("GET", "/data", "lifecycle", &[], b"");
     assert_eq!(
         (r.status, r.code().as_str()),
         (404, "NoSuchLifecycleConfiguration")
     );
-    let r = e.send("GET", "/data", "cors", &[], b"", &e.signed());
+    let r = e.call("GET", "/data", "cors", &[], b"");
     assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
 }
 
@@ -547,18 +569,7 @@ fn signatures_dates_and_payload_hashes_are_enforced() {
         secret_access_key: Zeroizing::new("x".repeat(40)),
         session_token: None,
     };
-    let r = e.send(
-        "GET",
-        "/",
-        "",
-        &[],
-        b"",
-        &Auth::Header {
-            credentials: &stranger,
-            payload_hash: None,
-            at: OffsetDateTime::now_utc(),
-        },
-    );
+    let r = e.send("GET", "/", "", &[], b"", &Auth::now(&stranger));
     assert_eq!((r.status, r.code().as_str()), (403, "InvalidAccessKeyId"));
 
     let wrong_secret = SigningCredentials {
@@ -566,18 +577,7 @@ fn signatures_dates_and_payload_hashes_are_enforced() {
         secret_access_key: Zeroizing::new("y".repeat(40)),
         session_token: None,
     };
-    let r = e.send(
-        "GET",
-        "/",
-        "",
-        &[],
-        b"",
-        &Auth::Header {
-            credentials: &wrong_secret,
-            payload_hash: None,
-            at: OffsetDateTime::now_utc(),
-        },
-    );
+    let r = e.send("GET", "/", "", &[], b"", &Auth::now(&wrong_secret));
     assert_eq!(
         (r.status, r.code().as_str()),
         (403, "SignatureDoesNotMatch")
@@ -611,8 +611,7 @@ fn signatures_dates_and_payload_hashes_are_enforced() {
     // The body is not the one whose SHA-256 was signed: nothing is stored.
     let config = br#"<ServerSideEncryptionConfiguration><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>alias/MyKMSKey</KMSMasterKeyID></ApplyServerSideEncryptionByDefault></Rule></ServerSideEncryptionConfiguration>"#;
     assert_eq!(
-        e.send("PUT", "/auth", "encryption", &[], config, &e.signed())
-            .status,
+        e.call("PUT", "/auth", "encryption", &[], config).status,
         200
     );
     let (headers, _) = e.head("PUT", "/auth/k", "", &[], b"original", &e.signed());
@@ -670,18 +669,7 @@ fn signatures_dates_and_payload_hashes_are_enforced() {
 
     // Buckets belong to their account.
     let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
-    let r = e.send(
-        "GET",
-        "/auth/u",
-        "",
-        &[],
-        b"",
-        &Auth::Header {
-            credentials: &other,
-            payload_hash: None,
-            at: OffsetDateTime::now_utc(),
-        },
-    );
+    let r = e.send("GET", "/auth/u", "", &[], b"", &Auth::now(&other));
     assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
 }
 
@@ -699,12 +687,8 @@ fn aws_chunked_uploads_verify_every_chunk_and_the_trailer() {
         let mut extra = vec![
             ("content-encoding", "aws-chunked".to_owned()),
             ("x-amz-decoded-content-length", decoded.to_string()),
-            ("x-amz-server-side-encryption", "aws:kms".to_owned()),
-            (
-                "x-amz-server-side-encryption-aws-kms-key-id",
-                "alias/MyKMSKey".to_owned(),
-            ),
         ];
+        extra.extend(SSE_KMS_MY_KEY.map(|(name, value)| (name, value.to_owned())));
         if let Some(name) = trailer {
             extra.push(("x-amz-trailer", name.to_owned()));
         }
@@ -825,13 +809,7 @@ fn aws_chunked_uploads_verify_every_chunk_and_the_trailer() {
         payload_hash: Some("UNSIGNED-PAYLOAD"),
         at,
     };
-    let extra = [
-        ("x-amz-server-side-encryption", "aws:kms"),
-        (
-            "x-amz-server-side-encryption-aws-kms-key-id",
-            "alias/MyKMSKey",
-        ),
-    ];
+    let extra = SSE_KMS_MY_KEY;
     let (headers, _) = e.head("PUT", "/chunks/dropped", "", &extra, b"", &auth);
     let r = e.raw("PUT", "/chunks/dropped", "", &headers, &data, 50_000, true);
     assert_eq!((r.status, r.code().as_str()), (400, "IncompleteBody"));
@@ -842,13 +820,7 @@ fn aws_chunked_uploads_verify_every_chunk_and_the_trailer() {
 fn presigned_urls_and_anonymous_requests_follow_s3() {
     let e = Endpoint::start();
     e.make_bucket("pub");
-    let extra = [
-        ("x-amz-server-side-encryption", "aws:kms"),
-        (
-            "x-amz-server-side-encryption-aws-kms-key-id",
-            "alias/MyKMSKey",
-        ),
-    ];
+    let extra = SSE_KMS_MY_KEY;
     assert_eq!(e.put_object("/pub/private", b"secret", &extra).status, 200);
     let mut public = extra.to_vec();
     public.push(("x-amz-acl", "public-read"));
@@ -908,17 +880,16 @@ fn presigned_urls_and_anonymous_requests_follow_s3() {
     assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
 
     // The ACL can be read back and changed.
-    let r = e.send("GET", "/pub/public", "acl", &[], b"", &e.signed());
+    let r = e.call("GET", "/pub/public", "acl", &[], b"");
     assert!(r
         .text()
         .contains("http://acs.amazonaws.com/groups/global/AllUsers"));
-    let r = e.send(
+    let r = e.call(
         "PUT",
         "/pub/public",
         "acl",
         &[("x-amz-acl", "private")],
         b"",
-        &e.signed(),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let r = e.send("GET", "/pub/public", "", &[], b"", &Auth::Anonymous);
@@ -929,13 +900,7 @@ fn presigned_urls_and_anonymous_requests_follow_s3() {
 fn key_state_and_key_policy_decide_object_access() {
     let e = Endpoint::start();
     e.make_bucket("keys");
-    let extra = [
-        ("x-amz-server-side-encryption", "aws:kms"),
-        (
-            "x-amz-server-side-encryption-aws-kms-key-id",
-            "alias/MyKMSKey",
-        ),
-    ];
+    let extra = SSE_KMS_MY_KEY;
     assert_eq!(e.put_object("/keys/o", b"payload", &extra).status, 200);
 
     e.kms.disable_key(&e.key_arn).unwrap();
@@ -966,11 +931,7 @@ fn key_state_and_key_policy_decide_object_access() {
 
     // alice is in the account but the key policy does not let her use the key.
     let alice = credentials_for(e.home.path(), ALICE);
-    let as_alice = Auth::Header {
-        credentials: &alice,
-        payload_hash: None,
-        at: OffsetDateTime::now_utc(),
-    };
+    let as_alice = Auth::now(&alice);
     let r = e.send("GET", "/keys/o", "", &[], b"", &as_alice);
     assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
     let r = e.send("PUT", "/keys/a", "", &extra, b"x", &as_alice);
@@ -984,12 +945,8 @@ fn bucket_keys_follow_the_bucket_default_and_the_put_header() {
     let e = Endpoint::start();
     e.make_bucket("bkt");
     let config = br#"<ServerSideEncryptionConfiguration><Rule><ApplyServerSideEncryptionByDefault><SSEAlgorithm>aws:kms</SSEAlgorithm><KMSMasterKeyID>alias/MyKMSKey</KMSMasterKeyID></ApplyServerSideEncryptionByDefault><BucketKeyEnabled>true</BucketKeyEnabled></Rule></ServerSideEncryptionConfiguration>"#;
-    assert_eq!(
-        e.send("PUT", "/bkt", "encryption", &[], config, &e.signed())
-            .status,
-        200
-    );
-    let r = e.send("GET", "/bkt", "encryption", &[], b"", &e.signed());
+    assert_eq!(e.call("PUT", "/bkt", "encryption", &[], config).status, 200);
+    let r = e.call("GET", "/bkt", "encryption", &[], b"");
     assert!(
         r.text()
             .contains("<BucketKeyEnabled>true</BucketKeyEnabled>"),
@@ -1026,23 +983,10 @@ fn bucket_keys_follow_the_bucket_default_and_the_put_header() {
 fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
     let e = Endpoint::start();
     e.make_bucket("mpu");
-    let extra = [
-        ("x-amz-server-side-encryption", "aws:kms"),
-        (
-            "x-amz-server-side-encryption-aws-kms-key-id",
-            "alias/MyKMSKey",
-        ),
-        ("content-type", "text/x-parts"),
-    ];
+    let [sse, key_id] = SSE_KMS_MY_KEY;
+    let extra = [sse, key_id, ("content-type", "text/x-parts")];
     let start = |key: &str| {
-        let r = e.send(
-            "POST",
-            &format!("/mpu/{key}"),
-            "uploads",
-            &extra,
-            b"",
-            &e.signed(),
-        );
+        let r = e.call("POST", &format!("/mpu/{key}"), "uploads", &extra, b"");
         assert_eq!(r.status, 200, "{}", r.text());
         r.text()
             .split_once("<UploadId>")
@@ -1051,13 +995,12 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
             .unwrap()
     };
     let part = |key: &str, id: &str, n: u32, body: &[u8]| {
-        let r = e.send(
+        let r = e.call(
             "PUT",
             &format!("/mpu/{key}"),
             &format!("partNumber={n}&uploadId={id}"),
             &[],
             body,
-            &e.signed(),
         );
         assert_eq!(r.status, 200, "{}", r.text());
         r.header("etag").to_owned()
@@ -1071,13 +1014,12 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
             ));
         }
         xml.push_str("</CompleteMultipartUpload>");
-        e.send(
+        e.call(
             "POST",
             &format!("/mpu/{key}"),
             &format!("uploadId={id}"),
             &[],
             xml.as_bytes(),
-            &e.signed(),
         )
     };
     // Every part but the last must be at least 5 MiB.
@@ -1126,13 +1068,12 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
     // Abort; an upload another account cannot see; a bad upload id.
     let id = start("aborted");
     part("aborted", &id, 1, b"x");
-    let r = e.send(
+    let r = e.call(
         "DELETE",
         "/mpu/aborted",
         &format!("uploadId={id}"),
         &[],
         b"",
-        &e.signed(),
     );
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(!e.object_exists("/mpu/aborted"));
@@ -1144,29 +1085,23 @@ fn multipart_uploads_assemble_in_order_and_refuse_bad_part_lists() {
         &format!("partNumber=1&uploadId={id}"),
         &[],
         b"x",
-        &Auth::Header {
-            credentials: &other,
-            payload_hash: None,
-            at: OffsetDateTime::now_utc(),
-        },
+        &Auth::now(&other),
     );
     assert_eq!(r.status, 403, "{}", r.text());
-    let r = e.send(
+    let r = e.call(
         "PUT",
         "/mpu/mine",
         "partNumber=1&uploadId=../../x",
         &[],
         b"x",
-        &e.signed(),
     );
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
-    let r = e.send(
+    let r = e.call(
         "PUT",
         "/mpu/mine",
         &format!("partNumber=10001&uploadId={id}"),
         &[],
         b"x",
-        &e.signed(),
     );
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidArgument"));
 }
@@ -1184,14 +1119,8 @@ fn xml_leaf(reply: &Reply, tag: &str) -> String {
 fn multipart_uploads_stream_parts_through_aws_chunked_bodies() {
     let e = Endpoint::start();
     e.make_bucket("mpu");
-    let sse = [
-        ("x-amz-server-side-encryption", "aws:kms"),
-        (
-            "x-amz-server-side-encryption-aws-kms-key-id",
-            "alias/MyKMSKey",
-        ),
-    ];
-    let r = e.send("POST", "/mpu/obj", "uploads", &sse, b"", &e.signed());
+    let sse = SSE_KMS_MY_KEY;
+    let r = e.call("POST", "/mpu/obj", "uploads", &sse, b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.header("x-amz-server-side-encryption-aws-kms-key-id"),
@@ -1237,14 +1166,7 @@ fn multipart_uploads_stream_parts_through_aws_chunked_bodies() {
         (r.status, r.code().as_str()),
         (403, "SignatureDoesNotMatch")
     );
-    let r = e.send(
-        "GET",
-        "/mpu/obj",
-        &format!("uploadId={id}"),
-        &[],
-        b"",
-        &e.signed(),
-    );
+    let r = e.call("GET", "/mpu/obj", &format!("uploadId={id}"), &[], b"");
     assert!(
         !r.text().contains("<Part>"),
         "a refused part was kept: {}",
@@ -1261,37 +1183,16 @@ fn multipart_uploads_stream_parts_through_aws_chunked_bodies() {
     let query2 = format!("partNumber=2&uploadId={id}");
     let md5 = BASE64.encode(md5_of(&p2));
     let wrong = BASE64.encode([0u8; 16]);
-    let r = e.send(
-        "PUT",
-        "/mpu/obj",
-        &query2,
-        &[("content-md5", &wrong)],
-        &p2,
-        &e.signed(),
-    );
+    let r = e.call("PUT", "/mpu/obj", &query2, &[("content-md5", &wrong)], &p2);
     assert_eq!((r.status, r.code().as_str()), (400, "BadDigest"));
-    let r = e.send(
-        "PUT",
-        "/mpu/obj",
-        &query2,
-        &[("content-md5", &md5)],
-        &p2,
-        &e.signed(),
-    );
+    let r = e.call("PUT", "/mpu/obj", &query2, &[("content-md5", &md5)], &p2);
     assert_eq!(r.status, 200, "{}", r.text());
     let e2 = r.header("etag").to_owned();
 
-    let r = e.send(
-        "GET",
-        "/mpu/obj",
-        &format!("uploadId={id}"),
-        &[],
-        b"",
-        &e.signed(),
-    );
+    let r = e.call("GET", "/mpu/obj", &format!("uploadId={id}"), &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text().matches("<Part>").count(), 2, "{}", r.text());
-    let r = e.send("GET", "/mpu", "uploads", &[], b"", &e.signed());
+    let r = e.call("GET", "/mpu", "uploads", &[], b"");
     assert!(
         r.text().contains(&format!("<UploadId>{id}</UploadId>")),
         "{}",
@@ -1307,14 +1208,7 @@ fn multipart_uploads_stream_parts_through_aws_chunked_bodies() {
         }
         body.push_str("</CompleteMultipartUpload>");
         let query = format!("uploadId={id}");
-        e.send(
-            "POST",
-            "/mpu/obj",
-            &query,
-            &[],
-            body.as_bytes(),
-            &e.signed(),
-        )
+        e.call("POST", "/mpu/obj", &query, &[], body.as_bytes())
     };
     let r = complete(&[(2, &e2), (1, &e1)]);
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidPartOrder"));
@@ -1332,33 +1226,24 @@ fn multipart_uploads_stream_parts_through_aws_chunked_bodies() {
     assert!(got.header("etag").ends_with("-2\""), "{:?}", got.headers);
 
     // The upload is gone, and aborting another removes it.
-    let r = e.send(
-        "DELETE",
-        "/mpu/obj",
-        &format!("uploadId={id}"),
-        &[],
-        b"",
-        &e.signed(),
-    );
+    let r = e.call("DELETE", "/mpu/obj", &format!("uploadId={id}"), &[], b"");
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
-    let r = e.send("POST", "/mpu/other", "uploads", &sse, b"", &e.signed());
+    let r = e.call("POST", "/mpu/other", "uploads", &sse, b"");
     let other = xml_leaf(&r, "UploadId");
-    let r = e.send(
+    let r = e.call(
         "DELETE",
         "/mpu/other",
         &format!("uploadId={other}"),
         &[],
         b"",
-        &e.signed(),
     );
     assert_eq!(r.status, 204, "{}", r.text());
-    let r = e.send(
+    let r = e.call(
         "PUT",
         "/mpu/other",
         &format!("partNumber=1&uploadId={other}"),
         &[],
         b"x",
-        &e.signed(),
     );
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchUpload"));
     assert!(!e
@@ -1377,11 +1262,7 @@ fn copies_and_buckets_stay_inside_their_account() {
     let r = e.put_object("/mine/secret", b"mine only", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
-    let as_other = Auth::Header {
-        credentials: &other,
-        payload_hash: None,
-        at: OffsetDateTime::now_utc(),
-    };
+    let as_other = Auth::now(&other);
     // Bucket names are global: another account gets BucketAlreadyExists, and its
     // ListBuckets does not show the bucket.
     let r = e.send("PUT", "/mine", "", &[], b"", &as_other);
@@ -1421,14 +1302,7 @@ fn copies_and_buckets_stay_inside_their_account() {
     assert_eq!((r.status, r.code().as_str()), (403, "AccessDenied"));
     // A copy source that names no key, or a version, is refused.
     for source in ["/mine", "mine/", "/mine/secret?versionId=3"] {
-        let r = e.send(
-            "PUT",
-            "/mine/x",
-            "",
-            &[("x-amz-copy-source", source)],
-            b"",
-            &e.signed(),
-        );
+        let r = e.call("PUT", "/mine/x", "", &[("x-amz-copy-source", source)], b"");
         assert!(r.status == 400 || r.status == 501, "{source}: {}", r.status);
     }
     assert!(!e.object_exists("/mine/x"));
@@ -1467,13 +1341,12 @@ fn read_conditions_follow_rfc_9110_order() {
     // Writes: other If-None-Match values are refused, never ignored.
     let r = e.put_object("/cond/k", b"new", &[("if-none-match", "\"abc\"")]);
     assert_eq!(r.status, 501);
-    let r = e.send(
+    let r = e.call(
         "DELETE",
         "/cond/k",
         "",
         &[("x-amz-if-match-size", "4")],
         b"",
-        &e.signed(),
     );
     assert_eq!(r.status, 501);
     assert_eq!(e.get("/cond/k", &[]).body, b"body");
@@ -1485,7 +1358,7 @@ fn read_conditions_follow_rfc_9110_order() {
     let r = e.put_object("/cond/granted", b"x", &grant);
     assert_eq!((r.status, r.code().as_str()), (501, "NotImplemented"));
     assert!(!e.object_exists("/cond/granted"));
-    let r = e.send("PUT", "/granted-bucket", "", &grant, b"", &e.signed());
+    let r = e.call("PUT", "/granted-bucket", "", &grant, b"");
     assert_eq!(r.status, 501);
 }
 
@@ -1499,7 +1372,7 @@ fn list_objects_v1_pages_with_markers() {
             200
         );
     }
-    let list = |query: &str| e.send("GET", "/list-v1", query, &[], b"", &e.signed());
+    let list = |query: &str| e.call("GET", "/list-v1", query, &[], b"");
     let r = list("delimiter=%2F&max-keys=2");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(xml_leaf(&r, "IsTruncated"), "true");
@@ -1535,13 +1408,8 @@ fn bucket_policies_grant_other_accounts_and_deny_as_written() {
         200
     );
     let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
-    let as_other = || Auth::Header {
-        credentials: &other,
-        payload_hash: None,
-        at: OffsetDateTime::now_utc(),
-    };
-    let policy_put =
-        |doc: &str| e.send("PUT", "/shared", "policy", &[], doc.as_bytes(), &e.signed());
+    let as_other = || Auth::now(&other);
+    let policy_put = |doc: &str| e.call("PUT", "/shared", "policy", &[], doc.as_bytes());
     // No policy: another account is refused; it cannot put one either.
     assert_eq!(
         e.send("GET", "/shared/open/k", "", &[], b"", &as_other())
@@ -1560,7 +1428,7 @@ fn bucket_policies_grant_other_accounts_and_deny_as_written() {
     assert_eq!(r.status, 403);
     let r = policy_put(grant);
     assert_eq!(r.status, 204, "{}", r.text());
-    let r = e.send("GET", "/shared", "policy", &[], b"", &e.signed());
+    let r = e.call("GET", "/shared", "policy", &[], b"");
     assert_eq!(r.body, grant.as_bytes());
     // The grant: GET under open/ (SSE-S3: the managed key serves every principal),
     // and listing; nothing else.
@@ -1585,20 +1453,11 @@ fn bucket_policies_grant_other_accounts_and_deny_as_written() {
     );
     // The Deny binds the owner too, one key at a time in DeleteObjects.
     assert_eq!(
-        e.send("DELETE", "/shared/closed/k", "", &[], b"", &e.signed())
-            .status,
+        e.call("DELETE", "/shared/closed/k", "", &[], b"").status,
         403
     );
     let batch = b"<Delete><Object><Key>closed/k</Key></Object><Object><Key>open/gone</Key></Object></Delete>";
-    let md5 = BASE64.encode(md5_of(batch));
-    let r = e.send(
-        "POST",
-        "/shared",
-        "delete",
-        &[("content-md5", &md5)],
-        batch,
-        &e.signed(),
-    );
+    let r = e.delete_objects("shared", batch);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         r.text().contains("<Code>AccessDenied</Code>"),
@@ -1634,13 +1493,7 @@ fn bucket_policies_grant_other_accounts_and_deny_as_written() {
         ),
     ];
     assert_eq!(e.put_object("/shared/arn", b"x", &other_key).status, 403);
-    let kms = [
-        ("x-amz-server-side-encryption", "aws:kms"),
-        (
-            "x-amz-server-side-encryption-aws-kms-key-id",
-            "alias/MyKMSKey",
-        ),
-    ];
+    let kms = SSE_KMS_MY_KEY;
     let r = e.put_object("/shared/kms", b"x", &kms);
     assert_eq!(r.status, 200, "{}", r.text());
     let tls = r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::shared","arn:aws:s3:::shared/*"],"Condition":{"Bool":{"aws:SecureTransport":"false"}}}}"#;
@@ -1648,18 +1501,13 @@ fn bucket_policies_grant_other_accounts_and_deny_as_written() {
     // This endpoint is plain HTTP.
     assert_eq!(e.get("/shared/kms", &[]).status, 403);
     assert_eq!(
-        e.send("GET", "/shared", "list-type=2", &[], b"", &e.signed())
-            .status,
+        e.call("GET", "/shared", "list-type=2", &[], b"").status,
         403
     );
     // The owner can still take the policy away.
-    assert_eq!(
-        e.send("DELETE", "/shared", "policy", &[], b"", &e.signed())
-            .status,
-        204
-    );
+    assert_eq!(e.call("DELETE", "/shared", "policy", &[], b"").status, 204);
     assert_eq!(e.get("/shared/kms", &[]).status, 200);
-    let r = e.send("GET", "/shared", "policy", &[], b"", &e.signed());
+    let r = e.call("GET", "/shared", "policy", &[], b"");
     assert_eq!((r.status, r.code().as_str()), (404, "NoSuchBucketPolicy"));
     // A policy naming another bucket is refused.
     let r = policy_put(
@@ -1680,14 +1528,7 @@ fn public_access_blocks_apply_to_acls_and_policies() {
         400,
         "public-read: S3's SSE message"
     );
-    let r = e.send(
-        "GET",
-        "/blocked",
-        "publicAccessBlock",
-        &[],
-        b"",
-        &e.signed(),
-    );
+    let r = e.call("GET", "/blocked", "publicAccessBlock", &[], b"");
     assert_eq!(
         (r.status, r.code().as_str()),
         (404, "NoSuchPublicAccessBlockConfiguration")
@@ -1699,25 +1540,10 @@ fn public_access_blocks_apply_to_acls_and_policies() {
              <RestrictPublicBuckets>{restrict}</RestrictPublicBuckets></PublicAccessBlockConfiguration>"
         )
     };
-    let put_block = |body: String| {
-        e.send(
-            "PUT",
-            "/blocked",
-            "publicAccessBlock",
-            &[],
-            body.as_bytes(),
-            &e.signed(),
-        )
-    };
+    let put_block =
+        |body: String| e.call("PUT", "/blocked", "publicAccessBlock", &[], body.as_bytes());
     assert_eq!(put_block(config(true, true, false)).status, 200);
-    let r = e.send(
-        "GET",
-        "/blocked",
-        "publicAccessBlock",
-        &[],
-        b"",
-        &e.signed(),
-    );
+    let r = e.call("GET", "/blocked", "publicAccessBlock", &[], b"");
     assert!(
         r.text().contains("<BlockPublicAcls>true</BlockPublicAcls>"),
         "{}",
@@ -1726,9 +1552,9 @@ fn public_access_blocks_apply_to_acls_and_policies() {
     // BlockPublicAcls and IgnorePublicAcls.
     assert_eq!(e.put_object("/blocked/late", b"x", &public).status, 403);
     assert!(!e.object_exists("/blocked/late"));
-    let r = e.send("PUT", "/blocked/early", "acl", &public, b"", &e.signed());
+    let r = e.call("PUT", "/blocked/early", "acl", &public, b"");
     assert_eq!(r.status, 403);
-    let r = e.send("POST", "/blocked/mpu", "uploads", &public, b"", &e.signed());
+    let r = e.call("POST", "/blocked/mpu", "uploads", &public, b"");
     assert_eq!(r.status, 403);
     assert_eq!(
         anonymous("/blocked/early").status,
@@ -1738,25 +1564,12 @@ fn public_access_blocks_apply_to_acls_and_policies() {
     // BlockPublicPolicy refuses a policy that allows anyone, not one for an account.
     let anyone = r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::blocked/*"}}"#;
     let account = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"111111111111"},"Action":"s3:GetObject","Resource":"arn:aws:s3:::blocked/*"}}"#;
-    let put_policy = |doc: &str| {
-        e.send(
-            "PUT",
-            "/blocked",
-            "policy",
-            &[],
-            doc.as_bytes(),
-            &e.signed(),
-        )
-    };
+    let put_policy = |doc: &str| e.call("PUT", "/blocked", "policy", &[], doc.as_bytes());
     assert_eq!(put_policy(anyone).status, 403);
     assert_eq!(put_policy(account).status, 204);
     // RestrictPublicBuckets: a public policy no longer lets other accounts in.
     let other = credentials_for(e.home.path(), OTHER_ACCOUNT);
-    let as_other = || Auth::Header {
-        credentials: &other,
-        payload_hash: None,
-        at: OffsetDateTime::now_utc(),
-    };
+    let as_other = || Auth::now(&other);
     assert_eq!(put_block(config(false, false, false)).status, 200);
     assert_eq!(put_policy(anyone).status, 204);
     assert_eq!(
@@ -1775,18 +1588,49 @@ fn public_access_blocks_apply_to_acls_and_policies() {
         200,
         "the owner's account still can"
     );
-    let r = e.send(
-        "DELETE",
-        "/blocked",
-        "publicAccessBlock",
-        &[],
-        b"",
-        &e.signed(),
-    );
+    let r = e.call("DELETE", "/blocked", "publicAccessBlock", &[], b"");
     assert_eq!(r.status, 204);
     assert_eq!(
         e.send("GET", "/blocked/early", "", &[], b"", &as_other())
             .status,
         200
     );
+}
+
+/// Operations that take no body still read and check the one they get (its signed
+/// SHA-256, its size) before they act: a body that fails changes nothing.
+#[test]
+fn bodiless_operations_check_the_body_before_acting() {
+    let e = Endpoint::start();
+    e.make_bucket("keep");
+    assert_eq!(e.put_object("/keep/k", b"v", &[]).status, 200);
+    let other_hash = hex::encode(Sha256::digest(b"not the body"));
+    let lying = Auth::Header {
+        credentials: &e.root,
+        payload_hash: Some(&other_hash),
+        at: OffsetDateTime::now_utc(),
+    };
+    for (method, path, query) in [
+        ("DELETE", "/keep", ""),
+        ("DELETE", "/keep/k", ""),
+        ("DELETE", "/keep", "policy"),
+        ("PUT", "/keep/k", "tagging"),
+    ] {
+        let r = e.send(method, path, query, &[], b"a body", &lying);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "XAmzContentSHA256Mismatch"),
+            "{method} {path}?{query}: {}",
+            r.text()
+        );
+    }
+    assert!(e.object_exists("/keep/k"));
+    let r = e.call("GET", "/keep/k", "tagging", &[], b"");
+    assert!(!r.text().contains("<Tag>"), "{}", r.text());
+
+    // More than a configuration's 1 MiB is refused before the operation runs.
+    let big = vec![b' '; (1 << 20) + 1];
+    let r = e.call("DELETE", "/keep/k", "", &[], &big);
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidRequest"));
+    assert!(e.object_exists("/keep/k"));
 }

@@ -8,11 +8,16 @@ use crypto_core::kms::LocalKms;
 use http::HeaderMap;
 use objstore::{ByteRange, CustomerKey, ObjectDownload, ObjectInfo};
 
-use super::xml::XmlWriter;
-use super::{
-    bucket_key_header, customer_key_headers, encryption_headers, header, iso_date,
-    percent_decode_path, put_options, read_conditions, S3Answer, S3Request, S3Service,
+use super::access::{authorize, request_facts};
+use super::encryption::{
+    bucket_key_header, customer_key, customer_key_headers, encryption_headers, SSE_C_HEADERS,
 };
+use super::multipart::part_target;
+use super::objects::{put_options, read_conditions};
+use super::policy::RequestFacts;
+use super::routing::{percent_decode_path, Call};
+use super::xml::XmlWriter;
+use super::{header, iso_date, S3Answer, S3Service};
 use crate::error::GatewayError;
 
 const COPY_SOURCE_SSE_C: [&str; 3] = [
@@ -52,12 +57,12 @@ fn copy_source(headers: &HeaderMap) -> Result<(String, String, Option<String>), 
 /// parsed by the same rules as a request's own SSE-C headers.
 fn source_customer_key(headers: &HeaderMap) -> Result<Option<CustomerKey>, GatewayError> {
     let mut renamed = HeaderMap::new();
-    for (from, to) in COPY_SOURCE_SSE_C.iter().zip(super::SSE_C_HEADERS) {
+    for (from, to) in COPY_SOURCE_SSE_C.iter().zip(SSE_C_HEADERS) {
         if let Some(value) = headers.get(*from) {
             renamed.insert(to, value.clone());
         }
     }
-    Ok(super::customer_key(&renamed)?.map(|(key, _)| key))
+    Ok(customer_key(&renamed)?.map(|(key, _)| key))
 }
 
 /// `x-amz-copy-source-if-*`: every failed one is PreconditionFailed, as on S3.
@@ -109,7 +114,7 @@ impl S3Service {
         kms: &LocalKms,
         principal: &str,
         headers: &HeaderMap,
-        facts: &super::policy::RequestFacts,
+        facts: &RequestFacts,
         range: Option<ByteRange>,
     ) -> Result<(ObjectDownload, objstore::TagSet), GatewayError> {
         let (bucket, key, version) = copy_source(headers)?;
@@ -119,7 +124,7 @@ impl S3Service {
         } else {
             "s3:GetObject"
         };
-        super::authorize(
+        authorize(
             &info,
             principal,
             action,
@@ -139,13 +144,14 @@ impl S3Service {
     }
 
     /// CopyObject (PUT with `x-amz-copy-source`).
-    pub(super) fn copy_object(
-        &self,
-        kms: &LocalKms,
-        principal: &str,
-        request: &S3Request,
-        parts: &http::request::Parts,
-    ) -> Result<S3Answer, GatewayError> {
+    pub(super) fn copy_object(&self, call: &Call<'_>) -> Result<S3Answer, GatewayError> {
+        let Call {
+            kms,
+            principal,
+            request,
+            parts,
+            ..
+        } = *call;
         let headers = &parts.headers;
         let replace_tags = match header(headers, "x-amz-tagging-directive")? {
             None | Some("COPY") => false,
@@ -188,7 +194,7 @@ impl S3Service {
                     .into(),
             ));
         }
-        let facts = super::request_facts(parts);
+        let facts = request_facts(parts);
         let (mut download, source_tags) =
             self.open_copy_source(kms, principal, headers, &facts, None)?;
         if !replace_tags {
@@ -223,7 +229,7 @@ impl S3Service {
         if let Some(id) = &src_version {
             super::insert(&mut answer.headers, "x-amz-copy-source-version-id", id);
         }
-        if let Some((_, md5)) = super::customer_key(headers)? {
+        if let Some((_, md5)) = customer_key(headers)? {
             customer_key_headers(&mut answer.headers, &md5);
         }
         Ok(answer)
@@ -231,15 +237,15 @@ impl S3Service {
 
     /// UploadPartCopy (UploadPart with `x-amz-copy-source`, optionally
     /// `x-amz-copy-source-range: bytes=FIRST-LAST`).
-    pub(super) fn upload_part_copy(
-        &self,
-        kms: &LocalKms,
-        principal: &str,
-        request: &S3Request,
-        parts: &http::request::Parts,
-        part_number: u32,
-        upload_id: &str,
-    ) -> Result<S3Answer, GatewayError> {
+    pub(super) fn upload_part_copy(&self, call: &Call<'_>) -> Result<S3Answer, GatewayError> {
+        let Call {
+            kms,
+            principal,
+            request,
+            parts,
+            ..
+        } = *call;
+        let (part_number, upload_id) = part_target(request)?;
         let headers = &parts.headers;
         let range = match header(headers, "x-amz-copy-source-range")? {
             None => None,
@@ -260,7 +266,7 @@ impl S3Service {
                 })?)
             }
         };
-        let facts = super::request_facts(parts);
+        let facts = request_facts(parts);
         let (mut download, _) = self.open_copy_source(kms, principal, headers, &facts, range)?;
         let part = self
             .store

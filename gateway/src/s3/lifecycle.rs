@@ -9,7 +9,11 @@
 
 use objstore::{LifecycleConfiguration, LifecycleRule};
 
+use http::StatusCode;
+
+use super::routing::Call;
 use super::xml::{XmlDocument, XmlWriter};
+use super::{S3Answer, S3Service};
 use crate::error::GatewayError;
 
 /// Every element a configuration may hold.
@@ -43,7 +47,7 @@ fn days(rule: &XmlDocument<'_>, tag: &str) -> Result<Option<u32>, GatewayError> 
 }
 
 /// Parses a PutBucketLifecycleConfiguration body (validated further by the store).
-pub fn from_xml(body: &[u8]) -> Result<LifecycleConfiguration, GatewayError> {
+pub(super) fn from_xml(body: &[u8]) -> Result<LifecycleConfiguration, GatewayError> {
     let doc = XmlDocument::parse(body, "LifecycleConfiguration")?;
     let names = doc.element_names();
     if let Some(other) = names.iter().find(|name| !TAKEN.contains(name)) {
@@ -90,7 +94,7 @@ pub fn from_xml(body: &[u8]) -> Result<LifecycleConfiguration, GatewayError> {
 }
 
 /// GetBucketLifecycleConfiguration's answer.
-pub fn document(config: &LifecycleConfiguration) -> Vec<u8> {
+pub(super) fn document(config: &LifecycleConfiguration) -> Vec<u8> {
     let mut w = XmlWriter::new("LifecycleConfiguration");
     for rule in &config.rules {
         w.open("Rule")
@@ -112,6 +116,40 @@ pub fn document(config: &LifecycleConfiguration) -> Vec<u8> {
         w.close("Rule");
     }
     w.finish("LifecycleConfiguration")
+}
+
+impl S3Service {
+    /// PutBucketLifecycleConfiguration: the rules atrest applies.
+    pub(super) fn put_bucket_lifecycle_configuration(
+        &self,
+        call: &Call<'_>,
+        body: &[u8],
+    ) -> Result<S3Answer, GatewayError> {
+        let bucket = call.request.bucket.as_str();
+        let config = from_xml(body)?;
+        self.store.put_bucket_lifecycle(bucket, Some(config))?;
+        Ok(S3Answer::empty(StatusCode::OK))
+    }
+
+    /// GetBucketLifecycleConfiguration.
+    pub(super) fn get_bucket_lifecycle_configuration(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<S3Answer, GatewayError> {
+        let bucket = call.request.bucket.as_str();
+        let config = self.store.bucket_lifecycle(bucket)?;
+        Ok(S3Answer::xml(document(&config)))
+    }
+
+    /// DeleteBucketLifecycle.
+    pub(super) fn delete_bucket_lifecycle(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<S3Answer, GatewayError> {
+        let bucket = call.request.bucket.as_str();
+        self.store.put_bucket_lifecycle(bucket, None)?;
+        Ok(S3Answer::empty(StatusCode::NO_CONTENT))
+    }
 }
 
 #[cfg(test)]
@@ -169,7 +207,7 @@ mod tests {
         ] {
             let xml = format!("<LifecycleConfiguration>{body}</LifecycleConfiguration>");
             let err = from_xml(xml.as_bytes()).unwrap_err();
-            assert_eq!(err.s3_status(), 400, "{body}: {err}");
+            assert_eq!(err.reply(crate::error::Protocol::S3).status, 400, "{body}: {err}");
         }
     }
 }

@@ -28,7 +28,7 @@ const MAX_CHUNK: u64 = 64 << 20;
 /// Reads the bytes the connection task sends, blocking the (blocking-pool) thread
 /// while it waits.
 #[derive(Debug)]
-pub struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
     /// Fired on the first read: the connection task starts reading the body (and
     /// so lets hyper answer `Expect: 100-continue` with 100) only then, so a request
@@ -39,7 +39,7 @@ pub struct ChannelReader {
 }
 
 impl ChannelReader {
-    pub fn new(
+    pub(crate) fn new(
         rx: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
         wanted: tokio::sync::oneshot::Sender<()>,
     ) -> ChannelReader {
@@ -91,7 +91,9 @@ pub enum BodyAuth {
     /// through `chain` (None for `STREAMING-UNSIGNED-PAYLOAD-TRAILER`), trailing
     /// headers when `trailer`.
     Chunked {
+        /// The chunk signatures' chain, seeded by the request's signature.
         chain: Option<ChunkChain>,
+        /// Trailing headers (a checksum) follow the last chunk.
         trailer: bool,
     },
 }
@@ -99,10 +101,15 @@ pub enum BodyAuth {
 /// A checksum algorithm of S3's flexible checksums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChecksumAlgorithm {
+    /// CRC-32 (ISO-HDLC), `x-amz-checksum-crc32`.
     Crc32,
+    /// CRC-32C (Castagnoli), `x-amz-checksum-crc32c`.
     Crc32c,
+    /// SHA-1, `x-amz-checksum-sha1`.
     Sha1,
+    /// SHA-256, `x-amz-checksum-sha256`.
     Sha256,
+    /// CRC-64/NVME, `x-amz-checksum-crc64nvme`.
     Crc64Nvme,
 }
 
@@ -119,6 +126,7 @@ impl ChecksumAlgorithm {
         }))
     }
 
+    /// The `x-amz-checksum-*` header name of the algorithm.
     pub fn header(self) -> &'static str {
         match self {
             ChecksumAlgorithm::Crc32 => "x-amz-checksum-crc32",
@@ -215,6 +223,7 @@ impl Checksum {
 /// What the request says the checksum of the decoded body is.
 #[derive(Debug)]
 pub struct ChecksumClaim {
+    /// The algorithm.
     pub algorithm: ChecksumAlgorithm,
     /// From the header; `None` when it comes in the aws-chunked trailer.
     pub value: Option<String>,
@@ -265,7 +274,19 @@ fn incomplete(what: &str) -> io::Error {
     fail(GatewayError::IncompleteBody(what.to_owned()))
 }
 
+/// An object-store failure of a write that read this body: a failure of the
+/// body itself (a bad chunk, a checksum mismatch, a stall) is the client's,
+/// with its own S3 code; anything else is the store's.
+pub(crate) fn store_error(err: objstore::Error) -> GatewayError {
+    match err {
+        objstore::Error::Body(io) => UploadBody::<&[u8]>::error_of(io),
+        other => GatewayError::Object(other),
+    }
+}
+
 impl<R: BufRead> UploadBody<R> {
+    /// The body `src`, checked as `auth` says, decoding to `decoded_len` bytes when
+    /// given (aws-chunked), and against `checksum` when the request claims one.
     pub fn new(
         src: R,
         auth: BodyAuth,
@@ -304,18 +325,18 @@ impl<R: BufRead> UploadBody<R> {
     }
 
     /// Reports the checksum, once verified, to `slot` too.
-    pub fn report_checksum_to(&mut self, slot: objstore::BodyChecksum) {
+    pub(crate) fn report_checksum_to(&mut self, slot: objstore::BodyChecksum) {
         self.report = Some(slot);
     }
 
     /// The body's checksum (base64) once the whole body has been read and verified.
-    pub fn verified_checksum(&self) -> Option<&(ChecksumAlgorithm, String)> {
+    pub(crate) fn verified_checksum(&self) -> Option<&(ChecksumAlgorithm, String)> {
         self.verified_checksum.as_ref()
     }
 
     /// The gateway error a failed read carries, or IncompleteBody for a plain I/O
     /// failure (the client went away).
-    pub fn error_of(err: io::Error) -> GatewayError {
+    pub(crate) fn error_of(err: io::Error) -> GatewayError {
         if err
             .get_ref()
             .is_some_and(|inner| inner.is::<GatewayError>())

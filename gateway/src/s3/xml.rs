@@ -8,17 +8,17 @@ use std::fmt::Write as _;
 use crate::error::GatewayError;
 
 /// The namespace of every S3 document.
-pub const NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+pub(crate) const NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 
 /// Builds one XML document, element by element.
 #[derive(Debug)]
-pub struct XmlWriter {
+pub(crate) struct XmlWriter {
     out: String,
 }
 
 impl XmlWriter {
     /// A document whose root element `root` carries S3's namespace.
-    pub fn new(root: &str) -> XmlWriter {
+    pub(crate) fn new(root: &str) -> XmlWriter {
         let mut out = String::with_capacity(512);
         out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = write!(out, "<{root} xmlns=\"{NAMESPACE}\">");
@@ -26,31 +26,31 @@ impl XmlWriter {
     }
 
     /// A document whose root element has no namespace (S3's `<Error>`).
-    pub fn bare(root: &str) -> XmlWriter {
+    pub(crate) fn bare(root: &str) -> XmlWriter {
         let mut out = String::with_capacity(256);
         out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = write!(out, "<{root}>");
         XmlWriter { out }
     }
 
-    pub fn open(&mut self, tag: &str) -> &mut Self {
+    pub(crate) fn open(&mut self, tag: &str) -> &mut Self {
         let _ = write!(self.out, "<{tag}>");
         self
     }
 
     /// Opens an element with attributes written as given (trusted, constant text).
-    pub fn open_with(&mut self, tag: &str, attributes: &str) -> &mut Self {
+    pub(crate) fn open_with(&mut self, tag: &str, attributes: &str) -> &mut Self {
         let _ = write!(self.out, "<{tag} {attributes}>");
         self
     }
 
-    pub fn close(&mut self, tag: &str) -> &mut Self {
+    pub(crate) fn close(&mut self, tag: &str) -> &mut Self {
         let _ = write!(self.out, "</{tag}>");
         self
     }
 
     /// `<tag>text</tag>`, the text escaped.
-    pub fn leaf(&mut self, tag: &str, text: &str) -> &mut Self {
+    pub(crate) fn leaf(&mut self, tag: &str, text: &str) -> &mut Self {
         let _ = write!(self.out, "<{tag}>");
         escape_into(&mut self.out, text);
         let _ = write!(self.out, "</{tag}>");
@@ -58,13 +58,13 @@ impl XmlWriter {
     }
 
     /// Text inside the element open last, escaped.
-    pub fn text(&mut self, text: &str) -> &mut Self {
+    pub(crate) fn text(&mut self, text: &str) -> &mut Self {
         escape_into(&mut self.out, text);
         self
     }
 
     /// Closes the root and returns the document.
-    pub fn finish(mut self, root: &str) -> Vec<u8> {
+    pub(crate) fn finish(mut self, root: &str) -> Vec<u8> {
         let _ = write!(self.out, "</{root}>");
         self.out.into_bytes()
     }
