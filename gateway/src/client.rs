@@ -15,8 +15,8 @@ use std::time::Duration;
 use crypto_core::kms::{
     AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
     EncryptionContext, GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata,
-    KeyService, KmsError, ListRequest, Page, ReEncryptRequest, ReEncrypted, RotationEntry,
-    RotationStatus, RotationType, ScheduledDeletion, Tag, WrappedData,
+    KeyService, KmsError, ListRequest, Operation, Page, ReEncryptRequest, ReEncrypted,
+    RotationEntry, RotationStatus, RotationType, ScheduledDeletion, Tag, WrappedData,
 };
 use crypto_core::secret::SecretBytes;
 use http::HeaderMap;
@@ -28,7 +28,6 @@ use time::OffsetDateTime;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::GatewayError;
-use crate::kms_api::KmsOperation;
 use crate::sigv4::{self, Payload, Signer, SigningCredentials};
 use crate::wire::{self, decode_blob, encode_secret, lenient_date, WireKeyMetadata};
 
@@ -266,10 +265,10 @@ impl RemoteKms {
 
     /// Sends one signed request and returns the answer's body (zeroizing: it may hold
     /// a plaintext key).
-    fn call_raw(&self, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    fn call_raw(&self, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let now = OffsetDateTime::now_utc();
         let mut headers = HeaderMap::new();
-        let target = format!("{}{}", wire::TARGET_PREFIX, op.name());
+        let target = op.target();
         let config_error = |e: GatewayError| KmsError::Internal(e.to_string());
         for (name, value) in [
             ("host", self.endpoint.host.as_str()),
@@ -315,7 +314,7 @@ impl RemoteKms {
         read_body(response, &self.endpoint.url)
     }
 
-    fn error_from(&self, status: u16, body: &[u8], op: KmsOperation) -> KmsError {
+    fn error_from(&self, status: u16, body: &[u8], op: Operation) -> KmsError {
         #[derive(Deserialize)]
         struct ErrorBody {
             #[serde(rename = "__type")]
@@ -340,7 +339,7 @@ impl RemoteKms {
     /// `Truncated` and `NextMarker`.
     fn every_page<Resp: DeserializeOwned>(
         &self,
-        op: KmsOperation,
+        op: Operation,
         key_id: &str,
         limit: u32,
         more: impl Fn(&Resp) -> (bool, Option<String>),
@@ -365,7 +364,7 @@ impl RemoteKms {
 
     fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        op: KmsOperation,
+        op: Operation,
         request: &Req,
     ) -> Result<Resp, KmsError> {
         let body = serde_json::to_vec(request)
@@ -374,11 +373,7 @@ impl RemoteKms {
         self.parse(op, &answer)
     }
 
-    fn parse<Resp: DeserializeOwned>(
-        &self,
-        op: KmsOperation,
-        body: &[u8],
-    ) -> Result<Resp, KmsError> {
+    fn parse<Resp: DeserializeOwned>(&self, op: Operation, body: &[u8]) -> Result<Resp, KmsError> {
         let body = if body.is_empty() {
             b"{}".as_slice()
         } else {
@@ -393,7 +388,7 @@ impl RemoteKms {
         })
     }
 
-    fn unit<Req: Serialize>(&self, op: KmsOperation, request: &Req) -> Result<(), KmsError> {
+    fn unit<Req: Serialize>(&self, op: Operation, request: &Req) -> Result<(), KmsError> {
         self.call::<Req, serde::de::IgnoredAny>(op, request)
             .map(|_| ())
     }
@@ -666,7 +661,7 @@ impl KeyService for RemoteKms {
         let request = wire::KeyIdRequest {
             key_id: key_id.to_owned(),
         };
-        self.call::<_, MetadataAnswer>(KmsOperation::DescribeKey, &request)?
+        self.call::<_, MetadataAnswer>(Operation::DescribeKey, &request)?
             .into_metadata()
     }
 
@@ -674,7 +669,7 @@ impl KeyService for RemoteKms {
         &self,
         req: &GenerateDataKeyRequest,
     ) -> Result<GeneratedDataKey, KmsError> {
-        let op = KmsOperation::GenerateDataKey;
+        let op = Operation::GenerateDataKey;
         let body = serde_json::to_vec(&Self::data_key_request(req)?)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
         let answer: PlaintextAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
@@ -694,7 +689,7 @@ impl KeyService for RemoteKms {
         req: &GenerateDataKeyRequest,
     ) -> Result<WrappedData, KmsError> {
         let answer: CiphertextAnswer = self.call(
-            KmsOperation::GenerateDataKeyWithoutPlaintext,
+            Operation::GenerateDataKeyWithoutPlaintext,
             &Self::data_key_request(req)?,
         )?;
         Ok(WrappedData {
@@ -709,7 +704,7 @@ impl KeyService for RemoteKms {
         plaintext: &[u8],
         encryption_context: &EncryptionContext,
     ) -> Result<WrappedData, KmsError> {
-        let op = KmsOperation::Encrypt;
+        let op = Operation::Encrypt;
         let request = wire::EncryptRequest {
             key_id: key_id.to_owned(),
             plaintext: encode_secret(plaintext),
@@ -729,7 +724,7 @@ impl KeyService for RemoteKms {
     }
 
     fn decrypt(&self, req: &DecryptRequest) -> Result<DecryptedData, KmsError> {
-        let op = KmsOperation::Decrypt;
+        let op = Operation::Decrypt;
         let request = wire::DecryptRequest {
             ciphertext_blob: base64_of(&req.ciphertext_blob),
             encryption_context: context(&req.encryption_context),
@@ -758,7 +753,7 @@ impl KeyService for RemoteKms {
             destination_encryption_algorithm: None,
             dry_run: None,
         };
-        let answer: ReEncryptAnswer = self.call(KmsOperation::ReEncrypt, &request)?;
+        let answer: ReEncryptAnswer = self.call(Operation::ReEncrypt, &request)?;
         Ok(ReEncrypted {
             source_key_id: answer.source_key_id,
             key_id: answer.key_id,
@@ -779,12 +774,12 @@ impl KeyService for RemoteKms {
             key_usage: req.key_usage.clone(),
             ..wire::CreateKeyRequest::default()
         };
-        self.call::<_, MetadataAnswer>(KmsOperation::CreateKey, &request)?
+        self.call::<_, MetadataAnswer>(Operation::CreateKey, &request)?
             .into_metadata()
     }
 
     fn list_keys(&self, req: &ListRequest) -> Result<Page<KeyListEntry>, KmsError> {
-        let answer: ListKeysAnswer = self.call(KmsOperation::ListKeys, &list(req, None))?;
+        let answer: ListKeysAnswer = self.call(Operation::ListKeys, &list(req, None))?;
         Ok(Page {
             items: answer.keys,
             next_marker: next_marker(answer.truncated, answer.next_marker),
@@ -793,7 +788,7 @@ impl KeyService for RemoteKms {
 
     fn update_key_description(&self, key_id: &str, description: &str) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::UpdateKeyDescription,
+            Operation::UpdateKeyDescription,
             &wire::UpdateKeyDescriptionRequest {
                 key_id: key_id.to_owned(),
                 description: description.to_owned(),
@@ -802,11 +797,11 @@ impl KeyService for RemoteKms {
     }
 
     fn enable_key(&self, key_id: &str) -> Result<(), KmsError> {
-        self.unit(KmsOperation::EnableKey, &key_request(key_id))
+        self.unit(Operation::EnableKey, &key_request(key_id))
     }
 
     fn disable_key(&self, key_id: &str) -> Result<(), KmsError> {
-        self.unit(KmsOperation::DisableKey, &key_request(key_id))
+        self.unit(Operation::DisableKey, &key_request(key_id))
     }
 
     fn schedule_key_deletion(
@@ -815,7 +810,7 @@ impl KeyService for RemoteKms {
         pending_window_in_days: Option<u32>,
     ) -> Result<ScheduledDeletion, KmsError> {
         let answer: ScheduleAnswer = self.call(
-            KmsOperation::ScheduleKeyDeletion,
+            Operation::ScheduleKeyDeletion,
             &wire::ScheduleKeyDeletionRequest {
                 key_id: key_id.to_owned(),
                 pending_window_in_days,
@@ -842,8 +837,7 @@ impl KeyService for RemoteKms {
     }
 
     fn cancel_key_deletion(&self, key_id: &str) -> Result<String, KmsError> {
-        let answer: KeyIdAnswer =
-            self.call(KmsOperation::CancelKeyDeletion, &key_request(key_id))?;
+        let answer: KeyIdAnswer = self.call(Operation::CancelKeyDeletion, &key_request(key_id))?;
         Ok(answer.key_id)
     }
 
@@ -852,7 +846,7 @@ impl KeyService for RemoteKms {
         key_id: Option<&str>,
         req: &ListRequest,
     ) -> Result<Page<AliasListEntry>, KmsError> {
-        let answer: ListAliasesAnswer = self.call(KmsOperation::ListAliases, &list(req, key_id))?;
+        let answer: ListAliasesAnswer = self.call(Operation::ListAliases, &list(req, key_id))?;
         // Aliases without a target (AWS-managed ones never used) name no key to list.
         let items = answer
             .aliases
@@ -877,7 +871,7 @@ impl KeyService for RemoteKms {
 
     fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::CreateAlias,
+            Operation::CreateAlias,
             &wire::AliasRequest {
                 alias_name: alias_name.to_owned(),
                 target_key_id: target_key_id.to_owned(),
@@ -887,7 +881,7 @@ impl KeyService for RemoteKms {
 
     fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::UpdateAlias,
+            Operation::UpdateAlias,
             &wire::AliasRequest {
                 alias_name: alias_name.to_owned(),
                 target_key_id: target_key_id.to_owned(),
@@ -897,7 +891,7 @@ impl KeyService for RemoteKms {
 
     fn delete_alias(&self, alias_name: &str) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::DeleteAlias,
+            Operation::DeleteAlias,
             &wire::DeleteAliasRequest {
                 alias_name: alias_name.to_owned(),
             },
@@ -910,7 +904,7 @@ impl KeyService for RemoteKms {
         rotation_period_in_days: Option<u32>,
     ) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::EnableKeyRotation,
+            Operation::EnableKeyRotation,
             &wire::EnableKeyRotationRequest {
                 key_id: key_id.to_owned(),
                 rotation_period_in_days,
@@ -919,12 +913,12 @@ impl KeyService for RemoteKms {
     }
 
     fn disable_key_rotation(&self, key_id: &str) -> Result<(), KmsError> {
-        self.unit(KmsOperation::DisableKeyRotation, &key_request(key_id))
+        self.unit(Operation::DisableKeyRotation, &key_request(key_id))
     }
 
     fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError> {
         let answer: RotationStatusAnswer =
-            self.call(KmsOperation::GetKeyRotationStatus, &key_request(key_id))?;
+            self.call(Operation::GetKeyRotationStatus, &key_request(key_id))?;
         Ok(RotationStatus {
             key_id: answer.key_id.unwrap_or_else(|| key_id.to_owned()),
             key_rotation_enabled: answer.key_rotation_enabled,
@@ -935,14 +929,13 @@ impl KeyService for RemoteKms {
     }
 
     fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError> {
-        let answer: KeyIdAnswer =
-            self.call(KmsOperation::RotateKeyOnDemand, &key_request(key_id))?;
+        let answer: KeyIdAnswer = self.call(Operation::RotateKeyOnDemand, &key_request(key_id))?;
         Ok(answer.key_id)
     }
 
     fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError> {
         let answers = self.every_page(
-            KmsOperation::ListKeyRotations,
+            Operation::ListKeyRotations,
             key_id,
             1000,
             |answer: &ListRotationsAnswer| (answer.truncated, answer.next_marker.clone()),
@@ -963,7 +956,7 @@ impl KeyService for RemoteKms {
 
     fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError> {
         let answer: PolicyAnswer = self.call(
-            KmsOperation::GetKeyPolicy,
+            Operation::GetKeyPolicy,
             &wire::KeyPolicyRequest {
                 key_id: key_id.to_owned(),
                 policy_name: Some(policy_name.to_owned()),
@@ -981,7 +974,7 @@ impl KeyService for RemoteKms {
         bypass_policy_lockout_safety_check: bool,
     ) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::PutKeyPolicy,
+            Operation::PutKeyPolicy,
             &wire::KeyPolicyRequest {
                 key_id: key_id.to_owned(),
                 policy_name: Some(policy_name.to_owned()),
@@ -994,7 +987,7 @@ impl KeyService for RemoteKms {
 
     fn tag_resource(&self, key_id: &str, tags: &[Tag]) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::TagResource,
+            Operation::TagResource,
             &wire::TagResourceRequest {
                 key_id: key_id.to_owned(),
                 tags: tags.to_vec(),
@@ -1004,7 +997,7 @@ impl KeyService for RemoteKms {
 
     fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::UntagResource,
+            Operation::UntagResource,
             &wire::UntagResourceRequest {
                 key_id: key_id.to_owned(),
                 tag_keys: tag_keys.to_vec(),
@@ -1014,7 +1007,7 @@ impl KeyService for RemoteKms {
 
     fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError> {
         let answers = self.every_page(
-            KmsOperation::ListResourceTags,
+            Operation::ListResourceTags,
             key_id,
             50,
             |answer: &ListTagsAnswer| (answer.truncated, answer.next_marker.clone()),
@@ -1023,7 +1016,7 @@ impl KeyService for RemoteKms {
     }
 
     fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
-        let op = KmsOperation::GenerateRandom;
+        let op = Operation::GenerateRandom;
         let request = wire::GenerateRandomRequest {
             number_of_bytes,
             ..Default::default()
@@ -1036,7 +1029,7 @@ impl KeyService for RemoteKms {
 
     fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
         let answers = self.every_page(
-            KmsOperation::ListKeyPolicies,
+            Operation::ListKeyPolicies,
             key_id,
             1000,
             |answer: &ListPoliciesAnswer| (answer.truncated, answer.next_marker.clone()),

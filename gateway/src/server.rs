@@ -21,7 +21,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use crypto_core::kms::{Clock, LocalKms, SystemClock};
+use crypto_core::kms::operation::TARGET_PREFIX;
+use crypto_core::kms::{Clock, LocalKms, Operation, SystemClock};
 use crypto_core::trail::{EventSource, RefusedCaller, RefusedRequest, RequestSource};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -36,7 +37,7 @@ use zeroize::Zeroizing;
 
 use crate::credentials::CredentialStore;
 use crate::error::GatewayError;
-use crate::kms_api::{self, KmsOperation};
+use crate::kms_api;
 use crate::s3::upload::ChannelReader;
 use crate::s3::{self, S3Answer, S3Body, S3Context, S3Request, S3Service};
 use crate::sigv4::{self, Expectations, PathEncoding, Payload, RequestView, Verified};
@@ -389,7 +390,7 @@ impl hyper::body::Body for Body {
 /// Which service a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    Kms(KmsOperation),
+    Kms(Operation),
     S3,
 }
 
@@ -415,7 +416,7 @@ impl Route {
                         parts.method
                     )));
                 }
-                Ok(Route::Kms(KmsOperation::parse(target)?))
+                Ok(Route::Kms(kms_api::parse_target(target)?))
             }
             None => Err(GatewayError::UnknownOperation(
                 "no service here answers this request: KMS requests are POST / with an \
@@ -750,7 +751,7 @@ fn claimed_operation(parts: &http::request::Parts) -> String {
         .headers
         .get("x-amz-target")
         .and_then(|value| value.to_str().ok())
-        .and_then(|target| target.strip_prefix(wire::TARGET_PREFIX))
+        .and_then(|target| target.strip_prefix(TARGET_PREFIX))
         .filter(|name| {
             !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric())
         })

@@ -12,8 +12,6 @@ use zeroize::Zeroizing;
 
 use crate::error::GatewayError;
 
-/// The `X-Amz-Target` prefix of every KMS operation.
-pub const TARGET_PREFIX: &str = "TrentService.";
 /// The content type of the AWS JSON 1.1 protocol.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 

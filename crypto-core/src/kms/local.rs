@@ -20,6 +20,7 @@ use super::keystore::{
     add_material, to_time, AliasRecord, KeyRecord, Keystore, Maintenance, RotationRecord,
     RotationSchedule, StoreData,
 };
+use super::operation::{ImportOperation, Operation};
 use super::policy::{default_policy, CallerContext, Decision, KeyPolicy};
 use super::{
     AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
@@ -86,14 +87,6 @@ const KEY_USAGES: [&str; 5] = [
 const MAX_RANDOM_BYTES: u32 = 1024;
 /// Who the trail names for what the key service does on its own (deletion, rotation).
 const SERVICE_PRINCIPAL: &str = "kms.amazonaws.com";
-
-/// The key-material import calls, which atrest refuses for its `AWS_KMS` keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImportOperation {
-    GetParametersForImport,
-    ImportKeyMaterial,
-    DeleteImportedKeyMaterial,
-}
 
 /// How [`LocalKms`] is set up. [`LocalKmsConfig::from_env`] reads the `ATREST_*`
 /// variables; [`LocalKmsConfig::new`] gives the defaults.
@@ -231,261 +224,9 @@ fn check_principal(principal: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-/// Every operation, with its audit name, its policy action and the key states it
-/// accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    CreateKey,
-    DescribeKey,
-    ListKeys,
-    UpdateKeyDescription,
-    EnableKey,
-    DisableKey,
-    ScheduleKeyDeletion,
-    CancelKeyDeletion,
-    ListAliases,
-    CreateAlias,
-    UpdateAlias,
-    DeleteAlias,
-    EnableKeyRotation,
-    DisableKeyRotation,
-    GetKeyRotationStatus,
-    RotateKeyOnDemand,
-    ListKeyRotations,
-    GetKeyPolicy,
-    PutKeyPolicy,
-    GenerateDataKey,
-    GenerateDataKeyWithoutPlaintext,
-    Encrypt,
-    Decrypt,
-    ReEncrypt,
-    TagResource,
-    UntagResource,
-    ListResourceTags,
-    GenerateRandom,
-    ListKeyPolicies,
-    GetParametersForImport,
-    ImportKeyMaterial,
-    DeleteImportedKeyMaterial,
-}
-
-impl Op {
-    const ALL: [Op; 32] = [
-        Op::CreateKey,
-        Op::DescribeKey,
-        Op::ListKeys,
-        Op::UpdateKeyDescription,
-        Op::EnableKey,
-        Op::DisableKey,
-        Op::ScheduleKeyDeletion,
-        Op::CancelKeyDeletion,
-        Op::ListAliases,
-        Op::CreateAlias,
-        Op::UpdateAlias,
-        Op::DeleteAlias,
-        Op::EnableKeyRotation,
-        Op::DisableKeyRotation,
-        Op::GetKeyRotationStatus,
-        Op::RotateKeyOnDemand,
-        Op::ListKeyRotations,
-        Op::GetKeyPolicy,
-        Op::PutKeyPolicy,
-        Op::GenerateDataKey,
-        Op::GenerateDataKeyWithoutPlaintext,
-        Op::Encrypt,
-        Op::Decrypt,
-        Op::ReEncrypt,
-        Op::TagResource,
-        Op::UntagResource,
-        Op::ListResourceTags,
-        Op::GenerateRandom,
-        Op::ListKeyPolicies,
-        Op::GetParametersForImport,
-        Op::ImportKeyMaterial,
-        Op::DeleteImportedKeyMaterial,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Op::CreateKey => "CreateKey",
-            Op::DescribeKey => "DescribeKey",
-            Op::ListKeys => "ListKeys",
-            Op::UpdateKeyDescription => "UpdateKeyDescription",
-            Op::EnableKey => "EnableKey",
-            Op::DisableKey => "DisableKey",
-            Op::ScheduleKeyDeletion => "ScheduleKeyDeletion",
-            Op::CancelKeyDeletion => "CancelKeyDeletion",
-            Op::ListAliases => "ListAliases",
-            Op::CreateAlias => "CreateAlias",
-            Op::UpdateAlias => "UpdateAlias",
-            Op::DeleteAlias => "DeleteAlias",
-            Op::EnableKeyRotation => "EnableKeyRotation",
-            Op::DisableKeyRotation => "DisableKeyRotation",
-            Op::GetKeyRotationStatus => "GetKeyRotationStatus",
-            Op::RotateKeyOnDemand => "RotateKeyOnDemand",
-            Op::ListKeyRotations => "ListKeyRotations",
-            Op::GetKeyPolicy => "GetKeyPolicy",
-            Op::PutKeyPolicy => "PutKeyPolicy",
-            Op::GenerateDataKey => "GenerateDataKey",
-            Op::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
-            Op::Encrypt => "Encrypt",
-            Op::Decrypt => "Decrypt",
-            Op::ReEncrypt => "ReEncrypt",
-            Op::TagResource => "TagResource",
-            Op::UntagResource => "UntagResource",
-            Op::ListResourceTags => "ListResourceTags",
-            Op::GenerateRandom => "GenerateRandom",
-            Op::ListKeyPolicies => "ListKeyPolicies",
-            Op::GetParametersForImport => "GetParametersForImport",
-            Op::ImportKeyMaterial => "ImportKeyMaterial",
-            Op::DeleteImportedKeyMaterial => "DeleteImportedKeyMaterial",
-        }
-    }
-
-    /// Whether a caller may name another account's key (by its key ARN), as AWS
-    /// allows ("Cross-account use: Yes") for cryptographic operations, DescribeKey
-    /// and GetKeyRotationStatus. Every other operation acts in the caller's account.
-    fn cross_account(self) -> bool {
-        match self {
-            Op::DescribeKey
-            | Op::GenerateDataKey
-            | Op::GenerateDataKeyWithoutPlaintext
-            | Op::Encrypt
-            | Op::Decrypt
-            | Op::ReEncrypt
-            | Op::GetKeyRotationStatus => true,
-            Op::CreateKey
-            | Op::ListKeys
-            | Op::UpdateKeyDescription
-            | Op::EnableKey
-            | Op::DisableKey
-            | Op::ScheduleKeyDeletion
-            | Op::CancelKeyDeletion
-            | Op::ListAliases
-            | Op::CreateAlias
-            | Op::UpdateAlias
-            | Op::DeleteAlias
-            | Op::EnableKeyRotation
-            | Op::DisableKeyRotation
-            | Op::RotateKeyOnDemand
-            | Op::ListKeyRotations
-            | Op::GetKeyPolicy
-            | Op::PutKeyPolicy
-            | Op::TagResource
-            | Op::UntagResource
-            | Op::ListResourceTags
-            | Op::GenerateRandom
-            | Op::ListKeyPolicies
-            | Op::GetParametersForImport
-            | Op::ImportKeyMaterial
-            | Op::DeleteImportedKeyMaterial => false,
-        }
-    }
-
-    /// CloudTrail's `readOnly`: true for calls that change no key.
-    fn read_only(self) -> bool {
-        match self {
-            Op::DescribeKey
-            | Op::ListKeys
-            | Op::ListAliases
-            | Op::GetKeyRotationStatus
-            | Op::ListKeyRotations
-            | Op::GetKeyPolicy
-            | Op::GenerateDataKey
-            | Op::GenerateDataKeyWithoutPlaintext
-            | Op::Encrypt
-            | Op::Decrypt
-            | Op::ReEncrypt
-            | Op::ListResourceTags
-            | Op::GenerateRandom
-            | Op::ListKeyPolicies => true,
-            Op::CreateKey
-            | Op::UpdateKeyDescription
-            | Op::EnableKey
-            | Op::DisableKey
-            | Op::ScheduleKeyDeletion
-            | Op::CancelKeyDeletion
-            | Op::CreateAlias
-            | Op::UpdateAlias
-            | Op::DeleteAlias
-            | Op::EnableKeyRotation
-            | Op::DisableKeyRotation
-            | Op::RotateKeyOnDemand
-            | Op::PutKeyPolicy
-            | Op::TagResource
-            | Op::UntagResource
-            | Op::GetParametersForImport
-            | Op::ImportKeyMaterial
-            | Op::DeleteImportedKeyMaterial => false,
-        }
-    }
-
-    /// The key-policy action (ReEncrypt checks `kms:ReEncryptFrom`/`To` instead).
-    fn action(self) -> String {
-        format!("kms:{}", self.name())
-    }
-}
-
-/// AWS's key-state table ("Key states of AWS KMS keys") for the three states atrest
-/// has. The one place that decides whether a key's state allows an operation.
-fn check_state(op: Op, state: KeyState, arn: &str) -> Result<(), KmsError> {
-    let disabled = || Err(KmsError::Disabled(format!("{arn} is disabled.")));
-    let pending = || {
-        Err(KmsError::InvalidState(format!(
-            "{arn} is pending deletion."
-        )))
-    };
-    match op {
-        Op::CreateKey
-        | Op::ListKeys
-        | Op::ListAliases
-        | Op::DescribeKey
-        | Op::GetKeyPolicy
-        | Op::PutKeyPolicy
-        | Op::GetKeyRotationStatus
-        | Op::ListKeyRotations
-        | Op::DeleteAlias
-        | Op::ListResourceTags
-        | Op::GenerateRandom
-        | Op::ListKeyPolicies
-        | Op::GetParametersForImport
-        | Op::ImportKeyMaterial
-        | Op::DeleteImportedKeyMaterial => Ok(()),
-        Op::Encrypt
-        | Op::Decrypt
-        | Op::GenerateDataKey
-        | Op::GenerateDataKeyWithoutPlaintext
-        | Op::ReEncrypt
-        | Op::EnableKeyRotation
-        | Op::DisableKeyRotation
-        | Op::RotateKeyOnDemand => match state {
-            KeyState::Enabled => Ok(()),
-            KeyState::Disabled => disabled(),
-            KeyState::PendingDeletion => pending(),
-        },
-        Op::EnableKey
-        | Op::DisableKey
-        | Op::ScheduleKeyDeletion
-        | Op::UpdateKeyDescription
-        | Op::CreateAlias
-        | Op::UpdateAlias
-        | Op::TagResource
-        | Op::UntagResource => match state {
-            KeyState::Enabled | KeyState::Disabled => Ok(()),
-            KeyState::PendingDeletion => pending(),
-        },
-        Op::CancelKeyDeletion => match state {
-            KeyState::PendingDeletion => Ok(()),
-            KeyState::Enabled | KeyState::Disabled => Err(KmsError::InvalidState(format!(
-                "{arn} is not pending deletion."
-            ))),
-        },
-    }
-}
-
 /// The trail record of one call, filled in as the call learns which keys it touches.
 struct Audit {
-    op: Op,
+    op: Operation,
     request: Value,
     resources: Vec<String>,
     response: Option<Value>,
@@ -668,17 +409,16 @@ impl LocalKms {
     /// refused with UnsupportedOperationException once the key is found and the
     /// caller is allowed the action, as AWS answers for such keys. Audited.
     pub fn refuse_key_material_import(&self, operation: ImportOperation, key_id: &str) -> KmsError {
-        let op = match operation {
-            ImportOperation::GetParametersForImport => Op::GetParametersForImport,
-            ImportOperation::ImportKeyMaterial => Op::ImportKeyMaterial,
-            ImportOperation::DeleteImportedKeyMaterial => Op::DeleteImportedKeyMaterial,
-        };
-        let refused: Result<(), KmsError> =
-            self.inspect(op, key_id, json!({ "keyId": key_id }), |_, _, arn| {
+        let refused: Result<(), KmsError> = self.inspect(
+            operation.into(),
+            key_id,
+            json!({ "keyId": key_id }),
+            |_, _, arn| {
                 Err(KmsError::UnsupportedOperation(format!(
                     "{arn} origin is AWS_KMS which is not valid for this operation."
                 )))
-            });
+            },
+        );
         match refused {
             Err(err) => err,
             Ok(()) => KmsError::Internal("a key material import was not refused".into()),
@@ -687,28 +427,24 @@ impl LocalKms {
 
     /// Appends the record of a call refused before it reached the key service (a
     /// request body that does not parse or fails AWS's validation), so every
-    /// refusal is in the trail. `event_name` is the operation the caller named;
+    /// refusal is in the trail. `op` is the operation the caller named;
     /// `request_parameters` must hold no secret (callers drop `Plaintext`).
     pub fn record_invalid_request(
         &self,
-        event_name: &str,
+        op: Operation,
         request_parameters: Value,
         error_code: &str,
         error_message: &str,
     ) -> Result<(), KmsError> {
-        let read_only = Op::ALL
-            .iter()
-            .find(|op| op.name() == event_name)
-            .is_some_and(|op| op.read_only());
         self.append(&ApiCall {
             event_time: self.now(),
-            event_name: printable(event_name),
+            event_name: op.name().to_owned(),
             principal: self.principal.clone(),
             request_parameters,
             response_elements: None,
             error_code: Some(error_code.to_owned()),
             error_message: Some(error_message.to_owned()),
-            read_only,
+            read_only: op.read_only(),
             resources: Vec::new(),
         })
     }
@@ -753,7 +489,7 @@ impl LocalKms {
     /// without a trail entry.
     fn run<R>(
         &self,
-        op: Op,
+        op: Operation,
         request: Value,
         body: impl FnOnce(&mut Audit) -> Result<R, KmsError>,
     ) -> Result<R, KmsError> {
@@ -845,7 +581,12 @@ impl LocalKms {
     /// account, or (when `op` allows cross-account use) another account's key by its
     /// key ARN. Returns the key's id and ARN. Another account's key named where `op`
     /// does not allow it is NotFoundException, as AWS answers.
-    fn resolve(&self, store: &StoreData, key_id: &str, op: Op) -> Result<(Uuid, String), KmsError> {
+    fn resolve(
+        &self,
+        store: &StoreData,
+        key_id: &str,
+        op: Operation,
+    ) -> Result<(Uuid, String), KmsError> {
         match KeyRef::parse(key_id, &self.shared.region, &self.account)? {
             KeyRef::Key { account, id } => {
                 let arn = self.arn_in(&account, &id);
@@ -899,7 +640,7 @@ impl LocalKms {
         audit: &mut Audit,
         store: &'s StoreData,
         key_id: &str,
-        op: Op,
+        op: Operation,
         action: &str,
     ) -> Result<(Uuid, &'s KeyRecord, String), KmsError> {
         let (id, arn) = self.resolve(store, key_id, op)?;
@@ -909,7 +650,7 @@ impl LocalKms {
             .get(&id)
             .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
         self.authorize(key, action, &arn)?;
-        check_state(op, key.state, &arn)?;
+        op.check_state(key.state, &arn)?;
         Ok((id, key, arn))
     }
 
@@ -917,7 +658,7 @@ impl LocalKms {
     /// the key record under the write lock.
     fn administer<R>(
         &self,
-        op: Op,
+        op: Operation,
         key_id: &str,
         request: Value,
         change: impl FnOnce(&mut KeyRecord, &Uuid, &str, OffsetDateTime) -> Result<R, KmsError>,
@@ -931,7 +672,7 @@ impl LocalKms {
                     .get_mut(&id)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
                 self.authorize(key, &op.action(), &arn)?;
-                check_state(op, key.state, &arn)?;
+                op.check_state(key.state, &arn)?;
                 let value = change(key, &id, &arn, now)?;
                 audit.response = Some(json!({ "keyId": arn }));
                 Ok(value)
@@ -942,7 +683,7 @@ impl LocalKms {
     /// A read-only key call: resolve, authorize, check state on a fresh snapshot.
     fn inspect<R>(
         &self,
-        op: Op,
+        op: Operation,
         key_id: &str,
         request: Value,
         read: impl FnOnce(&KeyRecord, &Uuid, &str) -> Result<R, KmsError>,
@@ -1041,7 +782,7 @@ impl LocalKms {
         let arn = self.arn_in(&key.account, &id);
         audit.resources.push(arn.clone());
         self.authorize(key, action, &arn)?;
-        check_state(audit.op, key.state, &arn)?;
+        audit.op.check_state(key.state, &arn)?;
         let version = parsed.header.material_version;
         let sealed = usize::try_from(version)
             .ok()
@@ -1061,7 +802,7 @@ impl LocalKms {
 
     fn generate(
         &self,
-        op: Op,
+        op: Operation,
         req: &GenerateDataKeyRequest,
     ) -> Result<(String, SecretBytes, Vec<u8>), KmsError> {
         let mut request = json!({
@@ -1172,7 +913,7 @@ impl LocalKms {
         &self,
         store: &StoreData,
         target: &str,
-        op: Op,
+        op: Operation,
     ) -> Result<(Uuid, String), KmsError> {
         if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.account)? {
             return Err(KmsError::Validation(
@@ -1269,7 +1010,7 @@ impl LocalKms {
             "keyManager": "AWS",
             "aliasName": alias,
         });
-        self.run(Op::CreateKey, request, |audit| {
+        self.run(Operation::CreateKey, request, |audit| {
             self.mutate(audit, |store, now, audit| {
                 // Another process may have made it since the read above.
                 if let Some(existing) = store
@@ -1327,7 +1068,7 @@ impl LocalKms {
 impl KeyService for LocalKms {
     fn describe_key(&self, key_id: &str) -> Result<KeyMetadata, KmsError> {
         self.inspect(
-            Op::DescribeKey,
+            Operation::DescribeKey,
             key_id,
             json!({ "keyId": key_id }),
             |key, id, _| Ok(self.metadata(id, key)),
@@ -1338,7 +1079,8 @@ impl KeyService for LocalKms {
         &self,
         req: &GenerateDataKeyRequest,
     ) -> Result<GeneratedDataKey, KmsError> {
-        let (key_id, plaintext, ciphertext_blob) = self.generate(Op::GenerateDataKey, req)?;
+        let (key_id, plaintext, ciphertext_blob) =
+            self.generate(Operation::GenerateDataKey, req)?;
         Ok(GeneratedDataKey {
             key_id,
             plaintext,
@@ -1351,7 +1093,7 @@ impl KeyService for LocalKms {
         req: &GenerateDataKeyRequest,
     ) -> Result<WrappedData, KmsError> {
         let (key_id, _, ciphertext_blob) =
-            self.generate(Op::GenerateDataKeyWithoutPlaintext, req)?;
+            self.generate(Operation::GenerateDataKeyWithoutPlaintext, req)?;
         Ok(WrappedData {
             key_id,
             ciphertext_blob,
@@ -1369,7 +1111,7 @@ impl KeyService for LocalKms {
             "encryptionContext": encryption_context,
             "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
         });
-        self.run(Op::Encrypt, request, |audit| {
+        self.run(Operation::Encrypt, request, |audit| {
             if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_LEN {
                 return Err(KmsError::Validation(format!(
                     "1 validation error detected: Value at 'plaintext' failed to satisfy \
@@ -1379,7 +1121,7 @@ impl KeyService for LocalKms {
             check_context(encryption_context, "encryptionContext")?;
             let store = self.fresh()?;
             let (id, key, arn) =
-                self.usable_key(audit, &store, key_id, Op::Encrypt, "kms:Encrypt")?;
+                self.usable_key(audit, &store, key_id, Operation::Encrypt, "kms:Encrypt")?;
             let (version, material) = self.current_material(&id, key)?;
             let ciphertext_blob =
                 envelope::seal(&material, id, version, plaintext, encryption_context)?;
@@ -1399,7 +1141,7 @@ impl KeyService for LocalKms {
         if let Some(key_id) = &req.key_id {
             request["keyId"] = json!(key_id);
         }
-        self.run(Op::Decrypt, request, |audit| {
+        self.run(Operation::Decrypt, request, |audit| {
             check_context(&req.encryption_context, "encryptionContext")?;
             let store = self.fresh()?;
             let (arn, key_material_id, plaintext) = self.open_blob(
@@ -1430,7 +1172,7 @@ impl KeyService for LocalKms {
         if let Some(key_id) = &req.source_key_id {
             request["sourceKeyId"] = json!(key_id);
         }
-        self.run(Op::ReEncrypt, request, |audit| {
+        self.run(Operation::ReEncrypt, request, |audit| {
             check_context(&req.source_encryption_context, "sourceEncryptionContext")?;
             check_context(
                 &req.destination_encryption_context,
@@ -1449,7 +1191,7 @@ impl KeyService for LocalKms {
                 audit,
                 &store,
                 &req.destination_key_id,
-                Op::ReEncrypt,
+                Operation::ReEncrypt,
                 "kms:ReEncryptTo",
             )?;
             let (version, material) = self.current_material(&id, key)?;
@@ -1489,7 +1231,7 @@ impl KeyService for LocalKms {
         if let Some(policy) = &req.policy {
             request["policy"] = json!(policy);
         }
-        self.run(Op::CreateKey, request, |audit| {
+        self.run(Operation::CreateKey, request, |audit| {
             if req.description.len() > MAX_DESCRIPTION_LEN {
                 return Err(KmsError::Validation(format!(
                     "the description is longer than {MAX_DESCRIPTION_LEN} characters"
@@ -1575,7 +1317,7 @@ impl KeyService for LocalKms {
         if let Some(marker) = &req.marker {
             request["marker"] = json!(marker);
         }
-        self.run(Op::ListKeys, request, |_| {
+        self.run(Operation::ListKeys, request, |_| {
             let store = self.fresh()?;
             let items = store
                 .keys
@@ -1597,21 +1339,26 @@ impl KeyService for LocalKms {
     fn update_key_description(&self, key_id: &str, description: &str) -> Result<(), KmsError> {
         let request = json!({ "keyId": key_id, "description": description });
         if description.len() > MAX_DESCRIPTION_LEN {
-            return self.run(Op::UpdateKeyDescription, request, |_| {
+            return self.run(Operation::UpdateKeyDescription, request, |_| {
                 Err(KmsError::Validation(format!(
                     "the description is longer than {MAX_DESCRIPTION_LEN} characters"
                 )))
             });
         }
-        self.administer(Op::UpdateKeyDescription, key_id, request, |key, _, _, _| {
-            key.description = description.to_owned();
-            Ok(())
-        })
+        self.administer(
+            Operation::UpdateKeyDescription,
+            key_id,
+            request,
+            |key, _, _, _| {
+                key.description = description.to_owned();
+                Ok(())
+            },
+        )
     }
 
     fn enable_key(&self, key_id: &str) -> Result<(), KmsError> {
         self.administer(
-            Op::EnableKey,
+            Operation::EnableKey,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, _, _| {
@@ -1623,7 +1370,7 @@ impl KeyService for LocalKms {
 
     fn disable_key(&self, key_id: &str) -> Result<(), KmsError> {
         self.administer(
-            Op::DisableKey,
+            Operation::DisableKey,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, _, _| {
@@ -1644,7 +1391,7 @@ impl KeyService for LocalKms {
         }
         let days = pending_window_in_days.unwrap_or(DEFAULT_PENDING_DAYS);
         if !(MIN_PENDING_DAYS..=MAX_PENDING_DAYS).contains(&days) {
-            return self.run(Op::ScheduleKeyDeletion, request, |_| {
+            return self.run(Operation::ScheduleKeyDeletion, request, |_| {
                 Err(KmsError::Validation(format!(
                     "1 validation error detected: Value '{days}' at 'pendingWindowInDays' failed \
                      to satisfy constraint: Member must have value between {MIN_PENDING_DAYS} and \
@@ -1652,16 +1399,16 @@ impl KeyService for LocalKms {
                 )))
             });
         }
-        self.run(Op::ScheduleKeyDeletion, request, |audit| {
+        self.run(Operation::ScheduleKeyDeletion, request, |audit| {
             self.mutate(audit, |store, now, audit| {
-                let (id, arn) = self.resolve(store, key_id, Op::ScheduleKeyDeletion)?;
+                let (id, arn) = self.resolve(store, key_id, Operation::ScheduleKeyDeletion)?;
                 audit.resources.push(arn.clone());
                 let key = store
                     .keys
                     .get_mut(&id)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
                 self.authorize(key, "kms:ScheduleKeyDeletion", &arn)?;
-                check_state(Op::ScheduleKeyDeletion, key.state, &arn)?;
+                Operation::ScheduleKeyDeletion.check_state(key.state, &arn)?;
                 let deletion_date = now + Duration::days(i64::from(days));
                 key.state = KeyState::PendingDeletion;
                 key.deletion_date = Some(deletion_date.unix_timestamp());
@@ -1684,7 +1431,7 @@ impl KeyService for LocalKms {
 
     fn cancel_key_deletion(&self, key_id: &str) -> Result<String, KmsError> {
         self.administer(
-            Op::CancelKeyDeletion,
+            Operation::CancelKeyDeletion,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, arn, _| {
@@ -1711,11 +1458,11 @@ impl KeyService for LocalKms {
         if let Some(marker) = &req.marker {
             request["marker"] = json!(marker);
         }
-        self.run(Op::ListAliases, request, |audit| {
+        self.run(Operation::ListAliases, request, |audit| {
             let store = self.fresh()?;
             let only = match key_id {
                 Some(key_id) => {
-                    let (id, arn) = self.resolve(&store, key_id, Op::ListAliases)?;
+                    let (id, arn) = self.resolve(&store, key_id, Operation::ListAliases)?;
                     audit.resources.push(arn);
                     Some(id)
                 }
@@ -1733,17 +1480,17 @@ impl KeyService for LocalKms {
 
     fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
         let request = json!({ "aliasName": alias_name, "targetKeyId": target_key_id });
-        self.run(Op::CreateAlias, request, |audit| {
+        self.run(Operation::CreateAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, now, audit| {
-                let (id, arn) = self.alias_target(store, target_key_id, Op::CreateAlias)?;
+                let (id, arn) = self.alias_target(store, target_key_id, Operation::CreateAlias)?;
                 audit.resources.push(arn.clone());
                 let key = store
                     .keys
                     .get(&id)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
                 self.authorize(key, "kms:CreateAlias", &arn)?;
-                check_state(Op::CreateAlias, key.state, &arn)?;
+                Operation::CreateAlias.check_state(key.state, &arn)?;
                 let namespace = store.aliases.entry(self.account.clone()).or_default();
                 if namespace.contains_key(alias_name) {
                     return Err(KmsError::AlreadyExists(format!(
@@ -1767,7 +1514,7 @@ impl KeyService for LocalKms {
 
     fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
         let request = json!({ "aliasName": alias_name, "targetKeyId": target_key_id });
-        self.run(Op::UpdateAlias, request, |audit| {
+        self.run(Operation::UpdateAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, now, audit| {
                 let alias_not_found = || {
@@ -1781,7 +1528,8 @@ impl KeyService for LocalKms {
                     .and_then(|aliases| aliases.get(alias_name))
                     .ok_or_else(alias_not_found)?
                     .target_key_id;
-                let (new, new_arn) = self.alias_target(store, target_key_id, Op::UpdateAlias)?;
+                let (new, new_arn) =
+                    self.alias_target(store, target_key_id, Operation::UpdateAlias)?;
                 let old_arn = self.key_arn(&old);
                 audit.resources.push(old_arn.clone());
                 if new != old {
@@ -1794,7 +1542,7 @@ impl KeyService for LocalKms {
                     .get(&new)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{new_arn}' does not exist")))?;
                 self.authorize(new_key, "kms:UpdateAlias", &new_arn)?;
-                check_state(Op::UpdateAlias, new_key.state, &new_arn)?;
+                Operation::UpdateAlias.check_state(new_key.state, &new_arn)?;
                 let alias = store
                     .aliases
                     .get_mut(&self.account)
@@ -1809,7 +1557,7 @@ impl KeyService for LocalKms {
 
     fn delete_alias(&self, alias_name: &str) -> Result<(), KmsError> {
         let request = json!({ "aliasName": alias_name });
-        self.run(Op::DeleteAlias, request, |audit| {
+        self.run(Operation::DeleteAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, _, audit| {
                 let not_found = || {
@@ -1827,7 +1575,7 @@ impl KeyService for LocalKms {
                 audit.resources.push(arn.clone());
                 let key = store.keys.get(&target).ok_or_else(not_found)?;
                 self.authorize(key, "kms:DeleteAlias", &arn)?;
-                check_state(Op::DeleteAlias, key.state, &arn)?;
+                Operation::DeleteAlias.check_state(key.state, &arn)?;
                 if let Some(aliases) = store.aliases.get_mut(&self.account) {
                     aliases.remove(alias_name);
                     if aliases.is_empty() {
@@ -1850,7 +1598,7 @@ impl KeyService for LocalKms {
         }
         let days = rotation_period_in_days.unwrap_or(DEFAULT_ROTATION_DAYS);
         if !(MIN_ROTATION_DAYS..=MAX_ROTATION_DAYS).contains(&days) {
-            return self.run(Op::EnableKeyRotation, request, |_| {
+            return self.run(Operation::EnableKeyRotation, request, |_| {
                 Err(KmsError::Validation(format!(
                     "1 validation error detected: Value '{days}' at 'rotationPeriodInDays' failed \
                      to satisfy constraint: Member must have value between {MIN_ROTATION_DAYS} and \
@@ -1858,18 +1606,23 @@ impl KeyService for LocalKms {
                 )))
             });
         }
-        self.administer(Op::EnableKeyRotation, key_id, request, |key, _, _, now| {
-            key.rotation = Some(RotationSchedule {
-                period_in_days: days,
-                next_rotation_date: (now + Duration::days(i64::from(days))).unix_timestamp(),
-            });
-            Ok(())
-        })
+        self.administer(
+            Operation::EnableKeyRotation,
+            key_id,
+            request,
+            |key, _, _, now| {
+                key.rotation = Some(RotationSchedule {
+                    period_in_days: days,
+                    next_rotation_date: (now + Duration::days(i64::from(days))).unix_timestamp(),
+                });
+                Ok(())
+            },
+        )
     }
 
     fn disable_key_rotation(&self, key_id: &str) -> Result<(), KmsError> {
         self.administer(
-            Op::DisableKeyRotation,
+            Operation::DisableKeyRotation,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, _, _| {
@@ -1881,7 +1634,7 @@ impl KeyService for LocalKms {
 
     fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError> {
         self.inspect(
-            Op::GetKeyRotationStatus,
+            Operation::GetKeyRotationStatus,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, arn| {
@@ -1903,7 +1656,7 @@ impl KeyService for LocalKms {
 
     fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError> {
         self.administer(
-            Op::RotateKeyOnDemand,
+            Operation::RotateKeyOnDemand,
             key_id,
             json!({ "keyId": key_id }),
             |key, id, arn, now| {
@@ -1930,7 +1683,7 @@ impl KeyService for LocalKms {
 
     fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError> {
         self.inspect(
-            Op::ListKeyRotations,
+            Operation::ListKeyRotations,
             key_id,
             json!({ "keyId": key_id }),
             |key, id, arn| {
@@ -1952,7 +1705,7 @@ impl KeyService for LocalKms {
 
     fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError> {
         let request = json!({ "keyId": key_id, "policyName": policy_name });
-        self.inspect(Op::GetKeyPolicy, key_id, request, |key, _, _| {
+        self.inspect(Operation::GetKeyPolicy, key_id, request, |key, _, _| {
             check_policy_name(policy_name)?;
             Ok(key.policy.clone())
         })
@@ -1971,18 +1724,23 @@ impl KeyService for LocalKms {
             "policy": policy,
             "bypassPolicyLockoutSafetyCheck": bypass_policy_lockout_safety_check,
         });
-        self.administer(Op::PutKeyPolicy, key_id, request, |key, _, arn, _| {
-            check_policy_name(policy_name)?;
-            let parsed = KeyPolicy::parse(policy)?;
-            self.check_lockout(&parsed, arn, bypass_policy_lockout_safety_check)?;
-            key.policy = policy.to_owned();
-            Ok(())
-        })
+        self.administer(
+            Operation::PutKeyPolicy,
+            key_id,
+            request,
+            |key, _, arn, _| {
+                check_policy_name(policy_name)?;
+                let parsed = KeyPolicy::parse(policy)?;
+                self.check_lockout(&parsed, arn, bypass_policy_lockout_safety_check)?;
+                key.policy = policy.to_owned();
+                Ok(())
+            },
+        )
     }
 
     fn tag_resource(&self, key_id: &str, tags: &[Tag]) -> Result<(), KmsError> {
         let request = json!({ "keyId": key_id, "tags": tags });
-        self.administer(Op::TagResource, key_id, request, |key, _, arn, _| {
+        self.administer(Operation::TagResource, key_id, request, |key, _, arn, _| {
             validate_tags(tags)?;
             for tag in tags {
                 key.tags.insert(tag.tag_key.clone(), tag.tag_value.clone());
@@ -1999,7 +1757,7 @@ impl KeyService for LocalKms {
 
     fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError> {
         let request = json!({ "keyId": key_id, "tagKeys": tag_keys });
-        self.administer(Op::UntagResource, key_id, request, |key, _, _, _| {
+        self.administer(Operation::UntagResource, key_id, request, |key, _, _, _| {
             for (position, tag_key) in tag_keys.iter().enumerate() {
                 check_tag_key(tag_key, &format!("tagKeys.{}.member", position + 1))?;
                 key.tags.remove(tag_key);
@@ -2010,7 +1768,7 @@ impl KeyService for LocalKms {
 
     fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError> {
         let request = json!({ "keyId": key_id });
-        self.inspect(Op::ListResourceTags, key_id, request, |key, _, _| {
+        self.inspect(Operation::ListResourceTags, key_id, request, |key, _, _| {
             Ok(key
                 .tags
                 .iter()
@@ -2026,24 +1784,28 @@ impl KeyService for LocalKms {
     /// like every call; the bytes are not in the record.
     fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
         let request = json!({ "numberOfBytes": number_of_bytes });
-        self.run(Op::GenerateRandom, request, |_| match number_of_bytes {
-            Some(n @ 1..=MAX_RANDOM_BYTES) => Ok(SecretBytes::random(n as usize)),
-            Some(n) => Err(KmsError::Validation(format!(
+        self.run(
+            Operation::GenerateRandom,
+            request,
+            |_| match number_of_bytes {
+                Some(n @ 1..=MAX_RANDOM_BYTES) => Ok(SecretBytes::random(n as usize)),
+                Some(n) => Err(KmsError::Validation(format!(
                 "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy \
                  constraint: Member must have value between 1 and {MAX_RANDOM_BYTES}"
             ))),
-            None => Err(KmsError::Validation(
-                "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy \
+                None => Err(KmsError::Validation(
+                    "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy \
                  constraint: Member must not be null"
-                    .into(),
-            )),
-        })
+                        .into(),
+                )),
+            },
+        )
     }
 
     /// ListKeyPolicies: the names of a key's policies, always `["default"]`.
     fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
         self.inspect(
-            Op::ListKeyPolicies,
+            Operation::ListKeyPolicies,
             key_id,
             json!({ "keyId": key_id }),
             |_, _, _| Ok(vec!["default".to_owned()]),
