@@ -103,8 +103,6 @@ fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
     super::gateway::Keys::open(globals)
 }
 
-use super::lifecycle::cli_error;
-
 /// What `volume create` and `volume info` print (PascalCase, like AWS's DescribeVolumes).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -198,8 +196,7 @@ fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
             )
         }
         None => volume::create(&args.path, args.size, NewVolumeKey::Unencrypted),
-    }
-    .map_err(cli_error)?;
+    }?;
     let located = LocatedHeader {
         header,
         copy: format::HeaderCopy::Primary,
@@ -210,8 +207,8 @@ fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
 
 fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     let path = &args.path;
-    let file = volume::open_volume_file(path, false).map_err(cli_error)?;
-    let located = format::read_header(&file, path).map_err(cli_error)?;
+    let file = volume::open_volume_file(path, false)?;
+    let located = format::read_header(&file, path)?;
     let mut description = VolumeDescription::new(path, &located)?;
     if let Some(key_arn) = &description.key_id {
         let (state, reason) = key_state(globals, key_arn);
@@ -275,7 +272,7 @@ struct RepairReport {
 
 fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let path = &args.path;
-    let (primary, backup) = lifecycle::repair::inspect(path).map_err(cli_error)?;
+    let (primary, backup) = lifecycle::repair::inspect(path)?;
     let on_open = match format::choose_copy(path, primary.clone(), backup.clone()) {
         Ok(located) => format!("uses the {} copy", located.copy.name()),
         Err(err) => format!("refused: {err}"),
@@ -294,7 +291,7 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
     };
     if let Some(keep) = keep {
         if !args.dry_run {
-            lifecycle::repair::repair(path, keep).map_err(cli_error)?;
+            lifecycle::repair::repair(path, keep)?;
         }
         report.kept = Some(keep.name());
     }
@@ -310,7 +307,7 @@ pub(super) fn key_state(globals: &Globals, key_arn: &str) -> (&'static str, Opti
     let described = open_kms(globals).and_then(|kms| Ok(kms.describe_key(key_arn)?));
     match described {
         Ok(meta) => (meta.key_state.as_str(), None),
-        Err(err) => match err.downcast_ref::<KmsError>() {
+        Err(err) => match super::key_service_refusal(&err) {
             Some(KmsError::NotFound(message)) => (
                 "Deleted",
                 Some(format!(
