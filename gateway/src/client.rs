@@ -12,24 +12,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crypto_core::kms::wire::{
+    self, decode_blob, encode_blob, encode_secret, CiphertextResponse, KeyIdResponse,
+    KeyMetadataResponse, KeyPolicyResponse, ListAliasesResponse, ListKeyPoliciesResponse,
+    ListKeyRotationsResponse, ListKeysResponse, ListResourceTagsResponse, PlaintextResponse,
+    ReEncryptResponse, RotationStatusResponse, ScheduleKeyDeletionResponse, WireAlias,
+    WireKeyMetadata, WireRotation,
+};
 use crypto_core::kms::{
     AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
     EncryptionContext, GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata,
     KeyService, KmsError, ListRequest, Operation, Page, ReEncryptRequest, ReEncrypted,
-    RotationEntry, RotationStatus, RotationType, ScheduledDeletion, Tag, WrappedData,
+    RotationEntry, RotationStatus, ScheduledDeletion, Tag, WrappedData,
 };
 use crypto_core::secret::SecretBytes;
 use http::HeaderMap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::OffsetDateTime;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::GatewayError;
 use crate::sigv4::{self, Payload, Signer, SigningCredentials};
-use crate::wire::{self, decode_blob, encode_secret, lenient_date, WireKeyMetadata};
 
 /// Largest answer read from the endpoint (a ListKeys page of 1000 keys is ~150 KiB).
 const MAX_RESPONSE: u64 = 4 << 20;
@@ -315,15 +321,8 @@ impl RemoteKms {
     }
 
     fn error_from(&self, status: u16, body: &[u8], op: Operation) -> KmsError {
-        #[derive(Deserialize)]
-        struct ErrorBody {
-            #[serde(rename = "__type")]
-            kind: Option<String>,
-            #[serde(alias = "Message")]
-            message: Option<String>,
-        }
-        match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(ErrorBody {
+        match serde_json::from_slice::<wire::ErrorResponse>(body) {
+            Ok(wire::ErrorResponse {
                 kind: Some(kind),
                 message,
             }) => KmsError::from_aws_name(&kind, message.unwrap_or_default()),
@@ -335,14 +334,14 @@ impl RemoteKms {
         }
     }
 
-    /// Every page of a marker-paged list of one key's items: `more` gives a page's
-    /// `Truncated` and `NextMarker`.
+    /// Every page of a marker-paged list of one key's items: `next` gives a page's
+    /// next marker, if it is not the last.
     fn every_page<Resp: DeserializeOwned>(
         &self,
         op: Operation,
         key_id: &str,
         limit: u32,
-        more: impl Fn(&Resp) -> (bool, Option<String>),
+        next: impl Fn(&Resp) -> Option<String>,
     ) -> Result<Vec<Resp>, KmsError> {
         let mut pages = Vec::new();
         let mut marker = None;
@@ -353,9 +352,9 @@ impl RemoteKms {
                 marker: marker.take(),
             };
             let answer: Resp = self.call(op, &request)?;
-            let (truncated, next) = more(&answer);
+            let following = next(&answer);
             pages.push(answer);
-            match next_marker(truncated, next) {
+            match following {
                 Some(next) => marker = Some(next),
                 None => return Ok(pages),
             }
@@ -462,7 +461,7 @@ fn context(context: &EncryptionContext) -> Option<EncryptionContext> {
 fn blob(field: &str, text: &str) -> Result<Vec<u8>, KmsError> {
     decode_blob(field, text)
         .map(|bytes| bytes.to_vec())
-        .map_err(|e| KmsError::Internal(format!("the key service sent {}", e.message())))
+        .map_err(|e| KmsError::Internal(format!("the key service sent {e}")))
 }
 
 /// A plaintext field decoded straight into a secret; the base64 text is wiped.
@@ -471,181 +470,20 @@ fn secret(mut text: String) -> Result<SecretBytes, KmsError> {
     text.zeroize();
     decoded
         .map(SecretBytes::from_zeroizing)
-        .map_err(|e| KmsError::Internal(format!("the key service sent {}", e.message())))
+        .map_err(|e| KmsError::Internal(format!("the key service sent {e}")))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct MetadataAnswer {
-    key_metadata: WireKeyMetadata,
+/// CreateKey's and DescribeKey's key, as atrest models it.
+fn metadata(answer: KeyMetadataResponse<WireKeyMetadata>) -> Result<KeyMetadata, KmsError> {
+    answer.key_metadata.into_metadata()
 }
 
-impl MetadataAnswer {
-    fn into_metadata(self) -> Result<KeyMetadata, KmsError> {
-        self.key_metadata.into_metadata().map_err(|e| match e {
-            GatewayError::Kms(kms) => kms,
-            other => KmsError::Internal(other.to_string()),
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CiphertextAnswer {
-    ciphertext_blob: String,
-    key_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct PlaintextAnswer {
-    key_id: String,
-    #[serde(default)]
-    ciphertext_blob: Option<String>,
-    plaintext: String,
-    #[serde(default)]
-    key_material_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ReEncryptAnswer {
-    ciphertext_blob: String,
-    source_key_id: String,
-    key_id: String,
-    #[serde(default)]
-    source_key_material_id: Option<String>,
-    #[serde(default)]
-    destination_key_material_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct KeyIdAnswer {
-    key_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListKeysAnswer {
-    #[serde(default)]
-    keys: Vec<KeyListEntry>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-/// An alias as other servers send it: AWS-managed aliases lack a target and dates.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct WireAlias {
-    alias_name: String,
-    alias_arn: String,
-    #[serde(default)]
-    target_key_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_date")]
-    creation_date: Option<OffsetDateTime>,
-    #[serde(default, deserialize_with = "lenient_date")]
-    last_updated_date: Option<OffsetDateTime>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListAliasesAnswer {
-    #[serde(default)]
-    aliases: Vec<WireAlias>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ScheduleAnswer {
-    key_id: String,
-    #[serde(deserialize_with = "lenient_date")]
-    deletion_date: Option<OffsetDateTime>,
-    #[serde(default)]
-    key_state: Option<String>,
-    #[serde(default)]
-    pending_window_in_days: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RotationStatusAnswer {
-    #[serde(default)]
-    key_id: Option<String>,
-    key_rotation_enabled: bool,
-    #[serde(default)]
-    rotation_period_in_days: Option<u32>,
-    #[serde(default, deserialize_with = "lenient_date")]
-    next_rotation_date: Option<OffsetDateTime>,
-    #[serde(default, deserialize_with = "lenient_date")]
-    on_demand_rotation_start_date: Option<OffsetDateTime>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct WireRotation {
-    key_id: String,
-    #[serde(deserialize_with = "lenient_date")]
-    rotation_date: Option<OffsetDateTime>,
-    rotation_type: RotationType,
-    #[serde(default)]
-    key_material_id: Option<String>,
-}
-
-/// GenerateRandom's answer; the base64 text is wiped once decoded.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RandomAnswer {
-    plaintext: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListPoliciesAnswer {
-    #[serde(default)]
-    policy_names: Vec<String>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListRotationsAnswer {
-    #[serde(default)]
-    rotations: Vec<WireRotation>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListTagsAnswer {
-    #[serde(default)]
-    tags: Vec<Tag>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct PolicyAnswer {
-    policy: String,
-}
-
-fn next_marker(truncated: bool, marker: Option<String>) -> Option<String> {
-    marker.filter(|_| truncated)
+/// A plaintext answer's key id, which every answer but GenerateRandom's carries.
+fn answer_key_id(answer: &mut PlaintextResponse) -> Result<String, KmsError> {
+    answer
+        .key_id
+        .take()
+        .ok_or_else(|| KmsError::Internal("the key service sent no KeyId".into()))
 }
 
 fn list(req: &ListRequest, key_id: Option<&str>) -> wire::ListRequest {
@@ -661,8 +499,7 @@ impl KeyService for RemoteKms {
         let request = wire::KeyIdRequest {
             key_id: key_id.to_owned(),
         };
-        self.call::<_, MetadataAnswer>(Operation::DescribeKey, &request)?
-            .into_metadata()
+        metadata(self.call(Operation::DescribeKey, &request)?)
     }
 
     fn generate_data_key(
@@ -672,14 +509,15 @@ impl KeyService for RemoteKms {
         let op = Operation::GenerateDataKey;
         let body = serde_json::to_vec(&Self::data_key_request(req)?)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
-        let answer: PlaintextAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        let mut answer: PlaintextResponse = self.parse(op, &self.call_raw(op, &body)?)?;
+        let key_id = answer_key_id(&mut answer)?;
         let ciphertext = answer
             .ciphertext_blob
             .as_deref()
             .ok_or_else(|| KmsError::Internal("the key service sent no CiphertextBlob".into()))?;
         Ok(GeneratedDataKey {
             ciphertext_blob: blob("CiphertextBlob", ciphertext)?,
-            key_id: answer.key_id,
+            key_id,
             plaintext: secret(answer.plaintext)?,
         })
     }
@@ -688,7 +526,7 @@ impl KeyService for RemoteKms {
         &self,
         req: &GenerateDataKeyRequest,
     ) -> Result<WrappedData, KmsError> {
-        let answer: CiphertextAnswer = self.call(
+        let answer: CiphertextResponse = self.call(
             Operation::GenerateDataKeyWithoutPlaintext,
             &Self::data_key_request(req)?,
         )?;
@@ -716,7 +554,7 @@ impl KeyService for RemoteKms {
         let mut body = Zeroizing::new(Vec::with_capacity(request.plaintext.len() + 512));
         serde_json::to_writer(&mut *body, &request)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
-        let answer: CiphertextAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        let answer: CiphertextResponse = self.parse(op, &self.call_raw(op, &body)?)?;
         Ok(WrappedData {
             ciphertext_blob: blob("CiphertextBlob", &answer.ciphertext_blob)?,
             key_id: answer.key_id,
@@ -726,7 +564,7 @@ impl KeyService for RemoteKms {
     fn decrypt(&self, req: &DecryptRequest) -> Result<DecryptedData, KmsError> {
         let op = Operation::Decrypt;
         let request = wire::DecryptRequest {
-            ciphertext_blob: base64_of(&req.ciphertext_blob),
+            ciphertext_blob: encode_blob(&req.ciphertext_blob),
             encryption_context: context(&req.encryption_context),
             key_id: req.key_id.clone(),
             encryption_algorithm: None,
@@ -734,9 +572,9 @@ impl KeyService for RemoteKms {
         };
         let body = serde_json::to_vec(&request)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
-        let answer: PlaintextAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        let mut answer: PlaintextResponse = self.parse(op, &self.call_raw(op, &body)?)?;
         Ok(DecryptedData {
-            key_id: answer.key_id,
+            key_id: answer_key_id(&mut answer)?,
             plaintext: secret(answer.plaintext)?,
             key_material_id: answer.key_material_id,
         })
@@ -744,7 +582,7 @@ impl KeyService for RemoteKms {
 
     fn re_encrypt(&self, req: &ReEncryptRequest) -> Result<ReEncrypted, KmsError> {
         let request = wire::ReEncryptRequest {
-            ciphertext_blob: base64_of(&req.ciphertext_blob),
+            ciphertext_blob: encode_blob(&req.ciphertext_blob),
             source_encryption_context: context(&req.source_encryption_context),
             source_key_id: req.source_key_id.clone(),
             destination_key_id: req.destination_key_id.clone(),
@@ -753,7 +591,7 @@ impl KeyService for RemoteKms {
             destination_encryption_algorithm: None,
             dry_run: None,
         };
-        let answer: ReEncryptAnswer = self.call(Operation::ReEncrypt, &request)?;
+        let answer: ReEncryptResponse = self.call(Operation::ReEncrypt, &request)?;
         Ok(ReEncrypted {
             source_key_id: answer.source_key_id,
             key_id: answer.key_id,
@@ -774,15 +612,15 @@ impl KeyService for RemoteKms {
             key_usage: req.key_usage.clone(),
             ..wire::CreateKeyRequest::default()
         };
-        self.call::<_, MetadataAnswer>(Operation::CreateKey, &request)?
-            .into_metadata()
+        metadata(self.call(Operation::CreateKey, &request)?)
     }
 
     fn list_keys(&self, req: &ListRequest) -> Result<Page<KeyListEntry>, KmsError> {
-        let answer: ListKeysAnswer = self.call(Operation::ListKeys, &list(req, None))?;
+        let answer: ListKeysResponse<KeyListEntry> =
+            self.call(Operation::ListKeys, &list(req, None))?;
         Ok(Page {
+            next_marker: answer.next_page(),
             items: answer.keys,
-            next_marker: next_marker(answer.truncated, answer.next_marker),
         })
     }
 
@@ -809,7 +647,7 @@ impl KeyService for RemoteKms {
         key_id: &str,
         pending_window_in_days: Option<u32>,
     ) -> Result<ScheduledDeletion, KmsError> {
-        let answer: ScheduleAnswer = self.call(
+        let answer: ScheduleKeyDeletionResponse = self.call(
             Operation::ScheduleKeyDeletion,
             &wire::ScheduleKeyDeletionRequest {
                 key_id: key_id.to_owned(),
@@ -817,10 +655,7 @@ impl KeyService for RemoteKms {
             },
         )?;
         let key_state = match answer.key_state.as_deref() {
-            Some(text) => wire::parse_key_state(text).map_err(|e| match e {
-                GatewayError::Kms(kms) => kms,
-                other => KmsError::Internal(other.to_string()),
-            })?,
+            Some(text) => wire::parse_key_state(text)?,
             None => crypto_core::kms::KeyState::PendingDeletion,
         };
         Ok(ScheduledDeletion {
@@ -837,7 +672,8 @@ impl KeyService for RemoteKms {
     }
 
     fn cancel_key_deletion(&self, key_id: &str) -> Result<String, KmsError> {
-        let answer: KeyIdAnswer = self.call(Operation::CancelKeyDeletion, &key_request(key_id))?;
+        let answer: KeyIdResponse =
+            self.call(Operation::CancelKeyDeletion, &key_request(key_id))?;
         Ok(answer.key_id)
     }
 
@@ -846,7 +682,9 @@ impl KeyService for RemoteKms {
         key_id: Option<&str>,
         req: &ListRequest,
     ) -> Result<Page<AliasListEntry>, KmsError> {
-        let answer: ListAliasesAnswer = self.call(Operation::ListAliases, &list(req, key_id))?;
+        let answer: ListAliasesResponse<WireAlias> =
+            self.call(Operation::ListAliases, &list(req, key_id))?;
+        let next_marker = answer.next_page();
         // Aliases without a target (AWS-managed ones never used) name no key to list.
         let items = answer
             .aliases
@@ -863,10 +701,7 @@ impl KeyService for RemoteKms {
                 })
             })
             .collect();
-        Ok(Page {
-            items,
-            next_marker: next_marker(answer.truncated, answer.next_marker),
-        })
+        Ok(Page { items, next_marker })
     }
 
     fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
@@ -917,7 +752,7 @@ impl KeyService for RemoteKms {
     }
 
     fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError> {
-        let answer: RotationStatusAnswer =
+        let answer: RotationStatusResponse =
             self.call(Operation::GetKeyRotationStatus, &key_request(key_id))?;
         Ok(RotationStatus {
             key_id: answer.key_id.unwrap_or_else(|| key_id.to_owned()),
@@ -929,7 +764,8 @@ impl KeyService for RemoteKms {
     }
 
     fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError> {
-        let answer: KeyIdAnswer = self.call(Operation::RotateKeyOnDemand, &key_request(key_id))?;
+        let answer: KeyIdResponse =
+            self.call(Operation::RotateKeyOnDemand, &key_request(key_id))?;
         Ok(answer.key_id)
     }
 
@@ -938,7 +774,7 @@ impl KeyService for RemoteKms {
             Operation::ListKeyRotations,
             key_id,
             1000,
-            |answer: &ListRotationsAnswer| (answer.truncated, answer.next_marker.clone()),
+            ListKeyRotationsResponse::<WireRotation>::next_page,
         )?;
         let mut rotations = Vec::new();
         for rotation in answers.into_iter().flat_map(|answer| answer.rotations) {
@@ -955,7 +791,7 @@ impl KeyService for RemoteKms {
     }
 
     fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError> {
-        let answer: PolicyAnswer = self.call(
+        let answer: KeyPolicyResponse = self.call(
             Operation::GetKeyPolicy,
             &wire::KeyPolicyRequest {
                 key_id: key_id.to_owned(),
@@ -1010,7 +846,7 @@ impl KeyService for RemoteKms {
             Operation::ListResourceTags,
             key_id,
             50,
-            |answer: &ListTagsAnswer| (answer.truncated, answer.next_marker.clone()),
+            ListResourceTagsResponse::<Tag>::next_page,
         )?;
         Ok(answers.into_iter().flat_map(|answer| answer.tags).collect())
     }
@@ -1023,7 +859,7 @@ impl KeyService for RemoteKms {
         };
         let body = serde_json::to_vec(&request)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
-        let answer: RandomAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        let answer: PlaintextResponse = self.parse(op, &self.call_raw(op, &body)?)?;
         secret(answer.plaintext)
     }
 
@@ -1032,7 +868,7 @@ impl KeyService for RemoteKms {
             Operation::ListKeyPolicies,
             key_id,
             1000,
-            |answer: &ListPoliciesAnswer| (answer.truncated, answer.next_marker.clone()),
+            ListKeyPoliciesResponse::<String>::next_page,
         )?;
         Ok(answers
             .into_iter()
@@ -1045,11 +881,6 @@ fn key_request(key_id: &str) -> wire::KeyIdRequest {
     wire::KeyIdRequest {
         key_id: key_id.to_owned(),
     }
-}
-
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]

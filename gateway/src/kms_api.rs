@@ -6,20 +6,17 @@
 //! [`handle`] records those refused here, before the key service (a body that does
 //! not parse, a missing or out-of-range field, bad tags).
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use crypto_core::kms::operation::TARGET_PREFIX;
+use crypto_core::kms::wire::{self, encode_blob, encode_secret, SYMMETRIC_DEFAULT};
 use crypto_core::kms::{
     self, DataKeySpec, ImportOperation, KeyService, KmsError, LocalKms, Operation,
 };
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::error::GatewayError;
-use crate::wire::{self, decode_blob, encode_secret};
 
-const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 /// AWS's `OriginType` enum; atrest makes only `AWS_KMS` keys.
 const ORIGINS: [&str; 4] = ["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"];
 
@@ -182,18 +179,22 @@ fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<
             if !tags.is_empty() {
                 kms.tag_resource(&meta.key_id, &tags).map_err(audited)?;
             }
-            Ok(reply(&json!({ "KeyMetadata": meta }))?)
+            Ok(reply(&wire::KeyMetadataResponse { key_metadata: meta })?)
         }
         Operation::DescribeKey => {
             let req: wire::KeyIdRequest = parse(body)?;
-            Ok(reply(
-                &json!({ "KeyMetadata": kms.describe_key(&req.key_id).map_err(audited)? }),
-            )?)
+            Ok(reply(&wire::KeyMetadataResponse {
+                key_metadata: kms.describe_key(&req.key_id).map_err(audited)?,
+            })?)
         }
         Operation::ListKeys => {
             let req: wire::ListRequest = parse(body)?;
             let page = kms.list_keys(&list_request(&req)).map_err(audited)?;
-            Ok(reply(&page_json("Keys", page)?)?)
+            Ok(reply(&wire::ListKeysResponse {
+                truncated: page.next_marker.is_some(),
+                keys: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
         Operation::UpdateKeyDescription => {
             let req: wire::UpdateKeyDescriptionRequest = parse(body)?;
@@ -213,22 +214,27 @@ fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<
         }
         Operation::ScheduleKeyDeletion => {
             let req: wire::ScheduleKeyDeletionRequest = parse(body)?;
-            Ok(reply(&json!(kms
-                .schedule_key_deletion(&req.key_id, req.pending_window_in_days)
-                .map_err(audited)?))?)
+            Ok(reply(
+                &kms.schedule_key_deletion(&req.key_id, req.pending_window_in_days)
+                    .map_err(audited)?,
+            )?)
         }
         Operation::CancelKeyDeletion => {
             let req: wire::KeyIdRequest = parse(body)?;
-            Ok(reply(
-                &json!({ "KeyId": kms.cancel_key_deletion(&req.key_id).map_err(audited)? }),
-            )?)
+            Ok(reply(&wire::KeyIdResponse {
+                key_id: kms.cancel_key_deletion(&req.key_id).map_err(audited)?,
+            })?)
         }
         Operation::ListAliases => {
             let req: wire::ListRequest = parse(body)?;
             let page = kms
                 .list_aliases(req.key_id.as_deref(), &list_request(&req))
                 .map_err(audited)?;
-            Ok(reply(&page_json("Aliases", page)?)?)
+            Ok(reply(&wire::ListAliasesResponse {
+                truncated: page.next_marker.is_some(),
+                aliases: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
         Operation::CreateAlias => {
             let req: wire::AliasRequest = parse(body)?;
@@ -260,27 +266,35 @@ fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<
         }
         Operation::GetKeyRotationStatus => {
             let req: wire::KeyIdRequest = parse(body)?;
-            Ok(reply(&json!(kms
-                .get_key_rotation_status(&req.key_id)
-                .map_err(audited)?))?)
+            Ok(reply(
+                &kms.get_key_rotation_status(&req.key_id).map_err(audited)?,
+            )?)
         }
         Operation::RotateKeyOnDemand => {
             let req: wire::KeyIdRequest = parse(body)?;
-            Ok(reply(
-                &json!({ "KeyId": kms.rotate_key_on_demand(&req.key_id).map_err(audited)? }),
-            )?)
+            Ok(reply(&wire::KeyIdResponse {
+                key_id: kms.rotate_key_on_demand(&req.key_id).map_err(audited)?,
+            })?)
         }
         Operation::ListKeyRotations => {
             let req: wire::ListRequest = parse(body)?;
             let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
             let rotations = kms.list_key_rotations(key_id).map_err(audited)?;
-            Ok(reply(&paged_slice("Rotations", rotations, &req)?)?)
+            let page = paged_slice(rotations, &req)?;
+            Ok(reply(&wire::ListKeyRotationsResponse {
+                truncated: page.next_marker.is_some(),
+                rotations: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
         Operation::GetKeyPolicy => {
             let req: wire::KeyPolicyRequest = parse(body)?;
             let name = req.policy_name.unwrap_or_else(|| "default".into());
             let policy = kms.get_key_policy(&req.key_id, &name).map_err(audited)?;
-            Ok(reply(&json!({ "Policy": policy, "PolicyName": name }))?)
+            Ok(reply(&wire::KeyPolicyResponse {
+                policy,
+                policy_name: Some(name),
+            })?)
         }
         Operation::PutKeyPolicy => {
             let req: wire::KeyPolicyRequest = parse(body)?;
@@ -309,14 +323,19 @@ fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<
             let req: wire::ListRequest = parse(body)?;
             let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
             let tags = kms.list_resource_tags(key_id).map_err(audited)?;
-            Ok(reply(&paged_slice("Tags", tags, &req)?)?)
+            let page = paged_slice(tags, &req)?;
+            Ok(reply(&wire::ListResourceTagsResponse {
+                truncated: page.next_marker.is_some(),
+                tags: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
         Operation::GenerateDataKey => {
             let req = data_key_request(parse(body)?)?;
             let generated = kms.generate_data_key(&req).map_err(audited)?;
             Ok(reply_with_plaintext(
                 &[
-                    ("CiphertextBlob", BASE64.encode(&generated.ciphertext_blob)),
+                    ("CiphertextBlob", encode_blob(&generated.ciphertext_blob)),
                     ("KeyId", generated.key_id),
                 ],
                 generated.plaintext.expose(),
@@ -327,10 +346,11 @@ fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<
             let wrapped = kms
                 .generate_data_key_without_plaintext(&req)
                 .map_err(audited)?;
-            Ok(reply(&json!({
-                "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
-                "KeyId": wrapped.key_id,
-            }))?)
+            Ok(reply(&wire::CiphertextResponse {
+                ciphertext_blob: encode_blob(&wrapped.ciphertext_blob),
+                key_id: wrapped.key_id,
+                encryption_algorithm: None,
+            })?)
         }
         Operation::Encrypt => {
             let req: wire::EncryptRequest = parse(body)?;
@@ -344,11 +364,11 @@ fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<
                     &req.encryption_context.unwrap_or_default(),
                 )
                 .map_err(audited)?;
-            Ok(reply(&json!({
-                "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
-                "KeyId": wrapped.key_id,
-                "EncryptionAlgorithm": SYMMETRIC_DEFAULT,
-            }))?)
+            Ok(reply(&wire::CiphertextResponse {
+                ciphertext_blob: encode_blob(&wrapped.ciphertext_blob),
+                key_id: wrapped.key_id,
+                encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+            })?)
         }
         Operation::Decrypt => {
             let req: wire::DecryptRequest = parse(body)?;
@@ -386,15 +406,15 @@ fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<
                         .unwrap_or_default(),
                 })
                 .map_err(audited)?;
-            Ok(reply(&json!({
-                "CiphertextBlob": BASE64.encode(&done.ciphertext_blob),
-                "SourceKeyId": done.source_key_id,
-                "KeyId": done.key_id,
-                "SourceEncryptionAlgorithm": SYMMETRIC_DEFAULT,
-                "DestinationEncryptionAlgorithm": SYMMETRIC_DEFAULT,
-                "SourceKeyMaterialId": done.source_key_material_id,
-                "DestinationKeyMaterialId": done.destination_key_material_id,
-            }))?)
+            Ok(reply(&wire::ReEncryptResponse {
+                ciphertext_blob: encode_blob(&done.ciphertext_blob),
+                source_key_id: done.source_key_id,
+                key_id: done.key_id,
+                source_encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+                destination_encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+                source_key_material_id: done.source_key_material_id,
+                destination_key_material_id: done.destination_key_material_id,
+            })?)
         }
         Operation::GenerateRandom => {
             let req: wire::GenerateRandomRequest = parse(body)?;
@@ -414,7 +434,12 @@ fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<
             let req: wire::ListRequest = parse(body)?;
             let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
             let names = kms.list_key_policies(key_id).map_err(audited)?;
-            Ok(reply(&paged_slice("PolicyNames", names, &req)?)?)
+            let page = paged_slice(names, &req)?;
+            Ok(reply(&wire::ListKeyPoliciesResponse {
+                truncated: page.next_marker.is_some(),
+                policy_names: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
         Operation::GetParametersForImport => {
             refuse_import(kms, body, ImportOperation::GetParametersForImport)
@@ -490,6 +515,11 @@ fn check_algorithm(algorithm: Option<&str>) -> Result<(), GatewayError> {
     }
 }
 
+/// A base64 request field; bad base64 is the caller's SerializationException.
+fn decode_blob(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    wire::decode_blob(field, text).map_err(|e| GatewayError::Serialization(e.to_string()))
+}
+
 /// AWS requires exactly one of KeySpec and NumberOfBytes.
 fn data_key_request(
     req: wire::DataKeyRequest,
@@ -527,23 +557,9 @@ fn list_request(req: &wire::ListRequest) -> kms::ListRequest {
     }
 }
 
-fn page_json<T: serde::Serialize>(field: &str, page: kms::Page<T>) -> Result<Value, GatewayError> {
-    let mut out = serde_json::Map::new();
-    out.insert(field.to_owned(), to_value(&page.items)?);
-    out.insert("Truncated".into(), Value::Bool(page.next_marker.is_some()));
-    if let Some(marker) = page.next_marker {
-        out.insert("NextMarker".into(), Value::String(marker));
-    }
-    Ok(Value::Object(out))
-}
-
 /// Pages a list the key service returns whole; the marker is the decimal offset of
 /// the next item.
-fn paged_slice<T: serde::Serialize>(
-    field: &str,
-    items: Vec<T>,
-    req: &wire::ListRequest,
-) -> Result<Value, GatewayError> {
+fn paged_slice<T>(items: Vec<T>, req: &wire::ListRequest) -> Result<kms::Page<T>, GatewayError> {
     let limit = match req.limit {
         None => 100,
         Some(limit @ 1..=1000) => limit as usize,
@@ -568,23 +584,21 @@ fn paged_slice<T: serde::Serialize>(
     };
     let end = start.saturating_add(limit).min(items.len());
     let next = (end < items.len()).then(|| end.to_string());
-    let page = kms::Page {
+    Ok(kms::Page {
         items: items.into_iter().skip(start).take(end - start).collect(),
         next_marker: next,
-    };
-    page_json(field, page)
-}
-
-fn to_value(value: &impl serde::Serialize) -> Result<Value, GatewayError> {
-    serde_json::to_value(value).map_err(|e| {
-        GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
     })
 }
 
-fn reply(value: &Value) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
-    serde_json::to_vec(value).map(Zeroizing::new).map_err(|e| {
-        GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
-    })
+/// The JSON of an answer. Through a `Value`, whose object keys are sorted: the
+/// bytes atrest has always sent, whatever the field order of the answer's type.
+fn reply(answer: &impl serde::Serialize) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    serde_json::to_value(answer)
+        .and_then(|value| serde_json::to_vec(&value))
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
+        })
 }
 
 fn empty() -> Result<Zeroizing<Vec<u8>>, GatewayError> {
@@ -629,6 +643,7 @@ fn reply_with_plaintext(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn targets_parse_for_every_operation_and_only_those() {

@@ -11,7 +11,6 @@
 //! - [`kms_api`]: the KMS operations over any [`crypto_core::kms::KeyService`].
 //! - [`s3`]: the S3 REST API (path-style) over [`objstore::ObjectStore`], with
 //!   streaming bodies, aws-chunked uploads and flexible checksums.
-//! - [`wire`]: the KMS JSON shapes, shared by server and client.
 //! - [`client`]: [`client::RemoteKms`], a `KeyService` reached over HTTP.
 #![forbid(unsafe_code)]
 
@@ -22,7 +21,6 @@ pub mod kms_api;
 pub mod s3;
 pub mod server;
 pub mod sigv4;
-pub mod wire;
 
 pub use client::{RemoteKms, RemoteKmsConfig};
 pub use credentials::{AccessKey, AccessKeyStatus, CredentialStore};

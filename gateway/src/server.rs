@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use crypto_core::kms::operation::TARGET_PREFIX;
+use crypto_core::kms::wire;
 use crypto_core::kms::{Clock, LocalKms, Operation, SystemClock};
 use crypto_core::trail::{EventSource, RefusedCaller, RefusedRequest, RequestSource};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -41,7 +42,6 @@ use crate::kms_api;
 use crate::s3::upload::ChannelReader;
 use crate::s3::{self, S3Answer, S3Body, S3Context, S3Request, S3Service};
 use crate::sigv4::{self, Expectations, PathEncoding, Payload, RequestView, Verified};
-use crate::wire;
 
 /// Largest request body read. KMS's largest input is a 32 KiB key policy; base64
 /// and JSON framing stay well under this.
@@ -1268,8 +1268,12 @@ async fn respond(
             } else {
                 tracing::debug!(request_id, "{err}");
             }
-            let body = serde_json::json!({ "__type": err.aws_name(), "message": err.message() });
-            let body = Zeroizing::new(body.to_string().into_bytes());
+            let body = serde_json::to_vec(&wire::ErrorResponse {
+                kind: Some(err.aws_name().to_owned()),
+                message: Some(err.message()),
+            })
+            .unwrap_or_default();
+            let body = Zeroizing::new(body);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             build(status, wire::CONTENT_TYPE, body, &request_id)
         }

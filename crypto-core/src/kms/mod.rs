@@ -19,6 +19,7 @@ mod keystore;
 mod local;
 pub mod operation;
 pub mod policy;
+pub mod wire;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ident::{principal_account, validate_alias_name, KeyRef};

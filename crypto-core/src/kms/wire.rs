@@ -1,26 +1,35 @@
-//! The AWS KMS JSON 1.1 shapes atrest speaks, shared by the server ([`crate::kms_api`])
-//! and the client ([`crate::client`]): requests serialise and parse the same way on
-//! both sides. Binary fields are base64 text; dates are epoch seconds, which other
-//! servers send as fractions (so responses parse them leniently).
+//! The AWS KMS JSON 1.1 shapes atrest speaks, in one place for every side: the
+//! HTTP endpoint (`gateway::kms_api`) parses the requests and writes the answers,
+//! the remote client (`gateway::client`) writes the requests and parses the answers,
+//! and the CLI (`atrest kms ...`) prints the same answers (dates in ISO 8601 there).
+//! Binary fields are base64 text; dates are epoch seconds, which other servers send
+//! as fractions (so answers parse them leniently). Answers that carry a plaintext
+//! (GenerateDataKey, Decrypt, GenerateRandom) are written by hand into zeroizing
+//! buffers and have no type here to serialise, only one to parse
+//! ([`PlaintextResponse`]). Serde only: no I/O, no key service.
+#![forbid(unsafe_code)]
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use crypto_core::kms::{EncryptionContext, KeyMetadata, KeyState, Tag};
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::error::GatewayError;
+use super::{EncryptionContext, KeyMetadata, KeyState, KmsError, RotationType, Tag};
 
 /// The content type of the AWS JSON 1.1 protocol.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+/// The only encryption algorithm of atrest's symmetric keys.
+pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 
+/// The request of the calls that name only a key (DescribeKey, EnableKey, ...).
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyIdRequest {
     pub key_id: String,
 }
 
+/// GenerateDataKey's and GenerateDataKeyWithoutPlaintext's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DataKeyRequest {
@@ -50,6 +59,7 @@ pub struct EncryptRequest {
     pub dry_run: Option<bool>,
 }
 
+/// Decrypt's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DecryptRequest {
@@ -64,6 +74,7 @@ pub struct DecryptRequest {
     pub dry_run: Option<bool>,
 }
 
+/// ReEncrypt's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ReEncryptRequest {
@@ -83,6 +94,7 @@ pub struct ReEncryptRequest {
     pub dry_run: Option<bool>,
 }
 
+/// CreateKey's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CreateKeyRequest {
@@ -106,6 +118,7 @@ pub struct CreateKeyRequest {
     pub multi_region: Option<bool>,
 }
 
+/// TagResource's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TagResourceRequest {
@@ -113,6 +126,7 @@ pub struct TagResourceRequest {
     pub tags: Vec<Tag>,
 }
 
+/// UntagResource's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UntagResourceRequest {
@@ -120,6 +134,7 @@ pub struct UntagResourceRequest {
     pub tag_keys: Vec<String>,
 }
 
+/// The request of the paged lists (ListKeys, ListAliases, ListKeyRotations, ListResourceTags, ListKeyPolicies).
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListRequest {
@@ -143,6 +158,7 @@ pub struct GenerateRandomRequest {
     pub recipient: Option<serde_json::Value>,
 }
 
+/// UpdateKeyDescription's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UpdateKeyDescriptionRequest {
@@ -150,6 +166,7 @@ pub struct UpdateKeyDescriptionRequest {
     pub description: String,
 }
 
+/// ScheduleKeyDeletion's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ScheduleKeyDeletionRequest {
@@ -158,6 +175,7 @@ pub struct ScheduleKeyDeletionRequest {
     pub pending_window_in_days: Option<u32>,
 }
 
+/// CreateAlias's and UpdateAlias's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AliasRequest {
@@ -165,12 +183,14 @@ pub struct AliasRequest {
     pub target_key_id: String,
 }
 
+/// DeleteAlias's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DeleteAliasRequest {
     pub alias_name: String,
 }
 
+/// EnableKeyRotation's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EnableKeyRotationRequest {
@@ -179,6 +199,7 @@ pub struct EnableKeyRotationRequest {
     pub rotation_period_in_days: Option<u32>,
 }
 
+/// GetKeyPolicy's and PutKeyPolicy's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyPolicyRequest {
@@ -233,7 +254,7 @@ pub struct WireKeyMetadata {
 impl WireKeyMetadata {
     /// atrest's `KeyMetadata`. A state atrest does not model (`PendingImport`,
     /// `Unavailable`, ...) is refused rather than guessed.
-    pub fn into_metadata(self) -> Result<KeyMetadata, GatewayError> {
+    pub fn into_metadata(self) -> Result<KeyMetadata, KmsError> {
         let key_state = match self.key_state.as_deref() {
             Some(text) => parse_key_state(text)?,
             None if self.enabled == Some(false) => KeyState::Disabled,
@@ -246,7 +267,7 @@ impl WireKeyMetadata {
                 .map(str::to_owned)
                 .unwrap_or_default()
         });
-        let symmetric = || "SYMMETRIC_DEFAULT".to_owned();
+        let symmetric = || SYMMETRIC_DEFAULT.to_owned();
         Ok(KeyMetadata {
             key_id: self.key_id,
             arn: self.arn,
@@ -271,20 +292,21 @@ impl WireKeyMetadata {
     }
 }
 
-pub fn parse_key_state(text: &str) -> Result<KeyState, GatewayError> {
+/// A key state as another server reports it; one atrest does not model
+/// (`PendingImport`, `Unavailable`, ...) is an UnsupportedOperationException.
+pub fn parse_key_state(text: &str) -> Result<KeyState, KmsError> {
     match text {
         "Enabled" => Ok(KeyState::Enabled),
         "Disabled" => Ok(KeyState::Disabled),
         "PendingDeletion" => Ok(KeyState::PendingDeletion),
-        other => Err(GatewayError::Kms(
-            crypto_core::kms::KmsError::UnsupportedOperation(format!(
-                "the key service reported key state '{other}', which atrest does not model"
-            )),
-        )),
+        other => Err(KmsError::UnsupportedOperation(format!(
+            "the key service reported key state '{other}', which atrest does not model"
+        ))),
     }
 }
 
-/// Epoch seconds, integral or fractional, as an `OffsetDateTime`.
+/// Epoch seconds, integral or fractional, as an `OffsetDateTime` (serde
+/// `deserialize_with`).
 pub fn lenient_date<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<OffsetDateTime>, D::Error> {
@@ -301,21 +323,276 @@ pub fn lenient_date<'de, D: Deserializer<'de>>(
         .transpose()
 }
 
-/// Decodes a base64 field into a zeroizing buffer; bad base64 is the caller's
-/// SerializationException.
-pub fn decode_blob(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+/// A base64 field that does not decode; the endpoint answers SerializationException.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidBase64 {
+    /// The field's AWS name (`CiphertextBlob`, `Plaintext`).
+    pub field: String,
+}
+
+impl std::fmt::Display for InvalidBase64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "'{}' is not valid base64", self.field)
+    }
+}
+
+impl std::error::Error for InvalidBase64 {}
+
+/// Decodes a base64 field into a zeroizing buffer.
+pub fn decode_blob(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, InvalidBase64> {
     let mut out = Zeroizing::new(Vec::with_capacity(text.len() / 4 * 3 + 3));
     BASE64
         .decode_vec(text, &mut out)
-        .map_err(|_| GatewayError::Serialization(format!("'{field}' is not valid base64")))?;
+        .map_err(|_| InvalidBase64 {
+            field: field.to_owned(),
+        })?;
     Ok(out)
 }
 
-/// Base64 of `bytes` in a zeroizing string sized up front.
+/// Base64 of `bytes` (not a secret: ciphertext blobs).
+pub fn encode_blob(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+/// Base64 of `bytes` (a secret) in a zeroizing string sized up front.
 pub fn encode_secret(bytes: &[u8]) -> Zeroizing<String> {
     let mut out = Zeroizing::new(String::with_capacity(bytes.len().div_ceil(3) * 4));
     BASE64.encode_string(bytes, &mut out);
     out
+}
+
+/// The answer of CreateKey and DescribeKey: `M` is [`KeyMetadata`] where atrest
+/// writes it, [`WireKeyMetadata`] where it reads another server's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyMetadataResponse<M> {
+    /// The key.
+    pub key_metadata: M,
+}
+
+/// The answer of Encrypt and GenerateDataKeyWithoutPlaintext.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CiphertextResponse {
+    /// The ciphertext blob, base64.
+    pub ciphertext_blob: String,
+    /// The ARN of the key that encrypted it.
+    pub key_id: String,
+    /// Encrypt's algorithm (`SYMMETRIC_DEFAULT`); GenerateDataKeyWithoutPlaintext
+    /// sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_algorithm: Option<String>,
+}
+
+/// The answer of GenerateDataKey, Decrypt and GenerateRandom, as read from a
+/// server (atrest writes these by hand into zeroizing buffers). The base64 text of
+/// `plaintext` is the reader's to wipe once decoded.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PlaintextResponse {
+    /// The key's ARN (GenerateRandom has none).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// GenerateDataKey's wrapped copy of the key, base64.
+    #[serde(default)]
+    pub ciphertext_blob: Option<String>,
+    /// The secret, base64.
+    pub plaintext: String,
+    /// Decrypt's key material.
+    #[serde(default)]
+    pub key_material_id: Option<String>,
+}
+
+impl std::fmt::Debug for PlaintextResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaintextResponse")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// ReEncrypt's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReEncryptResponse {
+    /// The new ciphertext blob, base64.
+    pub ciphertext_blob: String,
+    /// The ARN of the key that decrypted the old blob.
+    pub source_key_id: String,
+    /// The ARN of the key that encrypted the new blob.
+    pub key_id: String,
+    /// `SYMMETRIC_DEFAULT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_encryption_algorithm: Option<String>,
+    /// `SYMMETRIC_DEFAULT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_encryption_algorithm: Option<String>,
+    /// The key material that decrypted the old blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_key_material_id: Option<String>,
+    /// The key material that encrypted the new blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_key_material_id: Option<String>,
+}
+
+/// The answer of CancelKeyDeletion and RotateKeyOnDemand.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyIdResponse {
+    /// The key's ARN (CancelKeyDeletion) or id (RotateKeyOnDemand).
+    pub key_id: String,
+}
+
+/// GetKeyPolicy's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyPolicyResponse {
+    /// The policy document, JSON text.
+    pub policy: String,
+    /// Its name (`default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_name: Option<String>,
+}
+
+/// ScheduleKeyDeletion's answer as any server sends it (atrest writes
+/// [`ScheduledDeletion`](super::ScheduledDeletion)).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScheduleKeyDeletionResponse {
+    /// The key's ARN.
+    pub key_id: String,
+    /// When the key is deleted.
+    #[serde(deserialize_with = "lenient_date")]
+    pub deletion_date: Option<OffsetDateTime>,
+    /// `PendingDeletion`.
+    #[serde(default)]
+    pub key_state: Option<String>,
+    /// The waiting period.
+    #[serde(default)]
+    pub pending_window_in_days: Option<u32>,
+}
+
+/// GetKeyRotationStatus's answer as any server sends it (atrest writes
+/// [`RotationStatus`](super::RotationStatus)).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RotationStatusResponse {
+    /// The key's ARN (older servers send none).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Whether automatic rotation is on.
+    pub key_rotation_enabled: bool,
+    /// The automatic rotation period.
+    #[serde(default)]
+    pub rotation_period_in_days: Option<u32>,
+    /// The next automatic rotation.
+    #[serde(default, deserialize_with = "lenient_date")]
+    pub next_rotation_date: Option<OffsetDateTime>,
+    /// When an on-demand rotation in progress started.
+    #[serde(default, deserialize_with = "lenient_date")]
+    pub on_demand_rotation_start_date: Option<OffsetDateTime>,
+}
+
+/// An alias as other servers send it: AWS-managed aliases lack a target and dates.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WireAlias {
+    /// `alias/NAME`.
+    pub alias_name: String,
+    /// The alias ARN.
+    pub alias_arn: String,
+    /// The key it names.
+    #[serde(default)]
+    pub target_key_id: Option<String>,
+    /// When it was made.
+    #[serde(default, deserialize_with = "lenient_date")]
+    pub creation_date: Option<OffsetDateTime>,
+    /// When it last changed.
+    #[serde(default, deserialize_with = "lenient_date")]
+    pub last_updated_date: Option<OffsetDateTime>,
+}
+
+/// A completed rotation as other servers send it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WireRotation {
+    /// The key's ARN.
+    pub key_id: String,
+    /// When it rotated.
+    #[serde(deserialize_with = "lenient_date")]
+    pub rotation_date: Option<OffsetDateTime>,
+    /// Automatic or on demand.
+    pub rotation_type: RotationType,
+    /// The material the rotation made.
+    #[serde(default)]
+    pub key_material_id: Option<String>,
+}
+
+/// Declares the answer of a marker-paged list: its items' field, `Truncated` and
+/// `NextMarker` (sent only when truncated).
+macro_rules! list_response {
+    ($(#[$doc:meta])* $name:ident<$item:ident>, $field:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Serialize, Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        pub struct $name<$item> {
+            /// This page's items.
+            #[serde(default = "Vec::new")]
+            pub $field: Vec<$item>,
+            /// Whether more pages follow.
+            #[serde(default)]
+            pub truncated: bool,
+            /// The marker of the next page.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub next_marker: Option<String>,
+        }
+
+        impl<$item> $name<$item> {
+            /// The marker of the next page, when there is one.
+            pub fn next_page(&self) -> Option<String> {
+                self.next_marker.clone().filter(|_| self.truncated)
+            }
+        }
+    };
+}
+
+list_response!(
+    /// ListKeys's answer (of [`KeyListEntry`](super::KeyListEntry)).
+    ListKeysResponse<K>,
+    keys
+);
+list_response!(
+    /// ListAliases's answer: `A` is [`AliasListEntry`](super::AliasListEntry) where atrest writes it,
+    /// [`WireAlias`] where it reads another server's.
+    ListAliasesResponse<A>,
+    aliases
+);
+list_response!(
+    /// ListKeyRotations's answer: `R` is [`RotationEntry`](super::RotationEntry)
+    /// where atrest writes it, [`WireRotation`] where it reads another server's.
+    ListKeyRotationsResponse<R>,
+    rotations
+);
+list_response!(
+    /// ListResourceTags's answer (of [`Tag`]).
+    ListResourceTagsResponse<T>,
+    tags
+);
+list_response!(
+    /// ListKeyPolicies's answer (of policy names).
+    ListKeyPoliciesResponse<P>,
+    policy_names
+);
+
+/// An error answer: the AWS error name and its message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// The AWS error name, maybe namespaced (`com.amazonaws.kms#NotFoundException`).
+    #[serde(rename = "__type", default)]
+    pub kind: Option<String>,
+    /// The message (some servers spell it `Message`).
+    #[serde(alias = "Message", default)]
+    pub message: Option<String>,
 }
 
 mod zeroizing_string {
