@@ -252,6 +252,13 @@ struct Shared {
 #[derive(Clone)]
 pub struct LocalKms {
     shared: Arc<Shared>,
+    caller: Caller,
+}
+
+/// Who a [`LocalKms`] acts for: everything that differs between callers of one key
+/// service.
+#[derive(Clone)]
+struct Caller {
     principal: String,
     /// The caller's account: the one in `principal`'s ARN, else the configured one.
     /// Keys and aliases are created, listed and resolved in this account only.
@@ -264,13 +271,34 @@ pub struct LocalKms {
     via_service: Option<Arc<str>>,
 }
 
+impl Caller {
+    /// `principal` calling directly from this machine; its account is the one in its
+    /// ARN, else `configured_account`.
+    fn local(principal: String, configured_account: &str) -> Caller {
+        Caller {
+            account: caller_account(&principal, configured_account),
+            principal,
+            source: Arc::new(RequestSource::local()),
+            via_service: None,
+        }
+    }
+
+    /// What key policies' conditions see of this caller.
+    fn context(&self) -> CallerContext<'_> {
+        CallerContext {
+            account: &self.account,
+            via_service: self.via_service.as_deref(),
+        }
+    }
+}
+
 impl fmt::Debug for LocalKms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalKms")
             .field("home", &self.shared.home)
             .field("region", &self.shared.region)
-            .field("account", &self.account)
-            .field("principal", &self.principal)
+            .field("account", &self.caller.account)
+            .field("principal", &self.caller.principal)
             .finish_non_exhaustive()
     }
 }
@@ -287,7 +315,7 @@ impl LocalKms {
         )?;
         let trail = Trail::open(&home.join("trail"), &config.region, &config.account)
             .map_err(|e| KmsError::Internal(format!("cannot open the audit trail: {e}")))?;
-        let account = caller_account(&config.principal, &config.account);
+        let caller = Caller::local(config.principal, &config.account);
         Ok(LocalKms {
             shared: Arc::new(Shared {
                 home: home.to_path_buf(),
@@ -297,10 +325,7 @@ impl LocalKms {
                 account: config.account,
                 clock: config.clock,
             }),
-            principal: config.principal,
-            account,
-            source: Arc::new(RequestSource::local()),
-            via_service: None,
+            caller,
         })
     }
 
@@ -310,10 +335,11 @@ impl LocalKms {
         check_principal(principal)?;
         Ok(LocalKms {
             shared: Arc::clone(&self.shared),
-            principal: principal.to_owned(),
-            account: caller_account(principal, &self.shared.account),
-            source: Arc::clone(&self.source),
-            via_service: self.via_service.clone(),
+            caller: Caller {
+                principal: principal.to_owned(),
+                account: caller_account(principal, &self.shared.account),
+                ..self.caller.clone()
+            },
         })
     }
 
@@ -323,8 +349,11 @@ impl LocalKms {
     /// an AWS managed key such as `alias/aws/s3` serves S3 and nothing else.
     pub fn through_service(&self, service: &str) -> LocalKms {
         LocalKms {
-            via_service: Some(Arc::from(service)),
-            ..self.clone()
+            shared: Arc::clone(&self.shared),
+            caller: Caller {
+                via_service: Some(Arc::from(service)),
+                ..self.caller.clone()
+            },
         }
     }
 
@@ -334,10 +363,10 @@ impl LocalKms {
     pub fn from_source(&self, source: RequestSource) -> LocalKms {
         LocalKms {
             shared: Arc::clone(&self.shared),
-            principal: self.principal.clone(),
-            account: self.account.clone(),
-            source: Arc::new(source),
-            via_service: self.via_service.clone(),
+            caller: Caller {
+                source: Arc::new(source),
+                ..self.caller.clone()
+            },
         }
     }
 
@@ -354,15 +383,7 @@ impl LocalKms {
     }
 
     pub fn principal(&self) -> &str {
-        &self.principal
-    }
-
-    /// What key policies' conditions see of this caller.
-    fn caller_context(&self) -> CallerContext<'_> {
-        CallerContext {
-            account: &self.account,
-            via_service: self.via_service.as_deref(),
-        }
+        &self.caller.principal
     }
 
     pub fn region(&self) -> &str {
@@ -371,7 +392,7 @@ impl LocalKms {
 
     /// The caller's account (from its principal ARN, else `ATREST_ACCOUNT`).
     pub fn account(&self) -> &str {
-        &self.account
+        &self.caller.account
     }
 
     /// The keystore file. Every update replaces it with a rename, so a watcher
@@ -391,7 +412,7 @@ impl LocalKms {
 
     /// The ARN of key `id` in this region and the caller's account.
     pub fn key_arn(&self, id: &Uuid) -> String {
-        key_arn(&self.shared.region, &self.account, id)
+        key_arn(&self.shared.region, &self.caller.account, id)
     }
 
     /// The ARN of key `id` of `account`.
@@ -401,7 +422,21 @@ impl LocalKms {
 
     /// The ARN of the caller's alias `name`.
     fn alias_arn(&self, name: &str) -> String {
-        alias_arn(&self.shared.region, &self.account, name)
+        alias_arn(&self.shared.region, &self.caller.account, name)
+    }
+
+    /// UpdateAlias's and DeleteAlias's refusal of an alias the caller does not have.
+    fn alias_not_found(&self, name: &str) -> KmsError {
+        KmsError::NotFound(format!("Alias '{}' is not found.", self.alias_arn(name)))
+    }
+
+    /// The key the caller's alias `name` points at.
+    fn aliased_key(&self, store: &StoreData, name: &str) -> Result<Uuid, KmsError> {
+        store
+            .aliases_of(&self.caller.account)
+            .and_then(|aliases| aliases.get(name))
+            .map(|alias| alias.target_key_id)
+            .ok_or_else(|| self.alias_not_found(name))
     }
 
     /// GetParametersForImport, ImportKeyMaterial and DeleteImportedKeyMaterial
@@ -439,7 +474,7 @@ impl LocalKms {
         self.append(&ApiCall {
             event_time: self.now(),
             event_name: op.name().to_owned(),
-            principal: self.principal.clone(),
+            principal: self.caller.principal.clone(),
             request_parameters,
             response_elements: None,
             error_code: Some(error_code.to_owned()),
@@ -454,7 +489,7 @@ impl LocalKms {
     }
 
     fn append(&self, call: &ApiCall) -> Result<(), KmsError> {
-        self.append_from(call, &self.source)
+        self.append_from(call, &self.caller.source)
     }
 
     fn append_from(&self, call: &ApiCall, source: &RequestSource) -> Result<(), KmsError> {
@@ -470,7 +505,7 @@ impl LocalKms {
         ApiCall {
             event_time: self.now(),
             event_name: audit.op.name().to_owned(),
-            principal: self.principal.clone(),
+            principal: self.caller.principal.clone(),
             request_parameters: audit.request.clone(),
             response_elements: if error.is_none() {
                 audit.response.clone()
@@ -587,10 +622,10 @@ impl LocalKms {
         key_id: &str,
         op: Operation,
     ) -> Result<(Uuid, String), KmsError> {
-        match KeyRef::parse(key_id, &self.shared.region, &self.account)? {
+        match KeyRef::parse(key_id, &self.shared.region, &self.caller.account)? {
             KeyRef::Key { account, id } => {
                 let arn = self.arn_in(&account, &id);
-                let reachable = account == self.account || op.cross_account();
+                let reachable = account == self.caller.account || op.cross_account();
                 match store.keys.get(&id) {
                     Some(key) if key.account == account && reachable => Ok((id, arn)),
                     _ => Err(KmsError::NotFound(format!("Key '{arn}' does not exist"))),
@@ -598,7 +633,7 @@ impl LocalKms {
             }
             KeyRef::Alias(name) => {
                 let target = store
-                    .aliases_of(&self.account)
+                    .aliases_of(&self.caller.account)
                     .and_then(|aliases| aliases.get(&name))
                     .map(|a| a.target_key_id);
                 match target.and_then(|id| store.keys.get(&id).map(|k| (id, k))) {
@@ -619,17 +654,17 @@ impl LocalKms {
                 e.message()
             ))
         })?;
-        match policy.evaluate_in(&self.principal, self.caller_context(), action, arn) {
+        match policy.evaluate_in(&self.caller.principal, self.caller.context(), action, arn) {
             Decision::Allow => Ok(()),
             Decision::ExplicitDeny => Err(KmsError::AccessDenied(format!(
                 "User: {} is not authorized to perform: {action} on resource: {arn} with an \
                  explicit deny in a resource-based policy",
-                self.principal
+                self.caller.principal
             ))),
             Decision::ImplicitDeny => Err(KmsError::AccessDenied(format!(
                 "User: {} is not authorized to perform: {action} on resource: {arn} because no \
                  resource-based policy allows the {action} action",
-                self.principal
+                self.caller.principal
             ))),
         }
     }
@@ -894,8 +929,8 @@ impl LocalKms {
     fn check_lockout(&self, policy: &KeyPolicy, arn: &str, bypass: bool) -> Result<(), KmsError> {
         if bypass
             || policy.evaluate_in(
-                &self.principal,
-                self.caller_context(),
+                &self.caller.principal,
+                self.caller.context(),
                 "kms:PutKeyPolicy",
                 arn,
             ) == Decision::Allow
@@ -915,7 +950,8 @@ impl LocalKms {
         target: &str,
         op: Operation,
     ) -> Result<(Uuid, String), KmsError> {
-        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.account)? {
+        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.caller.account)?
+        {
             return Err(KmsError::Validation(
                 "TargetKeyId must be a key ID or key ARN, not an alias".into(),
             ));
@@ -995,7 +1031,7 @@ impl LocalKms {
         if let Some(existing) = self
             .fresh()?
             .aliases
-            .get(&self.account)
+            .get(&self.caller.account)
             .and_then(|aliases| aliases.get(alias))
         {
             return Ok(self.key_arn(&existing.target_key_id));
@@ -1015,7 +1051,7 @@ impl LocalKms {
                 // Another process may have made it since the read above.
                 if let Some(existing) = store
                     .aliases
-                    .get(&self.account)
+                    .get(&self.caller.account)
                     .and_then(|aliases| aliases.get(alias))
                 {
                     let arn = self.key_arn(&existing.target_key_id);
@@ -1028,13 +1064,13 @@ impl LocalKms {
                 audit.resources.push(arn.clone());
                 let ts = now.unix_timestamp();
                 let mut key = KeyRecord {
-                    account: self.account.clone(),
+                    account: self.caller.account.clone(),
                     description: description.clone(),
                     creation_date: ts,
                     state: KeyState::Enabled,
                     deletion_date: None,
                     pending_window_in_days: None,
-                    policy: aws_managed_policy(&self.account, &self.shared.region, alias),
+                    policy: aws_managed_policy(&self.caller.account, &self.shared.region, alias),
                     rotation: None,
                     rotations: Vec::new(),
                     materials: Vec::new(),
@@ -1044,7 +1080,7 @@ impl LocalKms {
                 store.keys.insert(id, key);
                 store
                     .aliases
-                    .entry(self.account.clone())
+                    .entry(self.caller.account.clone())
                     .or_default()
                     .insert(
                         alias.to_owned(),
@@ -1270,13 +1306,13 @@ impl KeyService for LocalKms {
                     self.check_lockout(&parsed, &arn, req.bypass_policy_lockout_safety_check)?;
                     text.clone()
                 }
-                None => default_policy(&self.account, &self.principal),
+                None => default_policy(&self.caller.account, &self.caller.principal),
             };
             self.mutate(audit, |store, now, audit| {
                 audit.resources.push(arn.clone());
                 let ts = now.unix_timestamp();
                 let mut key = KeyRecord {
-                    account: self.account.clone(),
+                    account: self.caller.account.clone(),
                     description: req.description.clone(),
                     creation_date: ts,
                     state: KeyState::Enabled,
@@ -1322,7 +1358,7 @@ impl KeyService for LocalKms {
             let items = store
                 .keys
                 .iter()
-                .filter(|(_, key)| key.account == self.account)
+                .filter(|(_, key)| key.account == self.caller.account)
                 .map(|(id, _)| {
                     (
                         id.to_string(),
@@ -1469,7 +1505,7 @@ impl KeyService for LocalKms {
                 None => None,
             };
             let items = store
-                .aliases_of(&self.account)
+                .aliases_of(&self.caller.account)
                 .into_iter()
                 .flatten()
                 .filter(|(_, a)| only.is_none_or(|id| a.target_key_id == id))
@@ -1489,9 +1525,12 @@ impl KeyService for LocalKms {
                     .keys
                     .get(&id)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
-                self.authorize(key, "kms:CreateAlias", &arn)?;
+                self.authorize(key, &Operation::CreateAlias.action(), &arn)?;
                 Operation::CreateAlias.check_state(key.state, &arn)?;
-                let namespace = store.aliases.entry(self.account.clone()).or_default();
+                let namespace = store
+                    .aliases
+                    .entry(self.caller.account.clone())
+                    .or_default();
                 if namespace.contains_key(alias_name) {
                     return Err(KmsError::AlreadyExists(format!(
                         "An alias with the name {} already exists",
@@ -1517,17 +1556,8 @@ impl KeyService for LocalKms {
         self.run(Operation::UpdateAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, now, audit| {
-                let alias_not_found = || {
-                    KmsError::NotFound(format!(
-                        "Alias '{}' is not found.",
-                        self.alias_arn(alias_name)
-                    ))
-                };
-                let old = store
-                    .aliases_of(&self.account)
-                    .and_then(|aliases| aliases.get(alias_name))
-                    .ok_or_else(alias_not_found)?
-                    .target_key_id;
+                let alias_not_found = || self.alias_not_found(alias_name);
+                let old = self.aliased_key(store, alias_name)?;
                 let (new, new_arn) =
                     self.alias_target(store, target_key_id, Operation::UpdateAlias)?;
                 let old_arn = self.key_arn(&old);
@@ -1536,16 +1566,16 @@ impl KeyService for LocalKms {
                     audit.resources.push(new_arn.clone());
                 }
                 let old_key = store.keys.get(&old).ok_or_else(alias_not_found)?;
-                self.authorize(old_key, "kms:UpdateAlias", &old_arn)?;
+                self.authorize(old_key, &Operation::UpdateAlias.action(), &old_arn)?;
                 let new_key = store
                     .keys
                     .get(&new)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{new_arn}' does not exist")))?;
-                self.authorize(new_key, "kms:UpdateAlias", &new_arn)?;
+                self.authorize(new_key, &Operation::UpdateAlias.action(), &new_arn)?;
                 Operation::UpdateAlias.check_state(new_key.state, &new_arn)?;
                 let alias = store
                     .aliases
-                    .get_mut(&self.account)
+                    .get_mut(&self.caller.account)
                     .and_then(|aliases| aliases.get_mut(alias_name))
                     .ok_or_else(alias_not_found)?;
                 alias.target_key_id = new;
@@ -1560,26 +1590,19 @@ impl KeyService for LocalKms {
         self.run(Operation::DeleteAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, _, audit| {
-                let not_found = || {
-                    KmsError::NotFound(format!(
-                        "Alias '{}' is not found.",
-                        self.alias_arn(alias_name)
-                    ))
-                };
-                let target = store
-                    .aliases_of(&self.account)
-                    .and_then(|aliases| aliases.get(alias_name))
-                    .ok_or_else(not_found)?
-                    .target_key_id;
+                let target = self.aliased_key(store, alias_name)?;
                 let arn = self.key_arn(&target);
                 audit.resources.push(arn.clone());
-                let key = store.keys.get(&target).ok_or_else(not_found)?;
-                self.authorize(key, "kms:DeleteAlias", &arn)?;
+                let key = store
+                    .keys
+                    .get(&target)
+                    .ok_or_else(|| self.alias_not_found(alias_name))?;
+                self.authorize(key, &Operation::DeleteAlias.action(), &arn)?;
                 Operation::DeleteAlias.check_state(key.state, &arn)?;
-                if let Some(aliases) = store.aliases.get_mut(&self.account) {
+                if let Some(aliases) = store.aliases.get_mut(&self.caller.account) {
                     aliases.remove(alias_name);
                     if aliases.is_empty() {
-                        store.aliases.remove(&self.account);
+                        store.aliases.remove(&self.caller.account);
                     }
                 }
                 Ok(())
