@@ -76,19 +76,15 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
 pub(crate) fn key_service_refusal(err: &anyhow::Error) -> Option<&KmsError> {
     err.chain().find_map(|cause| {
         if let Some(kms) = cause.downcast_ref::<KmsError>() {
-            return Some(kms);
-        }
-        match cause.downcast_ref::<blockdev::Error>() {
-            Some(blockdev::Error::Kms(kms)) => return Some(kms),
-            Some(_) | None => {}
-        }
-        match cause.downcast_ref::<objstore::Error>() {
-            Some(objstore::Error::Kms(kms)) => return Some(kms),
-            Some(_) | None => {}
-        }
-        match cause.downcast_ref::<::gateway::GatewayError>() {
-            Some(::gateway::GatewayError::Kms(kms)) => Some(kms),
-            Some(_) | None => None,
+            Some(kms)
+        } else if let Some(blockdev::Error::Kms(kms)) = cause.downcast_ref() {
+            Some(kms)
+        } else if let Some(objstore::Error::Kms(kms)) = cause.downcast_ref() {
+            Some(kms)
+        } else if let Some(::gateway::GatewayError::Kms(kms)) = cause.downcast_ref() {
+            Some(kms)
+        } else {
+            None
         }
     })
 }

@@ -26,6 +26,7 @@ pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyIdRequest {
+    /// `KeyId`.
     pub key_id: String,
 }
 
@@ -33,43 +34,68 @@ pub struct KeyIdRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DataKeyRequest {
+    /// `KeyId`.
     pub key_id: String,
+    /// `KeySpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_spec: Option<String>,
+    /// `NumberOfBytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number_of_bytes: Option<u32>,
+    /// `EncryptionContext`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_context: Option<EncryptionContext>,
+    /// `DryRun`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
 }
 
-/// Encrypt's request. `plaintext` is base64 of a secret: zeroized on drop.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Encrypt's request. `plaintext` is base64 of a secret: zeroized on drop, never
+/// in `Debug`.
+#[derive(Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EncryptRequest {
+    /// `KeyId`.
     pub key_id: String,
+    /// `Plaintext`.
     #[serde(with = "zeroizing_string")]
     pub plaintext: Zeroizing<String>,
+    /// `EncryptionContext`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_context: Option<EncryptionContext>,
+    /// `EncryptionAlgorithm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_algorithm: Option<String>,
+    /// `DryRun`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
+}
+
+impl std::fmt::Debug for EncryptRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptRequest")
+            .field("key_id", &self.key_id)
+            .field("encryption_context", &self.encryption_context)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Decrypt's request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DecryptRequest {
+    /// `CiphertextBlob`.
     pub ciphertext_blob: String,
+    /// `EncryptionContext`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_context: Option<EncryptionContext>,
+    /// `KeyId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// `EncryptionAlgorithm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_algorithm: Option<String>,
+    /// `DryRun`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
 }
@@ -78,18 +104,26 @@ pub struct DecryptRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ReEncryptRequest {
+    /// `CiphertextBlob`.
     pub ciphertext_blob: String,
+    /// `SourceEncryptionContext`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_encryption_context: Option<EncryptionContext>,
+    /// `SourceKeyId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_key_id: Option<String>,
+    /// `DestinationKeyId`.
     pub destination_key_id: String,
+    /// `DestinationEncryptionContext`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_encryption_context: Option<EncryptionContext>,
+    /// `SourceEncryptionAlgorithm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_encryption_algorithm: Option<String>,
+    /// `DestinationEncryptionAlgorithm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_encryption_algorithm: Option<String>,
+    /// `DryRun`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<bool>,
 }
@@ -98,22 +132,31 @@ pub struct ReEncryptRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CreateKeyRequest {
+    /// `Description`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `Policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// `BypassPolicyLockoutSafetyCheck`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bypass_policy_lockout_safety_check: Option<bool>,
+    /// `KeySpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_spec: Option<String>,
+    /// `CustomerMasterKeySpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_master_key_spec: Option<String>,
+    /// `KeyUsage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_usage: Option<String>,
+    /// `Origin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// `Tags`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<Tag>>,
+    /// `MultiRegion`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_region: Option<bool>,
 }
@@ -122,7 +165,9 @@ pub struct CreateKeyRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TagResourceRequest {
+    /// `KeyId`.
     pub key_id: String,
+    /// `Tags`.
     pub tags: Vec<Tag>,
 }
 
@@ -130,7 +175,9 @@ pub struct TagResourceRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UntagResourceRequest {
+    /// `KeyId`.
     pub key_id: String,
+    /// `TagKeys`.
     pub tag_keys: Vec<String>,
 }
 
@@ -138,10 +185,13 @@ pub struct UntagResourceRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListRequest {
+    /// `KeyId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// `Limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// `Marker`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marker: Option<String>,
 }
@@ -150,10 +200,13 @@ pub struct ListRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct GenerateRandomRequest {
+    /// `NumberOfBytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number_of_bytes: Option<u32>,
+    /// `CustomKeyStoreId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_key_store_id: Option<String>,
+    /// `Recipient`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<serde_json::Value>,
 }
@@ -162,7 +215,9 @@ pub struct GenerateRandomRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UpdateKeyDescriptionRequest {
+    /// `KeyId`.
     pub key_id: String,
+    /// `Description`.
     pub description: String,
 }
 
@@ -170,7 +225,9 @@ pub struct UpdateKeyDescriptionRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ScheduleKeyDeletionRequest {
+    /// `KeyId`.
     pub key_id: String,
+    /// `PendingWindowInDays`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_window_in_days: Option<u32>,
 }
@@ -179,7 +236,9 @@ pub struct ScheduleKeyDeletionRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AliasRequest {
+    /// `AliasName`.
     pub alias_name: String,
+    /// `TargetKeyId`.
     pub target_key_id: String,
 }
 
@@ -187,6 +246,7 @@ pub struct AliasRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DeleteAliasRequest {
+    /// `AliasName`.
     pub alias_name: String,
 }
 
@@ -194,7 +254,9 @@ pub struct DeleteAliasRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EnableKeyRotationRequest {
+    /// `KeyId`.
     pub key_id: String,
+    /// `RotationPeriodInDays`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_period_in_days: Option<u32>,
 }
@@ -203,11 +265,15 @@ pub struct EnableKeyRotationRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyPolicyRequest {
+    /// `KeyId`.
     pub key_id: String,
+    /// `PolicyName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_name: Option<String>,
+    /// `Policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// `BypassPolicyLockoutSafetyCheck`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bypass_policy_lockout_safety_check: Option<bool>,
 }
@@ -217,36 +283,53 @@ pub struct KeyPolicyRequest {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct WireKeyMetadata {
+    /// `KeyId`.
     pub key_id: String,
+    /// `Arn`.
     pub arn: String,
+    /// `KeyState`.
     #[serde(default)]
     pub key_state: Option<String>,
+    /// `AWSAccountId`.
     #[serde(default, rename = "AWSAccountId")]
     pub aws_account_id: Option<String>,
+    /// `CreationDate`.
     #[serde(default, deserialize_with = "lenient_date")]
     pub creation_date: Option<OffsetDateTime>,
+    /// `Enabled`.
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// `Description`.
     #[serde(default)]
     pub description: Option<String>,
+    /// `KeyUsage`.
     #[serde(default)]
     pub key_usage: Option<String>,
+    /// `KeySpec`.
     #[serde(default)]
     pub key_spec: Option<String>,
+    /// `CustomerMasterKeySpec`.
     #[serde(default)]
     pub customer_master_key_spec: Option<String>,
+    /// `KeyManager`.
     #[serde(default)]
     pub key_manager: Option<String>,
+    /// `Origin`.
     #[serde(default)]
     pub origin: Option<String>,
+    /// `EncryptionAlgorithms`.
     #[serde(default)]
     pub encryption_algorithms: Option<Vec<String>>,
+    /// `MultiRegion`.
     #[serde(default)]
     pub multi_region: Option<bool>,
+    /// `DeletionDate`.
     #[serde(default, deserialize_with = "lenient_date")]
     pub deletion_date: Option<OffsetDateTime>,
+    /// `PendingDeletionWindowInDays`.
     #[serde(default)]
     pub pending_deletion_window_in_days: Option<u32>,
+    /// `CurrentKeyMaterialId`.
     #[serde(default)]
     pub current_key_material_id: Option<String>,
 }
@@ -645,5 +728,53 @@ mod tests {
         assert!(decode_blob("CiphertextBlob", "!!").is_err());
         assert_eq!(decode_blob("b", "AAEC").unwrap().as_slice(), [0, 1, 2]);
         assert_eq!(encode_secret(&[0, 1, 2]).as_str(), "AAEC");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let request: EncryptRequest =
+            serde_json::from_str(r#"{"KeyId":"k","Plaintext":"c2VjcmV0LXBsYWludGV4dA=="}"#)
+                .unwrap();
+        assert_eq!(request.plaintext.as_str(), "c2VjcmV0LXBsYWludGV4dA==");
+        let answer: PlaintextResponse =
+            serde_json::from_str(r#"{"KeyId":"k","Plaintext":"c2VjcmV0LXBsYWludGV4dA=="}"#)
+                .unwrap();
+        for debug in [format!("{request:?}"), format!("{answer:?}")] {
+            assert!(debug.contains("\"k\""), "{debug}");
+            assert!(!debug.contains("c2VjcmV0"), "{debug}");
+        }
+    }
+
+    #[test]
+    fn answers_serialise_with_aws_names_and_omit_what_is_absent() {
+        let answer = CiphertextResponse {
+            ciphertext_blob: "AQID".into(),
+            key_id: "arn".into(),
+            encryption_algorithm: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&answer).unwrap(),
+            r#"{"CiphertextBlob":"AQID","KeyId":"arn"}"#
+        );
+        let page = ListKeyPoliciesResponse {
+            policy_names: vec!["default".to_owned()],
+            truncated: false,
+            next_marker: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&page).unwrap(),
+            r#"{"PolicyNames":["default"],"Truncated":false}"#
+        );
+        let more: ListKeyPoliciesResponse<String> =
+            serde_json::from_str(r#"{"PolicyNames":[],"Truncated":true,"NextMarker":"2"}"#)
+                .unwrap();
+        assert_eq!(more.next_page().as_deref(), Some("2"));
+        let last: ListKeyPoliciesResponse<String> =
+            serde_json::from_str(r#"{"NextMarker":"2"}"#).unwrap();
+        assert_eq!(
+            last.next_page(),
+            None,
+            "a marker without Truncated ends the list"
+        );
     }
 }
