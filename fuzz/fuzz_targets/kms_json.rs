@@ -8,8 +8,8 @@
 use std::sync::Mutex;
 
 use atrest_fuzz::{scratch_dir, Input};
-use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig};
-use gateway::kms_api::{self, KmsOperation};
+use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig, Operation};
+use gateway::kms_api;
 use libfuzzer_sys::fuzz_target;
 
 /// Inputs served by one home before it is replaced, so that keys and trail records
@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
             Some(at) => (&rest[..at], &rest[at + 1..]),
             None => (rest, &[][..]),
         };
-        match KmsOperation::parse(&String::from_utf8_lossy(target)) {
+        match kms_api::parse_target(&String::from_utf8_lossy(target)) {
             Ok(op) => (op, body),
             Err(err) => {
                 assert_eq!(err.aws_name(), "UnknownOperationException");
@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     } else {
-        let ops = KmsOperation::ALL;
+        let ops = Operation::ALL;
         (ops[usize::from(selector) % ops.len()], rest)
     };
 
@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(answer) => {
             let answer: serde_json::Value =
                 serde_json::from_slice(&answer).expect("every answer is JSON");
-            if op == KmsOperation::Encrypt {
+            if op == Operation::Encrypt {
                 let request: serde_json::Value =
                     serde_json::from_slice(body).expect("an accepted request was JSON");
                 let mut decrypt = serde_json::json!({"CiphertextBlob": answer["CiphertextBlob"]});
@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
                     decrypt["EncryptionContext"] = context.clone();
                 }
                 let decrypt = serde_json::to_vec(&decrypt).expect("serialize");
-                let plain = kms_api::handle(&home.kms, KmsOperation::Decrypt, &decrypt)
+                let plain = kms_api::handle(&home.kms, Operation::Decrypt, &decrypt)
                     .expect("what Encrypt made, Decrypt opens");
                 let plain: serde_json::Value = serde_json::from_slice(&plain).expect("JSON");
                 assert_eq!(decoded(&plain["Plaintext"]), decoded(&request["Plaintext"]));

@@ -12,25 +12,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crypto_core::kms::wire::{
+    self, decode_blob, encode_blob, encode_secret, CiphertextResponse, KeyIdResponse,
+    KeyMetadataResponse, KeyPolicyResponse, ListAliasesResponse, ListKeyPoliciesResponse,
+    ListKeyRotationsResponse, ListKeysResponse, ListResourceTagsResponse, PlaintextResponse,
+    ReEncryptResponse, RotationStatusResponse, ScheduleKeyDeletionResponse, WireAlias,
+    WireKeyMetadata, WireRotation,
+};
 use crypto_core::kms::{
     AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
     EncryptionContext, GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata,
-    KeyService, KmsError, ListRequest, Page, ReEncryptRequest, ReEncrypted, RotationEntry,
-    RotationStatus, RotationType, ScheduledDeletion, Tag, WrappedData,
+    KeyService, KmsError, ListRequest, Operation, Page, ReEncryptRequest, ReEncrypted,
+    RotationEntry, RotationStatus, ScheduledDeletion, Tag, WrappedData,
 };
 use crypto_core::secret::SecretBytes;
 use http::HeaderMap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::OffsetDateTime;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::GatewayError;
-use crate::kms_api::KmsOperation;
 use crate::sigv4::{self, Payload, Signer, SigningCredentials};
-use crate::wire::{self, decode_blob, encode_secret, lenient_date, WireKeyMetadata};
 
 /// Largest answer read from the endpoint (a ListKeys page of 1000 keys is ~150 KiB).
 const MAX_RESPONSE: u64 = 4 << 20;
@@ -266,10 +271,10 @@ impl RemoteKms {
 
     /// Sends one signed request and returns the answer's body (zeroizing: it may hold
     /// a plaintext key).
-    fn call_raw(&self, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    fn call_raw(&self, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let now = OffsetDateTime::now_utc();
         let mut headers = HeaderMap::new();
-        let target = format!("{}{}", wire::TARGET_PREFIX, op.name());
+        let target = op.target();
         let config_error = |e: GatewayError| KmsError::Internal(e.to_string());
         for (name, value) in [
             ("host", self.endpoint.host.as_str()),
@@ -315,16 +320,9 @@ impl RemoteKms {
         read_body(response, &self.endpoint.url)
     }
 
-    fn error_from(&self, status: u16, body: &[u8], op: KmsOperation) -> KmsError {
-        #[derive(Deserialize)]
-        struct ErrorBody {
-            #[serde(rename = "__type")]
-            kind: Option<String>,
-            #[serde(alias = "Message")]
-            message: Option<String>,
-        }
-        match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(ErrorBody {
+    fn error_from(&self, status: u16, body: &[u8], op: Operation) -> KmsError {
+        match serde_json::from_slice::<wire::ErrorResponse>(body) {
+            Ok(wire::ErrorResponse {
                 kind: Some(kind),
                 message,
             }) => KmsError::from_aws_name(&kind, message.unwrap_or_default()),
@@ -336,14 +334,14 @@ impl RemoteKms {
         }
     }
 
-    /// Every page of a marker-paged list of one key's items: `more` gives a page's
-    /// `Truncated` and `NextMarker`.
+    /// Every page of a marker-paged list of one key's items: `next` gives a page's
+    /// next marker, if it is not the last.
     fn every_page<Resp: DeserializeOwned>(
         &self,
-        op: KmsOperation,
+        op: Operation,
         key_id: &str,
         limit: u32,
-        more: impl Fn(&Resp) -> (bool, Option<String>),
+        next: impl Fn(&Resp) -> Option<String>,
     ) -> Result<Vec<Resp>, KmsError> {
         let mut pages = Vec::new();
         let mut marker = None;
@@ -354,9 +352,9 @@ impl RemoteKms {
                 marker: marker.take(),
             };
             let answer: Resp = self.call(op, &request)?;
-            let (truncated, next) = more(&answer);
+            let following = next(&answer);
             pages.push(answer);
-            match next_marker(truncated, next) {
+            match following {
                 Some(next) => marker = Some(next),
                 None => return Ok(pages),
             }
@@ -365,7 +363,7 @@ impl RemoteKms {
 
     fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
-        op: KmsOperation,
+        op: Operation,
         request: &Req,
     ) -> Result<Resp, KmsError> {
         let body = serde_json::to_vec(request)
@@ -374,11 +372,7 @@ impl RemoteKms {
         self.parse(op, &answer)
     }
 
-    fn parse<Resp: DeserializeOwned>(
-        &self,
-        op: KmsOperation,
-        body: &[u8],
-    ) -> Result<Resp, KmsError> {
+    fn parse<Resp: DeserializeOwned>(&self, op: Operation, body: &[u8]) -> Result<Resp, KmsError> {
         let body = if body.is_empty() {
             b"{}".as_slice()
         } else {
@@ -393,7 +387,7 @@ impl RemoteKms {
         })
     }
 
-    fn unit<Req: Serialize>(&self, op: KmsOperation, request: &Req) -> Result<(), KmsError> {
+    fn unit<Req: Serialize>(&self, op: Operation, request: &Req) -> Result<(), KmsError> {
         self.call::<Req, serde::de::IgnoredAny>(op, request)
             .map(|_| ())
     }
@@ -467,7 +461,7 @@ fn context(context: &EncryptionContext) -> Option<EncryptionContext> {
 fn blob(field: &str, text: &str) -> Result<Vec<u8>, KmsError> {
     decode_blob(field, text)
         .map(|bytes| bytes.to_vec())
-        .map_err(|e| KmsError::Internal(format!("the key service sent {}", e.message())))
+        .map_err(|e| KmsError::Internal(format!("the key service sent {e}")))
 }
 
 /// A plaintext field decoded straight into a secret; the base64 text is wiped.
@@ -476,181 +470,20 @@ fn secret(mut text: String) -> Result<SecretBytes, KmsError> {
     text.zeroize();
     decoded
         .map(SecretBytes::from_zeroizing)
-        .map_err(|e| KmsError::Internal(format!("the key service sent {}", e.message())))
+        .map_err(|e| KmsError::Internal(format!("the key service sent {e}")))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct MetadataAnswer {
-    key_metadata: WireKeyMetadata,
+/// CreateKey's and DescribeKey's key, as atrest models it.
+fn metadata(answer: KeyMetadataResponse<WireKeyMetadata>) -> Result<KeyMetadata, KmsError> {
+    answer.key_metadata.into_metadata()
 }
 
-impl MetadataAnswer {
-    fn into_metadata(self) -> Result<KeyMetadata, KmsError> {
-        self.key_metadata.into_metadata().map_err(|e| match e {
-            GatewayError::Kms(kms) => kms,
-            other => KmsError::Internal(other.to_string()),
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CiphertextAnswer {
-    ciphertext_blob: String,
-    key_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct PlaintextAnswer {
-    key_id: String,
-    #[serde(default)]
-    ciphertext_blob: Option<String>,
-    plaintext: String,
-    #[serde(default)]
-    key_material_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ReEncryptAnswer {
-    ciphertext_blob: String,
-    source_key_id: String,
-    key_id: String,
-    #[serde(default)]
-    source_key_material_id: Option<String>,
-    #[serde(default)]
-    destination_key_material_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct KeyIdAnswer {
-    key_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListKeysAnswer {
-    #[serde(default)]
-    keys: Vec<KeyListEntry>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-/// An alias as other servers send it: AWS-managed aliases lack a target and dates.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct WireAlias {
-    alias_name: String,
-    alias_arn: String,
-    #[serde(default)]
-    target_key_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_date")]
-    creation_date: Option<OffsetDateTime>,
-    #[serde(default, deserialize_with = "lenient_date")]
-    last_updated_date: Option<OffsetDateTime>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListAliasesAnswer {
-    #[serde(default)]
-    aliases: Vec<WireAlias>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ScheduleAnswer {
-    key_id: String,
-    #[serde(deserialize_with = "lenient_date")]
-    deletion_date: Option<OffsetDateTime>,
-    #[serde(default)]
-    key_state: Option<String>,
-    #[serde(default)]
-    pending_window_in_days: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RotationStatusAnswer {
-    #[serde(default)]
-    key_id: Option<String>,
-    key_rotation_enabled: bool,
-    #[serde(default)]
-    rotation_period_in_days: Option<u32>,
-    #[serde(default, deserialize_with = "lenient_date")]
-    next_rotation_date: Option<OffsetDateTime>,
-    #[serde(default, deserialize_with = "lenient_date")]
-    on_demand_rotation_start_date: Option<OffsetDateTime>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct WireRotation {
-    key_id: String,
-    #[serde(deserialize_with = "lenient_date")]
-    rotation_date: Option<OffsetDateTime>,
-    rotation_type: RotationType,
-    #[serde(default)]
-    key_material_id: Option<String>,
-}
-
-/// GenerateRandom's answer; the base64 text is wiped once decoded.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RandomAnswer {
-    plaintext: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListPoliciesAnswer {
-    #[serde(default)]
-    policy_names: Vec<String>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListRotationsAnswer {
-    #[serde(default)]
-    rotations: Vec<WireRotation>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListTagsAnswer {
-    #[serde(default)]
-    tags: Vec<Tag>,
-    #[serde(default)]
-    next_marker: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct PolicyAnswer {
-    policy: String,
-}
-
-fn next_marker(truncated: bool, marker: Option<String>) -> Option<String> {
-    marker.filter(|_| truncated)
+/// A plaintext answer's key id, which every answer but GenerateRandom's carries.
+fn answer_key_id(answer: &mut PlaintextResponse) -> Result<String, KmsError> {
+    answer
+        .key_id
+        .take()
+        .ok_or_else(|| KmsError::Internal("the key service sent no KeyId".into()))
 }
 
 fn list(req: &ListRequest, key_id: Option<&str>) -> wire::ListRequest {
@@ -666,25 +499,25 @@ impl KeyService for RemoteKms {
         let request = wire::KeyIdRequest {
             key_id: key_id.to_owned(),
         };
-        self.call::<_, MetadataAnswer>(KmsOperation::DescribeKey, &request)?
-            .into_metadata()
+        metadata(self.call(Operation::DescribeKey, &request)?)
     }
 
     fn generate_data_key(
         &self,
         req: &GenerateDataKeyRequest,
     ) -> Result<GeneratedDataKey, KmsError> {
-        let op = KmsOperation::GenerateDataKey;
+        let op = Operation::GenerateDataKey;
         let body = serde_json::to_vec(&Self::data_key_request(req)?)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
-        let answer: PlaintextAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        let mut answer: PlaintextResponse = self.parse(op, &self.call_raw(op, &body)?)?;
+        let key_id = answer_key_id(&mut answer)?;
         let ciphertext = answer
             .ciphertext_blob
             .as_deref()
             .ok_or_else(|| KmsError::Internal("the key service sent no CiphertextBlob".into()))?;
         Ok(GeneratedDataKey {
             ciphertext_blob: blob("CiphertextBlob", ciphertext)?,
-            key_id: answer.key_id,
+            key_id,
             plaintext: secret(answer.plaintext)?,
         })
     }
@@ -693,8 +526,8 @@ impl KeyService for RemoteKms {
         &self,
         req: &GenerateDataKeyRequest,
     ) -> Result<WrappedData, KmsError> {
-        let answer: CiphertextAnswer = self.call(
-            KmsOperation::GenerateDataKeyWithoutPlaintext,
+        let answer: CiphertextResponse = self.call(
+            Operation::GenerateDataKeyWithoutPlaintext,
             &Self::data_key_request(req)?,
         )?;
         Ok(WrappedData {
@@ -709,7 +542,7 @@ impl KeyService for RemoteKms {
         plaintext: &[u8],
         encryption_context: &EncryptionContext,
     ) -> Result<WrappedData, KmsError> {
-        let op = KmsOperation::Encrypt;
+        let op = Operation::Encrypt;
         let request = wire::EncryptRequest {
             key_id: key_id.to_owned(),
             plaintext: encode_secret(plaintext),
@@ -721,7 +554,7 @@ impl KeyService for RemoteKms {
         let mut body = Zeroizing::new(Vec::with_capacity(request.plaintext.len() + 512));
         serde_json::to_writer(&mut *body, &request)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
-        let answer: CiphertextAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        let answer: CiphertextResponse = self.parse(op, &self.call_raw(op, &body)?)?;
         Ok(WrappedData {
             ciphertext_blob: blob("CiphertextBlob", &answer.ciphertext_blob)?,
             key_id: answer.key_id,
@@ -729,9 +562,9 @@ impl KeyService for RemoteKms {
     }
 
     fn decrypt(&self, req: &DecryptRequest) -> Result<DecryptedData, KmsError> {
-        let op = KmsOperation::Decrypt;
+        let op = Operation::Decrypt;
         let request = wire::DecryptRequest {
-            ciphertext_blob: base64_of(&req.ciphertext_blob),
+            ciphertext_blob: encode_blob(&req.ciphertext_blob),
             encryption_context: context(&req.encryption_context),
             key_id: req.key_id.clone(),
             encryption_algorithm: None,
@@ -739,9 +572,9 @@ impl KeyService for RemoteKms {
         };
         let body = serde_json::to_vec(&request)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
-        let answer: PlaintextAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        let mut answer: PlaintextResponse = self.parse(op, &self.call_raw(op, &body)?)?;
         Ok(DecryptedData {
-            key_id: answer.key_id,
+            key_id: answer_key_id(&mut answer)?,
             plaintext: secret(answer.plaintext)?,
             key_material_id: answer.key_material_id,
         })
@@ -749,7 +582,7 @@ impl KeyService for RemoteKms {
 
     fn re_encrypt(&self, req: &ReEncryptRequest) -> Result<ReEncrypted, KmsError> {
         let request = wire::ReEncryptRequest {
-            ciphertext_blob: base64_of(&req.ciphertext_blob),
+            ciphertext_blob: encode_blob(&req.ciphertext_blob),
             source_encryption_context: context(&req.source_encryption_context),
             source_key_id: req.source_key_id.clone(),
             destination_key_id: req.destination_key_id.clone(),
@@ -758,7 +591,7 @@ impl KeyService for RemoteKms {
             destination_encryption_algorithm: None,
             dry_run: None,
         };
-        let answer: ReEncryptAnswer = self.call(KmsOperation::ReEncrypt, &request)?;
+        let answer: ReEncryptResponse = self.call(Operation::ReEncrypt, &request)?;
         Ok(ReEncrypted {
             source_key_id: answer.source_key_id,
             key_id: answer.key_id,
@@ -779,21 +612,21 @@ impl KeyService for RemoteKms {
             key_usage: req.key_usage.clone(),
             ..wire::CreateKeyRequest::default()
         };
-        self.call::<_, MetadataAnswer>(KmsOperation::CreateKey, &request)?
-            .into_metadata()
+        metadata(self.call(Operation::CreateKey, &request)?)
     }
 
     fn list_keys(&self, req: &ListRequest) -> Result<Page<KeyListEntry>, KmsError> {
-        let answer: ListKeysAnswer = self.call(KmsOperation::ListKeys, &list(req, None))?;
+        let answer: ListKeysResponse<KeyListEntry> =
+            self.call(Operation::ListKeys, &list(req, None))?;
         Ok(Page {
+            next_marker: answer.next_page(),
             items: answer.keys,
-            next_marker: next_marker(answer.truncated, answer.next_marker),
         })
     }
 
     fn update_key_description(&self, key_id: &str, description: &str) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::UpdateKeyDescription,
+            Operation::UpdateKeyDescription,
             &wire::UpdateKeyDescriptionRequest {
                 key_id: key_id.to_owned(),
                 description: description.to_owned(),
@@ -802,11 +635,11 @@ impl KeyService for RemoteKms {
     }
 
     fn enable_key(&self, key_id: &str) -> Result<(), KmsError> {
-        self.unit(KmsOperation::EnableKey, &key_request(key_id))
+        self.unit(Operation::EnableKey, &key_request(key_id))
     }
 
     fn disable_key(&self, key_id: &str) -> Result<(), KmsError> {
-        self.unit(KmsOperation::DisableKey, &key_request(key_id))
+        self.unit(Operation::DisableKey, &key_request(key_id))
     }
 
     fn schedule_key_deletion(
@@ -814,18 +647,15 @@ impl KeyService for RemoteKms {
         key_id: &str,
         pending_window_in_days: Option<u32>,
     ) -> Result<ScheduledDeletion, KmsError> {
-        let answer: ScheduleAnswer = self.call(
-            KmsOperation::ScheduleKeyDeletion,
+        let answer: ScheduleKeyDeletionResponse = self.call(
+            Operation::ScheduleKeyDeletion,
             &wire::ScheduleKeyDeletionRequest {
                 key_id: key_id.to_owned(),
                 pending_window_in_days,
             },
         )?;
         let key_state = match answer.key_state.as_deref() {
-            Some(text) => wire::parse_key_state(text).map_err(|e| match e {
-                GatewayError::Kms(kms) => kms,
-                other => KmsError::Internal(other.to_string()),
-            })?,
+            Some(text) => wire::parse_key_state(text)?,
             None => crypto_core::kms::KeyState::PendingDeletion,
         };
         Ok(ScheduledDeletion {
@@ -842,8 +672,8 @@ impl KeyService for RemoteKms {
     }
 
     fn cancel_key_deletion(&self, key_id: &str) -> Result<String, KmsError> {
-        let answer: KeyIdAnswer =
-            self.call(KmsOperation::CancelKeyDeletion, &key_request(key_id))?;
+        let answer: KeyIdResponse =
+            self.call(Operation::CancelKeyDeletion, &key_request(key_id))?;
         Ok(answer.key_id)
     }
 
@@ -852,7 +682,9 @@ impl KeyService for RemoteKms {
         key_id: Option<&str>,
         req: &ListRequest,
     ) -> Result<Page<AliasListEntry>, KmsError> {
-        let answer: ListAliasesAnswer = self.call(KmsOperation::ListAliases, &list(req, key_id))?;
+        let answer: ListAliasesResponse<WireAlias> =
+            self.call(Operation::ListAliases, &list(req, key_id))?;
+        let next_marker = answer.next_page();
         // Aliases without a target (AWS-managed ones never used) name no key to list.
         let items = answer
             .aliases
@@ -869,15 +701,12 @@ impl KeyService for RemoteKms {
                 })
             })
             .collect();
-        Ok(Page {
-            items,
-            next_marker: next_marker(answer.truncated, answer.next_marker),
-        })
+        Ok(Page { items, next_marker })
     }
 
     fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::CreateAlias,
+            Operation::CreateAlias,
             &wire::AliasRequest {
                 alias_name: alias_name.to_owned(),
                 target_key_id: target_key_id.to_owned(),
@@ -887,7 +716,7 @@ impl KeyService for RemoteKms {
 
     fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::UpdateAlias,
+            Operation::UpdateAlias,
             &wire::AliasRequest {
                 alias_name: alias_name.to_owned(),
                 target_key_id: target_key_id.to_owned(),
@@ -897,7 +726,7 @@ impl KeyService for RemoteKms {
 
     fn delete_alias(&self, alias_name: &str) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::DeleteAlias,
+            Operation::DeleteAlias,
             &wire::DeleteAliasRequest {
                 alias_name: alias_name.to_owned(),
             },
@@ -910,7 +739,7 @@ impl KeyService for RemoteKms {
         rotation_period_in_days: Option<u32>,
     ) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::EnableKeyRotation,
+            Operation::EnableKeyRotation,
             &wire::EnableKeyRotationRequest {
                 key_id: key_id.to_owned(),
                 rotation_period_in_days,
@@ -919,12 +748,12 @@ impl KeyService for RemoteKms {
     }
 
     fn disable_key_rotation(&self, key_id: &str) -> Result<(), KmsError> {
-        self.unit(KmsOperation::DisableKeyRotation, &key_request(key_id))
+        self.unit(Operation::DisableKeyRotation, &key_request(key_id))
     }
 
     fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError> {
-        let answer: RotationStatusAnswer =
-            self.call(KmsOperation::GetKeyRotationStatus, &key_request(key_id))?;
+        let answer: RotationStatusResponse =
+            self.call(Operation::GetKeyRotationStatus, &key_request(key_id))?;
         Ok(RotationStatus {
             key_id: answer.key_id.unwrap_or_else(|| key_id.to_owned()),
             key_rotation_enabled: answer.key_rotation_enabled,
@@ -935,17 +764,17 @@ impl KeyService for RemoteKms {
     }
 
     fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError> {
-        let answer: KeyIdAnswer =
-            self.call(KmsOperation::RotateKeyOnDemand, &key_request(key_id))?;
+        let answer: KeyIdResponse =
+            self.call(Operation::RotateKeyOnDemand, &key_request(key_id))?;
         Ok(answer.key_id)
     }
 
     fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError> {
         let answers = self.every_page(
-            KmsOperation::ListKeyRotations,
+            Operation::ListKeyRotations,
             key_id,
             1000,
-            |answer: &ListRotationsAnswer| (answer.truncated, answer.next_marker.clone()),
+            ListKeyRotationsResponse::<WireRotation>::next_page,
         )?;
         let mut rotations = Vec::new();
         for rotation in answers.into_iter().flat_map(|answer| answer.rotations) {
@@ -962,8 +791,8 @@ impl KeyService for RemoteKms {
     }
 
     fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError> {
-        let answer: PolicyAnswer = self.call(
-            KmsOperation::GetKeyPolicy,
+        let answer: KeyPolicyResponse = self.call(
+            Operation::GetKeyPolicy,
             &wire::KeyPolicyRequest {
                 key_id: key_id.to_owned(),
                 policy_name: Some(policy_name.to_owned()),
@@ -981,7 +810,7 @@ impl KeyService for RemoteKms {
         bypass_policy_lockout_safety_check: bool,
     ) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::PutKeyPolicy,
+            Operation::PutKeyPolicy,
             &wire::KeyPolicyRequest {
                 key_id: key_id.to_owned(),
                 policy_name: Some(policy_name.to_owned()),
@@ -994,7 +823,7 @@ impl KeyService for RemoteKms {
 
     fn tag_resource(&self, key_id: &str, tags: &[Tag]) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::TagResource,
+            Operation::TagResource,
             &wire::TagResourceRequest {
                 key_id: key_id.to_owned(),
                 tags: tags.to_vec(),
@@ -1004,7 +833,7 @@ impl KeyService for RemoteKms {
 
     fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError> {
         self.unit(
-            KmsOperation::UntagResource,
+            Operation::UntagResource,
             &wire::UntagResourceRequest {
                 key_id: key_id.to_owned(),
                 tag_keys: tag_keys.to_vec(),
@@ -1014,32 +843,32 @@ impl KeyService for RemoteKms {
 
     fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError> {
         let answers = self.every_page(
-            KmsOperation::ListResourceTags,
+            Operation::ListResourceTags,
             key_id,
             50,
-            |answer: &ListTagsAnswer| (answer.truncated, answer.next_marker.clone()),
+            ListResourceTagsResponse::<Tag>::next_page,
         )?;
         Ok(answers.into_iter().flat_map(|answer| answer.tags).collect())
     }
 
     fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
-        let op = KmsOperation::GenerateRandom;
+        let op = Operation::GenerateRandom;
         let request = wire::GenerateRandomRequest {
             number_of_bytes,
             ..Default::default()
         };
         let body = serde_json::to_vec(&request)
             .map_err(|e| KmsError::Internal(format!("cannot encode {}: {e}", op.name())))?;
-        let answer: RandomAnswer = self.parse(op, &self.call_raw(op, &body)?)?;
+        let answer: PlaintextResponse = self.parse(op, &self.call_raw(op, &body)?)?;
         secret(answer.plaintext)
     }
 
     fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
         let answers = self.every_page(
-            KmsOperation::ListKeyPolicies,
+            Operation::ListKeyPolicies,
             key_id,
             1000,
-            |answer: &ListPoliciesAnswer| (answer.truncated, answer.next_marker.clone()),
+            ListKeyPoliciesResponse::<String>::next_page,
         )?;
         Ok(answers
             .into_iter()
@@ -1052,11 +881,6 @@ fn key_request(key_id: &str) -> wire::KeyIdRequest {
     wire::KeyIdRequest {
         key_id: key_id.to_owned(),
     }
-}
-
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]

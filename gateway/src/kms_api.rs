@@ -1,4 +1,4 @@
-//! The KMS JSON 1.1 API: one parser for `X-Amz-Target` ([`KmsOperation::parse`]),
+//! The KMS JSON 1.1 API: one parser for `X-Amz-Target` ([`Operation::parse`]),
 //! one dispatcher ([`handle`]) from an operation and its JSON body to a
 //! [`LocalKms`] call, and the AWS-shaped JSON answers. The caller has already
 //! authenticated the request and hands in the key service acting for its principal.
@@ -6,149 +6,32 @@
 //! [`handle`] records those refused here, before the key service (a body that does
 //! not parse, a missing or out-of-range field, bad tags).
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
-use crypto_core::kms::{self, DataKeySpec, ImportOperation, KeyService, KmsError, LocalKms};
+use crypto_core::kms::operation::TARGET_PREFIX;
+use crypto_core::kms::wire::{self, encode_blob, encode_secret, SYMMETRIC_DEFAULT};
+use crypto_core::kms::{
+    self, DataKeySpec, ImportOperation, KeyService, KmsError, LocalKms, Operation,
+};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::error::GatewayError;
-use crate::wire::{self, decode_blob, encode_secret};
 
-const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 /// AWS's `OriginType` enum; atrest makes only `AWS_KMS` keys.
 const ORIGINS: [&str; 4] = ["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"];
 
-/// Every operation the endpoint serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KmsOperation {
-    CreateKey,
-    DescribeKey,
-    ListKeys,
-    UpdateKeyDescription,
-    EnableKey,
-    DisableKey,
-    ScheduleKeyDeletion,
-    CancelKeyDeletion,
-    ListAliases,
-    CreateAlias,
-    UpdateAlias,
-    DeleteAlias,
-    EnableKeyRotation,
-    DisableKeyRotation,
-    GetKeyRotationStatus,
-    RotateKeyOnDemand,
-    ListKeyRotations,
-    GetKeyPolicy,
-    PutKeyPolicy,
-    GenerateDataKey,
-    GenerateDataKeyWithoutPlaintext,
-    Encrypt,
-    Decrypt,
-    ReEncrypt,
-    TagResource,
-    UntagResource,
-    ListResourceTags,
-    GenerateRandom,
-    ListKeyPolicies,
-    GetParametersForImport,
-    ImportKeyMaterial,
-    DeleteImportedKeyMaterial,
-}
-
-impl KmsOperation {
-    pub const ALL: [KmsOperation; 32] = [
-        KmsOperation::CreateKey,
-        KmsOperation::DescribeKey,
-        KmsOperation::ListKeys,
-        KmsOperation::UpdateKeyDescription,
-        KmsOperation::EnableKey,
-        KmsOperation::DisableKey,
-        KmsOperation::ScheduleKeyDeletion,
-        KmsOperation::CancelKeyDeletion,
-        KmsOperation::ListAliases,
-        KmsOperation::CreateAlias,
-        KmsOperation::UpdateAlias,
-        KmsOperation::DeleteAlias,
-        KmsOperation::EnableKeyRotation,
-        KmsOperation::DisableKeyRotation,
-        KmsOperation::GetKeyRotationStatus,
-        KmsOperation::RotateKeyOnDemand,
-        KmsOperation::ListKeyRotations,
-        KmsOperation::GetKeyPolicy,
-        KmsOperation::PutKeyPolicy,
-        KmsOperation::GenerateDataKey,
-        KmsOperation::GenerateDataKeyWithoutPlaintext,
-        KmsOperation::Encrypt,
-        KmsOperation::Decrypt,
-        KmsOperation::ReEncrypt,
-        KmsOperation::TagResource,
-        KmsOperation::UntagResource,
-        KmsOperation::ListResourceTags,
-        KmsOperation::GenerateRandom,
-        KmsOperation::ListKeyPolicies,
-        KmsOperation::GetParametersForImport,
-        KmsOperation::ImportKeyMaterial,
-        KmsOperation::DeleteImportedKeyMaterial,
-    ];
-
-    /// The AWS operation name (the part of `X-Amz-Target` after `TrentService.`).
-    pub fn name(self) -> &'static str {
-        match self {
-            KmsOperation::CreateKey => "CreateKey",
-            KmsOperation::DescribeKey => "DescribeKey",
-            KmsOperation::ListKeys => "ListKeys",
-            KmsOperation::UpdateKeyDescription => "UpdateKeyDescription",
-            KmsOperation::EnableKey => "EnableKey",
-            KmsOperation::DisableKey => "DisableKey",
-            KmsOperation::ScheduleKeyDeletion => "ScheduleKeyDeletion",
-            KmsOperation::CancelKeyDeletion => "CancelKeyDeletion",
-            KmsOperation::ListAliases => "ListAliases",
-            KmsOperation::CreateAlias => "CreateAlias",
-            KmsOperation::UpdateAlias => "UpdateAlias",
-            KmsOperation::DeleteAlias => "DeleteAlias",
-            KmsOperation::EnableKeyRotation => "EnableKeyRotation",
-            KmsOperation::DisableKeyRotation => "DisableKeyRotation",
-            KmsOperation::GetKeyRotationStatus => "GetKeyRotationStatus",
-            KmsOperation::RotateKeyOnDemand => "RotateKeyOnDemand",
-            KmsOperation::ListKeyRotations => "ListKeyRotations",
-            KmsOperation::GetKeyPolicy => "GetKeyPolicy",
-            KmsOperation::PutKeyPolicy => "PutKeyPolicy",
-            KmsOperation::GenerateDataKey => "GenerateDataKey",
-            KmsOperation::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
-            KmsOperation::Encrypt => "Encrypt",
-            KmsOperation::Decrypt => "Decrypt",
-            KmsOperation::ReEncrypt => "ReEncrypt",
-            KmsOperation::TagResource => "TagResource",
-            KmsOperation::UntagResource => "UntagResource",
-            KmsOperation::ListResourceTags => "ListResourceTags",
-            KmsOperation::GenerateRandom => "GenerateRandom",
-            KmsOperation::ListKeyPolicies => "ListKeyPolicies",
-            KmsOperation::GetParametersForImport => "GetParametersForImport",
-            KmsOperation::ImportKeyMaterial => "ImportKeyMaterial",
-            KmsOperation::DeleteImportedKeyMaterial => "DeleteImportedKeyMaterial",
-        }
-    }
-
-    /// Parses an `X-Amz-Target` header value (`TrentService.<Op>`).
-    pub fn parse(target: &str) -> Result<KmsOperation, GatewayError> {
-        let name = target.strip_prefix(wire::TARGET_PREFIX).ok_or_else(|| {
-            GatewayError::UnknownOperation(format!(
-                "X-Amz-Target must start with '{}'",
-                wire::TARGET_PREFIX
-            ))
-        })?;
-        KmsOperation::ALL
-            .into_iter()
-            .find(|op| op.name() == name)
-            .ok_or_else(|| {
-                GatewayError::UnknownOperation(format!(
-                    "atrest's key service has no operation '{}'",
-                    name.chars().take(64).collect::<String>()
-                ))
-            })
-    }
+/// Parses an `X-Amz-Target` header value (`TrentService.<Op>`) into the
+/// [`Operation`] it names.
+pub fn parse_target(target: &str) -> Result<Operation, GatewayError> {
+    let name = target.strip_prefix(TARGET_PREFIX).ok_or_else(|| {
+        GatewayError::UnknownOperation(format!("X-Amz-Target must start with '{TARGET_PREFIX}'"))
+    })?;
+    Operation::from_name(name).ok_or_else(|| {
+        GatewayError::UnknownOperation(format!(
+            "atrest's key service has no operation '{}'",
+            name.chars().take(64).collect::<String>()
+        ))
+    })
 }
 
 /// Why a call failed, and whether the key service already put it in the trail.
@@ -183,7 +66,7 @@ fn audited(err: KmsError) -> Refusal {
 /// written, the answer is KMSInternalException.
 pub fn handle(
     kms: &LocalKms,
-    op: KmsOperation,
+    op: Operation,
     body: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
     let err = match dispatch(kms, op, body) {
@@ -191,7 +74,7 @@ pub fn handle(
         Err(Refusal::Audited(err)) => err,
         Err(Refusal::Unaudited(err)) => {
             kms.record_invalid_request(
-                op.name(),
+                op,
                 refused_parameters(body),
                 err.aws_name(),
                 &err.message(),
@@ -247,9 +130,9 @@ fn refused_parameters(body: &[u8]) -> Value {
     Value::Object(out)
 }
 
-fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Refusal> {
+fn dispatch(kms: &LocalKms, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Refusal> {
     match op {
-        KmsOperation::CreateKey => {
+        Operation::CreateKey => {
             let req: wire::CreateKeyRequest = parse(body)?;
             let tags = req.tags.unwrap_or_default();
             kms::validate_tags(&tags)?;
@@ -296,107 +179,124 @@ fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<V
             if !tags.is_empty() {
                 kms.tag_resource(&meta.key_id, &tags).map_err(audited)?;
             }
-            Ok(reply(&json!({ "KeyMetadata": meta }))?)
+            Ok(reply(&wire::KeyMetadataResponse { key_metadata: meta })?)
         }
-        KmsOperation::DescribeKey => {
+        Operation::DescribeKey => {
             let req: wire::KeyIdRequest = parse(body)?;
-            Ok(reply(
-                &json!({ "KeyMetadata": kms.describe_key(&req.key_id).map_err(audited)? }),
-            )?)
+            Ok(reply(&wire::KeyMetadataResponse {
+                key_metadata: kms.describe_key(&req.key_id).map_err(audited)?,
+            })?)
         }
-        KmsOperation::ListKeys => {
+        Operation::ListKeys => {
             let req: wire::ListRequest = parse(body)?;
             let page = kms.list_keys(&list_request(&req)).map_err(audited)?;
-            Ok(reply(&page_json("Keys", page)?)?)
+            Ok(reply(&wire::ListKeysResponse {
+                truncated: page.next_marker.is_some(),
+                keys: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
-        KmsOperation::UpdateKeyDescription => {
+        Operation::UpdateKeyDescription => {
             let req: wire::UpdateKeyDescriptionRequest = parse(body)?;
             kms.update_key_description(&req.key_id, &req.description)
                 .map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::EnableKey => {
+        Operation::EnableKey => {
             let req: wire::KeyIdRequest = parse(body)?;
             kms.enable_key(&req.key_id).map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::DisableKey => {
+        Operation::DisableKey => {
             let req: wire::KeyIdRequest = parse(body)?;
             kms.disable_key(&req.key_id).map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::ScheduleKeyDeletion => {
+        Operation::ScheduleKeyDeletion => {
             let req: wire::ScheduleKeyDeletionRequest = parse(body)?;
-            Ok(reply(&json!(kms
-                .schedule_key_deletion(&req.key_id, req.pending_window_in_days)
-                .map_err(audited)?))?)
-        }
-        KmsOperation::CancelKeyDeletion => {
-            let req: wire::KeyIdRequest = parse(body)?;
             Ok(reply(
-                &json!({ "KeyId": kms.cancel_key_deletion(&req.key_id).map_err(audited)? }),
+                &kms.schedule_key_deletion(&req.key_id, req.pending_window_in_days)
+                    .map_err(audited)?,
             )?)
         }
-        KmsOperation::ListAliases => {
+        Operation::CancelKeyDeletion => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            Ok(reply(&wire::KeyIdResponse {
+                key_id: kms.cancel_key_deletion(&req.key_id).map_err(audited)?,
+            })?)
+        }
+        Operation::ListAliases => {
             let req: wire::ListRequest = parse(body)?;
             let page = kms
                 .list_aliases(req.key_id.as_deref(), &list_request(&req))
                 .map_err(audited)?;
-            Ok(reply(&page_json("Aliases", page)?)?)
+            Ok(reply(&wire::ListAliasesResponse {
+                truncated: page.next_marker.is_some(),
+                aliases: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
-        KmsOperation::CreateAlias => {
+        Operation::CreateAlias => {
             let req: wire::AliasRequest = parse(body)?;
             kms.create_alias(&req.alias_name, &req.target_key_id)
                 .map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::UpdateAlias => {
+        Operation::UpdateAlias => {
             let req: wire::AliasRequest = parse(body)?;
             kms.update_alias(&req.alias_name, &req.target_key_id)
                 .map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::DeleteAlias => {
+        Operation::DeleteAlias => {
             let req: wire::DeleteAliasRequest = parse(body)?;
             kms.delete_alias(&req.alias_name).map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::EnableKeyRotation => {
+        Operation::EnableKeyRotation => {
             let req: wire::EnableKeyRotationRequest = parse(body)?;
             kms.enable_key_rotation(&req.key_id, req.rotation_period_in_days)
                 .map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::DisableKeyRotation => {
+        Operation::DisableKeyRotation => {
             let req: wire::KeyIdRequest = parse(body)?;
             kms.disable_key_rotation(&req.key_id).map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::GetKeyRotationStatus => {
-            let req: wire::KeyIdRequest = parse(body)?;
-            Ok(reply(&json!(kms
-                .get_key_rotation_status(&req.key_id)
-                .map_err(audited)?))?)
-        }
-        KmsOperation::RotateKeyOnDemand => {
+        Operation::GetKeyRotationStatus => {
             let req: wire::KeyIdRequest = parse(body)?;
             Ok(reply(
-                &json!({ "KeyId": kms.rotate_key_on_demand(&req.key_id).map_err(audited)? }),
+                &kms.get_key_rotation_status(&req.key_id).map_err(audited)?,
             )?)
         }
-        KmsOperation::ListKeyRotations => {
+        Operation::RotateKeyOnDemand => {
+            let req: wire::KeyIdRequest = parse(body)?;
+            Ok(reply(&wire::KeyIdResponse {
+                key_id: kms.rotate_key_on_demand(&req.key_id).map_err(audited)?,
+            })?)
+        }
+        Operation::ListKeyRotations => {
             let req: wire::ListRequest = parse(body)?;
             let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
             let rotations = kms.list_key_rotations(key_id).map_err(audited)?;
-            Ok(reply(&paged_slice("Rotations", rotations, &req)?)?)
+            let page = paged_slice(rotations, &req)?;
+            Ok(reply(&wire::ListKeyRotationsResponse {
+                truncated: page.next_marker.is_some(),
+                rotations: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
-        KmsOperation::GetKeyPolicy => {
+        Operation::GetKeyPolicy => {
             let req: wire::KeyPolicyRequest = parse(body)?;
             let name = req.policy_name.unwrap_or_else(|| "default".into());
             let policy = kms.get_key_policy(&req.key_id, &name).map_err(audited)?;
-            Ok(reply(&json!({ "Policy": policy, "PolicyName": name }))?)
+            Ok(reply(&wire::KeyPolicyResponse {
+                policy,
+                policy_name: Some(name),
+            })?)
         }
-        KmsOperation::PutKeyPolicy => {
+        Operation::PutKeyPolicy => {
             let req: wire::KeyPolicyRequest = parse(body)?;
             let policy = req.policy.ok_or_else(|| missing("Policy"))?;
             kms.put_key_policy(
@@ -408,45 +308,51 @@ fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<V
             .map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::TagResource => {
+        Operation::TagResource => {
             let req: wire::TagResourceRequest = parse(body)?;
             kms.tag_resource(&req.key_id, &req.tags).map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::UntagResource => {
+        Operation::UntagResource => {
             let req: wire::UntagResourceRequest = parse(body)?;
             kms.untag_resource(&req.key_id, &req.tag_keys)
                 .map_err(audited)?;
             Ok(empty()?)
         }
-        KmsOperation::ListResourceTags => {
+        Operation::ListResourceTags => {
             let req: wire::ListRequest = parse(body)?;
             let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
             let tags = kms.list_resource_tags(key_id).map_err(audited)?;
-            Ok(reply(&paged_slice("Tags", tags, &req)?)?)
+            let page = paged_slice(tags, &req)?;
+            Ok(reply(&wire::ListResourceTagsResponse {
+                truncated: page.next_marker.is_some(),
+                tags: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
-        KmsOperation::GenerateDataKey => {
+        Operation::GenerateDataKey => {
             let req = data_key_request(parse(body)?)?;
             let generated = kms.generate_data_key(&req).map_err(audited)?;
             Ok(reply_with_plaintext(
                 &[
-                    ("CiphertextBlob", BASE64.encode(&generated.ciphertext_blob)),
+                    ("CiphertextBlob", encode_blob(&generated.ciphertext_blob)),
                     ("KeyId", generated.key_id),
                 ],
                 generated.plaintext.expose(),
             )?)
         }
-        KmsOperation::GenerateDataKeyWithoutPlaintext => {
+        Operation::GenerateDataKeyWithoutPlaintext => {
             let req = data_key_request(parse(body)?)?;
             let wrapped = kms
                 .generate_data_key_without_plaintext(&req)
                 .map_err(audited)?;
-            Ok(reply(&json!({
-                "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
-                "KeyId": wrapped.key_id,
-            }))?)
+            Ok(reply(&wire::CiphertextResponse {
+                ciphertext_blob: encode_blob(&wrapped.ciphertext_blob),
+                key_id: wrapped.key_id,
+                encryption_algorithm: None,
+            })?)
         }
-        KmsOperation::Encrypt => {
+        Operation::Encrypt => {
             let req: wire::EncryptRequest = parse(body)?;
             refuse_dry_run(req.dry_run)?;
             check_algorithm(req.encryption_algorithm.as_deref())?;
@@ -458,13 +364,13 @@ fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<V
                     &req.encryption_context.unwrap_or_default(),
                 )
                 .map_err(audited)?;
-            Ok(reply(&json!({
-                "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
-                "KeyId": wrapped.key_id,
-                "EncryptionAlgorithm": SYMMETRIC_DEFAULT,
-            }))?)
+            Ok(reply(&wire::CiphertextResponse {
+                ciphertext_blob: encode_blob(&wrapped.ciphertext_blob),
+                key_id: wrapped.key_id,
+                encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+            })?)
         }
-        KmsOperation::Decrypt => {
+        Operation::Decrypt => {
             let req: wire::DecryptRequest = parse(body)?;
             refuse_dry_run(req.dry_run)?;
             check_algorithm(req.encryption_algorithm.as_deref())?;
@@ -484,7 +390,7 @@ fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<V
             }
             Ok(reply_with_plaintext(&fields, decrypted.plaintext.expose())?)
         }
-        KmsOperation::ReEncrypt => {
+        Operation::ReEncrypt => {
             let req: wire::ReEncryptRequest = parse(body)?;
             refuse_dry_run(req.dry_run)?;
             check_algorithm(req.source_encryption_algorithm.as_deref())?;
@@ -500,17 +406,17 @@ fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<V
                         .unwrap_or_default(),
                 })
                 .map_err(audited)?;
-            Ok(reply(&json!({
-                "CiphertextBlob": BASE64.encode(&done.ciphertext_blob),
-                "SourceKeyId": done.source_key_id,
-                "KeyId": done.key_id,
-                "SourceEncryptionAlgorithm": SYMMETRIC_DEFAULT,
-                "DestinationEncryptionAlgorithm": SYMMETRIC_DEFAULT,
-                "SourceKeyMaterialId": done.source_key_material_id,
-                "DestinationKeyMaterialId": done.destination_key_material_id,
-            }))?)
+            Ok(reply(&wire::ReEncryptResponse {
+                ciphertext_blob: encode_blob(&done.ciphertext_blob),
+                source_key_id: done.source_key_id,
+                key_id: done.key_id,
+                source_encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+                destination_encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+                source_key_material_id: done.source_key_material_id,
+                destination_key_material_id: done.destination_key_material_id,
+            })?)
         }
-        KmsOperation::GenerateRandom => {
+        Operation::GenerateRandom => {
             let req: wire::GenerateRandomRequest = parse(body)?;
             if req.custom_key_store_id.is_some() {
                 return Err(unsupported("atrest has no custom key stores").into());
@@ -524,19 +430,24 @@ fn dispatch(kms: &LocalKms, op: KmsOperation, body: &[u8]) -> Result<Zeroizing<V
             let random = kms.generate_random(req.number_of_bytes).map_err(audited)?;
             Ok(reply_with_plaintext(&[], random.expose())?)
         }
-        KmsOperation::ListKeyPolicies => {
+        Operation::ListKeyPolicies => {
             let req: wire::ListRequest = parse(body)?;
             let key_id = req.key_id.as_deref().ok_or_else(|| missing("KeyId"))?;
             let names = kms.list_key_policies(key_id).map_err(audited)?;
-            Ok(reply(&paged_slice("PolicyNames", names, &req)?)?)
+            let page = paged_slice(names, &req)?;
+            Ok(reply(&wire::ListKeyPoliciesResponse {
+                truncated: page.next_marker.is_some(),
+                policy_names: page.items,
+                next_marker: page.next_marker,
+            })?)
         }
-        KmsOperation::GetParametersForImport => {
+        Operation::GetParametersForImport => {
             refuse_import(kms, body, ImportOperation::GetParametersForImport)
         }
-        KmsOperation::ImportKeyMaterial => {
+        Operation::ImportKeyMaterial => {
             refuse_import(kms, body, ImportOperation::ImportKeyMaterial)
         }
-        KmsOperation::DeleteImportedKeyMaterial => {
+        Operation::DeleteImportedKeyMaterial => {
             refuse_import(kms, body, ImportOperation::DeleteImportedKeyMaterial)
         }
     }
@@ -604,6 +515,11 @@ fn check_algorithm(algorithm: Option<&str>) -> Result<(), GatewayError> {
     }
 }
 
+/// A base64 request field; bad base64 is the caller's SerializationException.
+fn decode_blob(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    wire::decode_blob(field, text).map_err(|e| GatewayError::Serialization(e.to_string()))
+}
+
 /// AWS requires exactly one of KeySpec and NumberOfBytes.
 fn data_key_request(
     req: wire::DataKeyRequest,
@@ -641,23 +557,9 @@ fn list_request(req: &wire::ListRequest) -> kms::ListRequest {
     }
 }
 
-fn page_json<T: serde::Serialize>(field: &str, page: kms::Page<T>) -> Result<Value, GatewayError> {
-    let mut out = serde_json::Map::new();
-    out.insert(field.to_owned(), to_value(&page.items)?);
-    out.insert("Truncated".into(), Value::Bool(page.next_marker.is_some()));
-    if let Some(marker) = page.next_marker {
-        out.insert("NextMarker".into(), Value::String(marker));
-    }
-    Ok(Value::Object(out))
-}
-
 /// Pages a list the key service returns whole; the marker is the decimal offset of
 /// the next item.
-fn paged_slice<T: serde::Serialize>(
-    field: &str,
-    items: Vec<T>,
-    req: &wire::ListRequest,
-) -> Result<Value, GatewayError> {
+fn paged_slice<T>(items: Vec<T>, req: &wire::ListRequest) -> Result<kms::Page<T>, GatewayError> {
     let limit = match req.limit {
         None => 100,
         Some(limit @ 1..=1000) => limit as usize,
@@ -682,23 +584,21 @@ fn paged_slice<T: serde::Serialize>(
     };
     let end = start.saturating_add(limit).min(items.len());
     let next = (end < items.len()).then(|| end.to_string());
-    let page = kms::Page {
+    Ok(kms::Page {
         items: items.into_iter().skip(start).take(end - start).collect(),
         next_marker: next,
-    };
-    page_json(field, page)
-}
-
-fn to_value(value: &impl serde::Serialize) -> Result<Value, GatewayError> {
-    serde_json::to_value(value).map_err(|e| {
-        GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
     })
 }
 
-fn reply(value: &Value) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
-    serde_json::to_vec(value).map(Zeroizing::new).map_err(|e| {
-        GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
-    })
+/// The JSON of an answer. Through a `Value`, whose object keys are sorted: the
+/// bytes atrest has always sent, whatever the field order of the answer's type.
+fn reply(answer: &impl serde::Serialize) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
+    serde_json::to_value(answer)
+        .and_then(|value| serde_json::to_vec(&value))
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            GatewayError::Kms(KmsError::Internal(format!("cannot encode the answer: {e}")))
+        })
 }
 
 fn empty() -> Result<Zeroizing<Vec<u8>>, GatewayError> {
@@ -743,12 +643,13 @@ fn reply_with_plaintext(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn targets_parse_for_every_operation_and_only_those() {
-        for op in KmsOperation::ALL {
+        for op in Operation::ALL {
             let target = format!("TrentService.{}", op.name());
-            assert_eq!(KmsOperation::parse(&target).unwrap(), op);
+            assert_eq!(parse_target(&target).unwrap(), op);
         }
         for bad in [
             "",
@@ -758,7 +659,7 @@ mod tests {
             "DescribeKey",
         ] {
             assert!(matches!(
-                KmsOperation::parse(bad),
+                parse_target(bad),
                 Err(GatewayError::UnknownOperation(_))
             ));
         }

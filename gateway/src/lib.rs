@@ -11,7 +11,6 @@
 //! - [`kms_api`]: the KMS operations over any [`crypto_core::kms::KeyService`].
 //! - [`s3`]: the S3 REST API (path-style) over [`objstore::ObjectStore`], with
 //!   streaming bodies, aws-chunked uploads and flexible checksums.
-//! - [`wire`]: the KMS JSON shapes, shared by server and client.
 //! - [`client`]: [`client::RemoteKms`], a `KeyService` reached over HTTP.
 //! - [`keys`]: [`keys::Keys`], the local keystore or a remote key service, chosen once.
 #![forbid(unsafe_code)]
@@ -24,7 +23,6 @@ pub mod kms_api;
 pub mod s3;
 pub mod server;
 pub mod sigv4;
-pub mod wire;
 
 pub use client::{RemoteKms, RemoteKmsConfig};
 pub use credentials::{AccessKey, AccessKeyStatus, CredentialStore};

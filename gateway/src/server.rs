@@ -21,7 +21,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use crypto_core::kms::{Clock, LocalKms, SystemClock};
+use crypto_core::kms::operation::TARGET_PREFIX;
+use crypto_core::kms::wire;
+use crypto_core::kms::{Clock, LocalKms, Operation, SystemClock};
 use crypto_core::trail::{EventSource, RefusedCaller, RefusedRequest, RequestSource};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -36,11 +38,10 @@ use zeroize::Zeroizing;
 
 use crate::credentials::CredentialStore;
 use crate::error::{ErrorReply, GatewayError, Protocol};
-use crate::kms_api::{self, KmsOperation};
+use crate::kms_api;
 use crate::s3::upload::ChannelReader;
 use crate::s3::{self, S3Answer, S3Body, S3Context, S3Request, S3Service};
 use crate::sigv4::{self, Expectations, PathEncoding, Payload, RequestView, Verified};
-use crate::wire;
 
 /// Largest request body read. KMS's largest input is a 32 KiB key policy; base64
 /// and JSON framing stay well under this.
@@ -389,7 +390,7 @@ impl hyper::body::Body for Body {
 /// Which service a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    Kms(KmsOperation),
+    Kms(Operation),
     S3,
 }
 
@@ -415,7 +416,7 @@ impl Route {
                         parts.method
                     )));
                 }
-                Ok(Route::Kms(KmsOperation::parse(target)?))
+                Ok(Route::Kms(kms_api::parse_target(target)?))
             }
             None => Err(GatewayError::UnknownOperation(
                 "no service here answers this request: KMS requests are POST / with an \
@@ -751,7 +752,7 @@ fn claimed_operation(parts: &http::request::Parts) -> String {
         .headers
         .get("x-amz-target")
         .and_then(|value| value.to_str().ok())
-        .and_then(|target| target.strip_prefix(wire::TARGET_PREFIX))
+        .and_then(|target| target.strip_prefix(TARGET_PREFIX))
         .filter(|name| {
             !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric())
         })
@@ -1280,8 +1281,12 @@ async fn respond(
             } else {
                 tracing::debug!(request_id, "{err}");
             }
-            let body = serde_json::json!({ "__type": reply.code, "message": reply.message });
-            let body = Zeroizing::new(body.to_string().into_bytes());
+            let body = serde_json::to_vec(&wire::ErrorResponse {
+                kind: Some(reply.code.to_string()),
+                message: Some(reply.message.clone()),
+            })
+            .unwrap_or_default();
+            let body = Zeroizing::new(body);
             let status =
                 StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             build(status, wire::CONTENT_TYPE, body, &request_id)

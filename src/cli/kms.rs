@@ -7,13 +7,14 @@ use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use clap::{Args, Subcommand};
+use crypto_core::kms::wire::{self, encode_blob, SYMMETRIC_DEFAULT};
 use crypto_core::kms::{
     CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest,
     KeyService, ListRequest, ReEncryptRequest, Tag,
 };
 use crypto_core::secret::SecretBytes;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::Globals;
@@ -229,21 +230,29 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
             }
         },
         KmsCommand::CreateKey(args) => create_key(&*kms, args),
-        KmsCommand::DescribeKey(KeyIdArg { key_id }) => {
-            print_json(&json!({ "KeyMetadata": to_json(&kms.describe_key(&key_id)?)? }))
-        }
+        KmsCommand::DescribeKey(KeyIdArg { key_id }) => print_answer(&wire::KeyMetadataResponse {
+            key_metadata: kms.describe_key(&key_id)?,
+        }),
         KmsCommand::EnableKey(KeyIdArg { key_id }) => Ok(kms.enable_key(&key_id)?),
         KmsCommand::DisableKey(KeyIdArg { key_id }) => Ok(kms.disable_key(&key_id)?),
         KmsCommand::ListKeys => {
             let keys = all_pages(|req| kms.list_keys(req).map(|p| (p.items, p.next_marker)))?;
-            print_json(&json!({ "Keys": to_json(&keys)?, "Truncated": false }))
+            print_answer(&wire::ListKeysResponse {
+                keys,
+                truncated: false,
+                next_marker: None,
+            })
         }
         KmsCommand::ListAliases { key_id } => {
             let aliases = all_pages(|req| {
                 kms.list_aliases(key_id.as_deref(), req)
                     .map(|p| (p.items, p.next_marker))
             })?;
-            print_json(&json!({ "Aliases": to_json(&aliases)?, "Truncated": false }))
+            print_answer(&wire::ListAliasesResponse {
+                aliases,
+                truncated: false,
+                next_marker: None,
+            })
         }
         KmsCommand::CreateAlias(args) => {
             Ok(kms.create_alias(&args.alias_name, &args.target_key_id)?)
@@ -255,12 +264,10 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
         KmsCommand::ScheduleKeyDeletion {
             key_id,
             pending_window_in_days,
-        } => print_json(&to_json(
-            &kms.schedule_key_deletion(&key_id, pending_window_in_days)?,
-        )?),
-        KmsCommand::CancelKeyDeletion(KeyIdArg { key_id }) => {
-            print_json(&json!({ "KeyId": kms.cancel_key_deletion(&key_id)? }))
-        }
+        } => print_answer(&kms.schedule_key_deletion(&key_id, pending_window_in_days)?),
+        KmsCommand::CancelKeyDeletion(KeyIdArg { key_id }) => print_answer(&wire::KeyIdResponse {
+            key_id: kms.cancel_key_deletion(&key_id)?,
+        }),
         KmsCommand::EnableKeyRotation {
             key_id,
             rotation_period_in_days,
@@ -269,15 +276,18 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
             Ok(kms.disable_key_rotation(&key_id)?)
         }
         KmsCommand::GetKeyRotationStatus(KeyIdArg { key_id }) => {
-            print_json(&to_json(&kms.get_key_rotation_status(&key_id)?)?)
+            print_answer(&kms.get_key_rotation_status(&key_id)?)
         }
-        KmsCommand::RotateKeyOnDemand(KeyIdArg { key_id }) => {
-            print_json(&json!({ "KeyId": kms.rotate_key_on_demand(&key_id)? }))
+        KmsCommand::RotateKeyOnDemand(KeyIdArg { key_id }) => print_answer(&wire::KeyIdResponse {
+            key_id: kms.rotate_key_on_demand(&key_id)?,
+        }),
+        KmsCommand::ListKeyRotations(KeyIdArg { key_id }) => {
+            print_answer(&wire::ListKeyRotationsResponse {
+                rotations: kms.list_key_rotations(&key_id)?,
+                truncated: false,
+                next_marker: None,
+            })
         }
-        KmsCommand::ListKeyRotations(KeyIdArg { key_id }) => print_json(&json!({
-            "Rotations": to_json(&kms.list_key_rotations(&key_id)?)?,
-            "Truncated": false,
-        })),
         KmsCommand::UpdateKeyDescription {
             key_id,
             description,
@@ -287,7 +297,10 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
             policy_name,
         } => {
             let policy = kms.get_key_policy(&key_id, &policy_name)?;
-            print_json(&json!({ "Policy": policy, "PolicyName": policy_name }))
+            print_answer(&wire::KeyPolicyResponse {
+                policy,
+                policy_name: Some(policy_name),
+            })
         }
         KmsCommand::PutKeyPolicy {
             key_id,
@@ -306,31 +319,38 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
         KmsCommand::UntagResource { key_id, tag_keys } => {
             Ok(kms.untag_resource(&key_id, &tag_keys)?)
         }
-        KmsCommand::ListResourceTags(KeyIdArg { key_id }) => print_json(&json!({
-            "Tags": to_json(&kms.list_resource_tags(&key_id)?)?,
-            "Truncated": false,
-        })),
-        KmsCommand::ListKeyPolicies(KeyIdArg { key_id }) => print_json(&json!({
-            "PolicyNames": kms.list_key_policies(&key_id)?,
-            "Truncated": false,
-        })),
+        KmsCommand::ListResourceTags(KeyIdArg { key_id }) => {
+            print_answer(&wire::ListResourceTagsResponse {
+                tags: kms.list_resource_tags(&key_id)?,
+                truncated: false,
+                next_marker: None,
+            })
+        }
+        KmsCommand::ListKeyPolicies(KeyIdArg { key_id }) => {
+            print_answer(&wire::ListKeyPoliciesResponse {
+                policy_names: kms.list_key_policies(&key_id)?,
+                truncated: false,
+                next_marker: None,
+            })
+        }
         KmsCommand::GenerateRandom(GenerateRandomArgs { number_of_bytes }) => {
             print_with_plaintext(&[], &kms.generate_random(number_of_bytes)?, &[])
         }
         KmsCommand::GenerateDataKey(args) => {
             let generated = kms.generate_data_key(&data_key_request(args)?)?;
             print_with_plaintext(
-                &[("CiphertextBlob", BASE64.encode(&generated.ciphertext_blob))],
+                &[("CiphertextBlob", encode_blob(&generated.ciphertext_blob))],
                 &generated.plaintext,
                 &[("KeyId", generated.key_id)],
             )
         }
         KmsCommand::GenerateDataKeyWithoutPlaintext(args) => {
             let wrapped = kms.generate_data_key_without_plaintext(&data_key_request(args)?)?;
-            print_json(&json!({
-                "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
-                "KeyId": wrapped.key_id,
-            }))
+            print_answer(&wire::CiphertextResponse {
+                ciphertext_blob: encode_blob(&wrapped.ciphertext_blob),
+                key_id: wrapped.key_id,
+                encryption_algorithm: None,
+            })
         }
         KmsCommand::Encrypt {
             key_id,
@@ -340,11 +360,11 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
             let plaintext = blob_arg(&plaintext, "--plaintext")?;
             let context = context_arg(encryption_context.as_deref(), "--encryption-context")?;
             let wrapped = kms.encrypt(&key_id, &plaintext, &context)?;
-            print_json(&json!({
-                "CiphertextBlob": BASE64.encode(&wrapped.ciphertext_blob),
-                "KeyId": wrapped.key_id,
-                "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-            }))
+            print_answer(&wire::CiphertextResponse {
+                ciphertext_blob: encode_blob(&wrapped.ciphertext_blob),
+                key_id: wrapped.key_id,
+                encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+            })
         }
         KmsCommand::Decrypt {
             ciphertext_blob,
@@ -363,7 +383,7 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
             print_with_plaintext(
                 &[("KeyId", decrypted.key_id)],
                 &decrypted.plaintext,
-                &[("EncryptionAlgorithm", "SYMMETRIC_DEFAULT".to_owned())],
+                &[("EncryptionAlgorithm", SYMMETRIC_DEFAULT.to_owned())],
             )
         }
         KmsCommand::ReEncrypt {
@@ -387,13 +407,16 @@ pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
                 )?,
             };
             let reencrypted = kms.re_encrypt(&request)?;
-            print_json(&json!({
-                "CiphertextBlob": BASE64.encode(&reencrypted.ciphertext_blob),
-                "SourceKeyId": reencrypted.source_key_id,
-                "KeyId": reencrypted.key_id,
-                "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-                "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-            }))
+            // The CLI has never printed the key material ids.
+            print_answer(&wire::ReEncryptResponse {
+                ciphertext_blob: encode_blob(&reencrypted.ciphertext_blob),
+                source_key_id: reencrypted.source_key_id,
+                key_id: reencrypted.key_id,
+                source_encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+                destination_encryption_algorithm: Some(SYMMETRIC_DEFAULT.to_owned()),
+                source_key_material_id: None,
+                destination_key_material_id: None,
+            })
         }
     }
 }
@@ -419,7 +442,9 @@ fn create_key(kms: &dyn KeyService, args: CreateKeyArgs) -> anyhow::Result<()> {
             )
         })?;
     }
-    print_json(&json!({ "KeyMetadata": to_json(&metadata)? }))
+    print_answer(&wire::KeyMetadataResponse {
+        key_metadata: metadata,
+    })
 }
 
 /// `--tags` as the aws CLI takes it: shorthand `TagKey=K,TagValue=V` items, or one
@@ -583,6 +608,11 @@ fn iso_dates(value: &mut Value) {
     }
 }
 
+/// Prints an AWS-shaped answer as the aws CLI does: pretty JSON, dates in ISO 8601.
+fn print_answer(answer: &impl Serialize) -> anyhow::Result<()> {
+    print_json(&to_json(answer)?)
+}
+
 /// Prints JSON to stdout, pretty, like the aws CLI.
 pub(crate) fn print_json(value: &Value) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -600,9 +630,7 @@ fn print_with_plaintext(
     plaintext: &SecretBytes,
     after: &[(&str, String)],
 ) -> anyhow::Result<()> {
-    let encoded_len = plaintext.len().div_ceil(3) * 4;
-    let mut encoded = Zeroizing::new(String::with_capacity(encoded_len));
-    BASE64.encode_string(plaintext.expose(), &mut encoded);
+    let encoded = wire::encode_secret(plaintext.expose());
     let mut fields: Vec<(&str, &str)> = before.iter().map(|(k, v)| (*k, v.as_str())).collect();
     fields.push(("Plaintext", encoded.as_str()));
     fields.extend(after.iter().map(|(k, v)| (*k, v.as_str())));
@@ -635,6 +663,7 @@ fn print_with_plaintext(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn contexts_parse_from_pairs_and_json() {

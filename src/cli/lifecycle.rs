@@ -108,17 +108,6 @@ impl LeaseArgs {
     }
 }
 
-/// Keeps a key-service refusal visible as a `KmsError` (its AWS name decides the exit
-/// code), and shows an I/O error's cause once.
-pub(super) fn cli_error(err: blockdev::Error) -> anyhow::Error {
-    match err {
-        blockdev::Error::Kms(kms) => kms.into(),
-        // Its Display already ends with the cause, which anyhow would print again.
-        blockdev::Error::Io { context, source } => anyhow::Error::new(source).context(context),
-        other => other.into(),
-    }
-}
-
 /// A progress bar on a terminal's stderr; nothing when stderr is piped.
 struct Bar(ProgressBar);
 
@@ -215,8 +204,7 @@ pub fn snapshot(args: SnapshotArgs, _globals: &Globals) -> anyhow::Result<()> {
     } else {
         ImageFormat::Atrest
     };
-    let report =
-        lifecycle::snapshot(&args.src, format, &args.dst, args.force, &bar).map_err(cli_error)?;
+    let report = lifecycle::snapshot(&args.src, format, &args.dst, args.force, &bar)?;
     let mut made = Made::new(&args.dst, report.header.as_ref());
     made.read_only = true;
     made.reflinked = Some(report.reflinked);
@@ -231,8 +219,7 @@ pub fn copy(args: CopyArgs, globals: &Globals) -> anyhow::Result<()> {
         (None, false) => Target::SourceKey,
     };
     let bar = Bar::new("copy");
-    let report = lifecycle::copy(&args.src, &args.dst, &*kms, target, args.force, &bar)
-        .map_err(cli_error)?;
+    let report = lifecycle::copy(&args.src, &args.dst, &*kms, target, args.force, &bar)?;
     let mut made = Made::new(&args.dst, Some(&report.header));
     made.data_bytes = Some(report.data_bytes);
     made.hole_bytes = Some(report.hole_bytes);
@@ -242,8 +229,7 @@ pub fn copy(args: CopyArgs, globals: &Globals) -> anyhow::Result<()> {
 pub fn import(args: ImportArgs, globals: &Globals) -> anyhow::Result<()> {
     let kms = globals.keys()?;
     let bar = Bar::new("import");
-    let report = lifecycle::import(&args.raw, &args.dst, &*kms, &args.key_id, args.force, &bar)
-        .map_err(cli_error)?;
+    let report = lifecycle::import(&args.raw, &args.dst, &*kms, &args.key_id, args.force, &bar)?;
     let mut made = Made::new(&args.dst, Some(&report.header));
     made.data_bytes = Some(report.data_bytes);
     made.hole_bytes = Some(report.hole_bytes);
@@ -252,7 +238,7 @@ pub fn import(args: ImportArgs, globals: &Globals) -> anyhow::Result<()> {
 
 pub fn rewrap(args: RewrapArgs, globals: &Globals) -> anyhow::Result<()> {
     let kms = globals.keys()?;
-    let header = lifecycle::rewrap(&args.path, &*kms, args.key_id.as_deref()).map_err(cli_error)?;
+    let header = lifecycle::rewrap(&args.path, &*kms, args.key_id.as_deref())?;
     Made::new(&args.path, Some(&header)).print()
 }
 

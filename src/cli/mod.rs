@@ -21,6 +21,7 @@ use std::time::Duration;
 use ::gateway::keys::Keys;
 use anyhow::Context;
 use clap::Args;
+use crypto_core::kms::KmsError;
 
 #[derive(Debug, Args)]
 pub struct Globals {
@@ -111,17 +112,51 @@ pub fn init_logging() {
 }
 
 /// Prints an error the AWS CLI way (`ErrorName: message` on stderr) and picks the
-/// exit code: 254 for a service error, 1 for anything else.
+/// exit code: 254 for a key-service refusal anywhere in the chain, 1 for anything
+/// else.
 pub fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("{err:#}");
-    let service_error = err
-        .chain()
-        .any(|cause| cause.downcast_ref::<crypto_core::kms::KmsError>().is_some());
-    if service_error {
+    eprintln!("{}", render(err));
+    if key_service_refusal(err).is_some() {
         ExitCode::from(254)
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The key service's refusal behind `err`, wherever it is in the chain: a
+/// `KmsError` itself, or one that a volume, object-store or gateway error wraps
+/// (transparently, so the chain alone does not show it).
+pub(crate) fn key_service_refusal(err: &anyhow::Error) -> Option<&KmsError> {
+    err.chain().find_map(|cause| {
+        if let Some(kms) = cause.downcast_ref::<KmsError>() {
+            Some(kms)
+        } else if let Some(blockdev::Error::Kms(kms)) = cause.downcast_ref() {
+            Some(kms)
+        } else if let Some(objstore::Error::Kms(kms)) = cause.downcast_ref() {
+            Some(kms)
+        } else if let Some(::gateway::GatewayError::Kms(kms)) = cause.downcast_ref() {
+            Some(kms)
+        } else {
+            None
+        }
+    })
+}
+
+/// `err` and its causes joined by `: ` (anyhow's `{:#}`), except a cause whose text
+/// its parent already ends with (an error whose message includes its source).
+fn render(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if !text.is_empty() {
+            if !part.is_empty() && text.ends_with(&part) {
+                continue;
+            }
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -139,5 +174,29 @@ mod tests {
         assert!(parse_duration("1.5s").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").unwrap_err().contains("not a duration"));
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn wrapped_key_service_refusals_are_found_and_printed_once() {
+        let denied = || KmsError::AccessDenied("no".into());
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        for err in [
+            anyhow::Error::from(denied()),
+            anyhow::Error::from(blockdev::Error::Kms(denied())).context("opening the volume"),
+            anyhow::Error::from(objstore::Error::Kms(denied())),
+            anyhow::Error::from(::gateway::GatewayError::Kms(denied())),
+        ] {
+            let found = key_service_refusal(&err).map(KmsError::aws_name);
+            assert_eq!(found, Some("AccessDeniedException"), "{err:#}");
+            assert_eq!(render(&err).matches("AccessDeniedException: no").count(), 1);
+        }
+        let plain = anyhow::Error::from(blockdev::Error::Io {
+            context: "reading /v".into(),
+            source: io(),
+        });
+        assert!(key_service_refusal(&plain).is_none());
+        assert_eq!(render(&plain), "reading /v: gone");
+        let chained = anyhow::Error::from(io()).context("reading /v");
+        assert_eq!(render(&chained), format!("{chained:#}"));
     }
 }

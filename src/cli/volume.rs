@@ -100,7 +100,6 @@ pub fn run(cmd: VolumeCommand, globals: &Globals) -> anyhow::Result<()> {
     }
 }
 
-use super::lifecycle::cli_error;
 
 /// What `volume create` and `volume info` print (PascalCase, like AWS's DescribeVolumes).
 #[derive(Debug, Serialize)]
@@ -195,8 +194,7 @@ fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
             )
         }
         None => volume::create(&args.path, args.size, NewVolumeKey::Unencrypted),
-    }
-    .map_err(cli_error)?;
+    }?;
     let located = LocatedHeader {
         header,
         copy: format::HeaderCopy::Primary,
@@ -207,8 +205,8 @@ fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
 
 fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     let path = &args.path;
-    let file = volume::open_volume_file(path, false).map_err(cli_error)?;
-    let located = format::read_header(&file, path).map_err(cli_error)?;
+    let file = volume::open_volume_file(path, false)?;
+    let located = format::read_header(&file, path)?;
     let mut description = VolumeDescription::new(path, &located)?;
     if let Some(key_arn) = &description.key_id {
         let state = key_state(globals, key_arn);
@@ -272,7 +270,7 @@ struct RepairReport {
 
 fn repair(args: RepairArgs) -> anyhow::Result<()> {
     let path = &args.path;
-    let (primary, backup) = lifecycle::repair::inspect(path).map_err(cli_error)?;
+    let (primary, backup) = lifecycle::repair::inspect(path)?;
     let on_open = match format::choose_copy(path, primary.clone(), backup.clone()) {
         Ok(located) => format!("uses the {} copy", located.copy.name()),
         Err(err) => format!("refused: {err}"),
@@ -291,7 +289,7 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
     };
     if let Some(keep) = keep {
         if !args.dry_run {
-            lifecycle::repair::repair(path, keep).map_err(cli_error)?;
+            lifecycle::repair::repair(path, keep)?;
         }
         report.kept = Some(keep.name());
     }

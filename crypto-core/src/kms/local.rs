@@ -20,6 +20,7 @@ use super::keystore::{
     add_material, to_time, AliasRecord, KeyRecord, Keystore, Maintenance, RotationRecord,
     RotationSchedule, StoreData,
 };
+use super::operation::{ImportOperation, Operation};
 use super::policy::{default_policy, CallerContext, Decision, KeyPolicy};
 use super::{
     AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
@@ -86,14 +87,6 @@ const KEY_USAGES: [&str; 5] = [
 const MAX_RANDOM_BYTES: u32 = 1024;
 /// Who the trail names for what the key service does on its own (deletion, rotation).
 const SERVICE_PRINCIPAL: &str = "kms.amazonaws.com";
-
-/// The key-material import calls, which atrest refuses for its `AWS_KMS` keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImportOperation {
-    GetParametersForImport,
-    ImportKeyMaterial,
-    DeleteImportedKeyMaterial,
-}
 
 /// How [`LocalKms`] is set up. [`LocalKmsConfig::from_env`] reads the `ATREST_*`
 /// variables; [`LocalKmsConfig::new`] gives the defaults.
@@ -231,261 +224,9 @@ fn check_principal(principal: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-/// Every operation, with its audit name, its policy action and the key states it
-/// accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    CreateKey,
-    DescribeKey,
-    ListKeys,
-    UpdateKeyDescription,
-    EnableKey,
-    DisableKey,
-    ScheduleKeyDeletion,
-    CancelKeyDeletion,
-    ListAliases,
-    CreateAlias,
-    UpdateAlias,
-    DeleteAlias,
-    EnableKeyRotation,
-    DisableKeyRotation,
-    GetKeyRotationStatus,
-    RotateKeyOnDemand,
-    ListKeyRotations,
-    GetKeyPolicy,
-    PutKeyPolicy,
-    GenerateDataKey,
-    GenerateDataKeyWithoutPlaintext,
-    Encrypt,
-    Decrypt,
-    ReEncrypt,
-    TagResource,
-    UntagResource,
-    ListResourceTags,
-    GenerateRandom,
-    ListKeyPolicies,
-    GetParametersForImport,
-    ImportKeyMaterial,
-    DeleteImportedKeyMaterial,
-}
-
-impl Op {
-    const ALL: [Op; 32] = [
-        Op::CreateKey,
-        Op::DescribeKey,
-        Op::ListKeys,
-        Op::UpdateKeyDescription,
-        Op::EnableKey,
-        Op::DisableKey,
-        Op::ScheduleKeyDeletion,
-        Op::CancelKeyDeletion,
-        Op::ListAliases,
-        Op::CreateAlias,
-        Op::UpdateAlias,
-        Op::DeleteAlias,
-        Op::EnableKeyRotation,
-        Op::DisableKeyRotation,
-        Op::GetKeyRotationStatus,
-        Op::RotateKeyOnDemand,
-        Op::ListKeyRotations,
-        Op::GetKeyPolicy,
-        Op::PutKeyPolicy,
-        Op::GenerateDataKey,
-        Op::GenerateDataKeyWithoutPlaintext,
-        Op::Encrypt,
-        Op::Decrypt,
-        Op::ReEncrypt,
-        Op::TagResource,
-        Op::UntagResource,
-        Op::ListResourceTags,
-        Op::GenerateRandom,
-        Op::ListKeyPolicies,
-        Op::GetParametersForImport,
-        Op::ImportKeyMaterial,
-        Op::DeleteImportedKeyMaterial,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Op::CreateKey => "CreateKey",
-            Op::DescribeKey => "DescribeKey",
-            Op::ListKeys => "ListKeys",
-            Op::UpdateKeyDescription => "UpdateKeyDescription",
-            Op::EnableKey => "EnableKey",
-            Op::DisableKey => "DisableKey",
-            Op::ScheduleKeyDeletion => "ScheduleKeyDeletion",
-            Op::CancelKeyDeletion => "CancelKeyDeletion",
-            Op::ListAliases => "ListAliases",
-            Op::CreateAlias => "CreateAlias",
-            Op::UpdateAlias => "UpdateAlias",
-            Op::DeleteAlias => "DeleteAlias",
-            Op::EnableKeyRotation => "EnableKeyRotation",
-            Op::DisableKeyRotation => "DisableKeyRotation",
-            Op::GetKeyRotationStatus => "GetKeyRotationStatus",
-            Op::RotateKeyOnDemand => "RotateKeyOnDemand",
-            Op::ListKeyRotations => "ListKeyRotations",
-            Op::GetKeyPolicy => "GetKeyPolicy",
-            Op::PutKeyPolicy => "PutKeyPolicy",
-            Op::GenerateDataKey => "GenerateDataKey",
-            Op::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
-            Op::Encrypt => "Encrypt",
-            Op::Decrypt => "Decrypt",
-            Op::ReEncrypt => "ReEncrypt",
-            Op::TagResource => "TagResource",
-            Op::UntagResource => "UntagResource",
-            Op::ListResourceTags => "ListResourceTags",
-            Op::GenerateRandom => "GenerateRandom",
-            Op::ListKeyPolicies => "ListKeyPolicies",
-            Op::GetParametersForImport => "GetParametersForImport",
-            Op::ImportKeyMaterial => "ImportKeyMaterial",
-            Op::DeleteImportedKeyMaterial => "DeleteImportedKeyMaterial",
-        }
-    }
-
-    /// Whether a caller may name another account's key (by its key ARN), as AWS
-    /// allows ("Cross-account use: Yes") for cryptographic operations, DescribeKey
-    /// and GetKeyRotationStatus. Every other operation acts in the caller's account.
-    fn cross_account(self) -> bool {
-        match self {
-            Op::DescribeKey
-            | Op::GenerateDataKey
-            | Op::GenerateDataKeyWithoutPlaintext
-            | Op::Encrypt
-            | Op::Decrypt
-            | Op::ReEncrypt
-            | Op::GetKeyRotationStatus => true,
-            Op::CreateKey
-            | Op::ListKeys
-            | Op::UpdateKeyDescription
-            | Op::EnableKey
-            | Op::DisableKey
-            | Op::ScheduleKeyDeletion
-            | Op::CancelKeyDeletion
-            | Op::ListAliases
-            | Op::CreateAlias
-            | Op::UpdateAlias
-            | Op::DeleteAlias
-            | Op::EnableKeyRotation
-            | Op::DisableKeyRotation
-            | Op::RotateKeyOnDemand
-            | Op::ListKeyRotations
-            | Op::GetKeyPolicy
-            | Op::PutKeyPolicy
-            | Op::TagResource
-            | Op::UntagResource
-            | Op::ListResourceTags
-            | Op::GenerateRandom
-            | Op::ListKeyPolicies
-            | Op::GetParametersForImport
-            | Op::ImportKeyMaterial
-            | Op::DeleteImportedKeyMaterial => false,
-        }
-    }
-
-    /// CloudTrail's `readOnly`: true for calls that change no key.
-    fn read_only(self) -> bool {
-        match self {
-            Op::DescribeKey
-            | Op::ListKeys
-            | Op::ListAliases
-            | Op::GetKeyRotationStatus
-            | Op::ListKeyRotations
-            | Op::GetKeyPolicy
-            | Op::GenerateDataKey
-            | Op::GenerateDataKeyWithoutPlaintext
-            | Op::Encrypt
-            | Op::Decrypt
-            | Op::ReEncrypt
-            | Op::ListResourceTags
-            | Op::GenerateRandom
-            | Op::ListKeyPolicies => true,
-            Op::CreateKey
-            | Op::UpdateKeyDescription
-            | Op::EnableKey
-            | Op::DisableKey
-            | Op::ScheduleKeyDeletion
-            | Op::CancelKeyDeletion
-            | Op::CreateAlias
-            | Op::UpdateAlias
-            | Op::DeleteAlias
-            | Op::EnableKeyRotation
-            | Op::DisableKeyRotation
-            | Op::RotateKeyOnDemand
-            | Op::PutKeyPolicy
-            | Op::TagResource
-            | Op::UntagResource
-            | Op::GetParametersForImport
-            | Op::ImportKeyMaterial
-            | Op::DeleteImportedKeyMaterial => false,
-        }
-    }
-
-    /// The key-policy action (ReEncrypt checks `kms:ReEncryptFrom`/`To` instead).
-    fn action(self) -> String {
-        format!("kms:{}", self.name())
-    }
-}
-
-/// AWS's key-state table ("Key states of AWS KMS keys") for the three states atrest
-/// has. The one place that decides whether a key's state allows an operation.
-fn check_state(op: Op, state: KeyState, arn: &str) -> Result<(), KmsError> {
-    let disabled = || Err(KmsError::Disabled(format!("{arn} is disabled.")));
-    let pending = || {
-        Err(KmsError::InvalidState(format!(
-            "{arn} is pending deletion."
-        )))
-    };
-    match op {
-        Op::CreateKey
-        | Op::ListKeys
-        | Op::ListAliases
-        | Op::DescribeKey
-        | Op::GetKeyPolicy
-        | Op::PutKeyPolicy
-        | Op::GetKeyRotationStatus
-        | Op::ListKeyRotations
-        | Op::DeleteAlias
-        | Op::ListResourceTags
-        | Op::GenerateRandom
-        | Op::ListKeyPolicies
-        | Op::GetParametersForImport
-        | Op::ImportKeyMaterial
-        | Op::DeleteImportedKeyMaterial => Ok(()),
-        Op::Encrypt
-        | Op::Decrypt
-        | Op::GenerateDataKey
-        | Op::GenerateDataKeyWithoutPlaintext
-        | Op::ReEncrypt
-        | Op::EnableKeyRotation
-        | Op::DisableKeyRotation
-        | Op::RotateKeyOnDemand => match state {
-            KeyState::Enabled => Ok(()),
-            KeyState::Disabled => disabled(),
-            KeyState::PendingDeletion => pending(),
-        },
-        Op::EnableKey
-        | Op::DisableKey
-        | Op::ScheduleKeyDeletion
-        | Op::UpdateKeyDescription
-        | Op::CreateAlias
-        | Op::UpdateAlias
-        | Op::TagResource
-        | Op::UntagResource => match state {
-            KeyState::Enabled | KeyState::Disabled => Ok(()),
-            KeyState::PendingDeletion => pending(),
-        },
-        Op::CancelKeyDeletion => match state {
-            KeyState::PendingDeletion => Ok(()),
-            KeyState::Enabled | KeyState::Disabled => Err(KmsError::InvalidState(format!(
-                "{arn} is not pending deletion."
-            ))),
-        },
-    }
-}
-
 /// The trail record of one call, filled in as the call learns which keys it touches.
 struct Audit {
-    op: Op,
+    op: Operation,
     request: Value,
     resources: Vec<String>,
     response: Option<Value>,
@@ -511,6 +252,13 @@ struct Shared {
 #[derive(Clone)]
 pub struct LocalKms {
     shared: Arc<Shared>,
+    caller: Caller,
+}
+
+/// Who a [`LocalKms`] acts for: everything that differs between callers of one key
+/// service.
+#[derive(Clone)]
+struct Caller {
     principal: String,
     /// The caller's account: the one in `principal`'s ARN, else the configured one.
     /// Keys and aliases are created, listed and resolved in this account only.
@@ -523,13 +271,34 @@ pub struct LocalKms {
     via_service: Option<Arc<str>>,
 }
 
+impl Caller {
+    /// `principal` calling directly from this machine; its account is the one in its
+    /// ARN, else `configured_account`.
+    fn local(principal: String, configured_account: &str) -> Caller {
+        Caller {
+            account: caller_account(&principal, configured_account),
+            principal,
+            source: Arc::new(RequestSource::local()),
+            via_service: None,
+        }
+    }
+
+    /// What key policies' conditions see of this caller.
+    fn context(&self) -> CallerContext<'_> {
+        CallerContext {
+            account: &self.account,
+            via_service: self.via_service.as_deref(),
+        }
+    }
+}
+
 impl fmt::Debug for LocalKms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalKms")
             .field("home", &self.shared.home)
             .field("region", &self.shared.region)
-            .field("account", &self.account)
-            .field("principal", &self.principal)
+            .field("account", &self.caller.account)
+            .field("principal", &self.caller.principal)
             .finish_non_exhaustive()
     }
 }
@@ -546,7 +315,7 @@ impl LocalKms {
         )?;
         let trail = Trail::open(&home.join("trail"), &config.region, &config.account)
             .map_err(|e| KmsError::Internal(format!("cannot open the audit trail: {e}")))?;
-        let account = caller_account(&config.principal, &config.account);
+        let caller = Caller::local(config.principal, &config.account);
         Ok(LocalKms {
             shared: Arc::new(Shared {
                 home: home.to_path_buf(),
@@ -556,10 +325,7 @@ impl LocalKms {
                 account: config.account,
                 clock: config.clock,
             }),
-            principal: config.principal,
-            account,
-            source: Arc::new(RequestSource::local()),
-            via_service: None,
+            caller,
         })
     }
 
@@ -569,10 +335,11 @@ impl LocalKms {
         check_principal(principal)?;
         Ok(LocalKms {
             shared: Arc::clone(&self.shared),
-            principal: principal.to_owned(),
-            account: caller_account(principal, &self.shared.account),
-            source: Arc::clone(&self.source),
-            via_service: self.via_service.clone(),
+            caller: Caller {
+                principal: principal.to_owned(),
+                account: caller_account(principal, &self.shared.account),
+                ..self.caller.clone()
+            },
         })
     }
 
@@ -582,8 +349,11 @@ impl LocalKms {
     /// an AWS managed key such as `alias/aws/s3` serves S3 and nothing else.
     pub fn through_service(&self, service: &str) -> LocalKms {
         LocalKms {
-            via_service: Some(Arc::from(service)),
-            ..self.clone()
+            shared: Arc::clone(&self.shared),
+            caller: Caller {
+                via_service: Some(Arc::from(service)),
+                ..self.caller.clone()
+            },
         }
     }
 
@@ -593,10 +363,10 @@ impl LocalKms {
     pub fn from_source(&self, source: RequestSource) -> LocalKms {
         LocalKms {
             shared: Arc::clone(&self.shared),
-            principal: self.principal.clone(),
-            account: self.account.clone(),
-            source: Arc::new(source),
-            via_service: self.via_service.clone(),
+            caller: Caller {
+                source: Arc::new(source),
+                ..self.caller.clone()
+            },
         }
     }
 
@@ -613,15 +383,7 @@ impl LocalKms {
     }
 
     pub fn principal(&self) -> &str {
-        &self.principal
-    }
-
-    /// What key policies' conditions see of this caller.
-    fn caller_context(&self) -> CallerContext<'_> {
-        CallerContext {
-            account: &self.account,
-            via_service: self.via_service.as_deref(),
-        }
+        &self.caller.principal
     }
 
     pub fn region(&self) -> &str {
@@ -630,7 +392,7 @@ impl LocalKms {
 
     /// The caller's account (from its principal ARN, else `ATREST_ACCOUNT`).
     pub fn account(&self) -> &str {
-        &self.account
+        &self.caller.account
     }
 
     /// The keystore file. Every update replaces it with a rename, so a watcher
@@ -650,7 +412,7 @@ impl LocalKms {
 
     /// The ARN of key `id` in this region and the caller's account.
     pub fn key_arn(&self, id: &Uuid) -> String {
-        key_arn(&self.shared.region, &self.account, id)
+        key_arn(&self.shared.region, &self.caller.account, id)
     }
 
     /// The ARN of key `id` of `account`.
@@ -660,7 +422,21 @@ impl LocalKms {
 
     /// The ARN of the caller's alias `name`.
     fn alias_arn(&self, name: &str) -> String {
-        alias_arn(&self.shared.region, &self.account, name)
+        alias_arn(&self.shared.region, &self.caller.account, name)
+    }
+
+    /// UpdateAlias's and DeleteAlias's refusal of an alias the caller does not have.
+    fn alias_not_found(&self, name: &str) -> KmsError {
+        KmsError::NotFound(format!("Alias '{}' is not found.", self.alias_arn(name)))
+    }
+
+    /// The key the caller's alias `name` points at.
+    fn aliased_key(&self, store: &StoreData, name: &str) -> Result<Uuid, KmsError> {
+        store
+            .aliases_of(&self.caller.account)
+            .and_then(|aliases| aliases.get(name))
+            .map(|alias| alias.target_key_id)
+            .ok_or_else(|| self.alias_not_found(name))
     }
 
     /// GetParametersForImport, ImportKeyMaterial and DeleteImportedKeyMaterial
@@ -668,17 +444,16 @@ impl LocalKms {
     /// refused with UnsupportedOperationException once the key is found and the
     /// caller is allowed the action, as AWS answers for such keys. Audited.
     pub fn refuse_key_material_import(&self, operation: ImportOperation, key_id: &str) -> KmsError {
-        let op = match operation {
-            ImportOperation::GetParametersForImport => Op::GetParametersForImport,
-            ImportOperation::ImportKeyMaterial => Op::ImportKeyMaterial,
-            ImportOperation::DeleteImportedKeyMaterial => Op::DeleteImportedKeyMaterial,
-        };
-        let refused: Result<(), KmsError> =
-            self.inspect(op, key_id, json!({ "keyId": key_id }), |_, _, arn| {
+        let refused: Result<(), KmsError> = self.inspect(
+            operation.into(),
+            key_id,
+            json!({ "keyId": key_id }),
+            |_, _, arn| {
                 Err(KmsError::UnsupportedOperation(format!(
                     "{arn} origin is AWS_KMS which is not valid for this operation."
                 )))
-            });
+            },
+        );
         match refused {
             Err(err) => err,
             Ok(()) => KmsError::Internal("a key material import was not refused".into()),
@@ -687,28 +462,24 @@ impl LocalKms {
 
     /// Appends the record of a call refused before it reached the key service (a
     /// request body that does not parse or fails AWS's validation), so every
-    /// refusal is in the trail. `event_name` is the operation the caller named;
+    /// refusal is in the trail. `op` is the operation the caller named;
     /// `request_parameters` must hold no secret (callers drop `Plaintext`).
     pub fn record_invalid_request(
         &self,
-        event_name: &str,
+        op: Operation,
         request_parameters: Value,
         error_code: &str,
         error_message: &str,
     ) -> Result<(), KmsError> {
-        let read_only = Op::ALL
-            .iter()
-            .find(|op| op.name() == event_name)
-            .is_some_and(|op| op.read_only());
         self.append(&ApiCall {
             event_time: self.now(),
-            event_name: printable(event_name),
-            principal: self.principal.clone(),
+            event_name: op.name().to_owned(),
+            principal: self.caller.principal.clone(),
             request_parameters,
             response_elements: None,
             error_code: Some(error_code.to_owned()),
             error_message: Some(error_message.to_owned()),
-            read_only,
+            read_only: op.read_only(),
             resources: Vec::new(),
         })
     }
@@ -718,7 +489,7 @@ impl LocalKms {
     }
 
     fn append(&self, call: &ApiCall) -> Result<(), KmsError> {
-        self.append_from(call, &self.source)
+        self.append_from(call, &self.caller.source)
     }
 
     fn append_from(&self, call: &ApiCall, source: &RequestSource) -> Result<(), KmsError> {
@@ -734,7 +505,7 @@ impl LocalKms {
         ApiCall {
             event_time: self.now(),
             event_name: audit.op.name().to_owned(),
-            principal: self.principal.clone(),
+            principal: self.caller.principal.clone(),
             request_parameters: audit.request.clone(),
             response_elements: if error.is_none() {
                 audit.response.clone()
@@ -753,7 +524,7 @@ impl LocalKms {
     /// without a trail entry.
     fn run<R>(
         &self,
-        op: Op,
+        op: Operation,
         request: Value,
         body: impl FnOnce(&mut Audit) -> Result<R, KmsError>,
     ) -> Result<R, KmsError> {
@@ -845,11 +616,16 @@ impl LocalKms {
     /// account, or (when `op` allows cross-account use) another account's key by its
     /// key ARN. Returns the key's id and ARN. Another account's key named where `op`
     /// does not allow it is NotFoundException, as AWS answers.
-    fn resolve(&self, store: &StoreData, key_id: &str, op: Op) -> Result<(Uuid, String), KmsError> {
-        match KeyRef::parse(key_id, &self.shared.region, &self.account)? {
+    fn resolve(
+        &self,
+        store: &StoreData,
+        key_id: &str,
+        op: Operation,
+    ) -> Result<(Uuid, String), KmsError> {
+        match KeyRef::parse(key_id, &self.shared.region, &self.caller.account)? {
             KeyRef::Key { account, id } => {
                 let arn = self.arn_in(&account, &id);
-                let reachable = account == self.account || op.cross_account();
+                let reachable = account == self.caller.account || op.cross_account();
                 match store.keys.get(&id) {
                     Some(key) if key.account == account && reachable => Ok((id, arn)),
                     _ => Err(KmsError::NotFound(format!("Key '{arn}' does not exist"))),
@@ -857,7 +633,7 @@ impl LocalKms {
             }
             KeyRef::Alias(name) => {
                 let target = store
-                    .aliases_of(&self.account)
+                    .aliases_of(&self.caller.account)
                     .and_then(|aliases| aliases.get(&name))
                     .map(|a| a.target_key_id);
                 match target.and_then(|id| store.keys.get(&id).map(|k| (id, k))) {
@@ -878,17 +654,17 @@ impl LocalKms {
                 e.message()
             ))
         })?;
-        match policy.evaluate_in(&self.principal, self.caller_context(), action, arn) {
+        match policy.evaluate_in(&self.caller.principal, self.caller.context(), action, arn) {
             Decision::Allow => Ok(()),
             Decision::ExplicitDeny => Err(KmsError::AccessDenied(format!(
                 "User: {} is not authorized to perform: {action} on resource: {arn} with an \
                  explicit deny in a resource-based policy",
-                self.principal
+                self.caller.principal
             ))),
             Decision::ImplicitDeny => Err(KmsError::AccessDenied(format!(
                 "User: {} is not authorized to perform: {action} on resource: {arn} because no \
                  resource-based policy allows the {action} action",
-                self.principal
+                self.caller.principal
             ))),
         }
     }
@@ -899,7 +675,7 @@ impl LocalKms {
         audit: &mut Audit,
         store: &'s StoreData,
         key_id: &str,
-        op: Op,
+        op: Operation,
         action: &str,
     ) -> Result<(Uuid, &'s KeyRecord, String), KmsError> {
         let (id, arn) = self.resolve(store, key_id, op)?;
@@ -909,7 +685,7 @@ impl LocalKms {
             .get(&id)
             .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
         self.authorize(key, action, &arn)?;
-        check_state(op, key.state, &arn)?;
+        op.check_state(key.state, &arn)?;
         Ok((id, key, arn))
     }
 
@@ -917,7 +693,7 @@ impl LocalKms {
     /// the key record under the write lock.
     fn administer<R>(
         &self,
-        op: Op,
+        op: Operation,
         key_id: &str,
         request: Value,
         change: impl FnOnce(&mut KeyRecord, &Uuid, &str, OffsetDateTime) -> Result<R, KmsError>,
@@ -931,7 +707,7 @@ impl LocalKms {
                     .get_mut(&id)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
                 self.authorize(key, &op.action(), &arn)?;
-                check_state(op, key.state, &arn)?;
+                op.check_state(key.state, &arn)?;
                 let value = change(key, &id, &arn, now)?;
                 audit.response = Some(json!({ "keyId": arn }));
                 Ok(value)
@@ -942,7 +718,7 @@ impl LocalKms {
     /// A read-only key call: resolve, authorize, check state on a fresh snapshot.
     fn inspect<R>(
         &self,
-        op: Op,
+        op: Operation,
         key_id: &str,
         request: Value,
         read: impl FnOnce(&KeyRecord, &Uuid, &str) -> Result<R, KmsError>,
@@ -1041,7 +817,7 @@ impl LocalKms {
         let arn = self.arn_in(&key.account, &id);
         audit.resources.push(arn.clone());
         self.authorize(key, action, &arn)?;
-        check_state(audit.op, key.state, &arn)?;
+        audit.op.check_state(key.state, &arn)?;
         let version = parsed.header.material_version;
         let sealed = usize::try_from(version)
             .ok()
@@ -1061,7 +837,7 @@ impl LocalKms {
 
     fn generate(
         &self,
-        op: Op,
+        op: Operation,
         req: &GenerateDataKeyRequest,
     ) -> Result<(String, SecretBytes, Vec<u8>), KmsError> {
         let mut request = json!({
@@ -1153,8 +929,8 @@ impl LocalKms {
     fn check_lockout(&self, policy: &KeyPolicy, arn: &str, bypass: bool) -> Result<(), KmsError> {
         if bypass
             || policy.evaluate_in(
-                &self.principal,
-                self.caller_context(),
+                &self.caller.principal,
+                self.caller.context(),
                 "kms:PutKeyPolicy",
                 arn,
             ) == Decision::Allow
@@ -1172,9 +948,10 @@ impl LocalKms {
         &self,
         store: &StoreData,
         target: &str,
-        op: Op,
+        op: Operation,
     ) -> Result<(Uuid, String), KmsError> {
-        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.account)? {
+        if let KeyRef::Alias(_) = KeyRef::parse(target, &self.shared.region, &self.caller.account)?
+        {
             return Err(KmsError::Validation(
                 "TargetKeyId must be a key ID or key ARN, not an alias".into(),
             ));
@@ -1254,7 +1031,7 @@ impl LocalKms {
         if let Some(existing) = self
             .fresh()?
             .aliases
-            .get(&self.account)
+            .get(&self.caller.account)
             .and_then(|aliases| aliases.get(alias))
         {
             return Ok(self.key_arn(&existing.target_key_id));
@@ -1269,12 +1046,12 @@ impl LocalKms {
             "keyManager": "AWS",
             "aliasName": alias,
         });
-        self.run(Op::CreateKey, request, |audit| {
+        self.run(Operation::CreateKey, request, |audit| {
             self.mutate(audit, |store, now, audit| {
                 // Another process may have made it since the read above.
                 if let Some(existing) = store
                     .aliases
-                    .get(&self.account)
+                    .get(&self.caller.account)
                     .and_then(|aliases| aliases.get(alias))
                 {
                     let arn = self.key_arn(&existing.target_key_id);
@@ -1287,13 +1064,13 @@ impl LocalKms {
                 audit.resources.push(arn.clone());
                 let ts = now.unix_timestamp();
                 let mut key = KeyRecord {
-                    account: self.account.clone(),
+                    account: self.caller.account.clone(),
                     description: description.clone(),
                     creation_date: ts,
                     state: KeyState::Enabled,
                     deletion_date: None,
                     pending_window_in_days: None,
-                    policy: aws_managed_policy(&self.account, &self.shared.region, alias),
+                    policy: aws_managed_policy(&self.caller.account, &self.shared.region, alias),
                     rotation: None,
                     rotations: Vec::new(),
                     materials: Vec::new(),
@@ -1303,7 +1080,7 @@ impl LocalKms {
                 store.keys.insert(id, key);
                 store
                     .aliases
-                    .entry(self.account.clone())
+                    .entry(self.caller.account.clone())
                     .or_default()
                     .insert(
                         alias.to_owned(),
@@ -1327,7 +1104,7 @@ impl LocalKms {
 impl KeyService for LocalKms {
     fn describe_key(&self, key_id: &str) -> Result<KeyMetadata, KmsError> {
         self.inspect(
-            Op::DescribeKey,
+            Operation::DescribeKey,
             key_id,
             json!({ "keyId": key_id }),
             |key, id, _| Ok(self.metadata(id, key)),
@@ -1338,7 +1115,8 @@ impl KeyService for LocalKms {
         &self,
         req: &GenerateDataKeyRequest,
     ) -> Result<GeneratedDataKey, KmsError> {
-        let (key_id, plaintext, ciphertext_blob) = self.generate(Op::GenerateDataKey, req)?;
+        let (key_id, plaintext, ciphertext_blob) =
+            self.generate(Operation::GenerateDataKey, req)?;
         Ok(GeneratedDataKey {
             key_id,
             plaintext,
@@ -1351,7 +1129,7 @@ impl KeyService for LocalKms {
         req: &GenerateDataKeyRequest,
     ) -> Result<WrappedData, KmsError> {
         let (key_id, _, ciphertext_blob) =
-            self.generate(Op::GenerateDataKeyWithoutPlaintext, req)?;
+            self.generate(Operation::GenerateDataKeyWithoutPlaintext, req)?;
         Ok(WrappedData {
             key_id,
             ciphertext_blob,
@@ -1369,7 +1147,7 @@ impl KeyService for LocalKms {
             "encryptionContext": encryption_context,
             "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
         });
-        self.run(Op::Encrypt, request, |audit| {
+        self.run(Operation::Encrypt, request, |audit| {
             if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_LEN {
                 return Err(KmsError::Validation(format!(
                     "1 validation error detected: Value at 'plaintext' failed to satisfy \
@@ -1379,7 +1157,7 @@ impl KeyService for LocalKms {
             check_context(encryption_context, "encryptionContext")?;
             let store = self.fresh()?;
             let (id, key, arn) =
-                self.usable_key(audit, &store, key_id, Op::Encrypt, "kms:Encrypt")?;
+                self.usable_key(audit, &store, key_id, Operation::Encrypt, "kms:Encrypt")?;
             let (version, material) = self.current_material(&id, key)?;
             let ciphertext_blob =
                 envelope::seal(&material, id, version, plaintext, encryption_context)?;
@@ -1399,7 +1177,7 @@ impl KeyService for LocalKms {
         if let Some(key_id) = &req.key_id {
             request["keyId"] = json!(key_id);
         }
-        self.run(Op::Decrypt, request, |audit| {
+        self.run(Operation::Decrypt, request, |audit| {
             check_context(&req.encryption_context, "encryptionContext")?;
             let store = self.fresh()?;
             let (arn, key_material_id, plaintext) = self.open_blob(
@@ -1430,7 +1208,7 @@ impl KeyService for LocalKms {
         if let Some(key_id) = &req.source_key_id {
             request["sourceKeyId"] = json!(key_id);
         }
-        self.run(Op::ReEncrypt, request, |audit| {
+        self.run(Operation::ReEncrypt, request, |audit| {
             check_context(&req.source_encryption_context, "sourceEncryptionContext")?;
             check_context(
                 &req.destination_encryption_context,
@@ -1449,7 +1227,7 @@ impl KeyService for LocalKms {
                 audit,
                 &store,
                 &req.destination_key_id,
-                Op::ReEncrypt,
+                Operation::ReEncrypt,
                 "kms:ReEncryptTo",
             )?;
             let (version, material) = self.current_material(&id, key)?;
@@ -1489,7 +1267,7 @@ impl KeyService for LocalKms {
         if let Some(policy) = &req.policy {
             request["policy"] = json!(policy);
         }
-        self.run(Op::CreateKey, request, |audit| {
+        self.run(Operation::CreateKey, request, |audit| {
             if req.description.len() > MAX_DESCRIPTION_LEN {
                 return Err(KmsError::Validation(format!(
                     "the description is longer than {MAX_DESCRIPTION_LEN} characters"
@@ -1528,13 +1306,13 @@ impl KeyService for LocalKms {
                     self.check_lockout(&parsed, &arn, req.bypass_policy_lockout_safety_check)?;
                     text.clone()
                 }
-                None => default_policy(&self.account, &self.principal),
+                None => default_policy(&self.caller.account, &self.caller.principal),
             };
             self.mutate(audit, |store, now, audit| {
                 audit.resources.push(arn.clone());
                 let ts = now.unix_timestamp();
                 let mut key = KeyRecord {
-                    account: self.account.clone(),
+                    account: self.caller.account.clone(),
                     description: req.description.clone(),
                     creation_date: ts,
                     state: KeyState::Enabled,
@@ -1575,12 +1353,12 @@ impl KeyService for LocalKms {
         if let Some(marker) = &req.marker {
             request["marker"] = json!(marker);
         }
-        self.run(Op::ListKeys, request, |_| {
+        self.run(Operation::ListKeys, request, |_| {
             let store = self.fresh()?;
             let items = store
                 .keys
                 .iter()
-                .filter(|(_, key)| key.account == self.account)
+                .filter(|(_, key)| key.account == self.caller.account)
                 .map(|(id, _)| {
                     (
                         id.to_string(),
@@ -1597,21 +1375,26 @@ impl KeyService for LocalKms {
     fn update_key_description(&self, key_id: &str, description: &str) -> Result<(), KmsError> {
         let request = json!({ "keyId": key_id, "description": description });
         if description.len() > MAX_DESCRIPTION_LEN {
-            return self.run(Op::UpdateKeyDescription, request, |_| {
+            return self.run(Operation::UpdateKeyDescription, request, |_| {
                 Err(KmsError::Validation(format!(
                     "the description is longer than {MAX_DESCRIPTION_LEN} characters"
                 )))
             });
         }
-        self.administer(Op::UpdateKeyDescription, key_id, request, |key, _, _, _| {
-            key.description = description.to_owned();
-            Ok(())
-        })
+        self.administer(
+            Operation::UpdateKeyDescription,
+            key_id,
+            request,
+            |key, _, _, _| {
+                key.description = description.to_owned();
+                Ok(())
+            },
+        )
     }
 
     fn enable_key(&self, key_id: &str) -> Result<(), KmsError> {
         self.administer(
-            Op::EnableKey,
+            Operation::EnableKey,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, _, _| {
@@ -1623,7 +1406,7 @@ impl KeyService for LocalKms {
 
     fn disable_key(&self, key_id: &str) -> Result<(), KmsError> {
         self.administer(
-            Op::DisableKey,
+            Operation::DisableKey,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, _, _| {
@@ -1644,7 +1427,7 @@ impl KeyService for LocalKms {
         }
         let days = pending_window_in_days.unwrap_or(DEFAULT_PENDING_DAYS);
         if !(MIN_PENDING_DAYS..=MAX_PENDING_DAYS).contains(&days) {
-            return self.run(Op::ScheduleKeyDeletion, request, |_| {
+            return self.run(Operation::ScheduleKeyDeletion, request, |_| {
                 Err(KmsError::Validation(format!(
                     "1 validation error detected: Value '{days}' at 'pendingWindowInDays' failed \
                      to satisfy constraint: Member must have value between {MIN_PENDING_DAYS} and \
@@ -1652,16 +1435,16 @@ impl KeyService for LocalKms {
                 )))
             });
         }
-        self.run(Op::ScheduleKeyDeletion, request, |audit| {
+        self.run(Operation::ScheduleKeyDeletion, request, |audit| {
             self.mutate(audit, |store, now, audit| {
-                let (id, arn) = self.resolve(store, key_id, Op::ScheduleKeyDeletion)?;
+                let (id, arn) = self.resolve(store, key_id, Operation::ScheduleKeyDeletion)?;
                 audit.resources.push(arn.clone());
                 let key = store
                     .keys
                     .get_mut(&id)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
                 self.authorize(key, "kms:ScheduleKeyDeletion", &arn)?;
-                check_state(Op::ScheduleKeyDeletion, key.state, &arn)?;
+                Operation::ScheduleKeyDeletion.check_state(key.state, &arn)?;
                 let deletion_date = now + Duration::days(i64::from(days));
                 key.state = KeyState::PendingDeletion;
                 key.deletion_date = Some(deletion_date.unix_timestamp());
@@ -1684,7 +1467,7 @@ impl KeyService for LocalKms {
 
     fn cancel_key_deletion(&self, key_id: &str) -> Result<String, KmsError> {
         self.administer(
-            Op::CancelKeyDeletion,
+            Operation::CancelKeyDeletion,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, arn, _| {
@@ -1711,18 +1494,18 @@ impl KeyService for LocalKms {
         if let Some(marker) = &req.marker {
             request["marker"] = json!(marker);
         }
-        self.run(Op::ListAliases, request, |audit| {
+        self.run(Operation::ListAliases, request, |audit| {
             let store = self.fresh()?;
             let only = match key_id {
                 Some(key_id) => {
-                    let (id, arn) = self.resolve(&store, key_id, Op::ListAliases)?;
+                    let (id, arn) = self.resolve(&store, key_id, Operation::ListAliases)?;
                     audit.resources.push(arn);
                     Some(id)
                 }
                 None => None,
             };
             let items = store
-                .aliases_of(&self.account)
+                .aliases_of(&self.caller.account)
                 .into_iter()
                 .flatten()
                 .filter(|(_, a)| only.is_none_or(|id| a.target_key_id == id))
@@ -1733,18 +1516,21 @@ impl KeyService for LocalKms {
 
     fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
         let request = json!({ "aliasName": alias_name, "targetKeyId": target_key_id });
-        self.run(Op::CreateAlias, request, |audit| {
+        self.run(Operation::CreateAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, now, audit| {
-                let (id, arn) = self.alias_target(store, target_key_id, Op::CreateAlias)?;
+                let (id, arn) = self.alias_target(store, target_key_id, Operation::CreateAlias)?;
                 audit.resources.push(arn.clone());
                 let key = store
                     .keys
                     .get(&id)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{arn}' does not exist")))?;
-                self.authorize(key, "kms:CreateAlias", &arn)?;
-                check_state(Op::CreateAlias, key.state, &arn)?;
-                let namespace = store.aliases.entry(self.account.clone()).or_default();
+                self.authorize(key, &Operation::CreateAlias.action(), &arn)?;
+                Operation::CreateAlias.check_state(key.state, &arn)?;
+                let namespace = store
+                    .aliases
+                    .entry(self.caller.account.clone())
+                    .or_default();
                 if namespace.contains_key(alias_name) {
                     return Err(KmsError::AlreadyExists(format!(
                         "An alias with the name {} already exists",
@@ -1767,37 +1553,29 @@ impl KeyService for LocalKms {
 
     fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError> {
         let request = json!({ "aliasName": alias_name, "targetKeyId": target_key_id });
-        self.run(Op::UpdateAlias, request, |audit| {
+        self.run(Operation::UpdateAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, now, audit| {
-                let alias_not_found = || {
-                    KmsError::NotFound(format!(
-                        "Alias '{}' is not found.",
-                        self.alias_arn(alias_name)
-                    ))
-                };
-                let old = store
-                    .aliases_of(&self.account)
-                    .and_then(|aliases| aliases.get(alias_name))
-                    .ok_or_else(alias_not_found)?
-                    .target_key_id;
-                let (new, new_arn) = self.alias_target(store, target_key_id, Op::UpdateAlias)?;
+                let alias_not_found = || self.alias_not_found(alias_name);
+                let old = self.aliased_key(store, alias_name)?;
+                let (new, new_arn) =
+                    self.alias_target(store, target_key_id, Operation::UpdateAlias)?;
                 let old_arn = self.key_arn(&old);
                 audit.resources.push(old_arn.clone());
                 if new != old {
                     audit.resources.push(new_arn.clone());
                 }
                 let old_key = store.keys.get(&old).ok_or_else(alias_not_found)?;
-                self.authorize(old_key, "kms:UpdateAlias", &old_arn)?;
+                self.authorize(old_key, &Operation::UpdateAlias.action(), &old_arn)?;
                 let new_key = store
                     .keys
                     .get(&new)
                     .ok_or_else(|| KmsError::NotFound(format!("Key '{new_arn}' does not exist")))?;
-                self.authorize(new_key, "kms:UpdateAlias", &new_arn)?;
-                check_state(Op::UpdateAlias, new_key.state, &new_arn)?;
+                self.authorize(new_key, &Operation::UpdateAlias.action(), &new_arn)?;
+                Operation::UpdateAlias.check_state(new_key.state, &new_arn)?;
                 let alias = store
                     .aliases
-                    .get_mut(&self.account)
+                    .get_mut(&self.caller.account)
                     .and_then(|aliases| aliases.get_mut(alias_name))
                     .ok_or_else(alias_not_found)?;
                 alias.target_key_id = new;
@@ -1809,29 +1587,22 @@ impl KeyService for LocalKms {
 
     fn delete_alias(&self, alias_name: &str) -> Result<(), KmsError> {
         let request = json!({ "aliasName": alias_name });
-        self.run(Op::DeleteAlias, request, |audit| {
+        self.run(Operation::DeleteAlias, request, |audit| {
             validate_alias_name(alias_name)?;
             self.mutate(audit, |store, _, audit| {
-                let not_found = || {
-                    KmsError::NotFound(format!(
-                        "Alias '{}' is not found.",
-                        self.alias_arn(alias_name)
-                    ))
-                };
-                let target = store
-                    .aliases_of(&self.account)
-                    .and_then(|aliases| aliases.get(alias_name))
-                    .ok_or_else(not_found)?
-                    .target_key_id;
+                let target = self.aliased_key(store, alias_name)?;
                 let arn = self.key_arn(&target);
                 audit.resources.push(arn.clone());
-                let key = store.keys.get(&target).ok_or_else(not_found)?;
-                self.authorize(key, "kms:DeleteAlias", &arn)?;
-                check_state(Op::DeleteAlias, key.state, &arn)?;
-                if let Some(aliases) = store.aliases.get_mut(&self.account) {
+                let key = store
+                    .keys
+                    .get(&target)
+                    .ok_or_else(|| self.alias_not_found(alias_name))?;
+                self.authorize(key, &Operation::DeleteAlias.action(), &arn)?;
+                Operation::DeleteAlias.check_state(key.state, &arn)?;
+                if let Some(aliases) = store.aliases.get_mut(&self.caller.account) {
                     aliases.remove(alias_name);
                     if aliases.is_empty() {
-                        store.aliases.remove(&self.account);
+                        store.aliases.remove(&self.caller.account);
                     }
                 }
                 Ok(())
@@ -1850,7 +1621,7 @@ impl KeyService for LocalKms {
         }
         let days = rotation_period_in_days.unwrap_or(DEFAULT_ROTATION_DAYS);
         if !(MIN_ROTATION_DAYS..=MAX_ROTATION_DAYS).contains(&days) {
-            return self.run(Op::EnableKeyRotation, request, |_| {
+            return self.run(Operation::EnableKeyRotation, request, |_| {
                 Err(KmsError::Validation(format!(
                     "1 validation error detected: Value '{days}' at 'rotationPeriodInDays' failed \
                      to satisfy constraint: Member must have value between {MIN_ROTATION_DAYS} and \
@@ -1858,18 +1629,23 @@ impl KeyService for LocalKms {
                 )))
             });
         }
-        self.administer(Op::EnableKeyRotation, key_id, request, |key, _, _, now| {
-            key.rotation = Some(RotationSchedule {
-                period_in_days: days,
-                next_rotation_date: (now + Duration::days(i64::from(days))).unix_timestamp(),
-            });
-            Ok(())
-        })
+        self.administer(
+            Operation::EnableKeyRotation,
+            key_id,
+            request,
+            |key, _, _, now| {
+                key.rotation = Some(RotationSchedule {
+                    period_in_days: days,
+                    next_rotation_date: (now + Duration::days(i64::from(days))).unix_timestamp(),
+                });
+                Ok(())
+            },
+        )
     }
 
     fn disable_key_rotation(&self, key_id: &str) -> Result<(), KmsError> {
         self.administer(
-            Op::DisableKeyRotation,
+            Operation::DisableKeyRotation,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, _, _| {
@@ -1881,7 +1657,7 @@ impl KeyService for LocalKms {
 
     fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError> {
         self.inspect(
-            Op::GetKeyRotationStatus,
+            Operation::GetKeyRotationStatus,
             key_id,
             json!({ "keyId": key_id }),
             |key, _, arn| {
@@ -1903,7 +1679,7 @@ impl KeyService for LocalKms {
 
     fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError> {
         self.administer(
-            Op::RotateKeyOnDemand,
+            Operation::RotateKeyOnDemand,
             key_id,
             json!({ "keyId": key_id }),
             |key, id, arn, now| {
@@ -1930,7 +1706,7 @@ impl KeyService for LocalKms {
 
     fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError> {
         self.inspect(
-            Op::ListKeyRotations,
+            Operation::ListKeyRotations,
             key_id,
             json!({ "keyId": key_id }),
             |key, id, arn| {
@@ -1952,7 +1728,7 @@ impl KeyService for LocalKms {
 
     fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError> {
         let request = json!({ "keyId": key_id, "policyName": policy_name });
-        self.inspect(Op::GetKeyPolicy, key_id, request, |key, _, _| {
+        self.inspect(Operation::GetKeyPolicy, key_id, request, |key, _, _| {
             check_policy_name(policy_name)?;
             Ok(key.policy.clone())
         })
@@ -1971,18 +1747,23 @@ impl KeyService for LocalKms {
             "policy": policy,
             "bypassPolicyLockoutSafetyCheck": bypass_policy_lockout_safety_check,
         });
-        self.administer(Op::PutKeyPolicy, key_id, request, |key, _, arn, _| {
-            check_policy_name(policy_name)?;
-            let parsed = KeyPolicy::parse(policy)?;
-            self.check_lockout(&parsed, arn, bypass_policy_lockout_safety_check)?;
-            key.policy = policy.to_owned();
-            Ok(())
-        })
+        self.administer(
+            Operation::PutKeyPolicy,
+            key_id,
+            request,
+            |key, _, arn, _| {
+                check_policy_name(policy_name)?;
+                let parsed = KeyPolicy::parse(policy)?;
+                self.check_lockout(&parsed, arn, bypass_policy_lockout_safety_check)?;
+                key.policy = policy.to_owned();
+                Ok(())
+            },
+        )
     }
 
     fn tag_resource(&self, key_id: &str, tags: &[Tag]) -> Result<(), KmsError> {
         let request = json!({ "keyId": key_id, "tags": tags });
-        self.administer(Op::TagResource, key_id, request, |key, _, arn, _| {
+        self.administer(Operation::TagResource, key_id, request, |key, _, arn, _| {
             validate_tags(tags)?;
             for tag in tags {
                 key.tags.insert(tag.tag_key.clone(), tag.tag_value.clone());
@@ -1999,7 +1780,7 @@ impl KeyService for LocalKms {
 
     fn untag_resource(&self, key_id: &str, tag_keys: &[String]) -> Result<(), KmsError> {
         let request = json!({ "keyId": key_id, "tagKeys": tag_keys });
-        self.administer(Op::UntagResource, key_id, request, |key, _, _, _| {
+        self.administer(Operation::UntagResource, key_id, request, |key, _, _, _| {
             for (position, tag_key) in tag_keys.iter().enumerate() {
                 check_tag_key(tag_key, &format!("tagKeys.{}.member", position + 1))?;
                 key.tags.remove(tag_key);
@@ -2010,7 +1791,7 @@ impl KeyService for LocalKms {
 
     fn list_resource_tags(&self, key_id: &str) -> Result<Vec<Tag>, KmsError> {
         let request = json!({ "keyId": key_id });
-        self.inspect(Op::ListResourceTags, key_id, request, |key, _, _| {
+        self.inspect(Operation::ListResourceTags, key_id, request, |key, _, _| {
             Ok(key
                 .tags
                 .iter()
@@ -2026,24 +1807,28 @@ impl KeyService for LocalKms {
     /// like every call; the bytes are not in the record.
     fn generate_random(&self, number_of_bytes: Option<u32>) -> Result<SecretBytes, KmsError> {
         let request = json!({ "numberOfBytes": number_of_bytes });
-        self.run(Op::GenerateRandom, request, |_| match number_of_bytes {
-            Some(n @ 1..=MAX_RANDOM_BYTES) => Ok(SecretBytes::random(n as usize)),
-            Some(n) => Err(KmsError::Validation(format!(
+        self.run(
+            Operation::GenerateRandom,
+            request,
+            |_| match number_of_bytes {
+                Some(n @ 1..=MAX_RANDOM_BYTES) => Ok(SecretBytes::random(n as usize)),
+                Some(n) => Err(KmsError::Validation(format!(
                 "1 validation error detected: Value '{n}' at 'numberOfBytes' failed to satisfy \
                  constraint: Member must have value between 1 and {MAX_RANDOM_BYTES}"
             ))),
-            None => Err(KmsError::Validation(
-                "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy \
+                None => Err(KmsError::Validation(
+                    "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy \
                  constraint: Member must not be null"
-                    .into(),
-            )),
-        })
+                        .into(),
+                )),
+            },
+        )
     }
 
     /// ListKeyPolicies: the names of a key's policies, always `["default"]`.
     fn list_key_policies(&self, key_id: &str) -> Result<Vec<String>, KmsError> {
         self.inspect(
-            Op::ListKeyPolicies,
+            Operation::ListKeyPolicies,
             key_id,
             json!({ "keyId": key_id }),
             |_, _, _| Ok(vec!["default".to_owned()]),

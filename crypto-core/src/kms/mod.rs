@@ -6,9 +6,9 @@
 //! `local` ([`LocalKms`] itself).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 use time::OffsetDateTime;
 
 use crate::secret::SecretBytes;
@@ -18,12 +18,15 @@ mod generation;
 mod ident;
 mod keystore;
 mod local;
+pub mod operation;
 pub mod policy;
+pub mod wire;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use generation::KeystoreGeneration;
 pub use ident::{principal_account, validate_alias_name, KeyRef};
-pub use local::{validate_tags, ImportOperation, LocalKms, LocalKmsConfig, AWS_MANAGED_S3_ALIAS};
+pub use local::{validate_tags, LocalKms, LocalKmsConfig, AWS_MANAGED_S3_ALIAS};
+pub use operation::{ImportOperation, Operation, StateRule};
 
 /// Encryption context: non-secret key/value pairs bound to a ciphertext as AAD.
 /// A `BTreeMap` so that iteration order is canonical.
@@ -318,87 +321,126 @@ pub struct Tag {
 
 /// Errors of the key service, one variant per AWS KMS error name.
 /// `Display` prints `AwsName: message`, which is what the CLI shows.
-/// No message ever contains key material.
-#[derive(Debug, Error)]
+/// No message ever contains key material. [`KmsError::aws_error`] is the one table
+/// from a variant to its AWS name, HTTP status and message.
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum KmsError {
     /// The caller named a key or alias that does not exist.
-    #[error("NotFoundException: {0}")]
     NotFound(String),
     /// The caller used a disabled key for a cryptographic operation.
-    #[error("DisabledException: {0}")]
     Disabled(String),
     /// The key's state does not allow the operation (e.g. PendingDeletion).
-    #[error("KMSInvalidStateException: {0}")]
     InvalidState(String),
     /// The ciphertext blob is malformed, altered, or its encryption context differs.
-    #[error("InvalidCiphertextException: {0}")]
     InvalidCiphertext(String),
     /// The blob was made under another key than the one the caller named.
-    #[error("IncorrectKeyException: {0}")]
     IncorrectKey(String),
     /// The caller gave a malformed or out-of-range argument.
-    #[error("ValidationException: {0}")]
     Validation(String),
     /// The key policy does not allow the caller to perform the action.
-    #[error("AccessDeniedException: {0}")]
     AccessDenied(String),
     /// The caller tried to create something (an alias) that already exists.
-    #[error("AlreadyExistsException: {0}")]
     AlreadyExists(String),
     /// The alias name breaks AWS's rules.
-    #[error("InvalidAliasNameException: {0}")]
     InvalidAliasName(String),
     /// The keystore or trail could not be read or written; the operation did not happen.
-    #[error("KMSInternalException: {0}")]
     Internal(String),
     /// The key service could not be reached (remote key services).
-    #[error("DependencyTimeoutException: {0}")]
     Unavailable(String),
     /// The caller used a name reserved for AWS (an alias under `alias/aws/`).
-    #[error("NotAuthorizedException: {0}")]
     NotAuthorized(String),
     /// The caller passed a limit (e.g. more than 10 on-demand rotations of one key).
-    #[error("LimitExceededException: {0}")]
     LimitExceeded(String),
     /// The key policy the caller gave is not valid JSON, not a valid policy, or would
     /// lock the caller out of the key.
-    #[error("MalformedPolicyDocumentException: {0}")]
     MalformedPolicyDocument(String),
     /// The caller asked for something atrest does not offer (asymmetric keys, ...).
-    #[error("UnsupportedOperationException: {0}")]
     UnsupportedOperation(String),
     /// The List marker is not one this service issued.
-    #[error("InvalidMarkerException: {0}")]
     InvalidMarker(String),
     /// The caller's tags break AWS's rules (reserved `aws:` prefix, a tag key given
     /// twice, more than 50 tags).
-    #[error("TagException: {0}")]
     Tag(String),
 }
 
+/// How AWS KMS reports a [`KmsError`]: the JSON protocol's `__type` and `message`,
+/// and the HTTP status of the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AwsError<'a> {
+    /// The AWS error name (`NotFoundException`, ...).
+    pub code: &'static str,
+    /// 500 for the service's own failures, 503 when a dependency timed out, 400 for
+    /// everything the caller can fix.
+    pub http_status: u16,
+    /// The message, without the AWS name.
+    pub message: &'a str,
+}
+
 impl KmsError {
+    /// Every variant's constructor, for [`KmsError::from_aws_name`].
+    const VARIANTS: [fn(String) -> KmsError; 17] = [
+        KmsError::NotFound,
+        KmsError::Disabled,
+        KmsError::InvalidState,
+        KmsError::InvalidCiphertext,
+        KmsError::IncorrectKey,
+        KmsError::Validation,
+        KmsError::AccessDenied,
+        KmsError::AlreadyExists,
+        KmsError::InvalidAliasName,
+        KmsError::Internal,
+        KmsError::Unavailable,
+        KmsError::NotAuthorized,
+        KmsError::LimitExceeded,
+        KmsError::MalformedPolicyDocument,
+        KmsError::UnsupportedOperation,
+        KmsError::InvalidMarker,
+        KmsError::Tag,
+    ];
+
+    /// The one table: the AWS error name, HTTP status and message of this error.
+    pub fn aws_error(&self) -> AwsError<'_> {
+        let (code, http_status, message) = match self {
+            KmsError::NotFound(m) => ("NotFoundException", 400, m),
+            KmsError::Disabled(m) => ("DisabledException", 400, m),
+            KmsError::InvalidState(m) => ("KMSInvalidStateException", 400, m),
+            KmsError::InvalidCiphertext(m) => ("InvalidCiphertextException", 400, m),
+            KmsError::IncorrectKey(m) => ("IncorrectKeyException", 400, m),
+            KmsError::Validation(m) => ("ValidationException", 400, m),
+            KmsError::AccessDenied(m) => ("AccessDeniedException", 400, m),
+            KmsError::AlreadyExists(m) => ("AlreadyExistsException", 400, m),
+            KmsError::InvalidAliasName(m) => ("InvalidAliasNameException", 400, m),
+            KmsError::Internal(m) => ("KMSInternalException", 500, m),
+            KmsError::Unavailable(m) => ("DependencyTimeoutException", 503, m),
+            KmsError::NotAuthorized(m) => ("NotAuthorizedException", 400, m),
+            KmsError::LimitExceeded(m) => ("LimitExceededException", 400, m),
+            KmsError::MalformedPolicyDocument(m) => ("MalformedPolicyDocumentException", 400, m),
+            KmsError::UnsupportedOperation(m) => ("UnsupportedOperationException", 400, m),
+            KmsError::InvalidMarker(m) => ("InvalidMarkerException", 400, m),
+            KmsError::Tag(m) => ("TagException", 400, m),
+        };
+        AwsError {
+            code,
+            http_status,
+            message,
+        }
+    }
+
     /// The AWS error name (the JSON protocol's `__type`).
     pub fn aws_name(&self) -> &'static str {
-        match self {
-            KmsError::NotFound(_) => "NotFoundException",
-            KmsError::Disabled(_) => "DisabledException",
-            KmsError::InvalidState(_) => "KMSInvalidStateException",
-            KmsError::InvalidCiphertext(_) => "InvalidCiphertextException",
-            KmsError::IncorrectKey(_) => "IncorrectKeyException",
-            KmsError::Validation(_) => "ValidationException",
-            KmsError::AccessDenied(_) => "AccessDeniedException",
-            KmsError::AlreadyExists(_) => "AlreadyExistsException",
-            KmsError::InvalidAliasName(_) => "InvalidAliasNameException",
-            KmsError::Internal(_) => "KMSInternalException",
-            KmsError::Unavailable(_) => "DependencyTimeoutException",
-            KmsError::NotAuthorized(_) => "NotAuthorizedException",
-            KmsError::LimitExceeded(_) => "LimitExceededException",
-            KmsError::MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
-            KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
-            KmsError::InvalidMarker(_) => "InvalidMarkerException",
-            KmsError::Tag(_) => "TagException",
-        }
+        self.aws_error().code
+    }
+
+    /// The message without the AWS name (the JSON protocol's `message`).
+    pub fn message(&self) -> &str {
+        self.aws_error().message
+    }
+
+    /// The HTTP status AWS KMS answers with: 500 for its own failures, 503 when a
+    /// dependency timed out, 400 for everything the caller can fix.
+    pub fn http_status(&self) -> u16 {
+        self.aws_error().http_status
     }
 
     /// The error an AWS-KMS-compatible endpoint reported as `__type` = `name`, for
@@ -407,75 +449,24 @@ impl KmsError {
     pub fn from_aws_name(name: &str, message: String) -> KmsError {
         // The JSON protocol may prefix the name with a namespace (`...#Name`).
         let short = name.rsplit('#').next().unwrap_or(name);
-        match short {
-            "NotFoundException" => KmsError::NotFound(message),
-            "DisabledException" => KmsError::Disabled(message),
-            "KMSInvalidStateException" => KmsError::InvalidState(message),
-            "InvalidCiphertextException" => KmsError::InvalidCiphertext(message),
-            "IncorrectKeyException" => KmsError::IncorrectKey(message),
-            "ValidationException" => KmsError::Validation(message),
-            "AccessDeniedException" => KmsError::AccessDenied(message),
-            "AlreadyExistsException" => KmsError::AlreadyExists(message),
-            "InvalidAliasNameException" => KmsError::InvalidAliasName(message),
-            "KMSInternalException" => KmsError::Internal(message),
-            "DependencyTimeoutException" => KmsError::Unavailable(message),
-            "NotAuthorizedException" => KmsError::NotAuthorized(message),
-            "LimitExceededException" => KmsError::LimitExceeded(message),
-            "MalformedPolicyDocumentException" => KmsError::MalformedPolicyDocument(message),
-            "UnsupportedOperationException" => KmsError::UnsupportedOperation(message),
-            "TagException" => KmsError::Tag(message),
-            "InvalidMarkerException" => KmsError::InvalidMarker(message),
-            other => KmsError::Internal(format!("{other}: {message}")),
-        }
-    }
-
-    /// The message without the AWS name (the JSON protocol's `message`).
-    pub fn message(&self) -> &str {
-        match self {
-            KmsError::NotFound(m)
-            | KmsError::Disabled(m)
-            | KmsError::InvalidState(m)
-            | KmsError::InvalidCiphertext(m)
-            | KmsError::IncorrectKey(m)
-            | KmsError::Validation(m)
-            | KmsError::AccessDenied(m)
-            | KmsError::AlreadyExists(m)
-            | KmsError::InvalidAliasName(m)
-            | KmsError::Internal(m)
-            | KmsError::Unavailable(m)
-            | KmsError::NotAuthorized(m)
-            | KmsError::LimitExceeded(m)
-            | KmsError::MalformedPolicyDocument(m)
-            | KmsError::UnsupportedOperation(m)
-            | KmsError::InvalidMarker(m)
-            | KmsError::Tag(m) => m,
-        }
-    }
-
-    /// The HTTP status AWS KMS answers with: 500 for its own failures, 503 when a
-    /// dependency timed out, 400 for everything the caller can fix.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            KmsError::Internal(_) => 500,
-            KmsError::Unavailable(_) => 503,
-            KmsError::NotFound(_)
-            | KmsError::Disabled(_)
-            | KmsError::InvalidState(_)
-            | KmsError::InvalidCiphertext(_)
-            | KmsError::IncorrectKey(_)
-            | KmsError::Validation(_)
-            | KmsError::AccessDenied(_)
-            | KmsError::AlreadyExists(_)
-            | KmsError::InvalidAliasName(_)
-            | KmsError::NotAuthorized(_)
-            | KmsError::LimitExceeded(_)
-            | KmsError::MalformedPolicyDocument(_)
-            | KmsError::UnsupportedOperation(_)
-            | KmsError::InvalidMarker(_)
-            | KmsError::Tag(_) => 400,
+        let known = KmsError::VARIANTS
+            .into_iter()
+            .find(|make| make(String::new()).aws_name() == short);
+        match known {
+            Some(make) => make(message),
+            None => KmsError::Internal(format!("{short}: {message}")),
         }
     }
 }
+
+impl fmt::Display for KmsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let AwsError { code, message, .. } = self.aws_error();
+        write!(f, "{code}: {message}")
+    }
+}
+
+impl std::error::Error for KmsError {}
 
 /// The operations of AWS KMS that atrest serves. Implemented by [`LocalKms`] and by
 /// `gateway::RemoteKms`, the client of any AWS-KMS-compatible endpoint.

@@ -16,6 +16,12 @@ use serde_json::Value;
 
 use super::KmsError;
 
+pub mod document;
+
+use document::{
+    strings, DocumentError, Effect, GrammarError, ParseError, PolicyDocument, PolicyStatement,
+};
+
 /// Key policies are at most 32 KiB (AWS's limit).
 pub const MAX_POLICY_LEN: usize = 32 * 1024;
 
@@ -27,12 +33,6 @@ pub enum Decision {
     ExplicitDeny,
     /// No statement matched.
     ImplicitDeny,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Effect {
-    Allow,
-    Deny,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,58 +78,38 @@ fn malformed(why: impl std::fmt::Display) -> KmsError {
     KmsError::MalformedPolicyDocument(format!("the key policy is not valid: {why}"))
 }
 
-/// A JSON string or array of strings, as policies allow for most fields.
-fn strings(value: &Value, field: &str) -> Result<Vec<String>, KmsError> {
-    match value {
-        Value::String(s) => Ok(vec![s.clone()]),
-        Value::Array(items) if !items.is_empty() => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.clone()),
-                _ => Err(malformed(format!("{field} must hold only strings"))),
-            })
-            .collect(),
-        _ => Err(malformed(format!(
-            "{field} must be a string or a non-empty list of strings"
-        ))),
+/// A malformed part of a statement's condition, worded as key policies word it.
+fn grammar(err: GrammarError) -> KmsError {
+    match err {
+        GrammarError::Malformed(why) => malformed(why),
+        GrammarError::Unsupported(why) => KmsError::MalformedPolicyDocument(why),
+    }
+}
+
+/// A grammar error worded as key policies always were: a malformed part prefixed
+/// "the key policy is not valid", a statement's error after its index.
+fn document_error(err: DocumentError) -> KmsError {
+    let inner = match err.error {
+        GrammarError::Malformed(why) => format!("the key policy is not valid: {why}"),
+        GrammarError::Unsupported(why) => why,
+    };
+    match err.statement {
+        Some(i) => malformed(format!("statement {i}: {inner}")),
+        None => KmsError::MalformedPolicyDocument(inner),
     }
 }
 
 impl KeyPolicy {
     /// Parses a policy document, refusing anything atrest cannot evaluate faithfully.
     pub fn parse(text: &str) -> Result<Self, KmsError> {
-        if text.len() > MAX_POLICY_LEN {
-            return Err(malformed(format!(
-                "it is longer than {MAX_POLICY_LEN} bytes"
-            )));
-        }
-        let doc: Value =
-            serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
-        let Value::Object(doc) = doc else {
-            return Err(malformed("the document must be a JSON object"));
-        };
-        for key in doc.keys() {
-            if !matches!(key.as_str(), "Version" | "Id" | "Statement") {
-                return Err(malformed(format!("unknown top-level field '{key}'")));
-            }
-        }
-        match doc.get("Version") {
-            None => {}
-            Some(Value::String(v)) if v == "2012-10-17" || v == "2008-10-17" => {}
-            Some(_) => return Err(malformed("Version must be \"2012-10-17\"")),
-        }
-        let statements = match doc.get("Statement") {
-            Some(Value::Array(items)) if !items.is_empty() => items.iter().collect::<Vec<_>>(),
-            Some(item @ Value::Object(_)) => vec![item],
-            _ => return Err(malformed("Statement must be an object or a non-empty list")),
-        };
-        let statements = statements
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                parse_statement(s).map_err(|e| malformed(format!("statement {i}: {}", e.message())))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let statements = PolicyDocument::parse_each(text, MAX_POLICY_LEN, statement).map_err(
+            |err| match err {
+                ParseError::Grammar(err) => document_error(err),
+                ParseError::Statement { index, error } => {
+                    malformed(format!("statement {index}: {}", error.message()))
+                }
+            },
+        )?;
         Ok(Self { statements })
     }
 
@@ -171,68 +151,24 @@ impl KeyPolicy {
     }
 }
 
-fn parse_statement(value: &Value) -> Result<Statement, KmsError> {
-    let Value::Object(fields) = value else {
-        return Err(malformed("a statement must be a JSON object"));
-    };
-    for key in fields.keys() {
-        match key.as_str() {
-            "Sid" | "Effect" | "Principal" | "Action" | "Resource" | "Condition" => {}
-            "NotPrincipal" | "NotAction" | "NotResource" => {
-                return Err(KmsError::MalformedPolicyDocument(format!(
-                    "atrest does not evaluate '{key}'; rewrite the statement without it"
-                )))
-            }
-            other => return Err(malformed(format!("unknown field '{other}'"))),
-        }
-    }
-    let effect = match fields.get("Effect") {
-        Some(Value::String(e)) if e == "Allow" => Effect::Allow,
-        Some(Value::String(e)) if e == "Deny" => Effect::Deny,
-        _ => return Err(malformed("Effect must be \"Allow\" or \"Deny\"")),
-    };
-    let principals = match fields.get("Principal") {
-        Some(Value::String(s)) if s == "*" => Principals::Anyone,
-        Some(Value::Object(map)) => {
-            let mut arns = Vec::new();
-            for (kind, value) in map {
-                if kind != "AWS" {
-                    return Err(KmsError::MalformedPolicyDocument(format!(
-                        "atrest only knows AWS principals, not '{kind}'"
-                    )));
-                }
-                arns.extend(
-                    strings(value, "Principal.AWS")?
-                        .into_iter()
-                        .map(account_to_root),
-                );
-            }
-            if arns.iter().any(|a| a == "*") {
-                Principals::Anyone
-            } else {
-                Principals::Arns(arns)
-            }
-        }
-        _ => {
-            return Err(malformed(
-                "Principal must be \"*\" or {\"AWS\": ARN or [ARN, ...]}",
-            ))
-        }
-    };
-    let actions = strings(fields.get("Action").unwrap_or(&Value::Null), "Action")?
-        .into_iter()
-        .map(|a| a.to_ascii_lowercase())
-        .collect();
-    let resources = strings(fields.get("Resource").unwrap_or(&Value::Null), "Resource")?;
-    let conditions = match fields.get("Condition") {
+/// A key-policy statement: actions lowercased, the condition one atrest evaluates.
+fn statement(parsed: PolicyStatement) -> Result<Statement, KmsError> {
+    let conditions = match &parsed.condition {
         Some(condition) => parse_condition(condition)?,
         None => Vec::new(),
     };
     Ok(Statement {
-        effect,
-        principals,
-        actions,
-        resources,
+        effect: parsed.effect,
+        principals: match parsed.principal.arns() {
+            None => Principals::Anyone,
+            Some(arns) => Principals::Arns(arns.to_vec()),
+        },
+        actions: parsed
+            .actions
+            .into_iter()
+            .map(|a| a.to_ascii_lowercase())
+            .collect(),
+        resources: parsed.resources,
         conditions,
     })
 }
@@ -268,22 +204,13 @@ fn parse_condition(value: &Value) -> Result<Vec<(ConditionKey, Vec<String>)>, Km
             } else {
                 return Err(unsupported());
             };
-            conditions.push((key, strings(values, "Condition")?));
+            conditions.push((key, strings(values, "Condition").map_err(grammar)?));
         }
     }
     if conditions.is_empty() {
         return Err(unsupported());
     }
     Ok(conditions)
-}
-
-/// AWS lets a policy name an account by its bare id; that means its root user.
-fn account_to_root(principal: String) -> String {
-    if principal.len() == 12 && principal.bytes().all(|b| b.is_ascii_digit()) {
-        format!("arn:aws:iam::{principal}:root")
-    } else {
-        principal
-    }
 }
 
 impl Statement {

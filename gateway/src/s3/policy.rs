@@ -11,6 +11,9 @@
 //! request does not carry makes a positive operator false and a negated one true, as
 //! in IAM.
 
+use crypto_core::kms::policy::document::{
+    strings, Effect, GrammarError, ParseError, PolicyDocument, PolicyStatement, Principal,
+};
 use crypto_core::kms::policy::glob;
 use serde_json::Value;
 
@@ -84,19 +87,11 @@ fn malformed(what: impl std::fmt::Display) -> GatewayError {
     GatewayError::Object(objstore::Error::MalformedPolicy(format!("{what}")))
 }
 
-fn strings(value: &Value, field: &str) -> Result<Vec<String>, GatewayError> {
-    match value {
-        Value::String(s) => Ok(vec![s.clone()]),
-        Value::Array(items) if !items.is_empty() => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.clone()),
-                _ => Err(malformed(format!("{field} must hold only strings"))),
-            })
-            .collect(),
-        _ => Err(malformed(format!(
-            "{field} must be a string or a non-empty list of strings"
-        ))),
+/// The shared grammar's errors, worded as bucket policies always were (no prefix,
+/// no statement index).
+fn grammar(err: GrammarError) -> GatewayError {
+    match err {
+        GrammarError::Malformed(why) | GrammarError::Unsupported(why) => malformed(why),
     }
 }
 
@@ -107,35 +102,13 @@ fn account_of(arn: &str) -> &str {
 impl BucketPolicy {
     /// Parses a policy for `bucket`: every Resource must be the bucket or under it.
     pub fn parse(text: &str, bucket: &str) -> Result<BucketPolicy, GatewayError> {
-        if text.len() > MAX_POLICY_LEN {
-            return Err(malformed(format!(
-                "it is longer than {MAX_POLICY_LEN} bytes"
-            )));
-        }
-        let doc: Value =
-            serde_json::from_str(text).map_err(|e| malformed(format!("not JSON: {e}")))?;
-        let Value::Object(doc) = doc else {
-            return Err(malformed("the document must be a JSON object"));
-        };
-        for key in doc.keys() {
-            if !matches!(key.as_str(), "Version" | "Id" | "Statement") {
-                return Err(malformed(format!("unknown top-level field '{key}'")));
-            }
-        }
-        match doc.get("Version") {
-            None => {}
-            Some(Value::String(v)) if v == "2012-10-17" || v == "2008-10-17" => {}
-            Some(_) => return Err(malformed("Version must be \"2012-10-17\"")),
-        }
-        let statements = match doc.get("Statement") {
-            Some(Value::Array(items)) if !items.is_empty() => items.iter().collect::<Vec<_>>(),
-            Some(item @ Value::Object(_)) => vec![item],
-            _ => return Err(malformed("Statement must be an object or a non-empty list")),
-        };
-        let statements = statements
-            .into_iter()
-            .map(|s| parse_statement(s, bucket))
-            .collect::<Result<Vec<_>, _>>()?;
+        let statements = PolicyDocument::parse_each(text, MAX_POLICY_LEN, |parsed| {
+            bucket_statement(parsed, bucket)
+        })
+        .map_err(|err| match err {
+            ParseError::Grammar(err) => grammar(err.error),
+            ParseError::Statement { error, .. } => error,
+        })?;
         Ok(BucketPolicy { statements })
     }
 
@@ -180,61 +153,20 @@ impl BucketPolicy {
     }
 }
 
-fn parse_statement(value: &Value, bucket: &str) -> Result<Statement, GatewayError> {
-    let Value::Object(fields) = value else {
-        return Err(malformed("a statement must be a JSON object"));
-    };
-    for key in fields.keys() {
-        match key.as_str() {
-            "Sid" | "Effect" | "Principal" | "Action" | "Resource" | "Condition" => {}
-            "NotPrincipal" | "NotAction" | "NotResource" => {
-                return Err(malformed(format!(
-                    "atrest does not evaluate '{key}'; rewrite the statement without it"
-                )))
-            }
-            other => return Err(malformed(format!("unknown field '{other}'"))),
+/// A bucket-policy statement: AWS principals must be IAM ARNs, actions `s3:`,
+/// resources the bucket or under it, conditions the ones atrest evaluates.
+fn bucket_statement(parsed: PolicyStatement, bucket: &str) -> Result<Statement, GatewayError> {
+    let deny = parsed.effect == Effect::Deny;
+    if let Principal::Aws(arns) = &parsed.principal {
+        if let Some(arn) = arns
+            .iter()
+            .find(|arn| *arn != "*" && !arn.starts_with("arn:aws:iam::"))
+        {
+            return Err(malformed(format!("invalid principal '{arn}'")));
         }
     }
-    let deny = match fields.get("Effect") {
-        Some(Value::String(e)) if e == "Allow" => false,
-        Some(Value::String(e)) if e == "Deny" => true,
-        _ => return Err(malformed("Effect must be \"Allow\" or \"Deny\"")),
-    };
-    let principals = match fields.get("Principal") {
-        Some(Value::String(s)) if s == "*" => None,
-        Some(Value::Object(map)) => {
-            let mut arns = Vec::new();
-            for (kind, value) in map {
-                if kind != "AWS" {
-                    return Err(malformed(format!(
-                        "atrest only knows AWS principals, not '{kind}'"
-                    )));
-                }
-                for arn in strings(value, "Principal.AWS")? {
-                    let arn = if arn.len() == 12 && arn.bytes().all(|b| b.is_ascii_digit()) {
-                        format!("arn:aws:iam::{arn}:root")
-                    } else {
-                        arn
-                    };
-                    if arn != "*" && !arn.starts_with("arn:aws:iam::") {
-                        return Err(malformed(format!("invalid principal '{arn}'")));
-                    }
-                    arns.push(arn);
-                }
-            }
-            if arns.iter().any(|a| a == "*") {
-                None
-            } else {
-                Some(arns)
-            }
-        }
-        _ => {
-            return Err(malformed(
-                "Principal must be \"*\" or {\"AWS\": ARN or [ARN, ...]}",
-            ))
-        }
-    };
-    let actions = strings(fields.get("Action").unwrap_or(&Value::Null), "Action")?;
+    let principals = parsed.principal.arns().map(<[String]>::to_vec);
+    let actions = parsed.actions;
     for action in &actions {
         if action != "*" && !action.to_ascii_lowercase().starts_with("s3:") {
             return Err(malformed(format!("Policy has invalid action '{action}'")));
@@ -244,7 +176,7 @@ fn parse_statement(value: &Value, bucket: &str) -> Result<Statement, GatewayErro
         .into_iter()
         .map(|a| a.to_ascii_lowercase())
         .collect();
-    let resources = strings(fields.get("Resource").unwrap_or(&Value::Null), "Resource")?;
+    let resources = parsed.resources;
     let bucket_arn = format!("arn:aws:s3:::{bucket}");
     for resource in &resources {
         if resource != &bucket_arn && !resource.starts_with(&format!("{bucket_arn}/")) {
@@ -253,7 +185,7 @@ fn parse_statement(value: &Value, bucket: &str) -> Result<Statement, GatewayErro
             )));
         }
     }
-    let conditions = match fields.get("Condition") {
+    let conditions = match &parsed.condition {
         None => Vec::new(),
         Some(Value::Object(ops)) => {
             let mut out = Vec::new();
@@ -290,7 +222,7 @@ fn parse_statement(value: &Value, bucket: &str) -> Result<Statement, GatewayErro
                     };
                     let values = match values {
                         Value::Bool(b) => vec![b.to_string()],
-                        other => strings(other, "a condition value")?,
+                        other => strings(other, "a condition value").map_err(grammar)?,
                     };
                     out.push(Condition {
                         operator,
