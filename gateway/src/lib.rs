@@ -13,9 +13,11 @@
 //!   streaming bodies, aws-chunked uploads and flexible checksums.
 //! - [`wire`]: the KMS JSON shapes, shared by server and client.
 //! - [`client`]: [`client::RemoteKms`], a `KeyService` reached over HTTP.
+//! - [`console`]: the web console at `/console/` (sessions, pages, their API).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod console;
 pub mod credentials;
 mod error;
 pub mod kms_api;
@@ -25,6 +27,7 @@ pub mod sigv4;
 pub mod wire;
 
 pub use client::{RemoteKms, RemoteKmsConfig};
+pub use console::Console;
 pub use credentials::{AccessKey, AccessKeyStatus, CredentialStore};
 pub use error::GatewayError;
 pub use server::{Gateway, RunningGateway, Services, TlsFiles};

@@ -81,6 +81,9 @@ pub struct KmsServeArgs {
     digest_interval: Duration,
     #[command(flatten)]
     limits: LimitArgs,
+    /// The web console's idle timeout, when it is served.
+    #[arg(skip)]
+    console: Option<Duration>,
 }
 
 /// Test-only: the length of a lifecycle day in seconds, so tests can expire objects
@@ -149,11 +152,29 @@ pub struct S3ServeArgs {
     lifecycle_interval: Duration,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Also serve the web console at /console/ (`atrest console` does); it then
+    /// owns that path, so a bucket named `console` is not reachable path-style.
+    #[arg(long)]
+    console: bool,
+    /// End a console session after this long without a request: e.g. 15m, 30s.
+    #[arg(long, default_value = "15m", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    console_idle_timeout: Duration,
+}
+
+/// `atrest console`: `atrest gateway serve --console`.
+pub fn run_console(mut args: S3ServeArgs, globals: &Globals) -> anyhow::Result<()> {
+    args.console = true;
+    run_gateway(GatewayCommand::Serve(args), globals)
 }
 
 pub fn run_s3(cmd: S3Command, globals: &Globals) -> anyhow::Result<()> {
     match cmd {
         S3Command::Serve(args) => {
+            if args.console {
+                anyhow::bail!(
+                    "the console needs the KMS API too: use `atrest gateway serve --console`"
+                );
+            }
             let lifecycle = lifecycle_schedule(args.lifecycle_interval)?;
             serve(
                 args.into(),
@@ -195,6 +216,7 @@ impl From<S3ServeArgs> for KmsServeArgs {
             tls_key: args.tls_key,
             digest_interval: args.digest_interval,
             limits: args.limits,
+            console: args.console.then_some(args.console_idle_timeout),
         }
     }
 }
@@ -243,6 +265,9 @@ fn serve(
     if !services.kms {
         gateway = gateway.without_kms_api();
     }
+    if let Some(idle) = args.console {
+        gateway = gateway.with_console(gateway::Console::new(&home, idle));
+    }
     let region = gateway.region().to_owned();
     let running = RunningGateway::start(gateway, &args.listen, tls.as_ref())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -258,6 +283,9 @@ fn serve(
             "S3 endpoint {scheme}://{} (path-style), region {region}",
             running.local_addr()
         );
+    }
+    if args.console.is_some() {
+        eprintln!("console {scheme}://{}/console/", running.local_addr());
     }
     let digests = DigestTimer::start(home.join("trail"), args.digest_interval)?;
     running.wait_for_shutdown_signal()?;

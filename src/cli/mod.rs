@@ -1,5 +1,6 @@
 //! Shared CLI plumbing: global options, the state directory, error reporting.
 
+pub mod console;
 pub mod gateway;
 pub mod kms;
 pub mod lifecycle;
