@@ -50,6 +50,8 @@ const MAX_EVENTS_PAGE: usize = 200;
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+/// The tab icon (without it, browsers ask for `/favicon.ico`, an anonymous S3 request).
+const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 
 /// The pages' policy: scripts, styles and connections to this origin only, images
 /// also from `blob:` (upload previews); no frames, no plugins, no inline anything.
@@ -178,6 +180,7 @@ async fn answer(
         (&Method::GET, "/console/" | "/console/index.html") => asset(INDEX_HTML, "text/html"),
         (&Method::GET, "/console/app.js") => asset(APP_JS, "text/javascript"),
         (&Method::GET, "/console/app.css") => asset(APP_CSS, "text/css"),
+        (&Method::GET, "/console/favicon.svg") => asset(FAVICON_SVG, "image/svg+xml"),
         (_, api) if api.starts_with("/console/api/") => {
             match answer_api(&gateway, request, peer, secure).await {
                 Ok(response) => response,
