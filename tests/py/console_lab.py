@@ -94,9 +94,16 @@ class Lab:
         return self.text(css)
 
     def shot(self, name):
+        """The whole page (up to 2400 px tall) at the window's width."""
         time.sleep(0.2)
+        size = self.d.get_window_size()
+        height = self.d.execute_script("return document.documentElement.scrollHeight")
+        viewport = self.d.execute_script("return window.innerHeight")
+        self.d.set_window_size(size["width"], min(2400, size["height"] + max(0, height - viewport)))
+        self.d.execute_script("window.scrollTo(0, 0)")
         path = os.path.join(SHOTS, name + ".png")
         self.d.save_screenshot(path)
+        self.d.set_window_size(size["width"], size["height"])
         self.shots.append(path)
 
     def go(self, fragment):

@@ -960,7 +960,13 @@ mod tests {
         let lower = INDEX_HTML.to_ascii_lowercase();
         assert_eq!(lower.matches("<script").count(), 1);
         assert!(lower.contains("<script src=\"/console/app.js\"></script>"));
-        assert!(!lower.contains(" on") || !lower.contains("onclick"));
+        // No inline event handler attribute (` onload=`, ` onclick=` ...).
+        let handlers = lower.match_indices(" on").filter(|(at, _)| {
+            let rest = &lower[at + 3..];
+            let name_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+            name_len > 0 && rest[name_len..].starts_with('=')
+        });
+        assert_eq!(handlers.count(), 0);
         assert!(!APP_JS.contains("innerHTML"));
         assert!(!APP_JS.contains("eval("));
     }

@@ -665,7 +665,7 @@
           detail.scrollIntoView({ block: "nearest" });
         } } },
         el("td", {}, event.eventTime), el("td", {}, event.eventName), el("td", {}, user),
-        el("td", {}, keyArn), el("td", { class: "hide-narrow" }, event.sourceIPAddress), el("td", {}, event.errorCode || "")));
+        el("td", { title: keyArn }, keyArn.replace(/^arn:aws:kms:[^:]*:[^:]*:/, "")), el("td", { class: "hide-narrow" }, event.sourceIPAddress), el("td", {}, event.errorCode || "")));
       }
       before = data.before;
       more.hidden = before === null || before === undefined;
