@@ -63,6 +63,17 @@ fn the_lab_through_the_console_in_chromium() {
     let home = Home::new();
     let admin = access_key(&home, ADMIN_ARN);
     let user = access_key(&home, USER_ARN);
+    // The lab's unencrypted root volume (step 6 snapshots and copies it).
+    std::fs::create_dir_all(home.path().join("volumes")).unwrap();
+    let root = home.path().join("volumes/root.vol");
+    home.run(&[
+        "volume",
+        "create",
+        root.to_str().unwrap(),
+        "--size",
+        "16M",
+        "--unencrypted",
+    ]);
     let served = console(&home, &[]);
     let scratch = home.file("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -83,6 +94,8 @@ fn the_lab_through_the_console_in_chromium() {
         .env("ATREST_CONSOLE_SCREENSHOTS", &shots)
         .env("ATREST_CONSOLE_SCRATCH", &scratch)
         .env("HOME", &scratch)
+        .env("ATREST_BIN", env!("CARGO_BIN_EXE_atrest"))
+        .env("ATREST_HOME", home.path())
         .output()
         .expect("running python");
     assert_success(
@@ -145,7 +158,9 @@ fn the_lab_through_the_console_in_chromium() {
         let text = std::fs::read_to_string(home.path().join("trail/trail.jsonl")).unwrap();
         assert!(!text.contains(secret.as_str()), "a secret in the trail");
     }
-    assert!(result["screenshots"].as_u64().unwrap() >= 15);
+    assert!(result["screenshots"].as_u64().unwrap() >= 17);
+    // The volumes page asked for the key's state as the signed-in user.
+    assert!(by("DescribeKey", USER_ARN) >= 1);
 }
 
 /// One HTTP/1.1 exchange over a fresh connection: (status, headers text, body).

@@ -84,6 +84,9 @@ pub struct KmsServeArgs {
     /// The web console's idle timeout, when it is served.
     #[arg(skip)]
     console: Option<Duration>,
+    /// More directories whose volumes the console lists.
+    #[arg(skip)]
+    console_volumes: Vec<PathBuf>,
 }
 
 /// Test-only: the length of a lifecycle day in seconds, so tests can expire objects
@@ -159,6 +162,10 @@ pub struct S3ServeArgs {
     /// End a console session after this long without a request: e.g. 15m, 30s.
     #[arg(long, default_value = "15m", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
     console_idle_timeout: Duration,
+    /// A directory whose `*.vol` volumes the console lists, besides HOME/volumes
+    /// (repeatable).
+    #[arg(long = "console-volumes", value_name = "DIR")]
+    console_volumes: Vec<PathBuf>,
 }
 
 /// `atrest console`: `atrest gateway serve --console`.
@@ -217,6 +224,7 @@ impl From<S3ServeArgs> for KmsServeArgs {
             digest_interval: args.digest_interval,
             limits: args.limits,
             console: args.console.then_some(args.console_idle_timeout),
+            console_volumes: args.console_volumes,
         }
     }
 }
@@ -266,7 +274,9 @@ fn serve(
         gateway = gateway.without_kms_api();
     }
     if let Some(idle) = args.console {
-        gateway = gateway.with_console(gateway::Console::new(&home, idle));
+        gateway = gateway.with_console(
+            gateway::Console::new(&home, idle).with_volume_dirs(&args.console_volumes),
+        );
     }
     let region = gateway.region().to_owned();
     let running = RunningGateway::start(gateway, &args.listen, tls.as_ref())?;

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +53,12 @@ def clock_png(path, size=160):
     png += chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) + chunk(b"IEND", b"")
     with open(path, "wb") as f:
         f.write(png)
+
+
+def atrest(*args):
+    done = subprocess.run([os.environ["ATREST_BIN"], *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, "atrest %s: %s" % (" ".join(args), done.stderr)
+    return done.stdout
 
 
 def browser(profile):
@@ -198,6 +205,13 @@ def run(lab, clock):
     lab.shot("03-keys-list")
     lab.sign_out()
 
+    # 6. The root volume: snapshot and encrypted copy under the key (the CLI, as the
+    # lab does); the volumes page shows them with their key and its state.
+    volumes = os.path.join(os.environ["ATREST_HOME"], "volumes")
+    atrest("volume", "snapshot", os.path.join(volumes, "root.vol"), os.path.join(volumes, "root-snap.vol"))
+    atrest("volume", "copy", os.path.join(volumes, "root-snap.vol"), os.path.join(volumes, "root-enc.vol"),
+           "--key-id", "alias/MyKMSKey")
+
     # The key user may use the key, not manage it: Disable is refused.
     lab.sign_in(USER)
     lab.go("#/keys/" + key_id)
@@ -206,6 +220,13 @@ def run(lab, clock):
     lab.wait_text("#key-result", "AccessDeniedException")
     lab.wait_text("#key-state", "Enabled")
     lab.shot("04-key-user-refused-disable")
+
+    lab.go("#/volumes")
+    lab.wait("the encrypted copy", lambda: "Enabled" in lab.text("tr[data-volume='root-enc.vol']"))
+    assert "No" in lab.text("tr[data-volume='root.vol']")
+    assert "Yes" in lab.text("tr[data-volume='root-enc.vol']")
+    assert key_id in lab.text("tr[data-volume='root-enc.vol']")
+    lab.shot("04b-volumes-encrypted-copy")
 
     # 2. The key user's bucket, default encryption SSE-KMS with the key, clock.png.
     lab.go("#/buckets")
@@ -308,6 +329,9 @@ def run(lab, clock):
     lab.find("#open-object").click()
     lab.wait_text("#open-result", "KMS.DisabledException")
     lab.shot("14-object-read-fails-disabled")
+    lab.go("#/volumes")
+    lab.wait("the volume's key disabled", lambda: "Disabled" in lab.text("tr[data-volume='root-enc.vol']"))
+    lab.shot("14b-volume-key-disabled")
     lab.sign_out()
 
     # Enabled again, the read works; deletion is scheduled with a waiting period and

@@ -611,6 +611,43 @@
     await loadAcl();
   }
 
+  // ---- volumes -----------------------------------------------------------
+
+  function bytesText(n) {
+    if (n === null || n === undefined) return "—";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    let v = n;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return (i ? v.toFixed(1) : String(v)) + " " + units[i];
+  }
+
+  async function volumesPage() {
+    const out = el("div", { id: "volumes-result", hidden: true });
+    const body = el("tbody", { id: "volumes-body" });
+    const dirs = el("p", { class: "muted", id: "volume-dirs" });
+    show(el("h1", {}, "Volumes"), dirs, out,
+      el("div", { class: "panel" }, el("table", { id: "volumes-table" },
+        el("thead", {}, el("tr", {}, ["Volume", "Size", "Allocated", "Encrypted", "KMS key", "Key state"].map((h, i) => el("th", { class: i === 2 ? "hide-narrow" : null }, h)))),
+        body)),
+      el("p", { class: "muted" }, "Snapshots, encrypted copies, swaps and rewraps are done with `atrest volume` and `atrest nbd serve` (docs/LAB.md, step 6)."));
+    await guard(out, async () => {
+      const data = await api("GET", "volumes");
+      dirs.textContent = "Volumes (*.vol) under " + data.directories.join(", ");
+      for (const v of data.volumes) {
+        const name = v.path.split("/").pop();
+        body.append(el("tr", { "data-volume": name },
+          el("td", { title: v.path }, name, v.error ? el("div", { class: "result error" }, v.error) : null),
+          el("td", {}, v.error ? "—" : bytesText(v.size)),
+          el("td", { class: "hide-narrow" }, bytesText(v.allocated)),
+          el("td", {}, v.error ? "—" : (v.encrypted ? "Yes (AES-256-XTS)" : "No")),
+          el("td", { title: v.keyArn || "" }, v.keyArn ? v.keyArn.replace(/^arn:aws:kms:[^:]*:[^:]*:/, "") : "—"),
+          el("td", { class: v.keyState ? "status-" + v.keyState : null }, v.keyState || "—")));
+      }
+      if (!data.volumes.length) body.append(el("tr", {}, el("td", { colspan: 6 }, "No volumes.")));
+    });
+  }
+
   // ---- event history -----------------------------------------------------
 
   async function eventsPage(query) {
@@ -725,6 +762,7 @@
       if (parts[0] === "buckets") return await bucketsPage();
       if (parts[0] === "object") return await objectPage(parts[1], parts.slice(2).join("/"));
       if (parts[0] === "events") return await eventsPage(query);
+      if (parts[0] === "volumes") return await volumesPage();
       return await keysPage();
     } catch (e) {
       if (e.code !== "NotSignedIn") flash("error", String(e));
