@@ -290,6 +290,25 @@ fn console_sessions_are_strict_expire_when_idle_and_end_at_sign_out() {
     );
     assert_eq!(status, 400, "{body}");
 
+    // An object's content is never read through the console API, whatever the query.
+    for query in [
+        r#"[]"#,
+        r#"[["x",""]]"#,
+        r#"[["response-content-type","text/html"]]"#,
+    ] {
+        let call = format!(
+            r#"{{"method":"GET","bucket":"lab-bucket","key":"clock.png","query":{query}}}"#
+        );
+        let (status, _, body) = http(
+            addr,
+            "POST",
+            "/console/api/s3",
+            &[("cookie", &token), json, ("x-csrf-token", &csrf)],
+            &call,
+        );
+        assert_eq!(status, 400, "{body}");
+    }
+
     // Idle expiry: the session ends after the idle timeout without requests.
     std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(session(&token), 401);

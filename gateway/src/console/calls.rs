@@ -18,6 +18,9 @@ use crate::server::{self, Body, Gateway, RequestBody};
 use crate::sigv4::{self, PathEncoding, Payload, Signer};
 use crate::wire;
 
+/// Largest gateway answer the console reads whole (a page of a listing is far less).
+const MAX_ANSWER: usize = 8 << 20;
+
 /// Who is asking, from where: the session signs, the browser's address and user
 /// agent go into the trail.
 pub(crate) struct Caller<'a> {
@@ -178,10 +181,16 @@ enum Either<B> {
 /// without plaintext, S3 XML documents).
 pub(crate) async fn read_whole(response: Response<Body>) -> Result<Answer, GatewayError> {
     let (parts, body) = response.into_parts();
-    let body = body
+    let limited = http_body_util::Limited::new(body, MAX_ANSWER);
+    let body = limited
         .collect()
         .await
-        .map_err(|e| GatewayError::io("reading the gateway's answer", e))?
+        .map_err(|e| {
+            GatewayError::io(
+                "reading the gateway's answer",
+                std::io::Error::other(e.to_string()),
+            )
+        })?
         .to_bytes();
     Ok(Answer {
         status: parts.status,

@@ -84,6 +84,9 @@ const KMS_OPERATIONS: &[&str] = &[
     "UpdateKeyDescription",
 ];
 
+/// The object subresources a page may GET (`?acl`, `?tagging`).
+const OBJECT_SUBRESOURCES: &[&str] = &["acl", "tagging"];
+
 /// Request headers a page may set on an S3 request.
 const S3_HEADERS: &[&str] = &[
     "content-type",
@@ -628,7 +631,13 @@ async fn s3(caller: &Caller<'_>, bytes: &[u8]) -> Result<Response<Body>, Refusal
             )))
         }
     };
-    if method == "GET" && !call.key.is_empty() && call.query.is_empty() {
+    // An object's content never passes through here (it is read through a presigned
+    // URL): on an object, GET only reads a subresource.
+    let subresource = call
+        .query
+        .iter()
+        .any(|(k, _)| OBJECT_SUBRESOURCES.contains(&k.as_str()));
+    if method == "GET" && !call.key.is_empty() && !subresource {
         return Err(Refusal::bad(
             "objects are read through a presigned URL (presign), not the console API",
         ));
