@@ -361,3 +361,85 @@ fn console_sessions_are_strict_expire_when_idle_and_end_at_sign_out() {
         "every checked wrong secret is recorded, throttled ones are not"
     );
 }
+
+/// A self-signed certificate for 127.0.0.1 and its key, made by openssl in `home`.
+fn self_signed(home: &Home) -> (PathBuf, PathBuf) {
+    require_tool("openssl");
+    let (cert, tls_key) = (home.file("server-cert.pem"), home.file("server-key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .arg("-keyout")
+        .arg(&tls_key)
+        .arg("-out")
+        .arg(&cert)
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .expect("running openssl");
+    assert_success("openssl req", &made);
+    (cert, tls_key)
+}
+
+#[test]
+fn under_tls_the_session_cookie_is_secure() {
+    require_tool("curl");
+    let home = Home::new();
+    let admin = access_key(&home, ADMIN_ARN);
+    let (cert, tls_key) = self_signed(&home);
+    let served = console(
+        &home,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            tls_key.to_str().unwrap(),
+        ],
+    );
+    let body = serde_json::json!({ "accessKeyId": admin.id, "secretAccessKey": admin.secret });
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&cert)
+        .args([
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("https://{}/console/api/signin", served.addr))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.to_string().as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("running curl");
+    assert_success("curl signin over TLS", &out);
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a session cookie");
+    assert!(
+        cookie.contains("; secure")
+            && cookie.contains("httponly")
+            && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
+    served.stop();
+}
