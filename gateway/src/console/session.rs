@@ -113,16 +113,15 @@ impl Sessions {
         (token, session)
     }
 
-    /// The live session of `token`, its idle clock restarted; an expired one is
-    /// closed (its secret dropped) and not returned.
+    /// The live session of `token`, its idle clock restarted. Every expired session
+    /// is closed first (its secret dropped), so none outlives its idle time by more
+    /// than the next request to the console.
     pub(crate) fn find(&self, token: &str) -> Option<Arc<Session>> {
         let key = token_key(token);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = self.idle;
+        open.retain(|_, s| !s.expired(idle));
         let session = open.get(&key)?;
-        if session.expired(self.idle) {
-            open.remove(&key);
-            return None;
-        }
         *session.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         Some(Arc::clone(session))
     }
@@ -195,6 +194,17 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert!(sessions.find(&token).is_none());
         assert!(sessions.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn any_request_closes_every_expired_session() {
+        let sessions = Sessions::new(Duration::ZERO);
+        let (_, session) = sessions.open(credentials(), "arn:p".into());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(sessions.find("another").is_none());
+        assert!(sessions.open.lock().unwrap().is_empty());
+        // Only the caller's own reference is left: the secret goes with it.
+        assert_eq!(Arc::strong_count(&session), 1);
     }
 
     #[test]
