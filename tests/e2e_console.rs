@@ -309,6 +309,63 @@ fn console_sessions_are_strict_expire_when_idle_and_end_at_sign_out() {
         assert_eq!(status, 400, "{body}");
     }
 
+    // An upload streams through the console into PutObject (unsigned payload,
+    // SigV4-signed headers), here 6 MiB with the bucket's default encryption.
+    let auth = [
+        ("cookie", token.as_str()),
+        json,
+        ("x-csrf-token", csrf.as_str()),
+    ];
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/console/api/s3",
+        &auth,
+        r#"{"method":"PUT","bucket":"big-bucket"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let payload = "x".repeat(6 << 20);
+    let (status, _, body) = http(
+        addr,
+        "PUT",
+        "/console/api/upload?bucket=big-bucket&key=dir%2Fbig.bin",
+        &[
+            ("cookie", &token),
+            ("x-csrf-token", &csrf),
+            ("content-type", "application/octet-stream"),
+        ],
+        &payload,
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["status"], 200, "{body}");
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/console/api/s3",
+        &auth,
+        r#"{"method":"HEAD","bucket":"big-bucket","key":"dir/big.bin"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let head: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        head["headers"]["content-length"],
+        (6 << 20).to_string().as_str(),
+        "{body}"
+    );
+    // Without the CSRF token, no upload.
+    let (status, _, _) = http(
+        addr,
+        "PUT",
+        "/console/api/upload?bucket=big-bucket&key=other.bin",
+        &[
+            ("cookie", &token),
+            ("content-type", "application/octet-stream"),
+        ],
+        "data",
+    );
+    assert_eq!(status, 403);
+
     // Idle expiry: the session ends after the idle timeout without requests.
     std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(session(&token), 401);
