@@ -14,6 +14,8 @@
 # fsyncs before its rename, `cp` and qemu-img convert's default cache mode do not), and
 # the speed ratios issue #5 states its targets in. See benches/README.md.
 set -euo pipefail
+# shellcheck source=benches/chart.sh
+source "$(dirname "$0")/chart.sh"
 
 readonly TOOLS_ALL=(cp qemu-img atrest dd dd-direct)
 readonly LUKS_PASSPHRASE=bench-passphrase
@@ -26,6 +28,7 @@ keep=0
 build=1
 atrest_bin=""
 workdir_parent="${TMPDIR:-/tmp}"
+out_dir=bench-results
 
 usage() {
     cat <<EOF
@@ -38,6 +41,8 @@ usage: $0 [options]
   --atrest-bin PATH  use this atrest binary instead of building target/release/atrest
   --no-build         do not run cargo build --release (use the existing target/release/atrest)
   --keep             keep the work directory after the run
+  --out DIR          where the report goes: import-compare.json (every run) and its chart
+                     import-compare-throughput.svg (default: bench-results/ here)
   -h, --help         this text
 
 Exit status: 0 when every selected tool was measured, 1 when one failed.
@@ -58,6 +63,7 @@ while (($#)); do
         --atrest-bin) atrest_bin="${2:?--atrest-bin needs a value}"; build=0; shift 2 ;;
         --no-build) build=0; shift ;;
         --keep) keep=1; shift ;;
+        --out) out_dir="${2:?--out needs a value}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -201,11 +207,14 @@ failed_list=""
 for t in "${tools[@]}"; do
     [[ -n "${failed[$t]:-}" ]] && failed_list+="$t"$'\t'"${failed[$t]}"$'\n'
 done
-python3 - "$results" "$rounds" "$size_bytes" "${tools[*]}" "$failed_list" <<'EOF'
-import statistics, sys
+mkdir -p "$out_dir"
+summary_status=0
+python3 - "$results" "$rounds" "$size_bytes" "${tools[*]}" "$failed_list" \
+    "$out_dir/import-compare.json" <<'EOF' || summary_status=$?
+import datetime, json, os, statistics, sys
 from collections import defaultdict
 
-path, rounds, size, tools, failed_text = sys.argv[1:]
+path, rounds, size, tools, failed_text, report = sys.argv[1:]
 tools, size = tools.split(), int(size)
 failed = dict(line.split("\t", 1) for line in failed_text.splitlines() if line)
 own, synced = defaultdict(list), defaultdict(list)
@@ -240,9 +249,27 @@ if "atrest" in tools:
         else:
             print(f"  atrest import vs {ref:<9} >= {want:.1f}x  not measured")
 
+# The report: MB/s of every run (atrest first), for benches/src/chart.rs to draw.
+order = sorted((t for t in tools if own[t]), key=lambda t: t != "atrest")
+with open(report, "w") as f:
+    json.dump({
+        "bench": "import-compare",
+        "title": f"encrypting a {size // 2**20} MiB raw image of random data, {rounds} runs",
+        "machine": f"{os.cpu_count()} CPUs, load {open('/proc/loadavg').read().split()[0]}",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+        "charts": [{"name": "throughput", "title": "image import throughput", "groups": [
+            {"label": label, "unit": "MB/s",
+             "bars": [{"series": t, "rounds": [size / s / 1e6 for s in runs[t] if s > 0]}
+                      for t in order]}
+            for label, runs in (("the command", own), ("the command + fsync", synced))]}],
+    }, f, indent=1)
+print(f"\nreport: {report}")
+
 if failed:
     print()
     for t, why in failed.items():
         print(f"FAILED {t}: {why}")
     sys.exit(1)
 EOF
+draw_charts "$out_dir/import-compare.json" "$out_dir"
+exit "$summary_status"

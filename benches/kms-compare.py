@@ -75,6 +75,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=20, help="pairs per client before measuring")
+    parser.add_argument("--report", help="also write the rounds as a chart report (JSON) here")
     args = parser.parse_args()
 
     targets = []
@@ -114,6 +115,15 @@ def main():
         print(line)
     print(json.dumps({"medians": medians, "rounds": results, "threads": args.threads,
                       "seconds": args.seconds}))
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({"bench": "kms-compare",
+                       "title": f"GenerateDataKey+Decrypt pairs, {args.threads} client thread(s), "
+                                f"{args.rounds} rounds x {args.seconds:g} s",
+                       "charts": [{"name": "pairs", "title": "GenerateDataKey+Decrypt pairs per second",
+                                   "groups": [{"label": "boto3 client", "unit": "pairs/s",
+                                               "bars": [{"series": n, "rounds": r}
+                                                        for n, r in results.items()]}]}]}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,26 @@
 #
 #   benches/kms-compare.sh [--seconds S] [--rounds N] [--threads T]
 #                          [--client boto3|rust|both] [--no-build] [--atrest-bin PATH]
+#                          [--out DIR]
+#
+# The rounds also go to DIR/kms-compare.json (default bench-results/), drawn as
+# DIR/kms-compare-pairs.svg (benches/src/chart.rs).
 #
 # Needs the test venv (scripts/install-test-deps.sh makes .venv-test with boto3 and
 # moto[server]; or set ATREST_TEST_VENV). Everything runs on 127.0.0.1 in a fresh
 # temporary ATREST_HOME; both servers are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/chart.sh
+source benches/chart.sh
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 seconds=5
 rounds=3
 threads=1
 client=both
+out_dir=bench-results
 build=1
 atrest_bin=target/release/atrest
 compare_bin=target/release/kms_compare
@@ -30,19 +39,13 @@ while (($#)); do
         --client) client=$2; shift 2 ;;
         --no-build) build=0; shift ;;
         --atrest-bin) atrest_bin=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --out) out_dir=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
-venv=${ATREST_TEST_VENV:-.venv-test}
-python=$venv/bin/python
-for tool in "$python" "$venv/bin/moto_server"; do
-    if [ ! -x "$tool" ]; then
-        echo "$tool is missing: run scripts/install-test-deps.sh" >&2
-        exit 2
-    fi
-done
+bench_venv
 case "$client" in
     boto3|rust|both) ;;
     *) echo "--client takes boto3, rust or both" >&2; exit 2 ;;
@@ -52,53 +55,35 @@ if ((build)); then
     cargo build --release -p atrest-benches --bin kms_compare
 fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/kms-compare.XXXXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+bench_workdir kms-compare
+bench_root_key
 
-export ATREST_HOME=$work/home ATREST_REGION=us-east-1
-key_json=$("$atrest_bin" iam create-access-key --principal arn:aws:iam::000000000000:root)
-key_id=$(printf '%s' "$key_json" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["AccessKey"]["AccessKeyId"])')
-secret=$(printf '%s' "$key_json" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["AccessKey"]["SecretAccessKey"])')
-
-# The log exists before the server starts: the loop below reads it at once.
-: >"$work/atrest.log"
-RUST_LOG=warn "$atrest_bin" kms serve --listen 127.0.0.1:0 2>"$work/atrest.log" &
-pids+=($!)
-atrest_addr=
-for _ in $(seq 300); do
-    atrest_addr=$(sed -n 's/^listening on //p' "$work/atrest.log" | head -n1)
-    [ -n "$atrest_addr" ] && break
-    sleep 0.1
-done
-if [ -z "$atrest_addr" ]; then
-    echo "atrest kms serve did not start:" >&2
-    cat "$work/atrest.log" >&2
-    exit 1
-fi
-
-moto_port=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$venv/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 300); do
-    "$python" -c "import socket; socket.create_connection(('127.0.0.1', $moto_port), 1)" 2>/dev/null && break
-    sleep 0.2
-done
+bench_serve_atrest kms
+bench_serve_moto
 
 echo "atrest: http://$atrest_addr   moto: http://127.0.0.1:$moto_port" >&2
 targets=(
     --target "atrest=http://$atrest_addr=$key_id=$secret"
     --target "moto=http://127.0.0.1:$moto_port=AKIAMOTOBENCH=moto-accepts-any-secret"
 )
+mkdir -p "$out_dir"
 if [ "$client" != rust ]; then
     "$python" benches/kms-compare.py "${targets[@]}" \
-        --seconds "$seconds" --rounds "$rounds" --threads "$threads"
+        --seconds "$seconds" --rounds "$rounds" --threads "$threads" --report "$work/boto3.json"
 fi
 if [ "$client" != boto3 ]; then
-    "$compare_bin" "${targets[@]}" --seconds "$seconds" --rounds "$rounds" --threads "$threads"
+    "$compare_bin" "${targets[@]}" --seconds "$seconds" --rounds "$rounds" --threads "$threads" \
+        --report "$work/rust.json"
 fi
+# One report, a panel per client.
+python3 - "$out_dir/kms-compare.json" "$work"/boto3.json "$work"/rust.json <<'EOF'
+import datetime, json, os, sys
+parts = [json.load(open(p)) for p in sys.argv[2:] if os.path.exists(p)]
+report = parts[0]
+report["charts"][0]["groups"] = [g for p in parts for g in p["charts"][0]["groups"]]
+report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+report["machine"] = f"{os.cpu_count()} CPUs, load {open('/proc/loadavg').read().split()[0]}"
+json.dump(report, open(sys.argv[1], "w"), indent=1)
+print(f"report: {sys.argv[1]}")
+EOF
+draw_charts "$out_dir/kms-compare.json" "$out_dir"

@@ -12,6 +12,8 @@
 # other work on the machine spreads over all of them; the table shows medians and the
 # ratios the project's targets are stated in. See benches/README.md.
 set -euo pipefail
+# shellcheck source=benches/chart.sh
+source "$(dirname "$0")/chart.sh"
 
 readonly PEERS_ALL=(nbdkit-raw nbdkit-luks qemu-nbd-luks atrest nbdkit-tls atrest-tls)
 readonly WORKLOADS_ALL=(seqread seqwrite randread randwrite)
@@ -30,7 +32,7 @@ verify=0
 build=1
 atrest_bin=""
 workdir_parent="${TMPDIR:-/tmp}"
-out_dir=""
+out_dir="bench-results"
 
 usage() {
     cat <<EOF
@@ -45,7 +47,9 @@ usage: $0 [options]
   --workload W       run only this workload; repeat or comma-separate
                      (${WORKLOADS_ALL[*]})
   --workdir DIR      where the images go, on the filesystem to measure (default $workdir_parent)
-  --out DIR          also keep every fio JSON result and results.tsv in DIR
+  --out DIR          where the report goes: nbd-compare.json (every round of every cell)
+                     and its charts nbd-compare-{throughput,tls,cpu}.svg, with every fio
+                     JSON result and results.tsv (default: bench-results/ here)
   --atrest-bin PATH  use this atrest binary instead of building target/release/atrest
   --no-build         do not run cargo build --release (use the existing target/release/atrest)
   --verify           after filling, read every export back and compare with the source data
@@ -470,10 +474,8 @@ for ((round = 1; round <= rounds; round++)); do
     done
 done
 
-if [[ -n "$out_dir" ]]; then
-    mkdir -p "$out_dir"
-    cp "$work"/fio-*.json "$results" "$out_dir"/ 2>/dev/null || true
-fi
+mkdir -p "$out_dir"
+cp "$work"/fio-*.json "$results" "$out_dir"/ 2>/dev/null || true
 
 failed_list=""
 for p in "${peers[@]}"; do
@@ -481,12 +483,13 @@ for p in "${peers[@]}"; do
 done
 
 load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
+summary_status=0
 python3 - "$results" "$rounds" "$runtime" "$size_bytes" "${peers[*]}" "$failed_list" \
-    "$load_start" "$load_end" "$(nproc)" <<'EOF'
-import statistics, sys
+    "$load_start" "$load_end" "$(nproc)" "$out_dir/nbd-compare.json" <<'EOF' || summary_status=$?
+import datetime, json, statistics, sys
 from collections import defaultdict
 
-path, rounds, runtime, size, peers, failed_text, load_start, load_end, cpus = sys.argv[1:]
+path, rounds, runtime, size, peers, failed_text, load_start, load_end, cpus, report = sys.argv[1:]
 peers = peers.split()
 failed = dict(line.split("\t", 1) for line in failed_text.splitlines() if line)
 # (peer, workload) -> [(bytes/s, IOPS, server cores busy)]
@@ -624,9 +627,50 @@ if show_ratios:
             verdict = "met" if a / r >= want else "MISSED"
         print(f"  {label_of[wl]:<20} atrest/{ref:<12} >= {want:.1f}x  got {got:>7}  {verdict}")
 
+# The report: every round of every cell, for benches/src/chart.rs to draw.
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def chart(name, title, servers, value, higher=True):
+    groups = []
+    for wl, label, unit in workloads:
+        bars = [{"series": p, "rounds": value(p, wl)} for p in servers if samples.get((p, wl))]
+        if bars:
+            groups.append({"label": label, "unit": unit if higher else "us/req", "bars": bars})
+    return {"name": name, "title": title, "higher_is_better": higher, "groups": groups}
+
+
+plain = [p for p in peers if not p.endswith("-tls")]
+tls = [p for p in ["atrest-tls", "nbdkit-tls", "atrest"] if p in peers]
+speeds = lambda p, wl: [speed(wl, bw, iops) for bw, iops, _ in samples[(p, wl)]]
+cpu = lambda p, wl: [cores / iops * 1e6 for _, iops, cores in samples[(p, wl)] if iops]
+charts = [chart("throughput", "NBD throughput, plaintext servers", plain, speeds)]
+if "atrest-tls" in peers or "nbdkit-tls" in peers:
+    charts.append(chart("tls", "NBD throughput over TLS 1.3 (atrest plaintext for scale)", tls, speeds))
+charts.append(chart("cpu", "server CPU per request (user + system)", peers, cpu, higher=False))
+with open(report, "w") as f:
+    json.dump({
+        "bench": "nbd-compare",
+        "title": f"{int(size) // 2**20} MiB images, fio nbd engine, {rounds} rounds x {runtime} s",
+        "machine": f"{cpu_model()}, {cpus} CPUs, load {load_start.split()[0]}..{load_end.split()[0]}",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+        "charts": [c for c in charts if c["groups"]],
+    }, f, indent=1)
+print(f"\nreport: {report}")
+
 if failed:
     print()
     for p, why in failed.items():
         print(f"FAILED {p}: {why}")
     sys.exit(1)
 EOF
+draw_charts "$out_dir/nbd-compare.json" "$out_dir"
+exit "$summary_status"

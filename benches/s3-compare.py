@@ -49,6 +49,7 @@ def main():
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--report", help="also write the rounds as a chart report (JSON) here")
     args = parser.parse_args()
     if args.size_mib <= 0 or args.rounds <= 0:
         parser.error("--size-mib and --rounds must be positive")
@@ -95,6 +96,15 @@ def main():
     for n in names[1:]:
         ratios[n] = {op: median[first][op] / median[n][op] for op in ("put", "get")}
         print(f"{first}/{n:<5} {ratios[n]['put']:>9.2f}x {ratios[n]['get']:>9.2f}x")
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({"bench": "s3-compare",
+                       "title": f"{args.size_mib} MiB objects through boto3, {args.rounds} rounds",
+                       "charts": [{"name": "throughput", "title": "S3 PUT and GET throughput",
+                                   "groups": [{"label": op.upper(), "unit": "MB/s",
+                                               "bars": [{"series": n, "rounds": results[n][op]}
+                                                        for n in names]} for op in ("put", "get")]}]},
+                      f, indent=1)
     print(json.dumps({"size_mib": args.size_mib, "rounds": args.rounds, "median_mb_s": median,
                       "rounds_mb_s": results, "ratios": ratios}))
 

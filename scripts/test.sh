@@ -10,6 +10,9 @@
 # scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A system test whose client, root or venv is missing fails here instead of skipping
+# (tests/common/system.rs), as a plain `cargo test` on a developer machine does.
+export ATREST_REQUIRE_SYSTEM_TESTS=1
 
 scripts/install-test-deps.sh
 cargo test --workspace --profile ci

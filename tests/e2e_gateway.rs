@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_success, venv_bin, Home, Served};
+use common::{assert_success, require_test_venv, venv_bin, Home, Served};
 use crypto_core::kms::{
     CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest,
     KeyService, KeyState, ListRequest,
@@ -105,6 +105,9 @@ fn iam_create_access_key_prints_aws_shape_and_keeps_the_file_private() {
 
 #[test]
 fn boto3_and_aws_cli_run_lab_step_1_and_bad_signatures_are_refused() {
+    if !require_test_venv(&["python", "aws"]) {
+        return;
+    }
     let home = Home::new();
     let root = create_access_key(&home, "arn:aws:iam::000000000000:root");
     let admin = create_access_key(&home, "arn:aws:iam::000000000000:user/KeyAdmin");
@@ -246,6 +249,9 @@ impl Drop for Moto {
 
 #[test]
 fn remote_kms_works_against_moto_server() {
+    if !require_test_venv(&["moto_server"]) {
+        return;
+    }
     let moto = Moto::start();
     // moto accepts any credentials; it checks no signature.
     let kms = remote(&format!("http://{}", moto.addr), "AKIAMOTO", "moto-secret");

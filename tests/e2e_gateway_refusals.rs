@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{assert_success, require_tool, venv_bin, Home, Served};
+use common::{assert_success, require_test_venv, require_tools, venv_bin, Home, Served};
 use serde_json::Value;
 
 const REGION: &str = "us-east-1";
@@ -120,6 +120,9 @@ fn with_user_agent<'a>(records: &'a [Value], marker: &str) -> Vec<&'a Value> {
 
 #[test]
 fn every_refused_request_is_in_the_trail_with_who_and_from_where() {
+    if !require_test_venv(&["python"]) {
+        return;
+    }
     let home = Home::new();
     let key = root_key(&home);
     let eve = access_key(&home, "arn:aws:iam::111111111111:user/Eve");
@@ -226,6 +229,9 @@ fn every_refused_request_is_in_the_trail_with_who_and_from_where() {
 
 #[test]
 fn a_burst_of_bad_signatures_is_recorded_in_full_and_logged_a_few_times() {
+    if !require_test_venv(&["python"]) {
+        return;
+    }
     let home = Home::new();
     let key = root_key(&home);
     let server = serve_gateway(&home, &[]);
@@ -292,6 +298,9 @@ fn stall(addr: SocketAddr, head: &str, partial: &[u8]) -> String {
 
 #[test]
 fn a_stalled_body_ends_the_connection_with_request_timeout() {
+    if !require_test_venv(&["python"]) {
+        return;
+    }
     let home = Home::new();
     let key = root_key(&home);
     let server = serve_gateway(&home, &["--body-timeout", "1s"]);
@@ -347,6 +356,9 @@ fn a_stalled_body_ends_the_connection_with_request_timeout() {
 
 #[test]
 fn a_client_that_stops_reading_an_answer_loses_its_connection() {
+    if !require_test_venv(&["python"]) {
+        return;
+    }
     let home = Home::new();
     let key = root_key(&home);
     let server = serve_gateway(&home, &["--body-timeout", "1s"]);
@@ -370,7 +382,6 @@ struct Limited {
 
 impl Limited {
     fn start(home: &Home, nofile: u32, extra: &[&str]) -> Limited {
-        require_tool("prlimit");
         let mut cmd = Command::new("prlimit");
         cmd.arg(format!("--nofile={nofile}:{nofile}"))
             .arg("--")
@@ -427,6 +438,9 @@ impl Drop for Limited {
 
 #[test]
 fn signed_clients_are_served_while_300_stalled_connections_attack_under_256_descriptors() {
+    if !(require_test_venv(&["python"]) && require_tools(&["prlimit"])) {
+        return;
+    }
     let home = Home::new();
     let key = root_key(&home);
     let server = Limited::start(&home, 256, &["--body-timeout", "3s"]);

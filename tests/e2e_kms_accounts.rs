@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_success, trail_records, venv_bin, Home};
+use common::{assert_success, require_test_venv, trail_records, venv_bin, Home};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
@@ -43,6 +43,9 @@ fn refusals(home: &Home, event: &str, code: &str) -> Vec<(String, String)> {
 
 #[test]
 fn boto3_and_aws_cli_accounts_are_isolated_refusals_audited_and_answers_match_aws() {
+    if !require_test_venv(&["python", "aws"]) {
+        return;
+    }
     let home = Home::new();
     let credentials = json!({
         "root": access_key(&home, "arn:aws:iam::000000000000:root"),

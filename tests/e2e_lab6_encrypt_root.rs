@@ -46,7 +46,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn lab6_snapshot_encrypted_copy_and_swap_of_the_root_volume() {
-    require_clients();
+    if !(require_clients() && common::require_nbdsh()) {
+        return;
+    }
     let home = Home::new();
     let key: serde_json::Value = serde_json::from_str(&home.run(&[
         "kms",
@@ -92,7 +94,7 @@ fn lab6_snapshot_encrypted_copy_and_swap_of_the_root_volume() {
     // An ext4 root filesystem with files on it, through nbdfuse + loop.
     let mut checksums = Vec::new();
     {
-        let mut disk = attach(&home, &served.uri("root"), "plain");
+        let mut disk = attach(&home, &served, "root", "plain");
         disk.mkfs();
         disk.mount();
         for (name, len, seed) in FILES {
@@ -194,7 +196,7 @@ fn lab6_snapshot_encrypted_copy_and_swap_of_the_root_volume() {
 
     // Mounted again through a new connection: the encrypted volume, same files.
     {
-        let mut disk = attach(&home, &served.uri("root"), "enc");
+        let mut disk = attach(&home, &served, "root", "enc");
         disk.mount();
         for (name, sum) in &checksums {
             let got = fs::read(disk.path(name)).unwrap();

@@ -8,7 +8,9 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{allocated_bytes, nbdsh, pseudo_random, require_tool, run, Home, Served};
+use common::{
+    allocated_bytes, nbdsh, pseudo_random, require_nbdsh, require_tools, run, Home, Served,
+};
 use serde_json::Value;
 
 const GIB: u64 = 1 << 30;
@@ -35,7 +37,6 @@ fn nbd_serve(home: &Home, args: &[&str]) -> Served {
 }
 
 fn nbdinfo_json(args: &[&str]) -> Value {
-    require_tool("nbdinfo");
     let out = run(Command::new("nbdinfo").arg("--json").args(args));
     serde_json::from_slice(&out.stdout).expect("nbdinfo --json prints JSON")
 }
@@ -59,6 +60,9 @@ fn nbdsh_script(served: &Served, export: &str, script: &str) {
 
 #[test]
 fn nbdinfo_reports_size_names_flags_and_block_sizes() {
+    if !require_tools(&["nbdinfo"]) {
+        return;
+    }
     let home = Home::new();
     let volume = default_volume(&home);
     let raw = home.file("scratch.img");
@@ -121,7 +125,9 @@ fn nbdinfo_reports_size_names_flags_and_block_sizes() {
 
 #[test]
 fn nbdcopy_256_mib_in_and_back_out_is_byte_equal() {
-    require_tool("nbdcopy");
+    if !require_tools(&["nbdcopy"]) {
+        return;
+    }
     let home = Home::new();
     let served = home.serve_default();
     let input = home.file("in.bin");
@@ -159,6 +165,9 @@ fn nbdcopy_256_mib_in_and_back_out_is_byte_equal() {
 
 #[test]
 fn trim_leaves_a_hole_that_reads_as_zeros_and_frees_space() {
+    if !(require_tools(&["nbdinfo"]) && require_nbdsh()) {
+        return;
+    }
     let home = Home::new();
     let volume = default_volume(&home);
     let served = nbd_serve(&home, &["--export", &format!("disk={}", volume.display())]);
@@ -228,6 +237,9 @@ assert h.pread(4096, 16 << 20) == b"\xa5" * 4096, "data after the trim is intact
 /// second client is served between every case.
 #[test]
 fn nbdsh_error_cases_get_spec_answers_and_others_keep_being_served() {
+    if !require_nbdsh() {
+        return;
+    }
     let home = Home::new();
     let volume = default_volume(&home);
     let export = format!("default={}", volume.display());
@@ -360,6 +372,9 @@ fn bad_exports_are_refused_with_a_clear_error() {
 
 #[test]
 fn a_volume_served_for_writing_is_refused_to_a_second_writer() {
+    if !require_tools(&["nbdinfo"]) {
+        return;
+    }
     let home = Home::new();
     let volume = default_volume(&home);
     let export = format!("disk={}", volume.display());

@@ -5,12 +5,14 @@ mod common;
 
 use std::process::Command;
 
-use common::{require_tool, run, Home};
+use common::{require_tools, run, Home};
 use serde_json::Value;
 
 #[test]
 fn fio_random_writes_then_verify_with_crc32c_at_iodepth_32() {
-    require_tool("fio");
+    if !require_tools(&["fio"]) {
+        return;
+    }
     let home = Home::new();
     let served = home.serve_default();
     let out = run(Command::new("fio").current_dir(home.path()).args([

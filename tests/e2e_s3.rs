@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::{
-    assert_success, contains, files_under, require_tool, trail_records, venv_bin, Home, Served,
+    assert_success, contains, files_under, require_test_venv, require_tools, trail_records,
+    venv_bin, Home, Served,
 };
 use serde_json::{json, Value};
 
@@ -62,7 +63,9 @@ fn serve(home: &Home, command: &str) -> Served {
 
 #[test]
 fn boto3_aws_cli_and_curl_run_the_object_lab_steps() {
-    require_tool("curl");
+    if !(require_tools(&["curl"]) && require_test_venv(&["python", "aws"])) {
+        return;
+    }
     let home = Home::new();
     home.run(&["kms", "list-keys"]);
     lab_key(&home);
@@ -160,6 +163,9 @@ fn boto3_aws_cli_and_curl_run_the_object_lab_steps() {
 
 #[test]
 fn gateway_serve_answers_kms_and_s3_on_one_port() {
+    if !require_test_venv(&["aws"]) {
+        return;
+    }
     let home = Home::new();
     let (id, secret) = access_key(&home, "arn:aws:iam::000000000000:root");
     let server = serve(&home, "gateway");

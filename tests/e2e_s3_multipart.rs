@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{assert_success, files_under, trail_records, venv_bin, Home};
+use common::{assert_success, files_under, require_test_venv, trail_records, venv_bin, Home};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
@@ -18,6 +18,9 @@ const USER: &str = "arn:aws:iam::000000000000:user/KeyUser";
 
 #[test]
 fn aws_cli_and_boto3_multipart_uploads() {
+    if !require_test_venv(&["python", "aws"]) {
+        return;
+    }
     let home = Home::new();
     let policy = json!({
         "Version": "2012-10-17",

@@ -11,7 +11,10 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{assert_success, contains, files_under, trail_records, venv_bin, Home};
+use common::{
+    assert_success, contains, files_under, require_test_venv, require_tools, trail_records,
+    venv_bin, Home,
+};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
@@ -27,7 +30,9 @@ fn access_key(home: &Home, principal: &str) -> Value {
 
 #[test]
 fn browser_post_policy_uploads_are_signed_checked_and_encrypted() {
-    common::require_tool("curl");
+    if !(require_tools(&["curl"]) && require_test_venv(&["python"])) {
+        return;
+    }
     let home = Home::new();
     home.run(&["kms", "list-keys"]);
     let user = access_key(&home, USER);

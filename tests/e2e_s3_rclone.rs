@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{assert_success, contains, files_under, pseudo_random, require_tool, Home};
+use common::{assert_success, contains, files_under, pseudo_random, require_tools, Home};
 use serde_json::Value;
 
 const REGION: &str = "us-east-1";
@@ -15,7 +15,9 @@ const USER: &str = "arn:aws:iam::000000000000:user/RcloneUser";
 
 #[test]
 fn rclone_with_default_settings_uploads_lists_copies_and_deletes() {
-    require_tool("rclone");
+    if !require_tools(&["rclone"]) {
+        return;
+    }
     let home = Home::new();
     let out = home.run(&["iam", "create-access-key", "--principal", USER]);
     let answer: Value = serde_json::from_str(&out).expect("create-access-key prints JSON");

@@ -10,7 +10,10 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{assert_success, contains, files_under, trail_records, venv_bin, Home};
+use common::{
+    assert_success, contains, files_under, require_test_venv, require_tools, trail_records,
+    venv_bin, Home,
+};
 use serde_json::{json, Value};
 
 const REGION: &str = "us-east-1";
@@ -19,7 +22,6 @@ const MARKER: &[u8] = b"SSE-C-PLAINTEXT-MARKER-";
 
 /// A self-signed certificate for 127.0.0.1 and its key, made by openssl in `home`.
 fn self_signed(home: &Home) -> (PathBuf, PathBuf) {
-    common::require_tool("openssl");
     let (cert, tls_key) = (home.file("server-cert.pem"), home.file("server-key.pem"));
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
@@ -53,6 +55,9 @@ fn access_key(home: &Home, principal: &str) -> (String, String) {
 
 #[test]
 fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
+    if !(require_tools(&["openssl"]) && require_test_venv(&["python", "aws"])) {
+        return;
+    }
     let home = Home::new();
     home.run(&["kms", "list-keys"]);
     let out = home.run(&["iam", "create-access-key", "--principal", USER]);
@@ -185,6 +190,9 @@ fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
 /// server's TLS listener and not from anything the client sends.
 #[test]
 fn deny_non_tls_policy_lets_https_through() {
+    if !(require_tools(&["openssl"]) && require_test_venv(&["python"])) {
+        return;
+    }
     let home = Home::new();
     home.run(&["kms", "list-keys"]);
     let out = home.run(&["iam", "create-access-key", "--principal", USER]);
@@ -247,6 +255,9 @@ print("OK: TLS")
 /// stored; the same PUT without the key goes through.
 #[test]
 fn sse_c_is_refused_over_plain_http() {
+    if !require_test_venv(&["python", "aws"]) {
+        return;
+    }
     let home = Home::new();
     home.run(&["kms", "list-keys"]);
     let (id, secret) = access_key(&home, USER);
@@ -325,7 +336,9 @@ print("OK: SSE-C refused in the clear")
 /// body; an allowed PUT gets its 100, sends the body, and the object is stored.
 #[test]
 fn expect_100_continue_is_answered_only_for_requests_that_will_be_read() {
-    common::require_tool("curl");
+    if !(require_tools(&["curl"]) && require_test_venv(&["python"])) {
+        return;
+    }
     let home = Home::new();
     home.run(&["kms", "list-keys"]);
     let (id, secret) = access_key(&home, USER);
@@ -460,6 +473,9 @@ print("OK: boto3 100-continue")
 /// files are gone from the store.
 #[test]
 fn lifecycle_rules_expire_objects_and_abort_stale_uploads() {
+    if !require_test_venv(&["python", "aws"]) {
+        return;
+    }
     let home = Home::new();
     home.run(&["kms", "list-keys"]);
     let (id, secret) = access_key(&home, USER);

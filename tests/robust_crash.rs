@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use blockdev::volume;
-use common::{nbdsh, pseudo_random, Home};
+use common::{nbdsh, pseudo_random, require_nbdsh, Home};
 use crypto_core::kms::{KeyService, ListRequest, LocalKms, LocalKmsConfig};
 use crypto_core::trail::Trail;
 
@@ -76,6 +76,9 @@ fn kill9(child: &mut Child) {
 
 #[test]
 fn kill_9_during_flushed_nbd_writes_loses_nothing_flushed() {
+    if !require_nbdsh() {
+        return;
+    }
     let home = Home::new();
     let key = home.run(&["kms", "create-key"]);
     let key: serde_json::Value = serde_json::from_str(&key).unwrap();

@@ -6,15 +6,13 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{assert_success, nbdsh, pseudo_random, require_tool, Home};
+use common::{assert_success, nbdsh, pseudo_random, require_nbdsh, require_tools, Home};
 
 const WARNING: &str = "cannot lock key memory in RAM";
 
 /// `atrest ARGS` with a locked-memory limit of 0 and, for root, without
 /// `CAP_IPC_LOCK` (which ignores the limit).
 fn atrest_unlockable(home: &Home, args: &[&str]) -> Output {
-    require_tool("prlimit");
-    require_tool("setpriv");
     let inner = home.atrest();
     let mut cmd = Command::new("prlimit");
     cmd.arg("--memlock=0:0");
@@ -47,6 +45,9 @@ fn warnings(out: &Output) -> usize {
 
 #[test]
 fn without_lockable_memory_commands_warn_once_and_work() {
+    if !(require_tools(&["prlimit", "setpriv"]) && require_nbdsh()) {
+        return;
+    }
     let home = Home::new();
     let create = atrest_unlockable(&home, &["kms", "create-key", "--alias", "alias/m"]);
     assert_success("kms create-key without lockable memory", &create);

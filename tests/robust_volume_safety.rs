@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{nbdsh, require_tool, run, venv_bin, Home, Served};
+use common::{nbdsh, require_nbdsh, require_test_venv, require_tools, run, venv_bin, Home, Served};
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
@@ -81,7 +81,6 @@ fn stderr_of(out: &Output) -> String {
 }
 
 fn nbdinfo_ok(uri: &str) -> bool {
-    require_tool("nbdinfo");
     Command::new("nbdinfo")
         .arg(uri)
         .stdout(Stdio::null())
@@ -130,7 +129,9 @@ fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 /// reason and the way to serve a raw image on purpose.
 #[test]
 fn a_raw_image_is_declared_never_guessed() {
-    require_tool("nbdcopy");
+    if !(require_tools(&["nbdcopy"]) && require_nbdsh()) {
+        return;
+    }
     let home = Home::new();
     let key = key(&home, "alias/victim");
     let victim = create(&home, "victim.vol", "4M", &key);
@@ -287,6 +288,9 @@ fn a_raw_image_is_declared_never_guessed() {
 /// refused with the writer-lock error, and DST is the served file still.
 #[test]
 fn force_never_replaces_a_volume_a_server_is_writing() {
+    if !require_tools(&["nbdinfo"]) {
+        return;
+    }
     let home = Home::new();
     let key = key(&home, "alias/k");
     let served_path = create(&home, "served.vol", "4M", &key);
@@ -371,6 +375,9 @@ fn force_never_replaces_a_volume_a_server_is_writing() {
 /// nothing; `--use backup` restores the volume with its data.
 #[test]
 fn disagreeing_header_copies_are_never_repaired_automatically() {
+    if !require_nbdsh() {
+        return;
+    }
     let home = Home::new();
     let key_a = key(&home, "alias/a");
     let key_b = key(&home, "alias/b");
@@ -463,6 +470,9 @@ fn disagreeing_header_copies_are_never_repaired_automatically() {
 /// volume restores service without a restart.
 #[test]
 fn a_foreign_header_written_under_a_running_server_fails_closed_until_repaired() {
+    if !require_tools(&["nbdinfo"]) {
+        return;
+    }
     let home = Home::new();
     let key_a = key(&home, "alias/a");
     let a = create(&home, "a.vol", "4M", &key_a);
@@ -495,6 +505,9 @@ fn a_foreign_header_written_under_a_running_server_fails_closed_until_repaired()
 /// generation.
 #[test]
 fn a_served_volume_follows_a_rewrap_and_rewraps_are_serialised() {
+    if !require_tools(&["nbdinfo"]) {
+        return;
+    }
     let home = Home::new();
     let k1 = key(&home, "alias/k1");
     let k2 = key(&home, "alias/k2");
@@ -625,6 +638,9 @@ impl Drop for Moto {
 /// new attaches must be refused anyway (DescribeKey says Disabled), and stay refused.
 #[test]
 fn an_attach_needs_the_key_enabled_even_when_decrypt_still_answers() {
+    if !(require_test_venv(&["moto_server"]) && require_tools(&["nbdinfo"])) {
+        return;
+    }
     let moto = Moto::start();
     let home = Home::new();
     let env = [
@@ -684,6 +700,9 @@ fn an_attach_needs_the_key_enabled_even_when_decrypt_still_answers() {
 /// still holds the data key for its clients is logged at WARN.
 #[test]
 fn keep_attached_warns_when_the_key_deletion_completes() {
+    if !require_tools(&["nbdinfo"]) {
+        return;
+    }
     let home = Home::new();
     let key = key(&home, "alias/doomed");
     let v = create(&home, "v.vol", "4M", &key);

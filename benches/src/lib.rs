@@ -1,5 +1,7 @@
 //! Shared helpers for atrest's benches and side-by-side comparisons.
 
+pub mod chart;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result};

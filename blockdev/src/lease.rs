@@ -38,7 +38,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crypto_core::kms::{KeyService, KeyState, KmsError, LocalKms};
+use crypto_core::kms::{KeyService, KeyState, KeystoreGeneration, KmsError};
 use tracing::{info, warn};
 
 use crate::volume::{self, EncryptedVolume, Extent, ImageFormat, OpenedVolume, Volume};
@@ -75,18 +75,6 @@ impl Default for LeaseConfig {
             on_key_disable: OnKeyDisable::Revoke,
             check_interval: DEFAULT_CHECK_INTERVAL,
         }
-    }
-}
-
-/// A cheap, unaudited signal that a key service's keys may have changed: a number
-/// that changes with every update of the key store.
-pub trait KeystoreGeneration: Send + Sync {
-    fn generation(&self) -> Result<u64, KmsError>;
-}
-
-impl KeystoreGeneration for LocalKms {
-    fn generation(&self) -> Result<u64, KmsError> {
-        self.keystore_generation()
     }
 }
 

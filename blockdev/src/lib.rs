@@ -6,14 +6,20 @@
 //!   revokes it when the CMK stops being usable (fail closed).
 //! - [`lifecycle`]: snapshot, encrypted copy, import, rewrap, and the exports file.
 //! - [`nbd`]: the NBD protocol parser (pure) and the server.
+//! - [`refusal_audit`]: the audit-trail record of an NBD client refused an encrypted export.
+//! - [`volume_key`]: the state of a volume's CMK as `volume info` and `nbd list` show it.
+//! - [`default_volume`]: first-run setup of `atrest serve` (default key and volume).
 #![deny(unsafe_code)]
 
+pub mod default_volume;
 pub mod error;
 pub mod format;
 pub mod lease;
 pub mod lifecycle;
 mod mapped;
 pub mod nbd;
+pub mod refusal_audit;
 pub mod volume;
+pub mod volume_key;
 
 pub use error::Error;

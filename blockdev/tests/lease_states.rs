@@ -6,10 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::lease::{DataKeyLease, KeyStatus, KeystoreGeneration, LeaseConfig, OnKeyDisable};
+use blockdev::lease::{DataKeyLease, KeyStatus, LeaseConfig, OnKeyDisable};
 use blockdev::volume::{self, EncryptedVolume, NewVolumeKey, Volume};
 use blockdev::Error;
-use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig, ManualClock};
+use crypto_core::kms::{
+    CreateKeyRequest, KeyService, KeystoreGeneration, LocalKms, LocalKmsConfig, ManualClock,
+};
 use time::OffsetDateTime;
 
 /// Generous: the lease polls every 50 ms; a loaded machine may be slow.

@@ -10,6 +10,9 @@
 //! - [`hardening`]: process protections (no core dumps) for servers holding keys.
 //! - [`locked`]: memory for keys that is never swapped out or dumped (mlock, MADV_DONTDUMP).
 #![deny(unsafe_code)]
+// Where a module allows unsafe code (xts's SIMD backends, locked), every unsafe block
+// says why it is sound, and an unsafe fn's body is not one implicit unsafe block.
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 pub mod envelope;
 pub mod hardening;

@@ -371,6 +371,14 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in smaps entry:\n{fields}"))
     }
 
+    /// Whether the `VmFlags` of a smaps entry include `flag`.
+    fn has_flag(fields: &str, flag: &str) -> bool {
+        fields
+            .lines()
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .is_some_and(|flags| flags.split_whitespace().any(|f| f == flag))
+    }
+
     #[test]
     fn secret_pages_are_locked_and_not_dumped() {
         let mut key = LockedBytes::zeroed(64);
@@ -425,11 +433,42 @@ mod tests {
         let mut big = LockedBytes::zeroed(3 * 4096 + 1);
         assert!(matches!(big.region.home, Home::Own));
         big.as_mut_slice().fill(0x5A);
-        let addr = big.as_slice().as_ptr() as usize;
+        let (ptr, len) = (big.region.ptr.as_ptr(), big.region.len);
+        let addr = ptr as usize;
+        // Tests running in parallel map and unmap memory too, and the kernel may hand
+        // this address to one of them once it is free: the mapping is told apart by its
+        // identity, not its address. MADV_WIPEONFORK (`wf` in VmFlags) is set by
+        // nothing else in the process and keeps the kernel from merging the mapping
+        // with a neighbour.
+        // SAFETY: `ptr..ptr + len` is the region's own mapping, alive while `big` is;
+        // WIPEONFORK only changes what a forked child would see there.
+        let marked = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_WIPEONFORK) };
+        assert_eq!(marked, 0, "{}", std::io::Error::last_os_error());
+        let ours = |fields: &str| has_flag(fields, "wf");
         let fields = smaps_of(addr).expect("mapping in smaps");
+        assert!(ours(&fields), "the mark is not on the mapping: {fields}");
         assert!(field_kb(&fields, "Locked") >= 16, "{fields}");
         drop(big);
-        assert!(smaps_of(addr).is_none(), "the mapping outlived its secret");
+        // What a parallel test may do: map fresh memory at the freed address (taken
+        // only if free, so nothing of anyone else's is touched).
+        // SAFETY: MAP_FIXED_NOREPLACE fails rather than replace an existing mapping;
+        // the new anonymous mapping is unmapped below and never read.
+        let reused = unsafe {
+            libc::mmap(
+                ptr.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        let outlived = smaps_of(addr).is_some_and(|fields| ours(&fields));
+        if reused != libc::MAP_FAILED {
+            // SAFETY: `reused..reused + len` is the mapping made just above.
+            unsafe { libc::munmap(reused, len) };
+        }
+        assert!(!outlived, "the mapping outlived its secret");
     }
 
     #[derive(Default)]

@@ -13,6 +13,7 @@
 //!   streaming bodies, aws-chunked uploads and flexible checksums.
 //! - [`wire`]: the KMS JSON shapes, shared by server and client.
 //! - [`client`]: [`client::RemoteKms`], a `KeyService` reached over HTTP.
+//! - [`keys`]: [`keys::Keys`], the local keystore or a remote key service, chosen once.
 //! - [`console`]: the web console at `/console/` (sessions, pages, their API).
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod console;
 pub mod credentials;
 mod error;
+pub mod keys;
 pub mod kms_api;
 pub mod s3;
 pub mod server;

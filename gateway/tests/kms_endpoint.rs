@@ -2,6 +2,10 @@
 //! `LocalKms`, reached by `RemoteKms` (every KeyService operation over HTTP) and by
 //! hand-made requests for the authentication failures.
 
+/// The system tests' skip rule, shared with the root package's tests.
+#[path = "../../tests/common/system.rs"]
+mod system;
+
 use std::io::Read;
 use std::sync::Arc;
 
@@ -495,6 +499,9 @@ fn an_unreachable_endpoint_is_dependency_timeout() {
 
 #[test]
 fn tls_endpoint_serves_clients_that_trust_its_certificate() {
+    if !system::require_tools(&["openssl"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
     let openssl = |args: &[&str]| {

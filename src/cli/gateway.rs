@@ -1,21 +1,17 @@
 //! `atrest kms serve` (the AWS KMS JSON API over HTTP(S), SigV4-authenticated),
 //! `atrest s3 serve` (the S3 REST API with SSE-KMS), `atrest gateway serve` (both on one
-//! listener), `atrest iam create-access-key` (the access keys they accept), and
-//! [`Keys`], the key service of volume commands: local, or remote with `--kms-endpoint`.
+//! listener), and `atrest iam create-access-key` (the access keys they accept).
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use blockdev::lease::KeystoreGeneration;
 use clap::{Args, Subcommand};
-use crypto_core::kms::{KeyService, LocalKms, LocalKmsConfig};
-use crypto_core::trail::digest;
+use crypto_core::kms::{LocalKms, LocalKmsConfig};
+use crypto_core::trail::digest::DigestSigner;
+use crypto_core::trail::timer::DigestTimer;
 use gateway::server::ConnectionLimits;
-use gateway::{
-    CredentialStore, Gateway, RemoteKms, RemoteKmsConfig, RunningGateway, Services, TlsFiles,
-};
+use gateway::{CredentialStore, Gateway, RunningGateway, Services, TlsFiles};
 use objstore::ObjectStore;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -31,7 +27,7 @@ pub struct LimitArgs {
     /// End a connection whose request body makes no progress for this long
     /// (answered 400 RequestTimeout), or whose client reads nothing of an answer
     /// for this long: e.g. 20s, 1m.
-    #[arg(long, default_value = "20s", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    #[arg(long, default_value = "20s", value_name = "DUR", value_parser = super::parse_duration)]
     body_timeout: Duration,
     /// Most open connections, all clients together; more are answered 503 SlowDown.
     /// Lowered to fit the descriptor limit (ulimit -n) when that is smaller.
@@ -77,7 +73,7 @@ pub struct KmsServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Write a signed trail digest this often (and once at shutdown): e.g. 1h, 5m.
-    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::parse_duration)]
     digest_interval: Duration,
     #[command(flatten)]
     limits: LimitArgs,
@@ -147,11 +143,11 @@ pub struct S3ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Write a signed trail digest this often (and once at shutdown): e.g. 1h, 5m.
-    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::parse_duration)]
     digest_interval: Duration,
     /// Apply the buckets' lifecycle rules (Expiration, AbortIncompleteMultipartUpload)
     /// at start and then this often: e.g. 1h, 10m.
-    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    #[arg(long, default_value = "1h", value_name = "DUR", value_parser = super::parse_duration)]
     lifecycle_interval: Duration,
     #[command(flatten)]
     limits: LimitArgs,
@@ -160,7 +156,7 @@ pub struct S3ServeArgs {
     #[arg(long)]
     console: bool,
     /// End a console session after this long without a request: e.g. 15m, 30s.
-    #[arg(long, default_value = "15m", value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    #[arg(long, default_value = "15m", value_name = "DUR", value_parser = super::parse_duration)]
     console_idle_timeout: Duration,
     /// A directory whose `*.vol` volumes the console lists, besides HOME/volumes
     /// (repeatable).
@@ -251,7 +247,7 @@ fn serve(
     services: Services,
     lifecycle: Option<gateway::s3::LifecycleSchedule>,
 ) -> anyhow::Result<()> {
-    super::nbd::harden()?;
+    super::harden()?;
     let home = globals.home()?;
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -297,49 +293,17 @@ fn serve(
     if args.console.is_some() {
         eprintln!("console {scheme}://{}/console/", running.local_addr());
     }
-    let digests = DigestTimer::start(home.join("trail"), args.digest_interval)?;
+    let trail_dir = home.join("trail");
+    let signer = DigestSigner::open_or_create(&trail_dir)?;
+    eprintln!(
+        "trail digests every {:?}, signed by Ed25519 key {}",
+        args.digest_interval,
+        signer.public_key_hex()
+    );
+    let digests = DigestTimer::start(trail_dir, signer, args.digest_interval)?;
     running.wait_for_shutdown_signal()?;
     digests.stop();
     Ok(())
-}
-
-/// Writes a signed trail digest every interval, and a last one when stopped.
-struct DigestTimer {
-    stop: mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl DigestTimer {
-    fn start(trail_dir: PathBuf, interval: Duration) -> anyhow::Result<DigestTimer> {
-        let signer = digest::DigestSigner::open_or_create(&trail_dir)?;
-        eprintln!(
-            "trail digests every {interval:?}, signed by Ed25519 key {}",
-            signer.public_key_hex()
-        );
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("atrest-digests".into())
-            .spawn(move || loop {
-                let last = !matches!(
-                    stopped.recv_timeout(interval),
-                    Err(mpsc::RecvTimeoutError::Timeout)
-                );
-                if let Err(e) = digest::write_digest(&trail_dir, &signer) {
-                    tracing::warn!("could not write a trail digest: {e}");
-                }
-                if last {
-                    return;
-                }
-            })?;
-        Ok(DigestTimer { stop, thread })
-    }
-
-    fn stop(self) {
-        let _ = self.stop.send(());
-        if self.thread.join().is_err() {
-            tracing::error!("the trail digest thread panicked");
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -400,56 +364,4 @@ fn print_access_key(fields: &[(&str, String)], secret: &str) -> anyhow::Result<(
     stdout.write_all(&out)?;
     stdout.flush()?;
     Ok(())
-}
-
-/// The key service volume and NBD commands use: the local keystore, or, with
-/// `--kms-endpoint URL`, any AWS-KMS-compatible endpoint (AWS KMS, another machine's
-/// `atrest kms serve`), signed with the AWS credentials of the environment or profile.
-/// Derefs to `dyn KeyService`, so it goes wherever a key service does.
-#[derive(Clone, Debug)]
-pub enum Keys {
-    Local(LocalKms),
-    Remote(Arc<RemoteKms>),
-}
-
-impl Keys {
-    pub fn open(globals: &Globals) -> anyhow::Result<Keys> {
-        match &globals.kms_endpoint {
-            Some(endpoint) => {
-                let config = RemoteKmsConfig::from_env(Some(endpoint))?;
-                Ok(Keys::Remote(Arc::new(RemoteKms::new(config)?)))
-            }
-            None => Ok(Keys::Local(LocalKms::open(
-                &globals.home()?,
-                LocalKmsConfig::from_env()?,
-            )?)),
-        }
-    }
-
-    pub fn service(&self) -> Arc<dyn KeyService> {
-        match self {
-            Keys::Local(kms) => Arc::new(kms.clone()),
-            Keys::Remote(kms) => Arc::clone(kms) as Arc<dyn KeyService>,
-        }
-    }
-
-    /// What a data-key lease watches to re-check a key at once: the local keystore's
-    /// generation. A remote key service offers none; the lease polls DescribeKey.
-    pub fn watch(&self) -> Option<Arc<dyn KeystoreGeneration>> {
-        match self {
-            Keys::Local(kms) => Some(Arc::new(kms.clone())),
-            Keys::Remote(_) => None,
-        }
-    }
-}
-
-impl std::ops::Deref for Keys {
-    type Target = dyn KeyService;
-
-    fn deref(&self) -> &Self::Target {
-        match self {
-            Keys::Local(kms) => kms,
-            Keys::Remote(kms) => kms.as_ref(),
-        }
-    }
 }

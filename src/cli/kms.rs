@@ -220,11 +220,11 @@ pub struct DataKeyArgs {
 }
 
 pub fn run(cmd: KmsCommand, globals: &Globals) -> anyhow::Result<()> {
-    let kms = super::gateway::Keys::open(globals)?;
+    let kms = globals.keys()?;
     match cmd {
         KmsCommand::Serve(args) => match kms {
-            super::gateway::Keys::Local(local) => super::gateway::serve_kms(args, globals, local),
-            super::gateway::Keys::Remote(_) => {
+            gateway::keys::Keys::Local(local) => super::gateway::serve_kms(args, globals, local),
+            gateway::keys::Keys::Remote(_) => {
                 bail!("atrest kms serve serves the local keystore; drop --kms-endpoint")
             }
         },

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use blockdev::format::{Encryption, VolumeHeader};
-use blockdev::lease::{self, KeystoreGeneration, LeaseConfig, OnKeyDisable};
+use blockdev::lease::{self, LeaseConfig, OnKeyDisable};
 use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::lifecycle::{self, Progress, Target};
 use blockdev::volume::ImageFormat;
 use clap::{Args, ValueEnum};
-use crypto_core::kms::KeyService;
+use crypto_core::kms::{KeyService, KeystoreGeneration};
+use gateway::keys::Keys;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -91,7 +92,7 @@ pub struct LeaseArgs {
     on_key_disable: OnKeyDisableArg,
     /// How often the CMK is re-checked (e.g. 1s, 250ms, 2m); the local keystore is
     /// also watched, so a change is seen within about 50 ms.
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = super::parse_duration)]
     key_check_interval: Duration,
 }
 
@@ -105,38 +106,6 @@ impl LeaseArgs {
             check_interval: self.key_check_interval,
         }
     }
-}
-
-/// Parses `DUR`: a number with `ms`, `s`, `m` or `h` (plain numbers are seconds);
-/// positive, at most a day.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration: expected e.g. 1s, 250ms, 2m"))?;
-    let millis = match unit {
-        "ms" => Some(number),
-        "" | "s" => number.checked_mul(1000),
-        "m" => number.checked_mul(60_000),
-        "h" => number.checked_mul(3_600_000),
-        _ => {
-            return Err(format!(
-                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
-            ))
-        }
-    };
-    match millis {
-        Some(ms) if (1..=86_400_000).contains(&ms) => Ok(Duration::from_millis(ms)),
-        _ => Err(format!("'{text}' must be between 1ms and 24h")),
-    }
-}
-
-fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
-    super::gateway::Keys::open(globals)
 }
 
 /// Keeps a key-service refusal visible as a `KmsError` (its AWS name decides the exit
@@ -255,7 +224,7 @@ pub fn snapshot(args: SnapshotArgs, _globals: &Globals) -> anyhow::Result<()> {
 }
 
 pub fn copy(args: CopyArgs, globals: &Globals) -> anyhow::Result<()> {
-    let kms = open_kms(globals)?;
+    let kms = globals.keys()?;
     let target = match (&args.key_id, args.unencrypted) {
         (Some(key_id), _) => Target::Key(key_id),
         (None, true) => Target::Unencrypted,
@@ -271,7 +240,7 @@ pub fn copy(args: CopyArgs, globals: &Globals) -> anyhow::Result<()> {
 }
 
 pub fn import(args: ImportArgs, globals: &Globals) -> anyhow::Result<()> {
-    let kms = open_kms(globals)?;
+    let kms = globals.keys()?;
     let bar = Bar::new("import");
     let report = lifecycle::import(&args.raw, &args.dst, &*kms, &args.key_id, args.force, &bar)
         .map_err(cli_error)?;
@@ -282,7 +251,7 @@ pub fn import(args: ImportArgs, globals: &Globals) -> anyhow::Result<()> {
 }
 
 pub fn rewrap(args: RewrapArgs, globals: &Globals) -> anyhow::Result<()> {
-    let kms = open_kms(globals)?;
+    let kms = globals.keys()?;
     let header = lifecycle::rewrap(&args.path, &*kms, args.key_id.as_deref()).map_err(cli_error)?;
     Made::new(&args.path, Some(&header)).print()
 }
@@ -291,7 +260,7 @@ pub fn rewrap(args: RewrapArgs, globals: &Globals) -> anyhow::Result<()> {
 /// watches the local keystore, the rest as they are. `read_only` forces every export
 /// read-only.
 pub fn open_exports(
-    kms: &super::gateway::Keys,
+    kms: &Keys,
     lease_args: &LeaseArgs,
     read_only: bool,
     specs: Vec<ExportSpec>,
@@ -310,22 +279,4 @@ pub fn open_exports(
         )
     };
     Ok(exports::ExportSet::open(specs, Box::new(opener))?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("25h").is_err());
-        assert!(parse_duration("1.5s").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("s").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("99999999999999999999h").is_err());
-    }
 }

@@ -1,4 +1,10 @@
-//! Shared CLI plumbing: global options, the state directory, error reporting.
+//! Shared CLI plumbing: global options, the state directory and key service they
+//! choose, the duration parser of several commands, process hardening, error
+//! reporting.
+//!
+//! The command modules depend one way (none imports a module that imports it):
+//! `trail` -> `kms` -> `gateway`; `nbd` -> `volume` -> `lifecycle`; all of them use
+//! this module only for what is shared.
 
 pub mod console;
 pub mod gateway;
@@ -11,7 +17,10 @@ pub mod volume;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use ::gateway::keys::Keys;
+use anyhow::Context;
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -28,7 +37,8 @@ pub struct Globals {
 }
 
 impl Globals {
-    /// The state directory, per ARCHITECTURE.md's rules.
+    /// The state directory: `--home`, else `ATREST_HOME`, else `$XDG_DATA_HOME/atrest`,
+    /// else `~/.local/share/atrest` (docs/ARCHITECTURE.md, "State directory").
     pub fn home(&self) -> anyhow::Result<PathBuf> {
         if let Some(home) = &self.home {
             return Ok(home.clone());
@@ -41,6 +51,49 @@ impl Globals {
             None => anyhow::bail!("no state directory: set --home, ATREST_HOME or HOME"),
         }
     }
+
+    /// The key service of the kms, volume and nbd commands: the endpoint of
+    /// `--kms-endpoint`, else the local keystore of the home.
+    pub fn keys(&self) -> anyhow::Result<Keys> {
+        match &self.kms_endpoint {
+            Some(endpoint) => Ok(Keys::remote(endpoint)?),
+            None => Ok(Keys::local(&self.home()?)?),
+        }
+    }
+}
+
+/// Parses `DUR`: a number with `ms`, `s`, `m` or `h` (plain numbers are seconds);
+/// positive, at most a day.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: expected e.g. 1s, 250ms, 2m"))?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "" | "s" => number.checked_mul(1000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    match millis {
+        Some(ms) if (1..=86_400_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("'{text}' must be between 1ms and 24h")),
+    }
+}
+
+/// A server holds unwrapped data keys: no core dump may write them to disk.
+pub fn harden() -> anyhow::Result<()> {
+    crypto_core::hardening::disable_core_dumps()
+        .context("marking the process non-dumpable (prctl PR_SET_DUMPABLE)")
 }
 
 /// Logs go to stderr; `RUST_LOG` filters them. The default is `info`, with rustls
@@ -69,5 +122,23 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         ExitCode::from(254)
     } else {
         ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("25h").is_err());
+        assert!(parse_duration("1.5s").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("99999999999999999999h").is_err());
     }
 }

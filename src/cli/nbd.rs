@@ -5,22 +5,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context};
+use blockdev::default_volume::{self, Made, SetupError, DEFAULT_KEY_ALIAS};
 use blockdev::lease::{self, LeaseConfig};
 use blockdev::lifecycle::exports::{self, ExportSpec};
-use blockdev::nbd::{
-    self, kernel, Export, Refusal, RefusalAudit, Server, TlsMode, TlsSettings, DEFAULT_EXPORT,
-};
-use blockdev::volume::{self, ImageFormat, NewVolumeKey};
+use blockdev::nbd::{self, kernel, Export, Server, TlsMode, TlsSettings, DEFAULT_EXPORT};
+use blockdev::refusal_audit;
+use blockdev::volume::ImageFormat;
 use clap::{Args, Subcommand, ValueEnum};
-use crypto_core::kms::{CreateKeyRequest, KeyService, KmsError};
-use crypto_core::trail::{ApiCall, Trail};
-use tracing::error;
+use crypto_core::trail::Trail;
+use gateway::keys::Keys;
 
-use super::Globals;
+use super::{harden, Globals};
 
-/// The key `atrest serve` creates on first run and encrypts the default volume under.
-const DEFAULT_KEY_ALIAS: &str = "alias/atrest-default";
-const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
 const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +62,7 @@ pub struct AttachArgs {
     block_size: Option<u32>,
     /// How long the kernel waits for a reply before it retries a request on another
     /// connection, or fails it with one connection (whole seconds; default 120s).
-    #[arg(long, value_name = "DUR", value_parser = super::lifecycle::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
     timeout: Option<std::time::Duration>,
     #[command(flatten)]
     lease: super::lifecycle::LeaseArgs,
@@ -78,7 +74,7 @@ pub struct DetachArgs {
     device: PathBuf,
     /// How long to wait for the serving process to flush and exit (e.g. 30s).
     #[arg(long, value_name = "DUR", default_value = "60s",
-          value_parser = super::lifecycle::parse_duration)]
+          value_parser = super::parse_duration)]
     timeout: std::time::Duration,
 }
 
@@ -157,61 +153,20 @@ impl TlsArgs {
 fn secure(
     server: Server,
     tls: Option<TlsSettings>,
-    kms: &super::gateway::Keys,
+    kms: &Keys,
     globals: &Globals,
 ) -> anyhow::Result<Server> {
     let Some(tls) = tls else {
         return Ok(server);
     };
     let mut server = server.with_tls(tls);
-    if let super::gateway::Keys::Local(local) = kms {
+    if let Keys::Local(local) = kms {
         let dir = globals.home()?.join("trail");
         let trail = Trail::open(&dir, local.region(), local.account())
             .with_context(|| format!("opening the audit trail {}", dir.display()))?;
-        server = server.with_refusal_audit(refusal_recorder(trail));
+        server = server.with_refusal_audit(refusal_audit::recorder(trail));
     }
     Ok(server)
-}
-
-/// Writes an `AttachVolume` record with errorCode `AccessDenied` for every client
-/// refused an encrypted export; the principal is the client certificate's name.
-fn refusal_recorder(trail: Trail) -> RefusalAudit {
-    Arc::new(move |refusal: &Refusal<'_>| {
-        let Some(key_arn) = refusal.key_arn else {
-            return;
-        };
-        let principal = refusal
-            .client
-            .map_or_else(|| "anonymous".to_owned(), |c| c.to_string());
-        let certificate = refusal.client.map(|c| {
-            serde_json::json!({
-                "commonName": c.common_name,
-                "subjectAlternativeNames": c.alt_names,
-            })
-        });
-        let call = ApiCall {
-            event_time: time::OffsetDateTime::now_utc(),
-            event_name: "AttachVolume".into(),
-            principal,
-            request_parameters: serde_json::json!({
-                "exportName": refusal.export,
-                "keyId": key_arn,
-                "sourceAddress": refusal.peer,
-                "clientCertificate": certificate,
-            }),
-            response_elements: None,
-            error_code: Some("AccessDenied".into()),
-            error_message: Some(refusal.reason.to_owned()),
-            read_only: true,
-            resources: vec![key_arn.to_owned()],
-        };
-        if let Err(err) = trail.append(&call) {
-            error!(
-                "the audit trail could not record the refusal of export {:?}: {err}",
-                refusal.export
-            );
-        }
-    })
 }
 
 /// `atrest serve`: zero-config. On first run it creates the key `alias/atrest-default`
@@ -263,7 +218,7 @@ fn attach(args: AttachArgs, globals: &Globals) -> anyhow::Result<()> {
     let path = std::fs::canonicalize(&args.volume)
         .with_context(|| format!("opening {}", args.volume.display()))?;
     let backend = format!("{}{}", kernel::BACKEND_PREFIX, path.display());
-    let kms = open_kms(globals)?;
+    let kms = globals.keys()?;
     let spec = ExportSpec {
         name: DEFAULT_EXPORT.to_owned(),
         description: Some(path.display().to_string()),
@@ -374,8 +329,8 @@ fn list(globals: &Globals) -> anyhow::Result<()> {
             .and_then(|path| volume_key(path).ok().flatten());
         let (key_state, key_state_reason) = match &key_id {
             Some(arn) => {
-                let (state, reason) = super::volume::key_state(globals, arn);
-                (Some(state), reason)
+                let state = super::volume::key_state(globals, arn);
+                (Some(state.name()), state.reason())
             }
             None => (None, None),
         };
@@ -407,13 +362,9 @@ fn volume_key(path: &Path) -> anyhow::Result<Option<String>> {
     })
 }
 
-fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
-    super::gateway::Keys::open(globals)
-}
-
 fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
     harden()?;
-    let kms = open_kms(globals)?;
+    let kms = globals.keys()?;
     let specs = match &args.exports_file {
         Some(file) => exports::load_exports(file)?,
         None => {
@@ -470,7 +421,7 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_export(kms: &super::gateway::Keys, path: &Path, read_only: bool) -> anyhow::Result<Export> {
+fn open_export(kms: &Keys, path: &Path, read_only: bool) -> anyhow::Result<Export> {
     let volume = lease::open_served(
         path,
         ImageFormat::Atrest,
@@ -492,7 +443,7 @@ fn run_server(
     listen: &str,
     table: BTreeMap<String, Export>,
     tls: Option<TlsSettings>,
-    kms: &super::gateway::Keys,
+    kms: &Keys,
     globals: &Globals,
 ) -> anyhow::Result<()> {
     let server = Server::bind(listen, Arc::new(RwLock::new(table)))?;
@@ -509,28 +460,12 @@ pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
     harden()?;
     let tls = args.tls.settings()?;
     let home = globals.home()?;
-    let kms = open_kms(globals)?;
-    let path = home.join("volumes").join("default.vol");
-    if !path.exists() {
-        ensure_default_key(&*kms)?;
-        let dir = home.join("volumes");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let header = volume::create(
-            &path,
-            DEFAULT_VOLUME_SIZE,
-            NewVolumeKey::Kms {
-                kms: &*kms,
-                key_id: DEFAULT_KEY_ALIAS,
-            },
-        )
-        .with_context(|| format!("creating the default volume {}", path.display()))?;
-        eprintln!(
-            "created {} ({} bytes, encrypted under {DEFAULT_KEY_ALIAS}, volume id {})",
-            path.display(),
-            DEFAULT_VOLUME_SIZE,
-            header.volume_id()
-        );
-    }
+    let kms = globals.keys()?;
+    let path = default_volume::ensure(&home, &*kms, &mut print_made).map_err(|err| match err {
+        // A key-service refusal stays a KmsError: its AWS name decides the exit code.
+        SetupError::Key(refusal) => anyhow::Error::from(refusal),
+        other => other.into(),
+    })?;
     let export = open_export(&kms, &path, false)?;
     run_server(
         &args.listen,
@@ -541,25 +476,15 @@ pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
     )
 }
 
-/// Creates `alias/atrest-default` (and its key) unless it exists.
-fn ensure_default_key(kms: &dyn KeyService) -> anyhow::Result<()> {
-    match kms.describe_key(DEFAULT_KEY_ALIAS) {
-        Ok(_) => Ok(()),
-        Err(KmsError::NotFound(_)) => {
-            let key = kms.create_key(&CreateKeyRequest {
-                description: "atrest default volume key".into(),
-                ..CreateKeyRequest::default()
-            })?;
-            kms.create_alias(DEFAULT_KEY_ALIAS, &key.key_id)?;
-            eprintln!("created key {} as {DEFAULT_KEY_ALIAS}", key.arn);
-            Ok(())
-        }
-        Err(err) => Err(err.into()),
+/// Tells the user what first-run setup made.
+fn print_made(made: Made<'_>) {
+    match made {
+        Made::Key { arn } => eprintln!("created key {arn} as {DEFAULT_KEY_ALIAS}"),
+        Made::Volume { path, header } => eprintln!(
+            "created {} ({} bytes, encrypted under {DEFAULT_KEY_ALIAS}, volume id {})",
+            path.display(),
+            header.size(),
+            header.volume_id()
+        ),
     }
-}
-
-/// A server holds unwrapped data keys: no core dump may write them to disk.
-pub(super) fn harden() -> anyhow::Result<()> {
-    crypto_core::hardening::disable_core_dumps()
-        .context("marking the process non-dumpable (prctl PR_SET_DUMPABLE)")
 }

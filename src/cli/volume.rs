@@ -8,8 +8,9 @@ use anyhow::Context;
 use blockdev::format::{self, CopyContent, Encryption, HeaderCopy, LocatedHeader, VolumeHeader};
 use blockdev::lifecycle;
 use blockdev::volume::{self, NewVolumeKey};
+use blockdev::volume_key::VolumeKeyState;
 use clap::{Args, Subcommand, ValueEnum};
-use crypto_core::kms::{EncryptionContext, KmsError};
+use crypto_core::kms::EncryptionContext;
 use serde::Serialize;
 
 use super::Globals;
@@ -99,10 +100,6 @@ pub fn run(cmd: VolumeCommand, globals: &Globals) -> anyhow::Result<()> {
     }
 }
 
-fn open_kms(globals: &Globals) -> anyhow::Result<super::gateway::Keys> {
-    super::gateway::Keys::open(globals)
-}
-
 use super::lifecycle::cli_error;
 
 /// What `volume create` and `volume info` print (PascalCase, like AWS's DescribeVolumes).
@@ -190,7 +187,7 @@ impl VolumeDescription {
 fn create(args: CreateArgs, globals: &Globals) -> anyhow::Result<()> {
     let header = match &args.key_id {
         Some(key_id) => {
-            let kms = open_kms(globals)?;
+            let kms = globals.keys()?;
             volume::create(
                 &args.path,
                 args.size,
@@ -214,9 +211,9 @@ fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     let located = format::read_header(&file, path).map_err(cli_error)?;
     let mut description = VolumeDescription::new(path, &located)?;
     if let Some(key_arn) = &description.key_id {
-        let (state, reason) = key_state(globals, key_arn);
-        description.key_state = Some(state);
-        description.key_state_reason = reason;
+        let state = key_state(globals, key_arn);
+        description.key_state = Some(state.name());
+        description.key_state_reason = state.reason();
     }
     description.print()
 }
@@ -304,21 +301,13 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The CMK's state as DescribeKey reports it, `Deleted` when the key no longer exists
-/// (the data is then unrecoverable), `Unknown` when the key service cannot say.
-pub(super) fn key_state(globals: &Globals, key_arn: &str) -> (&'static str, Option<String>) {
-    let described = open_kms(globals).and_then(|kms| Ok(kms.describe_key(key_arn)?));
-    match described {
-        Ok(meta) => (meta.key_state.as_str(), None),
-        Err(err) => match err.downcast_ref::<KmsError>() {
-            Some(KmsError::NotFound(message)) => (
-                "Deleted",
-                Some(format!(
-                    "the key is gone ({message}): the volume's data key can never be \
-                     unwrapped again and its data is unrecoverable"
-                )),
-            ),
-            _ => ("Unknown", Some(format!("{err:#}"))),
+/// The CMK's state as DescribeKey reports it (`Deleted` when the key no longer
+/// exists), `Unknown` with the reason when the key service cannot be opened.
+pub(super) fn key_state(globals: &Globals, key_arn: &str) -> VolumeKeyState {
+    match globals.keys() {
+        Ok(kms) => VolumeKeyState::describe(&*kms, key_arn),
+        Err(err) => VolumeKeyState::Unknown {
+            reason: format!("{err:#}"),
         },
     }
 }

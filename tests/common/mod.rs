@@ -1,8 +1,16 @@
 //! Helpers shared by the end-to-end tests: a temporary state directory, running the
 //! `atrest` binary, a served `atrest` process that is stopped (and checked) at the end,
-//! and `require_tool`, which fails the test when a real client is missing.
+//! and (from [`system`]) the `require_*` checks that skip a system test whose real
+//! client, root or venv is missing, or fail it under `ATREST_REQUIRE_SYSTEM_TESTS=1`.
 // Each test crate uses its own subset of these helpers.
 #![allow(dead_code)]
+
+pub mod system;
+#[allow(unused_imports)] // Each test crate uses its own subset.
+pub use system::{
+    nbdsh_needs_system_python, require_nbdsh, require_python3_imports, require_root, require_tools,
+    require_venv, venv_dir, venv_missing,
+};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -104,41 +112,17 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// Fails the test when a required client is not installed: end-to-end tests never skip.
-pub fn require_tool(name: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is required by this test; install it with scripts/install-test-deps.sh"
-    );
-}
-
-/// `nbdsh` (python3-libnbd). Debian installs the `nbd` module for the system Python,
-/// which may not be the first `python3` on PATH (pyenv and the like), so the PATH is
-/// arranged for the interpreter that can import it.
+/// `nbdsh` (python3-libnbd); the test has checked [`require_nbdsh`]. Debian installs
+/// the `nbd` module for the system Python, which may not be the first `python3` on
+/// PATH (pyenv and the like), so the PATH is arranged for the interpreter that can
+/// import it.
 pub fn nbdsh() -> Command {
-    require_tool("nbdsh");
-    let can_import = |python: &str| {
-        Command::new(python)
-            .args(["-c", "import nbd"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
+    let system_python = nbdsh_needs_system_python().expect(
+        "nbdsh needs the python3 `nbd` module (python3-libnbd); install it with scripts/install-test-deps.sh",
+    );
     let path = std::env::var("PATH").unwrap_or_default();
     let mut cmd = Command::new("nbdsh");
-    if !can_import("python3") {
-        assert!(
-            can_import("/usr/bin/python3"),
-            "nbdsh needs the python3 `nbd` module (python3-libnbd); install it with scripts/install-test-deps.sh"
-        );
+    if system_python {
         cmd.env("PATH", format!("/usr/bin:{path}"));
     }
     cmd
@@ -340,19 +324,21 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// A program of the test venv (boto3, the aws CLI, moto): `$ATREST_TEST_VENV`, else
-/// `.venv-test` in the repository, made by scripts/install-test-deps.sh.
+/// `.venv-test` in the repository, made by scripts/install-test-deps.sh. The test has
+/// checked [`require_test_venv`].
 pub fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("ATREST_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-test"));
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/install-test-deps.sh (it makes the venv with boto3, \
-         awscli and moto[server])",
-        path.display()
-    );
+    let path = venv_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .join("bin")
+        .join(name);
+    assert!(path.exists(), "{}", venv_missing(&path));
     path
+}
+
+/// `true` when the test venv has every program in `names` (`python`, `aws`,
+/// `moto_server`); otherwise the skip decision (see [`system`]).
+#[must_use = "a test returns early when this is false"]
+pub fn require_test_venv(names: &[&str]) -> bool {
+    require_venv(Path::new(env!("CARGO_MANIFEST_DIR")), names)
 }
 
 /// Every file under `dir`, recursively.

@@ -1,56 +1,18 @@
 # Shared by the qemu guest tests (tests/e2e/boot-vm.sh, tests/e2e/attach-vm.sh);
-# sourced, not run. Provides: a private $tmp removed on exit with every process in
-# $pids, die/step/need_tool, free_port, process bookkeeping, timing, and
-# guest_kernel, which fetches Debian's cloud kernel and busybox once into the cache
+# sourced, not run. Provides: what tests/e2e/lib.sh does (a private $tmp removed on
+# exit with every process in $pids, die/step/need_tool), free_port, process
+# bookkeeping, timing, and guest_kernel, which fetches Debian's cloud kernel and busybox once into the cache
 # ($ATREST_BOOT_VM_CACHE, default ${XDG_CACHE_HOME:-~/.cache}/atrest-boot-vm) and
 # picks out the kernel modules a guest needs. Callers set `set -euo pipefail` and
 # $guest_test (their name, for messages) before sourcing.
 
 cache=${ATREST_BOOT_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/atrest-boot-vm}
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/atrest-$guest_test.XXXXXX")
-pids=()
+e2e_name=$guest_test
+# shellcheck source=tests/e2e/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 unpack_dir=""
-# Commands run on exit before the processes are stopped (unmounts and the like).
-exit_hooks=()
-cleanup() {
-    local status=$?
-    local pid hook
-    for hook in "${exit_hooks[@]}"; do
-        eval "$hook" || true
-    done
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-    if [ -n "$unpack_dir" ]; then
-        rm -rf "$unpack_dir"
-    fi
-    if [ "$status" -ne 0 ]; then
-        echo "$guest_test: FAILED" >&2
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-die() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-
-step() {
-    echo
-    echo "== $*"
-}
-
-need_tool() {
-    command -v "$1" >/dev/null || die "$1 is not installed (run scripts/install-test-deps.sh)"
-}
+exit_hooks+=('if [ -n "$unpack_dir" ]; then rm -rf "$unpack_dir"; fi')
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

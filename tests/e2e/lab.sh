@@ -26,43 +26,12 @@ account=000000000000
 admin_arn=arn:aws:iam::$account:user/KeyAdmin
 user_arn=arn:aws:iam::$account:user/KeyUser
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/atrest-lab.XXXXXX")
-pids=()
-cleanup() {
-    local status=$?
-    local pid
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-    if [ "$status" -ne 0 ]; then
-        echo "lab: FAILED" >&2
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-die() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-
-step() {
-    echo
-    echo "== $*"
-}
+e2e_name=lab
+# shellcheck source=tests/e2e/lib.sh
+. "$repo/tests/e2e/lib.sh"
 
 ok() {
     echo "   ok: $*"
-}
-
-need_tool() {
-    command -v "$1" >/dev/null || die "$1 is not installed (run scripts/install-test-deps.sh)"
 }
 
 # json FILE EXPR: evaluates the Python expression EXPR over the JSON document `d`.

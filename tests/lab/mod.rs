@@ -1,6 +1,7 @@
-//! What the LAB step 6 and 7 tests share: an export attached as a block device the way
-//! this kernel allows (nbdfuse shows it as a file, losetup with direct I/O makes that a
-//! loop device), an ext4 filesystem on it, uncached reads, and polling.
+//! What the LAB step 6 and 7 tests and e2e_nbd_mount share: an export attached as a
+//! block device the way this kernel allows (nbdfuse shows it as a file, losetup makes
+//! that a loop device, with direct I/O for the lab), an ext4 filesystem on it, uncached
+//! reads, and polling.
 // Each test crate uses its own subset of these helpers.
 #![allow(dead_code)]
 
@@ -10,25 +11,35 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{require_tool, run, Home};
+use crate::common::{require_root, require_tools, run, Home, Served};
 
 /// How long anything that should happen "within a second" may take on a loaded
 /// machine before the test gives up. Tests never assert timing; this only bounds polls.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Fails the test unless every client the lab uses is installed.
-pub fn require_clients() {
-    for tool in [
-        "nbdfuse",
-        "nbdinfo",
-        "losetup",
-        "mkfs.ext4",
-        "mount",
-        "umount",
-        "dd",
-    ] {
-        require_tool(tool);
-    }
+/// `true` when the test runs as root and every client the lab uses is installed;
+/// otherwise the skip decision (see `common::system`).
+#[must_use = "a test returns early when this is false"]
+pub fn require_clients() -> bool {
+    require_root()
+        && require_tools(&[
+            "nbdfuse",
+            "nbdinfo",
+            "losetup",
+            "mkfs.ext4",
+            "mount",
+            "umount",
+            "dd",
+        ])
+}
+
+/// How the loop device over the nbdfuse file reads it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum LoopIo {
+    /// `--direct-io=on`: reads reach the server instead of the FUSE file's page cache.
+    Direct,
+    /// The loop driver's default, buffered through the page cache.
+    Buffered,
 }
 
 /// An export attached as a loop device (and maybe mounted). Dropping it undoes
@@ -41,9 +52,16 @@ pub struct Attached {
     mounted: bool,
 }
 
-/// nbdfuse `uri` to a file, then a loop device over it with direct I/O (so reads reach
-/// the server instead of the FUSE file's page cache).
-pub fn attach(home: &Home, uri: &str, tag: &str) -> Attached {
+/// nbdfuse `export` of `served` to a file, then a loop device over it with direct I/O
+/// (so reads reach the server instead of the FUSE file's page cache).
+pub fn attach(home: &Home, served: &Served, export: &str, tag: &str) -> Attached {
+    attach_with(home, served, export, tag, LoopIo::Direct)
+}
+
+/// nbdfuse `export` of `served` to a file in `home`, then a loop device over it read as
+/// `io` says; `tag` names the directories, so one home can attach several times.
+pub fn attach_with(home: &Home, served: &Served, export: &str, tag: &str, io: LoopIo) -> Attached {
+    let uri = served.uri(export);
     let fuse_dir = home.file(&format!("fuse-{tag}"));
     let mount_dir = home.file(&format!("mnt-{tag}"));
     fs::create_dir_all(&fuse_dir).unwrap();
@@ -54,7 +72,7 @@ pub fn attach(home: &Home, uri: &str, tag: &str) -> Attached {
         .arg("-P")
         .arg(&pidfile)
         .arg(fuse_dir.join("disk"))
-        .arg(uri)
+        .arg(&uri)
         .stdin(Stdio::null())
         .spawn()
         .expect("starting nbdfuse");
@@ -69,29 +87,38 @@ pub fn attach(home: &Home, uri: &str, tag: &str) -> Attached {
     let started = Instant::now();
     while !pidfile.exists() {
         if let Some(status) = attached.nbdfuse.as_mut().unwrap().try_wait().unwrap() {
-            panic!("nbdfuse {uri} exited with {status}");
+            panic!(
+                "nbdfuse {uri} exited with {status}; server log:\n{}",
+                served.log()
+            );
         }
         assert!(started.elapsed() < PATIENCE, "nbdfuse never became ready");
         thread::sleep(Duration::from_millis(20));
     }
-    let out = run(Command::new("losetup")
-        .args(["--find", "--show", "--direct-io=on"])
-        .arg(attached.fuse_dir.join("disk")));
+    let mut losetup = Command::new("losetup");
+    losetup.args(["--find", "--show"]);
+    if io == LoopIo::Direct {
+        losetup.arg("--direct-io=on");
+    }
+    let out = run(losetup.arg(attached.fuse_dir.join("disk")));
     attached.loop_device = Some(String::from_utf8(out.stdout).unwrap().trim().to_owned());
     attached
 }
 
 impl Attached {
+    /// The loop device, `/dev/loopN`.
     pub fn device(&self) -> &str {
         self.loop_device.as_deref().expect("attached")
     }
 
+    /// An ext4 filesystem on the device, without discarding (the export starts zeroed).
     pub fn mkfs(&self) {
         run(Command::new("mkfs.ext4")
             .args(["-q", "-F", "-E", "nodiscard"])
             .arg(self.device()));
     }
 
+    /// Mounts the device on `mount_dir`.
     pub fn mount(&mut self) {
         run(Command::new("mount")
             .arg(self.device())
@@ -99,6 +126,7 @@ impl Attached {
         self.mounted = true;
     }
 
+    /// A path inside the mounted filesystem.
     pub fn path(&self, name: &str) -> PathBuf {
         self.mount_dir.join(name)
     }

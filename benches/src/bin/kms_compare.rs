@@ -40,6 +40,8 @@ struct Options {
     seconds: f64,
     rounds: usize,
     threads: usize,
+    /// Where to write the rounds as a chart report (benches/src/chart.rs), if anywhere.
+    report: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -49,6 +51,7 @@ fn parse_args() -> anyhow::Result<Options> {
         seconds: 5.0,
         rounds: 3,
         threads: 1,
+        report: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -72,6 +75,7 @@ fn parse_args() -> anyhow::Result<Options> {
             "--seconds" => options.seconds = value()?.parse().context("--seconds")?,
             "--rounds" => options.rounds = value()?.parse().context("--rounds")?,
             "--threads" => options.threads = value()?.parse().context("--threads")?,
+            "--report" => options.report = Some(value()?.into()),
             other => bail!("unknown option {other}"),
         }
     }
@@ -215,6 +219,38 @@ fn main() -> anyhow::Result<()> {
             ));
         }
         println!("{line}");
+    }
+    if let Some(path) = &options.report {
+        use atrest_benches::chart::{Bar, Chart, Group, Report};
+        let bars = options
+            .targets
+            .iter()
+            .zip(&rates)
+            .map(|(t, r)| Bar {
+                series: t.name.clone(),
+                rounds: r.clone(),
+            })
+            .collect();
+        Report {
+            bench: "kms-compare".into(),
+            title: format!(
+                "GenerateDataKey+Decrypt pairs, {} client thread(s), {} rounds x {} s",
+                options.threads, options.rounds, options.seconds
+            ),
+            machine: String::new(),
+            date: String::new(),
+            charts: vec![Chart {
+                name: "pairs".into(),
+                title: "GenerateDataKey+Decrypt pairs per second".into(),
+                higher_is_better: true,
+                groups: vec![Group {
+                    label: "Rust client (gateway::RemoteKms)".into(),
+                    unit: "pairs/s".into(),
+                    bars,
+                }],
+            }],
+        }
+        .write(path)?;
     }
     Ok(())
 }

@@ -13,8 +13,11 @@
 //! other processes spreads over all of them; the tables show medians of the rounds.
 //!
 //! ```text
-//! cargo run --release -p atrest-benches --bin xts_compare -- [--rounds N] [--seconds S]
+//! cargo run --release -p atrest-benches --bin xts_compare -- [--rounds N] [--seconds S] [--out DIR]
 //! ```
+//!
+//! Every round of every cell also goes to `DIR/xts-compare.json` (default
+//! `bench-results/`), drawn as `DIR/xts-compare-cpu.svg` (benches/src/chart.rs).
 
 use std::hint::black_box;
 use std::process::Command;
@@ -23,6 +26,7 @@ use std::time::Instant;
 use aes::cipher::KeyInit;
 use aes::Aes256;
 use anyhow::{bail, Context, Result};
+use atrest_benches::chart::{Bar, Chart, Group, Report};
 use atrest_benches::throughput;
 use crypto_core::xts::{Backend, SectorCipher};
 use xts_mode::{get_tweak_default, Xts128};
@@ -34,12 +38,14 @@ const BIG: usize = 64 << 20;
 struct Options {
     rounds: usize,
     seconds: f64,
+    out: std::path::PathBuf,
 }
 
 fn parse_options() -> Result<Options> {
     let mut opts = Options {
         rounds: 5,
         seconds: 1.0,
+        out: "bench-results".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -47,8 +53,12 @@ fn parse_options() -> Result<Options> {
         match arg.as_str() {
             "--rounds" => opts.rounds = value()?.parse().context("--rounds")?,
             "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
+            "--out" => opts.out = value()?.into(),
             "-h" | "--help" => {
-                println!("usage: xts_compare [--rounds N (5)] [--seconds S per measurement (1.0)]");
+                println!(
+                    "usage: xts_compare [--rounds N (5)] [--seconds S per measurement (1.0)] \
+                     [--out DIR for xts-compare.json and its chart (bench-results)]"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -211,6 +221,12 @@ fn main() -> Result<()> {
         big_two.push(big_run(&two)?);
     }
 
+    let report = report(&opts, &backends, &per_backend, &xts_mode, &openssl);
+    let json = opts.out.join("xts-compare.json");
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    report.write(&json)?;
+
     let gb = |bps: f64| bps / 1e9;
     let openssl_m = median(openssl);
     println!(
@@ -286,5 +302,84 @@ fn main() -> Result<()> {
         c2,
         gb(p2)
     );
+    println!("\nreport: {}", json.display());
+    for chart in report.render_all(&opts.out)? {
+        println!("chart: {}", chart.display());
+    }
     Ok(())
+}
+
+/// The rounds as a chart report: one panel per way of calling the cipher, a bar per
+/// contender, in GB per CPU-second (the fastest atrest backend first).
+fn report(
+    opts: &Options,
+    backends: &[Backend],
+    per_backend: &[[Vec<f64>; 4]],
+    xts_mode: &[f64],
+    openssl: &[f64],
+) -> Report {
+    let gb = |v: &[f64]| v.iter().map(|x| x / 1e9).collect::<Vec<f64>>();
+    let labels = [
+        "encrypt 4 KiB per call",
+        "decrypt 4 KiB per call",
+        "encrypt 1 MiB, 4 KiB sectors",
+        "encrypt 1 MiB, 512 B sectors",
+    ];
+    let groups = labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let mut bars: Vec<Bar> = backends
+                .iter()
+                .zip(per_backend)
+                .map(|(b, cells)| Bar {
+                    series: format!("atrest {b:?}"),
+                    rounds: gb(&cells[i]),
+                })
+                .collect();
+            if i == 0 {
+                bars.push(Bar {
+                    series: "xts-mode".into(),
+                    rounds: gb(xts_mode),
+                });
+                bars.push(Bar {
+                    series: "openssl".into(),
+                    rounds: gb(openssl),
+                });
+            }
+            Group {
+                label: label.to_string(),
+                unit: "GB per CPU-second".into(),
+                bars,
+            }
+        })
+        .collect();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    Report {
+        bench: "xts-compare".into(),
+        title: format!(
+            "AES-256-XTS, one core, {} rounds x {} s per cell",
+            opts.rounds, opts.seconds
+        ),
+        machine: format!("{cpu}, load {}", load_average()),
+        date: Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%MZ"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default(),
+        charts: vec![Chart {
+            name: "cpu".into(),
+            title: "AES-256-XTS per CPU-second".into(),
+            higher_is_better: true,
+            groups,
+        }],
+    }
 }

@@ -14,12 +14,14 @@ use time::OffsetDateTime;
 use crate::secret::SecretBytes;
 
 pub mod clock;
+mod generation;
 mod ident;
 mod keystore;
 mod local;
 pub mod policy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use generation::KeystoreGeneration;
 pub use ident::{principal_account, validate_alias_name, KeyRef};
 pub use local::{validate_tags, ImportOperation, LocalKms, LocalKmsConfig, AWS_MANAGED_S3_ALIAS};
 
@@ -475,8 +477,8 @@ impl KmsError {
     }
 }
 
-/// The operations of AWS KMS that atrest serves. Implemented by [`LocalKms`] and,
-/// later, by a client of any AWS-KMS-compatible endpoint.
+/// The operations of AWS KMS that atrest serves. Implemented by [`LocalKms`] and by
+/// `gateway::RemoteKms`, the client of any AWS-KMS-compatible endpoint.
 ///
 /// Wherever a `key_id` is taken, a key id, key ARN, alias name (`alias/X`) or alias
 /// ARN is accepted, except `create_alias`/`update_alias`'s target, which must name a

@@ -26,6 +26,7 @@
 pub mod digest;
 mod head;
 mod record;
+pub mod timer;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
