@@ -3,14 +3,16 @@
 # clients and peers (libnbd-bin, nbdkit, fio, qemu-utils, python3-libnbd; Debian's
 # nbd-client, copied into the guest of tests/e2e/attach-vm.sh), FUSE and
 # ext4 tools for the mount tests, OpenSSL, curl (the plain HTTP client of the S3
-# tests), rclone (a generic S3 client with its default settings), qemu-system-x86 for the VM boot test, and the Python packages of
+# tests), rclone (a generic S3 client with its default settings), Debian's chromium and
+# chromium-driver (the console's browser tests drive them headless through Selenium;
+# nothing downloads a browser), qemu-system-x86 for the VM boot test, and the Python packages of
 # requirements-test.txt. Safe to run again: it
 # installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libssl-dev and pkg-config: the xts_openssl fuzz target links OpenSSL (openssl-sys).
-apt_packages=(libnbd-bin nbd-client nbdkit fio qemu-utils python3-libnbd fuse3 e2fsprogs util-linux openssl python3-pip python3-venv curl rclone libssl-dev pkg-config)
+apt_packages=(libnbd-bin nbd-client nbdkit fio qemu-utils python3-libnbd fuse3 e2fsprogs util-linux openssl python3-pip python3-venv curl rclone libssl-dev pkg-config chromium chromium-driver)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

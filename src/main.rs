@@ -39,6 +39,9 @@ enum Command {
     /// Access keys for the AWS-compatible endpoints (`atrest kms serve`, `atrest s3 serve`).
     #[command(subcommand)]
     Iam(cli::gateway::IamCommand),
+    /// The web console (keys, buckets, objects, event history) with the KMS and S3
+    /// APIs, on one listener: `atrest gateway serve --console`.
+    Console(cli::console::ConsoleArgs),
     /// Zero-config main job: default key, default volume, served over NBD.
     Serve(cli::nbd::ServeArgs),
 }
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::S3(cmd) => cli::gateway::run_s3(cmd, &args.globals),
         Command::Gateway(cmd) => cli::gateway::run_gateway(cmd, &args.globals),
         Command::Iam(cmd) => cli::gateway::run_iam(cmd, &args.globals),
+        Command::Console(console) => cli::console::run(console, &args.globals),
         Command::Serve(serve) => cli::nbd::serve_default(serve, &args.globals),
     };
     match result {

@@ -13,9 +13,11 @@
 //!   streaming bodies, aws-chunked uploads and flexible checksums.
 //! - [`client`]: [`client::RemoteKms`], a `KeyService` reached over HTTP.
 //! - [`keys`]: [`keys::Keys`], the local keystore or a remote key service, chosen once.
+//! - [`console`]: the web console at `/console/` (sessions, pages, their API).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod console;
 pub mod credentials;
 mod error;
 pub mod keys;
@@ -25,6 +27,7 @@ pub mod server;
 pub mod sigv4;
 
 pub use client::{RemoteKms, RemoteKmsConfig};
+pub use console::Console;
 pub use credentials::{AccessKey, AccessKeyStatus, CredentialStore};
 pub use error::{ErrorReply, FormFault, GatewayError, Protocol};
 pub use server::{Gateway, RunningGateway, Services, TlsFiles};

@@ -332,7 +332,7 @@ enum BodyKind {
 }
 
 impl Body {
-    fn whole(chunk: Chunk) -> Body {
+    pub(crate) fn whole(chunk: Chunk) -> Body {
         Body {
             kind: BodyKind::Whole(Some(chunk)),
         }
@@ -455,6 +455,8 @@ pub struct Gateway {
     refusal_log: RateLimitedLog,
     /// The S3 lifecycle sweep's schedule (none: no sweep).
     lifecycle: Option<crate::s3::LifecycleSchedule>,
+    /// The web console at `/console/` (none: not served).
+    pub(crate) console: Option<crate::console::Console>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -481,7 +483,15 @@ impl Gateway {
             limits: ConnectionLimits::default(),
             refusal_log: RateLimitedLog::default(),
             lifecycle: None,
+            console: None,
         }
+    }
+
+    /// The same gateway also serving the web console at `/console/` (which then
+    /// owns that path: a bucket named `console` is not reachable path-style).
+    pub fn with_console(mut self, console: crate::console::Console) -> Gateway {
+        self.console = Some(console);
+        self
     }
 
     /// The same gateway with other connection limits and body timeout (before the
@@ -529,6 +539,18 @@ impl Gateway {
 
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    pub(crate) fn credentials(&self) -> &CredentialStore {
+        &self.credentials
+    }
+
+    pub(crate) fn kms(&self) -> &LocalKms {
+        &self.kms
+    }
+
+    pub(crate) fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
     }
 
     /// Answers one KMS request (already read whole). Every refusal before the key
@@ -631,7 +653,7 @@ impl Gateway {
     /// Appends `refused` to the trail and logs it at WARN (rate-limited). A trail
     /// that cannot record it is logged as an error; the client still gets its
     /// refusal (nothing was done for it).
-    fn record_refusal(&self, refused: RefusedRequest) {
+    pub(crate) fn record_refusal(&self, refused: RefusedRequest) {
         if let Some(held_back) = self.refusal_log.admit() {
             tracing::warn!(
                 source = %refused.source.ip_address,
@@ -1238,11 +1260,28 @@ fn refuse_connection(
     });
 }
 
-async fn respond(
+/// What [`respond`] can read a request body from: a connection's ([`Incoming`]), or
+/// one the console built ([`crate::console`]).
+pub(crate) trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: std::fmt::Display + Send> + Send + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: std::fmt::Display + Send> + Send + Unpin + 'static
+{
+}
+
+/// The one entry point of every request: the console's pages, then KMS or S3 by the
+/// request's shape.
+pub(crate) async fn respond(
     gateway: Arc<Gateway>,
-    request: Request<Incoming>,
+    request: Request<impl RequestBody>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    if gateway.console.is_some() && crate::console::owns(request.uri().path()) {
+        return crate::console::respond(gateway, request, peer).await;
+    }
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = request.into_parts();
     let source = request_source(&parts, peer).with_request_id(&request_id);
@@ -1317,7 +1356,7 @@ fn stalled_body(timeout: Duration) -> GatewayError {
 /// arrives for `stall`. The buffer is zeroized when dropped (KMS bodies carry
 /// plaintexts).
 async fn read_body(
-    mut body: Incoming,
+    mut body: impl RequestBody,
     limit: usize,
     stall: Duration,
 ) -> Result<Zeroizing<Vec<u8>>, GatewayError> {
@@ -1378,7 +1417,7 @@ async fn read_body(
 /// polled, and a request refused before that (signature, access, missing bucket)
 /// must get its refusal instead, its body never sent.
 async fn forward_body(
-    mut body: Incoming,
+    mut body: impl RequestBody,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     wanted: tokio::sync::oneshot::Receiver<()>,
     stall: Duration,
@@ -1431,7 +1470,7 @@ async fn forward_body(
 async fn respond_s3(
     gateway: Arc<Gateway>,
     parts: http::request::Parts,
-    body: Incoming,
+    body: impl RequestBody,
     request_id: String,
     source: RequestSource,
 ) -> Response<Body> {

@@ -77,6 +77,12 @@ pub struct KmsServeArgs {
     digest_interval: Duration,
     #[command(flatten)]
     limits: LimitArgs,
+    /// The web console's idle timeout, when it is served.
+    #[arg(skip)]
+    console: Option<Duration>,
+    /// More directories whose volumes the console lists.
+    #[arg(skip)]
+    console_volumes: Vec<PathBuf>,
 }
 
 /// Test-only: the length of a lifecycle day in seconds, so tests can expire objects
@@ -145,11 +151,33 @@ pub struct S3ServeArgs {
     lifecycle_interval: Duration,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Also serve the web console at /console/ (`atrest console` does); it then
+    /// owns that path, so a bucket named `console` is not reachable path-style.
+    #[arg(long)]
+    console: bool,
+    /// End a console session after this long without a request: e.g. 15m, 30s.
+    #[arg(long, default_value = "15m", value_name = "DUR", value_parser = super::parse_duration)]
+    console_idle_timeout: Duration,
+    /// A directory whose `*.vol` volumes the console lists, besides HOME/volumes
+    /// (repeatable).
+    #[arg(long = "console-volumes", value_name = "DIR")]
+    console_volumes: Vec<PathBuf>,
+}
+
+/// `atrest console`: `atrest gateway serve --console`.
+pub fn run_console(mut args: S3ServeArgs, globals: &Globals) -> anyhow::Result<()> {
+    args.console = true;
+    run_gateway(GatewayCommand::Serve(args), globals)
 }
 
 pub fn run_s3(cmd: S3Command, globals: &Globals) -> anyhow::Result<()> {
     match cmd {
         S3Command::Serve(args) => {
+            if args.console {
+                anyhow::bail!(
+                    "the console needs the KMS API too: use `atrest gateway serve --console`"
+                );
+            }
             let lifecycle = lifecycle_schedule(args.lifecycle_interval)?;
             serve(
                 args.into(),
@@ -191,6 +219,8 @@ impl From<S3ServeArgs> for KmsServeArgs {
             tls_key: args.tls_key,
             digest_interval: args.digest_interval,
             limits: args.limits,
+            console: args.console.then_some(args.console_idle_timeout),
+            console_volumes: args.console_volumes,
         }
     }
 }
@@ -239,6 +269,11 @@ fn serve(
     if !services.kms {
         gateway = gateway.without_kms_api();
     }
+    if let Some(idle) = args.console {
+        gateway = gateway.with_console(
+            gateway::Console::new(&home, idle).with_volume_dirs(&args.console_volumes),
+        );
+    }
     let region = gateway.region().to_owned();
     let running = RunningGateway::start(gateway, &args.listen, tls.as_ref())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -254,6 +289,9 @@ fn serve(
             "S3 endpoint {scheme}://{} (path-style), region {region}",
             running.local_addr()
         );
+    }
+    if args.console.is_some() {
+        eprintln!("console {scheme}://{}/console/", running.local_addr());
     }
     let trail_dir = home.join("trail");
     let signer = DigestSigner::open_or_create(&trail_dir)?;

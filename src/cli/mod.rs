@@ -6,6 +6,7 @@
 //! `trail` -> `kms` -> `gateway`; `nbd` -> `volume` -> `lifecycle`; all of them use
 //! this module only for what is shared.
 
+pub mod console;
 pub mod gateway;
 pub mod kms;
 pub mod lifecycle;
