@@ -16,7 +16,7 @@ use super::session::Session;
 use crate::error::GatewayError;
 use crate::server::{self, Body, Gateway, RequestBody};
 use crate::sigv4::{self, PathEncoding, Payload, Signer};
-use crate::wire;
+use crypto_core::kms::wire;
 
 /// Largest gateway answer the console reads whole (a page of a listing is far less).
 const MAX_ANSWER: usize = 8 << 20;

@@ -156,7 +156,8 @@ impl Refusal {
 impl From<crate::GatewayError> for Refusal {
     fn from(err: crate::GatewayError) -> Refusal {
         Refusal::new(
-            StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            StatusCode::from_u16(err.reply(crate::error::Protocol::Json).status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "ConsoleError",
             err.message(),
         )
