@@ -28,6 +28,7 @@ use super::proto::{
 };
 use super::proto::{FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES};
 use super::server::{self, Export};
+use super::transmission;
 use crate::Error;
 
 // include/uapi/linux/netlink.h
@@ -201,37 +202,16 @@ pub struct StopSignals(signal_hook::iterator::Signals);
 
 impl StopSignals {
     pub fn catch() -> Result<StopSignals, Error> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let signals =
-            signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|source| Error::Io {
-                context: "installing the SIGINT/SIGTERM handlers".into(),
-                source,
-            })?;
-        Ok(StopSignals(signals))
+        server::catch_stop_signals().map(StopSignals)
     }
 
     /// Stops `stopper`'s attachment on the first signal (also one caught before this
     /// call); a second one exits at once.
     pub fn stop(self, stopper: AttachmentStopper) -> Result<(), Error> {
-        let mut signals = self.0;
-        thread::Builder::new()
-            .name("nbd-signals".into())
-            .spawn(move || {
-                for (seen, signal) in signals.forever().enumerate() {
-                    if seen == 0 {
-                        info!("signal {signal}: writing back, flushing, detaching");
-                        stopper.stop();
-                    } else {
-                        warn!("signal {signal} again: exiting without waiting");
-                        std::process::exit(1);
-                    }
-                }
-            })
-            .map_err(|source| Error::Io {
-                context: "starting the signal thread".into(),
-                source,
-            })?;
-        Ok(())
+        server::on_first_signal(self.0, move |signal| {
+            info!("signal {signal}: writing back, flushing, detaching");
+            stopper.stop();
+        })
     }
 }
 
@@ -279,7 +259,8 @@ pub fn attach(export: Export, request: &AttachRequest<'_>) -> Result<Attachment,
         let thread = thread::Builder::new()
             .name(format!("nbd-kernel-{i}"))
             .spawn(move || {
-                let result = server::serve_kernel_connection(served, ours, THREADS_PER_CONNECTION);
+                let result =
+                    transmission::serve_kernel_connection(served, ours, THREADS_PER_CONNECTION);
                 let _ = done.send(Event::ConnectionEnded);
                 result
             })
