@@ -31,7 +31,6 @@
 //! Audit: the trail gets one DescribeKey per observed keystore change (not one per
 //! poll), one Decrypt per unwrap or re-authorisation, and one failed Decrypt per
 //! refused attach.
-#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};

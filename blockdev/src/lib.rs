@@ -6,7 +6,11 @@
 //!   revokes it when the CMK stops being usable (fail closed).
 //! - [`lifecycle`]: snapshot, encrypted copy, import, rewrap, and the exports file.
 //! - [`nbd`]: the NBD protocol parser (pure) and the server.
+//!
+//! `unsafe` is denied here and allowed only in `mapped` (the read-only file mapping),
+//! where every block carries a `// SAFETY:` note.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 pub mod error;
 pub mod format;
@@ -16,4 +20,4 @@ mod mapped;
 pub mod nbd;
 pub mod volume;
 
-pub use error::Error;
+pub use error::{Error, ProtocolError, RequestError, TlsError};

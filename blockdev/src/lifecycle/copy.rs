@@ -1,7 +1,6 @@
 //! Snapshot (reflink clone or sparse file copy), encrypted copy and import (decrypt
 //! and re-encrypt through the volume layer), and the crash-safe publication of the
 //! result.
-#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};

@@ -7,7 +7,6 @@
 //! bytes written direct, and made the import half as fast as `cp`. Filesystems that
 //! refuse `O_DIRECT` (tmpfs, some FUSE filesystems) get buffered writes instead; the
 //! final fsync makes either durable.
-#![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -7,7 +7,6 @@
 //! source is only ever opened read-only. Copies are sparse-aware: holes of the source
 //! (and all-zero sectors) stay holes. Long work reports through [`Progress`], which
 //! the CLI turns into a progress bar.
-#![forbid(unsafe_code)]
 
 mod copy;
 mod data_area;

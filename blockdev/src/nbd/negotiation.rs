@@ -11,7 +11,7 @@ use super::proto::{self, ClientFlags, ClientOption, OptionHeader, SessionLimits}
 use super::server::{io_error, ConnectionContext, Export, ExportTable, Refusal, DEFAULT_EXPORT};
 use super::tls::{ClientIdentity, TlsMode, TlsSettings};
 use super::transmission::drain;
-use crate::Error;
+use crate::{Error, ProtocolError, RequestError};
 
 /// What the handshake settled on.
 pub(super) struct Session {
@@ -203,10 +203,7 @@ impl Negotiation<'_> {
             debug!("option {code} with {} bytes of data", header.length);
             if header.length > proto::MAX_OPTION_LENGTH {
                 if code == proto::OPT_EXPORT_NAME {
-                    return Err(Error::Protocol(format!(
-                        "export name of {} bytes",
-                        header.length
-                    )));
+                    return Err(ProtocolError::ExportNameTooLong(header.length).into());
                 }
                 drain(reader, header.length)?;
                 send_option(
@@ -222,9 +219,7 @@ impl Negotiation<'_> {
             if self.tls_forced() && !matches!(code, proto::OPT_STARTTLS | proto::OPT_ABORT) {
                 if code == proto::OPT_EXPORT_NAME {
                     // EXPORT_NAME has no error reply; the spec says to drop the connection.
-                    return Err(Error::Protocol(
-                        "NBD_OPT_EXPORT_NAME before STARTTLS on a server that requires TLS".into(),
-                    ));
+                    return Err(ProtocolError::ExportNameBeforeStartTls.into());
                 }
                 let message = "this server requires TLS: send NBD_OPT_STARTTLS first";
                 send_option(writer, &option_error(code, REP_ERR_TLS_REQD, message))?;
@@ -246,14 +241,10 @@ impl Negotiation<'_> {
                 ClientOption::ExportName(name) => {
                     // EXPORT_NAME has no error reply: a denial drops the connection.
                     let (_, export) = self.admit(&name).map_err(|denial| match denial {
-                        Denial::Unknown(name) => {
-                            Error::InvalidRequest(format!("no export named {name:?}"))
-                        }
-                        Denial::TlsRequired(name) => Error::InvalidRequest(format!(
-                            "export {name:?} needs TLS; the client asked for it in plaintext"
-                        )),
+                        Denial::Unknown(name) => RequestError::UnknownExport(name),
+                        Denial::TlsRequired(name) => RequestError::ExportNeedsTls(name),
                         Denial::Refused { name, reason } => {
-                            Error::InvalidRequest(format!("export {name:?} refused: {reason}"))
+                            RequestError::ExportRefused { name, reason }
                         }
                     })?;
                     export.volume.check_attach()?;

@@ -6,7 +6,7 @@
 //! big-endian.
 
 use crate::volume::Extent;
-use crate::Error;
+use crate::{Error, ProtocolError, RequestError};
 
 /// `NBDMAGIC`, the first 8 bytes the server sends.
 pub const INIT_PASSWD: u64 = 0x4e42_444d_4147_4943;
@@ -150,10 +150,7 @@ pub fn parse_client_flags(bytes: [u8; 4]) -> Result<ClientFlags, Error> {
     let flags = u32::from_be_bytes(bytes);
     let known = FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES;
     if flags & !known != 0 {
-        return Err(Error::Protocol(format!(
-            "unknown client flags {:#x}",
-            flags & !known
-        )));
+        return Err(ProtocolError::UnknownClientFlags(flags & !known).into());
     }
     Ok(ClientFlags {
         fixed_newstyle: flags & FLAG_C_FIXED_NEWSTYLE != 0,
@@ -182,9 +179,7 @@ impl OptionHeader {
         let mut r = Reader::new(bytes);
         let magic = r.u64()?;
         if magic != IHAVEOPT {
-            return Err(Error::Protocol(format!(
-                "option magic {magic:#018x}, expected IHAVEOPT"
-            )));
+            return Err(ProtocolError::OptionMagic(magic).into());
         }
         Ok(OptionHeader {
             option: r.u32()?,
@@ -381,9 +376,7 @@ impl RequestHeader {
         let mut r = Reader::new(bytes);
         let magic = r.u32()?;
         if magic != REQUEST_MAGIC {
-            return Err(Error::Protocol(format!(
-                "request magic {magic:#010x}, expected {REQUEST_MAGIC:#010x}"
-            )));
+            return Err(ProtocolError::RequestMagic(magic).into());
         }
         Ok(RequestHeader {
             flags: r.u16()?,
@@ -425,22 +418,20 @@ impl RequestHeader {
             CMD_READ | CMD_WRITE | CMD_DISC | CMD_FLUSH | CMD_TRIM | CMD_CACHE => CMD_FLAG_FUA,
             CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
             CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
-            other => return Err(Error::InvalidRequest(format!("unknown command {other}"))),
+            other => return Err(RequestError::UnknownCommand(other).into()),
         };
         if self.flags & !allowed != 0 {
-            return Err(Error::InvalidRequest(format!(
-                "flags {:#x} are not valid for {}",
-                self.flags & !allowed,
-                command_name(self.kind)
-            )));
+            return Err(RequestError::FlagsNotValid {
+                flags: self.flags & !allowed,
+                command: command_name(self.kind),
+            }
+            .into());
         }
         match self.kind {
             CMD_DISC => return Ok(Command::Disconnect),
             CMD_FLUSH => {
                 if self.offset != 0 || self.length != 0 {
-                    return Err(Error::InvalidRequest(
-                        "flush with a nonzero offset or length".into(),
-                    ));
+                    return Err(RequestError::FlushWithRange.into());
                 }
                 return Ok(Command::Flush);
             }
@@ -451,10 +442,10 @@ impl RequestHeader {
             return Err(Error::ReadOnly);
         }
         if self.length == 0 {
-            return Err(Error::InvalidRequest(format!(
-                "{} of zero bytes",
-                command_name(self.kind)
-            )));
+            return Err(RequestError::ZeroLength {
+                command: command_name(self.kind),
+            }
+            .into());
         }
         if matches!(self.kind, CMD_READ | CMD_WRITE) && self.length > MAX_PAYLOAD {
             return Err(Error::TooLarge {
@@ -503,9 +494,7 @@ impl RequestHeader {
             }
             CMD_BLOCK_STATUS => {
                 if !session.block_status {
-                    return Err(Error::InvalidRequest(
-                        "block status without a negotiated metadata context".into(),
-                    ));
+                    return Err(RequestError::BlockStatusWithoutContext.into());
                 }
                 Command::BlockStatus {
                     offset,
@@ -513,7 +502,7 @@ impl RequestHeader {
                     one: self.flags & CMD_FLAG_REQ_ONE != 0,
                 }
             }
-            other => return Err(Error::InvalidRequest(format!("unknown command {other}"))),
+            other => return Err(RequestError::UnknownCommand(other).into()),
         })
     }
 }
@@ -752,17 +741,18 @@ fn len32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn string(bytes: &[u8], what: &str) -> Result<String, Error> {
+fn string(bytes: &[u8], what: &'static str) -> Result<String, Error> {
     if bytes.len() > MAX_STRING {
-        return Err(Error::InvalidRequest(format!(
-            "{what} of {} bytes is longer than {MAX_STRING}",
-            bytes.len()
-        )));
+        return Err(RequestError::StringTooLong {
+            what,
+            length: bytes.len(),
+            max: MAX_STRING,
+        }
+        .into());
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| Error::InvalidRequest(format!("{what} is not UTF-8")))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| RequestError::NotUtf8 { what })?;
     if text.contains('\0') {
-        return Err(Error::InvalidRequest(format!("{what} contains NUL")));
+        return Err(RequestError::ContainsNul { what }.into());
     }
     Ok(text.to_owned())
 }
@@ -783,10 +773,11 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
         if n > self.bytes.len() {
-            return Err(Error::InvalidRequest(format!(
-                "option data ends early: {n} bytes wanted, {} left",
-                self.bytes.len()
-            )));
+            return Err(RequestError::OptionDataShort {
+                wanted: n,
+                left: self.bytes.len(),
+            }
+            .into());
         }
         let (head, tail) = self.bytes.split_at(n);
         self.bytes = tail;
@@ -812,10 +803,10 @@ impl<'a> Reader<'a> {
     }
 
     /// A string prefixed by its 32-bit length.
-    fn string(&mut self, what: &str) -> Result<String, Error> {
-        let len = self.u32()?;
-        let len = usize::try_from(len)
-            .map_err(|_| Error::InvalidRequest(format!("{what} length {len} too large")))?;
+    fn string(&mut self, what: &'static str) -> Result<String, Error> {
+        let length = self.u32()?;
+        let len =
+            usize::try_from(length).map_err(|_| RequestError::LengthTooLarge { what, length })?;
         string(self.take(len)?, what)
     }
 
@@ -823,10 +814,7 @@ impl<'a> Reader<'a> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(Error::InvalidRequest(format!(
-                "{} unexpected trailing bytes in option data",
-                self.bytes.len()
-            )))
+            Err(RequestError::TrailingBytes(self.bytes.len()).into())
         }
     }
 }
@@ -884,7 +872,7 @@ mod tests {
         );
         assert!(matches!(
             parse_client_flags([0, 0, 0, 4]),
-            Err(Error::Protocol(_))
+            Err(Error::Protocol(ProtocolError::UnknownClientFlags(4)))
         ));
     }
 
@@ -906,16 +894,19 @@ mod tests {
         data.push(0);
         assert!(matches!(
             parse_option(OPT_GO, &data),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::TrailingBytes(1)))
         ));
         let data = go_data("disk", &[INFO_NAME]);
         assert!(matches!(
             parse_option(OPT_INFO, &data[..data.len() - 1]),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::OptionDataShort {
+                wanted: 2,
+                left: 1
+            }))
         ));
         assert!(matches!(
             parse_option(OPT_GO, &[0xff, 0xff, 0xff, 0xff]),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::OptionDataShort { .. }))
         ));
     }
 
@@ -923,16 +914,16 @@ mod tests {
     fn options_without_data_reject_data() {
         assert!(matches!(
             parse_option(OPT_LIST, &[1]),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::TrailingBytes(1)))
         ));
         assert!(matches!(
             parse_option(OPT_STRUCTURED_REPLY, &[1]),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::TrailingBytes(1)))
         ));
         assert_eq!(parse_option(OPT_ABORT, &[]).unwrap(), ClientOption::Abort);
         assert!(matches!(
             parse_option(OPT_STARTTLS, &[0]),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::TrailingBytes(1)))
         ));
         assert_eq!(
             parse_option(OPT_STARTTLS, &[]).unwrap(),
@@ -967,8 +958,18 @@ mod tests {
 
     #[test]
     fn export_names_must_be_utf8_without_nul() {
-        assert!(parse_option(OPT_EXPORT_NAME, &[0xff]).is_err());
-        assert!(parse_option(OPT_EXPORT_NAME, b"a\0b").is_err());
+        assert!(matches!(
+            parse_option(OPT_EXPORT_NAME, &[0xff]),
+            Err(Error::InvalidRequest(RequestError::NotUtf8 {
+                what: "export name"
+            }))
+        ));
+        assert!(matches!(
+            parse_option(OPT_EXPORT_NAME, b"a\0b"),
+            Err(Error::InvalidRequest(RequestError::ContainsNul {
+                what: "export name"
+            }))
+        ));
         assert_eq!(
             parse_option(OPT_EXPORT_NAME, b"").unwrap(),
             ClientOption::ExportName(String::new())
@@ -981,7 +982,7 @@ mod tests {
         bytes[0] ^= 1;
         assert!(matches!(
             RequestHeader::parse(&bytes),
-            Err(Error::Protocol(_))
+            Err(Error::Protocol(ProtocolError::RequestMagic(magic))) if magic == REQUEST_MAGIC ^ (1 << 24)
         ));
     }
 
@@ -1048,15 +1049,21 @@ mod tests {
     fn unknown_commands_and_flags_are_invalid() {
         assert!(matches!(
             request(42, 0, 0, 512).validate(&limits()),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::UnknownCommand(42)))
         ));
         assert!(matches!(
             request(CMD_WRITE, CMD_FLAG_NO_HOLE, 0, 512).validate(&limits()),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::FlagsNotValid {
+                flags: CMD_FLAG_NO_HOLE,
+                command: "write"
+            }))
         ));
         assert!(matches!(
             request(CMD_READ, 1 << 15, 0, 512).validate(&limits()),
-            Err(Error::InvalidRequest(_))
+            Err(Error::InvalidRequest(RequestError::FlagsNotValid {
+                flags: 0x8000,
+                command: "read"
+            }))
         ));
         let simple = SessionLimits {
             structured: false,

@@ -25,7 +25,7 @@ use super::proto;
 use super::tls::{self, ClientIdentity, TlsSettings};
 use super::transmission::transmit;
 use crate::volume::Volume;
-use crate::Error;
+use crate::{Error, ProtocolError};
 
 /// The export a client gets when it asks for the empty name (the spec's default export).
 pub const DEFAULT_EXPORT: &str = "default";
@@ -472,9 +472,7 @@ fn serve_connection(
                     Outcome::Attach(session) => {
                         transmit(reader, writer, session, context, attached)
                     }
-                    Outcome::StartTls(_) => Err(Error::Protocol(
-                        "STARTTLS accepted twice on one connection".into(),
-                    )),
+                    Outcome::StartTls(_) => Err(ProtocolError::StartTlsTwice.into()),
                 }
             })
         }

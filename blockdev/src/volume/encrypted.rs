@@ -5,7 +5,6 @@
 //! sectors and large-sector IVs. A sector whose stored bytes are all zero — a hole, or
 //! zeros written for `write_zeroes` without punching — reads as zeros and is never
 //! decrypted; zeroed ranges are never stored as encrypted zeros.
-#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock};

@@ -6,7 +6,6 @@
 //!   file's bytes: see [`ImageFormat`].
 //! - [`create`] makes a new volume file (header, sparse data area).
 //! - [`EncryptedVolume`], [`RawVolume`]: the two implementations.
-#![forbid(unsafe_code)]
 
 mod encrypted;
 #[cfg(feature = "fault-injection")]
