@@ -7,17 +7,27 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
+/// Everything that can go wrong in a volume or the NBD server.
 pub enum Error {
     /// The operating system refused an I/O call on the volume file.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done (`reading a request`, `writing {path}`).
         context: String,
         #[source]
+        /// What the operating system said.
         source: io::Error,
     },
     /// The client asked for bytes outside the volume.
     #[error("range {offset}+{length} is outside the volume of {size} bytes")]
-    OutOfRange { offset: u64, length: u64, size: u64 },
+    OutOfRange {
+        /// Where the range starts.
+        offset: u64,
+        /// Its length in bytes.
+        length: u64,
+        /// The volume's size.
+        size: u64,
+    },
     /// The client tried to change a read-only volume.
     #[error("the volume is read-only")]
     ReadOnly,
@@ -25,10 +35,20 @@ pub enum Error {
     /// The reason (the key state) comes first: NBD clients show only the start of a
     /// refusal (nbd-client 3.24 prints the first 95 bytes of the server's message).
     #[error("the volume's key is unavailable, {reason}: {key_arn}")]
-    KeyUnavailable { key_arn: String, reason: String },
+    KeyUnavailable {
+        /// The volume's CMK.
+        key_arn: String,
+        /// Why (the key state, or what the key service said).
+        reason: String,
+    },
     /// The volume file is damaged: a header or its checksum does not match.
     #[error("{path}: corrupted volume: {what}")]
-    Corrupted { path: PathBuf, what: String },
+    Corrupted {
+        /// The volume file.
+        path: PathBuf,
+        /// What does not match.
+        what: String,
+    },
     /// The file has no valid atrest header and was not declared a raw image. The
     /// format of a headerless file is never guessed: a client of a raw export controls
     /// its bytes and must not decide how the file is opened next time.
@@ -39,8 +59,11 @@ pub enum Error {
          or `format = \"raw\"` in the exports file"
     )]
     NoValidHeader {
+        /// The volume file.
         path: PathBuf,
+        /// What is wrong with, or in, the primary copy.
         primary: String,
+        /// What is wrong with, or in, the backup copy.
         backup: String,
     },
     /// Both header copies are valid but describe different volumes (or the same
@@ -52,22 +75,36 @@ pub enum Error {
          and keep one with `atrest volume repair {path} --use primary|backup`"
     )]
     HeaderConflict {
+        /// The volume file.
         path: PathBuf,
+        /// What is wrong with, or in, the primary copy.
         primary: String,
+        /// What is wrong with, or in, the backup copy.
         backup: String,
     },
     /// The path is not a regular file or a block device (a FIFO, a character device
     /// such as /dev/null, a socket, a directory): nothing is opened that could block or
     /// read as an endless or empty stream.
     #[error("{path} is a {kind}; a volume is a regular file or a block device")]
-    NotAVolumeFile { path: PathBuf, kind: &'static str },
+    NotAVolumeFile {
+        /// The path given.
+        path: PathBuf,
+        /// What it is instead (`FIFO`, `directory`, ...).
+        kind: &'static str,
+    },
     /// Another header update (`volume rewrap`, `volume repair`) of the volume is in
     /// progress; header updates are serialised.
     #[error("{path}: another header update (`atrest volume rewrap` or `volume repair`) is in progress; try again when it is done")]
-    HeaderBusy { path: PathBuf },
+    HeaderBusy {
+        /// The volume file.
+        path: PathBuf,
+    },
     /// The caller asked to create a volume where a file already exists.
     #[error("{path} already exists; refusing to overwrite it")]
-    AlreadyExists { path: PathBuf },
+    AlreadyExists {
+        /// The path asked for.
+        path: PathBuf,
+    },
     /// The volume is already open for writing: by another process (an `atrest nbd
     /// serve`, an `atrest serve`) or by another export of this one. Two writers would
     /// each read-modify-write partial sectors without seeing the other's locks.
@@ -76,11 +113,17 @@ pub enum Error {
          `atrest nbd serve`, or by another export of this server); stop that first, or \
          open it read-only"
     )]
-    InUse { path: PathBuf },
+    InUse {
+        /// The volume file.
+        path: PathBuf,
+    },
     /// The caller asked for something the format cannot hold (a size that is not a
     /// whole number of sectors, an over-long key ARN).
     #[error("invalid volume parameter: {what}")]
-    InvalidArgument { what: String },
+    InvalidArgument {
+        /// Which parameter, and what is wrong with it.
+        what: String,
+    },
     /// The kernel's NBD driver is missing, or refused to attach, detach or list a
     /// device (`atrest nbd attach`); the message says what to do about it.
     #[error("{0}")]
@@ -95,7 +138,12 @@ pub enum Error {
     InvalidRequest(#[from] RequestError),
     /// The NBD client asked for more bytes in one request than the server accepts.
     #[error("request of {length} bytes is larger than the maximum of {max} bytes")]
-    TooLarge { length: u64, max: u64 },
+    TooLarge {
+        /// The length asked for.
+        length: u64,
+        /// The most the server accepts in one request.
+        max: u64,
+    },
     /// The NBD client asked for something the export cannot do as asked (e.g. a fast
     /// zero that would have to write data).
     #[error("not supported: {0}")]

@@ -11,9 +11,13 @@
 //! where every block carries a `// SAFETY:` note.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod format;
+// Only `lease::KeystoreGeneration::generation` lacks a doc here: that trait moves to
+// crypto-core in a parallel change of issue #19; drop this `allow` after the merge.
+#[allow(missing_docs)]
 pub mod lease;
 pub mod lifecycle;
 mod mapped;

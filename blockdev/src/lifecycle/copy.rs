@@ -47,6 +47,7 @@ pub enum Target<'a> {
 /// What [`copy`] and [`import`] did.
 #[derive(Clone, Debug)]
 pub struct CopyReport {
+    /// The new volume's header.
     pub header: VolumeHeader,
     /// Bytes of the source that held data and were re-encrypted.
     pub data_bytes: u64,

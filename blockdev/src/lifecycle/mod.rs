@@ -24,6 +24,7 @@ pub trait Progress: Send + Sync {
     fn start(&self, total: u64);
     /// `bytes` more bytes are done (copied, or skipped as a hole).
     fn advance(&self, bytes: u64);
+    /// The work is done (not called when it fails).
     fn finish(&self);
 }
 

@@ -121,7 +121,9 @@ pub fn kernel_flags(read_only: bool) -> u16 {
 /// A device the kernel knows, as `NBD_CMD_STATUS` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceStatus {
+    /// N of `/dev/nbdN`.
     pub index: u32,
+    /// The kernel has a server connected to it.
     pub connected: bool,
 }
 
@@ -188,6 +190,7 @@ enum Event {
 pub struct AttachmentStopper(mpsc::Sender<Event>);
 
 impl AttachmentStopper {
+    /// Asks the attachment to write back, flush and detach.
     pub fn stop(&self) {
         // The attachment may be gone already; then there is nothing to stop.
         let _ = self.0.send(Event::Stop);
@@ -201,6 +204,7 @@ impl AttachmentStopper {
 pub struct StopSignals(signal_hook::iterator::Signals);
 
 impl StopSignals {
+    /// Catches SIGINT and SIGTERM from now on.
     pub fn catch() -> Result<StopSignals, Error> {
         server::catch_stop_signals().map(StopSignals)
     }
@@ -326,6 +330,7 @@ impl Attachment {
         self.index
     }
 
+    /// A handle that stops this attachment from another thread.
     pub fn stopper(&self) -> AttachmentStopper {
         AttachmentStopper(self.events.clone())
     }

@@ -12,90 +12,143 @@ use crate::{Error, ProtocolError, RequestError};
 pub const INIT_PASSWD: u64 = 0x4e42_444d_4147_4943;
 /// `IHAVEOPT`: newstyle negotiation, and the magic of every client option.
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+/// `NBD_REP_MAGIC`: starts every option reply.
 pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// `NBD_REQUEST_MAGIC`: starts every request.
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// `NBD_SIMPLE_REPLY_MAGIC`: starts every simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// `NBD_STRUCTURED_REPLY_MAGIC`: starts every structured reply chunk.
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Handshake flags (server, 16 bits).
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+/// `NBD_FLAG_NO_ZEROES`.
 pub const FLAG_NO_ZEROES: u16 = 1 << 1;
 /// Client flags (32 bits).
 pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+/// `NBD_FLAG_C_NO_ZEROES`.
 pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 
 /// Transmission flags (16 bits).
 pub const FLAG_HAS_FLAGS: u16 = 1 << 0;
+/// `NBD_FLAG_READ_ONLY`.
 pub const FLAG_READ_ONLY: u16 = 1 << 1;
+/// `NBD_FLAG_SEND_FLUSH`.
 pub const FLAG_SEND_FLUSH: u16 = 1 << 2;
+/// `NBD_FLAG_SEND_FUA`.
 pub const FLAG_SEND_FUA: u16 = 1 << 3;
+/// `NBD_FLAG_SEND_TRIM`.
 pub const FLAG_SEND_TRIM: u16 = 1 << 5;
+/// `NBD_FLAG_SEND_WRITE_ZEROES`.
 pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// `NBD_FLAG_SEND_DF`.
 pub const FLAG_SEND_DF: u16 = 1 << 7;
+/// `NBD_FLAG_CAN_MULTI_CONN`.
 pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// `NBD_FLAG_SEND_CACHE`.
 pub const FLAG_SEND_CACHE: u16 = 1 << 10;
+/// `NBD_FLAG_SEND_FAST_ZERO`.
 pub const FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 
 /// Options.
 pub const OPT_EXPORT_NAME: u32 = 1;
+/// `NBD_OPT_ABORT`.
 pub const OPT_ABORT: u32 = 2;
+/// `NBD_OPT_LIST`.
 pub const OPT_LIST: u32 = 3;
+/// `NBD_OPT_STARTTLS`.
 pub const OPT_STARTTLS: u32 = 5;
+/// `NBD_OPT_INFO`.
 pub const OPT_INFO: u32 = 6;
+/// `NBD_OPT_GO`.
 pub const OPT_GO: u32 = 7;
+/// `NBD_OPT_STRUCTURED_REPLY`.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// `NBD_OPT_LIST_META_CONTEXT`.
 pub const OPT_LIST_META_CONTEXT: u32 = 9;
+/// `NBD_OPT_SET_META_CONTEXT`.
 pub const OPT_SET_META_CONTEXT: u32 = 10;
 
 /// Option reply types.
 pub const REP_ACK: u32 = 1;
+/// `NBD_REP_SERVER`.
 pub const REP_SERVER: u32 = 2;
+/// `NBD_REP_INFO`.
 pub const REP_INFO: u32 = 3;
+/// `NBD_REP_META_CONTEXT`.
 pub const REP_META_CONTEXT: u32 = 4;
+/// `NBD_REP_ERR_UNSUP`.
 pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+/// `NBD_REP_ERR_POLICY`.
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
+/// `NBD_REP_ERR_INVALID`.
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+/// `NBD_REP_ERR_TLS_REQD`.
 pub const REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
+/// `NBD_REP_ERR_UNKNOWN`.
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+/// `NBD_REP_ERR_TOO_BIG`.
 pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
 
 /// `NBD_REP_INFO` types.
 pub const INFO_EXPORT: u16 = 0;
+/// `NBD_INFO_NAME`.
 pub const INFO_NAME: u16 = 1;
+/// `NBD_INFO_DESCRIPTION`.
 pub const INFO_DESCRIPTION: u16 = 2;
+/// `NBD_INFO_BLOCK_SIZE`.
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
 /// Commands.
 pub const CMD_READ: u16 = 0;
+/// `NBD_CMD_WRITE`.
 pub const CMD_WRITE: u16 = 1;
+/// `NBD_CMD_DISC`.
 pub const CMD_DISC: u16 = 2;
+/// `NBD_CMD_FLUSH`.
 pub const CMD_FLUSH: u16 = 3;
+/// `NBD_CMD_TRIM`.
 pub const CMD_TRIM: u16 = 4;
+/// `NBD_CMD_CACHE`.
 pub const CMD_CACHE: u16 = 5;
+/// `NBD_CMD_WRITE_ZEROES`.
 pub const CMD_WRITE_ZEROES: u16 = 6;
+/// `NBD_CMD_BLOCK_STATUS`.
 pub const CMD_BLOCK_STATUS: u16 = 7;
 
 /// Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// `NBD_CMD_FLAG_NO_HOLE`.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// `NBD_CMD_FLAG_DF`.
 pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// `NBD_CMD_FLAG_REQ_ONE`.
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// `NBD_CMD_FLAG_FAST_ZERO`.
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
 /// Structured reply flags and chunk types.
 pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+/// `NBD_REPLY_TYPE_NONE`.
 pub const REPLY_TYPE_NONE: u16 = 0;
+/// `NBD_REPLY_TYPE_OFFSET_DATA`.
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// `NBD_REPLY_TYPE_OFFSET_HOLE`.
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+/// `NBD_REPLY_TYPE_BLOCK_STATUS`.
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// `NBD_REPLY_TYPE_ERROR`.
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
 
 /// `base:allocation` state flags.
 pub const STATE_HOLE: u32 = 1 << 0;
+/// `NBD_STATE_ZERO`.
 pub const STATE_ZERO: u32 = 1 << 1;
 
 /// The one metadata context this server knows, and the id it hands out for it.
 pub const META_BASE_ALLOCATION: &str = "base:allocation";
+/// The id this server gives `base:allocation` in `NBD_REP_META_CONTEXT`.
 pub const META_BASE_ALLOCATION_ID: u32 = 1;
 
 /// The largest READ or WRITE payload the server accepts (advertised as the maximum
@@ -106,9 +159,13 @@ pub const MAX_OPTION_LENGTH: u32 = 64 * 1024;
 /// The spec's limit for strings (export names, descriptions, error messages).
 pub const MAX_STRING: usize = 4096;
 
+/// Bytes in an option header (magic, option, length).
 pub const OPTION_HEADER_LEN: usize = 16;
+/// Bytes in a request header.
 pub const REQUEST_HEADER_LEN: usize = 28;
+/// Bytes in a simple reply header.
 pub const SIMPLE_REPLY_LEN: usize = 16;
+/// Bytes in a structured reply chunk header.
 pub const CHUNK_HEADER_LEN: usize = 20;
 /// A chunk header and the offset of an `NBD_REPLY_TYPE_OFFSET_DATA` chunk.
 pub const OFFSET_DATA_HEADER_LEN: usize = CHUNK_HEADER_LEN + 8;
@@ -116,15 +173,22 @@ pub const OFFSET_DATA_HEADER_LEN: usize = CHUNK_HEADER_LEN + 8;
 /// The error values the protocol allows in replies. Nothing else goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Errno {
+    /// `EPERM`: a write to a read-only export.
     Perm,
+    /// `EIO`: the volume could not do it (I/O error, key unavailable).
     Io,
+    /// `EINVAL`: a request the server rejects.
     Inval,
+    /// `ENOSPC`: no room (a write past the end, a full disk).
     NoSpc,
+    /// `EOVERFLOW`: a request larger than the server accepts.
     Overflow,
+    /// `ENOTSUP`: not possible as asked (a fast zero that would write).
     NotSup,
 }
 
 impl Errno {
+    /// The value on the wire.
     pub fn code(self) -> u32 {
         match self {
             Errno::Perm => 1,
@@ -140,7 +204,9 @@ impl Errno {
 /// What the client answered to the server's handshake flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientFlags {
+    /// `NBD_FLAG_C_FIXED_NEWSTYLE`.
     pub fixed_newstyle: bool,
+    /// `NBD_FLAG_C_NO_ZEROES`: no 124 zero bytes after `NBD_OPT_EXPORT_NAME`.
     pub no_zeroes: bool,
 }
 
@@ -170,11 +236,14 @@ pub fn server_greeting() -> [u8; 18] {
 /// The fixed part of a client option: which option, and how many data bytes follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OptionHeader {
+    /// The option (`NBD_OPT_*`).
     pub option: u32,
+    /// Bytes of option data that follow.
     pub length: u32,
 }
 
 impl OptionHeader {
+    /// Reads an option header; a wrong magic is a protocol violation.
     pub fn parse(bytes: &[u8; OPTION_HEADER_LEN]) -> Result<OptionHeader, Error> {
         let mut r = Reader::new(bytes);
         let magic = r.u64()?;
@@ -200,29 +269,41 @@ impl OptionHeader {
 /// An export and the `NBD_INFO_*` items the client asks about (`NBD_OPT_INFO`/`GO`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportQuery {
+    /// The export name (`""` is the default export).
     pub name: String,
+    /// The `NBD_INFO_*` items asked for, in order.
     pub info_requests: Vec<u16>,
 }
 
 /// `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT` data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetaContextQuery {
+    /// The export the contexts are for.
     pub export: String,
+    /// The context queries (none: all contexts, for LIST).
     pub queries: Vec<String>,
 }
 
 /// A client option, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOption {
+    /// `NBD_OPT_EXPORT_NAME`: attach to this export (no error reply possible).
     ExportName(String),
+    /// `NBD_OPT_ABORT`.
     Abort,
+    /// `NBD_OPT_LIST`.
     List,
     /// `NBD_OPT_STARTTLS`: upgrade the connection to TLS (no data).
     StartTls,
+    /// `NBD_OPT_INFO`.
     Info(ExportQuery),
+    /// `NBD_OPT_GO`.
     Go(ExportQuery),
+    /// `NBD_OPT_STRUCTURED_REPLY`.
     StructuredReply,
+    /// `NBD_OPT_LIST_META_CONTEXT`.
     ListMetaContext(MetaContextQuery),
+    /// `NBD_OPT_SET_META_CONTEXT`.
     SetMetaContext(MetaContextQuery),
     /// An option this server does not implement (answered `NBD_REP_ERR_UNSUP`).
     Unsupported(u32),
@@ -363,10 +444,15 @@ pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
 /// A transmission-phase request header, as the client sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestHeader {
+    /// Command flags (`NBD_CMD_FLAG_*`).
     pub flags: u16,
+    /// The command (`NBD_CMD_*`).
     pub kind: u16,
+    /// The client's handle, echoed in the reply.
     pub cookie: u64,
+    /// Byte offset in the export.
     pub offset: u64,
+    /// Bytes from `offset` (for a write, the payload's length).
     pub length: u32,
 }
 
@@ -510,8 +596,11 @@ impl RequestHeader {
 /// What a request is checked against: the export and what the handshake negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
+    /// The export's size in bytes.
     pub size: u64,
+    /// The export is offered read-only.
     pub read_only: bool,
+    /// Structured replies were negotiated.
     pub structured: bool,
     /// `base:allocation` was selected with `NBD_OPT_SET_META_CONTEXT`.
     pub block_status: bool,
@@ -520,39 +609,65 @@ pub struct SessionLimits {
 /// A validated request: in bounds, flags valid, allowed on the export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
+    /// `NBD_CMD_READ`.
     Read {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
     },
+    /// `NBD_CMD_WRITE`; the payload follows the header.
     Write {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
+        /// `NBD_CMD_FLAG_FUA`: flush before replying.
         fua: bool,
     },
+    /// `NBD_CMD_DISC`.
     Disconnect,
+    /// `NBD_CMD_FLUSH`.
     Flush,
+    /// `NBD_CMD_TRIM`.
     Trim {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
+        /// `NBD_CMD_FLAG_FUA`: flush before replying.
         fua: bool,
     },
+    /// `NBD_CMD_CACHE`.
     Cache {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
     },
+    /// `NBD_CMD_WRITE_ZEROES`.
     WriteZeroes {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
+        /// `NBD_CMD_FLAG_FUA`: flush before replying.
         fua: bool,
+        /// No `NBD_CMD_FLAG_NO_HOLE`: the range may become a hole.
         may_punch: bool,
     },
+    /// `NBD_CMD_BLOCK_STATUS` for `base:allocation`.
     BlockStatus {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
+        /// `NBD_CMD_FLAG_REQ_ONE`: one descriptor is enough.
         one: bool,
     },
 }
 
+/// A command's name for messages and logs (`read`, `write`, ...).
 pub fn command_name(kind: u16) -> &'static str {
     match kind {
         CMD_READ => "read",
@@ -658,7 +773,9 @@ pub fn error_chunk(cookie: u64, errno: Errno, message: &str) -> Vec<u8> {
 /// One `base:allocation` descriptor: a length and its state flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockDescriptor {
+    /// Bytes the descriptor covers.
     pub length: u32,
+    /// `NBD_STATE_*` flags of the range.
     pub flags: u32,
 }
 

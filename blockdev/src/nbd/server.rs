@@ -41,6 +41,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One named export: the volume and how it is offered.
 #[derive(Clone, Debug)]
 pub struct Export {
+    /// The volume served.
     pub volume: Arc<dyn Volume>,
     /// Offered read-only even if the volume could be written.
     pub read_only: bool,
@@ -77,12 +78,15 @@ pub struct Server {
 /// An export refused to a client for want of the right certificate.
 #[derive(Debug)]
 pub struct Refusal<'a> {
+    /// The export asked for.
     pub export: &'a str,
     /// `None`: the client presented no verified certificate.
     pub client: Option<&'a ClientIdentity>,
+    /// The client's address.
     pub peer: &'a str,
     /// The KMS key of the export's volume, when it is encrypted.
     pub key_arn: Option<&'a str>,
+    /// Why, as the client is told.
     pub reason: &'a str,
 }
 
@@ -129,6 +133,7 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// Starts the shutdown; returns at once (`run` returns when it is done).
     pub fn shutdown(&self) {
         if self.shared.stopping.swap(true, Ordering::SeqCst) {
             return;
@@ -264,6 +269,7 @@ impl Server {
         self.local_addr
     }
 
+    /// A handle that stops this server from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             shared: Arc::clone(&self.shared),

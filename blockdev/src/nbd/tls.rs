@@ -113,6 +113,7 @@ impl TlsSettings {
         })
     }
 
+    /// Whether TLS is required or optional.
     pub fn mode(&self) -> TlsMode {
         self.mode
     }
@@ -159,7 +160,9 @@ fn read_certificates(
 /// CA): its subject's common name and its DNS and URI alternative names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientIdentity {
+    /// The subject's common name, if it has one.
     pub common_name: Option<String>,
+    /// The DNS and URI subject alternative names.
     pub alt_names: Vec<String>,
 }
 

@@ -237,6 +237,7 @@ impl EncryptedVolume {
         *self.key.write().unwrap_or_else(PoisonError::into_inner) = KeySlot::Empty(reason.into());
     }
 
+    /// Whether the data key is installed (false once the lease revoked it).
     pub fn has_key(&self) -> bool {
         matches!(
             *self.key.read().unwrap_or_else(PoisonError::into_inner),
@@ -258,6 +259,7 @@ impl EncryptedVolume {
             .clone()
     }
 
+    /// The volume's id (from its header).
     pub fn volume_id(&self) -> Uuid {
         self.located.header.volume_id()
     }
@@ -267,6 +269,7 @@ impl EncryptedVolume {
         self.located.header.encryption_context()
     }
 
+    /// The header the volume was opened with.
     pub fn header(&self) -> &VolumeHeader {
         &self.located.header
     }
@@ -281,6 +284,7 @@ impl EncryptedVolume {
         self.located.warning.as_deref()
     }
 
+    /// The volume file.
     pub fn path(&self) -> &Path {
         self.file.path()
     }

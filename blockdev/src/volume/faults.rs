@@ -28,7 +28,10 @@ pub enum Fault {
     /// Writes only the first `bytes` bytes (at most the whole write), then fails with
     /// ENOSPC: a short write the caller must not report as done. For other
     /// operations, the same as [`Fault::Fail`].
-    Short { bytes: usize },
+    Short {
+        /// The bytes written before the failure.
+        bytes: usize,
+    },
 }
 
 #[derive(Debug)]

@@ -50,6 +50,7 @@ impl RawVolume {
         self.header.as_ref()
     }
 
+    /// The image file.
     pub fn path(&self) -> &Path {
         self.file.path()
     }
