@@ -23,5 +23,6 @@ pub mod lifecycle;
 mod mapped;
 pub mod nbd;
 pub mod volume;
+mod zero;
 
 pub use error::{Error, ProtocolError, RequestError, TlsError};

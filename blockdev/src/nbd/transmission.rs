@@ -38,6 +38,7 @@ use super::server::{
     REPLY_WRITE_TIMEOUT,
 };
 use crate::volume::Volume;
+use crate::zero::is_zero;
 use crate::Error;
 
 /// Payload bytes (read and write buffers) one connection may have in flight.
@@ -597,13 +598,6 @@ fn write_all_parts(writer: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn is_zero(buf: &[u8]) -> bool {
-    // Whole 64-byte blocks OR-folded vectorise well and stop at the first data.
-    let mut blocks = buf.chunks_exact(64);
-    blocks.all(|b| b.iter().fold(0, |acc, &x| acc | x) == 0)
-        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 /// Counts a connection's requests and payload bytes in flight.

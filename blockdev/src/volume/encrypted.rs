@@ -18,6 +18,7 @@ use super::file::VolumeFile;
 use super::locks::SectorLocks;
 use super::{check_range, Extent, Volume};
 use crate::format::{self, Encryption, HeaderCopy, LocatedHeader, VolumeHeader, WrappedDataKey};
+use crate::zero::is_zero;
 use crate::Error;
 
 const SECTOR: usize = format::SECTOR_SIZE as usize;
@@ -511,13 +512,6 @@ impl EncryptedVolume {
             self.file.write_zero_bytes(pos, len)
         }
     }
-}
-
-fn is_zero(sector: &[u8]) -> bool {
-    // OR-folding fixed chunks lets the compiler vectorise; ciphertext exits at once.
-    sector
-        .chunks(64)
-        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Decrypts stored sectors in place, one cipher call per run of non-zero sectors so
