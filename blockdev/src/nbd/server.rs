@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
 use super::tls::{self, ClientIdentity, TlsSettings};
-use super::transmission::transmit;
+use super::transmission::{transmit, Wire};
 use crate::volume::Volume;
 use crate::{Error, ProtocolError};
 
@@ -413,6 +413,15 @@ fn unpaced_on_loopback(stream: &TcpStream) {
 /// See [`unpaced_on_loopback`].
 const LOOPBACK_CONGESTION: &str = "cubic";
 
+/// A client that connects and then says nothing, or takes no replies, must not hold
+/// a thread forever; transmission lifts the read timeout once the client attached.
+fn handshake_timeouts(wire: &impl Wire) -> Result<(), Error> {
+    wire.set_write_timeout_wire(Some(REPLY_WRITE_TIMEOUT))
+        .map_err(io_error("setting the write timeout"))?;
+    wire.set_read_timeout_wire(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io_error("setting the handshake timeout"))
+}
+
 /// Serves one client: the handshake (with a TLS upgrade when the client asks for
 /// one), then the transmission phase; `attached` learns the volume it attached to.
 fn serve_connection(
@@ -424,13 +433,7 @@ fn serve_connection(
         .set_nodelay(true)
         .map_err(io_error("setting TCP_NODELAY"))?;
     unpaced_on_loopback(&stream);
-    stream
-        .set_write_timeout(Some(REPLY_WRITE_TIMEOUT))
-        .map_err(io_error("setting the write timeout"))?;
-    // A client that connects and then says nothing must not hold a thread forever.
-    stream
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(io_error("setting the handshake timeout"))?;
+    handshake_timeouts(&stream)?;
     let mut writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
     writer
@@ -455,12 +458,7 @@ fn serve_connection(
                 let session = tls::accept(scope, &settings, tcp, &early, &name)?;
                 let identity = session.identity;
                 let plain = session.plain;
-                plain
-                    .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-                    .map_err(io_error("setting the handshake timeout"))?;
-                plain
-                    .set_write_timeout(Some(REPLY_WRITE_TIMEOUT))
-                    .map_err(io_error("setting the write timeout"))?;
+                handshake_timeouts(&plain)?;
                 match &identity {
                     Some(who) => info!("{}: TLS with a client certificate, {who}", context.peer),
                     None => debug!("{}: TLS without a client certificate", context.peer),

@@ -98,8 +98,12 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
 /// A byte stream the handshake and transmission run on: the TCP socket, or over TLS
 /// the plaintext end of the connection's TLS pump.
 pub(super) trait Wire: Read + Write + Send + Sized {
+    /// Ends both directions (a reply could not be written).
     fn shutdown_wire(&self) -> io::Result<()>;
+    /// How long a read may wait (`None`: for ever).
     fn set_read_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// How long a write may wait (`None`: for ever).
+    fn set_write_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()>;
     /// Writes `parts` in order, whole.
     fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         write_all_parts(self, parts)
@@ -137,6 +141,10 @@ impl Wire for TcpStream {
     fn set_read_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(timeout)
     }
+
+    fn set_write_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_write_timeout(timeout)
+    }
 }
 
 impl Wire for UnixStream {
@@ -146,6 +154,10 @@ impl Wire for UnixStream {
 
     fn set_read_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(timeout)
+    }
+
+    fn set_write_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.set_write_timeout(timeout)
     }
 }
 
