@@ -971,7 +971,12 @@ fn require_tool(name: &str) -> bool {
         std::env::var("ATREST_REQUIRE_SYSTEM_TESTS").as_deref() != Ok("1"),
         "{name} is required (run scripts/install-test-deps.sh)"
     );
-    eprintln!("skipped: {name} is not installed (run scripts/install-test-deps.sh)");
+    // Straight to the process's stderr: the harness would swallow `eprintln!` of a
+    // passing test.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {name} is not installed (run scripts/install-test-deps.sh)"
+    );
     false
 }
 
