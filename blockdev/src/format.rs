@@ -6,7 +6,6 @@
 //! names the first thing that is wrong. [`read_header`] decides between the two
 //! copies; [`write_header`] updates both in the order that keeps an interrupted update
 //! recoverable.
-#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::fs::File;
@@ -125,17 +124,23 @@ pub enum HeaderDefect {
     NoMagic,
     /// Fewer than [`HEADER_SIZE`] bytes were available.
     Truncated {
+        /// The bytes there were.
         len: usize,
     },
     /// More than [`HEADER_SIZE`] bytes were given.
     TrailingBytes {
+        /// The bytes given.
         len: usize,
     },
+    /// The header checksum does not match its bytes.
     ChecksumMismatch,
+    /// A format version this build does not read.
     UnsupportedVersion(u16),
     /// A field holds a value the format does not allow.
     BadField {
+        /// The field.
         field: &'static str,
+        /// What is wrong with its value.
         why: String,
     },
 }
@@ -218,10 +223,12 @@ impl VolumeHeader {
         Ok(header)
     }
 
+    /// The volume's id, the same in every copy and snapshot of the header.
     pub fn volume_id(&self) -> Uuid {
         self.volume_id
     }
 
+    /// Counts header rewrites (rewrap, repair); the higher copy is newer.
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -236,18 +243,22 @@ impl VolumeHeader {
         self.data_offset
     }
 
+    /// The encryption sector size in bytes.
     pub fn sector_size(&self) -> u32 {
         SECTOR_SIZE
     }
 
+    /// The header's flag bits (docs/FORMAT.md).
     pub fn flags(&self) -> u32 {
         self.flags
     }
 
+    /// The volume was created read-only (flag bit 0).
     pub fn is_read_only(&self) -> bool {
         self.flags & FLAG_READ_ONLY != 0
     }
 
+    /// The cipher and wrapped data key.
     pub fn encryption(&self) -> &Encryption {
         &self.encryption
     }
@@ -467,11 +478,14 @@ fn u64_at(block: &[u8], at: usize) -> u64 {
 /// Which header copy a volume was opened from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderCopy {
+    /// The copy at offset 0.
     Primary,
+    /// The copy at the backup offset.
     Backup,
 }
 
 impl HeaderCopy {
+    /// `primary` or `backup`, as messages and `volume repair --use` name it.
     pub fn name(self) -> &'static str {
         match self {
             HeaderCopy::Primary => "primary",
@@ -479,6 +493,7 @@ impl HeaderCopy {
         }
     }
 
+    /// Where the copy lives in the volume file.
     pub fn offset(self) -> u64 {
         match self {
             HeaderCopy::Primary => PRIMARY_HEADER_OFFSET,
@@ -490,7 +505,9 @@ impl HeaderCopy {
 /// A header read from a file, with which copy it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocatedHeader {
+    /// The header read.
     pub header: VolumeHeader,
+    /// The copy it was read from.
     pub copy: HeaderCopy,
     /// Set when the other copy is damaged or stale; the volume still opens.
     pub warning: Option<String>,

@@ -31,7 +31,6 @@
 //! Audit: the trail gets one DescribeKey per observed keystore change (not one per
 //! poll), one Decrypt per unwrap or re-authorisation, and one failed Decrypt per
 //! refused attach.
-#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -63,6 +62,7 @@ pub enum OnKeyDisable {
 /// How a lease watches its CMK.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
+    /// What the lease does when the CMK stops being usable.
     pub on_key_disable: OnKeyDisable,
     /// How often the CMK is re-checked (a keystore-generation poll for the local
     /// keystore, DescribeKey otherwise). Must be positive.
@@ -85,7 +85,12 @@ pub enum KeyStatus {
     Usable,
     /// The key cannot be used. `state` is the AWS key state (`Disabled`,
     /// `PendingDeletion`), `Deleted`, `AccessDenied`, or the error name of a failure.
-    Unavailable { state: String, message: String },
+    Unavailable {
+        /// The key state or error name.
+        state: String,
+        /// What the key service said.
+        message: String,
+    },
 }
 
 /// What re-reading the volume's header found.

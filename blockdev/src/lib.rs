@@ -9,7 +9,12 @@
 //! - [`refusal_audit`]: the audit-trail record of an NBD client refused an encrypted export.
 //! - [`volume_key`]: the state of a volume's CMK as `volume info` and `nbd list` show it.
 //! - [`default_volume`]: first-run setup of `atrest serve` (default key and volume).
+//!
+//! `unsafe` is denied here and allowed only in `mapped` (the read-only file mapping),
+//! where every block carries a `// SAFETY:` note.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+#![deny(missing_docs)]
 
 pub mod default_volume;
 pub mod error;
@@ -21,5 +26,6 @@ pub mod nbd;
 pub mod refusal_audit;
 pub mod volume;
 pub mod volume_key;
+mod zero;
 
-pub use error::Error;
+pub use error::{Error, ProtocolError, RequestError, TlsError};

@@ -59,6 +59,9 @@ impl FileMap {
     /// The bytes at `pos..pos + len` when the page cache holds every page of them;
     /// `None` when some page would have to come from the disk, the range is past the
     /// mapping, or the kernel cannot tell.
+    ///
+    /// The bytes may change while the slice is borrowed (see the deviation noted at
+    /// the end): read each byte as data, never rely on reading it twice alike.
     pub(crate) fn resident(&self, pos: u64, len: usize) -> Option<&[u8]> {
         let start = usize::try_from(pos).ok()?;
         let end = start.checked_add(len)?;
@@ -86,6 +89,21 @@ impl FileMap {
             }
             at += pages * self.page;
         }
+        // DEVIATION from `&[u8]`'s promise (SAFETY of the mapping made in `new`): the
+        // slice handed out is not immutable while borrowed. This process writes the
+        // same file with `pwrite` (a whole-sector write takes its sector locks
+        // shared, and reads take none), and the kernel copies those bytes into the
+        // very page-cache pages this mapping shows, so a reader may see a sector
+        // change under it. Raw pointers would say so, but the cipher
+        // (`SectorCipher::decrypt_sectors_to`, crypto-core) takes slices, and a
+        // copy into an owned buffer is the second pass over memory this module
+        // exists to avoid. Why it is acceptable: the bytes are ciphertext read as
+        // plain data (no index, length or bound is taken from them; the only branch
+        // is `decrypt_stored_to`'s all-zero test, whose two looks at a sector may
+        // disagree), so the worst outcome is a sector of garbage plaintext in a read
+        // that overlaps a write of it, which NBD leaves undefined (the spec gives
+        // overlapping requests in flight no order). Nothing outside the mapping is
+        // read, and the mapping is never written through.
         Some(&self.map[start..end])
     }
 }

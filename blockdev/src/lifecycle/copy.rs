@@ -1,7 +1,6 @@
 //! Snapshot (reflink clone or sparse file copy), encrypted copy and import (decrypt
 //! and re-encrypt through the volume layer), and the crash-safe publication of the
 //! result.
-#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -48,6 +47,7 @@ pub enum Target<'a> {
 /// What [`copy`] and [`import`] did.
 #[derive(Clone, Debug)]
 pub struct CopyReport {
+    /// The new volume's header.
     pub header: VolumeHeader,
     /// Bytes of the source that held data and were re-encrypted.
     pub data_bytes: u64,

@@ -7,7 +7,6 @@
 //! bytes written direct, and made the import half as fast as `cp`. Filesystems that
 //! refuse `O_DIRECT` (tmpfs, some FUSE filesystems) get buffered writes instead; the
 //! final fsync makes either durable.
-#![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -18,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::format::{self, VolumeHeader};
 use crate::volume::EncryptedVolume;
+use crate::zero::is_zero;
 use crate::Error;
 
 const SECTOR: usize = format::SECTOR_SIZE as usize;
@@ -192,12 +192,6 @@ fn nonzero_runs(buf: &[u8]) -> Vec<Range<usize>> {
         }
     }
     runs
-}
-
-fn is_zero(bytes: &[u8]) -> bool {
-    let mut blocks = bytes.chunks_exact(64);
-    blocks.all(|b| b.iter().fold(0, |acc, &x| acc | x) == 0)
-        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 fn io_err(what: &str, path: &Path, source: io::Error) -> Error {

@@ -20,7 +20,6 @@
 //! the old one are disconnected cleanly (no further requests are read, in-flight ones
 //! are answered), then the old volume is flushed and closed. Untouched exports keep
 //! their clients; removed exports go away the same way; new ones appear.
-#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
@@ -44,10 +43,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// One `[[export]]` table of the exports file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportSpec {
+    /// The export name clients ask for.
     pub name: String,
     /// Absolute, or relative to the exports file's directory.
     pub path: PathBuf,
+    /// Offered read-only.
     pub read_only: bool,
+    /// Shown to clients (`nbdinfo`).
     pub description: Option<String>,
     /// Client certificate names (CN, DNS or URI SAN) allowed to attach; needs NBD
     /// over TLS with client certificates (see [`crate::nbd::Export::allowed_clients`]).
@@ -167,9 +169,13 @@ struct Served {
 /// What a reload did, by export name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReloadReport {
+    /// Exports new in the file.
     pub added: Vec<String>,
+    /// Exports whose volume changed (clients of the old one disconnected).
     pub swapped: Vec<String>,
+    /// Exports no longer in the file.
     pub removed: Vec<String>,
+    /// Exports left as they were.
     pub unchanged: Vec<String>,
     /// Exports whose new volume could not be opened (they keep what they served).
     pub failed: Vec<(String, String)>,

@@ -7,7 +7,6 @@
 //! source is only ever opened read-only. Copies are sparse-aware: holes of the source
 //! (and all-zero sectors) stay holes. Long work reports through [`Progress`], which
 //! the CLI turns into a progress bar.
-#![forbid(unsafe_code)]
 
 mod copy;
 mod data_area;
@@ -25,6 +24,7 @@ pub trait Progress: Send + Sync {
     fn start(&self, total: u64);
     /// `bytes` more bytes are done (copied, or skipped as a hole).
     fn advance(&self, bytes: u64);
+    /// The work is done (not called when it fails).
     fn finish(&self);
 }
 

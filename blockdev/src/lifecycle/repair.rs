@@ -6,7 +6,6 @@
 //! come from a stray write of a foreign header (a `dd` of another volume's first
 //! 4 KiB); guessing there could overwrite the only copy of the right wrapped data key,
 //! so the volume is refused until someone who knows picks a copy here.
-#![forbid(unsafe_code)]
 
 use std::path::Path;
 

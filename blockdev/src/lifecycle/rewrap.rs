@@ -1,6 +1,5 @@
 //! `volume rewrap`: the same data key, wrapped again (ReEncrypt) under the CMK's
 //! current material or under another CMK. The data area is not touched.
-#![forbid(unsafe_code)]
 
 use std::path::Path;
 

@@ -28,6 +28,7 @@ use super::proto::{
 };
 use super::proto::{FLAG_SEND_TRIM, FLAG_SEND_WRITE_ZEROES};
 use super::server::{self, Export};
+use super::transmission;
 use crate::Error;
 
 // include/uapi/linux/netlink.h
@@ -120,7 +121,9 @@ pub fn kernel_flags(read_only: bool) -> u16 {
 /// A device the kernel knows, as `NBD_CMD_STATUS` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceStatus {
+    /// N of `/dev/nbdN`.
     pub index: u32,
+    /// The kernel has a server connected to it.
     pub connected: bool,
 }
 
@@ -187,6 +190,7 @@ enum Event {
 pub struct AttachmentStopper(mpsc::Sender<Event>);
 
 impl AttachmentStopper {
+    /// Asks the attachment to write back, flush and detach.
     pub fn stop(&self) {
         // The attachment may be gone already; then there is nothing to stop.
         let _ = self.0.send(Event::Stop);
@@ -200,38 +204,18 @@ impl AttachmentStopper {
 pub struct StopSignals(signal_hook::iterator::Signals);
 
 impl StopSignals {
+    /// Catches SIGINT and SIGTERM from now on.
     pub fn catch() -> Result<StopSignals, Error> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let signals =
-            signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|source| Error::Io {
-                context: "installing the SIGINT/SIGTERM handlers".into(),
-                source,
-            })?;
-        Ok(StopSignals(signals))
+        server::catch_stop_signals().map(StopSignals)
     }
 
     /// Stops `stopper`'s attachment on the first signal (also one caught before this
     /// call); a second one exits at once.
     pub fn stop(self, stopper: AttachmentStopper) -> Result<(), Error> {
-        let mut signals = self.0;
-        thread::Builder::new()
-            .name("nbd-signals".into())
-            .spawn(move || {
-                for (seen, signal) in signals.forever().enumerate() {
-                    if seen == 0 {
-                        info!("signal {signal}: writing back, flushing, detaching");
-                        stopper.stop();
-                    } else {
-                        warn!("signal {signal} again: exiting without waiting");
-                        std::process::exit(1);
-                    }
-                }
-            })
-            .map_err(|source| Error::Io {
-                context: "starting the signal thread".into(),
-                source,
-            })?;
-        Ok(())
+        server::on_first_signal(self.0, move |signal| {
+            info!("signal {signal}: writing back, flushing, detaching");
+            stopper.stop();
+        })
     }
 }
 
@@ -279,7 +263,8 @@ pub fn attach(export: Export, request: &AttachRequest<'_>) -> Result<Attachment,
         let thread = thread::Builder::new()
             .name(format!("nbd-kernel-{i}"))
             .spawn(move || {
-                let result = server::serve_kernel_connection(served, ours, THREADS_PER_CONNECTION);
+                let result =
+                    transmission::serve_kernel_connection(served, ours, THREADS_PER_CONNECTION);
                 let _ = done.send(Event::ConnectionEnded);
                 result
             })
@@ -345,6 +330,7 @@ impl Attachment {
         self.index
     }
 
+    /// A handle that stops this attachment from another thread.
     pub fn stopper(&self) -> AttachmentStopper {
         AttachmentStopper(self.events.clone())
     }

@@ -1,7 +1,11 @@
 //! The NBD protocol and server.
 //!
 //! - [`proto`]: the wire format as pure functions over bytes (fuzzable, never panics).
-//! - the server: [`Server`] serves an [`ExportTable`] of [`Export`]s until its
+//! - the server, in three rooms: listening and signals (`server`: [`Server`],
+//!   [`ShutdownHandle`], [`stop_on_signals`]), the handshake (`negotiation`: option
+//!   haggling and the one export admission check) and the transmission phase
+//!   (`transmission`: requests, replies, [`errno`]), shared by TCP clients and the
+//!   kernel's client. [`Server`] serves an [`ExportTable`] of [`Export`]s until its
 //!   [`ShutdownHandle`] (or [`stop_on_signals`]) stops it; [`errno`] is the one
 //!   mapping from [`crate::Error`] to NBD error values.
 //! - [`kernel`]: the Linux kernel's NBD client over generic netlink (`atrest nbd
@@ -11,12 +15,15 @@
 //!   admits, and [`Server::with_refusal_audit`] learns of every [`Refusal`].
 
 pub mod kernel;
+mod negotiation;
 pub mod proto;
 mod server;
 mod tls;
+mod transmission;
 
 pub use server::{
-    errno, stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
+    stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
     DEFAULT_EXPORT,
 };
 pub use tls::{common_name, ClientIdentity, TlsMode, TlsSettings};
+pub use transmission::errno;

@@ -4,98 +4,157 @@
 //! Everything here is a pure function over byte slices: no I/O, no panics on any
 //! input, checked arithmetic, trailing bytes rejected. All integers on the wire are
 //! big-endian.
+//!
+//! One file over ~800 lines on purpose: it is one cohesive thing, the wire format of
+//! one spec, and a reader checks it against `doc/proto.md` section by section
+//! (constants, handshake parsers and replies, request parsing, transmission
+//! replies) with every constant in view. Splitting it would part each parser from
+//! the constants and encoders it mirrors. Its unit tests live in `proto/tests.rs`.
 
 use crate::volume::Extent;
-use crate::Error;
+use crate::{Error, ProtocolError, RequestError};
 
 /// `NBDMAGIC`, the first 8 bytes the server sends.
 pub const INIT_PASSWD: u64 = 0x4e42_444d_4147_4943;
 /// `IHAVEOPT`: newstyle negotiation, and the magic of every client option.
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+/// `NBD_REP_MAGIC`: starts every option reply.
 pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// `NBD_REQUEST_MAGIC`: starts every request.
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// `NBD_SIMPLE_REPLY_MAGIC`: starts every simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// `NBD_STRUCTURED_REPLY_MAGIC`: starts every structured reply chunk.
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Handshake flags (server, 16 bits).
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+/// `NBD_FLAG_NO_ZEROES`.
 pub const FLAG_NO_ZEROES: u16 = 1 << 1;
 /// Client flags (32 bits).
 pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+/// `NBD_FLAG_C_NO_ZEROES`.
 pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 
 /// Transmission flags (16 bits).
 pub const FLAG_HAS_FLAGS: u16 = 1 << 0;
+/// `NBD_FLAG_READ_ONLY`.
 pub const FLAG_READ_ONLY: u16 = 1 << 1;
+/// `NBD_FLAG_SEND_FLUSH`.
 pub const FLAG_SEND_FLUSH: u16 = 1 << 2;
+/// `NBD_FLAG_SEND_FUA`.
 pub const FLAG_SEND_FUA: u16 = 1 << 3;
+/// `NBD_FLAG_SEND_TRIM`.
 pub const FLAG_SEND_TRIM: u16 = 1 << 5;
+/// `NBD_FLAG_SEND_WRITE_ZEROES`.
 pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// `NBD_FLAG_SEND_DF`.
 pub const FLAG_SEND_DF: u16 = 1 << 7;
+/// `NBD_FLAG_CAN_MULTI_CONN`.
 pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// `NBD_FLAG_SEND_CACHE`.
 pub const FLAG_SEND_CACHE: u16 = 1 << 10;
+/// `NBD_FLAG_SEND_FAST_ZERO`.
 pub const FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 
 /// Options.
 pub const OPT_EXPORT_NAME: u32 = 1;
+/// `NBD_OPT_ABORT`.
 pub const OPT_ABORT: u32 = 2;
+/// `NBD_OPT_LIST`.
 pub const OPT_LIST: u32 = 3;
+/// `NBD_OPT_STARTTLS`.
 pub const OPT_STARTTLS: u32 = 5;
+/// `NBD_OPT_INFO`.
 pub const OPT_INFO: u32 = 6;
+/// `NBD_OPT_GO`.
 pub const OPT_GO: u32 = 7;
+/// `NBD_OPT_STRUCTURED_REPLY`.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// `NBD_OPT_LIST_META_CONTEXT`.
 pub const OPT_LIST_META_CONTEXT: u32 = 9;
+/// `NBD_OPT_SET_META_CONTEXT`.
 pub const OPT_SET_META_CONTEXT: u32 = 10;
 
 /// Option reply types.
 pub const REP_ACK: u32 = 1;
+/// `NBD_REP_SERVER`.
 pub const REP_SERVER: u32 = 2;
+/// `NBD_REP_INFO`.
 pub const REP_INFO: u32 = 3;
+/// `NBD_REP_META_CONTEXT`.
 pub const REP_META_CONTEXT: u32 = 4;
+/// `NBD_REP_ERR_UNSUP`.
 pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+/// `NBD_REP_ERR_POLICY`.
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
+/// `NBD_REP_ERR_INVALID`.
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+/// `NBD_REP_ERR_TLS_REQD`.
 pub const REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
+/// `NBD_REP_ERR_UNKNOWN`.
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+/// `NBD_REP_ERR_TOO_BIG`.
 pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
 
 /// `NBD_REP_INFO` types.
 pub const INFO_EXPORT: u16 = 0;
+/// `NBD_INFO_NAME`.
 pub const INFO_NAME: u16 = 1;
+/// `NBD_INFO_DESCRIPTION`.
 pub const INFO_DESCRIPTION: u16 = 2;
+/// `NBD_INFO_BLOCK_SIZE`.
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
 /// Commands.
 pub const CMD_READ: u16 = 0;
+/// `NBD_CMD_WRITE`.
 pub const CMD_WRITE: u16 = 1;
+/// `NBD_CMD_DISC`.
 pub const CMD_DISC: u16 = 2;
+/// `NBD_CMD_FLUSH`.
 pub const CMD_FLUSH: u16 = 3;
+/// `NBD_CMD_TRIM`.
 pub const CMD_TRIM: u16 = 4;
+/// `NBD_CMD_CACHE`.
 pub const CMD_CACHE: u16 = 5;
+/// `NBD_CMD_WRITE_ZEROES`.
 pub const CMD_WRITE_ZEROES: u16 = 6;
+/// `NBD_CMD_BLOCK_STATUS`.
 pub const CMD_BLOCK_STATUS: u16 = 7;
 
 /// Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// `NBD_CMD_FLAG_NO_HOLE`.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// `NBD_CMD_FLAG_DF`.
 pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// `NBD_CMD_FLAG_REQ_ONE`.
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// `NBD_CMD_FLAG_FAST_ZERO`.
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
 /// Structured reply flags and chunk types.
 pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+/// `NBD_REPLY_TYPE_NONE`.
 pub const REPLY_TYPE_NONE: u16 = 0;
+/// `NBD_REPLY_TYPE_OFFSET_DATA`.
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// `NBD_REPLY_TYPE_OFFSET_HOLE`.
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+/// `NBD_REPLY_TYPE_BLOCK_STATUS`.
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// `NBD_REPLY_TYPE_ERROR`.
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
 
 /// `base:allocation` state flags.
 pub const STATE_HOLE: u32 = 1 << 0;
+/// `NBD_STATE_ZERO`.
 pub const STATE_ZERO: u32 = 1 << 1;
 
 /// The one metadata context this server knows, and the id it hands out for it.
 pub const META_BASE_ALLOCATION: &str = "base:allocation";
+/// The id this server gives `base:allocation` in `NBD_REP_META_CONTEXT`.
 pub const META_BASE_ALLOCATION_ID: u32 = 1;
 
 /// The largest READ or WRITE payload the server accepts (advertised as the maximum
@@ -106,9 +165,13 @@ pub const MAX_OPTION_LENGTH: u32 = 64 * 1024;
 /// The spec's limit for strings (export names, descriptions, error messages).
 pub const MAX_STRING: usize = 4096;
 
+/// Bytes in an option header (magic, option, length).
 pub const OPTION_HEADER_LEN: usize = 16;
+/// Bytes in a request header.
 pub const REQUEST_HEADER_LEN: usize = 28;
+/// Bytes in a simple reply header.
 pub const SIMPLE_REPLY_LEN: usize = 16;
+/// Bytes in a structured reply chunk header.
 pub const CHUNK_HEADER_LEN: usize = 20;
 /// A chunk header and the offset of an `NBD_REPLY_TYPE_OFFSET_DATA` chunk.
 pub const OFFSET_DATA_HEADER_LEN: usize = CHUNK_HEADER_LEN + 8;
@@ -116,15 +179,22 @@ pub const OFFSET_DATA_HEADER_LEN: usize = CHUNK_HEADER_LEN + 8;
 /// The error values the protocol allows in replies. Nothing else goes on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Errno {
+    /// `EPERM`: a write to a read-only export.
     Perm,
+    /// `EIO`: the volume could not do it (I/O error, key unavailable).
     Io,
+    /// `EINVAL`: a request the server rejects.
     Inval,
+    /// `ENOSPC`: no room (a write past the end, a full disk).
     NoSpc,
+    /// `EOVERFLOW`: a request larger than the server accepts.
     Overflow,
+    /// `ENOTSUP`: not possible as asked (a fast zero that would write).
     NotSup,
 }
 
 impl Errno {
+    /// The value on the wire.
     pub fn code(self) -> u32 {
         match self {
             Errno::Perm => 1,
@@ -140,7 +210,9 @@ impl Errno {
 /// What the client answered to the server's handshake flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientFlags {
+    /// `NBD_FLAG_C_FIXED_NEWSTYLE`.
     pub fixed_newstyle: bool,
+    /// `NBD_FLAG_C_NO_ZEROES`: no 124 zero bytes after `NBD_OPT_EXPORT_NAME`.
     pub no_zeroes: bool,
 }
 
@@ -150,10 +222,7 @@ pub fn parse_client_flags(bytes: [u8; 4]) -> Result<ClientFlags, Error> {
     let flags = u32::from_be_bytes(bytes);
     let known = FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES;
     if flags & !known != 0 {
-        return Err(Error::Protocol(format!(
-            "unknown client flags {:#x}",
-            flags & !known
-        )));
+        return Err(ProtocolError::UnknownClientFlags(flags & !known).into());
     }
     Ok(ClientFlags {
         fixed_newstyle: flags & FLAG_C_FIXED_NEWSTYLE != 0,
@@ -173,18 +242,19 @@ pub fn server_greeting() -> [u8; 18] {
 /// The fixed part of a client option: which option, and how many data bytes follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OptionHeader {
+    /// The option (`NBD_OPT_*`).
     pub option: u32,
+    /// Bytes of option data that follow.
     pub length: u32,
 }
 
 impl OptionHeader {
+    /// Reads an option header; a wrong magic is a protocol violation.
     pub fn parse(bytes: &[u8; OPTION_HEADER_LEN]) -> Result<OptionHeader, Error> {
         let mut r = Reader::new(bytes);
         let magic = r.u64()?;
         if magic != IHAVEOPT {
-            return Err(Error::Protocol(format!(
-                "option magic {magic:#018x}, expected IHAVEOPT"
-            )));
+            return Err(ProtocolError::OptionMagic(magic).into());
         }
         Ok(OptionHeader {
             option: r.u32()?,
@@ -205,29 +275,41 @@ impl OptionHeader {
 /// An export and the `NBD_INFO_*` items the client asks about (`NBD_OPT_INFO`/`GO`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportQuery {
+    /// The export name (`""` is the default export).
     pub name: String,
+    /// The `NBD_INFO_*` items asked for, in order.
     pub info_requests: Vec<u16>,
 }
 
 /// `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT` data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetaContextQuery {
+    /// The export the contexts are for.
     pub export: String,
+    /// The context queries (none: all contexts, for LIST).
     pub queries: Vec<String>,
 }
 
 /// A client option, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOption {
+    /// `NBD_OPT_EXPORT_NAME`: attach to this export (no error reply possible).
     ExportName(String),
+    /// `NBD_OPT_ABORT`.
     Abort,
+    /// `NBD_OPT_LIST`.
     List,
     /// `NBD_OPT_STARTTLS`: upgrade the connection to TLS (no data).
     StartTls,
+    /// `NBD_OPT_INFO`.
     Info(ExportQuery),
+    /// `NBD_OPT_GO`.
     Go(ExportQuery),
+    /// `NBD_OPT_STRUCTURED_REPLY`.
     StructuredReply,
+    /// `NBD_OPT_LIST_META_CONTEXT`.
     ListMetaContext(MetaContextQuery),
+    /// `NBD_OPT_SET_META_CONTEXT`.
     SetMetaContext(MetaContextQuery),
     /// An option this server does not implement (answered `NBD_REP_ERR_UNSUP`).
     Unsupported(u32),
@@ -368,10 +450,15 @@ pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
 /// A transmission-phase request header, as the client sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestHeader {
+    /// Command flags (`NBD_CMD_FLAG_*`).
     pub flags: u16,
+    /// The command (`NBD_CMD_*`).
     pub kind: u16,
+    /// The client's handle, echoed in the reply.
     pub cookie: u64,
+    /// Byte offset in the export.
     pub offset: u64,
+    /// Bytes from `offset` (for a write, the payload's length).
     pub length: u32,
 }
 
@@ -381,9 +468,7 @@ impl RequestHeader {
         let mut r = Reader::new(bytes);
         let magic = r.u32()?;
         if magic != REQUEST_MAGIC {
-            return Err(Error::Protocol(format!(
-                "request magic {magic:#010x}, expected {REQUEST_MAGIC:#010x}"
-            )));
+            return Err(ProtocolError::RequestMagic(magic).into());
         }
         Ok(RequestHeader {
             flags: r.u16()?,
@@ -425,22 +510,20 @@ impl RequestHeader {
             CMD_READ | CMD_WRITE | CMD_DISC | CMD_FLUSH | CMD_TRIM | CMD_CACHE => CMD_FLAG_FUA,
             CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
             CMD_BLOCK_STATUS => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
-            other => return Err(Error::InvalidRequest(format!("unknown command {other}"))),
+            other => return Err(RequestError::UnknownCommand(other).into()),
         };
         if self.flags & !allowed != 0 {
-            return Err(Error::InvalidRequest(format!(
-                "flags {:#x} are not valid for {}",
-                self.flags & !allowed,
-                command_name(self.kind)
-            )));
+            return Err(RequestError::FlagsNotValid {
+                flags: self.flags & !allowed,
+                command: command_name(self.kind),
+            }
+            .into());
         }
         match self.kind {
             CMD_DISC => return Ok(Command::Disconnect),
             CMD_FLUSH => {
                 if self.offset != 0 || self.length != 0 {
-                    return Err(Error::InvalidRequest(
-                        "flush with a nonzero offset or length".into(),
-                    ));
+                    return Err(RequestError::FlushWithRange.into());
                 }
                 return Ok(Command::Flush);
             }
@@ -451,10 +534,10 @@ impl RequestHeader {
             return Err(Error::ReadOnly);
         }
         if self.length == 0 {
-            return Err(Error::InvalidRequest(format!(
-                "{} of zero bytes",
-                command_name(self.kind)
-            )));
+            return Err(RequestError::ZeroLength {
+                command: command_name(self.kind),
+            }
+            .into());
         }
         if matches!(self.kind, CMD_READ | CMD_WRITE) && self.length > MAX_PAYLOAD {
             return Err(Error::TooLarge {
@@ -503,9 +586,7 @@ impl RequestHeader {
             }
             CMD_BLOCK_STATUS => {
                 if !session.block_status {
-                    return Err(Error::InvalidRequest(
-                        "block status without a negotiated metadata context".into(),
-                    ));
+                    return Err(RequestError::BlockStatusWithoutContext.into());
                 }
                 Command::BlockStatus {
                     offset,
@@ -513,7 +594,7 @@ impl RequestHeader {
                     one: self.flags & CMD_FLAG_REQ_ONE != 0,
                 }
             }
-            other => return Err(Error::InvalidRequest(format!("unknown command {other}"))),
+            other => return Err(RequestError::UnknownCommand(other).into()),
         })
     }
 }
@@ -521,8 +602,11 @@ impl RequestHeader {
 /// What a request is checked against: the export and what the handshake negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
+    /// The export's size in bytes.
     pub size: u64,
+    /// The export is offered read-only.
     pub read_only: bool,
+    /// Structured replies were negotiated.
     pub structured: bool,
     /// `base:allocation` was selected with `NBD_OPT_SET_META_CONTEXT`.
     pub block_status: bool,
@@ -531,39 +615,65 @@ pub struct SessionLimits {
 /// A validated request: in bounds, flags valid, allowed on the export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
+    /// `NBD_CMD_READ`.
     Read {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
     },
+    /// `NBD_CMD_WRITE`; the payload follows the header.
     Write {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
+        /// `NBD_CMD_FLAG_FUA`: flush before replying.
         fua: bool,
     },
+    /// `NBD_CMD_DISC`.
     Disconnect,
+    /// `NBD_CMD_FLUSH`.
     Flush,
+    /// `NBD_CMD_TRIM`.
     Trim {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
+        /// `NBD_CMD_FLAG_FUA`: flush before replying.
         fua: bool,
     },
+    /// `NBD_CMD_CACHE`.
     Cache {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
     },
+    /// `NBD_CMD_WRITE_ZEROES`.
     WriteZeroes {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
+        /// `NBD_CMD_FLAG_FUA`: flush before replying.
         fua: bool,
+        /// No `NBD_CMD_FLAG_NO_HOLE`: the range may become a hole.
         may_punch: bool,
     },
+    /// `NBD_CMD_BLOCK_STATUS` for `base:allocation`.
     BlockStatus {
+        /// Byte offset in the export.
         offset: u64,
+        /// Bytes from `offset`.
         length: u32,
+        /// `NBD_CMD_FLAG_REQ_ONE`: one descriptor is enough.
         one: bool,
     },
 }
 
+/// A command's name for messages and logs (`read`, `write`, ...).
 pub fn command_name(kind: u16) -> &'static str {
     match kind {
         CMD_READ => "read",
@@ -669,7 +779,9 @@ pub fn error_chunk(cookie: u64, errno: Errno, message: &str) -> Vec<u8> {
 /// One `base:allocation` descriptor: a length and its state flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockDescriptor {
+    /// Bytes the descriptor covers.
     pub length: u32,
+    /// `NBD_STATE_*` flags of the range.
     pub flags: u32,
 }
 
@@ -752,17 +864,18 @@ fn len32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn string(bytes: &[u8], what: &str) -> Result<String, Error> {
+fn string(bytes: &[u8], what: &'static str) -> Result<String, Error> {
     if bytes.len() > MAX_STRING {
-        return Err(Error::InvalidRequest(format!(
-            "{what} of {} bytes is longer than {MAX_STRING}",
-            bytes.len()
-        )));
+        return Err(RequestError::StringTooLong {
+            what,
+            length: bytes.len(),
+            max: MAX_STRING,
+        }
+        .into());
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| Error::InvalidRequest(format!("{what} is not UTF-8")))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| RequestError::NotUtf8 { what })?;
     if text.contains('\0') {
-        return Err(Error::InvalidRequest(format!("{what} contains NUL")));
+        return Err(RequestError::ContainsNul { what }.into());
     }
     Ok(text.to_owned())
 }
@@ -783,10 +896,11 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
         if n > self.bytes.len() {
-            return Err(Error::InvalidRequest(format!(
-                "option data ends early: {n} bytes wanted, {} left",
-                self.bytes.len()
-            )));
+            return Err(RequestError::OptionDataShort {
+                wanted: n,
+                left: self.bytes.len(),
+            }
+            .into());
         }
         let (head, tail) = self.bytes.split_at(n);
         self.bytes = tail;
@@ -812,10 +926,10 @@ impl<'a> Reader<'a> {
     }
 
     /// A string prefixed by its 32-bit length.
-    fn string(&mut self, what: &str) -> Result<String, Error> {
-        let len = self.u32()?;
-        let len = usize::try_from(len)
-            .map_err(|_| Error::InvalidRequest(format!("{what} length {len} too large")))?;
+    fn string(&mut self, what: &'static str) -> Result<String, Error> {
+        let length = self.u32()?;
+        let len =
+            usize::try_from(length).map_err(|_| RequestError::LengthTooLarge { what, length })?;
         string(self.take(len)?, what)
     }
 
@@ -823,413 +937,10 @@ impl<'a> Reader<'a> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(Error::InvalidRequest(format!(
-                "{} unexpected trailing bytes in option data",
-                self.bytes.len()
-            )))
+            Err(RequestError::TrailingBytes(self.bytes.len()).into())
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn limits() -> SessionLimits {
-        SessionLimits {
-            size: 1 << 20,
-            read_only: false,
-            structured: true,
-            block_status: true,
-        }
-    }
-
-    fn request(kind: u16, flags: u16, offset: u64, length: u32) -> RequestHeader {
-        RequestHeader {
-            flags,
-            kind,
-            cookie: 7,
-            offset,
-            length,
-        }
-    }
-
-    fn go_data(name: &str, infos: &[u16]) -> Vec<u8> {
-        let mut data = (name.len() as u32).to_be_bytes().to_vec();
-        data.extend_from_slice(name.as_bytes());
-        data.extend_from_slice(&(infos.len() as u16).to_be_bytes());
-        for info in infos {
-            data.extend_from_slice(&info.to_be_bytes());
-        }
-        data
-    }
-
-    #[test]
-    fn greeting_is_nbdmagic_ihaveopt_and_flags() {
-        let g = server_greeting();
-        assert_eq!(&g[0..8], b"NBDMAGIC");
-        assert_eq!(&g[8..16], b"IHAVEOPT");
-        assert_eq!(&g[16..18], &[0, 3]);
-    }
-
-    #[test]
-    fn client_flags_with_unknown_bits_are_a_violation() {
-        assert_eq!(
-            parse_client_flags([0, 0, 0, 3]).unwrap(),
-            ClientFlags {
-                fixed_newstyle: true,
-                no_zeroes: true
-            }
-        );
-        assert!(matches!(
-            parse_client_flags([0, 0, 0, 4]),
-            Err(Error::Protocol(_))
-        ));
-    }
-
-    #[test]
-    fn go_parses_name_and_info_requests() {
-        let parsed = parse_option(OPT_GO, &go_data("disk", &[INFO_NAME, INFO_BLOCK_SIZE])).unwrap();
-        assert_eq!(
-            parsed,
-            ClientOption::Go(ExportQuery {
-                name: "disk".into(),
-                info_requests: vec![INFO_NAME, INFO_BLOCK_SIZE]
-            })
-        );
-    }
-
-    #[test]
-    fn go_with_trailing_bytes_or_short_data_is_invalid() {
-        let mut data = go_data("disk", &[]);
-        data.push(0);
-        assert!(matches!(
-            parse_option(OPT_GO, &data),
-            Err(Error::InvalidRequest(_))
-        ));
-        let data = go_data("disk", &[INFO_NAME]);
-        assert!(matches!(
-            parse_option(OPT_INFO, &data[..data.len() - 1]),
-            Err(Error::InvalidRequest(_))
-        ));
-        assert!(matches!(
-            parse_option(OPT_GO, &[0xff, 0xff, 0xff, 0xff]),
-            Err(Error::InvalidRequest(_))
-        ));
-    }
-
-    #[test]
-    fn options_without_data_reject_data() {
-        assert!(matches!(
-            parse_option(OPT_LIST, &[1]),
-            Err(Error::InvalidRequest(_))
-        ));
-        assert!(matches!(
-            parse_option(OPT_STRUCTURED_REPLY, &[1]),
-            Err(Error::InvalidRequest(_))
-        ));
-        assert_eq!(parse_option(OPT_ABORT, &[]).unwrap(), ClientOption::Abort);
-        assert!(matches!(
-            parse_option(OPT_STARTTLS, &[0]),
-            Err(Error::InvalidRequest(_))
-        ));
-        assert_eq!(
-            parse_option(OPT_STARTTLS, &[]).unwrap(),
-            ClientOption::StartTls
-        );
-    }
-
-    #[test]
-    fn unknown_options_are_unsupported_not_errors() {
-        assert_eq!(parse_option(4, b"x").unwrap(), ClientOption::Unsupported(4));
-        assert_eq!(
-            parse_option(99, &[]).unwrap(),
-            ClientOption::Unsupported(99)
-        );
-    }
-
-    #[test]
-    fn meta_context_queries_parse() {
-        let mut data = go_data("disk", &[]);
-        data.truncate(8);
-        data.extend_from_slice(&1u32.to_be_bytes());
-        data.extend_from_slice(&15u32.to_be_bytes());
-        data.extend_from_slice(META_BASE_ALLOCATION.as_bytes());
-        assert_eq!(
-            parse_option(OPT_SET_META_CONTEXT, &data).unwrap(),
-            ClientOption::SetMetaContext(MetaContextQuery {
-                export: "disk".into(),
-                queries: vec![META_BASE_ALLOCATION.into()]
-            })
-        );
-    }
-
-    #[test]
-    fn export_names_must_be_utf8_without_nul() {
-        assert!(parse_option(OPT_EXPORT_NAME, &[0xff]).is_err());
-        assert!(parse_option(OPT_EXPORT_NAME, b"a\0b").is_err());
-        assert_eq!(
-            parse_option(OPT_EXPORT_NAME, b"").unwrap(),
-            ClientOption::ExportName(String::new())
-        );
-    }
-
-    #[test]
-    fn bad_request_magic_is_a_violation() {
-        let mut bytes = request(CMD_READ, 0, 0, 512).encode();
-        bytes[0] ^= 1;
-        assert!(matches!(
-            RequestHeader::parse(&bytes),
-            Err(Error::Protocol(_))
-        ));
-    }
-
-    #[test]
-    fn reads_and_writes_in_bounds_are_accepted() {
-        assert_eq!(
-            request(CMD_READ, CMD_FLAG_DF, 4096, 4096)
-                .validate(&limits())
-                .unwrap(),
-            Command::Read {
-                offset: 4096,
-                length: 4096
-            }
-        );
-        assert_eq!(
-            request(CMD_WRITE, CMD_FLAG_FUA, (1 << 20) - 1, 1)
-                .validate(&limits())
-                .unwrap(),
-            Command::Write {
-                offset: (1 << 20) - 1,
-                length: 1,
-                fua: true
-            }
-        );
-    }
-
-    #[test]
-    fn past_the_end_is_out_of_range_even_when_the_sum_overflows() {
-        for kind in [
-            CMD_READ,
-            CMD_WRITE,
-            CMD_TRIM,
-            CMD_BLOCK_STATUS,
-            CMD_CACHE,
-            CMD_WRITE_ZEROES,
-        ] {
-            assert!(matches!(
-                request(kind, 0, (1 << 20) - 1, 2).validate(&limits()),
-                Err(Error::OutOfRange { .. })
-            ));
-            assert!(matches!(
-                request(kind, 0, u64::MAX, 2).validate(&limits()),
-                Err(Error::OutOfRange { .. })
-            ));
-        }
-    }
-
-    #[test]
-    fn writes_to_read_only_exports_are_refused() {
-        let ro = SessionLimits {
-            read_only: true,
-            ..limits()
-        };
-        for kind in [CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES] {
-            assert!(matches!(
-                request(kind, 0, 0, 512).validate(&ro),
-                Err(Error::ReadOnly)
-            ));
-        }
-        assert!(request(CMD_READ, 0, 0, 512).validate(&ro).is_ok());
-    }
-
-    #[test]
-    fn unknown_commands_and_flags_are_invalid() {
-        assert!(matches!(
-            request(42, 0, 0, 512).validate(&limits()),
-            Err(Error::InvalidRequest(_))
-        ));
-        assert!(matches!(
-            request(CMD_WRITE, CMD_FLAG_NO_HOLE, 0, 512).validate(&limits()),
-            Err(Error::InvalidRequest(_))
-        ));
-        assert!(matches!(
-            request(CMD_READ, 1 << 15, 0, 512).validate(&limits()),
-            Err(Error::InvalidRequest(_))
-        ));
-        let simple = SessionLimits {
-            structured: false,
-            block_status: false,
-            ..limits()
-        };
-        assert!(request(CMD_READ, CMD_FLAG_DF, 0, 512)
-            .validate(&simple)
-            .is_err());
-        assert!(request(CMD_BLOCK_STATUS, 0, 0, 512)
-            .validate(&simple)
-            .is_err());
-    }
-
-    #[test]
-    fn oversize_payloads_are_too_large() {
-        let big = SessionLimits {
-            size: u64::MAX,
-            ..limits()
-        };
-        assert!(matches!(
-            request(CMD_WRITE, 0, 0, MAX_PAYLOAD + 1).validate(&big),
-            Err(Error::TooLarge { .. })
-        ));
-        assert_eq!(
-            request(CMD_WRITE, 0, 0, MAX_PAYLOAD + 1).payload_length(),
-            MAX_PAYLOAD + 1
-        );
-        assert!(request(CMD_TRIM, 0, 0, u32::MAX).validate(&big).is_ok());
-    }
-
-    #[test]
-    fn fast_zero_that_may_not_punch_is_not_supported() {
-        assert!(matches!(
-            request(
-                CMD_WRITE_ZEROES,
-                CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE,
-                0,
-                512
-            )
-            .validate(&limits()),
-            Err(Error::NotSupported(_))
-        ));
-        assert_eq!(
-            request(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 512)
-                .validate(&limits())
-                .unwrap(),
-            Command::WriteZeroes {
-                offset: 0,
-                length: 512,
-                fua: false,
-                may_punch: true
-            }
-        );
-    }
-
-    #[test]
-    fn flush_must_have_zero_offset_and_length() {
-        assert_eq!(
-            request(CMD_FLUSH, 0, 0, 0).validate(&limits()).unwrap(),
-            Command::Flush
-        );
-        assert!(request(CMD_FLUSH, 0, 0, 1).validate(&limits()).is_err());
-    }
-
-    #[test]
-    fn descriptors_merge_clip_and_never_come_back_empty() {
-        let e = |length, hole, zero| Extent { length, hole, zero };
-        let got = block_descriptors(
-            &[
-                e(4096, false, false),
-                e(4096, true, true),
-                e(8192, true, true),
-                e(1 << 40, false, false),
-            ],
-            20000,
-            false,
-        );
-        assert_eq!(
-            got,
-            vec![
-                BlockDescriptor {
-                    length: 4096,
-                    flags: 0
-                },
-                BlockDescriptor {
-                    length: 12288,
-                    flags: STATE_HOLE | STATE_ZERO
-                },
-                BlockDescriptor {
-                    length: 3616,
-                    flags: 0
-                },
-            ]
-        );
-        assert_eq!(
-            block_descriptors(&[e(4096, true, true), e(4096, false, false)], 8192, true).len(),
-            1
-        );
-        assert_eq!(
-            block_descriptors(&[], 512, false),
-            vec![BlockDescriptor {
-                length: 512,
-                flags: 0
-            }]
-        );
-    }
-
-    #[test]
-    fn error_chunk_messages_are_capped() {
-        let chunk = error_chunk(1, Errno::Io, &"é".repeat(5000));
-        let message_len = u16::from_be_bytes([chunk[24], chunk[25]]) as usize;
-        assert!(message_len <= MAX_STRING);
-        assert_eq!(chunk.len(), CHUNK_HEADER_LEN + 6 + message_len);
-        assert!(std::str::from_utf8(&chunk[26..]).is_ok());
-    }
-
-    proptest! {
-        #[test]
-        fn request_headers_round_trip(flags: u16, kind: u16, cookie: u64, offset: u64, length: u32) {
-            let header = RequestHeader { flags, kind, cookie, offset, length };
-            prop_assert_eq!(RequestHeader::parse(&header.encode()).unwrap(), header);
-        }
-
-        #[test]
-        fn option_headers_round_trip(option: u32, length: u32) {
-            let header = OptionHeader { option, length };
-            prop_assert_eq!(OptionHeader::parse(&header.encode()).unwrap(), header);
-        }
-
-        #[test]
-        fn go_round_trips(name in "[a-z0-9/_.-]{0,64}", infos in proptest::collection::vec(any::<u16>(), 0..8)) {
-            let parsed = parse_option(OPT_GO, &go_data(&name, &infos)).unwrap();
-            prop_assert_eq!(parsed, ClientOption::Go(ExportQuery { name, info_requests: infos }));
-        }
-
-        #[test]
-        fn option_parser_never_panics(option in 0u32..16, data in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = parse_option(option, &data);
-        }
-
-        #[test]
-        fn validated_requests_are_in_bounds(flags: u16, kind in 0u16..10, offset: u64, length: u32, size: u64) {
-            let session = SessionLimits { size, ..limits() };
-            let header = RequestHeader { flags, kind, cookie: 0, offset, length };
-            if let Ok(cmd) = header.validate(&session) {
-                let range = match cmd {
-                    Command::Read { offset, length }
-                    | Command::Write { offset, length, .. }
-                    | Command::Trim { offset, length, .. }
-                    | Command::Cache { offset, length }
-                    | Command::WriteZeroes { offset, length, .. }
-                    | Command::BlockStatus { offset, length, .. } => Some((offset, length)),
-                    Command::Disconnect | Command::Flush => None,
-                };
-                if let Some((offset, length)) = range {
-                    prop_assert!(length > 0);
-                    prop_assert!(offset.checked_add(u64::from(length)).is_some_and(|end| end <= size));
-                }
-            }
-        }
-
-        #[test]
-        fn descriptors_cover_at_most_the_request(
-            extents in proptest::collection::vec((0u64..100_000, any::<bool>(), any::<bool>()), 0..20),
-            length in 1u32..1_000_000,
-            one: bool,
-        ) {
-            let extents: Vec<Extent> = extents.into_iter().map(|(length, hole, zero)| Extent { length, hole, zero }).collect();
-            let got = block_descriptors(&extents, length, one);
-            prop_assert!(!got.is_empty());
-            prop_assert!(got.iter().all(|d| d.length > 0));
-            prop_assert!(got.iter().map(|d| u64::from(d.length)).sum::<u64>() <= u64::from(length));
-        }
-    }
-}
+mod tests;

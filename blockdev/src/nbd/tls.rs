@@ -28,7 +28,7 @@ use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use tracing::debug;
 use zeroize::Zeroizing;
 
-use crate::Error;
+use crate::{Error, TlsError};
 
 /// Bytes of ciphertext read from the socket at a time.
 const RECORD_READ: usize = 256 * 1024;
@@ -75,42 +75,37 @@ impl TlsSettings {
     ) -> Result<TlsSettings, Error> {
         let certs = read_certificates(cert, "--tls-cert")?;
         let key_pem = read_file(key)?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            Error::Tls(format!(
-                "--tls-key {}: not a PEM private key ({e})",
-                key.display()
-            ))
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::KeyNotPem {
+            path: key.to_owned(),
+            detail: e.to_string(),
         })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| Error::Tls(format!("TLS 1.3 with the ring provider: {e}")))?;
+            .map_err(|e| TlsError::Provider(e.to_string()))?;
         let builder = match client_ca {
             None => builder.with_no_client_auth(),
             Some(path) => {
                 let mut roots = RootCertStore::empty();
                 for ca in read_certificates(path, "--tls-client-ca")? {
-                    roots.add(ca).map_err(|e| {
-                        Error::Tls(format!(
-                            "--tls-client-ca {}: not a usable CA certificate ({e})",
-                            path.display()
-                        ))
+                    roots.add(ca).map_err(|e| TlsError::UnusableCa {
+                        path: path.to_owned(),
+                        detail: e.to_string(),
                     })?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()
-                        .map_err(|e| {
-                            Error::Tls(format!("--tls-client-ca {}: {e}", path.display()))
+                        .map_err(|e| TlsError::ClientVerifier {
+                            path: path.to_owned(),
+                            detail: e.to_string(),
                         })?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let config = builder.with_single_cert(certs, key).map_err(|e| {
-            Error::Tls(format!(
-                "--tls-cert/--tls-key: the key does not fit the certificate ({e})"
-            ))
-        })?;
+        let config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::KeyMismatch(e.to_string()))?;
         Ok(TlsSettings {
             config: Arc::new(config),
             mode,
@@ -118,6 +113,7 @@ impl TlsSettings {
         })
     }
 
+    /// Whether TLS is required or optional.
     pub fn mode(&self) -> TlsMode {
         self.mode
     }
@@ -138,21 +134,24 @@ fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
         })
 }
 
-fn read_certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+fn read_certificates(
+    path: &Path,
+    flag: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
     let pem = read_file(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            Error::Tls(format!(
-                "{flag} {}: not PEM certificates ({e})",
-                path.display()
-            ))
+        .map_err(|e| TlsError::CertificatesNotPem {
+            flag,
+            path: path.to_owned(),
+            detail: e.to_string(),
         })?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "{flag} {}: holds no certificate",
-            path.display()
-        )));
+        return Err(TlsError::NoCertificate {
+            flag,
+            path: path.to_owned(),
+        }
+        .into());
     }
     Ok(certs)
 }
@@ -161,7 +160,9 @@ fn read_certificates(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'stat
 /// CA): its subject's common name and its DNS and URI alternative names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientIdentity {
+    /// The subject's common name, if it has one.
     pub common_name: Option<String>,
+    /// The DNS and URI subject alternative names.
     pub alt_names: Vec<String>,
 }
 
@@ -290,31 +291,25 @@ pub(super) fn accept<'scope>(
     name: &str,
 ) -> Result<TlsSession, Error> {
     let mut tls = ServerConnection::new(Arc::clone(&settings.config))
-        .map_err(|e| Error::Tls(format!("starting a TLS session: {e}")))?;
+        .map_err(|e| TlsError::Session(e.to_string()))?;
     let mut wire = Prefixed {
         early,
         stream: &tcp,
     };
     while tls.is_handshaking() {
         match tls.complete_io(&mut wire) {
-            Ok((0, 0)) => {
-                return Err(Error::Tls(
-                    "the client closed the connection during the TLS handshake".into(),
-                ))
-            }
+            Ok((0, 0)) => return Err(TlsError::ClosedInHandshake.into()),
             Ok(_) => {}
-            Err(err) => return Err(Error::Tls(format!("TLS handshake failed: {err}"))),
+            Err(err) => return Err(TlsError::Handshake(err.to_string()).into()),
         }
     }
     if !wire.early.is_empty() {
         // More than one flight before STARTTLS was acknowledged: not TLS as NBD uses it.
-        return Err(Error::Tls(
-            "the client sent data after its TLS handshake before the server answered".into(),
-        ));
+        return Err(TlsError::DataBeforeAnswer.into());
     }
     while tls.wants_write() {
         tls.write_tls(&mut &tcp)
-            .map_err(|e| Error::Tls(format!("finishing the TLS handshake: {e}")))?;
+            .map_err(|e| TlsError::FinishHandshake(e.to_string()))?;
     }
     let identity = settings.verifies_clients.then(|| {
         tls.peer_certificates()
@@ -452,16 +447,16 @@ impl Pump {
         loop {
             if !input.is_empty() {
                 tls.read_tls(&mut input)
-                    .map_err(|e| Error::Tls(format!("reading a TLS record: {e}")))?;
+                    .map_err(|e| TlsError::ReadRecord(e.to_string()))?;
                 tls.process_new_packets()
-                    .map_err(|e| Error::Tls(format!("the client's TLS records: {e}")))?;
+                    .map_err(|e| TlsError::BadRecords(e.to_string()))?;
             }
             // Appends all the plaintext there is: it ends in WouldBlock while the
             // session is open, in Ok at the client's close_notify.
             match tls.reader().read_to_end(clear) {
                 Ok(_) => closed = true,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(Error::Tls(format!("reading plaintext: {err}"))),
+                Err(err) => return Err(TlsError::ReadPlaintext(err.to_string()).into()),
             }
             if input.is_empty() || closed {
                 break;

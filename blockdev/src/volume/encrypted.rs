@@ -5,7 +5,6 @@
 //! sectors and large-sector IVs. A sector whose stored bytes are all zero — a hole, or
 //! zeros written for `write_zeroes` without punching — reads as zeros and is never
 //! decrypted; zeroed ranges are never stored as encrypted zeros.
-#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -19,6 +18,7 @@ use super::file::VolumeFile;
 use super::locks::SectorLocks;
 use super::{check_range, Extent, Volume};
 use crate::format::{self, Encryption, HeaderCopy, LocatedHeader, VolumeHeader, WrappedDataKey};
+use crate::zero::is_zero;
 use crate::Error;
 
 const SECTOR: usize = format::SECTOR_SIZE as usize;
@@ -238,6 +238,7 @@ impl EncryptedVolume {
         *self.key.write().unwrap_or_else(PoisonError::into_inner) = KeySlot::Empty(reason.into());
     }
 
+    /// Whether the data key is installed (false once the lease revoked it).
     pub fn has_key(&self) -> bool {
         matches!(
             *self.key.read().unwrap_or_else(PoisonError::into_inner),
@@ -259,6 +260,7 @@ impl EncryptedVolume {
             .clone()
     }
 
+    /// The volume's id (from its header).
     pub fn volume_id(&self) -> Uuid {
         self.located.header.volume_id()
     }
@@ -268,6 +270,7 @@ impl EncryptedVolume {
         self.located.header.encryption_context()
     }
 
+    /// The header the volume was opened with.
     pub fn header(&self) -> &VolumeHeader {
         &self.located.header
     }
@@ -282,6 +285,7 @@ impl EncryptedVolume {
         self.located.warning.as_deref()
     }
 
+    /// The volume file.
     pub fn path(&self) -> &Path {
         self.file.path()
     }
@@ -508,13 +512,6 @@ impl EncryptedVolume {
             self.file.write_zero_bytes(pos, len)
         }
     }
-}
-
-fn is_zero(sector: &[u8]) -> bool {
-    // OR-folding fixed chunks lets the compiler vectorise; ciphertext exits at once.
-    sector
-        .chunks(64)
-        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Decrypts stored sectors in place, one cipher call per run of non-zero sectors so

@@ -3,7 +3,6 @@
 //! on that file fails, or writes only part of its data and then fails, as a full or
 //! failing disk would. Without the feature none of this is compiled and the I/O path
 //! has no check at all; with it, an unarmed process pays one atomic load per call.
-#![forbid(unsafe_code)]
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,7 +28,10 @@ pub enum Fault {
     /// Writes only the first `bytes` bytes (at most the whole write), then fails with
     /// ENOSPC: a short write the caller must not report as done. For other
     /// operations, the same as [`Fault::Fail`].
-    Short { bytes: usize },
+    Short {
+        /// The bytes written before the failure.
+        bytes: usize,
+    },
 }
 
 #[derive(Debug)]

@@ -1,6 +1,5 @@
 //! The volume file: positioned I/O, hole punching and the allocation map, with errors
 //! that name the file. Shared by both volume kinds.
-#![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io;

@@ -5,7 +5,6 @@
 //! side; overlapping writes in flight have no defined order anyway); operations with a
 //! partial edge sector take them exclusive. Stripes are always taken in ascending index
 //! order, so two operations can never wait on each other in a cycle.
-#![forbid(unsafe_code)]
 
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -6,7 +6,6 @@
 //!   file's bytes: see [`ImageFormat`].
 //! - [`create`] makes a new volume file (header, sparse data area).
 //! - [`EncryptedVolume`], [`RawVolume`]: the two implementations.
-#![forbid(unsafe_code)]
 
 mod encrypted;
 #[cfg(feature = "fault-injection")]
@@ -34,6 +33,7 @@ pub(crate) use file::{file_len, lock_for_writing, lock_header};
 /// A run of bytes with one allocation status (NBD `base:allocation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
+    /// Bytes in the extent.
     pub length: u64,
     /// Not allocated in the file (NBD_STATE_HOLE).
     pub hole: bool,
@@ -54,6 +54,7 @@ pub trait Volume: Send + Sync + std::fmt::Debug {
     fn size(&self) -> u64;
     /// The natural block size (4096 for encrypted volumes): the preferred I/O size.
     fn block_size(&self) -> u32;
+    /// The volume cannot be written (opened or created read-only).
     fn is_read_only(&self) -> bool;
     /// Whether a new client may attach now; the error explains a refusal (e.g. key disabled).
     fn check_attach(&self) -> Result<(), Error> {
@@ -64,6 +65,7 @@ pub trait Volume: Send + Sync + std::fmt::Debug {
     fn encryption_key_arn(&self) -> Option<String> {
         None
     }
+    /// Fills `buf` with the bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error>;
     /// [`Volume::read_at`] when it needs no disk I/O (the data is in the page cache):
     /// `Ok(true)` and `buf` filled, or `Ok(false)` when it would have to wait (then
@@ -74,6 +76,7 @@ pub trait Volume: Send + Sync + std::fmt::Debug {
         let _ = (offset, buf);
         Ok(false)
     }
+    /// Writes `data` at `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error>;
     /// Makes every completed write durable (fdatasync).
     fn flush(&self) -> Result<(), Error>;
@@ -112,12 +115,14 @@ pub enum ImageFormat {
 /// A volume opened by [`open_detected`], with its concrete type.
 #[derive(Debug, Clone)]
 pub enum OpenedVolume {
+    /// An atrest volume (header and AES-256-XTS sectors).
     Encrypted(Arc<EncryptedVolume>),
     /// An unencrypted atrest volume or a plain raw image.
     Plain(Arc<RawVolume>),
 }
 
 impl OpenedVolume {
+    /// The volume behind the trait, for an export.
     pub fn into_dyn(self) -> Arc<dyn Volume> {
         match self {
             OpenedVolume::Encrypted(v) => v,
@@ -212,7 +217,9 @@ pub enum NewVolumeKey<'a> {
     /// A fresh 512-bit data key from GenerateDataKeyWithoutPlaintext under the CMK
     /// `key_id` (key id, ARN or alias); only the wrapped key is stored.
     Kms {
+        /// The key service that unwraps the data key.
         kms: &'a dyn KeyService,
+        /// The CMK the data key must be wrapped under.
         key_id: &'a str,
     },
     /// No encryption; the header still records the volume's id and size.

@@ -1,7 +1,6 @@
 //! [`RawVolume`]: plaintext bytes in a file, either a plain raw image (no header, the
 //! whole file is the volume) or an atrest volume created `--unencrypted` (the data
 //! area after its header).
-#![forbid(unsafe_code)]
 
 use std::path::Path;
 
@@ -51,6 +50,7 @@ impl RawVolume {
         self.header.as_ref()
     }
 
+    /// The image file.
     pub fn path(&self) -> &Path {
         self.file.path()
     }
