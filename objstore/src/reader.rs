@@ -11,8 +11,11 @@ use std::path::PathBuf;
 
 use crate::aead::{SegmentCipher, SEALED_SEG};
 use crate::format::{sealed_len, segment_count, Summary, SEGMENT_SIZE};
-use crate::store::WINDOW_SEGMENTS;
 use crate::Error;
+
+/// Segments sealed or opened per batch: bounds the memory of one upload or download
+/// (about twice this many 64 KiB segments) while giving every core work.
+pub(crate) const WINDOW_SEGMENTS: usize = 32;
 
 const SEG: u64 = SEGMENT_SIZE as u64;
 

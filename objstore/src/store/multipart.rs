@@ -24,9 +24,10 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::put::{PlannedSse, PutPlan};
 use super::{
     create_dir_private, headers_in, io_err, key32, now, random_name, read_header, sync_dir,
-    write_atomic, Condition, EncryptionRequest, ObjectStore, PlannedSse, PutObjectOptions, PutPlan,
+    write_atomic, Condition, EncryptionRequest, ObjectStore, PutObjectOptions,
 };
 use crate::aead::SegmentCipher;
 use crate::bucket_key::{derive_object_key, Key32};
