@@ -9,7 +9,7 @@ use std::sync::MutexGuard;
 
 use super::head::Head;
 use super::record::{self, ChainLink, Event, RecordHash, GENESIS_HASH};
-use super::{ApiCall, FlockGuard, RefusedRequest, RequestSource, Trail, TrailError};
+use super::{ApiCall, FlockGuard, RefusedRequest, RequestSource, Trail, TrailError, TrailProblem};
 
 /// One record waiting to be written.
 #[derive(Clone, Debug)]
@@ -41,25 +41,23 @@ pub(super) struct Batch {
 /// lag after a crash, never lead) must not name a record past the end, and must
 /// agree with the last two records when it names one of them. `validate` checks the
 /// head against whichever record it names.
-fn check_head_at_tail(head: Head, last: Option<&ChainLink>) -> Result<(), String> {
+fn check_head_at_tail(head: Head, last: Option<&ChainLink>) -> Result<(), TrailProblem> {
     let (sequence, hash, previous): (u64, RecordHash, RecordHash) = match last {
         Some(link) => (link.sequence, link.record_hash, link.previous_hash),
         None => (0, GENESIS_HASH, GENESIS_HASH),
     };
     if head.sequence > sequence {
-        return Err(format!(
-            "the trail ends at record {sequence} but record {} was acknowledged: records \
-             were removed from the end",
-            head.sequence
-        ));
+        return Err(TrailProblem::RecordsRemoved {
+            last: sequence,
+            acknowledged: head.sequence,
+        });
     }
     let disagrees = (head.sequence == sequence && head.hash != hash)
         || (head.sequence.checked_add(1) == Some(sequence) && head.hash != previous);
     if disagrees {
-        return Err(format!(
-            "record {} differs from the one acknowledged: the end of the trail was rewritten",
-            head.sequence
-        ));
+        return Err(TrailProblem::TailRewritten {
+            acknowledged: head.sequence,
+        });
     }
     Ok(())
 }
@@ -183,25 +181,19 @@ impl Trail {
         let tail = read_tail(&files.log).map_err(|source| self.log_io(source))?;
         let last = match &tail.last_line {
             None => None,
-            Some(line) => Some(
-                record::verify(line)
-                    .map_err(|problem| TrailError::Broken {
-                        path: self.log_path.clone(),
-                        line: None,
-                        sequence: record::claimed_sequence(line),
-                        problem: format!(
-                            "last record does not verify, refusing to append: {problem}"
-                        ),
-                    })?
-                    .0,
-            ),
+            Some(line) => Some(record::verify(line).map_err(|rejected| TrailError::Broken {
+                path: self.log_path.clone(),
+                line: None,
+                sequence: rejected.claimed_sequence,
+                problem: TrailProblem::LastRecordUnverified(Box::new(rejected.problem)),
+            })?),
         };
         let head = self.read_head(&files.head)?;
         check_head_at_tail(head, last.as_ref()).map_err(|problem| TrailError::Broken {
             path: self.head_path.clone(),
             line: None,
             sequence: Some(head.sequence),
-            problem: format!("refusing to append: {problem}"),
+            problem: TrailProblem::AppendRefused(Box::new(problem)),
         })?;
         if tail.torn_len > 0 {
             tracing::warn!(
@@ -229,7 +221,7 @@ impl Trail {
                     path: self.log_path.clone(),
                     line: None,
                     sequence: Some(newest.sequence),
-                    problem: "the last record's sequence number cannot grow".into(),
+                    problem: TrailProblem::SequenceExhausted,
                 })?;
             match record::encode(&call.event(), &self.origin, sequence, &newest.hash) {
                 Ok((line, hash)) => {

@@ -32,7 +32,7 @@ mod record;
 mod validate;
 
 use append::Batch;
-pub use error::TrailError;
+pub use error::{HeadDefect, TrailError, TrailProblem};
 pub use lookup::{FoundRecord, LookupFilter, LookupPage};
 pub use validate::{Anchor, ValidationReport};
 
@@ -363,7 +363,7 @@ impl Trail {
                 path: self.head_path.clone(),
                 line: None,
                 sequence: None,
-                problem: format!("head file is damaged ({problem})"),
+                problem: TrailProblem::HeadDamaged(problem),
             })
     }
 

@@ -48,7 +48,7 @@ fn rewrite(trail: &Trail, lines: &[String]) {
     std::fs::write(trail.log_path(), text).expect("rewrite trail");
 }
 
-fn broken_at(trail: &Trail) -> (Option<u64>, Option<u64>, String) {
+fn broken_at(trail: &Trail) -> (Option<u64>, Option<u64>, TrailProblem) {
     match trail.validate() {
         Err(TrailError::Broken {
             line,
@@ -81,7 +81,7 @@ fn an_edited_record_is_named() {
     rewrite(&trail, &records);
     let (line, sequence, problem) = broken_at(&trail);
     assert_eq!((line, sequence), (Some(3), Some(3)));
-    assert!(problem.contains("altered"), "{problem}");
+    assert_eq!(problem, TrailProblem::HashMismatch);
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn an_edited_and_rehashed_record_breaks_the_next_link() {
     rewrite(&trail, &records);
     let (line, sequence, problem) = broken_at(&trail);
     assert_eq!((line, sequence), (Some(3), Some(3)));
-    assert!(problem.contains("record 2 was altered"), "{problem}");
+    assert_eq!(problem, TrailProblem::ChainMismatch { previous: 2 });
 }
 
 #[test]
@@ -110,27 +110,40 @@ fn deleted_reordered_and_inserted_records_are_found() {
     rewrite(&trail, &deleted);
     let (line, sequence, problem) = broken_at(&trail);
     assert_eq!((line, sequence), (Some(2), Some(3)));
-    assert!(problem.contains("record 2 is missing"), "{problem}");
+    assert_eq!(
+        problem,
+        TrailProblem::SequenceGap {
+            expected: 2,
+            found: 3
+        }
+    );
 
     let mut swapped = original.clone();
     swapped.swap(2, 3);
     rewrite(&trail, &swapped);
-    let (line, _, _) = broken_at(&trail);
+    let (line, _, problem) = broken_at(&trail);
     assert_eq!(line, Some(3));
+    assert_eq!(
+        problem,
+        TrailProblem::SequenceGap {
+            expected: 3,
+            found: 4
+        }
+    );
 
     let mut duplicated = original.clone();
     duplicated.insert(2, original[1].clone());
     rewrite(&trail, &duplicated);
     let (line, sequence, problem) = broken_at(&trail);
     assert_eq!((line, sequence), (Some(3), Some(2)));
-    assert!(problem.contains("record 3 was expected"), "{problem}");
+    assert_eq!(problem, TrailProblem::OutOfOrder { expected: 3 });
 
     let mut garbage = original.clone();
     garbage.insert(4, "{\"eventName\":\"Decrypt\"}".into());
     rewrite(&trail, &garbage);
     let (line, _, problem) = broken_at(&trail);
     assert_eq!(line, Some(5));
-    assert!(problem.contains("atrestChain"), "{problem}");
+    assert_eq!(problem, TrailProblem::NoChain);
 
     rewrite(&trail, &original);
     assert_eq!(trail.validate().expect("restored").records, 5);
@@ -172,6 +185,7 @@ fn an_anchor_catches_a_fully_rehashed_rewrite() {
             TrailError::Broken {
                 line: Some(3),
                 sequence: Some(3),
+                problem: TrailProblem::AnchorMismatch,
                 ..
             }
         ),
@@ -181,7 +195,20 @@ fn an_anchor_catches_a_fully_rehashed_rewrite() {
         sequence: 9,
         record_hash: anchor.record_hash,
     };
-    assert!(forged.validate_against(Some(&beyond)).is_err());
+    let err = forged
+        .validate_against(Some(&beyond))
+        .expect_err("anchor gone");
+    assert!(
+        matches!(
+            err,
+            TrailError::Broken {
+                sequence: Some(9),
+                problem: TrailProblem::AnchorGone { last: 4 },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!("3:xyz".parse::<Anchor>().is_err());
     assert!("0:".parse::<Anchor>().is_err());
 }
@@ -194,11 +221,29 @@ fn removing_records_from_the_end_is_found_and_blocks_appends() {
     rewrite(&trail, &records);
     let (_, sequence, problem) = broken_at(&trail);
     assert_eq!(sequence, Some(4));
-    assert!(problem.contains("removed from the end"), "{problem}");
+    assert_eq!(
+        problem,
+        TrailProblem::RecordsRemoved {
+            last: 2,
+            acknowledged: 4
+        }
+    );
     let err = trail
         .append(&call("Decrypt", KEY_A, KEY_A, 9))
         .expect_err("appending onto a cut trail would hide the cut");
-    assert!(err.to_string().contains("refusing to append"), "{err}");
+    match err {
+        TrailError::Broken {
+            problem: TrailProblem::AppendRefused(why),
+            ..
+        } => assert_eq!(
+            *why,
+            TrailProblem::RecordsRemoved {
+                last: 2,
+                acknowledged: 4
+            }
+        ),
+        other => panic!("expected a refused append, got {other}"),
+    }
 }
 
 #[test]
@@ -288,16 +333,14 @@ fn appends_refuse_to_chain_onto_a_damaged_last_record() {
     let err = trail
         .append(&call("Decrypt", KEY_A, KEY_A, 3))
         .expect_err("chaining onto an altered record");
-    assert!(
-        matches!(
-            err,
-            TrailError::Broken {
-                sequence: Some(2),
-                ..
-            }
-        ),
-        "{err}"
-    );
+    match err {
+        TrailError::Broken {
+            sequence: Some(2),
+            problem: TrailProblem::LastRecordUnverified(why),
+            ..
+        } => assert_eq!(*why, TrailProblem::HashMismatch),
+        other => panic!("expected an unverified last record, got {other}"),
+    }
 }
 
 #[test]
@@ -508,4 +551,87 @@ fn trail_files_are_private() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700);
+}
+
+/// `atrest trail validate` prints these texts; the reasons became variants and the
+/// words must not change.
+#[test]
+fn problems_read_as_trail_validate_printed_them() {
+    let cases = [
+        (
+            TrailProblem::SequenceGap {
+                expected: 2,
+                found: 3,
+            },
+            "record 2 is missing before this line (deleted or moved)",
+        ),
+        (
+            TrailProblem::SequenceGap {
+                expected: 2,
+                found: 5,
+            },
+            "records 2 to 4 are missing before this line (deleted or moved)",
+        ),
+        (
+            TrailProblem::OutOfOrder { expected: 3 },
+            "record 3 was expected here: records were reordered, duplicated or inserted",
+        ),
+        (
+            TrailProblem::ChainMismatch { previous: 2 },
+            "does not chain to the record before it: record 2 was altered and rehashed, or \
+             this record was forged",
+        ),
+        (
+            TrailProblem::AnchorMismatch,
+            "differs from the anchored record: the trail was rewritten from here or earlier, \
+             with every hash recomputed",
+        ),
+        (
+            TrailProblem::AppendRefused(Box::new(TrailProblem::RecordsRemoved {
+                last: 2,
+                acknowledged: 4,
+            })),
+            "refusing to append: the trail ends at record 2 but record 4 was acknowledged: \
+             records were removed from the end",
+        ),
+        (
+            TrailProblem::HeadMismatch { acknowledged: 4 },
+            "record 4 differs from the one acknowledged: the trail was rewritten from there \
+             or earlier",
+        ),
+        (
+            TrailProblem::LastRecordUnverified(Box::new(TrailProblem::TailRewritten {
+                acknowledged: 4,
+            })),
+            "last record does not verify, refusing to append: record 4 differs from the one \
+             acknowledged: the end of the trail was rewritten",
+        ),
+        (
+            TrailProblem::HeadDamaged(HeadDefect::WrongLength { len: 7 }),
+            "head file is damaged (7 bytes, expected 106)",
+        ),
+        (
+            TrailProblem::DigestedTailTruncated {
+                digest: "d.json".into(),
+                records: 2,
+                last: 9,
+            },
+            "the trail ends here, but digest d.json signed 2 records up to sequence 9: the \
+             tail was truncated",
+        ),
+    ];
+    for (problem, text) in cases {
+        assert_eq!(problem.to_string(), text);
+    }
+    let err = TrailError::Broken {
+        path: "t/trail.jsonl".into(),
+        line: Some(3),
+        sequence: Some(4),
+        problem: TrailProblem::HashMismatch,
+    };
+    assert_eq!(
+        err.to_string(),
+        "t/trail.jsonl line 3 (record 4): the record was altered: its bytes do not match its \
+         recordHash"
+    );
 }

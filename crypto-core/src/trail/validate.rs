@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::record::{self, ChainLink, GENESIS_HASH};
-use super::{for_each_line, FlockGuard, Trail, TrailError, HEAD_FILE};
+use super::{for_each_line, FlockGuard, Trail, TrailError, TrailProblem, HEAD_FILE};
 
 /// What `validate` found when the trail verifies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,44 +81,36 @@ impl Trail {
                 sequence,
                 problem,
             };
-            let (link, _) = record::verify(line)
-                .map_err(|problem| broken(record::claimed_sequence(line), problem))?;
+            let link = record::verify(line)
+                .map_err(|rejected| broken(rejected.claimed_sequence, rejected.problem))?;
             let expected = last.map_or(1, |l| l.sequence.saturating_add(1));
             let expected_previous = last.map_or(GENESIS_HASH, |l| l.record_hash);
             if link.sequence > expected {
-                let missing = if link.sequence == expected + 1 {
-                    format!("record {expected} is")
-                } else {
-                    format!("records {expected} to {} are", link.sequence - 1)
-                };
                 return Err(broken(
                     Some(link.sequence),
-                    format!("{missing} missing before this line (deleted or moved)"),
+                    TrailProblem::SequenceGap {
+                        expected,
+                        found: link.sequence,
+                    },
                 ));
             }
             if link.sequence < expected {
                 return Err(broken(
                     Some(link.sequence),
-                    format!("record {expected} was expected here: records were reordered, duplicated or inserted"),
+                    TrailProblem::OutOfOrder { expected },
                 ));
             }
             if link.previous_hash != expected_previous {
                 return Err(broken(
                     Some(link.sequence),
-                    format!(
-                        "does not chain to the record before it: record {} was altered and rehashed, or this record was forged",
-                        link.sequence - 1
-                    ),
+                    TrailProblem::ChainMismatch {
+                        previous: link.sequence - 1,
+                    },
                 ));
             }
             if let Some(anchor) = anchor.filter(|a| a.sequence == link.sequence) {
                 if anchor.record_hash != link.record_hash {
-                    return Err(broken(
-                        Some(link.sequence),
-                        "differs from the anchored record: the trail was rewritten from here \
-                         or earlier, with every hash recomputed"
-                            .into(),
-                    ));
+                    return Err(broken(Some(link.sequence), TrailProblem::AnchorMismatch));
                 }
             }
             if link.sequence == head.sequence {
@@ -134,9 +126,9 @@ impl Trail {
                 path: self.log_path.clone(),
                 line: None,
                 sequence: Some(anchor.sequence),
-                problem: format!(
-                    "the anchored record is gone: the trail ends at record {last_sequence}"
-                ),
+                problem: TrailProblem::AnchorGone {
+                    last: last_sequence,
+                },
             });
         }
         if torn > 0 {
@@ -147,16 +139,13 @@ impl Trail {
             ));
         }
         let head_problem = match hash_at_head {
-            None => Some(format!(
-                "the trail ends at record {last_sequence} but record {} was acknowledged: \
-                 records were removed from the end",
-                head.sequence
-            )),
-            Some(hash) if hash != head.hash => Some(format!(
-                "record {} differs from the one acknowledged: the trail was rewritten from \
-                 there or earlier",
-                head.sequence
-            )),
+            None => Some(TrailProblem::RecordsRemoved {
+                last: last_sequence,
+                acknowledged: head.sequence,
+            }),
+            Some(hash) if hash != head.hash => Some(TrailProblem::HeadMismatch {
+                acknowledged: head.sequence,
+            }),
             Some(_) => None,
         };
         if let Some(problem) = head_problem {
