@@ -81,6 +81,7 @@ const CHECKSUM_EXT: &str = "checksum";
 const TAGS_EXT: &str = "tags";
 /// S3's limits: tags per object and per bucket.
 pub const MAX_OBJECT_TAGS: usize = 10;
+/// S3's limit on tags per bucket.
 pub const MAX_BUCKET_TAGS: usize = 50;
 /// Sidecar of a multipart object: its part count, for the `-N` of its ETag.
 const PARTS_EXT: &str = "parts";

@@ -28,9 +28,11 @@ use super::{
 /// A canned ACL (the two S3 offers that atrest models).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Acl {
+    /// `private`: only the owner (and whom policies allow).
     #[default]
     #[serde(rename = "private")]
     Private,
+    /// `public-read`: anyone may read.
     #[serde(rename = "public-read")]
     PublicRead,
 }
@@ -48,6 +50,7 @@ impl Acl {
         }
     }
 
+    /// The `x-amz-acl` value.
     pub fn as_str(self) -> &'static str {
         match self {
             Acl::Private => "private",
@@ -69,6 +72,7 @@ pub enum SseAlgorithm {
 }
 
 impl SseAlgorithm {
+    /// The `SSEAlgorithm` value.
     pub fn as_str(self) -> &'static str {
         match self {
             SseAlgorithm::Aes256 => "AES256",
@@ -81,6 +85,7 @@ impl SseAlgorithm {
 /// SSE-S3 existed read as `aws:kms` with their key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketEncryption {
+    /// SSE-S3 or SSE-KMS.
     #[serde(default)]
     pub algorithm: SseAlgorithm,
     /// Key id, key ARN, alias name or alias ARN of the CMK (`aws:kms` only).
@@ -146,12 +151,16 @@ pub struct PublicAccessBlock {
 /// A bucket's metadata (`bucket.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketInfo {
+    /// The bucket's name.
     pub name: String,
     /// The principal (ARN) that created the bucket.
     pub owner: String,
+    /// When the bucket was created.
     #[serde(with = "time::serde::rfc3339")]
     pub creation_date: OffsetDateTime,
+    /// PutBucketEncryption (absent: none set).
     pub encryption: Option<BucketEncryption>,
+    /// The bucket's canned ACL.
     pub acl: Acl,
     /// PutBucketTagging (absent in files written before tagging).
     #[serde(default, skip_serializing_if = "Option::is_none")]

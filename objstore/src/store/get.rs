@@ -27,13 +27,17 @@ use super::{
 /// An object's metadata, as HEAD returns it (read without any key-service call).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The object's bucket.
     pub bucket: String,
+    /// The object's key.
     pub key: String,
     /// Plaintext bytes.
     pub size: u64,
     /// MD5 of the plaintext, lower-case hex, without the quotes S3 puts around it.
     pub etag: String,
+    /// `Content-Type`.
     pub content_type: String,
+    /// `x-amz-meta-*` pairs (names without the prefix).
     pub user_metadata: BTreeMap<String, String>,
     /// The stored HTTP headers ([`SYSTEM_METADATA`]).
     pub system_metadata: BTreeMap<String, String>,
@@ -53,13 +57,16 @@ pub struct ObjectInfo {
     /// SSE-KMS, SSE-S3 or SSE-C. For SSE-C, `kms_key_arn` and `encryption_context`
     /// are empty.
     pub sse: Sse,
+    /// `Last-Modified`.
     pub last_modified: OffsetDateTime,
+    /// The object's canned ACL.
     pub acl: Acl,
 }
 
 /// A GET's answer: the metadata, the resolved range and the decrypting body.
 #[derive(Debug)]
 pub struct ObjectDownload {
+    /// The object's metadata.
     pub info: ObjectInfo,
     /// First and last byte (inclusive) when a range was asked for (`Content-Range`).
     pub range: Option<(u64, u64)>,

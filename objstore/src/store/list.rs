@@ -11,7 +11,9 @@ use super::{headers_in, ObjectInfo, ObjectStore, OBJECTS_DIR, OBJECT_EXT};
 /// One page of ListObjectsV2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListObjectsPage {
+    /// The objects of the page, by key.
     pub objects: Vec<ObjectInfo>,
+    /// `CommonPrefixes`: the keys rolled up at the delimiter, each once.
     pub common_prefixes: Vec<String>,
     /// Set exactly when the listing is truncated (`IsTruncated`).
     pub next_continuation_token: Option<String>,
@@ -23,6 +25,7 @@ impl ListObjectsPage {
         self.objects.len() + self.common_prefixes.len()
     }
 
+    /// `IsTruncated`: whether another page follows.
     pub fn is_truncated(&self) -> bool {
         self.next_continuation_token.is_some()
     }

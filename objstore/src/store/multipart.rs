@@ -48,16 +48,21 @@ const PART_EXT: &str = "part";
 /// A multipart upload in progress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MultipartUpload {
+    /// The bucket the object will land in.
     pub bucket: String,
+    /// The object's key.
     pub key: String,
+    /// The upload's id (`UploadId`).
     pub upload_id: String,
     /// The principal (ARN) that created the upload.
     pub initiator: String,
+    /// When CreateMultipartUpload ran.
     pub initiated: OffsetDateTime,
     /// ARN of the CMK the upload's key is wrapped under.
     pub kms_key_arn: String,
     /// The upload key's encryption context (`aws:s3:arn` included).
     pub encryption_context: EncryptionContext,
+    /// Whether the parts' keys derive from a bucket key.
     pub bucket_key_enabled: bool,
     /// SSE-KMS or SSE-S3 (`x-amz-server-side-encryption` of the final object).
     pub sse: Sse,
@@ -66,16 +71,20 @@ pub struct MultipartUpload {
 /// One uploaded part.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartInfo {
+    /// The part's number (1 to 10,000).
     pub part_number: u32,
     /// MD5 of the part's plaintext, lower-case hex, without quotes.
     pub etag: String,
+    /// The part's plaintext size in bytes.
     pub size: u64,
+    /// When the part was uploaded.
     pub last_modified: OffsetDateTime,
 }
 
 /// One entry of a CompleteMultipartUpload's part list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompletedPart {
+    /// The part's number (1 to 10,000).
     pub part_number: u32,
     /// The part's ETag as UploadPart answered it (quotes allowed).
     pub etag: String,

@@ -90,9 +90,11 @@ pub struct PutObjectOptions {
     /// An object with pairs of its own always gets its own data key (the pairs must
     /// reach the key service), even when a bucket key is asked for.
     pub encryption_context: EncryptionContext,
+    /// `x-amz-acl`: the object's canned ACL.
     pub acl: Acl,
     /// `Content-MD5` (decoded): the upload fails with BadDigest when it differs.
     pub content_md5: Option<[u8; 16]>,
+    /// `x-amz-server-side-encryption` and SSE-C headers.
     pub encryption: EncryptionRequest,
     /// Stored HTTP headers, names lower-case: `cache-control`, `content-disposition`,
     /// `content-encoding`, `content-language`, `expires` ([`SYSTEM_METADATA`]).
@@ -111,6 +113,7 @@ pub struct PutObjectOptions {
 pub struct Deleted {
     /// Whether an object (or a version, or a marker) was removed or a marker made.
     pub removed: bool,
+    /// The version removed or the delete marker made.
     pub outcome: versions::DeleteOutcome,
 }
 
