@@ -138,7 +138,9 @@ struct DigestFile {
 /// What [`write_digest`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WrittenDigest {
+    /// The digest file written.
     pub path: PathBuf,
+    /// Its place in the sequence of digests (0 for the first).
     pub digest_sequence: u64,
     /// Records covered by this digest.
     pub records: u64,
@@ -147,6 +149,7 @@ pub struct WrittenDigest {
 /// What [`validate_digests`] checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DigestReport {
+    /// Digests checked.
     pub digests: u64,
     /// Records covered by the digests.
     pub records: u64,

@@ -18,8 +18,9 @@ pub struct LookupFilter {
     /// The caller: principal ARN, user name, principal id or access key id (which
     /// also finds refused requests that only claimed that key).
     pub principal: Option<String>,
-    /// Inclusive bounds on `eventTime`.
+    /// Inclusive lower bound on `eventTime`.
     pub start_time: Option<OffsetDateTime>,
+    /// Inclusive upper bound on `eventTime`.
     pub end_time: Option<OffsetDateTime>,
     /// At most this many records (the most recent ones).
     pub max_results: Option<usize>,
@@ -42,6 +43,7 @@ pub struct LookupPage {
 pub struct FoundRecord {
     /// The record's line exactly as stored (it hashes to its `recordHash`).
     pub line: String,
+    /// The record, parsed.
     pub event: serde_json::Value,
 }
 

@@ -22,6 +22,12 @@
 //! as a note. An append refuses to chain onto a last record that does not verify or
 //! that disagrees with `trail.head`: the key service then fails closed rather than
 //! audit calls on top of a damaged trail. The format is in `docs/FORMAT.md`.
+//!
+//! The work is split by what a reader looks for: [`Trail::append`] in `append`,
+//! [`Trail::validate`] in `validate`, [`Trail::lookup`] in `lookup`, one record's
+//! bytes in `record`, the head in `head`, signed digests in [`digest`], and
+//! [`TrailError`] with its reasons ([`TrailProblem`]) in `error`.
+#![deny(missing_docs)]
 
 mod append;
 pub mod digest;
@@ -66,7 +72,9 @@ pub struct ApiCall {
     pub response_elements: Option<serde_json::Value>,
     /// AWS error name (`DisabledException`) when the call failed.
     pub error_code: Option<String>,
+    /// AWS error message when the call failed.
     pub error_message: Option<String>,
+    /// Whether the call only reads (CloudTrail's `readOnly`).
     pub read_only: bool,
     /// ARNs of the keys the call touched.
     pub resources: Vec<String>,
@@ -195,20 +203,26 @@ pub enum RefusedCaller {
 /// like an [`ApiCall`] with its `errorCode` and `errorMessage`.
 #[derive(Clone, Debug)]
 pub struct RefusedRequest {
+    /// When the request was refused.
     pub event_time: time::OffsetDateTime,
+    /// The endpoint that refused it.
     pub event_source: EventSource,
     /// The operation asked for (`GenerateDataKey`, `GetObject`), or `Unknown` when
     /// the request did not name one the endpoint knows.
     pub event_name: String,
+    /// Who the request was from, as far as it was proven.
     pub caller: RefusedCaller,
     /// AWS error name as the client was answered (`InvalidSignatureException`,
     /// `SignatureDoesNotMatch`, ...).
     pub error_code: String,
+    /// The error message the client was answered with.
     pub error_message: String,
     /// What the request asked for, when known without trusting it (S3: `bucketName`,
     /// `key`); `null` otherwise.
     pub request_parameters: serde_json::Value,
+    /// Whether the operation asked for only reads (CloudTrail's `readOnly`).
     pub read_only: bool,
+    /// Where the request came from.
     pub source: RequestSource,
 }
 

@@ -604,7 +604,7 @@ mod tests {
             .into_bytes(),
             text.replacen("\"atrestChain\"", "\"atrestChain\\u0020\"", 1)
                 .into_bytes(),
-            text[..chain_at].as_bytes().to_vec(),
+            text.as_bytes()[..chain_at].to_vec(),
         ];
         for case in &cases {
             assert_same_verdict(case);

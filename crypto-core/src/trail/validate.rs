@@ -9,6 +9,7 @@ use super::{for_each_line, FlockGuard, Trail, TrailError, TrailProblem, HEAD_FIL
 /// What `validate` found when the trail verifies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidationReport {
+    /// `trail.jsonl`.
     pub path: PathBuf,
     /// Records checked.
     pub records: u64,
@@ -26,7 +27,9 @@ pub struct ValidationReport {
 /// (`SEQUENCE:HASH` in text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Anchor {
+    /// The record's sequence number.
     pub sequence: u64,
+    /// The record's `recordHash`.
     pub record_hash: [u8; 32],
 }
 
