@@ -174,6 +174,22 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     sync_dir(dir)
 }
 
+/// What `read` (`fs::read` or `fs::read_to_string`) makes of `path`, or `None` when
+/// there is no such file (an optional sidecar or record).
+fn read_if_exists<T>(
+    path: &Path,
+    read: impl FnOnce(&Path) -> io::Result<T>,
+) -> Result<Option<T>, Error> {
+    match read(path) {
+        Ok(contents) => Ok(Some(contents)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            context: format!("read {}", path.display()),
+            source,
+        }),
+    }
+}
+
 /// Whether a leftover of an interrupted write is old enough that no running
 /// operation can still own it.
 fn is_stale(entry: &fs::DirEntry) -> bool {

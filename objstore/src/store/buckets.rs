@@ -21,8 +21,8 @@ use crate::Error;
 
 use super::{
     bucket_context, check_text, create_dir_private, io_err, key32, lifecycle, now, random_name,
-    sync_dir, write_atomic, ObjectStore, Versioning, BUCKET_FILE, BUCKET_KEYS_DIR, MAX_BUCKET_TAGS,
-    OBJECTS_DIR, OBJECT_EXT, TMP_DIR,
+    read_if_exists, sync_dir, write_atomic, ObjectStore, Versioning, BUCKET_FILE, BUCKET_KEYS_DIR,
+    MAX_BUCKET_TAGS, OBJECTS_DIR, OBJECT_EXT, TMP_DIR,
 };
 
 /// A canned ACL (the two S3 offers that atrest models).
@@ -243,15 +243,8 @@ impl ObjectStore {
             return Ok(None);
         }
         let path = self.bucket_dir(name).join(BUCKET_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("read {}", path.display()),
-                    source,
-                })
-            }
+        let Some(bytes) = read_if_exists(&path, |p| fs::read(p))? else {
+            return Ok(None);
         };
         let info: BucketInfo = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupted {
             path: path.clone(),
@@ -535,16 +528,11 @@ fn current_record(path: &Path, kms_key_id: &str) -> Result<Option<(String, Vec<u
         path: path.to_path_buf(),
         what: format!("bucket key record: {what}"),
     };
-    let record: BucketKeyRecord = match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupted(e.to_string()))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::Io {
-                context: format!("read {}", path.display()),
-                source,
-            })
-        }
+    let Some(bytes) = read_if_exists(path, |p| fs::read(p))? else {
+        return Ok(None);
     };
+    let record: BucketKeyRecord =
+        serde_json::from_slice(&bytes).map_err(|e| corrupted(e.to_string()))?;
     if !record.is_current(now()) || record.kms_key_id != kms_key_id {
         return Ok(None);
     }

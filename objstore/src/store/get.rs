@@ -20,7 +20,7 @@ use crate::reader::ObjectReader;
 use crate::Error;
 
 use super::{
-    io_err, key32, read_header, Acl, ObjectStore, TagSet, CHECKSUM_EXT, PARTS_EXT,
+    io_err, key32, read_header, read_if_exists, Acl, ObjectStore, TagSet, CHECKSUM_EXT, PARTS_EXT,
     S3_ARN_CONTEXT_KEY, TAGS_EXT, VERSION_ID_KEY,
 };
 
@@ -80,15 +80,8 @@ impl ObjectStore {
     /// `header`'s ETag digest.
     fn read_parts(object_path: &Path, header: &ObjectHeader) -> Result<Option<u32>, Error> {
         let path = object_path.with_extension(PARTS_EXT);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("read {}", path.display()),
-                    source,
-                })
-            }
+        let Some(text) = read_if_exists(&path, |p| fs::read_to_string(p))? else {
+            return Ok(None);
         };
         let parsed = text
             .trim()
@@ -147,16 +140,12 @@ impl ObjectStore {
 
     fn read_acl(object_path: &Path) -> Result<Acl, Error> {
         let path = Self::acl_path(object_path);
-        match fs::read_to_string(&path) {
-            Ok(text) => Acl::parse(text.trim()).map_err(|_| Error::Corrupted {
+        match read_if_exists(&path, |p| fs::read_to_string(p))? {
+            Some(text) => Acl::parse(text.trim()).map_err(|_| Error::Corrupted {
                 path,
                 what: "unknown ACL".into(),
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Acl::Private),
-            Err(source) => Err(Error::Io {
-                context: format!("read {}", path.display()),
-                source,
-            }),
+            None => Ok(Acl::Private),
         }
     }
 
@@ -338,16 +327,12 @@ impl ObjectStore {
     pub fn object_tagging(&self, bucket: &str, key: &str) -> Result<TagSet, Error> {
         let (_, path, _) = self.open_object(bucket, key)?;
         let tags_path = path.with_extension(TAGS_EXT);
-        match fs::read(&tags_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupted {
+        match read_if_exists(&tags_path, |p| fs::read(p))? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Corrupted {
                 path: tags_path,
                 what: format!("tag set: {e}"),
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TagSet::new()),
-            Err(source) => Err(Error::Io {
-                context: format!("read {}", tags_path.display()),
-                source,
-            }),
+            None => Ok(TagSet::new()),
         }
     }
 
@@ -360,15 +345,8 @@ impl ObjectStore {
     ) -> Result<Option<(String, String)>, Error> {
         let (_, path, header) = self.open_object(bucket, key)?;
         let sidecar = path.with_extension(CHECKSUM_EXT);
-        let text = match fs::read_to_string(&sidecar) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("read {}", sidecar.display()),
-                    source,
-                })
-            }
+        let Some(text) = read_if_exists(&sidecar, |p| fs::read_to_string(p))? else {
+            return Ok(None);
         };
         let mut fields = text.split_ascii_whitespace();
         match (fields.next(), fields.next(), fields.next(), fields.next()) {

@@ -26,8 +26,8 @@ use time::OffsetDateTime;
 
 use super::put::{PlannedSse, PutPlan};
 use super::{
-    create_dir_private, headers_in, io_err, key32, now, random_name, read_header, sync_dir,
-    write_atomic, Condition, EncryptionRequest, ObjectStore, PutObjectOptions,
+    create_dir_private, headers_in, io_err, key32, now, random_name, read_header, read_if_exists,
+    sync_dir, write_atomic, Condition, EncryptionRequest, ObjectStore, PutObjectOptions,
 };
 use crate::aead::SegmentCipher;
 use crate::bucket_key::{derive_object_key, Key32};
@@ -207,15 +207,8 @@ impl ObjectStore {
 
     fn read_record(dir: &Path) -> Result<Option<UploadRecord>, Error> {
         let path = dir.join(UPLOAD_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("read {}", path.display()),
-                    source,
-                })
-            }
+        let Some(bytes) = read_if_exists(&path, |p| fs::read(p))? else {
+            return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
