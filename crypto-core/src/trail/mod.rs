@@ -272,7 +272,14 @@ fn for_each_line(
         path: path.to_path_buf(),
         source,
     };
-    let mut reader = BufReader::with_capacity(256 * 1024, File::open(path).map_err(io)?);
+    let file = File::open(path).map_err(io)?;
+    // Read in 256 KiB blocks, but never allocate more than the file needs: a 256 KiB
+    // buffer for a short trail cost an mmap, page faults and an munmap per call.
+    let len = file.metadata().map_err(io)?.len();
+    let capacity = usize::try_from(len.saturating_add(1))
+        .unwrap_or(usize::MAX)
+        .clamp(4 * 1024, 256 * 1024);
+    let mut reader = BufReader::with_capacity(capacity, file);
     let mut line = Vec::new();
     loop {
         line.clear();
