@@ -204,80 +204,59 @@ pub enum Error {
 }
 
 impl Error {
-    /// The S3 error code (`<Code>` of the XML error body).
+    /// The S3 error code (`<Code>` of the XML error body); see [`Error::wire`].
     pub fn s3_code(&self) -> Cow<'static, str> {
-        Cow::Borrowed(match self {
-            Error::NoSuchBucket { .. } => "NoSuchBucket",
-            Error::NoSuchKey { .. } => "NoSuchKey",
-            Error::BucketAlreadyOwnedByYou { .. } => "BucketAlreadyOwnedByYou",
-            Error::BucketAlreadyExists { .. } => "BucketAlreadyExists",
-            Error::BucketNotEmpty { .. } => "BucketNotEmpty",
-            Error::InvalidBucketName { .. } => "InvalidBucketName",
-            Error::KeyTooLong { .. } => "KeyTooLongError",
-            Error::InvalidRange { .. } => "InvalidRange",
-            Error::InvalidArgument(_) => "InvalidArgument",
-            Error::NoBucketEncryption { .. } => "ServerSideEncryptionConfigurationNotFoundError",
-            Error::Body(_) => "IncompleteBody",
-            Error::BadDigest => "BadDigest",
-            Error::TooLarge { .. } => "EntityTooLarge",
-            Error::NoSuchUpload { .. } => "NoSuchUpload",
-            Error::InvalidPart(_) => "InvalidPart",
-            Error::InvalidPartOrder => "InvalidPartOrder",
-            Error::EntityTooSmall { .. } => "EntityTooSmall",
-            Error::PreconditionFailed(_) => "PreconditionFailed",
-            Error::InvalidTag(_) => "InvalidTag",
-            Error::NoSuchVersion { .. } => "NoSuchVersion",
-            Error::MalformedPolicy(_) => "MalformedPolicy",
-            Error::NoSuchPublicAccessBlock { .. } => "NoSuchPublicAccessBlockConfiguration",
-            Error::NoSuchBucketPolicy { .. } => "NoSuchBucketPolicy",
-            Error::NoSuchLifecycleConfiguration { .. } => "NoSuchLifecycleConfiguration",
-            Error::DeleteMarker { .. } => "MethodNotAllowed",
-            Error::NoSuchTagSet { .. } => "NoSuchTagSet",
-            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => "InvalidRequest",
-            Error::CustomerKeyMismatch => "AccessDenied",
-            // S3 reports a KMS denial as plain AccessDenied.
-            Error::Kms(KmsError::AccessDenied(_)) => "AccessDenied",
-            Error::Kms(e) => return Cow::Owned(format!("KMS.{}", e.aws_name())),
-            Error::Corrupted { .. } | Error::Io { .. } => "InternalError",
-        })
+        self.wire().0
     }
 
-    /// The HTTP status S3 answers with.
+    /// The HTTP status S3 answers with; see [`Error::wire`].
     pub fn http_status(&self) -> u16 {
-        match self {
-            Error::NoSuchBucket { .. }
-            | Error::NoSuchKey { .. }
-            | Error::NoBucketEncryption { .. }
-            | Error::NoSuchUpload { .. }
-            | Error::NoSuchTagSet { .. }
-            | Error::NoSuchVersion { .. }
-            | Error::NoSuchBucketPolicy { .. }
-            | Error::NoSuchLifecycleConfiguration { .. }
-            | Error::NoSuchPublicAccessBlock { .. } => 404,
-            Error::MalformedPolicy(_) => 400,
-            Error::DeleteMarker { .. } => 405,
-            Error::BucketAlreadyOwnedByYou { .. }
-            | Error::BucketAlreadyExists { .. }
-            | Error::BucketNotEmpty { .. } => 409,
-            Error::InvalidRange { .. } => 416,
-            Error::PreconditionFailed(_) => 412,
-            Error::InvalidTag(_) => 400,
-            Error::CustomerKeyMismatch => 403,
-            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => 400,
-            Error::InvalidBucketName { .. }
-            | Error::KeyTooLong { .. }
-            | Error::InvalidArgument(_)
-            | Error::Body(_)
-            | Error::BadDigest
-            | Error::TooLarge { .. }
-            | Error::InvalidPart(_)
-            | Error::InvalidPartOrder
-            | Error::EntityTooSmall { .. } => 400,
-            Error::Kms(KmsError::AccessDenied(_)) => 403,
-            Error::Kms(e) if e.http_status() >= 500 => 503,
-            Error::Kms(_) => 400,
-            Error::Corrupted { .. } | Error::Io { .. } => 500,
-        }
+        self.wire().1
+    }
+
+    /// The S3 error code and HTTP status of this error: the one table of the crate's
+    /// wire errors (no `_` arm, so a new variant must choose both).
+    pub fn wire(&self) -> (Cow<'static, str>, u16) {
+        let (code, status) = match self {
+            Error::NoSuchBucket { .. } => ("NoSuchBucket", 404),
+            Error::NoSuchKey { .. } => ("NoSuchKey", 404),
+            Error::BucketAlreadyOwnedByYou { .. } => ("BucketAlreadyOwnedByYou", 409),
+            Error::BucketAlreadyExists { .. } => ("BucketAlreadyExists", 409),
+            Error::BucketNotEmpty { .. } => ("BucketNotEmpty", 409),
+            Error::InvalidBucketName { .. } => ("InvalidBucketName", 400),
+            Error::KeyTooLong { .. } => ("KeyTooLongError", 400),
+            Error::InvalidRange { .. } => ("InvalidRange", 416),
+            Error::InvalidArgument(_) => ("InvalidArgument", 400),
+            Error::NoBucketEncryption { .. } => {
+                ("ServerSideEncryptionConfigurationNotFoundError", 404)
+            }
+            Error::Body(_) => ("IncompleteBody", 400),
+            Error::BadDigest => ("BadDigest", 400),
+            Error::TooLarge { .. } => ("EntityTooLarge", 400),
+            Error::NoSuchUpload { .. } => ("NoSuchUpload", 404),
+            Error::InvalidPart(_) => ("InvalidPart", 400),
+            Error::InvalidPartOrder => ("InvalidPartOrder", 400),
+            Error::EntityTooSmall { .. } => ("EntityTooSmall", 400),
+            Error::PreconditionFailed(_) => ("PreconditionFailed", 412),
+            Error::InvalidTag(_) => ("InvalidTag", 400),
+            Error::NoSuchVersion { .. } => ("NoSuchVersion", 404),
+            Error::MalformedPolicy(_) => ("MalformedPolicy", 400),
+            Error::NoSuchPublicAccessBlock { .. } => ("NoSuchPublicAccessBlockConfiguration", 404),
+            Error::NoSuchBucketPolicy { .. } => ("NoSuchBucketPolicy", 404),
+            Error::NoSuchLifecycleConfiguration { .. } => ("NoSuchLifecycleConfiguration", 404),
+            Error::DeleteMarker { .. } => ("MethodNotAllowed", 405),
+            Error::NoSuchTagSet { .. } => ("NoSuchTagSet", 404),
+            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => ("InvalidRequest", 400),
+            Error::CustomerKeyMismatch => ("AccessDenied", 403),
+            // S3 reports a KMS denial as plain AccessDenied.
+            Error::Kms(KmsError::AccessDenied(_)) => ("AccessDenied", 403),
+            Error::Kms(e) => {
+                let status = if e.http_status() >= 500 { 503 } else { 400 };
+                return (Cow::Owned(format!("KMS.{}", e.aws_name())), status);
+            }
+            Error::Corrupted { .. } | Error::Io { .. } => ("InternalError", 500),
+        };
+        (Cow::Borrowed(code), status)
     }
 
     /// The message without the code, for the XML `<Message>`.
