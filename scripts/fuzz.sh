@@ -233,7 +233,7 @@ own_sources() { # own_sources TARGET: prints source paths
     keystore_file) echo crypto-core/src/kms/keystore.rs crypto-core/src/kms/local.rs ;;
     kms_model) echo crypto-core/src/kms/local.rs crypto-core/src/kms/keystore.rs crypto-core/src/envelope.rs ;;
     kms_json) echo gateway/src/kms_api.rs ;;
-    trail_log | trail_file) echo crypto-core/src/trail/mod.rs crypto-core/src/trail/record.rs crypto-core/src/trail/head.rs ;;
+    trail_log | trail_file) echo crypto-core/src/trail/{mod,append,validate,lookup,error,record,head}.rs ;;
     trail_digest) echo crypto-core/src/trail/digest.rs ;;
     volume_header) echo blockdev/src/format.rs ;;
     volume_ops) echo blockdev/src/volume ;;

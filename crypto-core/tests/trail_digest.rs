@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crypto_core::trail::digest::{validate_digests, write_digest, DigestSigner, DIGEST_DIR};
-use crypto_core::trail::{ApiCall, Trail, TrailError, HEAD_FILE, LOG_FILE};
+use crypto_core::trail::{ApiCall, Trail, TrailError, TrailProblem, HEAD_FILE, LOG_FILE};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -110,7 +110,7 @@ fn forge(dir: &Path, lines: &[String]) {
     .unwrap();
 }
 
-fn broken_at(err: TrailError) -> (Option<u64>, String) {
+fn broken_at(err: TrailError) -> (Option<u64>, TrailProblem) {
     match err {
         TrailError::Broken { line, problem, .. } => (line, problem),
         other => panic!("expected a broken trail, got {other}"),
@@ -164,6 +164,10 @@ fn rewrites_that_fool_the_hash_chain_are_named_by_record() {
             .unwrap_or_else(|e| panic!("the forged chain ({what}) should verify alone: {e}"));
         let (at, problem) = broken_at(validate_digests(&f.path, None).unwrap_err());
         assert_eq!(at, Some(line), "{what}: {problem}");
+        assert!(
+            matches!(problem, TrailProblem::DigestedRecordDiffers { .. }),
+            "{what}: {problem}"
+        );
     }
 }
 
@@ -175,7 +179,17 @@ fn a_truncated_tail_is_found_even_with_the_head_rewritten() {
     f.trail.validate().unwrap();
     let (at, problem) = broken_at(validate_digests(&f.path, None).unwrap_err());
     assert_eq!(at, Some(8));
-    assert!(problem.contains("truncated"), "{problem}");
+    assert!(
+        matches!(
+            problem,
+            TrailProblem::DigestedTailTruncated {
+                records: 2,
+                last: 9,
+                ..
+            }
+        ),
+        "{problem}"
+    );
 }
 
 #[test]
@@ -184,12 +198,14 @@ fn deleted_altered_replaced_and_foreign_digests_are_found() {
 
     let f = fixture();
     fs::remove_file(digest(&f, 1)).unwrap();
-    let err = validate_digests(&f.path, None).unwrap_err();
-    assert!(
-        err.to_string().contains("digest-00000000000000000001.json"),
-        "{err}"
-    );
-    assert!(err.to_string().contains("missing"), "{err}");
+    match validate_digests(&f.path, None).unwrap_err() {
+        TrailError::Broken {
+            path,
+            problem: TrailProblem::DigestMissing,
+            ..
+        } => assert_eq!(path, digest(&f, 1)),
+        other => panic!("expected a missing digest, got {other}"),
+    }
 
     let f = fixture();
     let text = fs::read_to_string(digest(&f, 0)).unwrap();
@@ -198,11 +214,8 @@ fn deleted_altered_replaced_and_foreign_digests_are_found() {
         text.replace("\"firstRecord\":1", "\"firstRecord\":2"),
     )
     .unwrap();
-    let err = validate_digests(&f.path, None).unwrap_err();
-    assert!(
-        err.to_string().contains("signature does not verify"),
-        "{err}"
-    );
+    let (_, problem) = broken_at(validate_digests(&f.path, None).unwrap_err());
+    assert_eq!(problem, TrailProblem::SignatureInvalid);
 
     // The last digest re-made with another key (the forger's) after rewriting.
     let f = fixture();
@@ -210,8 +223,11 @@ fn deleted_altered_replaced_and_foreign_digests_are_found() {
     let other = tempfile::tempdir().unwrap();
     let forger = DigestSigner::open_or_create(other.path()).unwrap();
     write_digest(&f.path, &forger).unwrap();
-    let err = validate_digests(&f.path, None).unwrap_err();
-    assert!(err.to_string().contains("not the trail's key"), "{err}");
+    let (_, problem) = broken_at(validate_digests(&f.path, None).unwrap_err());
+    assert!(
+        matches!(problem, TrailProblem::DigestKeyMismatch { .. }),
+        "{problem}"
+    );
 
     // Every digest re-made with the forger's key: only the pinned key catches it.
     let f = fixture();
@@ -219,7 +235,11 @@ fn deleted_altered_replaced_and_foreign_digests_are_found() {
     write_digest(&f.path, &forger).unwrap();
     validate_digests(&f.path, None).unwrap();
     let err = validate_digests(&f.path, Some(&f.signer.public_key_hex())).unwrap_err();
-    assert!(err.to_string().contains("not the trail's key"), "{err}");
+    let (_, problem) = broken_at(err);
+    assert!(
+        matches!(problem, TrailProblem::DigestKeyMismatch { .. }),
+        "{problem}"
+    );
 }
 
 #[test]
@@ -239,5 +259,11 @@ fn the_signing_key_persists_and_is_private() {
             .trim()
     ));
     fs::write(f.path.join("digest.key"), "not hex\n").unwrap();
-    assert!(DigestSigner::open_or_create(&f.path).is_err());
+    assert!(matches!(
+        DigestSigner::open_or_create(&f.path),
+        Err(TrailError::Broken {
+            problem: TrailProblem::BadSigningKey,
+            ..
+        })
+    ));
 }

@@ -5,8 +5,20 @@
 //! `trail.jsonl`. Seed with a real trail: `printf '\x6b'; cat trail.head trail.jsonl`.
 #![no_main]
 
+use std::path::Path;
+use std::sync::OnceLock;
+
+use atrest_fuzz::scratch_dir;
 use crypto_core::trail::{ApiCall, LookupFilter, Trail, HEAD_FILE, LOG_FILE};
 use libfuzzer_sys::fuzz_target;
+
+/// One trail directory for every input (on tmpfs, see `scratch_dir`): both files
+/// are rewritten whole by each input, so none sees what the one before left.
+/// Creating and removing a directory per input was most of a short input's time.
+fn dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| scratch_dir("trail-file")).path()
+}
 
 fn call() -> ApiCall {
     ApiCall {
@@ -27,10 +39,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (head, log) = rest.split_at(usize::from(head_len).min(rest.len()));
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join(HEAD_FILE), head).expect("write head");
-    std::fs::write(dir.path().join(LOG_FILE), log).expect("write log");
-    let trail = Trail::open(dir.path(), "local", "000000000000").expect("open");
+    let dir = dir();
+    std::fs::write(dir.join(HEAD_FILE), head).expect("write head");
+    std::fs::write(dir.join(LOG_FILE), log).expect("write log");
+    let trail = Trail::open(dir, "local", "000000000000").expect("open");
     let before = trail.validate();
     let filter = LookupFilter {
         key_id: Some("alias/fuzz".into()),

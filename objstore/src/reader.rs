@@ -1,7 +1,6 @@
 //! [`ObjectReader`]: the decrypting body of a GET. Reads a window of segments at a
 //! time, opens them in parallel, and serves the requested bytes; memory stays at one
 //! window whatever the object's size.
-#![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
@@ -11,8 +10,11 @@ use std::path::PathBuf;
 
 use crate::aead::{SegmentCipher, SEALED_SEG};
 use crate::format::{sealed_len, segment_count, Summary, SEGMENT_SIZE};
-use crate::store::WINDOW_SEGMENTS;
 use crate::Error;
+
+/// Segments sealed or opened per batch: bounds the memory of one upload or download
+/// (about twice this many 64 KiB segments) while giving every core work.
+pub(crate) const WINDOW_SEGMENTS: usize = 32;
 
 const SEG: u64 = SEGMENT_SIZE as u64;
 

@@ -26,7 +26,8 @@ use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{TrailError, LOG_FILE};
+use super::record::claimed_sequence;
+use super::{TrailError, TrailProblem, LOG_FILE};
 
 /// The signing key's file in the trail directory.
 pub const KEY_FILE: &str = "digest.key";
@@ -68,7 +69,7 @@ impl DigestSigner {
                     path: path.clone(),
                     line: None,
                     sequence: None,
-                    problem: "not a 64-hex-digit Ed25519 seed".into(),
+                    problem: TrailProblem::BadSigningKey,
                 })?;
                 Ok(DigestSigner {
                     key: SigningKey::from_bytes(&seed),
@@ -137,7 +138,9 @@ struct DigestFile {
 /// What [`write_digest`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WrittenDigest {
+    /// The digest file written.
     pub path: PathBuf,
+    /// Its place in the sequence of digests (0 for the first).
     pub digest_sequence: u64,
     /// Records covered by this digest.
     pub records: u64,
@@ -146,6 +149,7 @@ pub struct WrittenDigest {
 /// What [`validate_digests`] checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DigestReport {
+    /// Digests checked.
     pub digests: u64,
     /// Records covered by the digests.
     pub records: u64,
@@ -156,7 +160,12 @@ pub struct DigestReport {
     pub last_digest_time: Option<OffsetDateTime>,
 }
 
-fn broken(path: &Path, line: Option<u64>, sequence: Option<u64>, problem: String) -> TrailError {
+fn broken(
+    path: &Path,
+    line: Option<u64>,
+    sequence: Option<u64>,
+    problem: TrailProblem,
+) -> TrailError {
     TrailError::Broken {
         path: path.to_path_buf(),
         line,
@@ -217,15 +226,12 @@ fn read_digest(path: &Path) -> Result<DigestFile, TrailError> {
             source,
         })?;
     if bytes.len() as u64 > MAX_DIGEST_LEN {
-        return Err(broken(
-            path,
-            None,
-            None,
-            "the digest file is too large".into(),
-        ));
+        return Err(broken(path, None, None, TrailProblem::DigestTooLarge));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| broken(path, None, None, format!("not a digest file ({e})")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let detail = e.to_string();
+        broken(path, None, None, TrailProblem::NotADigest { detail })
+    })
 }
 
 /// The whole lines of `log` from `start` on: their bytes up to the last `\n`.
@@ -241,12 +247,6 @@ fn read_segment(log: &mut File, log_path: &Path, start: u64) -> Result<Vec<u8>, 
     let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     bytes.truncate(whole);
     Ok(bytes)
-}
-
-/// `atrestChain.sequence` of a record line, if it has one.
-fn record_sequence(line: &[u8]) -> Option<u64> {
-    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-    value.get("atrestChain")?.get("sequence")?.as_u64()
 }
 
 fn lines(segment: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -317,22 +317,18 @@ pub fn write_digest(trail_dir: &Path, signer: &DigestSigner) -> Result<WrittenDi
     let line_sha256: Vec<String> = lines(&segment)
         .map(|line| hex::encode(Sha256::digest(line)))
         .collect();
-    let first_record = lines(&segment).next().and_then(record_sequence);
-    let last_record = lines(&segment).last().and_then(record_sequence);
+    let first_record = lines(&segment).next().and_then(claimed_sequence);
+    let last_record = lines(&segment).last().and_then(claimed_sequence);
     let end_offset = start
         .checked_add(segment.len() as u64)
-        .ok_or_else(|| broken(&log_path, None, None, "the trail is too long".into()))?;
-    let digest_sequence = match &previous {
-        Some(p) => p.body.digest_sequence.checked_add(1).ok_or_else(|| {
-            broken(
-                &digests,
-                None,
-                None,
-                "the digest sequence overflowed".into(),
-            )
-        })?,
-        None => 0,
-    };
+        .ok_or_else(|| broken(&log_path, None, None, TrailProblem::TrailTooLong))?;
+    let digest_sequence =
+        match &previous {
+            Some(p) => p.body.digest_sequence.checked_add(1).ok_or_else(|| {
+                broken(&digests, None, None, TrailProblem::DigestSequenceOverflow)
+            })?,
+            None => 0,
+        };
     let body = DigestBody {
         version: FORMAT_VERSION,
         digest_sequence,
@@ -417,7 +413,7 @@ pub fn validate_digests(
                 &digest_path(trail_dir, expected as u64),
                 None,
                 None,
-                "this digest is missing (deleted)".into(),
+                TrailProblem::DigestMissing,
             ));
         }
         let digest = read_digest(&path)?;
@@ -438,32 +434,31 @@ fn check_digest(
     report: &mut DigestReport,
 ) -> Result<(), TrailError> {
     let body = &digest.body;
-    let bad = |problem: String| broken(path, None, None, problem);
+    let bad = |problem: TrailProblem| broken(path, None, None, problem);
     if body.version != FORMAT_VERSION {
-        return Err(bad(format!(
-            "digest format version {} is unknown",
-            body.version
-        )));
+        return Err(bad(TrailProblem::DigestVersion {
+            version: body.version,
+        }));
     }
     let key_hex = report
         .public_key
         .get_or_insert_with(|| body.public_key.clone());
     if body.public_key != *key_hex {
-        return Err(bad(format!(
-            "signed by key {}, not the trail's key {key_hex}",
-            body.public_key
-        )));
+        return Err(bad(TrailProblem::DigestKeyMismatch {
+            key: body.public_key.clone(),
+            trail_key: key_hex.clone(),
+        }));
     }
     let mut key = [0u8; 32];
     hex::decode_to_slice(key_hex.as_str(), &mut key)
-        .map_err(|_| bad("the public key is not 64 hex digits".into()))?;
-    let key = VerifyingKey::from_bytes(&key).map_err(|_| bad("not an Ed25519 key".into()))?;
+        .map_err(|_| bad(TrailProblem::DigestKeyNotHex))?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|_| bad(TrailProblem::DigestKeyInvalid))?;
     let mut signature = [0u8; 64];
     hex::decode_to_slice(&digest.signature, &mut signature)
-        .map_err(|_| bad("the signature is not 128 hex digits".into()))?;
+        .map_err(|_| bad(TrailProblem::SignatureNotHex))?;
     let bytes = serde_json::to_vec(body)?;
     key.verify(&bytes, &Signature::from_bytes(&signature))
-        .map_err(|_| bad("the signature does not verify: the digest was altered".into()))?;
+        .map_err(|_| bad(TrailProblem::SignatureInvalid))?;
     let (chained, start) = match previous {
         Some(p) => (
             Some(&p.signature) == body.previous_signature.as_ref(),
@@ -472,16 +467,14 @@ fn check_digest(
         None => (body.previous_signature.is_none(), 0),
     };
     if !chained {
-        return Err(bad(
-            "previousSignature is not the previous digest's signature: a digest was replaced"
-                .into(),
-        ));
+        return Err(bad(TrailProblem::DigestChainBroken));
     }
     if body.start_offset != start || body.end_offset < body.start_offset {
-        return Err(bad(format!(
-            "covers bytes {}..{} of the trail, but the previous digest ended at {start}",
-            body.start_offset, body.end_offset
-        )));
+        return Err(bad(TrailProblem::DigestRangeMismatch {
+            start: body.start_offset,
+            end: body.end_offset,
+            previous_end: start,
+        }));
     }
     Ok(())
 }
@@ -512,25 +505,21 @@ fn check_segment(
                     log_path,
                     Some(line_no),
                     expected_sequence,
-                    format!(
-                        "the trail ends here, but digest {} signed {} records up to sequence \
-                         {}: the tail was truncated",
-                        path.display(),
-                        body.line_sha256.len(),
-                        body.last_record.unwrap_or_default()
-                    ),
+                    TrailProblem::DigestedTailTruncated {
+                        digest: path.to_path_buf(),
+                        records: body.line_sha256.len(),
+                        last: body.last_record.unwrap_or_default(),
+                    },
                 ))
             }
             Some(line) if hex::encode(Sha256::digest(line)) != *signed => {
                 return Err(broken(
                     log_path,
                     Some(line_no),
-                    record_sequence(line).or(expected_sequence),
-                    format!(
-                        "this record differs from the one digest {} signed (edited, deleted, \
-                         inserted or reordered)",
-                        path.display()
-                    ),
+                    claimed_sequence(line).or(expected_sequence),
+                    TrailProblem::DigestedRecordDiffers {
+                        digest: path.to_path_buf(),
+                    },
                 ))
             }
             Some(_) => {}
@@ -545,12 +534,11 @@ fn check_segment(
             log_path,
             None,
             body.last_record,
-            format!(
-                "bytes {}..{} differ from what digest {} signed",
-                body.start_offset,
-                body.end_offset,
-                path.display()
-            ),
+            TrailProblem::DigestedBytesDiffer {
+                start: body.start_offset,
+                end: body.end_offset,
+                digest: path.to_path_buf(),
+            },
         ));
     }
     Ok(())

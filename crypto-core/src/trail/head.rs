@@ -18,6 +18,30 @@ const MAGIC: &str = "atrest-trail-head 1";
 /// `MAGIC`, space, 20-digit sequence, space, 64 hex digits, newline.
 const HEAD_LEN: usize = MAGIC.len() + 1 + 20 + 1 + 64 + 1;
 
+/// Why `trail.head` could not be read as a head ([`super::TrailProblem::HeadDamaged`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadDefect {
+    /// The bytes are not UTF-8.
+    #[error("not text")]
+    NotText,
+    /// The file is not one head line long.
+    #[error("{len} bytes, expected {HEAD_LEN}")]
+    WrongLength {
+        /// The file's length in bytes (up to one more than a head).
+        len: usize,
+    },
+    /// The line does not start with this format's magic.
+    #[error("unknown head format")]
+    UnknownFormat,
+    /// The sequence number field is not a number.
+    #[error("bad sequence number")]
+    BadSequence,
+    /// The hash field is not 64 lowercase hex digits.
+    #[error("bad hash")]
+    BadHash,
+}
+
 /// What the head file says about the end of the trail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Head {
@@ -37,28 +61,28 @@ impl Head {
     }
 
     /// Parses the file's bytes; an empty file is a trail nothing was appended to.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Head, String> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Head, HeadDefect> {
         if bytes.is_empty() {
             return Ok(Head::EMPTY);
         }
-        let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_string())?;
+        let text = std::str::from_utf8(bytes).map_err(|_| HeadDefect::NotText)?;
         let body = text
             .strip_suffix('\n')
             .filter(|_| text.len() == HEAD_LEN)
-            .ok_or_else(|| format!("{} bytes, expected {HEAD_LEN}", text.len()))?;
+            .ok_or(HeadDefect::WrongLength { len: text.len() })?;
         let mut fields = body.rsplitn(3, ' ');
         let (hash, sequence, magic) = (fields.next(), fields.next(), fields.next());
         if magic != Some(MAGIC) {
-            return Err("unknown head format".into());
+            return Err(HeadDefect::UnknownFormat);
         }
         let sequence = sequence
             .and_then(|s| s.parse::<u64>().ok())
-            .ok_or("bad sequence number")?;
-        let hash = hash.and_then(parse_hash).ok_or("bad hash")?;
+            .ok_or(HeadDefect::BadSequence)?;
+        let hash = hash.and_then(parse_hash).ok_or(HeadDefect::BadHash)?;
         Ok(Head { sequence, hash })
     }
 
-    pub(crate) fn read(file: &File) -> std::io::Result<Result<Head, String>> {
+    pub(crate) fn read(file: &File) -> std::io::Result<Result<Head, HeadDefect>> {
         let mut bytes = vec![0u8; HEAD_LEN + 1];
         let mut filled = 0;
         while filled < bytes.len() {
@@ -103,10 +127,19 @@ mod tests {
             hash: [1; 32],
         }
         .encode();
-        assert!(Head::decode(&good.as_bytes()[..HEAD_LEN - 1]).is_err());
-        assert!(Head::decode(good.replace("head 1", "head 2").as_bytes()).is_err());
-        assert!(Head::decode(good.replace("42", "4x").as_bytes()).is_err());
-        assert!(Head::decode(b"\xff\xfe").is_err());
+        assert_eq!(
+            Head::decode(&good.as_bytes()[..HEAD_LEN - 1]),
+            Err(HeadDefect::WrongLength { len: HEAD_LEN - 1 })
+        );
+        assert_eq!(
+            Head::decode(good.replace("head 1", "head 2").as_bytes()),
+            Err(HeadDefect::UnknownFormat)
+        );
+        assert_eq!(
+            Head::decode(good.replace("42", "4x").as_bytes()),
+            Err(HeadDefect::BadSequence)
+        );
+        assert_eq!(Head::decode(b"\xff\xfe"), Err(HeadDefect::NotText));
         assert_eq!(Head::decode(b""), Ok(Head::EMPTY));
     }
 }

@@ -7,12 +7,15 @@
 //! `recordHash` replaced by `0`s, so the hash covers every byte of the record,
 //! including its sequence number and the link to the previous record.
 
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Iso8601;
 use time::OffsetDateTime;
 
-use super::{ApiCall, EventSource, RefusedCaller, RefusedRequest, RequestSource};
+use super::{ApiCall, EventSource, RefusedCaller, RefusedRequest, RequestSource, TrailProblem};
 
 /// SHA-256 digest of a record line.
 pub(crate) type RecordHash = [u8; 32];
@@ -351,30 +354,47 @@ pub(crate) fn hash_of_line(line: &[u8]) -> RecordHash {
     hasher.finalize().into()
 }
 
-/// Checks that `line` is a well-formed, unaltered record and returns its link and
-/// its parsed JSON. The error says what is wrong, for `trail validate` to print.
-pub(crate) fn verify(line: &[u8]) -> Result<(ChainLink, serde_json::Value), String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(line).map_err(|err| format!("not a JSON record ({err})"))?;
-    let chain = value
-        .get("atrestChain")
-        .ok_or("no atrestChain field: not a trail record")?;
-    let sequence = chain
-        .get("sequence")
-        .and_then(serde_json::Value::as_u64)
+/// A line that is not a well-formed, unaltered record: why, and the sequence number
+/// it claims (to name it), read in the same pass.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    pub problem: TrailProblem,
+    pub claimed_sequence: Option<u64>,
+}
+
+/// Checks that `line` is a well-formed, unaltered record and returns its link. The
+/// line is parsed once ([`scan`]); the error says what is wrong, for
+/// `trail validate` to print.
+pub(crate) fn verify(line: &[u8]) -> Result<ChainLink, Rejected> {
+    let chain = scan(line).map_err(|err| Rejected {
+        problem: TrailProblem::NotJson {
+            detail: err.to_string(),
+        },
+        claimed_sequence: None,
+    })?;
+    let claimed_sequence = chain.as_ref().and_then(sequence_of);
+    check(line, chain.as_ref()).map_err(|problem| Rejected {
+        problem,
+        claimed_sequence,
+    })
+}
+
+/// [`verify`] once the line is parsed: `chain` is its `atrestChain` value.
+fn check(line: &[u8], chain: Option<&serde_json::Value>) -> Result<ChainLink, TrailProblem> {
+    let chain = chain.ok_or(TrailProblem::NoChain)?;
+    let sequence = sequence_of(chain)
         .filter(|&sequence| sequence > 0)
-        .ok_or("atrestChain.sequence is not a positive integer")?;
+        .ok_or(TrailProblem::BadSequence)?;
     let previous_hash = chain
         .get("previousHash")
         .and_then(serde_json::Value::as_str)
         .and_then(parse_hash)
-        .ok_or("atrestChain.previousHash is not 64 hex digits")?;
+        .ok_or(TrailProblem::BadPreviousHash)?;
     let stored_hex = chain
         .get("recordHash")
         .and_then(serde_json::Value::as_str)
-        .ok_or("atrestChain.recordHash is missing")?;
-    let record_hash =
-        parse_hash(stored_hex).ok_or("atrestChain.recordHash is not 64 hex digits")?;
+        .ok_or(TrailProblem::MissingRecordHash)?;
+    let record_hash = parse_hash(stored_hex).ok_or(TrailProblem::BadRecordHash)?;
     let suffix_len = HASH_KEY.len() + HASH_HEX_LEN + LINE_END.len();
     let ends_with_hash = line.len() >= suffix_len
         && line.ends_with(LINE_END)
@@ -382,25 +402,125 @@ pub(crate) fn verify(line: &[u8]) -> Result<(ChainLink, serde_json::Value), Stri
         && &line[line.len() - LINE_END.len() - HASH_HEX_LEN..line.len() - LINE_END.len()]
             == stored_hex.as_bytes();
     if !ends_with_hash {
-        return Err("the record does not end with its atrestChain.recordHash".into());
+        return Err(TrailProblem::HashNotLast);
     }
     if hash_of_line(line) != record_hash {
-        return Err("the record was altered: its bytes do not match its recordHash".into());
+        return Err(TrailProblem::HashMismatch);
     }
-    Ok((
-        ChainLink {
-            sequence,
-            previous_hash,
-            record_hash,
-        },
-        value,
-    ))
+    Ok(ChainLink {
+        sequence,
+        previous_hash,
+        record_hash,
+    })
+}
+
+/// `atrestChain.sequence`, when it is a non-negative integer.
+fn sequence_of(chain: &serde_json::Value) -> Option<u64> {
+    chain.get("sequence")?.as_u64()
 }
 
 /// The sequence number a line claims, if it has one; for naming a bad record.
 pub(crate) fn claimed_sequence(line: &[u8]) -> Option<u64> {
-    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-    value.get("atrestChain")?.get("sequence")?.as_u64()
+    scan(line).ok()??.get("sequence")?.as_u64()
+}
+
+/// Parses `line` as JSON exactly as `serde_json::from_slice::<Value>` would accept
+/// or refuse it (UTF-8 strings and keys, numbers in range, nesting depth, nothing
+/// after the value), with the same error, but keeps only the top-level
+/// `atrestChain` value (the last one, as `Value` keeps a repeated key). Building the
+/// whole record as a `Value` (a map and a string per field) was most of the cost of
+/// checking a trail.
+fn scan(line: &[u8]) -> Result<Option<serde_json::Value>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let chain = Scan { top: true }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(chain)
+}
+
+/// One JSON value checked and dropped; at the top level, a record's `atrestChain`
+/// is kept.
+struct Scan {
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Scan {
+    type Value = Option<serde_json::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Scan {
+    type Value = Option<serde_json::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+        while items.next_element_seed(Scan { top: false })?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<Self::Value, A::Error> {
+        let mut chain = None;
+        while let Some(is_chain) = fields.next_key_seed(ChainKey)? {
+            if self.top && is_chain {
+                chain = Some(fields.next_value::<serde_json::Value>()?);
+            } else {
+                fields.next_value_seed(Scan { top: false })?;
+            }
+        }
+        Ok(chain)
+    }
+}
+
+/// An object key (checked like any string): whether it is `atrestChain`.
+struct ChainKey;
+
+impl<'de> DeserializeSeed<'de> for ChainKey {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for ChainKey {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+        Ok(key == "atrestChain")
+    }
 }
 
 /// 64 lowercase hex digits to a hash (uppercase is rejected: the line is hashed as
@@ -418,6 +538,86 @@ pub(crate) fn parse_hash(text: &str) -> Option<RecordHash> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A record that must verify, with its JSON.
+    fn verified(line: &[u8]) -> (ChainLink, serde_json::Value) {
+        let link = verify(line).expect("verifies");
+        (link, serde_json::from_slice(line).expect("JSON"))
+    }
+
+    /// What `verify` said before it parsed in one pass: the whole line into a
+    /// `Value`, and again for the sequence number of a rejected line.
+    fn verify_as_a_value(line: &[u8]) -> Result<ChainLink, (String, Option<u64>)> {
+        let value: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|err| (format!("not a JSON record ({err})"), None))?;
+        let claimed = value
+            .get("atrestChain")
+            .and_then(|c| c.get("sequence"))
+            .and_then(serde_json::Value::as_u64);
+        check(line, value.get("atrestChain")).map_err(|p| (p.to_string(), claimed))
+    }
+
+    /// The one-pass parse accepts and refuses exactly what a `Value` parse does, with
+    /// the same message and claimed sequence number.
+    fn assert_same_verdict(line: &[u8]) {
+        let one_pass = verify(line).map_err(|r| (r.problem.to_string(), r.claimed_sequence));
+        assert_eq!(
+            one_pass,
+            verify_as_a_value(line),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    }
+
+    #[test]
+    fn one_pass_parse_judges_lines_as_a_value_parse_does() {
+        let (line, _) = encode(
+            &Event::of_call(&call(), &local()),
+            &origin(),
+            7,
+            &GENESIS_HASH,
+        )
+        .expect("encodes");
+        let text = String::from_utf8(line.clone()).expect("UTF-8");
+        let chain_at = text.find("\"atrestChain\"").expect("chain");
+        let cases: Vec<Vec<u8>> = vec![
+            line.clone(),
+            b"".to_vec(),
+            b"[1,2]".to_vec(),
+            b"\"text\"".to_vec(),
+            b"{\"a\":1} x".to_vec(),
+            b"{\"a\":1e400}".to_vec(),
+            b"{\"a\":\"\xff\"}".to_vec(),
+            b"{\"\xff\":1}".to_vec(),
+            b"{\"a\":\"\\ud800\"}".to_vec(),
+            format!("{}0", "[".repeat(200)).into_bytes(),
+            b"{\"atrestChain\":null}".to_vec(),
+            b"{\"atrestChain\":{\"sequence\":-3}}".to_vec(),
+            b"{\"atrestChain\":{\"sequence\":5},\"atrestChain\":{\"sequence\":6}}".to_vec(),
+            b"{\"x\":{\"atrestChain\":{\"sequence\":5}}}".to_vec(),
+            // A second atrestChain before the real one, and one after it.
+            format!("{{\"atrestChain\":{{\"sequence\":9}},{}", &text[1..]).into_bytes(),
+            format!(
+                "{},\"atrestChain\":{{\"sequence\":9}}}}",
+                &text[..text.len() - 1]
+            )
+            .into_bytes(),
+            text.replacen("\"atrestChain\"", "\"atrestChain\\u0020\"", 1)
+                .into_bytes(),
+            text.as_bytes()[..chain_at].to_vec(),
+        ];
+        for case in &cases {
+            assert_same_verdict(case);
+        }
+        for at in 0..line.len() {
+            for byte in [b'"', b'{', b'}', b'0', b'\\', 0xc3, b' '] {
+                let mut edited = line.clone();
+                edited[at] = byte;
+                assert_same_verdict(&edited);
+            }
+            assert_same_verdict(&line[..at]);
+        }
+    }
 
     fn origin() -> TrailOrigin {
         TrailOrigin {
@@ -453,7 +653,7 @@ mod tests {
         let refused = refusal(RefusedCaller::Unknown);
         let (line, _) =
             encode(&Event::of_refusal(&refused), &origin(), 3, &GENESIS_HASH).expect("encodes");
-        let (_, value) = verify(&line).expect("verifies");
+        let (_, value) = verified(&line);
         assert_eq!(
             value["userIdentity"],
             json!({"type": "Unknown", "accessKeyId": "AKIAEXAMPLE"})
@@ -472,7 +672,7 @@ mod tests {
         anonymous.event_source = EventSource::S3;
         let (line, _) =
             encode(&Event::of_refusal(&anonymous), &origin(), 4, &GENESIS_HASH).expect("encodes");
-        let (_, value) = verify(&line).expect("verifies");
+        let (_, value) = verified(&line);
         assert_eq!(
             value["userIdentity"],
             json!({"type": "AWSAccount", "principalId": "", "accountId": "anonymous"})
@@ -486,7 +686,7 @@ mod tests {
         ));
         let (line, _) =
             encode(&Event::of_refusal(&proven), &origin(), 5, &GENESIS_HASH).expect("encodes");
-        let (_, value) = verify(&line).expect("verifies");
+        let (_, value) = verified(&line);
         assert_eq!(value["userIdentity"]["type"], "IAMUser");
         assert_eq!(value["userIdentity"]["accessKeyId"], "AKIAEXAMPLE");
         assert_eq!(value["userIdentity"]["accountId"], "111111111111");
@@ -527,7 +727,7 @@ mod tests {
             &GENESIS_HASH,
         )
         .expect("encodes");
-        let (_, value) = verify(&line).expect("verifies");
+        let (_, value) = verified(&line);
         assert_eq!(value["sourceIPAddress"], "10.1.2.3");
         assert_eq!(value["userAgent"], "Boto3/1.35.0");
         assert_eq!(value["userIdentity"]["accessKeyId"], "AKIAALICE");
@@ -543,7 +743,7 @@ mod tests {
             &GENESIS_HASH,
         )
         .expect("encodes");
-        let (_, value) = verify(&line).expect("verifies");
+        let (_, value) = verified(&line);
         assert_eq!(value["requestID"], "5e1f0c1e-0000-4000-8000-000000000001");
         let (line, _) = encode(
             &Event::of_call(&call(), &local()),
@@ -552,7 +752,7 @@ mod tests {
             &GENESIS_HASH,
         )
         .expect("encodes");
-        let (_, value) = verify(&line).expect("verifies");
+        let (_, value) = verified(&line);
         assert_eq!(value["sourceIPAddress"], "localhost");
         assert!(value["userIdentity"].get("accessKeyId").is_none());
     }
@@ -579,7 +779,7 @@ mod tests {
     fn encoded_record_is_cloudtrail_shaped_and_verifies() {
         let (line, hash) =
             encode(&Event::of_call(&call(), &local()), &origin(), 7, &[9; 32]).expect("encodes");
-        let (link, value) = verify(&line).expect("a fresh record verifies");
+        let (link, value) = verified(&line);
         assert_eq!(link.sequence, 7);
         assert_eq!(link.previous_hash, [9; 32]);
         assert_eq!(link.record_hash, hash);
@@ -680,7 +880,7 @@ mod tests {
             );
             let (line, _) = encode(&Event::of_refusal(&refused), &origin(), 1, &GENESIS_HASH)
                 .expect("encodes");
-            let (_, value) = verify(&line).expect("verifies");
+            let (_, value) = verified(&line);
             proptest::prop_assert!(!line.contains(&b'\n'));
             let agent = value["userAgent"].as_str().expect("a string");
             proptest::prop_assert!(agent.chars().count() <= crate::trail::MAX_USER_AGENT_CHARS);
@@ -690,6 +890,15 @@ mod tests {
                 proptest::prop_assert!(!id.chars().any(char::is_control));
             }
             proptest::prop_assert_eq!(value["sourceIPAddress"].as_str(), Some("2001:db8::1"));
+        }
+
+        #[test]
+        fn one_pass_parse_judges_any_bytes_as_a_value_parse_does(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            json in "[\\[\\]{}\":,0-9a-z \\\\.eE+-]{0,120}",
+        ) {
+            assert_same_verdict(&bytes);
+            assert_same_verdict(json.as_bytes());
         }
 
         #[test]
@@ -709,7 +918,7 @@ mod tests {
             api_call.error_code = error.as_ref().map(|_| "ValidationException".to_owned());
             api_call.error_message = error.clone();
             let (line, hash) = encode(&Event::of_call(&api_call, &local()), &origin(), sequence, &previous).expect("encodes");
-            let (link, value) = verify(&line).expect("verifies");
+            let (link, value) = verified(&line);
             proptest::prop_assert_eq!(link, ChainLink { sequence, previous_hash: previous, record_hash: hash });
             proptest::prop_assert_eq!(value["eventName"].as_str(), Some(name.as_str()));
             proptest::prop_assert_eq!(value["userIdentity"]["arn"].as_str(), Some(principal.as_str()));

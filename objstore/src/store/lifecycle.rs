@@ -38,6 +38,7 @@ pub struct LifecycleRule {
 /// A bucket's lifecycle configuration (PutBucketLifecycleConfiguration).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LifecycleConfiguration {
+    /// The rules, in the order they were put.
     pub rules: Vec<LifecycleRule>,
 }
 

@@ -24,9 +24,10 @@ use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::put::{PlannedSse, PutPlan};
 use super::{
-    create_dir_private, headers_in, io_err, key32, now, random_name, read_header, sync_dir,
-    write_atomic, Condition, EncryptionRequest, ObjectStore, PlannedSse, PutObjectOptions, PutPlan,
+    create_dir_private, headers_in, io_err, key32, now, random_name, read_header, read_if_exists,
+    sync_dir, write_atomic, Condition, EncryptionRequest, ObjectStore, PutObjectOptions,
 };
 use crate::aead::SegmentCipher;
 use crate::bucket_key::{derive_object_key, Key32};
@@ -47,16 +48,21 @@ const PART_EXT: &str = "part";
 /// A multipart upload in progress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MultipartUpload {
+    /// The bucket the object will land in.
     pub bucket: String,
+    /// The object's key.
     pub key: String,
+    /// The upload's id (`UploadId`).
     pub upload_id: String,
     /// The principal (ARN) that created the upload.
     pub initiator: String,
+    /// When CreateMultipartUpload ran.
     pub initiated: OffsetDateTime,
     /// ARN of the CMK the upload's key is wrapped under.
     pub kms_key_arn: String,
     /// The upload key's encryption context (`aws:s3:arn` included).
     pub encryption_context: EncryptionContext,
+    /// Whether the parts' keys derive from a bucket key.
     pub bucket_key_enabled: bool,
     /// SSE-KMS or SSE-S3 (`x-amz-server-side-encryption` of the final object).
     pub sse: Sse,
@@ -65,16 +71,20 @@ pub struct MultipartUpload {
 /// One uploaded part.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartInfo {
+    /// The part's number (1 to 10,000).
     pub part_number: u32,
     /// MD5 of the part's plaintext, lower-case hex, without quotes.
     pub etag: String,
+    /// The part's plaintext size in bytes.
     pub size: u64,
+    /// When the part was uploaded.
     pub last_modified: OffsetDateTime,
 }
 
 /// One entry of a CompleteMultipartUpload's part list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompletedPart {
+    /// The part's number (1 to 10,000).
     pub part_number: u32,
     /// The part's ETag as UploadPart answered it (quotes allowed).
     pub etag: String,
@@ -197,15 +207,8 @@ impl ObjectStore {
 
     fn read_record(dir: &Path) -> Result<Option<UploadRecord>, Error> {
         let path = dir.join(UPLOAD_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("read {}", path.display()),
-                    source,
-                })
-            }
+        let Some(bytes) = read_if_exists(&path, |p| fs::read(p))? else {
+            return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)

@@ -38,11 +38,14 @@ pub const NULL_VERSION: &str = "null";
 /// A bucket's versioning state (`VersioningConfiguration`'s `Status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Versioning {
+    /// New objects get a version id of their own; noncurrent ones are kept.
     Enabled,
+    /// New objects are the `null` version; the versions already made are kept.
     Suspended,
 }
 
 impl Versioning {
+    /// The wire value (`Status`).
     pub fn as_str(self) -> &'static str {
         match self {
             Versioning::Enabled => "Enabled",
@@ -64,9 +67,13 @@ pub struct DeleteOutcome {
 /// One entry of ListObjectVersions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionEntry {
+    /// The object's key.
     pub key: String,
+    /// The version's id (`null` for the null version).
     pub version_id: String,
+    /// Whether it is the key's current version.
     pub is_latest: bool,
+    /// When the version (or marker) was made.
     pub last_modified: OffsetDateTime,
     /// `None` for a delete marker.
     pub object: Option<crate::ObjectInfo>,
@@ -75,6 +82,7 @@ pub struct VersionEntry {
 /// One page of ListObjectVersions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionsPage {
+    /// The versions and delete markers of the page, by key, newest first.
     pub entries: Vec<VersionEntry>,
     /// When truncated: the key and version id to resume after (`NextKeyMarker`,
     /// `NextVersionIdMarker`).
