@@ -1,6 +1,15 @@
 //! Aliases (List/Create/Update/DeleteAlias) and the AWS managed keys named by `alias/aws/*`.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::LocalKms;
+use crate::kms::ident::{alias_arn, printable, validate_alias_name, KeyRef};
+use crate::kms::keystore::{add_material, to_time, AliasRecord, KeyRecord, StoreData};
+use crate::kms::operation::Operation;
+use crate::kms::{AliasListEntry, KeyState, KmsError, ListRequest, Page};
 
 /// The alias of the AWS managed key that S3 encrypts with for SSE-S3 (and for SSE-KMS
 /// without a key id), as AWS names it.

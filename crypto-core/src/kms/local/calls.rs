@@ -1,7 +1,17 @@
 //! What every call goes through: reading and updating the keystore, resolving and
 //! authorizing the key, and the call's trail record.
 
-use super::*;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{Audit, LocalKms};
+use crate::kms::ident::{printable, KeyRef};
+use crate::kms::keystore::{KeyRecord, Maintenance, StoreData};
+use crate::kms::operation::{ImportOperation, Operation};
+use crate::kms::policy::{Decision, KeyPolicy};
+use crate::kms::{KmsError, ListRequest, Page};
+use crate::trail::{ApiCall, RefusedRequest, RequestSource};
 
 /// Who the trail names for what the key service does on its own (deletion, rotation).
 const SERVICE_PRINCIPAL: &str = "kms.amazonaws.com";
@@ -64,7 +74,7 @@ impl LocalKms {
         })
     }
 
-    pub(super) fn now(&self) -> OffsetDateTime {
+    fn now(&self) -> OffsetDateTime {
         self.shared.clock.now()
     }
 
@@ -81,7 +91,7 @@ impl LocalKms {
         })
     }
 
-    pub(super) fn record(&self, audit: &Audit, error: Option<&KmsError>) -> ApiCall {
+    fn record(&self, audit: &Audit, error: Option<&KmsError>) -> ApiCall {
         ApiCall {
             event_time: self.now(),
             event_name: audit.op.name().to_owned(),

@@ -1,9 +1,15 @@
-//! [`LocalKmsConfig`]: how a [`LocalKms`] is set up (`ATREST_*`), and the caller principal checks.
+//! [`LocalKmsConfig`]: how a [`LocalKms`](super::LocalKms) is set up (`ATREST_*`), and the
+//! caller principal checks.
 
-use super::*;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-/// How [`LocalKms`] is set up. [`LocalKmsConfig::from_env`] reads the `ATREST_*`
-/// variables; [`LocalKmsConfig::new`] gives the defaults.
+use crate::kms::clock::{parse_offset, Clock, SystemClock};
+use crate::kms::ident::{is_account_id, principal_account, printable};
+use crate::kms::KmsError;
+
+/// How [`LocalKms`](super::LocalKms) is set up. [`LocalKmsConfig::from_env`] reads the
+/// `ATREST_*` variables; [`LocalKmsConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct LocalKmsConfig {
     /// `ATREST_REGION`, default `local`.

@@ -1,7 +1,19 @@
 //! Cryptographic operations: Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
 //! GenerateRandom.
 
-use super::*;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{Audit, LocalKms};
+use crate::envelope::{self, MAX_PLAINTEXT_LEN};
+use crate::kms::keystore::{KeyRecord, StoreData};
+use crate::kms::operation::Operation;
+use crate::kms::{
+    DataKeySpec, DecryptRequest, DecryptedData, EncryptionContext, GenerateDataKeyRequest,
+    GeneratedDataKey, KmsError, ReEncryptRequest, ReEncrypted, WrappedData,
+};
+use crate::secret::{Aes256Key, SecretBytes};
 
 /// AWS's limit on a ciphertext blob passed to Decrypt or ReEncrypt.
 const MAX_CIPHERTEXT_LEN: usize = 6144;

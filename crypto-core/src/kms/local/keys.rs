@@ -1,7 +1,23 @@
 //! Key lifecycle: CreateKey, DescribeKey, ListKeys, UpdateKeyDescription, Enable/DisableKey,
 //! Schedule/CancelKeyDeletion.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use super::crypto::key_material_id;
+use super::policy_tags::not_in_enum;
+use super::LocalKms;
+use crate::kms::ident::printable;
+use crate::kms::keystore::{add_material, to_time, KeyRecord};
+use crate::kms::operation::Operation;
+use crate::kms::policy::{default_policy, KeyPolicy};
+use crate::kms::{
+    CreateKeyRequest, KeyListEntry, KeyMetadata, KeyState, KmsError, ListRequest, Page,
+    ScheduledDeletion,
+};
 
 /// AWS's bounds on ScheduleKeyDeletion's window.
 const MIN_PENDING_DAYS: u32 = 7;
@@ -307,6 +323,6 @@ impl LocalKms {
     }
 }
 
-pub(super) fn date(ts: OffsetDateTime) -> Value {
+fn date(ts: OffsetDateTime) -> Value {
     json!(ts.unix_timestamp())
 }

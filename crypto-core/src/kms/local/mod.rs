@@ -10,43 +10,32 @@ mod keys;
 mod policy_tags;
 mod rotation;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use time::{Duration, OffsetDateTime};
+use serde_json::Value;
 use uuid::Uuid;
 
-use super::clock::{parse_offset, Clock, SystemClock};
-use super::ident::{
-    alias_arn, is_account_id, key_arn, principal_account, printable, validate_alias_name, KeyRef,
-};
-use super::keystore::{
-    add_material, to_time, AliasRecord, KeyRecord, Keystore, Maintenance, RotationRecord,
-    RotationSchedule, StoreData,
-};
-use super::operation::{ImportOperation, Operation};
-use super::policy::{default_policy, CallerContext, Decision, KeyPolicy};
+use super::clock::Clock;
+use super::ident::key_arn;
+use super::keystore::Keystore;
+use super::operation::Operation;
+use super::policy::CallerContext;
 use super::{
-    AliasListEntry, CreateKeyRequest, DataKeySpec, DecryptRequest, DecryptedData,
-    EncryptionContext, GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata,
-    KeyService, KeyState, KmsError, ListRequest, Page, ReEncryptRequest, ReEncrypted,
-    RotationEntry, RotationStatus, RotationType, ScheduledDeletion, Tag, WrappedData,
+    AliasListEntry, CreateKeyRequest, DecryptRequest, DecryptedData, EncryptionContext,
+    GenerateDataKeyRequest, GeneratedDataKey, KeyListEntry, KeyMetadata, KeyService, KmsError,
+    ListRequest, Page, ReEncryptRequest, ReEncrypted, RotationEntry, RotationStatus,
+    ScheduledDeletion, Tag, WrappedData,
 };
-use crate::envelope::{self, MAX_PLAINTEXT_LEN};
-use crate::secret::{Aes256Key, SecretBytes};
-use crate::trail::{ApiCall, RefusedRequest, RequestSource, Trail};
+use crate::secret::SecretBytes;
+use crate::trail::{RequestSource, Trail};
 
 pub use aliases::AWS_MANAGED_S3_ALIAS;
 pub use config::LocalKmsConfig;
 pub use policy_tags::validate_tags;
 
 use config::{caller_account, check_principal};
-use crypto::key_material_id;
-use policy_tags::not_in_enum;
 
 /// The trail record of one call, filled in as the call learns which keys it touches.
 struct Audit {

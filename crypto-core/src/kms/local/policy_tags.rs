@@ -1,7 +1,13 @@
 //! Key policies (Get/PutKeyPolicy, ListKeyPolicies, the lockout check) and tags
 //! (Tag/UntagResource, ListResourceTags) with their validation.
 
-use super::*;
+use serde_json::json;
+
+use super::LocalKms;
+use crate::kms::ident::printable;
+use crate::kms::operation::Operation;
+use crate::kms::policy::{Decision, KeyPolicy};
+use crate::kms::{KmsError, Tag};
 
 /// AWS's tag limits: 50 tags per key, keys of 1-128 and values of 0-256 characters.
 const MAX_TAGS: usize = 50;

@@ -1,7 +1,14 @@
 //! Key rotation: Enable/DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand,
 //! ListKeyRotations.
 
-use super::*;
+use serde_json::json;
+use time::Duration;
+
+use super::crypto::key_material_id;
+use super::LocalKms;
+use crate::kms::keystore::{add_material, to_time, RotationRecord, RotationSchedule};
+use crate::kms::operation::Operation;
+use crate::kms::{KmsError, RotationEntry, RotationStatus, RotationType};
 
 /// AWS's bounds on the automatic rotation period.
 const MIN_ROTATION_DAYS: u32 = 90;
