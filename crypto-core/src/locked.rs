@@ -303,18 +303,22 @@ impl LockedBytes {
         }
     }
 
+    /// The bytes, read-only.
     pub fn as_slice(&self) -> &[u8] {
         &self.region.as_bytes()[..self.len]
     }
 
+    /// The bytes, to fill in place (never copy them out of locked memory).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.region.as_bytes_mut()[..self.len]
     }
 
+    /// The number of bytes (the locked region behind them may be larger).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether there are no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

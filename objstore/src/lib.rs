@@ -21,7 +21,6 @@
 //!   mapping to S3's wire errors.
 //! - [`format`]: the object file header parser (public for the fuzz target).
 #![forbid(unsafe_code)]
-#![deny(missing_docs)]
 
 mod aead;
 mod bucket_key;

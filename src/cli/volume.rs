@@ -100,7 +100,6 @@ pub fn run(cmd: VolumeCommand, globals: &Globals) -> anyhow::Result<()> {
     }
 }
 
-
 /// What `volume create` and `volume info` print (PascalCase, like AWS's DescribeVolumes).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]

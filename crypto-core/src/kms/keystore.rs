@@ -1,7 +1,6 @@
 //! The keystore on disk: one checksummed JSON file replaced atomically, a lock file
 //! that serialises writers across processes, and the root key that seals every
 //! CMK's material. Layout and byte formats: docs/FORMAT.md ("Keystore").
-#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -35,8 +35,11 @@ pub type EncryptionContext = BTreeMap<String, String>;
 /// AWS KMS key states that atrest models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyState {
+    /// Usable for cryptographic operations.
     Enabled,
+    /// Kept, but every cryptographic operation fails with `DisabledException`.
     Disabled,
+    /// Scheduled for deletion (ScheduleKeyDeletion); unusable until cancelled or deleted.
     PendingDeletion,
 }
 
@@ -58,14 +61,19 @@ impl KeyState {
 pub struct KeyMetadata {
     /// The key's UUID.
     pub key_id: String,
+    /// The key's ARN (`arn:aws:kms:<region>:<account>:key/<uuid>`).
     pub arn: String,
+    /// Enabled, Disabled or PendingDeletion.
     pub key_state: KeyState,
+    /// The account that owns the key (AWS `AWSAccountId`).
     #[serde(rename = "AWSAccountId")]
     pub aws_account_id: String,
+    /// When the key was created (epoch seconds on the wire).
     #[serde(with = "time::serde::timestamp")]
     pub creation_date: OffsetDateTime,
     /// True exactly when `key_state` is `Enabled`.
     pub enabled: bool,
+    /// The free-text description given at CreateKey or UpdateKeyDescription.
     pub description: String,
     /// Always `ENCRYPT_DECRYPT`: atrest keys are symmetric.
     pub key_usage: String,
@@ -77,7 +85,9 @@ pub struct KeyMetadata {
     pub key_manager: String,
     /// Always `AWS_KMS`: the key service made the material.
     pub origin: String,
+    /// Always `["SYMMETRIC_DEFAULT"]`: the one algorithm a symmetric key supports.
     pub encryption_algorithms: Vec<String>,
+    /// Always false: atrest keys live in one region.
     pub multi_region: bool,
     /// When a key in `PendingDeletion` will be deleted.
     #[serde(
@@ -86,6 +96,7 @@ pub struct KeyMetadata {
         skip_serializing_if = "Option::is_none"
     )]
     pub deletion_date: Option<OffsetDateTime>,
+    /// The waiting period (7..=30 days) chosen at ScheduleKeyDeletion, while pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_deletion_window_in_days: Option<u32>,
     /// The id of the key material new ciphertexts are made with; changes on every
@@ -97,7 +108,9 @@ pub struct KeyMetadata {
 /// Size of a generated data key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataKeySpec {
+    /// `AES_256`: 32 bytes.
     Aes256,
+    /// `AES_128`: 16 bytes.
     Aes128,
     /// `NumberOfBytes`, 1..=1024.
     Bytes(u16),
@@ -130,11 +143,14 @@ impl DataKeySpec {
     }
 }
 
+/// GenerateDataKey's and GenerateDataKeyWithoutPlaintext's arguments.
 #[derive(Clone, Debug)]
 pub struct GenerateDataKeyRequest {
     /// Key id, key ARN, alias name or alias ARN.
     pub key_id: String,
+    /// The data key's size (AWS `KeySpec` or `NumberOfBytes`).
     pub spec: DataKeySpec,
+    /// Bound to the wrapped key as AAD; Decrypt must be given the same pairs.
     pub encryption_context: EncryptionContext,
 }
 
@@ -143,7 +159,9 @@ pub struct GenerateDataKeyRequest {
 pub struct GeneratedDataKey {
     /// ARN of the CMK that wrapped the key.
     pub key_id: String,
+    /// The data key itself, to use and then drop (zeroized on drop).
     pub plaintext: SecretBytes,
+    /// The same key wrapped by the CMK: an envelope blob to store beside the data.
     pub ciphertext_blob: Vec<u8>,
 }
 
@@ -152,44 +170,61 @@ pub struct GeneratedDataKey {
 pub struct WrappedData {
     /// ARN of the CMK that wrapped the data.
     pub key_id: String,
+    /// The envelope blob (docs/FORMAT.md), opaque to callers; Decrypt takes it back.
     pub ciphertext_blob: Vec<u8>,
 }
 
+/// Decrypt's arguments.
 #[derive(Clone, Debug)]
 pub struct DecryptRequest {
+    /// A blob made by Encrypt, GenerateDataKey* or ReEncrypt.
     pub ciphertext_blob: Vec<u8>,
+    /// Must equal the context the blob was made with, else InvalidCiphertextException.
     pub encryption_context: EncryptionContext,
     /// When given, the blob must have been made under this key (else IncorrectKeyException).
     pub key_id: Option<String>,
 }
 
+/// Decrypt's answer.
 #[derive(Debug)]
 pub struct DecryptedData {
     /// ARN of the CMK that decrypted the blob.
     pub key_id: String,
+    /// The decrypted bytes (zeroized on drop).
     pub plaintext: SecretBytes,
     /// The id of the key material that decrypted it (`None` from a remote key service
     /// that does not report it).
     pub key_material_id: Option<String>,
 }
 
+/// ReEncrypt's arguments: decrypt under the source key and context, encrypt again
+/// under the destination ones, without the plaintext leaving the key service.
 #[derive(Clone, Debug)]
 pub struct ReEncryptRequest {
+    /// The blob to re-encrypt.
     pub ciphertext_blob: Vec<u8>,
+    /// The context the blob was made with.
     pub source_encryption_context: EncryptionContext,
+    /// When given, the blob must have been made under this key (else IncorrectKeyException).
     pub source_key_id: Option<String>,
+    /// The key to encrypt under (key id, key ARN, alias name or alias ARN).
     pub destination_key_id: String,
+    /// The context to bind to the new blob.
     pub destination_encryption_context: EncryptionContext,
 }
 
+/// ReEncrypt's answer.
 #[derive(Clone, Debug)]
 pub struct ReEncrypted {
+    /// ARN of the CMK that decrypted the blob.
     pub source_key_id: String,
     /// ARN of the destination CMK.
     pub key_id: String,
+    /// The new blob, under the destination key and context.
     pub ciphertext_blob: Vec<u8>,
-    /// The key material that decrypted the blob, and the one that sealed it again.
+    /// The key material that decrypted the blob (`None` when not reported).
     pub source_key_material_id: Option<String>,
+    /// The key material that sealed it again (`None` when not reported).
     pub destination_key_material_id: Option<String>,
 }
 
@@ -197,6 +232,7 @@ pub struct ReEncrypted {
 /// the default key policy.
 #[derive(Clone, Debug, Default)]
 pub struct CreateKeyRequest {
+    /// Free text shown by DescribeKey (AWS `Description`).
     pub description: String,
     /// An AWS-format key policy (JSON); `None` gives the default policy, which allows
     /// the creating principal every `kms:` action on the key.
@@ -213,7 +249,9 @@ pub struct CreateKeyRequest {
 /// opaque `marker` of the previous page's `next_marker`.
 #[derive(Clone, Debug, Default)]
 pub struct ListRequest {
+    /// Most entries on one page, 1..=1000; `None` means 100.
     pub limit: Option<u32>,
+    /// Where to resume: the previous page's `next_marker`; `None` for the first page.
     pub marker: Option<String>,
 }
 
@@ -221,7 +259,9 @@ pub struct ListRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KeyListEntry {
+    /// The key's UUID.
     pub key_id: String,
+    /// The key's ARN.
     pub key_arn: String,
 }
 
@@ -229,11 +269,16 @@ pub struct KeyListEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AliasListEntry {
+    /// `alias/` and the name.
     pub alias_name: String,
+    /// The alias's ARN (`arn:aws:kms:<region>:<account>:alias/<name>`).
     pub alias_arn: String,
+    /// The UUID of the key the alias names.
     pub target_key_id: String,
+    /// When the alias was created (epoch seconds on the wire).
     #[serde(with = "time::serde::timestamp")]
     pub creation_date: OffsetDateTime,
+    /// When the alias was last pointed at a key (CreateAlias or UpdateAlias).
     #[serde(with = "time::serde::timestamp")]
     pub last_updated_date: OffsetDateTime,
 }
@@ -241,12 +286,14 @@ pub struct AliasListEntry {
 /// One page of a List operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page<T> {
+    /// This page's entries, in the service's stable order.
     pub items: Vec<T>,
     /// Pass as `ListRequest::marker` for the next page; `None` on the last page.
     pub next_marker: Option<String>,
 }
 
 impl<T> Page<T> {
+    /// Whether more pages follow (AWS `Truncated`).
     pub fn truncated(&self) -> bool {
         self.next_marker.is_some()
     }
@@ -258,9 +305,12 @@ impl<T> Page<T> {
 pub struct ScheduledDeletion {
     /// Key ARN.
     pub key_id: String,
+    /// When the key will be deleted.
     #[serde(with = "time::serde::timestamp")]
     pub deletion_date: OffsetDateTime,
+    /// Always `PendingDeletion`.
     pub key_state: KeyState,
+    /// The waiting period in days (7..=30).
     pub pending_window_in_days: u32,
 }
 
@@ -270,15 +320,19 @@ pub struct ScheduledDeletion {
 pub struct RotationStatus {
     /// Key ARN.
     pub key_id: String,
+    /// Whether automatic rotation is on.
     pub key_rotation_enabled: bool,
+    /// Days between automatic rotations (90..=2560), when rotation is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_period_in_days: Option<u32>,
+    /// When the next automatic rotation is due, when rotation is on.
     #[serde(
         with = "time::serde::timestamp::option",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub next_rotation_date: Option<OffsetDateTime>,
+    /// When an on-demand rotation (RotateKeyOnDemand) was started, if one is running.
     #[serde(
         with = "time::serde::timestamp::option",
         default,
@@ -291,7 +345,9 @@ pub struct RotationStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RotationType {
+    /// Made by the rotation schedule (`AUTOMATIC`).
     Automatic,
+    /// Made by RotateKeyOnDemand (`ON_DEMAND`).
     OnDemand,
 }
 
@@ -301,8 +357,10 @@ pub enum RotationType {
 pub struct RotationEntry {
     /// Key ARN.
     pub key_id: String,
+    /// When the rotation happened.
     #[serde(with = "time::serde::timestamp")]
     pub rotation_date: OffsetDateTime,
+    /// Scheduled or on demand.
     pub rotation_type: RotationType,
     /// The key material this rotation made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -475,26 +533,37 @@ impl std::error::Error for KmsError {}
 /// ARN is accepted, except `create_alias`/`update_alias`'s target, which must name a
 /// key (as AWS).
 pub trait KeyService: Send + Sync {
+    /// DescribeKey: the key's metadata.
     fn describe_key(&self, key_id: &str) -> Result<KeyMetadata, KmsError>;
+    /// GenerateDataKey: a fresh data key, in plaintext and wrapped by the CMK.
     fn generate_data_key(&self, req: &GenerateDataKeyRequest)
         -> Result<GeneratedDataKey, KmsError>;
+    /// GenerateDataKeyWithoutPlaintext: a fresh data key, wrapped only.
     fn generate_data_key_without_plaintext(
         &self,
         req: &GenerateDataKeyRequest,
     ) -> Result<WrappedData, KmsError>;
+    /// Encrypt: wraps up to 4096 bytes of `plaintext` under the CMK, bound to the context.
     fn encrypt(
         &self,
         key_id: &str,
         plaintext: &[u8],
         encryption_context: &EncryptionContext,
     ) -> Result<WrappedData, KmsError>;
+    /// Decrypt: opens a blob made by this key service.
     fn decrypt(&self, req: &DecryptRequest) -> Result<DecryptedData, KmsError>;
+    /// ReEncrypt: moves a blob to another key or context.
     fn re_encrypt(&self, req: &ReEncryptRequest) -> Result<ReEncrypted, KmsError>;
 
+    /// CreateKey: a new symmetric CMK.
     fn create_key(&self, req: &CreateKeyRequest) -> Result<KeyMetadata, KmsError>;
+    /// ListKeys: one page of the account's keys.
     fn list_keys(&self, req: &ListRequest) -> Result<Page<KeyListEntry>, KmsError>;
+    /// UpdateKeyDescription: replaces the key's description.
     fn update_key_description(&self, key_id: &str, description: &str) -> Result<(), KmsError>;
+    /// EnableKey: makes a disabled key usable again.
     fn enable_key(&self, key_id: &str) -> Result<(), KmsError>;
+    /// DisableKey: refuses every cryptographic use of the key until enabled.
     fn disable_key(&self, key_id: &str) -> Result<(), KmsError>;
     /// `pending_window_in_days`: 7..=30, default 30.
     fn schedule_key_deletion(
@@ -511,8 +580,11 @@ pub trait KeyService: Send + Sync {
         key_id: Option<&str>,
         req: &ListRequest,
     ) -> Result<Page<AliasListEntry>, KmsError>;
+    /// CreateAlias: a new alias naming `target_key_id` (a key, not an alias).
     fn create_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError>;
+    /// UpdateAlias: points an existing alias at another key.
     fn update_alias(&self, alias_name: &str, target_key_id: &str) -> Result<(), KmsError>;
+    /// DeleteAlias: removes an alias; the key is untouched.
     fn delete_alias(&self, alias_name: &str) -> Result<(), KmsError>;
 
     /// `rotation_period_in_days`: 90..=2560, default 365.
@@ -521,14 +593,20 @@ pub trait KeyService: Send + Sync {
         key_id: &str,
         rotation_period_in_days: Option<u32>,
     ) -> Result<(), KmsError>;
+    /// DisableKeyRotation: stops automatic rotation.
     fn disable_key_rotation(&self, key_id: &str) -> Result<(), KmsError>;
+    /// GetKeyRotationStatus: whether and when the key rotates.
     fn get_key_rotation_status(&self, key_id: &str) -> Result<RotationStatus, KmsError>;
     /// Returns the key ARN.
     fn rotate_key_on_demand(&self, key_id: &str) -> Result<String, KmsError>;
+    /// ListKeyRotations: the key's completed rotations.
     fn list_key_rotations(&self, key_id: &str) -> Result<Vec<RotationEntry>, KmsError>;
 
     /// `policy_name` must be `default` (AWS's only policy name).
     fn get_key_policy(&self, key_id: &str, policy_name: &str) -> Result<String, KmsError>;
+    /// PutKeyPolicy: replaces the key's policy (JSON, at most 32 KiB). Unless
+    /// `bypass_policy_lockout_safety_check`, refused when the new policy would no
+    /// longer let the caller change it.
     fn put_key_policy(
         &self,
         key_id: &str,

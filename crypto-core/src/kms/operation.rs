@@ -4,7 +4,6 @@
 //! named by its ARN, and the key-state rule of AWS's "Key states of AWS KMS keys"
 //! table. The key service, the HTTP endpoint, the remote client and the policy
 //! engine all speak this type.
-#![forbid(unsafe_code)]
 
 use super::{KeyState, KmsError};
 

@@ -10,7 +10,6 @@
 //! policies use them; every key listed must hold. Any other `Condition`, and
 //! `NotPrincipal`, `NotAction` and `NotResource`, are refused rather than ignored, so
 //! a policy never grants or denies more than it says.
-#![forbid(unsafe_code)]
 
 use serde_json::Value;
 
@@ -28,6 +27,7 @@ pub const MAX_POLICY_LEN: usize = 32 * 1024;
 /// The outcome of evaluating a policy for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
+    /// An `Allow` statement matched and no `Deny` did.
     Allow,
     /// A `Deny` statement matched.
     ExplicitDeny,

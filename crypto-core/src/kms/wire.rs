@@ -7,7 +7,6 @@
 //! (GenerateDataKey, Decrypt, GenerateRandom) are written by hand into zeroizing
 //! buffers and have no type here to serialise, only one to parse
 //! ([`PlaintextResponse`]). Serde only: no I/O, no key service.
-#![forbid(unsafe_code)]
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;

@@ -73,6 +73,7 @@ impl Backend {
     }
 }
 
+/// Why an XTS cipher could not be made.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum XtsError {
@@ -174,6 +175,7 @@ impl SectorCipher {
         Ok(Self { engine })
     }
 
+    /// The implementation this cipher runs on (portable, AES-NI or VAES).
     pub fn backend(&self) -> Backend {
         match self.engine {
             Engine::Portable(_) => Backend::Portable,

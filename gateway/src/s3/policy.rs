@@ -36,7 +36,9 @@ pub struct RequestFacts {
 /// An evaluation's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
+    /// An `Allow` statement applies and no `Deny` does.
     Allow,
+    /// A `Deny` statement applies: refused whatever else allows it.
     Deny,
     /// No statement applies.
     NotMentioned,

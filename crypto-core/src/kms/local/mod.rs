@@ -1,6 +1,5 @@
 //! [`LocalKms`]: the embedded key service over the keystore in `<home>/kms/`,
 //! reporting every call to the trail in `<home>/trail/`.
-#![forbid(unsafe_code)]
 
 mod aliases;
 mod calls;
@@ -183,10 +182,13 @@ impl LocalKms {
         }
     }
 
+    /// The ARN of the principal this handle acts for (the caller every call is
+    /// authorised and audited as).
     pub fn principal(&self) -> &str {
         &self.caller.principal
     }
 
+    /// The region in this key service's ARNs (`ATREST_REGION`).
     pub fn region(&self) -> &str {
         &self.shared.region
     }

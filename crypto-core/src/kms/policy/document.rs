@@ -4,7 +4,6 @@
 //! refused), `Principal` as `"*"` or `{"AWS": ...}` with a bare account id meaning its
 //! root user. Parsed once into [`PolicyDocument`]; each policy kind then checks what
 //! only it allows (actions, resources, conditions) and keeps its own evaluation rules.
-#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 
