@@ -84,7 +84,7 @@ export ATREST_HOME=$tmp/home
 "$atrest" iam create-access-key --principal arn:aws:iam::000000000000:root >"$tmp/access.json"
 
 # The server logs each option the kernel's client negotiates (debug level).
-RUST_LOG=info,blockdev::nbd::server=debug "$atrest" nbd serve --listen 127.0.0.1:0 \
+RUST_LOG=info,blockdev::nbd=debug "$atrest" nbd serve --listen 127.0.0.1:0 \
     --export "root=$tmp/host.vol" --key-check-interval 250ms 2>"$tmp/serve.log" &
 serve_pid=$!
 pids+=("$serve_pid")
