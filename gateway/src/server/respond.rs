@@ -31,8 +31,8 @@ const STREAM_QUEUE: usize = 8;
 /// Size of the pieces an object is sent in.
 const SEND_PIECE: usize = 256 * 1024;
 
-/// What [`respond`] can read a request body from: a connection's ([`Incoming`](hyper::body::Incoming)), or
-/// one the console built ([`crate::console`]).
+/// What [`respond`] can read a request body from: a connection's
+/// ([`Incoming`](hyper::body::Incoming)), or one the console built ([`crate::console`]).
 pub(crate) trait RequestBody:
     hyper::body::Body<Data = Bytes, Error: std::fmt::Display + Send> + Send + Unpin + 'static
 {
