@@ -96,16 +96,15 @@ impl Gateway {
         self
     }
 
-    /// The same gateway with other connection limits and body timeout (before the
-    /// descriptor limit caps them, see [`ConnectionLimits::within`]).
-    /// Applies the buckets' lifecycle rules on `schedule` while serving S3.
-    /// The same gateway running the S3 lifecycle sweep (bucket expiration rules) on `schedule`.
+    /// The same gateway running the S3 lifecycle sweep (the buckets' expiration rules)
+    /// on `schedule` while serving S3.
     pub fn with_lifecycle(mut self, schedule: crate::s3::LifecycleSchedule) -> Gateway {
         self.lifecycle = Some(schedule);
         self
     }
 
-    /// The same gateway with other connection limits.
+    /// The same gateway with other connection limits and body timeout (before the
+    /// descriptor limit caps them, see [`ConnectionLimits::within`]).
     pub fn with_limits(mut self, limits: ConnectionLimits) -> Gateway {
         self.limits = limits;
         self
