@@ -218,6 +218,10 @@ seed("sigv4_verify", "signed", b"\x01\x01\x08bucket/k\x04a=b&\x02\x03abc\x05valu
 # Trail digests: mode, digest, position (u32 LE), mask.
 seed("trail_digest", "flip", bytes([0, 0, 10, 0, 0, 0, 1]))
 seed("trail_digest", "digest", bytes([3, 1, 40, 0, 0, 0, 4]))
+# The one input the 2-hour campaign of 2026-12-06 saved (a libFuzzer "deadly signal" in
+# fork mode, mode 1: truncate trail.jsonl). It never failed again when replayed, on that
+# code or later (docs/FUZZING.md); replayed by every run from here on.
+seed("trail_digest", "campaign-crash-cf2a2dca", bytes([0x01, 0x00, 0x13, 0x00, 0x08, 0xfb, 0xff, 0xff, 0xff, 0xf1]))
 seed("volume_ops", "mix", bytes([0, 1, 10, 1, 200, 0, 7, 2, 1, 9, 7, 1, 4, 0, 3, 0, 16, 5, 1, 2, 0, 9, 1, 6, 1, 130, 1, 0, 0, 17, 2, 1, 0, 0, 16]))
 EOF
 
