@@ -234,18 +234,18 @@ own_sources() { # own_sources TARGET: prints source paths
     case "$1" in
     xts_sectors | xts_openssl) echo crypto-core/src/xts ;;
     envelope_blob) echo crypto-core/src/envelope.rs ;;
-    keystore_file) echo crypto-core/src/kms/keystore.rs crypto-core/src/kms/local.rs ;;
-    kms_model) echo crypto-core/src/kms/local.rs crypto-core/src/kms/keystore.rs crypto-core/src/envelope.rs ;;
+    keystore_file) echo crypto-core/src/kms/keystore.rs crypto-core/src/kms/local ;;
+    kms_model) echo crypto-core/src/kms/local crypto-core/src/kms/keystore.rs crypto-core/src/envelope.rs ;;
     kms_json) echo gateway/src/kms_api.rs ;;
     trail_log | trail_file) echo crypto-core/src/trail/{mod,append,validate,lookup,error,record,head}.rs ;;
     trail_digest) echo crypto-core/src/trail/digest.rs ;;
     volume_header) echo blockdev/src/format.rs ;;
     volume_ops) echo blockdev/src/volume ;;
     nbd_request | nbd_option) echo blockdev/src/nbd/proto.rs ;;
-    nbd_session) echo blockdev/src/nbd/server.rs blockdev/src/nbd/proto.rs ;;
+    nbd_session) echo blockdev/src/nbd/{server,negotiation,transmission,proto}.rs ;;
     nbd_client_name) echo blockdev/src/nbd/tls.rs ;;
     object_header) echo objstore/src/format.rs ;;
-    s3_request) echo gateway/src/s3 gateway/src/wire.rs ;;
+    s3_request) echo gateway/src/s3 ;;
     s3_post_form) echo gateway/src/s3/post ;;
     sigv4_verify) echo gateway/src/sigv4 ;;
     *) echo "no source map for fuzz target $1 (add it to own_sources in scripts/fuzz.sh)" >&2 && return 1 ;;
