@@ -104,7 +104,9 @@ cp "$guest/modules-order" "$initramfs/etc/modules-order"
 cp "$repo/tests/e2e/attach-vm/init" "$initramfs/init"
 copy_with_libraries "$initramfs" "$(command -v nbd-client)" "$(command -v mkfs.ext4)" "$atrest"
 ln -s "$(command -v mkfs.ext4)" "$initramfs/bin/mkfs.ext4"
-ln -s "$atrest" "$initramfs/bin/atrest"
+# At /bin, not at its host path: the guest mounts a tmpfs on /tmp, which would hide a
+# checkout under /tmp.
+mv "$initramfs$atrest" "$initramfs/bin/atrest"
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$initramfs/etc/"
 python3 - "$tmp/access.json" "$nbd_port" "$kms_port" "$region" >"$initramfs/etc/attach.env" <<'PY'
 import json, sys
