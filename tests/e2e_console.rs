@@ -420,28 +420,6 @@ fn console_sessions_are_strict_expire_when_idle_and_end_at_sign_out() {
     );
 }
 
-/// A self-signed certificate for 127.0.0.1 and its key, made by openssl in `home`.
-fn self_signed(home: &Home) -> (PathBuf, PathBuf) {
-    let (cert, tls_key) = (home.file("server-cert.pem"), home.file("server-key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .arg("-keyout")
-        .arg(&tls_key)
-        .arg("-out")
-        .arg(&cert)
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .output()
-        .expect("running openssl");
-    assert_success("openssl req", &made);
-    (cert, tls_key)
-}
-
 #[test]
 fn under_tls_the_session_cookie_is_secure() {
     if !require_tools(&["curl", "openssl"]) {
@@ -449,7 +427,7 @@ fn under_tls_the_session_cookie_is_secure() {
     }
     let home = Home::new();
     let admin = access_key(&home, ADMIN_ARN);
-    let (cert, tls_key) = self_signed(&home);
+    let (cert, tls_key) = home.self_signed_cert();
     let served = console(
         &home,
         &[

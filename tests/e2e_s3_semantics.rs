@@ -20,28 +20,6 @@ const REGION: &str = "us-east-1";
 const USER: &str = "arn:aws:iam::000000000000:user/S3User";
 const MARKER: &[u8] = b"SSE-C-PLAINTEXT-MARKER-";
 
-/// A self-signed certificate for 127.0.0.1 and its key, made by openssl in `home`.
-fn self_signed(home: &Home) -> (PathBuf, PathBuf) {
-    let (cert, tls_key) = (home.file("server-cert.pem"), home.file("server-key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .arg("-keyout")
-        .arg(&tls_key)
-        .arg("-out")
-        .arg(&cert)
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .output()
-        .expect("running openssl");
-    assert_success("openssl req", &made);
-    (cert, tls_key)
-}
-
 /// A signing identity made with `atrest iam create-access-key`: (id, secret).
 fn access_key(home: &Home, principal: &str) -> (String, String) {
     let out = home.run(&["iam", "create-access-key", "--principal", principal]);
@@ -65,7 +43,7 @@ fn boto3_and_the_aws_cli_get_s3_data_protection_semantics() {
     let key = &answer["AccessKey"];
     // Over TLS: SSE-C is refused in the clear (see
     // sse_c_is_refused_over_plain_http).
-    let (cert, tls_key) = self_signed(&home);
+    let (cert, tls_key) = home.self_signed_cert();
     let server = home.serve_env(
         // Debug logging: every refused request's error is logged, so the check
         // below that the SSE-C key never appears in the log means something.
@@ -198,7 +176,7 @@ fn deny_non_tls_policy_lets_https_through() {
     let out = home.run(&["iam", "create-access-key", "--principal", USER]);
     let answer: Value = serde_json::from_str(&out).expect("create-access-key prints JSON");
     let key = &answer["AccessKey"];
-    let (cert, tls_key) = self_signed(&home);
+    let (cert, tls_key) = home.self_signed_cert();
     let server = home.serve_env(
         &[("ATREST_REGION", REGION)],
         &[

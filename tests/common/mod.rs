@@ -58,6 +58,28 @@ impl Home {
         self.dir.path().join(name)
     }
 
+    /// A self-signed certificate for 127.0.0.1 and its key, made by openssl in this home.
+    pub fn self_signed_cert(&self) -> (PathBuf, PathBuf) {
+        let (cert, tls_key) = (self.file("server-cert.pem"), self.file("server-key.pem"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .arg("-keyout")
+            .arg(&tls_key)
+            .arg("-out")
+            .arg(&cert)
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .output()
+            .expect("running openssl");
+        assert_success("openssl req", &made);
+        (cert, tls_key)
+    }
+
     /// The `atrest` binary with this home and no inherited `ATREST_*` settings.
     pub fn atrest(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_atrest"));
