@@ -12,7 +12,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use blockdev::nbd::proto::*;
-use blockdev::nbd::{Export, ExportTable, Refusal, Server, ShutdownHandle};
+use blockdev::nbd::{
+    Export, ExportTable, Refusal, Server, ShutdownHandle, MAX_REFUSALS_PER_NEGOTIATION,
+};
 use blockdev::volume::{Extent, Volume};
 use blockdev::Error;
 
@@ -562,6 +564,69 @@ fn every_refused_option_is_audited() {
 
     let expected = vec![("guarded".to_owned(), reason.to_owned()); 5];
     assert_eq!(*audited.lock().unwrap(), expected, "one record per refusal");
+    server.stop().unwrap();
+}
+
+/// A client that keeps asking for an export it is refused is cut off after
+/// `MAX_REFUSALS_PER_NEGOTIATION` audited refusals: one connection cannot write refusal
+/// records for ever. Before the bound, 100 GO options wrote 100 records.
+#[test]
+fn a_connection_is_closed_after_too_many_refusals() {
+    let export = Export {
+        volume: Arc::new(MemVolume::new(1 << 20)),
+        read_only: false,
+        description: None,
+        allowed_clients: vec!["client1".into()],
+    };
+    let table: ExportTable = Arc::new(RwLock::new(BTreeMap::from([(
+        "guarded".to_owned(),
+        export,
+    )])));
+    let audited = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&audited);
+    let server = Server::bind("127.0.0.1:0", table)
+        .unwrap()
+        .with_refusal_audit(Arc::new(move |_: &Refusal<'_>| {
+            count.fetch_add(1, Ordering::SeqCst);
+        }));
+    let addr = server.local_addr();
+    let shutdown = server.shutdown_handle();
+    let server = Running {
+        addr,
+        shutdown,
+        thread: thread::spawn(move || server.run()),
+    };
+    let mut client = Client::connect(server.addr);
+    // Unknown names are not audited and do not count.
+    for _ in 0..2 * MAX_REFUSALS_PER_NEGOTIATION {
+        assert_eq!(client.go("nosuch").unwrap_err().0, REP_ERR_UNKNOWN);
+    }
+    for _ in 0..MAX_REFUSALS_PER_NEGOTIATION {
+        assert_eq!(client.go("guarded").unwrap_err().0, REP_ERR_POLICY);
+    }
+    // The last refusal was answered, then the connection closed: whatever the client
+    // sends next gets no reply.
+    let mut query = name_data("guarded");
+    query.extend_from_slice(&0u16.to_be_bytes());
+    let mut bytes = OptionHeader {
+        option: OPT_GO,
+        length: query.len() as u32,
+    }
+    .encode()
+    .to_vec();
+    bytes.extend_from_slice(&query);
+    let _ = client.stream.write_all(&bytes);
+    let mut rest = Vec::new();
+    let _ = client.stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no reply after the bound: {rest:?}");
+    assert_eq!(
+        audited.load(Ordering::SeqCst),
+        MAX_REFUSALS_PER_NEGOTIATION as usize,
+        "one record per refusal up to the bound, none after"
+    );
+    // The server keeps serving others.
+    let mut other = Client::connect(server.addr);
+    assert_eq!(other.go("nosuch").unwrap_err().0, REP_ERR_UNKNOWN);
     server.stop().unwrap();
 }
 

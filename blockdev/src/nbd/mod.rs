@@ -21,6 +21,7 @@ mod server;
 mod tls;
 mod transmission;
 
+pub use negotiation::MAX_REFUSALS_PER_NEGOTIATION;
 pub use server::{
     stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
     DEFAULT_EXPORT,
