@@ -356,10 +356,7 @@ fn list(globals: &Globals) -> anyhow::Result<()> {
 fn volume_key(path: &Path) -> anyhow::Result<Option<String>> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let located = blockdev::format::read_header(&file, path)?;
-    Ok(match located.header.encryption() {
-        blockdev::format::Encryption::Aes256XtsPlain64(wrapped) => Some(wrapped.key_arn.clone()),
-        blockdev::format::Encryption::None => None,
-    })
+    Ok(located.header.encryption().key_arn().map(str::to_owned))
 }
 
 fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
