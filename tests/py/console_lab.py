@@ -409,7 +409,7 @@ def run(lab, clock, out):
     lab.wait("the swap form", lambda: d.find_elements(By.ID, "swap-target-root"))
     Select(lab.find("#swap-target-root")).select_by_visible_text("root.vol")
     lab.find("#swap-root").click()
-    lab.wait_text(".swap-result", "AccessDeniedException")
+    lab.wait_text("[id^='swap-result-']", "AccessDeniedException")
     assert lab.text("tr[data-export='root'] .export-path").endswith("/root-enc.vol")
     lab.shot("13a-admin-refused-swap")
     # A server without an exports file cannot swap: the page and the API say so.
@@ -419,7 +419,7 @@ def run(lab, clock, out):
     try:
         status = os.path.join(os.environ["ATREST_HOME"], "run", "nbd", "%d.json" % other.pid)
         lab.wait("the second server's status file", lambda: os.path.exists(status))
-        lab.go("#/exports")
+        lab.go("#/exports?again")  # another hash: the page renders anew
         lab.wait_text("#exports-file-%d" % other.pid, "no swap while it runs")
         assert not lab.find("#server-%d #swap-snap" % other.pid).is_enabled()
         refused = lab.console_api("exports/swap", {"pid": other.pid, "export": "snap",
@@ -430,6 +430,8 @@ def run(lab, clock, out):
         other.terminate()
         other.wait(timeout=30)
     assert not os.path.exists(status), "the stopped server left its status file"
+    lab.go("#/keys/" + key_id)
+    lab.wait_text("#key-state", "Enabled")
 
     # 7. The administrator disables the key: the key page, the object and the
     # object's read all show it.

@@ -730,7 +730,7 @@
       const [data, vols] = await Promise.all([api("GET", "exports"), api("GET", "volumes")]);
       document.getElementById("status-dir").textContent = "Running `atrest nbd serve` processes, from their status files in " + data.statusDirectory + ".";
       for (const server of data.servers) {
-        const swapOut = el("div", { class: "swap-result", id: "swap-result-" + server.pid, hidden: true });
+        const swapOut = el("div", { id: "swap-result-" + server.pid, hidden: true });
         const exportRows = server.exports.map((x) => {
           const target = el("select", { id: "swap-target-" + x.name, "data-export": x.name },
             vols.volumes.filter((v) => !v.error).map((v) => el("option", { value: v.path, selected: v.path === x.path || null }, v.path.split("/").pop())));
