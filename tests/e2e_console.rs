@@ -147,7 +147,10 @@ fn the_lab_through_the_console_in_chromium() {
         "the swapped-in volume did not open: {nbd_log}"
     );
     let exports_text = std::fs::read_to_string(&exports).unwrap();
-    assert!(exports_text.starts_with("# the lab's exports\n"), "{exports_text}");
+    assert!(
+        exports_text.starts_with("# the lab's exports\n"),
+        "{exports_text}"
+    );
     assert!(exports_text.contains("root-enc.vol"), "{exports_text}");
 
     let records = trail(&home);
@@ -232,7 +235,10 @@ fn the_lab_through_the_console_in_chromium() {
     assert!(refused_decrypt >= 2, "the admin's refused Decrypts");
     // No data key in the trail or the console's log (plaintext fields never appear).
     let text = std::fs::read_to_string(home.path().join("trail/trail.jsonl")).unwrap();
-    assert!(!text.contains("\"plaintext\""), "a plaintext field in the trail");
+    assert!(
+        !text.contains("\"plaintext\""),
+        "a plaintext field in the trail"
+    );
     assert!(!log.contains("Plaintext"), "a plaintext in the console log");
 }
 

@@ -204,7 +204,12 @@ pub fn set_export_path(file: &Path, name: &str, volume: &Path) -> Result<PathBuf
     let entry = tables
         .iter_mut()
         .find(|t| t.get("name").and_then(toml_edit::Item::as_str) == Some(name))
-        .ok_or_else(|| bad(format!("exports file {}: no export {name:?}", file.display())))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "exports file {}: no export {name:?}",
+                file.display()
+            ))
+        })?;
     entry["path"] = toml_edit::value(volume_text);
     let edited = document.to_string();
     let after = parse_exports(&edited, base)?;

@@ -465,7 +465,10 @@ mod tests {
         assert_eq!(status.exports[0].allowed_clients, ["client1"]);
         assert_eq!(status.clients.len(), 2);
         assert_eq!(status.clients[0].export.as_deref(), Some("root"));
-        assert_eq!(status.clients[0].tls_identity.as_deref(), Some("CN=client1"));
+        assert_eq!(
+            status.clients[0].tls_identity.as_deref(),
+            Some("CN=client1")
+        );
         assert_eq!(status.clients[1].export, None);
 
         board.disconnected(7);
@@ -537,9 +540,10 @@ mod tests {
         std::fs::write(&writable, serde_json::to_vec(&other).unwrap()).unwrap();
         std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666)).unwrap();
         std::fs::write(dir.path().join("3.json"), b"{not json").unwrap();
-        let extra = String::from_utf8(genuine.clone())
-            .unwrap()
-            .replacen('{', "{\"secret\": \"x\",", 1);
+        let extra =
+            String::from_utf8(genuine.clone())
+                .unwrap()
+                .replacen('{', "{\"secret\": \"x\",", 1);
         std::fs::write(dir.path().join("4.json"), extra).unwrap();
         let listed = list(dir.path());
         let running: Vec<_> = listed

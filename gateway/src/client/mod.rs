@@ -234,8 +234,7 @@ pub trait KmsExchange: Send + Sync {
     /// Sends `body`, the JSON request of `op`, signed; gives back the answer's HTTP
     /// status and body (zeroizing: it may hold a plaintext key). `Err` only when no
     /// answer came (the service is unreachable).
-    fn exchange(&self, op: Operation, body: &[u8])
-        -> Result<(u16, Zeroizing<Vec<u8>>), KmsError>;
+    fn exchange(&self, op: Operation, body: &[u8]) -> Result<(u16, Zeroizing<Vec<u8>>), KmsError>;
     /// Where requests go, for messages (`https://host`, `the console's gateway`).
     fn destination(&self) -> String;
 }
@@ -249,11 +248,7 @@ struct HttpExchange {
 }
 
 impl KmsExchange for HttpExchange {
-    fn exchange(
-        &self,
-        op: Operation,
-        body: &[u8],
-    ) -> Result<(u16, Zeroizing<Vec<u8>>), KmsError> {
+    fn exchange(&self, op: Operation, body: &[u8]) -> Result<(u16, Zeroizing<Vec<u8>>), KmsError> {
         let now = OffsetDateTime::now_utc();
         let mut headers = HeaderMap::new();
         let target = op.target();

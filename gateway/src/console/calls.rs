@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Request, Response};
-use zeroize::Zeroizing;
 use http_body_util::{BodyExt, Full};
+use zeroize::Zeroizing;
 
 use super::session::Session;
 use crate::error::GatewayError;

@@ -146,6 +146,7 @@ pub(crate) fn owns(path: &str) -> bool {
 }
 
 /// A refusal of the console API: an HTTP status and an AWS-style error body.
+#[derive(Debug)]
 struct Refusal {
     status: StatusCode,
     code: &'static str,

@@ -57,11 +57,7 @@ struct SessionKms {
 }
 
 impl KmsExchange for SessionKms {
-    fn exchange(
-        &self,
-        op: Operation,
-        body: &[u8],
-    ) -> Result<(u16, Zeroizing<Vec<u8>>), KmsError> {
+    fn exchange(&self, op: Operation, body: &[u8]) -> Result<(u16, Zeroizing<Vec<u8>>), KmsError> {
         let caller = Caller {
             gateway: &self.gateway,
             session: &self.session,
@@ -135,7 +131,10 @@ fn volume_name(name: &str) -> Result<String, Refusal> {
         format!("{name}.vol")
     };
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     if name.len() > MAX_NAME || !first_ok || !name.chars().all(allowed) || name.contains("..") {
         return Err(Refusal::bad(format!(
             "{name:?} is not a volume name: up to {MAX_NAME} letters, digits, '.', '_' or '-', \
@@ -152,7 +151,10 @@ fn new_volume(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
         return Err(Refusal::new(
             StatusCode::CONFLICT,
             "AlreadyExists",
-            format!("{} exists: the console never replaces a file", path.display()),
+            format!(
+                "{} exists: the console never replaces a file",
+                path.display()
+            ),
         ));
     }
     Ok(path)
@@ -344,8 +346,9 @@ pub(super) async fn exports(console: &Console) -> Result<Response<Body>, Refusal
             Listed::Gone { file, pid } => {
                 gone.push(json!({ "file": file.display().to_string(), "pid": pid }))
             }
-            Listed::Unreadable { file, reason } => unreadable
-                .push(json!({ "file": file.display().to_string(), "reason": reason })),
+            Listed::Unreadable { file, reason } => {
+                unreadable.push(json!({ "file": file.display().to_string(), "reason": reason }))
+            }
         }
     }
     Ok(json_reply(
@@ -444,11 +447,19 @@ pub(super) async fn swap(
             ),
         ));
     };
-    let Some(export) = server.exports.iter().find(|e| e.name == call.export).cloned() else {
+    let Some(export) = server
+        .exports
+        .iter()
+        .find(|e| e.name == call.export)
+        .cloned()
+    else {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "ExportNotFound",
-            format!("the server with pid {} has no export {:?}", server.pid, call.export),
+            format!(
+                "the server with pid {} has no export {:?}",
+                server.pid, call.export
+            ),
         ));
     };
     if export.format != "atrest" {
@@ -476,8 +487,8 @@ pub(super) async fn swap(
         if export.path.exists() {
             may_decrypt(&export.path, &kms)?;
         }
-        let previous = exports::set_export_path(&exports_file, &export.name, &volume)
-            .map_err(refusal)?;
+        let previous =
+            exports::set_export_path(&exports_file, &export.name, &volume).map_err(refusal)?;
         // The pid must still be that server (and not a recycled pid) when signalled.
         if !status::is_running(server.pid, server.process_start) {
             return Err(Refusal::new(
