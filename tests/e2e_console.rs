@@ -118,6 +118,8 @@ fn the_lab_through_the_console_in_chromium() {
         .env("ATREST_BIN", env!("CARGO_BIN_EXE_atrest"))
         .env("ATREST_HOME", home.path())
         .env("ATREST_NBD", nbd.addr.to_string())
+        .env("ATREST_NBD_PID", nbd.pid().to_string())
+        .env("ATREST_NBD_EXPORTS", &exports)
         .output()
         .expect("running python");
     assert_success(
@@ -142,9 +144,16 @@ fn the_lab_through_the_console_in_chromium() {
     let nbd_log = nbd.log();
     nbd.stop();
     assert!(!status.exists(), "the status file outlived its server");
+    // The server swapped `root` once (to the encrypted copy) and refused the swap to
+    // a volume another server was writing, keeping what it served.
+    assert_eq!(
+        nbd_log.matches("swapped [\"root\"]").count(),
+        1,
+        "{nbd_log}"
+    );
     assert!(
-        !nbd_log.contains("cannot open"),
-        "the swapped-in volume did not open: {nbd_log}"
+        nbd_log.contains("failed [(\"root\""),
+        "the refused swap: {nbd_log}"
     );
     let exports_text = std::fs::read_to_string(&exports).unwrap();
     assert!(

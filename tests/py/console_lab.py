@@ -307,6 +307,27 @@ def run(lab, clock, out):
     lab.shot("04d-volumes-rewrap-create")
     served = read_export("nbd://%s/root" % NBD, os.path.join(SCRATCH, "root-read2.img"))
     assert served == ROOT_DATA, "the export changed after the rewrap"
+    # A swap the server cannot carry out (another server writes to the volume, so it
+    # cannot open it) is reported, and the exports file is put back.
+    writer = subprocess.Popen([os.environ["ATREST_BIN"], "nbd", "serve", "--listen", "127.0.0.1:0",
+                               "--export", "scratch=" + os.path.join(VOLUMES, "scratch.vol")],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        writer_status = os.path.join(os.environ["ATREST_HOME"], "run", "nbd", "%d.json" % writer.pid)
+        lab.wait("the writer's status file", lambda: os.path.exists(writer_status))
+        with open(os.environ["ATREST_NBD_EXPORTS"]) as f:
+            before = f.read()
+        failed = lab.console_api("exports/swap", {"pid": int(os.environ["ATREST_NBD_PID"]), "export": "root",
+                                                  "volume": os.path.join(VOLUMES, "scratch.vol")},
+                                 {"Content-Type": "application/json", "X-CSRF-Token": lab.csrf()})
+        assert failed["status"] == 504 and "SwapNotConfirmed" in failed["body"], failed
+        with open(os.environ["ATREST_NBD_EXPORTS"]) as f:
+            assert f.read() == before, "the exports file was not put back"
+    finally:
+        writer.terminate()
+        writer.wait(timeout=30)
+    served = read_export("nbd://%s/root" % NBD, os.path.join(SCRATCH, "root-read3.img"))
+    assert served == ROOT_DATA, "a failed swap changed the export"
 
     # 2. The key user's bucket, default encryption SSE-KMS with the key, clock.png.
     lab.go("#/buckets")
@@ -412,6 +433,10 @@ def run(lab, clock, out):
     lab.wait_text("[id^='swap-result-']", "AccessDeniedException")
     assert lab.text("tr[data-export='root'] .export-path").endswith("/root-enc.vol")
     lab.shot("13a-admin-refused-swap")
+    # The swap, like every action, needs the CSRF token.
+    csrf_less = lab.console_api("exports/swap", {"pid": 0, "export": "root", "volume": ""},
+                                {"Content-Type": "application/json"})
+    assert csrf_less["status"] == 403 and "InvalidCsrfToken" in csrf_less["body"], csrf_less
     # A server without an exports file cannot swap: the page and the API say so.
     other = subprocess.Popen([os.environ["ATREST_BIN"], "nbd", "serve", "--listen", "127.0.0.1:0", "--read-only",
                               "--export", "snap=" + os.path.join(VOLUMES, "root-snap.vol")],

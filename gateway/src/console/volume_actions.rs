@@ -42,7 +42,7 @@ use crate::server::{Body, Gateway};
 /// Longest volume file name (with `.vol`).
 const MAX_NAME: usize = 100;
 /// How long a swap waits for the server to show the new volume after SIGHUP.
-const SWAP_WAIT: Duration = Duration::from_secs(10);
+const SWAP_WAIT: Duration = Duration::from_secs(5);
 
 /// The key service of a console session: each call is the KMS API request, signed
 /// with the session's access key, through the gateway's entry point from the
@@ -538,14 +538,22 @@ pub(super) async fn swap(
                 }));
             }
             if Instant::now() >= deadline {
+                // The server kept what it served (the new volume did not open there,
+                // e.g. another export writes to it): the file says so again, so a
+                // later reload does not retry the swap behind anyone's back.
+                let restored = exports::set_export_path(&exports_file, &export.name, &previous);
                 return Err(Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "SwapNotConfirmed",
                     format!(
-                        "the exports file now names {} and the server was sent SIGHUP, but it \
-                         still serves {}: see its log (the new volume may not open there)",
+                        "the server was sent SIGHUP but still serves {} (see its log: {} may \
+                         not open there); the exports file {}",
+                        now_serving.map_or("nothing".into(), |p| p.display().to_string()),
                         volume.display(),
-                        now_serving.map_or("nothing".into(), |p| p.display().to_string())
+                        match restored {
+                            Ok(_) => format!("names {} again", previous.display()),
+                            Err(err) => format!("could not be restored ({err})"),
+                        }
                     ),
                 ));
             }
