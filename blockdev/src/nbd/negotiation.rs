@@ -61,7 +61,9 @@ fn send_option(writer: &mut impl Write, bytes: &[u8]) -> Result<(), Error> {
 pub(super) enum Outcome {
     /// The client aborted.
     Abort,
-    Attach(Session),
+    /// The client attached to the export of that name (the default export's name
+    /// when it asked for `""`).
+    Attach(Session, String),
     /// STARTTLS was acknowledged: TLS begins on the socket.
     StartTls(TlsSettings),
 }
@@ -272,7 +274,7 @@ impl Negotiation<'_> {
             match option {
                 ClientOption::ExportName(name) => {
                     // EXPORT_NAME has no error reply: a denial drops the connection.
-                    let (_, export) = self.admit(&name).map_err(|denial| match denial {
+                    let (name, export) = self.admit(&name).map_err(|denial| match denial {
                         Denial::Unknown(name) => RequestError::UnknownExport(name),
                         Denial::TlsRequired(name) => RequestError::ExportNeedsTls(name),
                         Denial::Refused { name, reason } => {
@@ -289,7 +291,7 @@ impl Negotiation<'_> {
                             self.client.no_zeroes,
                         ))
                         .map_err(io_error("writing the export reply"))?;
-                    return Ok(Outcome::Attach(Session { export, limits }));
+                    return Ok(Outcome::Attach(Session { export, limits }, name));
                 }
                 ClientOption::Abort => {
                     // The client may already be gone; the spec says not to mind.
@@ -369,7 +371,7 @@ impl Negotiation<'_> {
                     }
                     send_option(writer, &option_reply(code, REP_ACK, &[]))?;
                     if code == proto::OPT_GO {
-                        return Ok(Outcome::Attach(Session { export, limits }));
+                        return Ok(Outcome::Attach(Session { export, limits }, name));
                     }
                 }
                 ClientOption::StructuredReply => {
