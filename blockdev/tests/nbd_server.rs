@@ -1151,7 +1151,10 @@ fn pipelined_writes_of_any_size_land_whole_however_the_stream_is_split() {
         volume.flushes.load(Ordering::SeqCst) > flushes_before,
         "the FUA write flushed"
     );
-    assert!(*volume.data.read().unwrap() == model, "volume differs from the model");
+    assert!(
+        *volume.data.read().unwrap() == model,
+        "volume differs from the model"
+    );
     // The connection still parses requests after all that: a read of a written range.
     client.request(CMD_READ, 0, 99, (7 << 20) + 17, 70_000);
     let (reply, data) = client.reply(|_| 70_000);

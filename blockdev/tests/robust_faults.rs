@@ -30,10 +30,15 @@ const SIZE: u64 = 16 * SECTOR;
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     /// `in_place`: through `write_in_place` (the NBD server's path).
-    Write { seed: u8, in_place: bool },
+    Write {
+        seed: u8,
+        in_place: bool,
+    },
     Read,
     Trim,
-    Zero { may_punch: bool },
+    Zero {
+        may_punch: bool,
+    },
     Flush,
     Reopen,
 }

@@ -51,7 +51,12 @@ fn stored(vol: &EncryptedVolume) -> Vec<u8> {
 
 /// What the data area must hold for `model` (plaintext) with `written` sectors: each
 /// written sector encrypted with tweak = its number, every other sector a hole.
-fn expected_ciphertext(kms: &TestKms, vol: &EncryptedVolume, model: &[u8], written: &[bool]) -> Vec<u8> {
+fn expected_ciphertext(
+    kms: &TestKms,
+    vol: &EncryptedVolume,
+    model: &[u8],
+    written: &[bool],
+) -> Vec<u8> {
     let key = kms.data_key(vol);
     let cipher = SectorCipher::new(key.as_slice().try_into().unwrap()).unwrap();
     let mut out = vec![0u8; SIZE];
@@ -95,9 +100,7 @@ fn in_place_writes_store_exactly_the_xts_ciphertext_of_the_data() {
         vol.write_in_place(offset, &mut buf).unwrap();
         let at = offset as usize;
         model[at..at + len].copy_from_slice(&data);
-        for n in at / SECTOR..(at + len).div_ceil(SECTOR) {
-            written[n] = true;
-        }
+        written[at / SECTOR..(at + len).div_ceil(SECTOR)].fill(true);
     }
     let mut back = vec![0u8; SIZE];
     vol.read_at(0, &mut back).unwrap();
@@ -143,7 +146,9 @@ fn an_all_zero_in_place_write_is_stored_encrypted_like_write_at() {
     let mut back = vec![1u8; 2 * SECTOR];
     vol.read_at(16 * SECTOR as u64, &mut back).unwrap();
     assert!(back.iter().all(|&b| b == 0));
-    let extents = vol.allocation(16 * SECTOR as u64, 2 * SECTOR as u64).unwrap();
+    let extents = vol
+        .allocation(16 * SECTOR as u64, 2 * SECTOR as u64)
+        .unwrap();
     assert!(extents.iter().all(|e| !e.hole), "{extents:?}");
 }
 
@@ -157,14 +162,23 @@ fn refused_in_place_writes_change_nothing() {
     let before = stored(&vol);
 
     let past_end = vol.write_in_place(SIZE as u64 - SECTOR as u64, &mut pattern(2 * SECTOR, 2));
-    assert!(matches!(past_end, Err(Error::OutOfRange { .. })), "{past_end:?}");
+    assert!(
+        matches!(past_end, Err(Error::OutOfRange { .. })),
+        "{past_end:?}"
+    );
     let wrapping = vol.write_in_place(u64::MAX - 10, &mut pattern(SECTOR, 2));
-    assert!(matches!(wrapping, Err(Error::OutOfRange { .. })), "{wrapping:?}");
+    assert!(
+        matches!(wrapping, Err(Error::OutOfRange { .. })),
+        "{wrapping:?}"
+    );
     vol.write_in_place(SECTOR as u64, &mut []).unwrap();
 
     vol.revoke_key("DisabledException: key disabled");
     let revoked = vol.write_in_place(0, &mut pattern(SECTOR, 3));
-    assert!(matches!(revoked, Err(Error::KeyUnavailable { .. })), "{revoked:?}");
+    assert!(
+        matches!(revoked, Err(Error::KeyUnavailable { .. })),
+        "{revoked:?}"
+    );
     drop(vol);
 
     let read_only = EncryptedVolume::open(&path, &kms.kms, true).unwrap();

@@ -99,10 +99,16 @@ mod tests {
             (u64::MAX / 2, 300),
         ] {
             let got = stripes(first, count);
-            assert!(got.windows(2).all(|w| w[0] < w[1]), "{first}+{count}: {got:?}");
+            assert!(
+                got.windows(2).all(|w| w[0] < w[1]),
+                "{first}+{count}: {got:?}"
+            );
             for sector in (first..first + count).step_by(7).chain([first + count - 1]) {
                 let stripe = ((sector / SECTORS_PER_STRIPE) % STRIPES) as usize;
-                assert!(got.binary_search(&stripe).is_ok(), "{first}+{count}: sector {sector}");
+                assert!(
+                    got.binary_search(&stripe).is_ok(),
+                    "{first}+{count}: sector {sector}"
+                );
             }
             let groups = (first + count - 1) / SECTORS_PER_STRIPE - first / SECTORS_PER_STRIPE + 1;
             assert_eq!(got.len() as u64, groups.min(STRIPES), "{first}+{count}");
