@@ -1162,3 +1162,32 @@ fn pipelined_writes_of_any_size_land_whole_however_the_stream_is_split() {
     assert!(data[..] == model[(7 << 20) + 17..(7 << 20) + 70_017]);
     server.stop().unwrap();
 }
+
+/// A client that stops in the middle of a large write's payload (read straight from
+/// the socket) gets nothing written: the connection ends, the volume is as it was, and
+/// the server goes on serving others.
+#[test]
+fn a_large_write_cut_short_writes_nothing_and_others_go_on() {
+    let volume = Arc::new(MemVolume::new(4 << 20));
+    let server = serve(vec![("disk", Arc::clone(&volume), false)]);
+    let mut cut = attached(server.addr, "disk");
+    cut.request(CMD_WRITE, 0, 1, 0, 1 << 20);
+    cut.write(&[0x5a; 300_000]);
+    cut.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    cut.stream.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "no reply to a write that never arrived whole"
+    );
+    assert!(volume.data.read().unwrap().iter().all(|&b| b == 0));
+
+    let mut other = attached(server.addr, "disk");
+    other.request(CMD_WRITE, 0, 2, 4096, 1 << 20);
+    other.write(&vec![0xa5; 1 << 20]);
+    assert_eq!(other.simple().error(), 0);
+    other.request(CMD_READ, 0, 3, 4096, 8);
+    let (_, data) = other.reply(|_| 8);
+    assert_eq!(data, [0xa5; 8]);
+    server.stop().unwrap();
+}

@@ -13,7 +13,8 @@
 //! flight (in number by its threads, in bytes by a budget), so a client that floods
 //! requests or never reads its replies stalls only itself. Crypto for a large request
 //! is spread over the cores (the rayon pool) unless the connection already has a
-//! request in flight per core.
+//! request in flight per core (for a write, counting the thread that receives the
+//! next payload meanwhile).
 //!
 //! Writes: a payload lands in the reading thread's kept buffer (or one of its own when
 //! larger), large ones straight from the socket ([`DIRECT_PAYLOAD_MIN`]), and the
