@@ -83,7 +83,11 @@ fn server() -> SocketAddr {
                     },
                 );
             }
-            let server = Server::bind("127.0.0.1:0", Arc::new(RwLock::new(exports))).expect("bind");
+            // Two transmission threads per connection, not the default eight: starting
+            // them was most of an input's cost, and two still run requests side by side.
+            let server = Server::bind("127.0.0.1:0", Arc::new(RwLock::new(exports)))
+                .expect("bind")
+                .with_threads_per_connection(2);
             let addr = server.local_addr();
             std::thread::spawn(move || server.run());
             (scratch, addr)
