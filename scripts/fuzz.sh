@@ -138,6 +138,8 @@ program = b"".join(struct.pack("<BBHHB", *r) for r in [
     (1, 0, 256, 32, 1), (0, 0, 250, 40, 2), (3, 0, 0, 0, 3), (7, 0, 0, 4096, 4),
     (4, 0, 256, 16, 5), (6, 2, 300, 8, 6), (5, 0, 0, 256, 7), (0, 1, 1, 0, 8), (2, 0, 0, 0, 9)])
 seed("nbd_session", "program", b"\x03" + program)
+# The same program on the 1 MiB export `big` (mode bit 2), where requests are large.
+seed("nbd_session", "program-big", b"\x07" + program)
 seed("nbd_request", "write", request(1, 4096, 512))
 seed("nbd_request", "block-status", request(7, 0, 1 << 20, flags=8) + struct.pack("<QB", 1 << 20, 7))
 seed("nbd_option", "go", struct.pack(">I", 3) + go)
