@@ -85,7 +85,7 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
         Error::Protocol(_) => Errno::Inval,
         // Only the kernel client's setup returns this, never a request.
         Error::KernelNbd(_) => Errno::Io,
-        // TLS fails in the handshake or the pump, never in a request.
+        // TLS fails in the handshake or the record layer, never in a request.
         Error::Tls(_) => Errno::Io,
         // Only `volume::create` and header construction return these, never a request.
         // Opening fails with InUse, before any request.
@@ -95,8 +95,8 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
     }
 }
 
-/// A byte stream the handshake and transmission run on: the TCP socket, or over TLS
-/// the plaintext end of the connection's TLS pump.
+/// A byte stream the handshake and transmission run on: the TCP socket, over TLS the
+/// session's record layer (`tls::TlsStream`), or the kernel client's socket pair.
 pub(super) trait Wire: Read + Write + Send + Sized {
     /// Ends both directions (a reply could not be written).
     fn shutdown_wire(&self) -> io::Result<()>;
