@@ -439,3 +439,21 @@ fn a_client_key_update_without_request_switches_the_key() {
     assert_eq!(got, b"before");
     assert!(message.contains("failed authentication"), "{message}");
 }
+
+#[test]
+fn a_client_that_ignores_the_request_to_update_is_cut_off_at_the_limit() {
+    let pki = pki();
+    let (tcp, server) = session(&pki, 8, read_until_error);
+    let mut client = raw_client(&pki, tcp);
+    let mut wire = Vec::new();
+    for _ in 0..10 {
+        wire.extend(record::seal_inner(&mut client.key, b"x\x17").unwrap());
+    }
+    client.tcp.write_all(&wire).unwrap();
+    let _ = client.tcp.shutdown(Shutdown::Write);
+    let (got, message) = server.join().unwrap().unwrap_err();
+    // Asked at 4 records (a KeyUpdate with update_requested this client ignores),
+    // refused at 8.
+    assert_eq!(got, b"xxxxxxxx");
+    assert!(message.contains("more records under one key"), "{message}");
+}
