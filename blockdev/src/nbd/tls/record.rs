@@ -513,4 +513,16 @@ mod tests {
             Err(RecordError::SequenceExhausted)
         );
     }
+
+    proptest::proptest! {
+        /// The fuzz target's body on random input, both modes (the fuzzer in
+        /// `fuzz/fuzz_targets/nbd_tls_record.rs` goes further).
+        #[test]
+        fn the_opener_keeps_its_promises(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..3000)) {
+            check_opener(&bytes);
+            let mut sealed = vec![1u8];
+            sealed.extend_from_slice(&bytes);
+            check_opener(&sealed);
+        }
+    }
 }
