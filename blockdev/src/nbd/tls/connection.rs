@@ -8,7 +8,7 @@
 //! alert. Lock order: read half, write half, secrets.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -20,7 +20,8 @@ use rustls::ConnectionTrafficSecrets;
 use tracing::debug;
 
 use super::record::{
-    self, ContentType, Parts, RecordError, TrafficKey, MAX_PLAINTEXT, RECORD_OVERHEAD,
+    self, ContentType, Parts, RecordError, TrafficKey, HEADER_LEN, MAX_PLAINTEXT, RECORD_OVERHEAD,
+    SIDE_LEN,
 };
 use crate::nbd::transmission::Wire;
 
@@ -30,6 +31,9 @@ const RX_BUFFER: usize = 256 * 1024;
 /// Sealed records are written once this much is gathered (a 1 MiB read reply goes
 /// out in one `write`; a 32 MiB one in pieces, so the buffer stays bounded).
 const TX_FLUSH: usize = 2 * 1024 * 1024;
+/// Replies up to this much data are sealed where the data is ([`Session::send_reply`]);
+/// each record is three `iovec`s, well within `IOV_MAX` (1024).
+const IN_PLACE_MAX: usize = 4 * 1024 * 1024;
 
 /// `KeyUpdate` (RFC 8446 section 4.6.3): type 24, length 1, `request_update`.
 const KEY_UPDATE: [u8; 4] = [24, 0, 0, 1];
@@ -171,6 +175,8 @@ struct Transmitter {
     key: TrafficKey,
     /// Sealed records not yet written.
     out: Vec<u8>,
+    /// Headers, sealed content types and tags of records sealed in place.
+    side: Vec<u8>,
     /// close_notify or a fatal alert went out, or a write failed: nothing more is sent.
     done: bool,
 }
@@ -208,6 +214,7 @@ impl TlsStream {
                 tx: Mutex::new(Transmitter {
                     key: TrafficKey::new(tx, tx_seq)?,
                     out: Vec::new(),
+                    side: Vec::new(),
                     done: false,
                 }),
                 secrets: Mutex::new(secrets),
@@ -266,6 +273,12 @@ impl Wire for TlsStream {
     /// All parts sealed into records in one buffer and sent with one `write`.
     fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         self.session.send(ContentType::ApplicationData, parts)
+    }
+
+    /// The data is sealed where it is (overwritten with its ciphertext) and sent with
+    /// the records' headers and tags in one `writev`: it is never copied.
+    fn write_reply(&mut self, header: &[u8], data: &mut [u8]) -> io::Result<()> {
+        self.session.send_reply(header, data)
     }
 }
 
@@ -448,6 +461,99 @@ impl Session {
             tx.out = Vec::new();
         }
         result
+    }
+
+    /// Sends `header` and `data` as records, sealing `data` in place (see
+    /// [`record::seal_in_place`]): the first record (header and the start of the data)
+    /// and the last are copied and sealed as usual, every one between is sealed where
+    /// it is. Small replies, very large ones and one that would need a key update on
+    /// the way go the ordinary way.
+    fn send_reply(&self, header: &[u8], data: &mut [u8]) -> io::Result<()> {
+        let mut tx = lock(&self.tx);
+        if tx.done {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS session has ended",
+            ));
+        }
+        let first = MAX_PLAINTEXT.saturating_sub(header.len());
+        let records = (header.len() + data.len()).div_ceil(MAX_PLAINTEXT) as u64;
+        let in_place = data.len() > first + MAX_PLAINTEXT
+            && data.len() <= IN_PLACE_MAX
+            && tx.key.seq().saturating_add(records) < self.limit - 1;
+        let result = if in_place {
+            self.seal_in_place_and_write(&mut tx, header, data, first)
+        } else {
+            self.seal_and_write(&mut tx, ContentType::ApplicationData, &[header, data])
+        };
+        if result.is_err() {
+            tx.done = true;
+        }
+        if tx.out.capacity() > 2 * TX_FLUSH {
+            tx.out = Vec::new();
+        }
+        result
+    }
+
+    fn seal_in_place_and_write(
+        &self,
+        tx: &mut Transmitter,
+        header: &[u8],
+        data: &mut [u8],
+        first: usize,
+    ) -> io::Result<()> {
+        let Transmitter { key, out, side, .. } = tx;
+        out.clear();
+        side.clear();
+        let (head, rest) = data.split_at_mut(first);
+        let first_parts: [&[u8]; 2] = [header, head];
+        let mut plain = Parts::new(&first_parts);
+        record::seal(
+            key,
+            ContentType::ApplicationData,
+            &mut plain,
+            header.len() + first,
+            out,
+        )
+        .map_err(invalid)?;
+        let first_record = out.len();
+        // Each record between borrows the first byte of the next for its content
+        // type, so the last one (with no byte after it) is copied.
+        let middle = (rest.len() - 1) / MAX_PLAINTEXT;
+        for i in 0..middle {
+            let at = i * MAX_PLAINTEXT;
+            record::seal_in_place(key, &mut rest[at..=at + MAX_PLAINTEXT], side)
+                .map_err(invalid)?;
+        }
+        let last = &rest[middle * MAX_PLAINTEXT..];
+        record::seal(
+            key,
+            ContentType::ApplicationData,
+            &mut Parts::new(&[last]),
+            last.len(),
+            out,
+        )
+        .map_err(invalid)?;
+        let mut slices = Vec::with_capacity(3 * middle + 2);
+        slices.push(IoSlice::new(&out[..first_record]));
+        for (i, sealed) in side.chunks_exact(SIDE_LEN).enumerate() {
+            let at = i * MAX_PLAINTEXT;
+            slices.push(IoSlice::new(&sealed[..HEADER_LEN]));
+            slices.push(IoSlice::new(&rest[at..at + MAX_PLAINTEXT]));
+            slices.push(IoSlice::new(&sealed[HEADER_LEN..]));
+        }
+        slices.push(IoSlice::new(&out[first_record..]));
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match (&self.tcp).write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        out.clear();
+        Ok(())
     }
 
     fn seal_and_write(

@@ -218,6 +218,46 @@ pub(crate) fn seal(
     Ok(())
 }
 
+/// The bytes [`seal_in_place`] appends to its `side` buffer per record: the header,
+/// then the sealed inner content type and the tag.
+pub(crate) const SIDE_LEN: usize = RECORD_OVERHEAD;
+
+/// Seals `chunk[..len - 1]` as one application data record without moving it: the
+/// byte after the plaintext (`chunk[len - 1]`, the next record's first byte) lends
+/// its place to the inner content type while the record is sealed, and gets its
+/// value back. Appends the record's header (5 bytes), then its sealed content type
+/// and tag (17 bytes), to `side`; the record on the wire is that header, the sealed
+/// `chunk[..len - 1]`, then those 17 bytes.
+pub(crate) fn seal_in_place(
+    key: &mut TrafficKey,
+    chunk: &mut [u8],
+    side: &mut Vec<u8>,
+) -> Result<(), RecordError> {
+    let Some(len) = chunk.len().checked_sub(1) else {
+        return Err(RecordError::TooShort(0));
+    };
+    if len > MAX_PLAINTEXT {
+        return Err(RecordError::PlaintextTooLong(len));
+    }
+    let nonce = key.next_nonce()?;
+    let ciphertext_len = len + 1 + TAG_LEN;
+    let length = u16::try_from(ciphertext_len).map_err(|_| RecordError::TooLong(ciphertext_len))?;
+    let mut header = [APPLICATION_DATA, LEGACY_VERSION[0], LEGACY_VERSION[1], 0, 0];
+    header[3..].copy_from_slice(&length.to_be_bytes());
+    let borrowed = chunk[len];
+    chunk[len] = ContentType::ApplicationData.byte();
+    let tag = key
+        .key
+        .seal_in_place_separate_tag(nonce, Aad::from(header), chunk);
+    let sealed_type = chunk[len];
+    chunk[len] = borrowed;
+    let tag = tag.map_err(|_| RecordError::BadRecord)?;
+    side.extend_from_slice(&header);
+    side.push(sealed_type);
+    side.extend_from_slice(tag.as_ref());
+    Ok(())
+}
+
 /// Appends records of `content` holding all of `parts` to `out`.
 pub(crate) fn seal_all(
     key: &mut TrafficKey,
@@ -399,6 +439,25 @@ mod tests {
         assert_eq!(&joined[..16], &header);
         assert_eq!(&joined[16..], &data[..]);
         assert_eq!((tx.seq(), rx.seq()), (9, 9));
+    }
+
+    #[test]
+    fn a_record_sealed_in_place_opens_and_the_borrowed_byte_is_restored() {
+        let (mut tx, mut rx) = keys(0);
+        let data: Vec<u8> = (0..MAX_PLAINTEXT + 1).map(|i| (i * 7) as u8).collect();
+        let mut buf = data.clone();
+        let mut side = Vec::new();
+        seal_in_place(&mut tx, &mut buf, &mut side).unwrap();
+        assert_eq!(side.len(), SIDE_LEN);
+        assert_eq!(buf[MAX_PLAINTEXT], data[MAX_PLAINTEXT], "the borrowed byte");
+        let mut wire = side[..HEADER_LEN].to_vec();
+        wire.extend_from_slice(&buf[..MAX_PLAINTEXT]);
+        wire.extend_from_slice(&side[HEADER_LEN..]);
+        let (content, plain) = open(&mut rx, &mut wire).unwrap();
+        assert_eq!(content, ContentType::ApplicationData);
+        assert_eq!(&wire[plain], &data[..MAX_PLAINTEXT]);
+        assert!(seal_in_place(&mut tx, &mut [], &mut side).is_err());
+        assert!(seal_in_place(&mut tx, &mut vec![0u8; MAX_PLAINTEXT + 2], &mut side).is_err());
     }
 
     #[test]

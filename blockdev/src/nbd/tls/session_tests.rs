@@ -457,3 +457,40 @@ fn a_client_that_ignores_the_request_to_update_is_cut_off_at_the_limit() {
     assert_eq!(got, b"xxxxxxxx");
     assert!(message.contains("more records under one key"), "{message}");
 }
+
+#[test]
+fn read_replies_sealed_in_place_cross_intact_at_every_size() {
+    let pki = pki();
+    // Around one record, the in-place threshold (first record plus one), many
+    // records with a short or a full last one, and past the in-place limit.
+    let sizes = [
+        0usize,
+        1,
+        16_364,
+        16_365,
+        2 * 16_384 - 20,
+        2 * 16_384 - 19,
+        2 * 16_384 - 18,
+        5 * 16_384 + 4_000,
+        (1 << 20) - 20,
+        1 << 20,
+        (4 << 20) + 1,
+    ];
+    let (tcp, server) = session(&pki, u64::MAX, move |mut stream| {
+        for (i, &size) in sizes.iter().enumerate() {
+            let mut data = pseudo_random(size, i as u64 + 10);
+            stream.write_reply(&[i as u8; 20], &mut data).unwrap();
+        }
+    });
+    let mut client = tls_client(&pki, tcp);
+    for (i, &size) in sizes.iter().enumerate() {
+        let mut reply = vec![0u8; 20 + size];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[..20], &[i as u8; 20], "header of reply {i}");
+        assert!(
+            reply[20..] == pseudo_random(size, i as u64 + 10)[..],
+            "reply {i} of {size} bytes differs"
+        );
+    }
+    server.join().unwrap();
+}
