@@ -10,8 +10,12 @@
 //! requests (under the connection's read lock) owns the client's key and sequence
 //! number, the thread writing a reply (under the write lock) owns the server's, so
 //! the transmission code runs unchanged with no pump thread and no socket pair. A
-//! reply is framed into records in one buffer, sealed in place and sent with one
-//! `write`; a request's records are read many at a time and opened in place.
+//! read reply's data is sealed where the volume decrypted it, without a copy: each
+//! record between the first and the last borrows the next record's first byte for its
+//! content type, and the records' headers and tags go beside the data in one `writev`
+//! (`Wire::write_reply`). Other replies are framed into records in one buffer, sealed
+//! in place and sent with one `write`. A request's records are read many at a time
+//! and opened in place.
 //!
 //! The rules (fail-closed, each ends the connection, with an alert where one is due):
 //! only protected records after the handshake; at most 2^14 + 256 bytes of ciphertext
