@@ -75,6 +75,26 @@ fn the_lab_through_the_console_in_chromium() {
         "16M",
         "--unencrypted",
     ]);
+    // A running NBD server with an exports file serves it as `root` (step 6 swaps
+    // the export through the pages).
+    let exports = home.file("exports.toml");
+    std::fs::write(
+        &exports,
+        format!(
+            "# the lab's exports\n[[export]]\nname = \"root\"\npath = \"{}\"\n\
+             description = \"the lab's root volume\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let nbd = home.serve(&[
+        "nbd",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--exports",
+        exports.to_str().unwrap(),
+    ]);
     let served = console(&home, &[]);
     let scratch = home.file("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -97,10 +117,18 @@ fn the_lab_through_the_console_in_chromium() {
         .env("HOME", &scratch)
         .env("ATREST_BIN", env!("CARGO_BIN_EXE_atrest"))
         .env("ATREST_HOME", home.path())
+        .env("ATREST_NBD", nbd.addr.to_string())
+        .env("ATREST_NBD_PID", nbd.pid().to_string())
+        .env("ATREST_NBD_EXPORTS", &exports)
         .output()
         .expect("running python");
     assert_success(
-        &format!("{} (server log:\n{})", script.display(), served.log()),
+        &format!(
+            "{} (server log:\n{}\nNBD server log:\n{})",
+            script.display(),
+            served.log(),
+            nbd.log()
+        ),
         &out,
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -109,6 +137,30 @@ fn the_lab_through_the_console_in_chromium() {
     let key_arn = result["keyArn"].as_str().expect("keyArn").to_owned();
     let log = served.log();
     served.stop();
+    // The NBD server served the swapped volume and removes its status file on exit;
+    // the planted file of a dead process stays (and was shown as gone).
+    let status = home.path().join(format!("run/nbd/{}.json", nbd.pid()));
+    assert!(status.exists(), "the running server's status file");
+    let nbd_log = nbd.log();
+    nbd.stop();
+    assert!(!status.exists(), "the status file outlived its server");
+    // The server swapped `root` once (to the encrypted copy) and refused the swap to
+    // a volume another server was writing, keeping what it served.
+    assert_eq!(
+        nbd_log.matches("swapped [\"root\"]").count(),
+        1,
+        "{nbd_log}"
+    );
+    assert!(
+        nbd_log.contains("failed [(\"root\""),
+        "the refused swap: {nbd_log}"
+    );
+    let exports_text = std::fs::read_to_string(&exports).unwrap();
+    assert!(
+        exports_text.starts_with("# the lab's exports\n"),
+        "{exports_text}"
+    );
+    assert!(exports_text.contains("root-enc.vol"), "{exports_text}");
 
     let records = trail(&home);
     let by = |name: &str, arn: &str| {
@@ -159,9 +211,44 @@ fn the_lab_through_the_console_in_chromium() {
         let text = std::fs::read_to_string(home.path().join("trail/trail.jsonl")).unwrap();
         assert!(!text.contains(secret.as_str()), "a secret in the trail");
     }
-    assert!(result["screenshots"].as_u64().unwrap() >= 17);
+    assert!(result["screenshots"].as_u64().unwrap() >= 21);
     // The volumes page asked for the key's state as the signed-in user.
     assert!(by("DescribeKey", USER_ARN) >= 1);
+    // Sign-ins are recorded: the administrator's and the user's, each as itself.
+    let signed_in = |arn: &str| {
+        records.iter().any(|r| {
+            r["eventName"] == "ConsoleLogin"
+                && r["userIdentity"]["arn"] == arn
+                && r["errorCode"].is_null()
+                && r["responseElements"]["ConsoleLogin"] == "Success"
+        })
+    };
+    assert!(signed_in(ADMIN_ARN) && signed_in(USER_ARN), "ConsoleLogin");
+    // The volume actions' KMS calls went through the API as the signed-in user: the
+    // data keys of the copy and of the new volume (GenerateDataKeyWithoutPlaintext),
+    // the rewrap's ReEncrypt.
+    assert!(by("ReEncrypt", USER_ARN) >= 1, "ReEncrypt by the user");
+    assert!(
+        by("GenerateDataKeyWithoutPlaintext", USER_ARN) >= 2,
+        "the copy's and the created volume's data keys"
+    );
+    // The administrator's copy and swap were refused by the key policy, on record.
+    let refused_decrypt = records
+        .iter()
+        .filter(|r| {
+            r["eventName"] == "Decrypt"
+                && r["userIdentity"]["arn"] == ADMIN_ARN
+                && r["errorCode"] == "AccessDeniedException"
+        })
+        .count();
+    assert!(refused_decrypt >= 2, "the admin's refused Decrypts");
+    // No data key in the trail or the console's log (plaintext fields never appear).
+    let text = std::fs::read_to_string(home.path().join("trail/trail.jsonl")).unwrap();
+    assert!(
+        !text.contains("\"plaintext\""),
+        "a plaintext field in the trail"
+    );
+    assert!(!log.contains("Plaintext"), "a plaintext in the console log");
 }
 
 /// One HTTP/1.1 exchange over a fresh connection: (status, headers text, body).

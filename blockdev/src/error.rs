@@ -270,6 +270,10 @@ pub enum ProtocolError {
     /// server refuses it over TLS; kept so the state cannot be ignored).
     #[error("STARTTLS accepted twice on one connection")]
     StartTlsTwice,
+    /// A client refused an export this many times in one negotiation run (each refusal
+    /// is audited; see `nbd::negotiation::MAX_REFUSALS_PER_NEGOTIATION`).
+    #[error("{0} refused options on one connection; closed")]
+    TooManyRefusals(u32),
 }
 
 /// What went wrong with NBD over TLS ([`Error::Tls`]): the certificate, key or CA files

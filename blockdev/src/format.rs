@@ -92,6 +92,14 @@ pub enum Encryption {
 }
 
 impl Encryption {
+    /// The ARN of the CMK that wraps the data key, `None` for a plaintext volume.
+    pub fn key_arn(&self) -> Option<&str> {
+        match self {
+            Encryption::None => None,
+            Encryption::Aes256XtsPlain64(wrapped) => Some(&wrapped.key_arn),
+        }
+    }
+
     /// The cipher's name as dm-crypt spells it, or `none`.
     pub fn cipher_name(&self) -> &'static str {
         match self {

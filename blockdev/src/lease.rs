@@ -537,6 +537,10 @@ impl Volume for DataKeyLease {
         self.volume.write_at(offset, data)
     }
 
+    fn write_in_place(&self, offset: u64, data: &mut [u8]) -> Result<(), Error> {
+        self.volume.write_in_place(offset, data)
+    }
+
     /// Without the key, writes accepted earlier are still made durable: syncing needs
     /// no key, and a server shutting down with a disabled key must not lose them.
     fn flush(&self) -> Result<(), Error> {

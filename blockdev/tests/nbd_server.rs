@@ -12,7 +12,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use blockdev::nbd::proto::*;
-use blockdev::nbd::{Export, ExportTable, Refusal, Server, ShutdownHandle};
+use blockdev::nbd::{
+    Export, ExportTable, Refusal, Server, ShutdownHandle, MAX_REFUSALS_PER_NEGOTIATION,
+};
 use blockdev::volume::{Extent, Volume};
 use blockdev::Error;
 
@@ -565,6 +567,69 @@ fn every_refused_option_is_audited() {
     server.stop().unwrap();
 }
 
+/// A client that keeps asking for an export it is refused is cut off after
+/// `MAX_REFUSALS_PER_NEGOTIATION` audited refusals: one connection cannot write refusal
+/// records for ever. Before the bound, 100 GO options wrote 100 records.
+#[test]
+fn a_connection_is_closed_after_too_many_refusals() {
+    let export = Export {
+        volume: Arc::new(MemVolume::new(1 << 20)),
+        read_only: false,
+        description: None,
+        allowed_clients: vec!["client1".into()],
+    };
+    let table: ExportTable = Arc::new(RwLock::new(BTreeMap::from([(
+        "guarded".to_owned(),
+        export,
+    )])));
+    let audited = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&audited);
+    let server = Server::bind("127.0.0.1:0", table)
+        .unwrap()
+        .with_refusal_audit(Arc::new(move |_: &Refusal<'_>| {
+            count.fetch_add(1, Ordering::SeqCst);
+        }));
+    let addr = server.local_addr();
+    let shutdown = server.shutdown_handle();
+    let server = Running {
+        addr,
+        shutdown,
+        thread: thread::spawn(move || server.run()),
+    };
+    let mut client = Client::connect(server.addr);
+    // Unknown names are not audited and do not count.
+    for _ in 0..2 * MAX_REFUSALS_PER_NEGOTIATION {
+        assert_eq!(client.go("nosuch").unwrap_err().0, REP_ERR_UNKNOWN);
+    }
+    for _ in 0..MAX_REFUSALS_PER_NEGOTIATION {
+        assert_eq!(client.go("guarded").unwrap_err().0, REP_ERR_POLICY);
+    }
+    // The last refusal was answered, then the connection closed: whatever the client
+    // sends next gets no reply.
+    let mut query = name_data("guarded");
+    query.extend_from_slice(&0u16.to_be_bytes());
+    let mut bytes = OptionHeader {
+        option: OPT_GO,
+        length: query.len() as u32,
+    }
+    .encode()
+    .to_vec();
+    bytes.extend_from_slice(&query);
+    let _ = client.stream.write_all(&bytes);
+    let mut rest = Vec::new();
+    let _ = client.stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no reply after the bound: {rest:?}");
+    assert_eq!(
+        audited.load(Ordering::SeqCst),
+        MAX_REFUSALS_PER_NEGOTIATION as usize,
+        "one record per refusal up to the bound, none after"
+    );
+    // The server keeps serving others.
+    let mut other = Client::connect(server.addr);
+    assert_eq!(other.go("nosuch").unwrap_err().0, REP_ERR_UNKNOWN);
+    server.stop().unwrap();
+}
+
 #[test]
 fn export_name_enters_transmission_and_default_name_resolves() {
     let volume = Arc::new(MemVolume::new(1 << 20));
@@ -1075,5 +1140,119 @@ fn many_clients_at_once_each_read_back_their_own_writes() {
     for client in clients {
         client.join().unwrap();
     }
+    server.stop().unwrap();
+}
+
+/// Write payloads are read past the connection's buffer when large (and so is the next
+/// header): pipelined writes of every size class, sent in pieces that split headers and
+/// payloads anywhere (short reads on the server's side), must each land whole, in
+/// place, and a FUA write must flush.
+#[test]
+fn pipelined_writes_of_any_size_land_whole_however_the_stream_is_split() {
+    const SIZE: u64 = 8 << 20;
+    let volume = Arc::new(MemVolume::new(SIZE));
+    let server = serve(vec![("disk", Arc::clone(&volume), false)]);
+    let mut client = attached(server.addr, "disk");
+    client.stream.set_nodelay(true).unwrap();
+    // (offset, length, flags): more than the server's kept 1 MiB buffer, exactly it,
+    // just above and below the direct-read threshold (64 KiB), small ones after large
+    // ones and the reverse, unaligned ones.
+    let writes: [(u64, usize, u16); 9] = [
+        (0, (1 << 20) + 4096, 0),
+        (2 << 20, 1 << 20, CMD_FLAG_FUA),
+        (4 << 20, 4096, 0),
+        ((4 << 20) + 8192, 64 << 10, 0),
+        ((5 << 20) + 3, (64 << 10) - 1, 0),
+        ((5 << 20) + 70_001, 100, 0),
+        (6 << 20, 300_000, 0),
+        ((7 << 20) + 17, 70_000, 0),
+        ((7 << 20) + 100_000, 28, 0),
+    ];
+    let mut model = vec![0u8; SIZE as usize];
+    let mut stream = Vec::new();
+    for (i, &(offset, len, flags)) in writes.iter().enumerate() {
+        let data: Vec<u8> = (0..len)
+            .map(|j| (j as u8).wrapping_mul(13).wrapping_add(i as u8) | 1)
+            .collect();
+        stream.extend_from_slice(
+            &RequestHeader {
+                flags,
+                kind: CMD_WRITE,
+                cookie: i as u64,
+                offset,
+                length: len as u32,
+            }
+            .encode(),
+        );
+        stream.extend_from_slice(&data);
+        model[offset as usize..offset as usize + len].copy_from_slice(&data);
+    }
+    let flushes_before = volume.flushes.load(Ordering::SeqCst);
+    // Piece sizes that cut headers (28 bytes) and payloads at ever different places;
+    // a pause after some so the server finds the socket empty mid-request.
+    let pieces = [1usize, 27, 4093, 65_537, 5, 300_001, 28, 1 << 20, 77];
+    let mut at = 0;
+    for (n, piece) in pieces.iter().cycle().enumerate() {
+        if at == stream.len() {
+            break;
+        }
+        let end = (at + piece).min(stream.len());
+        client.write(&stream[at..end]);
+        at = end;
+        if n % 3 == 0 {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let mut cookies: Vec<u64> = (0..writes.len())
+        .map(|_| {
+            let reply = client.simple();
+            assert_eq!(reply.error(), 0, "{reply:?}");
+            reply.cookie()
+        })
+        .collect();
+    cookies.sort_unstable();
+    assert_eq!(cookies, (0..writes.len() as u64).collect::<Vec<_>>());
+    assert!(
+        volume.flushes.load(Ordering::SeqCst) > flushes_before,
+        "the FUA write flushed"
+    );
+    assert!(
+        *volume.data.read().unwrap() == model,
+        "volume differs from the model"
+    );
+    // The connection still parses requests after all that: a read of a written range.
+    client.request(CMD_READ, 0, 99, (7 << 20) + 17, 70_000);
+    let (reply, data) = client.reply(|_| 70_000);
+    assert_eq!(reply.error(), 0);
+    assert!(data[..] == model[(7 << 20) + 17..(7 << 20) + 70_017]);
+    server.stop().unwrap();
+}
+
+/// A client that stops in the middle of a large write's payload (read straight from
+/// the socket) gets nothing written: the connection ends, the volume is as it was, and
+/// the server goes on serving others.
+#[test]
+fn a_large_write_cut_short_writes_nothing_and_others_go_on() {
+    let volume = Arc::new(MemVolume::new(4 << 20));
+    let server = serve(vec![("disk", Arc::clone(&volume), false)]);
+    let mut cut = attached(server.addr, "disk");
+    cut.request(CMD_WRITE, 0, 1, 0, 1 << 20);
+    cut.write(&[0x5a; 300_000]);
+    cut.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    cut.stream.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "no reply to a write that never arrived whole"
+    );
+    assert!(volume.data.read().unwrap().iter().all(|&b| b == 0));
+
+    let mut other = attached(server.addr, "disk");
+    other.request(CMD_WRITE, 0, 2, 4096, 1 << 20);
+    other.write(&vec![0xa5; 1 << 20]);
+    assert_eq!(other.simple().error(), 0);
+    other.request(CMD_READ, 0, 3, 4096, 8);
+    let (_, data) = other.reply(|_| 8);
+    assert_eq!(data, [0xa5; 8]);
     server.stop().unwrap();
 }

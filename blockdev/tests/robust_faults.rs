@@ -29,10 +29,16 @@ const SIZE: u64 = 16 * SECTOR;
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    Write { seed: u8 },
+    /// `in_place`: through `write_in_place` (the NBD server's path).
+    Write {
+        seed: u8,
+        in_place: bool,
+    },
     Read,
     Trim,
-    Zero { may_punch: bool },
+    Zero {
+        may_punch: bool,
+    },
     Flush,
     Reopen,
 }
@@ -71,7 +77,7 @@ fn any_fault() -> impl Strategy<Value = Option<(FaultOp, u32, Fault)>> {
 
 fn any_kind() -> impl Strategy<Value = Kind> {
     prop_oneof![
-        4 => any::<u8>().prop_map(|seed| Kind::Write { seed }),
+        4 => (any::<u8>(), any::<bool>()).prop_map(|(seed, in_place)| Kind::Write { seed, in_place }),
         3 => Just(Kind::Read),
         1 => Just(Kind::Trim),
         1 => any::<bool>().prop_map(|may_punch| Kind::Zero { may_punch }),
@@ -169,9 +175,14 @@ proptest! {
                 _ => &handles[handle],
             };
             let result = match kind {
-                Kind::Write { seed } => {
+                Kind::Write { seed, in_place } => {
                     let data = pattern(len, seed);
-                    volume.write_at(offset, &data).map(|()| Some(data))
+                    let written = if in_place {
+                        volume.write_in_place(offset, &mut data.clone())
+                    } else {
+                        volume.write_at(offset, &data)
+                    };
+                    written.map(|()| Some(data))
                 }
                 Kind::Read => {
                     let mut buf = vec![0xeeu8; len as usize];

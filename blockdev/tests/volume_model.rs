@@ -17,6 +17,8 @@ enum Op {
         offset: u64,
         len: usize,
         seed: u8,
+        /// Through `write_in_place` (the NBD server's path) instead of `write_at`.
+        in_place: bool,
     },
     Read {
         offset: u64,
@@ -45,7 +47,7 @@ fn any_range() -> impl Strategy<Value = (u64, u64)> {
 
 fn any_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (any_range(), any::<u8>()).prop_map(|((offset, len), seed)| Op::Write { offset, len: len as usize, seed }),
+        4 => (any_range(), any::<u8>(), any::<bool>()).prop_map(|((offset, len), seed, in_place)| Op::Write { offset, len: len as usize, seed, in_place }),
         3 => any_range().prop_map(|(offset, len)| Op::Read { offset, len: len as usize }),
         1 => any_range().prop_map(|(offset, len)| Op::Trim { offset, len }),
         1 => (any_range(), any::<bool>()).prop_map(|((offset, len), may_punch)| Op::Zero { offset, len, may_punch }),
@@ -72,9 +74,13 @@ proptest! {
         let mut model = vec![0u8; SIZE as usize];
         for op in ops {
             match op {
-                Op::Write { offset, len, seed } => {
+                Op::Write { offset, len, seed, in_place } => {
                     let data = pattern(len, seed);
-                    vol.write_at(offset, &data).unwrap();
+                    if in_place {
+                        vol.write_in_place(offset, &mut data.clone()).unwrap();
+                    } else {
+                        vol.write_at(offset, &data).unwrap();
+                    }
                     model[offset as usize..offset as usize + len].copy_from_slice(&data);
                 }
                 Op::Read { offset, len } => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use blockdev::format::{Encryption, VolumeHeader};
+use blockdev::format::VolumeHeader;
 use blockdev::lease::{self, LeaseConfig, OnKeyDisable};
 use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::lifecycle::{self, Progress, Target};
@@ -171,10 +171,7 @@ struct Made {
 
 impl Made {
     fn new(path: &Path, header: Option<&VolumeHeader>) -> Made {
-        let key_id = header.and_then(|h| match h.encryption() {
-            Encryption::Aes256XtsPlain64(w) => Some(w.key_arn.clone()),
-            Encryption::None => None,
-        });
+        let key_id = header.and_then(|h| h.encryption().key_arn().map(str::to_owned));
         Made {
             path: path.display().to_string(),
             volume_id: header.map(|h| h.volume_id().to_string()),

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use blockdev::default_volume::{self, Made, SetupError, DEFAULT_KEY_ALIAS};
 use blockdev::lease::{self, LeaseConfig};
 use blockdev::lifecycle::exports::{self, ExportSpec};
+use blockdev::nbd::status::{ExportStatus, ServerDescription, StatusBoard};
 use blockdev::nbd::{self, kernel, Export, Server, TlsMode, TlsSettings, DEFAULT_EXPORT};
 use blockdev::refusal_audit;
 use blockdev::volume::ImageFormat;
@@ -136,6 +137,18 @@ enum TlsModeArg {
 }
 
 impl TlsArgs {
+    /// What the status file says of TLS: the mode when offered.
+    fn mode_name(&self) -> Option<String> {
+        self.tls_cert.as_ref()?;
+        Some(
+            match self.tls.unwrap_or(TlsModeArg::Require) {
+                TlsModeArg::Require => "require",
+                TlsModeArg::Optional => "optional",
+            }
+            .to_owned(),
+        )
+    }
+
     fn settings(&self) -> anyhow::Result<Option<TlsSettings>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
@@ -356,10 +369,7 @@ fn list(globals: &Globals) -> anyhow::Result<()> {
 fn volume_key(path: &Path) -> anyhow::Result<Option<String>> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let located = blockdev::format::read_header(&file, path)?;
-    Ok(match located.header.encryption() {
-        blockdev::format::Encryption::Aes256XtsPlain64(wrapped) => Some(wrapped.key_arn.clone()),
-        blockdev::format::Encryption::None => None,
-    })
+    Ok(located.header.encryption().key_arn().map(str::to_owned))
 }
 
 fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
@@ -407,9 +417,29 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
         }
     }
     let tls = args.tls.settings()?;
-    let set = super::lifecycle::open_exports(&kms, &args.lease, args.read_only, specs)?;
+    let mut set = super::lifecycle::open_exports(&kms, &args.lease, args.read_only, specs)?;
     let server = Server::bind(args.listen.as_str(), set.table())?;
     let server = secure(server, tls, &kms, globals)?;
+    let board = publish_status(
+        globals,
+        ServerDescription {
+            listen: vec![server.local_addr().to_string()],
+            tls: args.tls.mode_name(),
+            client_certificates: args.tls.tls_client_ca.is_some(),
+            exports_file: args
+                .exports_file
+                .as_ref()
+                .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
+            exports: set.status(args.read_only),
+        },
+    );
+    let server = match &board {
+        Some(board) => {
+            set.publish_to(Arc::clone(board), args.read_only);
+            server.with_status(Arc::clone(board))
+        }
+        None => server,
+    };
     nbd::stop_on_signals(server.shutdown_handle())?;
     if let Some(file) = args.exports_file {
         exports::reload_on_sighup(set, file, server.shutdown_handle())?;
@@ -417,8 +447,32 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
     eprintln!("listening on {}", server.local_addr());
     // Returns once every connection has finished and every volume is flushed; the
     // volumes (and their data keys, zeroized on drop) go when the table does.
-    server.run()?;
+    let served = server.run();
+    // The reload thread keeps the board alive: remove the file now.
+    if let Some(board) = &board {
+        board.retire();
+    }
+    served?;
     Ok(())
+}
+
+/// The status file the console's exports page reads (`<home>/run/nbd/<pid>.json`).
+/// Serving does not depend on it: a failure to write it is only reported.
+fn publish_status(globals: &Globals, server: ServerDescription) -> Option<Arc<StatusBoard>> {
+    let dir = match globals.home() {
+        Ok(home) => home.join("run").join("nbd"),
+        Err(err) => {
+            tracing::warn!("no status file: {err}");
+            return None;
+        }
+    };
+    match StatusBoard::publish(&dir, server) {
+        Ok(board) => Some(Arc::new(board)),
+        Err(err) => {
+            tracing::warn!("no status file in {}: {err}", dir.display());
+            None
+        }
+    }
 }
 
 fn open_export(kms: &Keys, path: &Path, read_only: bool) -> anyhow::Result<Export> {
@@ -441,13 +495,28 @@ fn open_export(kms: &Keys, path: &Path, read_only: bool) -> anyhow::Result<Expor
 
 fn run_server(
     listen: &str,
-    table: BTreeMap<String, Export>,
-    tls: Option<TlsSettings>,
+    (table, exports): (BTreeMap<String, Export>, Vec<ExportStatus>),
+    tls: (Option<TlsSettings>, &TlsArgs),
     kms: &Keys,
     globals: &Globals,
 ) -> anyhow::Result<()> {
+    let (tls, tls_args) = tls;
     let server = Server::bind(listen, Arc::new(RwLock::new(table)))?;
     let server = secure(server, tls, kms, globals)?;
+    let board = publish_status(
+        globals,
+        ServerDescription {
+            listen: vec![server.local_addr().to_string()],
+            tls: tls_args.mode_name(),
+            client_certificates: tls_args.tls_client_ca.is_some(),
+            exports_file: None,
+            exports,
+        },
+    );
+    let server = match board {
+        Some(board) => server.with_status(board),
+        None => server,
+    };
     nbd::stop_on_signals(server.shutdown_handle())?;
     eprintln!("listening on {}", server.local_addr());
     // Returns once every connection has finished and every volume is flushed; the
@@ -467,10 +536,21 @@ pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
         other => other.into(),
     })?;
     let export = open_export(&kms, &path, false)?;
+    let status = ExportStatus {
+        name: DEFAULT_EXPORT.to_owned(),
+        path: path.clone(),
+        format: "atrest".into(),
+        read_only: false,
+        description: export.description.clone(),
+        allowed_clients: Vec::new(),
+    };
     run_server(
         &args.listen,
-        BTreeMap::from([(DEFAULT_EXPORT.to_owned(), export)]),
-        tls,
+        (
+            BTreeMap::from([(DEFAULT_EXPORT.to_owned(), export)]),
+            vec![status],
+        ),
+        (tls, &args.tls),
         &kms,
         globals,
     )

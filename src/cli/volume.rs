@@ -245,10 +245,7 @@ impl CopyDescription {
             volume_id: header.map(|h| h.volume_id().to_string()),
             generation: header.map(VolumeHeader::generation),
             size: header.map(VolumeHeader::size),
-            key_id: header.and_then(|h| match h.encryption() {
-                Encryption::Aes256XtsPlain64(w) => Some(w.key_arn.clone()),
-                Encryption::None => None,
-            }),
+            key_id: header.and_then(|h| h.encryption().key_arn().map(str::to_owned)),
         }
     }
 }

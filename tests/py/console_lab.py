@@ -1,9 +1,10 @@
 """The lab through the web console in headless Chromium (Selenium), issue 18.
 
 Run by tests/e2e_console.rs against `atrest console` with two access keys: the key
-administrator (ATREST_ADMIN_*) and the key user (ATREST_USER_*). Prints one line of
-JSON (what the Rust side checks further in the trail). Screenshots of each lab step
-go to ATREST_CONSOLE_SCREENSHOTS.
+administrator (ATREST_ADMIN_*) and the key user (ATREST_USER_*), and a running
+`atrest nbd serve --exports FILE` (ATREST_NBD, its address) that serves the lab's
+root volume as the export `root`. Prints one line of JSON (what the Rust side checks
+further in the trail). Screenshots of each lab step go to ATREST_CONSOLE_SCREENSHOTS.
 """
 
 import json
@@ -28,6 +29,10 @@ ADMIN = (os.environ["ATREST_ADMIN_ID"], os.environ["ATREST_ADMIN_SECRET"], os.en
 USER = (os.environ["ATREST_USER_ID"], os.environ["ATREST_USER_SECRET"], os.environ["ATREST_USER_ARN"])
 SHOTS = os.environ["ATREST_CONSOLE_SCREENSHOTS"]
 SCRATCH = os.environ["ATREST_CONSOLE_SCRATCH"]
+NBD = os.environ["ATREST_NBD"]
+VOLUMES = os.path.join(os.environ["ATREST_HOME"], "volumes")
+# What the lab's root volume holds (written through the export before the pages).
+ROOT_DATA = b"".join(b"atrest lab root volume, block %06d\n" % i for i in range(32768))[:1 << 20]
 XSS_KEY = "<img src=x onerror=alert(1)>.png"
 BUCKET = "lab-bucket"
 WAIT = 30
@@ -55,10 +60,30 @@ def clock_png(path, size=160):
         f.write(png)
 
 
-def atrest(*args):
-    done = subprocess.run([os.environ["ATREST_BIN"], *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, "atrest %s: %s" % (" ".join(args), done.stderr)
-    return done.stdout
+def held_nbd_client(uri):
+    """A libnbd client (the system python's `nbd` module) attached to `uri`, kept
+    connected until its stdin closes: the client the exports page shows."""
+    script = (
+        "import nbd, sys\n"
+        "h = nbd.NBD()\n"
+        "h.connect_uri(sys.argv[1])\n"
+        "h.pread(512, 0)\n"
+        "print('attached', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    client = subprocess.Popen(["/usr/bin/python3", "-c", script, uri], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = client.stdout.readline()
+    assert line.strip() == "attached", "the libnbd client did not attach: " + client.stderr.read()
+    return client
+
+
+def read_export(uri, path):
+    """The export's first MiB, read by nbdcopy."""
+    done = subprocess.run(["nbdcopy", uri, path], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, "nbdcopy: " + done.stderr
+    with open(path, "rb") as f:
+        return f.read(len(ROOT_DATA))
 
 
 def browser(profile):
@@ -152,6 +177,16 @@ class Lab:
               .catch((e) => done({status: 0, body: String(e)}));
             """, path, body, headers)
 
+    def csrf(self):
+        return self.d.execute_async_script(
+            "const done = arguments[0]; fetch('/console/api/session').then((r) => r.json()).then((s) => done(s.csrf));")
+
+    def volume_action(self, source, button, expect):
+        """Picks `source` on the volumes page and runs the action of `button`."""
+        Select(self.find("#action-volume")).select_by_visible_text(source)
+        self.find(button).click()
+        return self.wait_text("#volume-action-result", expect)
+
     def upload(self, path, key, sse):
         self.find("#upload-file").send_keys(path)
         self.fill("#upload-key", key)
@@ -160,8 +195,7 @@ class Lab:
         self.wait("the object page of " + key, lambda: self.text("#object-title") == key and self.text("#prop-size") != "")
 
 
-def run(lab, clock):
-    out = {}
+def run(lab, clock, out):
     d = lab.d
 
     # A wrong secret is refused (and recorded by the server as a refused ConsoleLogin).
@@ -205,13 +239,6 @@ def run(lab, clock):
     lab.shot("03-keys-list")
     lab.sign_out()
 
-    # 6. The root volume: snapshot and encrypted copy under the key (the CLI, as the
-    # lab does); the volumes page shows them with their key and its state.
-    volumes = os.path.join(os.environ["ATREST_HOME"], "volumes")
-    atrest("volume", "snapshot", os.path.join(volumes, "root.vol"), os.path.join(volumes, "root-snap.vol"))
-    atrest("volume", "copy", os.path.join(volumes, "root-snap.vol"), os.path.join(volumes, "root-enc.vol"),
-           "--key-id", "alias/MyKMSKey")
-
     # The key user may use the key, not manage it: Disable is refused.
     lab.sign_in(USER)
     lab.go("#/keys/" + key_id)
@@ -221,12 +248,86 @@ def run(lab, clock):
     lab.wait_text("#key-state", "Enabled")
     lab.shot("04-key-user-refused-disable")
 
+    # 6. The root volume, through the pages, as the key user (whom the key policy
+    # lets use the key). The running server's export `root` serves root.vol to a
+    # connected libnbd client.
+    lab.go("#/exports")
+    lab.wait("the attached client", lambda: lab.text("tr[data-export='root'] .export-clients") == "1")
+    assert lab.text("tr[data-export='root'] .export-path").endswith("/root.vol")
+    lab.wait_text("#servers", "exports.toml")
+    assert d.find_elements(By.CSS_SELECTOR, "tr[data-client]"), "no client row"
+    lab.wait_text("#gone-servers", str(out["stalePid"]))
+    lab.shot("04a-exports-with-client")
+
     lab.go("#/volumes")
+    lab.wait("the volume actions", lambda: "root.vol" in lab.text("#action-volume"))
+    lab.fill("#snapshot-name", "root-snap")
+    lab.volume_action("root.vol", "#snapshot-submit", "read-only")
+    lab.wait("the snapshot row", lambda: "root-snap.vol" in lab.text("#volumes-body"))
+    lab.fill("#copy-name", "root-enc")
+    Select(lab.find("#copy-key")).select_by_value("alias/MyKMSKey")
+    lab.volume_action("root-snap.vol", "#copy-submit", "root-enc.vol under " + key_arn)
     lab.wait("the encrypted copy", lambda: "Enabled" in lab.text("tr[data-volume='root-enc.vol']"))
     assert "No" in lab.text("tr[data-volume='root.vol']")
     assert "Yes" in lab.text("tr[data-volume='root-enc.vol']")
     assert key_id in lab.text("tr[data-volume='root-enc.vol']")
     lab.shot("04b-volumes-encrypted-copy")
+    # A name that leaves the directory is refused, and nothing is written.
+    lab.fill("#copy-name", "../escape")
+    lab.volume_action("root-snap.vol", "#copy-submit", "ValidationException")
+    assert not os.path.exists(os.path.join(os.environ["ATREST_HOME"], "escape.vol"))
+
+    # The swap: the server's exports file is edited and the server reloads it.
+    lab.go("#/exports")
+    lab.wait("the swap form", lambda: d.find_elements(By.ID, "swap-target-root"))
+    Select(lab.find("#swap-target-root")).select_by_visible_text("root-enc.vol")
+    lab.find("#swap-root").click()
+    lab.wait("the swapped export", lambda: lab.text("tr[data-export='root'] .export-path").endswith("/root-enc.vol"))
+    lab.wait_text("#flash", "now serves")
+    lab.shot("04c-export-swapped")
+    # A real client reads the same bytes through the export, now encrypted on disk.
+    served = read_export("nbd://%s/root" % NBD, os.path.join(SCRATCH, "root-read.img"))
+    assert served == ROOT_DATA, "the swapped export does not serve the copy's data"
+    with open(os.path.join(VOLUMES, "root-enc.vol"), "rb") as f:
+        on_disk = f.read()
+    assert ROOT_DATA[:64] not in on_disk, "the copy holds the data in the clear"
+    with open(os.path.join(VOLUMES, "root.vol"), "rb") as f:
+        assert ROOT_DATA[:64] in f.read(), "the unencrypted root volume holds it in the clear"
+
+    # Rewrap the served copy's data key (ReEncrypt), and create a volume under the key.
+    lab.go("#/volumes")
+    lab.wait("the volume actions", lambda: "root-enc.vol" in lab.text("#action-volume"))
+    lab.volume_action("root-enc.vol", "#rewrap-submit", "Rewrap: ")
+    lab.fill("#create-name", "scratch")
+    lab.fill("#create-size", "64")
+    Select(lab.find("#create-key")).select_by_value("alias/MyKMSKey")
+    lab.find("#create-submit").click()
+    lab.wait_text("#volume-action-result", "scratch.vol under " + key_arn)
+    lab.wait("the new volume", lambda: "Enabled" in lab.text("tr[data-volume='scratch.vol']"))
+    lab.shot("04d-volumes-rewrap-create")
+    served = read_export("nbd://%s/root" % NBD, os.path.join(SCRATCH, "root-read2.img"))
+    assert served == ROOT_DATA, "the export changed after the rewrap"
+    # A swap the server cannot carry out (another server writes to the volume, so it
+    # cannot open it) is reported, and the exports file is put back.
+    writer = subprocess.Popen([os.environ["ATREST_BIN"], "nbd", "serve", "--listen", "127.0.0.1:0",
+                               "--export", "scratch=" + os.path.join(VOLUMES, "scratch.vol")],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        writer_status = os.path.join(os.environ["ATREST_HOME"], "run", "nbd", "%d.json" % writer.pid)
+        lab.wait("the writer's status file", lambda: os.path.exists(writer_status))
+        with open(os.environ["ATREST_NBD_EXPORTS"]) as f:
+            before = f.read()
+        failed = lab.console_api("exports/swap", {"pid": int(os.environ["ATREST_NBD_PID"]), "export": "root",
+                                                  "volume": os.path.join(VOLUMES, "scratch.vol")},
+                                 {"Content-Type": "application/json", "X-CSRF-Token": lab.csrf()})
+        assert failed["status"] == 504 and "SwapNotConfirmed" in failed["body"], failed
+        with open(os.environ["ATREST_NBD_EXPORTS"]) as f:
+            assert f.read() == before, "the exports file was not put back"
+    finally:
+        writer.terminate()
+        writer.wait(timeout=30)
+    served = read_export("nbd://%s/root" % NBD, os.path.join(SCRATCH, "root-read3.img"))
+    assert served == ROOT_DATA, "a failed swap changed the export"
 
     # 2. The key user's bucket, default encryption SSE-KMS with the key, clock.png.
     lab.go("#/buckets")
@@ -317,6 +418,46 @@ def run(lab, clock):
     assert plaintext["status"] == 403, plaintext
     out["csrfRefused"] = csrf_less["status"]
 
+    # The administrator may manage the key, not use it: an encrypted copy of the
+    # served volume (Decrypt of its data key) and a swap of its export are refused.
+    lab.go("#/volumes")
+    lab.wait("the volume actions", lambda: "root-enc.vol" in lab.text("#action-volume"))
+    lab.fill("#copy-name", "admin-copy")
+    Select(lab.find("#copy-key")).select_by_value("alias/MyKMSKey")
+    lab.volume_action("root-enc.vol", "#copy-submit", "AccessDeniedException")
+    assert not os.path.exists(os.path.join(VOLUMES, "admin-copy.vol"))
+    lab.go("#/exports")
+    lab.wait("the swap form", lambda: d.find_elements(By.ID, "swap-target-root"))
+    Select(lab.find("#swap-target-root")).select_by_visible_text("root.vol")
+    lab.find("#swap-root").click()
+    lab.wait_text("[id^='swap-result-']", "AccessDeniedException")
+    assert lab.text("tr[data-export='root'] .export-path").endswith("/root-enc.vol")
+    lab.shot("13a-admin-refused-swap")
+    # The swap, like every action, needs the CSRF token.
+    csrf_less = lab.console_api("exports/swap", {"pid": 0, "export": "root", "volume": ""},
+                                {"Content-Type": "application/json"})
+    assert csrf_less["status"] == 403 and "InvalidCsrfToken" in csrf_less["body"], csrf_less
+    # A server without an exports file cannot swap: the page and the API say so.
+    other = subprocess.Popen([os.environ["ATREST_BIN"], "nbd", "serve", "--listen", "127.0.0.1:0", "--read-only",
+                              "--export", "snap=" + os.path.join(VOLUMES, "root-snap.vol")],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        status = os.path.join(os.environ["ATREST_HOME"], "run", "nbd", "%d.json" % other.pid)
+        lab.wait("the second server's status file", lambda: os.path.exists(status))
+        lab.go("#/exports?again")  # another hash: the page renders anew
+        lab.wait_text("#exports-file-%d" % other.pid, "no swap while it runs")
+        assert not lab.find("#server-%d #swap-snap" % other.pid).is_enabled()
+        refused = lab.console_api("exports/swap", {"pid": other.pid, "export": "snap",
+                                                   "volume": os.path.join(VOLUMES, "root-enc.vol")},
+                                  {"Content-Type": "application/json", "X-CSRF-Token": lab.csrf()})
+        assert refused["status"] == 409 and "NoExportsFile" in refused["body"], refused
+    finally:
+        other.terminate()
+        other.wait(timeout=30)
+    assert not os.path.exists(status), "the stopped server left its status file"
+    lab.go("#/keys/" + key_id)
+    lab.wait_text("#key-state", "Enabled")
+
     # 7. The administrator disables the key: the key page, the object and the
     # object's read all show it.
     lab.find("#disable-key").click()
@@ -385,15 +526,40 @@ def run(lab, clock):
     return out
 
 
+def stale_status_file():
+    """The status file a killed server leaves: its pid names no process now."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run_dir = os.path.join(os.environ["ATREST_HOME"], "run", "nbd")
+    live = [f for f in os.listdir(run_dir) if f.endswith(".json")]
+    with open(os.path.join(run_dir, live[0])) as f:
+        status = json.load(f)
+    status["pid"] = gone.pid
+    path = os.path.join(run_dir, "%d.json" % gone.pid)
+    with open(path, "w") as f:
+        json.dump(status, f)
+    os.chmod(path, 0o600)
+    return gone.pid
+
+
 def main():
     profile = tempfile.mkdtemp(prefix="atrest-chromium-", dir=SCRATCH)
     clock = os.path.join(SCRATCH, "clock.png")
     clock_png(clock)
+    # The root volume's data, written through the export by nbdcopy.
+    data = os.path.join(SCRATCH, "root-data.img")
+    with open(data, "wb") as f:
+        f.write(ROOT_DATA)
+    done = subprocess.run(["nbdcopy", data, "nbd://%s/root" % NBD], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, "nbdcopy: " + done.stderr
+    client = held_nbd_client("nbd://%s/root" % NBD)
     driver = browser(profile)
     try:
-        out = run(Lab(driver), clock)
+        out = run(Lab(driver), clock, {"stalePid": stale_status_file()})
     finally:
         driver.quit()
+        client.stdin.close()
+        client.wait(timeout=30)
         shutil.rmtree(profile, ignore_errors=True)
     print(json.dumps(out))
 

@@ -15,7 +15,7 @@ use rustix::fs::{RenameFlags, SeekFrom, CWD};
 
 use super::data_area::{AlignedBuf, DataAreaWriter};
 use super::Progress;
-use crate::format::{self, Encryption, VolumeHeader, FLAG_READ_ONLY};
+use crate::format::{self, VolumeHeader, FLAG_READ_ONLY};
 use crate::volume::{self, EncryptedVolume, ImageFormat, NewVolumeKey, Volume};
 use crate::Error;
 
@@ -151,10 +151,7 @@ pub fn copy(
 ) -> Result<CopyReport, Error> {
     check_target(src, dst, force)?;
     let located = format::read_header(&open_read(src)?, src)?;
-    let source_key = match located.header.encryption() {
-        Encryption::Aes256XtsPlain64(wrapped) => Some(wrapped.key_arn.clone()),
-        Encryption::None => None,
-    };
+    let source_key = located.header.encryption().key_arn().map(str::to_owned);
     let key = match (target, &source_key) {
         (Target::Key(key_id), _) => Some(key_id.to_owned()),
         (Target::SourceKey, Some(arn)) => Some(arn.clone()),

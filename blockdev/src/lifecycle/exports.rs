@@ -31,6 +31,7 @@ use serde::Deserialize;
 use tracing::{error, info, warn};
 
 use crate::nbd::proto::MAX_STRING;
+use crate::nbd::status::{ExportStatus, StatusBoard};
 use crate::nbd::{Export, ExportTable, ShutdownHandle};
 use crate::volume::{ImageFormat, Volume};
 use crate::Error;
@@ -157,6 +158,101 @@ pub fn load_exports(file: &Path) -> Result<Vec<ExportSpec>, Error> {
     parse_exports(&text, base)
 }
 
+/// Points the export `name` of the exports file `file` at the atrest volume `volume`
+/// (written as given, so absolute when given so) and returns the path it named before.
+/// The rest of the file (comments, order, other fields) stays as it is. The edited
+/// text must still parse as an exports file, or nothing is written; it replaces the
+/// file atomically (a new file beside it with the same mode, then a rename). A server
+/// serving `file` picks the change up on its next SIGHUP. An export declared
+/// `format = "raw"` is refused: an atrest volume's header would be served as data.
+///
+/// Edits through this function are serialised within the process; an editor outside
+/// it that writes the file at the same moment may have its change replaced.
+pub fn set_export_path(file: &Path, name: &str, volume: &Path) -> Result<PathBuf, Error> {
+    static EDITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _editing = EDITING.lock().unwrap_or_else(PoisonError::into_inner);
+    let bad = |what: String| Error::InvalidArgument { what };
+    let io = |what: &str, path: &Path| {
+        let context = format!("{what} {}", path.display());
+        move |source| Error::Io { context, source }
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let before = load_exports(file)?;
+    let Some(old) = before.iter().find(|spec| spec.name == name) else {
+        return Err(bad(format!(
+            "the exports file {} has no export {name:?}",
+            file.display()
+        )));
+    };
+    if old.format == ImageFormat::Raw {
+        return Err(bad(format!(
+            "export {name:?} serves a raw image (format = \"raw\"): it cannot be swapped \
+             to an atrest volume"
+        )));
+    }
+    let text = std::fs::read_to_string(file).map_err(io("read", file))?;
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| bad(format!("exports file {}: {e}", file.display())))?;
+    let volume_text = volume
+        .to_str()
+        .ok_or_else(|| bad(format!("{} is not UTF-8", volume.display())))?;
+    let tables = document
+        .get_mut("export")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+        .ok_or_else(|| bad(format!("exports file {}: no [[export]]", file.display())))?;
+    let entry = tables
+        .iter_mut()
+        .find(|t| t.get("name").and_then(toml_edit::Item::as_str) == Some(name))
+        .ok_or_else(|| {
+            bad(format!(
+                "exports file {}: no export {name:?}",
+                file.display()
+            ))
+        })?;
+    entry["path"] = toml_edit::value(volume_text);
+    let edited = document.to_string();
+    let after = parse_exports(&edited, base)?;
+    if after.iter().find(|s| s.name == name).map(|s| &s.path) != Some(&base.join(volume)) {
+        return Err(bad(format!(
+            "exports file {}: the edit did not take",
+            file.display()
+        )));
+    }
+    let mode = std::fs::metadata(file).map_err(io("stat", file))?.mode() & 0o7777;
+    let file_name = file
+        .file_name()
+        .ok_or_else(|| bad(format!("{} names no file", file.display())))?;
+    let temp = base.join(format!(
+        ".{}.{}.swap",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+            .and_then(|mut f| {
+                use std::os::unix::fs::PermissionsExt;
+                // The creation mode went through the umask: set it exactly.
+                f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                f.write_all(edited.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io("write", &temp))
+            .and_then(|()| std::fs::rename(&temp, file).map_err(io("rename", &temp)))
+    };
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written?;
+    Ok(old.path.clone())
+}
+
 /// Opens the volume an export serves.
 pub type VolumeOpener = dyn Fn(&ExportSpec) -> Result<Arc<dyn Volume>, Error> + Send + Sync;
 
@@ -186,6 +282,8 @@ pub struct ExportSet {
     table: ExportTable,
     served: BTreeMap<String, Served>,
     opener: Box<VolumeOpener>,
+    /// Told of the exports after every reload, with the server's `--read-only`.
+    status: Option<(Arc<StatusBoard>, bool)>,
 }
 
 impl std::fmt::Debug for ExportSet {
@@ -232,7 +330,22 @@ impl ExportSet {
             table: Arc::new(RwLock::new(table)),
             served,
             opener,
+            status: None,
         })
+    }
+
+    /// The exports as served now (`read_only`: the server's `--read-only`), for
+    /// its status file.
+    pub fn status(&self, read_only: bool) -> Vec<ExportStatus> {
+        self.served
+            .values()
+            .map(|s| ExportStatus::of(&s.spec, read_only))
+            .collect()
+    }
+
+    /// Publishes the exports on `board` after every reload.
+    pub fn publish_to(&mut self, board: Arc<StatusBoard>, read_only: bool) {
+        self.status = Some((board, read_only));
     }
 
     /// The table the server serves (shared; the set swaps entries in it).
@@ -314,6 +427,9 @@ impl ExportSet {
             "exports reloaded: added {:?}, swapped {:?}, removed {:?}, unchanged {:?}, failed {:?}",
             report.added, report.swapped, report.removed, report.unchanged, report.failed
         );
+        if let Some((board, read_only)) = &self.status {
+            board.set_exports(self.status(*read_only));
+        }
         report
     }
 
@@ -434,6 +550,41 @@ mod tests {
             ]
         );
         assert_eq!(parse_exports("", Path::new("/")).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_swap_edits_one_path_and_keeps_the_rest() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("exports.toml");
+        let text = "# the lab's exports\n[[export]]\nname = \"root\"\npath = \"root.vol\" # boot\n\
+                    description = \"boot disk\"\n\n[[export]]\nname = \"data\"\npath = \"data.vol\"\n\n\
+                    [[export]]\nname = \"img\"\npath = \"a.img\"\nformat = \"raw\"\n";
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let new = dir.path().join("copy.vol");
+        let old = set_export_path(&file, "root", &new).unwrap();
+        assert_eq!(old, dir.path().join("root.vol"));
+        let edited = std::fs::read_to_string(&file).unwrap();
+        assert!(edited.starts_with("# the lab's exports\n"), "{edited}");
+        assert!(edited.contains("description = \"boot disk\""));
+        let specs = load_exports(&file).unwrap();
+        assert_eq!(specs[0].path, new);
+        assert_eq!(specs[1].path, dir.path().join("data.vol"));
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+
+        // Refusals change nothing: no such export, a raw image, a path TOML cannot hold.
+        let before = std::fs::read(&file).unwrap();
+        let err = set_export_path(&file, "nope", &new).unwrap_err();
+        assert!(err.to_string().contains("no export \"nope\""), "{err}");
+        let err = set_export_path(&file, "img", &new).unwrap_err();
+        assert!(err.to_string().contains("raw image"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), before);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1);
     }
 
     #[test]

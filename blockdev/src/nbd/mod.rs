@@ -13,14 +13,18 @@
 //! - TLS: [`Server::with_tls`] takes [`TlsSettings`] (`NBD_OPT_STARTTLS`, client
 //!   certificates); [`Export::allowed_clients`] names the [`ClientIdentity`]s an export
 //!   admits, and [`Server::with_refusal_audit`] learns of every [`Refusal`].
+//! - [`status`]: the status file a running server keeps under `$ATREST_HOME/run/nbd/`
+//!   (exports, connected clients) for the console; [`Server::with_status`] feeds it.
 
 pub mod kernel;
 mod negotiation;
 pub mod proto;
 mod server;
+pub mod status;
 mod tls;
 mod transmission;
 
+pub use negotiation::MAX_REFUSALS_PER_NEGOTIATION;
 pub use server::{
     stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
     DEFAULT_EXPORT,

@@ -13,6 +13,13 @@ use super::tls::{ClientIdentity, TlsMode, TlsSettings};
 use super::transmission::drain;
 use crate::{Error, ProtocolError, RequestError};
 
+/// Audited refusals one negotiation run answers before it closes the connection. Each
+/// refusal writes an audit record (an `AttachVolume` refusal in the trail), and options
+/// cost the client a few bytes each: without a bound one connection could write records
+/// for as long as it liked. A client that is refused this often is probing, not
+/// mistaken; a connection has at most two runs (plaintext, then over TLS).
+pub const MAX_REFUSALS_PER_NEGOTIATION: u32 = 8;
+
 /// What the handshake settled on.
 pub(super) struct Session {
     pub(super) export: Export,
@@ -54,7 +61,9 @@ fn send_option(writer: &mut impl Write, bytes: &[u8]) -> Result<(), Error> {
 pub(super) enum Outcome {
     /// The client aborted.
     Abort,
-    Attach(Session),
+    /// The client attached to the export of that name (the default export's name
+    /// when it asked for `""`).
+    Attach(Session, String),
     /// STARTTLS was acknowledged: TLS begins on the socket.
     StartTls(TlsSettings),
 }
@@ -181,6 +190,29 @@ impl Negotiation<'_> {
         }
     }
 
+    /// Answers a denied option and counts it: the refusal that reaches
+    /// [`MAX_REFUSALS_PER_NEGOTIATION`] is answered, then the connection is closed.
+    fn deny(
+        &self,
+        writer: &mut impl Write,
+        code: u32,
+        denial: &Denial,
+        refusals: &mut u32,
+    ) -> Result<(), Error> {
+        send_option(writer, &denial.option_error(code))?;
+        if matches!(denial, Denial::Refused { .. }) {
+            *refusals += 1;
+            if *refusals >= MAX_REFUSALS_PER_NEGOTIATION {
+                warn!(
+                    "{}: {refusals} refused options; closing the connection",
+                    self.context.peer
+                );
+                return Err(ProtocolError::TooManyRefusals(*refusals).into());
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the option haggling to its end.
     pub(super) fn run(
         &self,
@@ -197,6 +229,8 @@ impl Negotiation<'_> {
         let mut structured = false;
         // The export `base:allocation` was selected for, if it was.
         let mut meta_export: Option<String> = None;
+        // Audited refusals so far (see [`MAX_REFUSALS_PER_NEGOTIATION`]).
+        let mut refusals = 0;
         loop {
             let header = OptionHeader::parse(&read_array(reader)?)?;
             let code = header.option;
@@ -240,7 +274,7 @@ impl Negotiation<'_> {
             match option {
                 ClientOption::ExportName(name) => {
                     // EXPORT_NAME has no error reply: a denial drops the connection.
-                    let (_, export) = self.admit(&name).map_err(|denial| match denial {
+                    let (name, export) = self.admit(&name).map_err(|denial| match denial {
                         Denial::Unknown(name) => RequestError::UnknownExport(name),
                         Denial::TlsRequired(name) => RequestError::ExportNeedsTls(name),
                         Denial::Refused { name, reason } => {
@@ -257,7 +291,7 @@ impl Negotiation<'_> {
                             self.client.no_zeroes,
                         ))
                         .map_err(io_error("writing the export reply"))?;
-                    return Ok(Outcome::Attach(Session { export, limits }));
+                    return Ok(Outcome::Attach(Session { export, limits }, name));
                 }
                 ClientOption::Abort => {
                     // The client may already be gone; the spec says not to mind.
@@ -301,7 +335,7 @@ impl Negotiation<'_> {
                     let (name, export) = match self.admit(&query.name) {
                         Ok(admitted) => admitted,
                         Err(denial) => {
-                            send_option(writer, &denial.option_error(code))?;
+                            self.deny(writer, code, &denial, &mut refusals)?;
                             continue;
                         }
                     };
@@ -337,7 +371,7 @@ impl Negotiation<'_> {
                     }
                     send_option(writer, &option_reply(code, REP_ACK, &[]))?;
                     if code == proto::OPT_GO {
-                        return Ok(Outcome::Attach(Session { export, limits }));
+                        return Ok(Outcome::Attach(Session { export, limits }, name));
                     }
                 }
                 ClientOption::StructuredReply => {
@@ -353,7 +387,7 @@ impl Negotiation<'_> {
                     let name = match self.admit(&query.export) {
                         Ok((name, _)) => name,
                         Err(denial) => {
-                            send_option(writer, &denial.option_error(code))?;
+                            self.deny(writer, code, &denial, &mut refusals)?;
                             continue;
                         }
                     };

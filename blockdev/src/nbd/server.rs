@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
+use super::status::StatusBoard;
 use super::tls::{self, ClientIdentity, TlsSettings};
 use super::transmission::{transmit, Wire};
 use crate::volume::Volume;
@@ -73,6 +74,8 @@ pub struct Server {
     shared: Arc<Shared>,
     threads_per_connection: usize,
     gate: Gate,
+    /// Where connections, attaches and disconnections are published, if anywhere.
+    status: Option<Arc<StatusBoard>>,
 }
 
 /// An export refused to a client for want of the right certificate.
@@ -249,6 +252,7 @@ impl Server {
             }),
             threads_per_connection,
             gate: Gate::default(),
+            status: None,
         })
     }
 
@@ -261,6 +265,13 @@ impl Server {
     /// Calls `audit` for every client refused an export by `allowed_clients`.
     pub fn with_refusal_audit(mut self, audit: RefusalAudit) -> Server {
         self.gate.audit = Some(audit);
+        self
+    }
+
+    /// Publishes every connection, attach and disconnection on `board` (the status
+    /// file the console reads).
+    pub fn with_status(mut self, board: Arc<StatusBoard>) -> Server {
+        self.status = Some(board);
         self
     }
 
@@ -299,6 +310,9 @@ impl Server {
             if let Err(err) = self.spawn_connection(id, stream, &mut threads) {
                 warn!("connection {id}: {err}");
                 lock(&self.shared.connections).remove(&id);
+                if let Some(board) = &self.status {
+                    board.disconnected(id);
+                }
             }
         }
         drop(self.listener);
@@ -342,16 +356,23 @@ impl Server {
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
+        if let Some(board) = &self.status {
+            board.connected(id, &peer);
+        }
         let context = ConnectionContext {
             exports: Arc::clone(&self.exports),
             gate: self.gate.clone(),
             threads: self.threads_per_connection,
             peer: peer.clone(),
         };
+        let publication = Publication {
+            board: self.status.clone(),
+            id,
+        };
         let thread = thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
-                match serve_connection(stream, &context, |volume| {
+                match serve_connection(stream, &context, &publication, |volume| {
                     if let Some(entry) = lock(&shared.connections).get_mut(&id) {
                         entry.volume = Some(Arc::clone(volume));
                     }
@@ -365,6 +386,9 @@ impl Server {
                     Err(err) => warn!("{peer}: {err}"),
                 }
                 lock(&shared.connections).remove(&id);
+                if let Some(board) = &publication.board {
+                    board.disconnected(id);
+                }
             })
             .map_err(io_err("starting a connection thread"))?;
         threads.push(thread);
@@ -391,6 +415,22 @@ pub(super) struct ConnectionContext {
     pub(super) threads: usize,
     /// The client's address, for logs.
     pub(super) peer: String,
+}
+
+/// Where a connection publishes what it attached to: the server's status board and
+/// the connection's number there.
+struct Publication {
+    board: Option<Arc<StatusBoard>>,
+    id: u64,
+}
+
+impl Publication {
+    /// The client attached to `export` (with the certificate `identity`, over TLS).
+    fn attached(&self, export: &str, identity: Option<&ClientIdentity>) {
+        if let Some(board) = &self.board {
+            board.attached(self.id, export, identity.map(ToString::to_string));
+        }
+    }
 }
 
 /// Congestion control for connections from this machine: CUBIC, whatever the system
@@ -427,6 +467,7 @@ fn handshake_timeouts(wire: &impl Wire) -> Result<(), Error> {
 fn serve_connection(
     stream: TcpStream,
     context: &ConnectionContext,
+    publication: &Publication,
     attached: impl FnOnce(&Arc<dyn Volume>),
 ) -> Result<(), Error> {
     stream
@@ -447,7 +488,10 @@ fn serve_connection(
     };
     match plain.run(&mut reader, &mut writer)? {
         Outcome::Abort => Ok(()),
-        Outcome::Attach(session) => transmit(reader, writer, session, context, attached),
+        Outcome::Attach(session, name) => {
+            publication.attached(&name, None);
+            transmit(reader, writer, session, context, attached)
+        }
         Outcome::StartTls(settings) => {
             // TLS owns the socket now; what was read past STARTTLS goes to TLS.
             let early = reader.buffer().to_vec();
@@ -471,7 +515,10 @@ fn serve_connection(
             };
             match secured.run(&mut reader, &mut writer)? {
                 Outcome::Abort => Ok(()),
-                Outcome::Attach(session) => transmit(reader, writer, session, context, attached),
+                Outcome::Attach(session, name) => {
+                    publication.attached(&name, identity.as_ref());
+                    transmit(reader, writer, session, context, attached)
+                }
                 Outcome::StartTls(_) => Err(ProtocolError::StartTlsTwice.into()),
             }
         }

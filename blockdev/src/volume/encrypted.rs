@@ -5,6 +5,12 @@
 //! sectors and large-sector IVs. A sector whose stored bytes are all zero — a hole, or
 //! zeros written for `write_zeroes` without punching — reads as zeros and is never
 //! decrypted; zeroed ranges are never stored as encrypted zeros.
+//!
+//! Writes of whole sectors through [`Volume::write_in_place`] (the NBD server's path)
+//! are encrypted in the caller's buffer and written from it with no copy; `write_at`
+//! encrypts from the caller's bytes into a pooled buffer, and a write with a partial
+//! sector at either end reads, merges and encrypts its sectors there. A WRITE of zeros
+//! is data like any other: stored encrypted, not as a hole.
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -617,6 +623,25 @@ impl Volume for EncryptedVolume {
             return Ok(());
         }
         self.with_cipher(|cipher| self.write_unaligned(cipher, offset, data))
+    }
+
+    /// Whole sectors are encrypted in `data` itself and written from there; a write
+    /// with a partial sector at either end goes the way of [`Volume::write_at`].
+    fn write_in_place(&self, offset: u64, data: &mut [u8]) -> Result<(), Error> {
+        self.check_writable()?;
+        check_range(offset, data.len() as u64, self.size())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !offset.is_multiple_of(SECTOR_U64) || !data.len().is_multiple_of(SECTOR) {
+            return self.with_cipher(|cipher| self.write_unaligned(cipher, offset, data));
+        }
+        self.with_cipher(|cipher| {
+            let first = offset / SECTOR_U64;
+            let _guard = self.locks.lock(first, (data.len() / SECTOR) as u64, false);
+            cipher.encrypt_sectors(data, first, SECTOR);
+            self.file.write_all_at(data, self.file_pos(first))
+        })
     }
 
     fn flush(&self) -> Result<(), Error> {

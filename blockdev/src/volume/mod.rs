@@ -78,6 +78,14 @@ pub trait Volume: Send + Sync + std::fmt::Debug {
     }
     /// Writes `data` at `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error>;
+    /// [`Volume::write_at`], free to use `data` as working space: afterwards (and
+    /// after an error) it holds unspecified bytes. For a caller that is done with the
+    /// bytes once they are written, such as the NBD server with a request's payload:
+    /// an encrypted volume encrypts whole sectors in place there instead of into a
+    /// buffer of its own, one pass over memory less per write.
+    fn write_in_place(&self, offset: u64, data: &mut [u8]) -> Result<(), Error> {
+        self.write_at(offset, data)
+    }
     /// Makes every completed write durable (fdatasync).
     fn flush(&self) -> Result<(), Error>;
     /// Deallocates the range where whole sectors allow; it then reads as zeros.

@@ -227,52 +227,28 @@ impl Endpoint {
     }
 }
 
-/// A key service reached over HTTP. Cheap to share between threads.
-pub struct RemoteKms {
+/// Carries one KMS request to a key service and brings its answer back: over HTTP
+/// to an endpoint ([`RemoteKms::new`]), or in process through the gateway's own
+/// entry point, signed as a console session's principal ([`RemoteKms::over`]).
+pub trait KmsExchange: Send + Sync {
+    /// Sends `body`, the JSON request of `op`, signed; gives back the answer's HTTP
+    /// status and body (zeroizing: it may hold a plaintext key). `Err` only when no
+    /// answer came (the service is unreachable).
+    fn exchange(&self, op: Operation, body: &[u8]) -> Result<(u16, Zeroizing<Vec<u8>>), KmsError>;
+    /// Where requests go, for messages (`https://host`, `the console's gateway`).
+    fn destination(&self) -> String;
+}
+
+/// The HTTP exchange of an endpoint.
+struct HttpExchange {
     agent: ureq::Agent,
     endpoint: Endpoint,
     region: String,
     credentials: SigningCredentials,
 }
 
-impl std::fmt::Debug for RemoteKms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteKms")
-            .field("endpoint", &self.endpoint.url)
-            .field("region", &self.region)
-            .field("access_key_id", &self.credentials.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RemoteKms {
-    /// A client of `config.endpoint`; fails on an endpoint URL or CA bundle it cannot use.
-    /// Nothing is sent until the first call.
-    pub fn new(config: RemoteKmsConfig) -> Result<RemoteKms, GatewayError> {
-        let endpoint = Endpoint::parse(&config.endpoint)?;
-        let mut agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10).min(config.timeout))
-            .timeout(config.timeout);
-        if let Some(bundle) = &config.ca_bundle {
-            agent = agent.tls_config(Arc::new(trusting(bundle)?));
-        }
-        let agent = agent.build();
-        Ok(RemoteKms {
-            agent,
-            endpoint,
-            region: config.region,
-            credentials: config.credentials,
-        })
-    }
-
-    /// The endpoint's base URL, as parsed from the configuration.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint.url
-    }
-
-    /// Sends one signed request and returns the answer's body (zeroizing: it may hold
-    /// a plaintext key).
-    fn call_raw(&self, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+impl KmsExchange for HttpExchange {
+    fn exchange(&self, op: Operation, body: &[u8]) -> Result<(u16, Zeroizing<Vec<u8>>), KmsError> {
         let now = OffsetDateTime::now_utc();
         let mut headers = HeaderMap::new();
         let target = op.target();
@@ -306,11 +282,7 @@ impl RemoteKms {
         }
         let response = match request.send_bytes(body) {
             Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => {
-                let status = response.status();
-                let text = read_body(response, &self.endpoint.url)?;
-                return Err(self.error_from(status, &text, op));
-            }
+            Err(ureq::Error::Status(_, response)) => response,
             Err(ureq::Error::Transport(e)) => {
                 return Err(KmsError::Unavailable(format!(
                     "cannot reach the key service at {}: {e}",
@@ -318,7 +290,72 @@ impl RemoteKms {
                 )))
             }
         };
-        read_body(response, &self.endpoint.url)
+        let status = response.status();
+        Ok((status, read_body(response, &self.endpoint.url)?))
+    }
+
+    fn destination(&self) -> String {
+        self.endpoint.url.clone()
+    }
+}
+
+/// A key service reached over a [`KmsExchange`] (HTTP to an endpoint, or the
+/// console's in-process one). Cheap to share between threads.
+pub struct RemoteKms {
+    exchange: Box<dyn KmsExchange>,
+    /// The exchange's destination, for messages.
+    destination: String,
+}
+
+impl std::fmt::Debug for RemoteKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKms")
+            .field("destination", &self.destination)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteKms {
+    /// A client of `config.endpoint`; fails on an endpoint URL or CA bundle it cannot use.
+    /// Nothing is sent until the first call.
+    pub fn new(config: RemoteKmsConfig) -> Result<RemoteKms, GatewayError> {
+        let endpoint = Endpoint::parse(&config.endpoint)?;
+        let mut agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10).min(config.timeout))
+            .timeout(config.timeout);
+        if let Some(bundle) = &config.ca_bundle {
+            agent = agent.tls_config(Arc::new(trusting(bundle)?));
+        }
+        let agent = agent.build();
+        Ok(RemoteKms::over(Box::new(HttpExchange {
+            agent,
+            endpoint,
+            region: config.region,
+            credentials: config.credentials,
+        })))
+    }
+
+    /// A client whose requests go through `exchange`.
+    pub fn over(exchange: Box<dyn KmsExchange>) -> RemoteKms {
+        RemoteKms {
+            destination: exchange.destination(),
+            exchange,
+        }
+    }
+
+    /// Where requests go: the endpoint's base URL, as parsed from the configuration.
+    pub fn endpoint(&self) -> &str {
+        &self.destination
+    }
+
+    /// Sends one request and returns the answer's body (zeroizing: it may hold a
+    /// plaintext key); an answer with an error status becomes its [`KmsError`].
+    fn call_raw(&self, op: Operation, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let (status, answer) = self.exchange.exchange(op, body)?;
+        if !(200..300).contains(&status) {
+            return Err(self.error_from(status, &answer, op));
+        }
+        Ok(answer)
     }
 
     fn error_from(&self, status: u16, body: &[u8], op: Operation) -> KmsError {
@@ -329,7 +366,7 @@ impl RemoteKms {
             }) => KmsError::from_aws_name(&kind, message.unwrap_or_default()),
             _ => KmsError::Internal(format!(
                 "the key service at {} answered {} with HTTP {status} and no AWS error",
-                self.endpoint.url,
+                self.destination,
                 op.name()
             )),
         }
@@ -382,7 +419,7 @@ impl RemoteKms {
         serde_json::from_slice(body).map_err(|e| {
             KmsError::Internal(format!(
                 "the key service at {} sent an unreadable answer to {}: {e}",
-                self.endpoint.url,
+                self.destination,
                 op.name()
             ))
         })

@@ -8,9 +8,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
+use zeroize::Zeroizing;
 
 use super::session::Session;
 use crate::error::GatewayError;
@@ -20,6 +21,8 @@ use crypto_core::kms::wire;
 
 /// Largest gateway answer the console reads whole (a page of a listing is far less).
 const MAX_ANSWER: usize = 8 << 20;
+/// Room first made for a KMS answer holding a data key (a few hundred bytes).
+const SECRET_ANSWER: usize = 16 * 1024;
 
 /// Who is asking, from where: the session signs, the browser's address and user
 /// agent go into the trail.
@@ -61,6 +64,59 @@ impl Caller<'_> {
 
     /// KMS `operation` (`TrentService.<operation>`) with the JSON `input`.
     pub(crate) async fn kms(&self, operation: &str, input: Bytes) -> Result<Answer, GatewayError> {
+        read_whole(self.kms_response(operation, input).await?).await
+    }
+
+    /// [`Caller::kms`] for the console's volume actions, whose answers may hold a
+    /// plaintext data key (GenerateDataKey, Decrypt): the body is read into memory
+    /// that is wiped when dropped, and never reaches a page.
+    pub(crate) async fn kms_secret(
+        &self,
+        operation: &str,
+        input: Bytes,
+    ) -> Result<(http::StatusCode, Zeroizing<Vec<u8>>), GatewayError> {
+        let response = self.kms_response(operation, input).await?;
+        let (parts, mut body) = response.into_parts();
+        let mut answer = Zeroizing::new(Vec::with_capacity(SECRET_ANSWER));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                GatewayError::io(
+                    "reading the gateway's answer",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+            if let Ok(mut data) = frame.into_data() {
+                let length = data.remaining();
+                if answer.len() + length > answer.capacity() {
+                    // Never let the vector reallocate: the old buffer would not be wiped.
+                    if answer.len() + length > MAX_ANSWER {
+                        return Err(GatewayError::io(
+                            "reading the gateway's answer",
+                            std::io::Error::other("the key service's answer is too large"),
+                        ));
+                    }
+                    let mut grown = Zeroizing::new(Vec::with_capacity(
+                        (answer.len() + length).max(answer.capacity() * 2),
+                    ));
+                    grown.extend_from_slice(&answer);
+                    answer = grown;
+                }
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    answer.extend_from_slice(chunk);
+                    let read = chunk.len();
+                    data.advance(read);
+                }
+            }
+        }
+        Ok((parts.status, answer))
+    }
+
+    async fn kms_response(
+        &self,
+        operation: &str,
+        input: Bytes,
+    ) -> Result<Response<Body>, GatewayError> {
         let mut headers = self.base_headers()?;
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -78,10 +134,7 @@ impl Caller<'_> {
             &mut headers,
             Payload::Body(&input),
         )?;
-        let response = self
-            .send("POST", "/", "", headers, Full::new(input))
-            .await?;
-        read_whole(response).await
+        self.send("POST", "/", "", headers, Full::new(input)).await
     }
 
     /// An S3 request: `path` and `query` already URI-encoded; `headers` the

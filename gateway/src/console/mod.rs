@@ -7,13 +7,17 @@
 //! key of `atrest iam create-access-key`; every KMS and S3 action then goes through
 //! [`calls`], which signs the AWS request with that key and hands it to the gateway's
 //! entry point, so key and bucket policies decide and the trail names the principal.
-//! The event history reads the home's trail with [`crypto_core::trail`].
+//! The event history reads the home's trail with [`crypto_core::trail`]. The
+//! volumes page's actions (create, snapshot, encrypted copy, rewrap, swap an export
+//! of a running NBD server) run the CLI's lifecycle code with a key service whose
+//! calls go through [`calls`] the same way ([`volume_actions`]); the exports page
+//! reads the status files of running `atrest nbd serve` processes.
 //!
 //! Security: the session cookie is HttpOnly, SameSite=Strict, and Secure under TLS;
 //! sessions expire when idle; every request that changes state carries the session's
 //! CSRF token in `X-CSRF-Token` and a JSON (or upload) content type; the secret never
-//! leaves [`session::Session`]; failed sign-ins are recorded in the trail as refused
-//! `ConsoleLogin` calls and throttled per address.
+//! leaves [`session::Session`]; sign-ins are recorded in the trail as `ConsoleLogin`
+//! events (failed ones as refused, and throttled per address).
 
 mod actions;
 mod calls;
@@ -22,6 +26,7 @@ mod session;
 mod signin;
 #[cfg(test)]
 mod tests;
+mod volume_actions;
 mod volumes;
 
 use std::future::Future;
@@ -141,6 +146,7 @@ pub(crate) fn owns(path: &str) -> bool {
 }
 
 /// A refusal of the console API: an HTTP status and an AWS-style error body.
+#[derive(Debug)]
 struct Refusal {
     status: StatusCode,
     code: &'static str,
@@ -426,6 +432,22 @@ async fn answer_api(
         (Method::GET, "activity") => activity(gateway, console).await,
         (Method::GET, "validate") => validate(console, gateway).await,
         (Method::GET, "volumes") => volumes(&caller, console).await,
+        (Method::POST, "volumes/create") => {
+            volume_actions::create(&caller, &session, console, &read_json(body).await?).await
+        }
+        (Method::POST, "volumes/snapshot") => {
+            volume_actions::snapshot(console, &read_json(body).await?).await
+        }
+        (Method::POST, "volumes/copy") => {
+            volume_actions::copy(&caller, &session, console, &read_json(body).await?).await
+        }
+        (Method::POST, "volumes/rewrap") => {
+            volume_actions::rewrap(&caller, &session, console, &read_json(body).await?).await
+        }
+        (Method::GET, "exports") => volume_actions::exports(console).await,
+        (Method::POST, "exports/swap") => {
+            volume_actions::swap(&caller, &session, console, &read_json(body).await?).await
+        }
         _ => Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "NotFound",

@@ -4,13 +4,21 @@
 use super::{json_reply, parse, read_json, session_cookie, session_view, Console, Refusal};
 use crate::server::{Body, Gateway, RequestBody};
 use crate::sigv4::{self, Expectations, PathEncoding, Payload, SigningCredentials};
-use crypto_core::trail::{EventSource, RefusedCaller, RefusedRequest};
+use crypto_core::trail::{ApiCall, EventSource, RefusedCaller, RefusedRequest};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use zeroize::Zeroizing;
+
+/// Why a sign-in did not open a session.
+enum SignInFailure {
+    /// The access key did not verify (recorded as a refused `ConsoleLogin`).
+    Refused(crate::GatewayError),
+    /// It verified, but the trail could not record the sign-in.
+    Unrecorded(crypto_core::kms::KmsError),
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -21,8 +29,9 @@ struct SignIn {
 }
 
 /// Checks the access key the way the API does (a request signed with it must
-/// verify against the gateway's access keys), then opens a session. A refusal is
-/// recorded in the trail as a refused `ConsoleLogin` with the claimed key.
+/// verify against the gateway's access keys), then opens a session. Both outcomes
+/// are in the trail: a successful `ConsoleLogin` by the principal (before the
+/// session opens), or a refused one with the claimed key.
 pub(super) async fn sign_in(
     gateway: &Arc<Gateway>,
     console: &Console,
@@ -50,7 +59,7 @@ pub(super) async fn sign_in(
     };
     let checked = {
         let gateway = Arc::clone(gateway);
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || -> Result<_, SignInFailure> {
             let verified = verify_credentials(&gateway, &credentials);
             if let Err(err) = &verified {
                 gateway.record_refusal(RefusedRequest {
@@ -69,7 +78,29 @@ pub(super) async fn sign_in(
                     ),
                 });
             }
-            verified.map(|principal| (credentials, principal))
+            let principal = verified.map_err(SignInFailure::Refused)?;
+            // A sign-in counts only once the trail holds it, as every KMS call.
+            gateway
+                .record_event(
+                    &ApiCall {
+                        event_time: gateway.now(),
+                        event_name: "ConsoleLogin".into(),
+                        principal: principal.clone(),
+                        request_parameters: Value::Null,
+                        response_elements: Some(json!({ "ConsoleLogin": "Success" })),
+                        error_code: None,
+                        error_message: None,
+                        read_only: false,
+                        resources: Vec::new(),
+                    },
+                    &crypto_core::trail::RequestSource::remote(
+                        peer.ip(),
+                        Some(b"atrest-console"),
+                        Some(&credentials.access_key_id),
+                    ),
+                )
+                .map_err(SignInFailure::Unrecorded)?;
+            Ok((credentials, principal))
         })
         .await
         .map_err(|e| {
@@ -90,7 +121,15 @@ pub(super) async fn sign_in(
             );
             Ok(response)
         }
-        Err(err) => {
+        Err(SignInFailure::Unrecorded(err)) => {
+            tracing::error!("a console sign-in could not be recorded: {err}");
+            Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "InternalFailure",
+                "the sign-in could not be recorded in the audit trail",
+            ))
+        }
+        Err(SignInFailure::Refused(err)) => {
             console.sessions.failed(peer.ip());
             tracing::info!(source = %peer.ip(), "refused console sign-in: {}", err.aws_name());
             Err(Refusal::new(

@@ -276,6 +276,16 @@ impl Gateway {
         }
     }
 
+    /// Appends `call` (an event of the gateway's own, such as a console sign-in) to
+    /// the trail, as coming from `source`; fails when the trail cannot record it.
+    pub(crate) fn record_event(
+        &self,
+        call: &crypto_core::trail::ApiCall,
+        source: &crypto_core::trail::RequestSource,
+    ) -> Result<(), crypto_core::kms::KmsError> {
+        self.kms.record_event(call, source)
+    }
+
     /// Answers one S3 request, reading its body from `body` as it arrives. The key
     /// service calls it makes are recorded as coming from `source`; `verified` is
     /// set once its signature verifies.

@@ -29,6 +29,12 @@ impl LocalKms {
         })
     }
 
+    /// Records an event that is not a key service call but belongs in the same trail
+    /// (a console sign-in), as coming from `source`. Durable before it returns.
+    pub fn record_event(&self, call: &ApiCall, source: &RequestSource) -> Result<(), KmsError> {
+        self.append_from(call, source)
+    }
+
     /// GetParametersForImport, ImportKeyMaterial and DeleteImportedKeyMaterial
     /// (`operation` names which): every atrest key has origin `AWS_KMS`, so each is
     /// refused with UnsupportedOperationException once the key is found and the

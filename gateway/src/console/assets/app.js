@@ -622,20 +622,88 @@
     return (i ? v.toFixed(1) : String(v)) + " " + units[i];
   }
 
+  // A <select> of the keys the principal can name: aliases (customer ones), then
+  // key ids without an alias. `first` options come before them ([value, label]).
+  async function keyPicker(id, first) {
+    const select = el("select", { id }, first.map(([value, label]) => el("option", { value }, label)));
+    try {
+      const aliases = await listAll("ListAliases", "Aliases");
+      const named = new Set();
+      for (const a of aliases) {
+        if (!a.TargetKeyId || a.AliasName.startsWith("alias/aws/")) continue;
+        named.add(a.TargetKeyId);
+        select.append(el("option", { value: a.AliasName }, a.AliasName));
+      }
+      for (const k of await listAll("ListKeys", "Keys")) {
+        if (!named.has(k.KeyId)) select.append(el("option", { value: k.KeyId }, k.KeyId));
+      }
+    } catch (e) { /* listing refused: the first options only */ }
+    return select;
+  }
+
   async function volumesPage() {
     const out = el("div", { id: "volumes-result", hidden: true });
+    const actionOut = el("div", { id: "volume-action-result", hidden: true });
     const body = el("tbody", { id: "volumes-body" });
     const dirs = el("p", { class: "muted", id: "volume-dirs" });
+    const source = el("select", { id: "action-volume" });
+    const directory = el("select", { id: "create-dir" });
+    const [copyKey, rewrapKey, createKey] = await Promise.all([
+      keyPicker("copy-key", [["", "The source's key"]]),
+      keyPicker("rewrap-key", [["", "The current key (its newest material)"]]),
+      keyPicker("create-key", [["", "Unencrypted"]]),
+    ]);
+    const snapName = el("input", { type: "text", id: "snapshot-name", placeholder: "root-snap" });
+    const copyName = el("input", { type: "text", id: "copy-name", placeholder: "root-enc" });
+    const createName = el("input", { type: "text", id: "create-name", placeholder: "data" });
+    const createSize = el("input", { type: "number", id: "create-size", min: "1", value: "64" });
+    const createUnit = el("select", { id: "create-unit" }, el("option", { value: String(1 << 20) }, "MiB"), el("option", { value: String(1 << 30) }, "GiB"));
+    const action = (label, id, path, payload, cls) => el("button", { id, type: "button", class: cls || null, on: { click: (event) => guard(actionOut, async () => {
+      const button = event.currentTarget;
+      button.disabled = true;
+      result(actionOut, true, label + ": working…");
+      try {
+        const done = await api("POST", path, payload());
+        result(actionOut, true, label + ": " + done.path + (done.keyArn ? " under " + done.keyArn : " (unencrypted)") + (done.readOnly ? ", read-only" : "") + ".");
+        await load();
+      } finally { button.disabled = false; }
+    }) } }, label);
     show(el("h1", {}, "Volumes"), dirs, out,
       el("div", { class: "panel" }, el("table", { id: "volumes-table" },
         el("thead", {}, el("tr", {}, ["Volume", "Size", "Allocated", "Encrypted", "KMS key", "Key state"].map((h, i) => el("th", { class: i === 2 ? "hide-narrow" : null }, h)))),
         body)),
-      el("p", { class: "muted" }, "Snapshots, encrypted copies, swaps and rewraps are done with `atrest volume` and `atrest nbd serve` (docs/LAB.md, step 6)."));
-    await guard(out, async () => {
+      el("div", { class: "panel", id: "volume-actions" }, el("h2", {}, "Actions"),
+        el("p", { class: "muted" }, "Each action runs as " + session.principal + ": the key policy decides, and the trail records the KMS calls. Names are files in the volume's directory; nothing is ever replaced."),
+        el("label", { for: "action-volume" }, "Volume"), source,
+        el("h2", {}, "Snapshot (read-only, same key)"),
+        el("div", { class: "row" }, snapName, action("Snapshot", "snapshot-submit", "volumes/snapshot", () => ({ path: source.value, name: snapName.value }))),
+        el("h2", {}, "Encrypted copy (fresh data key)"),
+        el("div", { class: "row" }, copyName, copyKey, action("Copy", "copy-submit", "volumes/copy", () => ({ path: source.value, name: copyName.value, keyId: copyKey.value || null }), "primary")),
+        el("h2", {}, "Rewrap the data key (ReEncrypt)"),
+        el("div", { class: "row" }, rewrapKey, action("Rewrap", "rewrap-submit", "volumes/rewrap", () => ({ path: source.value, keyId: rewrapKey.value || null }))),
+        actionOut),
+      el("div", { class: "panel", id: "create-volume" }, el("h2", {}, "Create volume"),
+        el("label", { for: "create-dir" }, "Directory"), directory,
+        el("label", { for: "create-name" }, "Name (.vol is added)"), createName,
+        el("label", { for: "create-size" }, "Size"), el("div", { class: "row" }, createSize, createUnit),
+        el("label", { for: "create-key" }, "KMS key"), createKey,
+        el("div", { class: "row" }, action("Create volume", "create-submit", "volumes/create", () => ({
+          directory: directory.value, name: createName.value,
+          size: Math.round(Number(createSize.value) * Number(createUnit.value)), keyId: createKey.value || null,
+        }), "primary"))),
+      el("p", { class: "muted" }, el("a", { href: "#/exports" }, "NBD exports"), " swap a running server's export to one of these volumes."));
+    async function load() {
       const data = await api("GET", "volumes");
       dirs.textContent = "Volumes (*.vol) under " + data.directories.join(", ");
+      const chosen = source.value;
+      const chosenDir = directory.value;
+      body.replaceChildren();
+      source.replaceChildren();
+      directory.replaceChildren(...data.directories.map((d) => el("option", { value: d }, d)));
+      if (chosenDir) directory.value = chosenDir;
       for (const v of data.volumes) {
         const name = v.path.split("/").pop();
+        source.append(el("option", { value: v.path }, name));
         body.append(el("tr", { "data-volume": name },
           el("td", { title: v.path }, name, v.error ? el("div", { class: "result error" }, v.error) : null),
           el("td", {}, v.error ? "—" : bytesText(v.size)),
@@ -644,7 +712,63 @@
           el("td", { title: v.keyArn || "" }, v.keyArn ? v.keyArn.replace(/^arn:aws:kms:[^:]*:[^:]*:/, "") : "—"),
           el("td", { class: v.keyState ? "status-" + v.keyState : null }, v.keyState || "—")));
       }
+      if (chosen) source.value = chosen;
       if (!data.volumes.length) body.append(el("tr", {}, el("td", { colspan: 6 }, "No volumes.")));
+    }
+    await guard(out, load);
+  }
+
+  // ---- NBD exports -------------------------------------------------------
+
+  async function exportsPage() {
+    const out = el("div", { id: "exports-result", hidden: true });
+    const list = el("div", { id: "servers" });
+    show(el("h1", {}, "NBD exports"),
+      el("p", { class: "muted", id: "status-dir" }),
+      out, list);
+    await guard(out, async () => {
+      const [data, vols] = await Promise.all([api("GET", "exports"), api("GET", "volumes")]);
+      document.getElementById("status-dir").textContent = "Running `atrest nbd serve` processes, from their status files in " + data.statusDirectory + ".";
+      for (const server of data.servers) {
+        const swapOut = el("div", { id: "swap-result-" + server.pid, hidden: true });
+        const exportRows = server.exports.map((x) => {
+          const target = el("select", { id: "swap-target-" + x.name, "data-export": x.name },
+            vols.volumes.filter((v) => !v.error).map((v) => el("option", { value: v.path, selected: v.path === x.path || null }, v.path.split("/").pop())));
+          const swap = el("button", { type: "button", id: "swap-" + x.name, disabled: !server.exportsFile || null, on: { click: (event) => guard(swapOut, async () => {
+            const button = event.currentTarget;
+            button.disabled = true;
+            result(swapOut, true, "Swapping " + x.name + ": editing " + server.exportsFile + ", then SIGHUP to " + server.pid + "…");
+            try {
+              const done = await api("POST", "exports/swap", { pid: server.pid, export: x.name, volume: target.value });
+              flash("ok", "Export " + done.export + " now serves " + done.volume + " (was " + done.previous + ").");
+              await exportsPage();
+            } finally { button.disabled = false; }
+          }) } }, "Swap");
+          return el("tr", { "data-export": x.name },
+            el("td", {}, x.name), el("td", { class: "export-path", title: x.path }, x.path),
+            el("td", {}, x.readOnly ? "Yes" : "No"), el("td", { class: "hide-narrow" }, x.description || "—"),
+            el("td", { class: "export-clients" }, String(x.clients)),
+            el("td", {}, el("div", { class: "row" }, target, swap)));
+        });
+        const clientRows = server.clients.map((c) => el("tr", { "data-client": c.address },
+          el("td", {}, c.address), el("td", {}, c.export || "(negotiating)"), el("td", {}, c.tlsIdentity || "—"), el("td", {}, dateText(c.since))));
+        list.append(el("div", { class: "panel server", id: "server-" + server.pid, "data-pid": server.pid },
+          el("h2", {}, "Server pid " + server.pid + " on " + server.listen.join(", ")),
+          props([
+            ["TLS", server.tls ? server.tls + (server.clientCertificates ? ", client certificates" : "") : "No"],
+            ["Exports file", server.exportsFile || "— (exports from the command line: no swap while it runs)", "exports-file-" + server.pid],
+            ["Started", dateText(server.started)],
+          ]),
+          el("h2", {}, "Exports"),
+          table(["Export", "Volume", "Read-only", "Description", "Clients", "Swap to"], exportRows),
+          swapOut,
+          el("h2", {}, "Connected clients"),
+          table(["Address", "Export", "TLS client", "Connected since"], clientRows.length ? clientRows : [el("tr", {}, el("td", { colspan: 4 }, "None."))])));
+      }
+      if (!data.servers.length) list.append(el("div", { class: "panel" }, "No NBD server is running."));
+      if (data.gone.length) list.append(el("div", { class: "panel", id: "gone-servers" }, el("h2", {}, "Gone"),
+        el("p", { class: "muted" }, "Status files of servers that stopped without removing them (killed); nothing in them is used."),
+        table(["File", "Pid"], data.gone.map((g) => el("tr", {}, el("td", {}, g.file), el("td", {}, String(g.pid)))))));
     });
   }
 
@@ -763,6 +887,7 @@
       if (parts[0] === "object") return await objectPage(parts[1], parts.slice(2).join("/"));
       if (parts[0] === "events") return await eventsPage(query);
       if (parts[0] === "volumes") return await volumesPage();
+      if (parts[0] === "exports") return await exportsPage();
       return await keysPage();
     } catch (e) {
       if (e.code !== "NotSignedIn") flash("error", String(e));
