@@ -165,6 +165,10 @@ seed("s3_post_form", "form", b"multipart/form-data; boundary=B\n" + post_form)
 seed("nbd_option", "meta", struct.pack(">I", 3) + meta)
 # A certificate subject's RDNs (C=GB, CN=client1), as nbd::common_name reads them.
 seed("nbd_client_name", "subject", bytes.fromhex("310b300906035504061302474231103" "00e06035504030c07") + b"client1")
+# TLS records (nbd::check_record_opener): mode 1 seals (length, inner bytes) pairs,
+# here application data and a KeyUpdate; mode 0 opens the bytes as they are.
+seed("nbd_tls_record", "sealed", b"\x01" + struct.pack(">H", 6) + b"hello\x17" + struct.pack(">H", 6) + b"\x18\x00\x00\x01\x00\x16")
+seed("nbd_tls_record", "raw", b"\x00\x17\x03\x03\x00\x11" + bytes(17))
 # XTS: key halves, a selector, sector size and number selectors, data.
 # One 4096-byte sector (xts_openssl's seed has two): what the target costs grows
 # with the input, and libFuzzer's default -max_len is the longest seed.
@@ -246,6 +250,7 @@ own_sources() { # own_sources TARGET: prints source paths
     nbd_request | nbd_option) echo blockdev/src/nbd/proto.rs ;;
     nbd_session) echo blockdev/src/nbd/{server,negotiation,transmission,proto}.rs ;;
     nbd_client_name) echo blockdev/src/nbd/tls.rs ;;
+    nbd_tls_record) echo blockdev/src/nbd/tls/record.rs ;;
     object_header) echo objstore/src/format.rs ;;
     s3_request) echo gateway/src/s3 ;;
     s3_post_form) echo gateway/src/s3/post ;;

@@ -339,21 +339,9 @@ pub enum TlsError {
     /// The client's TLS handshake failed (no or a rejected certificate, ...).
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
-    /// The client sent more than its handshake before STARTTLS was answered.
-    #[error("the client sent data after its TLS handshake before the server answered")]
-    DataBeforeAnswer,
-    /// The last handshake records could not be sent.
+    /// The handshake records could not be sent.
     #[error("finishing the TLS handshake: {0}")]
     FinishHandshake(String),
-    /// Reading the client's TLS records from the socket failed.
-    #[error("reading a TLS record: {0}")]
-    ReadRecord(String),
-    /// The client's TLS records are invalid.
-    #[error("the client's TLS records: {0}")]
-    BadRecords(String),
-    /// The decrypted stream could not be read.
-    #[error("reading plaintext: {0}")]
-    ReadPlaintext(String),
 }
 
 #[cfg(test)]

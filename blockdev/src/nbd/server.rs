@@ -502,37 +502,34 @@ fn serve_connection(
             transmit(reader, writer, session, context, attached)
         }
         Outcome::StartTls(settings) => {
-            // The pump owns the socket now; what was read past STARTTLS goes to TLS.
+            // TLS owns the socket now; what was read past STARTTLS goes to TLS.
             let early = reader.buffer().to_vec();
             let tcp = reader.into_inner();
             drop(writer);
-            let name = thread::current().name().unwrap_or("nbd-conn").to_owned();
-            thread::scope(|scope| {
-                let session = tls::accept(scope, &settings, tcp, &early, &name)?;
-                let identity = session.identity;
-                let plain = session.plain;
-                handshake_timeouts(&plain)?;
-                match &identity {
-                    Some(who) => info!("{}: TLS with a client certificate, {who}", context.peer),
-                    None => debug!("{}: TLS without a client certificate", context.peer),
+            let session = tls::accept(&settings, tcp, &early)?;
+            let identity = session.identity;
+            let stream = session.stream;
+            handshake_timeouts(&stream)?;
+            match &identity {
+                Some(who) => info!("{}: TLS with a client certificate, {who}", context.peer),
+                None => debug!("{}: TLS without a client certificate", context.peer),
+            }
+            let mut writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
+            let mut reader = BufReader::with_capacity(256 * 1024, stream);
+            // Everything negotiated before TLS is forgotten: a fresh negotiation.
+            let secured = Negotiation {
+                context,
+                client,
+                secured: Some(identity.as_ref()),
+            };
+            match secured.run(&mut reader, &mut writer)? {
+                Outcome::Abort => Ok(()),
+                Outcome::Attach(session, name) => {
+                    publication.attached(&name, identity.as_ref());
+                    transmit(reader, writer, session, context, attached)
                 }
-                let mut writer = plain.try_clone().map_err(io_error("cloning the socket"))?;
-                let mut reader = BufReader::with_capacity(256 * 1024, plain);
-                // Everything negotiated before TLS is forgotten: a fresh negotiation.
-                let secured = Negotiation {
-                    context,
-                    client,
-                    secured: Some(identity.as_ref()),
-                };
-                match secured.run(&mut reader, &mut writer)? {
-                    Outcome::Abort => Ok(()),
-                    Outcome::Attach(session, name) => {
-                        publication.attached(&name, identity.as_ref());
-                        transmit(reader, writer, session, context, attached)
-                    }
-                    Outcome::StartTls(_) => Err(ProtocolError::StartTlsTwice.into()),
-                }
-            })
+                Outcome::StartTls(_) => Err(ProtocolError::StartTlsTwice.into()),
+            }
         }
     }
 }

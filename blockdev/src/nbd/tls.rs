@@ -1,39 +1,60 @@
 //! NBD over TLS: the server's TLS configuration, the client's certificate identity,
-//! and the pump that carries one connection's TLS records.
+//! the handshake, and the record layer that carries the session on the transmission
+//! threads themselves.
 //!
-//! rustls keeps one state for both directions of a connection, while the transmission
-//! phase reads requests and writes replies from several threads at once. So after the
-//! TLS handshake a pump owns the TLS state and one end of a socket pair: one pump
-//! thread decrypts what arrives on the TCP socket into the pair, another encrypts
-//! what the server writes into the pair onto the socket. The handshake and
-//! transmission code runs unchanged on the other (plaintext) end of the pair.
+//! rustls runs the handshake (its unbuffered API, so that nothing is left buffered
+//! inside it), then hands out the traffic keys of both directions and a
+//! [`rustls::kernel::KernelConnection`] that derives the next keys on a KeyUpdate
+//! (`enable_secret_extraction`). From then on [`connection::TlsStream`] seals and
+//! opens TLS 1.3 records itself with ring's AEAD ([`record`]): the thread reading
+//! requests (under the connection's read lock) owns the client's key and sequence
+//! number, the thread writing a reply (under the write lock) owns the server's, so
+//! the transmission code runs unchanged with no pump thread and no socket pair. A
+//! read reply's data is sealed where the volume decrypted it, without a copy: each
+//! record between the first and the last borrows the next record's first byte for its
+//! content type, and the records' headers and tags go beside the data in one `writev`
+//! (`Wire::write_reply`). Other replies are framed into records in one buffer, sealed
+//! in place and sent with one `write`. A request's records are read many at a time
+//! and opened in place.
 //!
-//! Closing: the client's end of TCP (or a `shutdown(Read)` of it by the server, as on
-//! shutdown or a volume swap) ends the plaintext stream, so the server stops reading
-//! requests; once the server has written its last reply and dropped its end, the pump
-//! sends `close_notify` and closes the socket.
+//! The rules (fail-closed, each ends the connection, with an alert where one is due):
+//! only protected records after the handshake; at most 2^14 + 256 bytes of ciphertext
+//! and 2^14 of plaintext per record; a record that fails authentication; inner
+//! content types application data, alert (close_notify ends the stream cleanly, any
+//! other alert is an error) and handshake, where a KeyUpdate alone in its record is
+//! the only message a client may send (a NewSessionTicket from a client is refused).
+//! A KeyUpdate from the client switches its key; one with `update_requested` is
+//! answered with the server's own before its next record. Sequence numbers never wrap;
+//! the server updates its key before the cipher suite's confidentiality limit
+//! (2^24 records for AES-GCM) and asks the client to update at half of it, refusing
+//! a client that goes past it. close_notify goes out on an orderly end.
+//!
+//! Closing: the client's close_notify or end of TCP (or a `shutdown(Read)` of the
+//! socket by the server, as on shutdown or a volume swap) ends the request stream;
+//! once the server has written its last reply and dropped its handles, close_notify
+//! goes out and the socket closes.
+
+mod connection;
+mod record;
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::net::TcpStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, Scope};
+use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
-use tracing::debug;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection, WebPkiClientVerifier};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
+};
+use rustls::{RootCertStore, ServerConfig};
 use zeroize::Zeroizing;
 
-use crate::{Error, TlsError};
+pub(super) use connection::TlsStream;
 
-/// Bytes of ciphertext read from the socket at a time.
-const RECORD_READ: usize = 256 * 1024;
-/// Bytes of plaintext encrypted at a time (a 32 MiB read reply goes in pieces).
-const PLAIN_READ: usize = 256 * 1024;
+use crate::{Error, TlsError};
 
 /// Whether a TLS server also serves clients that do not upgrade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,9 +124,11 @@ impl TlsSettings {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let config = builder
+        let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| TlsError::KeyMismatch(e.to_string()))?;
+        // The record layer after the handshake is atrest's own (see the module doc).
+        config.enable_secret_extraction = true;
         Ok(TlsSettings {
             config: Arc::new(config),
             mode,
@@ -271,45 +294,123 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, value, after))
 }
 
-/// A TLS session after its handshake: the plaintext end for the NBD code, and who the
+/// Opens the bytes of `data` as TLS 1.3 records from a client, under a fixed test key,
+/// and checks what the opener promises: every record opens to at most 2^14 bytes of
+/// plaintext inside the record, or is refused; nothing panics. The first byte picks
+/// whether the rest is opened as it is (headers, lengths, tags) or is first sealed
+/// into records of the sizes and inner bytes it gives (so that the checks after
+/// decryption are reached: padding, content types). For
+/// `fuzz/fuzz_targets/nbd_tls_record.rs`.
+pub fn check_record_opener(data: &[u8]) {
+    record::check_opener(data);
+}
+
+/// A TLS session after its handshake: the stream for the NBD code, and who the
 /// client is.
 #[derive(Debug)]
 pub(super) struct TlsSession {
-    pub plain: UnixStream,
+    pub stream: TlsStream,
     /// `None` when the server asks for no client certificate.
     pub identity: Option<ClientIdentity>,
 }
 
+/// Largest handshake flight buffered from a client (a certificate chain fits many
+/// times over); a client sending more is refused.
+const MAX_HANDSHAKE_BUFFER: usize = 256 * 1024;
+
 /// Runs the TLS handshake on `tcp` (after `NBD_REP_ACK` to STARTTLS; `early` is what
-/// the server had already read past the option) and starts the pump on `scope`.
-/// The socket keeps its read timeout for the handshake, then has none.
-pub(super) fn accept<'scope>(
-    scope: &'scope Scope<'scope, '_>,
+/// the server had already read past the option) with rustls, then takes the traffic
+/// keys out of rustls for the record layer in [`connection`]. The socket keeps its
+/// timeouts.
+pub(super) fn accept(
     settings: &TlsSettings,
     tcp: TcpStream,
     early: &[u8],
-    name: &str,
 ) -> Result<TlsSession, Error> {
-    let mut tls = ServerConnection::new(Arc::clone(&settings.config))
+    accept_with_limit(settings, tcp, early, u64::MAX)
+}
+
+/// [`accept`], with the records per key at most `max_records` (tests use a few, to
+/// see keys updated).
+fn accept_with_limit(
+    settings: &TlsSettings,
+    tcp: TcpStream,
+    early: &[u8],
+    max_records: u64,
+) -> Result<TlsSession, Error> {
+    let mut tls = UnbufferedServerConnection::new(Arc::clone(&settings.config))
         .map_err(|e| TlsError::Session(e.to_string()))?;
-    let mut wire = Prefixed {
-        early,
-        stream: &tcp,
-    };
-    while tls.is_handshaking() {
-        match tls.complete_io(&mut wire) {
-            Ok((0, 0)) => return Err(TlsError::ClosedInHandshake.into()),
-            Ok(_) => {}
+    let mut incoming = early.to_vec();
+    let mut filled = incoming.len();
+    let mut outgoing = vec![0u8; 16 * 1024];
+    let mut queued = 0;
+    // Application data that came with the client's Finished (its first option).
+    let mut plaintext = Vec::new();
+    loop {
+        let UnbufferedStatus { discard, state } = tls.process_tls_records(&mut incoming[..filled]);
+        let state = match state {
+            Ok(state) => state,
+            Err(err) => {
+                send_handshake_alert(&mut tls, &tcp);
+                return Err(TlsError::Handshake(err.to_string()).into());
+            }
+        };
+        let wait_for_client = match state {
+            ConnectionState::EncodeTlsData(mut data) => {
+                encode(&mut data, &mut outgoing, &mut queued)?;
+                false
+            }
+            ConnectionState::TransmitTlsData(data) => {
+                (&tcp)
+                    .write_all(&outgoing[..queued])
+                    .map_err(|e| TlsError::FinishHandshake(e.to_string()))?;
+                queued = 0;
+                data.done();
+                false
+            }
+            ConnectionState::ReadTraffic(mut traffic) => {
+                while let Some(record) = traffic.next_record() {
+                    let record = record.map_err(|e| TlsError::Handshake(e.to_string()))?;
+                    plaintext.extend_from_slice(record.payload);
+                }
+                false
+            }
+            ConnectionState::BlockedHandshake => true,
+            // The server may send from its Finished on; the client's Finished ends
+            // the handshake.
+            ConnectionState::WriteTraffic(_) => true,
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                return Err(TlsError::ClosedInHandshake.into())
+            }
+            _ => {
+                return Err(
+                    TlsError::Handshake("unexpected handshake state (early data?)".into()).into(),
+                )
+            }
+        };
+        incoming.copy_within(discard..filled, 0);
+        filled -= discard;
+        if !wait_for_client {
+            continue;
+        }
+        if !tls.is_handshaking() {
+            break;
+        }
+        if incoming.len() - filled < record::MAX_CIPHERTEXT + record::HEADER_LEN {
+            let grown = incoming.len() + 64 * 1024;
+            if grown > MAX_HANDSHAKE_BUFFER {
+                return Err(
+                    TlsError::Handshake("the client's handshake is too large".into()).into(),
+                );
+            }
+            incoming.resize(grown, 0);
+        }
+        match (&tcp).read(&mut incoming[filled..]) {
+            Ok(0) => return Err(TlsError::ClosedInHandshake.into()),
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(TlsError::Handshake(err.to_string()).into()),
         }
-    }
-    if !wire.early.is_empty() {
-        // More than one flight before STARTTLS was acknowledged: not TLS as NBD uses it.
-        return Err(TlsError::DataBeforeAnswer.into());
-    }
-    while tls.wants_write() {
-        tls.write_tls(&mut &tcp)
-            .map_err(|e| TlsError::FinishHandshake(e.to_string()))?;
     }
     let identity = settings.verifies_clients.then(|| {
         tls.peer_certificates()
@@ -317,201 +418,67 @@ pub(super) fn accept<'scope>(
             .map(ClientIdentity::of_certificate)
             .unwrap_or_default()
     });
-    // Each direction is drained at once, so rustls needs no buffer limit of its own.
-    tls.set_buffer_limit(None);
-    tcp.set_read_timeout(None).map_err(|source| Error::Io {
-        context: "clearing the TLS handshake timeout".into(),
-        source,
-    })?;
-    let io_err = |context: &str| {
-        let context = context.to_owned();
-        move |source| Error::Io { context, source }
-    };
-    let (plain, pump_end) = UnixStream::pair().map_err(io_err("creating the TLS socket pair"))?;
-    let inbound_tcp = tcp
-        .try_clone()
-        .map_err(io_err("cloning the socket for TLS"))?;
-    let inbound_plain = pump_end
-        .try_clone()
-        .map_err(io_err("cloning the TLS socket pair"))?;
-    let pump = Arc::new(Pump {
-        tls: Mutex::new(tls),
-        out: Mutex::new(Outgoing {
-            tcp,
-            records: Vec::new(),
-        }),
-    });
-    let inbound = Arc::clone(&pump);
-    thread::Builder::new()
-        .name(format!("{name}-tls-in"))
-        .spawn_scoped(scope, move || inbound.decrypt(inbound_tcp, inbound_plain))
-        .map_err(io_err("starting the TLS threads"))?;
-    thread::Builder::new()
-        .name(format!("{name}-tls-out"))
-        .spawn_scoped(scope, move || pump.encrypt(pump_end))
-        .map_err(io_err("starting the TLS threads"))?;
-    Ok(TlsSession { plain, identity })
+    let (secrets, kernel) = tls
+        .dangerous_into_kernel_connection()
+        .map_err(|e| TlsError::Session(e.to_string()))?;
+    let limit = kernel
+        .negotiated_cipher_suite()
+        .tls13()
+        .map(|suite| suite.common.confidentiality_limit.min(max_records))
+        .ok_or_else(|| TlsError::Session("not TLS 1.3".into()))?;
+    let stream = TlsStream::new(
+        tcp,
+        secrets.tx,
+        secrets.rx,
+        kernel,
+        plaintext,
+        &incoming[..filled],
+        limit,
+    )
+    .map_err(|e| TlsError::Session(e.to_string()))?;
+    Ok(TlsSession { stream, identity })
 }
 
-/// The socket for the handshake, with the bytes read before STARTTLS was answered
-/// put back in front.
-struct Prefixed<'a> {
-    early: &'a [u8],
-    stream: &'a TcpStream,
-}
-
-impl Read for Prefixed<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.early.is_empty() {
-            return self.stream.read(buf);
+/// Appends one handshake record rustls made to `outgoing` (grown to fit).
+fn encode(
+    data: &mut EncodeTlsData<'_, ServerConnectionData>,
+    outgoing: &mut Vec<u8>,
+    queued: &mut usize,
+) -> Result<(), Error> {
+    loop {
+        match data.encode(&mut outgoing[*queued..]) {
+            Ok(n) => {
+                *queued += n;
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                outgoing.resize(*queued + required_size, 0);
+            }
+            Err(err) => return Err(TlsError::Handshake(err.to_string()).into()),
         }
-        self.early.read(buf)
     }
 }
 
-impl Write for Prefixed<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
-/// One connection's TLS state, shared by its two pump threads.
-struct Pump {
-    tls: Mutex<ServerConnection>,
-    /// Held while TLS records are taken out of `tls` and written, so records leave
-    /// in the order rustls made them.
-    out: Mutex<Outgoing>,
-}
-
-struct Outgoing {
-    tcp: TcpStream,
-    records: Vec<u8>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Pump {
-    /// TCP to plaintext, until the client closes or sends something that is not TLS.
-    fn decrypt(&self, mut tcp: TcpStream, mut plain: UnixStream) {
-        let mut records = vec![0u8; RECORD_READ];
-        let mut clear = Vec::with_capacity(RECORD_READ);
-        // The handshake may have read the client's first records already: n = 0 at
-        // first hands those over before anything is read.
-        let mut n = 0;
-        loop {
-            let (closed, answer_due) = match self.open(&records[..n], &mut clear) {
-                Ok(state) => state,
-                Err(err) => {
-                    debug!("TLS: {err}; dropping the connection");
-                    // rustls queued an alert for the client; send it, then close.
-                    let _ = self.send(&[]);
-                    let _ = tcp.shutdown(Shutdown::Both);
-                    break;
-                }
-            };
-            if answer_due && self.send(&[]).is_err() {
-                break;
-            }
-            if !clear.is_empty() && plain.write_all(&clear).is_err() {
-                break;
-            }
-            clear.clear();
-            if closed {
-                break;
-            }
-            n = match tcp.read(&mut records) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => 0,
-                Err(err) => {
-                    debug!("TLS: reading from the client: {err}");
-                    break;
-                }
-            };
+/// After a failed handshake, sends the alert rustls queued (best effort), so the
+/// client learns why (a missing or rejected certificate, ...).
+fn send_handshake_alert(tls: &mut UnbufferedServerConnection, tcp: &TcpStream) {
+    let mut outgoing = vec![0u8; 1024];
+    let mut queued = 0;
+    while let ConnectionState::EncodeTlsData(mut data) =
+        match tls.process_tls_records(&mut []).state {
+            Ok(state) => state,
+            Err(_) => return,
         }
-        // The server reads the end of the requests and finishes what it runs.
-        let _ = plain.shutdown(Shutdown::Write);
-    }
-
-    /// Feeds `input` to rustls and appends the plaintext to `clear`. Returns whether
-    /// the client closed the TLS session and whether rustls has records to send.
-    fn open(&self, mut input: &[u8], clear: &mut Vec<u8>) -> Result<(bool, bool), Error> {
-        let mut tls = lock(&self.tls);
-        let mut closed = false;
-        loop {
-            if !input.is_empty() {
-                tls.read_tls(&mut input)
-                    .map_err(|e| TlsError::ReadRecord(e.to_string()))?;
-                tls.process_new_packets()
-                    .map_err(|e| TlsError::BadRecords(e.to_string()))?;
-            }
-            // Appends all the plaintext there is: it ends in WouldBlock while the
-            // session is open, in Ok at the client's close_notify.
-            match tls.reader().read_to_end(clear) {
-                Ok(_) => closed = true,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(TlsError::ReadPlaintext(err.to_string()).into()),
-            }
-            if input.is_empty() || closed {
-                break;
-            }
+    {
+        if encode(&mut data, &mut outgoing, &mut queued).is_err() {
+            return;
         }
-        Ok((closed, tls.wants_write()))
     }
-
-    /// Plaintext to TCP, until the server drops its end; then closes the session.
-    fn encrypt(&self, mut plain: UnixStream) {
-        let mut buf = vec![0u8; PLAIN_READ];
-        loop {
-            let n = match plain.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    debug!("TLS: reading the server's replies: {err}");
-                    break;
-                }
-            };
-            if let Err(err) = self.send(&buf[..n]) {
-                debug!("TLS: writing to the client: {err}");
-                break;
-            }
-        }
-        let mut out = lock(&self.out);
-        lock(&self.tls).send_close_notify();
-        let _ = self.flush_records(&mut out);
-        let _ = out.tcp.shutdown(Shutdown::Both);
-        // A server thread still writing a reply learns that the client is gone.
-        let _ = plain.shutdown(Shutdown::Both);
-    }
-
-    /// Encrypts `data` (may be empty: only what rustls has queued) and writes it.
-    fn send(&self, data: &[u8]) -> io::Result<()> {
-        let mut out = lock(&self.out);
-        if !data.is_empty() {
-            lock(&self.tls).writer().write_all(data)?;
-        }
-        self.flush_records(&mut out)
-    }
-
-    fn flush_records(&self, out: &mut Outgoing) -> io::Result<()> {
-        {
-            let mut tls = lock(&self.tls);
-            while tls.wants_write() {
-                tls.write_tls(&mut out.records)?;
-            }
-        }
-        let result = out.tcp.write_all(&out.records);
-        out.records.clear();
-        result
-    }
+    let _ = (&*tcp).write_all(&outgoing[..queued]);
 }
+
+#[cfg(test)]
+mod session_tests;
 
 #[cfg(test)]
 mod tests {

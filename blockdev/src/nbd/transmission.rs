@@ -99,7 +99,7 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
         Error::Protocol(_) => Errno::Inval,
         // Only the kernel client's setup returns this, never a request.
         Error::KernelNbd(_) => Errno::Io,
-        // TLS fails in the handshake or the pump, never in a request.
+        // TLS fails in the handshake or the record layer, never in a request.
         Error::Tls(_) => Errno::Io,
         // Only `volume::create` and header construction return these, never a request.
         // Opening fails with InUse, before any request.
@@ -109,8 +109,8 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
     }
 }
 
-/// A byte stream the handshake and transmission run on: the TCP socket, or over TLS
-/// the plaintext end of the connection's TLS pump.
+/// A byte stream the handshake and transmission run on: the TCP socket, over TLS the
+/// session's record layer (`tls::TlsStream`), or the kernel client's socket pair.
 pub(super) trait Wire: Read + Write + Send + Sized {
     /// Ends both directions (a reply could not be written).
     fn shutdown_wire(&self) -> io::Result<()>;
@@ -121,6 +121,11 @@ pub(super) trait Wire: Read + Write + Send + Sized {
     /// Writes `parts` in order, whole.
     fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         write_all_parts(self, parts)
+    }
+    /// Writes a read reply: `header`, then `data`, which the wire may overwrite (TLS
+    /// seals it in place instead of copying it).
+    fn write_reply(&mut self, header: &[u8], data: &mut [u8]) -> io::Result<()> {
+        self.write_parts(&[header, data])
     }
 }
 
@@ -521,13 +526,13 @@ impl<S: Wire> Connection<S> {
             return self.reply_error(cookie, CMD_READ, &err);
         }
         if !self.limits.structured {
-            return self.send(&[&proto::simple_reply(cookie, None), buf]);
+            return self.send_reply(&proto::simple_reply(cookie, None), buf);
         }
         if is_zero(buf) {
             return self.send(&[&proto::offset_hole_chunk(cookie, offset, length)]);
         }
         match proto::offset_data_header(cookie, offset, buf.len()) {
-            Ok(header) => self.send(&[&header, buf]),
+            Ok(header) => self.send_reply(&header, buf),
             Err(err) => self.reply_error(cookie, CMD_READ, &err),
         }
     }
@@ -620,11 +625,20 @@ impl<S: Wire> Connection<S> {
     }
 
     fn send(&self, parts: &[&[u8]]) {
+        self.write_with(|writer| writer.write_parts(parts));
+    }
+
+    /// A read reply; `data` may be overwritten (see [`Wire::write_reply`]).
+    fn send_reply(&self, header: &[u8], data: &mut [u8]) {
+        self.write_with(|writer| writer.write_reply(header, data));
+    }
+
+    fn write_with(&self, write: impl FnOnce(&mut S) -> io::Result<()>) {
         if self.broken.load(Ordering::SeqCst) {
             return;
         }
         let mut writer = lock(&self.writer);
-        if let Err(err) = writer.write_parts(parts) {
+        if let Err(err) = write(&mut writer) {
             debug!("dropping the connection: a reply could not be written: {err}");
             self.broken.store(true, Ordering::SeqCst);
             let _ = writer.shutdown_wire();

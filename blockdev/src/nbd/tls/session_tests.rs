@@ -1,0 +1,496 @@
+//! The record layer of [`super::connection::TlsStream`] against rustls's client: data
+//! across many records, KeyUpdates both ways, close_notify, and records a client may
+//! not send.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use super::record::{self, TrafficKey};
+use super::*;
+use crate::nbd::transmission::Wire;
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    settings: TlsSettings,
+    roots: Arc<RootCertStore>,
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let made = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(made.status.success(), "openssl {args:?}: {made:?}");
+}
+
+/// A CA and a server certificate for 127.0.0.1 from it (openssl; webpki refuses a
+/// self-signed certificate as its own anchor), and the server settings.
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca-key.pem", "-out", "ca.pem"]);
+    openssl(&ca, dir.path());
+    let mut request = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.pem",
+    ];
+    request.extend(ec);
+    openssl(&request, dir.path());
+    std::fs::write(dir.path().join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "req.pem",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ],
+        dir.path(),
+    );
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let settings = TlsSettings::from_pem_files(&cert, &key, None, TlsMode::Require).unwrap();
+    let mut roots = RootCertStore::empty();
+    for c in read_certificates(&dir.path().join("ca.pem"), "test").unwrap() {
+        roots.add(c).unwrap();
+    }
+    Pki {
+        _dir: dir,
+        settings,
+        roots: Arc::new(roots),
+    }
+}
+
+fn client_config(pki: &Pki, extract_secrets: bool) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(Arc::clone(&pki.roots))
+        .with_no_client_auth();
+    config.enable_secret_extraction = extract_secrets;
+    Arc::new(config)
+}
+
+/// A server session on a fresh loopback connection, `serve` run on it in a thread;
+/// the client's socket.
+fn session<T: Send + 'static>(
+    pki: &Pki,
+    max_records: u64,
+    serve: impl FnOnce(TlsStream) -> T + Send + 'static,
+) -> (TcpStream, JoinHandle<T>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = pki.settings.clone();
+    let server = thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let session = accept_with_limit(&settings, tcp, &[], max_records).unwrap();
+        serve(session.stream)
+    });
+    (TcpStream::connect(addr).unwrap(), server)
+}
+
+fn tls_client(pki: &Pki, tcp: TcpStream) -> StreamOwned<ClientConnection, TcpStream> {
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    StreamOwned::new(
+        ClientConnection::new(client_config(pki, false), name).unwrap(),
+        tcp,
+    )
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_32_mib_reply_and_a_32_mib_payload_cross_intact() {
+    let pki = pki();
+    let data = Arc::new(pseudo_random(32 << 20, 1));
+    let sent = Arc::clone(&data);
+    let (tcp, server) = session(&pki, u64::MAX, move |mut stream| {
+        stream
+            .write_parts(&[&b"reply header"[..], &sent[..], &[]])
+            .unwrap();
+        let mut payload = vec![0u8; sent.len()];
+        stream.read_exact(&mut payload).unwrap();
+        payload
+    });
+    let mut client = tls_client(&pki, tcp);
+    let mut reply = vec![0u8; 12 + data.len()];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..12], b"reply header");
+    assert!(reply[12..] == data[..], "the 32 MiB reply differs");
+    client.write_all(&data).unwrap();
+    client.flush().unwrap();
+    let payload = server.join().unwrap();
+    assert!(payload == data[..], "the 32 MiB payload differs");
+}
+
+#[test]
+fn a_key_update_from_the_client_is_followed_and_answered() {
+    let pki = pki();
+    let (tcp, server) = session(&pki, u64::MAX, |mut stream| {
+        let mut ping = [0u8; 10];
+        stream.read_exact(&mut ping).unwrap();
+        let before = stream.sequence_numbers();
+        stream.write_all(b"pong").unwrap();
+        (ping, before, stream.sequence_numbers())
+    });
+    let mut client = tls_client(&pki, tcp);
+    client.write_all(b"ping1").unwrap();
+    client.flush().unwrap();
+    client.conn.refresh_traffic_keys().unwrap();
+    client.write_all(b"ping2").unwrap();
+    client.flush().unwrap();
+    let mut pong = [0u8; 4];
+    client.read_exact(&mut pong).unwrap();
+    let (ping, (_, rx_before), (tx_after, _)) = server.join().unwrap();
+    assert_eq!(&ping, b"ping1ping2");
+    assert_eq!(&pong, b"pong");
+    // The client's key restarted at its KeyUpdate: ping2 is record 0 of the new key.
+    assert_eq!(rx_before, 1);
+    // The server answered with a KeyUpdate of its own before pong (record 0).
+    assert_eq!(tx_after, 1);
+}
+
+#[test]
+fn keys_are_updated_before_the_limit_in_both_directions() {
+    let pki = pki();
+    let big = Arc::new(pseudo_random(1 << 20, 2));
+    let sent = Arc::clone(&big);
+    let (tcp, server) = session(&pki, 8, move |mut stream| {
+        stream.write_parts(&[&sent[..]]).unwrap();
+        let mut echoed = 0;
+        let mut message = [0u8; 1000];
+        while stream.read_exact(&mut message).is_ok() {
+            stream.write_all(&message).unwrap();
+            echoed += 1;
+        }
+        (echoed, stream.sequence_numbers())
+    });
+    let mut client = tls_client(&pki, tcp);
+    let mut reply = vec![0u8; big.len()];
+    client.read_exact(&mut reply).unwrap();
+    assert!(reply == big[..], "the reply across key updates differs");
+    for round in 0..50u8 {
+        let message = [round; 1000];
+        client.write_all(&message).unwrap();
+        let mut echo = [0u8; 1000];
+        client.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, message, "round {round}");
+    }
+    client.conn.send_close_notify();
+    client.flush().unwrap();
+    let (echoed, (tx, rx)) = server.join().unwrap();
+    assert_eq!(echoed, 50);
+    assert!(
+        tx < 8 && rx < 8,
+        "sequence numbers {tx}, {rx} past the limit"
+    );
+}
+
+#[test]
+fn close_notify_ends_the_stream_cleanly_both_ways() {
+    let pki = pki();
+    let (tcp, server) = session(&pki, u64::MAX, |mut stream| {
+        let mut all = Vec::new();
+        let read = stream.read_to_end(&mut all).map(|_| all);
+        // Replies still go out after the client's close_notify; then ours on drop.
+        stream.write_all(b"last reply").unwrap();
+        read
+    });
+    let mut client = tls_client(&pki, tcp);
+    client.write_all(b"request").unwrap();
+    client.conn.send_close_notify();
+    client.flush().unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), b"request");
+    let mut rest = Vec::new();
+    // rustls reports UnexpectedEof if TCP ends without the server's close_notify.
+    client.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"last reply");
+}
+
+/// A client that completed the handshake with rustls and took its sending key, to
+/// send records rustls never would.
+struct RawClient {
+    tcp: TcpStream,
+    key: TrafficKey,
+}
+
+fn raw_client(pki: &Pki, mut tcp: TcpStream) -> RawClient {
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = ClientConnection::new(client_config(pki, true), name).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    // Records sent before the server's handshake is over would meet rustls there,
+    // not the record layer under test: the server says "ready" once it is over.
+    let mut ready = Vec::new();
+    while ready.len() < READY.len() {
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp).unwrap();
+        }
+        conn.read_tls(&mut tcp).unwrap();
+        conn.process_new_packets().unwrap();
+        let _ = conn.reader().read_to_end(&mut ready);
+    }
+    assert_eq!(ready, READY);
+    let secrets = conn.dangerous_extract_secrets().unwrap();
+    let (seq, tx) = secrets.tx;
+    RawClient {
+        tcp,
+        key: TrafficKey::new(tx, seq).unwrap(),
+    }
+}
+
+/// What the server read before its read failed (or the stream ended: `Ok`).
+type Outcome = Result<Vec<u8>, (Vec<u8>, String)>;
+
+/// What the server sends once its handshake is over, for [`raw_client`].
+const READY: &[u8] = b"ready";
+
+/// Says [`READY`], then reads until the stream ends or fails.
+fn read_until_error(mut stream: TlsStream) -> Outcome {
+    stream.write_all(READY).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) => {
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+                // The session stays failed.
+                assert!(stream.read(&mut buf).is_err());
+                assert!(stream.write_all(b"reply").is_err());
+                return Err((got, err.to_string()));
+            }
+        }
+    }
+}
+
+/// Sends a good record ("hello"), then `bad(client)`'s bytes; the server's outcome.
+fn after_hello(bad: impl FnOnce(&mut RawClient) -> Vec<u8>) -> Outcome {
+    let pki = pki();
+    let (tcp, server) = session(&pki, u64::MAX, read_until_error);
+    let mut client = raw_client(&pki, tcp);
+    let hello = record::seal_inner(&mut client.key, b"hello\x17").unwrap();
+    let bytes = bad(&mut client);
+    client.tcp.write_all(&hello).unwrap();
+    client.tcp.write_all(&bytes).unwrap();
+    let _ = client.tcp.shutdown(Shutdown::Write);
+    server.join().unwrap()
+}
+
+fn refused(outcome: Outcome, reason: &str) {
+    match outcome {
+        Ok(got) => panic!("accepted; read {got:?}"),
+        Err((got, message)) => {
+            assert_eq!(got, b"hello", "{message}");
+            assert!(
+                message.contains(reason),
+                "{message:?} does not say {reason:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_record_with_a_flipped_bit_is_refused() {
+    refused(
+        after_hello(|c| {
+            let mut record = record::seal_inner(&mut c.key, b"world\x17").unwrap();
+            record[9] ^= 0x04;
+            record
+        }),
+        "failed authentication",
+    );
+}
+
+#[test]
+fn an_oversized_record_is_refused() {
+    refused(
+        after_hello(|_| {
+            let mut header = vec![23, 3, 3];
+            header.extend_from_slice(&((record::MAX_CIPHERTEXT + 1) as u16).to_be_bytes());
+            header.resize(5 + record::MAX_CIPHERTEXT + 1, 0);
+            header
+        }),
+        "at most 2^14 + 256",
+    );
+}
+
+#[test]
+fn unprotected_records_and_odd_content_types_are_refused() {
+    // A plaintext alert, as if the handshake were still on.
+    refused(
+        after_hello(|_| vec![21, 3, 3, 0, 2, 1, 0]),
+        "unprotected record of type 21",
+    );
+    refused(
+        after_hello(|_| vec![20, 3, 3, 0, 1, 1]),
+        "unprotected record of type 20",
+    );
+    // change_cipher_spec (20) and a type TLS does not know, inside a protected record.
+    refused(
+        after_hello(|c| record::seal_inner(&mut c.key, b"\x01\x14").unwrap()),
+        "content type 20",
+    );
+    refused(
+        after_hello(|c| record::seal_inner(&mut c.key, b"\x01\x63").unwrap()),
+        "content type 99",
+    );
+}
+
+#[test]
+fn handshake_messages_other_than_one_key_update_are_refused() {
+    // NewSessionTicket is a server's message.
+    refused(
+        after_hello(|c| record::seal_inner(&mut c.key, b"\x04\x00\x00\x01\x00\x16").unwrap()),
+        "handshake message type 4",
+    );
+    // A KeyUpdate with trailing bytes, or an invalid request value.
+    refused(
+        after_hello(|c| record::seal_inner(&mut c.key, b"\x18\x00\x00\x01\x00\x18\x16").unwrap()),
+        "malformed KeyUpdate",
+    );
+    refused(
+        after_hello(|c| record::seal_inner(&mut c.key, b"\x18\x00\x00\x01\x02\x16").unwrap()),
+        "malformed KeyUpdate",
+    );
+}
+
+#[test]
+fn alerts_other_than_close_notify_are_errors() {
+    refused(
+        after_hello(|c| record::seal_inner(&mut c.key, b"\x02\x28\x15").unwrap()),
+        "alert 40",
+    );
+    refused(
+        after_hello(|c| record::seal_inner(&mut c.key, b"\x02\x00\x00\x15").unwrap()),
+        "malformed alert",
+    );
+}
+
+#[test]
+fn close_notify_ends_cleanly_and_a_cut_record_does_not() {
+    assert_eq!(
+        after_hello(|c| record::seal_inner(&mut c.key, b"\x01\x00\x15").unwrap()).unwrap(),
+        b"hello"
+    );
+    refused(
+        after_hello(|c| {
+            let record = record::seal_inner(&mut c.key, b"world\x17").unwrap();
+            record[..record.len() - 3].to_vec()
+        }),
+        "middle of a TLS record",
+    );
+}
+
+#[test]
+fn a_client_key_update_without_request_switches_the_key() {
+    let pki = pki();
+    let (tcp, server) = session(&pki, u64::MAX, read_until_error);
+    let mut client = raw_client(&pki, tcp);
+    let mut wire = record::seal_inner(&mut client.key, b"before\x17").unwrap();
+    wire.extend(record::seal_inner(&mut client.key, b"\x18\x00\x00\x01\x00\x16").unwrap());
+    // The next record under the old key must now be refused.
+    wire.extend(record::seal_inner(&mut client.key, b"stale\x17").unwrap());
+    client.tcp.write_all(&wire).unwrap();
+    let _ = client.tcp.shutdown(Shutdown::Write);
+    let (got, message) = server.join().unwrap().unwrap_err();
+    assert_eq!(got, b"before");
+    assert!(message.contains("failed authentication"), "{message}");
+}
+
+#[test]
+fn a_client_that_ignores_the_request_to_update_is_cut_off_at_the_limit() {
+    let pki = pki();
+    let (tcp, server) = session(&pki, 8, read_until_error);
+    let mut client = raw_client(&pki, tcp);
+    let mut wire = Vec::new();
+    for _ in 0..10 {
+        wire.extend(record::seal_inner(&mut client.key, b"x\x17").unwrap());
+    }
+    client.tcp.write_all(&wire).unwrap();
+    let _ = client.tcp.shutdown(Shutdown::Write);
+    let (got, message) = server.join().unwrap().unwrap_err();
+    // Asked at 4 records (a KeyUpdate with update_requested this client ignores),
+    // refused at 8.
+    assert_eq!(got, b"xxxxxxxx");
+    assert!(message.contains("more records under one key"), "{message}");
+}
+
+#[test]
+fn read_replies_sealed_in_place_cross_intact_at_every_size() {
+    let pki = pki();
+    // Around one record, the in-place threshold (first record plus one), many
+    // records with a short or a full last one, and past the in-place limit.
+    let sizes = [
+        0usize,
+        1,
+        16_364,
+        16_365,
+        2 * 16_384 - 20,
+        2 * 16_384 - 19,
+        2 * 16_384 - 18,
+        5 * 16_384 + 4_000,
+        (1 << 20) - 20,
+        1 << 20,
+        (4 << 20) + 1,
+    ];
+    let (tcp, server) = session(&pki, u64::MAX, move |mut stream| {
+        for (i, &size) in sizes.iter().enumerate() {
+            let mut data = pseudo_random(size, i as u64 + 10);
+            stream.write_reply(&[i as u8; 20], &mut data).unwrap();
+        }
+    });
+    let mut client = tls_client(&pki, tcp);
+    for (i, &size) in sizes.iter().enumerate() {
+        let mut reply = vec![0u8; 20 + size];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply[..20], &[i as u8; 20], "header of reply {i}");
+        assert!(
+            reply[20..] == pseudo_random(size, i as u64 + 10)[..],
+            "reply {i} of {size} bytes differs"
+        );
+    }
+    server.join().unwrap();
+}
