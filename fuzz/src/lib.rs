@@ -26,6 +26,34 @@ pub fn scratch_dir(name: &str) -> tempfile::TempDir {
         .expect("a scratch directory for the fuzz target")
 }
 
+/// Makes a panic print one line that says what failed, with `ERROR:` in it, before
+/// libFuzzer's own report. Fork mode (`-fork=N`, what `scripts/fuzz.sh campaign` runs)
+/// keeps nothing of a crashed child's log but its lines that contain `ERROR:`, and a
+/// Rust panic (an `expect`, a failed assertion) shows there only as libFuzzer's
+/// "deadly signal" (the panic hook aborts): this line keeps the message and place.
+/// Call it from the target's `init:` block; the hook already set (libfuzzer-sys's,
+/// which prints the usual report and aborts) runs after it.
+pub fn report_panics_in_fork_mode() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let place = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!(
+            "=={}== ERROR: atrest-fuzz: panic{place}: {}",
+            std::process::id(),
+            message.replace('\n', " | ")
+        );
+        previous(info);
+    }));
+}
+
 /// Reads little-endian integers and byte runs off the fuzzer's input; past the end
 /// every read returns zeros, so any input is a complete program.
 #[derive(Debug)]
