@@ -1,6 +1,7 @@
 //! What several fuzz targets share: a scratch directory on tmpfs (the targets that go
-//! through files would otherwise measure the disk), and the fixed root key that the
-//! keystore seeds made by `scripts/fuzz.sh` are sealed under.
+//! through files would otherwise measure the disk), the fixed root key that the
+//! keystore seeds made by `scripts/fuzz.sh` are sealed under, a panic hook that names
+//! the panic in fork mode's log, and a reader of the fuzzer's bytes.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
