@@ -259,6 +259,27 @@ own_sources() { # own_sources TARGET: prints source paths
     esac
 }
 
+# Fork mode keeps nothing of a crashed child's log but its lines with "ERROR:" (the
+# targets' panic hook puts the panic message on one: atrest_fuzz::report_panics_in_fork_mode).
+# Each input saved during this target's time is run again alone, and that run's whole
+# log (message, stack) is kept beside the campaign's: logs/<campaign>-<target>-<input>.log.
+# An input that passes alone failed because of what else was happening (the process's
+# state from earlier inputs, the machine), which the log of the replay says is so.
+replay_findings() { # replay_findings TARGET ARTIFACTS_DIR CAMPAIGN_LOG
+    local artifact name replay
+    while IFS= read -r artifact; do
+        name=$(basename "$artifact")
+        replay="$fuzz_dir/logs/$id-$1-$name.log"
+        [ -e "$replay" ] && continue
+        if (cd fuzz && ASAN_OPTIONS="$asan_options" cargo fuzz run --release --debug-assertions \
+            "$1" "$artifact" -- -timeout=30 "${extra[@]}") >"$replay" 2>&1; then
+            echo "== $1: $name passes when run alone (log: $replay)" | tee -a "$3"
+        else
+            echo "== $1: $name fails when run alone (log: $replay)" | tee -a "$3"
+        fi
+    done < <(find "$2" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \))
+}
+
 # One line per target and session in FUZZ_DIR/campaign.tsv; the corpus minimized
 # after each target's time; a state file so that a second run resumes.
 campaign_run() {
@@ -308,6 +329,7 @@ campaign_run() {
         local files findings
         files=$(find "$corpus/$target" -type f | wc -l)
         findings=$(($(find "$artifacts" -type f | wc -l) - before))
+        replay_findings "$target" "$artifacts" "$log"
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$target" "$campaign_seconds" "$jobs" \
             "${runs:-0}" "${rate:-0}" "$files" "${cov:-?}" "$findings" >>"$table"
         echo "done $target" >>"$state"

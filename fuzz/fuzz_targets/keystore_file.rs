@@ -14,6 +14,7 @@ use atrest_fuzz::{scratch_dir, KEYSTORE_ROOT_KEY};
 use crypto_core::kms::{
     DecryptRequest, EncryptionContext, KeyService, ListRequest, LocalKms, LocalKmsConfig,
 };
+use crypto_core::trail::{HEAD_FILE, LOG_FILE};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 
@@ -79,7 +80,7 @@ fn exercise(home: &Path, root_key: &Path) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
@@ -90,7 +91,16 @@ fuzz_target!(|data: &[u8]| {
         rest.to_vec()
     };
     fs::write(home.home.join("kms/keystore.json"), file).expect("write keystore");
-    // A fresh trail each run: it would otherwise grow by every audited call.
-    let _ = fs::remove_dir_all(home.home.join("trail"));
+    // An empty trail each run: it would otherwise grow by every audited call. The
+    // files are emptied, not removed: `Trail::open` creating them costs a directory
+    // sync per input, and an empty log and head are a new trail.
+    for name in [LOG_FILE, HEAD_FILE] {
+        let path = home.home.join("trail").join(name);
+        match fs::OpenOptions::new().write(true).open(&path) {
+            Ok(file) => file.set_len(0).expect("empty a trail file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot open {}: {e}", path.display()),
+        }
+    }
     exercise(&home.home, &home.root_key);
 });

@@ -19,31 +19,79 @@ use crypto_core::kms::{
     CreateKeyRequest, DecryptRequest, EncryptionContext, KeyService, KeyState, KmsError, LocalKms,
     LocalKmsConfig, ReEncryptRequest,
 };
+use crypto_core::trail::{HEAD_FILE, LOG_FILE};
 use libfuzzer_sys::fuzz_target;
 use time::{Duration, OffsetDateTime};
 
 const MAX_KEYS: usize = 4;
 const MAX_ON_DEMAND_ROTATIONS: u32 = 10;
 
-struct Scratch {
+/// The instant every input starts at (2026-01-01).
+const START: i64 = 1_767_225_600;
+
+/// One key service per process, emptied before each input: opening one per input
+/// (creating its home, keystore directory, root key check and trail, each with a
+/// directory sync) cost more than the operations. Emptied, it is what a fresh one
+/// is: no keystore file (created by the first update, as in a new home) and an empty
+/// trail and head (the files are truncated through other handles; the service's own
+/// log handle appends, so its next record is the first line again). Every call reads
+/// the keystore from disk, so nothing else carries over.
+struct Service {
     _dir: tempfile::TempDir,
-    home: PathBuf,
-    root_key: PathBuf,
+    keystore: PathBuf,
+    trail_log: PathBuf,
+    trail_head: PathBuf,
+    clock: Arc<ManualClock>,
+    kms: LocalKms,
 }
 
-fn scratch() -> &'static Scratch {
-    static SCRATCH: OnceLock<Scratch> = OnceLock::new();
-    SCRATCH.get_or_init(|| {
-        let dir = scratch_dir("kms-model");
-        let root_key = dir.path().join("root.key");
-        fs::write(&root_key, KEYSTORE_ROOT_KEY).expect("root key");
-        fs::set_permissions(&root_key, fs::Permissions::from_mode(0o600)).expect("chmod");
-        Scratch {
-            home: dir.path().join("home"),
-            _dir: dir,
-            root_key,
+impl Service {
+    fn get() -> &'static Service {
+        static SERVICE: OnceLock<Service> = OnceLock::new();
+        SERVICE.get_or_init(|| {
+            let dir = scratch_dir("kms-model");
+            let root_key = dir.path().join("root.key");
+            fs::write(&root_key, KEYSTORE_ROOT_KEY).expect("root key");
+            fs::set_permissions(&root_key, fs::Permissions::from_mode(0o600)).expect("chmod");
+            let home = dir.path().join("home");
+            let clock = Arc::new(ManualClock::new(start()));
+            let mut config = LocalKmsConfig::new();
+            config.root_key_file = Some(root_key);
+            config.clock = clock.clone();
+            let kms = LocalKms::open(&home, config).expect("a fresh key service");
+            let trail = home.join("trail");
+            Service {
+                keystore: kms.keystore_path().to_path_buf(),
+                trail_log: trail.join(LOG_FILE),
+                trail_head: trail.join(HEAD_FILE),
+                _dir: dir,
+                clock,
+                kms,
+            }
+        })
+    }
+
+    /// Empties the keystore and the trail and sets the clock back to the start.
+    fn reset(&self) -> &LocalKms {
+        match fs::remove_file(&self.keystore) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove {}: {e}", self.keystore.display()),
         }
-    })
+        for file in [&self.trail_log, &self.trail_head] {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .and_then(|f| f.set_len(0))
+                .unwrap_or_else(|e| panic!("cannot empty {}: {e}", file.display()));
+        }
+        self.clock.set(start());
+        &self.kms
+    }
+}
+
+fn start() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(START).expect("2026-01-01")
 }
 
 /// What the model knows of one key.
@@ -140,16 +188,11 @@ fn check(op: &str, model: Result<(), &'static str>, real: Result<(), &'static st
     assert_eq!(real, model, "{op}: the key service and the model disagree");
 }
 
-fuzz_target!(|data: &[u8]| {
-    let scratch = scratch();
-    let _ = fs::remove_dir_all(&scratch.home);
-    let start = OffsetDateTime::from_unix_timestamp(1_767_225_600).expect("2026-01-01");
-    let clock = Arc::new(ManualClock::new(start));
-    let mut config = LocalKmsConfig::new();
-    config.root_key_file = Some(scratch.root_key.clone());
-    config.clock = clock.clone();
-    let kms = LocalKms::open(&scratch.home, config).expect("a fresh key service");
-    let mut now = start;
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
+    let service = Service::get();
+    let kms = service.reset();
+    let clock = &service.clock;
+    let mut now = start();
     let mut model = Model::default();
     let mut input = Input::new(data);
     let mut ops = 0;
@@ -411,7 +454,7 @@ fuzz_target!(|data: &[u8]| {
     // append and a keystore read), and checking after each one quartered the speed;
     // the answers of the operations themselves are checked one by one above.
     for i in 0..model.keys.len() {
-        describe_matches(&kms, &model, i, now);
+        describe_matches(kms, &model, i, now);
     }
 });
 

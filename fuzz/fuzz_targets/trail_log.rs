@@ -92,7 +92,7 @@ fn call() -> ApiCall {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };

@@ -1,6 +1,7 @@
 //! What several fuzz targets share: a scratch directory on tmpfs (the targets that go
-//! through files would otherwise measure the disk), and the fixed root key that the
-//! keystore seeds made by `scripts/fuzz.sh` are sealed under.
+//! through files would otherwise measure the disk), the fixed root key that the
+//! keystore seeds made by `scripts/fuzz.sh` are sealed under, a panic hook that names
+//! the panic in fork mode's log, and a reader of the fuzzer's bytes.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,34 @@ pub fn scratch_dir(name: &str) -> tempfile::TempDir {
         .prefix(&format!("atrest-fuzz-{name}-"))
         .tempdir_in(base)
         .expect("a scratch directory for the fuzz target")
+}
+
+/// Makes a panic print one line that says what failed, with `ERROR:` in it, before
+/// libFuzzer's own report. Fork mode (`-fork=N`, what `scripts/fuzz.sh campaign` runs)
+/// keeps nothing of a crashed child's log but its lines that contain `ERROR:`, and a
+/// Rust panic (an `expect`, a failed assertion) shows there only as libFuzzer's
+/// "deadly signal" (the panic hook aborts): this line keeps the message and place.
+/// Call it from the target's `init:` block; the hook already set (libfuzzer-sys's,
+/// which prints the usual report and aborts) runs after it.
+pub fn report_panics_in_fork_mode() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let place = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!(
+            "=={}== ERROR: atrest-fuzz: panic{place}: {}",
+            std::process::id(),
+            message.replace('\n', " | ")
+        );
+        previous(info);
+    }));
 }
 
 /// Reads little-endian integers and byte runs off the fuzzer's input; past the end

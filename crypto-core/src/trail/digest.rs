@@ -244,15 +244,22 @@ fn read_segment(log: &mut File, log_path: &Path, start: u64) -> Result<Vec<u8>, 
     log.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
     let mut bytes = Vec::new();
     log.read_to_end(&mut bytes).map_err(io)?;
-    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let whole = memchr::memrchr(b'\n', &bytes).map_or(0, |i| i + 1);
     bytes.truncate(whole);
     Ok(bytes)
 }
 
+/// The complete lines of `segment` (each without its `\n`); bytes after the last
+/// `\n` are not a line. Newlines are found with `memchr` (vector compares), not byte
+/// by byte: validation walks every byte of the trail several times, and under the
+/// fuzzer each byte compared one at a time is also a traced comparison.
 fn lines(segment: &[u8]) -> impl Iterator<Item = &[u8]> {
-    segment
-        .split(|&b| b == b'\n')
-        .take(segment.iter().filter(|&&b| b == b'\n').count())
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', segment).map(move |end| {
+        let line = &segment[start..end];
+        start = end + 1;
+        line
+    })
 }
 
 fn sign_body(signer: &DigestSigner, body: &DigestBody) -> Result<String, TrailError> {
@@ -486,13 +493,9 @@ fn check_segment(
     body: &DigestBody,
     whole: &[u8],
 ) -> Result<(), TrailError> {
-    let first_line = whole
-        .iter()
-        .take(usize::try_from(body.start_offset).unwrap_or(usize::MAX))
-        .filter(|&&b| b == b'\n')
-        .count() as u64
-        + 1;
     let start = usize::try_from(body.start_offset).unwrap_or(usize::MAX);
+    let first_line =
+        memchr::memchr_iter(b'\n', &whole[..start.min(whole.len())]).count() as u64 + 1;
     let end = usize::try_from(body.end_offset).unwrap_or(usize::MAX);
     let available = whole.get(start..).unwrap_or_default();
     let mut actual = lines(available);
@@ -542,4 +545,48 @@ fn check_segment(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What `lines` was before it used `memchr`: the pieces between newlines, as
+    /// many as there are newlines.
+    fn lines_by_split(segment: &[u8]) -> Vec<&[u8]> {
+        segment
+            .split(|&b| b == b'\n')
+            .take(segment.iter().filter(|&&b| b == b'\n').count())
+            .collect()
+    }
+
+    #[test]
+    fn lines_are_the_complete_lines() {
+        for segment in [
+            &b""[..],
+            b"\n",
+            b"\n\n",
+            b"a",
+            b"a\n",
+            b"a\nb",
+            b"a\nb\n",
+            b"\na\n\nb",
+            b"{\"x\":1}\n{\"y\":2}\ntorn",
+        ] {
+            assert_eq!(
+                lines(segment).collect::<Vec<_>>(),
+                lines_by_split(segment),
+                "{segment:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn lines_split_any_bytes_as_before(segment in proptest::collection::vec(
+            prop_oneof![Just(b'\n'), any::<u8>()], 0..200)) {
+            prop_assert_eq!(lines(&segment).collect::<Vec<_>>(), lines_by_split(&segment));
+        }
+    }
 }
