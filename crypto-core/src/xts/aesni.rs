@@ -21,13 +21,16 @@
 //! the rounds of the batch before.
 //!
 //! Measured on the Intel Xeon (Sapphire Rapids class, AVX-512 + VAES) this was
-//! written on, one 4 KiB sector per call as `openssl speed` does: 0.92 to 0.95 of
-//! the two units' limit (a loop of nothing but `aesenc` on eight lanes, measured
+//! written on, one 4 KiB sector per call as `openssl speed` does: 0.90 to 0.93 of
+//! the two units' limit (a loop of nothing but `aesenc` on eight lanes, timed
 //! alongside), against 0.68 for the previous kernel (tweaks moved by alpha^8 per
-//! lane, more instructions per block, round keys spilled) and 0.86 to 0.88 for
-//! OpenSSL 3.0's `aesni_xts_encrypt`. One 64 KiB sector per call reaches 0.96 to 0.97:
-//! the rest at 4 KiB is each sector's start (its tweak, the first table, the first
-//! batch's latency).
+//! lane in integer registers and moved into vectors, more vector instructions per
+//! block, round keys spilled) and 0.81 to 0.87 for OpenSSL 3.0's `aesni_xts_encrypt`
+//! (`xts_compare`: 1.01x-1.03x OpenSSL, from 0.67x). One 64 KiB sector per call
+//! reaches 0.96 to 0.97: the rest at 4 KiB is each sector's start (its tweak's
+//! fourteen dependent rounds, the first whitening values, the first batch's latency),
+//! about 80 cycles. Tried without a measurable change: computing the walk one batch
+//! ahead instead of two, and zeroizing the table with 16-byte stores.
 //!
 //! Instructions: AES-NI and SSE2 only (no AVX, no AVX-512VL), so one path serves every
 //! AES-NI CPU (detection also asks for PCLMULQDQ, as before); ten of the sixteen XMM
