@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::process::Command as Process;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -194,6 +195,18 @@ impl Running {
 }
 
 fn serve(exports: Vec<(&str, Arc<MemVolume>, bool)>) -> Running {
+    let server = Server::bind("127.0.0.1:0", table(exports)).unwrap();
+    let addr = server.local_addr();
+    let shutdown = server.shutdown_handle();
+    let thread = thread::spawn(move || server.run());
+    Running {
+        addr,
+        shutdown,
+        thread,
+    }
+}
+
+fn table(exports: Vec<(&str, Arc<MemVolume>, bool)>) -> ExportTable {
     let table: BTreeMap<String, Export> = exports
         .into_iter()
         .map(|(name, volume, read_only)| {
@@ -206,21 +219,12 @@ fn serve(exports: Vec<(&str, Arc<MemVolume>, bool)>) -> Running {
             (name.to_owned(), export)
         })
         .collect();
-    let table: ExportTable = Arc::new(RwLock::new(table));
-    let server = Server::bind("127.0.0.1:0", table).unwrap();
-    let addr = server.local_addr();
-    let shutdown = server.shutdown_handle();
-    let thread = thread::spawn(move || server.run());
-    Running {
-        addr,
-        shutdown,
-        thread,
-    }
+    Arc::new(RwLock::new(table))
 }
 
-/// A client that speaks NBD by hand.
-struct Client {
-    stream: TcpStream,
+/// A client that speaks NBD by hand, over TCP or a Unix socket pair.
+struct Client<S = TcpStream> {
+    stream: S,
 }
 
 #[derive(Debug, PartialEq)]
@@ -262,6 +266,13 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
+        Client::greeted(stream)
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// Takes the server's greeting on `stream` and answers it.
+    fn greeted(stream: S) -> Client<S> {
         let mut client = Client { stream };
         let greeting = client.read_exact(18);
         assert_eq!(greeting, server_greeting());
@@ -1255,4 +1266,135 @@ fn a_large_write_cut_short_writes_nothing_and_others_go_on() {
     let (_, data) = other.reply(|_| 8);
     assert_eq!(data, [0xa5; 8]);
     server.stop().unwrap();
+}
+
+/// One end of a socket pair, with a read timeout so a server that does not answer
+/// fails the test instead of hanging it; and the other end, for the server.
+fn socket_pair() -> (UnixStream, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    (ours, theirs)
+}
+
+#[test]
+fn a_socket_pair_is_served_like_a_tcp_connection() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    // Bound, never running: the connection comes through serve_stream.
+    let server = Server::bind(
+        "127.0.0.1:0",
+        table(vec![("disk", Arc::clone(&volume), false)]),
+    )
+    .unwrap();
+    let (ours, theirs) = socket_pair();
+    thread::scope(|scope| {
+        let served = scope.spawn(|| server.serve_stream(theirs));
+        let mut client = Client::greeted(ours);
+        client.structured();
+        // The same admission as over TCP: an unknown export is refused, and the
+        // connection goes on.
+        let (kind, _) = client.go("nope").unwrap_err();
+        assert_eq!(kind, REP_ERR_UNKNOWN);
+        let (size, flags) = client.go("disk").unwrap();
+        assert_eq!(size, 1 << 20);
+        assert_eq!(flags & FLAG_READ_ONLY, 0);
+        let written: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        client.request(CMD_WRITE, 0, 1, 4096, 4096);
+        client.write(&written);
+        assert_eq!(client.simple().error(), 0);
+        assert_eq!(volume.data.read().unwrap()[4096..8192], written[..]);
+        // Structured replies were negotiated: the read comes back as a data chunk.
+        client.request(CMD_READ, 0, 2, 4096, 4096);
+        let (reply, _) = client.reply(|_| 0);
+        let Reply::Chunk {
+            flags,
+            kind,
+            cookie: 2,
+            payload,
+        } = reply
+        else {
+            panic!("a structured read reply, got {reply:?}");
+        };
+        assert_eq!((flags, kind), (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA));
+        assert_eq!(payload[..8], 4096u64.to_be_bytes());
+        assert_eq!(payload[8..], written[..]);
+        // Out of range: the spec's EINVAL, and the connection goes on.
+        client.request(CMD_READ, 0, 3, 1 << 20, 1);
+        let (reply, _) = client.reply(|_| 0);
+        assert_eq!(reply.error(), Errno::Inval.code());
+        client.request(CMD_DISC, 0, 4, 0, 0);
+        let mut rest = Vec::new();
+        client.stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "DISC gets no reply");
+        served.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn a_stream_client_breaking_the_protocol_gets_an_error_and_the_server_goes_on() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    let server = Server::bind(
+        "127.0.0.1:0",
+        table(vec![("disk", Arc::clone(&volume), false)]),
+    )
+    .unwrap();
+    let (mut ours, theirs) = socket_pair();
+    thread::scope(|scope| {
+        let served = scope.spawn(|| server.serve_stream(theirs));
+        let mut greeting = [0u8; 18];
+        ours.read_exact(&mut greeting).unwrap();
+        // Client flags the server does not know.
+        ours.write_all(&0xffff_ffffu32.to_be_bytes()).unwrap();
+        let err = served.join().unwrap().unwrap_err();
+        assert!(matches!(err, Error::Protocol(_)), "{err}");
+    });
+    // A client that hangs up mid-handshake.
+    let (ours, theirs) = socket_pair();
+    drop(ours);
+    let err = server.serve_stream(theirs).unwrap_err();
+    assert!(matches!(&err, Error::Io { .. }), "{err}");
+    // The same server serves the next stream.
+    let (ours, theirs) = socket_pair();
+    thread::scope(|scope| {
+        let served = scope.spawn(|| server.serve_stream(theirs));
+        let mut client = Client::greeted(ours);
+        client.go("disk").unwrap();
+        client.request(CMD_DISC, 0, 1, 0, 0);
+        served.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn stream_connections_end_on_a_volume_swap_and_after_shutdown() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    let server = Server::bind(
+        "127.0.0.1:0",
+        table(vec![("disk", Arc::clone(&volume), false)]),
+    )
+    .unwrap();
+    let handle = server.shutdown_handle();
+    let swapped: Arc<dyn Volume> = Arc::clone(&volume) as Arc<dyn Volume>;
+    let (ours, theirs) = socket_pair();
+    thread::scope(|scope| {
+        let served = scope.spawn(|| server.serve_stream(theirs));
+        let mut client = Client::greeted(ours);
+        client.go("disk").unwrap();
+        // A reply means the transmission phase runs, so the attach is registered.
+        client.request(CMD_FLUSH, 0, 1, 0, 0);
+        assert_eq!(client.simple().error(), 0);
+        assert_eq!(handle.disconnect_clients_of(&swapped), 1);
+        // Reads end: the server closes the connection.
+        let mut rest = Vec::new();
+        client.stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        served.join().unwrap().unwrap();
+    });
+    assert_eq!(handle.disconnect_clients_of(&swapped), 0, "unregistered");
+    handle.shutdown();
+    let (_ours, theirs) = socket_pair();
+    let err = server.serve_stream(theirs).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::ConnectionAborted),
+        "{err}"
+    );
 }

@@ -1,9 +1,14 @@
 //! The NBD server as a whole, fed by the fuzzer: one client connection per input,
-//! against a server on the loopback interface that serves a 64 KiB encrypted volume
-//! (`fuzz`, writable), a 1 MiB one (`big`, writable) and a 64 KiB raw one (`ro`,
-//! read-only). Whatever the client sends, the server neither panics (a panic in any
-//! server thread aborts the run) nor hangs: once the client stops sending, the
-//! server closes the connection.
+//! against a server that serves a 64 KiB encrypted volume (`fuzz`, writable), a
+//! 1 MiB one (`big`, writable) and a 64 KiB raw one (`ro`, read-only). Whatever the
+//! client sends, the server neither panics (a panic in any server thread aborts the
+//! run) nor hangs: once the client stops sending, the server closes the connection.
+//!
+//! Each input's connection is a Unix socket pair served by `Server::serve_stream` on
+//! the fuzzer's thread (the same handshake and transmission code as a TCP client's,
+//! from the first byte), while one client thread, started once, sends the input and
+//! reads the replies: a TCP connection per input (connect, accept, a connection
+//! thread) was most of what an input cost.
 //!
 //! The first input byte picks the mode. Bit 0: a canned handshake (fixed newstyle,
 //! structured replies, base:allocation, GO to `fuzz`, or to `big` with bit 2) comes
@@ -19,9 +24,11 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::io::{ErrorKind, Read};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use atrest_fuzz::{scratch_dir, Input};
@@ -34,6 +41,7 @@ use blockdev::volume::{self, NewVolumeKey};
 use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig};
 use libfuzzer_sys::fuzz_target;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::net::SendFlags;
 
 /// The default export's size, and `big`'s.
 const SMALL: u64 = 64 << 10;
@@ -43,56 +51,81 @@ const BIG: u64 = 1 << 20;
 /// the connection by then is hung.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn server() -> SocketAddr {
-    static SERVER: OnceLock<(tempfile::TempDir, SocketAddr)> = OnceLock::new();
-    SERVER
-        .get_or_init(|| {
-            let scratch = scratch_dir("nbd");
-            let home = scratch.path().join("home");
-            let kms = LocalKms::open(&home, LocalKmsConfig::new()).expect("key service");
-            let key = kms
-                .create_key(&CreateKeyRequest::default())
-                .expect("a CMK")
-                .arn;
-            let small = scratch.path().join("fuzz.vol");
-            let big = scratch.path().join("big.vol");
-            let raw = scratch.path().join("ro.vol");
-            for (path, size) in [(&small, SMALL), (&big, BIG)] {
-                let key = NewVolumeKey::Kms {
-                    kms: &kms,
-                    key_id: &key,
-                };
-                volume::create(path, size, key).expect("encrypted volume");
-            }
-            volume::create(&raw, 64 << 10, NewVolumeKey::Unencrypted).expect("raw volume");
-            let mut exports = BTreeMap::new();
-            let served = [
-                ("fuzz", &small, false),
-                ("big", &big, false),
-                ("ro", &raw, true),
-            ];
-            for (name, path, read_only) in served {
-                let volume = volume::open(path, &kms, read_only).expect("open volume");
-                exports.insert(
-                    name.to_owned(),
-                    Export {
-                        volume,
-                        read_only,
-                        description: Some(format!("fuzz export {name}")),
-                        allowed_clients: Vec::new(),
-                    },
-                );
-            }
-            // Two transmission threads per connection, not the default eight: starting
-            // them was most of an input's cost, and two still run requests side by side.
-            let server = Server::bind("127.0.0.1:0", Arc::new(RwLock::new(exports)))
-                .expect("bind")
-                .with_threads_per_connection(2);
-            let addr = server.local_addr();
-            std::thread::spawn(move || server.run());
-            (scratch, addr)
-        })
-        .1
+/// The server (bound, never accepting: connections come through `serve_stream`), and
+/// the client thread: it takes a connection's client end and the bytes to send, and
+/// says when it has read the server's last reply.
+struct Fixture {
+    _scratch: tempfile::TempDir,
+    server: Server,
+    client: Sender<(UnixStream, Vec<u8>)>,
+    conversed: Mutex<Receiver<()>>,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let scratch = scratch_dir("nbd");
+        let home = scratch.path().join("home");
+        let kms = LocalKms::open(&home, LocalKmsConfig::new()).expect("key service");
+        let key = kms
+            .create_key(&CreateKeyRequest::default())
+            .expect("a CMK")
+            .arn;
+        let small = scratch.path().join("fuzz.vol");
+        let big = scratch.path().join("big.vol");
+        let raw = scratch.path().join("ro.vol");
+        for (path, size) in [(&small, SMALL), (&big, BIG)] {
+            let key = NewVolumeKey::Kms {
+                kms: &kms,
+                key_id: &key,
+            };
+            volume::create(path, size, key).expect("encrypted volume");
+        }
+        volume::create(&raw, 64 << 10, NewVolumeKey::Unencrypted).expect("raw volume");
+        let mut exports = BTreeMap::new();
+        let served = [
+            ("fuzz", &small, false),
+            ("big", &big, false),
+            ("ro", &raw, true),
+        ];
+        for (name, path, read_only) in served {
+            let volume = volume::open(path, &kms, read_only).expect("open volume");
+            exports.insert(
+                name.to_owned(),
+                Export {
+                    volume,
+                    read_only,
+                    description: Some(format!("fuzz export {name}")),
+                    allowed_clients: Vec::new(),
+                },
+            );
+        }
+        // Two transmission threads per connection, not the default eight: starting
+        // them was most of an input's cost, and two still run requests side by side.
+        let server = Server::bind("127.0.0.1:0", Arc::new(RwLock::new(exports)))
+            .expect("bind")
+            .with_threads_per_connection(2);
+        let (client, inputs) = mpsc::channel::<(UnixStream, Vec<u8>)>();
+        let (conversed_tx, conversed) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("nbd-fuzz-client".into())
+            .spawn(move || {
+                for (mut stream, bytes) in inputs {
+                    converse(&mut stream, &bytes);
+                    drop(stream);
+                    conversed_tx
+                        .send(())
+                        .expect("the fuzzer waits for the client");
+                }
+            })
+            .expect("the client thread");
+        Fixture {
+            _scratch: scratch,
+            server,
+            client,
+            conversed: Mutex::new(conversed),
+        }
+    })
 }
 
 fn option(out: &mut Vec<u8>, code: u32, data: &[u8]) {
@@ -152,7 +185,7 @@ fn requests(out: &mut Vec<u8>, program: &mut Input<'_>, size: u64) {
 /// this thread: the server may answer more than the socket buffers hold before it
 /// has read everything, so writing and reading take turns as `poll` allows (a writer
 /// thread per input cost its start-up and wake-ups).
-fn converse(stream: &mut TcpStream, bytes: &[u8]) {
+fn converse(stream: &mut UnixStream, bytes: &[u8]) {
     stream.set_nonblocking(true).expect("non-blocking socket");
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     let mut unsent = bytes;
@@ -166,13 +199,14 @@ fn converse(stream: &mut TcpStream, bytes: &[u8]) {
         }
         let mut progressed = false;
         if write_open {
-            match stream.write(unsent) {
+            // No SIGPIPE when the server has closed: libFuzzer's `main` leaves it
+            // fatal, as Rust's would not.
+            match rustix::net::send(&*stream, unsent, SendFlags::NOSIGNAL) {
                 Ok(n) => {
                     unsent = &unsent[n..];
                     progressed = true;
                 }
-                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
                 // The server closed early: not a failure, the rest is not sent.
                 Err(_) => unsent = &[],
             }
@@ -203,7 +237,7 @@ fn converse(stream: &mut TcpStream, bytes: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let addr = server();
+    let fixture = fixture();
     let mut program = Input::new(data);
     let mode = program.u8();
     let (export, size): (&[u8], u64) = if mode & 4 != 0 {
@@ -220,6 +254,18 @@ fuzz_target!(|data: &[u8]| {
     } else {
         bytes.extend_from_slice(program.rest());
     }
-    let mut stream = TcpStream::connect(addr).expect("connect to the fuzz server");
-    converse(&mut stream, &bytes);
+    let (client, served) = UnixStream::pair().expect("a socket pair");
+    fixture
+        .client
+        .send((client, bytes))
+        .expect("the client thread runs");
+    // Errors are the client's doing (a protocol error, a hang-up mid-handshake): the
+    // property is no panic and no hang, and that the client got its replies.
+    let _ = fixture.server.serve_stream(served);
+    fixture
+        .conversed
+        .lock()
+        .expect("one fuzzer thread")
+        .recv()
+        .expect("the client thread answers");
 });

@@ -4,13 +4,16 @@
 //!
 //! Threads: one accept loop; per connection, one thread that runs the handshake
 //! (upgrading to TLS when the client asks), then the transmission phase on that
-//! thread and a few more (see [`super::transmission`]).
+//! thread and a few more (see [`super::transmission`]). [`Server::serve_stream`]
+//! serves one already-connected Unix stream the same way on the caller's thread
+//! (tests and the `nbd_session` fuzz target, without TCP).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
@@ -119,13 +122,33 @@ struct Shared {
     wake_addr: SocketAddr,
     /// Every live connection, so shutdown (or a swap of its volume) can end its reads.
     connections: Mutex<HashMap<u64, Registered>>,
+    /// The next connection's number (TCP and [`Server::serve_stream`] alike).
+    next_id: AtomicU64,
 }
 
 /// A live connection: its socket, and the volume it attached to once it has.
 #[derive(Debug)]
 struct Registered {
-    stream: TcpStream,
+    socket: Socket,
     volume: Option<Arc<dyn Volume>>,
+}
+
+/// A live connection's socket (a clone of it), kept to end its reads.
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpStream),
+    /// Served by [`Server::serve_stream`].
+    Unix(UnixStream),
+}
+
+impl Socket {
+    /// No further requests are read; in-flight ones still get their replies.
+    fn end_reads(&self) {
+        let _ = match self {
+            Socket::Tcp(stream) => stream.shutdown(Shutdown::Read),
+            Socket::Unix(stream) => stream.shutdown(Shutdown::Read),
+        };
+    }
 }
 
 /// Stops a running [`Server`]: no new connections, in-flight requests finish, every
@@ -166,7 +189,7 @@ impl ShutdownHandle {
         });
         let mut count = 0;
         for connection in attached {
-            let _ = connection.stream.shutdown(Shutdown::Read);
+            connection.socket.end_reads();
             count += 1;
         }
         count
@@ -249,6 +272,7 @@ impl Server {
                 stopping: AtomicBool::new(false),
                 wake_addr: SocketAddr::new(wake_ip, local.port()),
                 connections: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
             }),
             threads_per_connection,
             gate: Gate::default(),
@@ -300,7 +324,6 @@ impl Server {
     /// in-flight requests and flushes every writable export.
     pub fn run(self) -> Result<(), Error> {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
-        let next_id = AtomicU64::new(0);
         for incoming in self.listener.incoming() {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 break;
@@ -315,7 +338,7 @@ impl Server {
                 }
             };
             threads.retain(|t| !t.is_finished());
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
             if let Err(err) = self.spawn_connection(id, stream, &mut threads) {
                 warn!("connection {id}: {err}");
                 lock(&self.shared.connections).remove(&id);
@@ -327,7 +350,7 @@ impl Server {
         drop(self.listener);
         for connection in lock(&self.shared.connections).values() {
             // Ends each connection's reads; its in-flight requests still get replies.
-            let _ = connection.stream.shutdown(Shutdown::Read);
+            connection.socket.end_reads();
         }
         for thread in threads {
             let _ = thread.join();
@@ -354,54 +377,117 @@ impl Server {
             move |source| Error::Io { context, source }
         };
         let registered = stream.try_clone().map_err(io_err("cloning the socket"))?;
-        lock(&self.shared.connections).insert(
-            id,
-            Registered {
-                stream: registered,
-                volume: None,
-            },
-        );
-        let shared = Arc::clone(&self.shared);
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
+        let (context, publication) = self.register(id, Socket::Tcp(registered), &peer);
+        let shared = Arc::clone(&self.shared);
+        let thread = thread::Builder::new()
+            .name(format!("nbd-conn-{id}"))
+            .spawn(move || {
+                let served = serve_connection(stream, &context, &publication, |volume| {
+                    shared.attached(id, volume)
+                });
+                shared.finish(id, &publication, &peer, &served);
+            })
+            .map_err(io_err("starting a connection thread"))?;
+        threads.push(thread);
+        Ok(())
+    }
+
+    /// Serves one client already connected on `stream` (an end of a socket pair), on
+    /// the calling thread, until it disconnects: the handshake and the transmission
+    /// phase as for a TCP client, from the stream's first byte, with this server's
+    /// exports, admission checks, refusal audit, limits, timeouts, transmission
+    /// threads and status board, and registered like a TCP connection (so
+    /// [`ShutdownHandle::disconnect_clients_of`] and the end of [`Server::run`] end
+    /// its reads). For tests and fuzzing: the `nbd_session` fuzz target serves each
+    /// input this way, without a TCP connection per input. Users serve over TCP with
+    /// [`Server::run`], which this does not need (and `run` need not be running).
+    ///
+    /// Plaintext only: TLS is served over TCP. On a server configured with
+    /// [`Server::with_tls`], what TLS requires still holds (a required TLS refuses
+    /// every option but STARTTLS, exports with `allowed_clients` are refused), and a
+    /// client that asks for STARTTLS gets its acknowledgement, then an error here
+    /// (`NotSupported`) and the connection closes. Errors are the connection's, as
+    /// [`Server::run`] logs them per connection: a client that breaks the protocol
+    /// ends with `Protocol`, one that hangs up mid-handshake with `Io`
+    /// (`UnexpectedEof`). A server being shut down refuses the stream (`Io`,
+    /// `ConnectionAborted`); [`Server::run`] ends a stream connection's reads when it
+    /// stops, but does not wait for the caller's thread to finish its replies.
+    pub fn serve_stream(&self, stream: UnixStream) -> Result<(), Error> {
+        let registered = stream.try_clone().map_err(io_error("cloning the socket"))?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let peer = format!("stream connection {id}");
+        let (context, publication) = self.register(id, Socket::Unix(registered), &peer);
+        // Checked once registered: a shutdown that starts after this check still
+        // finds the connection in the table and ends its reads.
+        let served = if self.shared.stopping.load(Ordering::SeqCst) {
+            Err(Error::Io {
+                context: "serving a stream".into(),
+                source: io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the server is shutting down",
+                ),
+            })
+        } else {
+            serve_stream_connection(stream, &context, &publication, |volume| {
+                self.shared.attached(id, volume)
+            })
+        };
+        self.shared.finish(id, &publication, &peer, &served);
+        served
+    }
+
+    /// Enters a new connection in the table and on the status board; what it is
+    /// served with.
+    fn register(&self, id: u64, socket: Socket, peer: &str) -> (ConnectionContext, Publication) {
+        lock(&self.shared.connections).insert(
+            id,
+            Registered {
+                socket,
+                volume: None,
+            },
+        );
         if let Some(board) = &self.status {
-            board.connected(id, &peer);
+            board.connected(id, peer);
         }
         let context = ConnectionContext {
             exports: Arc::clone(&self.exports),
             gate: self.gate.clone(),
             threads: self.threads_per_connection,
-            peer: peer.clone(),
+            peer: peer.to_owned(),
         };
         let publication = Publication {
             board: self.status.clone(),
             id,
         };
-        let thread = thread::Builder::new()
-            .name(format!("nbd-conn-{id}"))
-            .spawn(move || {
-                match serve_connection(stream, &context, &publication, |volume| {
-                    if let Some(entry) = lock(&shared.connections).get_mut(&id) {
-                        entry.volume = Some(Arc::clone(volume));
-                    }
-                }) {
-                    Ok(()) => debug!("{peer}: disconnected"),
-                    Err(Error::Io { source, .. })
-                        if source.kind() == io::ErrorKind::UnexpectedEof =>
-                    {
-                        debug!("{peer}: closed the connection")
-                    }
-                    Err(err) => warn!("{peer}: {err}"),
-                }
-                lock(&shared.connections).remove(&id);
-                if let Some(board) = &publication.board {
-                    board.disconnected(id);
-                }
-            })
-            .map_err(io_err("starting a connection thread"))?;
-        threads.push(thread);
-        Ok(())
+        (context, publication)
+    }
+}
+
+impl Shared {
+    /// Connection `id` attached to `volume`.
+    fn attached(&self, id: u64, volume: &Arc<dyn Volume>) {
+        if let Some(entry) = lock(&self.connections).get_mut(&id) {
+            entry.volume = Some(Arc::clone(volume));
+        }
+    }
+
+    /// Connection `id` ended as `served` says: logged, and out of the table and off
+    /// the status board.
+    fn finish(&self, id: u64, publication: &Publication, peer: &str, served: &Result<(), Error>) {
+        match served {
+            Ok(()) => debug!("{peer}: disconnected"),
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::UnexpectedEof => {
+                debug!("{peer}: closed the connection")
+            }
+            Err(err) => warn!("{peer}: {err}"),
+        }
+        lock(&self.connections).remove(&id);
+        if let Some(board) = &publication.board {
+            board.disconnected(id);
+        }
     }
 }
 
@@ -471,20 +557,97 @@ fn handshake_timeouts(wire: &impl Wire) -> Result<(), Error> {
         .map_err(io_error("setting the handshake timeout"))
 }
 
-/// Serves one client: the handshake (with a TLS upgrade when the client asks for
+/// Serves one TCP client: the handshake (with a TLS upgrade when the client asks for
 /// one), then the transmission phase; `attached` learns the volume it attached to.
 fn serve_connection(
     stream: TcpStream,
     context: &ConnectionContext,
     publication: &Publication,
-    attached: impl FnOnce(&Arc<dyn Volume>),
+    mut attached: impl FnMut(&Arc<dyn Volume>),
 ) -> Result<(), Error> {
     stream
         .set_nodelay(true)
         .map_err(io_error("setting TCP_NODELAY"))?;
     unpaced_on_loopback(&stream);
+    let writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
+    let (settings, tcp, early, client) =
+        match serve_plaintext(stream, writer, context, publication, &mut attached)? {
+            Plaintext::Served => return Ok(()),
+            Plaintext::StartTls {
+                settings,
+                stream,
+                early,
+                client,
+            } => (settings, stream, early, client),
+        };
+    // TLS owns the socket now; what was read past STARTTLS goes to TLS.
+    let session = tls::accept(&settings, tcp, &early)?;
+    let identity = session.identity;
+    let stream = session.stream;
     handshake_timeouts(&stream)?;
+    match &identity {
+        Some(who) => info!("{}: TLS with a client certificate, {who}", context.peer),
+        None => debug!("{}: TLS without a client certificate", context.peer),
+    }
     let mut writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+    // Everything negotiated before TLS is forgotten: a fresh negotiation.
+    let secured = Negotiation {
+        context,
+        client,
+        secured: Some(identity.as_ref()),
+    };
+    match secured.run(&mut reader, &mut writer)? {
+        Outcome::Abort => Ok(()),
+        Outcome::Attach(session, name) => {
+            publication.attached(&name, identity.as_ref());
+            transmit(reader, writer, session, context, attached)
+        }
+        Outcome::StartTls(_) => Err(ProtocolError::StartTlsTwice.into()),
+    }
+}
+
+/// Serves one client of [`Server::serve_stream`]: as [`serve_connection`], in
+/// plaintext only.
+fn serve_stream_connection(
+    stream: UnixStream,
+    context: &ConnectionContext,
+    publication: &Publication,
+    mut attached: impl FnMut(&Arc<dyn Volume>),
+) -> Result<(), Error> {
+    let writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
+    match serve_plaintext(stream, writer, context, publication, &mut attached)? {
+        Plaintext::Served => Ok(()),
+        Plaintext::StartTls { .. } => Err(Error::NotSupported(
+            "TLS on a stream served by Server::serve_stream (TLS is served over TCP)".into(),
+        )),
+    }
+}
+
+/// How the plaintext part of a connection ended.
+enum Plaintext<S> {
+    /// The client aborted the handshake, or attached and was served to the end.
+    Served,
+    /// STARTTLS was acknowledged: TLS begins on `stream`, whose first bytes are
+    /// `early` (read past STARTTLS already).
+    StartTls {
+        settings: TlsSettings,
+        stream: S,
+        early: Vec<u8>,
+        client: proto::ClientFlags,
+    },
+}
+
+/// The greeting, the plaintext negotiation and, if the client attached, the
+/// transmission phase, on `stream` (read) and `writer` (a clone of it, written).
+fn serve_plaintext<S: Wire>(
+    stream: S,
+    mut writer: S,
+    context: &ConnectionContext,
+    publication: &Publication,
+    attached: impl FnOnce(&Arc<dyn Volume>),
+) -> Result<Plaintext<S>, Error> {
+    handshake_timeouts(&stream)?;
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
     writer
         .write_all(&proto::server_greeting())
@@ -496,41 +659,18 @@ fn serve_connection(
         secured: None,
     };
     match plain.run(&mut reader, &mut writer)? {
-        Outcome::Abort => Ok(()),
+        Outcome::Abort => Ok(Plaintext::Served),
         Outcome::Attach(session, name) => {
             publication.attached(&name, None);
-            transmit(reader, writer, session, context, attached)
+            transmit(reader, writer, session, context, attached)?;
+            Ok(Plaintext::Served)
         }
-        Outcome::StartTls(settings) => {
-            // TLS owns the socket now; what was read past STARTTLS goes to TLS.
-            let early = reader.buffer().to_vec();
-            let tcp = reader.into_inner();
-            drop(writer);
-            let session = tls::accept(&settings, tcp, &early)?;
-            let identity = session.identity;
-            let stream = session.stream;
-            handshake_timeouts(&stream)?;
-            match &identity {
-                Some(who) => info!("{}: TLS with a client certificate, {who}", context.peer),
-                None => debug!("{}: TLS without a client certificate", context.peer),
-            }
-            let mut writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
-            let mut reader = BufReader::with_capacity(256 * 1024, stream);
-            // Everything negotiated before TLS is forgotten: a fresh negotiation.
-            let secured = Negotiation {
-                context,
-                client,
-                secured: Some(identity.as_ref()),
-            };
-            match secured.run(&mut reader, &mut writer)? {
-                Outcome::Abort => Ok(()),
-                Outcome::Attach(session, name) => {
-                    publication.attached(&name, identity.as_ref());
-                    transmit(reader, writer, session, context, attached)
-                }
-                Outcome::StartTls(_) => Err(ProtocolError::StartTlsTwice.into()),
-            }
-        }
+        Outcome::StartTls(settings) => Ok(Plaintext::StartTls {
+            settings,
+            early: reader.buffer().to_vec(),
+            stream: reader.into_inner(),
+            client,
+        }),
     }
 }
 
