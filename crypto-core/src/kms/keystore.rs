@@ -8,6 +8,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -252,6 +253,18 @@ pub(crate) struct Keystore {
     root: Aes256Key,
     /// The account that owns keys and aliases of version 1 files.
     legacy_account: String,
+    /// The last keystore body this handle parsed. Every read still reads the whole
+    /// file and hashes its body; only the JSON parse is skipped when the body's
+    /// SHA-256 is the one parsed last, so another process's update is seen at once.
+    parsed: Mutex<Option<ParsedBody>>,
+}
+
+/// A keystore body and the state it parses to (after [`StoreData::adopt_legacy`]).
+struct ParsedBody {
+    /// SHA-256 of the body's bytes, computed over the bytes read (not taken from
+    /// the header): the same digest means the same bytes, hence the same state.
+    digest: [u8; 32],
+    store: StoreData,
 }
 
 impl fmt::Debug for Keystore {
@@ -377,6 +390,7 @@ impl Keystore {
             root_key_path,
             root: Aes256Key::random(),
             legacy_account: legacy_account.to_owned(),
+            parsed: Mutex::new(None),
         };
         let guard = keystore.lock(true)?;
         let store = keystore.read_unlocked()?;
@@ -463,10 +477,33 @@ impl Keystore {
         let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         file.read_to_end(&mut bytes)
             .map_err(|e| io_error("cannot read", &self.file, e))?;
-        let (generation, mut store) =
-            decode_file(&bytes).map_err(|why| corrupted(&self.file, &why))?;
+        let checked = check_file(&bytes).map_err(|why| corrupted(&self.file, why))?;
+        let store = self
+            .parse_body(&checked)
+            .map_err(|why| corrupted(&self.file, &why))?;
+        Ok((checked.generation, store))
+    }
+
+    /// The state `checked`'s body holds: the last parse's when the body is the same
+    /// bytes (same SHA-256), else a new parse, kept for the next read. The cache's
+    /// mutex is not held while parsing, so readers in other threads do not wait on it.
+    fn parse_body(&self, checked: &CheckedFile<'_>) -> Result<StoreData, String> {
+        let cached = |parsed: &Option<ParsedBody>| {
+            parsed
+                .as_ref()
+                .filter(|p| p.digest == checked.digest)
+                .map(|p| p.store.clone())
+        };
+        if let Some(store) = cached(&self.parsed.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(store);
+        }
+        let mut store = parse_json_body(checked.body)?;
         store.adopt_legacy(&self.legacy_account);
-        Ok((generation, store))
+        *self.parsed.lock().unwrap_or_else(PoisonError::into_inner) = Some(ParsedBody {
+            digest: checked.digest,
+            store: store.clone(),
+        });
+        Ok(store)
     }
 
     /// Takes the write lock, applies due maintenance and then `update` to the current
@@ -604,20 +641,37 @@ fn encode_file(generation: u64, store: &StoreData) -> Result<Vec<u8>, KmsError> 
     Ok(out)
 }
 
-fn decode_file(bytes: &[u8]) -> Result<(u64, StoreData), String> {
+/// A keystore file whose header parsed and whose body matches the header's checksum.
+struct CheckedFile<'a> {
+    generation: u64,
+    /// SHA-256 of `body`.
+    digest: [u8; 32],
+    body: &'a [u8],
+}
+
+/// Parses the header line and checks the body against its checksum.
+fn check_file(bytes: &[u8]) -> Result<CheckedFile<'_>, &'static str> {
     let line_end = bytes
         .iter()
         .position(|&b| b == b'\n')
         .ok_or("no header line")?;
     let header =
         std::str::from_utf8(&bytes[..line_end]).map_err(|_| "the header line is not text")?;
-    let (generation, digest) = parse_header(header)?;
+    let (generation, claimed) = parse_header(header)?;
     let body = &bytes[line_end + 1..];
-    if Sha256::digest(body).as_slice() != digest {
-        return Err("the checksum does not match the contents".into());
+    let digest: [u8; 32] = Sha256::digest(body).into();
+    if digest != claimed {
+        return Err("the checksum does not match the contents");
     }
-    let store = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
-    Ok((generation, store))
+    Ok(CheckedFile {
+        generation,
+        digest,
+        body,
+    })
+}
+
+fn parse_json_body(body: &[u8]) -> Result<StoreData, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))
 }
 
 /// AES-256-GCM under the root key; base64 of nonce || ciphertext || tag.
@@ -723,6 +777,12 @@ mod tests {
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
     }
 
+    /// The whole decode of a file, without a handle's cache.
+    fn decode_file(bytes: &[u8]) -> Result<(u64, StoreData), String> {
+        let checked = check_file(bytes)?;
+        Ok((checked.generation, parse_json_body(checked.body)?))
+    }
+
     #[test]
     fn file_round_trip_and_corruption() {
         let mut store = StoreData::default();
@@ -814,6 +874,97 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    /// Commits `deleted_keys[nil] = value` (a tombstone of the legacy account)
+    /// through `ks`.
+    fn commit_tombstone(ks: &Keystore, value: Timestamp) {
+        ks.prepare(now(), |s| {
+            s.deleted_keys.insert(Uuid::nil(), value);
+            s.deleted_key_accounts
+                .insert(Uuid::nil(), "000000000000".to_owned());
+            Ok(())
+        })
+        .unwrap()
+        .tx
+        .commit()
+        .unwrap();
+    }
+
+    fn tombstone(ks: &Keystore) -> Option<Timestamp> {
+        ks.read().unwrap().deleted_keys.get(&Uuid::nil()).copied()
+    }
+
+    #[test]
+    fn another_writers_update_of_the_same_length_is_seen_by_the_next_read() {
+        let home = tempfile::tempdir().unwrap();
+        let mine = Keystore::open(home.path(), None, "000000000000").unwrap();
+        let other = Keystore::open(home.path(), None, "000000000000").unwrap();
+        commit_tombstone(&mine, 1);
+        assert_eq!(tombstone(&mine), Some(1));
+        let before = fs::metadata(mine.file_path()).unwrap().len();
+        // Another process (here another handle, with its own cache) changes one digit.
+        commit_tombstone(&other, 2);
+        assert_eq!(fs::metadata(mine.file_path()).unwrap().len(), before);
+        assert_eq!(tombstone(&mine), Some(2));
+        assert_eq!(mine.read_with_generation().unwrap().0, 2);
+        mine.prepare(now(), |s| {
+            assert_eq!(s.deleted_keys.get(&Uuid::nil()), Some(&2));
+            Ok(())
+        })
+        .unwrap();
+        // The same body under another header (a restored copy) gives its generation.
+        let (_, store) = decode_file(&fs::read(mine.file_path()).unwrap()).unwrap();
+        fs::write(mine.file_path(), encode_file(9, &store).unwrap()).unwrap();
+        assert_eq!(mine.read_with_generation().unwrap().0, 9);
+        // Back to an earlier state, written by hand: seen too.
+        let mut older = store.clone();
+        older.deleted_keys.insert(Uuid::nil(), 1);
+        fs::write(mine.file_path(), encode_file(9, &older).unwrap()).unwrap();
+        assert_eq!(tombstone(&mine), Some(1));
+    }
+
+    #[test]
+    fn a_file_corrupted_after_a_read_is_refused_not_served_from_the_last_parse() {
+        let home = tempfile::tempdir().unwrap();
+        let ks = Keystore::open(home.path(), None, "000000000000").unwrap();
+        commit_tombstone(&ks, 1);
+        assert_eq!(tombstone(&ks), Some(1));
+        let good = fs::read(ks.file_path()).unwrap();
+        let digit = good.iter().rposition(|&b| b == b'1').unwrap();
+        let mut flipped = good.clone();
+        flipped[digit] = b'2';
+        fs::write(ks.file_path(), &flipped).unwrap();
+        let err = ks.read().unwrap_err().to_string();
+        assert!(err.contains("the checksum does not match"), "{err}");
+        // A matching checksum over a body that is not a keystore.
+        let body = b"{\"keys\": 1}";
+        let digest = hex::encode(Sha256::digest(body));
+        let mut forged = format!("atrest-keystore 2 gen:5 sha256:{digest}\n").into_bytes();
+        forged.extend_from_slice(body);
+        fs::write(ks.file_path(), &forged).unwrap();
+        let err = ks.read().unwrap_err().to_string();
+        assert!(err.contains("bad JSON"), "{err}");
+        fs::write(ks.file_path(), &good).unwrap();
+        assert_eq!(tombstone(&ks), Some(1));
+    }
+
+    #[test]
+    fn callers_change_copies_never_the_parsed_state() {
+        let home = tempfile::tempdir().unwrap();
+        let ks = Keystore::open(home.path(), None, "000000000000").unwrap();
+        commit_tombstone(&ks, 1);
+        let mut read = ks.read().unwrap();
+        read.deleted_keys.insert(Uuid::nil(), 3);
+        assert_eq!(tombstone(&ks), Some(1));
+        let prepared = ks
+            .prepare(now(), |s| {
+                s.deleted_keys.insert(Uuid::nil(), 4);
+                Ok(())
+            })
+            .unwrap();
+        drop(prepared);
+        assert_eq!(tombstone(&ks), Some(1));
     }
 
     #[test]
