@@ -8,7 +8,6 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -253,18 +252,6 @@ pub(crate) struct Keystore {
     root: Aes256Key,
     /// The account that owns keys and aliases of version 1 files.
     legacy_account: String,
-    /// The last keystore body this handle parsed. Every read still reads the whole
-    /// file and hashes its body; only the JSON parse is skipped when the body's
-    /// SHA-256 is the one parsed last, so another process's update is seen at once.
-    parsed: Mutex<Option<ParsedBody>>,
-}
-
-/// A keystore body and the state it parses to (after [`StoreData::adopt_legacy`]).
-struct ParsedBody {
-    /// SHA-256 of the body's bytes, computed over the bytes read (not taken from
-    /// the header): the same digest means the same bytes, hence the same state.
-    digest: [u8; 32],
-    store: StoreData,
 }
 
 impl fmt::Debug for Keystore {
@@ -390,7 +377,6 @@ impl Keystore {
             root_key_path,
             root: Aes256Key::random(),
             legacy_account: legacy_account.to_owned(),
-            parsed: Mutex::new(None),
         };
         let guard = keystore.lock(true)?;
         let store = keystore.read_unlocked()?;
@@ -477,33 +463,10 @@ impl Keystore {
         let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         file.read_to_end(&mut bytes)
             .map_err(|e| io_error("cannot read", &self.file, e))?;
-        let checked = check_file(&bytes).map_err(|why| corrupted(&self.file, why))?;
-        let store = self
-            .parse_body(&checked)
-            .map_err(|why| corrupted(&self.file, &why))?;
-        Ok((checked.generation, store))
-    }
-
-    /// The state `checked`'s body holds: the last parse's when the body is the same
-    /// bytes (same SHA-256), else a new parse, kept for the next read. The cache's
-    /// mutex is not held while parsing, so readers in other threads do not wait on it.
-    fn parse_body(&self, checked: &CheckedFile<'_>) -> Result<StoreData, String> {
-        let cached = |parsed: &Option<ParsedBody>| {
-            parsed
-                .as_ref()
-                .filter(|p| p.digest == checked.digest)
-                .map(|p| p.store.clone())
-        };
-        if let Some(store) = cached(&self.parsed.lock().unwrap_or_else(PoisonError::into_inner)) {
-            return Ok(store);
-        }
-        let mut store = parse_json_body(checked.body)?;
+        let (generation, mut store) =
+            decode_file(&bytes).map_err(|why| corrupted(&self.file, &why))?;
         store.adopt_legacy(&self.legacy_account);
-        *self.parsed.lock().unwrap_or_else(PoisonError::into_inner) = Some(ParsedBody {
-            digest: checked.digest,
-            store: store.clone(),
-        });
-        Ok(store)
+        Ok((generation, store))
     }
 
     /// Takes the write lock, applies due maintenance and then `update` to the current
@@ -641,37 +604,20 @@ fn encode_file(generation: u64, store: &StoreData) -> Result<Vec<u8>, KmsError> 
     Ok(out)
 }
 
-/// A keystore file whose header parsed and whose body matches the header's checksum.
-struct CheckedFile<'a> {
-    generation: u64,
-    /// SHA-256 of `body`.
-    digest: [u8; 32],
-    body: &'a [u8],
-}
-
-/// Parses the header line and checks the body against its checksum.
-fn check_file(bytes: &[u8]) -> Result<CheckedFile<'_>, &'static str> {
+fn decode_file(bytes: &[u8]) -> Result<(u64, StoreData), String> {
     let line_end = bytes
         .iter()
         .position(|&b| b == b'\n')
         .ok_or("no header line")?;
     let header =
         std::str::from_utf8(&bytes[..line_end]).map_err(|_| "the header line is not text")?;
-    let (generation, claimed) = parse_header(header)?;
+    let (generation, digest) = parse_header(header)?;
     let body = &bytes[line_end + 1..];
-    let digest: [u8; 32] = Sha256::digest(body).into();
-    if digest != claimed {
-        return Err("the checksum does not match the contents");
+    if Sha256::digest(body).as_slice() != digest {
+        return Err("the checksum does not match the contents".into());
     }
-    Ok(CheckedFile {
-        generation,
-        digest,
-        body,
-    })
-}
-
-fn parse_json_body(body: &[u8]) -> Result<StoreData, String> {
-    serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))
+    let store = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
+    Ok((generation, store))
 }
 
 /// AES-256-GCM under the root key; base64 of nonce || ciphertext || tag.
@@ -775,12 +721,6 @@ mod tests {
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
-    }
-
-    /// The whole decode of a file, without a handle's cache.
-    fn decode_file(bytes: &[u8]) -> Result<(u64, StoreData), String> {
-        let checked = check_file(bytes)?;
-        Ok((checked.generation, parse_json_body(checked.body)?))
     }
 
     #[test]
@@ -925,7 +865,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_corrupted_after_a_read_is_refused_not_served_from_the_last_parse() {
+    fn a_file_corrupted_after_a_good_read_is_refused() {
         let home = tempfile::tempdir().unwrap();
         let ks = Keystore::open(home.path(), None, "000000000000").unwrap();
         commit_tombstone(&ks, 1);
@@ -950,7 +890,7 @@ mod tests {
     }
 
     #[test]
-    fn callers_change_copies_never_the_parsed_state() {
+    fn callers_change_copies_never_the_stored_state() {
         let home = tempfile::tempdir().unwrap();
         let ks = Keystore::open(home.path(), None, "000000000000").unwrap();
         commit_tombstone(&ks, 1);
