@@ -35,7 +35,8 @@ const START: i64 = 1_767_225_600;
 /// is: no keystore file (created by the first update, as in a new home) and an empty
 /// trail and head (the files are truncated through other handles; the service's own
 /// log handle appends, so its next record is the first line again). Every call reads
-/// the keystore from disk, so nothing else carries over.
+/// the keystore from disk, so nothing else carries over (the trail's last-record
+/// memo holds only while the log ends with that record, which truncation undoes).
 struct Service {
     _dir: tempfile::TempDir,
     keystore: PathBuf,

@@ -816,6 +816,97 @@ mod tests {
         }
     }
 
+    /// Commits `deleted_keys[nil] = value` (a tombstone of the legacy account)
+    /// through `ks`.
+    fn commit_tombstone(ks: &Keystore, value: Timestamp) {
+        ks.prepare(now(), |s| {
+            s.deleted_keys.insert(Uuid::nil(), value);
+            s.deleted_key_accounts
+                .insert(Uuid::nil(), "000000000000".to_owned());
+            Ok(())
+        })
+        .unwrap()
+        .tx
+        .commit()
+        .unwrap();
+    }
+
+    fn tombstone(ks: &Keystore) -> Option<Timestamp> {
+        ks.read().unwrap().deleted_keys.get(&Uuid::nil()).copied()
+    }
+
+    #[test]
+    fn another_writers_update_of_the_same_length_is_seen_by_the_next_read() {
+        let home = tempfile::tempdir().unwrap();
+        let mine = Keystore::open(home.path(), None, "000000000000").unwrap();
+        let other = Keystore::open(home.path(), None, "000000000000").unwrap();
+        commit_tombstone(&mine, 1);
+        assert_eq!(tombstone(&mine), Some(1));
+        let before = fs::metadata(mine.file_path()).unwrap().len();
+        // Another process (here another handle, with its own cache) changes one digit.
+        commit_tombstone(&other, 2);
+        assert_eq!(fs::metadata(mine.file_path()).unwrap().len(), before);
+        assert_eq!(tombstone(&mine), Some(2));
+        assert_eq!(mine.read_with_generation().unwrap().0, 2);
+        mine.prepare(now(), |s| {
+            assert_eq!(s.deleted_keys.get(&Uuid::nil()), Some(&2));
+            Ok(())
+        })
+        .unwrap();
+        // The same body under another header (a restored copy) gives its generation.
+        let (_, store) = decode_file(&fs::read(mine.file_path()).unwrap()).unwrap();
+        fs::write(mine.file_path(), encode_file(9, &store).unwrap()).unwrap();
+        assert_eq!(mine.read_with_generation().unwrap().0, 9);
+        // Back to an earlier state, written by hand: seen too.
+        let mut older = store.clone();
+        older.deleted_keys.insert(Uuid::nil(), 1);
+        fs::write(mine.file_path(), encode_file(9, &older).unwrap()).unwrap();
+        assert_eq!(tombstone(&mine), Some(1));
+    }
+
+    #[test]
+    fn a_file_corrupted_after_a_good_read_is_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let ks = Keystore::open(home.path(), None, "000000000000").unwrap();
+        commit_tombstone(&ks, 1);
+        assert_eq!(tombstone(&ks), Some(1));
+        let good = fs::read(ks.file_path()).unwrap();
+        let digit = good.iter().rposition(|&b| b == b'1').unwrap();
+        let mut flipped = good.clone();
+        flipped[digit] = b'2';
+        fs::write(ks.file_path(), &flipped).unwrap();
+        let err = ks.read().unwrap_err().to_string();
+        assert!(err.contains("the checksum does not match"), "{err}");
+        // A matching checksum over a body that is not a keystore.
+        let body = b"{\"keys\": 1}";
+        let digest = hex::encode(Sha256::digest(body));
+        let mut forged = format!("atrest-keystore 2 gen:5 sha256:{digest}\n").into_bytes();
+        forged.extend_from_slice(body);
+        fs::write(ks.file_path(), &forged).unwrap();
+        let err = ks.read().unwrap_err().to_string();
+        assert!(err.contains("bad JSON"), "{err}");
+        fs::write(ks.file_path(), &good).unwrap();
+        assert_eq!(tombstone(&ks), Some(1));
+    }
+
+    #[test]
+    fn callers_change_copies_never_the_stored_state() {
+        let home = tempfile::tempdir().unwrap();
+        let ks = Keystore::open(home.path(), None, "000000000000").unwrap();
+        commit_tombstone(&ks, 1);
+        let mut read = ks.read().unwrap();
+        read.deleted_keys.insert(Uuid::nil(), 3);
+        assert_eq!(tombstone(&ks), Some(1));
+        let prepared = ks
+            .prepare(now(), |s| {
+                s.deleted_keys.insert(Uuid::nil(), 4);
+                Ok(())
+            })
+            .unwrap();
+        drop(prepared);
+        assert_eq!(tombstone(&ks), Some(1));
+    }
+
     #[test]
     fn material_seals_under_root_key_and_binds_id_and_version() {
         let home = tempfile::tempdir().unwrap();

@@ -72,6 +72,30 @@ struct Tail {
     torn_len: u64,
 }
 
+/// The last record a [`Trail`] wrote, remembered so that the next append of the same
+/// handle need not verify it again: while `trail.jsonl` still ends with exactly these
+/// bytes at exactly this length, `record::verify` of its last line would return
+/// `link` (the line is what `record::encode` made for `link`). Anything else (another
+/// writer's record, a truncation, a rewrite) is verified as before.
+#[derive(Debug)]
+pub(super) struct WrittenRecord {
+    /// Length of `trail.jsonl` just after the record (its newline included).
+    end: u64,
+    /// The record's line, without its newline.
+    line: Vec<u8>,
+    link: ChainLink,
+}
+
+impl WrittenRecord {
+    /// The record's link if `tail` ends with it, as this handle wrote it.
+    fn link_if_last(&self, tail: &Tail) -> Option<ChainLink> {
+        let unchanged = tail.torn_len == 0
+            && tail.complete_len == self.end
+            && tail.last_line.as_deref() == Some(self.line.as_slice());
+        unchanged.then_some(self.link)
+    }
+}
+
 /// Reads backwards from the end, in growing windows, until the last complete line
 /// is in view.
 fn read_tail(file: &File) -> std::io::Result<Tail> {
@@ -176,17 +200,23 @@ impl Trail {
         calls: &[(u64, Entry)],
         outcomes: &mut Vec<(u64, Result<(), TrailError>)>,
     ) -> Result<(), TrailError> {
-        let files = self.files();
+        let mut guard = self.files();
+        let files = &mut *guard;
+        let written_before = files.last_written.take();
         let _lock = FlockGuard::exclusive(&files.log, &self.log_path)?;
         let tail = read_tail(&files.log).map_err(|source| self.log_io(source))?;
-        let last = match &tail.last_line {
-            None => None,
-            Some(line) => Some(record::verify(line).map_err(|rejected| TrailError::Broken {
-                path: self.log_path.clone(),
-                line: None,
-                sequence: rejected.claimed_sequence,
-                problem: TrailProblem::LastRecordUnverified(Box::new(rejected.problem)),
-            })?),
+        let ours = written_before.and_then(|written| written.link_if_last(&tail));
+        let last = match (&tail.last_line, ours) {
+            (None, _) => None,
+            (Some(_), Some(link)) => Some(link),
+            (Some(line), None) => {
+                Some(record::verify(line).map_err(|rejected| TrailError::Broken {
+                    path: self.log_path.clone(),
+                    line: None,
+                    sequence: rejected.claimed_sequence,
+                    problem: TrailProblem::LastRecordUnverified(Box::new(rejected.problem)),
+                })?)
+            }
         };
         let head = self.read_head(&files.head)?;
         check_head_at_tail(head, last.as_ref()).map_err(|problem| TrailError::Broken {
@@ -213,6 +243,7 @@ impl Trail {
             None => Head::EMPTY,
         };
         let mut lines = Vec::new();
+        let mut newest_link = None;
         for (ticket, call) in calls {
             let sequence = newest
                 .sequence
@@ -227,6 +258,14 @@ impl Trail {
                 Ok((line, hash)) => {
                     lines.extend_from_slice(&line);
                     lines.push(b'\n');
+                    newest_link = Some((
+                        line,
+                        ChainLink {
+                            sequence,
+                            previous_hash: newest.hash,
+                            record_hash: hash,
+                        },
+                    ));
                     newest = Head { sequence, hash };
                     outcomes.push((*ticket, Ok(())));
                 }
@@ -240,6 +279,11 @@ impl Trail {
             .write_all(&lines)
             .and_then(|()| files.log.sync_data())
             .map_err(|source| self.log_io(source))?;
+        files.last_written = newest_link.map(|(line, link)| WrittenRecord {
+            end: tail.complete_len.saturating_add(lines.len() as u64),
+            line,
+            link,
+        });
         newest.write(&files.head).map_err(|source| TrailError::Io {
             path: self.head_path.clone(),
             source,

@@ -242,6 +242,8 @@ struct TrailFiles {
     /// Opened for append: every write lands at the end whatever the offset.
     log: File,
     head: File,
+    /// The last record this handle wrote, if its write and sync succeeded.
+    last_written: Option<append::WrittenRecord>,
 }
 
 fn open_or_create(path: &Path, append: bool, created: &mut bool) -> std::io::Result<File> {
@@ -355,7 +357,11 @@ impl Trail {
                 region: region.to_owned(),
                 account: account.to_owned(),
             },
-            files: Mutex::new(TrailFiles { log, head }),
+            files: Mutex::new(TrailFiles {
+                log,
+                head,
+                last_written: None,
+            }),
             batch: Mutex::new(Batch::default()),
             batch_written: Condvar::new(),
         })
@@ -368,7 +374,8 @@ impl Trail {
 
     fn files(&self) -> MutexGuard<'_, TrailFiles> {
         // A thread that panicked while holding the lock left nothing half-done in
-        // memory: the files are the state, and append re-reads them every time.
+        // memory: the files are the state, and append re-reads them every time
+        // (`last_written` is cleared before a write and set only after it).
         self.files
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

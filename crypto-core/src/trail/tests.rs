@@ -344,6 +344,43 @@ fn appends_refuse_to_chain_onto_a_damaged_last_record() {
 }
 
 #[test]
+fn an_append_rechecks_its_own_last_record_once_it_is_altered_even_at_the_same_length() {
+    let (_dir, trail) = trail_with(2);
+    let mut records = lines(&trail);
+    let before = std::fs::metadata(trail.log_path()).expect("stat").len();
+    records[1] = records[1].replace("alice", "carol");
+    rewrite(&trail, &records);
+    assert_eq!(
+        std::fs::metadata(trail.log_path()).expect("stat").len(),
+        before
+    );
+    match trail.append(&call("Decrypt", KEY_A, KEY_A, 3)) {
+        Err(TrailError::Broken {
+            sequence: Some(2),
+            problem: TrailProblem::LastRecordUnverified(why),
+            ..
+        }) => assert_eq!(*why, TrailProblem::HashMismatch),
+        other => panic!("expected an unverified last record, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_append_chains_onto_records_another_handle_wrote_since_its_own() {
+    let (dir, mine) = trail_with(2);
+    let other = Trail::open(dir.path(), "local", "000000000000").expect("open");
+    other
+        .append(&call("Encrypt", KEY_B, KEY_B, 3))
+        .expect("append");
+    mine.append(&call("Decrypt", KEY_A, KEY_A, 4))
+        .expect("append");
+    mine.validate().expect("one chain");
+    let records = lines(&mine);
+    assert_eq!(records.len(), 4);
+    assert!(records[2].contains("\"Encrypt\""), "{}", records[2]);
+    assert!(records[3].contains("\"sequence\":4"), "{}", records[3]);
+}
+
+#[test]
 fn concurrent_appenders_never_lose_or_interleave_records() {
     let dir = tempfile::tempdir().expect("tempdir");
     let threads: Vec<_> = (0..4)
@@ -490,6 +527,45 @@ fn lookup_filters_by_name_key_alias_principal_and_time() {
         ..LookupFilter::default()
     };
     assert_eq!(names(newest), ["Decrypt"]);
+}
+
+#[test]
+fn lookup_by_alias_reads_escaped_json_strings_as_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trail = Trail::open(dir.path(), "local", "000000000000").expect("open");
+    trail
+        .append(&call("CreateKey", "", KEY_B, 1))
+        .expect("append");
+    trail
+        .append(&call("GenerateDataKey", "alias/Escaped", KEY_B, 2))
+        .expect("append");
+    trail
+        .append(&call("Decrypt", "alias/Plain", KEY_A, 3))
+        .expect("append");
+    // The same record written by another JSON encoder, which escapes `/` or spells
+    // letters as `\u` escapes: the alias it names is the same string.
+    let mut records = lines(&trail);
+    records[1] = records[1].replace("alias/Escaped", "alias\\/Escaped");
+    records[2] = records[2].replace("alias/Plain", "\\u0061lias/Pl\\u0061in");
+    rewrite(&trail, &records);
+    let names = |alias: &str| -> Vec<String> {
+        let filter = LookupFilter {
+            key_id: Some(alias.into()),
+            ..LookupFilter::default()
+        };
+        trail
+            .lookup(&filter)
+            .expect("lookup")
+            .iter()
+            .map(|r| r.event["eventName"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    assert_eq!(names("alias/Escaped"), ["GenerateDataKey", "CreateKey"]);
+    assert_eq!(
+        names("arn:aws:kms:local:000000000000:alias/Plain"),
+        ["Decrypt"]
+    );
+    assert!(names("alias/Other").is_empty());
 }
 
 #[test]
