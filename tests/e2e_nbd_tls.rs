@@ -287,23 +287,33 @@ fn qemu_img_compares_over_tls() {
         ((5 << 20) + 4096, 3 << 20, 0x33),
     ] {
         let write = format!("write -P {pattern} {offset} {len}");
-        run(Command::new("qemu-io")
-            .args(["--object", &creds, "--image-opts", &nbd, "-c", &write]));
+        run(Command::new("qemu-io").args(["--object", &creds, "--image-opts", &nbd, "-c", &write]));
         data[offset..offset + len].fill(pattern);
     }
     fs::write(&source, &data).unwrap();
     let compared = output(
         Command::new("qemu-img")
             .args(["compare", "--object", &creds, "--image-opts"])
-            .arg(format!("driver=raw,file.driver=file,file.filename={}", source.display()))
+            .arg(format!(
+                "driver=raw,file.driver=file,file.filename={}",
+                source.display()
+            ))
             .arg(&nbd),
     );
-    assert!(compared.status.success(), "{}\n{}", text(&compared), served.log());
+    assert!(
+        compared.status.success(),
+        "{}\n{}",
+        text(&compared),
+        served.log()
+    );
     let back = setup.home.file("back.bin");
     run(Command::new("nbdcopy")
         .arg(tls_uri(&served, "b", pki, "client2"))
         .arg(&back));
-    assert!(fs::read(&back).unwrap() == data, "read back over TLS differs");
+    assert!(
+        fs::read(&back).unwrap() == data,
+        "read back over TLS differs"
+    );
     served.stop();
 }
 
