@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use blockdev::nbd::proto::*;
 use blockdev::nbd::{
-    Export, ExportTable, Refusal, Server, ShutdownHandle, MAX_REFUSALS_PER_NEGOTIATION,
+    Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
+    MAX_REFUSALS_PER_NEGOTIATION,
 };
 use blockdev::volume::{Extent, Volume};
 use blockdev::Error;
@@ -195,7 +196,11 @@ impl Running {
 }
 
 fn serve(exports: Vec<(&str, Arc<MemVolume>, bool)>) -> Running {
-    let server = Server::bind("127.0.0.1:0", table(exports)).unwrap();
+    run(Server::bind("127.0.0.1:0", table(exports)).unwrap())
+}
+
+/// Runs `server` on a thread of its own.
+fn run(server: Server) -> Running {
     let addr = server.local_addr();
     let shutdown = server.shutdown_handle();
     let thread = thread::spawn(move || server.run());
@@ -204,6 +209,24 @@ fn serve(exports: Vec<(&str, Arc<MemVolume>, bool)>) -> Running {
         shutdown,
         thread,
     }
+}
+
+/// A server of one export, `guarded`, limited to the client certificate `client1` on a
+/// server without TLS (so every attach is refused), telling `audit` of each refusal.
+fn serve_guarded(audit: RefusalAudit) -> Running {
+    let export = Export {
+        volume: Arc::new(MemVolume::new(1 << 20)),
+        read_only: false,
+        description: None,
+        allowed_clients: vec!["client1".into()],
+    };
+    let table: ExportTable = Arc::new(RwLock::new(BTreeMap::from([(
+        "guarded".to_owned(),
+        export,
+    )])));
+    run(Server::bind("127.0.0.1:0", table)
+        .unwrap()
+        .with_refusal_audit(audit))
 }
 
 fn table(exports: Vec<(&str, Arc<MemVolume>, bool)>) -> ExportTable {
@@ -512,37 +535,18 @@ fn unknown_export_and_refused_attach_get_error_replies() {
 /// each refusal reaches the audit hook, metadata-context queries included.
 #[test]
 fn every_refused_option_is_audited() {
-    let export = Export {
-        volume: Arc::new(MemVolume::new(1 << 20)),
-        read_only: false,
-        description: None,
-        allowed_clients: vec!["client1".into()],
-    };
-    let table: ExportTable = Arc::new(RwLock::new(BTreeMap::from([(
-        "guarded".to_owned(),
-        export,
-    )])));
     let audited: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let record = Arc::clone(&audited);
-    let server = Server::bind("127.0.0.1:0", table)
-        .unwrap()
-        .with_refusal_audit(Arc::new(move |refusal: &Refusal<'_>| {
-            assert!(
-                refusal.client.is_none(),
-                "a plaintext client has no certificate"
-            );
-            record
-                .lock()
-                .unwrap()
-                .push((refusal.export.to_owned(), refusal.reason.to_owned()))
-        }));
-    let addr = server.local_addr();
-    let shutdown = server.shutdown_handle();
-    let server = Running {
-        addr,
-        shutdown,
-        thread: thread::spawn(move || server.run()),
-    };
+    let server = serve_guarded(Arc::new(move |refusal: &Refusal<'_>| {
+        assert!(
+            refusal.client.is_none(),
+            "a plaintext client has no certificate"
+        );
+        record
+            .lock()
+            .unwrap()
+            .push((refusal.export.to_owned(), refusal.reason.to_owned()))
+    }));
     // A server without TLS cannot serve an export limited to client certificates.
     let reason =
         "this export needs TLS with a client certificate, which this server does not offer";
@@ -583,30 +587,11 @@ fn every_refused_option_is_audited() {
 /// records for ever. Before the bound, 100 GO options wrote 100 records.
 #[test]
 fn a_connection_is_closed_after_too_many_refusals() {
-    let export = Export {
-        volume: Arc::new(MemVolume::new(1 << 20)),
-        read_only: false,
-        description: None,
-        allowed_clients: vec!["client1".into()],
-    };
-    let table: ExportTable = Arc::new(RwLock::new(BTreeMap::from([(
-        "guarded".to_owned(),
-        export,
-    )])));
     let audited = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&audited);
-    let server = Server::bind("127.0.0.1:0", table)
-        .unwrap()
-        .with_refusal_audit(Arc::new(move |_: &Refusal<'_>| {
-            count.fetch_add(1, Ordering::SeqCst);
-        }));
-    let addr = server.local_addr();
-    let shutdown = server.shutdown_handle();
-    let server = Running {
-        addr,
-        shutdown,
-        thread: thread::spawn(move || server.run()),
-    };
+    let server = serve_guarded(Arc::new(move |_: &Refusal<'_>| {
+        count.fetch_add(1, Ordering::SeqCst);
+    }));
     let mut client = Client::connect(server.addr);
     // Unknown names are not audited and do not count.
     for _ in 0..2 * MAX_REFUSALS_PER_NEGOTIATION {
