@@ -1,6 +1,7 @@
 //! `atrest nbd serve`, `atrest serve`, and `atrest nbd attach`, `detach`, `list`.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -9,7 +10,9 @@ use blockdev::default_volume::{self, Made, SetupError, DEFAULT_KEY_ALIAS};
 use blockdev::lease::{self, LeaseConfig};
 use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::nbd::status::{ExportStatus, ServerDescription, StatusBoard};
-use blockdev::nbd::{self, kernel, Export, Server, TlsMode, TlsSettings, DEFAULT_EXPORT};
+use blockdev::nbd::{
+    self, kernel, ConnectionLimits, Export, Server, TlsMode, TlsSettings, DEFAULT_EXPORT,
+};
 use blockdev::refusal_audit;
 use blockdev::volume::ImageFormat;
 use clap::{Args, Subcommand, ValueEnum};
@@ -109,6 +112,31 @@ pub struct NbdServeArgs {
     lease: super::lifecycle::LeaseArgs,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    limits: NbdLimitArgs,
+}
+
+/// How many NBD connections the server holds open (from accept to close).
+#[derive(Clone, Copy, Debug, Args)]
+pub struct NbdLimitArgs {
+    /// Most open NBD connections, all clients together; more are closed at once,
+    /// before the greeting. Lowered to fit the descriptor limit (ulimit -n) when
+    /// that is smaller.
+    #[arg(long, default_value_t = nbd::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: NonZeroUsize,
+    /// Most open NBD connections from one IP address (IPv6: one /64); more are
+    /// closed at once. Every client on this machine is 127.0.0.1.
+    #[arg(long, default_value_t = nbd::DEFAULT_MAX_CONNECTIONS_PER_SOURCE, value_name = "N")]
+    max_connections_per_source: NonZeroUsize,
+}
+
+impl From<NbdLimitArgs> for ConnectionLimits {
+    fn from(args: NbdLimitArgs) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: args.max_connections,
+            max_per_source: args.max_connections_per_source,
+        }
+    }
 }
 
 /// NBD over TLS (`NBD_OPT_STARTTLS`, TLS 1.3 only).
@@ -192,6 +220,8 @@ pub struct ServeArgs {
     listen: String,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    limits: NbdLimitArgs,
 }
 
 fn parse_export(text: &str) -> Result<(String, PathBuf), String> {
@@ -418,7 +448,8 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
     }
     let tls = args.tls.settings()?;
     let mut set = super::lifecycle::open_exports(&kms, &args.lease, args.read_only, specs)?;
-    let server = Server::bind(args.listen.as_str(), set.table())?;
+    let server =
+        Server::bind(args.listen.as_str(), set.table())?.with_connection_limits(args.limits.into());
     let server = secure(server, tls, &kms, globals)?;
     let board = publish_status(
         globals,
@@ -494,14 +525,15 @@ fn open_export(kms: &Keys, path: &Path, read_only: bool) -> anyhow::Result<Expor
 }
 
 fn run_server(
-    listen: &str,
+    (listen, limits): (&str, NbdLimitArgs),
     (table, exports): (BTreeMap<String, Export>, Vec<ExportStatus>),
     tls: (Option<TlsSettings>, &TlsArgs),
     kms: &Keys,
     globals: &Globals,
 ) -> anyhow::Result<()> {
     let (tls, tls_args) = tls;
-    let server = Server::bind(listen, Arc::new(RwLock::new(table)))?;
+    let server =
+        Server::bind(listen, Arc::new(RwLock::new(table)))?.with_connection_limits(limits.into());
     let server = secure(server, tls, kms, globals)?;
     let board = publish_status(
         globals,
@@ -545,7 +577,7 @@ pub fn serve_default(args: ServeArgs, globals: &Globals) -> anyhow::Result<()> {
         allowed_clients: Vec::new(),
     };
     run_server(
-        &args.listen,
+        (&args.listen, args.limits),
         (
             BTreeMap::from([(DEFAULT_EXPORT.to_owned(), export)]),
             vec![status],

@@ -8,6 +8,9 @@
 //!   kernel's client. [`Server`] serves an [`ExportTable`] of [`Export`]s until its
 //!   [`ShutdownHandle`] (or [`stop_on_signals`]) stops it; [`errno`] is the one
 //!   mapping from [`crate::Error`] to NBD error values.
+//! - connection limits (`limits`): [`Server::with_connection_limits`] takes the
+//!   [`ConnectionLimits`], total and per source address, that the accept loop
+//!   enforces before a connection gets a thread or a byte.
 //! - [`kernel`]: the Linux kernel's NBD client over generic netlink (`atrest nbd
 //!   attach`): `/dev/nbdN` served from this process over socket pairs.
 //! - TLS: [`Server::with_tls`] takes [`TlsSettings`] (`NBD_OPT_STARTTLS`, client
@@ -17,6 +20,7 @@
 //!   (exports, connected clients) for the console; [`Server::with_status`] feeds it.
 
 pub mod kernel;
+mod limits;
 mod negotiation;
 pub mod proto;
 mod server;
@@ -24,6 +28,7 @@ pub mod status;
 mod tls;
 mod transmission;
 
+pub use limits::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE};
 pub use negotiation::MAX_REFUSALS_PER_NEGOTIATION;
 pub use server::{
     stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,

@@ -2,7 +2,9 @@
 //! connection from TLS upgrade to hand-off. The handshake lives in
 //! [`super::negotiation`], the transmission phase in [`super::transmission`].
 //!
-//! Threads: one accept loop; per connection, one thread that runs the handshake
+//! Threads: one accept loop, which admits each connection within the
+//! [`ConnectionLimits`] ([`super::limits`]) or closes it at once; per admitted
+//! connection, one thread that runs the handshake
 //! (upgrading to TLS when the client asks), then the transmission phase on that
 //! thread and a few more (see [`super::transmission`]). [`Server::serve_stream`]
 //! serves one already-connected Unix stream the same way on the caller's thread
@@ -23,6 +25,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{debug, error, info, warn};
 
+use super::limits::{descriptor_limit, Admission, ConnectionLimits, Full, Permit, RateLimitedLog};
 use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
 use super::status::StatusBoard;
@@ -41,6 +44,15 @@ pub(super) const MAX_THREADS_PER_CONNECTION: usize = 16;
 pub(super) const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server waits for each piece of a client's handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP keepalive on every connection: probes start after this long without traffic
+/// (an attached client may idle for hours; only a peer that is gone stops answering
+/// them) ...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// ... and are repeated this often ...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ... this many times before the kernel ends the connection: a client whose host
+/// vanished frees its place in the [`ConnectionLimits`] within about two minutes.
+const KEEPALIVE_PROBES: u32 = 6;
 
 /// One named export: the volume and how it is offered.
 #[derive(Clone, Debug)]
@@ -76,6 +88,8 @@ pub struct Server {
     exports: ExportTable,
     shared: Arc<Shared>,
     threads_per_connection: usize,
+    /// As configured; [`Server::run`] enforces them within the descriptor limit.
+    limits: ConnectionLimits,
     gate: Gate,
     /// Where connections, attaches and disconnections are published, if anywhere.
     status: Option<Arc<StatusBoard>>,
@@ -275,6 +289,7 @@ impl Server {
                 next_id: AtomicU64::new(0),
             }),
             threads_per_connection,
+            limits: ConnectionLimits::default(),
             gate: Gate::default(),
             status: None,
         })
@@ -308,6 +323,20 @@ impl Server {
         self
     }
 
+    /// Holds at most `limits` TCP connections open (instead of
+    /// [`ConnectionLimits::default`]): a connection beyond them is closed as soon as
+    /// it is accepted, before the greeting, and no thread is started for it.
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Server {
+        self.limits = limits;
+        self
+    }
+
+    /// The connection limits [`Server::run`] enforces: those configured, lowered to
+    /// fit the process's descriptor limit (`ulimit -n`).
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        self.limits.within(descriptor_limit())
+    }
+
     /// The address the server listens on (with the port picked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -323,23 +352,56 @@ impl Server {
     /// Serves until shut down, then waits for every connection to finish its
     /// in-flight requests and flushes every writable export.
     pub fn run(self) -> Result<(), Error> {
+        let limits = self.connection_limits();
+        info!(
+            "at most {} connections, {} from one source",
+            limits.max_connections, limits.max_per_source
+        );
+        let admission = Arc::new(Admission::new(limits));
+        let accept_log = RateLimitedLog::default();
+        let full_log = RateLimitedLog::default();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
-        for incoming in self.listener.incoming() {
+        loop {
+            let accepted = self.listener.accept();
             if self.shared.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            let stream = match incoming {
-                Ok(stream) => stream,
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
                 Err(err) => {
                     // Out of file descriptors and the like: back off, keep serving.
-                    warn!("accepting a connection failed: {err}");
+                    if let Some(held_back) = accept_log.admit() {
+                        warn!("accepting a connection failed: {err} ({held_back} more not logged)");
+                    }
                     thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let permit = match admission.admit(peer.ip()) {
+                Ok(permit) => permit,
+                Err(full) => {
+                    if let Some(held_back) = full_log.admit() {
+                        let already = match full {
+                            Full::Total => format!("{} open connections", limits.max_connections),
+                            Full::Source => format!(
+                                "{} open connections from {}",
+                                limits.max_per_source,
+                                peer.ip()
+                            ),
+                        };
+                        warn!(
+                            "refused a connection from {peer}: already {already} \
+                             ({held_back} more refusals not logged)"
+                        );
+                    }
+                    // Closed before the greeting: the client reads end of stream.
+                    drop(stream);
                     continue;
                 }
             };
             threads.retain(|t| !t.is_finished());
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            if let Err(err) = self.spawn_connection(id, stream, &mut threads) {
+            if let Err(err) = self.spawn_connection(id, stream, permit, &mut threads) {
                 warn!("connection {id}: {err}");
                 lock(&self.shared.connections).remove(&id);
                 if let Some(board) = &self.status {
@@ -366,10 +428,13 @@ impl Server {
         first_failure.map_or(Ok(()), Err)
     }
 
+    /// Starts the thread that serves `stream`, which holds `permit` until the
+    /// connection ends (dropped at once if the thread cannot start).
     fn spawn_connection(
         &self,
         id: u64,
         stream: TcpStream,
+        permit: Permit,
         threads: &mut Vec<JoinHandle<()>>,
     ) -> Result<(), Error> {
         let io_err = |context: &str| {
@@ -389,6 +454,7 @@ impl Server {
                     shared.attached(id, volume)
                 });
                 shared.finish(id, &publication, &peer, &served);
+                drop(permit);
             })
             .map_err(io_err("starting a connection thread"))?;
         threads.push(thread);
@@ -548,6 +614,19 @@ fn unpaced_on_loopback(stream: &TcpStream) {
 /// See [`unpaced_on_loopback`].
 const LOOPBACK_CONGESTION: &str = "cubic";
 
+/// Probes a connection that carries nothing for [`KEEPALIVE_IDLE`], so that one whose
+/// peer is gone (host powered off, network cut: no FIN ever comes) ends and frees its
+/// thread and its place in the limits, where it would otherwise wait forever for the
+/// next request. A client that is there but silent answers the probes and keeps its
+/// connection: the per-source limit bounds how many it can hold.
+fn keep_alive(stream: &TcpStream) -> rustix::io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(stream, KEEPALIVE_INTERVAL)?;
+    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)
+}
+
 /// A client that connects and then says nothing, or takes no replies, must not hold
 /// a thread forever; transmission lifts the read timeout once the client attached.
 fn handshake_timeouts(wire: &impl Wire) -> Result<(), Error> {
@@ -569,6 +648,10 @@ fn serve_connection(
         .set_nodelay(true)
         .map_err(io_error("setting TCP_NODELAY"))?;
     unpaced_on_loopback(&stream);
+    keep_alive(&stream).map_err(|source| Error::Io {
+        context: "setting TCP keepalive".into(),
+        source: source.into(),
+    })?;
     let writer = stream.try_clone().map_err(io_error("cloning the socket"))?;
     let (settings, tcp, early, client) =
         match serve_plaintext(stream, writer, context, publication, &mut attached)? {
