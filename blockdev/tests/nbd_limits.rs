@@ -1,7 +1,8 @@
 //! The NBD server's connection limits (`Server::with_connection_limits`): a
 //! connection beyond the total or per-source limit is closed before the greeting
 //! while the admitted ones go on being served, a closed connection frees its place,
-//! and another source is served while one is at its limit. Admitted clients are
+//! and another source is served while one is at its limit; a client that never ends
+//! its handshake loses its place at the handshake deadline. Admitted clients are
 //! driven by hand-written handshakes and by `nbdinfo`.
 
 #[path = "../../tests/common/system.rs"]
@@ -55,6 +56,15 @@ impl Running {
 /// A server of one raw export, `disk`, holding at most `total` connections and
 /// `per_source` from one address.
 fn serve(total: usize, per_source: usize) -> Running {
+    serve_with(total, per_source, |server| server)
+}
+
+/// As [`serve`], with more settings made by `configure`.
+fn serve_with(
+    total: usize,
+    per_source: usize,
+    configure: impl FnOnce(Server) -> Server,
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.img");
     let bytes: Vec<u8> = (0..EXPORT_SIZE).map(pattern).collect();
@@ -76,6 +86,7 @@ fn serve(total: usize, per_source: usize) -> Running {
         .with_threads_per_connection(2)
         .with_connection_limits(limits);
     assert_eq!(server.connection_limits(), limits);
+    let server = configure(server);
     let addr = server.local_addr();
     let shutdown = server.shutdown_handle();
     let thread = thread::spawn(move || server.run());
@@ -291,5 +302,63 @@ fn a_flood_of_refusals_leaks_no_place() {
     let mut next = attach(eventually_greeted(OTHER, server.addr));
     read_back(&mut next, 0);
     drop(next);
+    server.stop();
+}
+
+/// Sends NBD_OPT_LIST and reads its replies up to the final ACK; `false` when the
+/// server closed the connection instead.
+fn list_exports(stream: &mut TcpStream) -> bool {
+    let mut option = IHAVEOPT.to_be_bytes().to_vec();
+    option.extend_from_slice(&OPT_LIST.to_be_bytes());
+    option.extend_from_slice(&0u32.to_be_bytes());
+    if stream.write_all(&option).is_err() {
+        return false;
+    }
+    loop {
+        let mut header = [0u8; 20];
+        if stream.read_exact(&mut header).is_err() {
+            return false;
+        }
+        let kind = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        let length = u32::from_be_bytes(header[16..20].try_into().unwrap());
+        let mut data = vec![0u8; length as usize];
+        if stream.read_exact(&mut data).is_err() {
+            return false;
+        }
+        match kind {
+            REP_SERVER => continue,
+            REP_ACK => return true,
+            other => panic!("unexpected reply {other:#x} to NBD_OPT_LIST"),
+        }
+    }
+}
+
+#[test]
+fn a_handshake_kept_busy_past_the_deadline_loses_its_place() {
+    let deadline = Duration::from_secs(1);
+    let server = serve_with(2, 2, |server| server.with_handshake_deadline(deadline));
+    let mut attached = attach(greeted(LOCAL, server.addr));
+    // A client that never attaches but answers every timeout: an option every 50 ms
+    // (each well within the per-read handshake timeout), for ever.
+    let mut busy = greeted(LOCAL, server.addr);
+    busy.write_all(&FLAG_C_FIXED_NEWSTYLE.to_be_bytes())
+        .unwrap();
+    assert_refused(LOCAL, server.addr);
+    let mut answered = 0;
+    while list_exports(&mut busy) {
+        answered += 1;
+        assert!(
+            answered < 600,
+            "a handshake went on for {answered} options, far past its deadline"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answered > 0, "the busy client was never answered");
+    // Its place is free again; the attached client, older than the deadline, stays.
+    let mut next = attach(eventually_greeted(LOCAL, server.addr));
+    thread::sleep(deadline * 2);
+    read_back(&mut attached, 4096);
+    read_back(&mut next, 0);
+    drop((attached, next));
     server.stop();
 }

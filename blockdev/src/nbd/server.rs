@@ -19,7 +19,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -44,6 +44,13 @@ pub(super) const MAX_THREADS_PER_CONNECTION: usize = 16;
 pub(super) const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the server waits for each piece of a client's handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take from connecting to attaching to an export, however
+/// busy it keeps the handshake (a byte per minute, or options answered forever):
+/// past it the connection is closed and its place in the [`ConnectionLimits`] freed.
+pub const DEFAULT_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
+/// How often the accept loop's companion thread looks for handshakes past their
+/// deadline.
+const HANDSHAKE_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// TCP keepalive on every connection: probes start after this long without traffic
 /// (an attached client may idle for hours; only a peer that is gone stops answering
 /// them) ...
@@ -90,6 +97,8 @@ pub struct Server {
     threads_per_connection: usize,
     /// As configured; [`Server::run`] enforces them within the descriptor limit.
     limits: ConnectionLimits,
+    /// From connecting to attaching, at most.
+    handshake_deadline: Duration,
     gate: Gate,
     /// Where connections, attaches and disconnections are published, if anywhere.
     status: Option<Arc<StatusBoard>>,
@@ -145,6 +154,13 @@ struct Shared {
 struct Registered {
     socket: Socket,
     volume: Option<Arc<dyn Volume>>,
+    /// When it connected: a connection that has not attached by then plus the
+    /// handshake deadline is closed.
+    connected: Instant,
+    /// The client's address, for the log line of that closing.
+    peer: String,
+    /// Closed for overrunning the handshake deadline (so it is closed once).
+    cut: bool,
 }
 
 /// A live connection's socket (a clone of it), kept to end its reads.
@@ -158,9 +174,13 @@ enum Socket {
 impl Socket {
     /// No further requests are read; in-flight ones still get their replies.
     fn end_reads(&self) {
+        self.shutdown(Shutdown::Read);
+    }
+
+    fn shutdown(&self, how: Shutdown) {
         let _ = match self {
-            Socket::Tcp(stream) => stream.shutdown(Shutdown::Read),
-            Socket::Unix(stream) => stream.shutdown(Shutdown::Read),
+            Socket::Tcp(stream) => stream.shutdown(how),
+            Socket::Unix(stream) => stream.shutdown(how),
         };
     }
 }
@@ -290,6 +310,7 @@ impl Server {
             }),
             threads_per_connection,
             limits: ConnectionLimits::default(),
+            handshake_deadline: DEFAULT_HANDSHAKE_DEADLINE,
             gate: Gate::default(),
             status: None,
         })
@@ -331,6 +352,13 @@ impl Server {
         self
     }
 
+    /// Closes a connection that has not attached to an export `deadline` after it
+    /// connected (instead of [`DEFAULT_HANDSHAKE_DEADLINE`]), freeing its place.
+    pub fn with_handshake_deadline(mut self, deadline: Duration) -> Server {
+        self.handshake_deadline = deadline;
+        self
+    }
+
     /// The connection limits [`Server::run`] enforces: those configured, lowered to
     /// fit the process's descriptor limit (`ulimit -n`).
     pub fn connection_limits(&self) -> ConnectionLimits {
@@ -360,6 +388,7 @@ impl Server {
         let admission = Arc::new(Admission::new(limits));
         let accept_log = RateLimitedLog::default();
         let full_log = RateLimitedLog::default();
+        let sweeper = self.sweep_handshakes()?;
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         loop {
             let accepted = self.listener.accept();
@@ -410,6 +439,8 @@ impl Server {
             }
         }
         drop(self.listener);
+        sweeper.thread().unpark();
+        let _ = sweeper.join();
         for connection in lock(&self.shared.connections).values() {
             // Ends each connection's reads; its in-flight requests still get replies.
             connection.socket.end_reads();
@@ -426,6 +457,22 @@ impl Server {
             }
         }
         first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Starts the thread that closes the connections past the handshake deadline
+    /// until the server stops.
+    fn sweep_handshakes(&self) -> Result<JoinHandle<()>, Error> {
+        let shared = Arc::clone(&self.shared);
+        let deadline = self.handshake_deadline;
+        thread::Builder::new()
+            .name("nbd-handshakes".into())
+            .spawn(move || {
+                while !shared.stopping.load(Ordering::SeqCst) {
+                    shared.cut_late_handshakes(deadline);
+                    thread::park_timeout(HANDSHAKE_SWEEP_INTERVAL.min(deadline));
+                }
+            })
+            .map_err(io_error("starting the handshake deadline thread"))
     }
 
     /// Starts the thread that serves `stream`, which holds `permit` until the
@@ -513,6 +560,9 @@ impl Server {
             Registered {
                 socket,
                 volume: None,
+                connected: Instant::now(),
+                peer: peer.to_owned(),
+                cut: false,
             },
         );
         if let Some(board) = &self.status {
@@ -533,6 +583,26 @@ impl Server {
 }
 
 impl Shared {
+    /// Closes every connection still negotiating `deadline` after it connected: a
+    /// client that keeps its handshake busy for ever (options answered one after
+    /// another, a byte per minute) would otherwise hold its place for ever.
+    fn cut_late_handshakes(&self, deadline: Duration) {
+        let now = Instant::now();
+        let mut connections = lock(&self.connections);
+        let late = connections.values_mut().filter(|c| {
+            c.volume.is_none() && !c.cut && now.duration_since(c.connected) >= deadline
+        });
+        for connection in late {
+            connection.cut = true;
+            connection.socket.shutdown(Shutdown::Both);
+            info!(
+                "{}: no export attached {} s after connecting; closing the connection",
+                connection.peer,
+                deadline.as_secs()
+            );
+        }
+    }
+
     /// Connection `id` attached to `volume`.
     fn attached(&self, id: u64, volume: &Arc<dyn Volume>) {
         if let Some(entry) = lock(&self.connections).get_mut(&id) {
