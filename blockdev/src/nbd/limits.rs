@@ -231,16 +231,18 @@ mod tests {
         let a = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
         let b = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         let first = admission.admit(a).unwrap();
-        let _second = admission.admit(a).unwrap();
+        let second = admission.admit(a).unwrap();
         assert_eq!(admission.admit(a).unwrap_err(), Full::Source);
-        let _third = admission.admit(b).unwrap();
+        let third = admission.admit(b).unwrap();
         assert_eq!(admission.admit(b).unwrap_err(), Full::Total);
+        // A place freed by `a` can go to `b`, up to `b`'s own limit.
         drop(first);
+        let fourth = admission.admit(b).unwrap();
+        assert_eq!(admission.admit(a).unwrap_err(), Full::Total);
+        drop(second);
         assert_eq!(admission.admit(b).unwrap_err(), Full::Source);
         let again = admission.admit(a).unwrap();
-        drop(again);
-        drop(_second);
-        drop(_third);
+        drop((again, third, fourth));
         let open = lock(&admission.open);
         assert_eq!(open.total, 0);
         assert!(open.per_source.is_empty(), "no source is kept at zero");
