@@ -48,6 +48,18 @@ fn open(addr: SocketAddr) -> Option<TcpStream> {
     }
 }
 
+/// Retries until a connection is admitted: the place of a client that just left
+/// (nbdinfo) is freed a moment after it closes.
+fn eventually_open(addr: SocketAddr) -> TcpStream {
+    for _ in 0..ATTEMPTS {
+        if let Some(stream) = open(addr) {
+            return stream;
+        }
+        thread::sleep(RETRY_PAUSE);
+    }
+    panic!("no connection to {addr} was admitted");
+}
+
 fn nbdinfo_size(uri: &str) -> Output {
     Command::new("nbdinfo")
         .args(["--size", uri])
@@ -92,8 +104,8 @@ fn nbd_serve_closes_connections_beyond_max_connections() {
     ]);
     let uri = served.uri("disk");
     assert_eq!(eventually_served(&uri), (4 * MIB).to_string());
-    let first = open(served.addr).expect("the first connection is admitted");
-    let second = open(served.addr).expect("the second connection is admitted");
+    let first = eventually_open(served.addr);
+    let second = eventually_open(served.addr);
     for _ in 0..FLOOD {
         assert!(
             open(served.addr).is_none(),
@@ -147,7 +159,7 @@ fn serve_takes_the_same_limits_and_rejects_zero() {
         assert!(stderr.contains("--max-connections"), "{stderr}");
     }
     let served = home.serve(&["serve", "--listen", "127.0.0.1:0", "--max-connections", "1"]);
-    let held = open(served.addr).expect("the one connection is admitted");
+    let held = eventually_open(served.addr);
     let refused = nbdinfo_size(&served.uri("default"));
     assert!(
         !refused.status.success(),
@@ -158,5 +170,59 @@ fn serve_takes_the_same_limits_and_rejects_zero() {
         eventually_served(&served.uri("default")),
         (1u64 << 30).to_string()
     );
+    served.stop();
+}
+
+#[test]
+fn tls_clients_are_counted_and_refused_alike() {
+    if !require_tools(&["nbdinfo", "openssl"]) {
+        return;
+    }
+    let home = Home::new();
+    let (cert, tls_key) = home.self_signed_cert();
+    // libnbd's tls-certificates=DIR layout: the server's certificate is its own CA.
+    let client_dir = home.file("client-pki");
+    fs::create_dir(&client_dir).unwrap();
+    fs::copy(&cert, client_dir.join("ca-cert.pem")).unwrap();
+    let image = home.file("disk.img");
+    fs::File::create(&image).unwrap().set_len(2 * MIB).unwrap();
+    let served = home.serve(&[
+        "nbd",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--export",
+        &format!("disk={}", image.display()),
+        "--raw",
+        "disk",
+        "--tls-cert",
+        &cert.display().to_string(),
+        "--tls-key",
+        &tls_key.display().to_string(),
+        "--max-connections",
+        "1",
+    ]);
+    let uri = format!(
+        "nbds://{}/disk?tls-certificates={}",
+        served.addr,
+        client_dir.display()
+    );
+    assert_eq!(eventually_served(&uri), (2 * MIB).to_string());
+    // The one place is held by a client that has not started TLS yet: TLS clients
+    // are refused before the greeting, as plaintext ones are.
+    let held = eventually_open(served.addr);
+    for _ in 0..20 {
+        assert!(
+            open(served.addr).is_none(),
+            "a connection beyond the limit was greeted"
+        );
+    }
+    let refused = nbdinfo_size(&uri);
+    assert!(
+        !refused.status.success(),
+        "a TLS client was served beyond the limit"
+    );
+    drop(held);
+    assert_eq!(eventually_served(&uri), (2 * MIB).to_string());
     served.stop();
 }
