@@ -85,6 +85,15 @@ pub(super) fn descriptor_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
+/// Whether `accept` failed for want of descriptors or memory, which lasts (as
+/// opposed to a client that gave up on its pending connection).
+pub(super) fn out_of_resources(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// The "source" the per-source limit counts: an IPv4 address (also when it reaches
 /// an IPv6 socket as `::ffff:a.b.c.d`), or an IPv6 /64, the block one host or
 /// subscriber is usually given (counting single IPv6 addresses would let one host
@@ -257,6 +266,15 @@ mod tests {
         assert_ne!(source_key(one), source_key(other_64));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(source_key(mapped), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+    }
+
+    #[test]
+    fn only_a_lack_of_descriptors_or_memory_pauses_the_accept_loop() {
+        let os = std::io::Error::from_raw_os_error;
+        assert!(out_of_resources(&os(libc::EMFILE)));
+        assert!(out_of_resources(&os(libc::ENFILE)));
+        assert!(!out_of_resources(&os(libc::ECONNABORTED)));
+        assert!(!out_of_resources(&std::io::ErrorKind::Interrupted.into()));
     }
 
     #[test]

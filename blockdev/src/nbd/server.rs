@@ -25,7 +25,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{debug, error, info, warn};
 
-use super::limits::{descriptor_limit, Admission, ConnectionLimits, Full, Permit, RateLimitedLog};
+use super::limits::{
+    descriptor_limit, out_of_resources, Admission, ConnectionLimits, Full, Permit, RateLimitedLog,
+};
 use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
 use super::status::StatusBoard;
@@ -48,6 +50,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// busy it keeps the handshake (a byte per minute, or options answered forever):
 /// past it the connection is closed and its place in the [`ConnectionLimits`] freed.
 pub const DEFAULT_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
+/// The pause after an `accept` that failed for want of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often the accept loop's companion thread looks for handshakes past their
 /// deadline.
 const HANDSHAKE_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
@@ -381,8 +385,16 @@ impl Server {
     /// in-flight requests and flushes every writable export.
     pub fn run(self) -> Result<(), Error> {
         let limits = self.connection_limits();
+        let lowered = if limits == self.limits {
+            String::new()
+        } else {
+            format!(
+                " (lowered from {} and {} to fit the descriptor limit, ulimit -n)",
+                self.limits.max_connections, self.limits.max_per_source
+            )
+        };
         info!(
-            "at most {} connections, {} from one source",
+            "at most {} connections, {} from one source{lowered}",
             limits.max_connections, limits.max_per_source
         );
         let admission = Arc::new(Admission::new(limits));
@@ -398,11 +410,17 @@ impl Server {
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off, keep serving.
                     if let Some(held_back) = accept_log.admit() {
                         warn!("accepting a connection failed: {err} ({held_back} more not logged)");
                     }
-                    thread::sleep(Duration::from_millis(50));
+                    // Out of descriptors or memory: the pending connection stays in
+                    // the backlog, and accepting again at once would fail again in a
+                    // tight loop. Other failures (a client that reset its pending
+                    // connection) cost no pause, or a flood of them would stall
+                    // everybody's accepts.
+                    if out_of_resources(&err) {
+                        thread::sleep(ACCEPT_BACKOFF);
+                    }
                     continue;
                 }
             };
