@@ -226,3 +226,60 @@ fn tls_clients_are_counted_and_refused_alike() {
     assert_eq!(eventually_served(&uri), (2 * MIB).to_string());
     served.stop();
 }
+
+#[test]
+fn idle_timeout_disconnects_a_silent_attached_client() {
+    if !common::require_nbdsh() {
+        return;
+    }
+    let home = Home::new();
+    let image = home.file("disk.img");
+    fs::File::create(&image).unwrap().set_len(MIB).unwrap();
+    let bad = home
+        .atrest()
+        .args(["nbd", "serve", "--export", "d=x", "--idle-timeout", "0s"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "--idle-timeout 0s was accepted");
+    let served = home.serve(&[
+        "nbd",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--export",
+        &format!("disk={}", image.display()),
+        "--raw",
+        "disk",
+        "--idle-timeout",
+        "1s",
+    ]);
+    // libnbd attaches, reads, goes silent past the timeout, and finds the
+    // connection closed by the server.
+    let script = r#"
+import os, time
+h.connect_uri(os.environ["URI"])
+assert h.pread(512, 0) == bytes(512)
+time.sleep(3)
+try:
+    h.pread(512, 0)
+except nbd.Error as e:
+    print("disconnected:", e)
+else:
+    raise SystemExit("still served after 3 s of silence with --idle-timeout 1s")
+"#;
+    let out = common::nbdsh()
+        .env("URI", served.uri("disk"))
+        .args(["-c", script])
+        .output()
+        .expect("running nbdsh");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("disconnected:"),
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        served.log()
+    );
+    let log = served.log();
+    assert!(log.contains("no request within the idle timeout"), "{log}");
+    served.stop();
+}

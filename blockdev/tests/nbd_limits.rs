@@ -2,7 +2,8 @@
 //! connection beyond the total or per-source limit is closed before the greeting
 //! while the admitted ones go on being served, a closed connection frees its place,
 //! and another source is served while one is at its limit; a client that never ends
-//! its handshake loses its place at the handshake deadline. Admitted clients are
+//! its handshake loses its place at the handshake deadline, and with an idle timeout
+//! an attached client that sends nothing loses it too. Admitted clients are
 //! driven by hand-written handshakes and by `nbdinfo`.
 
 #[path = "../../tests/common/system.rs"]
@@ -360,5 +361,32 @@ fn a_handshake_kept_busy_past_the_deadline_loses_its_place() {
     read_back(&mut attached, 4096);
     read_back(&mut next, 0);
     drop((attached, next));
+    server.stop();
+}
+
+#[test]
+fn an_idle_timeout_frees_the_place_of_a_silent_client_only() {
+    let timeout = Duration::from_millis(1500);
+    let server = serve_with(2, 2, |server| server.with_idle_timeout(timeout));
+    let mut busy = attach(greeted(LOCAL, server.addr));
+    let mut silent = attach(greeted(LOCAL, server.addr));
+    assert_refused(LOCAL, server.addr);
+    // The busy client sends a request well within every timeout, for three timeouts
+    // and more; the silent one sends nothing and is disconnected.
+    for round in 0..10 {
+        read_back(&mut busy, round * 4096);
+        thread::sleep(timeout / 5);
+    }
+    let mut byte = [0u8; 1];
+    match silent.read(&mut byte) {
+        Ok(0) => {}
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the silent client was not disconnected: {other:?}"),
+    }
+    // Its place is free for the next client.
+    let mut next = attach(eventually_greeted(LOCAL, server.addr));
+    read_back(&mut next, 0);
+    read_back(&mut busy, 8192);
+    drop((busy, next));
     server.stop();
 }

@@ -128,15 +128,33 @@ pub struct NbdLimitArgs {
     /// closed at once. Every client on this machine is 127.0.0.1.
     #[arg(long, default_value_t = nbd::DEFAULT_MAX_CONNECTIONS_PER_SOURCE, value_name = "N")]
     max_connections_per_source: NonZeroUsize,
+    /// Disconnect an attached client that sends nothing for this long (e.g. 10m),
+    /// counted from its last byte even while a request of its runs. Default: never,
+    /// since mounted filesystems and paused VMs idle for hours.
+    #[arg(long, value_name = "DUR", value_parser = parse_idle_timeout)]
+    idle_timeout: Option<std::time::Duration>,
 }
 
-impl From<NbdLimitArgs> for ConnectionLimits {
-    fn from(args: NbdLimitArgs) -> ConnectionLimits {
-        ConnectionLimits {
-            max_connections: args.max_connections,
-            max_per_source: args.max_connections_per_source,
+impl NbdLimitArgs {
+    /// `server` with these limits.
+    fn apply(self, server: Server) -> Server {
+        let server = server.with_connection_limits(ConnectionLimits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+        });
+        match self.idle_timeout {
+            Some(timeout) => server.with_idle_timeout(timeout),
+            None => server,
         }
     }
+}
+
+fn parse_idle_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let timeout = super::parse_duration(text)?;
+    if timeout.is_zero() {
+        return Err("the idle timeout must be more than 0 seconds".into());
+    }
+    Ok(timeout)
 }
 
 /// NBD over TLS (`NBD_OPT_STARTTLS`, TLS 1.3 only).
@@ -448,8 +466,9 @@ fn serve(args: NbdServeArgs, globals: &Globals) -> anyhow::Result<()> {
     }
     let tls = args.tls.settings()?;
     let mut set = super::lifecycle::open_exports(&kms, &args.lease, args.read_only, specs)?;
-    let server =
-        Server::bind(args.listen.as_str(), set.table())?.with_connection_limits(args.limits.into());
+    let server = args
+        .limits
+        .apply(Server::bind(args.listen.as_str(), set.table())?);
     let server = secure(server, tls, &kms, globals)?;
     let board = publish_status(
         globals,
@@ -532,8 +551,7 @@ fn run_server(
     globals: &Globals,
 ) -> anyhow::Result<()> {
     let (tls, tls_args) = tls;
-    let server =
-        Server::bind(listen, Arc::new(RwLock::new(table)))?.with_connection_limits(limits.into());
+    let server = limits.apply(Server::bind(listen, Arc::new(RwLock::new(table)))?);
     let server = secure(server, tls, kms, globals)?;
     let board = publish_status(
         globals,

@@ -103,6 +103,8 @@ pub struct Server {
     limits: ConnectionLimits,
     /// From connecting to attaching, at most.
     handshake_deadline: Duration,
+    /// How long an attached client may send nothing; `None`: for ever.
+    idle_timeout: Option<Duration>,
     gate: Gate,
     /// Where connections, attaches and disconnections are published, if anywhere.
     status: Option<Arc<StatusBoard>>,
@@ -315,6 +317,7 @@ impl Server {
             threads_per_connection,
             limits: ConnectionLimits::default(),
             handshake_deadline: DEFAULT_HANDSHAKE_DEADLINE,
+            idle_timeout: None,
             gate: Gate::default(),
             status: None,
         })
@@ -360,6 +363,16 @@ impl Server {
     /// connected (instead of [`DEFAULT_HANDSHAKE_DEADLINE`]), freeing its place.
     pub fn with_handshake_deadline(mut self, deadline: Duration) -> Server {
         self.handshake_deadline = deadline;
+        self
+    }
+
+    /// Disconnects an attached client from which no byte has arrived for `timeout`
+    /// (by default an attached client may idle for ever, as mounted filesystems and
+    /// paused VMs do). Counted from the client's last byte, also while one of its
+    /// requests runs: a client waiting for a flush longer than `timeout` is
+    /// disconnected too, so choose minutes.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Server {
+        self.idle_timeout = Some(timeout);
         self
     }
 
@@ -590,6 +603,7 @@ impl Server {
             exports: Arc::clone(&self.exports),
             gate: self.gate.clone(),
             threads: self.threads_per_connection,
+            idle_timeout: self.idle_timeout,
             peer: peer.to_owned(),
         };
         let publication = Publication {
@@ -662,6 +676,8 @@ pub(super) struct ConnectionContext {
     pub(super) gate: Gate,
     /// Transmission threads per connection.
     pub(super) threads: usize,
+    /// An attached client that sends nothing for this long is disconnected.
+    pub(super) idle_timeout: Option<Duration>,
     /// The client's address, for logs.
     pub(super) peer: String,
 }

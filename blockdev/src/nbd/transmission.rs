@@ -188,11 +188,12 @@ pub(super) fn transmit<S: Wire>(
     context: &ConnectionContext,
     attached: impl FnOnce(&Arc<dyn Volume>),
 ) -> Result<(), Error> {
-    // Attached clients may idle as long as they like between requests.
+    // Attached clients may idle as long as they like between requests, unless the
+    // server has an idle timeout.
     reader
         .get_ref()
-        .set_read_timeout_wire(None)
-        .map_err(io_error("clearing the handshake timeout"))?;
+        .set_read_timeout_wire(context.idle_timeout)
+        .map_err(io_error("replacing the handshake timeout"))?;
     attached(&session.export.volume);
     let connection = Connection {
         volume: session.export.volume,
@@ -248,6 +249,8 @@ pub(super) fn serve_kernel_connection(
         exports: Arc::new(RwLock::new(BTreeMap::new())),
         gate: Gate::default(),
         threads: threads.clamp(1, MAX_THREADS_PER_CONNECTION),
+        // The kernel idles as long as the device does.
+        idle_timeout: None,
         peer: "the kernel".into(),
     };
     transmit(reader, writer, Session { export, limits }, &context, |_| {})
@@ -385,10 +388,16 @@ impl<S: Wire> Connection<S> {
                 // A client that closes between requests (or after DISC) ends cleanly.
                 Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
                 Err(source) => {
+                    let context = match source.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                            "no request within the idle timeout"
+                        }
+                        _ => "reading a request",
+                    };
                     return Err(Error::Io {
-                        context: "reading a request".into(),
+                        context: context.into(),
                         source,
-                    })
+                    });
                 }
             }
             if self.broken.load(Ordering::SeqCst) {
