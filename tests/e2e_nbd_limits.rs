@@ -156,7 +156,10 @@ fn serve_takes_the_same_limits_and_rejects_zero() {
             .unwrap();
         assert!(!out.status.success(), "--max-connections 0 was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("--max-connections"), "{stderr}");
+        assert!(
+            stderr.contains("'0' is not a count of at least 1"),
+            "{stderr}"
+        );
     }
     let served = home.serve(&["serve", "--listen", "127.0.0.1:0", "--max-connections", "1"]);
     let held = eventually_open(served.addr);

@@ -122,16 +122,18 @@ pub struct NbdLimitArgs {
     /// Most open NBD connections, all clients together; more are closed at once,
     /// before the greeting. Lowered to fit the descriptor limit (ulimit -n) when
     /// that is smaller.
-    #[arg(long, default_value_t = nbd::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    #[arg(long, default_value_t = nbd::DEFAULT_MAX_CONNECTIONS, value_name = "N",
+          value_parser = parse_count)]
     max_connections: NonZeroUsize,
     /// Most open NBD connections from one IP address (IPv6: one /64); more are
     /// closed at once. Every client on this machine is 127.0.0.1.
-    #[arg(long, default_value_t = nbd::DEFAULT_MAX_CONNECTIONS_PER_SOURCE, value_name = "N")]
+    #[arg(long, default_value_t = nbd::DEFAULT_MAX_CONNECTIONS_PER_SOURCE, value_name = "N",
+          value_parser = parse_count)]
     max_connections_per_source: NonZeroUsize,
     /// Disconnect an attached client that sends nothing for this long (e.g. 10m),
     /// counted from its last byte even while a request of its runs. Default: never,
     /// since mounted filesystems and paused VMs idle for hours.
-    #[arg(long, value_name = "DUR", value_parser = parse_idle_timeout)]
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
     idle_timeout: Option<std::time::Duration>,
 }
 
@@ -149,12 +151,11 @@ impl NbdLimitArgs {
     }
 }
 
-fn parse_idle_timeout(text: &str) -> Result<std::time::Duration, String> {
-    let timeout = super::parse_duration(text)?;
-    if timeout.is_zero() {
-        return Err("the idle timeout must be more than 0 seconds".into());
-    }
-    Ok(timeout)
+/// A count of at least 1 (worded as the gateway's `--max-connections`).
+fn parse_count(text: &str) -> Result<NonZeroUsize, String> {
+    text.trim()
+        .parse::<NonZeroUsize>()
+        .map_err(|_| format!("'{text}' is not a count of at least 1"))
 }
 
 /// NBD over TLS (`NBD_OPT_STARTTLS`, TLS 1.3 only).
