@@ -32,7 +32,7 @@ pub use limits::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTI
 pub use negotiation::MAX_REFUSALS_PER_NEGOTIATION;
 pub use server::{
     stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
-    DEFAULT_EXPORT, DEFAULT_HANDSHAKE_DEADLINE,
+    DEFAULT_EXPORT, DEFAULT_HANDSHAKE_DEADLINE, MIN_TIMEOUT,
 };
 pub use tls::{check_record_opener, common_name, ClientIdentity, TlsMode, TlsSettings};
 pub use transmission::errno;

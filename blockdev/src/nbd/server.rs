@@ -50,6 +50,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// busy it keeps the handshake (a byte per minute, or options answered forever):
 /// past it the connection is closed and its place in the [`ConnectionLimits`] freed.
 pub const DEFAULT_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
+/// The shortest handshake deadline and idle timeout (shorter ones are raised to it):
+/// a zero read timeout is refused by the system, and a zero deadline would have the
+/// deadline thread spin.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 /// The pause after an `accept` that failed for want of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often the accept loop's companion thread looks for handshakes past their
@@ -360,9 +364,10 @@ impl Server {
     }
 
     /// Closes a connection that has not attached to an export `deadline` after it
-    /// connected (instead of [`DEFAULT_HANDSHAKE_DEADLINE`]), freeing its place.
+    /// connected (instead of [`DEFAULT_HANDSHAKE_DEADLINE`]; at least
+    /// [`MIN_TIMEOUT`]), freeing its place.
     pub fn with_handshake_deadline(mut self, deadline: Duration) -> Server {
-        self.handshake_deadline = deadline;
+        self.handshake_deadline = deadline.max(MIN_TIMEOUT);
         self
     }
 
@@ -370,9 +375,9 @@ impl Server {
     /// (by default an attached client may idle for ever, as mounted filesystems and
     /// paused VMs do). Counted from the client's last byte, also while one of its
     /// requests runs: a client waiting for a flush longer than `timeout` is
-    /// disconnected too, so choose minutes.
+    /// disconnected too, so choose minutes. At least [`MIN_TIMEOUT`].
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Server {
-        self.idle_timeout = Some(timeout);
+        self.idle_timeout = Some(timeout.max(MIN_TIMEOUT));
         self
     }
 
@@ -883,6 +888,16 @@ mod tests {
                 .threads_per_connection,
             MAX_THREADS_PER_CONNECTION
         );
+    }
+
+    #[test]
+    fn zero_deadlines_and_timeouts_are_raised_to_the_minimum() {
+        let server = Server::bind("127.0.0.1:0", ExportTable::default())
+            .unwrap()
+            .with_handshake_deadline(Duration::ZERO)
+            .with_idle_timeout(Duration::ZERO);
+        assert_eq!(server.handshake_deadline, MIN_TIMEOUT);
+        assert_eq!(server.idle_timeout, Some(MIN_TIMEOUT));
     }
 
     #[test]
