@@ -15,16 +15,10 @@ use std::time::{Duration, Instant};
 use super::server::lock;
 
 /// `--max-connections`: open NBD connections, all clients together.
-pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = match NonZeroUsize::new(128) {
-    Some(n) => n,
-    None => unreachable!(),
-};
+pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(128).unwrap();
 /// `--max-connections-per-source`: open NBD connections from one IP address (or
 /// IPv6 /64).
-pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: NonZeroUsize = match NonZeroUsize::new(32) {
-    Some(n) => n,
-    None => unreachable!(),
-};
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 /// Descriptors never given to connections: volume files, the trail, the status
 /// file, the listener, the signal pipe.
 const RESERVED_DESCRIPTORS: u64 = 64;
@@ -41,7 +35,8 @@ pub(super) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct ConnectionLimits {
     /// Open connections, all sources together; more are closed at once.
     pub max_connections: NonZeroUsize,
-    /// Open connections from one source ([`source_key`]); more are closed at once.
+    /// Open connections from one source (an IPv4 address, or an IPv6 /64); more
+    /// are closed at once.
     pub max_per_source: NonZeroUsize,
 }
 
@@ -56,9 +51,9 @@ impl Default for ConnectionLimits {
 
 impl ConnectionLimits {
     /// The limits in force when the process may open `descriptors` files: at most
-    /// a quarter of what is left after [`RESERVED_DESCRIPTORS`] (each connection
-    /// holds up to [`DESCRIPTORS_PER_CONNECTION`]), at least one; one source never
-    /// more than all of them. Unlike the gateway, one source may take every
+    /// a quarter of what is left after 64 kept for files and the listener (each
+    /// connection holds up to 4 descriptors), at least one; one source never more
+    /// than all of them. Unlike the gateway, one source may take every
     /// connection: the NBD server listens on the loopback by default, where every
     /// client is the same source, and an operator who sets `--max-connections 4`
     /// for one `nbdcopy` means it.
