@@ -292,7 +292,7 @@ pub enum TlsError {
     },
     /// `--tls-ciphers` names a suite the server does not know (or an empty entry).
     #[error(
-        "--tls-ciphers: unknown TLS 1.3 cipher suite '{name}' \
+        "unknown TLS 1.3 cipher suite '{name}' \
          (known: aes128-gcm, aes256-gcm, chacha20-poly1305)"
     )]
     UnknownCipher {
@@ -300,7 +300,7 @@ pub enum TlsError {
         name: String,
     },
     /// `--tls-ciphers` names a suite twice.
-    #[error("--tls-ciphers: {0} is listed twice")]
+    #[error("TLS cipher suite {0} is listed twice")]
     DuplicateCipher(&'static str),
     /// rustls refused TLS 1.3 with the ring provider.
     #[error("TLS 1.3 with the ring provider: {0}")]
