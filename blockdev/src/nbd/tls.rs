@@ -132,8 +132,9 @@ impl fmt::Display for TlsCipher {
 /// Which cipher suites a TLS server accepts, and whose order of preference decides.
 ///
 /// The default accepts all three and takes the client's first choice among them (a
-/// client knows whether it has AES instructions; GnuTLS, OpenSSL and rustls clients
-/// put AES-256-GCM first on machines that do). A list given with `--tls-ciphers`
+/// client knows whether it has AES instructions: GnuTLS puts ChaCha20 first where it
+/// has none; GnuTLS elsewhere, OpenSSL and rustls ask for AES-256-GCM first). A list
+/// given with `--tls-ciphers`
 /// (`aes128-gcm,aes256-gcm`) accepts only those suites and the server's order wins,
 /// as with GnuTLS's `%SERVER_PRECEDENCE` or OpenSSL's `SSL_OP_CIPHER_SERVER_PREFERENCE`:
 /// whoever writes a list means its first entry. A client that offers none of them
