@@ -601,3 +601,114 @@ fn ext4_mounted_over_tls() {
     );
     served.stop();
 }
+
+/// `--tls-ciphers`: each suite is negotiated with libnbd's GnuTLS (nbdinfo names it
+/// with `LIBNBD_DEBUG=1`) and carries nbdcopy's data both ways; with a list the
+/// server's first choice wins over GnuTLS's (AES-256-GCM first); a client that offers
+/// none of the listed suites fails its handshake while the server goes on serving the
+/// next; an unknown suite name is a startup error.
+#[test]
+fn tls_ciphers_choose_the_suite_and_refuse_clients_without_one() {
+    let Some(setup) = setup() else { return };
+    let pki = &setup.pki;
+    let data = pseudo_random(3 << 20, 31);
+    let source = setup.home.file("ciphers-in.bin");
+    fs::write(&source, &data).unwrap();
+    let cipher_of = |uri: &str, env: &[(&str, &PathBuf)]| {
+        let mut cmd = Command::new("nbdinfo");
+        cmd.arg(uri).env("LIBNBD_DEBUG", "1");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let out = output(&mut cmd);
+        let said = text(&out);
+        let cipher = said
+            .lines()
+            .find_map(|l| l.split_once("connection is using TLS: cipher "))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_owned);
+        (out.status.success(), cipher, said)
+    };
+    for (list, gnutls_name) in [
+        ("aes128-gcm", "AES-128-GCM"),
+        ("aes256-gcm", "AES-256-GCM"),
+        ("chacha20-poly1305", "CHACHA20-POLY1305"),
+        ("aes128-gcm,aes256-gcm", "AES-128-GCM"),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256,aes256-gcm",
+            "CHACHA20-POLY1305",
+        ),
+    ] {
+        let served = setup.serve(true, &["--tls-ciphers", list]);
+        let uri = tls_uri(&served, "b", pki, "client2");
+        let (ok, cipher, said) = cipher_of(&uri, &[]);
+        assert!(ok, "{list}: {said}\n{}", served.log());
+        assert_eq!(cipher.as_deref(), Some(gnutls_name), "{list}: {said}");
+        let back = setup.home.file("ciphers-out.bin");
+        run(Command::new("nbdcopy").arg(&source).arg(&uri));
+        run(Command::new("nbdcopy").arg(&uri).arg(&back));
+        let read = fs::read(&back).unwrap();
+        assert!(read[..data.len()] == data[..], "{list}: data differs");
+        served.stop();
+    }
+
+    // Without a list the client's choice wins: GnuTLS puts AES-256-GCM first.
+    let served = setup.serve(true, &[]);
+    let (ok, cipher, said) = cipher_of(&tls_uri(&served, "b", pki, "client2"), &[]);
+    assert!(ok, "{said}");
+    assert_eq!(cipher.as_deref(), Some("AES-256-GCM"), "{said}");
+    served.stop();
+
+    // A GnuTLS client with AES-128-GCM disabled offers AES-256-GCM, ChaCha20 and
+    // AES-128-CCM only.
+    let no_aes128 = setup.home.file("gnutls-no-aes128.conf");
+    fs::write(
+        &no_aes128,
+        "[overrides]\ntls-disabled-cipher = AES-128-GCM\n",
+    )
+    .unwrap();
+    let env = [("GNUTLS_SYSTEM_PRIORITY_FILE", &no_aes128)];
+    let served = setup.serve(true, &["--tls-ciphers", "aes128-gcm"]);
+    let uri = tls_uri(&served, "b", pki, "client2");
+    let (ok, _, said) = cipher_of(&uri, &env);
+    assert!(!ok, "a client without the server's suite connected: {said}");
+    assert!(
+        said.to_lowercase().contains("handshake"),
+        "the client is told its handshake failed: {said}"
+    );
+    let (ok, cipher, said) = cipher_of(&uri, &[]);
+    assert!(ok, "the next client is served: {said}\n{}", served.log());
+    assert_eq!(cipher.as_deref(), Some("AES-128-GCM"), "{said}");
+    assert!(
+        served.log().contains("handshake failed"),
+        "the refused handshake is logged: {}",
+        served.log()
+    );
+    served.stop();
+    // The same client against the default server gets AES-256-GCM.
+    let served = setup.serve(true, &[]);
+    let (ok, cipher, said) = cipher_of(&tls_uri(&served, "b", pki, "client2"), &env);
+    assert!(ok, "{said}");
+    assert_eq!(cipher.as_deref(), Some("AES-256-GCM"), "{said}");
+    served.stop();
+
+    for (list, says) in [
+        ("aes128-cbc", "unknown TLS 1.3 cipher suite 'aes128-cbc'"),
+        ("aes128-gcm,aes128-gcm", "aes128-gcm is listed twice"),
+        ("", "unknown TLS 1.3 cipher suite ''"),
+    ] {
+        let mut args = vec![
+            "nbd".to_owned(),
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--exports".to_owned(),
+            setup.exports.display().to_string(),
+        ];
+        args.extend(pki.server_args(true));
+        args.extend(["--tls-ciphers".to_owned(), list.to_owned()]);
+        let out = output(setup.home.atrest().args(&args));
+        assert!(!out.status.success(), "{list:?} was accepted");
+        assert!(text(&out).contains(says), "{list:?}: {}", text(&out));
+    }
+}

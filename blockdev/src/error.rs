@@ -290,6 +290,18 @@ pub enum TlsError {
         /// The PEM parser's complaint.
         detail: String,
     },
+    /// `--tls-ciphers` names a suite the server does not know (or an empty entry).
+    #[error(
+        "unknown TLS 1.3 cipher suite '{name}' \
+         (known: aes128-gcm, aes256-gcm, chacha20-poly1305)"
+    )]
+    UnknownCipher {
+        /// The name as given.
+        name: String,
+    },
+    /// `--tls-ciphers` names a suite twice.
+    #[error("TLS cipher suite {0} is listed twice")]
+    DuplicateCipher(&'static str),
     /// rustls refused TLS 1.3 with the ring provider.
     #[error("TLS 1.3 with the ring provider: {0}")]
     Provider(String),

@@ -11,7 +11,8 @@ use blockdev::lease::{self, LeaseConfig};
 use blockdev::lifecycle::exports::{self, ExportSpec};
 use blockdev::nbd::status::{ExportStatus, ServerDescription, StatusBoard};
 use blockdev::nbd::{
-    self, kernel, ConnectionLimits, Export, Server, TlsMode, TlsSettings, DEFAULT_EXPORT,
+    self, kernel, ConnectionLimits, Export, Server, TlsCiphers, TlsMode, TlsSettings,
+    DEFAULT_EXPORT,
 };
 use blockdev::refusal_audit;
 use blockdev::volume::ImageFormat;
@@ -175,6 +176,11 @@ pub struct TlsArgs {
     /// STARTTLS. `optional`: plaintext clients may use exports without allowed_clients.
     #[arg(long, value_enum, value_name = "MODE", requires = "tls_cert")]
     tls: Option<TlsModeArg>,
+    /// The TLS 1.3 cipher suites to accept, most preferred first, comma-separated:
+    /// aes128-gcm, aes256-gcm, chacha20-poly1305. With a list the server's order
+    /// decides; without one all three are accepted and the client's choice wins.
+    #[arg(long, value_name = "LIST", requires = "tls_cert")]
+    tls_ciphers: Option<TlsCiphers>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -204,7 +210,9 @@ impl TlsArgs {
             TlsModeArg::Require => TlsMode::Require,
             TlsModeArg::Optional => TlsMode::Optional,
         };
-        let settings = TlsSettings::from_pem_files(cert, key, self.tls_client_ca.as_deref(), mode)?;
+        let ciphers = self.tls_ciphers.clone().unwrap_or_default();
+        let settings =
+            TlsSettings::from_pem_files(cert, key, self.tls_client_ca.as_deref(), mode, &ciphers)?;
         Ok(Some(settings))
     }
 }

@@ -34,5 +34,7 @@ pub use server::{
     stop_on_signals, Export, ExportTable, Refusal, RefusalAudit, Server, ShutdownHandle,
     DEFAULT_EXPORT, DEFAULT_HANDSHAKE_DEADLINE, MIN_TIMEOUT,
 };
-pub use tls::{check_record_opener, common_name, ClientIdentity, TlsMode, TlsSettings};
+pub use tls::{
+    check_record_opener, common_name, ClientIdentity, TlsCipher, TlsCiphers, TlsMode, TlsSettings,
+};
 pub use transmission::errno;

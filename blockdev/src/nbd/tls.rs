@@ -67,6 +67,135 @@ pub enum TlsMode {
     Optional,
 }
 
+/// A TLS 1.3 cipher suite the server can offer (RFC 8446 section B.4; the record layer
+/// implements these three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsCipher {
+    /// `TLS_AES_128_GCM_SHA256`, the suite every TLS 1.3 peer must implement.
+    Aes128Gcm,
+    /// `TLS_AES_256_GCM_SHA384`.
+    Aes256Gcm,
+    /// `TLS_CHACHA20_POLY1305_SHA256`, for clients without AES instructions.
+    Chacha20Poly1305,
+}
+
+impl TlsCipher {
+    const ALL: [TlsCipher; 3] = [
+        TlsCipher::Aes256Gcm,
+        TlsCipher::Aes128Gcm,
+        TlsCipher::Chacha20Poly1305,
+    ];
+
+    /// The name `--tls-ciphers` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsCipher::Aes128Gcm => "aes128-gcm",
+            TlsCipher::Aes256Gcm => "aes256-gcm",
+            TlsCipher::Chacha20Poly1305 => "chacha20-poly1305",
+        }
+    }
+
+    /// The suite's IANA name.
+    pub fn iana_name(self) -> &'static str {
+        match self {
+            TlsCipher::Aes128Gcm => "TLS_AES_128_GCM_SHA256",
+            TlsCipher::Aes256Gcm => "TLS_AES_256_GCM_SHA384",
+            TlsCipher::Chacha20Poly1305 => "TLS_CHACHA20_POLY1305_SHA256",
+        }
+    }
+
+    fn of_name(name: &str) -> Option<TlsCipher> {
+        let name = name.trim();
+        TlsCipher::ALL.into_iter().find(|cipher| {
+            name.eq_ignore_ascii_case(cipher.name())
+                || name.eq_ignore_ascii_case(cipher.iana_name())
+                || (*cipher == TlsCipher::Chacha20Poly1305 && name.eq_ignore_ascii_case("chacha20"))
+        })
+    }
+
+    fn suite(self) -> rustls::SupportedCipherSuite {
+        use rustls::crypto::ring::cipher_suite;
+        match self {
+            TlsCipher::Aes128Gcm => cipher_suite::TLS13_AES_128_GCM_SHA256,
+            TlsCipher::Aes256Gcm => cipher_suite::TLS13_AES_256_GCM_SHA384,
+            TlsCipher::Chacha20Poly1305 => cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        }
+    }
+}
+
+impl fmt::Display for TlsCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which cipher suites a TLS server accepts, and whose order of preference decides.
+///
+/// The default accepts all three and takes the client's first choice among them (a
+/// client knows whether it has AES instructions: GnuTLS puts ChaCha20 first where it
+/// has none; GnuTLS elsewhere, OpenSSL and rustls ask for AES-256-GCM first). A list
+/// given with `--tls-ciphers`
+/// (`aes128-gcm,aes256-gcm`) accepts only those suites and the server's order wins,
+/// as with GnuTLS's `%SERVER_PRECEDENCE` or OpenSSL's `SSL_OP_CIPHER_SERVER_PREFERENCE`:
+/// whoever writes a list means its first entry. A client that offers none of them
+/// fails the handshake (`handshake_failure`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsCiphers {
+    suites: Vec<TlsCipher>,
+    server_order: bool,
+}
+
+impl Default for TlsCiphers {
+    fn default() -> TlsCiphers {
+        TlsCiphers {
+            suites: TlsCipher::ALL.to_vec(),
+            server_order: false,
+        }
+    }
+}
+
+impl TlsCiphers {
+    /// The suites accepted, in the order the server prefers them.
+    pub fn suites(&self) -> &[TlsCipher] {
+        &self.suites
+    }
+
+    /// Whether the server's order decides (a list was given) rather than the client's.
+    pub fn server_order(&self) -> bool {
+        self.server_order
+    }
+}
+
+impl std::str::FromStr for TlsCiphers {
+    type Err = TlsError;
+
+    /// A comma-separated list of suite names (`aes128-gcm`, `aes256-gcm`,
+    /// `chacha20-poly1305` or `chacha20`, or the IANA names), most preferred first.
+    fn from_str(list: &str) -> Result<TlsCiphers, TlsError> {
+        let mut suites = Vec::new();
+        for name in list.split(',') {
+            let cipher = TlsCipher::of_name(name).ok_or_else(|| TlsError::UnknownCipher {
+                name: name.trim().to_owned(),
+            })?;
+            if suites.contains(&cipher) {
+                return Err(TlsError::DuplicateCipher(cipher.name()));
+            }
+            suites.push(cipher);
+        }
+        Ok(TlsCiphers {
+            suites,
+            server_order: true,
+        })
+    }
+}
+
+impl fmt::Display for TlsCiphers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.suites.iter().map(|c| c.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 /// The TLS side of an NBD server: certificate, key, optional client CA, mode.
 #[derive(Clone)]
 pub struct TlsSettings {
@@ -87,12 +216,14 @@ impl fmt::Debug for TlsSettings {
 impl TlsSettings {
     /// Reads the server's certificate chain and key (PEM) and, with `client_ca`, the
     /// CA bundle that client certificates must chain to (clients without one are then
-    /// refused in the TLS handshake). TLS 1.3 only: no renegotiation, no compression.
+    /// refused in the TLS handshake). TLS 1.3 only: no renegotiation, no compression;
+    /// the cipher suites and whose order decides come from `ciphers`.
     pub fn from_pem_files(
         cert: &Path,
         key: &Path,
         client_ca: Option<&Path>,
         mode: TlsMode,
+        ciphers: &TlsCiphers,
     ) -> Result<TlsSettings, Error> {
         let certs = read_certificates(cert, "--tls-cert")?;
         let key_pem = read_file(key)?;
@@ -100,7 +231,9 @@ impl TlsSettings {
             path: key.to_owned(),
             detail: e.to_string(),
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = ciphers.suites.iter().map(|c| c.suite()).collect();
+        let provider = Arc::new(provider);
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Provider(e.to_string()))?;
@@ -129,6 +262,7 @@ impl TlsSettings {
             .map_err(|e| TlsError::KeyMismatch(e.to_string()))?;
         // The record layer after the handshake is atrest's own (see the module doc).
         config.enable_secret_extraction = true;
+        config.ignore_client_order = ciphers.server_order;
         Ok(TlsSettings {
             config: Arc::new(config),
             mode,
@@ -426,6 +560,10 @@ fn accept_with_limit(
         .tls13()
         .map(|suite| suite.common.confidentiality_limit.min(max_records))
         .ok_or_else(|| TlsError::Session("not TLS 1.3".into()))?;
+    tracing::debug!(
+        suite = ?kernel.negotiated_cipher_suite().suite(),
+        "TLS 1.3 session established"
+    );
     let stream = TlsStream::new(
         tcp,
         secrets.tx,
@@ -493,6 +631,46 @@ mod tests {
         out.extend_from_slice(&[0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, cn.len() as u8]);
         out.extend_from_slice(cn);
         out
+    }
+
+    #[test]
+    fn cipher_lists_parse_in_order_with_either_spelling() {
+        let ciphers: TlsCiphers = "aes128-gcm, TLS_AES_256_GCM_SHA384,ChaCha20"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            ciphers.suites(),
+            [
+                TlsCipher::Aes128Gcm,
+                TlsCipher::Aes256Gcm,
+                TlsCipher::Chacha20Poly1305
+            ]
+        );
+        assert!(ciphers.server_order());
+        assert_eq!(
+            ciphers.to_string(),
+            "aes128-gcm,aes256-gcm,chacha20-poly1305"
+        );
+        let default = TlsCiphers::default();
+        assert_eq!(default.suites().len(), 3);
+        assert!(!default.server_order(), "the client's choice by default");
+    }
+
+    #[test]
+    fn unknown_empty_and_repeated_cipher_names_are_refused() {
+        for (list, says) in [
+            ("aes-128-cbc", "unknown TLS 1.3 cipher suite 'aes-128-cbc'"),
+            ("aes128-gcm,,aes256-gcm", "unknown TLS 1.3 cipher suite ''"),
+            ("", "unknown TLS 1.3 cipher suite ''"),
+            ("TLS_AES_128_CCM_SHA256", "'TLS_AES_128_CCM_SHA256'"),
+            (
+                "aes128-gcm,TLS_AES_128_GCM_SHA256",
+                "aes128-gcm is listed twice",
+            ),
+        ] {
+            let err = list.parse::<TlsCiphers>().unwrap_err().to_string();
+            assert!(err.contains(says), "{list:?}: {err}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::thread::{self, JoinHandle};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use super::record::{self, TrafficKey};
+use super::record::{self, TrafficKey, HEADER_LEN, MAX_PLAINTEXT};
 use super::*;
 use crate::nbd::transmission::Wire;
 
@@ -78,7 +78,9 @@ fn pki() -> Pki {
         dir.path(),
     );
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let settings = TlsSettings::from_pem_files(&cert, &key, None, TlsMode::Require).unwrap();
+    let settings =
+        TlsSettings::from_pem_files(&cert, &key, None, TlsMode::Require, &TlsCiphers::default())
+            .unwrap();
     let mut roots = RootCertStore::empty();
     for c in read_certificates(&dir.path().join("ca.pem"), "test").unwrap() {
         roots.add(c).unwrap();
@@ -252,6 +254,8 @@ fn close_notify_ends_the_stream_cleanly_both_ways() {
 struct RawClient {
     tcp: TcpStream,
     key: TrafficKey,
+    /// The server's key, to open what it sends.
+    server_key: TrafficKey,
 }
 
 fn raw_client(pki: &Pki, mut tcp: TcpStream) -> RawClient {
@@ -274,9 +278,25 @@ fn raw_client(pki: &Pki, mut tcp: TcpStream) -> RawClient {
     assert_eq!(ready, READY);
     let secrets = conn.dangerous_extract_secrets().unwrap();
     let (seq, tx) = secrets.tx;
+    let (rx_seq, rx) = secrets.rx;
     RawClient {
         tcp,
         key: TrafficKey::new(tx, seq).unwrap(),
+        server_key: TrafficKey::new(rx, rx_seq).unwrap(),
+    }
+}
+
+impl RawClient {
+    /// The next record from the server, opened: its plaintext.
+    fn next_record(&mut self) -> Vec<u8> {
+        let mut record = vec![0u8; HEADER_LEN];
+        self.tcp.read_exact(&mut record).unwrap();
+        let len = record::record_len(&record).unwrap().unwrap();
+        record.resize(len, 0);
+        self.tcp.read_exact(&mut record[HEADER_LEN..]).unwrap();
+        let (content, plain) = record::open(&mut self.server_key, &mut record).unwrap();
+        assert_eq!(content, record::ContentType::ApplicationData);
+        record[plain].to_vec()
     }
 }
 
@@ -493,4 +513,168 @@ fn read_replies_sealed_in_place_cross_intact_at_every_size() {
         );
     }
     server.join().unwrap();
+}
+
+/// The plaintext lengths of the records of one read reply (`header` bytes of header,
+/// `size` bytes of data), as a client sees them; checks the bytes too.
+fn records_of_reply(header: usize, size: usize) -> Vec<usize> {
+    let pki = pki();
+    let (tcp, server) = session(&pki, u64::MAX, move |mut stream| {
+        stream.write_all(READY).unwrap();
+        let mut go = [0u8; 2];
+        stream.read_exact(&mut go).unwrap();
+        let mut data = pseudo_random(size, 5);
+        stream.write_reply(&vec![0xa5; header], &mut data).unwrap();
+    });
+    let mut client = raw_client(&pki, tcp);
+    let go = record::seal_inner(&mut client.key, b"go\x17").unwrap();
+    client.tcp.write_all(&go).unwrap();
+    let (mut lengths, mut plain) = (Vec::new(), Vec::new());
+    while plain.len() < header + size {
+        let record = client.next_record();
+        lengths.push(record.len());
+        plain.extend_from_slice(&record);
+    }
+    server.join().unwrap();
+    assert_eq!(plain.len(), header + size);
+    assert!(plain[..header].iter().all(|&b| b == 0xa5));
+    assert!(
+        plain[header..] == pseudo_random(size, 5)[..],
+        "the data differs"
+    );
+    lengths
+}
+
+/// How a read reply is framed (what a client pays per record and per `recv`): the
+/// header and the data share records, every record but the last is full (2^14 bytes
+/// of plaintext), and a reply that fits one record is one record, whichever way it
+/// is sealed (in place, or copied: small and very large replies).
+#[test]
+fn read_replies_are_full_records_with_the_header_in_the_first() {
+    // A structured reply's chunk header and offset (28 bytes), a simple reply's (16).
+    for (header, size) in [
+        (28, 1 << 20),
+        (16, 1 << 20),
+        (28, 20_000),
+        (28, 40_000),
+        (28, (4 << 20) + 4096),
+    ] {
+        let lengths = records_of_reply(header, size);
+        let (last, full) = lengths.split_last().unwrap();
+        assert!(full.iter().all(|&l| l == MAX_PLAINTEXT), "{lengths:?}");
+        assert!(*last > 0 && *last <= MAX_PLAINTEXT, "{lengths:?}");
+        assert_eq!(lengths.len(), (header + size).div_ceil(MAX_PLAINTEXT));
+    }
+    assert_eq!(records_of_reply(28, 4096), [28 + 4096]);
+    assert_eq!(records_of_reply(16, 16_368), [16_384]);
+}
+
+/// Server settings with the pki's certificate and `ciphers`.
+fn settings_with(pki: &Pki, ciphers: &str) -> TlsSettings {
+    let dir = pki._dir.path();
+    TlsSettings::from_pem_files(
+        &dir.join("cert.pem"),
+        &dir.join("key.pem"),
+        None,
+        TlsMode::Require,
+        &ciphers.parse().unwrap(),
+    )
+    .unwrap()
+}
+
+/// A rustls client that offers only `suites`, in that order.
+fn client_offering(pki: &Pki, suites: &[TlsCipher]) -> Arc<ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = suites.iter().map(|c| c.suite()).collect();
+    let config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(Arc::clone(&pki.roots))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Runs a handshake between `settings` and a client with `config`; the suite the
+/// client ended up with, after a 1 MiB read reply and a 1 MiB payload crossed
+/// intact, or the server's and the client's errors.
+fn negotiate(
+    settings: TlsSettings,
+    config: Arc<ClientConfig>,
+) -> Result<rustls::CipherSuite, (String, String)> {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let mut stream = accept(&settings, tcp, &[])
+            .map_err(|e| e.to_string())?
+            .stream;
+        let mut data = pseudo_random(1 << 20, 21);
+        stream.write_reply(b"header", &mut data).unwrap();
+        let mut payload = vec![0u8; 1 << 20];
+        stream.read_exact(&mut payload).unwrap();
+        assert!(payload == pseudo_random(1 << 20, 22), "the payload differs");
+        Ok::<(), String>(())
+    });
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut client = StreamOwned::new(
+        ClientConnection::new(config, name).unwrap(),
+        TcpStream::connect(addr).unwrap(),
+    );
+    let mut reply = vec![0u8; 6 + (1 << 20)];
+    let read = client.read_exact(&mut reply);
+    let Some(suite) = client.conn.negotiated_cipher_suite() else {
+        let server = server.join().unwrap().expect_err("the server saw no error");
+        return Err((server, format!("{read:?}")));
+    };
+    read.unwrap();
+    assert!(
+        reply[6..] == pseudo_random(1 << 20, 21),
+        "the reply differs"
+    );
+    client.write_all(&pseudo_random(1 << 20, 22)).unwrap();
+    client.flush().unwrap();
+    server.join().unwrap().unwrap();
+    Ok(suite.suite())
+}
+
+#[test]
+fn each_cipher_suite_carries_a_session() {
+    let pki = pki();
+    for cipher in [
+        TlsCipher::Aes128Gcm,
+        TlsCipher::Aes256Gcm,
+        TlsCipher::Chacha20Poly1305,
+    ] {
+        let got = negotiate(
+            settings_with(&pki, cipher.name()),
+            client_config(&pki, false),
+        )
+        .unwrap();
+        assert_eq!(got, cipher.suite().suite(), "{cipher}");
+    }
+}
+
+#[test]
+fn a_list_puts_the_servers_order_first_and_the_default_the_clients() {
+    let pki = pki();
+    let client = || client_offering(&pki, &[TlsCipher::Aes256Gcm, TlsCipher::Aes128Gcm]);
+    let server_first = negotiate(settings_with(&pki, "aes128-gcm,aes256-gcm"), client());
+    assert_eq!(server_first.unwrap(), TlsCipher::Aes128Gcm.suite().suite());
+    let default = negotiate(pki.settings.clone(), client());
+    assert_eq!(default.unwrap(), TlsCipher::Aes256Gcm.suite().suite());
+    // A suite the list leaves out is not taken even when the client wants only it...
+    let only_chacha = client_offering(&pki, &[TlsCipher::Chacha20Poly1305]);
+    let (server, client_error) =
+        negotiate(settings_with(&pki, "aes128-gcm,aes256-gcm"), only_chacha).unwrap_err();
+    assert!(server.contains("handshake failed"), "{server}");
+    assert!(
+        client_error.contains("HandshakeFailure"),
+        "the client is told why: {client_error}"
+    );
+    // ... and the next client is served.
+    let again = negotiate(
+        settings_with(&pki, "aes128-gcm,aes256-gcm"),
+        client_config(&pki, false),
+    );
+    assert_eq!(again.unwrap(), TlsCipher::Aes128Gcm.suite().suite());
 }
