@@ -236,7 +236,7 @@ fn converse(stream: &mut UnixStream, bytes: &[u8]) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let fixture = fixture();
     let mut program = Input::new(data);
     let mode = program.u8();
