@@ -27,7 +27,7 @@ use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
 use super::status::StatusBoard;
 use super::tls::{self, ClientIdentity, TlsSettings};
-use super::transmission::{transmit, Wire};
+use super::transmission::{transmit, BufferPool, Wire};
 use crate::volume::Volume;
 use crate::{Error, ProtocolError};
 
@@ -124,6 +124,8 @@ struct Shared {
     connections: Mutex<HashMap<u64, Registered>>,
     /// The next connection's number (TCP and [`Server::serve_stream`] alike).
     next_id: AtomicU64,
+    /// Transmission threads' buffers, kept from one connection to the next.
+    buffers: Arc<BufferPool>,
 }
 
 /// A live connection: its socket, and the volume it attached to once it has.
@@ -273,6 +275,7 @@ impl Server {
                 wake_addr: SocketAddr::new(wake_ip, local.port()),
                 connections: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
+                buffers: Arc::new(BufferPool::new(threads_per_connection)),
             }),
             threads_per_connection,
             gate: Gate::default(),
@@ -457,6 +460,7 @@ impl Server {
             gate: self.gate.clone(),
             threads: self.threads_per_connection,
             peer: peer.to_owned(),
+            buffers: Arc::clone(&self.shared.buffers),
         };
         let publication = Publication {
             board: self.status.clone(),
@@ -510,6 +514,8 @@ pub(super) struct ConnectionContext {
     pub(super) threads: usize,
     /// The client's address, for logs.
     pub(super) peer: String,
+    /// The server's kept transmission buffers.
+    pub(super) buffers: Arc<BufferPool>,
 }
 
 /// Where a connection publishes what it attached to: the server's status board and

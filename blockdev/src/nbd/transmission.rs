@@ -73,6 +73,80 @@ const CACHE_PIECE: u32 = 4 * 1024 * 1024;
 /// together). Smaller requests keep reading ahead: one `recv` then serves many.
 const DIRECT_PAYLOAD_MIN: usize = 64 * 1024;
 
+/// A transmission thread's kept buffers up to this size go back to the server's
+/// [`BufferPool`] when its connection ends, for the next connection's threads; larger
+/// ones are freed, so an idle server holds at most this much twice per pooled set.
+const POOLED_BUFFER_MAX: usize = 128 * 1024;
+
+/// Transmission threads' kept buffers (a read buffer and a write payload buffer each),
+/// handed from one connection to the next: a connection's threads started with empty
+/// buffers that grew, zero-filled and faulted in afresh, with its first requests (a
+/// quarter of what a short connection cost the `nbd_session` fuzz target). A set goes
+/// back zero-filled (its bytes were a client's data), and only while the pool holds
+/// fewer sets than `limit`; so no byte of one connection is ever in another's
+/// buffers, even if a volume's read were to leave part of its buffer unwritten.
+pub(super) struct BufferPool {
+    sets: Mutex<Vec<KeptBuffers>>,
+    limit: usize,
+}
+
+/// One transmission thread's kept buffers; see [`KEPT_READ_BUFFER`] and [`Payload`].
+#[derive(Default)]
+struct KeptBuffers {
+    read: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl BufferPool {
+    /// A pool that keeps at most `limit` sets (one per transmission thread of a
+    /// connection is enough for connections served one after another).
+    pub(super) fn new(limit: usize) -> Self {
+        Self {
+            sets: Mutex::new(Vec::new()),
+            limit,
+        }
+    }
+
+    /// A kept set, or an empty one.
+    fn take(&self) -> KeptBuffers {
+        lock(&self.sets).pop().unwrap_or_default()
+    }
+
+    /// Takes `set` back, zero-filled, unless the pool is full; buffers past
+    /// [`POOLED_BUFFER_MAX`] are freed instead.
+    fn give_back(&self, mut set: KeptBuffers) {
+        if lock(&self.sets).len() >= self.limit {
+            return;
+        }
+        for buffer in [&mut set.read, &mut set.payload] {
+            if buffer.len() > POOLED_BUFFER_MAX {
+                *buffer = Vec::new();
+            }
+            buffer.fill(0);
+        }
+        let mut sets = lock(&self.sets);
+        if sets.len() < self.limit {
+            sets.push(set);
+        }
+    }
+
+    /// How many sets are kept (for tests).
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        lock(&self.sets).len()
+    }
+}
+
+impl std::fmt::Debug for BufferPool {
+    /// The number of sets, never their bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("sets", &lock(&self.sets).len())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
 /// The NBD error value for an error, for a request of command `kind`. The one place
 /// where errors become wire codes.
 pub fn errno(err: &Error, kind: u16) -> Errno {
@@ -206,6 +280,7 @@ pub(super) fn transmit<S: Wire>(
         writer: Mutex::new(writer),
         broken: AtomicBool::new(false),
         in_flight: InFlight::new(),
+        buffers: &context.buffers,
     };
     let name = thread::current().name().unwrap_or("nbd-conn").to_owned();
     thread::scope(|scope| {
@@ -249,6 +324,7 @@ pub(super) fn serve_kernel_connection(
         gate: Gate::default(),
         threads: threads.clamp(1, MAX_THREADS_PER_CONNECTION),
         peer: "the kernel".into(),
+        buffers: Arc::new(BufferPool::new(0)),
     };
     transmit(reader, writer, Session { export, limits }, &context, |_| {})
 }
@@ -266,7 +342,7 @@ pub(super) fn drain(reader: &mut impl Read, length: u32) -> Result<(), Error> {
 }
 
 /// The transmission phase of one client.
-struct Connection<S> {
+struct Connection<'a, S> {
     volume: Arc<dyn Volume>,
     limits: SessionLimits,
     /// Held by the one thread reading a request; released before it runs it.
@@ -275,6 +351,8 @@ struct Connection<S> {
     /// Set when a reply could not be written; nothing more is sent.
     broken: AtomicBool,
     in_flight: InFlight,
+    /// Where its threads take their kept buffers from and give them back to.
+    buffers: &'a BufferPool,
 }
 
 struct ReadSide<S> {
@@ -304,21 +382,27 @@ enum Payload {
     Own(Vec<u8>),
 }
 
-impl<S: Wire> Connection<S> {
+impl<S: Wire> Connection<'_, S> {
     /// One transmission thread: read a request, run it, reply; until reading ends.
     fn transmit(&self) {
-        let mut read_buffer = Vec::new();
-        // Write payloads up to KEPT_READ_BUFFER land here, zero-filled only when it
-        // grows: a fresh zeroed 1 MiB buffer per write was 10% of the server's CPU.
-        let mut kept_payload = Vec::new();
-        while let Some(mut request) = self.next_request(&mut kept_payload) {
+        // Write payloads up to KEPT_READ_BUFFER land in `payload`, zero-filled only
+        // when it grows: a fresh zeroed 1 MiB buffer per write was 10% of the
+        // server's CPU. Both are the previous connection's, when the pool kept them.
+        let mut kept = self.buffers.take();
+        self.serve_requests(&mut kept.read, &mut kept.payload);
+        self.buffers.give_back(kept);
+    }
+
+    /// [`Connection::transmit`]'s loop, with the thread's kept buffers.
+    fn serve_requests(&self, read_buffer: &mut Vec<u8>, kept_payload: &mut Vec<u8>) {
+        while let Some(mut request) = self.next_request(kept_payload) {
             let run = || {
                 let payload = match &mut request.payload {
                     Payload::Kept(len) => &mut kept_payload[..*len],
                     Payload::Own(own) => own,
                 };
                 let mut execute =
-                    || self.execute(request.cookie, request.command, payload, &mut read_buffer);
+                    || self.execute(request.cookie, request.command, payload, read_buffer);
                 // With a request in flight per core, every core already has one to
                 // run: splitting this one's crypto over the pool only adds hand-offs.
                 if request.permit.crowded {
