@@ -843,6 +843,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pooled_buffers_come_back_zeroed_bounded_in_number_and_size() {
+        let pool = BufferPool::new(2);
+        let used = || KeptBuffers {
+            read: vec![0xa5; 64 * 1024],
+            payload: vec![0x5a; 4096],
+        };
+        pool.give_back(used());
+        let again = pool.take();
+        // Kept (no new allocation, no zero-filling on growth), but not one byte of
+        // the connection that used it.
+        assert_eq!(again.read.len(), 64 * 1024);
+        assert_eq!(again.payload.len(), 4096);
+        assert!(again.read.iter().chain(&again.payload).all(|&b| b == 0));
+        assert_eq!(pool.kept(), 0);
+        // A buffer past the bound is freed, its set still kept.
+        pool.give_back(KeptBuffers {
+            read: vec![1; POOLED_BUFFER_MAX + 1],
+            payload: vec![2; POOLED_BUFFER_MAX],
+        });
+        let large = pool.take();
+        assert_eq!(large.read.capacity(), 0);
+        assert_eq!(large.payload.len(), POOLED_BUFFER_MAX);
+        assert!(large.payload.iter().all(|&b| b == 0));
+        // At most `limit` sets; past it, sets are dropped; an empty pool gives empty sets.
+        for _ in 0..5 {
+            pool.give_back(used());
+        }
+        assert_eq!(pool.kept(), 2);
+        let _ = (pool.take(), pool.take());
+        let fresh = pool.take();
+        assert!(fresh.read.is_empty() && fresh.payload.is_empty());
+        // The kernel client's pool keeps nothing.
+        let none = BufferPool::new(0);
+        none.give_back(used());
+        assert_eq!(none.kept(), 0);
+        assert_eq!(format!("{pool:?}"), "BufferPool { sets: 0, limit: 2 }");
+    }
+
+    #[test]
     fn errno_follows_the_spec() {
         let oob = Error::OutOfRange {
             offset: 0,
