@@ -27,7 +27,7 @@ use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
 use super::status::StatusBoard;
 use super::tls::{self, ClientIdentity, TlsSettings};
-use super::transmission::{transmit, BufferPool, Wire};
+use super::transmission::{transmit, BufferPool, HelperPool, Wire};
 use crate::volume::Volume;
 use crate::{Error, ProtocolError};
 
@@ -126,6 +126,8 @@ struct Shared {
     next_id: AtomicU64,
     /// Transmission threads' buffers, kept from one connection to the next.
     buffers: Arc<BufferPool>,
+    /// Transmission threads, parked from one connection to the next.
+    helpers: Arc<HelperPool>,
 }
 
 /// A live connection: its socket, and the volume it attached to once it has.
@@ -276,6 +278,7 @@ impl Server {
                 connections: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
                 buffers: Arc::new(BufferPool::new(threads_per_connection)),
+                helpers: HelperPool::new(threads_per_connection),
             }),
             threads_per_connection,
             gate: Gate::default(),
@@ -461,6 +464,7 @@ impl Server {
             threads: self.threads_per_connection,
             peer: peer.to_owned(),
             buffers: Arc::clone(&self.shared.buffers),
+            helpers: Arc::clone(&self.shared.helpers),
         };
         let publication = Publication {
             board: self.status.clone(),
@@ -516,6 +520,8 @@ pub(super) struct ConnectionContext {
     pub(super) peer: String,
     /// The server's kept transmission buffers.
     pub(super) buffers: Arc<BufferPool>,
+    /// The server's parked transmission threads.
+    pub(super) helpers: Arc<HelperPool>,
 }
 
 /// Where a connection publishes what it attached to: the server's status board and

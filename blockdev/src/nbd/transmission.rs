@@ -28,6 +28,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SendError, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread;
 use std::time::Duration;
@@ -185,7 +186,7 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
 
 /// A byte stream the handshake and transmission run on: the TCP socket, over TLS the
 /// session's record layer (`tls::TlsStream`), or the kernel client's socket pair.
-pub(super) trait Wire: Read + Write + Send + Sized {
+pub(super) trait Wire: Read + Write + Send + Sized + 'static {
     /// Ends both directions (a reply could not be written).
     fn shutdown_wire(&self) -> io::Result<()>;
     /// How long a read may wait (`None`: for ever).
@@ -268,7 +269,7 @@ pub(super) fn transmit<S: Wire>(
         .set_read_timeout_wire(None)
         .map_err(io_error("clearing the handshake timeout"))?;
     attached(&session.export.volume);
-    let connection = Connection {
+    let connection = Arc::new(Connection {
         volume: session.export.volume,
         limits: session.limits,
         reader: Mutex::new(ReadSide {
@@ -280,26 +281,144 @@ pub(super) fn transmit<S: Wire>(
         writer: Mutex::new(writer),
         broken: AtomicBool::new(false),
         in_flight: InFlight::new(),
-        buffers: &context.buffers,
-    };
-    let name = thread::current().name().unwrap_or("nbd-conn").to_owned();
-    thread::scope(|scope| {
-        for i in 1..context.threads {
-            let spawned = thread::Builder::new()
-                .name(format!("{name}-{i}"))
-                .spawn_scoped(scope, || connection.transmit());
-            if let Err(err) = spawned {
-                warn!("{name}: serving with {i} threads, starting another failed: {err}");
-                break;
+        buffers: Arc::clone(&context.buffers),
+    });
+    // The other threads are the server's parked helpers (started only when none is
+    // idle); this thread waits until every one has finished with the connection, as
+    // a scope of its own threads would.
+    let helpers = Latch::default();
+    for i in 1..context.threads {
+        let (connection, done) = (Arc::clone(&connection), helpers.started());
+        let job = Box::new(move || {
+            connection.transmit();
+            // Before the latch opens: the connection's last clone is this thread's.
+            drop(connection);
+            drop(done);
+        });
+        if let Err(err) = context.helpers.run(job) {
+            warn!(
+                "{}: serving with {i} threads, starting another failed: {err}",
+                context.peer
+            );
+            break;
+        }
+    }
+    connection.transmit();
+    helpers.wait();
+    let end = lock(&connection.reader).end.take();
+    end.unwrap_or(Ok(()))
+}
+
+/// Counts a connection's helper threads still running it.
+#[derive(Default)]
+struct Latch(Arc<(Mutex<usize>, Condvar)>);
+
+/// One running helper; the count drops when this does (also when a helper's job
+/// unwinds).
+struct Running(Arc<(Mutex<usize>, Condvar)>);
+
+impl Latch {
+    fn started(&self) -> Running {
+        *lock(&self.0 .0) += 1;
+        Running(Arc::clone(&self.0))
+    }
+
+    /// Until every [`Running`] is dropped (or its job never started).
+    fn wait(&self) {
+        let (count, done) = &*self.0;
+        let mut left = lock(count);
+        while *left > 0 {
+            left = done.wait(left).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let (count, done) = &*self.0;
+        *lock(count) -= 1;
+        done.notify_all();
+    }
+}
+
+/// What a helper thread runs: one connection's share of transmission.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Transmission threads kept from one connection to the next: a connection's helper
+/// threads (all but the one that ran its handshake) are taken from here, parked on a
+/// channel between connections, instead of started per connection (a thread start
+/// is a stack mapped and faulted in, and under AddressSanitizer much more: a fifth of
+/// what a short connection cost the `nbd_session` fuzz target). At most `limit`
+/// threads stay parked; the rest end when their connection does, and parked ones end
+/// when the pool is dropped (with the server).
+pub(super) struct HelperPool {
+    idle: Mutex<Vec<Sender<Option<Job>>>>,
+    limit: usize,
+}
+
+impl HelperPool {
+    /// A pool that parks at most `limit` idle threads.
+    pub(super) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(Vec::new()),
+            limit,
+        })
+    }
+
+    /// Runs `job` on a parked thread, or on a new one when none is idle.
+    fn run(self: &Arc<Self>, job: Job) -> io::Result<()> {
+        let mut job = Some(job);
+        loop {
+            let parked = lock(&self.idle).pop();
+            let Some(parked) = parked else { break };
+            match parked.send(job.take()) {
+                Ok(()) => return Ok(()),
+                // That thread has ended: the job comes back.
+                Err(SendError(back)) => job = back,
             }
         }
-        connection.transmit();
-    });
-    let side = connection
-        .reader
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
-    side.end.unwrap_or(Ok(()))
+        let (sender, jobs) = mpsc::channel::<Option<Job>>();
+        let _ = sender.send(job);
+        let pool = Arc::downgrade(self);
+        thread::Builder::new()
+            .name("nbd-transmit".into())
+            .spawn(move || {
+                while let Ok(Some(job)) = jobs.recv() {
+                    job();
+                    let Some(pool) = pool.upgrade() else { return };
+                    let mut idle = lock(&pool.idle);
+                    if idle.len() >= pool.limit {
+                        return;
+                    }
+                    idle.push(sender.clone());
+                }
+            })
+            .map(drop)
+    }
+
+    /// Parked threads (for tests).
+    #[cfg(test)]
+    fn parked(&self) -> usize {
+        lock(&self.idle).len()
+    }
+}
+
+impl Drop for HelperPool {
+    /// Parked threads end (busy ones end after their job, finding no pool).
+    fn drop(&mut self) {
+        for parked in lock(&self.idle).drain(..) {
+            let _ = parked.send(None);
+        }
+    }
+}
+
+impl std::fmt::Debug for HelperPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HelperPool")
+            .field("parked", &lock(&self.idle).len())
+            .field("limit", &self.limit)
+            .finish()
+    }
 }
 
 /// Serves `export` on `stream` from the transmission phase on, with no handshake:
@@ -325,6 +444,7 @@ pub(super) fn serve_kernel_connection(
         threads: threads.clamp(1, MAX_THREADS_PER_CONNECTION),
         peer: "the kernel".into(),
         buffers: Arc::new(BufferPool::new(0)),
+        helpers: HelperPool::new(0),
     };
     transmit(reader, writer, Session { export, limits }, &context, |_| {})
 }
@@ -342,7 +462,7 @@ pub(super) fn drain(reader: &mut impl Read, length: u32) -> Result<(), Error> {
 }
 
 /// The transmission phase of one client.
-struct Connection<'a, S> {
+struct Connection<S> {
     volume: Arc<dyn Volume>,
     limits: SessionLimits,
     /// Held by the one thread reading a request; released before it runs it.
@@ -352,7 +472,7 @@ struct Connection<'a, S> {
     broken: AtomicBool,
     in_flight: InFlight,
     /// Where its threads take their kept buffers from and give them back to.
-    buffers: &'a BufferPool,
+    buffers: Arc<BufferPool>,
 }
 
 struct ReadSide<S> {
@@ -382,7 +502,7 @@ enum Payload {
     Own(Vec<u8>),
 }
 
-impl<S: Wire> Connection<'_, S> {
+impl<S: Wire> Connection<S> {
     /// One transmission thread: read a request, run it, reply; until reading ends.
     fn transmit(&self) {
         // Write payloads up to KEPT_READ_BUFFER land in `payload`, zero-filled only
@@ -841,6 +961,70 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helper_threads_are_parked_and_reused_even_after_a_panicking_job() {
+        let pool = HelperPool::new(2);
+        let (sender, ran) = mpsc::channel();
+        let on_a_helper = |sender: &mpsc::Sender<thread::ThreadId>| {
+            let sender = sender.clone();
+            pool.run(Box::new(move || {
+                sender.send(thread::current().id()).unwrap()
+            }))
+            .unwrap();
+            ran.recv_timeout(Duration::from_secs(20)).unwrap()
+        };
+        let first = on_a_helper(&sender);
+        assert_ne!(first, thread::current().id());
+        let parked_again = |pool: &HelperPool, n: usize| {
+            // The helper parks itself just after its job.
+            for _ in 0..2000 {
+                if pool.parked() == n {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            panic!("{} parked threads, expected {n}", pool.parked());
+        };
+        parked_again(&pool, 1);
+        // Connections one after another: the same thread each time.
+        for _ in 0..10 {
+            assert_eq!(on_a_helper(&sender), first);
+            parked_again(&pool, 1);
+        }
+        // A job that panics ends its thread (the latch still opens); the next job
+        // gets a new thread.
+        let latch = Latch::default();
+        let done = latch.started();
+        pool.run(Box::new(move || {
+            let _done = done;
+            panic!("a helper's job panics");
+        }))
+        .unwrap();
+        latch.wait();
+        parked_again(&pool, 0);
+        let second = on_a_helper(&sender);
+        assert_ne!(second, first);
+        // At most `limit` threads stay parked.
+        let latch = Latch::default();
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        for _ in 0..4 {
+            let (done, gate) = (latch.started(), Arc::clone(&gate));
+            pool.run(Box::new(move || {
+                let _done = done;
+                let mut open = lock(&gate.0);
+                while !*open {
+                    open = gate.1.wait(open).unwrap();
+                }
+            }))
+            .unwrap();
+        }
+        *lock(&gate.0) = true;
+        gate.1.notify_all();
+        latch.wait();
+        parked_again(&pool, 2);
+        assert_eq!(format!("{pool:?}"), "HelperPool { parked: 2, limit: 2 }");
+    }
 
     #[test]
     fn pooled_buffers_come_back_zeroed_bounded_in_number_and_size() {
