@@ -1,8 +1,9 @@
 //! The transmission phase: requests read, run and answered, for TCP clients and the
 //! kernel's NBD client alike, and the one mapping from [`crate::Error`] to NBD errno.
 //!
-//! Threads: per connection, the thread that ran the handshake and a few more take
-//! turns as the reader:
+//! Threads: per connection, the thread that ran the handshake and a few more (the
+//! server's parked helper threads, [`HelperPool`], with their kept buffers from its
+//! [`BufferPool`]) take turns as the reader:
 //! each reads one whole request under the connection's read lock, lets go of it, runs
 //! the request and writes the reply under the write lock, so requests run side by side
 //! and replies leave in completion order with no hand-off between threads (a wake-up
