@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::process::Command as Process;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -38,6 +38,9 @@ struct MemVolume {
     /// Reads that have reached the held offset and wait there (never decreases).
     held_reads: Mutex<usize>,
     held_changed: Condvar,
+    /// A faulty volume: reads of whole holes succeed without writing the buffer
+    /// (and nothing is answered from the cache), so a server's reused buffer shows.
+    lazy_holes: AtomicBool,
 }
 
 impl MemVolume {
@@ -114,6 +117,13 @@ impl Volume for MemVolume {
             gate = self.gate_changed.wait(gate).unwrap();
         }
         drop(gate);
+        if self.lazy_holes.load(Ordering::SeqCst) {
+            let allocated = self.allocated.read().unwrap();
+            let blocks = offset / BLOCK..(offset + buf.len() as u64).div_ceil(BLOCK);
+            if blocks.clone().all(|block| !allocated[block as usize]) {
+                return Ok(());
+            }
+        }
         let data = self.data.read().unwrap();
         buf.copy_from_slice(&data[offset as usize..offset as usize + buf.len()]);
         Ok(())
@@ -121,6 +131,9 @@ impl Volume for MemVolume {
     /// Everything is "cached" except a held offset, which must wait.
     fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool, Error> {
         self.check(offset, buf.len() as u64)?;
+        if self.lazy_holes.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         if matches!(*self.gate.lock().unwrap(), Some((at, false)) if at == offset) {
             return Ok(false);
         }
@@ -1382,4 +1395,119 @@ fn stream_connections_end_on_a_volume_swap_and_after_shutdown() {
         matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::ConnectionAborted),
         "{err}"
     );
+}
+
+/// Serves one stream connection to `server` on another thread while `client` runs
+/// on this one (greeted, negotiated by `client` itself); returns how it ended.
+fn over_a_stream<T>(
+    server: &Server,
+    client: impl FnOnce(Client<UnixStream>) -> T,
+) -> (T, Result<(), Error>) {
+    let (ours, theirs) = socket_pair();
+    thread::scope(|scope| {
+        let served = scope.spawn(|| server.serve_stream(theirs));
+        let out = client(Client::greeted(ours));
+        (out, served.join().unwrap())
+    })
+}
+
+/// A read's data, as a simple reply (no structured replies negotiated: the data
+/// goes out as it is in the server's buffer, zeros or not).
+fn simple_read(client: &mut Client<UnixStream>, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+    client.request(CMD_READ, 0, cookie, offset, length);
+    let (reply, data) = client.reply(|_| length as usize);
+    assert_eq!(reply, Reply::Simple { error: 0, cookie });
+    data
+}
+
+#[test]
+fn a_connection_never_gets_the_previous_connections_data_from_a_reused_buffer() {
+    // A volume that leaves a hole read's buffer as it was: what the client then gets
+    // is whatever the server's buffer held before.
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    volume.lazy_holes.store(true, Ordering::SeqCst);
+    // One transmission thread: each connection's reads run on the handshake thread,
+    // with the buffers the previous connection's thread gave back.
+    let server = Server::bind(
+        "127.0.0.1:0",
+        table(vec![("disk", Arc::clone(&volume), false)]),
+    )
+    .unwrap()
+    .with_threads_per_connection(1);
+    let secret: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8 | 1).collect();
+    for round in 0..50u64 {
+        let ((), served) = over_a_stream(&server, |mut client| {
+            client.go("disk").unwrap();
+            // This connection's data: written, then read back (into the server's
+            // kept read buffer), in a block of its own.
+            let at = (round % 8) * 64 * 1024;
+            client.request(CMD_WRITE, 0, 1, at, secret.len() as u32);
+            client.write(&secret);
+            assert_eq!(client.simple().error(), 0);
+            assert_eq!(simple_read(&mut client, 2, at, secret.len() as u32), secret);
+            client.request(CMD_DISC, 0, 3, 0, 0);
+        });
+        served.unwrap();
+        // The next connection reads a hole: zeros, never the bytes above.
+        let ((), served) = over_a_stream(&server, |mut client| {
+            client.go("disk").unwrap();
+            let hole = simple_read(&mut client, 1, 768 * 1024, 64 * 1024);
+            assert!(
+                hole.iter().all(|&b| b == 0),
+                "round {round}: a hole read gave another connection's data"
+            );
+            client.request(CMD_DISC, 0, 2, 0, 0);
+        });
+        served.unwrap();
+    }
+}
+
+#[test]
+fn connections_after_one_that_broke_the_protocol_are_served_whole() {
+    let volume = Arc::new(MemVolume::new(1 << 20));
+    volume.lazy_holes.store(true, Ordering::SeqCst);
+    let server = Server::bind(
+        "127.0.0.1:0",
+        table(vec![("disk", Arc::clone(&volume), false)]),
+    )
+    .unwrap()
+    .with_threads_per_connection(2);
+    let data: Vec<u8> = (0..32 * 1024u32).map(|i| (i * 13) as u8 | 1).collect();
+    for round in 0..20u64 {
+        // Data through both threads' buffers, then a request with a bad magic: the
+        // connection ends with a protocol error, its threads with it.
+        let ((), served) = over_a_stream(&server, |mut client| {
+            client.go("disk").unwrap();
+            for cookie in 1..=4 {
+                client.request(CMD_WRITE, 0, cookie, 0, data.len() as u32);
+                client.write(&data);
+                assert_eq!(client.simple().error(), 0);
+                assert_eq!(simple_read(&mut client, 10 + cookie, 0, 32 * 1024), data);
+            }
+            client.write(&[0xff; 28]);
+            let mut rest = Vec::new();
+            let _ = client.stream.read_to_end(&mut rest);
+        });
+        assert!(
+            matches!(served, Err(Error::Protocol(_))),
+            "round {round}: {served:?}"
+        );
+        // The next connection is served as a first one would be: its first reads
+        // (of holes, on either thread) are zeros, its writes land, and it ends
+        // cleanly.
+        let ((), served) = over_a_stream(&server, |mut client| {
+            client.go("disk").unwrap();
+            for cookie in 1..=2 {
+                let hole = simple_read(&mut client, cookie, 512 * 1024, 32 * 1024);
+                assert!(hole.iter().all(|&b| b == 0), "round {round}: stale bytes");
+            }
+            let at = 64 * 1024 + round * 4096;
+            client.request(CMD_WRITE, 0, 3, at, 4096);
+            client.write(&data[..4096]);
+            assert_eq!(client.simple().error(), 0);
+            assert_eq!(simple_read(&mut client, 5, at, 4096), data[..4096]);
+            client.request(CMD_DISC, 0, 4, 0, 0);
+        });
+        served.unwrap();
+    }
 }

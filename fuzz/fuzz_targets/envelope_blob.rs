@@ -13,7 +13,7 @@ fn material() -> Aes256Key {
     Aes256Key::from_slice(&[0x5a; 32]).expect("32 bytes")
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let key = material();
     let context: EncryptionContext = [("atrest:volume-id".to_owned(), "fuzz".to_owned())].into();
     if let Ok(parsed) = envelope::parse(data) {

@@ -46,7 +46,7 @@ fn decoded(field: &serde_json::Value) -> Vec<u8> {
         .expect("base64 the API accepted or produced")
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let mut input = Input::new(data);
     let selector = input.u8();
     let rest = input.rest();

@@ -6,7 +6,7 @@
 use blockdev::nbd::common_name;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     if let Some(name) = common_name(data) {
         let bytes = name.as_bytes();
         assert!(

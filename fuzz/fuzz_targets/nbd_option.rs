@@ -5,7 +5,7 @@
 use blockdev::nbd::proto::{parse_client_flags, parse_option, OptionHeader, OPTION_HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     if let Some(flags) = data.get(..4) {
         let _ = parse_client_flags([flags[0], flags[1], flags[2], flags[3]]);
     }

@@ -5,7 +5,7 @@
 use blockdev::nbd::proto::{Command, RequestHeader, SessionLimits, REQUEST_HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let Some(head) = data.get(..REQUEST_HEADER_LEN) else {
         return;
     };

@@ -7,4 +7,4 @@
 use blockdev::nbd::check_record_opener;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| check_record_opener(data));
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| check_record_opener(data));

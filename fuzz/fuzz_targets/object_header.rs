@@ -16,7 +16,7 @@ fn check(bytes: &[u8]) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     check(data);
     // The same bytes with the right magic, length and checksum, so mutations reach the
     // field checks instead of stopping at the SHA-256.

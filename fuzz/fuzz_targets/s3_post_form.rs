@@ -12,7 +12,7 @@
 use gateway::s3::post::read_form;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let Some(split) = data.iter().position(|&b| b == b'\n') else {
         return;
     };

@@ -30,7 +30,7 @@ fn drain(mut body: UploadBody<&[u8]>, declared: Option<u64>) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };

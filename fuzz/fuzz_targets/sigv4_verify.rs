@@ -213,7 +213,7 @@ fn signed_request(input: &mut Input<'_>) {
     );
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let mut input = Input::new(data);
     if input.u8() % 2 == 0 {
         text_request(input.rest());

@@ -14,7 +14,7 @@ fn check(block: &[u8]) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     check(data);
     // The same bytes as the fields of a block whose magic and checksum are right, so
     // mutations reach the field checks instead of stopping at the SHA-256.

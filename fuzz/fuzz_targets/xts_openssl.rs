@@ -51,7 +51,7 @@ fn openssl_xts(
     Some(out)
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let mut input = Input::new(data);
     let mut key = [0u8; 64];
     let half = input.bytes(32);

@@ -52,7 +52,7 @@ fn wrap64(index: u128) -> Array<u8, aes::cipher::consts::U16> {
     get_tweak_default(u128::from(index as u64))
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: atrest_fuzz::report_panics_in_fork_mode(), |data: &[u8]| {
     let mut input = Input::new(data);
     let mut key = [0u8; 64];
     key[..32].copy_from_slice(&{

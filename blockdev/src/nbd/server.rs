@@ -32,7 +32,7 @@ use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
 use super::status::StatusBoard;
 use super::tls::{self, ClientIdentity, TlsSettings};
-use super::transmission::{transmit, Wire};
+use super::transmission::{transmit, BufferPool, HelperPool, Wire};
 use crate::volume::Volume;
 use crate::{Error, ProtocolError};
 
@@ -157,6 +157,10 @@ struct Shared {
     connections: Mutex<HashMap<u64, Registered>>,
     /// The next connection's number (TCP and [`Server::serve_stream`] alike).
     next_id: AtomicU64,
+    /// Transmission threads' buffers, kept from one connection to the next.
+    buffers: Arc<BufferPool>,
+    /// Transmission threads, parked from one connection to the next.
+    helpers: Arc<HelperPool>,
 }
 
 /// A live connection: its socket, and the volume it attached to once it has.
@@ -317,6 +321,8 @@ impl Server {
                 wake_addr: SocketAddr::new(wake_ip, local.port()),
                 connections: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
+                buffers: Arc::new(BufferPool::new(threads_per_connection)),
+                helpers: HelperPool::new(threads_per_connection),
             }),
             threads_per_connection,
             limits: ConnectionLimits::default(),
@@ -610,6 +616,8 @@ impl Server {
             threads: self.threads_per_connection,
             idle_timeout: self.idle_timeout,
             peer: peer.to_owned(),
+            buffers: Arc::clone(&self.shared.buffers),
+            helpers: Arc::clone(&self.shared.helpers),
         };
         let publication = Publication {
             board: self.status.clone(),
@@ -685,6 +693,10 @@ pub(super) struct ConnectionContext {
     pub(super) idle_timeout: Option<Duration>,
     /// The client's address, for logs.
     pub(super) peer: String,
+    /// The server's kept transmission buffers.
+    pub(super) buffers: Arc<BufferPool>,
+    /// The server's parked transmission threads.
+    pub(super) helpers: Arc<HelperPool>,
 }
 
 /// Where a connection publishes what it attached to: the server's status board and

@@ -1,8 +1,9 @@
 //! The transmission phase: requests read, run and answered, for TCP clients and the
 //! kernel's NBD client alike, and the one mapping from [`crate::Error`] to NBD errno.
 //!
-//! Threads: per connection, the thread that ran the handshake and a few more take
-//! turns as the reader:
+//! Threads: per connection, the thread that ran the handshake and a few more (the
+//! server's parked helper threads, [`HelperPool`], with their kept buffers from its
+//! [`BufferPool`]) take turns as the reader:
 //! each reads one whole request under the connection's read lock, lets go of it, runs
 //! the request and writes the reply under the write lock, so requests run side by side
 //! and replies leave in completion order with no hand-off between threads (a wake-up
@@ -28,6 +29,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SendError, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread;
 use std::time::Duration;
@@ -73,6 +75,80 @@ const CACHE_PIECE: u32 = 4 * 1024 * 1024;
 /// together). Smaller requests keep reading ahead: one `recv` then serves many.
 const DIRECT_PAYLOAD_MIN: usize = 64 * 1024;
 
+/// A transmission thread's kept buffers up to this size go back to the server's
+/// [`BufferPool`] when its connection ends, for the next connection's threads; larger
+/// ones are freed, so an idle server holds at most this much twice per pooled set.
+const POOLED_BUFFER_MAX: usize = 128 * 1024;
+
+/// Transmission threads' kept buffers (a read buffer and a write payload buffer each),
+/// handed from one connection to the next: a connection's threads started with empty
+/// buffers that grew, zero-filled and faulted in afresh, with its first requests (a
+/// quarter of what a short connection cost the `nbd_session` fuzz target). A set goes
+/// back zero-filled (its bytes were a client's data), and only while the pool holds
+/// fewer sets than `limit`; so no byte of one connection is ever in another's
+/// buffers, even if a volume's read were to leave part of its buffer unwritten.
+pub(super) struct BufferPool {
+    sets: Mutex<Vec<KeptBuffers>>,
+    limit: usize,
+}
+
+/// One transmission thread's kept buffers; see [`KEPT_READ_BUFFER`] and [`Payload`].
+#[derive(Default)]
+struct KeptBuffers {
+    read: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl BufferPool {
+    /// A pool that keeps at most `limit` sets (one per transmission thread of a
+    /// connection is enough for connections served one after another).
+    pub(super) fn new(limit: usize) -> Self {
+        Self {
+            sets: Mutex::new(Vec::new()),
+            limit,
+        }
+    }
+
+    /// A kept set, or an empty one.
+    fn take(&self) -> KeptBuffers {
+        lock(&self.sets).pop().unwrap_or_default()
+    }
+
+    /// Takes `set` back, zero-filled, unless the pool is full; buffers past
+    /// [`POOLED_BUFFER_MAX`] are freed instead.
+    fn give_back(&self, mut set: KeptBuffers) {
+        if lock(&self.sets).len() >= self.limit {
+            return;
+        }
+        for buffer in [&mut set.read, &mut set.payload] {
+            if buffer.len() > POOLED_BUFFER_MAX {
+                *buffer = Vec::new();
+            }
+            buffer.fill(0);
+        }
+        let mut sets = lock(&self.sets);
+        if sets.len() < self.limit {
+            sets.push(set);
+        }
+    }
+
+    /// How many sets are kept (for tests).
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        lock(&self.sets).len()
+    }
+}
+
+impl std::fmt::Debug for BufferPool {
+    /// The number of sets, never their bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("sets", &lock(&self.sets).len())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
 /// The NBD error value for an error, for a request of command `kind`. The one place
 /// where errors become wire codes.
 pub fn errno(err: &Error, kind: u16) -> Errno {
@@ -111,7 +187,7 @@ pub fn errno(err: &Error, kind: u16) -> Errno {
 
 /// A byte stream the handshake and transmission run on: the TCP socket, over TLS the
 /// session's record layer (`tls::TlsStream`), or the kernel client's socket pair.
-pub(super) trait Wire: Read + Write + Send + Sized {
+pub(super) trait Wire: Read + Write + Send + Sized + 'static {
     /// Ends both directions (a reply could not be written).
     fn shutdown_wire(&self) -> io::Result<()>;
     /// How long a read may wait (`None`: for ever).
@@ -195,7 +271,7 @@ pub(super) fn transmit<S: Wire>(
         .set_read_timeout_wire(context.idle_timeout)
         .map_err(io_error("replacing the handshake timeout"))?;
     attached(&session.export.volume);
-    let connection = Connection {
+    let connection = Arc::new(Connection {
         volume: session.export.volume,
         limits: session.limits,
         reader: Mutex::new(ReadSide {
@@ -207,25 +283,144 @@ pub(super) fn transmit<S: Wire>(
         writer: Mutex::new(writer),
         broken: AtomicBool::new(false),
         in_flight: InFlight::new(),
-    };
-    let name = thread::current().name().unwrap_or("nbd-conn").to_owned();
-    thread::scope(|scope| {
-        for i in 1..context.threads {
-            let spawned = thread::Builder::new()
-                .name(format!("{name}-{i}"))
-                .spawn_scoped(scope, || connection.transmit());
-            if let Err(err) = spawned {
-                warn!("{name}: serving with {i} threads, starting another failed: {err}");
-                break;
+        buffers: Arc::clone(&context.buffers),
+    });
+    // The other threads are the server's parked helpers (started only when none is
+    // idle); this thread waits until every one has finished with the connection, as
+    // a scope of its own threads would.
+    let helpers = Latch::default();
+    for i in 1..context.threads {
+        let (connection, done) = (Arc::clone(&connection), helpers.started());
+        let job = Box::new(move || {
+            connection.transmit();
+            // Before the latch opens: the connection's last clone is this thread's.
+            drop(connection);
+            drop(done);
+        });
+        if let Err(err) = context.helpers.run(job) {
+            warn!(
+                "{}: serving with {i} threads, starting another failed: {err}",
+                context.peer
+            );
+            break;
+        }
+    }
+    connection.transmit();
+    helpers.wait();
+    let end = lock(&connection.reader).end.take();
+    end.unwrap_or(Ok(()))
+}
+
+/// Counts a connection's helper threads still running it.
+#[derive(Default)]
+struct Latch(Arc<(Mutex<usize>, Condvar)>);
+
+/// One running helper; the count drops when this does (also when a helper's job
+/// unwinds).
+struct Running(Arc<(Mutex<usize>, Condvar)>);
+
+impl Latch {
+    fn started(&self) -> Running {
+        *lock(&self.0 .0) += 1;
+        Running(Arc::clone(&self.0))
+    }
+
+    /// Until every [`Running`] is dropped (or its job never started).
+    fn wait(&self) {
+        let (count, done) = &*self.0;
+        let mut left = lock(count);
+        while *left > 0 {
+            left = done.wait(left).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let (count, done) = &*self.0;
+        *lock(count) -= 1;
+        done.notify_all();
+    }
+}
+
+/// What a helper thread runs: one connection's share of transmission.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Transmission threads kept from one connection to the next: a connection's helper
+/// threads (all but the one that ran its handshake) are taken from here, parked on a
+/// channel between connections, instead of started per connection (a thread start
+/// is a stack mapped and faulted in, and under AddressSanitizer much more: a fifth of
+/// what a short connection cost the `nbd_session` fuzz target). At most `limit`
+/// threads stay parked; the rest end when their connection does, and parked ones end
+/// when the pool is dropped (with the server).
+pub(super) struct HelperPool {
+    idle: Mutex<Vec<Sender<Option<Job>>>>,
+    limit: usize,
+}
+
+impl HelperPool {
+    /// A pool that parks at most `limit` idle threads.
+    pub(super) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(Vec::new()),
+            limit,
+        })
+    }
+
+    /// Runs `job` on a parked thread, or on a new one when none is idle.
+    fn run(self: &Arc<Self>, job: Job) -> io::Result<()> {
+        let mut job = Some(job);
+        loop {
+            let parked = lock(&self.idle).pop();
+            let Some(parked) = parked else { break };
+            match parked.send(job.take()) {
+                Ok(()) => return Ok(()),
+                // That thread has ended: the job comes back.
+                Err(SendError(back)) => job = back,
             }
         }
-        connection.transmit();
-    });
-    let side = connection
-        .reader
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
-    side.end.unwrap_or(Ok(()))
+        let (sender, jobs) = mpsc::channel::<Option<Job>>();
+        let _ = sender.send(job);
+        let pool = Arc::downgrade(self);
+        thread::Builder::new()
+            .name("nbd-transmit".into())
+            .spawn(move || {
+                while let Ok(Some(job)) = jobs.recv() {
+                    job();
+                    let Some(pool) = pool.upgrade() else { return };
+                    let mut idle = lock(&pool.idle);
+                    if idle.len() >= pool.limit {
+                        return;
+                    }
+                    idle.push(sender.clone());
+                }
+            })
+            .map(drop)
+    }
+
+    /// Parked threads (for tests).
+    #[cfg(test)]
+    fn parked(&self) -> usize {
+        lock(&self.idle).len()
+    }
+}
+
+impl Drop for HelperPool {
+    /// Parked threads end (busy ones end after their job, finding no pool).
+    fn drop(&mut self) {
+        for parked in lock(&self.idle).drain(..) {
+            let _ = parked.send(None);
+        }
+    }
+}
+
+impl std::fmt::Debug for HelperPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HelperPool")
+            .field("parked", &lock(&self.idle).len())
+            .field("limit", &self.limit)
+            .finish()
+    }
 }
 
 /// Serves `export` on `stream` from the transmission phase on, with no handshake:
@@ -252,6 +447,8 @@ pub(super) fn serve_kernel_connection(
         // The kernel idles as long as the device does.
         idle_timeout: None,
         peer: "the kernel".into(),
+        buffers: Arc::new(BufferPool::new(0)),
+        helpers: HelperPool::new(0),
     };
     transmit(reader, writer, Session { export, limits }, &context, |_| {})
 }
@@ -278,6 +475,8 @@ struct Connection<S> {
     /// Set when a reply could not be written; nothing more is sent.
     broken: AtomicBool,
     in_flight: InFlight,
+    /// Where its threads take their kept buffers from and give them back to.
+    buffers: Arc<BufferPool>,
 }
 
 struct ReadSide<S> {
@@ -310,18 +509,24 @@ enum Payload {
 impl<S: Wire> Connection<S> {
     /// One transmission thread: read a request, run it, reply; until reading ends.
     fn transmit(&self) {
-        let mut read_buffer = Vec::new();
-        // Write payloads up to KEPT_READ_BUFFER land here, zero-filled only when it
-        // grows: a fresh zeroed 1 MiB buffer per write was 10% of the server's CPU.
-        let mut kept_payload = Vec::new();
-        while let Some(mut request) = self.next_request(&mut kept_payload) {
+        // Write payloads up to KEPT_READ_BUFFER land in `payload`, zero-filled only
+        // when it grows: a fresh zeroed 1 MiB buffer per write was 10% of the
+        // server's CPU. Both are the previous connection's, when the pool kept them.
+        let mut kept = self.buffers.take();
+        self.serve_requests(&mut kept.read, &mut kept.payload);
+        self.buffers.give_back(kept);
+    }
+
+    /// [`Connection::transmit`]'s loop, with the thread's kept buffers.
+    fn serve_requests(&self, read_buffer: &mut Vec<u8>, kept_payload: &mut Vec<u8>) {
+        while let Some(mut request) = self.next_request(kept_payload) {
             let run = || {
                 let payload = match &mut request.payload {
                     Payload::Kept(len) => &mut kept_payload[..*len],
                     Payload::Own(own) => own,
                 };
                 let mut execute =
-                    || self.execute(request.cookie, request.command, payload, &mut read_buffer);
+                    || self.execute(request.cookie, request.command, payload, read_buffer);
                 // With a request in flight per core, every core already has one to
                 // run: splitting this one's crypto over the pool only adds hand-offs.
                 if request.permit.crowded {
@@ -766,6 +971,109 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helper_threads_are_parked_and_reused_even_after_a_panicking_job() {
+        let pool = HelperPool::new(2);
+        let (sender, ran) = mpsc::channel();
+        let on_a_helper = |sender: &mpsc::Sender<thread::ThreadId>| {
+            let sender = sender.clone();
+            pool.run(Box::new(move || {
+                sender.send(thread::current().id()).unwrap()
+            }))
+            .unwrap();
+            ran.recv_timeout(Duration::from_secs(20)).unwrap()
+        };
+        let first = on_a_helper(&sender);
+        assert_ne!(first, thread::current().id());
+        let parked_again = |pool: &HelperPool, n: usize| {
+            // The helper parks itself just after its job.
+            for _ in 0..2000 {
+                if pool.parked() == n {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            panic!("{} parked threads, expected {n}", pool.parked());
+        };
+        parked_again(&pool, 1);
+        // Connections one after another: the same thread each time.
+        for _ in 0..10 {
+            assert_eq!(on_a_helper(&sender), first);
+            parked_again(&pool, 1);
+        }
+        // A job that panics ends its thread (the latch still opens); the next job
+        // gets a new thread.
+        let latch = Latch::default();
+        let done = latch.started();
+        pool.run(Box::new(move || {
+            let _done = done;
+            panic!("a helper's job panics");
+        }))
+        .unwrap();
+        latch.wait();
+        parked_again(&pool, 0);
+        let second = on_a_helper(&sender);
+        assert_ne!(second, first);
+        // At most `limit` threads stay parked.
+        let latch = Latch::default();
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        for _ in 0..4 {
+            let (done, gate) = (latch.started(), Arc::clone(&gate));
+            pool.run(Box::new(move || {
+                let _done = done;
+                let mut open = lock(&gate.0);
+                while !*open {
+                    open = gate.1.wait(open).unwrap();
+                }
+            }))
+            .unwrap();
+        }
+        *lock(&gate.0) = true;
+        gate.1.notify_all();
+        latch.wait();
+        parked_again(&pool, 2);
+        assert_eq!(format!("{pool:?}"), "HelperPool { parked: 2, limit: 2 }");
+    }
+
+    #[test]
+    fn pooled_buffers_come_back_zeroed_bounded_in_number_and_size() {
+        let pool = BufferPool::new(2);
+        let used = || KeptBuffers {
+            read: vec![0xa5; 64 * 1024],
+            payload: vec![0x5a; 4096],
+        };
+        pool.give_back(used());
+        let again = pool.take();
+        // Kept (no new allocation, no zero-filling on growth), but not one byte of
+        // the connection that used it.
+        assert_eq!(again.read.len(), 64 * 1024);
+        assert_eq!(again.payload.len(), 4096);
+        assert!(again.read.iter().chain(&again.payload).all(|&b| b == 0));
+        assert_eq!(pool.kept(), 0);
+        // A buffer past the bound is freed, its set still kept.
+        pool.give_back(KeptBuffers {
+            read: vec![1; POOLED_BUFFER_MAX + 1],
+            payload: vec![2; POOLED_BUFFER_MAX],
+        });
+        let large = pool.take();
+        assert_eq!(large.read.capacity(), 0);
+        assert_eq!(large.payload.len(), POOLED_BUFFER_MAX);
+        assert!(large.payload.iter().all(|&b| b == 0));
+        // At most `limit` sets; past it, sets are dropped; an empty pool gives empty sets.
+        for _ in 0..5 {
+            pool.give_back(used());
+        }
+        assert_eq!(pool.kept(), 2);
+        let _ = (pool.take(), pool.take());
+        let fresh = pool.take();
+        assert!(fresh.read.is_empty() && fresh.payload.is_empty());
+        // The kernel client's pool keeps nothing.
+        let none = BufferPool::new(0);
+        none.give_back(used());
+        assert_eq!(none.kept(), 0);
+        assert_eq!(format!("{pool:?}"), "BufferPool { sets: 0, limit: 2 }");
+    }
 
     #[test]
     fn errno_follows_the_spec() {
