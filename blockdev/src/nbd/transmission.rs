@@ -27,7 +27,7 @@ use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread;
 use std::time::Duration;
@@ -63,6 +63,15 @@ const INLINE_READ_MAX: u32 = 64 * 1024;
 /// Replies gathered that way go out when the client has no further request waiting,
 /// or once they reach this size.
 const BATCH_BYTES: usize = 128 * 1024;
+/// Writes up to this size without FUA are held writes: their replies may wait for the
+/// other held writes running at the same time and leave with them in one `send` (see
+/// [`Connection::settle_held`]). On loopback, each 16-byte reply sent on its own was
+/// about a third of the server's CPU in 4 KiB random writes (TCP transmit plus the
+/// client's receive, which the sender runs), and the client woke once per reply.
+const HELD_WRITE_MAX: u32 = 64 * 1024;
+/// Held replies leave once this many are waiting, even if held writes still run: a
+/// client that keeps a deep queue full never lets their number fall to zero.
+const HELD_REPLIES_MAX: usize = 16;
 /// CACHE reads the range through the volume in pieces of this size.
 const CACHE_PIECE: u32 = 4 * 1024 * 1024;
 /// Write payloads at least this long are read from the socket straight into the
@@ -203,7 +212,12 @@ pub(super) fn transmit<S: Wire>(
             header_past_buffer: false,
             end: None,
         }),
-        writer: Mutex::new(writer),
+        writer: Mutex::new(ReplySide {
+            stream: writer,
+            held: Vec::new(),
+            held_replies: 0,
+        }),
+        held_running: AtomicUsize::new(0),
         broken: AtomicBool::new(false),
         in_flight: InFlight::new(),
     };
@@ -271,7 +285,12 @@ struct Connection<S> {
     limits: SessionLimits,
     /// Held by the one thread reading a request; released before it runs it.
     reader: Mutex<ReadSide<S>>,
-    writer: Mutex<S>,
+    writer: Mutex<ReplySide<S>>,
+    /// Held writes (see [`HELD_WRITE_MAX`]) admitted whose reply is not yet settled.
+    /// Raised without the writer lock when one is admitted, lowered only under it
+    /// ([`Connection::settle_held`]), so whenever `ReplySide::held` is not empty
+    /// some held write is still running and will send it, or its settling sends it.
+    held_running: AtomicUsize,
     /// Set when a reply could not be written; nothing more is sent.
     broken: AtomicBool,
     in_flight: InFlight,
@@ -289,14 +308,25 @@ struct ReadSide<S> {
     end: Option<Result<(), Error>>,
 }
 
+/// The writing half of a connection, under the writer lock.
+struct ReplySide<S> {
+    stream: S,
+    /// Replies to held writes not yet sent, whole replies back to back.
+    held: Vec<u8>,
+    /// How many replies `held` holds.
+    held_replies: usize,
+}
+
 /// A request read and admitted, for the thread that read it to run.
-struct Request<'a> {
+struct Request<'a, S: Wire> {
     cookie: u64,
     command: Command,
     /// A write's data: in the reading thread's kept buffer (`Kept`, this many
     /// bytes), or, when larger than [`KEPT_READ_BUFFER`], a buffer of its own.
     payload: Payload,
     permit: Permit<'a>,
+    /// For a held write: its place among the held writes running.
+    held: Option<HeldReply<'a, S>>,
 }
 
 enum Payload {
@@ -317,8 +347,16 @@ impl<S: Wire> Connection<S> {
                     Payload::Kept(len) => &mut kept_payload[..*len],
                     Payload::Own(own) => own,
                 };
-                let mut execute =
-                    || self.execute(request.cookie, request.command, payload, &mut read_buffer);
+                let held = request.held.take();
+                let execute = || match (held, request.command) {
+                    (Some(held), Command::Write { offset, .. }) => {
+                        held.settle(&self.write_reply(request.cookie, offset, payload));
+                    }
+                    // Only writes are held (see `read_request`).
+                    (_, command) => {
+                        self.execute(request.cookie, command, payload, &mut read_buffer)
+                    }
+                };
                 // With a request in flight per core, every core already has one to
                 // run: splitting this one's crypto over the pool only adds hand-offs.
                 if request.permit.crowded {
@@ -336,7 +374,7 @@ impl<S: Wire> Connection<S> {
 
     /// Takes the read lock and reads the next request to run; `None` once reading
     /// has ended (here or in another thread).
-    fn next_request(&self, kept_payload: &mut Vec<u8>) -> Option<Request<'_>> {
+    fn next_request(&self, kept_payload: &mut Vec<u8>) -> Option<Request<'_, S>> {
         let mut side = lock(&self.reader);
         if side.end.is_some() {
             return None;
@@ -372,7 +410,7 @@ impl<S: Wire> Connection<S> {
         batch: &mut Vec<u8>,
         header_past_buffer: &mut bool,
         kept_payload: &mut Vec<u8>,
-    ) -> Result<Option<Request<'_>>, Error> {
+    ) -> Result<Option<Request<'_, S>>, Error> {
         loop {
             // About to wait for the client: what it asked for so far goes out first.
             if reader.buffer().len() < proto::REQUEST_HEADER_LEN || batch.len() >= BATCH_BYTES {
@@ -440,12 +478,28 @@ impl<S: Wire> Connection<S> {
                 Payload::Own(own)
             };
             *header_past_buffer = past_buffer;
+            let held = match command {
+                Command::Write { length, fua, .. } if length <= HELD_WRITE_MAX && !fua => {
+                    Some(HeldReply::admit(self))
+                }
+                _ => None,
+            };
             return Ok(Some(Request {
                 cookie: header.cookie,
                 command,
                 payload,
                 permit,
+                held,
             }));
+        }
+    }
+
+    /// Runs a held write (no FUA: see [`HELD_WRITE_MAX`]) and returns its reply, for
+    /// [`HeldReply::settle`].
+    fn write_reply(&self, cookie: u64, offset: u64, payload: &mut [u8]) -> Vec<u8> {
+        match self.volume.write_in_place(offset, payload) {
+            Ok(()) => proto::simple_reply(cookie, None).to_vec(),
+            Err(err) => self.error_reply(cookie, CMD_WRITE, &err),
         }
     }
 
@@ -611,6 +665,11 @@ impl<S: Wire> Connection<S> {
     }
 
     fn reply_error(&self, cookie: u64, kind: u16, err: &Error) {
+        self.send(&[&self.error_reply(cookie, kind, err)]);
+    }
+
+    /// The reply to a request of command `kind` that failed with `err`.
+    fn error_reply(&self, cookie: u64, kind: u16, err: &Error) -> Vec<u8> {
         let code = errno(err, kind);
         debug!(
             "{} failed: {err} (errno {})",
@@ -618,30 +677,113 @@ impl<S: Wire> Connection<S> {
             code.code()
         );
         if self.limits.structured {
-            self.send(&[&proto::error_chunk(cookie, code, &err.to_string())]);
+            proto::error_chunk(cookie, code, &err.to_string())
         } else {
-            self.send(&[&proto::simple_reply(cookie, Some(code))]);
+            proto::simple_reply(cookie, Some(code)).to_vec()
         }
     }
 
+    /// Sends `parts`, after any held replies (in the same write).
     fn send(&self, parts: &[&[u8]]) {
-        self.write_with(|writer| writer.write_parts(parts));
+        self.write_with(|writer, held| {
+            if held.is_empty() {
+                return writer.write_parts(parts);
+            }
+            let mut all = Vec::with_capacity(parts.len() + 1);
+            all.push(held);
+            all.extend_from_slice(parts);
+            writer.write_parts(&all)
+        });
     }
 
-    /// A read reply; `data` may be overwritten (see [`Wire::write_reply`]).
+    /// A read reply, after any held replies; `data` may be overwritten (see
+    /// [`Wire::write_reply`]).
     fn send_reply(&self, header: &[u8], data: &mut [u8]) {
-        self.write_with(|writer| writer.write_reply(header, data));
+        self.write_with(|writer, held| {
+            if !held.is_empty() {
+                // Over TCP sent with MSG_MORE, so it leaves with the reply's header.
+                writer.write_parts(&[held, &[]])?;
+            }
+            writer.write_reply(header, data)
+        });
     }
 
-    fn write_with(&self, write: impl FnOnce(&mut S) -> io::Result<()>) {
-        if self.broken.load(Ordering::SeqCst) {
-            return;
+    /// Runs `write` with the stream and the held replies, which it must send first;
+    /// they count as sent afterwards.
+    fn write_with(&self, write: impl FnOnce(&mut S, &[u8]) -> io::Result<()>) {
+        let mut side = lock(&self.writer);
+        self.write_locked(&mut side, write);
+    }
+
+    fn write_locked(
+        &self,
+        side: &mut ReplySide<S>,
+        write: impl FnOnce(&mut S, &[u8]) -> io::Result<()>,
+    ) {
+        let ReplySide {
+            stream,
+            held,
+            held_replies,
+        } = side;
+        if !self.broken.load(Ordering::SeqCst) {
+            if let Err(err) = write(stream, held) {
+                debug!("dropping the connection: a reply could not be written: {err}");
+                self.broken.store(true, Ordering::SeqCst);
+                let _ = stream.shutdown_wire();
+            }
         }
-        let mut writer = lock(&self.writer);
-        if let Err(err) = write(&mut writer) {
-            debug!("dropping the connection: a reply could not be written: {err}");
-            self.broken.store(true, Ordering::SeqCst);
-            let _ = writer.shutdown_wire();
+        held.clear();
+        *held_replies = 0;
+    }
+
+    /// Settles a held write: adds its `reply` (empty when it has none, after a panic)
+    /// to the held replies, and sends them all when no other held write is running
+    /// (so a lone reply never waits), or when [`HELD_REPLIES_MAX`] or [`BATCH_BYTES`]
+    /// are reached. Otherwise the last held write running sends them with its own.
+    fn settle_held(&self, reply: &[u8]) {
+        let mut side = lock(&self.writer);
+        if !reply.is_empty() {
+            side.held.extend_from_slice(reply);
+            side.held_replies += 1;
+        }
+        // Lowered under the writer lock: see `held_running`.
+        let others = self.held_running.fetch_sub(1, Ordering::SeqCst) - 1;
+        if others == 0 || side.held_replies >= HELD_REPLIES_MAX || side.held.len() >= BATCH_BYTES {
+            if !side.held.is_empty() {
+                self.write_locked(&mut side, |stream, held| stream.write_parts(&[held]));
+            }
+        }
+    }
+}
+
+/// A held write's place among those running (see [`HELD_WRITE_MAX`]): counted from
+/// admission until settled, which dropping it unsettled (a panic) also does, so the
+/// replies of the others are never left waiting for it.
+struct HeldReply<'a, S: Wire> {
+    connection: &'a Connection<S>,
+    settled: bool,
+}
+
+impl<'a, S: Wire> HeldReply<'a, S> {
+    fn admit(connection: &'a Connection<S>) -> Self {
+        connection.held_running.fetch_add(1, Ordering::SeqCst);
+        HeldReply {
+            connection,
+            settled: false,
+        }
+    }
+
+    /// Queues `reply` (see [`Connection::settle_held`]).
+    fn settle(mut self, reply: &[u8]) {
+        self.settled = true;
+        self.connection.settle_held(reply);
+    }
+}
+
+impl<S: Wire> Drop for HeldReply<'_, S> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.connection.settle_held(&[]);
         }
     }
 }
