@@ -21,6 +21,18 @@
 //! volume encrypts it there in place and writes it from there
 //! ([`Volume::write_in_place`]): one copy in from the socket, one pass of the cipher,
 //! one copy out to the page cache, as for an unencrypted server plus the cipher.
+//!
+//! Small writes (up to [`HELD_WRITE_MAX`], no FUA) cost more in hand-offs and system
+//! calls than in work, so two things batch them. A thread that reads one takes up to
+//! [`TAKE_MAX`] of them when the read buffer already holds them whole (one `recv`
+//! having brought many) and runs them in turn: one wake-up of the next reader for
+//! several requests. And their replies are held: a held write settles its reply into
+//! the connection's held replies, and whichever held write finishes last among those
+//! running sends them all in one write (as does any other reply, first, or the
+//! [`HELD_REPLIES_MAX`]th). A write with no other held write running is answered at
+//! once, so a lone request never waits; FUA writes, flushes and everything else reply
+//! as before. Every write is in the volume before its reply is queued, so FLUSH and
+//! FUA keep their meaning: a reply only ever leaves later, never earlier.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
@@ -840,10 +852,10 @@ impl<S: Wire> Connection<S> {
         }
         // Lowered under the writer lock: see `held_running`.
         let others = self.held_running.fetch_sub(1, Ordering::SeqCst) - 1;
-        if others == 0 || side.held_replies >= HELD_REPLIES_MAX || side.held.len() >= BATCH_BYTES {
-            if !side.held.is_empty() {
-                self.write_locked(&mut side, |stream, held| stream.write_parts(&[held]));
-            }
+        let due =
+            others == 0 || side.held_replies >= HELD_REPLIES_MAX || side.held.len() >= BATCH_BYTES;
+        if due && !side.held.is_empty() {
+            self.write_locked(&mut side, |stream, held| stream.write_parts(&[held]));
         }
     }
 }
