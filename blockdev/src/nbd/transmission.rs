@@ -1260,12 +1260,8 @@ mod tests {
             self.write_at(offset, &vec![0; length as usize])
         }
 
-        fn allocation(
-            &self,
-            _: u64,
-            length: u64,
-        ) -> Result<Vec<super::super::super::volume::Extent>, Error> {
-            Ok(vec![super::super::super::volume::Extent {
+        fn allocation(&self, _: u64, length: u64) -> Result<Vec<crate::volume::Extent>, Error> {
+            Ok(vec![crate::volume::Extent {
                 length,
                 hole: false,
                 zero: false,
@@ -1463,7 +1459,7 @@ mod tests {
             // The FUA write's reply follows a flush after its write; the flush's reply
             // follows a flush after every write answered before the flush was sent.
             let flushed_after =
-                |from: usize, until: usize| events[from..until].iter().any(|e| *e == Event::Flush);
+                |from: usize, until: usize| events[from..until].contains(&Event::Flush);
             assert!(
                 flushed_after(at(&Event::Write(4096)), replied(2)),
                 "{events:?}"
