@@ -1200,13 +1200,14 @@ mod tests {
             .collect()
     }
 
-    /// A volume in memory that logs its writes and flushes in the script, and fails
-    /// writes at `fail_at`.
+    /// A volume in memory that logs its writes and flushes in the script, fails writes
+    /// at `fail_at` and panics in writes at `panic_at`.
     #[derive(Debug)]
     struct LoggedVolume {
         data: Mutex<Vec<u8>>,
         script: ScriptRef,
         fail_at: Option<u64>,
+        panic_at: Option<u64>,
     }
 
     struct ScriptRef(Arc<Script>);
@@ -1237,6 +1238,7 @@ mod tests {
         }
 
         fn write_at(&self, offset: u64, src: &[u8]) -> Result<(), Error> {
+            assert!(self.panic_at != Some(offset), "a volume bug at {offset}");
             if self.fail_at == Some(offset) {
                 return Err(Error::Io {
                     context: "writing the failing block".into(),
@@ -1278,11 +1280,13 @@ mod tests {
         script: &Arc<Script>,
         threads: usize,
         fail_at: Option<u64>,
+        panic_at: Option<u64>,
     ) -> thread::JoinHandle<Vec<u8>> {
         let volume = Arc::new(LoggedVolume {
             data: Mutex::new(vec![0; VOLUME]),
             script: ScriptRef(script.clone()),
             fail_at,
+            panic_at,
         });
         let stream = ScriptStream(script.clone());
         thread::spawn(move || {
@@ -1378,7 +1382,7 @@ mod tests {
         for split in 0..=stream.len() {
             for threads in [1, 3] {
                 let script = Arc::new(Script::default());
-                let server = serve_script(&script, threads, None);
+                let server = serve_script(&script, threads, None, None);
                 script.feed(&stream[..split]);
                 script.feed(&stream[split..]);
                 script.wait_for_replies(5);
@@ -1393,7 +1397,7 @@ mod tests {
     #[test]
     fn held_replies_leave_together_with_an_error_in_the_middle() {
         let script = Arc::new(Script::default());
-        let server = serve_script(&script, 1, Some(4096));
+        let server = serve_script(&script, 1, Some(4096), None);
         // One chunk: one thread takes the three writes from the buffer at once.
         script.feed(
             &[
@@ -1415,9 +1419,33 @@ mod tests {
     }
 
     #[test]
+    fn a_held_write_that_panics_leaves_no_other_reply_waiting() {
+        for threads in [1, 3] {
+            let script = Arc::new(Script::default());
+            let server = serve_script(&script, threads, None, Some(4096));
+            script.feed(
+                &[
+                    write(1, 0, 512, false),
+                    write(2, 4096, 512, false),
+                    write(3, 8192, 512, false),
+                ]
+                .concat(),
+            );
+            // The panicking write gets no reply; the others get theirs, and the
+            // client, waiting for them, sends nothing more meanwhile.
+            script.wait_for_replies(2);
+            script.feed(&write(4, 12_288, 512, false));
+            script.wait_for_replies(3);
+            script.close();
+            server.join().unwrap();
+            assert_answered_once(&script, &[1, 3, 4], &[]);
+        }
+    }
+
+    #[test]
     fn a_lone_write_is_answered_while_the_reader_waits_for_more() {
         let script = Arc::new(Script::default());
-        let server = serve_script(&script, 4, None);
+        let server = serve_script(&script, 4, None, None);
         script.feed(&write(7, 0, 4096, false));
         // The script gives nothing more until the reply has come.
         script.wait_for_replies(1);
@@ -1432,7 +1460,7 @@ mod tests {
     fn fua_writes_and_flushes_are_answered_after_the_flush_that_covers_them() {
         for threads in [1, 4] {
             let script = Arc::new(Script::default());
-            let server = serve_script(&script, threads, None);
+            let server = serve_script(&script, threads, None, None);
             script.feed(
                 &[
                     write(1, 0, 512, false),
