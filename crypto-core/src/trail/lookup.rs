@@ -640,6 +640,7 @@ mod tests {
             r#"{"eventName":"Encrypt","requestParameters":{"keyId":"x"},"resources":[{"ARN":"arn:aws:kms:local:000000000000:key/later"},{"ARN":5},7,{"ARN":"a","ARN":"arn:aws:kms:local:000000000000:key/b"}],"atrestChain":{"sequence":4}}"#.to_owned(),
             // Repeated keys: the last one counts, whatever its type.
             r#"{"eventName":"Decrypt","eventName":5,"userIdentity":{"arn":"x"},"userIdentity":[],"atrestChain":{"sequence":5},"atrestChain":{"sequence":6,"sequence":"7"}}"#.to_owned(),
+            r#"{"userIdentity":{"userName":"bob","userName":"alice"},"requestParameters":{"keyId":"x","keyId":"alias/fuzz","aliasName":"alias/fuzz","aliasName":1},"atrestChain":{"sequence":"1","sequence":7}}"#.to_owned(),
             r#"{"eventName":5,"eventName":"Decrypt","resources":[{"ARN":"arn:aws:kms:local:000000000000:key/later"}],"resources":{},"requestParameters":{"keyId":"alias/fuzz"},"requestParameters":{"aliasName":"alias/fuzz","targetKeyId":"arn:aws:kms:local:000000000000:key/later"},"atrestChain":{"sequence":8}}"#.to_owned(),
             // Unknown fields, nested values of every kind, odd sequence numbers.
             r#"{"x":{"eventName":"Decrypt"},"y":[1,-2,3.5,true,null,{"a":[[]]}],"eventName":"Decrypt","atrestChain":{"sequence":-0}}"#.to_owned(),
@@ -668,6 +669,7 @@ mod tests {
         // Not UTF-8: in a string value, in a key, outside any string.
         lines.push(b"{\"eventName\":\"Decr\xffypt\"}".to_vec());
         lines.push(b"{\"event\xc3Name\":\"Decrypt\"}".to_vec());
+        lines.push(b"{\"other\":[\"\xff\"],\"eventName\":\"Decrypt\"}".to_vec());
         lines.push(b"{\"eventName\":\"Decrypt\"}\xff".to_vec());
         lines
     }
@@ -687,6 +689,7 @@ mod tests {
             by_key(KEY),
             by_key("1234"),
             by_key("later"),
+            by_key("b"),
             LookupFilter {
                 event_name: Some("Decrypt".into()),
                 ..LookupFilter::default()
