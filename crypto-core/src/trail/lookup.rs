@@ -543,8 +543,7 @@ mod de {
                         fields.identity = map.next_value_seed(Any(Strings(&IDENTITY_FIELDS)))?;
                     }
                     Some(3) => {
-                        fields.parameters =
-                            map.next_value_seed(Any(Strings(&PARAMETER_FIELDS)))?;
+                        fields.parameters = map.next_value_seed(Any(Strings(&PARAMETER_FIELDS)))?;
                     }
                     Some(4) => fields.resource_arns = map.next_value_seed(Any(ResourceArns))?,
                     Some(_) => fields.sequence = map.next_value_seed(Any(ChainSequence))?,
@@ -583,9 +582,8 @@ mod tests {
                 .filter_map(|resource| resource["ARN"].as_str().map(str::to_owned))
                 .collect()
         };
-        let sequence_of = |event: &serde_json::Value| {
-            event.get("atrestChain")?.get("sequence")?.as_u64()
-        };
+        let sequence_of =
+            |event: &serde_json::Value| event.get("atrestChain")?.get("sequence")?.as_u64();
         let mut alias_keys = BTreeSet::new();
         if let Some(alias) = filter.key_id.as_deref() {
             if alias.starts_with("alias/") || alias.contains(":alias/") {
@@ -594,7 +592,11 @@ mod tests {
                     let params = &event["requestParameters"];
                     let names_alias = ["keyId", "aliasName", "destinationKeyId", "sourceKeyId"]
                         .iter()
-                        .any(|f| params[f].as_str().is_some_and(|v| v == alias || v == alias_name));
+                        .any(|f| {
+                            params[f]
+                                .as_str()
+                                .is_some_and(|v| v == alias || v == alias_name)
+                        });
                     if names_alias {
                         alias_keys.extend(resource_arns(&event));
                     }
@@ -617,11 +619,14 @@ mod tests {
                 }
             }
             if filter.start_time.is_some() || filter.end_time.is_some() {
-                let Some(at) = event["eventTime"].as_str().and_then(record::parse_event_time)
+                let Some(at) = event["eventTime"]
+                    .as_str()
+                    .and_then(record::parse_event_time)
                 else {
                     return false;
                 };
-                if filter.start_time.is_some_and(|s| at < s) || filter.end_time.is_some_and(|e| at > e)
+                if filter.start_time.is_some_and(|s| at < s)
+                    || filter.end_time.is_some_and(|e| at > e)
                 {
                     return false;
                 }
@@ -633,10 +638,15 @@ mod tests {
                         || arn.rsplit_once("key/").is_some_and(|(_, id)| id == key)
                 });
                 let params = &event["requestParameters"];
-                let by_parameter =
-                    ["keyId", "targetKeyId", "destinationKeyId", "sourceKeyId", "aliasName"]
-                        .iter()
-                        .any(|f| params[f].as_str() == Some(key));
+                let by_parameter = [
+                    "keyId",
+                    "targetKeyId",
+                    "destinationKeyId",
+                    "sourceKeyId",
+                    "aliasName",
+                ]
+                .iter()
+                .any(|f| params[f].as_str() == Some(key));
                 if !by_resource && !by_parameter {
                     return false;
                 }

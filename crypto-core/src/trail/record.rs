@@ -995,15 +995,37 @@ mod tests {
         )
         .expect("encodes");
         let json_texts: [&[u8]; 12] = [
-            &line, b"{}", b" [ ] ", b"\t\"\"\r", b"true", b"false", b"null", b"0", b"-12",
-            b"1.5e3", b"\r{\"a\":[1,{}]}\t", b"\"\xc3\xa9\"",
+            &line,
+            b"{}",
+            b" [ ] ",
+            b"\t\"\"\r",
+            b"true",
+            b"false",
+            b"null",
+            b"0",
+            b"-12",
+            b"1.5e3",
+            b"\r{\"a\":[1,{}]}\t",
+            b"\"\xc3\xa9\"",
         ];
         for text in json_texts {
             assert!(!cannot_be_json(text), "{}", String::from_utf8_lossy(text));
         }
         let refused: [&[u8]; 14] = [
-            b"", b"   ", b"\t\r", b"{", b"{\"a\":1", b"[1", b"\"abc", b"tru", b"nule", b"-",
-            b"1.", b"x", b"{\"a\":\"\xff\"}", b"\xef\xbb\xbf{}",
+            b"",
+            b"   ",
+            b"\t\r",
+            b"{",
+            b"{\"a\":1",
+            b"[1",
+            b"\"abc",
+            b"tru",
+            b"nule",
+            b"-",
+            b"1.",
+            b"x",
+            b"{\"a\":\"\xff\"}",
+            b"\xef\xbb\xbf{}",
         ];
         for text in refused {
             assert!(cannot_be_json(text), "{}", String::from_utf8_lossy(text));

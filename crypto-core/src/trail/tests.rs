@@ -728,7 +728,9 @@ fn lines_are_read_whole_across_read_buffers() {
     };
     // Lengths around the smallest read buffer (4 KiB) and the largest (256 KiB), so
     // that lines end at, just before and just after a buffer's end, and span several.
-    let lengths = [0, 1, 4095, 4096, 4097, 0, 70_000, 262_143, 262_144, 300_000, 5];
+    let lengths = [
+        0, 1, 4095, 4096, 4097, 0, 70_000, 262_143, 262_144, 300_000, 5,
+    ];
     let mut text = Vec::new();
     let mut expected = Vec::new();
     for (i, &len) in lengths.iter().enumerate() {
