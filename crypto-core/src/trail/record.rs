@@ -523,6 +523,43 @@ impl Visitor<'_> for ChainKey {
     }
 }
 
+/// Whether `line` is certainly not JSON, i.e. `serde_json::from_slice::<Value>`
+/// certainly refuses it, judged without a parse. `false` says nothing: the line may
+/// still be refused.
+///
+/// Each test is a necessary condition of a JSON text as serde_json reads it: the
+/// whole text is UTF-8 (strings and keys are checked; any other non-ASCII byte is a
+/// syntax error), and around optional whitespace there is one value, whose first
+/// and last bytes pair up (`{`..`}`, `[`..`]`, `"`..`"`, a number's sign or digit
+/// and its last digit, `t`..`e`, `f`..`e`, `n`..`l`). A fuzzed trail is mostly lines
+/// that fail these (empty ones above all); refusing them here saves the parse and
+/// the error it builds (with its line and column). Only the ends of the line are
+/// looked at byte by byte: a test of every byte would be traced, byte by byte, by
+/// the fuzzer.
+pub(crate) fn cannot_be_json(line: &[u8]) -> bool {
+    if std::str::from_utf8(line).is_err() {
+        return true;
+    }
+    // serde_json's whitespace; a line holds no newline.
+    let is_blank = |byte: &&u8| matches!(byte, b' ' | b'\t' | b'\r');
+    let (Some(first), Some(last)) = (
+        line.iter().find(|b| !is_blank(b)),
+        line.iter().rev().find(|b| !is_blank(b)),
+    ) else {
+        return true;
+    };
+    let ends_without = |byte: u8| *last != byte;
+    match first {
+        b'{' => ends_without(b'}'),
+        b'[' => ends_without(b']'),
+        b'"' => ends_without(b'"'),
+        b't' | b'f' => ends_without(b'e'),
+        b'n' => ends_without(b'l'),
+        b'-' | b'0'..=b'9' => !last.is_ascii_digit(),
+        _ => true,
+    }
+}
+
 /// 64 lowercase hex digits to a hash (uppercase is rejected: the line is hashed as
 /// written, and `encode` writes lowercase).
 pub(crate) fn parse_hash(text: &str) -> Option<RecordHash> {
@@ -893,6 +930,15 @@ mod tests {
         }
 
         #[test]
+        fn lines_refused_without_a_parse_are_never_json(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            json in "[\\[\\]{}\":,0-9a-z \t\r\\\\.eE+-]{0,120}",
+        ) {
+            assert_refusal_is_sound(&bytes);
+            assert_refusal_is_sound(json.as_bytes());
+        }
+
+        #[test]
         fn one_pass_parse_judges_any_bytes_as_a_value_parse_does(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
             json in "[\\[\\]{}\":,0-9a-z \\\\.eE+-]{0,120}",
@@ -925,6 +971,74 @@ mod tests {
             proptest::prop_assert_eq!(value["requestParameters"]["keyId"].as_str(), Some(key.as_str()));
             proptest::prop_assert_eq!(value["errorMessage"].as_str(), error.as_deref());
             proptest::prop_assert!(!line.contains(&b'\n'));
+        }
+    }
+
+    /// `cannot_be_json` only ever refuses what a `Value` parse refuses.
+    fn assert_refusal_is_sound(line: &[u8]) {
+        if cannot_be_json(line) {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(line).is_err(),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn lines_refused_without_a_parse_are_not_json() {
+        let (line, _) = encode(
+            &Event::of_call(&call(), &local()),
+            &origin(),
+            7,
+            &GENESIS_HASH,
+        )
+        .expect("encodes");
+        let json_texts: [&[u8]; 12] = [
+            &line,
+            b"{}",
+            b" [ ] ",
+            b"\t\"\"\r",
+            b"true",
+            b"false",
+            b"null",
+            b"0",
+            b"-12",
+            b"1.5e3",
+            b"\r{\"a\":[1,{}]}\t",
+            b"\"\xc3\xa9\"",
+        ];
+        for text in json_texts {
+            assert!(!cannot_be_json(text), "{}", String::from_utf8_lossy(text));
+        }
+        let refused: [&[u8]; 14] = [
+            b"",
+            b"   ",
+            b"\t\r",
+            b"{",
+            b"{\"a\":1",
+            b"[1",
+            b"\"abc",
+            b"tru",
+            b"nule",
+            b"-",
+            b"1.",
+            b"x",
+            b"{\"a\":\"\xff\"}",
+            b"\xef\xbb\xbf{}",
+        ];
+        for text in refused {
+            assert!(cannot_be_json(text), "{}", String::from_utf8_lossy(text));
+            assert_refusal_is_sound(text);
+        }
+        for at in 0..line.len() {
+            for byte in [b'"', b'{', b'}', b' ', 0xc3, b'\n', 0] {
+                let mut edited = line.clone();
+                edited[at] = byte;
+                assert_refusal_is_sound(&edited);
+            }
+            assert_refusal_is_sound(&line[..at]);
+            assert_refusal_is_sound(&line[at..]);
         }
     }
 

@@ -711,3 +711,48 @@ fn problems_read_as_trail_validate_printed_them() {
          recordHash"
     );
 }
+
+#[test]
+fn lines_are_read_whole_across_read_buffers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lines");
+    let read = |text: &[u8]| {
+        std::fs::write(&path, text).expect("write");
+        let mut seen = Vec::new();
+        let torn = for_each_line(&path, |line| {
+            seen.push(line.to_vec());
+            Ok(())
+        })
+        .expect("read");
+        (seen, torn)
+    };
+    // Lengths around the smallest read buffer (4 KiB) and the largest (256 KiB), so
+    // that lines end at, just before and just after a buffer's end, and span several.
+    let lengths = [
+        0, 1, 4095, 4096, 4097, 0, 70_000, 262_143, 262_144, 300_000, 5,
+    ];
+    let mut text = Vec::new();
+    let mut expected = Vec::new();
+    for (i, &len) in lengths.iter().enumerate() {
+        let line = vec![b'a' + u8::try_from(i).expect("few"); len];
+        text.extend_from_slice(&line);
+        text.push(b'\n');
+        expected.push(line);
+    }
+    assert_eq!(read(&text), (expected.clone(), 0));
+    text.extend_from_slice(&[b'z'; 5000]);
+    assert_eq!(read(&text), (expected, 5000));
+    assert_eq!(read(b""), (Vec::new(), 0));
+    assert_eq!(read(b"\n\nx"), (vec![Vec::new(), Vec::new()], 1));
+    let mut calls = 0;
+    std::fs::write(&path, b"a\nb\nc\n").expect("write");
+    let stopped = for_each_line(&path, |_| {
+        calls += 1;
+        Err(TrailError::Io {
+            path: path.clone(),
+            source: std::io::Error::other("stop"),
+        })
+    });
+    assert!(stopped.is_err());
+    assert_eq!(calls, 1);
+}
