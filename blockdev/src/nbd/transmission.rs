@@ -1618,7 +1618,10 @@ mod tests {
                 exports: Arc::new(RwLock::new(BTreeMap::new())),
                 gate: Gate::default(),
                 threads,
+                idle_timeout: None,
                 peer: "a script".into(),
+                buffers: Arc::new(BufferPool::new(threads)),
+                helpers: HelperPool::new(threads),
             };
             let reader = BufReader::with_capacity(256 * 1024, stream.clone());
             transmit(reader, stream, Session { export, limits }, &context, |_| {}).unwrap();
