@@ -193,71 +193,6 @@ pub(super) fn to_u128(v: __m128i) -> u128 {
     u128::from_le_bytes(bytes)
 }
 
-/// One AES round (`$insn` = aesenc, aesenclast, aesdec or aesdeclast) on eight lanes.
-///
-/// Written as one `asm!` block so that the compiler keeps the eight lanes together:
-/// left to itself, LLVM runs some lanes through all fourteen rounds before the others
-/// to save registers, which serialises the tail lanes on the instruction's latency.
-macro_rules! round8 {
-    ($insn:literal, $x:ident, $k:expr) => {
-        // SAFETY: register-only AES instructions; the enclosing function enables AES-NI.
-        unsafe {
-            std::arch::asm!(
-                concat!($insn, " {0}, {k}"),
-                concat!($insn, " {1}, {k}"),
-                concat!($insn, " {2}, {k}"),
-                concat!($insn, " {3}, {k}"),
-                concat!($insn, " {4}, {k}"),
-                concat!($insn, " {5}, {k}"),
-                concat!($insn, " {6}, {k}"),
-                concat!($insn, " {7}, {k}"),
-                inout(xmm_reg) $x[0],
-                inout(xmm_reg) $x[1],
-                inout(xmm_reg) $x[2],
-                inout(xmm_reg) $x[3],
-                inout(xmm_reg) $x[4],
-                inout(xmm_reg) $x[5],
-                inout(xmm_reg) $x[6],
-                inout(xmm_reg) $x[7],
-                k = in(xmm_reg) $k,
-                options(pure, nomem, nostack, preserves_flags),
-            )
-        }
-    };
-}
-
-#[inline]
-#[target_feature(enable = "aes")]
-fn encrypt8(x: &mut [__m128i; LANES], rk: &[__m128i; 15]) {
-    for v in x.iter_mut() {
-        *v = _mm_xor_si128(*v, rk[0]);
-    }
-    for k in &rk[1..14] {
-        round8!("aesenc", x, *k);
-    }
-    round8!("aesenclast", x, rk[14]);
-}
-
-#[inline]
-#[target_feature(enable = "aes")]
-fn encrypt1(x: __m128i, rk: &[__m128i; 15]) -> __m128i {
-    let mut v = _mm_xor_si128(x, rk[0]);
-    for k in &rk[1..14] {
-        v = _mm_aesenc_si128(v, *k);
-    }
-    _mm_aesenclast_si128(v, rk[14])
-}
-
-#[inline]
-#[target_feature(enable = "aes")]
-pub(super) fn load_schedule(rk: &[[u8; 16]; 15]) -> [__m128i; 15] {
-    let mut k = [_mm_setzero_si128(); 15];
-    for (v, bytes) in k.iter_mut().zip(rk) {
-        *v = load(bytes);
-    }
-    k
-}
-
 /// XTS over the whole blocks of `blocks`, in place, with the schedule `rk`
 /// (encryption or decryption per `ENCRYPT`); returns the tweak after the last block.
 #[target_feature(enable = "aes,pclmulqdq")]
@@ -727,10 +662,11 @@ fn zeroize_table(table: &mut [[u128; LANES]; 3]) {
     };
 }
 
-/// `out[i] = AES-256(tweak key, LE128(first_sector + i))`, eight at a time.
+/// `out[i] = AES-256(tweak key, LE128(first_sector + i))`, eight at a time (one
+/// `asm!` block per eight, the round keys read from the schedule: a copy in
+/// registers would be spilled to the stack, where nothing zeroizes it).
 #[target_feature(enable = "aes")]
 pub(super) fn encrypt_sector_numbers(rk: &[[u8; 16]; 15], first_sector: u64, out: &mut [u128]) {
-    let k = load_schedule(rk);
     let mut sector = first_sector;
     let mut groups = out.chunks_exact_mut(LANES);
     for group in &mut groups {
@@ -739,13 +675,52 @@ pub(super) fn encrypt_sector_numbers(rk: &[[u8; 16]; 15], first_sector: u64, out
             *v = _mm_set_epi64x(0, sector as i64);
             sector = sector.wrapping_add(1);
         }
-        encrypt8(&mut x, &k);
+        // SAFETY: reads the 15 * 16 bytes of `rk`; the enclosing function enables
+        // AES-NI.
+        unsafe {
+            std::arch::asm!(
+                "movdqu {k}, xmmword ptr [{rk}]",
+                "pxor {x0}, {k}",
+                "pxor {x1}, {k}",
+                "pxor {x2}, {k}",
+                "pxor {x3}, {k}",
+                "pxor {x4}, {k}",
+                "pxor {x5}, {k}",
+                "pxor {x6}, {k}",
+                "pxor {x7}, {k}",
+                round_text!("aesenc", 16),
+                round_text!("aesenc", 32),
+                round_text!("aesenc", 48),
+                round_text!("aesenc", 64),
+                round_text!("aesenc", 80),
+                round_text!("aesenc", 96),
+                round_text!("aesenc", 112),
+                round_text!("aesenc", 128),
+                round_text!("aesenc", 144),
+                round_text!("aesenc", 160),
+                round_text!("aesenc", 176),
+                round_text!("aesenc", 192),
+                round_text!("aesenc", 208),
+                round_text!("aesenclast", 224),
+                rk = in(reg) rk.as_ptr(),
+                k = out(xmm_reg) _,
+                x0 = inout(xmm_reg) x[0],
+                x1 = inout(xmm_reg) x[1],
+                x2 = inout(xmm_reg) x[2],
+                x3 = inout(xmm_reg) x[3],
+                x4 = inout(xmm_reg) x[4],
+                x5 = inout(xmm_reg) x[5],
+                x6 = inout(xmm_reg) x[6],
+                x7 = inout(xmm_reg) x[7],
+                options(pure, readonly, nostack, preserves_flags),
+            )
+        };
         for (t, v) in group.iter_mut().zip(x) {
             *t = to_u128(v);
         }
     }
     for t in groups.into_remainder() {
-        *t = to_u128(encrypt1(_mm_set_epi64x(0, sector as i64), &k));
+        *t = to_u128(encrypt_sector_number(rk, sector));
         sector = sector.wrapping_add(1);
     }
 }
