@@ -32,21 +32,22 @@
 //! about 80 cycles. Tried without a measurable change: computing the walk one batch
 //! ahead instead of two.
 //!
-//! A sector's start, since (issue #20, session 8): a call for one sector of whole
-//! blocks (the shape of a 4 KiB block request and of `openssl speed`) enters through
-//! [`xts_sector_raw`], which encrypts the sector number in one `asm!` chain and hands
+//! The sector's start (issue #20, session 8): a call for one sector of whole blocks
+//! (the shape of a 4 KiB block request and of `openssl speed`) enters through
+//! `xts_sector_raw`, which encrypts the sector number in one `asm!` chain and hands
 //! the tweak on in a register (the general path went through the batched-tweak array
 //! and back); the first two batches' whitening values are `t * alpha^j`, each
-//! computed from `t` by two shifts and one `pclmulqdq` ([`mul_alpha_pow!`]) instead
-//! of a chain of sixteen doublings that the first batch waited for; and the table is
+//! computed from `t` by two shifts and one `pclmulqdq` (`mul_alpha_pow!`) instead of
+//! a chain of sixteen doublings that the first batch waited for; and the table is
 //! zeroized by 24 16-byte stores in one `asm!` block instead of `Zeroize`'s 48
-//! volatile 8-byte stores. Measured (rdtsc, one process, a round of each contender in
-//! turn, 10th-percentile of 0.3 ms segments): 4 KiB per call from 0.908 to 0.93-0.94
-//! of the limit, against 0.85 for OpenSSL 3.0's EVP interface called the same way,
-//! 1.09x-1.10x. Of the remaining ~32 ns per sector (67 ticks of the 2.1 GHz TSC,
-//! some 110 core cycles), the tweak's fourteen dependent rounds are a third (measured
-//! by skipping them) and the loop's own 2% a quarter. Tried and dropped: the second batch's values by the integer walk
-//! instead of `pclmulqdq` (no change or slightly worse).
+//! volatile 8-byte stores. Measured (rdtsc in one process, a 0.3 ms segment of each
+//! contender in turn, 10th percentile; benches/README.md): 4 KiB per call from
+//! 0.91-0.92 to 0.92-0.93 of the limit, against 0.85-0.86 for OpenSSL 3.0's EVP
+//! interface called the same way: 1.06x-1.07x to 1.08x-1.09x. Of the remaining
+//! ~32 ns per sector (67 ticks of the 2.1 GHz TSC, some 110 core cycles), the
+//! tweak's fourteen dependent rounds are a third (measured by skipping them) and the
+//! loop's own 2% a quarter. Tried and dropped: the second batch's values by the
+//! integer walk instead of `pclmulqdq` (no change or slightly worse).
 //!
 //! Instructions: AES-NI, PCLMULQDQ and SSE2 only (no AVX, no AVX-512VL, no SSE4.1),
 //! so one path serves every AES-NI CPU (detection asks for both); ten of the sixteen
