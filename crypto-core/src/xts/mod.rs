@@ -377,6 +377,27 @@ trait XtsKernel {
     /// which a kernel may prefetch. The vector kernels read the source as they go,
     /// which saves a pass over memory when the source is cold; the default copies
     /// first.
+    /// One sector of whole blocks (`data.len()` a multiple of 16) in place, its tweak
+    /// encrypted from its number: a call for a single sector. A kernel may override
+    /// it to start the data's blocks as soon as the tweak is out of the cipher; the
+    /// default takes the general path.
+    fn crypt_sector(&self, data: &mut [u8], sector: u64, dir: Direction) {
+        let mut tweak = [0u128];
+        self.sector_tweaks(sector, &mut tweak);
+        match dir {
+            Direction::Encrypt => self.encrypt_run(data, tweak[0]),
+            Direction::Decrypt => self.decrypt_run(data, tweak[0]),
+        };
+        zeroize::Zeroize::zeroize(&mut tweak);
+    }
+    /// [`XtsKernel::crypt_sector`] reading the first `dst.len()` bytes of `src` and
+    /// writing `dst`.
+    fn crypt_sector_to(&self, src: &[u8], dst: &mut [u8], sector: u64, dir: Direction) {
+        let mut tweak = [0u128];
+        self.sector_tweaks(sector, &mut tweak);
+        self.crypt_run_to(src, dst, tweak[0], dir);
+        zeroize::Zeroize::zeroize(&mut tweak);
+    }
     fn crypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128, dir: Direction) -> u128 {
         dst.copy_from_slice(&src[..dst.len()]);
         match dir {
@@ -424,6 +445,12 @@ fn crypt_sectors<K: XtsKernel>(
     sector_size: usize,
     dir: Direction,
 ) {
+    // One sector per call (a 4 KiB block device request, `openssl speed`): the
+    // kernel's own entry, which need not hand the tweak back through memory.
+    if buf.len() == sector_size && sector_size.is_multiple_of(16) {
+        k.crypt_sector(buf, first_sector, dir);
+        return;
+    }
     for_each_sector(k, buf.len() / sector_size, first_sector, |i, tweak| {
         crypt_one_sector(k, &mut buf[i * sector_size..][..sector_size], tweak, dir);
     });
@@ -438,6 +465,10 @@ fn crypt_sectors_to<K: XtsKernel>(
     sector_size: usize,
     dir: Direction,
 ) {
+    if dst.len() == sector_size && sector_size.is_multiple_of(16) {
+        k.crypt_sector_to(src, dst, first_sector, dir);
+        return;
+    }
     for_each_sector(k, dst.len() / sector_size, first_sector, |i, tweak| {
         let at = i * sector_size;
         let to = &mut dst[at..at + sector_size];
