@@ -14,6 +14,7 @@
 //! where every block carries a `// SAFETY:` note.
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod default_volume;
 pub mod error;
 pub mod format;

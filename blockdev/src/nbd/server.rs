@@ -25,14 +25,15 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{debug, error, info, warn};
 
-use super::limits::{
-    descriptor_limit, out_of_resources, Admission, ConnectionLimits, Full, Permit, RateLimitedLog,
-};
+use super::limits::ConnectionLimits;
 use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
 use super::status::StatusBoard;
 use super::tls::{self, ClientIdentity, TlsSettings};
 use super::transmission::{transmit, BufferPool, HelperPool, Wire};
+use crate::admission::{
+    descriptor_limit, out_of_resources, Admission, Full, Permit, RateLimitedLog,
+};
 use crate::volume::Volume;
 use crate::{Error, ProtocolError};
 
@@ -421,7 +422,10 @@ impl Server {
             "at most {} connections, {} from one source{lowered}",
             limits.max_connections, limits.max_per_source
         );
-        let admission = Arc::new(Admission::new(limits));
+        let admission = Arc::new(Admission::new(
+            limits.max_connections.get(),
+            limits.max_per_source.get(),
+        ));
         let accept_log = RateLimitedLog::default();
         let full_log = RateLimitedLog::default();
         let sweeper = self.sweep_handshakes()?;

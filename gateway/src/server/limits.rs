@@ -1,11 +1,8 @@
-//! How many connections the gateway holds: the limits in force (capped by the
-//! descriptor limit), the admission of each connection by total and by source, and
-//! the rate-limited warnings of refusals.
+//! How many connections the gateway holds: the limits in force, capped by the
+//! descriptor limit (the counting by total and by source, and the rate-limited
+//! warnings of refusals, are `blockdev::admission`, shared with the NBD server).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::GatewayError;
 
@@ -19,9 +16,6 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 128;
 /// Descriptors never given to connections: the keystore, the trail, object files,
 /// the listener, the runtime's own.
 const RESERVED_DESCRIPTORS: u64 = 64;
-/// Repeated warnings (refused requests, accept failures, refused connections) are
-/// logged at most once per interval, with the count of those not logged.
-pub(super) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How many connections a gateway holds open and how long it waits for a body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,118 +78,6 @@ impl ConnectionLimits {
             max_connections,
             max_per_source: self.max_per_source.min(per_source_room).max(1),
             body_timeout: self.body_timeout,
-        }
-    }
-}
-
-/// The soft limit on open descriptors (`ulimit -n`, `prlimit --nofile`).
-pub(super) fn descriptor_limit() -> Option<u64> {
-    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
-}
-
-/// A warning that may be logged at most once per [`LOG_INTERVAL`]: a burst of bad
-/// requests or failing accepts costs one line per interval, not one per event.
-#[derive(Debug, Default)]
-pub(super) struct RateLimitedLog {
-    /// When a line was last logged, and how many were held back since.
-    pub(super) state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl RateLimitedLog {
-    /// `Some(held back since the last line)` when a line may be logged now.
-    pub(super) fn admit(&self) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match state.0 {
-            Some(last) if now.duration_since(last) < LOG_INTERVAL => {
-                state.1 += 1;
-                None
-            }
-            _ => {
-                let held_back = state.1;
-                *state = (Some(now), 0);
-                Some(held_back)
-            }
-        }
-    }
-}
-
-/// Counts open connections, in total and per source address.
-#[derive(Debug)]
-pub(super) struct Admission {
-    pub(super) limits: ConnectionLimits,
-    pub(super) open: Mutex<OpenConnections>,
-}
-
-#[derive(Debug, Default)]
-pub(super) struct OpenConnections {
-    pub(super) total: usize,
-    pub(super) per_source: HashMap<IpAddr, usize>,
-}
-
-/// Why a connection was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Full {
-    Total,
-    Source,
-}
-
-/// One admitted connection; dropping it frees its place.
-#[derive(Debug)]
-pub(super) struct Permit {
-    admission: Arc<Admission>,
-    source: IpAddr,
-}
-
-/// The "source" a per-source limit counts: an IPv4 address (also when it reaches
-/// an IPv6 socket as `::ffff:a.b.c.d`), or an IPv6 /64, the block one host or
-/// subscriber is usually given (counting single IPv6 addresses would let one host
-/// open connections from 2^64 of them).
-pub(super) fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !((1u128 << 64) - 1),
-            )),
-        },
-    }
-}
-
-impl Admission {
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Full> {
-        let source = source_key(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.total >= self.limits.max_connections {
-            return Err(Full::Total);
-        }
-        let from_source = open.per_source.entry(source).or_insert(0);
-        if *from_source >= self.limits.max_per_source {
-            return Err(Full::Source);
-        }
-        *from_source += 1;
-        open.total += 1;
-        Ok(Permit {
-            admission: Arc::clone(self),
-            source,
-        })
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut open = self
-            .admission
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        open.total = open.total.saturating_sub(1);
-        if let Some(count) = open.per_source.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                open.per_source.remove(&self.source);
-            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,9 +23,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
-use super::limits::{descriptor_limit, Admission, Full, OpenConnections, RateLimitedLog};
 use super::{respond, Gateway, Services};
 use crate::error::{ErrorReply, GatewayError, Protocol};
+use blockdev::admission::{descriptor_limit, out_of_resources, Admission, Full, RateLimitedLog};
 
 /// How long a client may take to send a request head, and a TLS handshake.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -216,10 +216,10 @@ async fn serve(
         body_timeout_secs = limits.body_timeout.as_secs_f64(),
         "connection limits"
     );
-    let admission = Arc::new(Admission {
-        limits,
-        open: Mutex::new(OpenConnections::default()),
-    });
+    let admission = Arc::new(Admission::new(
+        limits.max_connections,
+        limits.max_per_source,
+    ));
     let accept_log = RateLimitedLog::default();
     let full_log = RateLimitedLog::default();
     let lingering = Arc::new(AtomicUsize::new(0));
@@ -407,15 +407,6 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStallGuard
         let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
         this.watch(cx, poll)
     }
-}
-
-/// Accept failures that retrying at once cannot cure: no descriptor or no memory.
-pub(super) fn out_of_resources(err: &std::io::Error) -> bool {
-    const ENOMEM: i32 = 12;
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    const ENOBUFS: i32 = 105;
-    matches!(err.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
 }
 
 /// The answer to a connection over a limit: `503 SlowDown` (S3's XML, or the JSON

@@ -42,7 +42,7 @@ use crate::kms_api;
 use crate::s3::upload::ChannelReader;
 use crate::s3::{S3Answer, S3Context, S3Request, S3Service};
 use crate::sigv4::{self, Expectations, PathEncoding, Payload, RequestView, Verified};
-use limits::RateLimitedLog;
+use blockdev::admission::RateLimitedLog;
 
 /// The state every request shares.
 pub struct Gateway {
