@@ -16,6 +16,7 @@ use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
 use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
@@ -543,9 +544,15 @@ impl Server {
         let thread = thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
-                let served = serve_connection(stream, &context, &publication, |volume| {
-                    shared.attached(id, volume)
-                });
+                // A panic (a volume's bug in the handshake) must still take the
+                // connection out of the table: the table's clone of the socket would
+                // otherwise keep it open, the client waiting for ever.
+                let served = catch_unwind(AssertUnwindSafe(|| {
+                    serve_connection(stream, &context, &publication, |volume| {
+                        shared.attached(id, volume)
+                    })
+                }))
+                .unwrap_or_else(|_| Err(panicked()));
                 shared.finish(id, &publication, &peer, &served);
                 drop(permit);
             })
@@ -590,9 +597,20 @@ impl Server {
                 ),
             })
         } else {
-            serve_stream_connection(stream, &context, &publication, |volume| {
-                self.shared.attached(id, volume)
-            })
+            // A panic is the caller's (a fuzz target's finding), once the stream is
+            // out of the table.
+            match catch_unwind(AssertUnwindSafe(|| {
+                serve_stream_connection(stream, &context, &publication, |volume| {
+                    self.shared.attached(id, volume)
+                })
+            })) {
+                Ok(served) => served,
+                Err(panic) => {
+                    self.shared
+                        .finish(id, &publication, &peer, &Err(panicked()));
+                    resume_unwind(panic);
+                }
+            }
         };
         self.shared.finish(id, &publication, &peer, &served);
         served
@@ -678,6 +696,14 @@ impl Shared {
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a connection whose thread panicked ended with.
+fn panicked() -> Error {
+    Error::Io {
+        context: "serving the connection".into(),
+        source: io::Error::other("its thread panicked"),
+    }
 }
 
 pub(super) fn io_error(context: &'static str) -> impl Fn(io::Error) -> Error {

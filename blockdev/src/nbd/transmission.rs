@@ -338,8 +338,13 @@ pub(super) fn transmit<S: Wire>(
             break;
         }
     }
-    connection.transmit();
+    // Should this thread's share unwind, the connection still ends only after its
+    // helpers have: its place in the limits is held until then.
+    let own = std::panic::catch_unwind(AssertUnwindSafe(|| connection.transmit()));
     helpers.wait();
+    if let Err(panic) = own {
+        std::panic::resume_unwind(panic);
+    }
     let end = lock(&connection.reader).end.take();
     end.unwrap_or(Ok(()))
 }
@@ -922,10 +927,12 @@ impl<S: Wire> Connection<S> {
         };
         let data_at = start + head;
         batch.resize(data_at + length as usize, 0);
-        if !matches!(
-            self.volume.read_cached(offset, &mut batch[data_at..]),
-            Ok(true)
-        ) {
+        // Run outside `run`'s panic guard, with the read lock held: a panic here
+        // would leave this space in the batch for the next reader to send.
+        let cached = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.volume.read_cached(offset, &mut batch[data_at..])
+        }));
+        if !matches!(cached, Ok(Ok(true))) {
             batch.truncate(start);
             return false;
         }
