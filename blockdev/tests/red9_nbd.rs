@@ -838,3 +838,167 @@ fn buffers_kept_between_connections_never_show_one_volumes_data_to_another() {
     drop(resident);
     server.stop();
 }
+
+// ---------------------------------------------------------------------------------
+// The key disabled in the middle of batches of held writes.
+// ---------------------------------------------------------------------------------
+
+const EIO: u32 = 5;
+
+/// An encrypted volume served through its data-key lease while a client keeps
+/// batches of held writes in flight and an administrator disables the key (another
+/// handle on the same keystore). Every write is answered once, done or EIO; once
+/// the lease has seen the key disabled every write fails (fail closed); and once
+/// the key is enabled again, every write that was answered done reads back as
+/// written: none was encrypted under a zeroized key or half-installed one.
+#[test]
+fn the_key_disabled_in_the_middle_of_held_writes_fails_closed_and_loses_no_answered_write() {
+    use blockdev::lease::{DataKeyLease, KeyStatus, LeaseConfig};
+    use blockdev::volume::{EncryptedVolume, NewVolumeKey};
+    use crypto_core::kms::{
+        CreateKeyRequest, KeyService, KeystoreGeneration, LocalKms, LocalKmsConfig,
+    };
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    let home = tempdir();
+    let server_kms = LocalKms::open(home.path(), LocalKmsConfig::new()).unwrap();
+    let admin = LocalKms::open(home.path(), LocalKmsConfig::new()).unwrap();
+    let key_arn = admin.create_key(&CreateKeyRequest::default()).unwrap().arn;
+    let path = home.path().join("v.vol");
+    volume::create(
+        &path,
+        EXPORT_SIZE,
+        NewVolumeKey::Kms {
+            kms: &admin,
+            key_id: &key_arn,
+        },
+    )
+    .unwrap();
+    let watch: Arc<dyn KeystoreGeneration> = Arc::new(server_kms.clone());
+    let lease = DataKeyLease::start(
+        EncryptedVolume::open_locked(&path, false).unwrap(),
+        Arc::new(server_kms.clone()),
+        Some(watch),
+        LeaseConfig::default(),
+    )
+    .unwrap();
+    let server = serve(vec![("v", Arc::clone(&lease) as Arc<dyn Volume>)], 2, |s| s);
+    let mut client = attached(server.addr, "v");
+    let blocks = EXPORT_SIZE / 4096;
+    // A stream of pipelined 4 KiB writes, write n to block n % blocks (fewer
+    // requests are ever in flight than there are blocks, so a block's writes run
+    // one after another), until told to stop; the key is disabled in the middle.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let replies_seen = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (stop, sent, done) = (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&done));
+        let replies = Arc::clone(&replies_seen);
+        let mut stream = client.try_clone().unwrap();
+        thread::spawn(move || {
+            let mut next = 0u64;
+            while !stop.load(SeqCst) {
+                // At most 256 unanswered: the writes sent after the stop do not
+                // overwrite every block.
+                if next - replies.load(SeqCst) > 256 {
+                    thread::yield_now();
+                    continue;
+                }
+                let mut bytes = Vec::new();
+                for cookie in next..next + 16 {
+                    let block = cookie % blocks;
+                    bytes.extend_from_slice(&request(CMD_WRITE, 0, cookie, block * 4096, 4096));
+                    bytes.extend_from_slice(&block_of(cookie));
+                }
+                stream.write_all(&bytes).unwrap();
+                next += 16;
+                sent.store(next, SeqCst);
+            }
+            done.store(true, SeqCst);
+        })
+    };
+    // `written[block]`: the write whose data the block holds, when known.
+    let mut written: HashMap<u64, u64> = HashMap::new();
+    let mut answered = HashMap::new();
+    let mut failures = 0u64;
+    let mut replies = 0u64;
+    let start = std::time::Instant::now();
+    loop {
+        assert!(start.elapsed() < 2 * READ_TIMEOUT, "the stream never ended");
+        if replies == sent.load(SeqCst) {
+            if done.load(SeqCst) && replies == sent.load(SeqCst) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let (cookie, error, _) = simple_reply(&mut client, |_| 0);
+        replies += 1;
+        replies_seen.store(replies, SeqCst);
+        assert!(
+            answered.insert(cookie, ()).is_none(),
+            "write {cookie} answered twice"
+        );
+        let block = cookie % blocks;
+        match error {
+            0 => {
+                written.insert(block, cookie);
+            }
+            EIO => {
+                // A failed write leaves its block undefined.
+                written.remove(&block);
+                failures += 1;
+            }
+            other => panic!("write {cookie} failed with errno {other}, not EIO"),
+        }
+        if replies < 3000 {
+            assert_eq!(failures, 0, "writes failed before the key was disabled");
+        } else if replies == 3000 {
+            admin.disable_key(&key_arn).unwrap();
+        }
+        if failures == 64 {
+            stop.store(true, SeqCst);
+        }
+    }
+    sender.join().unwrap();
+    assert!(matches!(lease.status(), KeyStatus::Unavailable { .. }));
+    // Fail closed: while the key is disabled every write fails.
+    let mut bytes = Vec::new();
+    for block in 0..64 {
+        bytes.extend_from_slice(&request(CMD_WRITE, 0, 1 << 40, block * 4096, 4096));
+        bytes.extend_from_slice(&[0xee; 4096]);
+        written.remove(&block);
+    }
+    client.write_all(&bytes).unwrap();
+    for _ in 0..64 {
+        assert_eq!(simple_reply(&mut client, |_| 0).1, EIO);
+    }
+    admin.enable_key(&key_arn).unwrap();
+    while lease.status() != KeyStatus::Usable {
+        assert!(
+            start.elapsed() < 2 * READ_TIMEOUT,
+            "the key never came back"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        written.len() > 512,
+        "{} blocks left to check",
+        written.len()
+    );
+    for (&block, &cookie) in &written {
+        client
+            .write_all(&request(CMD_READ, 0, block, block * 4096, 4096))
+            .unwrap();
+        let (answered, error, data) = simple_reply(&mut client, |_| 4096);
+        assert_eq!((answered, error), (block, 0));
+        assert!(
+            data == block_of(cookie),
+            "write {cookie} to block {block} was answered done but does not read back"
+        );
+    }
+    drop(client);
+    server.stop();
+}
