@@ -11,8 +11,9 @@ mod system;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -137,18 +138,28 @@ fn serve(
     total: usize,
     configure: impl FnOnce(Server) -> Server,
 ) -> Running {
+    serve_on("127.0.0.1:0", exports, total, total, configure)
+}
+
+/// As [`serve`], listening on `listen`, at most `per_source` from one source.
+fn serve_on(
+    listen: &str,
+    exports: Vec<(&str, Arc<dyn Volume>)>,
+    total: usize,
+    per_source: usize,
+    configure: impl FnOnce(Server) -> Server,
+) -> Running {
     let table: ExportTable = Arc::new(RwLock::new(
         exports
             .into_iter()
             .map(|(name, volume)| (name.to_owned(), export(volume)))
             .collect::<BTreeMap<_, _>>(),
     ));
-    let total = NonZeroUsize::new(total).unwrap();
-    let server = Server::bind("127.0.0.1:0", table)
+    let server = Server::bind(listen, table)
         .unwrap()
         .with_connection_limits(ConnectionLimits {
-            max_connections: total,
-            max_per_source: total,
+            max_connections: NonZeroUsize::new(total).unwrap(),
+            max_per_source: NonZeroUsize::new(per_source).unwrap(),
         });
     let server = configure(server);
     let addr = server.local_addr();
@@ -552,6 +563,93 @@ fn handshakes_cut_at_the_deadline_all_at_once_or_while_attaching_never_hang() {
         .map(|_| eventually_greeted(server.addr))
         .collect();
     drop(all);
+    server.stop();
+}
+
+/// A TCP connection to `to` from the local address `from`, and whether the server
+/// greeted it (`false`: closed at once, refused).
+fn greeted_from(from: IpAddr, to: SocketAddr) -> (TcpStream, bool) {
+    use rustix::net::{bind, connect, socket, AddressFamily, SocketType};
+    let family = if to.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd: OwnedFd = socket(family, SocketType::STREAM, None).unwrap();
+    bind(&fd, &SocketAddr::new(from, 0)).unwrap();
+    connect(&fd, &to).unwrap();
+    let mut stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut greeting = [0u8; 18];
+    let greeted = match stream.read_exact(&mut greeting) {
+        Ok(()) => true,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+            ) =>
+        {
+            false
+        }
+        Err(err) => panic!("reading the greeting: {err}"),
+    };
+    (stream, greeted)
+}
+
+/// On a dual-stack listener (`[::]`), IPv4 clients arrive as `::ffff:a.b.c.d`, all
+/// inside `::/64` together with `::1`: counted by /64 they would be one source.
+/// Each IPv4 address must count as itself, and `::1` apart from them.
+#[test]
+fn a_dual_stack_listener_counts_each_ipv4_client_apart_from_ipv6() {
+    let dir = tempdir();
+    let disk = raw_image(&dir.path().join("disk.img"));
+    let server = serve_on("[::]:0", vec![("disk", disk)], 16, 1, |s| s);
+    let port = server.addr.port();
+    let v4 = |last: u8| IpAddr::from([127, 0, 0, last]);
+    let v6_loopback = IpAddr::from(Ipv6Addr::LOCALHOST);
+    let to_v4 = SocketAddr::new(v4(1), port);
+    let to_v6 = SocketAddr::new(v6_loopback, port);
+    let (first, greeted) = greeted_from(v4(1), to_v4);
+    assert!(greeted, "the first IPv4 client was refused");
+    let (_, greeted) = greeted_from(v4(1), to_v4);
+    assert!(!greeted, "a second connection from 127.0.0.1 was admitted");
+    let (second, greeted) = greeted_from(v4(2), to_v4);
+    assert!(greeted, "127.0.0.2 was counted with 127.0.0.1");
+    let (third, greeted) = greeted_from(v6_loopback, to_v6);
+    assert!(greeted, "::1 was counted with the IPv4 clients");
+    let (_, greeted) = greeted_from(v6_loopback, to_v6);
+    assert!(!greeted, "a second connection from ::1 was admitted");
+    drop((first, second, third));
+    server.stop();
+}
+
+/// STARTTLS, then a TLS handshake that never ends (nothing sent, or half a
+/// ClientHello): cut at the handshake deadline like a plaintext one.
+#[test]
+fn a_tls_handshake_that_stalls_is_cut_at_the_deadline() {
+    if !system::require_tools(&["openssl"]) {
+        return;
+    }
+    let dir = tempdir();
+    let disk = raw_image(&dir.path().join("disk.img"));
+    let tls = tls_settings(dir.path());
+    let server = serve(vec![("disk", disk)], 2, |s| {
+        s.with_tls(tls)
+            .with_handshake_deadline(Duration::from_millis(300))
+    });
+    let mut silent = starttls(server.addr);
+    let mut half = starttls(server.addr);
+    (&half)
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+    assert_closed_by_server(&mut silent, "a silent TLS handshake");
+    assert_closed_by_server(&mut half, "half a ClientHello");
+    drop((silent, half));
+    let both = (
+        eventually_greeted(server.addr),
+        eventually_greeted(server.addr),
+    );
+    drop(both);
     server.stop();
 }
 
