@@ -70,6 +70,13 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// ... this many times before the kernel ends the connection: a client whose host
 /// vanished frees its place in the [`ConnectionLimits`] within about two minutes.
 const KEEPALIVE_PROBES: u32 = 6;
+/// How long data sent may stay unacknowledged before the kernel ends the connection
+/// (`TCP_USER_TIMEOUT`), as long as keepalive takes: keepalive probes only an idle
+/// connection, so a peer that vanished with replies still unacknowledged would
+/// otherwise be retransmitted to for `tcp_retries2` (15: about 15 minutes), its
+/// place held all that time.
+const UNACKNOWLEDGED_TIMEOUT: Duration =
+    KEEPALIVE_IDLE.saturating_add(KEEPALIVE_INTERVAL.saturating_mul(KEEPALIVE_PROBES));
 
 /// One named export: the volume and how it is offered.
 #[derive(Clone, Debug)]
@@ -775,7 +782,9 @@ fn keep_alive(stream: &TcpStream) -> rustix::io::Result<()> {
     sockopt::set_socket_keepalive(stream, true)?;
     sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
     sockopt::set_tcp_keepintvl(stream, KEEPALIVE_INTERVAL)?;
-    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)
+    sockopt::set_tcp_keepcnt(stream, KEEPALIVE_PROBES)?;
+    let millis = u32::try_from(UNACKNOWLEDGED_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+    sockopt::set_tcp_user_timeout(stream, millis)
 }
 
 /// A client that connects and then says nothing, or takes no replies, must not hold
@@ -940,6 +949,21 @@ mod tests {
             .with_idle_timeout(Duration::ZERO);
         assert_eq!(server.handshake_deadline, MIN_TIMEOUT);
         assert_eq!(server.idle_timeout, Some(MIN_TIMEOUT));
+    }
+
+    #[test]
+    fn a_vanished_peer_is_given_up_on_within_keepalives_time_even_with_replies_unacknowledged() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        keep_alive(&server).unwrap();
+        use rustix::net::sockopt;
+        assert!(sockopt::socket_keepalive(&server).unwrap());
+        assert_eq!(sockopt::tcp_keepidle(&server).unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(sockopt::tcp_keepintvl(&server).unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sockopt::tcp_keepcnt(&server).unwrap(), KEEPALIVE_PROBES);
+        // 60 s idle + 6 probes 10 s apart: two minutes, with or without data in flight.
+        assert_eq!(sockopt::tcp_user_timeout(&server).unwrap(), 120_000);
     }
 
     #[test]
