@@ -742,9 +742,11 @@ impl<S: Wire> Connection<S> {
                 Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
                 Err(source) => {
                     let context = match source.kind() {
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                            "no request within the idle timeout"
-                        }
+                        // SO_RCVTIMEO ran out: EAGAIN.
+                        io::ErrorKind::WouldBlock => "no request within the idle timeout",
+                        // ETIMEDOUT: the kernel gave up on the peer (keepalive, or
+                        // replies unacknowledged for TCP_USER_TIMEOUT).
+                        io::ErrorKind::TimedOut => "the client stopped answering",
                         _ => "reading a request",
                     };
                     return Err(Error::Io {
