@@ -276,3 +276,140 @@ for round in range(3):
     check(round);
     served.stop();
 }
+
+/// `atrest nbd serve` under `prlimit --nofile=100`: the limits are lowered to 9
+/// connections, said at start; nine attached clients with writes in flight are
+/// served while further connections are refused before the greeting, no `accept`
+/// fails for want of descriptors, and a closed connection's place serves nbdinfo.
+#[test]
+fn under_a_descriptor_limit_of_100_nine_clients_are_served_and_no_accept_fails() {
+    use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    if !require_tools(&["prlimit", "nbdinfo"]) {
+        return;
+    }
+    let home = Home::new();
+    let image = home.file("disk.img");
+    fs::File::create(&image).unwrap().set_len(4 * MIB).unwrap();
+    let mut server = Command::new("prlimit")
+        .arg("--nofile=100:100")
+        .arg(env!("CARGO_BIN_EXE_atrest"))
+        .args(["nbd", "serve", "--listen", "127.0.0.1:0", "--raw", "disk"])
+        .arg("--export")
+        .arg(format!("disk={}", image.display()))
+        .env("ATREST_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting prlimit atrest nbd serve");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (found, listening) = std::sync::mpsc::channel();
+    let stderr = server.stderr.take().unwrap();
+    let collected = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = found.send(addr.trim().parse::<SocketAddr>().unwrap());
+            }
+            collected.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    let addr = listening
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server never listened");
+    let open = || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut greeting = [0u8; 18];
+        match stream.read_exact(&mut greeting) {
+            Ok(()) => Some(stream),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
+                None
+            }
+            Err(err) => panic!("reading the greeting: {err}"),
+        }
+    };
+    let mut clients = Vec::new();
+    for i in 0..9u64 {
+        let mut stream = open().unwrap_or_else(|| panic!("client {i} of 9 was refused"));
+        stream.write_all(&3u32.to_be_bytes()).unwrap();
+        let mut option = 0x4948_4156_454f_5054u64.to_be_bytes().to_vec();
+        option.extend_from_slice(&1u32.to_be_bytes());
+        option.extend_from_slice(&4u32.to_be_bytes());
+        option.extend_from_slice(b"disk");
+        stream.write_all(&option).unwrap();
+        let mut reply = [0u8; 10];
+        stream.read_exact(&mut reply).unwrap();
+        clients.push(stream);
+    }
+    for _ in 0..20 {
+        assert!(open().is_none(), "a 10th connection was greeted");
+    }
+    // Every client keeps 16 writes in flight at once (16 transmission threads' worth).
+    for (i, stream) in clients.iter_mut().enumerate() {
+        let mut bytes = Vec::new();
+        for j in 0..16u64 {
+            let cookie = i as u64 * 100 + j;
+            bytes.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+            bytes.extend_from_slice(&0u16.to_be_bytes());
+            bytes.extend_from_slice(&1u16.to_be_bytes());
+            bytes.extend_from_slice(&cookie.to_be_bytes());
+            bytes.extend_from_slice(&(cookie * 4096).to_be_bytes());
+            bytes.extend_from_slice(&4096u32.to_be_bytes());
+            bytes.extend_from_slice(&[i as u8 + 1; 4096]);
+        }
+        stream.write_all(&bytes).unwrap();
+    }
+    for stream in &mut clients {
+        for _ in 0..16 {
+            let mut reply = [0u8; 16];
+            stream.read_exact(&mut reply).unwrap();
+            assert_eq!(&reply[4..8], &[0; 4], "a write failed");
+        }
+    }
+    let descriptors = fs::read_dir(format!("/proc/{}/fd", server.id()))
+        .map(|dir| dir.count())
+        .unwrap_or(0);
+    assert!(descriptors < 100, "{descriptors} descriptors open");
+    // A place freed, nbdinfo is served.
+    drop(clients.pop());
+    let mut served = false;
+    for _ in 0..400 {
+        let out = Command::new("nbdinfo")
+            .args(["--size", &format!("nbd://{addr}/disk")])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(served, "nbdinfo was never served");
+    drop(clients);
+    run(Command::new("kill").args(["-TERM", &server.id().to_string()]));
+    let status = server.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("at most 9 connections, 9 from one source (lowered from 128 and 32"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("accepting a connection failed") && !log.contains("Too many open files"),
+        "{log}"
+    );
+}
