@@ -819,7 +819,9 @@ impl SmallFilesystem {
 
 impl Drop for SmallFilesystem {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        // Lazily: a server thread may still be closing the image (seen: a busy
+        // mount left behind).
+        let _ = Command::new("umount").arg("--lazy").arg(self.dir.path()).status();
     }
 }
 
