@@ -90,7 +90,10 @@ impl SmallFilesystem {
 
 impl Drop for SmallFilesystem {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("--lazy").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status();
     }
 }
 

@@ -821,7 +821,10 @@ impl Drop for SmallFilesystem {
     fn drop(&mut self) {
         // Lazily: a server thread may still be closing the image (seen: a busy
         // mount left behind).
-        let _ = Command::new("umount").arg("--lazy").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
