@@ -35,6 +35,14 @@ static ZEROS: [u8; 128 * 1024] = [0; 128 * 1024];
 /// (nbdkit with LUKS: 15 us); a 1 MiB write is 16 system calls.
 const WRITE_PIECE: u64 = 64 * 1024;
 
+/// The length of the next piece of a write with `len` bytes left at file offset `at`:
+/// up to the next [`WRITE_PIECE`] boundary.
+fn piece_len(at: u64, len: usize) -> usize {
+    // At most WRITE_PIECE, so the cast is exact.
+    let room = (WRITE_PIECE - at % WRITE_PIECE) as usize;
+    len.min(room)
+}
+
 /// Opens `path` (following symlinks) as a volume file: read-only, or read-write with
 /// `writable`. The open itself never blocks: it is made with `O_NONBLOCK` (a FIFO
 /// with no writer would otherwise wait for ever) and `O_NOCTTY`, then the opened file
@@ -290,9 +298,7 @@ impl VolumeFile {
         let mut at = pos;
         let mut rest = data;
         while !rest.is_empty() {
-            // At most WRITE_PIECE, so the cast is exact.
-            let room = (WRITE_PIECE - at % WRITE_PIECE) as usize;
-            let take = rest.len().min(room);
+            let take = piece_len(at, rest.len());
             let (piece, after) = rest.split_at(take);
             self.file
                 .write_all_at(piece, at)
@@ -437,5 +443,59 @@ mod tests {
         }
         file.write_all_at(&[], 7).unwrap();
         assert_eq!(file.len().unwrap(), WRITE_PIECE + data.len() as u64);
+    }
+
+    /// The pieces of a write cover it exactly, in order, and none crosses an aligned
+    /// `WRITE_PIECE` block: the page cache sizes its folios by them (see `WRITE_PIECE`),
+    /// so a 1 MiB write in one `pwrite` would leave 1 MiB folios that make every later
+    /// 4 KiB overwrite cost several times more.
+    #[test]
+    fn pieces_cover_a_write_exactly_and_stay_within_one_aligned_block() {
+        let p = WRITE_PIECE;
+        let mib = 1024 * 1024;
+        // (file offset, length): aligned and unaligned starts, whole blocks, a write
+        // crossing a block boundary, lengths that are not a multiple of the piece,
+        // one byte, a 512-byte client sector, the end of a large file.
+        let cases = [
+            (0, 1),
+            (0, p),
+            (0, mib),
+            (mib, mib),
+            (mib, 4 * mib + 4096),
+            (1, p),
+            (p - 1, 2),
+            (p - 512, 512),
+            (3 * p + 4096, 16 * p - 8192),
+            (5 * 512, 7 * 512),
+            (u64::MAX / 2 - 3 * p - 100, 3 * p + 100),
+        ];
+        for (pos, len) in cases {
+            let mut at = pos;
+            let mut left = len as usize;
+            let mut pieces = 0;
+            while left > 0 {
+                let take = piece_len(at, left);
+                assert!(
+                    take > 0 && take <= left,
+                    "piece of {take} at {at} ({pos}, {len})"
+                );
+                let end = at + take as u64;
+                assert_eq!(at / p, (end - 1) / p, "piece {at}..{end} crosses a block");
+                // Each piece but the last ends on a block boundary: no extra calls.
+                assert!(
+                    end % p == 0 || take == left,
+                    "piece {at}..{end} stops early"
+                );
+                at = end;
+                left -= take;
+                pieces += 1;
+            }
+            assert_eq!(at, pos + len, "({pos}, {len}) not covered");
+            let blocks = (pos + len).div_ceil(p) - pos / p;
+            assert_eq!(
+                pieces, blocks,
+                "({pos}, {len}): one piece per block touched"
+            );
+        }
     }
 }
