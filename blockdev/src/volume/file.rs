@@ -18,21 +18,25 @@ static ZEROS: [u8; 128 * 1024] = [0; 128 * 1024];
 
 /// Writes reach the file in pieces of at most this many bytes, each within one
 /// aligned 64 KiB block of the file. The page cache sizes the folios it creates for a
-/// write by the write's length, which trades random overwrites against sequential
-/// reads: ext4 walks every buffer of a folio on each write into it, and reading costs
-/// per folio. Measured on ext4 with kernel 6.18 (a 512 MiB file written in pieces of
-/// the size shown, then `pread` of 1 MiB / `pwrite` of 4 KiB at random):
+/// write by the write's length, and ext4 walks every buffer of a folio on each write
+/// into it, so large pieces make later small overwrites dearer. Measured on ext4 with
+/// kernel 6.18 (session 9, load 4-5: a 512 MiB file written in pieces of the size
+/// shown, then CPU per `pread` of 1 MiB, per `pwrite` of 4 KiB at random, and per
+/// 1 MiB rewritten in order from a hot buffer, in 64 KiB pieces or in one call):
 ///
-/// | piece | 1 MiB read | 4 KiB overwrite |
-/// |---|---|---|
-/// | 16 KiB | 82 us | 1.65 us |
-/// | 64 KiB | 47 us | 2.8 us |
-/// | 256 KiB | 36 us | 2.0-3.0 us |
-/// | 1 MiB | 34 us | 3.4-5.4 us (7-18 us under writeback) |
+/// | piece (folio) | 1 MiB read | 4 KiB overwrite | 1 MiB write: 64 KiB pieces / one |
+/// |---|---|---|---|
+/// | 64 KiB | 110-112 us | 1.5-1.7 us | 106-118 / 108-121 us |
+/// | 256 KiB | 111-116 us | 2.3-2.4 us | 120 / 113-114 us |
+/// | 1 MiB | 107-114 us | 5.8-5.9 us | 128-132 / 109-116 us |
 ///
-/// In the NBD benchmark, 64 KiB instead of 16 KiB took the server's CPU per 1 MiB
-/// sequential read from 284 to 245 us and per 4 KiB random write from 6.9 to 8.7 us
-/// (nbdkit with LUKS: 15 us); a 1 MiB write is 16 system calls.
+/// Reads no longer depend on the folio size (session 7 measured 47 against 34 us),
+/// and a 1 MiB write costs the same in 64 KiB pieces over 64 KiB folios as in one
+/// call over 1 MiB ones. In the NBD server (four runs, load 6; `benches/README.md`,
+/// "Writes, session 9"), one call per whole aligned 256 KiB block, or pieces of 1 MiB,
+/// left the server's CPU per 1 MiB sequential write at 264 and 261 us against 265 us,
+/// and took it per later 4 KiB random write from 3.3 to 4.9 and 4.7 us (medians):
+/// 64 KiB stays. A 1 MiB write is 16 system calls.
 const WRITE_PIECE: u64 = 64 * 1024;
 
 /// The length of the next piece of a write with `len` bytes left at file offset `at`:
