@@ -18,22 +18,34 @@ static ZEROS: [u8; 128 * 1024] = [0; 128 * 1024];
 
 /// Writes reach the file in pieces of at most this many bytes, each within one
 /// aligned 64 KiB block of the file. The page cache sizes the folios it creates for a
-/// write by the write's length, which trades random overwrites against sequential
-/// reads: ext4 walks every buffer of a folio on each write into it, and reading costs
-/// per folio. Measured on ext4 with kernel 6.18 (a 512 MiB file written in pieces of
-/// the size shown, then `pread` of 1 MiB / `pwrite` of 4 KiB at random):
+/// write by the write's length, and ext4 walks every buffer of a folio on each write
+/// into it, so large pieces make later small overwrites dearer. Measured on ext4 with
+/// kernel 6.18 (session 9, load 4-5: a 512 MiB file written in pieces of the size
+/// shown, then CPU per `pread` of 1 MiB, per `pwrite` of 4 KiB at random, and per
+/// 1 MiB rewritten in order from a hot buffer, in 64 KiB pieces or in one call):
 ///
-/// | piece | 1 MiB read | 4 KiB overwrite |
-/// |---|---|---|
-/// | 16 KiB | 82 us | 1.65 us |
-/// | 64 KiB | 47 us | 2.8 us |
-/// | 256 KiB | 36 us | 2.0-3.0 us |
-/// | 1 MiB | 34 us | 3.4-5.4 us (7-18 us under writeback) |
+/// | piece (folio) | 1 MiB read | 4 KiB overwrite | 1 MiB write: 64 KiB pieces / one |
+/// |---|---|---|---|
+/// | 64 KiB | 110-112 us | 1.5-1.7 us | 106-118 / 108-121 us |
+/// | 256 KiB | 111-116 us | 2.3-2.4 us | 120 / 113-114 us |
+/// | 1 MiB | 107-114 us | 5.8-5.9 us | 128-132 / 109-116 us |
 ///
-/// In the NBD benchmark, 64 KiB instead of 16 KiB took the server's CPU per 1 MiB
-/// sequential read from 284 to 245 us and per 4 KiB random write from 6.9 to 8.7 us
-/// (nbdkit with LUKS: 15 us); a 1 MiB write is 16 system calls.
+/// Reads no longer depend on the folio size (session 7 measured 47 against 34 us),
+/// and a 1 MiB write costs the same in 64 KiB pieces over 64 KiB folios as in one
+/// call over 1 MiB ones. In the NBD server (four runs, load 6; `benches/README.md`,
+/// "Writes, session 9"), one call per whole aligned 256 KiB block, or pieces of 1 MiB,
+/// left the server's CPU per 1 MiB sequential write at 264 and 261 us against 265 us,
+/// and took it per later 4 KiB random write from 3.3 to 4.9 and 4.7 us (medians):
+/// 64 KiB stays. A 1 MiB write is 16 system calls.
 const WRITE_PIECE: u64 = 64 * 1024;
+
+/// The length of the next piece of a write with `len` bytes left at file offset `at`:
+/// up to the next [`WRITE_PIECE`] boundary.
+fn piece_len(at: u64, len: usize) -> usize {
+    // At most WRITE_PIECE, so the cast is exact.
+    let room = (WRITE_PIECE - at % WRITE_PIECE) as usize;
+    len.min(room)
+}
 
 /// Opens `path` (following symlinks) as a volume file: read-only, or read-write with
 /// `writable`. The open itself never blocks: it is made with `O_NONBLOCK` (a FIFO
@@ -290,9 +302,7 @@ impl VolumeFile {
         let mut at = pos;
         let mut rest = data;
         while !rest.is_empty() {
-            // At most WRITE_PIECE, so the cast is exact.
-            let room = (WRITE_PIECE - at % WRITE_PIECE) as usize;
-            let take = rest.len().min(room);
+            let take = piece_len(at, rest.len());
             let (piece, after) = rest.split_at(take);
             self.file
                 .write_all_at(piece, at)
@@ -437,5 +447,59 @@ mod tests {
         }
         file.write_all_at(&[], 7).unwrap();
         assert_eq!(file.len().unwrap(), WRITE_PIECE + data.len() as u64);
+    }
+
+    /// The pieces of a write cover it exactly, in order, and none crosses an aligned
+    /// `WRITE_PIECE` block: the page cache sizes its folios by them (see `WRITE_PIECE`),
+    /// so a 1 MiB write in one `pwrite` would leave 1 MiB folios that make every later
+    /// 4 KiB overwrite cost several times more.
+    #[test]
+    fn pieces_cover_a_write_exactly_and_stay_within_one_aligned_block() {
+        let p = WRITE_PIECE;
+        let mib = 1024 * 1024;
+        // (file offset, length): aligned and unaligned starts, whole blocks, a write
+        // crossing a block boundary, lengths that are not a multiple of the piece,
+        // one byte, a 512-byte client sector, the end of a large file.
+        let cases = [
+            (0, 1),
+            (0, p),
+            (0, mib),
+            (mib, mib),
+            (mib, 4 * mib + 4096),
+            (1, p),
+            (p - 1, 2),
+            (p - 512, 512),
+            (3 * p + 4096, 16 * p - 8192),
+            (5 * 512, 7 * 512),
+            (u64::MAX / 2 - 3 * p - 100, 3 * p + 100),
+        ];
+        for (pos, len) in cases {
+            let mut at = pos;
+            let mut left = len as usize;
+            let mut pieces = 0;
+            while left > 0 {
+                let take = piece_len(at, left);
+                assert!(
+                    take > 0 && take <= left,
+                    "piece of {take} at {at} ({pos}, {len})"
+                );
+                let end = at + take as u64;
+                assert_eq!(at / p, (end - 1) / p, "piece {at}..{end} crosses a block");
+                // Each piece but the last ends on a block boundary: no extra calls.
+                assert!(
+                    end % p == 0 || take == left,
+                    "piece {at}..{end} stops early"
+                );
+                at = end;
+                left -= take;
+                pieces += 1;
+            }
+            assert_eq!(at, pos + len, "({pos}, {len}) not covered");
+            let blocks = (pos + len).div_ceil(p) - pos / p;
+            assert_eq!(
+                pieces, blocks,
+                "({pos}, {len}): one piece per block touched"
+            );
+        }
     }
 }
