@@ -46,7 +46,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread;
 use std::time::Duration;
 
-use rustix::net::SendFlags;
+use rustix::net::{RecvFlags, SendFlags};
 use tracing::{debug, error, warn};
 
 use super::negotiation::{session_limits, Session};
@@ -231,6 +231,15 @@ pub(super) trait Wire: Read + Write + Send + Sized + 'static {
     fn write_reply(&mut self, header: &[u8], data: &mut [u8]) -> io::Result<()> {
         self.write_parts(&[header, data])
     }
+    /// Whether at least `need` bytes (never more than a request header) can be read
+    /// now without waiting, asking the socket without blocking: the reader then
+    /// answers those requests too before it sends the replies it gathered
+    /// ([`BATCH_BYTES`]). `false` whenever unsure (the end of the stream, an error, a
+    /// TLS record not yet whole): the gathered replies then leave at once.
+    fn ready(&self, need: usize) -> bool {
+        let _ = need;
+        false
+    }
 }
 
 impl Wire for TcpStream {
@@ -268,6 +277,17 @@ impl Wire for TcpStream {
     fn set_write_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.set_write_timeout(timeout)
     }
+
+    /// `recv` with `MSG_PEEK | MSG_DONTWAIT`: the bytes stay in the socket.
+    fn ready(&self, need: usize) -> bool {
+        let mut peek = [0u8; proto::REQUEST_HEADER_LEN];
+        let need = need.min(peek.len());
+        need > 0
+            && matches!(
+                rustix::net::recv(self, &mut peek[..need], RecvFlags::PEEK | RecvFlags::DONTWAIT),
+                Ok((n, _)) if n >= need
+            )
+    }
 }
 
 impl Wire for UnixStream {
@@ -282,6 +302,35 @@ impl Wire for UnixStream {
     fn set_write_timeout_wire(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.set_write_timeout(timeout)
     }
+}
+
+/// Serves `volume` (simple replies) to one client on `stream` with `threads` threads,
+/// as after a handshake, until the client is done: for the TLS record layer's tests.
+#[cfg(test)]
+pub(super) fn serve_for_test<S: Wire>(
+    reader: S,
+    writer: S,
+    volume: Arc<dyn Volume>,
+    threads: usize,
+) -> Result<(), Error> {
+    let export = Export {
+        volume,
+        read_only: false,
+        description: None,
+        allowed_clients: Vec::new(),
+    };
+    let limits = session_limits(&export, false, false);
+    let context = ConnectionContext {
+        exports: Arc::new(RwLock::new(BTreeMap::new())),
+        gate: Gate::default(),
+        threads,
+        idle_timeout: None,
+        peer: "a test".into(),
+        buffers: Arc::new(BufferPool::new(threads)),
+        helpers: HelperPool::new(threads),
+    };
+    let reader = BufReader::with_capacity(256 * 1024, reader);
+    transmit(reader, writer, Session { export, limits }, &context, |_| {})
 }
 
 /// The transmission phase of an attached client, with `context.threads` threads.
@@ -306,6 +355,7 @@ pub(super) fn transmit<S: Wire>(
             stream: reader,
             batch: Vec::new(),
             header_past_buffer: false,
+            probe: Probe::default(),
             end: None,
         }),
         writer: Mutex::new(ReplySide {
@@ -524,6 +574,8 @@ struct ReadSide<S> {
     /// The last request had a payload read past the buffer ([`DIRECT_PAYLOAD_MIN`]),
     /// so the next header is read that way too.
     header_past_buffer: bool,
+    /// Whether to look for the next request before sending `batch`.
+    probe: Probe,
     /// How reading ended (end of stream, DISC, an error), once it has: the other
     /// threads then finish what they run and stop.
     end: Option<Result<(), Error>>,
@@ -536,6 +588,45 @@ struct ReplySide<S> {
     held: Vec<u8>,
     /// How many replies `held` holds.
     held_replies: usize,
+}
+
+/// When the reader, its gathered replies in hand and no whole request in its buffer,
+/// asks the wire whether the next request has come meanwhile ([`Wire::ready`]; a
+/// `recv` that does not wait) rather than sending them at once. A client that sends
+/// its next request while the server answers the last (pipelined reads, whenever the
+/// server is not much faster than the client) then gets several replies in one write,
+/// over TLS in full records: one `recv` pair, one record and one wake-up for several
+/// requests. A client that waits for each reply (QD1) would only pay a `recv` that
+/// finds nothing per request, so each miss doubles how many batches go out without
+/// asking (up to [`Probe::BACKOFF_MAX`]) and a hit starts again from none.
+#[derive(Debug, Default)]
+struct Probe {
+    /// Batches still to send without asking.
+    skip: u8,
+    /// How many to skip after the next miss.
+    backoff: u8,
+}
+
+impl Probe {
+    /// At most this many batches go out without asking between two misses: at QD1,
+    /// one `recv` in vain per 17 requests.
+    const BACKOFF_MAX: u8 = 16;
+
+    /// Whether the next request is ready, by `ask` unless backing off; `false` while
+    /// backing off.
+    fn next_request_ready(&mut self, ask: impl FnOnce() -> bool) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        if ask() {
+            self.backoff = 0;
+            return true;
+        }
+        self.skip = self.backoff;
+        self.backoff = (self.backoff * 2).clamp(1, Self::BACKOFF_MAX);
+        false
+    }
 }
 
 /// A request read and admitted, for the thread that read it to run.
@@ -623,9 +714,10 @@ impl<S: Wire> Connection<S> {
             stream,
             batch,
             header_past_buffer,
+            probe,
             ..
         } = &mut *side;
-        let next = self.read_request(stream, batch, header_past_buffer, kept_payload);
+        let next = self.read_request(stream, batch, header_past_buffer, probe, kept_payload);
         self.send_batch(batch);
         match next {
             Ok(Some(request)) => {
@@ -722,11 +814,22 @@ impl<S: Wire> Connection<S> {
         reader: &mut BufReader<S>,
         batch: &mut Vec<u8>,
         header_past_buffer: &mut bool,
+        probe: &mut Probe,
         kept_payload: &mut Vec<u8>,
     ) -> Result<Option<Request<'_, S>>, Error> {
         loop {
-            // About to wait for the client: what it asked for so far goes out first.
-            if reader.buffer().len() < proto::REQUEST_HEADER_LEN || batch.len() >= BATCH_BYTES {
+            // About to wait for the client: what it asked for so far goes out first,
+            // unless the next request has come meanwhile (see `Wire::ready`).
+            let buffered = reader.buffer().len();
+            if batch.len() >= BATCH_BYTES
+                || (buffered < proto::REQUEST_HEADER_LEN
+                    && !batch.is_empty()
+                    && !probe.next_request_ready(|| {
+                        reader
+                            .get_ref()
+                            .ready(proto::REQUEST_HEADER_LEN - buffered)
+                    }))
+            {
                 self.send_batch(batch);
             }
             let mut head = [0u8; proto::REQUEST_HEADER_LEN];
@@ -772,6 +875,9 @@ impl<S: Wire> Connection<S> {
                     continue;
                 }
             }
+            // This request runs the ordinary way, and getting it may wait (for the
+            // byte budget, for its payload): the gathered replies go first.
+            self.send_batch(batch);
             let cost = match command {
                 Command::Read { length, .. } | Command::Write { length, .. } => u64::from(length),
                 _ => 0,
