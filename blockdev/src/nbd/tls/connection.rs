@@ -188,7 +188,10 @@ struct Transmitter {
 impl TlsStream {
     /// The session after a handshake: `tx` and `rx` as rustls extracted them, the
     /// plaintext rustls already decrypted (`early`), the ciphertext read past it
-    /// (`unread`), and the cipher suite's confidentiality `limit`.
+    /// (`unread`), whether rustls already read the client's close_notify
+    /// (`peer_closed`: nothing in `unread` is then the client's), and the cipher
+    /// suite's confidentiality `limit`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         tcp: TcpStream,
         (tx_seq, tx): (u64, ConnectionTrafficSecrets),
@@ -196,6 +199,7 @@ impl TlsStream {
         secrets: KernelConnection<ServerConnectionData>,
         early: Vec<u8>,
         unread: &[u8],
+        peer_closed: bool,
         limit: u64,
     ) -> Result<TlsStream, RecordError> {
         let mut buf = vec![0u8; RX_BUFFER.max(unread.len())];
@@ -210,7 +214,7 @@ impl TlsStream {
                     next: 0,
                     plain: 0..0,
                     early,
-                    closed: false,
+                    closed: peer_closed,
                     failed: None,
                     deferred: None,
                     update_asked: false,

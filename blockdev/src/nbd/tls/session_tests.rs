@@ -249,6 +249,39 @@ fn close_notify_ends_the_stream_cleanly_both_ways() {
     assert_eq!(rest, b"last reply");
 }
 
+/// A client's Finished, its first data and its close_notify in one write: the server
+/// reads the data and sees the stream end (rustls, reading them all at once, used to
+/// report the close as a handshake cut short).
+#[test]
+fn finished_data_and_close_notify_in_one_write_are_all_read() {
+    let pki = pki();
+    let (mut tcp, server) = session(&pki, u64::MAX, |mut stream| {
+        let mut all = Vec::new();
+        stream
+            .read_to_end(&mut all)
+            .map(|_| all)
+            .map_err(|e| e.to_string())
+    });
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = ClientConnection::new(client_config(&pki, false), name).unwrap();
+    while conn.wants_write() {
+        conn.write_tls(&mut tcp).unwrap();
+    }
+    // The server's flight, until the client's Finished is queued (not sent).
+    while conn.is_handshaking() {
+        conn.read_tls(&mut tcp).unwrap();
+        conn.process_new_packets().unwrap();
+    }
+    conn.writer().write_all(b"request").unwrap();
+    conn.send_close_notify();
+    let mut flight = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut flight).unwrap();
+    }
+    tcp.write_all(&flight).unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), b"request");
+}
+
 /// A client that completed the handshake with rustls and took its sending key, to
 /// send records rustls never would.
 struct RawClient {
@@ -711,7 +744,7 @@ impl fmt::Debug for MemVolume {
 }
 
 impl MemVolume {
-    fn new(fail_at: Option<u64>, hook: Option<ReadHook>) -> Arc<dyn Volume> {
+    fn shared(fail_at: Option<u64>, hook: Option<ReadHook>) -> Arc<dyn Volume> {
         Arc::new(MemVolume {
             data: pseudo_random(VOLUME, 11),
             fail_at,
@@ -784,7 +817,9 @@ fn nbd_session(
     thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         peek(tcp.try_clone().unwrap());
-        let mut stream = accept_with_limit(&settings, tcp, &[], u64::MAX).unwrap().stream;
+        let mut stream = accept_with_limit(&settings, tcp, &[], u64::MAX)
+            .unwrap()
+            .stream;
         stream.write_all(READY).unwrap();
         let reader = stream.try_clone().unwrap();
         let outcome = serve_for_test(reader, stream, volume, 4).map_err(|e| e.to_string());
@@ -842,7 +877,11 @@ impl RawClient {
             }
             let error = u32::from_be_bytes(plain[4..8].try_into().unwrap());
             let cookie = u64::from_be_bytes(plain[8..16].try_into().unwrap());
-            let len = if error == 0 { READ_REPLY } else { nbd_proto::SIMPLE_REPLY_LEN };
+            let len = if error == 0 {
+                READ_REPLY
+            } else {
+                nbd_proto::SIMPLE_REPLY_LEN
+            };
             while plain.len() < len {
                 plain.extend(self.next_record());
                 records += 1;
@@ -886,7 +925,7 @@ const REQUEST_RECORD: usize = HEADER_LEN + nbd_proto::REQUEST_HEADER_LEN + 1 + 1
 #[test]
 fn pipelined_reads_are_answered_in_full_records() {
     let pki = pki();
-    let (mut client, ended) = nbd_session(&pki, MemVolume::new(None, None), |_| {});
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, None), |_| {});
     let requests: Vec<_> = (0..16).map(read_request).collect();
     client.send_requests(&requests);
     let replies = client.read_replies(16);
@@ -921,7 +960,7 @@ fn a_read_that_arrives_while_the_last_is_answered_shares_its_record() {
             lock(&wait).recv().unwrap();
         }
     });
-    let (mut client, ended) = nbd_session(&pki, MemVolume::new(None, Some(hook)), move |tcp| {
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, Some(hook)), move |tcp| {
         server_tcp_tx.send(tcp).unwrap();
     });
     let server_tcp = server_tcp.recv().unwrap();
@@ -932,7 +971,10 @@ fn a_read_that_arrives_while_the_last_is_answered_shares_its_record() {
     arrived.send(()).unwrap();
     let replies = client.read_replies(2);
     assert_eq!(
-        replies.iter().map(|r| (r.cookie, r.record)).collect::<Vec<_>>(),
+        replies
+            .iter()
+            .map(|r| (r.cookie, r.record))
+            .collect::<Vec<_>>(),
         [(1, 1), (2, 1)],
         "both replies in the first record"
     );
@@ -945,7 +987,7 @@ fn a_read_that_arrives_while_the_last_is_answered_shares_its_record() {
 #[test]
 fn lone_reads_are_each_answered_at_once() {
     let pki = pki();
-    let (mut client, ended) = nbd_session(&pki, MemVolume::new(None, None), |_| {});
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, None), |_| {});
     for cookie in 0..40 {
         client.send_requests(&[read_request(cookie)]);
         let replies = client.read_replies(1);
@@ -959,7 +1001,7 @@ fn lone_reads_are_each_answered_at_once() {
 #[test]
 fn a_read_error_in_a_batch_fails_only_that_read() {
     let pki = pki();
-    let (mut client, ended) = nbd_session(&pki, MemVolume::new(Some(5 * 4096), None), |_| {});
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(Some(5 * 4096), None), |_| {});
     let requests: Vec<_> = (0..12).map(read_request).collect();
     client.send_requests(&requests);
     let replies = client.read_replies(12);
@@ -1011,7 +1053,11 @@ impl Volume for RevokedAfter {
     fn write_zeroes(&self, offset: u64, length: u64, punch: bool) -> Result<(), crate::Error> {
         self.volume.write_zeroes(offset, length, punch)
     }
-    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<crate::volume::Extent>, crate::Error> {
+    fn allocation(
+        &self,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<crate::volume::Extent>, crate::Error> {
         self.volume.allocation(offset, length)
     }
 }
@@ -1062,7 +1108,7 @@ fn a_client_that_leaves_in_the_middle_of_a_batch_leaves_no_thread_waiting() {
             let _ = lock(&wait).recv();
         }
     });
-    let (mut client, ended) = nbd_session(&pki, MemVolume::new(None, Some(hook)), |_| {});
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, Some(hook)), |_| {});
     let requests: Vec<_> = (0..16).map(read_request).collect();
     client.send_requests(&requests);
     client.tcp.shutdown(Shutdown::Both).unwrap();
@@ -1088,13 +1134,14 @@ fn a_bad_record_after_a_request_still_lets_its_reply_out() {
             lock(&wait).recv().unwrap();
         }
     });
-    let (mut client, ended) = nbd_session(&pki, MemVolume::new(None, Some(hook)), move |tcp| {
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, Some(hook)), move |tcp| {
         server_tcp_tx.send(tcp).unwrap();
     });
     let server_tcp = server_tcp.recv().unwrap();
     client.send_requests(&[read_request(1)]);
     held.recv().unwrap();
-    let mut bad = record::seal_inner(&mut client.key, &[&read_request(2)[..], &[23]].concat()).unwrap();
+    let mut bad =
+        record::seal_inner(&mut client.key, &[&read_request(2)[..], &[23]].concat()).unwrap();
     let last = bad.len() - 1;
     bad[last] ^= 1;
     client.tcp.write_all(&bad).unwrap();
