@@ -14,8 +14,11 @@
 //! record between the first and the last borrows the next record's first byte for its
 //! content type, and the records' headers and tags go beside the data in one `writev`
 //! (`Wire::write_reply`). Other replies are framed into records in one buffer, sealed
-//! in place and sent with one `write`. A request's records are read many at a time
-//! and opened in place.
+//! in place and sent with one `write`, so replies gathered together share full
+//! records. A request's records are read many at a time and opened in place; the
+//! transmission code may also ask whether another request has come
+//! (`Wire::ready`: one `recv` that does not wait), and a record that fails then is
+//! reported by the next read, after the replies gathered before it are sent.
 //!
 //! The rules (fail-closed, each ends the connection, with an alert where one is due):
 //! only protected records after the handshake; at most 2^14 + 256 bytes of ciphertext
@@ -480,6 +483,8 @@ fn accept_with_limit(
     let mut queued = 0;
     // Application data that came with the client's Finished (its first option).
     let mut plaintext = Vec::new();
+    // The client's close_notify came with its Finished (rustls read it).
+    let mut peer_closed = false;
     loop {
         let UnbufferedStatus { discard, state } = tls.process_tls_records(&mut incoming[..filled]);
         let state = match state {
@@ -513,8 +518,12 @@ fn accept_with_limit(
             // The server may send from its Finished on; the client's Finished ends
             // the handshake.
             ConnectionState::WriteTraffic(_) => true,
+            // Refused below unless the handshake is over: a client may send its
+            // Finished, its data and close_notify at once, and rustls then reads
+            // them all before this loop sees the handshake end.
             ConnectionState::PeerClosed | ConnectionState::Closed => {
-                return Err(TlsError::ClosedInHandshake.into())
+                peer_closed = true;
+                true
             }
             _ => {
                 return Err(
@@ -522,6 +531,9 @@ fn accept_with_limit(
                 )
             }
         };
+        if peer_closed && tls.is_handshaking() {
+            return Err(TlsError::ClosedInHandshake.into());
+        }
         incoming.copy_within(discard..filled, 0);
         filled -= discard;
         if !wait_for_client {
@@ -571,6 +583,7 @@ fn accept_with_limit(
         kernel,
         plaintext,
         &incoming[..filled],
+        peer_closed,
         limit,
     )
     .map_err(|e| TlsError::Session(e.to_string()))?;

@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rustix::net::RecvFlags;
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::ConnectionTrafficSecrets;
@@ -164,6 +165,9 @@ struct Receiver {
     closed: bool,
     /// Why a record was refused: every further read fails with it.
     failed: Option<String>,
+    /// A record [`Session::ready`] found bad: the next read fails with it (after the
+    /// replies to the requests before it are sent).
+    deferred: Option<SessionError>,
     /// The server asked for a new client key and has not seen it yet.
     update_asked: bool,
     /// KeyUpdates since the last application data (bounded, as in rustls and
@@ -184,7 +188,10 @@ struct Transmitter {
 impl TlsStream {
     /// The session after a handshake: `tx` and `rx` as rustls extracted them, the
     /// plaintext rustls already decrypted (`early`), the ciphertext read past it
-    /// (`unread`), and the cipher suite's confidentiality `limit`.
+    /// (`unread`), whether rustls already read the client's close_notify
+    /// (`peer_closed`: nothing in `unread` is then the client's), and the cipher
+    /// suite's confidentiality `limit`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         tcp: TcpStream,
         (tx_seq, tx): (u64, ConnectionTrafficSecrets),
@@ -192,6 +199,7 @@ impl TlsStream {
         secrets: KernelConnection<ServerConnectionData>,
         early: Vec<u8>,
         unread: &[u8],
+        peer_closed: bool,
         limit: u64,
     ) -> Result<TlsStream, RecordError> {
         let mut buf = vec![0u8; RX_BUFFER.max(unread.len())];
@@ -206,8 +214,9 @@ impl TlsStream {
                     next: 0,
                     plain: 0..0,
                     early,
-                    closed: false,
+                    closed: peer_closed,
                     failed: None,
+                    deferred: None,
                     update_asked: false,
                     key_updates: 0,
                 }),
@@ -280,6 +289,13 @@ impl Wire for TlsStream {
     fn write_reply(&mut self, header: &[u8], data: &mut [u8]) -> io::Result<()> {
         self.session.send_reply(header, data)
     }
+
+    /// Plaintext already opened, else every whole record received, after one `recv`
+    /// that does not wait.
+    fn ready(&self, need: usize) -> bool {
+        let mut rx = lock(&self.session.rx);
+        self.session.ready(&mut rx, need)
+    }
 }
 
 impl Receiver {
@@ -304,6 +320,11 @@ impl Session {
     fn read(&self, rx: &mut Receiver, out: &mut [u8]) -> io::Result<usize> {
         if let Some(reason) = &rx.failed {
             return Err(io::Error::new(io::ErrorKind::InvalidData, reason.clone()));
+        }
+        if rx.early.is_empty() && rx.plain.is_empty() {
+            if let Some(err) = rx.deferred.take() {
+                return Err(self.fail(rx, err));
+            }
         }
         let mut copied = 0;
         loop {
@@ -338,6 +359,58 @@ impl Session {
                 // shutdown(Read) (stopping, a volume swap) or a client that hung up
                 // between requests, which the NBD layer handles like any end.
                 return Ok(0);
+            }
+        }
+    }
+
+    /// Whether at least `need` bytes of plaintext can be read without waiting: those
+    /// already opened, else the first whole record received that holds any (after a
+    /// `recv` that does not wait, when none is buffered). Records are opened only when
+    /// no plaintext is left (each one's plaintext stays where it was opened), so a
+    /// request split over records may read as not ready: the caller then only sends
+    /// its replies sooner. A record that fails is not reported here but by the next
+    /// read ([`Receiver::deferred`]), so the replies gathered before it still go out.
+    fn ready(&self, rx: &mut Receiver, need: usize) -> bool {
+        if rx.failed.is_some() || rx.deferred.is_some() {
+            return false;
+        }
+        let mut asked = false;
+        loop {
+            let have = rx.early.len() + rx.plain.len();
+            if have > 0 {
+                return have >= need;
+            }
+            match self.open_next(rx) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => {
+                    rx.deferred = Some(err);
+                    return false;
+                }
+            }
+            if asked || rx.closed || !self.fill_now(rx) {
+                return false;
+            }
+            asked = true;
+        }
+    }
+
+    /// [`Session::fill`] without waiting: whether it read anything.
+    fn fill_now(&self, rx: &mut Receiver) -> bool {
+        rx.buf.copy_within(rx.next..rx.filled, 0);
+        rx.filled -= rx.next;
+        rx.next = 0;
+        rx.plain = 0..0;
+        loop {
+            match rustix::net::recv(&self.tcp, &mut rx.buf[rx.filled..], RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return false,
+                Ok((n, _)) => {
+                    rx.filled += n;
+                    return true;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                // Nothing yet (EAGAIN), or an error the next read reports.
+                Err(_) => return false,
             }
         }
     }

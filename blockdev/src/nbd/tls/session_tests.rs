@@ -249,6 +249,39 @@ fn close_notify_ends_the_stream_cleanly_both_ways() {
     assert_eq!(rest, b"last reply");
 }
 
+/// A client's Finished, its first data and its close_notify in one write: the server
+/// reads the data and sees the stream end (rustls, reading them all at once, used to
+/// report the close as a handshake cut short).
+#[test]
+fn finished_data_and_close_notify_in_one_write_are_all_read() {
+    let pki = pki();
+    let (mut tcp, server) = session(&pki, u64::MAX, |mut stream| {
+        let mut all = Vec::new();
+        stream
+            .read_to_end(&mut all)
+            .map(|_| all)
+            .map_err(|e| e.to_string())
+    });
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = ClientConnection::new(client_config(&pki, false), name).unwrap();
+    while conn.wants_write() {
+        conn.write_tls(&mut tcp).unwrap();
+    }
+    // The server's flight, until the client's Finished is queued (not sent).
+    while conn.is_handshaking() {
+        conn.read_tls(&mut tcp).unwrap();
+        conn.process_new_packets().unwrap();
+    }
+    conn.writer().write_all(b"request").unwrap();
+    conn.send_close_notify();
+    let mut flight = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut flight).unwrap();
+    }
+    tcp.write_all(&flight).unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), b"request");
+}
+
 /// A client that completed the handshake with rustls and took its sending key, to
 /// send records rustls never would.
 struct RawClient {
@@ -677,4 +710,459 @@ fn a_list_puts_the_servers_order_first_and_the_default_the_clients() {
         client_config(&pki, false),
     );
     assert_eq!(again.unwrap(), TlsCipher::Aes128Gcm.suite().suite());
+}
+
+// ---- Replies gathered into records (the transmission code on a TLS session) ----
+
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::nbd::proto::{self as nbd_proto, RequestHeader, CMD_READ};
+use crate::nbd::transmission::serve_for_test;
+use crate::volume::{EncryptedVolume, Volume};
+
+/// A simple read reply over the wire: header and 4 KiB.
+const READ_REPLY: usize = nbd_proto::SIMPLE_REPLY_LEN + 4096;
+
+/// Called with each read's offset before a [`MemVolume`] serves it.
+type ReadHook = Box<dyn Fn(u64) + Send + Sync>;
+
+/// A volume in memory whose every read is "in the page cache" (so the reader answers
+/// it itself and gathers its reply), failing reads at `fail_at` (EIO), and calling
+/// `hook` first: tests hold the server there while the client sends more.
+struct MemVolume {
+    data: Vec<u8>,
+    fail_at: Option<u64>,
+    hook: Option<ReadHook>,
+}
+
+impl fmt::Debug for MemVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MemVolume")
+    }
+}
+
+impl MemVolume {
+    fn shared(fail_at: Option<u64>, hook: Option<ReadHook>) -> Arc<dyn Volume> {
+        Arc::new(MemVolume {
+            data: pseudo_random(VOLUME, 11),
+            fail_at,
+            hook,
+        })
+    }
+}
+
+const VOLUME: usize = 1 << 20;
+
+impl Volume for MemVolume {
+    fn size(&self) -> u64 {
+        VOLUME as u64
+    }
+    fn block_size(&self) -> u32 {
+        4096
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::Error> {
+        if self.fail_at == Some(offset) {
+            return Err(crate::Error::Io {
+                context: "reading the failing block".into(),
+                source: io::Error::from_raw_os_error(libc::EIO),
+            });
+        }
+        buf.copy_from_slice(&self.data[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool, crate::Error> {
+        if let Some(hook) = &self.hook {
+            hook(offset);
+        }
+        self.read_at(offset, buf).map(|()| true)
+    }
+    fn write_at(&self, _: u64, _: &[u8]) -> Result<(), crate::Error> {
+        Err(crate::Error::ReadOnly)
+    }
+    fn flush(&self) -> Result<(), crate::Error> {
+        Ok(())
+    }
+    fn trim(&self, _: u64, _: u64) -> Result<(), crate::Error> {
+        Err(crate::Error::ReadOnly)
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), crate::Error> {
+        Err(crate::Error::ReadOnly)
+    }
+    fn allocation(&self, _: u64, length: u64) -> Result<Vec<crate::volume::Extent>, crate::Error> {
+        Ok(vec![crate::volume::Extent {
+            length,
+            hole: false,
+            zero: false,
+        }])
+    }
+}
+
+/// An NBD server (after its handshake) on a TLS session, serving `volume` with four
+/// transmission threads: the client, and how serving ended. `peek` gets a handle on
+/// the server's socket (to see what has arrived there).
+fn nbd_session(
+    pki: &Pki,
+    volume: Arc<dyn Volume>,
+    peek: impl FnOnce(TcpStream) + Send + 'static,
+) -> (RawClient, mpsc::Receiver<Result<(), String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = pki.settings.clone();
+    let (done, ended) = mpsc::channel();
+    thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        peek(tcp.try_clone().unwrap());
+        let mut stream = accept_with_limit(&settings, tcp, &[], u64::MAX)
+            .unwrap()
+            .stream;
+        stream.write_all(READY).unwrap();
+        let reader = stream.try_clone().unwrap();
+        let outcome = serve_for_test(reader, stream, volume, 4).map_err(|e| e.to_string());
+        let _ = done.send(outcome);
+    });
+    let client = raw_client(pki, TcpStream::connect(addr).unwrap());
+    // Only a guard against a server that never answers: nothing here is timed.
+    client
+        .tcp
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    (client, ended)
+}
+
+fn read_request(cookie: u64) -> Vec<u8> {
+    RequestHeader {
+        flags: 0,
+        kind: CMD_READ,
+        cookie,
+        offset: cookie * 4096,
+        length: 4096,
+    }
+    .encode()
+    .to_vec()
+}
+
+/// A reply as the client parsed it: cookie, error, and the record it ended in.
+#[derive(Debug)]
+struct Reply {
+    cookie: u64,
+    error: u32,
+    record: usize,
+}
+
+impl RawClient {
+    /// Each request in a record of its own (as GnuTLS sends them), all in one write.
+    fn send_requests(&mut self, requests: &[Vec<u8>]) {
+        let mut wire = Vec::new();
+        for request in requests {
+            let inner = [&request[..], &[23]].concat();
+            wire.extend(record::seal_inner(&mut self.key, &inner).unwrap());
+        }
+        self.tcp.write_all(&wire).unwrap();
+    }
+
+    /// Reads `count` simple read replies (4 KiB each, or none after an error),
+    /// checking their data against the volume's.
+    fn read_replies(&mut self, count: usize) -> Vec<Reply> {
+        let data = pseudo_random(VOLUME, 11);
+        let (mut plain, mut records, mut replies) = (Vec::new(), 0, Vec::new());
+        while replies.len() < count {
+            while plain.len() < nbd_proto::SIMPLE_REPLY_LEN {
+                plain.extend(self.next_record());
+                records += 1;
+            }
+            let error = u32::from_be_bytes(plain[4..8].try_into().unwrap());
+            let cookie = u64::from_be_bytes(plain[8..16].try_into().unwrap());
+            let len = if error == 0 {
+                READ_REPLY
+            } else {
+                nbd_proto::SIMPLE_REPLY_LEN
+            };
+            while plain.len() < len {
+                plain.extend(self.next_record());
+                records += 1;
+            }
+            let at = cookie as usize * 4096;
+            assert!(
+                plain[nbd_proto::SIMPLE_REPLY_LEN..len] == data[at..at + len - 16],
+                "reply {cookie}: wrong data"
+            );
+            plain.drain(..len);
+            replies.push(Reply {
+                cookie,
+                error,
+                record: records,
+            });
+        }
+        assert!(plain.is_empty(), "{} bytes after the replies", plain.len());
+        replies
+    }
+}
+
+/// Waits until the socket has at least `bytes` unread (the client's next request has
+/// arrived); a guard, not a timing.
+fn wait_for_bytes(tcp: &TcpStream, bytes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut peek = vec![0u8; bytes];
+    tcp.set_nonblocking(true).unwrap();
+    while !matches!(tcp.peek(&mut peek), Ok(n) if n >= bytes) {
+        assert!(Instant::now() < deadline, "the client's bytes never came");
+        thread::sleep(Duration::from_millis(1));
+    }
+    tcp.set_nonblocking(false).unwrap();
+}
+
+/// The bytes of one request record on the wire.
+const REQUEST_RECORD: usize = HEADER_LEN + nbd_proto::REQUEST_HEADER_LEN + 1 + 16;
+
+/// A client's pipelined 4 KiB reads that arrive together are answered together: their
+/// replies sealed as one stream into full records (not one record per reply), so the
+/// client reads ceil(N * 4112 / 16384) records for N replies.
+#[test]
+fn pipelined_reads_are_answered_in_full_records() {
+    let pki = pki();
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, None), |_| {});
+    let requests: Vec<_> = (0..16).map(read_request).collect();
+    client.send_requests(&requests);
+    let replies = client.read_replies(16);
+    assert!(replies.iter().all(|r| r.error == 0), "{replies:?}");
+    let mut cookies: Vec<_> = replies.iter().map(|r| r.cookie).collect();
+    cookies.sort_unstable();
+    assert_eq!(cookies, (0..16).collect::<Vec<_>>());
+    assert_eq!(
+        replies.last().unwrap().record,
+        (16 * READ_REPLY).div_ceil(MAX_PLAINTEXT),
+        "{replies:?}"
+    );
+    drop(client);
+    assert!(ended.recv().unwrap().is_ok());
+}
+
+/// A request that arrives while the server answers the one before (whole, in the
+/// socket) is answered before that reply leaves, and both go in one record: the
+/// client reads one record and wakes once for the two.
+#[test]
+fn a_read_that_arrives_while_the_last_is_answered_shares_its_record() {
+    let pki = pki();
+    let (arrived, wait) = mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let (server_tcp_tx, server_tcp) = mpsc::channel::<TcpStream>();
+    let (holding, held) = mpsc::channel::<()>();
+    let holding = Mutex::new(holding);
+    // The server, reading block 1, waits until request 2 is in its socket.
+    let hook: ReadHook = Box::new(move |offset| {
+        if offset == 4096 {
+            lock(&holding).send(()).unwrap();
+            lock(&wait).recv().unwrap();
+        }
+    });
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, Some(hook)), move |tcp| {
+        server_tcp_tx.send(tcp).unwrap();
+    });
+    let server_tcp = server_tcp.recv().unwrap();
+    client.send_requests(&[read_request(1)]);
+    held.recv().unwrap();
+    client.send_requests(&[read_request(2)]);
+    wait_for_bytes(&server_tcp, REQUEST_RECORD);
+    arrived.send(()).unwrap();
+    let replies = client.read_replies(2);
+    assert_eq!(
+        replies
+            .iter()
+            .map(|r| (r.cookie, r.record))
+            .collect::<Vec<_>>(),
+        [(1, 1), (2, 1)],
+        "both replies in the first record"
+    );
+    drop(client);
+    assert!(ended.recv().unwrap().is_ok());
+}
+
+/// A client that waits for each reply (QD1) gets each at once: nothing waits for a
+/// request that has not come, however often the server looks for one in vain.
+#[test]
+fn lone_reads_are_each_answered_at_once() {
+    let pki = pki();
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, None), |_| {});
+    for cookie in 0..40 {
+        client.send_requests(&[read_request(cookie)]);
+        let replies = client.read_replies(1);
+        assert_eq!((replies[0].cookie, replies[0].error), (cookie, 0));
+    }
+    drop(client);
+    assert!(ended.recv().unwrap().is_ok());
+}
+
+/// A read that fails in the middle of a batch gets EIO; the others their data.
+#[test]
+fn a_read_error_in_a_batch_fails_only_that_read() {
+    let pki = pki();
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(Some(5 * 4096), None), |_| {});
+    let requests: Vec<_> = (0..12).map(read_request).collect();
+    client.send_requests(&requests);
+    let replies = client.read_replies(12);
+    for reply in &replies {
+        let want = if reply.cookie == 5 { 5 } else { 0 };
+        assert_eq!(reply.error, want, "{replies:?}");
+    }
+    drop(client);
+    assert!(ended.recv().unwrap().is_ok());
+}
+
+/// An encrypted volume whose key is revoked (as when its KMS key is disabled) once
+/// block `after` has been read.
+#[derive(Debug)]
+struct RevokedAfter {
+    volume: EncryptedVolume,
+    after: u64,
+}
+
+impl Volume for RevokedAfter {
+    fn size(&self) -> u64 {
+        self.volume.size()
+    }
+    fn block_size(&self) -> u32 {
+        self.volume.block_size()
+    }
+    fn is_read_only(&self) -> bool {
+        self.volume.is_read_only()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::Error> {
+        self.volume.read_at(offset, buf)
+    }
+    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool, crate::Error> {
+        let read = self.volume.read_cached(offset, buf);
+        if offset == self.after * 4096 {
+            self.volume.revoke_key("the key was disabled");
+        }
+        read
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), crate::Error> {
+        self.volume.write_at(offset, data)
+    }
+    fn flush(&self) -> Result<(), crate::Error> {
+        self.volume.flush()
+    }
+    fn trim(&self, offset: u64, length: u64) -> Result<(), crate::Error> {
+        self.volume.trim(offset, length)
+    }
+    fn write_zeroes(&self, offset: u64, length: u64, punch: bool) -> Result<(), crate::Error> {
+        self.volume.write_zeroes(offset, length, punch)
+    }
+    fn allocation(
+        &self,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<crate::volume::Extent>, crate::Error> {
+        self.volume.allocation(offset, length)
+    }
+}
+
+/// A key revoked in the middle of a batch fails closed: the reads after it get EIO,
+/// never data, and the ones before it their data.
+#[test]
+fn a_key_revoked_in_a_batch_fails_the_reads_after_it() {
+    use crypto_core::kms::{CreateKeyRequest, KeyService, LocalKms, LocalKmsConfig};
+    let home = tempfile::tempdir().unwrap();
+    let kms = LocalKms::open(home.path(), LocalKmsConfig::new()).unwrap();
+    let key = kms.create_key(&CreateKeyRequest::default()).unwrap();
+    let path = home.path().join("v.vol");
+    crate::volume::create(
+        &path,
+        VOLUME as u64,
+        crate::volume::NewVolumeKey::Kms {
+            kms: &kms,
+            key_id: &key.arn,
+        },
+    )
+    .unwrap();
+    let volume = EncryptedVolume::open(&path, &kms, false).unwrap();
+    volume.write_at(0, &pseudo_random(VOLUME, 11)).unwrap();
+    let volume = Arc::new(RevokedAfter { volume, after: 3 });
+    let pki = pki();
+    let (mut client, ended) = nbd_session(&pki, volume, |_| {});
+    let requests: Vec<_> = (0..10).map(read_request).collect();
+    client.send_requests(&requests);
+    let replies = client.read_replies(10);
+    for reply in &replies {
+        let want = if reply.cookie <= 3 { 0 } else { 5 };
+        assert_eq!(reply.error, want, "{replies:?}");
+    }
+    drop(client);
+    assert!(ended.recv().unwrap().is_ok());
+}
+
+/// A client that hangs up while the server answers its batch ends the connection;
+/// no transmission thread is left waiting.
+#[test]
+fn a_client_that_leaves_in_the_middle_of_a_batch_leaves_no_thread_waiting() {
+    let pki = pki();
+    let (gone, wait) = mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let hook: ReadHook = Box::new(move |offset| {
+        if offset == 2 * 4096 {
+            let _ = lock(&wait).recv();
+        }
+    });
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, Some(hook)), |_| {});
+    let requests: Vec<_> = (0..16).map(read_request).collect();
+    client.send_requests(&requests);
+    client.tcp.shutdown(Shutdown::Both).unwrap();
+    drop(client);
+    gone.send(()).unwrap();
+    // Ends (either way) rather than hanging; the guard only keeps the run from hanging.
+    assert!(ended.recv_timeout(Duration::from_secs(60)).is_ok());
+}
+
+/// A bad record found while looking for the next request does not take the replies
+/// gathered before it: they go out, then the session fails with its alert.
+#[test]
+fn a_bad_record_after_a_request_still_lets_its_reply_out() {
+    let pki = pki();
+    let (arrived, wait) = mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let (server_tcp_tx, server_tcp) = mpsc::channel::<TcpStream>();
+    let (holding, held) = mpsc::channel::<()>();
+    let holding = Mutex::new(holding);
+    let hook: ReadHook = Box::new(move |offset| {
+        if offset == 4096 {
+            lock(&holding).send(()).unwrap();
+            lock(&wait).recv().unwrap();
+        }
+    });
+    let (mut client, ended) = nbd_session(&pki, MemVolume::shared(None, Some(hook)), move |tcp| {
+        server_tcp_tx.send(tcp).unwrap();
+    });
+    let server_tcp = server_tcp.recv().unwrap();
+    client.send_requests(&[read_request(1)]);
+    held.recv().unwrap();
+    let mut bad =
+        record::seal_inner(&mut client.key, &[&read_request(2)[..], &[23]].concat()).unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    client.tcp.write_all(&bad).unwrap();
+    wait_for_bytes(&server_tcp, bad.len());
+    arrived.send(()).unwrap();
+    let replies = client.read_replies(1);
+    assert_eq!((replies[0].cookie, replies[0].error), (1, 0));
+    // Then the alert: bad_record_mac.
+    let mut header = [0u8; HEADER_LEN];
+    client.tcp.read_exact(&mut header).unwrap();
+    let len = record::record_len(&header).unwrap().unwrap();
+    let mut alert = header.to_vec();
+    alert.resize(len, 0);
+    client.tcp.read_exact(&mut alert[HEADER_LEN..]).unwrap();
+    let (content, plain) = record::open(&mut client.server_key, &mut alert).unwrap();
+    assert_eq!(content, record::ContentType::Alert);
+    assert_eq!(alert[plain], [2, 20]);
+    let outcome = ended.recv().unwrap();
+    assert!(outcome.is_err(), "{outcome:?}");
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap()
 }
