@@ -324,7 +324,10 @@ fn max_memory_is_parsed_refused_when_zero_and_shown_at_start() {
         "--max-memory",
         "48M",
     ]);
-    assert_eq!(eventually_served(&served.uri("disk")), (4 * MIB).to_string());
+    assert_eq!(
+        eventually_served(&served.uri("disk")),
+        (4 * MIB).to_string()
+    );
     let log = served.log();
     assert!(
         log.contains("payloads in flight: at most 48 MiB, plus 1 MiB per connection"),

@@ -839,7 +839,10 @@ fn clients_reading_no_replies_hold_at_most_the_memory_budget() {
                     let (cookie, error, data) = simple_reply(&mut stream, |_| READ as usize);
                     assert_eq!(error, 0, "read {cookie} failed");
                     assert_eq!(cookie / 1000, c as u64, "another connection's reply");
-                    assert!(seen.insert(cookie, ()).is_none(), "read {cookie} answered twice");
+                    assert!(
+                        seen.insert(cookie, ()).is_none(),
+                        "read {cookie} answered twice"
+                    );
                     assert!(data == *content, "read {cookie} returned other data");
                 }
             })

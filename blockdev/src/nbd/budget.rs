@@ -320,7 +320,9 @@ mod tests {
     }
 
     fn try_admit(budget: &MemoryBudget, connection: &Mutex<Reserve>, cost: u64) -> Option<Charge> {
-        budget.try_admit(cost, lock(connection), connection, |r| r).1
+        budget
+            .try_admit(cost, lock(connection), connection, |r| r)
+            .1
     }
 
     fn release(budget: &MemoryBudget, connection: &Mutex<Reserve>, charge: &Charge) {
@@ -379,7 +381,10 @@ mod tests {
         let budget = budget(4 * MIB);
         let (hog, other) = (Mutex::default(), Mutex::default());
         let held: Vec<Charge> = (0..5).map(|_| admit(&budget, &hog, MIB)).collect();
-        assert!(try_admit(&budget, &hog, 4096).is_none(), "pool and reserve full");
+        assert!(
+            try_admit(&budget, &hog, 4096).is_none(),
+            "pool and reserve full"
+        );
         // Another connection's requests up to its reserve run at once, one after
         // another or side by side.
         for _ in 0..3 {
@@ -454,7 +459,9 @@ mod tests {
         assert!(waits(&admitted));
         // Its own request finishes: it no longer needs the pool.
         release(&budget, &own, &first);
-        let second = admitted.recv_timeout(WAIT).expect("woken by its own release");
+        let second = admitted
+            .recv_timeout(WAIT)
+            .expect("woken by its own release");
         assert_eq!((second.from_reserve, second.from_pool), (MIB, 0));
         release(&budget, &own, &second);
         release(&budget, &hog, &hogged);

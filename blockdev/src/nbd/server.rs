@@ -12,10 +12,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader};
-use std::num::NonZeroU64;
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
+use std::num::NonZeroU64;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1271,7 +1271,9 @@ mod tests {
     /// connection waiting for them is woken.
     #[test]
     fn a_permit_released_by_unwinding_wakes_another_connection() {
-        let budget = Arc::new(MemoryBudget::new(std::num::NonZeroU64::new(4 << 20).unwrap()));
+        let budget = Arc::new(MemoryBudget::new(
+            std::num::NonZeroU64::new(4 << 20).unwrap(),
+        ));
         let (a, b) = (
             Arc::new(InFlight::new(Arc::clone(&budget))),
             Arc::new(InFlight::new(Arc::clone(&budget))),
