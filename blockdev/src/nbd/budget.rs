@@ -134,7 +134,7 @@ impl MemoryBudget {
         connection: &'g Mutex<T>,
         reserve_of: impl Fn(&mut T) -> &mut Reserve,
     ) -> (MutexGuard<'g, T>, Charge) {
-        if let Some(charge) = self.from_reserve_alone(cost, reserve_of(&mut guard)) {
+        if let Some(charge) = self.charge_reserve_only(cost, reserve_of(&mut guard)) {
             return (guard, charge);
         }
         // Lock order: the pool, then a connection; releases never hold both.
@@ -171,7 +171,7 @@ impl MemoryBudget {
         connection: &'g Mutex<T>,
         reserve_of: impl Fn(&mut T) -> &mut Reserve,
     ) -> (MutexGuard<'g, T>, Option<Charge>) {
-        if let Some(charge) = self.from_reserve_alone(cost, reserve_of(&mut guard)) {
+        if let Some(charge) = self.charge_reserve_only(cost, reserve_of(&mut guard)) {
             return (guard, Some(charge));
         }
         drop(guard);
@@ -183,7 +183,7 @@ impl MemoryBudget {
     }
 
     /// The charge when the reserve covers all of `cost`.
-    fn from_reserve_alone(&self, cost: u64, reserve: &mut Reserve) -> Option<Charge> {
+    fn charge_reserve_only(&self, cost: u64, reserve: &mut Reserve) -> Option<Charge> {
         if reserve.held.saturating_add(cost) > CONNECTION_RESERVE {
             return None;
         }
