@@ -346,6 +346,15 @@ mod tests {
         admitted
     }
 
+    /// Waits (a bounded while) until `n` connections wait in the queue.
+    fn queued(budget: &MemoryBudget, n: usize) {
+        let there = (0..2000).any(|_| {
+            thread::sleep(Duration::from_millis(10));
+            budget.waiting.load(Ordering::SeqCst) == n
+        });
+        assert!(there, "{n} waiters never queued");
+    }
+
     fn waits(admitted: &mpsc::Receiver<Charge>) -> bool {
         matches!(
             admitted.recv_timeout(PAUSE),
@@ -430,8 +439,10 @@ mod tests {
         let held = admit(&budget, holder, 5 * MIB);
         // `big` waits for the whole pool, then `small` for a little of it.
         let big_admitted = admit_elsewhere(&budget, big, 5 * MIB);
+        queued(&budget, 1);
         assert!(waits(&big_admitted));
         let small_admitted = admit_elsewhere(&budget, small, 2 * MIB);
+        queued(&budget, 2);
         assert!(waits(&small_admitted));
         // No cutting in line from the pool, not even by a try.
         assert!(try_admit(&budget, holder, 2 * MIB).is_none());
