@@ -286,3 +286,77 @@ else:
     assert!(log.contains("no request within the idle timeout"), "{log}");
     served.stop();
 }
+
+#[test]
+fn max_memory_is_parsed_refused_when_zero_and_shown_at_start() {
+    if !require_tools(&["nbdinfo"]) {
+        return;
+    }
+    let home = Home::new();
+    for (value, said) in [
+        ("0", "'0' is not a size of at least 1 byte"),
+        ("lots", "'lots' is not a size"),
+        ("5X", "unknown unit"),
+    ] {
+        for command in [&["serve"][..], &["nbd", "serve", "--export", "d=x"][..]] {
+            let out = home
+                .atrest()
+                .args(command)
+                .args(["--listen", "127.0.0.1:0", "--max-memory", value])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "--max-memory {value} was accepted");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(said), "--max-memory {value}: {stderr}");
+        }
+    }
+    let image = home.file("disk.img");
+    fs::File::create(&image).unwrap().set_len(4 * MIB).unwrap();
+    let served = home.serve(&[
+        "nbd",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--export",
+        &format!("disk={}", image.display()),
+        "--raw",
+        "disk",
+        "--max-memory",
+        "48M",
+    ]);
+    assert_eq!(
+        eventually_served(&served.uri("disk")),
+        (4 * MIB).to_string()
+    );
+    let log = served.log();
+    assert!(
+        log.contains("payloads in flight: at most 48 MiB, plus 1 MiB per connection"),
+        "the memory limit is not logged:\n{log}"
+    );
+    served.stop();
+    // `serve` takes it too; without it, the default is logged.
+    let served = home.serve(&["serve", "--listen", "127.0.0.1:0", "--max-memory", "1G"]);
+    assert_eq!(
+        eventually_served(&served.uri("default")),
+        (1u64 << 30).to_string()
+    );
+    assert!(
+        served
+            .log()
+            .contains("payloads in flight: at most 1024 MiB, plus 1 MiB per connection"),
+        "{}",
+        served.log()
+    );
+    served.stop();
+    let served = home.serve(&["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(
+        eventually_served(&served.uri("default")),
+        (1u64 << 30).to_string()
+    );
+    assert!(
+        served.log().contains("payloads in flight: at most"),
+        "{}",
+        served.log()
+    );
+    served.stop();
+}

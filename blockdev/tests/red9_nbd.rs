@@ -764,6 +764,98 @@ fn a_client_that_stops_reading_gets_every_reply_once_when_it_reads_again() {
     server.stop();
 }
 
+/// The open finding of session 9, fixed: clients that send large reads and read
+/// no replies hold at most the server's memory budget (plus 1 MiB each), however
+/// many they are; another client is served meanwhile, and the stalled ones get every
+/// reply once, with the right data, when they read again. Without the budget (as
+/// on main) they held 192 MiB here: 32 MiB each.
+#[test]
+fn clients_reading_no_replies_hold_at_most_the_memory_budget() {
+    const STALLED: u64 = 6;
+    const READS: u64 = 8;
+    const READ: u32 = 4 << 20;
+    const POOL: u64 = 8 << 20;
+    let dir = tempdir();
+    let path = dir.path().join("disk.img");
+    let content: Vec<u8> = (0..EXPORT_SIZE).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    std::fs::write(&path, &content).unwrap();
+    let disk = volume::open_raw(&path, false).unwrap();
+    let scratch = raw_image(&dir.path().join("scratch.img"));
+    let mut gauge = None;
+    let server = serve(vec![("disk", disk), ("scratch", scratch)], 16, |s| {
+        let s = s.with_memory_limit(std::num::NonZeroU64::new(POOL).unwrap());
+        gauge = Some(s.memory_gauge());
+        s
+    });
+    let gauge = gauge.unwrap();
+    let mut stalled: Vec<TcpStream> = (0..STALLED)
+        .map(|_| attached(server.addr, "disk"))
+        .collect();
+    for (c, stream) in stalled.iter_mut().enumerate() {
+        let mut bytes = Vec::new();
+        for r in 0..READS {
+            let cookie = c as u64 * 1000 + r;
+            bytes.extend_from_slice(&request(CMD_READ, 0, cookie, 0, READ));
+        }
+        stream.write_all(&bytes).unwrap();
+    }
+    // The pool fills up (beyond that, replies wait in the sockets and in the queue).
+    let full = (0..ATTEMPTS).any(|_| {
+        thread::sleep(RETRY_PAUSE);
+        gauge.in_flight() >= POOL
+    });
+    assert!(full, "only {} bytes in flight", gauge.in_flight());
+    // Another client is served meanwhile, from its own reserve: a write (to
+    // another export, so the stalled reads' data stays known) and a 1 MiB read.
+    let mut other = attached(server.addr, "scratch");
+    write_and_read_back(&mut other, EXPORT_SIZE - 4096, 7);
+    drop(other);
+    let mut other = attached(server.addr, "disk");
+    other
+        .write_all(&request(CMD_READ, 0, 9, 0, 1 << 20))
+        .unwrap();
+    let (cookie, error, data) = simple_reply(&mut other, |_| 1 << 20);
+    assert_eq!((cookie, error), (9, 0));
+    assert!(data[..] == content[..1 << 20], "the other client's read");
+    drop(other);
+    let bound = POOL + (STALLED + 1) * blockdev::nbd::CONNECTION_RESERVE;
+    assert!(
+        gauge.peak() <= bound,
+        "{} bytes in flight at the peak, over the bound of {bound}",
+        gauge.peak()
+    );
+    // The stalled clients read again, all at once (one still stalled would hold
+    // its share of the pool until its replies time out): every reply once, the
+    // whole export each.
+    let content = Arc::new(content);
+    let readers: Vec<_> = stalled
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut stream)| {
+            let content = Arc::clone(&content);
+            thread::spawn(move || {
+                let mut seen = HashMap::new();
+                for _ in 0..READS {
+                    let (cookie, error, data) = simple_reply(&mut stream, |_| READ as usize);
+                    assert_eq!(error, 0, "read {cookie} failed");
+                    assert_eq!(cookie / 1000, c as u64, "another connection's reply");
+                    assert!(
+                        seen.insert(cookie, ()).is_none(),
+                        "read {cookie} answered twice"
+                    );
+                    assert!(data == *content, "read {cookie} returned other data");
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    assert!(gauge.peak() <= bound, "peak {} over {bound}", gauge.peak());
+    server.stop();
+    assert_eq!(gauge.in_flight(), 0);
+}
+
 /// Writes sent and the sending side closed at once: the server reads end of stream
 /// while held replies wait, and must still send every one before closing.
 #[test]

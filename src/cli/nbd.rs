@@ -1,7 +1,7 @@
 //! `atrest nbd serve`, `atrest serve`, and `atrest nbd attach`, `detach`, `list`.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -117,7 +117,8 @@ pub struct NbdServeArgs {
     limits: NbdLimitArgs,
 }
 
-/// How many NBD connections the server holds open (from accept to close).
+/// How many NBD connections the server holds open (from accept to close), and the
+/// payload bytes they may have in flight together.
 #[derive(Clone, Copy, Debug, Args)]
 pub struct NbdLimitArgs {
     /// Most open NBD connections, all clients together; more are closed at once,
@@ -136,6 +137,13 @@ pub struct NbdLimitArgs {
     /// since mounted filesystems and paused VMs idle for hours.
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
     idle_timeout: Option<std::time::Duration>,
+    /// Most payload bytes in flight, all NBD clients together (e.g. 512M, 2G): read
+    /// replies waiting to be sent, write payloads being received. Beyond it,
+    /// requests wait their turn; each connection may still have 1 MiB in flight.
+    /// Default: a quarter of the machine's memory (or its cgroup's limit), within
+    /// 64 MiB..2 GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    max_memory: Option<NonZeroU64>,
 }
 
 impl NbdLimitArgs {
@@ -145,11 +153,21 @@ impl NbdLimitArgs {
             max_connections: self.max_connections,
             max_per_source: self.max_connections_per_source,
         });
+        let server = match self.max_memory {
+            Some(limit) => server.with_memory_limit(limit),
+            None => server,
+        };
         match self.idle_timeout {
             Some(timeout) => server.with_idle_timeout(timeout),
             None => server,
         }
     }
+}
+
+/// `--max-memory`: a size of at least 1 byte, with the units of volume sizes.
+fn parse_memory(text: &str) -> Result<NonZeroU64, String> {
+    let bytes = super::volume::parse_bytes(text)?;
+    NonZeroU64::new(bytes).ok_or_else(|| format!("'{text}' is not a size of at least 1 byte"))
 }
 
 /// A count of at least 1 (worded as the gateway's `--max-connections`).

@@ -310,6 +310,18 @@ pub(super) fn key_state(globals: &Globals, key_arn: &str) -> VolumeKeyState {
 /// KiB.. forms are powers of 1024; KB, MB, GB, TB, PB are powers of 1000 (as
 /// coreutils). Case-insensitive. The result must be a positive multiple of 4096.
 pub fn parse_size(text: &str) -> Result<u64, String> {
+    let size = parse_bytes(text)?;
+    let sector = u64::from(format::SECTOR_SIZE);
+    if size == 0 || size % sector != 0 {
+        return Err(format!(
+            "{size} bytes is not a positive multiple of {sector} (the sector size)"
+        ));
+    }
+    Ok(size)
+}
+
+/// Parses a number of bytes with [`parse_size`]'s units, any multiple (0 too).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
@@ -341,16 +353,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    let size = number
+    number
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("'{text}' is too large"))?;
-    let sector = u64::from(format::SECTOR_SIZE);
-    if size == 0 || size % sector != 0 {
-        return Err(format!(
-            "{size} bytes is not a positive multiple of {sector} (the sector size)"
-        ));
-    }
-    Ok(size)
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@
 //! - connection limits (`limits`): [`Server::with_connection_limits`] takes the
 //!   [`ConnectionLimits`], total and per source address, that the accept loop
 //!   enforces before a connection gets a thread or a byte.
+//! - the memory budget (`budget`): [`Server::with_memory_limit`] bounds the payload
+//!   bytes in flight of all connections together, beyond a reserve each
+//!   ([`CONNECTION_RESERVE`]); [`Server::memory_gauge`] reads them.
 //! - [`kernel`]: the Linux kernel's NBD client over generic netlink (`atrest nbd
 //!   attach`): `/dev/nbdN` served from this process over socket pairs.
 //! - TLS: [`Server::with_tls`] takes [`TlsSettings`] (`NBD_OPT_STARTTLS`, client
@@ -19,6 +22,7 @@
 //! - [`status`]: the status file a running server keeps under `$ATREST_HOME/run/nbd/`
 //!   (exports, connected clients) for the console; [`Server::with_status`] feeds it.
 
+mod budget;
 pub mod kernel;
 mod limits;
 mod negotiation;
@@ -28,6 +32,7 @@ pub mod status;
 mod tls;
 mod transmission;
 
+pub use budget::{default_memory_limit, usable_memory, MemoryGauge, CONNECTION_RESERVE};
 pub use limits::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE};
 pub use negotiation::MAX_REFUSALS_PER_NEGOTIATION;
 pub use server::{

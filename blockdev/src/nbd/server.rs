@@ -15,6 +15,7 @@ use std::io::{self, BufReader};
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
+use std::num::NonZeroU64;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{debug, error, info, warn};
 
+use super::budget::{
+    default_memory_limit, usable_memory, MemoryBudget, MemoryGauge, CONNECTION_RESERVE,
+};
 use super::limits::ConnectionLimits;
 use super::negotiation::{read_array, Negotiation, Outcome};
 use super::proto;
@@ -114,6 +118,8 @@ pub struct Server {
     threads_per_connection: usize,
     /// As configured; [`Server::run`] enforces them within the descriptor limit.
     limits: ConnectionLimits,
+    /// Payload bytes in flight, all connections together.
+    budget: Arc<MemoryBudget>,
     /// From connecting to attaching, at most.
     handshake_deadline: Duration,
     /// How long an attached client may send nothing; `None`: for ever.
@@ -335,6 +341,7 @@ impl Server {
             }),
             threads_per_connection,
             limits: ConnectionLimits::default(),
+            budget: Arc::new(MemoryBudget::new(default_memory_limit(usable_memory()))),
             handshake_deadline: DEFAULT_HANDSHAKE_DEADLINE,
             idle_timeout: None,
             gate: Gate::default(),
@@ -376,6 +383,28 @@ impl Server {
     pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Server {
         self.limits = limits;
         self
+    }
+
+    /// Holds at most `limit` payload bytes in flight (read replies waiting to be
+    /// sent, write payloads being received and encrypted), all connections
+    /// together, beyond [`CONNECTION_RESERVE`] each (instead of
+    /// [`default_memory_limit`] of the machine's memory): a request that does not
+    /// fit waits, in order of arrival, until others finish. A request larger than
+    /// `limit` runs once nothing else holds the shared budget.
+    pub fn with_memory_limit(mut self, limit: NonZeroU64) -> Server {
+        self.budget = Arc::new(MemoryBudget::new(limit));
+        self
+    }
+
+    /// The memory limit in force ([`Server::with_memory_limit`]).
+    pub fn memory_limit(&self) -> u64 {
+        self.budget.limit()
+    }
+
+    /// Reads this server's payload bytes in flight (take it after
+    /// [`Server::with_memory_limit`]).
+    pub fn memory_gauge(&self) -> MemoryGauge {
+        MemoryGauge(Arc::clone(&self.budget))
     }
 
     /// Closes a connection that has not attached to an export `deadline` after it
@@ -427,8 +456,11 @@ impl Server {
             )
         };
         info!(
-            "at most {} connections, {} from one source{lowered}",
-            limits.max_connections, limits.max_per_source
+            "at most {} connections, {} from one source{lowered}; payloads in flight: at most {} MiB, plus {} MiB per connection",
+            limits.max_connections,
+            limits.max_per_source,
+            self.budget.limit().div_ceil(1 << 20),
+            CONNECTION_RESERVE >> 20
         );
         let admission = Arc::new(Admission::new(
             limits.max_connections.get(),
@@ -647,6 +679,7 @@ impl Server {
             peer: peer.to_owned(),
             buffers: Arc::clone(&self.shared.buffers),
             helpers: Arc::clone(&self.shared.helpers),
+            budget: Arc::clone(&self.budget),
         };
         let publication = Publication {
             board: self.status.clone(),
@@ -734,6 +767,8 @@ pub(super) struct ConnectionContext {
     pub(super) buffers: Arc<BufferPool>,
     /// The server's parked transmission threads.
     pub(super) helpers: Arc<HelperPool>,
+    /// The server's bound on payload bytes in flight.
+    pub(super) budget: Arc<MemoryBudget>,
 }
 
 /// Where a connection publishes what it attached to: the server's status board and

@@ -52,6 +52,7 @@ use std::time::Duration;
 use rustix::net::SendFlags;
 use tracing::{debug, error, warn};
 
+use super::budget::{Charge, MemoryBudget, Reserve};
 use super::negotiation::{session_limits, Session};
 use super::proto::{
     self, Command, Errno, RequestHeader, SessionLimits, CMD_BLOCK_STATUS, CMD_CACHE, CMD_FLUSH,
@@ -65,8 +66,12 @@ use crate::volume::Volume;
 use crate::zero::is_zero;
 use crate::Error;
 
-/// Payload bytes (read and write buffers) one connection may have in flight.
-const MAX_BYTES_IN_FLIGHT: u64 = 128 * 1024 * 1024;
+/// Payload bytes (read and write buffers) one connection may have in flight; the
+/// server's [`MemoryBudget`] bounds them all together. Twice what the common clients
+/// keep in flight (nbdcopy 64 x 256 KiB, fio QD8 x 1 MiB, the kernel's client up to
+/// 16 x 128 KiB with 16 threads): a larger request (qemu's are up to 32 MiB) runs
+/// alone.
+const MAX_BYTES_IN_FLIGHT: u64 = 32 * 1024 * 1024;
 /// Reads up to this size use a buffer each transmission thread keeps: zero-filling a
 /// fresh buffer per request was 5% of the server's CPU in 1 MiB sequential reads.
 /// Larger reads get a buffer of their own, so an idle connection holds at most this
@@ -361,7 +366,7 @@ pub(super) fn transmit<S: Wire>(
         }),
         held_running: AtomicUsize::new(0),
         broken: AtomicBool::new(false),
-        in_flight: InFlight::new(),
+        in_flight: InFlight::new(Arc::clone(&context.budget)),
         buffers: Arc::clone(&context.buffers),
     });
     // The other threads are the server's parked helpers (started only when none is
@@ -533,6 +538,7 @@ pub(super) fn serve_kernel_connection(
         peer: "the kernel".into(),
         buffers: Arc::new(BufferPool::new(0)),
         helpers: HelperPool::new(0),
+        budget: Arc::new(MemoryBudget::unbounded()),
     };
     transmit(reader, writer, Session { export, limits }, &context, |_| {})
 }
@@ -1251,12 +1257,14 @@ fn write_all_parts(writer: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
-/// Counts a connection's requests and payload bytes in flight.
+/// Counts a connection's requests and payload bytes in flight, within its own cap
+/// and the server's [`MemoryBudget`].
 struct InFlight {
     state: Mutex<FlightState>,
     changed: Condvar,
     /// From this many requests in flight on, each runs its crypto on its own thread.
     crowded_at: usize,
+    budget: Arc<MemoryBudget>,
 }
 
 #[derive(Default)]
@@ -1266,19 +1274,23 @@ struct FlightState {
     /// Only the thread holding the read lock ever waits; releasing skips the
     /// wake-up syscall when it does not.
     reader_waiting: bool,
+    /// The connection's share of the server's budget.
+    reserve: Reserve,
 }
 
 impl InFlight {
-    fn new() -> Self {
+    fn new(budget: Arc<MemoryBudget>) -> Self {
         InFlight {
             state: Mutex::default(),
             changed: Condvar::new(),
             crowded_at: thread::available_parallelism().map_or(1, usize::from),
+            budget,
         }
     }
 
-    /// Waits until the byte budget has room for `cost`. A request larger than the
-    /// budget still runs, alone. A `write`'s crypto runs while the reading thread
+    /// Waits until the connection's byte budget has room for `cost`, then until the
+    /// server's has ([`MemoryBudget::admit`]). A request larger than the budget
+    /// still runs, alone. A `write`'s crypto runs while the reading thread
     /// receives the next payload, a core's work of copying when the client keeps
     /// writing, so that thread counts as one more request in flight: on 2 cores a
     /// sequential writer's 1 MiB writes were spread over the rayon pool whenever the
@@ -1294,25 +1306,31 @@ impl InFlight {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         state.reader_waiting = false;
-        Self::admit(self, &mut state, cost, write)
+        let (mut state, charge) = self
+            .budget
+            .admit(cost, state, &self.state, |s| &mut s.reserve);
+        self.admit(&mut state, write, charge)
     }
 
-    /// [`InFlight::acquire`] when the budget has room for `cost` now; `None` rather
-    /// than waiting.
+    /// [`InFlight::acquire`] when both budgets have room for `cost` now; `None`
+    /// rather than waiting.
     fn try_acquire(&self, cost: u64, write: bool) -> Option<Permit<'_>> {
-        let mut state = lock(&self.state);
+        let state = lock(&self.state);
         if state.requests > 0 && state.bytes.saturating_add(cost) > MAX_BYTES_IN_FLIGHT {
             return None;
         }
-        Some(Self::admit(self, &mut state, cost, write))
+        let (mut state, charge) = self
+            .budget
+            .try_admit(cost, state, &self.state, |s| &mut s.reserve);
+        Some(self.admit(&mut state, write, charge?))
     }
 
-    fn admit<'a>(&'a self, state: &mut FlightState, cost: u64, write: bool) -> Permit<'a> {
+    fn admit<'a>(&'a self, state: &mut FlightState, write: bool, charge: Charge) -> Permit<'a> {
         state.requests += 1;
-        state.bytes = state.bytes.saturating_add(cost);
+        state.bytes = state.bytes.saturating_add(charge.cost());
         Permit {
             flight: self,
-            cost,
+            charge,
             crowded: state.requests + usize::from(write) >= self.crowded_at,
         }
     }
@@ -1321,7 +1339,7 @@ impl InFlight {
 /// One request's place in flight; released when it is done (or unwinds).
 struct Permit<'a> {
     flight: &'a InFlight,
-    cost: u64,
+    charge: Charge,
     /// There were as many requests in flight as cores when this one was admitted
     /// (counting, for a write, the thread receiving the next one).
     crowded: bool,
@@ -1331,16 +1349,66 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         let mut state = lock(&self.flight.state);
         state.requests = state.requests.saturating_sub(1);
-        state.bytes = state.bytes.saturating_sub(self.cost);
+        state.bytes = state.bytes.saturating_sub(self.charge.cost());
+        self.flight
+            .budget
+            .release_reserve(&self.charge, &mut state.reserve);
         if state.reader_waiting {
             self.flight.changed.notify_one();
         }
+        drop(state);
+        // Without the connection's lock: a reader waiting for the server's budget
+        // holds that budget's lock and then takes its connection's.
+        self.flight.budget.release_pool(&self.charge);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request that unwinds gives its bytes back to the server's budget, and a
+    /// connection waiting for them is woken.
+    #[test]
+    fn a_permit_released_by_unwinding_wakes_another_connection() {
+        let budget = Arc::new(MemoryBudget::new(
+            std::num::NonZeroU64::new(4 << 20).unwrap(),
+        ));
+        let (a, b) = (
+            Arc::new(InFlight::new(Arc::clone(&budget))),
+            Arc::new(InFlight::new(Arc::clone(&budget))),
+        );
+        let (go, hold) = mpsc::channel::<()>();
+        let (held, is_held) = mpsc::channel();
+        let panicking = {
+            let a = Arc::clone(&a);
+            thread::spawn(move || {
+                let _permit = a.acquire(5 << 20, false);
+                held.send(()).unwrap();
+                hold.recv().unwrap();
+                panic!("a request panicking with its permit");
+            })
+        };
+        is_held.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(b.try_acquire(2 << 20, false).is_none(), "the pool is a's");
+        let (admitted, is_admitted) = mpsc::channel();
+        let waiting = {
+            let b = Arc::clone(&b);
+            thread::spawn(move || {
+                let permit = b.acquire(2 << 20, false);
+                admitted.send(()).unwrap();
+                drop(permit);
+            })
+        };
+        go.send(()).unwrap();
+        assert!(panicking.join().is_err());
+        is_admitted
+            .recv_timeout(Duration::from_secs(20))
+            .expect("woken by the unwinding release");
+        waiting.join().unwrap();
+        assert_eq!(budget.in_flight(), 0);
+        assert_eq!(lock(&a.state).requests + lock(&b.state).requests, 0);
+    }
 
     #[test]
     fn helper_threads_are_parked_and_reused_even_after_a_panicking_job() {
@@ -1731,6 +1799,7 @@ mod tests {
                 peer: "a script".into(),
                 buffers: Arc::new(BufferPool::new(threads)),
                 helpers: HelperPool::new(threads),
+                budget: Arc::new(MemoryBudget::unbounded()),
             };
             let reader = BufReader::with_capacity(256 * 1024, stream.clone());
             transmit(reader, stream, Session { export, limits }, &context, |_| {}).unwrap();
