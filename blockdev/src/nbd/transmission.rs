@@ -329,6 +329,7 @@ pub(super) fn serve_for_test<S: Wire>(
         peer: "a test".into(),
         buffers: Arc::new(BufferPool::new(threads)),
         helpers: HelperPool::new(threads),
+        budget: Arc::new(MemoryBudget::unbounded()),
     };
     let reader = BufReader::with_capacity(256 * 1024, reader);
     transmit(reader, writer, Session { export, limits }, &context, |_| {})
