@@ -64,6 +64,13 @@
 //! and 1 to the AES units (0.2% slower); `tweak ^ k14` stored by the integer walk
 //! beside each whitening value so that the last round reads it from memory, saving
 //! two vector instructions per block (twice the walk's stores: 2.5% slower).
+//! With the restarts the loop has more live values than registers, and LLVM spilled
+//! `c0` (which gives away round key 0) to a stack slot nothing zeroized, and read round
+//! key 0 for a restart byte by byte onto the stack: the walk now reads `c0` from a cell
+//! zeroized at the end (0.15% slower for one 4 KiB sector, kept for the guarantee) and
+//! a restart XORs round key 0 into the walk's registers in one `asm!` block. Checked
+//! with objdump: no key-derived value is stored to the stack outside the table and
+//! that cell.
 //!
 //! Instructions: AES-NI, PCLMULQDQ and SSE2 only (no AVX, no AVX-512VL, no SSE4.1),
 //! so one path serves every AES-NI CPU (detection asks for both); ten of the sixteen
@@ -397,11 +404,11 @@ macro_rules! step_text {
             "mov {m}, {hi}\n",
             "sar {m}, 63\n",
             "and {m}, 0x87\n",
-            "xor {m}, {c0lo}\n",
+            "xor {m}, qword ptr [{c0}]\n",
             "add {lo}, {lo}\n",
             "adc {hi}, {hi}\n",
             "xor {lo}, {m}\n",
-            "xor {hi}, {c0hi}",
+            "xor {hi}, qword ptr [{c0} + 8]",
         )
     };
 }
@@ -455,7 +462,7 @@ macro_rules! finish_text {
 /// from the schedule, never copied to the stack.
 macro_rules! batch {
     ($insn:literal, $last:literal, $src:expr, $dst:expr, $rk:expr, $cur:expr, $next:expr,
-     $lo:ident, $hi:ident, $c0lo:expr, $c0hi:expr, $fold:expr) => {
+     $lo:ident, $hi:ident, $c0:expr, $fold:expr) => {
         std::arch::asm!(
             whiten_text!("{x0}", 0),
             whiten_text!("{x1}", 16),
@@ -502,8 +509,7 @@ macro_rules! batch {
             lo = inout(reg) $lo,
             hi = inout(reg) $hi,
             m = out(reg) _,
-            c0lo = in(reg) $c0lo,
-            c0hi = in(reg) $c0hi,
+            c0 = in(reg) $c0,
             fold = in(xmm_reg) $fold,
             k = out(xmm_reg) _,
             x0 = out(xmm_reg) _,
@@ -693,8 +699,12 @@ unsafe fn run_from<const ENCRYPT: bool, const ACROSS: bool>(
     let groups = blocks / LANES;
     let k0v = load(&rk[0]);
     let k0 = to_u128(k0v);
-    let c0 = mul_alpha(k0) ^ k0;
-    let (c0lo, c0hi) = (c0 as u64, (c0 >> 64) as u64);
+    // `c0` (which gives away round key 0) is read by the walk from this cell, which
+    // is zeroized at the end, rather than held in registers: with the restarts of
+    // `ACROSS` the loop has more live values than registers, and LLVM spilled it,
+    // loop-invariant, to a stack slot that nothing zeroized.
+    let mut c0 = [mul_alpha(k0) ^ k0];
+    let c0cell = c0.as_ptr();
     // The last round key's fold: whitening value ^ (k0 ^ k14) = tweak ^ k14.
     let fold = _mm_xor_si128(k0v, load(&rk[14]));
     // Batch `g` reads `whitening[g % 3]` and fills `whitening[(g + 2) % 3]`: two
@@ -739,13 +749,25 @@ unsafe fn run_from<const ENCRYPT: bool, const ACROSS: bool>(
     for g in 0..groups {
         if ACROSS && until_restart == 0 {
             // Batch g fills batch g + 2's values, the first of the next sector (past
-            // the last sector, values nothing reads). Round key 0 read again, volatile,
-            // as at the end: no copy of it is kept from the start.
-            if let Some(&tweak) = later.next() {
-                // SAFETY: a reference is valid for reads.
-                let k0 = u128::from_le_bytes(unsafe { std::ptr::read_volatile(&rk[0]) });
-                let w = tweak ^ k0;
-                (lo, hi) = (w as u64, (w >> 64) as u64);
+            // the last sector, values nothing reads): its tweak XOR round key 0, read
+            // from the schedule straight into the walk's registers (no copy of the
+            // key elsewhere).
+            if let Some(tweak) = later.next() {
+                // SAFETY: reads the 16 bytes of `tweak` (a u128, little-endian in
+                // memory as on every x86_64) and of round key 0 at `rk`.
+                unsafe {
+                    std::arch::asm!(
+                        "mov {lo}, qword ptr [{t}]",
+                        "xor {lo}, qword ptr [{rk}]",
+                        "mov {hi}, qword ptr [{t} + 8]",
+                        "xor {hi}, qword ptr [{rk} + 8]",
+                        t = in(reg) tweak as *const u128,
+                        rk = in(reg) rk.as_ptr(),
+                        lo = out(reg) lo,
+                        hi = out(reg) hi,
+                        options(pure, readonly, nostack),
+                    )
+                };
             }
             until_restart = sector_batches;
         }
@@ -770,8 +792,7 @@ unsafe fn run_from<const ENCRYPT: bool, const ACROSS: bool>(
                     next,
                     lo,
                     hi,
-                    c0lo,
-                    c0hi,
+                    c0cell,
                     fold
                 );
             } else {
@@ -785,8 +806,7 @@ unsafe fn run_from<const ENCRYPT: bool, const ACROSS: bool>(
                     next,
                     lo,
                     hi,
-                    c0lo,
-                    c0hi,
+                    c0cell,
                     fold
                 );
             }
@@ -821,6 +841,7 @@ unsafe fn run_from<const ENCRYPT: bool, const ACROSS: bool>(
     let k0 = u128::from_le_bytes(unsafe { std::ptr::read_volatile(&rk[0]) });
     let after = rest[blocks - groups * LANES] ^ k0;
     zeroize_table(&mut whitening);
+    zeroize::Zeroize::zeroize(&mut c0);
     after
 }
 
