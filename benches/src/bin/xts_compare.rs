@@ -1,23 +1,35 @@
 //! AES-256-XTS side by side, in one run: every atrest backend this CPU runs, RustCrypto
-//! `xts-mode`, and `openssl speed -seconds 2 -bytes 4096 -evp aes-256-xts`.
+//! `xts-mode`, and `openssl speed -seconds S -bytes 4096 -evp aes-256-xts`.
 //!
 //! Single-core figures encrypt one 4 KiB sector per call, in place, the way
 //! `openssl speed` does, and are divided by the thread's CPU time as `openssl speed`
 //! divides by user CPU time, so time the scheduler gives to other processes on a
-//! shared machine does not count against either. Further columns decrypt one sector
-//! per call and encrypt 1 MiB per call (tweaks batched) with 4 KiB and 512-byte
-//! sectors. The thread rows encrypt a 64 MiB buffer on a one-thread and a
+//! shared machine does not count against either.
+//!
+//! The ratio to OpenSSL comes from short adjacent slices: `--pairs` times, a slice of
+//! `--slice` seconds of each atrest backend and one `openssl speed -seconds SLICE`
+//! run, the order reversed every other pair (atrest first, then OpenSSL first), and
+//! the ratio taken within each pair. On a shared virtual machine the CPU's speed
+//! moves by 10-25% over minutes (other tenants, frequency), so one OpenSSL figure
+//! per run set against atrest's median scatters by more than a kernel change is
+//! worth; within a pair both sides see nearly the same machine, and the alternating
+//! order cancels a steady drift. The table shows the median ratio and its min..max.
+//!
+//! Further columns decrypt one sector per call and encrypt 1 MiB per call (tweaks
+//! batched) with 4 KiB and 512-byte sectors, in `--rounds` rounds that interleave
+//! the contenders. The thread rows encrypt a 64 MiB buffer on a one-thread and a
 //! two-thread rayon pool, by the wall clock, and also show how many CPUs the process
 //! got meanwhile: on a busy machine the wall-clock ratio says more about the other
-//! processes than about the code. Rounds interleave the contenders so that load from
-//! other processes spreads over all of them; the tables show medians of the rounds.
+//! processes than about the code. The tables show medians.
 //!
 //! ```text
-//! cargo run --release -p atrest-benches --bin xts_compare -- [--rounds N] [--seconds S] [--out DIR]
+//! cargo run --release -p atrest-benches --bin xts_compare -- [--pairs N] [--slice S]
+//!     [--rounds N] [--seconds S] [--out DIR]
 //! ```
 //!
-//! Every round of every cell also goes to `DIR/xts-compare.json` (default
-//! `bench-results/`), drawn as `DIR/xts-compare-cpu.svg` (benches/src/chart.rs).
+//! Every slice and round of every cell also goes to `DIR/xts-compare.json` (default
+//! `bench-results/`), drawn as `DIR/xts-compare-cpu.svg` (GB per CPU-second) and
+//! `DIR/xts-compare-ratio.svg` (the per-pair ratios) by benches/src/chart.rs.
 
 use std::hint::black_box;
 use std::process::Command;
@@ -36,6 +48,10 @@ const MIB: usize = 1 << 20;
 const BIG: usize = 64 << 20;
 
 struct Options {
+    /// Adjacent atrest/OpenSSL slices for the encrypt 4 KiB column.
+    pairs: usize,
+    /// Seconds per slice (whole seconds: `openssl speed -seconds` takes no fraction).
+    slice: u32,
     rounds: usize,
     seconds: f64,
     out: std::path::PathBuf,
@@ -43,7 +59,9 @@ struct Options {
 
 fn parse_options() -> Result<Options> {
     let mut opts = Options {
-        rounds: 5,
+        pairs: 15,
+        slice: 1,
+        rounds: 3,
         seconds: 1.0,
         out: "bench-results".into(),
     };
@@ -51,21 +69,25 @@ fn parse_options() -> Result<Options> {
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
+            "--pairs" => opts.pairs = value()?.parse().context("--pairs")?,
+            "--slice" => opts.slice = value()?.parse().context("--slice (whole seconds)")?,
             "--rounds" => opts.rounds = value()?.parse().context("--rounds")?,
             "--seconds" => opts.seconds = value()?.parse().context("--seconds")?,
             "--out" => opts.out = value()?.into(),
             "-h" | "--help" => {
                 println!(
-                    "usage: xts_compare [--rounds N (5)] [--seconds S per measurement (1.0)] \
-                     [--out DIR for xts-compare.json and its chart (bench-results)]"
+                    "usage: xts_compare [--pairs N adjacent atrest/openssl slices (15)] \
+                     [--slice S whole seconds per slice (1)] [--rounds N of the other \
+                     columns (3)] [--seconds S per measurement of them (1.0)] \
+                     [--out DIR for xts-compare.json and its charts (bench-results)]"
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    if opts.rounds == 0 || opts.seconds <= 0.0 {
-        bail!("--rounds and --seconds must be positive");
+    if opts.pairs == 0 || opts.slice == 0 || opts.rounds == 0 || opts.seconds <= 0.0 {
+        bail!("--pairs, --slice, --rounds and --seconds must be positive");
     }
     Ok(opts)
 }
@@ -99,18 +121,11 @@ fn wall_and_cpus(seconds: f64, bytes_per_call: usize, mut op: impl FnMut()) -> R
     Ok((calls as f64 * bytes_per_call as f64 / wall, cpu / wall))
 }
 
-/// `openssl speed`'s figure for 4096-byte blocks, in bytes per second.
-fn openssl_speed() -> Result<f64> {
+/// `openssl speed`'s figure for 4096-byte blocks over `seconds`, in bytes per second.
+fn openssl_speed(seconds: u32) -> Result<f64> {
     let out = Command::new("openssl")
-        .args([
-            "speed",
-            "-seconds",
-            "2",
-            "-bytes",
-            "4096",
-            "-evp",
-            "aes-256-xts",
-        ])
+        .args(["speed", "-seconds", &seconds.to_string()])
+        .args(["-bytes", "4096", "-evp", "aes-256-xts"])
         .output()
         .context("running openssl speed (is openssl installed?)")?;
     if !out.status.success() {
@@ -141,6 +156,13 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -149,6 +171,56 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The encrypt 4 KiB column as adjacent slices (see the module doc).
+struct Paired {
+    /// Per backend, bytes per CPU-second of each pair's atrest slice.
+    atrest: Vec<Vec<f64>>,
+    /// Each pair's `openssl speed` figure, bytes per CPU-second.
+    openssl: Vec<f64>,
+}
+
+impl Paired {
+    /// Per backend, atrest over OpenSSL within each pair.
+    fn ratios(&self) -> Vec<Vec<f64>> {
+        self.atrest
+            .iter()
+            .map(|a| a.iter().zip(&self.openssl).map(|(a, o)| a / o).collect())
+            .collect()
+    }
+}
+
+/// `opts.pairs` pairs of slices: the first backend, OpenSSL, the other backends, in
+/// that order and reversed every other pair, so that OpenSSL sits next to the first
+/// two backends (VAES and AES-NI where the CPU has both) and a drift that slows the
+/// later slices of a pair slows each side as often as the other.
+fn paired(opts: &Options, ciphers: &[SectorCipher], sector: &mut [u8]) -> Result<Paired> {
+    let mut result = Paired {
+        atrest: vec![Vec::with_capacity(opts.pairs); ciphers.len()],
+        openssl: Vec::with_capacity(opts.pairs),
+    };
+    // None is OpenSSL's slice.
+    let mut order: Vec<Option<usize>> = (0..ciphers.len()).map(Some).collect();
+    order.insert(1.min(order.len()), None);
+    let mut n = 0u64;
+    for pair in 0..opts.pairs {
+        eprintln!("pair {}/{}", pair + 1, opts.pairs);
+        for &who in &order {
+            match who {
+                None => result.openssl.push(openssl_speed(opts.slice)?),
+                Some(i) => {
+                    let cipher = &ciphers[i];
+                    result.atrest[i].push(throughput(f64::from(opts.slice), SECTOR, || {
+                        cipher.encrypt_sectors(black_box(&mut *sector), n, SECTOR);
+                        n += 1;
+                    })?);
+                }
+            }
+        }
+        order.reverse();
+    }
+    Ok(result)
 }
 
 fn pool(threads: usize) -> Result<rayon::ThreadPool> {
@@ -176,22 +248,22 @@ fn main() -> Result<()> {
     let mut sector = vec![0x5au8; SECTOR];
     let mut big = vec![0xa5u8; BIG];
     let mut mib = vec![0x3cu8; MIB];
-    // Per backend: encrypt and decrypt one 4 KiB sector per call, then 1 MiB per call
-    // with 4 KiB and with 512-byte sectors.
-    let mut per_backend: Vec<[Vec<f64>; 4]> = ciphers.iter().map(|_| Default::default()).collect();
+    let paired = paired(&opts, &ciphers, &mut sector)?;
+    // Per backend: encrypt one 4 KiB sector per call (the pairs' atrest slices), decrypt
+    // one, then 1 MiB per call with 4 KiB and with 512-byte sectors.
+    let mut per_backend: Vec<[Vec<f64>; 4]> = paired
+        .atrest
+        .iter()
+        .map(|enc| [enc.clone(), Vec::new(), Vec::new(), Vec::new()])
+        .collect();
     let mut xts_mode = Vec::new();
-    let mut openssl = Vec::new();
     let mut big_one = Vec::new();
     let mut big_two = Vec::new();
 
     for round in 1..=opts.rounds {
         eprintln!("round {round}/{}", opts.rounds);
-        for (cipher, [enc, dec, mib4k, mib512]) in ciphers.iter().zip(&mut per_backend) {
+        for (cipher, [_, dec, mib4k, mib512]) in ciphers.iter().zip(&mut per_backend) {
             let mut n = 0u64;
-            enc.push(throughput(opts.seconds, SECTOR, || {
-                cipher.encrypt_sectors(black_box(&mut sector), n, SECTOR);
-                n += 1;
-            })?);
             dec.push(throughput(opts.seconds, SECTOR, || {
                 cipher.decrypt_sectors(black_box(&mut sector), n, SECTOR);
                 n += 1;
@@ -209,7 +281,6 @@ fn main() -> Result<()> {
             reference.encrypt_area(black_box(&mut sector), SECTOR, n, get_tweak_default);
             n += 1;
         })?);
-        openssl.push(openssl_speed()?);
         let mut big_run = |p: &rayon::ThreadPool| {
             p.install(|| {
                 wall_and_cpus(opts.seconds, BIG, || {
@@ -221,32 +292,37 @@ fn main() -> Result<()> {
         big_two.push(big_run(&two)?);
     }
 
-    let report = report(&opts, &backends, &per_backend, &xts_mode, &openssl);
+    let ratios = paired.ratios();
+    let report = report(&opts, &backends, &per_backend, &xts_mode, &paired, &ratios);
     let json = opts.out.join("xts-compare.json");
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     report.write(&json)?;
 
     let gb = |bps: f64| bps / 1e9;
-    let openssl_m = median(openssl);
+    let openssl_m = median(paired.openssl.clone());
     println!(
-        "AES-256-XTS, 4 KiB sectors, one core, GB/s per CPU-second, medians of {} rounds",
-        opts.rounds
+        "AES-256-XTS, 4 KiB sectors, one core, GB/s per CPU-second: encrypt and ratio from \
+         {} pairs of {} s slices, the other columns medians of {} rounds",
+        opts.pairs, opts.slice, opts.rounds
     );
     println!(
-        "(ratio = / openssl; openssl and the first columns process one 4 KiB sector per call)"
+        "(ratio = atrest / openssl within each pair: median [min..max]; openssl and the \
+         first columns process one 4 KiB sector per call)"
     );
     println!(
-        "{:<34} {:>8} {:>8} {:>8} {:>10} {:>10}",
-        "contender", "encrypt", "ratio", "decrypt", "1MiB/4K", "1MiB/512"
+        "{:<34} {:>8} {:>8} {:>15} {:>8} {:>10} {:>10}",
+        "contender", "encrypt", "ratio", "[min..max]", "decrypt", "1MiB/4K", "1MiB/512"
     );
-    for (backend, results) in backends.iter().zip(per_backend) {
+    for ((backend, results), ratio) in backends.iter().zip(per_backend).zip(&ratios) {
         let [enc, dec, mib4k, mib512] = results.map(median);
+        let (lo, hi) = min_max(ratio);
         println!(
-            "{:<34} {:>8.2} {:>7.2}x {:>8.2} {:>10.2} {:>10.2}",
+            "{:<34} {:>8.2} {:>7.3}x {:>15} {:>8.2} {:>10.2} {:>10.2}",
             format!("atrest {backend:?}"),
             gb(enc),
-            enc / openssl_m,
+            median(ratio.clone()),
+            format!("[{lo:.3}..{hi:.3}]"),
             gb(dec),
             gb(mib4k),
             gb(mib512)
@@ -254,16 +330,19 @@ fn main() -> Result<()> {
     }
     let xm = median(xts_mode);
     println!(
-        "{:<34} {:>8.2} {:>7.2}x",
+        "{:<34} {:>8.2} {:>7.2}x  (its rounds' median / the pairs' openssl median)",
         "xts-mode 0.6 (aes 0.9)",
         gb(xm),
         xm / openssl_m
     );
+    let (olo, ohi) = min_max(&paired.openssl);
     println!(
-        "{:<34} {:>8.2} {:>7.2}x",
+        "{:<34} {:>8.2} {:>7.2}x  (slices {:.2}..{:.2})",
         "openssl speed -evp aes-256-xts",
         gb(openssl_m),
-        1.0
+        1.0,
+        gb(olo),
+        gb(ohi)
     );
     let summary = |runs: Vec<(f64, f64)>| {
         let (wall, cpus): (Vec<f64>, Vec<f64>) = runs.into_iter().unzip();
@@ -316,7 +395,8 @@ fn report(
     backends: &[Backend],
     per_backend: &[[Vec<f64>; 4]],
     xts_mode: &[f64],
-    openssl: &[f64],
+    paired: &Paired,
+    ratios: &[Vec<f64>],
 ) -> Report {
     let gb = |v: &[f64]| v.iter().map(|x| x / 1e9).collect::<Vec<f64>>();
     let labels = [
@@ -344,7 +424,7 @@ fn report(
                 });
                 bars.push(Bar {
                     series: "openssl".into(),
-                    rounds: gb(openssl),
+                    rounds: gb(&paired.openssl),
                 });
             }
             Group {
@@ -363,11 +443,25 @@ fn report(
                 .map(|(_, m)| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
+    // The ratio chart: a panel per backend (each on its own scale), its rounds the
+    // pairs' ratios.
+    let ratio_groups = backends
+        .iter()
+        .zip(ratios)
+        .map(|(b, r)| Group {
+            label: format!("{b:?}, encrypt 4 KiB per call"),
+            unit: "atrest / openssl speed, same pair".into(),
+            bars: vec![Bar {
+                series: format!("atrest {b:?}"),
+                rounds: r.clone(),
+            }],
+        })
+        .collect();
     Report {
         bench: "xts-compare".into(),
         title: format!(
-            "AES-256-XTS, one core, {} rounds x {} s per cell",
-            opts.rounds, opts.seconds
+            "one core; enc 4 KiB: {} pairs x {} s; others: {} rounds x {} s",
+            opts.pairs, opts.slice, opts.rounds, opts.seconds
         ),
         machine: format!("{cpu}, load {}", load_average()),
         date: Command::new("date")
@@ -375,11 +469,19 @@ fn report(
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default(),
-        charts: vec![Chart {
-            name: "cpu".into(),
-            title: "AES-256-XTS per CPU-second".into(),
-            higher_is_better: true,
-            groups,
-        }],
+        charts: vec![
+            Chart {
+                name: "cpu".into(),
+                title: "AES-256-XTS per CPU-second".into(),
+                higher_is_better: true,
+                groups,
+            },
+            Chart {
+                name: "ratio".into(),
+                title: "atrest / openssl, 4 KiB per call, per pair".into(),
+                higher_is_better: true,
+                groups: ratio_groups,
+            },
+        ],
     }
 }

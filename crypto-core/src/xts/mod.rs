@@ -250,6 +250,10 @@ impl SectorCipher {
             dst.len(),
             "XTS source and destination lengths differ"
         );
+        if dst.len() == sector_size && sector_size >= 16 && sector_size.is_multiple_of(16) {
+            self.crypt_one_to(src, dst, first_sector, dir);
+            return;
+        }
         check_sectors(dst.len(), sector_size);
         match self.split(dst.len(), sector_size) {
             None => self.crypt_serial_to(src, dst, first_sector, sector_size, dir),
@@ -268,6 +272,14 @@ impl SectorCipher {
     }
 
     fn crypt(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
+        // One sector of whole blocks (a 4 KiB block request; `openssl speed`): straight
+        // to the kernel's single-sector entry, ahead of the division in
+        // `check_sectors` and the split that longer buffers need (about 1% of a 4 KiB
+        // call on the AES-NI backend).
+        if buf.len() == sector_size && sector_size >= 16 && sector_size.is_multiple_of(16) {
+            self.crypt_one(buf, first_sector, dir);
+            return;
+        }
         check_sectors(buf.len(), sector_size);
         match self.split(buf.len(), sector_size) {
             None => self.crypt_serial(buf, first_sector, sector_size, dir),
@@ -329,6 +341,38 @@ impl SectorCipher {
                 sector_size,
                 dir,
             ),
+        }
+    }
+
+    /// One sector of whole blocks, in place.
+    #[inline]
+    fn crypt_one(&self, buf: &mut [u8], sector: u64, dir: Direction) {
+        match &self.engine {
+            Engine::Portable(k) => {
+                let keys = k.as_ref().expect("portable round keys are set when made");
+                keys.crypt_sector(buf, sector, dir)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Engine::AesNi(k) => aesni::AesNiKernel(k).crypt_sector(buf, sector, dir),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Vaes(k, token) => vaes::VaesKernel(k, *token).crypt_sector(buf, sector, dir),
+        }
+    }
+
+    /// [`SectorCipher::crypt_one`] from `src` into `dst`.
+    #[inline]
+    fn crypt_one_to(&self, src: &[u8], dst: &mut [u8], sector: u64, dir: Direction) {
+        match &self.engine {
+            Engine::Portable(k) => {
+                let keys = k.as_ref().expect("portable round keys are set when made");
+                keys.crypt_sector_to(src, dst, sector, dir)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Engine::AesNi(k) => aesni::AesNiKernel(k).crypt_sector_to(src, dst, sector, dir),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Vaes(k, token) => {
+                vaes::VaesKernel(k, *token).crypt_sector_to(src, dst, sector, dir)
+            }
         }
     }
 
@@ -405,6 +449,40 @@ trait XtsKernel {
             Direction::Decrypt => self.decrypt_run(dst, tweak),
         }
     }
+    /// Consecutive sectors of whole blocks, `sector_size` bytes each, in place, sector
+    /// `i` with the initial tweak `tweaks[i]` (`data.len() == tweaks.len() *
+    /// sector_size`). The default runs them one by one; a kernel may carry its walk
+    /// across the sector boundaries.
+    fn crypt_sector_run(
+        &self,
+        data: &mut [u8],
+        sector_size: usize,
+        tweaks: &[u128],
+        dir: Direction,
+    ) {
+        for (sector, &tweak) in data.chunks_exact_mut(sector_size).zip(tweaks) {
+            match dir {
+                Direction::Encrypt => self.encrypt_run(sector, tweak),
+                Direction::Decrypt => self.decrypt_run(sector, tweak),
+            };
+        }
+    }
+    /// [`XtsKernel::crypt_sector_run`] reading the first `dst.len()` bytes of `src`
+    /// and writing `dst`; the rest of `src` as for [`XtsKernel::crypt_run_to`].
+    fn crypt_sector_run_to(
+        &self,
+        src: &[u8],
+        dst: &mut [u8],
+        sector_size: usize,
+        tweaks: &[u128],
+        dir: Direction,
+    ) {
+        for (i, &tweak) in tweaks.iter().enumerate() {
+            let at = i * sector_size;
+            // The whole rest of the source: the kernel may prefetch the next sector.
+            self.crypt_run_to(&src[at..], &mut dst[at..at + sector_size], tweak, dir);
+        }
+    }
 }
 
 /// Multiplies a tweak by alpha (x) in GF(2^128) mod x^128 + x^7 + x^2 + x + 1.
@@ -413,14 +491,15 @@ fn mul_alpha(t: u128) -> u128 {
     (t << 1) ^ ((t >> 127) * 0x87)
 }
 
-/// Calls `each(i, tweak)` for the sectors `i` in `0..sectors` of a run that starts at
-/// `first_sector`, the initial tweaks encrypted [`TWEAK_BATCH`] at a time and zeroized
-/// afterwards (they are as sensitive as the tweak key for this range).
-fn for_each_sector<K: XtsKernel>(
+/// Calls `each(i, tweaks)` for the sectors `i..i + tweaks.len()` in `0..sectors` of a
+/// run that starts at `first_sector`, with their initial tweaks, encrypted
+/// [`TWEAK_BATCH`] at a time and zeroized afterwards (they are as sensitive as the
+/// tweak key for this range).
+fn for_each_tweak_batch<K: XtsKernel>(
     k: &K,
     sectors: usize,
     first_sector: u64,
-    mut each: impl FnMut(usize, u128),
+    mut each: impl FnMut(usize, &[u128]),
 ) {
     let mut tweaks = [0u128; TWEAK_BATCH];
     let mut used = 0;
@@ -430,12 +509,24 @@ fn for_each_sector<K: XtsKernel>(
         used = used.max(n);
         // Sector numbers wrap, as dm-crypt's plain64 does.
         k.sector_tweaks(first_sector.wrapping_add(done as u64), &mut tweaks[..n]);
-        for (j, &tweak) in tweaks[..n].iter().enumerate() {
-            each(done + j, tweak);
-        }
+        each(done, &tweaks[..n]);
         done += n;
     }
     zeroize::Zeroize::zeroize(&mut tweaks[..used]);
+}
+
+/// [`for_each_tweak_batch`] one sector at a time: `each(i, tweak)`.
+fn for_each_sector<K: XtsKernel>(
+    k: &K,
+    sectors: usize,
+    first_sector: u64,
+    mut each: impl FnMut(usize, u128),
+) {
+    for_each_tweak_batch(k, sectors, first_sector, |done, tweaks| {
+        for (j, &tweak) in tweaks.iter().enumerate() {
+            each(done + j, tweak);
+        }
+    });
 }
 
 fn crypt_sectors<K: XtsKernel>(
@@ -451,7 +542,16 @@ fn crypt_sectors<K: XtsKernel>(
         k.crypt_sector(buf, first_sector, dir);
         return;
     }
-    for_each_sector(k, buf.len() / sector_size, first_sector, |i, tweak| {
+    let sectors = buf.len() / sector_size;
+    if sector_size.is_multiple_of(16) {
+        // Whole blocks: a batch of sectors per kernel call, which may walk across them.
+        for_each_tweak_batch(k, sectors, first_sector, |i, tweaks| {
+            let run = &mut buf[i * sector_size..(i + tweaks.len()) * sector_size];
+            k.crypt_sector_run(run, sector_size, tweaks, dir);
+        });
+        return;
+    }
+    for_each_sector(k, sectors, first_sector, |i, tweak| {
         crypt_one_sector(k, &mut buf[i * sector_size..][..sector_size], tweak, dir);
     });
 }
@@ -469,16 +569,20 @@ fn crypt_sectors_to<K: XtsKernel>(
         k.crypt_sector_to(src, dst, first_sector, dir);
         return;
     }
-    for_each_sector(k, dst.len() / sector_size, first_sector, |i, tweak| {
+    let sectors = dst.len() / sector_size;
+    if sector_size.is_multiple_of(16) {
+        for_each_tweak_batch(k, sectors, first_sector, |i, tweaks| {
+            let (at, end) = (i * sector_size, (i + tweaks.len()) * sector_size);
+            // The whole rest of the source: the kernel may prefetch what follows.
+            k.crypt_sector_run_to(&src[at..], &mut dst[at..end], sector_size, tweaks, dir);
+        });
+        return;
+    }
+    for_each_sector(k, sectors, first_sector, |i, tweak| {
         let at = i * sector_size;
         let to = &mut dst[at..at + sector_size];
-        if sector_size.is_multiple_of(16) {
-            // The whole rest of the source: the kernel may prefetch the next sector.
-            k.crypt_run_to(&src[at..], to, tweak, dir);
-        } else {
-            to.copy_from_slice(&src[at..at + sector_size]);
-            crypt_one_sector(k, to, tweak, dir);
-        }
+        to.copy_from_slice(&src[at..at + sector_size]);
+        crypt_one_sector(k, to, tweak, dir);
     });
 }
 
