@@ -306,7 +306,8 @@ impl Wire for UnixStream {
 }
 
 /// Serves `volume` (simple replies) to one client on `stream` with `threads` threads,
-/// as after a handshake, until the client is done: for the TLS record layer's tests.
+/// as after a handshake, until the client is done: for this module's and the TLS
+/// record layer's tests.
 #[cfg(test)]
 pub(super) fn serve_for_test<S: Wire>(
     reader: S,
@@ -1785,25 +1786,7 @@ mod tests {
         });
         let stream = ScriptStream(script.clone());
         thread::spawn(move || {
-            let export = Export {
-                volume: volume.clone(),
-                read_only: false,
-                description: None,
-                allowed_clients: Vec::new(),
-            };
-            let limits = session_limits(&export, false, false);
-            let context = ConnectionContext {
-                exports: Arc::new(RwLock::new(BTreeMap::new())),
-                gate: Gate::default(),
-                threads,
-                idle_timeout: None,
-                peer: "a script".into(),
-                buffers: Arc::new(BufferPool::new(threads)),
-                helpers: HelperPool::new(threads),
-                budget: Arc::new(MemoryBudget::unbounded()),
-            };
-            let reader = BufReader::with_capacity(256 * 1024, stream.clone());
-            transmit(reader, stream, Session { export, limits }, &context, |_| {}).unwrap();
+            serve_for_test(stream.clone(), stream, volume.clone(), threads).unwrap();
             let data = lock(&volume.data).clone();
             data
         })
