@@ -76,13 +76,24 @@
 //! `xts_run_raw`) runs all its batches in one `asm!` block with the loop inside
 //! (`batch_loop!`): `c0` goes from its cell into two registers once per call and
 //! stays there (inside one block the compiler cannot spill it), the walk no longer
-//! reads it from memory at each step, and the loop's top is aligned to 32 bytes.
-//! 1000.8 -> 999.8 TSC ticks per 4 KiB through `SectorCipher` (0.941 -> 0.942 of the
-//! limit; three runs each, alternately, all within 0.2 ticks). Tried and dropped, in
-//! the same harness: the first batch whitened from registers, its values made inside
-//! the loop's block from the tweak instead of through the table (1024-1025 ticks), and
-//! that plus the second batch's values made between the first batch's rounds instead
-//! of before them (1012 ticks): both slower than the store-to-load forward they save.
+//! reads it from memory at each step, the walk's start moves from its vector into
+//! its registers inside the block (LLVM, short of registers around the block, had
+//! spilled its halves, round key 0 masked by a tweak, to the stack), and the loop's
+//! top is aligned to 32 bytes. The last read of round key 0 (for the returned tweak)
+//! was a volatile read of a `[u8; 16]`, which LLVM did byte by byte, parking three
+//! of the key's bytes on the stack (in main too): now two 8-byte loads in an `asm!`
+//! block. Checked with objdump: the stack holds no key-derived value outside the
+//! table and `c0`'s cell (both zeroized). Measured through `SectorCipher`, one 4 KiB
+//! sector per call, TSC ticks in one process against a loop of nothing but `aesenc`
+//! (941.8 ticks), 10th percentile of 200-call segments, builds run alternately:
+//! 1000.7-1003.0 before, 999.7-1000.2 with the loop in one block, 998.6-998.9 with
+//! the walk's start moved in and the last key read fixed (0.941 -> 0.943 of the
+//! limit). Tried and dropped, in the same harness: the first batch whitened from
+//! registers, its values made inside the block from the tweak instead of through the
+//! table (1024-1025 ticks); that plus the second batch's values made between the
+//! first batch's rounds instead of before them (1012 ticks), both slower than the
+//! store-to-load forward they save; the table left unzeroed at the start
+//! (`MaybeUninit`, eight fewer stores: 999.2-999.6, slower).
 //!
 //! Instructions: AES-NI, PCLMULQDQ and SSE2 only (no AVX, no AVX-512VL, no SSE4.1),
 //! so one path serves every AES-NI CPU (detection asks for both); ten of the sixteen
