@@ -72,6 +72,29 @@
 //! with objdump: no key-derived value is stored to the stack outside the table and
 //! that cell.
 //!
+//! Session 9, continued (aesni4): a run without restarts (every one-sector call, and
+//! `xts_run_raw`) runs all its batches in one `asm!` block with the loop inside
+//! (`batch_loop!`): `c0` goes from its cell into two registers once per call and
+//! stays there (inside one block the compiler cannot spill it), the walk no longer
+//! reads it from memory at each step, the walk's start moves from its vector into
+//! its registers inside the block (LLVM, short of registers around the block, had
+//! spilled its halves, round key 0 masked by a tweak, to the stack), and the loop's
+//! top is aligned to 32 bytes. The last read of round key 0 (for the returned tweak)
+//! was a volatile read of a `[u8; 16]`, which LLVM did byte by byte, parking three
+//! of the key's bytes on the stack (in main too): now two 8-byte loads in an `asm!`
+//! block. Checked with objdump: the stack holds no key-derived value outside the
+//! table and `c0`'s cell (both zeroized). Measured through `SectorCipher`, one 4 KiB
+//! sector per call, TSC ticks in one process against a loop of nothing but `aesenc`
+//! (941.8 ticks), 10th percentile of 200-call segments, builds run alternately:
+//! 1000.7-1003.0 before, 999.7-1000.2 with the loop in one block, 998.6-998.9 with
+//! the walk's start moved in and the last key read fixed (0.941 -> 0.943 of the
+//! limit). Tried and dropped, in the same harness: the first batch whitened from
+//! registers, its values made inside the block from the tweak instead of through the
+//! table (1024-1025 ticks); that plus the second batch's values made between the
+//! first batch's rounds instead of before them (1012 ticks), both slower than the
+//! store-to-load forward they save; the table left unzeroed at the start
+//! (`MaybeUninit`, eight fewer stores: 999.2-999.6, slower).
+//!
 //! Instructions: AES-NI, PCLMULQDQ and SSE2 only (no AVX, no AVX-512VL, no SSE4.1),
 //! so one path serves every AES-NI CPU (detection asks for both); ten of the sixteen
 //! XMM registers are used. The round keys are read from the locked schedule inside
@@ -394,6 +417,10 @@ macro_rules! round_text {
 /// (`sar`, `and`): no branch, no table, the same instructions whatever the tweak.
 macro_rules! step_text {
     ($off:literal) => {
+        step_text!($off, "qword ptr [{c0}]", "qword ptr [{c0} + 8]")
+    };
+    // With `c0`'s halves from these operands (memory or registers).
+    ($off:literal, $c0lo:literal, $c0hi:literal) => {
         concat!(
             "mov qword ptr [{next} + ",
             $off,
@@ -404,11 +431,14 @@ macro_rules! step_text {
             "mov {m}, {hi}\n",
             "sar {m}, 63\n",
             "and {m}, 0x87\n",
-            "xor {m}, qword ptr [{c0}]\n",
+            "xor {m}, ",
+            $c0lo,
+            "\n",
             "add {lo}, {lo}\n",
             "adc {hi}, {hi}\n",
             "xor {lo}, {m}\n",
-            "xor {hi}, qword ptr [{c0} + 8]",
+            "xor {hi}, ",
+            $c0hi,
         )
     };
 }
@@ -510,6 +540,102 @@ macro_rules! batch {
             hi = inout(reg) $hi,
             m = out(reg) _,
             c0 = in(reg) $c0,
+            fold = in(xmm_reg) $fold,
+            k = out(xmm_reg) _,
+            x0 = out(xmm_reg) _,
+            x1 = out(xmm_reg) _,
+            x2 = out(xmm_reg) _,
+            x3 = out(xmm_reg) _,
+            x4 = out(xmm_reg) _,
+            x5 = out(xmm_reg) _,
+            x6 = out(xmm_reg) _,
+            x7 = out(xmm_reg) _,
+            options(nostack),
+        )
+    };
+}
+
+/// Every batch of a run without restarts (`$src` up to `$end`, a whole number of
+/// batches, at least one), as one `asm!` block with the loop inside: the batch of
+/// [`batch!`], then the table's three parts rotated and the pointers moved on. The
+/// walk's constant `c0` is loaded once from its cell into two registers, where it
+/// stays (inside one `asm!` block the compiler cannot spill it; a Rust loop around
+/// [`batch!`] had to read it from memory at each step to keep it off the stack),
+/// and the loop's top is aligned to 32 bytes. The walk starts from `$w` (a vector:
+/// the third batch's first whitening value), moved into its registers here, since
+/// LLVM, short of registers for the block, spilled the two halves to the stack when
+/// it did that move itself.
+macro_rules! batch_loop {
+    ($insn:literal, $last:literal, $src:expr, $dst:expr, $end:expr, $rk:expr, $table:expr,
+     $w:expr, $c0:expr, $fold:expr) => {
+        std::arch::asm!(
+            "mov {c0hi}, qword ptr [{c0lo} + 8]",
+            "mov {c0lo}, qword ptr [{c0lo}]",
+            "movq {lo}, {w}",
+            "punpckhqdq {w}, {w}",
+            "movq {hi}, {w}",
+            "lea {after}, [{cur} + 128]",
+            "lea {next}, [{cur} + 256]",
+            ".p2align 5",
+            "2:",
+            whiten_text!("{x0}", 0),
+            whiten_text!("{x1}", 16),
+            whiten_text!("{x2}", 32),
+            whiten_text!("{x3}", 48),
+            whiten_text!("{x4}", 64),
+            whiten_text!("{x5}", 80),
+            whiten_text!("{x6}", 96),
+            whiten_text!("{x7}", 112),
+            round_text!($insn, 16),
+            step_text!(0, "{c0lo}", "{c0hi}"),
+            round_text!($insn, 32),
+            step_text!(16, "{c0lo}", "{c0hi}"),
+            round_text!($insn, 48),
+            step_text!(32, "{c0lo}", "{c0hi}"),
+            round_text!($insn, 64),
+            step_text!(48, "{c0lo}", "{c0hi}"),
+            round_text!($insn, 80),
+            step_text!(64, "{c0lo}", "{c0hi}"),
+            round_text!($insn, 96),
+            step_text!(80, "{c0lo}", "{c0hi}"),
+            round_text!($insn, 112),
+            step_text!(96, "{c0lo}", "{c0hi}"),
+            round_text!($insn, 128),
+            step_text!(112, "{c0lo}", "{c0hi}"),
+            round_text!($insn, 144),
+            round_text!($insn, 160),
+            round_text!($insn, 176),
+            round_text!($insn, 192),
+            round_text!($insn, 208),
+            finish_text!($last, "{x0}", 0),
+            finish_text!($last, "{x1}", 16),
+            finish_text!($last, "{x2}", 32),
+            finish_text!($last, "{x3}", 48),
+            finish_text!($last, "{x4}", 64),
+            finish_text!($last, "{x5}", 80),
+            finish_text!($last, "{x6}", 96),
+            finish_text!($last, "{x7}", 112),
+            "mov {m}, {cur}",
+            "mov {cur}, {after}",
+            "mov {after}, {next}",
+            "mov {next}, {m}",
+            "add {src}, 128",
+            "add {dst}, 128",
+            "cmp {src}, {end}",
+            "jne 2b",
+            src = inout(reg) $src => _,
+            dst = inout(reg) $dst => _,
+            end = in(reg) $end,
+            rk = in(reg) $rk,
+            cur = inout(reg) $table => _,
+            after = out(reg) _,
+            next = out(reg) _,
+            w = inout(xmm_reg) $w => _,
+            lo = out(reg) _,
+            hi = out(reg) _,
+            m = out(reg) _,
+            c0lo = inout(reg) $c0 => _,
+            c0hi = out(reg) _,
             fold = in(xmm_reg) $fold,
             k = out(xmm_reg) _,
             x0 = out(xmm_reg) _,
@@ -699,10 +825,11 @@ unsafe fn run_from<const ENCRYPT: bool, const ACROSS: bool>(
     let groups = blocks / LANES;
     let k0v = load(&rk[0]);
     let k0 = to_u128(k0v);
-    // `c0` (which gives away round key 0) is read by the walk from this cell, which
-    // is zeroized at the end, rather than held in registers: with the restarts of
-    // `ACROSS` the loop has more live values than registers, and LLVM spilled it,
-    // loop-invariant, to a stack slot that nothing zeroized.
+    // `c0` (which gives away round key 0) is kept in this cell, zeroized at the end:
+    // with the restarts of `ACROSS` the loop has more live values than registers, and
+    // LLVM spilled it, loop-invariant, to a stack slot that nothing zeroized, so that
+    // walk reads it from here at each step; without restarts, `batch_loop!` loads it
+    // from here into registers inside its one `asm!` block.
     let mut c0 = [mul_alpha(k0) ^ k0];
     let c0cell = c0.as_ptr();
     // The last round key's fold: whitening value ^ (k0 ^ k14) = tweak ^ k14.
@@ -736,82 +863,123 @@ unsafe fn run_from<const ENCRYPT: bool, const ACROSS: bool>(
         }
     }
     let w = _mm_xor_si128(t16, k0v);
-    let (mut lo, mut hi) = (
-        _mm_cvtsi128_si64(w) as u64,
-        _mm_cvtsi128_si64(_mm_unpackhi_epi64(w, w)) as u64,
-    );
     let table = whitening.as_mut_ptr();
-    // SAFETY: the table has three parts.
-    let (mut cur, mut after, mut next) = unsafe { (table, table.add(1), table.add(2)) };
-    // Batches until the one whose walk fills the next sector's first values.
-    let mut until_restart = if ACROSS { sector_batches - 2 } else { 0 };
-    let mut later = later.iter();
-    for g in 0..groups {
-        if ACROSS && until_restart == 0 {
-            // Batch g fills batch g + 2's values, the first of the next sector (past
-            // the last sector, values nothing reads): its tweak XOR round key 0, read
-            // from the schedule straight into the walk's registers (no copy of the
-            // key elsewhere).
-            if let Some(tweak) = later.next() {
-                // SAFETY: reads the 16 bytes of `tweak` (a u128, little-endian in
-                // memory as on every x86_64) and of round key 0 at `rk`.
-                unsafe {
-                    std::arch::asm!(
-                        "mov {lo}, qword ptr [{t}]",
-                        "xor {lo}, qword ptr [{rk}]",
-                        "mov {hi}, qword ptr [{t} + 8]",
-                        "xor {hi}, qword ptr [{rk} + 8]",
-                        t = in(reg) tweak as *const u128,
-                        rk = in(reg) rk.as_ptr(),
-                        lo = out(reg) lo,
-                        hi = out(reg) hi,
-                        options(pure, readonly, nostack),
-                    )
-                };
-            }
-            until_restart = sector_batches;
-        }
-        if ACROSS {
-            until_restart -= 1;
-        }
-        // SAFETY: batch `g` is below `blocks / LANES`, inside `src` and `dst`; `cur`
-        // and `next` are parts of the table, LANES aligned 16-byte slots each; the
-        // asm reads the round keys at `rk` (15 * 16 bytes), the batch at `src` and
-        // `cur`, and writes the batch at `dst` (after reading it, for in place) and
-        // `next`; the CPU has AES-NI (the caller's guarantee).
-        unsafe {
-            let (from, to) = (src.add(g * LANES * 16), dst.add(g * LANES * 16));
-            if ENCRYPT {
-                batch!(
-                    "aesenc",
-                    "aesenclast",
-                    from,
-                    to,
-                    rk,
-                    cur,
-                    next,
-                    lo,
-                    hi,
-                    c0cell,
-                    fold
-                );
-            } else {
-                batch!(
-                    "aesdec",
-                    "aesdeclast",
-                    from,
-                    to,
-                    rk,
-                    cur,
-                    next,
-                    lo,
-                    hi,
-                    c0cell,
-                    fold
-                );
+    if !ACROSS {
+        if groups > 0 {
+            // SAFETY: `end` is the end of the last whole batch, inside `src`; the
+            // table's three parts are LANES aligned 16-byte slots each, `c0cell` 16
+            // readable bytes; the asm reads the round keys at `rk` (15 * 16 bytes),
+            // the batches at `src` and the table, and writes the batches at `dst`
+            // (each after reading it, for in place) and the table; the CPU has AES-NI
+            // (the caller's guarantee).
+            unsafe {
+                let end = src.add(groups * LANES * 16);
+                if ENCRYPT {
+                    batch_loop!(
+                        "aesenc",
+                        "aesenclast",
+                        src,
+                        dst,
+                        end,
+                        rk,
+                        table,
+                        w,
+                        c0cell,
+                        fold
+                    );
+                } else {
+                    batch_loop!(
+                        "aesdec",
+                        "aesdeclast",
+                        src,
+                        dst,
+                        end,
+                        rk,
+                        table,
+                        w,
+                        c0cell,
+                        fold
+                    );
+                }
             }
         }
-        (cur, after, next) = (after, next, cur);
+    } else {
+        let (mut lo, mut hi) = (
+            _mm_cvtsi128_si64(w) as u64,
+            _mm_cvtsi128_si64(_mm_unpackhi_epi64(w, w)) as u64,
+        );
+        // SAFETY: the table has three parts.
+        let (mut cur, mut after, mut next) = unsafe { (table, table.add(1), table.add(2)) };
+        // Batches until the one whose walk fills the next sector's first values.
+        let mut until_restart = if ACROSS { sector_batches - 2 } else { 0 };
+        let mut later = later.iter();
+        for g in 0..groups {
+            if ACROSS && until_restart == 0 {
+                // Batch g fills batch g + 2's values, the first of the next sector (past
+                // the last sector, values nothing reads): its tweak XOR round key 0, read
+                // from the schedule straight into the walk's registers (no copy of the
+                // key elsewhere).
+                if let Some(tweak) = later.next() {
+                    // SAFETY: reads the 16 bytes of `tweak` (a u128, little-endian in
+                    // memory as on every x86_64) and of round key 0 at `rk`.
+                    unsafe {
+                        std::arch::asm!(
+                            "mov {lo}, qword ptr [{t}]",
+                            "xor {lo}, qword ptr [{rk}]",
+                            "mov {hi}, qword ptr [{t} + 8]",
+                            "xor {hi}, qword ptr [{rk} + 8]",
+                            t = in(reg) tweak as *const u128,
+                            rk = in(reg) rk.as_ptr(),
+                            lo = out(reg) lo,
+                            hi = out(reg) hi,
+                            options(pure, readonly, nostack),
+                        )
+                    };
+                }
+                until_restart = sector_batches;
+            }
+            if ACROSS {
+                until_restart -= 1;
+            }
+            // SAFETY: batch `g` is below `blocks / LANES`, inside `src` and `dst`; `cur`
+            // and `next` are parts of the table, LANES aligned 16-byte slots each; the
+            // asm reads the round keys at `rk` (15 * 16 bytes), the batch at `src` and
+            // `cur`, and writes the batch at `dst` (after reading it, for in place) and
+            // `next`; the CPU has AES-NI (the caller's guarantee).
+            unsafe {
+                let (from, to) = (src.add(g * LANES * 16), dst.add(g * LANES * 16));
+                if ENCRYPT {
+                    batch!(
+                        "aesenc",
+                        "aesenclast",
+                        from,
+                        to,
+                        rk,
+                        cur,
+                        next,
+                        lo,
+                        hi,
+                        c0cell,
+                        fold
+                    );
+                } else {
+                    batch!(
+                        "aesdec",
+                        "aesdeclast",
+                        from,
+                        to,
+                        rk,
+                        cur,
+                        next,
+                        lo,
+                        hi,
+                        c0cell,
+                        fold
+                    );
+                }
+            }
+            (cur, after, next) = (after, next, cur);
+        }
     }
     // The last batch (or the set-up above) left the next LANES blocks' values here.
     let rest = &whitening[groups % 3];
@@ -835,11 +1003,23 @@ unsafe fn run_from<const ENCRYPT: bool, const ACROSS: bool>(
         // SAFETY: as above, inside `dst`.
         unsafe { _mm_storeu_si128(dst.add(16 * b).cast(), v) };
     }
-    // Round key 0 read again, volatile, so that the compiler keeps no copy of it from
-    // the start (on the stack, where nothing would zeroize it) for this XOR.
-    // SAFETY: a reference is valid for reads.
-    let k0 = u128::from_le_bytes(unsafe { std::ptr::read_volatile(&rk[0]) });
-    let after = rest[blocks - groups * LANES] ^ k0;
+    // Round key 0 read again, inside an `asm!` block, so that the compiler keeps no
+    // copy of it from the start (on the stack, where nothing would zeroize it) for
+    // this XOR. (A volatile read of the `[u8; 16]` went byte by byte, and LLVM parked
+    // three of the key's bytes on the stack while assembling them.)
+    let (k0lo, k0hi): (u64, u64);
+    // SAFETY: reads the 16 bytes of round key 0 at `rk`.
+    unsafe {
+        std::arch::asm!(
+            "mov {lo}, qword ptr [{rk}]",
+            "mov {hi}, qword ptr [{rk} + 8]",
+            rk = in(reg) rk.as_ptr(),
+            lo = out(reg) k0lo,
+            hi = out(reg) k0hi,
+            options(pure, readonly, nostack, preserves_flags),
+        )
+    };
+    let after = rest[blocks - groups * LANES] ^ (u128::from(k0hi) << 64 | u128::from(k0lo));
     zeroize_table(&mut whitening);
     zeroize::Zeroize::zeroize(&mut c0);
     after
