@@ -174,50 +174,17 @@ impl XtsKernel for AesNiKernel<'_> {
     }
 
     fn crypt_sector(&self, data: &mut [u8], sector: u64, dir: Direction) {
-        assert!(data.len().is_multiple_of(16), "a whole-block sector");
         let at = data.as_mut_ptr();
-        let keys = self.0;
-        // SAFETY: as in sector_tweaks; `at` is readable and writable for the sector's
-        // length, source and destination the same buffer.
-        unsafe {
-            match dir {
-                Direction::Encrypt => xts_sector_raw::<true>(
-                    &keys.data_enc,
-                    &keys.tweak_enc,
-                    at,
-                    at,
-                    data.len(),
-                    sector,
-                ),
-                Direction::Decrypt => xts_sector_raw::<false>(
-                    &keys.data_dec,
-                    &keys.tweak_enc,
-                    at,
-                    at,
-                    data.len(),
-                    sector,
-                ),
-            }
-        }
+        // SAFETY: `data` is readable and writable for its length, source and
+        // destination the same buffer.
+        unsafe { self.sector(at, at, data.len(), sector, dir) }
     }
 
     fn crypt_sector_to(&self, src: &[u8], dst: &mut [u8], sector: u64, dir: Direction) {
-        assert!(dst.len().is_multiple_of(16), "a whole-block sector");
         let src = &src[..dst.len()];
-        let (from, to, len) = (src.as_ptr(), dst.as_mut_ptr(), dst.len());
-        let keys = self.0;
-        // SAFETY: as in sector_tweaks; `src` is readable and `dst` writable for `len`
-        // bytes, and a shared and a mutable borrow cannot overlap.
-        unsafe {
-            match dir {
-                Direction::Encrypt => {
-                    xts_sector_raw::<true>(&keys.data_enc, &keys.tweak_enc, from, to, len, sector)
-                }
-                Direction::Decrypt => {
-                    xts_sector_raw::<false>(&keys.data_dec, &keys.tweak_enc, from, to, len, sector)
-                }
-            }
-        }
+        // SAFETY: `src` is readable and `dst` writable for `dst.len()` bytes, and a
+        // shared and a mutable borrow cannot overlap.
+        unsafe { self.sector(src.as_ptr(), dst.as_mut_ptr(), dst.len(), sector, dir) }
     }
 
     fn crypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128, dir: Direction) -> u128 {
@@ -269,6 +236,29 @@ impl XtsKernel for AesNiKernel<'_> {
 }
 
 impl AesNiKernel<'_> {
+    /// [`XtsKernel::crypt_sector`] from `src` into `dst`: the single-sector entry
+    /// ([`xts_sector_raw`]).
+    ///
+    /// # Safety
+    ///
+    /// `src` is readable and `dst` writable for `len` bytes, the same address or not
+    /// overlapping.
+    unsafe fn sector(&self, src: *const u8, dst: *mut u8, len: usize, sector: u64, dir: Direction) {
+        assert!(len.is_multiple_of(16), "a whole-block sector");
+        let keys = self.0;
+        // SAFETY: as in sector_tweaks; the pointers as the caller guarantees.
+        unsafe {
+            match dir {
+                Direction::Encrypt => {
+                    xts_sector_raw::<true>(&keys.data_enc, &keys.tweak_enc, src, dst, len, sector)
+                }
+                Direction::Decrypt => {
+                    xts_sector_raw::<false>(&keys.data_dec, &keys.tweak_enc, src, dst, len, sector)
+                }
+            }
+        }
+    }
+
     /// [`XtsKernel::crypt_sector_run`] from `src` into `dst`: one walk across the
     /// sectors ([`xts_sectors_raw`]) when they are whole batches, at least two each
     /// (512- and 4096-byte sectors), else sector by sector.

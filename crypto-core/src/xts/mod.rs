@@ -251,7 +251,7 @@ impl SectorCipher {
             "XTS source and destination lengths differ"
         );
         if dst.len() == sector_size && sector_size >= 16 && sector_size.is_multiple_of(16) {
-            self.crypt_one_to(src, dst, first_sector, dir);
+            self.crypt_serial_to(src, dst, first_sector, sector_size, dir);
             return;
         }
         check_sectors(dst.len(), sector_size);
@@ -273,11 +273,11 @@ impl SectorCipher {
 
     fn crypt(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
         // One sector of whole blocks (a 4 KiB block request; `openssl speed`): straight
-        // to the kernel's single-sector entry, ahead of the division in
-        // `check_sectors` and the split that longer buffers need (about 1% of a 4 KiB
-        // call on the AES-NI backend).
+        // to the serial path (and there to the kernel's single-sector entry), ahead of
+        // the division in `check_sectors` and the split that longer buffers need (about
+        // 1% of a 4 KiB call on the AES-NI backend).
         if buf.len() == sector_size && sector_size >= 16 && sector_size.is_multiple_of(16) {
-            self.crypt_one(buf, first_sector, dir);
+            self.crypt_serial(buf, first_sector, sector_size, dir);
             return;
         }
         check_sectors(buf.len(), sector_size);
@@ -344,38 +344,6 @@ impl SectorCipher {
         }
     }
 
-    /// One sector of whole blocks, in place.
-    #[inline]
-    fn crypt_one(&self, buf: &mut [u8], sector: u64, dir: Direction) {
-        match &self.engine {
-            Engine::Portable(k) => {
-                let keys = k.as_ref().expect("portable round keys are set when made");
-                keys.crypt_sector(buf, sector, dir)
-            }
-            #[cfg(target_arch = "x86_64")]
-            Engine::AesNi(k) => aesni::AesNiKernel(k).crypt_sector(buf, sector, dir),
-            #[cfg(target_arch = "x86_64")]
-            Engine::Vaes(k, token) => vaes::VaesKernel(k, *token).crypt_sector(buf, sector, dir),
-        }
-    }
-
-    /// [`SectorCipher::crypt_one`] from `src` into `dst`.
-    #[inline]
-    fn crypt_one_to(&self, src: &[u8], dst: &mut [u8], sector: u64, dir: Direction) {
-        match &self.engine {
-            Engine::Portable(k) => {
-                let keys = k.as_ref().expect("portable round keys are set when made");
-                keys.crypt_sector_to(src, dst, sector, dir)
-            }
-            #[cfg(target_arch = "x86_64")]
-            Engine::AesNi(k) => aesni::AesNiKernel(k).crypt_sector_to(src, dst, sector, dir),
-            #[cfg(target_arch = "x86_64")]
-            Engine::Vaes(k, token) => {
-                vaes::VaesKernel(k, *token).crypt_sector_to(src, dst, sector, dir)
-            }
-        }
-    }
-
     fn crypt_serial(&self, buf: &mut [u8], first_sector: u64, sector_size: usize, dir: Direction) {
         match &self.engine {
             Engine::Portable(k) => {
@@ -421,6 +389,13 @@ trait XtsKernel {
     /// which a kernel may prefetch. The vector kernels read the source as they go,
     /// which saves a pass over memory when the source is cold; the default copies
     /// first.
+    fn crypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128, dir: Direction) -> u128 {
+        dst.copy_from_slice(&src[..dst.len()]);
+        match dir {
+            Direction::Encrypt => self.encrypt_run(dst, tweak),
+            Direction::Decrypt => self.decrypt_run(dst, tweak),
+        }
+    }
     /// One sector of whole blocks (`data.len()` a multiple of 16) in place, its tweak
     /// encrypted from its number: a call for a single sector. A kernel may override
     /// it to start the data's blocks as soon as the tweak is out of the cipher; the
@@ -441,13 +416,6 @@ trait XtsKernel {
         self.sector_tweaks(sector, &mut tweak);
         self.crypt_run_to(src, dst, tweak[0], dir);
         zeroize::Zeroize::zeroize(&mut tweak);
-    }
-    fn crypt_run_to(&self, src: &[u8], dst: &mut [u8], tweak: u128, dir: Direction) -> u128 {
-        dst.copy_from_slice(&src[..dst.len()]);
-        match dir {
-            Direction::Encrypt => self.encrypt_run(dst, tweak),
-            Direction::Decrypt => self.decrypt_run(dst, tweak),
-        }
     }
     /// Consecutive sectors of whole blocks, `sector_size` bytes each, in place, sector
     /// `i` with the initial tweak `tweaks[i]` (`data.len() == tweaks.len() *
