@@ -13,9 +13,10 @@
 //! reader first asks the socket, without waiting, whether the client's next request
 //! came meanwhile and answers it too ([`Probe`]), so that several replies share a
 //! record and the client wakes once for them. Anything that may wait for the disk
-//! goes the ordinary way, and the gathered replies leave before it. Each connection bounds its requests in
-//! flight (in number by its threads, in bytes by a budget), so a client that floods
-//! requests or never reads its replies stalls only itself. Crypto for a large request
+//! goes the ordinary way, and the gathered replies leave before it. Each connection
+//! bounds its requests in flight (in number by its threads, in bytes by its own cap
+//! and the server's [`MemoryBudget`]), so a client that floods requests or never
+//! reads its replies stalls only itself. Crypto for a large request
 //! is spread over the cores (the rayon pool) unless the connection already has a
 //! request in flight per core (for a write, counting the thread that receives the
 //! next payload meanwhile).
